@@ -1,0 +1,442 @@
+// The only file that knows Python: numpy arrays in, views out, the GIL released around
+// every kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.hpp"
+#include "philox.hpp"
+#include "trainer.hpp"
+
+namespace py = pybind11;
+using namespace parrbm;
+
+namespace {
+
+[[noreturn]] void fail(const std::string& name, const std::string& what) {
+  throw py::value_error("parrbm._core: argument '" + name + "' " + what);
+}
+
+template <class T>
+bool is_dtype(const py::array& a) {
+  return a.dtype().is(py::dtype::of<T>());
+}
+
+// A 2-D array with unit stride along rows becomes a view with leading dimension.
+template <class T>
+MatView<T> mat(py::array a, const std::string& name, bool writable) {
+  if (!is_dtype<T>(a)) fail(name, "must have dtype " + std::string(py::str(py::dtype::of<T>())) +
+                                      ", got " + std::string(py::str(a.dtype())));
+  if (a.ndim() != 2) fail(name, "must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+  if (writable && !a.writeable()) fail(name, "must be writable");
+  const int64_t rows = a.shape(0), cols = a.shape(1);
+  const auto isz = int64_t(sizeof(T));
+  if (cols > 1 && a.strides(1) != isz) fail(name, "must have contiguous rows (unit column stride)");
+  int64_t ld = cols;
+  if (rows > 1) {
+    if (a.strides(0) % isz != 0 || a.strides(0) / isz < cols)
+      fail(name, "must be a row-major block (row stride >= number of columns)");
+    ld = a.strides(0) / isz;
+  }
+  T* p = writable ? static_cast<T*>(a.mutable_data()) : const_cast<T*>(static_cast<const T*>(a.data()));
+  return MatView<T>{p, rows, cols, std::max<int64_t>(ld, 1)};
+}
+
+template <class T>
+MatView<const T> cmat(py::array a, const std::string& name) {
+  MatView<T> v = mat<T>(a, name, false);
+  return {v.data, v.rows, v.cols, v.ld};
+}
+
+template <class T>
+MatView<T> opt_mat(const py::object& o, const std::string& name) {
+  if (o.is_none()) return {};
+  return mat<T>(o.cast<py::array>(), name, true);
+}
+
+template <class T>
+MatView<const T> opt_cmat(const py::object& o, const std::string& name) {
+  if (o.is_none()) return {};
+  return cmat<T>(o.cast<py::array>(), name);
+}
+
+template <class T>
+T* vec(const py::object& o, const std::string& name, int64_t n, bool writable) {
+  if (o.is_none()) return nullptr;
+  py::array a = o.cast<py::array>();
+  if (!is_dtype<T>(a)) fail(name, "must have dtype " + std::string(py::str(py::dtype::of<T>())));
+  if (a.ndim() != 1 || a.shape(0) != n)
+    fail(name, "must be 1-D of length " + std::to_string(n));
+  if (a.shape(0) > 1 && a.strides(0) != int64_t(sizeof(T))) fail(name, "must be contiguous");
+  if (writable && !a.writeable()) fail(name, "must be writable");
+  return writable ? static_cast<T*>(a.mutable_data()) : const_cast<T*>(static_cast<const T*>(a.data()));
+}
+
+template <class T>
+void same_shape(const MatView<T>& a, int64_t rows, int64_t cols, const std::string& name) {
+  if (!a.empty() && (a.rows != rows || a.cols != cols))
+    fail(name, "must have shape (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                   "), got (" + std::to_string(a.rows) + ", " + std::to_string(a.cols) + ")");
+}
+
+bool is_f64(const py::array& a) {
+  if (is_dtype<double>(a)) return true;
+  if (is_dtype<float>(a)) return false;
+  throw py::value_error("parrbm._core: arrays must be float32 or float64, got " +
+                        std::string(py::str(a.dtype())));
+}
+
+StreamKey stream_key(uint64_t seed, uint32_t step, uint32_t phase) { return {seed, step, phase}; }
+
+// ---- kernel bindings, dispatched on dtype ------------------------------------------------
+
+template <class T>
+void gemm_t(py::array a, py::array b, py::array c, double alpha, double beta, bool ta, bool tb) {
+  auto A = cmat<T>(a, "a");
+  auto B = cmat<T>(b, "b");
+  auto C = mat<T>(c, "c", true);
+  const int64_t m = ta ? A.cols : A.rows, k = ta ? A.rows : A.cols;
+  const int64_t kb = tb ? B.cols : B.rows, n = tb ? B.rows : B.cols;
+  if (k != kb) fail("b", "inner dimension " + std::to_string(kb) + " does not match a's " + std::to_string(k));
+  same_shape(C, m, n, "c");
+  py::gil_scoped_release nogil;
+  gemm<T>(ta, tb, T(alpha), A, B, T(beta), C);
+}
+
+template <class T>
+void sample_t(py::array pre, py::object bias, py::object states, py::object probs, uint64_t seed,
+              uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, double state_value,
+              double prob_scale) {
+  auto P = cmat<T>(pre, "pre");
+  T* bv = vec<T>(bias, "bias", P.cols, false);
+  auto S = opt_mat<T>(states, "states");
+  auto Q = opt_mat<T>(probs, "probs");
+  same_shape(S, P.rows, P.cols, "states");
+  same_shape(Q, P.rows, P.cols, "probs");
+  py::gil_scoped_release nogil;
+  sample_sigmoid<T>(P, bv, S, T(state_value), Q, T(prob_scale), stream_key(seed, step, phase),
+                    case0, unit0);
+}
+
+template <class T>
+double visible_t(py::array pre, py::object bias, py::array out, const std::string& kind,
+                 bool sample, py::object data, uint64_t seed, uint32_t step, uint32_t phase,
+                 uint64_t case0, uint64_t unit0) {
+  auto P = cmat<T>(pre, "pre");
+  T* bv = vec<T>(bias, "bias", P.cols, false);
+  auto O = mat<T>(out, "out", true);
+  auto D = opt_cmat<T>(data, "data");
+  same_shape(O, P.rows, P.cols, "out");
+  same_shape(D, P.rows, P.cols, "data");
+  VisibleKind k;
+  if (kind == "binary") k = VisibleKind::Binary;
+  else if (kind == "gaussian") k = VisibleKind::Gaussian;
+  else fail("kind", "must be 'binary' or 'gaussian', got '" + kind + "'");
+  py::gil_scoped_release nogil;
+  return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, unit0);
+}
+
+template <class T>
+py::array pack_t(py::array states, py::object out) {
+  auto S = cmat<T>(states, "states");
+  const int64_t nbytes = (S.rows * S.cols + 7) / 8;
+  py::array_t<uint8_t> o = out.is_none() ? py::array_t<uint8_t>(nbytes) : out.cast<py::array_t<uint8_t>>();
+  if (o.ndim() != 1 || o.shape(0) != nbytes || !o.writeable() ||
+      (nbytes > 1 && o.strides(0) != 1))
+    fail("out", "must be a writable contiguous uint8 array of " + std::to_string(nbytes) + " bytes");
+  uint8_t* p = o.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pack_bits<T>(S, p);
+  }
+  return std::move(o);
+}
+
+template <class T>
+void unpack_t(py::array_t<uint8_t> in, py::array out, double one) {
+  auto O = mat<T>(out, "out", true);
+  const int64_t nbytes = (O.rows * O.cols + 7) / 8;
+  if (in.ndim() != 1 || in.shape(0) < nbytes || (in.shape(0) > 1 && in.strides(0) != 1))
+    fail("packed", "must be a contiguous uint8 array of at least " + std::to_string(nbytes) + " bytes");
+  const uint8_t* p = in.data();
+  py::gil_scoped_release nogil;
+  unpack_bits<T>(p, O, T(one));
+}
+
+template <class T>
+void apply_increment_t(py::array w, py::array inc, double decay_lr) {
+  auto W = mat<T>(w, "w", true);
+  auto I = mat<T>(inc, "inc", true);
+  same_shape(I, W.rows, W.cols, "inc");
+  py::gil_scoped_release nogil;
+  apply_increment<T>(W, I, T(decay_lr));
+}
+
+template <class T>
+void bias_update_t(py::array bias, py::object inc, py::array pos, py::object neg, double neg_scale,
+                   double alpha, double momentum) {
+  auto P = cmat<T>(pos, "pos");
+  auto N = opt_cmat<T>(neg, "neg");
+  if (!N.empty() && N.cols != P.cols) fail("neg", "must have as many columns as pos");
+  T* b = vec<T>(bias, "bias", P.cols, true);
+  T* i = vec<T>(inc, "inc", P.cols, true);
+  py::gil_scoped_release nogil;
+  bias_update<T>(b, i, P, N, T(neg_scale), T(alpha), T(momentum));
+}
+
+template <class T>
+void sigmoid_t(py::array x, py::array out) {
+  auto X = cmat<T>(x, "x");
+  auto O = mat<T>(out, "out", true);
+  same_shape(O, X.rows, X.cols, "out");
+  py::gil_scoped_release nogil;
+  sigmoid<T>(X, O);
+}
+
+// ---- trainer -------------------------------------------------------------------------------
+
+template <class T>
+py::array view_of(py::handle owner, T* data, std::vector<py::ssize_t> shape) {
+  if (!data) return py::none();
+  std::vector<py::ssize_t> strides;
+  if (shape.size() == 2) strides = {py::ssize_t(sizeof(T)) * shape[1], py::ssize_t(sizeof(T))};
+  else strides = {py::ssize_t(sizeof(T))};
+  return py::array_t<T>(shape, strides, data, owner);
+}
+
+template <class T>
+void bind_trainer(py::module_& m, const char* name) {
+  using Tr = CDTrainer<T>;
+  py::class_<Tr>(m, name)
+      .def(py::init([](int64_t n_visible, int64_t n_hidden, int64_t batch_size,
+                       const std::string& visible, bool gaussian_noise,
+                       const std::string& statistics, int cd_k, bool persistent,
+                       double learning_rate, double momentum, double weight_decay,
+                       uint64_t seed) {
+             CDConfig c;
+             c.n_visible = n_visible;
+             c.n_hidden = n_hidden;
+             c.batch_size = batch_size;
+             if (visible == "binary") c.visible = VisibleKind::Binary;
+             else if (visible == "gaussian") c.visible = VisibleKind::Gaussian;
+             else fail("visible", "must be 'binary' or 'gaussian'");
+             c.gaussian_noise = gaussian_noise;
+             if (statistics == "samples") c.statistics = Statistics::Samples;
+             else if (statistics == "probabilities") c.statistics = Statistics::Probabilities;
+             else fail("statistics", "must be 'samples' or 'probabilities'");
+             c.cd_k = cd_k;
+             c.persistent = persistent;
+             c.learning_rate = learning_rate;
+             c.momentum = momentum;
+             c.weight_decay = weight_decay;
+             c.seed = seed;
+             return new Tr(c);
+           }),
+           py::arg("n_visible"), py::arg("n_hidden"), py::arg("batch_size"),
+           py::arg("visible") = "binary", py::arg("gaussian_noise") = false,
+           py::arg("statistics") = "samples", py::arg("cd_k") = 1, py::arg("persistent") = false,
+           py::arg("learning_rate") = 0.1, py::arg("momentum") = 0.0,
+           py::arg("weight_decay") = 0.0, py::arg("seed") = 0)
+      .def_property_readonly("W", [](py::object self) {
+        Tr& t = self.cast<Tr&>();
+        auto w = t.weights();
+        return view_of<T>(self, w.data, {w.rows, w.cols});
+      })
+      .def_property_readonly("b", [](py::object self) {
+        Tr& t = self.cast<Tr&>();
+        return view_of<T>(self, t.visible_bias(), {t.config().n_visible});
+      })
+      .def_property_readonly("c", [](py::object self) {
+        Tr& t = self.cast<Tr&>();
+        return view_of<T>(self, t.hidden_bias(), {t.config().n_hidden});
+      })
+      .def_property_readonly("W_inc", [](py::object self) -> py::object {
+        Tr& t = self.cast<Tr&>();
+        if (!t.has_momentum()) return py::none();
+        auto w = t.weight_increments();
+        return view_of<T>(self, w.data, {w.rows, w.cols});
+      })
+      .def_property_readonly("b_inc", [](py::object self) -> py::object {
+        Tr& t = self.cast<Tr&>();
+        if (!t.has_momentum()) return py::none();
+        return view_of<T>(self, t.visible_bias_increments(), {t.config().n_visible});
+      })
+      .def_property_readonly("c_inc", [](py::object self) -> py::object {
+        Tr& t = self.cast<Tr&>();
+        if (!t.has_momentum()) return py::none();
+        return view_of<T>(self, t.hidden_bias_increments(), {t.config().n_hidden});
+      })
+      .def_property_readonly("chains", [](py::object self) -> py::object {
+        Tr& t = self.cast<Tr&>();
+        auto ch = t.persistent_chains();
+        if (ch.rows == 0) return py::none();
+        return view_of<T>(self, ch.data, {ch.rows, ch.cols});
+      })
+      .def("step",
+           [](Tr& t, py::array x, uint32_t step) {
+             auto X = cmat<T>(x, "x");
+             if (X.cols != t.config().n_visible || X.rows < 1 || X.rows > t.config().batch_size)
+               fail("x", "must have shape (m, " + std::to_string(t.config().n_visible) +
+                             ") with 1 <= m <= " + std::to_string(t.config().batch_size));
+             py::gil_scoped_release nogil;
+             return t.step(X, step);
+           },
+           py::arg("x"), py::arg("step"),
+           "One CD-k step on minibatch x (m, n_visible); returns the summed squared "
+           "reconstruction error of the first Gibbs step.")
+      .def("run",
+           [](Tr& t, py::array x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> order,
+              uint32_t first_step) {
+             auto X = cmat<T>(x, "x");
+             if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
+             const int64_t n = order.shape(0);
+             const int64_t* o = order.data();
+             for (int64_t i = 0; i < n; ++i)
+               if (o[i] < 0 || o[i] >= X.rows) fail("order", "holds a row index out of range");
+             const int64_t m = t.config().batch_size;
+             py::array_t<double> errors((n + m - 1) / m);
+             double* e = errors.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               t.run(X, o, n, first_step, e);
+             }
+             return errors;
+           },
+           py::arg("x"), py::arg("order"), py::arg("first_step"))
+      .def("hidden_probabilities",
+           [](const Tr& t, py::array x) {
+             auto X = cmat<T>(x, "x");
+             if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
+             py::array_t<T> out({X.rows, t.config().n_hidden});
+             auto O = mat<T>(out, "out", true);
+             py::gil_scoped_release nogil;
+             t.hidden_probabilities(X, O);
+             return out;
+           })
+      .def("reconstruct", [](const Tr& t, py::array x) {
+        auto X = cmat<T>(x, "x");
+        if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
+        py::array_t<T> out({X.rows, t.config().n_visible});
+        auto O = mat<T>(out, "out", true);
+        py::gil_scoped_release nogil;
+        t.reconstruct(X, O);
+        return out;
+      });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "parrbm C++ core: CBLAS GEMMs, Philox sampling, bit packing, CD updates";
+
+  m.def("gemm",
+        [](py::array a, py::array b, py::array c, double alpha, double beta, bool ta, bool tb) {
+          if (is_f64(c)) gemm_t<double>(a, b, c, alpha, beta, ta, tb);
+          else gemm_t<float>(a, b, c, alpha, beta, ta, tb);
+        },
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
+        py::arg("trans_a") = false, py::arg("trans_b") = false,
+        "c <- alpha * op(a) @ op(b) + beta * c, in place; views with row strides are used "
+        "without copying.");
+
+  m.def("sample_sigmoid",
+        [](py::array pre, py::object bias, py::object states, py::object probs, uint64_t seed,
+           uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, double state_value,
+           double prob_scale) {
+          if (is_f64(pre)) sample_t<double>(pre, bias, states, probs, seed, step, phase, case0, unit0, state_value, prob_scale);
+          else sample_t<float>(pre, bias, states, probs, seed, step, phase, case0, unit0, state_value, prob_scale);
+        },
+        py::arg("pre"), py::arg("bias") = py::none(), py::arg("states") = py::none(),
+        py::arg("probs") = py::none(), py::kw_only(), py::arg("seed") = 0, py::arg("step") = 0,
+        py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0,
+        py::arg("state_value") = 1.0, py::arg("prob_scale") = 1.0,
+        "p = sigm(pre + bias); probs <- prob_scale * p; states <- state_value * [u < p], with u "
+        "from Philox4x32-10 keyed by (seed, step, phase, case0 + row, unit0 + column).");
+
+  m.def("visible_activation",
+        [](py::array pre, py::object bias, py::array out, const std::string& kind, bool sample,
+           py::object data, uint64_t seed, uint32_t step, uint32_t phase, uint64_t case0,
+           uint64_t unit0) {
+          if (is_f64(pre)) return visible_t<double>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0);
+          return visible_t<float>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0);
+        },
+        py::arg("pre"), py::arg("bias"), py::arg("out"), py::arg("kind") = "binary",
+        py::arg("sample") = true, py::arg("data") = py::none(), py::kw_only(),
+        py::arg("seed") = 0, py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0,
+        py::arg("unit0") = 0,
+        "Visible activation (binary: sigmoid, sampled if sample; gaussian: mean, plus N(0,1) "
+        "noise if sample). Returns sum((data - mean)^2) when data is given.");
+
+  m.def("pack_bits",
+        [](py::array states, py::object out) {
+          return is_f64(states) ? pack_t<double>(states, out) : pack_t<float>(states, out);
+        },
+        py::arg("states"), py::arg("out") = py::none(),
+        "Bit-pack binary states (nonzero = 1), row-major, little-endian bit order.");
+  m.def("unpack_bits",
+        [](py::array_t<uint8_t> packed, py::array out, double one) {
+          if (is_f64(out)) unpack_t<double>(packed, out, one);
+          else unpack_t<float>(packed, out, one);
+        },
+        py::arg("packed"), py::arg("out"), py::arg("one") = 1.0);
+  m.def("apply_increment",
+        [](py::array w, py::array inc, double decay_lr) {
+          if (is_f64(w)) apply_increment_t<double>(w, inc, decay_lr);
+          else apply_increment_t<float>(w, inc, decay_lr);
+        },
+        py::arg("w"), py::arg("inc"), py::arg("decay_lr") = 0.0,
+        "inc -= decay_lr * w; w += inc");
+  m.def("bias_update",
+        [](py::array bias, py::object inc, py::array pos, py::object neg, double neg_scale,
+           double alpha, double momentum) {
+          if (is_f64(pos)) bias_update_t<double>(bias, inc, pos, neg, neg_scale, alpha, momentum);
+          else bias_update_t<float>(bias, inc, pos, neg, neg_scale, alpha, momentum);
+        },
+        py::arg("bias"), py::arg("inc"), py::arg("pos"), py::arg("neg") = py::none(),
+        py::arg("neg_scale") = 1.0, py::arg("alpha") = 1.0, py::arg("momentum") = 0.0);
+  m.def("sigmoid",
+        [](py::array x, py::array out) {
+          if (is_f64(x)) sigmoid_t<double>(x, out);
+          else sigmoid_t<float>(x, out);
+        },
+        py::arg("x"), py::arg("out"));
+  m.def("uniforms",
+        [](int64_t rows, int64_t cols, uint64_t seed, uint32_t step, uint32_t phase,
+           uint64_t case0, uint64_t unit0) {
+          if (rows < 0 || cols < 0) fail("rows/cols", "must be >= 0");
+          py::array_t<double> out({rows, cols});
+          MatView<double> o{out.mutable_data(), rows, cols, std::max<int64_t>(cols, 1)};
+          py::gil_scoped_release nogil;
+          uniforms(o, stream_key(seed, step, phase), case0, unit0);
+          return out;
+        },
+        py::arg("rows"), py::arg("cols"), py::kw_only(), py::arg("seed") = 0,
+        py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0);
+  m.def("philox4x32",
+        [](std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key) {
+          std::array<uint32_t, 4> out{};
+          Philox4x32::block(ctr.data(), key.data(), out.data());
+          return out;
+        },
+        py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for known-answer tests).");
+
+  m.def("set_blas_threads", &set_blas_threads, py::arg("n"));
+  m.def("set_blas_threads_local", &set_blas_threads_local, py::arg("n"),
+        "Threads for BLAS calls made by the calling thread; returns the previous value or -1.");
+  m.def("get_blas_threads", &get_blas_threads);
+  m.def("blas_info", []() {
+    py::dict d;
+    d["name"] = blas_name();
+    d["config"] = blas_config();
+    d["threads"] = get_blas_threads();
+    return d;
+  });
+  m.attr("PHASE_NOISE_OFFSET") = kPhaseNoiseOffset;
+
+  bind_trainer<float>(m, "CDTrainer32");
+  bind_trainer<double>(m, "CDTrainer64");
+}

@@ -1,0 +1,434 @@
+#include "kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "blas.hpp"
+
+// Hot element-wise loops are compiled twice (AVX2 and baseline) and picked at load time.
+// The core is built with -ffp-contract=off, so both clones do the same IEEE operations
+// and give the same bits: sampling never depends on the machine a worker runs on.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PARRBM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PARRBM_CLONES
+#endif
+#define PARRBM_INLINE inline __attribute__((always_inline))
+
+namespace parrbm {
+
+namespace {
+
+// ---- deterministic exp / sigmoid -------------------------------------------------
+// Own polynomial exp so that results do not depend on libm or on vectorisation.
+
+PARRBM_INLINE float exp_det(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float fx = x * 1.44269504088896341f + 0.5f;
+  int n = static_cast<int>(fx);
+  n -= (static_cast<float>(n) > fx);  // floor
+  const float nf = static_cast<float>(n);
+  float r = x - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  const float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+PARRBM_INLINE double exp_det(double x) {
+  x = std::min(std::max(x, -708.0), 709.0);
+  const double fx = x * 1.4426950408889634074 + 0.5;
+  int64_t n = static_cast<int64_t>(fx);
+  n -= (static_cast<double>(n) > fx);
+  const double nf = static_cast<double>(n);
+  double r = x - nf * 6.93145751953125e-1;
+  r = r - nf * 1.42860682030941723212e-6;
+  // Taylor series to degree 13 on |r| <= 0.35: truncation below 1e-17 relative.
+  double y = 1.0 / 6227020800.0;
+  y = y * r + 1.0 / 479001600.0;
+  y = y * r + 1.0 / 39916800.0;
+  y = y * r + 1.0 / 3628800.0;
+  y = y * r + 1.0 / 362880.0;
+  y = y * r + 1.0 / 40320.0;
+  y = y * r + 1.0 / 5040.0;
+  y = y * r + 1.0 / 720.0;
+  y = y * r + 1.0 / 120.0;
+  y = y * r + 1.0 / 24.0;
+  y = y * r + 1.0 / 6.0;
+  y = y * r + 0.5;
+  y = y * r + 1.0;
+  y = y * r + 1.0;
+  const int64_t bits = (n + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+template <class T>
+PARRBM_INLINE T sigm(T x) {
+  return T(1) / (T(1) + exp_det(-x));
+}
+
+// p[j] = sigm(pre[j] + bias[j])
+template <class T>
+PARRBM_INLINE void sigmoid_row_impl(const T* __restrict pre, const T* __restrict bias,
+                                    T* __restrict p, int64_t n) {
+  if (bias) {
+    for (int64_t j = 0; j < n; ++j) p[j] = sigm(pre[j] + bias[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) p[j] = sigm(pre[j]);
+  }
+}
+
+PARRBM_CLONES void sigmoid_row(const float* pre, const float* bias, float* p, int64_t n) {
+  sigmoid_row_impl(pre, bias, p, n);
+}
+PARRBM_CLONES void sigmoid_row(const double* pre, const double* bias, double* p, int64_t n) {
+  sigmoid_row_impl(pre, bias, p, n);
+}
+
+// ---- Philox streams ----------------------------------------------------------------
+
+// out[4*(g - g0) + l] = lane l of block (g, case, step, phase), g in [g0, g0 + ng).
+PARRBM_CLONES void philox_row(uint32_t* __restrict out, uint64_t g0, int64_t ng,
+                              uint32_t case_idx, const StreamKey key) {
+  const uint32_t k0 = uint32_t(key.seed), k1 = uint32_t(key.seed >> 32);
+  for (int64_t i = 0; i < ng; ++i) {
+    const uint32_t c[4] = {uint32_t(g0 + uint64_t(i)), case_idx, key.step, key.phase};
+    const uint32_t k[2] = {k0, k1};
+    Philox4x32::block(c, k, out + 4 * i);
+  }
+}
+
+// u = (x + 0.5) * 2^-32, exactly, without an unsigned 64-bit conversion.
+PARRBM_INLINE double to_unit(uint32_t x) {
+  return (double(int32_t(x ^ 0x80000000u)) + 2147483648.5) * 2.3283064365386963e-10;
+}
+
+// states[j] = u_j < p_j ? v : 0 with u_j = lane (off + j) of the row's blocks
+template <class T>
+PARRBM_INLINE void bernoulli_row_impl(const uint32_t* __restrict bits, int64_t off,
+                                      const T* __restrict p, T* __restrict states, T v,
+                                      int64_t n) {
+  for (int64_t j = 0; j < n; ++j)
+    states[j] = (to_unit(bits[off + j]) < double(p[j])) ? v : T(0);
+}
+PARRBM_CLONES void bernoulli_row(const uint32_t* bits, int64_t off, const float* p,
+                                 float* states, float v, int64_t n) {
+  bernoulli_row_impl(bits, off, p, states, v, n);
+}
+PARRBM_CLONES void bernoulli_row(const uint32_t* bits, int64_t off, const double* p,
+                                 double* states, double v, int64_t n) {
+  bernoulli_row_impl(bits, off, p, states, v, n);
+}
+
+// Scratch reused across calls of the same thread (each worker thread has its own).
+struct Scratch {
+  std::vector<uint32_t> bits;
+  std::vector<float> pf;
+  std::vector<double> pd;
+  std::vector<double> ud;
+  uint32_t* bits_for(int64_t n) {
+    if (int64_t(bits.size()) < n) bits.resize(n);
+    return bits.data();
+  }
+  float* p_for(int64_t n, float*) {
+    if (int64_t(pf.size()) < n) pf.resize(n);
+    return pf.data();
+  }
+  double* p_for(int64_t n, double*) {
+    if (int64_t(pd.size()) < n) pd.resize(n);
+    return pd.data();
+  }
+};
+thread_local Scratch scratch;
+
+// Fills the blocks covering units [unit0, unit0 + n) of one row with units_per_block
+// uniforms per block; returns the offset of unit0 inside the filled lanes.
+int64_t fill_row_bits(uint32_t* bits, uint64_t unit0, int64_t n, int units_per_block,
+                      uint32_t case_idx, const StreamKey& key) {
+  const uint64_t g0 = unit0 / units_per_block;
+  const uint64_t g1 = (unit0 + n + units_per_block - 1) / units_per_block;
+  philox_row(bits, g0, int64_t(g1 - g0), case_idx, key);
+  return int64_t(unit0 - g0 * units_per_block);
+}
+
+}  // namespace
+
+// ---- public kernels ------------------------------------------------------------------
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, T alpha, MatView<const T> a, MatView<const T> b, T beta,
+          MatView<T> c) {
+  const int64_t k = trans_a ? a.rows : a.cols;
+  if (c.rows == 0 || c.cols == 0) return;
+  if (k == 0) {  // CBLAS leaves C untouched for k == 0 only when beta == 1
+    for (int64_t i = 0; i < c.rows; ++i)
+      for (int64_t j = 0; j < c.cols; ++j) c.row(i)[j] = beta == T(0) ? T(0) : beta * c.row(i)[j];
+    return;
+  }
+  cblas_gemm(trans_a, trans_b, int(c.rows), int(c.cols), int(k), alpha, a.data,
+             int(std::max<int64_t>(a.ld, 1)), b.data, int(std::max<int64_t>(b.ld, 1)), beta,
+             c.data, int(std::max<int64_t>(c.ld, 1)));
+}
+
+void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_t unit0) {
+  uint32_t* bits = scratch.bits_for(out.cols + 8);
+  for (int64_t i = 0; i < out.rows; ++i) {
+    const int64_t off = fill_row_bits(bits, unit0, out.cols, 4, uint32_t(case0 + i), key);
+    double* o = out.row(i);
+    for (int64_t j = 0; j < out.cols; ++j) o[j] = to_unit(bits[off + j]);
+  }
+}
+
+template <class T>
+void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T state_value,
+                    MatView<T> probs, T prob_scale, const StreamKey& key, uint64_t case0,
+                    uint64_t unit0) {
+  const int64_t n = pre.cols;
+  T* p = scratch.p_for(n, static_cast<T*>(nullptr));
+  uint32_t* bits = states.empty() ? nullptr : scratch.bits_for(n + 8);
+  for (int64_t i = 0; i < pre.rows; ++i) {
+    sigmoid_row(pre.row(i), bias, p, n);
+    if (!states.empty()) {
+      const int64_t off = fill_row_bits(bits, unit0, n, 4, uint32_t(case0 + i), key);
+      bernoulli_row(bits, off, p, states.row(i), state_value, n);
+    }
+    if (!probs.empty()) {
+      T* q = probs.row(i);
+      if (prob_scale == T(1))
+        std::memcpy(q, p, sizeof(T) * n);
+      else
+        for (int64_t j = 0; j < n; ++j) q[j] = prob_scale * p[j];
+    }
+  }
+}
+
+template <class T>
+double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
+                          VisibleKind kind, bool sample, MatView<const T> data,
+                          const StreamKey& key, uint64_t case0, uint64_t unit0) {
+  const int64_t n = pre.cols;
+  T* mean = scratch.p_for(n, static_cast<T*>(nullptr));
+  uint32_t* bits = sample ? scratch.bits_for(n + 8) : nullptr;
+  double err = 0.0;
+  for (int64_t i = 0; i < pre.rows; ++i) {
+    const T* x = pre.row(i);
+    if (kind == VisibleKind::Binary) {
+      sigmoid_row(x, bias, mean, n);
+    } else if (bias) {
+      for (int64_t j = 0; j < n; ++j) mean[j] = x[j] + bias[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) mean[j] = x[j];
+    }
+    if (!data.empty()) {
+      const T* d = data.row(i);
+      double e = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        const double r = double(d[j]) - double(mean[j]);
+        e += r * r;
+      }
+      err += e;
+    }
+    T* o = out.row(i);
+    if (!sample) {
+      std::memcpy(o, mean, sizeof(T) * n);
+    } else if (kind == VisibleKind::Binary) {
+      const int64_t off = fill_row_bits(bits, unit0, n, 4, uint32_t(case0 + i), key);
+      bernoulli_row(bits, off, mean, o, T(1), n);
+    } else {
+      // Box-Muller, one normal per unit from lanes (2(j%2), 2(j%2)+1) of block j/2.
+      StreamKey nk = key;
+      nk.phase = key.phase + kPhaseNoiseOffset;
+      const int64_t off = fill_row_bits(bits, unit0, n, 2, uint32_t(case0 + i), nk);
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t lane = 2 * (off + j);
+        const double u1 = to_unit(bits[lane]);
+        const double u2 = to_unit(bits[lane + 1]);
+        const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+        o[j] = mean[j] + T(z);
+      }
+    }
+  }
+  return err;
+}
+
+template <class T>
+void pack_bits(MatView<const T> s, uint8_t* out) {
+  const int64_t total = s.rows * s.cols;
+  std::memset(out, 0, size_t((total + 7) / 8));
+  int64_t e = 0;
+  for (int64_t i = 0; i < s.rows; ++i) {
+    const T* r = s.row(i);
+    int64_t j = 0;
+    // Fast path: whole bytes when the running element index is byte aligned.
+    if ((e & 7) == 0) {
+      for (; j + 8 <= s.cols; j += 8, e += 8) {
+        uint8_t byte = 0;
+        for (int b = 0; b < 8; ++b) byte |= uint8_t(r[j + b] != T(0)) << b;
+        out[e >> 3] = byte;
+      }
+    }
+    for (; j < s.cols; ++j, ++e)
+      if (r[j] != T(0)) out[e >> 3] |= uint8_t(1u << (e & 7));
+  }
+}
+
+template <class T>
+void unpack_bits(const uint8_t* in, MatView<T> out, T one) {
+  int64_t e = 0;
+  for (int64_t i = 0; i < out.rows; ++i) {
+    T* r = out.row(i);
+    for (int64_t j = 0; j < out.cols; ++j, ++e) r[j] = ((in[e >> 3] >> (e & 7)) & 1u) ? one : T(0);
+  }
+}
+
+namespace {
+template <class T>
+PARRBM_INLINE void apply_increment_row_impl(T* __restrict w, T* __restrict inc, T decay_lr,
+                                            int64_t n) {
+  if (decay_lr != T(0))
+    for (int64_t j = 0; j < n; ++j) {
+      inc[j] -= decay_lr * w[j];
+      w[j] += inc[j];
+    }
+  else
+    for (int64_t j = 0; j < n; ++j) w[j] += inc[j];
+}
+PARRBM_CLONES void apply_increment_row(float* w, float* inc, float d, int64_t n) {
+  apply_increment_row_impl(w, inc, d, n);
+}
+PARRBM_CLONES void apply_increment_row(double* w, double* inc, double d, int64_t n) {
+  apply_increment_row_impl(w, inc, d, n);
+}
+}  // namespace
+
+template <class T>
+void apply_increment(MatView<T> w, MatView<T> inc, T decay_lr) {
+  for (int64_t i = 0; i < w.rows; ++i) apply_increment_row(w.row(i), inc.row(i), decay_lr, w.cols);
+}
+
+template <class T>
+void bias_update(T* bias, T* inc, MatView<const T> pos, MatView<const T> neg, T neg_scale,
+                 T alpha, T momentum) {
+  const int64_t n = pos.cols;
+  // Column sums in the same row order on every worker: the order never depends on
+  // how columns are split.
+  std::vector<T> g(size_t(n), T(0));
+  for (int64_t i = 0; i < pos.rows; ++i) {
+    const T* r = pos.row(i);
+    for (int64_t j = 0; j < n; ++j) g[j] += r[j];
+  }
+  if (!neg.empty() && neg.rows > 0) {
+    std::vector<T> gn(size_t(n), T(0));
+    for (int64_t i = 0; i < neg.rows; ++i) {
+      const T* r = neg.row(i);
+      for (int64_t j = 0; j < n; ++j) gn[j] += r[j];
+    }
+    for (int64_t j = 0; j < n; ++j) g[j] -= neg_scale * gn[j];
+  }
+  if (inc) {
+    for (int64_t j = 0; j < n; ++j) {
+      inc[j] = momentum * inc[j] + alpha * g[j];
+      bias[j] += inc[j];
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) bias[j] += alpha * g[j];
+  }
+}
+
+template <class T>
+void scaled_copy(MatView<const T> src, MatView<T> dst, T scale) {
+  for (int64_t i = 0; i < src.rows; ++i) {
+    const T* s = src.row(i);
+    T* d = dst.row(i);
+    for (int64_t j = 0; j < src.cols; ++j) d[j] = scale * s[j];
+  }
+}
+
+template <class T>
+void gather_rows(MatView<const T> src, const int64_t* index, MatView<T> dst) {
+  for (int64_t i = 0; i < dst.rows; ++i)
+    std::memcpy(dst.row(i), src.row(index[i]), sizeof(T) * size_t(dst.cols));
+}
+
+template <class T>
+void sigmoid(MatView<const T> x, MatView<T> out) {
+  for (int64_t i = 0; i < x.rows; ++i) sigmoid_row(x.row(i), static_cast<const T*>(nullptr), out.row(i), x.cols);
+}
+
+// ---- BLAS threads ----------------------------------------------------------------------
+
+
+void set_blas_threads(int n) {
+#if defined(PARRBM_OPENBLAS)
+  PARRBM_BLAS_FN(openblas_set_num_threads)(n);
+#else
+  (void)n;
+#endif
+}
+
+#if defined(PARRBM_OPENBLAS)
+// Newer OpenBLAS builds have a per-calling-thread setting; older ones do not export it.
+extern "C" int PARRBM_BLAS_FN(openblas_set_num_threads_local)(int) __attribute__((weak));
+#endif
+
+int set_blas_threads_local(int n) {
+#if defined(PARRBM_OPENBLAS)
+  if (&PARRBM_BLAS_FN(openblas_set_num_threads_local) != nullptr)
+    return PARRBM_BLAS_FN(openblas_set_num_threads_local)(n);
+#endif
+  (void)n;
+  return -1;
+}
+
+int get_blas_threads() {
+#if defined(PARRBM_OPENBLAS)
+  return PARRBM_BLAS_FN(openblas_get_num_threads)();
+#else
+  return -1;
+#endif
+}
+
+const char* blas_name() { return PARRBM_BLAS_NAME; }
+
+const char* blas_config() {
+#if defined(PARRBM_OPENBLAS)
+  return PARRBM_BLAS_FN(openblas_get_config)();
+#else
+  return PARRBM_BLAS_NAME;
+#endif
+}
+
+// ---- instantiations ----------------------------------------------------------------------
+
+#define PARRBM_INSTANTIATE(T)                                                                    \
+  template void gemm<T>(bool, bool, T, MatView<const T>, MatView<const T>, T, MatView<T>);      \
+  template void sample_sigmoid<T>(MatView<const T>, const T*, MatView<T>, T, MatView<T>, T,     \
+                                  const StreamKey&, uint64_t, uint64_t);                        \
+  template double visible_activation<T>(MatView<const T>, const T*, MatView<T>, VisibleKind,   \
+                                        bool, MatView<const T>, const StreamKey&, uint64_t,     \
+                                        uint64_t);                                              \
+  template void pack_bits<T>(MatView<const T>, uint8_t*);                                       \
+  template void unpack_bits<T>(const uint8_t*, MatView<T>, T);                                  \
+  template void apply_increment<T>(MatView<T>, MatView<T>, T);                                  \
+  template void bias_update<T>(T*, T*, MatView<const T>, MatView<const T>, T, T, T);            \
+  template void scaled_copy<T>(MatView<const T>, MatView<T>, T);                                \
+  template void gather_rows<T>(MatView<const T>, const int64_t*, MatView<T>);                   \
+  template void sigmoid<T>(MatView<const T>, MatView<T>);
+
+PARRBM_INSTANTIATE(float)
+PARRBM_INSTANTIATE(double)
+
+}  // namespace parrbm

@@ -1,0 +1,91 @@
+// The numerical kernels of parrbm: float and double, no Python, no allocation in loops.
+// Every matrix argument is a row-major view with its own leading dimension, so a worker
+// multiplies or samples a sub-block of a larger array in place (DESIGN.md section 8).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "philox.hpp"
+
+namespace parrbm {
+
+template <class T>
+struct MatView {
+  T* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t ld = 0;  // elements between the starts of consecutive rows
+  T* row(int64_t i) const { return data + i * ld; }
+  bool empty() const { return data == nullptr; }
+  MatView<T> block(int64_t r0, int64_t nr, int64_t c0, int64_t nc) const {
+    return MatView<T>{data + r0 * ld + c0, nr, nc, ld};
+  }
+};
+
+enum class VisibleKind : int { Binary = 0, Gaussian = 1 };
+
+// C = alpha * op(A) op(B) + beta * C through CBLAS.
+template <class T>
+void gemm(bool trans_a, bool trans_b, T alpha, MatView<const T> a, MatView<const T> b, T beta,
+          MatView<T> c);
+
+// Raw uniforms u in (0, 1) for cases [case0, case0 + rows) and units
+// [unit0, unit0 + cols): u = (x + 0.5) / 2^32, x the lane of the Philox block.
+void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_t unit0);
+
+// p = sigm(pre + bias) for each element; then optionally
+//   probs  <- prob_scale * p
+//   states <- (u < p) ? state_value : 0   with u from the stream (key, case, unit).
+// pre may alias probs or states. bias may be null. Any output may be empty.
+template <class T>
+void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T state_value,
+                    MatView<T> probs, T prob_scale, const StreamKey& key, uint64_t case0,
+                    uint64_t unit0);
+
+// Visible units from their total input pre + bias, written to out (may alias pre):
+//   binary:   mean = sigm(.), out = sample ? Bernoulli(mean) : mean
+//   gaussian: mean = .,       out = sample ? mean + N(0, 1) : mean
+// If data is given, returns sum over elements of (data - mean)^2, else 0.
+template <class T>
+double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
+                          VisibleKind kind, bool sample, MatView<const T> data,
+                          const StreamKey& key, uint64_t case0, uint64_t unit0);
+
+// Bit packing of binary states (any nonzero value is a 1): row-major element e goes to
+// bit e % 8 (little-endian bit order) of byte e / 8; out has ceil(rows*cols/8) bytes.
+template <class T>
+void pack_bits(MatView<const T> states, uint8_t* out);
+template <class T>
+void unpack_bits(const uint8_t* in, MatView<T> out, T one);
+
+// One pass over a weight block after its statistics were accumulated into inc:
+//   inc -= decay_lr * W;  W += inc
+template <class T>
+void apply_increment(MatView<T> w, MatView<T> inc, T decay_lr);
+
+// Bias update from column sums: g = colsum(pos) - neg_scale * colsum(neg);
+//   with inc: inc = momentum * inc + alpha * g; bias += inc   else bias += alpha * g.
+template <class T>
+void bias_update(T* bias, T* inc, MatView<const T> pos, MatView<const T> neg, T neg_scale,
+                 T alpha, T momentum);
+
+// dst = scale * src, element-wise over two views of the same shape.
+template <class T>
+void scaled_copy(MatView<const T> src, MatView<T> dst, T scale);
+
+// Row gather: dst row i = src row index[i].
+template <class T>
+void gather_rows(MatView<const T> src, const int64_t* index, MatView<T> dst);
+
+// Deterministic sigmoid, identical on every instruction set (exposed for the tests).
+template <class T>
+void sigmoid(MatView<const T> x, MatView<T> out);
+
+void set_blas_threads(int n);
+int set_blas_threads_local(int n);  // returns the previous value, -1 if unsupported
+int get_blas_threads();
+const char* blas_name();
+const char* blas_config();
+
+}  // namespace parrbm

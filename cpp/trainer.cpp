@@ -1,0 +1,148 @@
+#include "trainer.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace parrbm {
+
+template <class T>
+static MatView<const T> cv(MatView<T> v) {
+  return {v.data, v.rows, v.cols, v.ld};
+}
+
+template <class T>
+CDTrainer<T>::CDTrainer(const CDConfig& cfg) : cfg_(cfg) {
+  if (cfg.n_visible <= 0 || cfg.n_hidden <= 0 || cfg.batch_size <= 0 || cfg.cd_k < 1)
+    throw std::invalid_argument("CDTrainer: sizes and cd_k must be positive");
+  const int64_t V = cfg.n_visible, H = cfg.n_hidden, m = cfg.batch_size;
+  w_.assign(size_t(V * H), T(0));
+  b_.assign(size_t(V), T(0));
+  c_.assign(size_t(H), T(0));
+  if (cfg.momentum != 0.0) {
+    w_inc_.assign(size_t(V * H), T(0));
+    b_inc_.assign(size_t(V), T(0));
+    c_inc_.assign(size_t(H), T(0));
+  }
+  if (cfg.persistent) chains_.assign(size_t(m * H), T(0));
+  left_.assign(size_t(2 * m * V), T(0));
+  right_.assign(size_t(2 * m * H), T(0));
+  pre_.assign(size_t(m * H), T(0));
+  const bool separate_states = cfg.statistics == Statistics::Probabilities || cfg.cd_k > 1;
+  if (separate_states) states_.assign(size_t(m * H), T(0));
+}
+
+template <class T>
+double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
+  const CDConfig& c = cfg_;
+  const int64_t V = c.n_visible, H = c.n_hidden, mb = x.rows;
+  if (mb <= 0 || mb > c.batch_size || x.cols != V)
+    throw std::invalid_argument("CDTrainer::step: minibatch shape does not fit the trainer");
+  const bool probs_stats = c.statistics == Statistics::Probabilities;
+  const int64_t chain_rows = c.persistent ? c.batch_size : mb;
+  // Positive and negative statistics share one GEMM scale eps / mb; PCD's chains are
+  // averaged over their own count, folded into the value written for each state.
+  const T neg_scale = T(double(mb) / double(chain_rows));
+
+  MatView<T> w = weights();
+  MatView<T> left = view(left_, mb + chain_rows, V);
+  MatView<T> right = view(right_, mb + chain_rows, H);
+  MatView<T> left_pos = left.block(0, mb, 0, V), left_neg = left.block(mb, chain_rows, 0, V);
+  MatView<T> right_pos = right.block(0, mb, 0, H), right_neg = right.block(mb, chain_rows, 0, H);
+  MatView<T> pre = view(pre_, chain_rows, H);
+  MatView<T> pre_pos = pre.block(0, mb, 0, H);
+
+  // Positive phase: h ~ p(h | x).
+  if (x.data != left_pos.data) scaled_copy(x, left_pos, T(1));
+  gemm<T>(false, false, T(1), cv(left_pos), cv(w), T(0), pre_pos);
+  StreamKey key{c.seed, step, kPhasePositiveHidden};
+  MatView<T> driver;  // hidden states that drive the next visible sample
+  if (probs_stats) {
+    MatView<T> s = view(states_, mb, H);
+    sample_sigmoid<T>(cv(pre_pos), c_.data(), s, T(1), right_pos, T(1), key, 0, 0);
+    driver = s;
+  } else {
+    sample_sigmoid<T>(cv(pre_pos), c_.data(), right_pos, T(1), MatView<T>{}, T(1), key, 0, 0);
+    driver = right_pos;
+  }
+  if (c.persistent) driver = persistent_chains();
+
+  // Negative phase: k Gibbs steps from the data (CD) or from the chains (PCD).
+  double err = 0.0;
+  for (int t = 1; t <= c.cd_k; ++t) {
+    key.phase = phase_visible(uint32_t(t));
+    gemm<T>(false, true, T(1), cv(driver), cv(w), T(0), left_neg);
+    const bool sample_visible = c.visible == VisibleKind::Binary
+                                    ? !probs_stats
+                                    : c.gaussian_noise;
+    const bool monitor = t == 1 && !c.persistent;
+    err += visible_activation<T>(cv(left_neg), b_.data(), left_neg, c.visible, sample_visible,
+                                 monitor ? x : MatView<const T>{}, key, 0, 0);
+    gemm<T>(false, false, T(1), cv(left_neg), cv(w), T(0), pre);
+    key.phase = phase_hidden(uint32_t(t));
+    if (t < c.cd_k) {
+      MatView<T> s = c.persistent ? persistent_chains() : view(states_, chain_rows, H);
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, 0);
+      driver = s;
+    } else if (probs_stats) {
+      MatView<T> s = c.persistent ? persistent_chains() : MatView<T>{};
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), right_neg, -neg_scale, key, 0, 0);
+    } else if (c.persistent) {
+      MatView<T> s = persistent_chains();
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, 0);
+      scaled_copy<T>(cv(s), right_neg, -neg_scale);
+    } else {
+      sample_sigmoid<T>(cv(pre), c_.data(), right_neg, -neg_scale, MatView<T>{}, T(1), key, 0, 0);
+    }
+  }
+
+  // Update: W <- W + eps/m (x^T h - v'^T h') (+ momentum, - weight decay).
+  const T alpha = T(c.learning_rate / double(mb));
+  const T decay_lr = T(c.learning_rate * c.weight_decay);
+  if (has_momentum()) {
+    gemm<T>(true, false, alpha, cv(left), cv(right), T(c.momentum), weight_increments());
+    apply_increment<T>(w, weight_increments(), decay_lr);
+  } else {
+    gemm<T>(true, false, alpha, cv(left), cv(right), T(1) - decay_lr, w);
+  }
+  bias_update<T>(b_.data(), visible_bias_increments(), cv(left_pos), cv(left_neg), neg_scale,
+                 alpha, T(c.momentum));
+  bias_update<T>(c_.data(), hidden_bias_increments(), cv(right), MatView<const T>{}, T(0),
+                 alpha, T(c.momentum));
+  return err;
+}
+
+template <class T>
+void CDTrainer<T>::run(MatView<const T> x, const int64_t* order, int64_t n_order,
+                       uint32_t first_step, double* errors) {
+  const int64_t m = cfg_.batch_size;
+  int64_t batch = 0;
+  for (int64_t start = 0; start < n_order; start += m, ++batch) {
+    const int64_t mb = std::min(m, n_order - start);
+    MatView<T> dst = view(left_, mb, cfg_.n_visible);
+    gather_rows<T>(x, order + start, dst);
+    errors[batch] = step(cv(dst), first_step + uint32_t(batch));
+  }
+}
+
+template <class T>
+void CDTrainer<T>::hidden_probabilities(MatView<const T> x, MatView<T> out) const {
+  MatView<const T> w{w_.data(), cfg_.n_visible, cfg_.n_hidden, cfg_.n_hidden};
+  gemm<T>(false, false, T(1), x, w, T(0), out);
+  sample_sigmoid<T>(cv(out), c_.data(), MatView<T>{}, T(1), out, T(1), StreamKey{}, 0, 0);
+}
+
+template <class T>
+void CDTrainer<T>::reconstruct(MatView<const T> x, MatView<T> out) const {
+  std::vector<T> h(size_t(x.rows * cfg_.n_hidden));
+  MatView<T> hv{h.data(), x.rows, cfg_.n_hidden, cfg_.n_hidden};
+  hidden_probabilities(x, hv);
+  MatView<const T> w{w_.data(), cfg_.n_visible, cfg_.n_hidden, cfg_.n_hidden};
+  gemm<T>(false, true, T(1), cv(hv), w, T(0), out);
+  visible_activation<T>(cv(out), b_.data(), out, cfg_.visible, false, MatView<const T>{},
+                        StreamKey{}, 0, 0);
+}
+
+template class CDTrainer<float>;
+template class CDTrainer<double>;
+
+}  // namespace parrbm

@@ -1,0 +1,62 @@
+"""Serial CD-k: the single-worker fused path (DESIGN.md 5.6).
+
+The reference for speedup and for the exactness of every other strategy. The whole
+minibatch step runs in one call of the C++ core (``CDTrainer``), which owns the
+parameters and work buffers and releases the GIL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import CDSpec, ModelState
+
+
+class SerialStrategy:
+    """One worker, the whole model, the whole minibatch."""
+
+    name = "serial"
+
+    def __init__(self, spec: CDSpec, state: ModelState):
+        self.spec = spec
+        trainer_cls = _core.CDTrainer64 if spec.dtype == "float64" else _core.CDTrainer32
+        self._trainer = trainer_cls(**spec.trainer_kwargs())
+        self.load_model(state)
+
+    def run(self, X: np.ndarray, order: np.ndarray, first_step: int) -> np.ndarray:
+        """CD-k over the minibatches of ``X[order]`` (consecutive chunks of batch_size).
+
+        X : (n_samples, n_visible) array of the spec's dtype. order : (n,) int64 row
+        indices. Returns the summed squared reconstruction error of each minibatch.
+        """
+        return self._trainer.run(X, order, first_step)
+
+    def step(self, X_batch: np.ndarray, step: int) -> float:
+        """One CD-k step on a (m, n_visible) minibatch; returns its error sum."""
+        return self._trainer.step(X_batch, step)
+
+    def gather_model(self) -> ModelState:
+        t = self._trainer
+        copy = lambda a: None if a is None else a.copy()  # noqa: E731
+        return ModelState(
+            W=t.W.copy(), b=t.b.copy(), c=t.c.copy(),
+            W_inc=copy(t.W_inc), b_inc=copy(t.b_inc), c_inc=copy(t.c_inc),
+            chains=copy(t.chains),
+        )
+
+    def load_model(self, state: ModelState) -> None:
+        t = self._trainer
+        t.W[...] = state.W
+        t.b[...] = state.b
+        t.c[...] = state.c
+        for name in ("W_inc", "b_inc", "c_inc", "chains"):
+            dst, src = getattr(t, name), getattr(state, name)
+            if dst is not None:
+                dst[...] = 0 if src is None else src
+
+    def hidden_probabilities(self, X: np.ndarray) -> np.ndarray:
+        return self._trainer.hidden_probabilities(X)
+
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        return self._trainer.reconstruct(X)
