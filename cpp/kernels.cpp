@@ -7,15 +7,28 @@
 
 #include "blas.hpp"
 
-// Hot element-wise loops are compiled twice (AVX2 and baseline) and picked at load time.
+// Hot element-wise loops are compiled twice (AVX2 and baseline) and picked at run time.
 // The core is built with -ffp-contract=off, so both clones do the same IEEE operations
 // and give the same bits: sampling never depends on the machine a worker runs on.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PARRBM_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PARRBM_CLONES
-#endif
 #define PARRBM_INLINE inline __attribute__((always_inline))
+
+// PARRBM_DISPATCH(ret, name, (params), (args)) defines name(params), which calls
+// name_impl(args) compiled for AVX2 when the CPU has it, else for the baseline ISA.
+// (Explicit dispatch: GCC's target_clones loses its vectorised clones under
+// -fvisibility=hidden, which pybind11 modules use.)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+inline bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#define PARRBM_DISPATCH(ret, name, params, args)                              \
+  __attribute__((target("avx2"))) ret name##_avx2 params { return name##_impl args; } \
+  ret name##_base params { return name##_impl args; }                           \
+  ret name params { return cpu_has_avx2() ? name##_avx2 args : name##_base args; }
+#else
+#define PARRBM_DISPATCH(ret, name, params, args) \
+  ret name params { return name##_impl args; }
+#endif
 
 namespace parrbm {
 
@@ -91,18 +104,16 @@ PARRBM_INLINE void sigmoid_row_impl(const T* __restrict pre, const T* __restrict
   }
 }
 
-PARRBM_CLONES void sigmoid_row(const float* pre, const float* bias, float* p, int64_t n) {
-  sigmoid_row_impl(pre, bias, p, n);
-}
-PARRBM_CLONES void sigmoid_row(const double* pre, const double* bias, double* p, int64_t n) {
-  sigmoid_row_impl(pre, bias, p, n);
-}
+PARRBM_DISPATCH(void, sigmoid_row, (const float* pre, const float* bias, float* p, int64_t n),
+                (pre, bias, p, n))
+PARRBM_DISPATCH(void, sigmoid_row, (const double* pre, const double* bias, double* p, int64_t n),
+                (pre, bias, p, n))
 
 // ---- Philox streams ----------------------------------------------------------------
 
 // out[4*(g - g0) + l] = lane l of block (g, case, step, phase), g in [g0, g0 + ng).
-PARRBM_CLONES void philox_row(uint32_t* __restrict out, uint64_t g0, int64_t ng,
-                              uint32_t case_idx, const StreamKey key) {
+PARRBM_INLINE void philox_row_impl(uint32_t* __restrict out, uint64_t g0, int64_t ng,
+                                   uint32_t case_idx, const StreamKey key) {
   const uint32_t k0 = uint32_t(key.seed), k1 = uint32_t(key.seed >> 32);
   for (int64_t i = 0; i < ng; ++i) {
     const uint32_t c[4] = {uint32_t(g0 + uint64_t(i)), case_idx, key.step, key.phase};
@@ -110,6 +121,10 @@ PARRBM_CLONES void philox_row(uint32_t* __restrict out, uint64_t g0, int64_t ng,
     Philox4x32::block(c, k, out + 4 * i);
   }
 }
+
+PARRBM_DISPATCH(void, philox_row,
+                (uint32_t* out, uint64_t g0, int64_t ng, uint32_t case_idx, const StreamKey key),
+                (out, g0, ng, case_idx, key))
 
 // u = (x + 0.5) * 2^-32, exactly, without an unsigned 64-bit conversion.
 PARRBM_INLINE double to_unit(uint32_t x) {
@@ -124,14 +139,12 @@ PARRBM_INLINE void bernoulli_row_impl(const uint32_t* __restrict bits, int64_t o
   for (int64_t j = 0; j < n; ++j)
     states[j] = (to_unit(bits[off + j]) < double(p[j])) ? v : T(0);
 }
-PARRBM_CLONES void bernoulli_row(const uint32_t* bits, int64_t off, const float* p,
-                                 float* states, float v, int64_t n) {
-  bernoulli_row_impl(bits, off, p, states, v, n);
-}
-PARRBM_CLONES void bernoulli_row(const uint32_t* bits, int64_t off, const double* p,
-                                 double* states, double v, int64_t n) {
-  bernoulli_row_impl(bits, off, p, states, v, n);
-}
+PARRBM_DISPATCH(void, bernoulli_row,
+                (const uint32_t* bits, int64_t off, const float* p, float* states, float v, int64_t n),
+                (bits, off, p, states, v, n))
+PARRBM_DISPATCH(void, bernoulli_row,
+                (const uint32_t* bits, int64_t off, const double* p, double* states, double v, int64_t n),
+                (bits, off, p, states, v, n))
 
 // Scratch reused across calls of the same thread (each worker thread has its own).
 struct Scratch {
@@ -306,12 +319,8 @@ PARRBM_INLINE void apply_increment_row_impl(T* __restrict w, T* __restrict inc, 
   else
     for (int64_t j = 0; j < n; ++j) w[j] += inc[j];
 }
-PARRBM_CLONES void apply_increment_row(float* w, float* inc, float d, int64_t n) {
-  apply_increment_row_impl(w, inc, d, n);
-}
-PARRBM_CLONES void apply_increment_row(double* w, double* inc, double d, int64_t n) {
-  apply_increment_row_impl(w, inc, d, n);
-}
+PARRBM_DISPATCH(void, apply_increment_row, (float* w, float* inc, float d, int64_t n), (w, inc, d, n))
+PARRBM_DISPATCH(void, apply_increment_row, (double* w, double* inc, double d, int64_t n), (w, inc, d, n))
 }  // namespace
 
 template <class T>
