@@ -197,6 +197,50 @@ void sigmoid_t(py::array x, py::array out) {
   sigmoid<T>(X, O);
 }
 
+template <class T>
+py::tuple pack_columns_t(py::array s, int64_t words) {
+  auto S = cmat<T>(s, "states");
+  if (words < 0) words = (S.rows + 63) / 64;
+  if (words * 64 < S.rows) fail("words", "must hold at least rows / 64 words");
+  py::array_t<uint64_t> out({S.cols, words});
+  uint64_t* o = out.mutable_data();
+  bool binary;
+  {
+    py::gil_scoped_release nogil;
+    binary = pack_columns<T>(S, o, words);
+  }
+  return py::make_tuple(out, binary);
+}
+
+const uint64_t* bits_arg(const py::object& o, const std::string& name, int64_t units, int64_t words) {
+  if (o.is_none()) return nullptr;
+  auto a = o.cast<py::array>();
+  if (!a.dtype().is(py::dtype::of<uint64_t>()) || a.ndim() != 2 || a.shape(0) != units ||
+      a.shape(1) != words || !(a.flags() & py::array::c_style))
+    fail(name, "must be a C-contiguous uint64 array of shape (" + std::to_string(units) + ", " +
+                   std::to_string(words) + ")");
+  return static_cast<const uint64_t*>(a.data());
+}
+
+template <class T>
+void bitstat_t(py::array w, py::object inc, py::object pos_left, py::object pos_right,
+               py::array neg_left, py::array neg_right, double alpha, double neg_scale,
+               double momentum, double decay_lr) {
+  auto W = mat<T>(w, "w", true);
+  auto I = opt_mat<T>(inc, "inc");
+  same_shape(I, W.rows, W.cols, "inc");
+  if (neg_left.ndim() != 2) fail("neg_left", "must be 2-D (units, words)");
+  const int64_t words = neg_left.shape(1);
+  const uint64_t* nl = bits_arg(neg_left, "neg_left", W.rows, words);
+  const uint64_t* nr = bits_arg(neg_right, "neg_right", W.cols, words);
+  const uint64_t* pl = bits_arg(pos_left, "pos_left", W.rows, words);
+  const uint64_t* pr = bits_arg(pos_right, "pos_right", W.cols, words);
+  if (pl && !pr) fail("pos_right", "is needed with pos_left");
+  py::gil_scoped_release nogil;
+  bit_statistics_update<T>(W, I, pl, pr, nl, nr, words, T(alpha), T(neg_scale), T(momentum),
+                           T(decay_lr));
+}
+
 // ---- trainer -------------------------------------------------------------------------------
 
 template <class T>
@@ -216,7 +260,7 @@ void bind_trainer(py::module_& m, const char* name) {
                        const std::string& visible, bool gaussian_noise,
                        const std::string& statistics, int cd_k, bool persistent,
                        double learning_rate, double momentum, double weight_decay,
-                       uint64_t seed) {
+                       uint64_t seed, bool binary_statistics) {
              CDConfig c;
              c.n_visible = n_visible;
              c.n_hidden = n_hidden;
@@ -234,13 +278,16 @@ void bind_trainer(py::module_& m, const char* name) {
              c.momentum = momentum;
              c.weight_decay = weight_decay;
              c.seed = seed;
+             c.binary_statistics = binary_statistics;
              return new Tr(c);
            }),
            py::arg("n_visible"), py::arg("n_hidden"), py::arg("batch_size"),
            py::arg("visible") = "binary", py::arg("gaussian_noise") = false,
            py::arg("statistics") = "samples", py::arg("cd_k") = 1, py::arg("persistent") = false,
            py::arg("learning_rate") = 0.1, py::arg("momentum") = 0.0,
-           py::arg("weight_decay") = 0.0, py::arg("seed") = 0)
+           py::arg("weight_decay") = 0.0, py::arg("seed") = 0,
+           py::arg("binary_statistics") = true)
+      .def_property_readonly("uses_binary_statistics", &Tr::uses_binary_statistics)
       .def_property_readonly("W", [](py::object self) {
         Tr& t = self.cast<Tr&>();
         auto w = t.weights();
@@ -398,6 +445,24 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("bias"), py::arg("inc"), py::arg("pos"), py::arg("neg") = py::none(),
         py::arg("neg_scale") = 1.0, py::arg("alpha") = 1.0, py::arg("momentum") = 0.0);
+  m.def("pack_columns",
+        [](py::array s, int64_t words) {
+          return is_f64(s) ? pack_columns_t<double>(s, words) : pack_columns_t<float>(s, words);
+        },
+        py::arg("states"), py::arg("words") = -1,
+        "Column bit-packing (units, words) of a (cases, units) 0/1 matrix; returns "
+        "(bits, all_values_binary).");
+  m.def("bit_statistics_update",
+        [](py::array w, py::object inc, py::object pos_left, py::object pos_right,
+           py::array neg_left, py::array neg_right, double alpha, double neg_scale,
+           double momentum, double decay_lr) {
+          if (is_f64(w)) bitstat_t<double>(w, inc, pos_left, pos_right, neg_left, neg_right, alpha, neg_scale, momentum, decay_lr);
+          else bitstat_t<float>(w, inc, pos_left, pos_right, neg_left, neg_right, alpha, neg_scale, momentum, decay_lr);
+        },
+        py::arg("w"), py::arg("inc"), py::arg("pos_left"), py::arg("pos_right"),
+        py::arg("neg_left"), py::arg("neg_right"), py::kw_only(), py::arg("alpha"),
+        py::arg("neg_scale") = 1.0, py::arg("momentum") = 0.0, py::arg("decay_lr") = 0.0,
+        "Weight update from bit-packed binary statistics (AND + popcount), see kernels.hpp.");
   m.def("sigmoid",
         [](py::array x, py::array out) {
           if (is_f64(x)) sigmoid_t<double>(x, out);

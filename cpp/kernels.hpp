@@ -59,6 +59,28 @@ void pack_bits(MatView<const T> states, uint8_t* out);
 template <class T>
 void unpack_bits(const uint8_t* in, MatView<T> out, T one);
 
+// Column bit-packing for binary statistics: out[j * words + w] holds, in bit b, whether
+// s[64 w + b][j] is nonzero (words = ceil(rows / 64), unused bits zero). Returns true iff
+// every value is exactly 0 or 1, i.e. the statistics may be computed with bit counts.
+template <class T>
+bool pack_columns(MatView<const T> s, uint64_t* out, int64_t words);
+
+// Weight update from binary statistics by AND + popcount instead of a GEMM: for the
+// block w (rows = left units, cols = right units), with counts
+//   cp[v][j] = |pos_left[v] & pos_right[j]|,  cn[v][j] = |neg_left[v] & neg_right[j]|
+// and d = cp - neg_scale * cn (exact integers for neg_scale = 1):
+//   with inc: inc = momentum * inc + alpha * d - decay_lr * W;  W += inc
+//   else:     W += alpha * d - decay_lr * W
+// If pos_left is null the positive term was already accumulated (by a GEMM with
+// beta = momentum into inc, or beta = 1 - decay_lr into W); then only
+//   with inc: inc -= alpha * (neg_scale * cn); inc -= decay_lr * W; W += inc
+//   else:     W -= alpha * (neg_scale * cn)
+template <class T>
+void bit_statistics_update(MatView<T> w, MatView<T> inc, const uint64_t* pos_left,
+                           const uint64_t* pos_right, const uint64_t* neg_left,
+                           const uint64_t* neg_right, int64_t words, T alpha, T neg_scale,
+                           T momentum, T decay_lr);
+
 // One pass over a weight block after its statistics were accumulated into inc:
 //   inc -= decay_lr * W;  W += inc
 template <class T>

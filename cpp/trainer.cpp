@@ -29,6 +29,13 @@ CDTrainer<T>::CDTrainer(const CDConfig& cfg) : cfg_(cfg) {
   pre_.assign(size_t(m * H), T(0));
   const bool separate_states = cfg.statistics == Statistics::Probabilities || cfg.cd_k > 1;
   if (separate_states) states_.assign(size_t(m * H), T(0));
+  if (uses_binary_statistics()) {
+    words_ = (m + 63) / 64;
+    bits_x_.assign(size_t(V * words_), 0);
+    bits_v_.assign(size_t(V * words_), 0);
+    bits_h_.assign(size_t(H * words_), 0);
+    bits_hn_.assign(size_t(H * words_), 0);
+  }
 }
 
 template <class T>
@@ -98,9 +105,25 @@ double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
   // Update: W <- W + eps/m (x^T h - v'^T h') (+ momentum, - weight decay).
   const T alpha = T(c.learning_rate / double(mb));
   const T decay_lr = T(c.learning_rate * c.weight_decay);
-  if (has_momentum()) {
-    gemm<T>(true, false, alpha, cv(left), cv(right), T(c.momentum), weight_increments());
-    apply_increment<T>(w, weight_increments(), decay_lr);
+  const T momentum = T(c.momentum);
+  MatView<T> inc = has_momentum() ? weight_increments() : MatView<T>{};
+  if (uses_binary_statistics()) {
+    pack_columns<T>(cv(left_neg), bits_v_.data(), words_);
+    pack_columns<T>(cv(right_neg), bits_hn_.data(), words_);
+    pack_columns<T>(cv(right_pos), bits_h_.data(), words_);
+    const bool binary_data = pack_columns<T>(cv(left_pos), bits_x_.data(), words_);
+    if (!binary_data) {  // x^T h by GEMM, then only the negative counts
+      if (has_momentum())
+        gemm<T>(true, false, alpha, cv(left_pos), cv(right_pos), momentum, inc);
+      else
+        gemm<T>(true, false, alpha, cv(left_pos), cv(right_pos), T(1) - decay_lr, w);
+    }
+    bit_statistics_update<T>(w, inc, binary_data ? bits_x_.data() : nullptr, bits_h_.data(),
+                             bits_v_.data(), bits_hn_.data(), words_, alpha, neg_scale,
+                             momentum, decay_lr);
+  } else if (has_momentum()) {
+    gemm<T>(true, false, alpha, cv(left), cv(right), momentum, inc);
+    apply_increment<T>(w, inc, decay_lr);
   } else {
     gemm<T>(true, false, alpha, cv(left), cv(right), T(1) - decay_lr, w);
   }

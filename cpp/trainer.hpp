@@ -24,6 +24,10 @@ struct CDConfig {
   double momentum = 0.0;
   double weight_decay = 0.0;
   uint64_t seed = 0;
+  // Count binary-binary statistics with AND + popcount instead of a GEMM whenever both
+  // operands are 0/1 states (samples statistics, binary visible units; the positive
+  // term also needs binary data). The result is the same up to rounding of the update.
+  bool binary_statistics = true;
 };
 
 template <class T>
@@ -62,6 +66,10 @@ class CDTrainer {
     return {chains_.data(), chains_.empty() ? 0 : cfg_.batch_size, cfg_.n_hidden, cfg_.n_hidden};
   }
   bool has_momentum() const { return !w_inc_.empty(); }
+  bool uses_binary_statistics() const {
+    return cfg_.binary_statistics && cfg_.statistics == Statistics::Samples &&
+           cfg_.visible == VisibleKind::Binary;
+  }
 
  private:
   MatView<T> view(std::vector<T>& v, int64_t rows, int64_t cols) {
@@ -77,6 +85,9 @@ class CDTrainer {
   std::vector<T> left_, right_;
   std::vector<T> pre_;     // m x H hidden inputs
   std::vector<T> states_;  // m x H hidden states driving the chain when right_ holds others
+  // Column bit-packed operands of the binary statistics (units x words of cases).
+  int64_t words_ = 0;
+  std::vector<uint64_t> bits_x_, bits_h_, bits_v_, bits_hn_;
 };
 
 }  // namespace parrbm
