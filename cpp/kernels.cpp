@@ -177,6 +177,29 @@ PARRBM_DISPATCH(void, bernoulli_row,
                 (const uint32_t* bits, int64_t off, const double* p, double* states, double v, int64_t n),
                 (bits, off, p, states, v, n))
 
+// sum_j (a_j - b_j)^2 of one row: eight partial sums in T (vectorisable), then double.
+// A monitoring figure, so its rounding may depend on where a row is cut.
+template <class T>
+PARRBM_INLINE double squared_distance_row_impl(const T* __restrict a, const T* __restrict b,
+                                               int64_t n) {
+  T acc[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const T r = a[j + l] - b[j + l];
+      acc[l] += r * r;
+    }
+  double e = 0.0;
+  for (; j < n; ++j) {
+    const double r = double(a[j]) - double(b[j]);
+    e += r * r;
+  }
+  for (int l = 0; l < 8; ++l) e += double(acc[l]);
+  return e;
+}
+PARRBM_DISPATCH(double, squared_distance_row, (const float* a, const float* b, int64_t n), (a, b, n))
+PARRBM_DISPATCH(double, squared_distance_row, (const double* a, const double* b, int64_t n), (a, b, n))
+
 // Scratch reused across calls of the same thread (each worker thread has its own).
 struct Scratch {
   std::vector<uint32_t> bits;
@@ -265,7 +288,8 @@ double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
                           const StreamKey& key, uint64_t case0, uint64_t unit0) {
   const int64_t n = pre.cols;
   T* mean = scratch.p_for(n, static_cast<T*>(nullptr));
-  uint32_t* bits = sample ? scratch.bits_for(n + 8) : nullptr;
+  // Bernoulli draws use one lane per unit, Box-Muller two: room for 2 lanes per unit.
+  uint32_t* bits = sample ? scratch.bits_for(2 * n + 16) : nullptr;
   double err = 0.0;
   for (int64_t i = 0; i < pre.rows; ++i) {
     const T* x = pre.row(i);
@@ -276,15 +300,7 @@ double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
     } else {
       for (int64_t j = 0; j < n; ++j) mean[j] = x[j];
     }
-    if (!data.empty()) {
-      const T* d = data.row(i);
-      double e = 0.0;
-      for (int64_t j = 0; j < n; ++j) {
-        const double r = double(d[j]) - double(mean[j]);
-        e += r * r;
-      }
-      err += e;
-    }
+    if (!data.empty()) err += squared_distance_row(data.row(i), mean, n);
     T* o = out.row(i);
     if (!sample) {
       std::memcpy(o, mean, sizeof(T) * n);
