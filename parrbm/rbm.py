@@ -132,7 +132,7 @@ class RBM(TransformerMixin, BaseEstimator):
         if not isinstance(self.gaussian_noise, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'gaussian_noise' must be True or False, got {self.gaussian_noise!r}")
         v.check_choice(o, "statistics", self.statistics, STATISTICS)
-        v.check_choice(o, "dtype", str(np.dtype(self.dtype)) if self._is_dtype_like(self.dtype) else self.dtype, DTYPES)
+        v.check_choice(o, "dtype", self._dtype_name(), DTYPES)
         v.check_int(o, "workers", self.workers, minimum=1)
         v.check_choice(o, "transport", self.transport, _TRANSPORTS)
         from parrbm.strategies import PLANNED, STRATEGIES
@@ -145,13 +145,13 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
                              f"Choose a parallel strategy for workers > 1")
 
-    @staticmethod
-    def _is_dtype_like(d) -> bool:
+    def _dtype_name(self):
+        """'float32' for np.float32, 'float32' or np.dtype('float32'); the value itself if
+        it names no numpy dtype (so the error shows what was given)."""
         try:
-            np.dtype(d)
-            return True
+            return str(np.dtype(self.dtype))
         except TypeError:
-            return False
+            return self.dtype
 
     def _spec(self, n_features: int) -> CDSpec:
         return CDSpec(
@@ -159,7 +159,7 @@ class RBM(TransformerMixin, BaseEstimator):
             visible=self.visible, gaussian_noise=bool(self.gaussian_noise),
             statistics=self.statistics, cd_k=int(self.cd_k), persistent=bool(self.persistent),
             learning_rate=float(self.learning_rate), momentum=float(self.momentum),
-            weight_decay=float(self.weight_decay), dtype=str(np.dtype(self.dtype)), seed=self.seed_,
+            weight_decay=float(self.weight_decay), dtype=self._dtype_name(), seed=self.seed_,
         )
 
     def _make_strategy(self, spec: CDSpec, state: ModelState):
@@ -170,8 +170,8 @@ class RBM(TransformerMixin, BaseEstimator):
     # ---- fitting ---------------------------------------------------------------------------
 
     def _validate_X(self, X, *, reset: bool) -> np.ndarray:
-        dtype = np.dtype(self.dtype) if self._is_dtype_like(self.dtype) else np.float32
-        return v.check_data("RBM", X, dtype=dtype,
+        dtype = self.spec_.dtype if hasattr(self, "spec_") and not reset else self._dtype_name()
+        return v.check_data("RBM", X, dtype=np.dtype(dtype),
                             n_features=None if reset else self.n_features_in_,
                             binary_range=self.visible == "binary")
 
@@ -351,8 +351,11 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM.load: {path} lacks the arrays {sorted(missing)}")
         params = {k: val for k, val in meta["params"].items() if k != "random_state" or
                   isinstance(val, (int, type(None)))}
-        rbm = cls(**params)
-        spec = CDSpec(**meta["spec"])
+        try:
+            rbm = cls(**params)
+            spec = CDSpec(**meta["spec"])
+        except TypeError as exc:
+            raise ValueError(f"RBM.load: {path} has metadata this parrbm does not understand ({exc})") from exc
         rbm.seed_ = int(meta["seed"])
         rbm.n_features_in_ = spec.n_visible
         rbm.spec_ = spec
