@@ -92,6 +92,23 @@ bool is_f64(const py::array& a) {
 
 StreamKey stream_key(uint64_t seed, uint32_t step, uint32_t phase) { return {seed, step, phase}; }
 
+// unit0, or an int64 array of one global index per column (kept alive by the caller).
+Units units_arg(uint64_t unit0, const py::object& unit_index, int64_t cols) {
+  Units u;
+  u.first = unit0;
+  if (!unit_index.is_none()) {
+    auto a = unit_index.cast<py::array>();
+    if (!a.dtype().is(py::dtype::of<int64_t>()) || a.ndim() != 1 || a.shape(0) != cols ||
+        !(a.flags() & py::array::c_style))
+      fail("unit_index", "must be a contiguous int64 array with one entry per column (" +
+                             std::to_string(cols) + ")");
+    u.index = static_cast<const int64_t*>(a.data());
+    for (int64_t j = 0; j < cols; ++j)
+      if (u.index[j] < 0) fail("unit_index", "must hold non-negative unit indices");
+  }
+  return u;
+}
+
 // ---- kernel bindings, dispatched on dtype ------------------------------------------------
 
 template <class T>
@@ -109,23 +126,47 @@ void gemm_t(py::array a, py::array b, py::array c, double alpha, double beta, bo
 
 template <class T>
 void sample_t(py::array pre, py::object bias, py::object states, py::object probs, uint64_t seed,
-              uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, double state_value,
-              double prob_scale) {
+              uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, py::object unit_index,
+              double state_value, double prob_scale) {
   auto P = cmat<T>(pre, "pre");
   T* bv = vec<T>(bias, "bias", P.cols, false);
   auto S = opt_mat<T>(states, "states");
   auto Q = opt_mat<T>(probs, "probs");
   same_shape(S, P.rows, P.cols, "states");
   same_shape(Q, P.rows, P.cols, "probs");
+  const Units units = units_arg(unit0, unit_index, P.cols);
   py::gil_scoped_release nogil;
   sample_sigmoid<T>(P, bv, S, T(state_value), Q, T(prob_scale), stream_key(seed, step, phase),
-                    case0, unit0);
+                    case0, units);
+}
+
+template <class T>
+void bernoulli_t(py::array probs, py::array states, uint64_t seed, uint32_t step, uint32_t phase,
+                 uint64_t case0, uint64_t unit0, py::object unit_index, double state_value) {
+  auto P = cmat<T>(probs, "probs");
+  auto S = mat<T>(states, "states", true);
+  same_shape(S, P.rows, P.cols, "states");
+  const Units units = units_arg(unit0, unit_index, P.cols);
+  py::gil_scoped_release nogil;
+  sample_bernoulli<T>(P, S, T(state_value), stream_key(seed, step, phase), case0, units);
+}
+
+template <class T>
+void apply_gradient_t(py::array w, py::object inc, py::array g, double alpha, double momentum,
+                      double decay_lr) {
+  auto W = mat<T>(w, "w", true);
+  auto I = opt_mat<T>(inc, "inc");
+  auto G = cmat<T>(g, "g");
+  same_shape(I, W.rows, W.cols, "inc");
+  same_shape(G, W.rows, W.cols, "g");
+  py::gil_scoped_release nogil;
+  apply_gradient<T>(W, I, G, T(alpha), T(momentum), T(decay_lr));
 }
 
 template <class T>
 double visible_t(py::array pre, py::object bias, py::array out, const std::string& kind,
                  bool sample, py::object data, uint64_t seed, uint32_t step, uint32_t phase,
-                 uint64_t case0, uint64_t unit0) {
+                 uint64_t case0, uint64_t unit0, py::object unit_index) {
   auto P = cmat<T>(pre, "pre");
   T* bv = vec<T>(bias, "bias", P.cols, false);
   auto O = mat<T>(out, "out", true);
@@ -136,8 +177,9 @@ double visible_t(py::array pre, py::object bias, py::array out, const std::strin
   if (kind == "binary") k = VisibleKind::Binary;
   else if (kind == "gaussian") k = VisibleKind::Gaussian;
   else fail("kind", "must be 'binary' or 'gaussian', got '" + kind + "'");
+  const Units units = units_arg(unit0, unit_index, P.cols);
   py::gil_scoped_release nogil;
-  return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, unit0);
+  return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, units);
 }
 
 template <class T>
@@ -392,29 +434,30 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("sample_sigmoid",
         [](py::array pre, py::object bias, py::object states, py::object probs, uint64_t seed,
-           uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, double state_value,
-           double prob_scale) {
-          if (is_f64(pre)) sample_t<double>(pre, bias, states, probs, seed, step, phase, case0, unit0, state_value, prob_scale);
-          else sample_t<float>(pre, bias, states, probs, seed, step, phase, case0, unit0, state_value, prob_scale);
+           uint32_t step, uint32_t phase, uint64_t case0, uint64_t unit0, py::object unit_index,
+           double state_value, double prob_scale) {
+          if (is_f64(pre)) sample_t<double>(pre, bias, states, probs, seed, step, phase, case0, unit0, unit_index, state_value, prob_scale);
+          else sample_t<float>(pre, bias, states, probs, seed, step, phase, case0, unit0, unit_index, state_value, prob_scale);
         },
         py::arg("pre"), py::arg("bias") = py::none(), py::arg("states") = py::none(),
         py::arg("probs") = py::none(), py::kw_only(), py::arg("seed") = 0, py::arg("step") = 0,
         py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0,
-        py::arg("state_value") = 1.0, py::arg("prob_scale") = 1.0,
+        py::arg("unit_index") = py::none(), py::arg("state_value") = 1.0,
+        py::arg("prob_scale") = 1.0,
         "p = sigm(pre + bias); probs <- prob_scale * p; states <- state_value * [u < p], with u "
         "from Philox4x32-10 keyed by (seed, step, phase, case0 + row, unit0 + column).");
 
   m.def("visible_activation",
         [](py::array pre, py::object bias, py::array out, const std::string& kind, bool sample,
            py::object data, uint64_t seed, uint32_t step, uint32_t phase, uint64_t case0,
-           uint64_t unit0) {
-          if (is_f64(pre)) return visible_t<double>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0);
-          return visible_t<float>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0);
+           uint64_t unit0, py::object unit_index) {
+          if (is_f64(pre)) return visible_t<double>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index);
+          return visible_t<float>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index);
         },
         py::arg("pre"), py::arg("bias"), py::arg("out"), py::arg("kind") = "binary",
         py::arg("sample") = true, py::arg("data") = py::none(), py::kw_only(),
         py::arg("seed") = 0, py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0,
-        py::arg("unit0") = 0,
+        py::arg("unit0") = 0, py::arg("unit_index") = py::none(),
         "Visible activation (binary: sigmoid, sampled if sample; gaussian: mean, plus N(0,1) "
         "noise if sample). Returns sum((data - mean)^2) when data is given.");
 
@@ -471,16 +514,36 @@ PYBIND11_MODULE(_core, m) {
         py::arg("x"), py::arg("out"));
   m.def("uniforms",
         [](int64_t rows, int64_t cols, uint64_t seed, uint32_t step, uint32_t phase,
-           uint64_t case0, uint64_t unit0) {
+           uint64_t case0, uint64_t unit0, py::object unit_index) {
           if (rows < 0 || cols < 0) fail("rows/cols", "must be >= 0");
           py::array_t<double> out({rows, cols});
           MatView<double> o{out.mutable_data(), rows, cols, std::max<int64_t>(cols, 1)};
+          const Units units = units_arg(unit0, unit_index, cols);
           py::gil_scoped_release nogil;
-          uniforms(o, stream_key(seed, step, phase), case0, unit0);
+          uniforms(o, stream_key(seed, step, phase), case0, units);
           return out;
         },
         py::arg("rows"), py::arg("cols"), py::kw_only(), py::arg("seed") = 0,
-        py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0);
+        py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0,
+        py::arg("unit_index") = py::none());
+  m.def("sample_bernoulli",
+        [](py::array probs, py::array states, uint64_t seed, uint32_t step, uint32_t phase,
+           uint64_t case0, uint64_t unit0, py::object unit_index, double state_value) {
+          if (is_f64(probs)) bernoulli_t<double>(probs, states, seed, step, phase, case0, unit0, unit_index, state_value);
+          else bernoulli_t<float>(probs, states, seed, step, phase, case0, unit0, unit_index, state_value);
+        },
+        py::arg("probs"), py::arg("states"), py::kw_only(), py::arg("seed") = 0,
+        py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0, py::arg("unit0") = 0,
+        py::arg("unit_index") = py::none(), py::arg("state_value") = 1.0,
+        "states <- state_value * [u < probs]: the bits sample_sigmoid draws for the same key.");
+  m.def("apply_gradient",
+        [](py::array w, py::object inc, py::array g, double alpha, double momentum, double decay_lr) {
+          if (is_f64(w)) apply_gradient_t<double>(w, inc, g, alpha, momentum, decay_lr);
+          else apply_gradient_t<float>(w, inc, g, alpha, momentum, decay_lr);
+        },
+        py::arg("w"), py::arg("inc"), py::arg("g"), py::kw_only(), py::arg("alpha"),
+        py::arg("momentum") = 0.0, py::arg("decay_lr") = 0.0,
+        "with inc: inc = momentum*inc + alpha*g - decay_lr*w; w += inc, else w += alpha*g - decay_lr*w");
   m.def("philox4x32",
         [](std::array<uint32_t, 4> ctr, std::array<uint32_t, 2> key) {
           std::array<uint32_t, 4> out{};

@@ -221,10 +221,25 @@ struct Scratch {
 };
 thread_local Scratch scratch;
 
-// Fills the blocks covering units [unit0, unit0 + n) of one row with units_per_block
-// uniforms per block; returns the offset of unit0 inside the filled lanes.
-int64_t fill_row_bits(uint32_t* bits, uint64_t unit0, int64_t n, int units_per_block,
+// Fills the lanes of one row: lane off + j (one per unit, units_per_block = 4) or lanes
+// 2 (off + j), 2 (off + j) + 1 (two per unit, units_per_block = 2) belong to column j.
+// Returns off.
+int64_t fill_row_bits(uint32_t* bits, const Units& units, int64_t n, int units_per_block,
                       uint32_t case_idx, const StreamKey& key) {
+  if (units.index) {  // scattered units: one block per unit
+    const int lanes = 4 / units_per_block;
+    const uint32_t k[2] = {uint32_t(key.seed), uint32_t(key.seed >> 32)};
+    for (int64_t j = 0; j < n; ++j) {
+      const uint64_t u = uint64_t(units.index[j]);
+      const uint32_t c[4] = {uint32_t(u / units_per_block), case_idx, key.step, key.phase};
+      uint32_t out[4];
+      Philox4x32::block(c, k, out);
+      const int first = int(u % units_per_block) * lanes;
+      for (int l = 0; l < lanes; ++l) bits[lanes * j + l] = out[first + l];
+    }
+    return 0;
+  }
+  const uint64_t unit0 = units.first;
   const uint64_t g0 = unit0 / units_per_block;
   const uint64_t g1 = (unit0 + n + units_per_block - 1) / units_per_block;
   philox_row(bits, g0, int64_t(g1 - g0), case_idx, key);
@@ -250,10 +265,10 @@ void gemm(bool trans_a, bool trans_b, T alpha, MatView<const T> a, MatView<const
              c.data, int(std::max<int64_t>(c.ld, 1)));
 }
 
-void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_t unit0) {
+void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, const Units& units) {
   uint32_t* bits = scratch.bits_for(out.cols + 8);
   for (int64_t i = 0; i < out.rows; ++i) {
-    const int64_t off = fill_row_bits(bits, unit0, out.cols, 4, uint32_t(case0 + i), key);
+    const int64_t off = fill_row_bits(bits, units, out.cols, 4, uint32_t(case0 + i), key);
     double* o = out.row(i);
     for (int64_t j = 0; j < out.cols; ++j) o[j] = to_unit(bits[off + j]);
   }
@@ -262,14 +277,14 @@ void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_
 template <class T>
 void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T state_value,
                     MatView<T> probs, T prob_scale, const StreamKey& key, uint64_t case0,
-                    uint64_t unit0) {
+                    const Units& units) {
   const int64_t n = pre.cols;
   T* p = scratch.p_for(n, static_cast<T*>(nullptr));
   uint32_t* bits = states.empty() ? nullptr : scratch.bits_for(n + 8);
   for (int64_t i = 0; i < pre.rows; ++i) {
     sigmoid_row(pre.row(i), bias, p, n);
     if (!states.empty()) {
-      const int64_t off = fill_row_bits(bits, unit0, n, 4, uint32_t(case0 + i), key);
+      const int64_t off = fill_row_bits(bits, units, n, 4, uint32_t(case0 + i), key);
       bernoulli_row(bits, off, p, states.row(i), state_value, n);
     }
     if (!probs.empty()) {
@@ -283,9 +298,19 @@ void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T st
 }
 
 template <class T>
+void sample_bernoulli(MatView<const T> p, MatView<T> states, T state_value, const StreamKey& key,
+                      uint64_t case0, const Units& units) {
+  uint32_t* bits = scratch.bits_for(p.cols + 8);
+  for (int64_t i = 0; i < p.rows; ++i) {
+    const int64_t off = fill_row_bits(bits, units, p.cols, 4, uint32_t(case0 + i), key);
+    bernoulli_row(bits, off, p.row(i), states.row(i), state_value, p.cols);
+  }
+}
+
+template <class T>
 double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
                           VisibleKind kind, bool sample, MatView<const T> data,
-                          const StreamKey& key, uint64_t case0, uint64_t unit0) {
+                          const StreamKey& key, uint64_t case0, const Units& units) {
   const int64_t n = pre.cols;
   T* mean = scratch.p_for(n, static_cast<T*>(nullptr));
   // Bernoulli draws use one lane per unit, Box-Muller two: room for 2 lanes per unit.
@@ -305,13 +330,13 @@ double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
     if (!sample) {
       std::memcpy(o, mean, sizeof(T) * n);
     } else if (kind == VisibleKind::Binary) {
-      const int64_t off = fill_row_bits(bits, unit0, n, 4, uint32_t(case0 + i), key);
+      const int64_t off = fill_row_bits(bits, units, n, 4, uint32_t(case0 + i), key);
       bernoulli_row(bits, off, mean, o, T(1), n);
     } else {
       // Box-Muller, one normal per unit from lanes (2(j%2), 2(j%2)+1) of block j/2.
       StreamKey nk = key;
       nk.phase = key.phase + kPhaseNoiseOffset;
-      const int64_t off = fill_row_bits(bits, unit0, n, 2, uint32_t(case0 + i), nk);
+      const int64_t off = fill_row_bits(bits, units, n, 2, uint32_t(case0 + i), nk);
       for (int64_t j = 0; j < n; ++j) {
         const int64_t lane = 2 * (off + j);
         const double u1 = to_unit(bits[lane]);
@@ -506,6 +531,35 @@ void apply_increment(MatView<T> w, MatView<T> inc, T decay_lr) {
   for (int64_t i = 0; i < w.rows; ++i) apply_increment_row(w.row(i), inc.row(i), decay_lr, w.cols);
 }
 
+namespace {
+template <class T>
+PARRBM_INLINE void apply_gradient_row_impl(T* __restrict w, T* __restrict inc,
+                                           const T* __restrict g, T alpha, T momentum,
+                                           T decay_lr, int64_t n) {
+  if (inc)
+    for (int64_t j = 0; j < n; ++j) {
+      inc[j] = momentum * inc[j] + alpha * g[j] - decay_lr * w[j];
+      w[j] += inc[j];
+    }
+  else
+    for (int64_t j = 0; j < n; ++j) w[j] += alpha * g[j] - decay_lr * w[j];
+}
+PARRBM_DISPATCH(void, apply_gradient_row,
+                (float* w, float* inc, const float* g, float a, float m, float d, int64_t n),
+                (w, inc, g, a, m, d, n))
+PARRBM_DISPATCH(void, apply_gradient_row,
+                (double* w, double* inc, const double* g, double a, double m, double d, int64_t n),
+                (w, inc, g, a, m, d, n))
+}  // namespace
+
+template <class T>
+void apply_gradient(MatView<T> w, MatView<T> inc, MatView<const T> g, T alpha, T momentum,
+                    T decay_lr) {
+  for (int64_t i = 0; i < w.rows; ++i)
+    apply_gradient_row(w.row(i), inc.empty() ? nullptr : inc.row(i), g.row(i), alpha, momentum,
+                       decay_lr, w.cols);
+}
+
 template <class T>
 void bias_update(T* bias, T* inc, MatView<const T> pos, MatView<const T> neg, T neg_scale,
                  T alpha, T momentum) {
@@ -603,10 +657,13 @@ const char* blas_config() {
 #define PARRBM_INSTANTIATE(T)                                                                    \
   template void gemm<T>(bool, bool, T, MatView<const T>, MatView<const T>, T, MatView<T>);      \
   template void sample_sigmoid<T>(MatView<const T>, const T*, MatView<T>, T, MatView<T>, T,     \
-                                  const StreamKey&, uint64_t, uint64_t);                        \
+                                  const StreamKey&, uint64_t, const Units&);                    \
+  template void sample_bernoulli<T>(MatView<const T>, MatView<T>, T, const StreamKey&, uint64_t, \
+                                    const Units&);                                              \
+  template void apply_gradient<T>(MatView<T>, MatView<T>, MatView<const T>, T, T, T);           \
   template double visible_activation<T>(MatView<const T>, const T*, MatView<T>, VisibleKind,   \
                                         bool, MatView<const T>, const StreamKey&, uint64_t,     \
-                                        uint64_t);                                              \
+                                        const Units&);                                          \
   template void pack_bits<T>(MatView<const T>, uint8_t*);                                       \
   template void unpack_bits<T>(const uint8_t*, MatView<T>, T);                                  \
   template void apply_increment<T>(MatView<T>, MatView<T>, T);                                  \

@@ -25,14 +25,21 @@ struct MatView {
 
 enum class VisibleKind : int { Binary = 0, Gaussian = 1 };
 
+// Global indices of the columns of a block: first + j, or index[j] when index is set
+// (a random partition gives a worker units whose global indices are not contiguous).
+struct Units {
+  uint64_t first = 0;
+  const int64_t* index = nullptr;
+};
+
 // C = alpha * op(A) op(B) + beta * C through CBLAS.
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, MatView<const T> a, MatView<const T> b, T beta,
           MatView<T> c);
 
-// Raw uniforms u in (0, 1) for cases [case0, case0 + rows) and units
-// [unit0, unit0 + cols): u = (x + 0.5) / 2^32, x the lane of the Philox block.
-void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_t unit0);
+// Raw uniforms u in (0, 1) for cases [case0, case0 + rows) and the given units:
+// u = (x + 0.5) / 2^32, x the lane of the Philox block.
+void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, const Units& units);
 
 // p = sigm(pre + bias) for each element; then optionally
 //   probs  <- prob_scale * p
@@ -41,7 +48,13 @@ void uniforms(MatView<double> out, const StreamKey& key, uint64_t case0, uint64_
 template <class T>
 void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T state_value,
                     MatView<T> probs, T prob_scale, const StreamKey& key, uint64_t case0,
-                    uint64_t unit0);
+                    const Units& units);
+
+// states <- (u < p) ? state_value : 0 from given probabilities: the same bits
+// sample_sigmoid draws for the same stream, case and unit.
+template <class T>
+void sample_bernoulli(MatView<const T> p, MatView<T> states, T state_value, const StreamKey& key,
+                      uint64_t case0, const Units& units);
 
 // Visible units from their total input pre + bias, written to out (may alias pre):
 //   binary:   mean = sigm(.), out = sample ? Bernoulli(mean) : mean
@@ -50,7 +63,7 @@ void sample_sigmoid(MatView<const T> pre, const T* bias, MatView<T> states, T st
 template <class T>
 double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
                           VisibleKind kind, bool sample, MatView<const T> data,
-                          const StreamKey& key, uint64_t case0, uint64_t unit0);
+                          const StreamKey& key, uint64_t case0, const Units& units);
 
 // Bit packing of binary states (any nonzero value is a 1): row-major element e goes to
 // bit e % 8 (little-endian bit order) of byte e / 8; out has ceil(rows*cols/8) bytes.
@@ -85,6 +98,13 @@ void bit_statistics_update(MatView<T> w, MatView<T> inc, const uint64_t* pos_lef
 //   inc -= decay_lr * W;  W += inc
 template <class T>
 void apply_increment(MatView<T> w, MatView<T> inc, T decay_lr);
+
+// Weight update from a gradient g (e.g. summed over workers):
+//   with inc: inc = momentum * inc + alpha * g - decay_lr * W;  W += inc
+//   else:     W += alpha * g - decay_lr * W
+template <class T>
+void apply_gradient(MatView<T> w, MatView<T> inc, MatView<const T> g, T alpha, T momentum,
+                    T decay_lr);
 
 // Bias update from column sums: g = colsum(pos) - neg_scale * colsum(neg);
 //   with inc: inc = momentum * inc + alpha * g; bias += inc   else bias += alpha * g.

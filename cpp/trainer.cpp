@@ -65,10 +65,10 @@ double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
   MatView<T> driver;  // hidden states that drive the next visible sample
   if (probs_stats) {
     MatView<T> s = view(states_, mb, H);
-    sample_sigmoid<T>(cv(pre_pos), c_.data(), s, T(1), right_pos, T(1), key, 0, 0);
+    sample_sigmoid<T>(cv(pre_pos), c_.data(), s, T(1), right_pos, T(1), key, 0, Units{});
     driver = s;
   } else {
-    sample_sigmoid<T>(cv(pre_pos), c_.data(), right_pos, T(1), MatView<T>{}, T(1), key, 0, 0);
+    sample_sigmoid<T>(cv(pre_pos), c_.data(), right_pos, T(1), MatView<T>{}, T(1), key, 0, Units{});
     driver = right_pos;
   }
   if (c.persistent) driver = persistent_chains();
@@ -83,22 +83,22 @@ double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
                                     : c.gaussian_noise;
     const bool monitor = t == 1 && !c.persistent;
     err += visible_activation<T>(cv(left_neg), b_.data(), left_neg, c.visible, sample_visible,
-                                 monitor ? x : MatView<const T>{}, key, 0, 0);
+                                 monitor ? x : MatView<const T>{}, key, 0, Units{});
     gemm<T>(false, false, T(1), cv(left_neg), cv(w), T(0), pre);
     key.phase = phase_hidden(uint32_t(t));
     if (t < c.cd_k) {
       MatView<T> s = c.persistent ? persistent_chains() : view(states_, chain_rows, H);
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, 0);
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, Units{});
       driver = s;
     } else if (probs_stats) {
       MatView<T> s = c.persistent ? persistent_chains() : MatView<T>{};
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), right_neg, -neg_scale, key, 0, 0);
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), right_neg, -neg_scale, key, 0, Units{});
     } else if (c.persistent) {
       MatView<T> s = persistent_chains();
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, 0);
+      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, Units{});
       scaled_copy<T>(cv(s), right_neg, -neg_scale);
     } else {
-      sample_sigmoid<T>(cv(pre), c_.data(), right_neg, -neg_scale, MatView<T>{}, T(1), key, 0, 0);
+      sample_sigmoid<T>(cv(pre), c_.data(), right_neg, -neg_scale, MatView<T>{}, T(1), key, 0, Units{});
     }
   }
 
@@ -151,7 +151,7 @@ template <class T>
 void CDTrainer<T>::hidden_probabilities(MatView<const T> x, MatView<T> out) const {
   MatView<const T> w{w_.data(), cfg_.n_visible, cfg_.n_hidden, cfg_.n_hidden};
   gemm<T>(false, false, T(1), x, w, T(0), out);
-  sample_sigmoid<T>(cv(out), c_.data(), MatView<T>{}, T(1), out, T(1), StreamKey{}, 0, 0);
+  sample_sigmoid<T>(cv(out), c_.data(), MatView<T>{}, T(1), out, T(1), StreamKey{}, 0, Units{});
 }
 
 template <class T>
@@ -162,7 +162,7 @@ void CDTrainer<T>::reconstruct(MatView<const T> x, MatView<T> out) const {
   MatView<const T> w{w_.data(), cfg_.n_visible, cfg_.n_hidden, cfg_.n_hidden};
   gemm<T>(false, true, T(1), cv(hv), w, T(0), out);
   visible_activation<T>(cv(out), b_.data(), out, cfg_.visible, false, MatView<const T>{},
-                        StreamKey{}, 0, 0);
+                        StreamKey{}, 0, Units{});
 }
 
 template class CDTrainer<float>;

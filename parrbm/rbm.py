@@ -70,9 +70,19 @@ class RBM(TransformerMixin, BaseEstimator):
         Sample Gaussian visible units in the negative phase instead of using their mean.
     dtype : {"float32", "float64"}, default="float32"
     random_state : int, RandomState, Generator or None, default=None
-    strategy : str, default="serial"
+    strategy : {"serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only", \
+            "parameter-averaging"}, default="serial"
+        How the work is split over ``workers`` (DESIGN.md section 5).
     workers : int, default=1
+        K, the number of workers.
     transport : {"threads", "tcp", "mpi"}, default="threads"
+        How workers exchange data; this release has "threads".
+    strategy_options : dict or None, default=None
+        Options of the parallel strategies: ``partition`` ("contiguous" | "random"),
+        ``sync_every`` (unit-partitioned; 0 = never), ``shared_weights`` (per-update-sync on
+        threads), ``reduce`` ("master" | "allreduce"), ``average`` ("gradients" |
+        "weights"), ``average_every`` (parameter averaging), ``blas_threads`` (BLAS threads
+        per worker, default 1) and ``timeout`` (seconds a worker waits for its peers).
     verbose : bool, default=False
         Print the reconstruction error of every epoch.
 
@@ -86,6 +96,11 @@ class RBM(TransformerMixin, BaseEstimator):
     reconstruction_error_ : list of float
         Mean squared reconstruction error per epoch (per element; for PCD the mean-field
         reconstruction of the training data).
+    comm_stats_ : dict
+        Communication of the fit (see :meth:`ParallelRunner.comm_stats`): at least
+        ``bytes_per_step`` (payload bytes over all workers for one minibatch, weight sync
+        excluded), ``bytes_per_sync``, ``by_phase``, ``by_worker`` and ``seconds``
+        (compute / communication / waiting).
     n_steps_ : int
         Minibatch steps done so far; the step index of the random streams.
     seed_ : int
@@ -96,7 +111,7 @@ class RBM(TransformerMixin, BaseEstimator):
                  n_iter=10, momentum=0.0, weight_decay=0.0, cd_k=1, persistent=False,
                  statistics="samples", gaussian_noise=False, dtype="float32",
                  random_state=None, strategy="serial", workers=1, transport="threads",
-                 verbose=False):
+                 strategy_options=None, verbose=False):
         self.n_hidden = n_hidden
         self.visible = visible
         self.learning_rate = learning_rate
@@ -113,6 +128,7 @@ class RBM(TransformerMixin, BaseEstimator):
         self.strategy = strategy
         self.workers = workers
         self.transport = transport
+        self.strategy_options = strategy_options
         self.verbose = verbose
 
     # ---- parameters ------------------------------------------------------------------
@@ -135,15 +151,32 @@ class RBM(TransformerMixin, BaseEstimator):
         v.check_choice(o, "dtype", self._dtype_name(), DTYPES)
         v.check_int(o, "workers", self.workers, minimum=1)
         v.check_choice(o, "transport", self.transport, _TRANSPORTS)
-        from parrbm.strategies import PLANNED, STRATEGIES
+        from parrbm.strategies import STRATEGIES
 
-        v.check_choice(o, "strategy", self.strategy, tuple(STRATEGIES) + PLANNED)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"RBM: strategy {self.strategy!r} is not available in this release; "
-                             f"available: {', '.join(STRATEGIES)}")
+        v.check_choice(o, "strategy", self.strategy, STRATEGIES)
         if self.strategy == "serial" and self.workers != 1:
             raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
                              f"Choose a parallel strategy for workers > 1")
+        self._options()
+
+    def _options(self):
+        """(StrategyOptions, runner keyword arguments) from ``strategy_options``."""
+        from parrbm.strategies import StrategyOptions
+
+        opts = dict(self.strategy_options or {})
+        if not isinstance(opts, dict):
+            raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, got {opts!r}")
+        runner = {k: opts.pop(k) for k in ("blas_threads", "timeout") if k in opts}
+        known = {f for f in StrategyOptions.__dataclass_fields__}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ValueError(f"RBM: parameter 'strategy_options' has unknown keys {unknown}; allowed: "
+                             f"{sorted(known | {'blas_threads', 'timeout'})}")
+        if "blas_threads" in runner:
+            v.check_int("RBM", "strategy_options['blas_threads']", runner["blas_threads"], minimum=1)
+        if "timeout" in runner:
+            v.check_float("RBM", "strategy_options['timeout']", runner["timeout"], low=0.0, low_open=True)
+        return StrategyOptions(**opts), runner
 
     def _dtype_name(self):
         """'float32' for np.float32, 'float32' or np.dtype('float32'); the value itself if
@@ -163,9 +196,18 @@ class RBM(TransformerMixin, BaseEstimator):
         )
 
     def _make_strategy(self, spec: CDSpec, state: ModelState):
-        from parrbm.strategies import STRATEGIES
+        from parrbm.strategies import SerialStrategy
 
-        return STRATEGIES[self.strategy](spec, state)
+        if self.strategy == "serial":
+            return SerialStrategy(spec, state)
+        from parrbm.harness.runner import ParallelRunner
+
+        options, runner = self._options()
+        try:
+            return ParallelRunner(spec, state, self.strategy, int(self.workers), self.transport,
+                                  options, **runner)
+        except ValueError as exc:
+            raise ValueError(f"RBM: {exc}") from exc
 
     # ---- fitting ---------------------------------------------------------------------------
 
@@ -190,6 +232,7 @@ class RBM(TransformerMixin, BaseEstimator):
         self.n_steps_ += len(errors)
         self._state = self._strategy.gather_model()
         self._export()
+        self.comm_stats_ = self._strategy.comm_stats()
         if self.spec_.persistent:
             # A PCD chain is not a reconstruction of the data: monitor mean-field instead.
             sub = X[order[: min(len(order), 1000)]]

@@ -4,12 +4,18 @@ Every strategy trains the same model with CD-k and can hand back the full model;
 knows which transport moves its data.
 """
 
+from parrbm.strategies.base import StrategyOptions, Worker
+from parrbm.strategies.green_only import GreenOnly
+from parrbm.strategies.parameter_averaging import ParameterAveraging
+from parrbm.strategies.per_update_sync import PerUpdateSync
+from parrbm.strategies.purple_only import PurpleOnly
 from parrbm.strategies.serial import SerialStrategy
+from parrbm.strategies.unit_partitioned import UnitPartitioned
 
-STRATEGIES = {
-    "serial": SerialStrategy,
+PARALLEL_STRATEGIES: dict[str, type[Worker]] = {
+    cls.name: cls for cls in (UnitPartitioned, PerUpdateSync, PurpleOnly, GreenOnly, ParameterAveraging)
 }
-# Strategies described in DESIGN.md section 5 whose modules are not in this release yet.
-PLANNED = ("unit-partitioned", "per-update-sync", "purple-only", "green-only", "parameter-averaging")
+STRATEGIES = ("serial", *PARALLEL_STRATEGIES)
 
-__all__ = ["STRATEGIES", "PLANNED", "SerialStrategy"]
+__all__ = ["PARALLEL_STRATEGIES", "STRATEGIES", "SerialStrategy", "StrategyOptions", "Worker",
+           "UnitPartitioned", "PerUpdateSync", "PurpleOnly", "GreenOnly", "ParameterAveraging"]

@@ -55,6 +55,13 @@ class SerialStrategy:
             if dst is not None:
                 dst[...] = 0 if src is None else src
 
+    def comm_stats(self) -> dict:
+        """One worker moves no data."""
+        return {"strategy": self.name, "workers": 1, "transport": None, "bytes_per_step": 0,
+                "bytes_per_sync": 0, "syncs": 0, "bytes_total": 0, "by_phase": {},
+                "by_worker": [], "seconds": {"compute": 0.0, "communication": 0.0, "waiting": 0.0},
+                "replica_divergence": 0.0}
+
     def hidden_probabilities(self, X: np.ndarray) -> np.ndarray:
         return self._trainer.hidden_probabilities(X)
 

@@ -1,0 +1,217 @@
+"""Runs a parallel strategy on K workers and collects what the comparison needs: the
+model, reconstruction error, exact bytes by phase and worker, and time split into
+compute, communication and waiting."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+
+import numpy as np
+
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.comm import Comm, PhaseStats
+from parrbm.harness.threads import run_threads
+from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
+
+TRANSPORTS = ("threads",)
+
+
+def worker_class(name: str) -> type[Worker]:
+    from parrbm.strategies import PARALLEL_STRATEGIES
+
+    return PARALLEL_STRATEGIES[name]
+
+
+def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
+                  options: StrategyOptions) -> None:
+    """Reject impossible combinations with a message naming the parameter."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r} is not available in this release; "
+                         f"available: {', '.join(TRANSPORTS)}")
+    if options.partition not in ("contiguous", "random"):
+        raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
+                         f"got {options.partition!r}")
+    if strategy == "parameter-averaging":
+        if workers > spec.batch_size:
+            raise ValueError(f"parameter-averaging splits each minibatch over the workers: "
+                             f"workers={workers} is larger than batch_size={spec.batch_size}")
+        if options.reduce not in ("master", "allreduce"):
+            raise ValueError(f"strategy option 'reduce' must be 'master' or 'allreduce', got {options.reduce!r}")
+        if options.average not in ("gradients", "weights"):
+            raise ValueError(f"strategy option 'average' must be 'gradients' or 'weights', "
+                             f"got {options.average!r}")
+        if not isinstance(options.average_every, int) or options.average_every < 1:
+            raise ValueError(f"strategy option 'average_every' must be an integer >= 1, "
+                             f"got {options.average_every!r}")
+    else:
+        for n, what in ((spec.n_visible, "visible"), (spec.n_hidden, "hidden")):
+            if workers > n:
+                raise ValueError(f"strategy {strategy!r} splits the {what} units over the workers: "
+                                 f"workers={workers} is larger than the {n} {what} units")
+    if options.shared_weights:
+        if strategy != "per-update-sync":
+            raise ValueError(f"strategy option 'shared_weights' applies to 'per-update-sync' only "
+                             f"(strategy {strategy!r} stores each weight once or keeps two copies "
+                             f"on purpose)")
+        if transport != "threads":
+            raise ValueError("strategy option 'shared_weights' needs transport='threads' (one memory)")
+        if options.partition != "contiguous":
+            raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
+    if not isinstance(options.sync_every, int) or options.sync_every < 0:
+        raise ValueError(f"strategy option 'sync_every' must be an integer >= 0, got {options.sync_every!r}")
+
+
+class ParallelRunner:
+    """A parallel strategy behind the interface of :class:`SerialStrategy`."""
+
+    def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
+                 transport: str = "threads", options: StrategyOptions | None = None,
+                 *, blas_threads: int = 1, timeout: float = 60.0):
+        self.spec = spec
+        self.name = strategy
+        self.K = workers
+        self.transport = transport
+        self.options = options or StrategyOptions()
+        check_options(spec, strategy, workers, transport, self.options)
+        self.blas_threads = blas_threads
+        self.timeout = timeout
+        self.load_model(state)
+
+    # ---- model ----------------------------------------------------------------------------
+
+    def load_model(self, state: ModelState) -> None:
+        cls = worker_class(self.name)
+        shared = state
+        if self.options.shared_weights:  # every worker gets the same W object
+            shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
+            shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
+        self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
+        self.state = state
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.phase_stats = [dict() for _ in range(self.K)]  # per worker: phase -> PhaseStats
+        self.step_bytes: list[int] = []                   # all workers, per step, syncs excluded
+        self.step_seconds: list[list[float]] = [[] for _ in range(self.K)]
+        self.steps = 0
+
+    def gather_model(self) -> ModelState:
+        models = run_threads(self.K, lambda comm: self._on(comm).gather_model(),
+                             timeout=self.timeout, blas_threads=self.blas_threads)
+        return models[0]
+
+    def _on(self, comm: Comm) -> Worker:
+        w = self.workers[comm.rank]
+        w.comm = comm
+        return w
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def run(self, X: np.ndarray, order: np.ndarray, first_step: int) -> np.ndarray:
+        """CD-k over the minibatches of X[order] on K workers; returns each minibatch's
+        reconstruction error sum (summed over workers)."""
+        m = self.spec.batch_size
+        batches = [order[s:s + m] for s in range(0, len(order), m)]
+        sync_phases = set(self.workers[0].sync_phases)
+
+        def work(comm: Comm):
+            w = self._on(comm)
+            errors, seconds, traffic = [], [], []
+            buf = np.empty((m, X.shape[1]), X.dtype)
+            for i, idx in enumerate(batches):
+                xb = buf[: len(idx)]
+                np.take(X, idx, axis=0, out=xb)
+                before = _training_bytes(comm.stats, sync_phases)
+                t0 = time.perf_counter()
+                errors.append(w.step(xb, first_step + i))
+                seconds.append(time.perf_counter() - t0)
+                traffic.append(_training_bytes(comm.stats, sync_phases) - before)
+            return errors, seconds, traffic, comm.stats
+
+        results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
+        for r, (_, seconds, _, stats) in enumerate(results):
+            self.step_seconds[r].extend(seconds)
+            for phase, s in stats.items():
+                self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
+        self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
+        self.steps += len(batches)
+        self.state = self.gather_model()
+        self._serial = None
+        return np.sum([res[0] for res in results], axis=0)
+
+    # ---- inference on the gathered model -------------------------------------------------------
+
+    def _serial_view(self):
+        if getattr(self, "_serial", None) is None:
+            from parrbm.strategies.serial import SerialStrategy
+
+            self._serial = SerialStrategy(self.spec, self.state)
+        return self._serial
+
+    def hidden_probabilities(self, X):
+        return self._serial_view().hidden_probabilities(X)
+
+    def reconstruct(self, X):
+        return self._serial_view().reconstruct(X)
+
+    # ---- statistics ------------------------------------------------------------------------------
+
+    def comm_stats(self) -> dict:
+        """Exact payload bytes and time split of the runs so far (see RBM.comm_stats_)."""
+        sync_phases = set(self.workers[0].sync_phases)
+        by_phase: dict[str, dict] = {}
+        for per_worker in self.phase_stats:
+            for phase, s in per_worker.items():
+                if admin_phase(phase):
+                    continue
+                agg = by_phase.setdefault(phase, {f.name: 0 for f in fields(PhaseStats)})
+                for k, v in asdict(s).items():
+                    agg[k] += v
+        syncs = max((self.phase_stats[0].get(p, PhaseStats()).calls for p in sync_phases), default=0)
+        sync_sent = sum(by_phase.get(p, {}).get("bytes_sent", 0) for p in sync_phases)
+        sync_logical = sum(by_phase.get(p, {}).get("logical_bytes_sent", 0) for p in sync_phases)
+        by_worker = []
+        for r in range(self.K):
+            stats = {p: s for p, s in self.phase_stats[r].items() if not admin_phase(p)}
+            inside = sum(s.seconds for s in stats.values())
+            wait = sum(s.wait_seconds for s in stats.values())
+            total = sum(self.step_seconds[r])
+            by_worker.append({
+                "rank": r,
+                "bytes_sent": sum(s.bytes_sent for s in stats.values()),
+                "bytes_recv": sum(s.bytes_recv for s in stats.values()),
+                "messages": sum(s.messages for s in stats.values()),
+                "compute_seconds": total - inside,
+                "comm_seconds": inside - wait,
+                "wait_seconds": wait,
+                "step_seconds": total,
+                "memory_bytes": self.workers[r].memory_bytes(),
+            })
+        n = max(self.K, 1)
+        divergence = [d for w in self.workers for d in w.divergence]
+        return {
+            "strategy": self.name,
+            "workers": self.K,
+            "transport": self.transport,
+            "steps": self.steps,
+            "bytes_per_step": self.step_bytes[0] if self.step_bytes else 0,
+            "bytes_per_sync": (sync_sent // syncs) if syncs else 0,
+            "logical_bytes_per_sync": (sync_logical // syncs) if syncs else 0,
+            "syncs": syncs,
+            "bytes_total": sum(v["bytes_sent"] for v in by_phase.values()),
+            "by_phase": by_phase,
+            "by_worker": by_worker,
+            "seconds": {
+                "compute": sum(w["compute_seconds"] for w in by_worker) / n,
+                "communication": sum(w["comm_seconds"] for w in by_worker) / n,
+                "waiting": sum(w["wait_seconds"] for w in by_worker) / n,
+                "step_median": float(np.median([np.max(s) for s in zip(*self.step_seconds)]))
+                if self.steps else 0.0,
+            },
+            "replica_divergence": max(divergence) if divergence else 0.0,
+        }
+
+
+def _training_bytes(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
+    return sum(s.bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))

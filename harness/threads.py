@@ -1,0 +1,93 @@
+"""The threads transport: K workers as threads of one process (the paper's multi-core
+mode). The C++ core releases the GIL, so workers compute in parallel; data moves only
+through :class:`~parrbm.harness.comm.Comm`, as it would between processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.harness.comm import Comm, CommError, Transport
+
+
+class ThreadsHub:
+    """State shared by the K threads of one run: a mailbox per worker and a barrier."""
+
+    def __init__(self, size: int, timeout: float = 60.0):
+        self.size = size
+        self.timeout = timeout
+        self.mailbox: list[Sequence[np.ndarray | None] | None] = [None] * size
+        self.barrier = threading.Barrier(size, timeout=timeout)
+
+    def abort(self) -> None:
+        self.barrier.abort()
+
+
+class ThreadsTransport(Transport):
+    def __init__(self, hub: ThreadsHub, rank: int):
+        self.hub = hub
+        self.rank = rank
+        self.size = hub.size
+
+    def _wait(self) -> float:
+        t0 = time.perf_counter()
+        try:
+            self.hub.barrier.wait()
+        except threading.BrokenBarrierError as exc:
+            raise CommError(f"worker {self.rank}: a peer failed or did not arrive within "
+                            f"{self.hub.timeout:g} s") from exc
+        return time.perf_counter() - t0
+
+    def exchange(self, sends, receive: Callable[[int, np.ndarray], None]) -> float:
+        self.hub.mailbox[self.rank] = sends
+        wait = self._wait()  # every mailbox is filled
+        for j in range(self.size):
+            if j != self.rank:
+                buf = self.hub.mailbox[j][self.rank]
+                if buf is not None:
+                    receive(j, buf)
+        wait += self._wait()  # every peer has read this worker's buffers
+        return wait
+
+    def barrier(self) -> float:
+        return self._wait()
+
+
+def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
+                blas_threads: int = 1) -> list:
+    """Run ``target(comm)`` on ``size`` worker threads; returns their results in rank order.
+
+    Each worker's BLAS is limited to ``blas_threads``. If a worker raises, the others are
+    released from their collectives and a :class:`CommError` naming the worker is raised.
+    """
+    hub = ThreadsHub(size, timeout)
+    results: list = [None] * size
+    errors: list[tuple[int, BaseException]] = []
+    previous = _core.get_blas_threads()
+    _core.set_blas_threads(blas_threads)
+
+    def work(rank: int) -> None:
+        try:
+            results[rank] = target(Comm(ThreadsTransport(hub, rank)))
+        except BaseException as exc:  # noqa: BLE001 - reported below with the rank
+            errors.append((rank, exc))
+            hub.abort()
+
+    threads = [threading.Thread(target=work, args=(r,), name=f"parrbm-worker-{r}") for r in range(size)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if previous > 0:
+            _core.set_blas_threads(previous)
+    if errors:
+        # The first failure is the cause; the others are peers released by it.
+        rank, exc = min(errors, key=lambda e: isinstance(e[1], CommError))
+        raise CommError(f"worker {rank} failed: {type(exc).__name__}: {exc}") from exc
+    return results

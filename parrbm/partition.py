@@ -1,0 +1,94 @@
+"""How units are split over K workers: sizes differ by at most one (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Partition:
+    """K parts of range(n). Part k is a slice (contiguous partition) or a sorted int64
+    index array (random partition: a seeded permutation, then contiguous cuts).
+
+    Parameters
+    ----------
+    n : int
+        Number of units.
+    parts : list of slice or ndarray
+    """
+
+    def __init__(self, n: int, parts: list):
+        self.n = n
+        self.parts = parts
+        self.K = len(parts)
+        self._sizes = [(p.stop - p.start) if isinstance(p, slice) else len(p) for p in parts]
+        self._index = [np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, slice) else p
+                       for p in parts]
+
+    @staticmethod
+    def cuts(n: int, K: int) -> list[int]:
+        """Boundaries of K contiguous parts of range(n), the first n % K one unit larger."""
+        base, extra = divmod(n, K)
+        bounds = [0]
+        for k in range(K):
+            bounds.append(bounds[-1] + base + (1 if k < extra else 0))
+        return bounds
+
+    @classmethod
+    def contiguous(cls, n: int, K: int) -> "Partition":
+        b = cls.cuts(n, K)
+        return cls(n, [slice(b[k], b[k + 1]) for k in range(K)])
+
+    @classmethod
+    def random(cls, n: int, K: int, seed: int) -> "Partition":
+        perm = np.random.default_rng([seed, 0x9A97]).permutation(n)
+        b = cls.cuts(n, K)
+        return cls(n, [np.sort(perm[b[k]:b[k + 1]]).astype(np.int64) for k in range(K)])
+
+    @classmethod
+    def make(cls, kind: str, n: int, K: int, seed: int = 0) -> "Partition":
+        if kind == "contiguous":
+            return cls.contiguous(n, K)
+        if kind == "random":
+            return cls.random(n, K, seed)
+        raise ValueError(f"partition must be 'contiguous' or 'random', got {kind!r}")
+
+    @property
+    def is_contiguous(self) -> bool:
+        return all(isinstance(p, slice) for p in self.parts)
+
+    def size(self, k: int) -> int:
+        return self._sizes[k]
+
+    def sizes(self) -> list[int]:
+        return list(self._sizes)
+
+    def index(self, k: int) -> np.ndarray:
+        """Global unit indices of part k, int64, sorted."""
+        return self._index[k]
+
+    def units(self, k: int) -> dict:
+        """Keyword arguments naming part k's global units for the core's samplers."""
+        p = self.parts[k]
+        if isinstance(p, slice):
+            return {"unit0": p.start}
+        return {"unit0": 0, "unit_index": p}
+
+    def take(self, a: np.ndarray, k: int, axis: int = 1) -> np.ndarray:
+        """Part k of a along axis: a view for a slice, a C-contiguous copy for scattered
+        units."""
+        p = self.parts[k]
+        if isinstance(p, slice):
+            idx = [slice(None)] * a.ndim
+            idx[axis] = p
+            return a[tuple(idx)]
+        return np.take(a, p, axis=axis)
+
+    def view(self, a: np.ndarray, k: int):
+        """a[:, part k] as a writable view, or None if the part is scattered."""
+        p = self.parts[k]
+        return a[:, p] if isinstance(p, slice) else None
+
+    def put(self, a: np.ndarray, k: int, block: np.ndarray, axis: int = 1) -> None:
+        idx = [slice(None)] * a.ndim
+        idx[axis] = self.parts[k]
+        a[tuple(idx)] = block

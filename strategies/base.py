@@ -1,0 +1,218 @@
+"""What every parallel strategy shares: the model split, the random streams, the CD
+kernels applied to blocks, and the statistics update. Strategy modules read as their
+algorithm in DESIGN.md section 5 on top of these; none of this knows the transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.comm import Comm
+from parrbm.partition import Partition
+
+PHASE_POSITIVE = 0
+
+
+def own(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy this worker owns (never a view of the caller's model)."""
+    return np.array(a, order="C", copy=True)
+
+
+def phase_visible(t: int) -> int:
+    return 2 * t - 1
+
+
+def phase_hidden(t: int) -> int:
+    return 2 * t
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Options of the parallel strategies (each strategy reads the ones it knows).
+
+    partition : "contiguous" | "random"   how units are split (random: seeded permutation)
+    sync_every : int                      unit-partitioned: minibatches between weight syncs
+                                          (0 = never)
+    shared_weights : bool                 per-update-sync on threads: one W, sync = barrier
+    reduce : "master" | "allreduce"       parameter averaging: how gradients are summed
+    average : "gradients" | "weights"     parameter averaging: sum gradients every step
+                                          (exactly serial CD), or average weights
+    average_every : int                   parameter averaging with average="weights": T
+    """
+
+    partition: str = "contiguous"
+    sync_every: int = 1
+    shared_weights: bool = False
+    reduce: str = "allreduce"
+    average: str = "gradients"
+    average_every: int = 1
+
+
+class Worker:
+    """One worker of a parallel strategy.
+
+    Subclasses implement :meth:`step` (one CD-k minibatch step; returns this worker's
+    share of the reconstruction error sum) and :meth:`gather_model` (the full model on
+    rank 0, None elsewhere).
+    """
+
+    name = ""
+    #: phases whose bytes are weight synchronisation, not per-step training traffic
+    sync_phases: tuple[str, ...] = ()
+
+    def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
+                 options: StrategyOptions):
+        self.spec = spec
+        self.comm: Comm | None = None  # set by the runner for each run
+        self.options = options
+        self.rank, self.K = rank, size
+        self.dtype = spec.np_dtype
+        self.vis = Partition.make(options.partition, spec.n_visible, self.K, spec.seed)
+        self.hid = Partition.make(options.partition, spec.n_hidden, self.K, spec.seed + 1)
+        self.divergence: list[float] = []  # replica drift measured before each sync
+
+    # ---- properties of the configuration -------------------------------------------------
+
+    @property
+    def hidden_as_bits(self) -> bool:
+        """Hidden activities travel as 1-bit states (sampled statistics)."""
+        return self.spec.statistics == "samples"
+
+    @property
+    def visible_as_bits(self) -> bool:
+        """Negative visible data are binary samples, so they travel as bits."""
+        return self.spec.visible == "binary" and self.spec.statistics == "samples"
+
+    @property
+    def sample_visible(self) -> bool:
+        if self.spec.visible == "binary":
+            return self.spec.statistics == "samples"
+        return self.spec.gaussian_noise
+
+    def chain_rows(self, mb: int) -> int:
+        return self.spec.batch_size if self.spec.persistent else mb
+
+    def key(self, step: int, phase: int) -> dict:
+        return {"seed": self.spec.seed, "step": step, "phase": phase}
+
+    def zeros(self, *shape) -> np.ndarray:
+        return np.zeros(shape, self.dtype)
+
+    # ---- CD kernels on blocks -------------------------------------------------------------
+
+    def sample_hidden(self, pre: np.ndarray, bias: np.ndarray, units: dict, step: int, phase: int,
+                      *, states=None, probs=None, case0: int = 0, state_value: float = 1.0,
+                      prob_scale: float = 1.0) -> None:
+        _core.sample_sigmoid(pre, bias, states, probs, case0=case0, state_value=state_value,
+                             prob_scale=prob_scale, **units, **self.key(step, phase))
+
+    def states_from_probabilities(self, probs: np.ndarray, units: dict, step: int, phase: int,
+                                  *, out: np.ndarray, case0: int = 0) -> np.ndarray:
+        """The states sample_hidden would have drawn from these probabilities."""
+        _core.sample_bernoulli(probs, out, case0=case0, **units, **self.key(step, phase))
+        return out
+
+    def visible_units(self, pre: np.ndarray, bias: np.ndarray, out: np.ndarray, units: dict,
+                      step: int, t: int, *, data=None, case0: int = 0) -> float:
+        return _core.visible_activation(pre, bias, out, self.spec.visible, self.sample_visible,
+                                        data, case0=case0, **units, **self.key(step, phase_visible(t)))
+
+    # ---- statistics and updates -------------------------------------------------------------
+
+    def apply_statistics(self, W: np.ndarray, inc, left: np.ndarray, right: np.ndarray,
+                         mb: int, neg_scale: float) -> None:
+        """W (+ inc) <- update with eps / mb (left_pos^T right_pos + left_neg^T right_neg).
+
+        left: (mb + c, a) stacked [x; v'] columns of W's rows; right: (mb + c, b) stacked
+        [h; -neg_scale h'] columns of W's columns. Binary-binary statistics are counted
+        with AND + popcount (exact integers), anything else is one GEMM of depth mb + c.
+        """
+        spec = self.spec
+        alpha = spec.learning_rate / mb
+        decay_lr = spec.learning_rate * spec.weight_decay
+        if self.visible_as_bits:
+            words = (max(mb, left.shape[0] - mb) + 63) // 64
+            v_bits, _ = _core.pack_columns(left[mb:], words)
+            hn_bits, _ = _core.pack_columns(right[mb:], words)
+            h_bits, _ = _core.pack_columns(right[:mb], words)
+            x_bits, binary = _core.pack_columns(left[:mb], words)
+            if not binary:
+                beta = spec.momentum if inc is not None else 1.0 - decay_lr
+                _core.gemm(left[:mb], right[:mb], W if inc is None else inc, alpha=alpha, beta=beta,
+                           trans_a=True)
+            _core.bit_statistics_update(W, inc, x_bits if binary else None, h_bits, v_bits, hn_bits,
+                                        alpha=alpha, neg_scale=neg_scale, momentum=spec.momentum,
+                                        decay_lr=decay_lr)
+        elif inc is not None:
+            _core.gemm(left, right, inc, alpha=alpha, beta=spec.momentum, trans_a=True)
+            _core.apply_increment(W, inc, decay_lr)
+        else:
+            _core.gemm(left, right, W, alpha=alpha, beta=1.0 - decay_lr, trans_a=True)
+
+    def statistics_gradient(self, left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
+        """out <- left^T right (the unscaled weight gradient of a stacked minibatch)."""
+        _core.gemm(left, right, out, alpha=1.0, beta=0.0, trans_a=True)
+
+    def update_bias(self, bias: np.ndarray, inc, pos: np.ndarray, neg, mb: int,
+                    neg_scale: float = 1.0) -> None:
+        _core.bias_update(bias, inc, pos, neg, neg_scale=neg_scale,
+                          alpha=self.spec.learning_rate / mb, momentum=self.spec.momentum)
+
+    # ---- the interface the runner uses ------------------------------------------------------
+
+    def step(self, X: np.ndarray, step: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def gather_model(self) -> ModelState | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        """Bytes of the arrays this worker holds (parameters, optimiser state, buffers)."""
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+    # ---- hidden activities shared by all workers -------------------------------------------
+
+    def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
+                        name: str, local: np.ndarray, full_act: np.ndarray,
+                        full_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sample this worker's hidden units from their inputs ``pre`` (rows x |H_k|) and
+        allgather them: 1-bit states (sampled statistics) or probabilities (then every
+        worker draws the same states from them). Returns (activities for the statistics,
+        states driving the chain), both (rows x H)."""
+        rows = pre.shape[0]
+        units = self.hid.units(self.rank)
+        out_states = full_states[:rows]
+        if self.hidden_as_bits:
+            self.sample_hidden(pre, bias, units, step, phase, states=local[:rows])
+            self.comm.allgather_bits(local[:rows], out_states, self.hid, phase=name)
+            return out_states, out_states
+        out_act = full_act[:rows]
+        self.sample_hidden(pre, bias, units, step, phase, probs=local[:rows])
+        self.comm.allgather(local[:rows], out_act, self.hid, phase=name)
+        self.states_from_probabilities(out_act, {"unit0": 0}, step, phase, out=out_states)
+        return out_act, out_states
+
+    # ---- model assembly -----------------------------------------------------------------------
+
+    def gather_rows(self, rows_block: np.ndarray, parts: Partition, n_cols: int, *,
+                    phase: str = "gather-model") -> np.ndarray | None:
+        """Rank 0 assembles the full (n, n_cols) array from each worker's row block."""
+        blocks = self.comm.gather(np.ascontiguousarray(rows_block), phase=phase)
+        if blocks is None:
+            return None
+        full = np.empty((parts.n, n_cols), rows_block.dtype)
+        for j, blk in enumerate(blocks):
+            full[parts.index(j)] = blk.reshape(parts.size(j), n_cols)
+        return full
+
+    def gather_vector(self, piece: np.ndarray, parts: Partition, *, phase: str = "gather-model"):
+        full = self.gather_rows(piece.reshape(-1, 1), parts, 1, phase=phase)
+        return None if full is None else full[:, 0]
+
+
+def admin_phase(phase: str) -> bool:
+    """Phases that are bookkeeping (assembling the model), not training traffic."""
+    return phase.startswith("gather-")

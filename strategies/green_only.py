@@ -1,0 +1,110 @@
+"""Green-only CD: column-parallel (DESIGN.md 5.4).
+
+Worker k holds the whole minibatch, green weights G_k = W[:, H_k], c[H_k] and b[V_k].
+Hidden units are sampled locally; the visible inputs are sums of partial products over
+the hidden slices, combined by reduce-scatter, and v' is allgathered. No hidden traffic,
+no sync, no drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import ModelState
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+
+
+class GreenOnly(Worker):
+    name = "green-only"
+
+    def __init__(self, spec, state: ModelState, rank, size, options):
+        super().__init__(spec, state, rank, size, options)
+        V, m = spec.n_visible, spec.batch_size
+        Vk, Hk = self.vis.size(rank), self.hid.size(rank)
+        self.green = own(self.hid.take(state.W, rank, axis=1))    # (V, |H_k|)
+        self.b = own(self.vis.take(state.b, rank, axis=0))
+        self.c = own(self.hid.take(state.c, rank, axis=0))
+        momentum = state.W_inc is not None
+        self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
+        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
+        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
+        # Persistent chains: this worker's hidden units only.
+        self.chains = None if state.chains is None else own(self.hid.take(state.chains, rank))
+        self.left = self.zeros(2 * m, V)          # [x; v']
+        self.right_k = self.zeros(2 * m, Hk)      # [h_k; -h'_k]
+        self.states_k = self.zeros(m, Hk)         # hidden states driving the chain
+        self.partial = self.zeros(m, V)           # h_k G_k^T: this worker's addend of every input
+        self.pre_v = self.zeros(m, Vk)
+        self.v_local = self.zeros(m, Vk)
+        self.pre_h = self.zeros(m, Hk)
+
+    def sample_local_hidden(self, pre: np.ndarray, step: int, phase: int, act_out: np.ndarray,
+                            states_out: np.ndarray, act_scale: float = 1.0) -> None:
+        """Hidden units of this worker: states (drive the chain) and the activities the
+        statistics use (states, or probabilities with statistics='probabilities')."""
+        units = self.hid.units(self.rank)
+        if self.hidden_as_bits:
+            self.sample_hidden(pre, self.c, units, step, phase, states=states_out)
+            np.multiply(states_out, act_scale, out=act_out)
+        else:
+            self.sample_hidden(pre, self.c, units, step, phase, states=states_out, probs=act_out,
+                               prob_scale=act_scale)
+
+    def step(self, X: np.ndarray, step: int) -> float:
+        spec, k = self.spec, self.rank
+        mb = X.shape[0]
+        c = self.chain_rows(mb)
+        neg_scale = mb / c
+        left, right_k = self.left[: mb + c], self.right_k[: mb + c]
+        left[:mb] = X
+
+        # 1. h_k ~ p(h_k | x): local.
+        _core.gemm(X, self.green, self.pre_h[:mb])
+        self.sample_local_hidden(self.pre_h[:mb], step, PHASE_POSITIVE, right_k[:mb], self.states_k[:mb])
+        driver = self.chains if spec.persistent else self.states_k[:mb]
+
+        err = 0.0
+        for t in range(1, spec.cd_k + 1):
+            # 2. Inputs of v'_k by reduce-scatter of h_k G_k^T; v'_k; allgather -> v'.
+            _core.gemm(driver, self.green, self.partial[:c], trans_b=True)
+            self.comm.reduce_scatter(self.partial[:c], self.pre_v[:c], self.vis, phase="visible-input")
+            data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
+            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
+                                      step, t, data=data)
+            if self.visible_as_bits:
+                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            else:
+                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            # 3. h'_k ~ p(h_k | v'): local.
+            _core.gemm(left[mb:], self.green, self.pre_h[:c])
+            states_out = self.chains if spec.persistent else self.states_k[:c]
+            self.sample_local_hidden(self.pre_h[:c], step, phase_hidden(t), right_k[mb:], states_out,
+                                     act_scale=-neg_scale)
+            driver = states_out
+
+        # 4. G_k <- G_k + eps/m (x^T h_k - v'^T h'_k); biases.
+        vis_k = self.vis.take(left, k)
+        self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale)
+        self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
+        self.update_bias(self.c, self.c_inc, right_k, None, mb)
+        return err
+
+    def gather_model(self) -> ModelState | None:
+        V = self.spec.n_visible
+        W_T = self.gather_rows(self.green.T, self.hid, V)
+        b = self.gather_vector(self.b, self.vis)
+        c = self.gather_vector(self.c, self.hid)
+        incs = (None, None, None)
+        if self.green_inc is not None:
+            inc_T = self.gather_rows(self.green_inc.T, self.hid, V)
+            incs = (None if inc_T is None else inc_T.T.copy(), self.gather_vector(self.b_inc, self.vis),
+                    self.gather_vector(self.c_inc, self.hid))
+        chains = None
+        if self.chains is not None:
+            ch_T = self.gather_rows(self.chains.T, self.hid, self.spec.batch_size)
+            chains = None if ch_T is None else ch_T.T.copy()
+        if self.rank != 0:
+            return None
+        return ModelState(W=W_T.T.copy(), b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
+                          chains=chains)

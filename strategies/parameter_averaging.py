@@ -1,0 +1,154 @@
+"""Parameter averaging: data-parallel CD (DESIGN.md 5.5).
+
+Every worker holds a full replica; the m cases of a minibatch are split over workers by
+case index (the global index keys the random streams, so the states are the serial
+ones). ``average="gradients"``: each worker's gradient is summed over workers every step
+(``reduce="allreduce"``: reduce-scatter + allgather; ``reduce="master"``: gather to rank
+0, which sums and broadcasts) and every replica applies the same update -- exactly serial
+CD. ``average="weights"``: local steps on the worker's own cases, the weights averaged
+every ``average_every`` minibatches (local SGD).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import ModelState
+from parrbm.partition import Partition
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, phase_hidden
+
+_FULL = {"unit0": 0}
+
+
+class ParameterAveraging(Worker):
+    name = "parameter-averaging"
+
+    def __init__(self, spec, state: ModelState, rank, size, options):
+        super().__init__(spec, state, rank, size, options)
+        V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
+        self.W, self.b, self.c = state.W.copy(), state.b.copy(), state.c.copy()
+        momentum = state.W_inc is not None
+        self.W_inc = state.W_inc.copy() if momentum else None
+        self.b_inc = state.b_inc.copy() if momentum else None
+        self.c_inc = state.c_inc.copy() if momentum else None
+        self.chain_cases = Partition.contiguous(m, size).parts[rank]
+        self.chains = None if state.chains is None else state.chains[self.chain_cases].copy()
+        mk = -(-m // size)  # the most cases a worker gets
+        self.left = self.zeros(2 * mk, V)
+        self.right = self.zeros(2 * mk, H)
+        self.pre_h = self.zeros(mk, H)
+        # Gradient of (W, b, c) in one buffer: one collective per step.
+        self.grad = self.zeros(V * H + V + H)
+        self.steps_done = 0
+        if options.average == "weights":
+            self.sync_phases = ("average",)
+
+    def step(self, X: np.ndarray, step: int) -> float:
+        spec = self.spec
+        mb = X.shape[0]
+        mine = Partition.contiguous(mb, self.K).parts[self.rank]
+        case0, n = mine.start, mine.stop - mine.start
+        if spec.persistent:
+            chain0, c = self.chain_cases.start, self.chain_cases.stop - self.chain_cases.start
+        else:
+            chain0, c = case0, n
+        neg_scale = mb / self.chain_rows(mb)
+        left, right = self.left[: n + c], self.right[: n + c]
+        x = X[mine]
+        left[:n] = x
+
+        # Serial CD on this worker's cases, with their global case indices.
+        _core.gemm(x, self.W, self.pre_h[:n])
+        probs = spec.statistics == "probabilities"
+        states = self.zeros(max(n, c), spec.n_hidden)
+        self.sample_hidden(self.pre_h[:n], self.c, _FULL, step, PHASE_POSITIVE, case0=case0,
+                           states=states[:n], probs=right[:n] if probs else None)
+        if not probs:
+            right[:n] = states[:n]
+        driver = self.chains if spec.persistent else states[:n]
+        err = 0.0
+        for t in range(1, spec.cd_k + 1):
+            _core.gemm(driver, self.W, left[n:], trans_b=True)
+            data = x if (t == 1 and not spec.persistent) else None
+            err += self.visible_units(left[n:], self.b, left[n:], _FULL, step, t, data=data, case0=chain0)
+            _core.gemm(left[n:], self.W, self.pre_h[:c])
+            states_out = self.chains if spec.persistent else states[:c]
+            self.sample_hidden(self.pre_h[:c], self.c, _FULL, step, phase_hidden(t), case0=chain0,
+                               states=states_out, probs=right[n:] if probs else None,
+                               prob_scale=-neg_scale)
+            driver = states_out
+        if not probs:
+            right[n:] = -neg_scale * driver
+
+        self.steps_done += 1
+        if self.options.average == "gradients":
+            self.sum_gradients(left, right, n, neg_scale)
+            self.apply_summed_gradient(mb)
+        else:
+            self.apply_statistics(self.W, self.W_inc, left, right, n, neg_scale)
+            self.update_bias(self.b, self.b_inc, left[:n], left[n:], n, neg_scale)
+            self.update_bias(self.c, self.c_inc, right, None, n)
+            if self.steps_done % self.options.average_every == 0:
+                self.average_weights()
+        return err
+
+    # ---- gradient mode -----------------------------------------------------------------------
+
+    def sum_gradients(self, left, right, n, neg_scale) -> None:
+        V, H = self.spec.n_visible, self.spec.n_hidden
+        gW = self.grad[: V * H].reshape(V, H)
+        self.statistics_gradient(left, right, gW)
+        self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
+        self.grad[V * H + V:] = right.sum(0)
+        self.reduce(self.grad, phase="gradient")
+
+    def apply_summed_gradient(self, mb: int) -> None:
+        spec = self.spec
+        V, H = spec.n_visible, spec.n_hidden
+        alpha = spec.learning_rate / mb
+        _core.apply_gradient(self.W, self.W_inc, self.grad[: V * H].reshape(V, H), alpha=alpha,
+                             momentum=spec.momentum, decay_lr=spec.learning_rate * spec.weight_decay)
+        for bias, inc, g in ((self.b, self.b_inc, self.grad[V * H: V * H + V]),
+                             (self.c, self.c_inc, self.grad[V * H + V:])):
+            _core.apply_gradient(bias.reshape(1, -1), None if inc is None else inc.reshape(1, -1),
+                                 g.reshape(1, -1), alpha=alpha, momentum=spec.momentum)
+
+    def reduce(self, flat: np.ndarray, *, phase: str) -> None:
+        """flat <- sum over workers, by allreduce or through the master (rank 0)."""
+        if self.options.reduce == "allreduce":
+            self.comm.allreduce(flat, phase=phase)
+            return
+        parts = self.comm.gather(flat, root=0, phase=phase)
+        if parts is not None:
+            np.copyto(flat, parts[0])
+            for p in parts[1:]:
+                flat += p
+        self.comm.bcast(flat, root=0, phase=phase)
+
+    # ---- weights mode ----------------------------------------------------------------------------
+
+    def average_weights(self) -> None:
+        V, H = self.spec.n_visible, self.spec.n_hidden
+        self.grad[: V * H] = self.W.ravel()
+        self.grad[V * H: V * H + V] = self.b
+        self.grad[V * H + V:] = self.c
+        self.reduce(self.grad, phase="average")
+        self.grad /= self.K
+        self.W[...] = self.grad[: V * H].reshape(V, H)
+        self.b[...] = self.grad[V * H: V * H + V]
+        self.c[...] = self.grad[V * H + V:]
+
+    def replica_divergence(self) -> float:
+        return 0.0
+
+    def gather_model(self) -> ModelState | None:
+        chains = None
+        if self.chains is not None:
+            parts = self.comm.gather(self.chains, phase="gather-model")
+            chains = None if parts is None else np.concatenate(parts).reshape(self.spec.batch_size, -1)
+        if self.rank != 0:
+            return None
+        copy = lambda a: None if a is None else a.copy()  # noqa: E731
+        return ModelState(W=self.W.copy(), b=self.b.copy(), c=self.c.copy(), W_inc=copy(self.W_inc),
+                          b_inc=copy(self.b_inc), c_inc=copy(self.c_inc), chains=chains)

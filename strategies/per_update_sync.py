@@ -1,0 +1,138 @@
+"""Per-update weight sync (DESIGN.md 5.2).
+
+The unit partition of 5.1, but worker k updates only its green block (each weight once),
+needs no allgather of h', and after every minibatch sends G_k[V_j, :] to worker j, which
+overwrites P_j[:, H_k]: purple copies are always exact. With ``shared_weights`` (threads
+transport only) green and purple are views of one W in shared memory and the sync is a
+barrier: the paper's multi-core variant, 0 bytes moved, its logical bytes still reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import ModelState
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+
+
+class PerUpdateSync(Worker):
+    name = "per-update-sync"
+    sync_phases = ("weight-sync",)
+
+    def __init__(self, spec, state: ModelState, rank, size, options):
+        super().__init__(spec, state, rank, size, options)
+        V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
+        Vk, Hk = self.vis.size(rank), self.hid.size(rank)
+        if options.shared_weights:
+            # One W for all workers (the runner hands every worker the same array).
+            self.W = state.W
+            self.green = self.hid.view(state.W, rank)                 # W[:, H_k]
+            self.purple = state.W[self.vis.parts[rank]]                # W[V_k, :]
+        else:
+            self.green = own(self.hid.take(state.W, rank, axis=1))
+            self.purple = own(self.vis.take(state.W, rank, axis=0))
+        self.b = own(self.vis.take(state.b, rank, axis=0))
+        self.c = own(self.hid.take(state.c, rank, axis=0))
+        momentum = state.W_inc is not None
+        self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
+        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
+        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
+        self.chains = None if state.chains is None else state.chains.copy()  # (m, H) replicated
+        self.left = self.zeros(2 * m, V)          # [x; v']
+        self.right_k = self.zeros(2 * m, Hk)      # [h_k; -h'_k]
+        self.hidden_act = self.zeros(m, H)
+        self.hidden_states = self.zeros(m, H)
+        self.pre_h = self.zeros(m, Hk)
+        self.h_local = self.zeros(m, Hk)
+        self.pre_v = self.zeros(m, Vk)
+        self.v_local = self.zeros(m, Vk)
+
+    def step(self, X: np.ndarray, step: int) -> float:
+        spec, k = self.spec, self.rank
+        mb = X.shape[0]
+        c = self.chain_rows(mb)
+        neg_scale = mb / c
+        left, right_k = self.left[: mb + c], self.right_k[: mb + c]
+        left[:mb] = X
+        hid_units = self.hid.units(k)
+
+        # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
+        _core.gemm(X, self.green, self.pre_h[:mb])
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+                                           self.h_local, self.hidden_act, self.hidden_states)
+        right_k[:mb] = self.hid.take(act, k)
+        driver = self.chains if spec.persistent else states
+
+        err = 0.0
+        for t in range(1, spec.cd_k + 1):
+            # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
+            _core.gemm(driver, self.purple, self.pre_v[:c], trans_b=True)
+            data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
+            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
+                                      step, t, data=data)
+            if self.visible_as_bits:
+                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            else:
+                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            # 3. h'_k ~ p(h_k | v'), local: only this worker's green block needs it -- unless
+            #    it drives another Gibbs step or a persistent chain.
+            _core.gemm(left[mb:], self.green, self.pre_h[:c])
+            if t < spec.cd_k or spec.persistent:
+                act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
+                                                   "negative-hidden", self.h_local, self.hidden_act,
+                                                   self.hidden_states)
+                driver = states
+                final_k = self.hid.take(act, k)
+            elif self.hidden_as_bits:
+                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t),
+                                   states=self.h_local[:c])
+                final_k = self.h_local[:c]
+            else:
+                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t),
+                                   probs=self.h_local[:c])
+                final_k = self.h_local[:c]
+        right_k[mb:] = -neg_scale * final_k
+        if spec.persistent:
+            self.chains[...] = states
+
+        # 4. Only green is updated (each weight once), and the biases.
+        vis_k = self.vis.take(left, k)
+        self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale)
+        self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
+        self.update_bias(self.c, self.c_inc, right_k, None, mb)
+
+        # 5. Green -> purple after every minibatch.
+        self.sync()
+        return err
+
+    def sync_bytes(self) -> int:
+        """Payload this worker's sync sends: G_k[V_j, :] to every j != k."""
+        Hk = self.hid.size(self.rank)
+        return sum(self.vis.size(j) * Hk for j in range(self.K) if j != self.rank) * self.dtype.itemsize
+
+    def sync(self) -> None:
+        k = self.rank
+        if self.options.shared_weights:
+            self.comm.shared_sync(self.sync_bytes(), phase="weight-sync")
+            return
+        sends = [np.ascontiguousarray(self.vis.take(self.green, j, axis=0)) for j in range(self.K)]
+        outs = [self.zeros(self.vis.size(k), self.hid.size(j)) for j in range(self.K)]
+        self.comm.alltoall(sends, outs, phase="weight-sync")
+        for j in range(self.K):
+            self.hid.put(self.purple, j, outs[j])
+
+    def gather_model(self) -> ModelState | None:
+        H = self.spec.n_hidden
+        W = self.gather_rows(self.purple, self.vis, H)
+        b = self.gather_vector(self.b, self.vis)
+        c = self.gather_vector(self.c, self.hid)
+        incs = (None, None, None)
+        if self.green_inc is not None:
+            W_inc_T = self.gather_rows(self.green_inc.T, self.hid, self.spec.n_visible)
+            incs = (None if W_inc_T is None else W_inc_T.T.copy(),
+                    self.gather_vector(self.b_inc, self.vis), self.gather_vector(self.c_inc, self.hid))
+        if self.rank != 0:
+            return None
+        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
+                          chains=None if self.chains is None else self.chains.copy())

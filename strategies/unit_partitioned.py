@@ -1,0 +1,130 @@
+"""Unit-partitioned CD (the paper's algorithm, DESIGN.md 5.1).
+
+Worker k holds the whole minibatch, its green weights G_k = W[:, H_k] (all visible x its
+hidden units) and purple weights P_k = W[V_k, :] (its visible x all hidden units), b[V_k]
+and c[H_k]. Every weight lives on two workers and is updated on both; purple is
+authoritative and overwrites green every ``sync_every`` minibatches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.config import ModelState
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+
+
+class UnitPartitioned(Worker):
+    name = "unit-partitioned"
+    sync_phases = ("weight-sync",)
+
+    def __init__(self, spec, state: ModelState, rank, size, options):
+        super().__init__(spec, state, rank, size, options)
+        V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
+        Vk, Hk = self.vis.size(rank), self.hid.size(rank)
+        self.green = own(self.hid.take(state.W, rank, axis=1))      # (V, |H_k|)
+        self.purple = own(self.vis.take(state.W, rank, axis=0))     # (|V_k|, H)
+        self.b = own(self.vis.take(state.b, rank, axis=0))
+        self.c = own(self.hid.take(state.c, rank, axis=0))
+        momentum = state.W_inc is not None
+        self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
+        self.purple_inc = own(self.vis.take(state.W_inc, rank, axis=0)) if momentum else None
+        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
+        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
+        self.chains = None if state.chains is None else state.chains.copy()           # (m, H) replicated
+        # Work buffers: stacked statistics operands and the local blocks.
+        self.left = self.zeros(2 * m, V)         # [x; v']
+        self.right = self.zeros(2 * m, H)        # [h; -h']
+        self.hidden_act = self.zeros(m, H)
+        self.hidden_states = self.zeros(m, H)
+        self.pre_h = self.zeros(m, Hk)
+        self.h_local = self.zeros(m, Hk)
+        self.pre_v = self.zeros(m, Vk)
+        self.v_local = self.zeros(m, Vk)
+        self.steps_done = 0
+
+    def step(self, X: np.ndarray, step: int) -> float:
+        spec, k = self.spec, self.rank
+        mb = X.shape[0]
+        c = self.chain_rows(mb)
+        neg_scale = mb / c
+        left, right = self.left[: mb + c], self.right[: mb + c]
+        left[:mb] = X
+        X_k = self.vis.take(X, k)
+
+        # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
+        _core.gemm(X, self.green, self.pre_h[:mb])
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+                                           self.h_local, self.hidden_act, self.hidden_states)
+        right[:mb] = act
+        driver = self.chains if spec.persistent else states
+
+        err = 0.0
+        for t in range(1, spec.cd_k + 1):
+            # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
+            _core.gemm(driver, self.purple, self.pre_v[:c], trans_b=True)
+            data = X_k if (t == 1 and not spec.persistent) else None
+            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
+                                      step, t, data=data)
+            if self.visible_as_bits:
+                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            else:
+                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
+            _core.gemm(left[mb:], self.green, self.pre_h[:c])
+            act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
+                                               "negative-hidden", self.h_local, self.hidden_act,
+                                               self.hidden_states)
+            driver = states
+        right[mb:] = -neg_scale * act
+        if spec.persistent:
+            self.chains[...] = states
+
+        # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
+        #    purple with x_k^T h - v'_k^T h'.
+        hid_k = self.hid.take(right, k)
+        vis_k = self.vis.take(left, k)
+        self.apply_statistics(self.green, self.green_inc, left, hid_k, mb, neg_scale)
+        self.apply_statistics(self.purple, self.purple_inc, vis_k, right, mb, neg_scale)
+        self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
+        self.update_bias(self.c, self.c_inc, hid_k, None, mb)
+
+        # 5. Purple is authoritative: overwrite green every sync_every minibatches.
+        self.steps_done += 1
+        every = self.options.sync_every
+        if every and self.steps_done % every == 0:
+            self.sync()
+        return err
+
+    def sync(self) -> None:
+        """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""
+        k = self.rank
+        sends = [np.ascontiguousarray(self.hid.take(self.purple, j)) for j in range(self.K)]
+        outs = [self.zeros(self.vis.size(j), self.hid.size(k)) for j in range(self.K)]
+        self.comm.alltoall(sends, outs, phase="weight-sync")
+        drift = 0.0
+        for j in range(self.K):
+            rows = self.vis.index(j)
+            drift = max(drift, float(np.max(np.abs(self.green[rows] - outs[j]), initial=0.0)))
+            self.green[rows] = outs[j]
+        self.divergence.append(drift)
+
+    def replica_divergence(self) -> float:
+        """Largest |green - purple| over the weights this worker holds both copies of."""
+        own = self.vis.index(self.rank)
+        return float(np.max(np.abs(self.green[own] - self.hid.take(self.purple, self.rank)), initial=0.0))
+
+    def gather_model(self) -> ModelState | None:
+        H = self.spec.n_hidden
+        W = self.gather_rows(self.purple, self.vis, H)
+        b = self.gather_vector(self.b, self.vis)
+        c = self.gather_vector(self.c, self.hid)
+        incs = (None, None, None)
+        if self.purple_inc is not None:
+            incs = (self.gather_rows(self.purple_inc, self.vis, H), self.gather_vector(self.b_inc, self.vis),
+                    self.gather_vector(self.c_inc, self.hid))
+        if self.rank != 0:
+            return None
+        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
+                          chains=None if self.chains is None else self.chains.copy())
