@@ -168,7 +168,7 @@ class ParallelRunner:
                 agg = by_phase.setdefault(phase, {f.name: 0 for f in fields(PhaseStats)})
                 for k, v in asdict(s).items():
                     agg[k] += v
-        syncs = max((self.phase_stats[0].get(p, PhaseStats()).calls for p in sync_phases), default=0)
+        syncs = self.workers[0].syncs
         sync_sent = sum(by_phase.get(p, {}).get("bytes_sent", 0) for p in sync_phases)
         sync_logical = sum(by_phase.get(p, {}).get("logical_bytes_sent", 0) for p in sync_phases)
         by_worker = []

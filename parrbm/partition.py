@@ -34,6 +34,12 @@ class Partition:
         return bounds
 
     @classmethod
+    def cuts_sizes(cls, n: int, K: int) -> list[int]:
+        """Part sizes (the same for contiguous and random partitions)."""
+        b = cls.cuts(n, K)
+        return [b[k + 1] - b[k] for k in range(K)]
+
+    @classmethod
     def contiguous(cls, n: int, K: int) -> "Partition":
         b = cls.cuts(n, K)
         return cls(n, [slice(b[k], b[k + 1]) for k in range(K)])

@@ -73,6 +73,7 @@ class Worker:
         self.vis = Partition.make(options.partition, spec.n_visible, self.K, spec.seed)
         self.hid = Partition.make(options.partition, spec.n_hidden, self.K, spec.seed + 1)
         self.divergence: list[float] = []  # replica drift measured before each sync
+        self.syncs = 0                      # weight synchronisations done
 
     # ---- properties of the configuration -------------------------------------------------
 

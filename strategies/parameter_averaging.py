@@ -129,6 +129,7 @@ class ParameterAveraging(Worker):
     # ---- weights mode ----------------------------------------------------------------------------
 
     def average_weights(self) -> None:
+        self.syncs += 1
         V, H = self.spec.n_visible, self.spec.n_hidden
         self.grad[: V * H] = self.W.ravel()
         self.grad[V * H: V * H + V] = self.b

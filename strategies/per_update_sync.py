@@ -113,6 +113,7 @@ class PerUpdateSync(Worker):
 
     def sync(self) -> None:
         k = self.rank
+        self.syncs += 1
         if self.options.shared_weights:
             self.comm.shared_sync(self.sync_bytes(), phase="weight-sync")
             return

@@ -99,6 +99,7 @@ class UnitPartitioned(Worker):
 
     def sync(self) -> None:
         """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""
+        self.syncs += 1
         k = self.rank
         sends = [np.ascontiguousarray(self.hid.take(self.purple, j)) for j in range(self.K)]
         outs = [self.zeros(self.vis.size(j), self.hid.size(k)) for j in range(self.K)]

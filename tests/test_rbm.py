@@ -173,7 +173,7 @@ def test_bad_data_raises(X, match):
     ("learning_rate", 0.0), ("learning_rate", float("nan")), ("batch_size", 0),
     ("momentum", 1.0), ("weight_decay", -1.0), ("cd_k", 0), ("statistics", "means"),
     ("dtype", "float16"), ("dtype", "banana"), ("workers", 0), ("transport", "carrier-pigeon"),
-    ("strategy", "magic"), ("persistent", "yes"), ("random_state", "seed"), ("n_iter", -1),
+    ("strategy", "magic"), ("persistent", "yes"), ("strategy_options", "fast"), ("random_state", "seed"), ("n_iter", -1),
 ])
 def test_bad_parameter_raises_naming_it(param, value):
     with pytest.raises(ValueError, match=f"'{param}'"):
@@ -185,9 +185,7 @@ def test_batch_size_larger_than_data():
         RBM(n_hidden=3, batch_size=31).fit(X_OK)
 
 
-def test_parallel_strategies_not_in_this_release():
-    with pytest.raises(ValueError, match="not available"):
-        RBM(n_hidden=3, batch_size=5, strategy="unit-partitioned", workers=2).fit(X_OK)
+def test_serial_with_several_workers_raises():
     with pytest.raises(ValueError, match="workers"):
         RBM(n_hidden=3, batch_size=5, workers=2).fit(X_OK)
 
