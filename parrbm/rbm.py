@@ -163,9 +163,10 @@ class RBM(TransformerMixin, BaseEstimator):
         """(StrategyOptions, runner keyword arguments) from ``strategy_options``."""
         from parrbm.strategies import StrategyOptions
 
+        if self.strategy_options is not None and not isinstance(self.strategy_options, dict):
+            raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, "
+                             f"got {self.strategy_options!r}")
         opts = dict(self.strategy_options or {})
-        if not isinstance(opts, dict):
-            raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, got {opts!r}")
         runner = {k: opts.pop(k) for k in ("blas_threads", "timeout") if k in opts}
         known = {f for f in StrategyOptions.__dataclass_fields__}
         unknown = sorted(set(opts) - known)
