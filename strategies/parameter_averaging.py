@@ -38,6 +38,7 @@ class ParameterAveraging(Worker):
         self.left = self.zeros(2 * mk, V)
         self.right = self.zeros(2 * mk, H)
         self.pre_h = self.zeros(mk, H)
+        self.states = self.zeros(mk, H)
         # Gradient of (W, b, c) in one buffer: one collective per step.
         self.grad = self.zeros(V * H + V + H)
         self.steps_done = 0
@@ -61,7 +62,7 @@ class ParameterAveraging(Worker):
         # Serial CD on this worker's cases, with their global case indices.
         _core.gemm(x, self.W, self.pre_h[:n])
         probs = spec.statistics == "probabilities"
-        states = self.zeros(max(n, c), spec.n_hidden)
+        states = self.states
         self.sample_hidden(self.pre_h[:n], self.c, _FULL, step, PHASE_POSITIVE, case0=case0,
                            states=states[:n], probs=right[:n] if probs else None)
         if not probs:

@@ -1,0 +1,112 @@
+"""K workers against serial CD-1 for every strategy, on the threads transport.
+
+A compute-bound model (default V=4000, H=8000, m=200), binary and Gaussian visible units,
+float32, one BLAS thread per worker. For each strategy it prints the median step time,
+speedup and efficiency against the serial step (one BLAS thread, measured in the same
+run), the share of the slowest worker's step spent communicating and waiting, and the
+step time over the strategy's own compute bound (its slowest worker's compute alone).
+Serial with K BLAS threads is printed as context: the other way to use K cores.
+unit-partitioned syncs every 8000 cases (the paper's choice); MB/step excludes syncs.
+
+    python benchmarks/bench_parallel.py [--visible 4000 --hidden 8000 --batch 200]
+                                        [--workers 2] [--steps 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from parrbm import _core  # noqa: E402
+from parrbm.config import CDSpec, ModelState  # noqa: E402
+from parrbm.harness.runner import ParallelRunner  # noqa: E402
+from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy, StrategyOptions  # noqa: E402
+
+
+def serial_median(spec, X, steps, warmup, blas_threads):
+    _core.set_blas_threads(blas_threads)
+    s = SerialStrategy(spec, ModelState.initial(spec))
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        s.step(X[:spec.batch_size], i)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    _core.set_blas_threads(1)
+    return float(np.median(times))
+
+
+def parallel_run(spec, X, strategy, K, steps, warmup, options):
+    r = ParallelRunner(spec, ModelState.initial(spec), strategy, K, options=options)
+    order = np.arange((warmup + steps) * spec.batch_size, dtype=np.int64) % X.shape[0]
+    r.run(X, order, 0)
+    per_step = np.max(np.array(r.step_seconds), axis=0)[warmup:]  # slowest worker each step
+    stats = r.comm_stats()
+    slow = max(stats["by_worker"], key=lambda w: w["step_seconds"])
+    total = slow["step_seconds"]
+    return {
+        "step": float(np.median(per_step)),
+        "comm_share": slow["comm_seconds"] / total,
+        "wait_share": slow["wait_seconds"] / total,
+        "bound_ratio": max(w["step_seconds"] for w in stats["by_worker"])
+        / max(w["compute_seconds"] for w in stats["by_worker"]),
+        "bytes": stats["bytes_per_step"],
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--visible", type=int, default=4000)
+    ap.add_argument("--hidden", type=int, default=8000)
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="a small model, for a smoke run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.visible, args.hidden, args.batch, args.steps = 800, 1600, 100, 3
+    K, warmup = args.workers, 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"V={args.visible} H={args.hidden} m={args.batch} K={K} float32, threads transport, "
+          f"1 BLAS thread per worker, {cores} cores; medians over {args.steps} steps")
+    if K > cores:
+        print(f"note: K={K} exceeds the {cores} cores: measured speedup says nothing here")
+    rng = np.random.default_rng(0)
+    for visible in ("binary", "gaussian"):
+        spec = CDSpec(n_visible=args.visible, n_hidden=args.hidden, batch_size=args.batch,
+                      visible=visible, seed=1, learning_rate=0.01 if visible == "gaussian" else 0.1)
+        n = args.batch * 4
+        X = ((rng.random((n, args.visible)) < 0.5) if visible == "binary"
+             else rng.standard_normal((n, args.visible))).astype(np.float32)
+        t_serial = serial_median(spec, X, args.steps, warmup, 1)
+        t_serial_k = serial_median(spec, X, args.steps, warmup, K)
+        print(f"\n{visible} visible units: serial {t_serial * 1e3:.0f} ms/step; for context, serial "
+              f"with {K} BLAS threads {t_serial_k * 1e3:.0f} ms/step ({t_serial / t_serial_k:.2f}x)")
+        print(f"{'strategy':<22}{'ms/step':>9}{'speedup':>9}{'effic.':>8}{'comm %':>8}{'wait %':>8}"
+              f"{'step/compute':>14}{'MB/step':>10}")
+        best = 0.0
+        for name in PARALLEL_STRATEGIES:
+            # unit-partitioned syncs every 8000 cases, as in the paper
+            variants = [(name, StrategyOptions(sync_every=max(1, 8000 // args.batch)))]
+            if name == "per-update-sync":
+                variants.append(("per-update (shared W)", StrategyOptions(shared_weights=True)))
+            for label, opts in variants:
+                r = parallel_run(spec, X, name, K, args.steps, warmup, opts)
+                speedup = t_serial / r["step"]
+                best = max(best, speedup)
+                print(f"{label:<22}{r['step'] * 1e3:>9.0f}{speedup:>9.2f}{speedup / K:>8.2f}"
+                      f"{100 * r['comm_share']:>8.1f}{100 * r['wait_share']:>8.1f}"
+                      f"{r['bound_ratio']:>14.3f}{r['bytes'] / 1e6:>10.2f}", flush=True)
+        print(f"best speedup at K={K}: {best:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
