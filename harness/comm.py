@@ -45,10 +45,12 @@ class PhaseStats:
 
 
 class Transport(ABC):
-    """Moves buffers between the K workers of one run. No phases, no accounting."""
+    """Moves buffers between the K workers of one run. No accounting; ``phase`` names
+    the collective in progress, for error messages only."""
 
     rank: int
     size: int
+    phase: str = ""
 
     @abstractmethod
     def exchange(self, sends: Sequence[np.ndarray | None],
@@ -78,6 +80,10 @@ class Comm:
 
     # ---- accounting ------------------------------------------------------------------
 
+    def _begin(self, phase: str) -> float:
+        self.transport.phase = phase
+        return time.perf_counter()
+
     def _record(self, phase: str, t0: float, wait: float, sent: int, recv: int,
                 messages: int, logical: int = 0) -> None:
         s = self.stats.setdefault(phase, PhaseStats())
@@ -96,7 +102,7 @@ class Comm:
 
     def allgather(self, block: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str) -> None:
         """out[:, parts[j]] = block of worker j for every j. block: (m, |part k|) -> out (m, N)."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         block = np.ascontiguousarray(block)
         parts.put(out, self.rank, block)
 
@@ -111,7 +117,7 @@ class Comm:
                        phase: str) -> None:
         """Like :meth:`allgather` for 0/1 states, sent bit-packed: ceil(m n / 8) bytes a block
         (little-endian bit order, row-major, each message padded to a whole byte)."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         m = out.shape[0]
         packed = _core.pack_bits(states)
         parts.put(out, self.rank, states)
@@ -134,7 +140,7 @@ class Comm:
                        phase: str) -> None:
         """out = sum over workers j (in rank order) of partial_j[:, parts[rank]].
         partial: (m, N), this worker's addend; out: (m, |part rank|)."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         sends = [None if j == self.rank else np.ascontiguousarray(parts.take(partial, j))
                  for j in range(self.size)]
         received: dict[int, np.ndarray] = {self.rank: parts.take(partial, self.rank)}
@@ -153,7 +159,7 @@ class Comm:
     def alltoall(self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *, phase: str) -> None:
         """Personalised exchange: outs[j] = what worker j sent to this worker (sends[j] of
         the sender is addressed to j). sends[rank] is copied to outs[rank] locally."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         np.copyto(outs[self.rank], sends[self.rank])
         payload = [None if j == self.rank else np.ascontiguousarray(sends[j]) for j in range(self.size)]
 
@@ -178,7 +184,7 @@ class Comm:
     def gather(self, array: np.ndarray, *, root: int = 0, phase: str) -> list[np.ndarray] | None:
         """Root receives every worker's array, flattened, in rank order (sizes may differ
         between workers); the others get None."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         array = np.ascontiguousarray(array)
         result: list[np.ndarray | None] = [None] * self.size
         if self.rank == root:
@@ -198,7 +204,7 @@ class Comm:
 
     def bcast(self, array: np.ndarray, *, root: int = 0, phase: str) -> None:
         """array <- root's array, in place."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         is_root = self.rank == root
         sends = [np.ascontiguousarray(array) if (is_root and j != root) else None
                  for j in range(self.size)]
@@ -213,14 +219,14 @@ class Comm:
             self._record(phase, t0, wait, 0, array.nbytes, 0)
 
     def barrier(self, *, phase: str) -> None:
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         wait = self.transport.barrier()
         self._record(phase, t0, wait, 0, 0, 0)
 
     def shared_sync(self, logical_bytes_sent: int, *, phase: str) -> None:
         """A barrier standing in for a weight exchange that shared memory makes
         unnecessary: records the bytes the exchange would have sent, moves none."""
-        t0 = time.perf_counter()
+        t0 = self._begin(phase)
         wait = self.transport.barrier()
         self._record(phase, t0, wait, 0, 0, 0, logical=logical_bytes_sent)
 

@@ -22,6 +22,10 @@ class ThreadsHub:
         self.timeout = timeout
         self.mailbox: list[Sequence[np.ndarray | None] | None] = [None] * size
         self.barrier = threading.Barrier(size, timeout=timeout)
+        # How many barriers each worker has reached, and in which phase: names the
+        # laggards when a barrier times out.
+        self.arrivals = [0] * size
+        self.phase = [""] * size
 
     def abort(self) -> None:
         self.barrier.abort()
@@ -34,12 +38,17 @@ class ThreadsTransport(Transport):
         self.size = hub.size
 
     def _wait(self) -> float:
+        hub = self.hub
+        hub.arrivals[self.rank] += 1
+        hub.phase[self.rank] = self.phase
         t0 = time.perf_counter()
         try:
-            self.hub.barrier.wait()
+            hub.barrier.wait()
         except threading.BrokenBarrierError as exc:
-            raise CommError(f"worker {self.rank}: a peer failed or did not arrive within "
-                            f"{self.hub.timeout:g} s") from exc
+            late = [r for r in range(self.size) if hub.arrivals[r] < hub.arrivals[self.rank]]
+            who = ", ".join(f"worker {r} (last in phase '{hub.phase[r]}')" for r in late) or "a peer"
+            raise CommError(f"{who} did not reach phase '{self.phase}' within {hub.timeout:g} s "
+                            f"(seen by worker {self.rank})") from exc
         return time.perf_counter() - t0
 
     def exchange(self, sends, receive: Callable[[int, np.ndarray], None]) -> float:
