@@ -84,7 +84,9 @@ def _cmd_train(args) -> int:
     for trainer, secs, err, pll in rows:
         print(f"{trainer:<22}{secs:>9.3f}{err:>12.5f}{pll:>12.3f}")
     if args.compare_sklearn:
-        print(f"\nparrbm fit is {rows[1][1] / rows[0][1]:.1f}x faster than BernoulliRBM "
+        ratio = rows[1][1] / rows[0][1]
+        verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
+        print(f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
               f"(same epochs, batch size and learning rate)")
     if args.out:
         rbm.save(args.out)
