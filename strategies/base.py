@@ -174,7 +174,23 @@ class Worker:
         """Bytes of the arrays this worker holds (parameters, optimiser state, buffers)."""
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
-    # ---- hidden activities shared by all workers -------------------------------------------
+    def own_biases(self, state: ModelState) -> None:
+        """b[V_k], c[H_k] and, with momentum, their increments: this worker's slices."""
+        k = self.rank
+        self.b = own(self.vis.take(state.b, k, axis=0))
+        self.c = own(self.hid.take(state.c, k, axis=0))
+        momentum = state.W_inc is not None
+        self.b_inc = own(self.vis.take(state.b_inc, k, axis=0)) if momentum else None
+        self.c_inc = own(self.hid.take(state.c_inc, k, axis=0)) if momentum else None
+
+    # ---- activities shared by all workers ---------------------------------------------------
+
+    def exchange_visible(self, local: np.ndarray, out: np.ndarray) -> None:
+        """Allgather v'_k -> v': bits for binary samples, floats otherwise."""
+        if self.visible_as_bits:
+            self.comm.allgather_bits(local, out, self.vis, phase="visible")
+        else:
+            self.comm.allgather(local, out, self.vis, phase="visible")
 
     def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
                         name: str, local: np.ndarray, full_act: np.ndarray,
@@ -212,6 +228,24 @@ class Worker:
     def gather_vector(self, piece: np.ndarray, parts: Partition, *, phase: str = "gather-model"):
         full = self.gather_rows(piece.reshape(-1, 1), parts, 1, phase=phase)
         return None if full is None else full[:, 0]
+
+    def gather_purple_model(self, W_inc_full=None) -> ModelState | None:
+        """The full model on rank 0 from purple rows P_k = W[V_k, :] and the bias slices
+        (W_inc_full: the increments if the strategy keeps them elsewhere than purple)."""
+        H = self.spec.n_hidden
+        W = self.gather_rows(self.purple, self.vis, H)
+        b = self.gather_vector(self.b, self.vis)
+        c = self.gather_vector(self.c, self.hid)
+        incs = (None, None, None)
+        if self.b_inc is not None:
+            purple_inc = getattr(self, "purple_inc", None)
+            W_inc = self.gather_rows(purple_inc, self.vis, H) if purple_inc is not None else W_inc_full
+            incs = (W_inc, self.gather_vector(self.b_inc, self.vis), self.gather_vector(self.c_inc, self.hid))
+        if self.rank != 0:
+            return None
+        chains = getattr(self, "chains", None)
+        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
+                          chains=None if chains is None else chains.copy())
 
 
 def admin_phase(phase: str) -> bool:

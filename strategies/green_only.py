@@ -23,12 +23,9 @@ class GreenOnly(Worker):
         V, m = spec.n_visible, spec.batch_size
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
         self.green = own(self.hid.take(state.W, rank, axis=1))    # (V, |H_k|)
-        self.b = own(self.vis.take(state.b, rank, axis=0))
-        self.c = own(self.hid.take(state.c, rank, axis=0))
+        self.own_biases(state)
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
-        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
-        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
         # Persistent chains: this worker's hidden units only.
         self.chains = None if state.chains is None else own(self.hid.take(state.chains, rank))
         self.left = self.zeros(2 * m, V)          # [x; v']
@@ -72,10 +69,7 @@ class GreenOnly(Worker):
             data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
             err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
                                       step, t, data=data)
-            if self.visible_as_bits:
-                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
-            else:
-                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            self.exchange_visible(self.v_local[:c], left[mb:])
             # 3. h'_k ~ p(h_k | v'): local.
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
             states_out = self.chains if spec.persistent else self.states_k[:c]

@@ -32,12 +32,9 @@ class PerUpdateSync(Worker):
         else:
             self.green = own(self.hid.take(state.W, rank, axis=1))
             self.purple = own(self.vis.take(state.W, rank, axis=0))
-        self.b = own(self.vis.take(state.b, rank, axis=0))
-        self.c = own(self.hid.take(state.c, rank, axis=0))
+        self.own_biases(state)
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
-        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
-        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()  # (m, H) replicated
         self.left = self.zeros(2 * m, V)          # [x; v']
         self.right_k = self.zeros(2 * m, Hk)      # [h_k; -h'_k]
@@ -71,10 +68,7 @@ class PerUpdateSync(Worker):
             data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
             err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
                                       step, t, data=data)
-            if self.visible_as_bits:
-                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
-            else:
-                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            self.exchange_visible(self.v_local[:c], left[mb:])
             # 3. h'_k ~ p(h_k | v'), local: only this worker's green block needs it -- unless
             #    it drives another Gibbs step or a persistent chain.
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
@@ -124,16 +118,8 @@ class PerUpdateSync(Worker):
             self.hid.put(self.purple, j, outs[j])
 
     def gather_model(self) -> ModelState | None:
-        H = self.spec.n_hidden
-        W = self.gather_rows(self.purple, self.vis, H)
-        b = self.gather_vector(self.b, self.vis)
-        c = self.gather_vector(self.c, self.hid)
-        incs = (None, None, None)
-        if self.green_inc is not None:
+        W_inc = None
+        if self.green_inc is not None:  # increments live with green, W[:, H_k]
             W_inc_T = self.gather_rows(self.green_inc.T, self.hid, self.spec.n_visible)
-            incs = (None if W_inc_T is None else W_inc_T.T.copy(),
-                    self.gather_vector(self.b_inc, self.vis), self.gather_vector(self.c_inc, self.hid))
-        if self.rank != 0:
-            return None
-        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=None if self.chains is None else self.chains.copy())
+            W_inc = None if W_inc_T is None else W_inc_T.T.copy()
+        return self.gather_purple_model(W_inc)

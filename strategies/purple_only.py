@@ -22,12 +22,9 @@ class PurpleOnly(Worker):
         H, m = spec.n_hidden, spec.batch_size
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
         self.purple = own(self.vis.take(state.W, rank, axis=0))   # (|V_k|, H)
-        self.b = own(self.vis.take(state.b, rank, axis=0))
-        self.c = own(self.hid.take(state.c, rank, axis=0))
+        self.own_biases(state)
         momentum = state.W_inc is not None
         self.purple_inc = own(self.vis.take(state.W_inc, rank, axis=0)) if momentum else None
-        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
-        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()
         self.left_k = self.zeros(2 * m, Vk)      # [x_k; v'_k]
         self.right = self.zeros(2 * m, H)        # [h; -h']
@@ -79,15 +76,4 @@ class PurpleOnly(Worker):
         return err
 
     def gather_model(self) -> ModelState | None:
-        H = self.spec.n_hidden
-        W = self.gather_rows(self.purple, self.vis, H)
-        b = self.gather_vector(self.b, self.vis)
-        c = self.gather_vector(self.c, self.hid)
-        incs = (None, None, None)
-        if self.purple_inc is not None:
-            incs = (self.gather_rows(self.purple_inc, self.vis, H), self.gather_vector(self.b_inc, self.vis),
-                    self.gather_vector(self.c_inc, self.hid))
-        if self.rank != 0:
-            return None
-        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=None if self.chains is None else self.chains.copy())
+        return self.gather_purple_model()

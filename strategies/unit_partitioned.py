@@ -25,13 +25,10 @@ class UnitPartitioned(Worker):
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
         self.green = own(self.hid.take(state.W, rank, axis=1))      # (V, |H_k|)
         self.purple = own(self.vis.take(state.W, rank, axis=0))     # (|V_k|, H)
-        self.b = own(self.vis.take(state.b, rank, axis=0))
-        self.c = own(self.hid.take(state.c, rank, axis=0))
+        self.own_biases(state)
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
         self.purple_inc = own(self.vis.take(state.W_inc, rank, axis=0)) if momentum else None
-        self.b_inc = own(self.vis.take(state.b_inc, rank, axis=0)) if momentum else None
-        self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()           # (m, H) replicated
         # Work buffers: stacked statistics operands and the local blocks.
         self.left = self.zeros(2 * m, V)         # [x; v']
@@ -67,10 +64,7 @@ class UnitPartitioned(Worker):
             data = X_k if (t == 1 and not spec.persistent) else None
             err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
                                       step, t, data=data)
-            if self.visible_as_bits:
-                self.comm.allgather_bits(self.v_local[:c], left[mb:], self.vis, phase="visible")
-            else:
-                self.comm.allgather(self.v_local[:c], left[mb:], self.vis, phase="visible")
+            self.exchange_visible(self.v_local[:c], left[mb:])
             # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
             act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
@@ -117,15 +111,4 @@ class UnitPartitioned(Worker):
         return float(np.max(np.abs(self.green[own] - self.hid.take(self.purple, self.rank)), initial=0.0))
 
     def gather_model(self) -> ModelState | None:
-        H = self.spec.n_hidden
-        W = self.gather_rows(self.purple, self.vis, H)
-        b = self.gather_vector(self.b, self.vis)
-        c = self.gather_vector(self.c, self.hid)
-        incs = (None, None, None)
-        if self.purple_inc is not None:
-            incs = (self.gather_rows(self.purple_inc, self.vis, H), self.gather_vector(self.b_inc, self.vis),
-                    self.gather_vector(self.c_inc, self.hid))
-        if self.rank != 0:
-            return None
-        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=None if self.chains is None else self.chains.copy())
+        return self.gather_purple_model()
