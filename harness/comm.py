@@ -139,20 +139,48 @@ class Comm:
     def reduce_scatter(self, partial: np.ndarray, out: np.ndarray, parts: Partition, *,
                        phase: str) -> None:
         """out = sum over workers j (in rank order) of partial_j[:, parts[rank]].
-        partial: (m, N), this worker's addend; out: (m, |part rank|)."""
+        partial: (m, N), this worker's addend; out: (m, |part rank|). out must not alias
+        partial."""
         t0 = self._begin(phase)
         sends = [None if j == self.rank else np.ascontiguousarray(parts.take(partial, j))
                  for j in range(self.size)]
-        received: dict[int, np.ndarray] = {self.rank: parts.take(partial, self.rank)}
+        own = parts.take(partial, self.rank)
+        # A fixed summation order (rank 0 first) gives the same bits on every transport.
+        # Contributions are added as they arrive in that order; only one that arrives
+        # early is copied aside.
+        state = {"next": 0, "started": False}
+        early: dict[int, np.ndarray] = {}
+
+        def add(a: np.ndarray) -> None:
+            if state["started"]:
+                out.__iadd__(a)
+            else:
+                np.copyto(out, a)
+                state["started"] = True
+
+        def drain() -> None:
+            while state["next"] < self.size:
+                j = state["next"]
+                if j == self.rank:
+                    add(own)
+                elif j in early:
+                    add(early.pop(j))
+                else:
+                    return
+                state["next"] += 1
 
         def receive(j, buf):
-            received[j] = buf.view(out.dtype).reshape(out.shape).copy()
+            block = buf.view(out.dtype).reshape(out.shape)
+            if j == state["next"]:
+                add(block)
+                state["next"] += 1
+                drain()
+            else:
+                early[j] = block.copy()
 
+        drain()
         wait = self.transport.exchange(sends, receive)
-        # Fixed summation order so every transport and run gives the same bits.
-        np.copyto(out, received[0])
-        for j in range(1, self.size):
-            out += received[j]
+        drain()
         sent = sum(a.nbytes for a in sends if a is not None)
         self._record(phase, t0, wait, sent, (self.size - 1) * out.nbytes, self.size - 1)
 
