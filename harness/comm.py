@@ -38,6 +38,9 @@ class PhaseStats:
     wait_seconds: float = 0.0
     # Bytes a shared-memory variant would have moved but did not (shared weights).
     logical_bytes_sent: int = 0
+    # What the transport really wrote (tcp: payload + frame headers), and its frames.
+    wire_bytes_sent: int = 0
+    wire_frames: int = 0
 
     def add(self, other: "PhaseStats") -> None:
         for k, v in asdict(other).items():
@@ -94,6 +97,11 @@ class Comm:
         s.seconds += time.perf_counter() - t0
         s.wait_seconds += wait
         s.logical_bytes_sent += int(logical)
+        take_wire = getattr(self.transport, "take_wire", None)
+        if take_wire is not None:
+            wire, frames = take_wire()
+            s.wire_bytes_sent += wire
+            s.wire_frames += frames
 
     def reset_stats(self) -> None:
         self.stats = {}

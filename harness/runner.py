@@ -14,7 +14,7 @@ from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
 
-TRANSPORTS = ("threads",)
+TRANSPORTS = ("threads", "tcp", "mpi")
 
 
 def worker_class(name: str) -> type[Worker]:
@@ -80,19 +80,27 @@ class ParallelRunner:
 
     # ---- model ----------------------------------------------------------------------------
 
-    def load_model(self, state: ModelState) -> None:
+    def load_model(self, state: ModelState, keep_stats: bool = False) -> None:
         cls = worker_class(self.name)
         shared = state
         if self.options.shared_weights:  # every worker gets the same W object
             shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
+        old = getattr(self, "workers", None)
         self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
+        if keep_stats and old:
+            for w, o in zip(self.workers, old):
+                w.divergence, w.syncs = o.divergence, o.syncs
+                w.remote_memory = getattr(o, "remote_memory", None)
+                w.peak_rss = getattr(o, "peak_rss", None)
         self.state = state
-        self._reset_stats()
+        if not keep_stats:
+            self._reset_stats()
 
     def _reset_stats(self) -> None:
         self.phase_stats = [dict() for _ in range(self.K)]  # per worker: phase -> PhaseStats
         self.step_bytes: list[int] = []                   # all workers, per step, syncs excluded
+        self.step_wire: list[int] = []                    # the same as written on the wire (tcp)
         self.step_seconds: list[list[float]] = [[] for _ in range(self.K)]
         self.steps = 0
 
@@ -113,30 +121,34 @@ class ParallelRunner:
         reconstruction error sum (summed over workers)."""
         m = self.spec.batch_size
         batches = [order[s:s + m] for s in range(0, len(order), m)]
-        sync_phases = set(self.workers[0].sync_phases)
 
         def work(comm: Comm):
-            w = self._on(comm)
-            errors, seconds, traffic = [], [], []
-            buf = np.empty((m, X.shape[1]), X.dtype)
-            for i, idx in enumerate(batches):
-                xb = buf[: len(idx)]
-                np.take(X, idx, axis=0, out=xb)
-                before = _training_bytes(comm.stats, sync_phases)
-                t0 = time.perf_counter()
-                errors.append(w.step(xb, first_step + i))
-                seconds.append(time.perf_counter() - t0)
-                traffic.append(_training_bytes(comm.stats, sync_phases) - before)
-            return errors, seconds, traffic, comm.stats
+            return train_on(self._on(comm), comm, X, batches, first_step)
 
-        results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
-        for r, (_, seconds, _, stats) in enumerate(results):
+        if self.transport == "threads":
+            results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
+            model = None
+        else:
+            from parrbm.harness.launch import run_processes
+
+            results, model, extra = run_processes(self, X, order, first_step)
+            for w, e in zip(self.workers, extra):
+                w.divergence.extend(e["divergence"])
+                w.syncs += e["syncs"]
+                w.remote_memory = e["memory_bytes"]
+                w.peak_rss = e["peak_rss_bytes"]
+        for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)
             for phase, s in stats.items():
                 self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
         self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
+        self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
         self.steps += len(batches)
-        self.state = self.gather_model()
+        if model is None:
+            self.state = self.gather_model()
+        else:  # the processes are gone: carry the model over to the next run
+            self.state = model
+            self.load_model(model, keep_stats=True)
         self._serial = None
         return np.sum([res[0] for res in results], axis=0)
 
@@ -186,7 +198,9 @@ class ParallelRunner:
                 "comm_seconds": inside - wait,
                 "wait_seconds": wait,
                 "step_seconds": total,
-                "memory_bytes": self.workers[r].memory_bytes(),
+                "memory_bytes": getattr(self.workers[r], "remote_memory", None) or self.workers[r].memory_bytes(),
+                "peak_rss_bytes": getattr(self.workers[r], "peak_rss", None),
+                "wire_bytes_sent": sum(s.wire_bytes_sent for s in stats.values()),
             })
         n = max(self.K, 1)
         divergence = [d for w in self.workers for d in w.divergence]
@@ -197,6 +211,7 @@ class ParallelRunner:
             "steps": self.steps,
             "bytes_per_step": self.step_bytes[0] if self.step_bytes else 0,
             "bytes_per_sync": (sync_sent // syncs) if syncs else 0,
+            "wire_bytes_per_step": self.step_wire[0] if self.transport == "tcp" and self.step_wire else None,
             "logical_bytes_per_sync": (sync_logical // syncs) if syncs else 0,
             "syncs": syncs,
             "bytes_total": sum(v["bytes_sent"] for v in by_phase.values()),
@@ -215,3 +230,28 @@ class ParallelRunner:
 
 def _training_bytes(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
     return sum(s.bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
+
+
+def _training_wire(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
+    return sum(s.wire_bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
+
+
+def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray],
+             first_step: int):
+    """The training loop of one worker, the same on every transport. Returns the
+    minibatch errors, step seconds, training payload bytes per step and the phase stats."""
+    sync_phases = set(worker.sync_phases)
+    m = worker.spec.batch_size
+    errors, seconds, traffic, wire = [], [], [], []
+    buf = np.empty((m, X.shape[1]), X.dtype)
+    for i, idx in enumerate(batches):
+        xb = buf[: len(idx)]
+        np.take(X, idx, axis=0, out=xb)
+        before = _training_bytes(comm.stats, sync_phases)
+        wire_before = _training_wire(comm.stats, sync_phases)
+        t0 = time.perf_counter()
+        errors.append(worker.step(xb, first_step + i))
+        seconds.append(time.perf_counter() - t0)
+        traffic.append(_training_bytes(comm.stats, sync_phases) - before)
+        wire.append(_training_wire(comm.stats, sync_phases) - wire_before)
+    return errors, seconds, traffic, comm.stats, wire

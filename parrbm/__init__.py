@@ -8,6 +8,14 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
 
-from parrbm.rbm import RBM  # noqa: E402
-
 __all__ = ["RBM", "__version__"]
+
+
+def __getattr__(name):
+    # Imported on first use: worker processes of the tcp and mpi transports start
+    # without loading scikit-learn.
+    if name == "RBM":
+        from parrbm.rbm import RBM
+
+        return RBM
+    raise AttributeError(f"module 'parrbm' has no attribute {name!r}")

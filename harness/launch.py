@@ -1,0 +1,178 @@
+"""Starts the worker processes of the tcp and mpi transports and collects their results.
+
+The job (model, data, options) goes to the workers through a directory; each worker
+writes its result there (rank 0 also the gathered model), or an error file. A worker
+that dies or hangs ends the run within the timeout with a CommError naming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from parrbm.config import ModelState
+from parrbm.harness.comm import CommError, PhaseStats
+
+WORKER = [sys.executable, "-m", "parrbm.harness.worker"]
+
+
+def mpiexec() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        raise CommError("transport 'mpi' needs mpiexec: pip install 'parrbm[mpi]' (mpi4py and mpich)")
+    return found
+
+
+def write_job(job_dir: Path, runner, X, order, first_step) -> None:
+    np.save(job_dir / "data.npy", np.ascontiguousarray(X))
+    np.save(job_dir / "order.npy", np.asarray(order, np.int64))
+    np.savez(job_dir / "state.npz", **runner.state.arrays())
+    job = {"spec": asdict(runner.spec), "strategy": runner.name, "workers": runner.K,
+           "options": asdict(runner.options), "first_step": int(first_step),
+           "timeout": runner.timeout, "blas_threads": runner.blas_threads,
+           "host": getattr(runner, "host", "127.0.0.1")}
+    (job_dir / "job.json").write_text(json.dumps(job))
+
+
+def read_state(path: Path) -> ModelState:
+    with np.load(path) as z:
+        return ModelState(**{k: (z[k] if k in z.files else None)
+                             for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def run_processes(runner, X, order, first_step):
+    """Run one training job on K processes; returns (per-worker results in the threads
+    runner's format, the gathered model, per-worker extras)."""
+    K, timeout = runner.K, runner.timeout
+    with tempfile.TemporaryDirectory(prefix="parrbm-job-") as tmp:
+        job_dir = Path(tmp)
+        write_job(job_dir, runner, X, order, first_step)
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+        if runner.transport == "tcp":
+            procs = _start_tcp(job_dir, K, env, timeout)
+        else:
+            procs = [subprocess.Popen([mpiexec(), "-n", str(K), *WORKER, "--job", str(job_dir),
+                                       "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, start_new_session=True)]
+        _wait(procs, job_dir, K, timeout, runner.transport)
+        results, extras = [], []
+        for r in range(K):
+            res = json.loads((job_dir / f"result-{r}.json").read_text())
+            stats = {p: PhaseStats(**v) for p, v in res["stats"].items()}
+            results.append((res["errors"], res["seconds"], res["traffic"], stats, res["wire"]))
+            extras.append(res)
+        model = read_state(job_dir / "model.npz")
+    return results, model, extras
+
+
+def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float) -> list[subprocess.Popen]:
+    env = {**env, "PARRBM_SECRET": os.urandom(32).hex()}  # never on a command line
+    procs = [subprocess.Popen([*WORKER, "--job", str(job_dir), "--transport", "tcp", "--rank", str(r),
+                               "--size", str(K)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) for r in range(K)]
+    ports: list = [None] * K
+
+    def read_port(r):
+        line = procs[r].stdout.readline()
+        if line.startswith("PORT "):
+            ports[r] = int(line.split()[1])
+
+    readers = [threading.Thread(target=read_port, args=(r,), daemon=True) for r in range(K)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(timeout)
+    if any(p is None for p in ports):
+        missing = [r for r in range(K) if ports[r] is None]
+        _kill(procs)
+        raise CommError(f"tcp: workers {missing} did not start listening within {timeout:g} s"
+                        + _stderr_tail(procs, missing))
+    host = json.loads((job_dir / "job.json").read_text())["host"]
+    addresses = json.dumps([[host, p] for p in ports])
+    for p in procs:
+        p.stdin.write(addresses + "\n")
+        p.stdin.close()
+    return procs
+
+
+def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
+    """Wait for the workers; the first failure gives the others ``timeout`` seconds to
+    notice and stop, then everything left is killed."""
+    deadline = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            break
+        if any(c not in (None, 0) for c in codes) and deadline is None:
+            deadline = time.monotonic() + timeout
+        if deadline is not None and time.monotonic() > deadline:
+            _kill(procs)
+            break
+        time.sleep(0.05)
+    codes = [p.wait() for p in procs]
+    if all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists() for r in range(K)):
+        return
+    # Name the cause: a worker that died without a word, else the first error reported.
+    reports = {r: (job_dir / f"error-{r}.txt").read_text().strip()
+               for r in range(K) if (job_dir / f"error-{r}.txt").exists()}
+    if transport == "tcp":
+        dead = [r for r, c in enumerate(codes) if c != 0 and r not in reports]
+        if dead:
+            r = dead[0]
+            seen = next(iter(reports.values()), "")
+            raise CommError(f"worker {r} {_describe_exit(codes[r])}" + (f"; its peers saw: {seen}" if seen else ""))
+    else:
+        missing = [r for r in range(K) if r not in reports and not (job_dir / f"result-{r}.json").exists()]
+        if missing and not reports:
+            raise CommError(f"mpi: worker {missing[0]} stopped without a result; mpiexec "
+                            f"{_describe_exit(codes[0])}" + _stderr_tail(procs, [0]))
+        if missing:
+            first = next(iter(reports.values()))
+            raise CommError(f"worker {missing[0]} stopped without a result ({first})")
+    if reports:
+        r, msg = min(reports.items())
+        raise CommError(msg)
+    raise CommError(f"{transport}: workers exited with codes {codes} and left no result")
+
+
+def _kill(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                p.kill()
+
+
+def _stderr_tail(procs, ranks) -> str:
+    out = []
+    for r in ranks:
+        p = procs[r]
+        if p.poll() is None or p.stderr is None:
+            continue
+        err = p.stderr.read()
+        err = err.decode() if isinstance(err, bytes) else err
+        if err.strip():
+            out.append(f"\n--- worker {r} stderr ---\n" + "\n".join(err.strip().splitlines()[-8:]))
+    return "".join(out)

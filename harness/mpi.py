@@ -1,0 +1,47 @@
+"""The mpi transport: mpi4py buffer collectives. One exchange is an Alltoall of the
+message sizes (where a worker waits for its peers) and an Alltoallv of the bytes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from parrbm.harness.comm import Transport
+
+
+class MPITransport(Transport):
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+
+        self.mpi = MPI
+        self.world = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.world.Get_rank()
+        self.size = self.world.Get_size()
+
+    def exchange(self, sends, receive) -> float:
+        K = self.size
+        views = [None if (j == self.rank or sends[j] is None)
+                 else np.ascontiguousarray(sends[j]).reshape(-1).view(np.uint8) for j in range(K)]
+        send_counts = np.array([0 if v is None else v.size for v in views], np.int64)
+        recv_counts = np.empty(K, np.int64)
+        t0 = time.perf_counter()
+        self.world.Alltoall(send_counts, recv_counts)
+        wait = time.perf_counter() - t0
+        send_buf = (np.concatenate([v for v in views if v is not None])
+                    if send_counts.sum() else np.empty(0, np.uint8))
+        recv_buf = np.empty(int(recv_counts.sum()), np.uint8)
+        sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
+        rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
+        as_ints = lambda a: [int(x) for x in a]  # noqa: E731
+        self.world.Alltoallv([send_buf, (as_ints(send_counts), as_ints(sdispl)), self.mpi.BYTE],
+                             [recv_buf, (as_ints(recv_counts), as_ints(rdispl)), self.mpi.BYTE])
+        for j in range(K):
+            if j != self.rank and recv_counts[j]:
+                receive(j, recv_buf[rdispl[j]: rdispl[j] + recv_counts[j]])
+        return wait
+
+    def barrier(self) -> float:
+        t0 = time.perf_counter()
+        self.world.Barrier()
+        return time.perf_counter() - t0

@@ -1,0 +1,132 @@
+"""The worker process of the tcp and mpi transports.
+
+    python -m parrbm.harness.worker --job DIR --transport mpi
+    python -m parrbm.harness.worker --job DIR --transport tcp --rank R --size K
+
+The harness writes DIR (job.json, data.npy, order.npy, state.npz) and starts the workers
+itself; on a cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with
+DIR on a shared file system (``parrbm.harness.launch.write_job`` writes one). Each worker
+writes DIR/result-R.json (rank 0 also DIR/model.npz), or DIR/error-R.txt on failure.
+
+The tcp form prints ``PORT n`` once it listens and reads the peers' addresses, one JSON
+line ``[[host, port], ...]``, from standard input; the run's secret comes in the
+PARRBM_SECRET environment variable (hex).
+
+PARRBM_FAULT=kill:R:S or hang:R:S makes worker R kill itself or hang at step S -- the
+fault-injection hook of the harness's own tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _inject_fault(worker, rank: int) -> None:
+    spec = os.environ.get("PARRBM_FAULT")
+    if not spec:
+        return
+    what, r, s = spec.split(":")
+    if int(r) != rank:
+        return
+    step = worker.step
+
+    def faulty(X, i):
+        if i == int(s):
+            if what == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            while what == "hang":
+                time.sleep(1)
+        return step(X, i)
+
+    worker.step = faulty
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parrbm.harness.worker")
+    ap.add_argument("--job", required=True, type=Path)
+    ap.add_argument("--transport", required=True, choices=["tcp", "mpi"])
+    ap.add_argument("--rank", type=int)
+    ap.add_argument("--size", type=int)
+    args = ap.parse_args(argv)
+
+    rank = args.rank if args.rank is not None else -1
+    transport = None
+    try:
+        job = json.loads((args.job / "job.json").read_text())
+        if args.transport == "mpi":
+            from parrbm.harness.mpi import MPITransport
+
+            transport = MPITransport()
+            rank = transport.rank
+            if transport.size != job["workers"]:
+                raise RuntimeError(f"started with {transport.size} MPI ranks, the job has "
+                                   f"{job['workers']} workers")
+        else:
+            from parrbm.harness.tcp import TCPTransport
+
+            secret = bytes.fromhex(os.environ["PARRBM_SECRET"])
+            listener = socket.create_server((job["host"], 0))
+            print(f"PORT {listener.getsockname()[1]}", flush=True)
+            addresses = [tuple(a) for a in json.loads(sys.stdin.readline())]
+            transport = TCPTransport(rank, args.size, secret, listener, addresses,
+                                     timeout=job["timeout"])
+        run(job, args.job, rank, transport)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then exit 1
+        msg = str(exc) if exc.__class__.__name__ == "CommError" else f"worker {rank} failed: {type(exc).__name__}: {exc}"
+        (args.job / f"error-{rank}.txt").write_text(msg)
+        if args.transport == "mpi" and transport is not None:
+            transport.world.Abort(1)
+        return 1
+    finally:
+        if transport is not None and hasattr(transport, "close"):
+            transport.close()
+
+
+def run(job: dict, job_dir: Path, rank: int, transport) -> None:
+    from parrbm import _core
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.launch import read_state
+    from parrbm.harness.runner import train_on, worker_class
+    from parrbm.strategies.base import StrategyOptions
+
+    _core.set_blas_threads(int(job["blas_threads"]))
+    spec = CDSpec(**job["spec"])
+    options = StrategyOptions(**job["options"])
+    state: ModelState = read_state(job_dir / "state.npz")
+    X = np.load(job_dir / "data.npy", mmap_mode="r")
+    order = np.load(job_dir / "order.npy")
+    m = spec.batch_size
+    batches = [order[s:s + m] for s in range(0, len(order), m)]
+    worker = worker_class(job["strategy"])(spec, state, rank, job["workers"], options)
+    comm = Comm(transport)
+    worker.comm = comm
+    _inject_fault(worker, rank)
+    errors, seconds, traffic, stats, wire = train_on(worker, comm, np.asarray(X), batches, job["first_step"])
+    model = worker.gather_model()
+    result = {
+        "errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire,
+        "stats": {p: asdict(s) for p, s in comm.stats.items()},
+        "divergence": worker.divergence, "syncs": worker.syncs,
+        "memory_bytes": worker.memory_bytes(),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if rank == 0:
+        np.savez(job_dir / "model.npz", **model.arrays())
+    (job_dir / f"result-{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
