@@ -144,6 +144,11 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
             raise CommError(f"worker {r} {_describe_exit(codes[r])}" + (f"; its peers saw: {seen}" if seen else ""))
     else:
         missing = [r for r in range(K) if r not in reports and not (job_dir / f"result-{r}.json").exists()]
+        dead = _mpi_dead_rank(procs[0], job_dir, K)
+        if dead is not None:
+            rank, code = dead
+            raise CommError(f"worker {rank} {_describe_exit(-code if code > 0 else code)}; "
+                            f"mpiexec stopped the other workers")
         if missing and not reports:
             raise CommError(f"mpi: worker {missing[0]} stopped without a result; mpiexec "
                             f"{_describe_exit(codes[0])}" + _stderr_tail(procs, [0]))
@@ -154,6 +159,25 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
         r, msg = min(reports.items())
         raise CommError(msg)
     raise CommError(f"{transport}: workers exited with codes {codes} and left no result")
+
+
+def _mpi_dead_rank(proc, job_dir: Path, K: int):
+    """(rank, exit code) of the process mpiexec reports as badly terminated, if any."""
+    import re
+
+    try:
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    except (OSError, ValueError):
+        return None
+    m = re.search(r"PID (\d+) RUNNING AT .*?\n=\s+EXIT CODE: (\d+)", out, re.S)
+    if not m:
+        return None
+    pid, code = int(m.group(1)), int(m.group(2))
+    for r in range(K):
+        f = job_dir / f"pid-{r}.txt"
+        if f.exists() and f.read_text().strip() == str(pid):
+            return r, code
+    return None
 
 
 def _kill(procs) -> None:

@@ -62,6 +62,7 @@ def main(argv=None) -> int:
 
     rank = args.rank if args.rank is not None else -1
     transport = None
+
     try:
         job = json.loads((args.job / "job.json").read_text())
         if args.transport == "mpi":
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
 
             transport = MPITransport()
             rank = transport.rank
+            # mpiexec reports a dead rank by its PID: let the launcher map it back.
+            (args.job / f"pid-{rank}.txt").write_text(str(os.getpid()))
             if transport.size != job["workers"]:
                 raise RuntimeError(f"started with {transport.size} MPI ranks, the job has "
                                    f"{job['workers']} workers")

@@ -1,0 +1,163 @@
+"""The tcp and mpi transports: the same bytes and the same weights as threads, exact wire
+accounting, faults that end a run with the worker's name, and a fuzzed frame parser."""
+
+import importlib.util
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness import frames as F
+from parrbm.harness.comm import CommError
+from parrbm.harness.runner import ParallelRunner
+from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
+
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None
+TRANSPORTS = ["tcp", pytest.param("mpi", marks=pytest.mark.skipif(not HAVE_MPI, reason="pip install '.[mpi]'"))]
+
+
+def run(strategy, transport, K=3, steps=3, visible="binary", **options):
+    V, H, m = 21, 15, 7
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", seed=5, visible=visible,
+                  learning_rate=0.05)
+    rng = np.random.default_rng(1)
+    X = ((rng.random((steps * m, V)) < 0.5) if visible == "binary" else rng.standard_normal((steps * m, V)))
+    r = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport=transport,
+                       options=StrategyOptions(**options), timeout=20.0)
+    r.run(X.astype(np.float64), np.arange(steps * m, dtype=np.int64), 0)
+    return r
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
+def test_same_bytes_and_weights_as_threads(strategy, transport):
+    ref = run(strategy, "threads")
+    got = run(strategy, transport)
+    a, b = ref.comm_stats(), got.comm_stats()
+    assert b["bytes_per_step"] == a["bytes_per_step"] and b["bytes_per_sync"] == a["bytes_per_sync"]
+    assert {p: v["bytes_sent"] for p, v in b["by_phase"].items()} == \
+           {p: v["bytes_sent"] for p, v in a["by_phase"].items()}
+    np.testing.assert_array_equal(got.state.W, ref.state.W)  # float64, bit for bit
+    np.testing.assert_array_equal(got.state.c, ref.state.c)
+
+
+def test_tcp_wire_bytes_are_payload_plus_framing():
+    r = run("unit-partitioned", "tcp", visible="gaussian")
+    stats = r.comm_stats()
+    for phase, s in stats["by_phase"].items():
+        assert s["wire_bytes_sent"] == s["bytes_sent"] + F.HEADER_SIZE * s["wire_frames"], phase
+    # every exchange sends one frame to each peer: K (K-1) frames per collective
+    assert stats["by_phase"]["hidden"]["wire_frames"] == 3 * 3 * 2
+    assert stats["wire_bytes_per_step"] == stats["bytes_per_step"] + F.HEADER_SIZE * 3 * 2 * 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_killed_worker_ends_the_run_naming_it(transport, monkeypatch):
+    monkeypatch.setenv("PARRBM_FAULT", "kill:1:1")
+    t0 = time.monotonic()
+    with pytest.raises(CommError, match="worker 1"):
+        run("green-only", transport, steps=4)
+    assert time.monotonic() - t0 < 60
+
+
+def test_hung_tcp_worker_times_out_naming_it_and_the_phase(monkeypatch):
+    monkeypatch.setenv("PARRBM_FAULT", "hang:2:1")
+    spec = CDSpec(n_visible=12, n_hidden=9, batch_size=4, seed=1)
+    r = ParallelRunner(spec, ModelState.initial(spec), "purple-only", 3, transport="tcp", timeout=3.0)
+    X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
+    t0 = time.monotonic()
+    with pytest.raises(CommError, match=r"worker 2 sent nothing for 3 s in phase 'hidden-input'"):
+        r.run(X, np.arange(16, dtype=np.int64), 0)
+    assert time.monotonic() - t0 < 20
+
+
+# ---- frames and the handshake ---------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_headers_are_parsed_or_refused(raw):
+    try:
+        kind, tag, length = F.parse_header(raw, max_length=1 << 20)
+    except F.FrameError as exc:
+        assert str(exc)
+    else:
+        assert raw[:4] == F.MAGIC and kind in F.KINDS and length <= 1 << 20
+
+
+@settings(max_examples=100, deadline=None)
+@given(kind=st.sampled_from(sorted(F.KINDS)), payload=st.binary(max_size=200), cut=st.integers(0, 240))
+def test_truncated_frames_never_hang(kind, payload, cut):
+    if kind == F.EMPTY:
+        payload = b""
+    frame = F.pack_header(kind, 7, len(payload)) + payload
+    a, b = socket.socketpair()
+    try:
+        a.sendall(frame[:cut])
+        a.shutdown(socket.SHUT_WR)
+        b.settimeout(2)
+        if cut >= len(frame):
+            assert F.read_frame(b) == (kind, 7, payload)
+        else:
+            with pytest.raises((ConnectionError, F.FrameError)):
+                F.read_frame(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_oversized_and_foreign_frames_are_refused():
+    with pytest.raises(F.FrameError, match="exceeds the bound"):
+        F.parse_header(F.pack_header(F.DATA, 1, 1 << 40))
+    with pytest.raises(F.FrameError, match="bad magic"):
+        F.parse_header(b"GET / HTTP/1.1\r\nHost:"[:F.HEADER_SIZE])
+    with pytest.raises(F.FrameError, match="version"):
+        F.parse_header(struct.pack("!4sBBHIQ", F.MAGIC, 9, F.DATA, 0, 1, 0))
+
+
+def test_stranger_is_refused_and_the_run_goes_on():
+    """A process without the run's secret connects first; the worker refuses it and
+    still connects to its real peer."""
+    import threading
+
+    from parrbm.harness.tcp import TCPTransport
+
+    secret = b"s" * 32
+    l0, l1 = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    addrs = [l0.getsockname(), l1.getsockname()]
+    out = {}
+
+    def stranger():
+        s = socket.create_connection(addrs[0])
+        s.sendall(F.pack_header(F.HELLO, 1, 32) + b"x" * 32)
+        try:
+            F.read_frame(s)  # the challenge
+            s.sendall(F.pack_header(F.RESPONSE, 1, 32) + b"\0" * 32)  # a wrong proof
+        finally:
+            s.close()
+
+    t = threading.Thread(target=stranger)
+    t.start()
+    time.sleep(0.2)  # the stranger is first in the listen queue
+    t0 = threading.Thread(target=lambda: out.setdefault(0, TCPTransport(0, 2, secret, l0, addrs, timeout=10)))
+    t0.start()
+    t.join()
+    out[1] = TCPTransport(1, 2, secret, l1, addrs, timeout=10)
+    t0.join()
+    assert any("wrong proof" in r for r in out[0].rejected)
+    got = {}
+    threads = [threading.Thread(target=lambda k=k: out[k].exchange(
+        [None, np.arange(3.0)] if k == 0 else [np.arange(3.0) * 2, None],
+        lambda j, b: got.setdefault(k, b.view(np.float64).copy()))) for k in (0, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    np.testing.assert_array_equal(got[0], np.arange(3.0) * 2)
+    np.testing.assert_array_equal(got[1], np.arange(3.0))
+    for k in (0, 1):
+        out[k].close()
