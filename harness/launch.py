@@ -23,6 +23,8 @@ import numpy as np
 from parrbm.config import ModelState
 from parrbm.harness.comm import CommError, PhaseStats
 
+# Workers start in the job directory, so a source checkout in the caller's working
+# directory never shadows the installed package.
 WORKER = [sys.executable, "-m", "parrbm.harness.worker"]
 
 
@@ -73,7 +75,7 @@ def run_processes(runner, X, order, first_step):
         else:
             procs = [subprocess.Popen([mpiexec(), "-n", str(K), *WORKER, "--job", str(job_dir),
                                        "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True)]
+                                      stderr=subprocess.PIPE, start_new_session=True, cwd=job_dir)]
         _wait(procs, job_dir, K, timeout, runner.transport)
         results, extras = [], []
         for r in range(K):
@@ -90,7 +92,7 @@ def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float) -> list[subproc
     procs = [subprocess.Popen([*WORKER, "--job", str(job_dir), "--transport", "tcp", "--rank", str(r),
                                "--size", str(K)], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True) for r in range(K)]
+                              start_new_session=True, cwd=job_dir) for r in range(K)]
     ports: list = [None] * K
 
     def read_port(r):
