@@ -94,6 +94,45 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from parrbm.harness.experiment import ConfigError, load_config, read_records, run_config, summary_table
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        path = run_config(cfg, Path(args.out), resume=args.resume, progress=progress)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print("interrupted: the results recorded so far are kept; --resume continues", file=sys.stderr)
+        return 130
+    print(summary_table(read_records(path)))
+    print(f"\nresults: {path}")
+    return 0
+
+
+def _cmd_table(args) -> int:
+    from parrbm.harness.experiment import ConfigError, read_records, summary_table
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such results file")
+    try:
+        records = read_records(path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    if not records:
+        raise UsageError(f"{path}: no records")
+    try:
+        print(summary_table(records))
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a parrbm results file (missing {exc})") from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import parrbm
 
@@ -106,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="show the build: version, BLAS, cores")
     info.set_defaults(func=_cmd_info)
+
+    run = sub.add_parser("run", help="run a YAML-defined comparison and record every run")
+    run.add_argument("config", help="YAML file (see configs/)")
+    run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
+    run.add_argument("--resume", action="store_true", help="skip the runs already recorded")
+    run.set_defaults(func=_cmd_run)
+
+    table = sub.add_parser("table", help="print the comparison of a results file")
+    table.add_argument("results", help="a .jsonl file written by 'parrbm run'")
+    table.set_defaults(func=_cmd_table)
 
     tr = sub.add_parser("train", help="train an RBM on a data set and report its learning",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,0 +1,133 @@
+"""YAML comparisons: validation, the results file, --resume, faults, the CLI."""
+
+import json
+import textwrap
+
+import pytest
+
+from parrbm.cli import main
+from parrbm.harness.experiment import ConfigError, grid_points, load_config, read_records, run_config
+
+REQUIRED_METRICS = {"bytes_per_step", "bytes_per_sync", "wire_bytes_per_step", "step_seconds",
+                    "compute_seconds", "comm_seconds", "wait_seconds", "cases_per_second",
+                    "speedup_vs_serial", "speedup_vs_k1", "efficiency", "replica_divergence",
+                    "reconstruction_error", "peak_rss_bytes"}
+
+SMALL = """
+name: small
+model: {visible: 24, hidden: 16}
+data: {kind: random-binary, cases: 64}
+training: {batch_size: 8, steps: 3, warmup: 1, timeout: 10}
+grid:
+  strategy: [serial, unit-partitioned, parameter-averaging]
+  workers: [1, 2]
+  transport: [threads, tcp]
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+@pytest.mark.parametrize("text,match", [
+    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: 1}\ncolour: red\n",
+     r"\(top level\): Additional properties are not allowed \('colour'"),
+    ("model: {visible: 4, hidden: 4, visble_type: binary}\ngrid: {strategy: serial, workers: 1}\n",
+     r"model: .*'visble_type'.*allowed: .*visible_type"),
+    ("model: {visible: 0, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n", r"model\.visible: 0"),
+    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: [serial, magic], workers: 1}\n", r"grid\.strategy"),
+    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: [1, -2]}\n", r"grid\.workers"),
+    ("model: {visible: 4, hidden: 4, precision: float16}\ngrid: {strategy: serial, workers: 1}\n",
+     r"model\.precision: 'float16' is not allowed; allowed: 'float32', 'float64'"),
+    ("model: {visible: 4, hidden: 4}\n", r"'grid' is a required property"),
+    ("model: {visible: 4, hidden: 4}\ndata: {kind: npy, path: nowhere.npy}\ngrid: {strategy: serial, workers: 1}\n",
+     r"data\.path: no such file"),
+    ("- just\n- a list\n", "must be a mapping"),
+    ("model: {visible: 4\n", "not valid YAML"),
+])
+def test_bad_configs_name_the_field(tmp_path, text, match):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config(path)
+    assert str(path) in str(exc.value)
+
+
+def test_grid_and_shipped_configs_validate():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"quick.yaml", "paper-binary.yaml", "paper-gaussian.yaml", "paper-binary-small.yaml",
+            "paper-gaussian-small.yaml"} <= set(names)
+    for p in root.glob("*.yaml"):
+        load_config(p)
+    pts = grid_points(load_config(root / "quick.yaml"))
+    # serial once, each strategy at K=1 on threads and at K=2, 4 on three transports
+    assert len(pts) == 1 + 5 * (1 + 2 * 3)
+    paper = grid_points(load_config(root / "paper-binary.yaml"))
+    assert {(p["batch_size"], p["precision"]) for p in paper} == {(100, "float32"), (100, "float64"),
+                                                                  (1000, "float32"), (1000, "float64")}
+
+
+def test_run_writes_records_and_resume_skips(tmp_path):
+    cfg = load_config(write(tmp_path, SMALL))
+    out = tmp_path / "out"
+    path = run_config(cfg, out, progress=lambda m: None)
+    recs = read_records(path)
+    assert len(recs) == len(grid_points(cfg)) == 1 + 2 * (1 + 2)
+    for r in recs:
+        assert r["status"] == "ok", r.get("error")
+        assert REQUIRED_METRICS <= set(r["metrics"])
+        assert {"strategy", "workers", "transport", "batch_size", "model", "environment"} <= set(r)
+        assert {"visible", "hidden", "visible_type", "precision"} <= set(r["model"])
+        assert r["metrics"]["bytes_per_step"] == r["metrics"]["bytes_per_step_formula"]
+        assert set(r["metrics"]["step_seconds"]) == {"median", "p10", "p90"}
+    tcp = [r for r in recs if r["transport"] == "tcp"]
+    assert tcp and all(r["metrics"]["wire_bytes_per_step"] > r["metrics"]["bytes_per_step"] for r in tcp)
+    same = {(r["strategy"], r["transport"]): r["metrics"]["bytes_per_step"] for r in recs if r["workers"] == 2}
+    assert same[("unit-partitioned", "tcp")] == same[("unit-partitioned", "threads")]
+    assert all(r["metrics"]["speedup_vs_serial"] > 0 for r in recs)
+    # --resume: nothing new to run, the file is unchanged
+    before = path.read_text()
+    seen = []
+    run_config(cfg, out, resume=True, progress=seen.append)
+    assert path.read_text() == before and all("skipped" in s for s in seen if s.startswith("["))
+
+
+def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARRBM_FAULT", "kill:1:1")
+    cfg = load_config(write(tmp_path, SMALL))
+    path = run_config(cfg, tmp_path / "out", progress=lambda m: None)
+    recs = read_records(path)  # still valid JSONL
+    failed = [r for r in recs if r["status"] == "error"]
+    assert failed and all(r["transport"] == "tcp" for r in failed)
+    assert all("worker 1" in r["error"] for r in failed)
+    assert len(recs) == len(grid_points(cfg))
+    # after fixing the cause, --resume reruns only the failed ones
+    monkeypatch.delenv("PARRBM_FAULT")
+    run_config(cfg, tmp_path / "out", resume=True, progress=lambda m: None)
+    final = read_records(path)
+    assert sum(r["status"] == "ok" for r in final) == len(grid_points(cfg))
+
+
+def test_cli_run_and_table(tmp_path, capsys):
+    path = write(tmp_path, SMALL.replace("transport: [threads, tcp]", "transport: [threads]"))
+    assert main(["run", str(path), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "MB/8000 cases" in out and "unit-partitioned" in out
+    assert main(["table", str(tmp_path / "r" / "small.jsonl")]) == 0
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_cli_bad_config_and_results_exit_2(tmp_path, capsys):
+    bad = write(tmp_path, "model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: 1, K: 2}\n")
+    assert main(["run", str(bad)]) == 2
+    assert "grid" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"ok": 1}\nnot json\n')
+    assert main(["table", str(junk)]) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert main(["table", str(tmp_path / "none.jsonl")]) == 2
