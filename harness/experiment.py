@@ -253,6 +253,9 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
     state = ModelState.initial(spec)
     K = pt["workers"]
     if pt["strategy"] == "serial":
+        from parrbm import _core
+
+        _core.set_blas_threads(tr["blas_threads"])  # the same per-worker resources as a worker
         s = SerialStrategy(spec, state)
         times, errs = [], []
         for i in range(warmup + steps):
