@@ -76,7 +76,11 @@ def run_processes(runner, X, order, first_step):
             procs = [subprocess.Popen([mpiexec(), "-n", str(K), *WORKER, "--job", str(job_dir),
                                        "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True, cwd=job_dir)]
-        _wait(procs, job_dir, K, timeout, runner.transport)
+        try:
+            _wait(procs, job_dir, K, timeout, runner.transport)
+        except BaseException:  # Ctrl-C or a failure: no worker outlives its run
+            _kill(procs)
+            raise
         results, extras = [], []
         for r in range(K):
             res = json.loads((job_dir / f"result-{r}.json").read_text())
@@ -122,6 +126,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
     """Wait for the workers; the first failure gives the others ``timeout`` seconds to
     notice and stop, then everything left is killed."""
     deadline = None
+    beats, last_change = None, time.monotonic()
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
@@ -131,6 +136,18 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
         if deadline is not None and time.monotonic() > deadline:
             _kill(procs)
             break
+        if transport == "mpi":  # MPI never times out by itself: watch the heartbeats
+            now = _read_beats(job_dir, K)
+            if now != beats:
+                beats, last_change = now, time.monotonic()
+            elif now and time.monotonic() - last_change > timeout:
+                _kill(procs)
+                counts = {r: b[0] for r, b in now.items()}
+                lag = min(range(K), key=lambda r: counts.get(r, 0))
+                ahead = max(counts.values())
+                raise CommError(f"worker {lag} stopped making progress (last in phase "
+                                f"'{now.get(lag, (0, '?'))[1]}', collective #{counts.get(lag, 0)}; its peers "
+                                f"reached #{ahead}); the run was stopped after {timeout:g} s")
         time.sleep(0.05)
     codes = [p.wait() for p in procs]
     if all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists() for r in range(K)):
@@ -161,6 +178,20 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
         r, msg = min(reports.items())
         raise CommError(msg)
     raise CommError(f"{transport}: workers exited with codes {codes} and left no result")
+
+
+def _read_beats(job_dir: Path, K: int) -> dict:
+    out = {}
+    for r in range(K):
+        f = job_dir / f"beat-{r}"
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if text.strip():
+            count, _, phase = text.strip().partition(" ")
+            out[r] = (int(count), phase.strip())
+    return out
 
 
 def _mpi_dead_rank(proc, job_dir: Path, K: int):

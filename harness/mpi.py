@@ -3,6 +3,7 @@ message sizes (where a worker waits for its peers) and an Alltoallv of the bytes
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -11,15 +12,25 @@ from parrbm.harness.comm import Transport
 
 
 class MPITransport(Transport):
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, heartbeat: str | None = None):
         from mpi4py import MPI
 
         self.mpi = MPI
         self.world = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
+        # MPI collectives wait forever for a hung peer: each worker records which
+        # collective it has reached, so the launcher can name the one that stopped.
+        self.calls = 0
+        self._beat = os.open(heartbeat, os.O_WRONLY | os.O_CREAT, 0o644) if heartbeat else None
+
+    def _heartbeat(self) -> None:
+        self.calls += 1
+        if self._beat is not None:
+            os.pwrite(self._beat, f"{self.calls:12d} {self.phase[:48]:<48}".encode(), 0)
 
     def exchange(self, sends, receive) -> float:
+        self._heartbeat()
         K = self.size
         views = [None if (j == self.rank or sends[j] is None)
                  else np.ascontiguousarray(sends[j]).reshape(-1).view(np.uint8) for j in range(K)]
@@ -42,6 +53,7 @@ class MPITransport(Transport):
         return wait
 
     def barrier(self) -> float:
+        self._heartbeat()
         t0 = time.perf_counter()
         self.world.Barrier()
         return time.perf_counter() - t0

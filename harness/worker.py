@@ -68,8 +68,10 @@ def main(argv=None) -> int:
         if args.transport == "mpi":
             from parrbm.harness.mpi import MPITransport
 
-            transport = MPITransport()
-            rank = transport.rank
+            from mpi4py import MPI
+
+            rank = MPI.COMM_WORLD.Get_rank()
+            transport = MPITransport(heartbeat=str(args.job / f"beat-{rank}"))
             # mpiexec reports a dead rank by its PID: let the launcher map it back.
             (args.job / f"pid-{rank}.txt").write_text(str(os.getpid()))
             if transport.size != job["workers"]:

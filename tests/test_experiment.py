@@ -131,3 +131,25 @@ def test_cli_bad_config_and_results_exit_2(tmp_path, capsys):
     assert main(["table", str(junk)]) == 2
     assert "line 2" in capsys.readouterr().err
     assert main(["table", str(tmp_path / "none.jsonl")]) == 2
+
+
+def test_ctrl_c_leaves_valid_results(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = write(tmp_path, SMALL.replace("steps: 3", "steps: 40").replace("cases: 64", "cases: 400"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    results = out / "small.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-500:]
+    recs = read_records(results)  # every line whole
+    assert len(recs) >= 2 and all(r["status"] == "ok" for r in recs)
+    assert "--resume" in err.decode()

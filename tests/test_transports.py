@@ -76,6 +76,18 @@ def test_hung_tcp_worker_times_out_naming_it_and_the_phase(monkeypatch):
     assert time.monotonic() - t0 < 20
 
 
+@pytest.mark.skipif(not HAVE_MPI, reason="pip install '.[mpi]'")
+def test_hung_mpi_worker_is_named_within_the_timeout(monkeypatch):
+    monkeypatch.setenv("PARRBM_FAULT", "hang:1:1")
+    spec = CDSpec(n_visible=12, n_hidden=9, batch_size=4, seed=1)
+    r = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 3, transport="mpi", timeout=3.0)
+    X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
+    t0 = time.monotonic()
+    with pytest.raises(CommError, match=r"worker 1 stopped making progress \(last in phase"):
+        r.run(X, np.arange(16, dtype=np.int64), 0)
+    assert time.monotonic() - t0 < 30
+
+
 # ---- frames and the handshake ---------------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
