@@ -164,6 +164,12 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
     else:
         missing = [r for r in range(K) if r not in reports and not (job_dir / f"result-{r}.json").exists()]
         dead = _mpi_dead_rank(procs[0], job_dir, K)
+        beats = _read_beats(job_dir, K)
+        counts = [beats.get(r, (0, ""))[0] for r in range(K)]
+        if dead is not None and counts.count(min(counts)) == 1:
+            # mpiexec names whichever rank it saw exit first; the rank that fell behind
+            # its peers' collectives is the one that died.
+            dead = (counts.index(min(counts)), dead[1])
         if dead is not None:
             rank, code = dead
             raise CommError(f"worker {rank} {_describe_exit(-code if code > 0 else code)}; "
