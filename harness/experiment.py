@@ -86,6 +86,10 @@ SCHEMA = {
                 "blas_threads": _POS_INT,
             },
         },
+        "tcp": {
+            "type": "object", "additionalProperties": False,
+            "properties": {"listen": {"type": "string", "minLength": 1}},
+        },
         "options": {
             "type": "object", "additionalProperties": False,
             "properties": {
@@ -117,6 +121,7 @@ DEFAULTS = {
     "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
                  "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1},
     "options": {},
+    "tcp": {"listen": "127.0.0.1"},
 }
 
 
@@ -272,7 +277,8 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
     else:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
-                           blas_threads=tr["blas_threads"], timeout=tr["timeout"])
+                           blas_threads=tr["blas_threads"], timeout=tr["timeout"],
+                           host=cfg["tcp"]["listen"])
         errors = r.run(X, order, 0)
         step_times = np.max(np.array(r.step_seconds), axis=0)[warmup:]
         stats = r.comm_stats()
