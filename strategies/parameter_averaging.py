@@ -141,9 +141,6 @@ class ParameterAveraging(Worker):
         self.b[...] = self.grad[V * H: V * H + V]
         self.c[...] = self.grad[V * H + V:]
 
-    def replica_divergence(self) -> float:
-        return 0.0
-
     def gather_model(self) -> ModelState | None:
         chains = None
         if self.chains is not None:

@@ -105,10 +105,5 @@ class UnitPartitioned(Worker):
             self.green[rows] = outs[j]
         self.divergence.append(drift)
 
-    def replica_divergence(self) -> float:
-        """Largest |green - purple| over the weights this worker holds both copies of."""
-        own = self.vis.index(self.rank)
-        return float(np.max(np.abs(self.green[own] - self.hid.take(self.purple, self.rank)), initial=0.0))
-
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
