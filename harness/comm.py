@@ -63,6 +63,11 @@ class Transport(ABC):
         the buffer is valid (it may be the peer's own memory). Returns the seconds spent
         waiting for peers."""
 
+    def share(self, payload: np.ndarray, receive: Callable[[int, np.ndarray], None]) -> float:
+        """Send the same ``payload`` to every peer (an allgather); a transport with a
+        native allgather overrides this."""
+        return self.exchange([None if j == self.rank else payload for j in range(self.size)], receive)
+
     @abstractmethod
     def barrier(self) -> float:
         """Wait for every worker; returns the seconds waited."""
@@ -272,5 +277,4 @@ class Comm:
         return (j for j in range(self.size) if j != self.rank)
 
     def _send_all(self, payload: np.ndarray, receive) -> float:
-        sends = [None if j == self.rank else payload for j in range(self.size)]
-        return self.transport.exchange(sends, receive)
+        return self.transport.share(np.ascontiguousarray(payload), receive)

@@ -88,7 +88,13 @@ SCHEMA = {
         },
         "tcp": {
             "type": "object", "additionalProperties": False,
-            "properties": {"listen": {"type": "string", "minLength": 1}},
+            "properties": {
+                "listen": {"type": "string", "minLength": 1},
+                "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                "launcher": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                "python": {"type": "string", "minLength": 1},
+                "job_root": {"type": "string", "minLength": 1},
+            },
         },
         "options": {
             "type": "object", "additionalProperties": False,
@@ -121,7 +127,7 @@ DEFAULTS = {
     "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
                  "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1},
     "options": {},
-    "tcp": {"listen": "127.0.0.1"},
+    "tcp": {},
 }
 
 
@@ -278,7 +284,7 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
-                           host=cfg["tcp"]["listen"])
+                           tcp=tcp_hosts(cfg["tcp"]))
         errors = r.run(X, order, 0)
         step_times = np.max(np.array(r.step_seconds), axis=0)[warmup:]
         stats = r.comm_stats()
@@ -321,6 +327,18 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
                 "learning_rate", "momentum", "weight_decay", "sync_every", "seed")}},
             "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
             "metrics": metrics}
+
+
+def tcp_hosts(section: dict):
+    """The config's ``tcp`` section as the launcher's :class:`TCPHosts`; with ``hosts``
+    the workers listen on every interface unless ``listen`` says otherwise."""
+    from parrbm.harness.launch import TCPHosts
+
+    kw = dict(section)
+    if "hosts" in kw and "listen" not in kw:
+        kw["listen"] = "0.0.0.0"
+    kw.setdefault("listen", "127.0.0.1")
+    return TCPHosts(**kw)
 
 
 def environment_cores() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,27 @@ from parrbm.harness.comm import CommError, PhaseStats
 # Workers start in the job directory, so a source checkout in the caller's working
 # directory never shadows the installed package.
 WORKER = [sys.executable, "-m", "parrbm.harness.worker"]
+
+
+@dataclass
+class TCPHosts:
+    """Where the tcp workers run.
+
+    With no ``hosts`` every worker starts on this machine and listens on ``listen``.
+    With ``hosts``, worker r starts on ``hosts[r % len(hosts)]`` (list a host twice for two
+    workers there) through ``launcher`` (ssh by default: key-based login, no prompt), runs
+    ``python`` there, listens on ``listen`` and is reached by its peers at the host's
+    name. The job directory is created under ``job_root``, which must be a directory on a
+    file system every host sees at the same path (as on a cluster)."""
+
+    listen: str = "127.0.0.1"
+    hosts: list[str] | None = None
+    launcher: list[str] = field(default_factory=lambda: ["ssh", "-o", "BatchMode=yes", "-T"])
+    python: str = sys.executable
+    job_root: str | None = None
+
+    def host_of(self, rank: int) -> str | None:
+        return self.hosts[rank % len(self.hosts)] if self.hosts else None
 
 
 def mpiexec() -> str:
@@ -43,7 +65,7 @@ def write_job(job_dir: Path, runner, X, order, first_step) -> None:
     job = {"spec": asdict(runner.spec), "strategy": runner.name, "workers": runner.K,
            "options": asdict(runner.options), "first_step": int(first_step),
            "timeout": runner.timeout, "blas_threads": runner.blas_threads,
-           "host": getattr(runner, "host", "127.0.0.1")}
+           "listen": runner.tcp.listen}
     (job_dir / "job.json").write_text(json.dumps(job))
 
 
@@ -66,12 +88,15 @@ def run_processes(runner, X, order, first_step):
     """Run one training job on K processes; returns (per-worker results in the threads
     runner's format, the gathered model, per-worker extras)."""
     K, timeout = runner.K, runner.timeout
-    with tempfile.TemporaryDirectory(prefix="parrbm-job-") as tmp:
+    root = runner.tcp.job_root if runner.transport == "tcp" else None
+    if root is not None and not Path(root).is_dir():
+        raise CommError(f"tcp.job_root {root!r} is not a directory")
+    with tempfile.TemporaryDirectory(prefix="parrbm-job-", dir=root) as tmp:
         job_dir = Path(tmp)
         write_job(job_dir, runner, X, order, first_step)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
         if runner.transport == "tcp":
-            procs = _start_tcp(job_dir, K, env, timeout)
+            procs = _start_tcp(job_dir, K, env, timeout, runner.tcp)
         else:
             procs = [subprocess.Popen([mpiexec(), "-n", str(K), *WORKER, "--job", str(job_dir),
                                        "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
@@ -91,15 +116,31 @@ def run_processes(runner, X, order, first_step):
     return results, model, extras
 
 
-def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float) -> list[subprocess.Popen]:
-    env = {**env, "PARRBM_SECRET": os.urandom(32).hex()}  # never on a command line
-    procs = [subprocess.Popen([*WORKER, "--job", str(job_dir), "--transport", "tcp", "--rank", str(r),
-                               "--size", str(K)], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True, cwd=job_dir) for r in range(K)]
+def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCPHosts) -> list[str]:
+    args = ["-m", "parrbm.harness.worker", "--job", str(job_dir), "--transport", "tcp",
+            "--rank", str(rank), "--size", str(K)]
+    host = where.host_of(rank)
+    if host is None:
+        return [sys.executable, *args]
+    # One shell line for the remote side; the environment does not cross ssh.
+    remote = " ".join([f"cd {shlex.quote(str(job_dir))} &&", f"OPENBLAS_NUM_THREADS={blas_threads}",
+                       "exec", shlex.quote(where.python), *map(shlex.quote, args)])
+    return [*where.launcher, host, remote]
+
+
+def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float, where: TCPHosts) -> list[subprocess.Popen]:
+    secret = os.urandom(32).hex()  # goes on standard input: never on a command line
+    procs = [subprocess.Popen(_tcp_command(job_dir, r, K, env["OPENBLAS_NUM_THREADS"], where), env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True, cwd=job_dir) for r in range(K)]
     ports: list = [None] * K
 
     def read_port(r):
+        try:
+            procs[r].stdin.write(f"SECRET {secret}\n")
+            procs[r].stdin.flush()
+        except OSError:
+            return  # died at once: reported below with its stderr
         line = procs[r].stdout.readline()
         if line.startswith("PORT "):
             ports[r] = int(line.split()[1])
@@ -111,11 +152,15 @@ def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float) -> list[subproc
         t.join(timeout)
     if any(p is None for p in ports):
         missing = [r for r in range(K) if ports[r] is None]
+        where_ = "" if not where.hosts else " (on " + ", ".join(f"{r}: {where.host_of(r)}" for r in missing) + ")"
+        exited = [r for r in missing if procs[r].poll() is not None]
+        why = (f"{_describe_exit(procs[exited[0]].returncode)} before listening" if exited
+               else f"did not start listening within {timeout:g} s")
         _kill(procs)
-        raise CommError(f"tcp: workers {missing} did not start listening within {timeout:g} s"
-                        + _stderr_tail(procs, missing))
-    host = json.loads((job_dir / "job.json").read_text())["host"]
-    addresses = json.dumps([[host, p] for p in ports])
+        for p in procs:
+            p.wait()
+        raise CommError(f"tcp: workers {missing}{where_} {why}" + _stderr_tail(procs, missing))
+    addresses = json.dumps([[where.host_of(r) or where.listen, p] for r, p in enumerate(ports)])
     for p in procs:
         p.stdin.write(addresses + "\n")
         p.stdin.close()

@@ -1,5 +1,10 @@
-"""The mpi transport: mpi4py buffer collectives. One exchange is an Alltoall of the
-message sizes (where a worker waits for its peers) and an Alltoallv of the bytes."""
+"""The mpi transport: mpi4py buffer collectives.
+
+An allgather is an Allgather of the block sizes (where a worker waits for its peers) and
+an Allgatherv of the bytes; any other exchange an Alltoall of the sizes and an Alltoallv.
+Reduce-scatter deliberately is an Alltoallv too, not MPI_Reduce_scatter: MPI leaves the
+order of a sum open, and the Comm layer adds the contributions in rank order so that
+every transport gives the same bits."""
 
 from __future__ import annotations
 
@@ -50,6 +55,23 @@ class MPITransport(Transport):
         for j in range(K):
             if j != self.rank and recv_counts[j]:
                 receive(j, recv_buf[rdispl[j]: rdispl[j] + recv_counts[j]])
+        return wait
+
+    def share(self, payload, receive) -> float:
+        self._heartbeat()
+        K = self.size
+        mine = payload.reshape(-1).view(np.uint8)
+        counts = np.empty(K, np.int64)
+        t0 = time.perf_counter()
+        self.world.Allgather(np.array([mine.size], np.int64), counts)
+        wait = time.perf_counter() - t0
+        displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        recv_buf = np.empty(int(counts.sum()), np.uint8)
+        self.world.Allgatherv([mine, self.mpi.BYTE],
+                              [recv_buf, ([int(c) for c in counts], [int(d) for d in displ]), self.mpi.BYTE])
+        for j in range(K):
+            if j != self.rank and counts[j]:
+                receive(j, recv_buf[displ[j]: displ[j] + counts[j]])
         return wait
 
     def barrier(self) -> float:

@@ -67,7 +67,7 @@ class ParallelRunner:
 
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
-                 *, blas_threads: int = 1, timeout: float = 60.0, host: str = "127.0.0.1"):
+                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None):
         self.spec = spec
         self.name = strategy
         self.K = workers
@@ -76,7 +76,9 @@ class ParallelRunner:
         check_options(spec, strategy, workers, transport, self.options)
         self.blas_threads = blas_threads
         self.timeout = timeout
-        self.host = host  # tcp: the address workers listen on
+        from parrbm.harness.launch import TCPHosts
+
+        self.tcp = tcp if tcp is not None else TCPHosts()  # where tcp workers run and listen
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------

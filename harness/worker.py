@@ -8,9 +8,9 @@ itself; on a cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun
 DIR on a shared file system (``parrbm.harness.launch.write_job`` writes one). Each worker
 writes DIR/result-R.json (rank 0 also DIR/model.npz), or DIR/error-R.txt on failure.
 
-The tcp form prints ``PORT n`` once it listens and reads the peers' addresses, one JSON
-line ``[[host, port], ...]``, from standard input; the run's secret comes in the
-PARRBM_SECRET environment variable (hex).
+The tcp form reads the run's secret from standard input (``SECRET <hex>``), prints
+``PORT n`` once it listens, then reads the peers' addresses, one JSON line
+``[[host, port], ...]``, from standard input.
 
 PARRBM_FAULT=kill:R:S or hang:R:S makes worker R kill itself or hang at step S -- the
 fault-injection hook of the harness's own tests.
@@ -63,6 +63,10 @@ def main(argv=None) -> int:
     rank = args.rank if args.rank is not None else -1
     transport = None
 
+    if not (args.job / "job.json").is_file():
+        print(f"parrbm worker on {socket.gethostname()}: no job at {args.job} (with tcp.hosts, "
+              f"tcp.job_root must be a directory every host sees at the same path)", file=sys.stderr)
+        return 1
     try:
         job = json.loads((args.job / "job.json").read_text())
         if args.transport == "mpi":
@@ -80,8 +84,11 @@ def main(argv=None) -> int:
         else:
             from parrbm.harness.tcp import TCPTransport
 
-            secret = bytes.fromhex(os.environ["PARRBM_SECRET"])
-            listener = socket.create_server((job["host"], 0))
+            word, _, value = sys.stdin.readline().partition(" ")
+            if word != "SECRET":
+                raise RuntimeError("expected the run's secret on standard input")
+            secret = bytes.fromhex(value.strip())
+            listener = socket.create_server((job["listen"], 0))
             print(f"PORT {listener.getsockname()[1]}", flush=True)
             addresses = [tuple(a) for a in json.loads(sys.stdin.readline())]
             transport = TCPTransport(rank, args.size, secret, listener, addresses,

@@ -44,6 +44,10 @@ def write(tmp_path, text, name="c.yaml"):
     ("model: {visible: 4, hidden: 4}\n", r"'grid' is a required property"),
     ("model: {visible: 4, hidden: 4}\ndata: {kind: npy, path: nowhere.npy}\ngrid: {strategy: serial, workers: 1}\n",
      r"data\.path: no such file"),
+    ("model: {visible: 4, hidden: 4}\ntcp: {hosts: []}\ngrid: {strategy: serial, workers: 1}\n",
+     r"tcp\.hosts: \[\]"),
+    ("model: {visible: 4, hidden: 4}\ntcp: {hosts: [a], user: me}\ngrid: {strategy: serial, workers: 1}\n",
+     r"tcp: .*'user'.*allowed: .*hosts"),
     ("- just\n- a list\n", "must be a mapping"),
     ("model: {visible: 4\n", "not valid YAML"),
 ])

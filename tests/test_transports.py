@@ -173,3 +173,70 @@ def test_stranger_is_refused_and_the_run_goes_on():
     np.testing.assert_array_equal(got[1], np.arange(3.0))
     for k in (0, 1):
         out[k].close()
+
+
+FAKE_SSH = """#!/bin/sh
+# Stands in for ssh: records the host, then runs the remote command line here.
+echo "$1" >> "$FAKE_SSH_LOG"
+if [ "$1" = "unreachable" ]; then
+  echo "ssh: Could not resolve hostname unreachable: Name or service not known" >&2
+  exit 255
+fi
+shift
+exec /bin/sh -c "$*"
+"""
+
+
+def _fake_ssh(tmp_path, monkeypatch):
+    script = tmp_path / "fake-ssh"
+    script.write_text(FAKE_SSH)
+    script.chmod(0o755)
+    log = tmp_path / "hosts.log"
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    return script, log
+
+
+def test_tcp_workers_start_on_the_listed_hosts_through_the_launcher(tmp_path, monkeypatch):
+    from parrbm.harness.experiment import tcp_hosts
+
+    script, log = _fake_ssh(tmp_path, monkeypatch)
+    root = tmp_path / "shared"
+    root.mkdir()
+    ref = run("green-only", "threads")
+    hosts = tcp_hosts({"hosts": ["127.0.0.1", "localhost"], "launcher": [str(script)],
+                       "job_root": str(root)})
+    assert hosts.listen == "0.0.0.0"
+    V, H, m, steps = 21, 15, 7, 3
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", seed=5, learning_rate=0.05)
+    X = (np.random.default_rng(1).random((steps * m, V)) < 0.5).astype(np.float64)
+    r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 3, transport="tcp", timeout=20.0, tcp=hosts)
+    r.run(X, np.arange(steps * m, dtype=np.int64), 0)
+    # worker r runs on hosts[r % 2], started through the launcher
+    assert sorted(log.read_text().split()) == sorted(["127.0.0.1", "localhost", "127.0.0.1"])
+    np.testing.assert_array_equal(r.state.W, ref.state.W)
+    assert r.comm_stats()["bytes_per_step"] == ref.comm_stats()["bytes_per_step"]
+    assert not list(root.iterdir())  # the job directory is cleaned up
+
+
+def test_unreachable_host_is_named_with_the_launchers_message(tmp_path, monkeypatch):
+    from parrbm.harness.experiment import tcp_hosts
+
+    script, _ = _fake_ssh(tmp_path, monkeypatch)
+    hosts = tcp_hosts({"hosts": ["127.0.0.1", "unreachable"], "launcher": [str(script)]})
+    spec = CDSpec(n_visible=8, n_hidden=6, batch_size=4, dtype="float64")
+    r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport="tcp", timeout=10.0, tcp=hosts)
+    t0 = time.monotonic()
+    with pytest.raises(CommError, match=r"(?s)workers \[1\] \(on 1: unreachable\) exited with code 255.*Could not resolve hostname"):
+        r.run(np.zeros((4, 8)), np.arange(4, dtype=np.int64), 0)
+    assert time.monotonic() - t0 < 10.0
+
+
+def test_worker_without_the_job_directory_says_what_is_needed(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "parrbm.harness.worker", "--job", str(tmp_path / "elsewhere"),
+                          "--transport", "tcp", "--rank", "0", "--size", "2"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 1
+    assert "no job at" in out.stderr and "tcp.job_root" in out.stderr
