@@ -54,11 +54,13 @@ class Traffic:
 
     K: int
     phases: dict[str, list[int]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)   # collectives per phase
 
-    def add(self, phase: str, per_worker: list[int]) -> None:
+    def add(self, phase: str, per_worker: list[int], calls: int = 1) -> None:
         acc = self.phases.setdefault(phase, [0] * self.K)
         for k, b in enumerate(per_worker):
             acc[k] += int(b)
+        self.calls[phase] = self.calls.get(phase, 0) + calls
 
     @property
     def total(self) -> int:
@@ -151,7 +153,7 @@ def step_traffic(strategy: str, model: Model, m: int, K: int, *, batch_size: int
         if average == "gradients":
             n = V * H + V + H
             t.add("gradient", allreduce(n, K, model.pb) if reduce == "allreduce"
-                  else master_reduce(n, K, model.pb))
+                  else master_reduce(n, K, model.pb), calls=2)
     else:
         raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     return t
@@ -172,7 +174,7 @@ def sync_traffic(strategy: str, model: Model, K: int, *, reduce: str = "allreduc
         t.add("weight-sync", [(V - vis[k]) * hid[k] * pb for k in range(K)])
     elif strategy == "parameter-averaging" and average == "weights":
         n = V * H + V + H
-        t.add("average", allreduce(n, K, pb) if reduce == "allreduce" else master_reduce(n, K, pb))
+        t.add("average", allreduce(n, K, pb) if reduce == "allreduce" else master_reduce(n, K, pb), calls=2)
     return t
 
 

@@ -386,10 +386,21 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
-def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, progress=print) -> Path:
-    """Run every grid point of a validated config; returns the results file."""
+def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, progress=print,
+               calibrate: bool = False) -> Path:
+    """Run every grid point of a validated config; returns the results file. With
+    ``calibrate``, first measure this machine for the time model (quick) and keep the
+    profile beside the results (``<name>.profile.json``) for the table and the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / f"{cfg['name']}.jsonl"
+    if calibrate:
+        from parrbm.analysis.calibrate import calibrate as measure
+        from parrbm.analysis.compare import profile_path
+
+        where = profile_path(results)
+        if not (resume and where.exists()):
+            transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
+            measure(quick=True, transports=transports or ["threads"], progress=progress).save(where)
     done: dict[str, dict] = {}
     if resume and results.exists():
         done = {r["run_id"]: r for r in read_records(results) if r.get("status") == "ok"}
@@ -442,9 +453,15 @@ def _note_baseline(baselines: dict, rec: dict) -> None:
 
 # ---- tables ------------------------------------------------------------------------------------
 
-def summary_table(records: list[dict]) -> str:
-    """Bytes per 8000 cases (the paper's Table 4.1 form) and speedup / efficiency."""
+def summary_table(records: list[dict], profile=None) -> str:
+    """Bytes per 8000 cases (the paper's Table 4.1 form) and speedup / efficiency; with a
+    machine profile, the time model's step beside each measured one."""
     ok = [r for r in records if r.get("status") == "ok"]
+    predicted = {}
+    if profile is not None:
+        from parrbm.analysis.compare import predict_record
+
+        predicted = {id(r): predict_record(r, profile).step_seconds for r in ok}
     lines = []
     groups: dict = {}
     for r in ok:
@@ -454,7 +471,8 @@ def summary_table(records: list[dict]) -> str:
         V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
         lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
         lines.append(f"{'strategy':<21}{'K':>3} {'transport':<8}{'MB/8000 cases':>14}{'MB/sync':>9}"
-                     f"{'ms/step':>9}{'speedup':>9}{'vs K=1':>8}{'effic.':>8}")
+                     f"{'ms/step':>9}{'speedup':>9}{'vs K=1':>8}{'effic.':>8}"
+                     + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
         for r in sorted(rs, key=lambda r: (STRATEGY_NAMES.index(r["strategy"]), r["workers"], r["transport"] or "")):
             mt = r["metrics"]
             per_8000 = mt["bytes_per_step"] * 8000 / m / 1e6
@@ -463,7 +481,17 @@ def summary_table(records: list[dict]) -> str:
             lines.append(f"{r['strategy']:<21}{r['workers']:>3} {r['transport'] or '-':<8}{per_8000:>14.2f}"
                          f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
                          f"{fmt(mt['speedup_vs_serial'], '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
-                         f"{fmt(mt['efficiency'], '.2f'):>8}{note}")
+                         f"{fmt(mt['efficiency'], '.2f'):>8}"
+                         + (f"{predicted[id(r)] * 1e3:>10.1f}"
+                            f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
+                            if predicted else "") + note)
+    if predicted:
+        from parrbm.analysis.compare import error_summary, predicted_vs_measured
+
+        e = error_summary(predicted_vs_measured(records, profile))
+        if e["runs"]:
+            lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
+                         f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
     failed = [r for r in records if r.get("status") == "error"]
     if failed:
         lines.append(f"\n{len(failed)} run(s) failed:")

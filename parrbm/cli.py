@@ -103,13 +103,16 @@ def _cmd_run(args) -> int:
         raise UsageError(str(exc)) from exc
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
-        path = run_config(cfg, Path(args.out), resume=args.resume, progress=progress)
+        path = run_config(cfg, Path(args.out), resume=args.resume, progress=progress,
+                          calibrate=not args.no_calibrate)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
         print("interrupted: the results recorded so far are kept; --resume continues", file=sys.stderr)
         return 130
-    print(summary_table(read_records(path)))
+    from parrbm.analysis.compare import load_profile_for
+
+    print(summary_table(read_records(path), load_profile_for(path)))
     print(f"\nresults: {path}")
     return 0
 
@@ -126,8 +129,14 @@ def _cmd_table(args) -> int:
         raise UsageError(str(exc)) from exc
     if not records:
         raise UsageError(f"{path}: no records")
+    from parrbm.analysis.compare import load_profile_for
+
     try:
-        print(summary_table(records))
+        profile = load_profile_for(path, args.profile)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        print(summary_table(records, profile))
     except (KeyError, TypeError) as exc:
         raise UsageError(f"{path}: not a parrbm results file (missing {exc})") from exc
     return 0
@@ -150,11 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML file (see configs/)")
     run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
     run.add_argument("--resume", action="store_true", help="skip the runs already recorded")
+    run.add_argument("--no-calibrate", action="store_true",
+                     help="do not measure this machine for the time model first")
     run.set_defaults(func=_cmd_run)
 
     table = sub.add_parser("table", help="print the comparison of a results file")
     table.add_argument("results", help="a .jsonl file written by 'parrbm run'")
+    table.add_argument("--profile", help="machine profile for the predictions (default: the one "
+                                          "beside the results, <name>.profile.json)")
     table.set_defaults(func=_cmd_table)
+
+    from parrbm.analysis.commands import add_parsers
+
+    add_parsers(sub)
 
     tr = sub.add_parser("train", help="train an RBM on a data set and report its learning",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

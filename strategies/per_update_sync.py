@@ -112,10 +112,15 @@ class PerUpdateSync(Worker):
             self.comm.shared_sync(self.sync_bytes(), phase="weight-sync")
             return
         sends = [np.ascontiguousarray(self.vis.take(self.green, j, axis=0)) for j in range(self.K)]
-        outs = [self.zeros(self.vis.size(k), self.hid.size(j)) for j in range(self.K)]
-        self.comm.alltoall(sends, outs, phase="weight-sync")
+        if self.hid.is_contiguous:  # received straight into purple's column blocks
+            self.comm.alltoall(sends, [self.hid.view(self.purple, j) for j in range(self.K)],
+                               phase="weight-sync")
+            return
+        if not hasattr(self, "_sync_in"):
+            self._sync_in = [np.empty((self.vis.size(k), self.hid.size(j)), self.dtype) for j in range(self.K)]
+        self.comm.alltoall(sends, self._sync_in, phase="weight-sync")
         for j in range(self.K):
-            self.hid.put(self.purple, j, outs[j])
+            self.hid.put(self.purple, j, self._sync_in[j])
 
     def gather_model(self) -> ModelState | None:
         W_inc = None

@@ -96,7 +96,9 @@ class UnitPartitioned(Worker):
         self.syncs += 1
         k = self.rank
         sends = [np.ascontiguousarray(self.hid.take(self.purple, j)) for j in range(self.K)]
-        outs = [self.zeros(self.vis.size(j), self.hid.size(k)) for j in range(self.K)]
+        if not hasattr(self, "_sync_in"):  # reused: a sync allocates nothing
+            self._sync_in = [np.empty((self.vis.size(j), self.hid.size(k)), self.dtype) for j in range(self.K)]
+        outs = self._sync_in
         self.comm.alltoall(sends, outs, phase="weight-sync")
         drift = 0.0
         for j in range(self.K):

@@ -1,0 +1,297 @@
+"""Measure a machine profile for the time model: GEMM rates, elementwise kernel costs,
+strategy overheads, and a ping-pong of every collective on each transport.
+
+    parrbm calibrate --out machine.json [--quick] [--transports threads tcp mpi]
+
+All compute is measured with one BLAS thread (one core per worker, as the harness runs
+them). Times are medians of repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from parrbm import _core
+from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+# ---- compute ----------------------------------------------------------------------------------
+
+def gemm_table(precision: str, quick: bool = False) -> list[list[float]]:
+    """flop/s by the smallest GEMM dimension d: the mean over d as rows, columns and depth
+    (the shapes CD steps have), the other two dimensions ``big``."""
+    dt = np.dtype(precision)
+    big = 512 if quick else 1024
+    rng = np.random.default_rng(0)
+    table = []
+    for d in (8, 16, 32, 64, 128, 256, 512, 1024):
+        if d > big:
+            break
+        flops, seconds = 0.0, 0.0
+        for a_shape, b_shape, trans_a in (((d, big), (big, big), False), ((big, big), (big, d), False),
+                                          ((d, big), (d, big), True)):
+            a = rng.random(a_shape).astype(dt)
+            b = rng.random(b_shape).astype(dt)
+            M = a_shape[1] if trans_a else a_shape[0]
+            c = np.zeros((M, b_shape[1]), dt)
+            depth = a_shape[0] if trans_a else a_shape[1]
+            seconds += _median_time(lambda: _core.gemm(a, b, c, trans_a=trans_a), 3 if quick else 5)
+            flops += 2.0 * M * b_shape[1] * depth
+        table.append([d, flops / seconds])
+    return table
+
+
+def element_costs(precision: str, quick: bool = False) -> dict[str, float]:
+    dt = np.dtype(precision)
+    rows, cols = (128, 2048) if quick else (256, 4096)
+    n = rows * cols
+    rng = np.random.default_rng(1)
+    pre = rng.standard_normal((rows, cols)).astype(dt)
+    bias = np.zeros(cols, dt)
+    out = np.empty_like(pre)
+    probs = rng.random((rows, cols)).astype(dt)
+    states = (probs < 0.5).astype(dt)
+    r = 3 if quick else 7
+    cost = {
+        "sample": _median_time(lambda: _core.sample_sigmoid(pre, bias, out, None, seed=1), r) / n,
+        "bernoulli": _median_time(lambda: _core.sample_bernoulli(probs, out, seed=1), r) / n,
+        "visible": _median_time(lambda: _core.visible_activation(pre, bias, out, "binary", True, None,
+                                                                 seed=1), r) / n,
+        "visible-gaussian": _median_time(lambda: _core.visible_activation(pre, bias, out, "gaussian", False,
+                                                                          None, seed=1), r) / n,
+        "pack": _median_time(lambda: _core.pack_columns(states), r) / n,
+    }
+    W = np.zeros((cols // 4, cols // 4), dt)
+    g = np.ones_like(W)
+    cost["update"] = _median_time(lambda: _core.apply_increment(W, g, 0.0), r) / W.size
+    dst = np.empty((rows, 2 * cols), dt)
+    cost["copy"] = _median_time(lambda: dst.__setitem__((slice(None), slice(0, cols)), pre), r) / n
+    words = 4
+    cases = 64 * words
+    a, b = cols // 4, cols // 4
+    left = (rng.random((cases, a)) < 0.5).astype(dt)
+    right = (rng.random((cases, b)) < 0.5).astype(dt)
+    lb, _ = _core.pack_columns(left, words)
+    rb, _ = _core.pack_columns(right, words)
+    Wb = np.zeros((a, b), dt)
+    cost["bitstat"] = _median_time(lambda: _core.bit_statistics_update(Wb, None, lb, rb, lb, rb, alpha=1e-3),
+                                   r) / (a * b * words * 2)
+    return cost
+
+
+def strategy_overheads(quick: bool = False) -> dict[str, float]:
+    """Seconds per step of each strategy's driver on a tiny model at K = 1 (no traffic):
+    what a step costs beyond its kernels."""
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import PARALLEL_STRATEGIES
+    from parrbm.strategies.serial import SerialStrategy
+
+    spec = CDSpec(n_visible=8, n_hidden=8, batch_size=4, dtype="float32")
+    X = (np.random.default_rng(2).random((4, 8)) < 0.5).astype(np.float32)
+    steps = 40 if quick else 100
+    out = {}
+    s = SerialStrategy(spec, ModelState.initial(spec))
+    out["serial"] = _median_time(lambda: [s.step(X, i) for i in range(steps)], 3) / steps
+    for name in PARALLEL_STRATEGIES:
+        r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
+        order = np.zeros(4 * steps, np.int64)
+        Xs = np.repeat(X, steps, axis=0)
+        r.run(Xs, order, 0)
+        t = _median_time(lambda: r.run(Xs, order, 0), 3)
+        out[name] = t / steps
+    return out
+
+
+def contention(cores: int, quick: bool = False) -> dict[str, float]:
+    """How much slower a CD step gets when n workers compute at once on this machine's
+    cores (shared caches and memory bandwidth): n -> time ratio, n = 2 .. cores."""
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.strategies.serial import SerialStrategy
+
+    spec = CDSpec(n_visible=1024, n_hidden=1024, batch_size=200, dtype="float32", visible="gaussian")
+    X = np.random.default_rng(3).standard_normal((200, 1024)).astype(np.float32)
+    steps = 5 if quick else 10
+
+    def run(n: int) -> float:
+        nets = [SerialStrategy(spec, ModelState.initial(spec)) for _ in range(n)]
+        times = [0.0] * n
+
+        def work(i):
+            nets[i].step(X, 0)
+            t0 = time.perf_counter()
+            for s in range(steps):
+                nets[i].step(X, s)
+            times[i] = time.perf_counter() - t0
+
+        ths = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        return max(times)
+
+    alone = float(np.median([run(1) for _ in range(3)]))
+    return {str(n): float(np.median([run(n) for _ in range(3)])) / alone for n in range(2, cores + 1)}
+
+
+# ---- links ------------------------------------------------------------------------------------
+
+SIZES = [1 << 10, 1 << 13, 1 << 16, 1 << 19, 1 << 22, 1 << 24]
+
+
+def collective_times(comm, sizes=SIZES, repeats: int = 5) -> dict[str, list[list[float]]]:
+    """[bytes one worker sends, median seconds] per collective kind, on a Comm of K = 2."""
+    from parrbm.partition import Partition
+
+    out: dict[str, list[list[float]]] = {k: [] for k in LINK_KINDS}
+    for nbytes in sizes:
+        n = max(2, nbytes // 4)                       # float32 values sent by one worker
+        rows = 8
+        parts = Partition.contiguous(2 * (n // rows), 2)
+        block = np.ones((rows, n // rows), np.float32)
+        full = np.zeros((rows, 2 * (n // rows)), np.float32)
+        bits_cols = max(2, (8 * nbytes) // rows)
+        bits_parts = Partition.contiguous(2 * bits_cols, 2)
+        bits = np.ones((rows, bits_cols), np.float32)
+        bits_full = np.zeros((rows, 2 * bits_cols), np.float32)
+        flat = np.ones(2 * n, np.float32)
+        sends = [np.ones(n, np.float32), np.ones(n, np.float32)]
+        outs = [np.zeros(n, np.float32), np.zeros(n, np.float32)]
+        calls = {
+            "allgather": (lambda: comm.allgather(block, full, parts, phase="x"), block.nbytes),
+            "allgather_bits": (lambda: comm.allgather_bits(bits, bits_full, bits_parts, phase="x"),
+                               (rows * bits_cols + 7) // 8),
+            "reduce_scatter": (lambda: comm.reduce_scatter(full, block, parts, phase="x"), block.nbytes),
+            "allreduce": (lambda: comm.allreduce(flat, phase="x"), flat.nbytes),
+            "alltoall": (lambda: comm.alltoall(sends, outs, phase="x"), sends[0].nbytes),
+        }
+        for kind, (fn, sent) in calls.items():
+            comm.barrier(phase="sync")
+            out[kind].append([float(sent), _median_time(fn, repeats)])
+    return out
+
+
+def fit_link(points: list[list[float]], messages: int = 1) -> Link:
+    """Least squares t = latency x messages + bytes / bandwidth, in relative error."""
+    b = np.array([p[0] for p in points])
+    t = np.array([p[1] for p in points])
+    A = np.stack([np.full_like(b, messages), b], axis=1) / t[:, None]
+    (lat, inv_bw), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    if inv_bw <= 0:  # no size dependence visible: take the largest transfer's rate
+        inv_bw = t[-1] / b[-1]
+    return Link(latency=max(float(lat), 0.0), bandwidth=float(1.0 / inv_bw))
+
+
+def _links_from(times: dict) -> dict[str, Link]:
+    # allreduce: 2 collectives (reduce-scatter + allgather), each one message at K = 2
+    return {k: fit_link(v, messages=2 if k == "allreduce" else 1) for k, v in times.items()}
+
+
+def threads_links(quick: bool = False) -> dict[str, Link]:
+    from parrbm.harness.threads import run_threads
+
+    sizes = SIZES[:-1] if quick else SIZES
+    res = run_threads(2, lambda comm: collective_times(comm, sizes), timeout=300.0)
+    return _links_from(res[0])
+
+
+def tcp_links(quick: bool = False) -> dict[str, Link]:
+    """Two tcp transports in this process (two threads), over loopback."""
+    import os
+    import socket
+
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.tcp import TCPTransport
+
+    secret = os.urandom(32)
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    addrs = [lst.getsockname() for lst in listeners]
+    sizes = SIZES[:-1] if quick else SIZES
+    result = {}
+
+    def worker(r):
+        t = TCPTransport(r, 2, secret, listeners[r], addrs, timeout=120.0)
+        try:
+            result[r] = collective_times(Comm(t), sizes)
+        finally:
+            t.close()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return _links_from(result[0])
+
+
+def mpi_links(quick: bool = False) -> dict[str, Link]:
+    """Two ranks under mpiexec."""
+    from parrbm.harness.launch import mpiexec
+
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank"]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"mpi ping-pong failed: {out.stderr.strip()[-500:]}")
+    times = json.loads(out.stdout.strip().splitlines()[-1])
+    return _links_from(times)
+
+
+def _mpi_rank_main(quick: bool) -> None:
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.mpi import MPITransport
+
+    t = MPITransport()
+    res = collective_times(Comm(t), SIZES[:-1] if quick else SIZES)
+    if t.rank == 0:
+        print(json.dumps(res), flush=True)
+
+
+def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), progress=print) -> Profile:
+    from parrbm.harness.experiment import environment
+
+    _core.set_blas_threads(1)
+    env = environment()
+    p = Profile(cpu=env["cpu"], cores=env["cores"], blas=str(env["blas"]),
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    for precision in ("float32", "float64"):
+        progress(f"calibrate: GEMM rates, {precision}")
+        p.gemm[precision] = gemm_table(precision, quick)
+        progress(f"calibrate: elementwise kernels, {precision}")
+        p.element[precision] = element_costs(precision, quick)
+    progress("calibrate: strategy overheads")
+    p.overhead = strategy_overheads(quick)
+    progress("calibrate: workers computing at once")
+    p.contention = contention(p.cores, quick)
+    makers = {"threads": threads_links, "tcp": tcp_links, "mpi": mpi_links}
+    for t in transports:
+        progress(f"calibrate: collectives on {t}")
+        try:
+            p.links[t] = makers[t](quick)
+        except Exception as exc:  # noqa: BLE001 - e.g. no mpiexec: the profile goes without it
+            progress(f"calibrate: {t} skipped: {exc}")
+    return p
+
+
+if __name__ == "__main__":
+    if "--mpi-rank" in sys.argv:
+        _mpi_rank_main("--quick" in sys.argv)

@@ -1,0 +1,268 @@
+"""The analysis commands of the ``parrbm`` command line: cost, calibrate, predict,
+advise, plot, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from parrbm.analysis import cost
+
+SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
+PARALLEL = [s for s in cost.STRATEGIES if s != "serial"]
+
+
+def _usage(msg: str):
+    from parrbm.cli import UsageError
+
+    return UsageError(msg)
+
+
+def default_profile() -> Path:
+    """Where ``parrbm calibrate`` saves the machine profile unless told otherwise."""
+    if os.environ.get("PARRBM_PROFILE"):
+        return Path(os.environ["PARRBM_PROFILE"])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "parrbm" / "machine.json"
+
+
+def _settings(args) -> list[tuple[str, str]]:
+    if args.visible_type is None and args.precision is None:
+        return list(SETTINGS)
+    return [(args.visible_type or "binary", args.precision or "float32")]
+
+
+def _model(args, visible: str, precision: str) -> cost.Model:
+    return cost.Model(args.visible, args.hidden, visible=visible, precision=precision,
+                      statistics=args.statistics, cd_k=args.cd_k)
+
+
+def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) -> None:
+    p.add_argument("--visible", type=_positive, required=True, metavar="V", help="visible units")
+    p.add_argument("--hidden", type=_positive, required=True, metavar="H", help="hidden units")
+    p.add_argument("--batch", type=_positive, required=batch_required, default=100, metavar="M",
+                   help="cases per minibatch")
+    p.add_argument("--workers", type=_workers, nargs="+", default=None, metavar="K",
+                   help="worker counts: numbers and ranges like 1..256 (powers of two); default 1 2 4 8")
+    p.add_argument("--visible-type", choices=["binary", "gaussian"])
+    p.add_argument("--precision", choices=["float32", "float64"])
+    p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
+    p.add_argument("--cd-k", type=_positive, default=1)
+    p.add_argument("--strategy", nargs="+", choices=list(cost.STRATEGIES), metavar="STRATEGY",
+                   help=f"strategies (default: all of {', '.join(PARALLEL)})")
+    p.add_argument("--sync-every", type=int, default=80,
+                   help="unit-partitioned: minibatches between weight syncs (0: never)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def _workers(text: str) -> list[int]:
+    if ".." in text:
+        lo, _, hi = text.partition("..")
+        a, b = _positive(lo), _positive(hi)
+        if b < a:
+            raise argparse.ArgumentTypeError(f"range {text!r} runs backwards")
+        out, k = [], a
+        while k <= b:
+            out.append(k)
+            k *= 2
+        return out
+    return [_positive(text)]
+
+
+def _flat_workers(args) -> list[int]:
+    if not args.workers:
+        return [1, 2, 4, 8]
+    return sorted({k for group in args.workers for k in group})
+
+
+# ---- cost ---------------------------------------------------------------------------------------
+
+def cost_rows(args) -> list[dict]:
+    rows = []
+    strategies = args.strategy or PARALLEL
+    for visible, precision in _settings(args):
+        model = _model(args, visible, precision)
+        for s in strategies:
+            for K in _flat_workers(args):
+                step = cost.step_traffic(s, model, args.batch, K)
+                sync = cost.sync_traffic(s, model, K)
+                rows.append({
+                    "strategy": s, "workers": K, "visible_type": visible, "precision": precision,
+                    "visible": args.visible, "hidden": args.hidden, "batch_size": args.batch,
+                    "cases": args.cases,
+                    "bytes_per_step": step.total, "busiest_worker_bytes_per_step": step.busiest,
+                    "bytes_per_sync": sync.total, "busiest_worker_bytes_per_sync": sync.busiest,
+                    "syncs_per_step": cost.syncs_per_step(s, sync_every=args.sync_every),
+                    "bytes": cost.bytes_for_cases(s, model, args.batch, K, args.cases),
+                    "by_phase": step.by_phase(),
+                })
+    return rows
+
+
+def cmd_cost(args) -> int:
+    rows = cost_rows(args)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    mb = 1e6
+    print(f"Bytes sent by all workers (MB = 10^6 bytes); {args.visible} x {args.hidden} RBM, "
+          f"minibatch {args.batch}, weight syncs apart")
+    for visible, precision in _settings(args):
+        print(f"\n{visible} visible, {precision}")
+        print(f"{'strategy':<21}{'K':>4}{f'MB / {args.cases} cases':>20}{'MB / step':>11}"
+              f"{'busiest':>9}{'MB / sync':>11}")
+        for r in rows:
+            if (r["visible_type"], r["precision"]) != (visible, precision):
+                continue
+            print(f"{r['strategy']:<21}{r['workers']:>4}{r['bytes'] / mb:>20.3f}{r['bytes_per_step'] / mb:>11.3f}"
+                  f"{r['busiest_worker_bytes_per_step'] / mb:>9.3f}{r['bytes_per_sync'] / mb:>11.3f}")
+        K = max(_flat_workers(args))
+        if K > 1:
+            print(f"crossovers at K = {K}:")
+            for c in cost.crossovers(_model(args, visible, precision), args.batch, K, sync_every=args.sync_every):
+                print(f"  {'yes' if c['holds'] else 'no ':<4}{c['name']}: {c['inequality']} "
+                      f"({c['lhs']:.4g} vs {c['rhs']:.4g})")
+    return 0
+
+
+# ---- calibrate / predict / advise ---------------------------------------------------------------------
+
+def cmd_calibrate(args) -> int:
+    from parrbm.analysis.calibrate import calibrate
+
+    out = Path(args.out) if args.out else default_profile()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    p = calibrate(quick=args.quick, transports=args.transports,
+                  progress=lambda m: print(m, file=sys.stderr, flush=True))
+    p.save(out)
+    print(f"GEMM rate (largest class): float32 {p.gemm['float32'][-1][1] / 1e9:.1f} GFLOP/s, "
+          f"float64 {p.gemm['float64'][-1][1] / 1e9:.1f} GFLOP/s per core")
+    for t, links in p.links.items():
+        link = links["allgather"]
+        print(f"{t}: latency {link.latency * 1e3:.3f} ms, bandwidth {link.bandwidth / 1e6:.0f} MB/s (allgather)")
+    print(f"profile: {out}")
+    return 0
+
+
+def _profile_for(args):
+    from parrbm.analysis.timemodel import Profile, parse_bandwidth, parse_latency
+
+    path = Path(args.profile) if args.profile else default_profile()
+    if not path.exists():
+        raise _usage(f"no machine profile at {path}: run 'parrbm calibrate' first (or give --profile FILE)")
+    try:
+        profile = Profile.load(path)
+    except ValueError as exc:
+        raise _usage(str(exc)) from exc
+    transport = args.transport
+    if args.bandwidth or args.latency:
+        if not (args.bandwidth and args.latency):
+            raise _usage("--bandwidth and --latency go together (e.g. --bandwidth 105MB/s --latency 0.091ms)")
+        try:
+            bw, lat = parse_bandwidth(args.bandwidth), parse_latency(args.latency)
+        except ValueError as exc:
+            raise _usage(str(exc)) from exc
+        profile = profile.with_network("network", bw, lat)
+        transport = "network"
+    elif transport not in profile.links:
+        raise _usage(f"--transport {transport}: the profile {path} has no figures for it "
+                     f"(it has {', '.join(profile.links) or 'none'}); give --bandwidth and --latency")
+    return profile, transport
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    _common_model_args(p)
+    p.add_argument("--profile", help="machine profile from 'parrbm calibrate' (default: %(default)s)",
+                   default=None)
+    p.add_argument("--transport", default="tcp", choices=["threads", "tcp", "mpi"],
+                   help="whose measured latency and bandwidth to use")
+    p.add_argument("--bandwidth", help="a network's bandwidth instead, e.g. 105MB/s, 10Gbit/s")
+    p.add_argument("--latency", help="and its latency, e.g. 0.091ms")
+    p.add_argument("--momentum", action="store_true", help="the model trains with momentum")
+
+
+def _predictions(args):
+    from parrbm.analysis.timemodel import predict_curve
+
+    profile, transport = _profile_for(args)
+    out = []
+    for visible, precision in _settings(args)[:1] if args.visible_type or args.precision else [("binary", "float32")]:
+        model = _model(args, visible, precision)
+        preds = predict_curve(args.strategy or PARALLEL, model, args.batch, _flat_workers(args), profile,
+                              transport=transport, sync_every=args.sync_every, momentum=args.momentum)
+        out.append((visible, precision, preds))
+    return out, transport
+
+
+def cmd_predict(args) -> int:
+    from dataclasses import asdict
+
+    results, transport = _predictions(args)
+    if args.json:
+        print(json.dumps([{**asdict(p), "visible_type": v, "precision": pr} for v, pr, ps in results for p in ps],
+                         indent=1))
+        return 0
+    for visible, precision, preds in results:
+        print(f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
+              f"transport: {transport} (one worker per machine)")
+        print(f"{'strategy':<21}{'K':>5}{'ms/step':>10}{'compute':>9}{'comm':>9}{'speedup':>9}{'effic.':>8}")
+        for p in preds:
+            print(f"{p.strategy:<21}{p.workers:>5}{p.mean_step_seconds * 1e3:>10.2f}{p.compute_seconds * 1e3:>9.2f}"
+                  f"{(p.mean_step_seconds - p.compute_seconds) * 1e3:>9.2f}{p.speedup:>9.2f}{p.efficiency:>8.2f}")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from parrbm.analysis.timemodel import advise
+
+    profile, transport = _profile_for(args)
+    visible, precision = (_settings(args)[0] if args.visible_type or args.precision else ("binary", "float32"))
+    model = _model(args, visible, precision)
+    rows = advise(model, args.batch, _flat_workers(args), profile, strategies=args.strategy,
+                  transport=transport, sync_every=args.sync_every, momentum=args.momentum)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
+          f"transport: {transport}")
+    print(f"{'K':>5}  {'best strategy':<21}{'ms/step':>9}{'speedup':>9}{'effic.':>8}  runner-up (slower by)")
+    for r in rows:
+        second = f"{r['runner_up']} (+{r['margin_percent']:.1f}%)" if r["runner_up"] else "-"
+        print(f"{r['workers']:>5}  {r['best']:<21}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
+              f"{r['efficiency']:>8.2f}  {second}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("cost", help="closed-form communication of every strategy (Table 4.1 form)")
+    _common_model_args(c)
+    c.add_argument("--cases", type=_positive, default=8000, help="bytes per this many training cases")
+    c.set_defaults(func=cmd_cost)
+
+    cal = sub.add_parser("calibrate", help="measure this machine for the time model")
+    cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
+    cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
+    cal.add_argument("--transports", nargs="+", default=["threads", "tcp", "mpi"],
+                     choices=["threads", "tcp", "mpi"])
+    cal.set_defaults(func=cmd_calibrate)
+
+    pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K")
+    _predict_args(pr)
+    pr.set_defaults(func=cmd_predict)
+
+    ad = sub.add_parser("advise", help="the fastest strategy for a model and cluster, with its margin")
+    _predict_args(ad)
+    ad.set_defaults(func=cmd_advise)

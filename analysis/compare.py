@@ -1,0 +1,106 @@
+"""The model beside the measurements: predicted step time and bytes for every record of
+a results file, the errors, and whether the model ranks the strategies as measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from parrbm.analysis import cost
+from parrbm.analysis.timemodel import Prediction, Profile, predict
+
+
+def profile_path(results: str | Path) -> Path:
+    """Where ``parrbm run`` keeps the machine profile it calibrated for a results file."""
+    results = Path(results)
+    return results.with_name(results.stem + ".profile.json")
+
+
+def load_profile_for(results: str | Path, given: str | Path | None = None) -> Profile | None:
+    if given is not None:
+        return Profile.load(given)
+    p = profile_path(results)
+    return Profile.load(p) if p.exists() else None
+
+
+def model_of(rec: dict) -> cost.Model:
+    md = rec["model"]
+    return cost.Model(md["visible"], md["hidden"], visible=md["visible_type"], precision=md["precision"],
+                      statistics=md.get("statistics", "samples"), cd_k=md.get("cd_k", 1))
+
+
+def predict_record(rec: dict, profile: Profile) -> Prediction:
+    """The model's step for a recorded run, on the machine it ran on (the workers share
+    its cores)."""
+    tr, opts = rec.get("training", {}), rec.get("options") or {}
+    transport = rec.get("transport") or "threads"
+    cores = (rec.get("environment") or {}).get("cores") or profile.cores
+    data_kind = (rec.get("data") or {}).get("kind", "random-binary")
+    return predict(rec["strategy"], model_of(rec), rec["batch_size"], rec["workers"], profile,
+                   transport=transport, sync_every=tr.get("sync_every", 1),
+                   momentum=bool(tr.get("momentum", 0.0)),
+                   binary_data=data_kind == "random-binary",
+                   reduce=opts.get("reduce", "allreduce"), average=opts.get("average", "gradients"),
+                   average_every=opts.get("average_every", 1), cores=cores)
+
+
+def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
+    """One row per successful run: measured and predicted step (median vs typical step),
+    relative error, and the closed-form bytes beside the measured ones."""
+    rows = []
+    for r in records:
+        if r.get("status") != "ok" or not r.get("metrics"):
+            continue
+        p = predict_record(r, profile)
+        mt = r["metrics"]
+        measured = mt["step_seconds"]["median"]
+        formula = cost.step_traffic(r["strategy"], model_of(r), r["batch_size"], r["workers"],
+                                    reduce=(r.get("options") or {}).get("reduce", "allreduce"),
+                                    average=(r.get("options") or {}).get("average", "gradients")).total
+        rows.append({
+            "strategy": r["strategy"], "workers": r["workers"], "transport": r.get("transport"),
+            "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
+            "precision": r["model"]["precision"],
+            "measured_seconds": measured, "predicted_seconds": p.step_seconds,
+            "error": p.step_seconds / measured - 1.0,
+            "predicted_compute_seconds": p.compute_seconds, "predicted_comm_seconds": p.comm_seconds,
+            "measured_compute_seconds": mt.get("compute_seconds"), "measured_comm_seconds": mt.get("comm_seconds"),
+            "bytes_per_step": mt["bytes_per_step"], "bytes_per_step_formula": formula,
+            "meaningful": mt.get("speedup_meaningful", True),
+        })
+    return rows
+
+
+def ranking_agreement(rows: list[dict]) -> list[dict]:
+    """For each (model setting, K, transport) with two or more strategies: the order of
+    the strategies by measured and by predicted step time."""
+    groups: dict = {}
+    for r in rows:
+        if r["strategy"] == "serial" or not r["meaningful"]:
+            continue
+        key = (r["visible_type"], r["precision"], r["batch_size"], r["workers"], r["transport"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        if len(rs) < 2:
+            continue
+        measured = [r["strategy"] for r in sorted(rs, key=lambda r: r["measured_seconds"])]
+        predicted = [r["strategy"] for r in sorted(rs, key=lambda r: r["predicted_seconds"])]
+        by = {r["strategy"]: r for r in rs}
+        # pairs the model orders the other way, with how far apart the measurements were
+        discordant = [(a, b, 100.0 * (by[b]["measured_seconds"] / by[a]["measured_seconds"] - 1))
+                      for i, a in enumerate(measured) for b in measured[i + 1:]
+                      if predicted.index(a) > predicted.index(b)]
+        out.append({"visible_type": key[0], "precision": key[1], "batch_size": key[2], "workers": key[3],
+                    "transport": key[4], "measured": measured, "predicted": predicted,
+                    "same": measured == predicted, "same_best": measured[0] == predicted[0],
+                    "discordant": discordant})
+    return out
+
+
+def error_summary(rows: list[dict]) -> dict:
+    errs = np.array([abs(r["error"]) for r in rows if r["meaningful"]])
+    if not errs.size:
+        return {"runs": 0, "median": None, "worst": None}
+    return {"runs": int(errs.size), "median": float(np.median(errs)), "worst": float(errs.max())}

@@ -1,0 +1,252 @@
+"""The time model (DESIGN.md section 7): what a step costs, per strategy, for any K.
+
+    t_step(K) = max_k compute_k + sum over phases (latency x messages
+                                                   + bytes on the busiest link / bandwidth)
+
+compute_k prices worker k's kernels (:mod:`parrbm.analysis.compute`) with a machine
+profile: a GEMM rate per precision and shape class (the smallest of the three
+dimensions), a cost per element for each elementwise kernel, and the per-step overhead
+of each strategy's driver. The phases and their bytes are the closed form of
+:mod:`parrbm.analysis.cost`; each phase is priced by the link of its collective, from a
+ping-pong on a transport of this machine or from given figures (the paper's network:
+105 MB/s, 0.091 ms). None of the strategies overlaps communication with computation,
+so the two add up.
+
+A step's time here is the typical step: weight syncs that happen every step
+(per-update-sync) are in it, rarer ones are reported apart (``sync_seconds``) and
+amortised in ``mean_step_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from parrbm.analysis import cost
+from parrbm.analysis.compute import Work, step_work, sync_work
+
+#: the collective behind each phase (bits / floats decided by the model)
+PHASE_KIND = {
+    "hidden": "allgather", "negative-hidden": "allgather", "visible": "allgather",
+    "hidden-input": "reduce_scatter", "negative-hidden-input": "reduce_scatter",
+    "visible-input": "reduce_scatter", "gradient": "allreduce", "average": "allreduce",
+    "weight-sync": "alltoall",
+}
+LINK_KINDS = ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
+
+
+@dataclass
+class Link:
+    latency: float     # seconds per message
+    bandwidth: float   # bytes per second on one worker's link
+
+    def seconds(self, messages: float, nbytes: float) -> float:
+        return self.latency * messages + nbytes / self.bandwidth
+
+
+@dataclass
+class Profile:
+    """What a machine (or a cluster node) does per second; saved as JSON."""
+
+    cpu: str = ""
+    cores: int = 1
+    blas: str = ""
+    #: precision -> [[smallest dimension, flop/s], ...] ascending
+    gemm: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: precision -> kind -> seconds per element (see compute.Work)
+    element: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: strategy -> seconds of driver overhead per step (Python, kernel calls)
+    overhead: dict[str, float] = field(default_factory=dict)
+    #: n -> how much slower compute gets with n workers on this machine at once
+    contention: dict[str, float] = field(default_factory=dict)
+    #: transport -> collective kind -> Link
+    links: dict[str, dict[str, Link]] = field(default_factory=dict)
+    created: str = ""
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        try:
+            raw = json.loads(Path(path).read_text())
+            raw["links"] = {t: {k: Link(**v) for k, v in kinds.items()} for t, kinds in raw["links"].items()}
+            return cls(**raw)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a parrbm machine profile ({exc}); make one with "
+                             f"'parrbm calibrate --out {path}'") from None
+
+    # ---- pricing ---------------------------------------------------------------------------
+
+    def gemm_rate(self, precision: str, M: int, N: int, depth: int) -> float:
+        table = self.gemm[precision]
+        d = min(M, N, depth)
+        if d <= table[0][0]:
+            # below the table: the rate falls with the short side (vector-bound)
+            return table[0][1] * d / table[0][0]
+        for (d0, r0), (d1, r1) in zip(table, table[1:]):
+            if d <= d1:
+                f = math.log(d / d0) / math.log(d1 / d0)
+                return math.exp((1 - f) * math.log(r0) + f * math.log(r1))
+        return table[-1][1]
+
+    def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
+        t = sum(2 * M * N * d / self.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
+        per = self.element[precision]
+        t += sum(n * per[kind] for kind, n in work.counts.items())
+        return t + self.overhead.get(strategy, 0.0)
+
+    def link(self, transport: str, kind: str) -> Link:
+        links = self.links.get(transport)
+        if not links:
+            raise ValueError(f"the profile has no figures for transport {transport!r}; it has "
+                             f"{', '.join(self.links) or 'none'} (calibrate it, or give --bandwidth and --latency)")
+        return links.get(kind) or links["allgather"]
+
+    def with_network(self, name: str, bandwidth: float, latency: float) -> "Profile":
+        """A copy whose transport ``name`` has these figures for every collective."""
+        p = Profile(**{**asdict(self), "links": dict(self.links)})
+        p.links[name] = {k: Link(latency, bandwidth) for k in LINK_KINDS}
+        return p
+
+
+@dataclass
+class Prediction:
+    strategy: str
+    workers: int
+    transport: str
+    compute_seconds: float           # the slowest worker's
+    comm_seconds: float
+    step_seconds: float              # a typical step (see the module docstring)
+    sync_seconds: float              # one rarer weight sync, 0 if none
+    mean_step_seconds: float         # with the rarer syncs amortised
+    phases: dict[str, float]
+    speedup: float | None = None     # vs the serial trainer, mean step times
+    efficiency: float | None = None
+
+
+def phase_kind(phase: str, model: cost.Model) -> str:
+    kind = PHASE_KIND.get(phase, "alltoall")
+    if kind == "allgather":
+        bits = model.visible_bits if phase == "visible" else model.hidden_bits
+        return "allgather_bits" if bits else "allgather"
+    return kind
+
+
+def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, transport: str) -> dict[str, float]:
+    out = {}
+    for phase, per_worker in traffic.phases.items():
+        calls = traffic.calls.get(phase, 1)
+        link = profile.link(transport, phase_kind(phase, model))
+        out[phase] = link.seconds(calls * (K - 1), max(per_worker))
+    return out
+
+
+def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, *,
+            transport: str = "threads", sync_every: int = 1, momentum: bool = False,
+            binary_data: bool = True, reduce: str = "allreduce", average: str = "gradients",
+            average_every: int = 1, cores: int | None = None) -> Prediction:
+    """Predicted times of one step. ``cores``: the cores of the one machine the K
+    workers share (None: a machine each, as on a cluster); then their compute slows by
+    the profile's contention, and by K / cores when the workers outnumber the cores."""
+    works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
+                       average=average) for r in range(K)] if strategy != "serial" else \
+        [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
+    compute = max(profile.compute_seconds(w, model.precision, strategy) for w in works)
+    if cores is not None and strategy != "serial" and K > 1:
+        compute *= profile.contention.get(str(min(K, cores)), 1.0)
+        if K > cores:
+            compute *= K / cores
+    phases = {}
+    if strategy != "serial" and K > 1:
+        traffic = cost.step_traffic(strategy, model, m, K, reduce=reduce, average=average)
+        phases = _comm(traffic, model, K, profile, transport)
+    comm = sum(phases.values())
+    sync = 0.0
+    per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average,
+                                   average_every=average_every)
+    if per_step and K > 1:
+        st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
+        sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
+                                           model.precision, "") for r in range(K))
+        sync += sum(_comm(st, model, K, profile, transport).values())
+    step = compute + comm + (sync if per_step >= 1 else 0.0)
+    mean = compute + comm + sync * per_step
+    return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,
+                      phases)
+
+
+def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profile, **kw) -> list[Prediction]:
+    """Predictions for every strategy and K, with speedup and efficiency against the
+    serial trainer's predicted step."""
+    serial = predict("serial", model, m, 1, profile, **{k: v for k, v in kw.items() if k in ("momentum", "binary_data")})
+    out = []
+    for s in strategies:
+        for K in workers:
+            p = predict(s, model, m, K, profile, **kw)
+            p.speedup = serial.mean_step_seconds / p.mean_step_seconds
+            p.efficiency = p.speedup / K
+            out.append(p)
+    return out
+
+
+def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None, **kw) -> list[dict]:
+    """For each K, the strategy with the shortest predicted step and its margin over the
+    runner-up (how much slower the runner-up is, in percent)."""
+    strategies = [s for s in (strategies or cost.STRATEGIES) if s != "serial"]
+    preds = predict_curve(strategies, model, m, workers, profile, **kw)
+    if 1 in workers:  # one worker: the serial trainer competes too
+        preds += predict_curve(["serial"], model, m, [1], profile, **kw)
+    rows = []
+    for K in workers:
+        ranked = sorted((p for p in preds if p.workers == K), key=lambda p: p.mean_step_seconds)
+        best = ranked[0]
+        second = ranked[1] if len(ranked) > 1 else None
+        rows.append({"workers": K, "best": best.strategy, "step_seconds": best.mean_step_seconds,
+                     "speedup": best.speedup, "efficiency": best.efficiency,
+                     "runner_up": second.strategy if second else None,
+                     "margin_percent": (100.0 * (second.mean_step_seconds / best.mean_step_seconds - 1)
+                                        if second else None),
+                     "ranking": [(p.strategy, p.mean_step_seconds) for p in ranked]})
+    return rows
+
+
+# ---- parsing of user figures -------------------------------------------------------------------
+
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+def parse_bandwidth(text: str) -> float:
+    """'105MB/s', '1.25 GB/s', '10Gbit/s' -> bytes per second."""
+    s = text.strip().lower().replace(" ", "")
+    bits = "bit/s" in s or s.endswith("bps")
+    s = s.replace("bit/s", "").replace("bps", "").replace("/s", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):] or "b"
+    unit = {"k": "kb", "m": "mb", "g": "gb", "kbit": "kb", "mbit": "mb", "gbit": "gb"}.get(unit, unit)
+    try:
+        value = float(num) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"bandwidth {text!r}: expected a number with B/s, kB/s, MB/s, GB/s, "
+                         f"MiB/s or Mbit/s, Gbit/s (e.g. 105MB/s)") from None
+    value = value / 8 if bits else value
+    if value <= 0:
+        raise ValueError(f"bandwidth {text!r} must be positive")
+    return value
+
+
+def parse_latency(text: str) -> float:
+    """'0.091ms', '50us', '2e-5s' -> seconds."""
+    s = text.strip().lower().replace(" ", "")
+    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)):
+        if s.endswith(suffix):
+            try:
+                value = float(s[: -len(suffix)]) * scale
+            except ValueError:
+                break
+            if value < 0:
+                break
+            return value
+    raise ValueError(f"latency {text!r}: expected a non-negative number with s, ms, us or ns (e.g. 0.091ms)")

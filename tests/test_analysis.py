@@ -1,0 +1,248 @@
+"""Analysis: the compute account against what the strategies really call, the cost
+command (Table 4.1), the time model's arithmetic, calibration, predictions beside
+measurements."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from parrbm import _core
+from parrbm.analysis import cost
+from parrbm.analysis.compute import step_work
+from parrbm.analysis.timemodel import (Link, Profile, advise, parse_bandwidth, parse_latency,
+                                       predict)
+from parrbm.cli import main
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.runner import ParallelRunner
+from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
+
+
+# ---- the compute account == the kernels the strategies call --------------------------------
+
+class Tracer:
+    def __init__(self, monkeypatch):
+        self.gemms: list = []
+        self.counts: Counter = Counter()
+        for name in ("gemm", "sample_sigmoid", "sample_bernoulli", "visible_activation", "pack_columns",
+                     "bit_statistics_update", "apply_increment", "apply_gradient"):
+            monkeypatch.setattr(_core, name, self._wrap(name, getattr(_core, name)))
+
+    def _wrap(self, name, fn):
+        def traced(*a, **kw):
+            self.record(name, a, kw)
+            return fn(*a, **kw)
+        return traced
+
+    def record(self, name, a, kw):
+        if name == "gemm":
+            A, _, C = a[:3]
+            depth = A.shape[0] if kw.get("trans_a") else A.shape[1]
+            self.gemms.append((C.shape[0], C.shape[1], depth))
+        elif name == "sample_sigmoid":
+            self.counts["sample"] += a[0].size
+        elif name == "sample_bernoulli":
+            self.counts["bernoulli"] += a[0].size
+        elif name == "visible_activation":
+            kind = a[3] if len(a) > 3 else kw.get("kind", "binary")
+            self.counts["visible" if kind == "binary" else "visible-gaussian"] += a[0].size
+        elif name == "pack_columns":
+            self.counts["pack"] += a[0].size
+        elif name == "bit_statistics_update":
+            W, _, x_bits, h_bits = a[:4]
+            self.counts["bitstat"] += W.size * h_bits.shape[1] * (2 if x_bits is not None else 1)
+        elif name in ("apply_increment", "apply_gradient"):
+            self.counts["update"] += a[0].size
+
+
+@pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
+@pytest.mark.parametrize("K", [2, 3])
+@pytest.mark.parametrize("visible,statistics,momentum", [
+    ("binary", "samples", False), ("binary", "probabilities", True), ("gaussian", "samples", True),
+])
+def test_compute_account_equals_the_kernels_called(monkeypatch, strategy, K, visible, statistics, momentum):
+    V, H, m = 23, 17, 9
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", visible=visible,
+                  statistics=statistics, momentum=0.5 if momentum else 0.0, seed=3)
+    rng = np.random.default_rng(0)
+    X = (rng.random((m, V)) < 0.5).astype(np.float64) if visible == "binary" else rng.standard_normal((m, V))
+    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, options=StrategyOptions(sync_every=0))
+    tracer = Tracer(monkeypatch)
+    runner.run(X, np.arange(m, dtype=np.int64), 0)
+    model = cost.Model(V, H, visible=visible, precision="float64", statistics=statistics)
+    want_gemms, want_counts = [], Counter()
+    for r in range(K):
+        w = step_work(strategy, model, m, K, r, momentum=momentum)
+        want_gemms += w.gemms
+        want_counts.update(w.counts)
+    want_counts.pop("copy", None)
+    assert sorted(tracer.gemms) == sorted(want_gemms)
+    assert dict(tracer.counts) == dict(want_counts)
+
+
+def test_phase_calls_of_the_closed_form_equal_the_measured_ones():
+    V, H, m = 20, 12, 6
+    for strategy in PARALLEL_STRATEGIES:
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", visible="gaussian", cd_k=2)
+        r = ParallelRunner(spec, ModelState.initial(spec), strategy, 3, options=StrategyOptions(sync_every=0))
+        r.run(np.random.default_rng(0).standard_normal((2 * m, V)).astype(np.float32), np.arange(2 * m, dtype=np.int64), 0)
+        measured = {p: s["calls"] for p, s in r.comm_stats()["by_phase"].items()
+                    if s["bytes_sent"] and p not in ("weight-sync", "gather-model")}
+        t = cost.step_traffic(strategy, cost.Model(V, H, visible="gaussian", cd_k=2), m, 3)
+        assert measured == {p: 3 * 2 * c for p, c in t.calls.items()}, strategy  # 3 workers, 2 steps
+
+
+# ---- cost command -----------------------------------------------------------------------------
+
+def test_cost_prints_table_4_1(capsys):
+    assert main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--cases", "8000",
+                 "--workers", "1", "2", "4", "8", "--strategy", "unit-partitioned"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("unit-partitioned")]
+    assert [float(r[2]) for r in rows] == [0, 48, 144, 336, 0, 296, 888, 2072, 0, 552, 1656, 3864]
+    assert "crossovers at K = 8" in out
+
+
+def test_cost_json_gives_exact_integers(capsys):
+    assert main(["cost", "--visible", "1000", "--hidden", "3000", "--batch", "130", "--cases", "1000",
+                 "--workers", "1..8", "--visible-type", "gaussian", "--precision", "float64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["workers"] for r in rows} == {1, 2, 4, 8}
+    assert {r["strategy"] for r in rows} == set(PARALLEL_STRATEGIES)
+    model = cost.Model(1000, 3000, visible="gaussian", precision="float64")
+    for r in rows:
+        for key in ("bytes_per_step", "bytes_per_sync", "bytes"):
+            assert isinstance(r[key], int)
+        assert r["bytes"] == cost.bytes_for_cases(r["strategy"], model, 130, r["workers"], 1000)
+        assert r["bytes_per_step"] == cost.step_traffic(r["strategy"], model, 130, r["workers"]).total
+        assert r["bytes_per_sync"] == cost.sync_traffic(r["strategy"], model, r["workers"]).total
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--visible", "0", "--hidden", "5", "--batch", "2"], "must be >= 1"),
+    (["--visible", "5", "--hidden", "5", "--batch", "2", "--workers", "8..2"], "runs backwards"),
+    (["--visible", "5", "--hidden", "5", "--batch", "2", "--strategy", "magic"], "invalid choice"),
+])
+def test_cost_bad_arguments_exit_2(capsys, argv, match):
+    with pytest.raises(SystemExit) as exc:
+        main(["cost", *argv])
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+# ---- time model ---------------------------------------------------------------------------------
+
+def flat_profile(rate=1e9, element=1e-9, latency=1e-4, bandwidth=1e8) -> Profile:
+    kinds = ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
+    return Profile(cores=64, gemm={p: [[1, rate], [4096, rate]] for p in ("float32", "float64")},
+                   element={p: {k: element for k in kinds} for p in ("float32", "float64")},
+                   links={"net": {k: Link(latency, bandwidth) for k in
+                                  ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")}})
+
+
+def test_prediction_is_compute_plus_latency_and_busiest_bytes():
+    model = cost.Model(1000, 2000, visible="gaussian")
+    m, K = 100, 4
+    p = predict("green-only", model, m, K, flat_profile(), transport="net")
+    works = [step_work("green-only", model, m, K, r) for r in range(K)]
+    compute = max(w.flops / 1e9 + sum(w.counts.values()) * 1e-9 for w in works)
+    traffic = cost.step_traffic("green-only", model, m, K)
+    comm = sum(1e-4 * traffic.calls[ph] * (K - 1) + max(b) / 1e8 for ph, b in traffic.phases.items())
+    assert p.compute_seconds == pytest.approx(compute, rel=1e-12)
+    assert p.comm_seconds == pytest.approx(comm, rel=1e-12)
+    assert p.step_seconds == pytest.approx(compute + comm, rel=1e-12)
+    assert set(p.phases) == {"visible-input", "visible"}
+
+
+def test_syncs_are_typical_or_amortised():
+    model = cost.Model(500, 800)
+    prof = flat_profile()
+    every = predict("per-update-sync", model, 50, 2, prof, transport="net")
+    rare = predict("unit-partitioned", model, 50, 2, prof, transport="net", sync_every=10)
+    assert every.sync_seconds == 0 and every.step_seconds == every.mean_step_seconds
+    assert rare.sync_seconds > 0
+    assert rare.mean_step_seconds == pytest.approx(rare.step_seconds + rare.sync_seconds / 10)
+
+
+def test_slower_network_favours_fewer_bytes():
+    """On a fast network the strategy with the least compute wins; on a slow one, for the
+    paper's model, the one with the least traffic."""
+    model = cost.Model(8000, 20000)
+    fast = advise(model, 100, [8], flat_profile(rate=5e11, bandwidth=1e12, latency=0), transport="net")[0]
+    slow = advise(model, 100, [8], flat_profile(rate=5e11, bandwidth=1e6, latency=0), transport="net")[0]
+    traffic = {s: cost.step_traffic(s, model, 100, 8).total + cost.sync_traffic(s, model, 8).total
+               * cost.syncs_per_step(s, sync_every=1) for s in PARALLEL_STRATEGIES}
+    assert slow["best"] == min(traffic, key=traffic.get)
+    assert fast["best"] != "parameter-averaging"
+    assert slow["margin_percent"] > 0
+    assert [s for s, _ in slow["ranking"]][0] == slow["best"]
+
+
+def test_advise_at_one_worker_includes_serial():
+    rows = advise(cost.Model(100, 100), 10, [1, 2], flat_profile(), transport="net")
+    assert "serial" in [s for s, _ in rows[0]["ranking"]]
+    assert "serial" not in [s for s, _ in rows[1]["ranking"]]
+
+
+@pytest.mark.parametrize("text,value", [("105MB/s", 105e6), ("1.25 GB/s", 1.25e9), ("10Gbit/s", 1.25e9),
+                                        ("100 MiB/s", 100 * 2 ** 20)])
+def test_parse_bandwidth(text, value):
+    assert parse_bandwidth(text) == pytest.approx(value)
+
+
+def test_parse_latency_and_bad_figures():
+    assert parse_latency("0.091ms") == pytest.approx(91e-6)
+    assert parse_latency("50us") == pytest.approx(50e-6)
+    with pytest.raises(ValueError, match="bandwidth 'fast'"):
+        parse_bandwidth("fast")
+    with pytest.raises(ValueError, match="latency '-1ms'"):
+        parse_latency("-1ms")
+
+
+# ---- calibration and the commands that use it ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def measured_profile(tmp_path_factory):
+    from parrbm.analysis.calibrate import calibrate
+
+    path = tmp_path_factory.mktemp("profile") / "machine.json"
+    calibrate(quick=True, transports=["threads"], progress=lambda m: None).save(path)
+    return path
+
+
+def test_calibration_measures_plausible_figures(measured_profile):
+    p = Profile.load(measured_profile)
+    for precision in ("float32", "float64"):
+        rates = [r for _, r in p.gemm[precision]]
+        assert all(1e8 < r < 1e13 for r in rates)
+        assert all(0 < v < 1e-6 for v in p.element[precision].values())
+    assert p.gemm["float32"][-1][1] > p.gemm["float64"][-1][1]  # twice the lanes
+    assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
+    link = p.links["threads"]["allgather"]
+    assert link.latency < 0.01 and link.bandwidth > 1e7
+
+
+def test_predict_and_advise_commands(measured_profile, capsys):
+    base = ["--visible", "8000", "--hidden", "20000", "--batch", "100", "--workers", "1..64",
+            "--profile", str(measured_profile), "--bandwidth", "105MB/s", "--latency", "0.091ms"]
+    assert main(["advise", *base]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split() for ln in out.splitlines()[2:]]
+    assert "best strategy" in out and [int(r[0]) for r in rows] == [1, 2, 4, 8, 16, 32, 64]
+    assert rows[0][1] in ("serial", *PARALLEL_STRATEGIES)
+    assert main(["predict", *base, "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert len(preds) == 5 * 7 and all(p["step_seconds"] > 0 for p in preds)
+    assert main(["predict", "--visible", "64", "--hidden", "32", "--batch", "10", "--profile",
+                 str(measured_profile), "--transport", "threads", "--workers", "2"]) == 0
+
+
+def test_predict_without_a_profile_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PARRBM_PROFILE", str(tmp_path / "none.json"))
+    assert main(["advise", "--visible", "8", "--hidden", "8", "--batch", "2"]) == 2
+    assert "run 'parrbm calibrate' first" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["advise", "--visible", "8", "--hidden", "8", "--batch", "2", "--profile", str(bad)]) == 2
+    assert "not a parrbm machine profile" in capsys.readouterr().err
