@@ -246,6 +246,55 @@ def cmd_advise(args) -> int:
     return 0
 
 
+# ---- plot / report ------------------------------------------------------------------------------------------
+
+def _records_and_profile(args):
+    from parrbm.analysis.compare import load_profile_for
+    from parrbm.harness.experiment import ConfigError, read_records
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise _usage(f"{path}: no such results file")
+    try:
+        records = read_records(path)
+    except ConfigError as exc:
+        raise _usage(str(exc)) from exc
+    if not any(r.get("status") == "ok" for r in records):
+        raise _usage(f"{path}: no successful runs to show")
+    missing = [k for k in ("strategy", "workers", "batch_size", "model", "metrics")
+               if any(k not in r for r in records if r.get("status") == "ok")]
+    if missing:
+        raise _usage(f"{path}: not a parrbm results file (records without {', '.join(missing)})")
+    try:
+        profile = load_profile_for(path, args.profile)
+    except ValueError as exc:
+        raise _usage(str(exc)) from exc
+    return records, profile
+
+
+def cmd_plot(args) -> int:
+    from parrbm.analysis.plots import plot_all
+
+    records, profile = _records_and_profile(args)
+    figs = plot_all(records, Path(args.out), profile=profile, divergence=not args.no_divergence)
+    for paths in figs.values():
+        print("  ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from parrbm.analysis.report import write_report
+
+    records, profile = _records_and_profile(args)
+    out = Path(args.out) if args.out else Path(args.results).with_suffix(".html")
+    try:
+        write_report(records, out, profile=profile, divergence=not args.no_divergence)
+    except ValueError as exc:
+        raise _usage(str(exc)) from exc
+    print(f"report: {out}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     c = sub.add_parser("cost", help="closed-form communication of every strategy (Table 4.1 form)")
     _common_model_args(c)
@@ -266,3 +315,18 @@ def add_parsers(sub) -> None:
     ad = sub.add_parser("advise", help="the fastest strategy for a model and cluster, with its margin")
     _predict_args(ad)
     ad.set_defaults(func=cmd_advise)
+
+    for name, helptext, func in (("plot", "figures of a results file (PNG and SVG)", cmd_plot),
+                                 ("report", "one HTML or Markdown page: tables, figures, the paper's numbers",
+                                  cmd_report)):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("results", help="a .jsonl file written by 'parrbm run'")
+        if name == "plot":
+            q.add_argument("--out", default="plots", help="directory for the figures")
+        else:
+            q.add_argument("--out", help="report.html or report.md (default: beside the results, .html)")
+        q.add_argument("--profile", help="machine profile for the time model (default: the one beside "
+                                         "the results, <name>.profile.json)")
+        q.add_argument("--no-divergence", action="store_true",
+                       help="skip the replica-divergence measurement (a few seconds)")
+        q.set_defaults(func=func)

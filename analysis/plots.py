@@ -1,0 +1,272 @@
+"""Figures of a results file (seaborn; PNG and SVG):
+
+    speedup.*      speedup and efficiency vs K per strategy, with the ideal line, one
+                   column per (visible type, precision, minibatch) -- the paper's 4.4-4.7
+    bytes.*        bytes per 8000 cases vs K: measured points on the closed-form lines
+    breakdown.*    compute / communication / wait per step, stacked, for every run
+    predicted.*    the time model's step against the measured one
+    divergence.*   green/purple replica divergence over steps, unit-partitioned, no sync
+
+``parrbm plot RESULTS.jsonl --out DIR``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from parrbm.analysis import cost
+from parrbm.analysis.compare import model_of, predicted_vs_measured
+
+ORDER = [s for s in cost.STRATEGIES if s != "serial"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"{name}.{ext}"
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+        paths.append(p)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def _setting(r: dict) -> str:
+    return f"{r['model']['visible_type']}, {r['model']['precision']}, m={r['batch_size']}"
+
+
+def _frame(records: list[dict]):
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        if r.get("status") != "ok" or r["strategy"] == "serial":
+            continue
+        mt = r["metrics"]
+        rows.append({"strategy": r["strategy"], "K": r["workers"], "transport": r.get("transport") or "threads",
+                     "setting": _setting(r), "speedup": mt["speedup_vs_serial"], "efficiency": mt["efficiency"],
+                     "meaningful": mt.get("speedup_meaningful", True),
+                     "MB per 8000 cases": mt["bytes_per_step"] * 8000 / r["batch_size"] / 1e6,
+                     "compute": mt["compute_seconds"] * 1e3,
+                     "communication": max(mt["comm_seconds"] - mt["wait_seconds"], 0.0) * 1e3,
+                     "wait": mt["wait_seconds"] * 1e3, "step": mt["step_seconds"]["median"] * 1e3})
+    return pd.DataFrame(rows)
+
+
+def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
+    plt, sns = _plt()
+    df = _frame(records)
+    if df.empty:
+        return []
+    settings = sorted(df["setting"].unique())
+    fig, axes = plt.subplots(2, len(settings), figsize=(5.2 * len(settings) + 1.8, 7.5), squeeze=False,
+                             sharex=True)
+    Ks = sorted(df["K"].unique())
+    for j, setting in enumerate(settings):
+        d = df[df["setting"] == setting]
+        for i, metric in enumerate(("speedup", "efficiency")):
+            ax = axes[i][j]
+            sns.lineplot(data=d, x="K", y=metric, hue="strategy", hue_order=ORDER, style="transport",
+                         markers=True, dashes=False, errorbar=None, ax=ax, legend=(i == 0 and j == len(settings) - 1))
+            ideal = Ks if metric == "speedup" else [1.0] * len(Ks)
+            ax.plot(Ks, ideal, color="black", linestyle="--", linewidth=1, label="ideal")
+            ax.set_xscale("log", base=2)
+            if max(Ks) > cores:
+                ax.axvspan(cores * 2 ** 0.5, max(Ks) * 2 ** 0.25, color="grey", alpha=0.12)
+                ax.text(cores * 2 ** 0.55, ax.get_ylim()[1] * 0.97, f"K > {cores} cores:\nnot meaningful",
+                        fontsize=8, va="top", color="dimgray")
+            ax.set_xticks(Ks)
+            ax.set_xticklabels([str(k) for k in Ks])
+            ax.minorticks_off()
+            ax.set_xlabel("workers K")
+            ax.set_ylabel("speedup vs serial (x)" if metric == "speedup" else "efficiency (speedup / K)")
+            if i == 0:
+                ax.set_title(setting)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    if axes[0][-1].get_legend():
+        axes[0][-1].get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("Speedup and efficiency (median step time, serial trainer = 1)", y=1.01)
+    fig.tight_layout()
+    return _save(fig, out, "speedup")
+
+
+def plot_bytes(records: list[dict], out: Path) -> list[Path]:
+    plt, sns = _plt()
+    df = _frame(records)
+    if df.empty:
+        return []
+    settings = sorted(df["setting"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings) + 1.8, 4.5), squeeze=False)
+    palette = dict(zip(ORDER, sns.color_palette(n_colors=len(ORDER))))
+    for j, setting in enumerate(settings):
+        ax = axes[0][j]
+        d = df[df["setting"] == setting]
+        rec = next(r for r in records if r.get("status") == "ok" and r["strategy"] != "serial" and _setting(r) == setting)
+        model, m = model_of(rec), rec["batch_size"]
+        Kmax = max(8, int(d["K"].max()))
+        Ks = np.arange(2, Kmax + 1)
+        for s in ORDER:
+            if s not in set(d["strategy"]):
+                continue
+            line = [cost.bytes_for_cases(s, model, m, int(K), 8000) / 1e6 for K in Ks]
+            ax.plot(Ks, line, color=palette[s], linewidth=1.2, label=f"{s} (formula)")
+            pts = d[(d["strategy"] == s) & (d["K"] > 1)]
+            ax.scatter(pts["K"], pts["MB per 8000 cases"], color=palette[s], s=40, zorder=3,
+                       edgecolor="black", linewidth=0.5, label=f"{s} (measured)")
+        ax.set_yscale("log")
+        ax.set_xlabel("workers K")
+        ax.set_ylabel("MB per 8000 cases (all workers)")
+        ax.set_title(setting)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
+    fig.suptitle("Training traffic: measured (points) on the closed form (lines), weight syncs apart", y=1.02)
+    fig.tight_layout()
+    return _save(fig, out, "bytes")
+
+
+def plot_breakdown(records: list[dict], out: Path) -> list[Path]:
+    plt, sns = _plt()
+    df = _frame(records)
+    if df.empty:
+        return []
+    df = df[df["K"] > 1].copy()
+    if df.empty:
+        return []
+    df["run"] = df["strategy"] + "  K=" + df["K"].astype(str) + "  " + df["transport"]
+    df["order"] = df["strategy"].map(ORDER.index)
+    settings = sorted(df["setting"].unique())
+    n = max(len(df[df["setting"] == s]) for s in settings)
+    fig, axes = plt.subplots(1, len(settings), figsize=(7.5 * len(settings), 0.32 * n + 1.8), squeeze=False)
+    colors = sns.color_palette("deep", 3)
+    for j, setting in enumerate(settings):
+        ax = axes[0][j]
+        d = df[df["setting"] == setting].sort_values(["order", "K", "transport"], ascending=False)
+        left = np.zeros(len(d))
+        for part, color in zip(("compute", "communication", "wait"), colors):
+            ax.barh(d["run"], d[part], left=left, color=color, label=part)
+            left += d[part].to_numpy()
+        ax.set_xlabel("ms per step (slowest worker, mean)")
+        ax.set_title(setting)
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle("Where a step's time goes", y=1.0)
+    fig.tight_layout()
+    return _save(fig, out, "breakdown")
+
+
+def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
+    plt, sns = _plt()
+    import pandas as pd
+
+    rows = [r for r in predicted_vs_measured(records, profile)]
+    if not rows:
+        return []
+    df = pd.DataFrame(rows)
+    df["measured ms"] = df["measured_seconds"] * 1e3
+    df["predicted ms"] = df["predicted_seconds"] * 1e3
+    df["K"] = df["workers"].astype(str) + np.where(df["meaningful"], "", " (> cores)")
+    df["transport"] = df["transport"].fillna("-")
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    lo = 0.8 * min(df["measured ms"].min(), df["predicted ms"].min())
+    hi = 1.2 * max(df["measured ms"].max(), df["predicted ms"].max())
+    xs = np.array([lo, hi])
+    ax.plot(xs, xs, color="black", linewidth=1, label="prediction = measurement")
+    ax.fill_between(xs, xs * 0.85, xs * 1.15, color="grey", alpha=0.15, label="within 15%")
+    sns.scatterplot(data=df, x="measured ms", y="predicted ms", hue="strategy", style="K", s=60, ax=ax,
+                    hue_order=["serial", *ORDER])
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(which="minor", labelsize=7)
+    ax.set_xlabel("measured median step (ms)")
+    ax.set_ylabel("time model (ms)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
+    ax.set_title("Time model vs measurement")
+    fig.tight_layout()
+    return _save(fig, out, "predicted")
+
+
+def divergence_curves(steps: int = 40, V: int = 256, H: int = 512, m: int = 100) -> list[dict]:
+    """Measure green/purple divergence of unit-partitioned (K = 2, no sync) after every
+    step: the largest |G_k[V_j, :] - P_j[:, H_k]| over all blocks."""
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import StrategyOptions
+
+    out = []
+    rng = np.random.default_rng(0)
+    for visible, precision in (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64")):
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, visible=visible,
+                      learning_rate=0.01 if visible == "gaussian" else 0.1, seed=1)
+        X = ((rng.random((steps * m, V)) < 0.3) if visible == "binary"
+             else rng.standard_normal((steps * m, V))).astype(precision)
+        r = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 2,
+                           options=StrategyOptions(sync_every=0))
+        for s in range(steps):
+            r.run(X, np.arange(s * m, (s + 1) * m, dtype=np.int64), s)
+            drift = 0.0
+            for k, wk in enumerate(r.workers):
+                for j, wj in enumerate(r.workers):
+                    green_rows = wk.green[r.workers[0].vis.index(j)]
+                    purple_cols = wj.purple[:, r.workers[0].hid.index(k)]
+                    drift = max(drift, float(np.max(np.abs(green_rows - purple_cols))))
+            out.append({"setting": f"{visible}, {precision}", "step": s + 1, "divergence": drift})
+    return out
+
+
+def plot_divergence(curves: list[dict], out: Path) -> list[Path]:
+    plt, sns = _plt()
+    import pandas as pd
+
+    df = pd.DataFrame(curves)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    floor = 1e-18  # zero (binary: bit-identical) drawn at the floor of the log axis
+    df["shown"] = df["divergence"].clip(lower=floor)
+    sns.lineplot(data=df, x="step", y="shown", hue="setting", marker="o", markersize=4, ax=ax)
+    ax.set_yscale("log")
+    ax.set_ylim(floor / 2, 1e-2)
+    ax.set_xlabel("minibatches since the last weight sync")
+    ax.set_ylabel("max |green - purple| (log)")
+    ax.set_title("Replica divergence, unit-partitioned, K = 2, no sync")
+    zero = [s for s, d in df.groupby("setting") if d["divergence"].max() == 0.0]
+    if zero:
+        ax.text(0.02, 0.06, "exactly 0 at every step (bit-identical replicas, drawn at the floor): "
+                + "; ".join(zero), transform=ax.transAxes, fontsize=8)
+    ax.legend(title=None, loc="upper right", ncol=3, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, "divergence")
+
+
+def plot_all(records: list[dict], out: Path, *, profile=None, cores: int | None = None,
+             divergence: bool = True) -> dict[str, list[Path]]:
+    out.mkdir(parents=True, exist_ok=True)
+    if cores is None:
+        cores = next((r["environment"]["cores"] for r in records if r.get("environment")), 1)
+    figs = {"speedup": plot_speedup(records, out, cores), "bytes": plot_bytes(records, out),
+            "breakdown": plot_breakdown(records, out)}
+    if profile is not None:
+        figs["predicted"] = plot_predicted(records, profile, out)
+    if divergence:
+        figs["divergence"] = plot_divergence(divergence_curves(), out)
+    return {k: v for k, v in figs.items() if v}

@@ -1,0 +1,224 @@
+"""One page from a results file: the environment, the comparison table with the time
+model beside every run, the figures, the paper's numbers beside ours, and advice for
+the paper's model on the paper's network.
+
+    parrbm report RESULTS.jsonl --out report.html     (or report.md)
+
+HTML is one self-contained file (figures inlined); Markdown links the figures, written
+to ``<name>_files/`` beside it (PNG and SVG in both cases).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+from parrbm.analysis import cost
+from parrbm.analysis.compare import error_summary, predicted_vs_measured, ranking_agreement
+from parrbm.analysis.plots import plot_all
+
+#: the paper's Table 4.1 (MB per 8000 cases, 8000 x 20000 RBM, K = 1, 2, 4, 8)
+PAPER_TABLE_4_1 = {("binary", "float32"): [0, 48, 144, 336],
+                   ("gaussian", "float32"): [0, 296, 888, 2072],
+                   ("gaussian", "float64"): [0, 552, 1656, 3864]}
+PAPER_NETWORK = (105e6, 0.091e-3)  # bytes/s, s
+
+CAPTIONS = {
+    "speedup": "Speedup over the serial trainer and efficiency (speedup / K), median step times; "
+               "dashed: ideal. Shaded: more workers than cores, where measured speedup means nothing.",
+    "bytes": "Bytes per 8000 training cases: every measured run (points) lies on the closed form (lines).",
+    "breakdown": "Per step, slowest worker: compute, communication, and waiting for peers.",
+    "predicted": "The calibrated time model against the measured median step; grey band: within 15%.",
+    "divergence": "Unit-partitioned keeps two copies of every weight; without a sync they drift apart only "
+                  "by rounding (measured here, K = 2, after every minibatch).",
+}
+
+
+def _fmt(x, spec: str, none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def _tables(records: list[dict], profile) -> dict:
+    ok = [r for r in records if r.get("status") == "ok"]
+    pred = {}
+    if profile is not None:
+        for row in predicted_vs_measured(records, profile):
+            pred[(row["strategy"], row["workers"], row["transport"], row["batch_size"], row["visible_type"],
+                  row["precision"])] = row
+    order = {s: i for i, s in enumerate(cost.STRATEGIES)}
+    head = ["strategy", "K", "transport", "setting", "MB / 8000 cases", "= formula", "MB / sync",
+            "ms / step (p10-p90)", "model ms", "model error", "speedup", "vs K=1", "efficiency"]
+    rows = []
+    for r in sorted(ok, key=lambda r: (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"],
+                                       order[r["strategy"]], r["workers"], r.get("transport") or "")):
+        mt, m = r["metrics"], r["batch_size"]
+        key = (r["strategy"], r["workers"], r.get("transport"), m, r["model"]["visible_type"], r["model"]["precision"])
+        p = pred.get(key)
+        st = mt["step_seconds"]
+        note = "" if mt.get("speedup_meaningful", True) else " *"
+        rows.append([
+            r["strategy"], str(r["workers"]), r.get("transport") or "-",
+            f"{r['model']['visible_type']}, {r['model']['precision']}, m={m}",
+            f"{mt['bytes_per_step'] * 8000 / m / 1e6:.2f}",
+            "yes" if mt["bytes_per_step"] == mt.get("bytes_per_step_formula") else "NO",
+            f"{mt['bytes_per_sync'] / 1e6:.3f}",
+            f"{st['median'] * 1e3:.1f} ({st['p10'] * 1e3:.1f}-{st['p90'] * 1e3:.1f})",
+            _fmt(p and p["predicted_seconds"] * 1e3, ".1f"),
+            _fmt(p and 100 * p["error"], "+.0f") + ("%" if p else ""),
+            _fmt(mt["speedup_vs_serial"], ".2f") + note, _fmt(mt["speedup_vs_k1"], ".2f"),
+            _fmt(mt["efficiency"], ".2f"),
+        ])
+    return {"head": head, "rows": rows}
+
+
+def _paper_rows() -> dict:
+    head = ["visible, precision", "K", "paper MB", "parrbm closed form MB"]
+    rows = []
+    for (vis, prec), paper in PAPER_TABLE_4_1.items():
+        model = cost.Model(8000, 20000, visible=vis, precision=prec)
+        for K, mb in zip((1, 2, 4, 8), paper):
+            ours = cost.bytes_for_cases("unit-partitioned", model, 8000, K, 8000) / 1e6
+            rows.append([f"{vis}, {prec}", str(K), f"{mb}", f"{ours:g}"])
+    return {"head": head, "rows": rows}
+
+
+def _advice_rows(profile) -> dict | None:
+    if profile is None:
+        return None
+    from parrbm.analysis.timemodel import advise
+
+    prof = profile.with_network("paper", *PAPER_NETWORK)
+    head = ["visible", "m", "K", "best", "predicted ms / step", "speedup", "runner-up (slower by)"]
+    rows = []
+    for vis in ("binary", "gaussian"):
+        for m in (100, 1000):
+            for r in advise(cost.Model(8000, 20000, visible=vis), m, [1, 2, 4, 8, 16, 64, 256], prof,
+                            transport="paper", sync_every=8000 // m):
+                rows.append([vis, str(m), str(r["workers"]), r["best"], f"{r['step_seconds'] * 1e3:.0f}",
+                             f"{r['speedup']:.2f}",
+                             f"{r['runner_up']} (+{r['margin_percent']:.1f}%)" if r["runner_up"] else "-"])
+    return {"head": head, "rows": rows}
+
+
+def _summary(records: list[dict], profile) -> list[str]:
+    ok = [r for r in records if r.get("status") == "ok"]
+    lines = []
+    exact = sum(r["metrics"]["bytes_per_step"] == r["metrics"].get("bytes_per_step_formula") for r in ok)
+    lines.append(f"{len(ok)} runs recorded ({len(records) - len(ok)} failed); measured bytes equal the closed "
+                 f"form in {exact} of {len(ok)}.")
+    best = {}
+    for r in ok:
+        mt = r["metrics"]
+        if r["strategy"] == "serial" or r["workers"] == 1 or not mt.get("speedup_meaningful", True):
+            continue
+        k = (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"], r["workers"])
+        if mt["speedup_vs_serial"] and (k not in best or mt["speedup_vs_serial"] > best[k][1]):
+            best[k] = (f"{r['strategy']} on {r['transport']}", mt["speedup_vs_serial"])
+    for (vis, prec, m, K), (who, sp) in sorted(best.items()):
+        lines.append(f"Fastest at K = {K} ({vis}, {prec}, m = {m}): {who}, {sp:.2f}x the serial trainer.")
+    if profile is not None:
+        rows = predicted_vs_measured(records, profile)
+        e = error_summary(rows)
+        if e["runs"]:
+            lines.append(f"Time model vs measured median step (runs with K <= cores): median error "
+                         f"{100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['runs']} runs.")
+        for g in ranking_agreement(rows):
+            gaps = ", ".join(f"{a} / {b} ({gap:.1f}% apart)" for a, b, gap in g["discordant"])
+            lines.append(f"Ranking at K = {g['workers']} on {g['transport']}: "
+                         + ("the model orders the strategies as measured." if g["same"] else
+                            f"model and measurement agree on the best ({g['measured'][0]})"
+                            if g["same_best"] else f"measured best {g['measured'][0]}, model's {g['predicted'][0]}")
+                         + (f"; pairs ordered differently: {gaps}" if gaps else ""))
+    else:
+        lines.append("No machine profile beside the results: run 'parrbm run' (it calibrates) or give --profile.")
+    return lines
+
+
+def _environment(records: list[dict]) -> list[tuple[str, str]]:
+    env = next((r["environment"] for r in records if r.get("environment")), {})
+    return [(k, str(v)) for k, v in env.items()]
+
+
+def write_report(records: list[dict], out: Path, *, profile=None, title: str | None = None,
+                 divergence: bool = True) -> Path:
+    out = Path(out)
+    if out.suffix not in (".html", ".md"):
+        raise ValueError(f"--out {out}: the report is .html or .md")
+    files = out.with_name(out.stem + "_files")
+    figs = plot_all(records, files, profile=profile, divergence=divergence)
+    config = next((r.get("config") for r in records if r.get("config")), "results")
+    title = title or f"parrbm comparison: {config}"
+    parts = {"summary": _summary(records, profile), "env": _environment(records),
+             "table": _tables(records, profile), "paper": _paper_rows(), "advice": _advice_rows(profile),
+             "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"]}
+    text = _html(title, parts, figs) if out.suffix == ".html" else _markdown(title, parts, figs, out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return out
+
+
+def _md_table(t: dict) -> str:
+    lines = ["| " + " | ".join(t["head"]) + " |", "|" + "---|" * len(t["head"])]
+    lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
+    return "\n".join(lines)
+
+
+def _markdown(title: str, p: dict, figs: dict, out: Path) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    s = [f"# {title}", "", f"Written {now}.", ""]
+    s += [f"- {line}" for line in p["summary"]]
+    s += ["", "## Runs", "", _md_table(p["table"]), "",
+          "`*`: more workers than cores; the measured speedup is not meaningful there.", ""]
+    for name, paths in figs.items():
+        png = next(x for x in paths if x.suffix == ".png")
+        s += [f"![{name}]({png.relative_to(out.parent)})", "", f"*{CAPTIONS[name]}*", ""]
+    s += ["## The paper's Table 4.1 beside ours", "",
+          "Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.", "", _md_table(p["paper"]), ""]
+    if p["advice"]:
+        s += ["## Advice for the paper's model on the paper's network (105 MB/s, 0.091 ms)", "",
+              "Compute priced with this machine's profile, one worker per machine.", "", _md_table(p["advice"]), ""]
+    s += ["## Environment", ""] + [f"- {k}: {v}" for k, v in p["env"]]
+    if p["failed"]:
+        s += ["", "## Failed runs", ""] + [f"- `{rid}`: {err}" for rid, err in p["failed"]]
+    return "\n".join(s) + "\n"
+
+
+def _html_table(t: dict) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in t["head"])
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in t["rows"])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(title: str, p: dict, figs: dict) -> str:
+    e = html.escape
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    s = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>",
+         "body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222}",
+         "table{border-collapse:collapse;font-size:13px;margin:1em 0}",
+         "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}",
+         "td:first-child,th:first-child{text-align:left}figure{margin:1.5em 0}",
+         "figcaption{color:#555;font-size:14px}img{max-width:100%}</style></head><body>",
+         f"<h1>{e(title)}</h1><p>Written {now}.</p><ul>",
+         "".join(f"<li>{e(line)}</li>" for line in p["summary"]), "</ul>",
+         "<h2>Runs</h2>", _html_table(p["table"]),
+         "<p>*: more workers than cores; the measured speedup is not meaningful there.</p>"]
+    for name, paths in figs.items():
+        png = next(x for x in paths if x.suffix == ".png")
+        data = base64.b64encode(png.read_bytes()).decode()
+        s.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{data}'>"
+                 f"<figcaption>{e(CAPTIONS[name])}</figcaption></figure>")
+    s += ["<h2>The paper's Table 4.1 beside ours</h2>",
+          "<p>Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.</p>", _html_table(p["paper"])]
+    if p["advice"]:
+        s += ["<h2>Advice for the paper's model on the paper's network (105 MB/s, 0.091 ms)</h2>",
+              "<p>Compute priced with this machine's profile, one worker per machine.</p>", _html_table(p["advice"])]
+    s += ["<h2>Environment</h2><ul>", "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in p["env"]), "</ul>"]
+    if p["failed"]:
+        s += ["<h2>Failed runs</h2><ul>", "".join(f"<li><code>{e(r)}</code>: {e(str(x))}</li>"
+                                                 for r, x in p["failed"]), "</ul>"]
+    s.append("</body></html>")
+    return "\n".join(s)
