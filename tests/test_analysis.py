@@ -246,3 +246,74 @@ def test_predict_without_a_profile_says_what_to_do(tmp_path, capsys, monkeypatch
     bad.write_text("{}")
     assert main(["advise", "--visible", "8", "--hidden", "8", "--batch", "2", "--profile", str(bad)]) == 2
     assert "not a parrbm machine profile" in capsys.readouterr().err
+
+
+# ---- predictions beside measurements, figures, report ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """The shipped quick config, every grid point, one timed step each, calibrated."""
+    import yaml
+
+    from parrbm.harness.experiment import load_config, run_config
+
+    tmp = tmp_path_factory.mktemp("quick")
+    raw = yaml.safe_load(open("configs/quick.yaml"))
+    raw["training"].update(steps=1, warmup=0)
+    raw["data"]["cases"] = 200
+    (tmp / "quick.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp / "quick.yaml")
+    return run_config(cfg, tmp / "out", progress=lambda m: None, calibrate=True)
+
+
+def test_cost_module_equals_measured_bytes_for_every_quick_record(quick_results):
+    from parrbm.analysis.compare import load_profile_for, predicted_vs_measured
+    from parrbm.harness.experiment import read_records
+
+    records = read_records(quick_results)
+    assert len(records) == 1 + 5 * (1 + 2 * 3) and all(r["status"] == "ok" for r in records)
+    rows = predicted_vs_measured(records, load_profile_for(quick_results))
+    assert len(rows) == len(records)
+    for r in rows:
+        assert r["bytes_per_step"] == r["bytes_per_step_formula"], r
+        assert r["predicted_seconds"] > 0
+
+
+def test_table_plot_and_report(quick_results, tmp_path, capsys):
+    assert main(["table", str(quick_results)]) == 0
+    out = capsys.readouterr().out
+    assert "model ms" in out and "time model vs measured" in out
+    assert main(["plot", str(quick_results), "--out", str(tmp_path / "figs"), "--no-divergence"]) == 0
+    names = {p.name for p in (tmp_path / "figs").iterdir()}
+    assert {f"{n}.{e}" for n in ("speedup", "bytes", "breakdown", "predicted") for e in ("png", "svg")} <= names
+    for png in (tmp_path / "figs").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = tmp_path / "r" / "report.html"
+    report.parent.mkdir()
+    assert main(["report", str(quick_results), "--out", str(report)]) == 0
+    page = report.read_text()
+    assert page.count("data:image/png;base64,") == 5  # four figures + divergence
+    assert "measured bytes equal the closed form in 36 of 36" in page
+    assert "<td>48</td><td>48</td>" in page and "<td>3864</td><td>3864</td>" in page  # Table 4.1 beside ours
+    md = tmp_path / "r" / "report.md"
+    assert main(["report", str(quick_results), "--out", str(md), "--no-divergence"]) == 0
+    assert "![speedup](report_files/speedup.png)" in md.read_text()
+
+
+def test_divergence_is_zero_for_binary_and_small_for_gaussian():
+    from parrbm.analysis.plots import divergence_curves
+
+    curves = divergence_curves(steps=5, V=40, H=60, m=20)
+    binary = [c["divergence"] for c in curves if c["setting"] == "binary, float32"]
+    gauss = [c["divergence"] for c in curves if c["setting"] == "gaussian, float32"]
+    assert binary == [0.0] * 5
+    assert max(gauss) < 1e-4
+
+
+def test_report_and_plot_refuse_bad_input(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.jsonl")]) == 2
+    assert "no such results file" in capsys.readouterr().err
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"status": "ok"}\n')
+    assert main(["plot", str(bad)]) == 2
+    assert "not a parrbm results file" in capsys.readouterr().err
