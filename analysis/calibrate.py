@@ -249,7 +249,10 @@ def mpi_links(quick: bool = False) -> dict[str, Link]:
     cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank"]
     if quick:
         cmd.append("--quick")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # a source checkout in the cwd must not shadow the package
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
     if out.returncode != 0:
         raise RuntimeError(f"mpi ping-pong failed: {out.stderr.strip()[-500:]}")
     times = json.loads(out.stdout.strip().splitlines()[-1])

@@ -52,7 +52,10 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     for r in records:
         if r.get("status") != "ok" or not r.get("metrics"):
             continue
-        p = predict_record(r, profile)
+        try:
+            p = predict_record(r, profile)
+        except ValueError:  # the profile has no figures for this run's transport
+            continue
         mt = r["metrics"]
         measured = mt["step_seconds"]["median"]
         formula = cost.step_traffic(r["strategy"], model_of(r), r["batch_size"], r["workers"],

@@ -461,7 +461,11 @@ def summary_table(records: list[dict], profile=None) -> str:
     if profile is not None:
         from parrbm.analysis.compare import predict_record
 
-        predicted = {id(r): predict_record(r, profile).step_seconds for r in ok}
+        for r in ok:
+            try:
+                predicted[id(r)] = predict_record(r, profile).step_seconds
+            except ValueError:  # no figures for this transport in the profile
+                pass
     lines = []
     groups: dict = {}
     for r in ok:
@@ -484,7 +488,7 @@ def summary_table(records: list[dict], profile=None) -> str:
                          f"{fmt(mt['efficiency'], '.2f'):>8}"
                          + (f"{predicted[id(r)] * 1e3:>10.1f}"
                             f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
-                            if predicted else "") + note)
+                            if id(r) in predicted else (f"{'-':>10}{'-':>8}" if predicted else "")) + note)
     if predicted:
         from parrbm.analysis.compare import error_summary, predicted_vs_measured
 

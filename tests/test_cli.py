@@ -11,8 +11,13 @@ from parrbm.cli import main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "parrbm.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    # From outside the checkout, as an installed command runs: the source tree must not
+    # shadow the installed package.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-m", "parrbm.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=cwd)
 
 
 def test_help_and_version():
