@@ -248,34 +248,37 @@ def cmd_advise(args) -> int:
 
 # ---- plot / report ------------------------------------------------------------------------------------------
 
-def _records_and_profile(args):
+def load_results(results: str, profile: str | None, *, need_ok: bool = True):
+    """(records, machine profile or None) of a results file, or a UsageError saying
+    what is wrong with it."""
     from parrbm.analysis.compare import load_profile_for
     from parrbm.harness.experiment import ConfigError, read_records
 
-    path = Path(args.results)
+    path = Path(results)
     if not path.is_file():
         raise _usage(f"{path}: no such results file")
     try:
         records = read_records(path)
     except ConfigError as exc:
         raise _usage(str(exc)) from exc
-    if not any(r.get("status") == "ok" for r in records):
+    if not records:
+        raise _usage(f"{path}: no records")
+    if need_ok and not any(r.get("status") == "ok" for r in records):
         raise _usage(f"{path}: no successful runs to show")
     missing = [k for k in ("strategy", "workers", "batch_size", "model", "metrics")
                if any(k not in r for r in records if r.get("status") == "ok")]
     if missing:
         raise _usage(f"{path}: not a parrbm results file (records without {', '.join(missing)})")
     try:
-        profile = load_profile_for(path, args.profile)
+        return records, load_profile_for(path, profile)
     except ValueError as exc:
         raise _usage(str(exc)) from exc
-    return records, profile
 
 
 def cmd_plot(args) -> int:
     from parrbm.analysis.plots import plot_all
 
-    records, profile = _records_and_profile(args)
+    records, profile = load_results(args.results, args.profile)
     figs = plot_all(records, Path(args.out), profile=profile, divergence=not args.no_divergence)
     for paths in figs.values():
         print("  ".join(str(p) for p in paths))
@@ -285,7 +288,7 @@ def cmd_plot(args) -> int:
 def cmd_report(args) -> int:
     from parrbm.analysis.report import write_report
 
-    records, profile = _records_and_profile(args)
+    records, profile = load_results(args.results, args.profile)
     out = Path(args.out) if args.out else Path(args.results).with_suffix(".html")
     try:
         write_report(records, out, profile=profile, divergence=not args.no_divergence)

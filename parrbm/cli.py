@@ -118,27 +118,14 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_table(args) -> int:
-    from parrbm.harness.experiment import ConfigError, read_records, summary_table
+    from parrbm.analysis.commands import load_results
+    from parrbm.harness.experiment import summary_table
 
-    path = Path(args.results)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such results file")
-    try:
-        records = read_records(path)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
-    if not records:
-        raise UsageError(f"{path}: no records")
-    from parrbm.analysis.compare import load_profile_for
-
-    try:
-        profile = load_profile_for(path, args.profile)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    records, profile = load_results(args.results, args.profile, need_ok=False)
     try:
         print(summary_table(records, profile))
     except (KeyError, TypeError) as exc:
-        raise UsageError(f"{path}: not a parrbm results file (missing {exc})") from exc
+        raise UsageError(f"{args.results}: not a parrbm results file (missing {exc})") from exc
     return 0
 
 
