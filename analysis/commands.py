@@ -35,6 +35,11 @@ def _settings(args) -> list[tuple[str, str]]:
     return [(args.visible_type or "binary", args.precision or "float32")]
 
 
+def _one_setting(args) -> tuple[str, str]:
+    """predict / advise: one setting, binary float32 unless told."""
+    return args.visible_type or "binary", args.precision or "float32"
+
+
 def _model(args, visible: str, precision: str) -> cost.Model:
     return cost.Model(args.visible, args.hidden, visible=visible, precision=precision,
                       statistics=args.statistics, cd_k=args.cd_k)
@@ -198,13 +203,11 @@ def _predictions(args):
     from parrbm.analysis.timemodel import predict_curve
 
     profile, transport = _profile_for(args)
-    out = []
-    for visible, precision in _settings(args)[:1] if args.visible_type or args.precision else [("binary", "float32")]:
-        model = _model(args, visible, precision)
-        preds = predict_curve(args.strategy or PARALLEL, model, args.batch, _flat_workers(args), profile,
-                              transport=transport, sync_every=args.sync_every, momentum=args.momentum)
-        out.append((visible, precision, preds))
-    return out, transport
+    visible, precision = _one_setting(args)
+    preds = predict_curve(args.strategy or PARALLEL, _model(args, visible, precision), args.batch,
+                          _flat_workers(args), profile, transport=transport, sync_every=args.sync_every,
+                          momentum=args.momentum)
+    return [(visible, precision, preds)], transport
 
 
 def cmd_predict(args) -> int:
@@ -229,7 +232,7 @@ def cmd_advise(args) -> int:
     from parrbm.analysis.timemodel import advise
 
     profile, transport = _profile_for(args)
-    visible, precision = (_settings(args)[0] if args.visible_type or args.precision else ("binary", "float32"))
+    visible, precision = _one_setting(args)
     model = _model(args, visible, precision)
     rows = advise(model, args.batch, _flat_workers(args), profile, strategies=args.strategy,
                   transport=transport, sync_every=args.sync_every, momentum=args.momentum)
