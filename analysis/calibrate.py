@@ -124,36 +124,56 @@ def strategy_overheads(quick: bool = False) -> dict[str, float]:
     return out
 
 
-def contention(cores: int, quick: bool = False) -> dict[str, float]:
-    """How much slower a CD step gets when n workers compute at once on this machine's
-    cores (shared caches and memory bandwidth): n -> time ratio, n = 2 .. cores."""
+def coscheduling(profile: Profile, transports, quick: bool = False, progress=print) -> dict[str, dict[str, float]]:
+    """What sharing this machine's cores costs a step beyond its kernels and transfers:
+    transport -> {K: measured step / modelled step}, K = cores.
+
+    Every strategy is run at K = cores on a calibration model (not any experiment's) and
+    its median step compared with the model's step from the rest of ``profile``. The gap
+    is real and not in the kernels: each step waits for the slower worker, and the
+    workers share the cores with the transport's own threads or progress polling and
+    with the operating system. The median over the strategies is kept, at least 1."""
+    from parrbm.analysis import cost
+    from parrbm.analysis.timemodel import predict
     from parrbm.config import CDSpec, ModelState
-    from parrbm.strategies.serial import SerialStrategy
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy, StrategyOptions
 
-    spec = CDSpec(n_visible=1024, n_hidden=1024, batch_size=200, dtype="float32", visible="gaussian")
-    X = np.random.default_rng(3).standard_normal((200, 1024)).astype(np.float32)
-    steps = 5 if quick else 10
+    K = max(2, profile.cores)
+    V, H, m = 768, 1536, 200
+    steps, warmup = (6, 1) if quick else (12, 2)
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
+    X = (np.random.default_rng(4).random(((steps + warmup) * m, V)) < 0.3).astype(np.float32)
+    order = np.arange(X.shape[0], dtype=np.int64)
+    model = cost.Model(V, H)
+    serial_model = predict("serial", model, m, 1, profile).step_seconds
 
-    def run(n: int) -> float:
-        nets = [SerialStrategy(spec, ModelState.initial(spec)) for _ in range(n)]
-        times = [0.0] * n
+    def pace() -> float:
+        """How much slower this machine runs right now than the profile says, measured
+        on one worker alone: the factor is about sharing, not about a busy moment."""
+        s = SerialStrategy(spec, ModelState.initial(spec))
+        return _median_time(lambda: s.step(X[:m], 0), steps) / serial_model
 
-        def work(i):
-            nets[i].step(X, 0)
-            t0 = time.perf_counter()
-            for s in range(steps):
-                nets[i].step(X, s)
-            times[i] = time.perf_counter() - t0
-
-        ths = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
-        return max(times)
-
-    alone = float(np.median([run(1) for _ in range(5)]))
-    return {str(n): float(np.median([run(n) for _ in range(5)])) / alone for n in range(2, cores + 1)}
+    out = {}
+    for transport in transports:
+        if transport not in profile.links:
+            continue
+        ratios = []
+        for name in PARALLEL_STRATEGIES:
+            r = ParallelRunner(spec, ModelState.initial(spec), name, K, transport,
+                               StrategyOptions(sync_every=steps * m), blas_threads=1, timeout=120.0)
+            r.run(X, order, 0)
+            measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
+            modelled = predict(name, model, m, K, profile, transport=transport, sync_every=steps * m).step_seconds
+            ratios.append(measured / (modelled * max(1.0, pace())))
+        factor = max(1.0, float(np.median(ratios)))
+        out[transport] = {str(K): factor}
+        progress(f"calibrate: {transport}, {K} workers on {profile.cores} cores: steps take "
+                 f"{factor:.3f} x the kernels and transfers (per strategy {', '.join(f'{x:.2f}' for x in ratios)})")
+        if factor > 1.5:
+            progress(f"calibrate: warning: {factor:.2f} is high; something else was probably running. "
+                     f"Calibrate again on a quiet machine for predictions that hold")
+    return out
 
 
 # ---- links ------------------------------------------------------------------------------------
@@ -287,8 +307,6 @@ def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), prog
         p.element[precision] = element_costs(precision, quick)
     progress("calibrate: strategy overheads")
     p.overhead = strategy_overheads(quick)
-    progress("calibrate: workers computing at once")
-    p.contention = contention(p.cores, quick)
     makers = {"threads": threads_links, "tcp": tcp_links, "mpi": mpi_links}
     for t in transports:
         progress(f"calibrate: collectives on {t}")
@@ -296,6 +314,8 @@ def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), prog
             p.links[t] = makers[t](quick)
         except Exception as exc:  # noqa: BLE001 - e.g. no mpiexec: the profile goes without it
             progress(f"calibrate: {t} skipped: {exc}")
+    progress("calibrate: workers sharing the cores")
+    p.contention = coscheduling(p, transports, quick, progress)
     return p
 
 

@@ -66,6 +66,8 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
             "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
             "precision": r["model"]["precision"],
             "measured_seconds": measured, "predicted_seconds": p.step_seconds,
+            "measured_p10": mt["step_seconds"].get("p10", measured),
+            "measured_p90": mt["step_seconds"].get("p90", measured),
             "error": p.step_seconds / measured - 1.0,
             "predicted_compute_seconds": p.compute_seconds, "predicted_comm_seconds": p.comm_seconds,
             "measured_compute_seconds": mt.get("compute_seconds"), "measured_comm_seconds": mt.get("comm_seconds"),
@@ -77,7 +79,10 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
 
 def ranking_agreement(rows: list[dict]) -> list[dict]:
     """For each (model setting, K, transport) with two or more strategies: the order of
-    the strategies by measured and by predicted step time."""
+    the strategies by measured and by predicted step time, and the pairs the model orders
+    the other way. A pair whose measured p10-p90 ranges overlap is within the noise of the
+    measurement: neither order is established, so the model cannot contradict it.
+    ``same_within_noise``: every pair the model orders differently is such a pair."""
     groups: dict = {}
     for r in rows:
         if r["strategy"] == "serial" or not r["meaningful"]:
@@ -95,11 +100,17 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
         discordant = [(a, b, 100.0 * (by[b]["measured_seconds"] / by[a]["measured_seconds"] - 1))
                       for i, a in enumerate(measured) for b in measured[i + 1:]
                       if predicted.index(a) > predicted.index(b)]
+        beyond = [(a, b, gap) for a, b, gap in discordant if not _overlap(by[a], by[b])]
         out.append({"visible_type": key[0], "precision": key[1], "batch_size": key[2], "workers": key[3],
                     "transport": key[4], "measured": measured, "predicted": predicted,
                     "same": measured == predicted, "same_best": measured[0] == predicted[0],
-                    "discordant": discordant})
+                    "discordant": discordant, "discordant_beyond_noise": beyond,
+                    "same_within_noise": not beyond})
     return out
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["measured_p10"] <= b["measured_p90"] and b["measured_p10"] <= a["measured_p90"]
 
 
 def error_summary(rows: list[dict]) -> dict:

@@ -125,9 +125,13 @@ def _summary(records: list[dict], profile) -> list[str]:
             lines.append(f"Time model vs measured median step (runs with K <= cores): median error "
                          f"{100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['runs']} runs.")
         for g in ranking_agreement(rows):
-            gaps = ", ".join(f"{a} / {b} ({gap:.1f}% apart)" for a, b, gap in g["discordant"])
+            noise = {(a, b) for a, b, _ in g["discordant"]} - {(a, b) for a, b, _ in g["discordant_beyond_noise"]}
+            gaps = ", ".join(f"{a} / {b} ({gap:.1f}% apart" + (", within the p10-p90 noise)" if (a, b) in noise else ")")
+                             for a, b, gap in g["discordant"])
             lines.append(f"Ranking at K = {g['workers']} on {g['transport']}: "
                          + ("the model orders the strategies as measured." if g["same"] else
+                            "the model orders the strategies as measured, up to pairs within the noise"
+                            if g["same_within_noise"] else
                             f"model and measurement agree on the best ({g['measured'][0]})"
                             if g["same_best"] else f"measured best {g['measured'][0]}, model's {g['predicted'][0]}")
                          + (f"; pairs ordered differently: {gaps}" if gaps else ""))

@@ -59,8 +59,9 @@ class Profile:
     element: dict[str, dict[str, float]] = field(default_factory=dict)
     #: strategy -> seconds of driver overhead per step (Python, kernel calls)
     overhead: dict[str, float] = field(default_factory=dict)
-    #: n -> how much slower compute gets with n workers on this machine at once
-    contention: dict[str, float] = field(default_factory=dict)
+    #: transport -> n -> how much longer a step of n workers sharing this machine's cores
+    #: takes than its kernels and transfers (stragglers, transport threads, the OS)
+    contention: dict[str, dict[str, float]] = field(default_factory=dict)
     #: transport -> collective kind -> Link
     links: dict[str, dict[str, Link]] = field(default_factory=dict)
     created: str = ""
@@ -73,6 +74,8 @@ class Profile:
         try:
             raw = json.loads(Path(path).read_text())
             raw["links"] = {t: {k: Link(**v) for k, v in kinds.items()} for t, kinds in raw["links"].items()}
+            if any(not isinstance(v, dict) for v in raw.get("contention", {}).values()):
+                raw["contention"] = {"*": raw["contention"]}  # older profiles: one figure for all transports
             return cls(**raw)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a parrbm machine profile ({exc}); make one with "
@@ -105,6 +108,13 @@ class Profile:
                              f"{', '.join(self.links) or 'none'} (calibrate it, or give --bandwidth and --latency)")
         return links.get(kind) or links["allgather"]
 
+    def sharing(self, transport: str, K: int) -> float:
+        """The co-scheduling factor for K workers of ``transport`` on this machine's
+        cores (the nearest measured K at or below it; 1 when unmeasured)."""
+        table = self.contention.get(transport) or self.contention.get("*") or {}
+        known = [int(n) for n in table if int(n) <= K]
+        return float(table[str(max(known))]) if known else 1.0
+
     def with_network(self, name: str, bandwidth: float, latency: float) -> "Profile":
         """A copy whose transport ``name`` has these figures for every collective."""
         p = Profile(**{**asdict(self), "links": dict(self.links)})
@@ -123,6 +133,7 @@ class Prediction:
     sync_seconds: float              # one rarer weight sync, 0 if none
     mean_step_seconds: float         # with the rarer syncs amortised
     phases: dict[str, float]
+    wait_seconds: float = 0.0        # waiting for each other on a shared machine (in step_seconds)
     speedup: float | None = None     # vs the serial trainer, mean step times
     efficiency: float | None = None
 
@@ -150,15 +161,15 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
             average_every: int = 1, cores: int | None = None) -> Prediction:
     """Predicted times of one step. ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
-    the profile's contention, and by K / cores when the workers outnumber the cores."""
+    the profile's co-scheduling factor (measured at K = cores) stretches their step, and
+    their compute slows by K / cores when they outnumber the cores."""
     works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
                        average=average) for r in range(K)] if strategy != "serial" else \
         [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
     compute = max(profile.compute_seconds(w, model.precision, strategy) for w in works)
-    if cores is not None and strategy != "serial" and K > 1:
-        compute *= profile.contention.get(str(min(K, cores)), 1.0)
-        if K > cores:
-            compute *= K / cores
+    shared = cores is not None and strategy != "serial" and K > 1
+    if shared and K > cores:
+        compute *= K / cores
     phases = {}
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, reduce=reduce, average=average)
@@ -172,10 +183,13 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
                                            model.precision, "") for r in range(K))
         sync += sum(_comm(st, model, K, profile, transport).values())
-    step = compute + comm + (sync if per_step >= 1 else 0.0)
-    mean = compute + comm + sync * per_step
+    work = compute + comm + (sync if per_step >= 1 else 0.0)
+    # workers sharing one machine's cores wait for each other beyond their kernels
+    wait = work * (profile.sharing(transport, min(K, cores)) - 1.0) if shared else 0.0
+    step = work + wait
+    mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,
-                      phases)
+                      phases, wait_seconds=wait)
 
 
 def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profile, **kw) -> list[Prediction]:

@@ -7,11 +7,12 @@ Record schema (one JSON object per line):
     config        the config's name;  status  "ok" | "error";  error  message or null
     strategy, workers, transport, batch_size
     model         {visible, hidden, visible_type, precision, statistics, cd_k}
-    training      {steps, warmup, learning_rate, momentum, weight_decay, sync_every, seed}
+    training      {steps, warmup, repeats, learning_rate, momentum, weight_decay, sync_every, seed}
     options       the strategy options;  data  {kind, cases, path}
     environment   {cpu, cores, blas, python, numpy, parrbm, platform}
     metrics       {bytes_per_step, bytes_per_sync, bytes_per_step_formula, wire_bytes_per_step,
-                   step_seconds {median, p10, p90}, compute_seconds, comm_seconds, wait_seconds
+                   step_seconds {median, p10, p90 over the timed steps of all repeats,
+                   repeat_medians}, compute_seconds, comm_seconds, wait_seconds
                    (per step, slowest worker), cases_per_second, speedup_vs_serial, speedup_vs_k1,
                    efficiency, speedup_meaningful, replica_divergence, reconstruction_error,
                    peak_rss_bytes [per worker], memory_bytes [per worker]}
@@ -83,7 +84,7 @@ SCHEMA = {
                 "sync_every": {"type": "integer", "minimum": 0},
                 "seed": {"type": "integer", "minimum": 0},
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
-                "blas_threads": _POS_INT,
+                "blas_threads": _POS_INT, "repeats": _POS_INT,
             },
         },
         "tcp": {
@@ -125,7 +126,8 @@ DEFAULTS = {
               "gaussian_noise": False},
     "data": {"kind": "random-binary", "seed": 0},
     "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
-                 "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1},
+                 "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1,
+                 "repeats": 1},
     "options": {},
     "tcp": {},
 }
@@ -244,21 +246,35 @@ def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> n
 
 
 def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
-    """Train one grid point and measure it."""
-    from parrbm.analysis import cost
-    from parrbm.config import CDSpec, ModelState
-    from parrbm.harness.runner import ParallelRunner
-    from parrbm.strategies import SerialStrategy, StrategyOptions
+    """Train one grid point and measure it (``training.repeats`` times in a row; the
+    comparison itself interleaves the repeats, see :func:`run_config`)."""
+    return point_record(cfg, pt, [measure_point(cfg, pt) for _ in range(cfg["training"]["repeats"])], baselines)
+
+
+def _spec_for(cfg: dict, pt: dict):
+    from parrbm.config import CDSpec
 
     model, tr = cfg["model"], cfg["training"]
-    m = pt["batch_size"]
-    steps = tr.get("steps") or max(1, tr["cases"] // m)
-    warmup = tr["warmup"]
-    spec = CDSpec(n_visible=model["visible"], n_hidden=model["hidden"], batch_size=m,
+    return CDSpec(n_visible=model["visible"], n_hidden=model["hidden"], batch_size=pt["batch_size"],
                   visible=pt["visible_type"], gaussian_noise=model["gaussian_noise"],
                   statistics=model["statistics"], cd_k=model["cd_k"], learning_rate=tr["learning_rate"],
                   momentum=tr["momentum"], weight_decay=tr["weight_decay"], dtype=pt["precision"],
                   seed=tr["seed"])
+
+
+def measure_point(cfg: dict, pt: dict) -> dict:
+    """One training run of a grid point from the initial model: its timed steps'
+    seconds (slowest worker), the per-step compute / communication / wait of the
+    slowest worker, the communication statistics and the reconstruction errors."""
+    from parrbm.config import ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import SerialStrategy, StrategyOptions
+
+    tr = cfg["training"]
+    spec = _spec_for(cfg, pt)
+    m = spec.batch_size
+    steps = tr.get("steps") or max(1, tr["cases"] // m)
+    warmup = tr["warmup"]
     X = make_data(cfg, spec.n_visible, spec.visible, spec.dtype, (warmup + steps) * m)
     order = np.arange((warmup + steps) * m, dtype=np.int64) % X.shape[0]
     state = ModelState.initial(spec)
@@ -277,8 +293,8 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
         step_times = np.array(times[warmup:])
         stats = s.comm_stats()
         per_step = {"compute": float(step_times.mean()), "comm": 0.0, "wait": 0.0}
-        stats_extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden
-                                                                         * spec.np_dtype.itemsize)]}
+        extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden
+                                                                   * spec.np_dtype.itemsize)]}
         errors = np.array(errs)
     else:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
@@ -292,8 +308,27 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
         n = warmup + steps
         per_step = {"compute": slow["compute_seconds"] / n, "comm": slow["comm_seconds"] / n,
                     "wait": slow["wait_seconds"] / n}
-        stats_extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
-                       "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
+        extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
+                 "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
+    return {"step_times": step_times, "per_step": per_step, "stats": stats, "extra": extra,
+            "errors": errors, "steps": steps, "warmup": warmup}
+
+
+def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict:
+    """The record of a grid point from its repeated runs: the step times of all repeats
+    pooled (a busy moment of a shared machine spoils one repeat, not the median)."""
+    from parrbm.analysis import cost
+
+    tr = cfg["training"]
+    spec = _spec_for(cfg, pt)
+    m, K = spec.batch_size, pt["workers"]
+    first, steps, warmup = runs[0], runs[0]["steps"], runs[0]["warmup"]
+    stats, errors = first["stats"], first["errors"]
+    if any(r["stats"]["bytes_per_step"] != stats["bytes_per_step"] for r in runs):
+        raise RuntimeError(f"{pt['run_id']}: the repeats moved different numbers of bytes "
+                           f"({[r['stats']['bytes_per_step'] for r in runs]})")
+    step_times = np.concatenate([r["step_times"] for r in runs])
+    per_step = {k: float(np.mean([r["per_step"][k] for r in runs])) for k in ("compute", "comm", "wait")}
     median = float(np.median(step_times))
     cores = environment_cores()
     key = (m, pt["precision"], pt["visible_type"])
@@ -308,7 +343,8 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
         "bytes_per_step_formula": formula,
         "wire_bytes_per_step": stats.get("wire_bytes_per_step"),
         "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
-                         "p90": float(np.percentile(step_times, 90))},
+                         "p90": float(np.percentile(step_times, 90)),
+                         "repeat_medians": [float(np.median(r["step_times"])) for r in runs]},
         "compute_seconds": per_step["compute"], "comm_seconds": per_step["comm"],
         "wait_seconds": per_step["wait"],
         "cases_per_second": m / median,
@@ -318,12 +354,12 @@ def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
         "speedup_meaningful": K <= cores,
         "replica_divergence": stats.get("replica_divergence", 0.0),
         "reconstruction_error": float(np.sum(errors[-steps:]) / (steps * m * spec.n_visible)),
-        **stats_extra,
+        **first["extra"],
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
-            "training": {"steps": steps, "warmup": warmup, **{k: tr[k] for k in (
+            "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (
                 "learning_rate", "momentum", "weight_decay", "sync_every", "seed")}},
             "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
             "metrics": metrics}
@@ -414,29 +450,46 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, progress=print
     if max(p["workers"] for p in points) > env["cores"]:
         progress(f"note: some runs use more workers than the {env['cores']} cores here: their measured "
                  f"speedup is not meaningful (speedup_meaningful=false); the cost model still holds")
-    for i, pt in enumerate(points, 1):
-        label = f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} " \
-                f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}"
-        if pt["run_id"] in done:
-            progress(f"{label}: recorded, skipped")
-            continue
-        started = datetime.now(timezone.utc).isoformat()
-        t0 = time.perf_counter()
-        try:
-            rec = run_point(cfg, pt, baselines)
-            rec.update(status="ok", error=None)
-            _note_baseline(baselines, {**rec, "run_id": pt["run_id"]})
-            msg = f"{rec['metrics']['step_seconds']['median'] * 1e3:.1f} ms/step"
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the grid goes on; the record says why
-            rec = {"strategy": pt["strategy"], "workers": pt["workers"], "transport": pt["transport"],
-                   "batch_size": pt["batch_size"], "status": "error", "error": str(exc), "metrics": None}
-            msg = f"FAILED: {exc}"
-        rec.update(run_id=pt["run_id"], config=cfg["name"], environment=env, started=started,
-                   finished=datetime.now(timezone.utc).isoformat())
-        append_record(results, rec)
-        progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
+    repeats = cfg["training"]["repeats"]
+    runs: dict[str, list[dict]] = {}
+    started: dict[str, tuple[str, float]] = {}
+    failed: set[str] = set()
+    # The repeats go round the whole grid: a busy spell of a shared machine then lands on
+    # one repeat of several points, not on every repeat of one point.
+    for rep in range(repeats):
+        for i, pt in enumerate(points, 1):
+            label = f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} " \
+                    f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}" \
+                    + (f" (repeat {rep + 1}/{repeats})" if repeats > 1 else "")
+            rid = pt["run_id"]
+            if rid in done or rid in failed:
+                if rep == 0 and rid in done:
+                    progress(f"{label}: recorded, skipped")
+                continue
+            started.setdefault(rid, (datetime.now(timezone.utc).isoformat(), time.perf_counter()))
+            t0 = time.perf_counter()
+            try:
+                runs.setdefault(rid, []).append(measure_point(cfg, pt))
+                if rep + 1 < repeats:
+                    progress(f"{label}: {np.median(runs[rid][-1]['step_times']) * 1e3:.1f} ms/step "
+                             f"({time.perf_counter() - t0:.1f} s)")
+                    continue
+                rec = point_record(cfg, pt, runs.pop(rid), baselines)
+                rec.update(status="ok", error=None)
+                _note_baseline(baselines, {**rec, "run_id": rid})
+                msg = f"{rec['metrics']['step_seconds']['median'] * 1e3:.1f} ms/step"
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the grid goes on; the record says why
+                rec = {"strategy": pt["strategy"], "workers": pt["workers"], "transport": pt["transport"],
+                       "batch_size": pt["batch_size"], "status": "error", "error": str(exc), "metrics": None}
+                msg = f"FAILED: {exc}"
+                failed.add(rid)
+                runs.pop(rid, None)
+            rec.update(run_id=rid, config=cfg["name"], environment=env, started=started[rid][0],
+                       finished=datetime.now(timezone.utc).isoformat())
+            append_record(results, rec)
+            progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
     return results
 
 
@@ -490,12 +543,21 @@ def summary_table(records: list[dict], profile=None) -> str:
                             f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
                             if id(r) in predicted else (f"{'-':>10}{'-':>8}" if predicted else "")) + note)
     if predicted:
-        from parrbm.analysis.compare import error_summary, predicted_vs_measured
+        from parrbm.analysis.compare import error_summary, predicted_vs_measured, ranking_agreement
 
-        e = error_summary(predicted_vs_measured(records, profile))
+        rows = predicted_vs_measured(records, profile)
+        e = error_summary(rows)
         if e["runs"]:
             lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
                          f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
+        for g in ranking_agreement(rows):
+            noisy = len(g["discordant"]) - len(g["discordant_beyond_noise"])
+            verdict = ("same order" if g["same"] else
+                       f"same order up to {noisy} pair(s) within the p10-p90 noise" if g["same_within_noise"] else
+                       "different order: " + ", ".join(f"{a} / {b} ({gap:.1f}% apart)"
+                                                       for a, b, gap in g["discordant_beyond_noise"]))
+            lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
+                         f"model: {verdict}")
     failed = [r for r in records if r.get("status") == "error"]
     if failed:
         lines.append(f"\n{len(failed)} run(s) failed:")

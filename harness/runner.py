@@ -107,6 +107,14 @@ class ParallelRunner:
         self.step_seconds: list[list[float]] = [[] for _ in range(self.K)]
         self.steps = 0
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Continue with another learning rate (a schedule's next epoch); the workers
+        read it from their spec at every update."""
+        self.spec = self.spec.replace(learning_rate=learning_rate)
+        for w in self.workers:
+            w.spec = self.spec
+        self._serial = None
+
     def gather_model(self) -> ModelState:
         models = run_threads(self.K, lambda comm: self._on(comm).gather_model(),
                              timeout=self.timeout, blas_threads=self.blas_threads)

@@ -36,6 +36,14 @@ class SerialStrategy:
         """One CD-k step on a (m, n_visible) minibatch; returns its error sum."""
         return self._trainer.step(X_batch, step)
 
+    def set_learning_rate(self, learning_rate: float) -> None:
+        """Continue with another learning rate (a schedule's next epoch)."""
+        state = self.gather_model()
+        self.spec = self.spec.replace(learning_rate=learning_rate)
+        trainer_cls = _core.CDTrainer64 if self.spec.dtype == "float64" else _core.CDTrainer32
+        self._trainer = trainer_cls(**self.spec.trainer_kwargs())
+        self.load_model(state)
+
     def gather_model(self) -> ModelState:
         t = self._trainer
         copy = lambda a: None if a is None else a.copy()  # noqa: E731

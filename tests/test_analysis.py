@@ -165,6 +165,46 @@ def test_syncs_are_typical_or_amortised():
     assert rare.mean_step_seconds == pytest.approx(rare.step_seconds + rare.sync_seconds / 10)
 
 
+def test_workers_sharing_cores_wait_by_the_measured_factor(tmp_path):
+    model = cost.Model(500, 800)
+    prof = flat_profile()
+    prof.cores = 2
+    prof.contention = {"net": {"2": 1.25}}
+    alone = predict("green-only", model, 50, 2, prof, transport="net")
+    shared = predict("green-only", model, 50, 2, prof, transport="net", cores=2)
+    assert alone.wait_seconds == 0
+    assert shared.step_seconds == pytest.approx(1.25 * alone.step_seconds, rel=1e-12)
+    assert shared.wait_seconds == pytest.approx(0.25 * alone.step_seconds, rel=1e-12)
+    over = predict("green-only", model, 50, 4, prof, transport="net", cores=2)  # K > cores: K / cores as well
+    flat4 = predict("green-only", model, 50, 4, prof, transport="net")
+    assert over.compute_seconds == pytest.approx(2 * flat4.compute_seconds, rel=1e-12)
+    assert over.step_seconds == pytest.approx(1.25 * (over.compute_seconds + over.comm_seconds), rel=1e-12)
+    prof.links["other"] = prof.links["net"]  # not measured for this transport: no factor
+    assert predict("green-only", model, 50, 2, prof, transport="other", cores=2).wait_seconds == 0
+    # an older profile's single table applies to every transport
+    raw = json.loads(json.dumps(__import__("dataclasses").asdict(prof)))
+    raw["contention"] = {"2": 1.5}
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert Profile.load(tmp_path / "old.json").sharing("tcp", 2) == 1.5
+
+
+def test_ranking_pairs_within_the_noise_do_not_count_against_the_model():
+    from parrbm.analysis.compare import ranking_agreement
+
+    def row(s, measured, p10, p90, predicted):
+        return {"strategy": s, "workers": 2, "transport": "tcp", "batch_size": 10, "visible_type": "binary",
+                "precision": "float32", "meaningful": True, "measured_seconds": measured,
+                "measured_p10": p10, "measured_p90": p90, "predicted_seconds": predicted}
+
+    close = [row("a", 1.00, 0.95, 1.05, 1.1), row("b", 1.02, 0.98, 1.06, 1.0), row("c", 2.0, 1.9, 2.1, 2.0)]
+    g, = ranking_agreement(close)
+    assert g["measured"] == ["a", "b", "c"] and g["predicted"] == ["b", "a", "c"]
+    assert not g["same"] and g["same_within_noise"] and g["discordant_beyond_noise"] == []
+    apart = [row("a", 1.0, 0.99, 1.01, 1.1), row("b", 1.2, 1.19, 1.21, 1.0)]
+    g, = ranking_agreement(apart)
+    assert not g["same_within_noise"] and [(a, b) for a, b, _ in g["discordant_beyond_noise"]] == [("a", "b")]
+
+
 def test_slower_network_favours_fewer_bytes():
     """On a fast network the strategy with the least compute wins; on a slow one, for the
     paper's model, the one with the least traffic."""
@@ -221,6 +261,8 @@ def test_calibration_measures_plausible_figures(measured_profile):
     assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
     link = p.links["threads"]["allgather"]
     assert link.latency < 0.01 and link.bandwidth > 1e7
+    sharing = p.contention["threads"][str(max(2, p.cores))]
+    assert 1.0 <= sharing < 4.0
 
 
 def test_predict_and_advise_commands(measured_profile, capsys):
@@ -259,7 +301,7 @@ def quick_results(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("quick")
     raw = yaml.safe_load(open("configs/quick.yaml"))
-    raw["training"].update(steps=1, warmup=0)
+    raw["training"].update(steps=1, warmup=0, repeats=1)
     raw["data"]["cases"] = 200
     (tmp / "quick.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp / "quick.yaml")

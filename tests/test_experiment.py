@@ -87,7 +87,8 @@ def test_run_writes_records_and_resume_skips(tmp_path):
         assert {"strategy", "workers", "transport", "batch_size", "model", "environment"} <= set(r)
         assert {"visible", "hidden", "visible_type", "precision"} <= set(r["model"])
         assert r["metrics"]["bytes_per_step"] == r["metrics"]["bytes_per_step_formula"]
-        assert set(r["metrics"]["step_seconds"]) == {"median", "p10", "p90"}
+        assert set(r["metrics"]["step_seconds"]) == {"median", "p10", "p90", "repeat_medians"}
+        assert len(r["metrics"]["step_seconds"]["repeat_medians"]) == r["training"]["repeats"] == 1
     tcp = [r for r in recs if r["transport"] == "tcp"]
     assert tcp and all(r["metrics"]["wire_bytes_per_step"] > r["metrics"]["bytes_per_step"] for r in tcp)
     same = {(r["strategy"], r["transport"]): r["metrics"]["bytes_per_step"] for r in recs if r["workers"] == 2}
@@ -98,6 +99,23 @@ def test_run_writes_records_and_resume_skips(tmp_path):
     seen = []
     run_config(cfg, out, resume=True, progress=seen.append)
     assert path.read_text() == before and all("skipped" in s for s in seen if s.startswith("["))
+
+
+def test_repeats_go_round_the_grid_and_pool_their_steps(tmp_path):
+    cfg = load_config(write(tmp_path, SMALL.replace("transport: [threads, tcp]", "transport: [threads]")))
+    cfg["training"]["repeats"] = 3
+    seen = []
+    path = run_config(cfg, tmp_path / "out", progress=seen.append)
+    lines = [s for s in seen if s.startswith("[")]
+    n = len(grid_points(cfg))
+    # every point's first repeat before any point's second
+    assert [("repeat 1/3" in s, "repeat 2/3" in s, "repeat 3/3" in s) for s in lines] == \
+        [(True, False, False)] * n + [(False, True, False)] * n + [(False, False, True)] * n
+    for r in read_records(path):
+        st = r["metrics"]["step_seconds"]
+        assert r["training"]["repeats"] == 3 and len(st["repeat_medians"]) == 3
+        assert min(st["repeat_medians"]) <= st["median"] <= max(st["repeat_medians"])
+        assert r["metrics"]["bytes_per_step"] == r["metrics"]["bytes_per_step_formula"]
 
 
 def test_a_failing_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
