@@ -302,7 +302,7 @@ void bind_trainer(py::module_& m, const char* name) {
                        const std::string& visible, bool gaussian_noise,
                        const std::string& statistics, int cd_k, bool persistent,
                        double learning_rate, double momentum, double weight_decay,
-                       uint64_t seed, bool binary_statistics) {
+                       uint64_t seed, bool binary_statistics, bool sample_visible) {
              CDConfig c;
              c.n_visible = n_visible;
              c.n_hidden = n_hidden;
@@ -321,6 +321,7 @@ void bind_trainer(py::module_& m, const char* name) {
              c.weight_decay = weight_decay;
              c.seed = seed;
              c.binary_statistics = binary_statistics;
+             c.sample_visible = sample_visible;
              return new Tr(c);
            }),
            py::arg("n_visible"), py::arg("n_hidden"), py::arg("batch_size"),
@@ -328,7 +329,7 @@ void bind_trainer(py::module_& m, const char* name) {
            py::arg("statistics") = "samples", py::arg("cd_k") = 1, py::arg("persistent") = false,
            py::arg("learning_rate") = 0.1, py::arg("momentum") = 0.0,
            py::arg("weight_decay") = 0.0, py::arg("seed") = 0,
-           py::arg("binary_statistics") = true)
+           py::arg("binary_statistics") = true, py::arg("sample_visible") = false)
       .def_property_readonly("uses_binary_statistics", &Tr::uses_binary_statistics)
       .def_property_readonly("W", [](py::object self) {
         Tr& t = self.cast<Tr&>();

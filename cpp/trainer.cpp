@@ -79,7 +79,7 @@ double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
     key.phase = phase_visible(uint32_t(t));
     gemm<T>(false, true, T(1), cv(driver), cv(w), T(0), left_neg);
     const bool sample_visible = c.visible == VisibleKind::Binary
-                                    ? !probs_stats
+                                    ? !probs_stats || c.sample_visible
                                     : c.gaussian_noise;
     const bool monitor = t == 1 && !c.persistent;
     err += visible_activation<T>(cv(left_neg), b_.data(), left_neg, c.visible, sample_visible,

@@ -17,6 +17,10 @@ struct CDConfig {
   int64_t batch_size = 0;  // largest minibatch; also the number of persistent chains
   VisibleKind visible = VisibleKind::Binary;
   bool gaussian_noise = false;  // sample Gaussian visible units instead of using the mean
+  // Binary visible units with probability statistics: sample the negative-phase visible
+  // states (as scikit-learn's BernoulliRBM) instead of using their probabilities.
+  // Sampled statistics always sample them.
+  bool sample_visible = false;
   Statistics statistics = Statistics::Samples;
   int cd_k = 1;
   bool persistent = false;

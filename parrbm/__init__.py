@@ -8,14 +8,18 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
 
-__all__ = ["RBM", "__version__"]
+__all__ = ["DBN", "RBM", "DivergenceError", "latest_checkpoint", "__version__"]
 
 
 def __getattr__(name):
     # Imported on first use: worker processes of the tcp and mpi transports start
     # without loading scikit-learn.
-    if name == "RBM":
-        from parrbm.rbm import RBM
+    if name in ("RBM", "DivergenceError", "latest_checkpoint"):
+        from parrbm import rbm
 
-        return RBM
+        return getattr(rbm, name)
+    if name == "DBN":
+        from parrbm.dbn import DBN
+
+        return DBN
     raise AttributeError(f"module 'parrbm' has no attribute {name!r}")

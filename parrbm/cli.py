@@ -15,27 +15,37 @@ class UsageError(Exception):
     """A bad argument, file or config: reported in one line, exit code 2."""
 
 
-def _load_data(spec: str, binarize: bool) -> tuple[np.ndarray, str]:
-    if spec == "digits":
-        from sklearn.datasets import load_digits
+def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
+    """(X, y, description, image shape) for ``parrbm train``."""
+    from parrbm import datasets
 
-        X = load_digits().data / 16.0
-        name = "scikit-learn digits (8x8, scaled to [0, 1])"
-    else:
-        path = Path(spec)
-        if path.suffix != ".npy":
-            raise UsageError(f"--data: expected 'digits' or a .npy file, got {spec!r}")
-        if not path.is_file():
-            raise UsageError(f"--data: no such file: {path}")
-        try:
-            X = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise UsageError(f"--data: {path} is not a readable .npy array ({exc})") from exc
-        name = str(path)
-    if binarize:
+    spec = args.data
+    try:
+        if spec.endswith(".npy"):
+            X, y = datasets.load_npy(spec, args.labels)
+            name, shape = spec, None
+        elif spec in ("digits", "nudged-digits"):
+            X, y = datasets.load_digits(nudged=spec == "nudged-digits")
+            name, shape = f"scikit-learn {spec} (8x8, scaled to [0, 1])", (8, 8)
+        elif spec == "cifar10":
+            X, y = datasets.load_cifar10(args.data_path or ".", subset="train")
+            name, shape = f"CIFAR-10 training images from {args.data_path or '.'}", (32, 32, 3)
+        elif spec == "random-binary":
+            X, y = datasets.random_binary(args.samples or 2000, 256, seed=args.seed)
+            name, shape = "random binary (256 features, p = 0.5)", (16, 16)
+        else:
+            raise UsageError(f"--data: expected digits, nudged-digits, cifar10, random-binary or a .npy "
+                             f"file, got {spec!r}")
+    except datasets.DatasetError as exc:
+        raise UsageError(f"--data {spec}: {exc}") from exc
+    if args.samples and X.shape[0] > args.samples:
+        pick = np.sort(np.random.default_rng(args.seed).permutation(X.shape[0])[:args.samples])
+        X, y = X[pick], None if y is None else y[pick]
+        name += f", {args.samples} random samples"
+    if args.binarize:
         X = (X > 0.5).astype(np.float64)
         name += ", binarised at 0.5"
-    return X, name
+    return X, y, name, shape
 
 
 def _cmd_info(args) -> int:
@@ -50,47 +60,135 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
-    from parrbm import RBM
+def _learning_rate(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
 
-    X, name = _load_data(args.data, args.binarize)
-    rbm = RBM(n_hidden=args.hidden, visible=args.visible, learning_rate=args.learning_rate,
-              batch_size=args.batch_size, n_iter=args.epochs, momentum=args.momentum,
-              weight_decay=args.weight_decay, cd_k=args.cd_k, persistent=args.persistent,
-              statistics=args.statistics, dtype=args.dtype, random_state=args.seed,
-              strategy=args.strategy, workers=args.workers, verbose=True)
+
+def _cmd_train(args) -> int:
+    from parrbm import RBM, preprocessing
+    from parrbm.rbm import DivergenceError, latest_checkpoint
+
+    X, y, name, shape = _load_data(args)
+    if args.shape:
+        from parrbm.pictures import parse_shape
+
+        try:
+            shape = parse_shape(args.shape)
+        except ValueError as exc:
+            raise UsageError(f"--shape: {exc}") from exc
     print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
+    if not 0.0 <= args.valid_fraction < 1.0:
+        raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    n_valid = int(round(args.valid_fraction * X.shape[0]))
+    perm = np.random.default_rng([args.seed, 0x7A11D]).permutation(X.shape[0])
+    X_train, X_valid = X[perm[n_valid:]], (X[perm[:n_valid]] if n_valid else None)
+    pre = preprocessing.make(args.preprocess)
+    if pre is not None:
+        X_train = pre.fit_transform(X_train)
+        X_valid = None if X_valid is None else pre.transform(X_valid)
+        print(f"preprocessing: {args.preprocess} (fitted on the {X_train.shape[0]} training samples)")
+    if args.visible == "binary" and pre is not None:
+        raise UsageError(f"--preprocess {args.preprocess} gives real-valued data: use --visible gaussian")
+    params = dict(n_hidden=args.hidden, visible=args.visible, learning_rate=args.learning_rate,
+                  batch_size=args.batch_size, n_iter=args.epochs, momentum=args.momentum,
+                  weight_decay=args.weight_decay, cd_k=args.cd_k, persistent=args.persistent,
+                  statistics=args.statistics, dtype=args.dtype, random_state=args.seed,
+                  strategy=args.strategy, workers=args.workers, transport=args.transport,
+                  learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
+                  checkpoint_every=args.checkpoint_every, verbose=True)
+    rbm = RBM(**params)
+    if args.resume:
+        if not args.checkpoint_dir:
+            raise UsageError("--resume continues from --checkpoint-dir: give it")
+        last = latest_checkpoint(args.checkpoint_dir) if Path(args.checkpoint_dir).is_dir() else None
+        if last is None:
+            print(f"no checkpoint in {args.checkpoint_dir}: starting from the beginning")
+        else:
+            try:
+                rbm = RBM.load(last)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            rbm.set_params(**{**params, "warm_start": True})
+            print(f"resuming from {last} (epoch {rbm.epochs_done_} of {args.epochs})")
     t0 = time.perf_counter()
     try:
-        rbm.fit(X)
+        rbm.fit(X_train, X_valid=X_valid)
+    except DivergenceError as exc:
+        print(f"parrbm: error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     fit_seconds = time.perf_counter() - t0
-    rows = [("parrbm", fit_seconds, rbm.reconstruction_error_[-1] if rbm.reconstruction_error_ else float("nan"),
-             float(np.mean(rbm.score_samples(X))) if args.visible == "binary" else float("nan"))]
+    rows = [(f"parrbm ({args.strategy}, K={args.workers})", fit_seconds,
+             rbm.reconstruction_error_[-1] if rbm.reconstruction_error_ else float("nan"),
+             float(np.mean(rbm.score_samples(X_train))) if args.visible == "binary" else float("nan"))]
     if args.compare_sklearn:
         from sklearn.neural_network import BernoulliRBM
 
-        sk = BernoulliRBM(n_components=args.hidden, learning_rate=args.learning_rate,
+        if args.visible != "binary":
+            raise UsageError("--compare-sklearn: scikit-learn's BernoulliRBM has binary visible units only")
+        sk = BernoulliRBM(n_components=args.hidden, learning_rate=rbm.base_learning_rate(),
                           batch_size=args.batch_size, n_iter=args.epochs, random_state=args.seed)
         t0 = time.perf_counter()
-        sk.fit(X)
+        sk.fit(X_train)
         sk_seconds = time.perf_counter() - t0
-        recon = 1 / (1 + np.exp(-(sk.transform(X) @ sk.components_ + sk.intercept_visible_)))
-        rows.append(("sklearn BernoulliRBM", sk_seconds, float(np.mean((X - recon) ** 2)),
-                     float(np.mean(sk.score_samples(X)))))
+        recon = 1 / (1 + np.exp(-(sk.transform(X_train) @ sk.components_ + sk.intercept_visible_)))
+        rows.append(("sklearn BernoulliRBM", sk_seconds, float(np.mean((X_train - recon) ** 2)),
+                     float(np.mean(sk.score_samples(X_train)))))
     print()
-    print(f"{'trainer':<22}{'fit s':>9}{'recon err':>12}{'pseudo-LL':>12}")
+    print(f"{'trainer':<30}{'fit s':>9}{'recon err':>12}{'pseudo-LL':>12}")
     for trainer, secs, err, pll in rows:
-        print(f"{trainer:<22}{secs:>9.3f}{err:>12.5f}{pll:>12.3f}")
+        print(f"{trainer:<30}{secs:>9.3f}{err:>12.5f}{pll:>12.3f}")
     if args.compare_sklearn:
         ratio = rows[1][1] / rows[0][1]
         verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
         print(f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
               f"(same epochs, batch size and learning rate)")
     if args.out:
-        rbm.save(args.out)
-        print(f"model saved to {args.out}")
+        out = Path(args.out)
+        if out.suffix == ".npz":
+            rbm.save(out)
+            print(f"model saved to {out}")
+        else:
+            from parrbm.pictures import guess_shape
+            from parrbm.trainreport import write_train_report
+
+            if shape is None:
+                try:
+                    shape = guess_shape(X.shape[1])
+                except ValueError:
+                    shape = None
+            out.mkdir(parents=True, exist_ok=True)
+            rbm.save(out / "model.npz")
+            page = write_train_report(rbm, out, data_name=name, X=X_valid if X_valid is not None else X_train,
+                                      shape=shape, preprocessor=pre, fit_seconds=fit_seconds)
+            print(f"model saved to {out / 'model.npz'}; report: {page}")
+    return 0
+
+
+def _cmd_plot_filters(args) -> int:
+    from parrbm.dbn import DBN
+    from parrbm.pictures import parse_shape, plot_filters
+    from parrbm.rbm import RBM
+
+    try:
+        try:
+            model = RBM.load(args.model)
+        except ValueError as first:
+            try:
+                model = DBN.load(args.model)
+            except ValueError:
+                raise first from None
+        shape = parse_shape(args.shape) if args.shape else None
+        plot_filters(model, args.out, shape=shape, n=args.n)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"filters: {args.out}")
     return 0
 
 
@@ -160,15 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
-    tr = sub.add_parser("train", help="train an RBM on a data set and report its learning",
+    tr = sub.add_parser("train", help="train an RBM on a data set: monitors, checkpoints, model and report",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--data", default="digits", help="'digits' or a .npy file (n_samples, n_features)")
+    tr.add_argument("--data", default="digits",
+                    help="digits, nudged-digits, cifar10 (with --data-path), random-binary, or a .npy file "
+                         "(n_samples, n_features)")
+    tr.add_argument("--data-path", help="cifar10: the cifar-10-python.tar.gz archive or its extracted folder")
+    tr.add_argument("--labels", help="with a .npy --data: a .npy file of labels (n_samples,)")
+    tr.add_argument("--samples", type=int, help="train on this many randomly chosen samples")
     tr.add_argument("--binarize", action="store_true", help="threshold the data at 0.5")
+    tr.add_argument("--preprocess", default="none", choices=["none", "standardize", "zca"],
+                    help="per-dimension standardisation or ZCA whitening (Gaussian visible units)")
+    tr.add_argument("--valid-fraction", type=float, default=0.1,
+                    help="held out for the free-energy gap and held-out reconstruction error")
     tr.add_argument("--hidden", type=int, default=100)
     tr.add_argument("--visible", default="binary", choices=["binary", "gaussian"])
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--batch-size", type=int, default=10)
-    tr.add_argument("--learning-rate", type=float, default=0.06)
+    tr.add_argument("--learning-rate", type=_learning_rate, default="auto",
+                    help="a positive number, or auto: 0.1 for binary visible units, 0.01 for Gaussian")
+    tr.add_argument("--schedule", default="constant", choices=["constant", "linear", "exponential"],
+                    help="learning-rate schedule over the epochs")
     tr.add_argument("--momentum", type=float, default=0.0)
     tr.add_argument("--weight-decay", type=float, default=0.0)
     tr.add_argument("--cd-k", type=int, default=1)
@@ -177,11 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     tr.add_argument("--strategy", default="serial")
     tr.add_argument("--workers", type=int, default=1)
+    tr.add_argument("--transport", default="threads", choices=["threads", "tcp", "mpi"])
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", help="save the fitted model to this .npz file")
+    tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
+    tr.add_argument("--checkpoint-every", type=int, default=1)
+    tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    tr.add_argument("--shape", help="image shape for the pictures, e.g. 8x8 or 32x32x3 (default: guessed)")
+    tr.add_argument("--out", help="a directory for model.npz and report.html (curves, filters, "
+                                  "reconstructions), or a .npz file for the model alone")
     tr.add_argument("--compare-sklearn", action="store_true",
                     help="also fit scikit-learn's BernoulliRBM with the same settings")
     tr.set_defaults(func=_cmd_train)
+
+    pf = sub.add_parser("plot-filters", help="an RBM's (or a DBN's first layer's) filters as image tiles")
+    pf.add_argument("model", help="a model .npz written by 'parrbm train' or RBM.save / DBN.save")
+    pf.add_argument("--out", required=True, help="the PNG (or SVG, PDF) to write")
+    pf.add_argument("--shape", help="image shape, e.g. 8x8 or 32x32x3 (default: guessed from the features)")
+    pf.add_argument("--n", type=int, default=100, help="how many filters")
+    pf.set_defaults(func=_cmd_plot_filters)
     return p
 
 

@@ -26,6 +26,10 @@ class CDSpec:
         Visible unit type (Gaussian units have unit variance).
     gaussian_noise : bool
         Gaussian visible units are sampled (mean + N(0, 1)) instead of taking the mean.
+    sample_visible : bool
+        Binary visible units with probability statistics: the negative phase samples
+        the visible states instead of using their probabilities (scikit-learn's
+        BernoulliRBM does). Sampled statistics always sample them.
     statistics : {"samples", "probabilities"}
         Learning statistics from sampled hidden states (1 bit each, the paper's
         choice) or from probabilities.
@@ -44,6 +48,7 @@ class CDSpec:
     batch_size: int
     visible: str = "binary"
     gaussian_noise: bool = False
+    sample_visible: bool = False
     statistics: str = "samples"
     cd_k: int = 1
     persistent: bool = False
@@ -68,6 +73,7 @@ class CDSpec:
             batch_size=self.batch_size,
             visible=self.visible,
             gaussian_noise=self.gaussian_noise,
+            sample_visible=self.sample_visible,
             statistics=self.statistics,
             cd_k=self.cd_k,
             persistent=self.persistent,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -18,6 +20,20 @@ from parrbm.config import DTYPES, STATISTICS, VISIBLE_TYPES, CDSpec, ModelState
 _FORMAT = "parrbm-rbm"
 _FORMAT_VERSION = 1
 _TRANSPORTS = ("threads", "tcp", "mpi")
+_SCHEDULES = ("constant", "linear", "exponential")
+#: samples of the training data (and of X_valid) the per-epoch monitors look at
+MONITOR_SAMPLES = 500
+
+
+class DivergenceError(ValueError):
+    """Training blew up (NaN / inf or exploding weights); the model is left as it was
+    after the last good epoch."""
+
+
+def latest_checkpoint(directory) -> Path | None:
+    """The newest ``epoch-NNNN.npz`` written by ``fit`` in ``directory`` (None if none)."""
+    found = sorted(Path(directory).glob("epoch-[0-9][0-9][0-9][0-9]*.npz"))
+    return found[-1] if found else None
 
 
 def _resolve_seed(random_state) -> int:
@@ -49,9 +65,10 @@ class RBM(TransformerMixin, BaseEstimator):
     visible : {"binary", "gaussian"}, default="binary"
         Visible unit type. Binary data must lie in [0, 1]; Gaussian data should be
         standardised per feature (unit variance is assumed).
-    learning_rate : float, default=0.1
+    learning_rate : float or "auto", default="auto"
         Step size eps; the weight change of a minibatch of m cases is
-        eps / m * (x^T h - v'^T h').
+        eps / m * (x^T h - v'^T h'). "auto": 0.1 for binary visible units, 0.01 for
+        Gaussian ones.
     batch_size : int, default=10
         Cases per minibatch m.
     n_iter : int, default=10
@@ -66,6 +83,11 @@ class RBM(TransformerMixin, BaseEstimator):
     statistics : {"samples", "probabilities"}, default="samples"
         Learning statistics from sampled hidden states (the paper's choice: one bit per
         hidden unit on the wire) or from probabilities (Hinton's practical guide).
+    sample_visible : bool, default=False
+        Binary visible units with ``statistics="probabilities"``: sample the negative-phase
+        visible states instead of using their probabilities, as scikit-learn's BernoulliRBM
+        does (with ``persistent=True`` this is BernoulliRBM's algorithm). Sampled statistics
+        always sample them; Gaussian units have ``gaussian_noise``.
     gaussian_noise : bool, default=False
         Sample Gaussian visible units in the negative phase instead of using their mean.
     dtype : {"float32", "float64"}, default="float32"
@@ -83,8 +105,30 @@ class RBM(TransformerMixin, BaseEstimator):
         threads), ``reduce`` ("master" | "allreduce"), ``average`` ("gradients" |
         "weights"), ``average_every`` (parameter averaging), ``blas_threads`` (BLAS threads
         per worker, default 1) and ``timeout`` (seconds a worker waits for its peers).
+    learning_rate_schedule : {"constant", "linear", "exponential"} or callable, default="constant"
+        The learning rate of epoch e (from 0): constant; ``learning_rate * (1 - e / n_iter)``;
+        ``learning_rate * learning_rate_decay ** e``; or ``schedule(e)`` for a callable
+        (not saved with the model).
+    learning_rate_decay : float in (0, 1], default=0.95
+        The factor per epoch of the exponential schedule.
+    max_abs_weight : float, default=100.0
+        The divergence guard: an epoch that ends with a NaN / inf anywhere in the model or
+        the reconstruction error, or with a weight larger than this in magnitude, stops
+        ``fit`` with :class:`DivergenceError` naming the epoch and a smaller learning rate;
+        the model is put back to the last good epoch.
+    warm_start : bool, default=False
+        ``fit`` on a fitted model (e.g. one read from a checkpoint) continues it: epochs
+        ``epochs_done_`` to ``n_iter`` - 1 run, with the data order and random streams of
+        those epochs, so a resumed fit equals one that was never interrupted.
+    checkpoint_dir : str or None, default=None
+        Save the model as ``epoch-NNNN.npz`` there every ``checkpoint_every`` epochs and
+        after the last (atomically; the two newest are kept). ``latest_checkpoint(dir)``
+        finds the newest.
+    checkpoint_every : int, default=1
+    progress : bool or "auto", default="auto"
+        A progress bar over the epochs on standard error ("auto": when it is a terminal).
     verbose : bool, default=False
-        Print the reconstruction error of every epoch.
+        Print the monitors of every epoch.
 
     Attributes
     ----------
@@ -96,6 +140,14 @@ class RBM(TransformerMixin, BaseEstimator):
     reconstruction_error_ : list of float
         Mean squared reconstruction error per epoch (per element; for PCD the mean-field
         reconstruction of the training data).
+    history_ : list of dict
+        One entry per epoch of ``fit``: ``epoch`` (from 1), ``learning_rate``,
+        ``reconstruction_error``, ``pseudo_likelihood`` (binary visible units: mean over
+        up to 500 training samples), ``free_energy_gap`` (mean free energy of up to 500
+        ``X_valid`` samples minus that of as many training samples: it grows when the
+        model overfits), ``valid_reconstruction_error``, ``max_abs_weight``, ``seconds``.
+    epochs_done_ : int
+        Epochs of ``fit`` done so far.
     comm_stats_ : dict
         Communication of the fit (see :meth:`ParallelRunner.comm_stats`): at least
         ``bytes_per_step`` (payload bytes over all workers for one minibatch, weight sync
@@ -107,11 +159,13 @@ class RBM(TransformerMixin, BaseEstimator):
         The resolved 64-bit seed.
     """
 
-    def __init__(self, n_hidden=256, *, visible="binary", learning_rate=0.1, batch_size=10,
+    def __init__(self, n_hidden=256, *, visible="binary", learning_rate="auto", batch_size=10,
                  n_iter=10, momentum=0.0, weight_decay=0.0, cd_k=1, persistent=False,
-                 statistics="samples", gaussian_noise=False, dtype="float32",
+                 statistics="samples", sample_visible=False, gaussian_noise=False, dtype="float32",
                  random_state=None, strategy="serial", workers=1, transport="threads",
-                 strategy_options=None, verbose=False):
+                 strategy_options=None, learning_rate_schedule="constant", learning_rate_decay=0.95,
+                 max_abs_weight=100.0, warm_start=False, checkpoint_dir=None, checkpoint_every=1,
+                 progress="auto", verbose=False):
         self.n_hidden = n_hidden
         self.visible = visible
         self.learning_rate = learning_rate
@@ -122,6 +176,7 @@ class RBM(TransformerMixin, BaseEstimator):
         self.cd_k = cd_k
         self.persistent = persistent
         self.statistics = statistics
+        self.sample_visible = sample_visible
         self.gaussian_noise = gaussian_noise
         self.dtype = dtype
         self.random_state = random_state
@@ -129,6 +184,13 @@ class RBM(TransformerMixin, BaseEstimator):
         self.workers = workers
         self.transport = transport
         self.strategy_options = strategy_options
+        self.learning_rate_schedule = learning_rate_schedule
+        self.learning_rate_decay = learning_rate_decay
+        self.max_abs_weight = max_abs_weight
+        self.warm_start = warm_start
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
         self.verbose = verbose
 
     # ---- parameters ------------------------------------------------------------------
@@ -137,7 +199,8 @@ class RBM(TransformerMixin, BaseEstimator):
         o = "RBM"
         v.check_int(o, "n_hidden", self.n_hidden, minimum=1)
         v.check_choice(o, "visible", self.visible, VISIBLE_TYPES)
-        v.check_float(o, "learning_rate", self.learning_rate, low=0.0, low_open=True)
+        if self.learning_rate != "auto":
+            v.check_float(o, "learning_rate", self.learning_rate, low=0.0, low_open=True)
         v.check_int(o, "batch_size", self.batch_size, minimum=1)
         v.check_int(o, "n_iter", self.n_iter, minimum=0)
         v.check_float(o, "momentum", self.momentum, low=0.0, high=1.0, high_open=True)
@@ -145,6 +208,11 @@ class RBM(TransformerMixin, BaseEstimator):
         v.check_int(o, "cd_k", self.cd_k, minimum=1)
         if not isinstance(self.persistent, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'persistent' must be True or False, got {self.persistent!r}")
+        if not isinstance(self.sample_visible, (bool, np.bool_)):
+            raise ValueError(f"RBM: parameter 'sample_visible' must be True or False, got {self.sample_visible!r}")
+        if self.sample_visible and self.visible != "binary":
+            raise ValueError("RBM: parameter 'sample_visible' is for binary visible units; Gaussian units are "
+                             "sampled with gaussian_noise=True")
         if not isinstance(self.gaussian_noise, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'gaussian_noise' must be True or False, got {self.gaussian_noise!r}")
         v.check_choice(o, "statistics", self.statistics, STATISTICS)
@@ -154,6 +222,18 @@ class RBM(TransformerMixin, BaseEstimator):
         from parrbm.strategies import STRATEGIES
 
         v.check_choice(o, "strategy", self.strategy, STRATEGIES)
+        if not callable(self.learning_rate_schedule):
+            v.check_choice(o, "learning_rate_schedule", self.learning_rate_schedule, _SCHEDULES)
+        v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)
+        v.check_float(o, "max_abs_weight", self.max_abs_weight, low=0.0, low_open=True)
+        v.check_int(o, "checkpoint_every", self.checkpoint_every, minimum=1)
+        for flag in ("warm_start", "verbose"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise ValueError(f"RBM: parameter '{flag}' must be True or False, got {getattr(self, flag)!r}")
+        if self.progress not in (True, False, "auto"):
+            raise ValueError(f"RBM: parameter 'progress' must be True, False or 'auto', got {self.progress!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' must be a path or None, got {self.checkpoint_dir!r}")
         if self.strategy == "serial" and self.workers != 1:
             raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
                              f"Choose a parallel strategy for workers > 1")
@@ -191,8 +271,9 @@ class RBM(TransformerMixin, BaseEstimator):
         return CDSpec(
             n_visible=n_features, n_hidden=int(self.n_hidden), batch_size=int(self.batch_size),
             visible=self.visible, gaussian_noise=bool(self.gaussian_noise),
+            sample_visible=bool(self.sample_visible),
             statistics=self.statistics, cd_k=int(self.cd_k), persistent=bool(self.persistent),
-            learning_rate=float(self.learning_rate), momentum=float(self.momentum),
+            learning_rate=self.base_learning_rate(), momentum=float(self.momentum),
             weight_decay=float(self.weight_decay), dtype=self._dtype_name(), seed=self.seed_,
         )
 
@@ -225,7 +306,9 @@ class RBM(TransformerMixin, BaseEstimator):
         self._state = ModelState.initial(self.spec_)
         self._strategy = self._make_strategy(self.spec_, self._state)
         self.n_steps_ = 0
+        self.epochs_done_ = 0
         self.reconstruction_error_ = []
+        self.history_ = []
         self._export()
 
     def _train_epoch(self, X: np.ndarray, order: np.ndarray) -> float:
@@ -236,30 +319,122 @@ class RBM(TransformerMixin, BaseEstimator):
         self.comm_stats_ = self._strategy.comm_stats()
         if self.spec_.persistent:
             # A PCD chain is not a reconstruction of the data: monitor mean-field instead.
-            sub = X[order[: min(len(order), 1000)]]
+            sub = X[order[: min(len(order), MONITOR_SAMPLES)]]
             return float(np.mean((sub.astype(np.float64) - self._strategy.reconstruct(sub)) ** 2))
         return float(np.sum(errors) / (len(order) * X.shape[1]))
 
-    def fit(self, X, y=None):
+    def base_learning_rate(self) -> float:
+        """``learning_rate``, with "auto" resolved: 0.1 for binary visible units, 0.01 for
+        Gaussian ones (unit-variance inputs drive the hidden units harder; at 0.1 a
+        Gaussian RBM on standardised digits diverges in its first epoch)."""
+        if self.learning_rate == "auto":
+            return 0.1 if self.visible == "binary" else 0.01
+        return float(self.learning_rate)
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (from 0) under the schedule."""
+        sched, lr = self.learning_rate_schedule, self.base_learning_rate()
+        if callable(sched):
+            value = sched(epoch)
+            v.check_float("RBM", f"learning_rate_schedule({epoch})", value, low=0.0, low_open=True)
+            return float(value)
+        if sched == "linear":
+            return lr * (1.0 - epoch / max(int(self.n_iter), 1))
+        if sched == "exponential":
+            return lr * float(self.learning_rate_decay) ** epoch
+        return lr
+
+    def fit(self, X, y=None, *, X_valid=None):
         """Fit the model to X, of shape (n_samples, n_features), for n_iter epochs.
 
-        Each epoch visits the samples in a fresh order drawn from the seed.
+        Each epoch visits the samples in a fresh order drawn from the seed and the epoch's
+        number. ``X_valid`` (n_valid, n_features), optional: held-out data for the
+        free-energy gap and the held-out reconstruction error in ``history_``.
+        With ``warm_start`` a fitted model continues from ``epochs_done_``.
         """
         self._check_params()
-        X = self._validate_X(X, reset=True)
+        resume = bool(self.warm_start) and hasattr(self, "spec_")
+        X = self._validate_X(X, reset=not resume)
         if self.batch_size > X.shape[0]:
             raise ValueError(f"RBM: parameter 'batch_size' ({self.batch_size}) is larger than the "
                              f"number of samples in X ({X.shape[0]})")
-        self._initialise(X)
-        for epoch in range(self.n_iter):
-            order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
-            t0 = time.perf_counter()
-            err = self._train_epoch(X, order)
-            self.reconstruction_error_.append(err)
-            if self.verbose:
-                print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}, "
-                      f"{time.perf_counter() - t0:.2f} s")
+        if resume:
+            if self.batch_size != self.spec_.batch_size:
+                raise ValueError(f"RBM: parameter 'batch_size' changed since the model was fitted "
+                                 f"({self.spec_.batch_size} -> {self.batch_size}); warm_start continues a fit as it was")
+        else:
+            self._initialise(X)
+        X_valid = None if X_valid is None else v.check_data("RBM", X_valid, dtype=self.spec_.np_dtype,
+                                                            name="X_valid", n_features=self.n_features_in_,
+                                                            binary_range=self.visible == "binary")
+        monitor = _Monitor(self, X, X_valid)
+        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if ckpt is not None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
+        try:
+            for epoch in range(self.epochs_done_, int(self.n_iter)):
+                lr = self.learning_rate_at(epoch)
+                if lr != self.spec_.learning_rate:
+                    self.spec_ = self.spec_.replace(learning_rate=lr)
+                    self._strategy.set_learning_rate(lr)
+                order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
+                good = ModelState(**{k: None if a is None else a.copy()
+                                     for k, a in vars(self._state).items()})
+                good_steps = self.n_steps_
+                t0 = time.perf_counter()
+                err = self._train_epoch(X, order)
+                problem = self._diverged(err)
+                if problem:
+                    self._state, self.n_steps_ = good, good_steps
+                    self._strategy.load_model(good)
+                    self._export()
+                    raise DivergenceError(
+                        f"RBM: training diverged in epoch {epoch + 1} at learning_rate={lr:g}: {problem}. "
+                        f"The model is left as after epoch {epoch}"
+                        + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
+                        + f". Try learning_rate={lr / 10:g}"
+                        + (" (Gaussian visible units need a smaller rate than binary ones, and data "
+                           "standardised per dimension)" if self.visible == "gaussian" else ""))
+                self.reconstruction_error_.append(err)
+                self.epochs_done_ = epoch + 1
+                entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
+                         **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
+                         "seconds": time.perf_counter() - t0}
+                self.history_.append(entry)
+                if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
+                                         or self.epochs_done_ == int(self.n_iter)):
+                    self._checkpoint(ckpt)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(recon=f"{err:.4g}")
+                if self.verbose:
+                    extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
+                        "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
+                    print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}{extra}, "
+                          f"{entry['seconds']:.2f} s")
+        finally:
+            if bar is not None:
+                bar.close()
         return self
+
+    def _diverged(self, err: float) -> str | None:
+        s = self._state
+        if not math.isfinite(err):
+            return f"the reconstruction error is {err}"
+        for name in ("W", "b", "c"):
+            a = getattr(s, name)
+            if not np.all(np.isfinite(a)):
+                return f"{name} holds NaN or inf"
+        biggest = float(np.max(np.abs(s.W)))
+        if biggest > self.max_abs_weight:
+            return f"a weight reached {biggest:.3g} (max_abs_weight={self.max_abs_weight:g})"
+        return None
+
+    def _checkpoint(self, directory: Path) -> None:
+        self.save(directory / f"epoch-{self.epochs_done_:04d}.npz")
+        for old in sorted(directory.glob("epoch-[0-9][0-9][0-9][0-9]*.npz"))[:-2]:
+            old.unlink()
 
     def partial_fit(self, X, y=None):
         """One pass of CD-k over X, of shape (n_samples, n_features), in the given order.
@@ -312,12 +487,23 @@ class RBM(TransformerMixin, BaseEstimator):
         X = self._validate_X(X, reset=False).astype(np.float64)
         return self._free_energy(X)
 
+    def _hidden_inputs(self, X: np.ndarray) -> np.ndarray:
+        """X W + c in float64, (n, H). Through the core's BLAS: a second BLAS thread pool
+        (numpy's) would spin beside the trainer's between epochs and slow it down."""
+        from parrbm import _core
+
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        out = np.empty((X.shape[0], self.spec_.n_hidden))
+        out[...] = self._state.c
+        _core.gemm(X, np.ascontiguousarray(self._state.W, dtype=np.float64), out, beta=1.0)
+        return out
+
     def _free_energy(self, X: np.ndarray) -> np.ndarray:
         s = self._state
-        hidden = np.logaddexp(0, X @ s.W.astype(np.float64) + s.c).sum(axis=1)
+        hidden = np.logaddexp(0, self._hidden_inputs(X)).sum(axis=1)
         if self.spec_.visible == "gaussian":
             return 0.5 * np.sum((X - s.b) ** 2, axis=1) - hidden
-        return -X @ s.b.astype(np.float64) - hidden
+        return -(X * s.b.astype(np.float64)).sum(axis=1) - hidden
 
     def score_samples(self, X) -> np.ndarray:
         """Pseudo-likelihood of each sample (binary visible units), shape (n_samples,).
@@ -330,61 +516,62 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError("RBM: score_samples (pseudo-likelihood) needs visible='binary'")
         X = self._validate_X(X, reset=False).astype(np.float64)
         rng = np.random.default_rng([self.seed_, 0x5C0E, self.n_steps_])
-        idx = (np.arange(X.shape[0]), rng.integers(0, X.shape[1], X.shape[0]))
-        X_flip = X.copy()
-        X_flip[idx] = 1 - X_flip[idx]
-        fe, fe_flip = self._free_energy(X), self._free_energy(X_flip)
-        return -X.shape[1] * np.logaddexp(0, -(fe_flip - fe))
+        rows, unit = np.arange(X.shape[0]), rng.integers(0, X.shape[1], X.shape[0])
+        s = self._state
+        W, b = s.W.astype(np.float64), s.b.astype(np.float64)
+        pre = self._hidden_inputs(X)
+        # flipping unit i of a row moves its hidden inputs by (1 - 2 x_i) W[i, :]
+        delta = 1.0 - 2.0 * X[rows, unit]
+        pre_flip = pre + delta[:, None] * W[unit]
+        # F(x_flip) - F(x) = -delta b_i - sum_j (softplus(pre_flip) - softplus(pre))_j
+        gap = -delta * b[unit] - (np.logaddexp(0, pre_flip) - np.logaddexp(0, pre)).sum(axis=1)
+        return -X.shape[1] * np.logaddexp(0, -gap)
 
     # ---- persistence --------------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """Write the fitted model to one ``.npz`` file, atomically (temp file + rename)."""
+        """Write the fitted model to one ``.npz`` file, atomically (temp file + rename).
+        A model holding NaN or inf is refused (:class:`DivergenceError`): a saved model is
+        never overwritten by a broken one."""
+        meta, arrays = self._payload(path)
+        write_npz_atomic(Path(path), {"parrbm_meta": np.array(json.dumps(meta)),
+                                      **{f"state_{k}": a for k, a in arrays.items()}})
+
+    def _payload(self, where) -> tuple[dict, dict[str, np.ndarray]]:
+        """(metadata, arrays) of the fitted model, for ``save`` and the DBN's file."""
         self._check_fitted()
-        path = Path(path)
+        broken = [k for k, a in self._state.arrays().items() if not np.all(np.isfinite(a))]
+        if broken:
+            raise DivergenceError(f"RBM.save: the model holds NaN or inf in {broken}; {where} was not written")
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
-            "params": {k: (val if isinstance(val, (int, float, str, bool, type(None))) else repr(val))
+            "params": {k: (val if isinstance(val, (int, float, str, bool, type(None))) else
+                           str(val) if isinstance(val, os.PathLike) else repr(val))
                        for k, val in self.get_params().items()},
             "spec": {**self.spec_.__dict__},
             "n_steps": self.n_steps_,
             "seed": self.seed_,
             "reconstruction_error": list(self.reconstruction_error_),
+            "epochs_done": self.epochs_done_,
+            "history": self.history_,
         }
-        arrays = {f"state_{k}": a for k, a in self._state.arrays().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, parrbm_meta=np.array(json.dumps(meta)), **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        return meta, self._state.arrays()
 
     @classmethod
     def load(cls, path) -> "RBM":
         """Read a model written by ``save``; a truncated or foreign file raises ValueError."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"RBM.load: no such file: {path}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "parrbm_meta" not in z.files:
-                    raise ValueError(f"RBM.load: {path} is not a parrbm model file "
-                                     f"(no 'parrbm_meta' entry; found {sorted(z.files)[:5]})")
-                meta = json.loads(str(z["parrbm_meta"]))
-                arrays = {k[len("state_"):]: z[k] for k in z.files if k.startswith("state_")}
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"RBM.load: {path} is not a readable parrbm model file "
-                             f"(truncated or corrupt: {exc})") from exc
-        except ValueError as exc:
-            if str(exc).startswith("RBM.load"):
-                raise
-            raise ValueError(f"RBM.load: {path} is not a parrbm model file ({exc})") from exc
+        with read_npz(path, "RBM.load") as z:
+            if "parrbm_meta" not in z.files:
+                raise ValueError(f"RBM.load: {path} is not a parrbm model file "
+                                 f"(no 'parrbm_meta' entry; found {sorted(z.files)[:5]})")
+            meta = z.json("parrbm_meta")
+            arrays = {k[len("state_"):]: z[k] for k in z.files if k.startswith("state_")}
+        return cls._from_payload(meta, arrays, path)
+
+    @classmethod
+    def _from_payload(cls, meta: dict, arrays: dict, path) -> "RBM":
         if meta.get("format") != _FORMAT:
             raise ValueError(f"RBM.load: {path} is not a parrbm model file (format {meta.get('format')!r})")
         if meta.get("format_version") != _FORMAT_VERSION:
@@ -395,6 +582,8 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM.load: {path} lacks the arrays {sorted(missing)}")
         params = {k: val for k, val in meta["params"].items() if k != "random_state" or
                   isinstance(val, (int, type(None)))}
+        if params.get("learning_rate_schedule") not in (None, *_SCHEDULES):
+            params["learning_rate_schedule"] = "constant"  # a callable is not saved
         try:
             rbm = cls(**params)
             spec = CDSpec(**meta["spec"])
@@ -411,5 +600,90 @@ class RBM(TransformerMixin, BaseEstimator):
         rbm._strategy = rbm._make_strategy(spec, state)
         rbm.n_steps_ = int(meta["n_steps"])
         rbm.reconstruction_error_ = list(meta.get("reconstruction_error", []))
+        rbm.epochs_done_ = int(meta.get("epochs_done", 0))
+        rbm.history_ = list(meta.get("history", []))
         rbm._export()
         return rbm
+
+
+def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file beside ``path``, fsync, rename: a reader sees the old
+    file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class read_npz:
+    """``with read_npz(path, who) as z``: the arrays of a parrbm file, any damage reported
+    as ValueError naming ``who`` and the file."""
+
+    def __init__(self, path: Path, who: str):
+        self.path, self.who = Path(path), who
+
+    def __enter__(self):
+        if not self.path.is_file():
+            raise ValueError(f"{self.who}: no such file: {self.path}")
+        try:
+            self.z = np.load(self.path, allow_pickle=False)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
+        self.files = self.z.files
+        return self
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self.z[key]
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file "
+                             f"(truncated or corrupt: {exc})") from None
+
+    def json(self, key: str) -> dict:
+        try:
+            return json.loads(str(self[key]))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.who}: {self.path}: its metadata is not JSON ({exc})") from None
+
+    def __exit__(self, *exc):
+        self.z.close()
+        return False
+
+
+class _Monitor:
+    """The per-epoch measures of ``fit`` on fixed subsets of the training and held-out data."""
+
+    def __init__(self, rbm: RBM, X: np.ndarray, X_valid: np.ndarray | None):
+        self.rbm = rbm
+        pick = np.random.default_rng([rbm.seed_, 0x303]).permutation(X.shape[0])[:MONITOR_SAMPLES]
+        self.train = X[np.sort(pick)]
+        self.valid = None if X_valid is None else X_valid[:MONITOR_SAMPLES]
+
+    def measure(self) -> dict:
+        rbm, out = self.rbm, {}
+        out["pseudo_likelihood"] = (float(np.mean(rbm.score_samples(self.train)))
+                                    if rbm.spec_.visible == "binary" else None)
+        if self.valid is None:
+            out["free_energy_gap"] = out["valid_reconstruction_error"] = None
+        else:
+            fe = lambda A: float(np.mean(rbm._free_energy(A.astype(np.float64))))  # noqa: E731
+            out["free_energy_gap"] = fe(self.valid) - fe(self.train)
+            out["valid_reconstruction_error"] = float(np.mean(
+                (self.valid.astype(np.float64) - rbm._strategy.reconstruct(self.valid)) ** 2))
+        return out
+
+
+def _progress_bar(setting, done: int, total: int):
+    on = sys.stderr.isatty() if setting == "auto" else bool(setting)
+    if not on or total <= done:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="epoch", desc="RBM", file=sys.stderr, leave=False)

@@ -90,7 +90,7 @@ class Worker:
     @property
     def sample_visible(self) -> bool:
         if self.spec.visible == "binary":
-            return self.spec.statistics == "samples"
+            return self.spec.statistics == "samples" or self.spec.sample_visible
         return self.spec.gaussian_noise
 
     def chain_rows(self, mb: int) -> int:

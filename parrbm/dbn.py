@@ -1,0 +1,169 @@
+"""Deep belief network by greedy layer-wise stacking: ``parrbm.DBN``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from parrbm import _validation as v
+from parrbm.rbm import RBM, _resolve_seed, read_npz, write_npz_atomic
+
+_FORMAT = "parrbm-dbn"
+_FORMAT_VERSION = 1
+#: RBM parameters a layer may set for itself in ``layer_params``
+_LAYER_KEYS = set(RBM().get_params()) - {"visible", "n_hidden"}
+
+
+class DBN(TransformerMixin, BaseEstimator):
+    """A stack of RBMs trained greedily, layer by layer (Hinton, Osindero & Teh 2006):
+    layer 1 models the data, layer i + 1 models the hidden probabilities of layer i.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(256, 256)
+        Hidden units of each layer, bottom up.
+    visible : {"binary", "gaussian"}, default="binary"
+        The first layer's visible units (the layers above are binary).
+    n_iter, learning_rate, batch_size, strategy, workers, transport, dtype, verbose, progress
+        Given to every layer (see :class:`RBM`).
+    layer_params : list of dict or None, default=None
+        Per layer, RBM parameters that override the shared ones, e.g.
+        ``[{"learning_rate": 0.01, "strategy": "green-only", "workers": 2}, {}]``.
+    random_state : int or None, default=None
+        Layer i draws from seed + i.
+
+    Attributes
+    ----------
+    rbms_ : list of RBM
+        The fitted layers, bottom up.
+    n_features_in_ : int
+    """
+
+    def __init__(self, hidden_layer_sizes=(256, 256), *, visible="binary", n_iter=10, learning_rate=0.1,
+                 batch_size=10, strategy="serial", workers=1, transport="threads", dtype="float32",
+                 layer_params=None, random_state=None, verbose=False, progress="auto"):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.visible = visible
+        self.n_iter = n_iter
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.strategy = strategy
+        self.workers = workers
+        self.transport = transport
+        self.dtype = dtype
+        self.layer_params = layer_params
+        self.random_state = random_state
+        self.verbose = verbose
+        self.progress = progress
+
+    def _layers(self) -> list[RBM]:
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, (int, np.integer)) or not hasattr(sizes, "__len__") or len(sizes) == 0:
+            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' must be a non-empty sequence of integers, "
+                             f"got {sizes!r}")
+        for i, h in enumerate(sizes):
+            v.check_int("DBN", f"hidden_layer_sizes[{i}]", h, minimum=1)
+        per = self.layer_params if self.layer_params is not None else [{}] * len(sizes)
+        if not isinstance(per, (list, tuple)) or len(per) != len(sizes) or not all(isinstance(p, dict) for p in per):
+            raise ValueError(f"DBN: parameter 'layer_params' must be a list of {len(sizes)} dicts (one per layer) "
+                             f"or None, got {self.layer_params!r}")
+        for i, p in enumerate(per):
+            unknown = sorted(set(p) - _LAYER_KEYS)
+            if unknown:
+                raise ValueError(f"DBN: layer_params[{i}] has unknown keys {unknown}; allowed: {sorted(_LAYER_KEYS)}")
+        seed = _resolve_seed(self.random_state)
+        shared = dict(n_iter=self.n_iter, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                      strategy=self.strategy, workers=self.workers, transport=self.transport, dtype=self.dtype,
+                      verbose=self.verbose, progress=self.progress)
+        return [RBM(n_hidden=int(h), visible=self.visible if i == 0 else "binary",
+                    **{**shared, "random_state": (seed + i) % 2**64, **per[i]})
+                for i, h in enumerate(sizes)]
+
+    def fit(self, X, y=None):
+        """Train the layers bottom up on X (n_samples, n_features)."""
+        layers = self._layers()
+        self.rbms_ = []
+        Z = X
+        for i, rbm in enumerate(layers):
+            if self.verbose:
+                print(f"[DBN] layer {i + 1}/{len(layers)}: {rbm.visible} {np.shape(Z)[1]} -> {rbm.n_hidden}")
+            try:
+                rbm.fit(Z)
+            except ValueError as exc:
+                raise type(exc)(f"DBN layer {i + 1}: {exc}") from exc
+            self.rbms_.append(rbm)
+            Z = rbm.transform(Z)
+        self.n_features_in_ = self.rbms_[0].n_features_in_
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "rbms_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("This DBN instance is not fitted yet; call 'fit' first.")
+
+    def transform(self, X) -> np.ndarray:
+        """The top layer's hidden probabilities: (n_samples, n_features) -> (n_samples, hidden_layer_sizes[-1])."""
+        return self.transform_all(X)[-1]
+
+    def transform_all(self, X) -> list[np.ndarray]:
+        """Every layer's hidden probabilities, bottom up."""
+        self._check_fitted()
+        out, Z = [], X
+        for rbm in self.rbms_:
+            Z = rbm.transform(Z)
+            out.append(Z)
+        return out
+
+    def reconstruct(self, X) -> np.ndarray:
+        """Up to the top layer and down again, mean field: (n_samples, n_features)."""
+        self._check_fitted()
+        Z = self.transform(X)
+        for rbm in reversed(self.rbms_):
+            s = rbm._state
+            pre = Z @ s.W.T.astype(np.float64) + s.b
+            Z = pre if rbm.spec_.visible == "gaussian" else 1.0 / (1.0 + np.exp(-pre))
+        return Z
+
+    # ---- persistence --------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """The whole stack in one ``.npz``, written atomically."""
+        self._check_fitted()
+        path = Path(path)
+        arrays = {}
+        layers = []
+        for i, rbm in enumerate(self.rbms_):
+            meta, state = rbm._payload(path)
+            layers.append(meta)
+            arrays.update({f"layer{i}_{k}": a for k, a in state.items()})
+        params = {k: (list(val) if k == "hidden_layer_sizes" else val) for k, val in self.get_params().items()
+                  if k != "random_state" or isinstance(val, (int, type(None)))}
+        meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "params": params, "layers": layers}
+        write_npz_atomic(path, {"parrbm_dbn": np.array(json.dumps(meta)), **arrays})
+
+    @classmethod
+    def load(cls, path) -> "DBN":
+        path = Path(path)
+        with read_npz(path, "DBN.load") as z:
+            if "parrbm_dbn" not in z.files:
+                raise ValueError(f"DBN.load: {path} is not a parrbm DBN file (no 'parrbm_dbn' entry"
+                                 + ("; it holds one RBM: use RBM.load" if "parrbm_meta" in z.files else "") + ")")
+            meta = z.json("parrbm_dbn")
+            if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
+                raise ValueError(f"DBN.load: {path} has format {meta.get('format')!r} version "
+                                 f"{meta.get('format_version')}; this parrbm reads {_FORMAT!r} {_FORMAT_VERSION}")
+            rbms = []
+            for i, layer in enumerate(meta["layers"]):
+                prefix = f"layer{i}_"
+                arrays = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+                rbms.append(RBM._from_payload(layer, arrays, f"{path} (layer {i + 1})"))
+        params = dict(meta["params"])
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        dbn = cls(**params)
+        dbn.rbms_ = rbms
+        dbn.n_features_in_ = rbms[0].n_features_in_
+        return dbn

@@ -1,0 +1,65 @@
+"""The small report of ``parrbm train``: training curves, filters, reconstructions and
+the per-epoch monitors on one self-contained HTML page (the figures also as PNG files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+
+def write_train_report(rbm, out: Path, *, data_name: str, X: np.ndarray, shape, preprocessor=None,
+                       fit_seconds: float | None = None) -> Path:
+    """Write curves.png, filters.png, reconstructions.png (the last two when ``shape`` is
+    known) and report.html into ``out``; returns the page's path."""
+    import matplotlib.pyplot as plt
+
+    from parrbm.pictures import plot_filters, plot_reconstructions, plot_training_curves
+
+    out = Path(out)
+    figures = []
+    if rbm.history_:
+        figures.append(("Training curves", "curves.png", plot_training_curves(rbm.history_, out / "curves.png")))
+    if shape is not None:
+        figures.append(("Filters", "filters.png", plot_filters(rbm, out / "filters.png", shape=shape)))
+        figures.append(("Reconstructions", "reconstructions.png",
+                        plot_reconstructions(rbm, X, out / "reconstructions.png", shape=shape,
+                                             preprocessor=preprocessor)))
+    for *_, fig in figures:
+        plt.close(fig)
+    p = rbm.get_params()
+    settings = {
+        "data": data_name,
+        "model": f"{rbm.n_features_in_} {p['visible']} visible x {p['n_hidden']} binary hidden, {rbm.spec_.dtype}",
+        "training": f"CD-{p['cd_k']}{' persistent' if p['persistent'] else ''}, {rbm.epochs_done_} epochs, "
+                    f"minibatch {p['batch_size']}, learning rate {p['learning_rate']} "
+                    f"({p['learning_rate_schedule'] if isinstance(p['learning_rate_schedule'], str) else 'custom'}), "
+                    f"momentum {p['momentum']}, weight decay {p['weight_decay']}, statistics {p['statistics']}",
+        "parallel": f"{p['strategy']}, K = {p['workers']}, {p['transport']}",
+    }
+    if fit_seconds is not None:
+        settings["fit time"] = f"{fit_seconds:.2f} s"
+    cols = [("epoch", "d"), ("learning_rate", ".4g"), ("reconstruction_error", ".5f"),
+            ("valid_reconstruction_error", ".5f"), ("pseudo_likelihood", ".3f"), ("free_energy_gap", ".3f"),
+            ("max_abs_weight", ".3f"), ("seconds", ".2f")]
+    cols = [(k, f) for k, f in cols if any(h.get(k) is not None for h in rbm.history_)]
+    rows = "".join("<tr>" + "".join(f"<td>{'' if h.get(k) is None else format(h[k], f)}</td>" for k, f in cols)
+                   + "</tr>" for h in rbm.history_)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>parrbm train: {html.escape(data_name)}"
+             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "img{max-width:100%}</style></head><body>",
+             f"<h1>RBM trained on {html.escape(data_name)}</h1><table>"]
+    parts += [f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+              f"{html.escape(v)}</td></tr>" for k, v in settings.items()]
+    parts.append("</table>")
+    for title, name, _ in figures:
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Per epoch</h2><table><tr>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k, _ in cols)
+                 + f"</tr>{rows}</table></body></html>")
+    page = out / "report.html"
+    page.write_text("".join(parts))
+    return page
