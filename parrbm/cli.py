@@ -97,7 +97,8 @@ def _cmd_train(args) -> int:
     params = dict(n_hidden=args.hidden, visible=args.visible, learning_rate=args.learning_rate,
                   batch_size=args.batch_size, n_iter=args.epochs, momentum=args.momentum,
                   weight_decay=args.weight_decay, cd_k=args.cd_k, persistent=args.persistent,
-                  statistics=args.statistics, dtype=args.dtype, random_state=args.seed,
+                  statistics=args.statistics, sample_visible=args.sample_visible, dtype=args.dtype,
+                  random_state=args.seed,
                   strategy=args.strategy, workers=args.workers, transport=args.transport,
                   learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
                   checkpoint_every=args.checkpoint_every, verbose=True)
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--cd-k", type=int, default=1)
     tr.add_argument("--persistent", action="store_true")
     tr.add_argument("--statistics", default="samples", choices=["samples", "probabilities"])
+    tr.add_argument("--sample-visible", action="store_true",
+                    help="with --statistics probabilities: sample the negative visible states "
+                         "(with --persistent: scikit-learn BernoulliRBM's algorithm)")
     tr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     tr.add_argument("--strategy", default="serial")
     tr.add_argument("--workers", type=int, default=1)

@@ -50,7 +50,7 @@ def test_train_on_npy(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["train", "--data", "missing.npy"], "no such file"),
-    (["train", "--data", "data.csv"], "expected 'digits' or a .npy file"),
+    (["train", "--data", "data.csv"], "expected digits, nudged-digits, cifar10, random-binary or a .npy"),
     (["train", "--hidden", "0"], "'n_hidden'"),
     (["train", "--batch-size", "5000"], "'batch_size'"),
 ])
