@@ -300,9 +300,15 @@ def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), prog
     env = environment()
     p = Profile(cpu=env["cpu"], cores=env["cores"], blas=str(env["blas"]),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    for precision in ("float32", "float64"):
-        progress(f"calibrate: GEMM rates, {precision}")
-        p.gemm[precision] = gemm_table(precision, quick)
+    # Rounds apart in time, the best rate per shape kept: a busy spell of a shared machine
+    # slows one round, and would otherwise set every compute prediction.
+    rounds: dict[str, list] = {"float32": [], "float64": []}
+    for r in range(2 if quick else 3):
+        for precision in rounds:
+            progress(f"calibrate: GEMM rates, {precision} (round {r + 1})")
+            rounds[precision].append(gemm_table(precision, quick))
+    for precision, tables in rounds.items():
+        p.gemm[precision] = [[d, max(t[i][1] for t in tables)] for i, (d, _) in enumerate(tables[0])]
         progress(f"calibrate: elementwise kernels, {precision}")
         p.element[precision] = element_costs(precision, quick)
     progress("calibrate: strategy overheads")
