@@ -245,12 +245,6 @@ def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> n
     return X
 
 
-def run_point(cfg: dict, pt: dict, baselines: dict) -> dict:
-    """Train one grid point and measure it (``training.repeats`` times in a row; the
-    comparison itself interleaves the repeats, see :func:`run_config`)."""
-    return point_record(cfg, pt, [measure_point(cfg, pt) for _ in range(cfg["training"]["repeats"])], baselines)
-
-
 def _spec_for(cfg: dict, pt: dict):
     from parrbm.config import CDSpec
 
