@@ -124,6 +124,60 @@ def strategy_overheads(quick: bool = False) -> dict[str, float]:
     return out
 
 
+#: the model the strategies are calibrated on (not any experiment's): big enough that its
+#: kernels, not the drivers, set the step; small enough to run every strategy in seconds
+CALIBRATION_MODEL = (768, 1536, 200)
+
+
+def _calibration_run(steps: int):
+    """The calibration model's spec, random binary data for ``steps`` minibatches and the
+    cost model."""
+    from parrbm.analysis import cost
+    from parrbm.config import CDSpec
+
+    V, H, m = CALIBRATION_MODEL
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
+    X = (np.random.default_rng(4).random((steps * m, V)) < 0.3).astype(np.float32)
+    return spec, X, cost.Model(V, H)
+
+
+def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -> dict[str, float]:
+    """strategy -> its kernels' time inside its own step at K = 1 / the same kernels timed
+    one by one (``profile.kernel_seconds``), on the calibration model.
+
+    A step's kernels run slower in sequence than alone: each finds its operands evicted
+    by the one before, and the drivers copy between them (the stacked [x; v'] operand,
+    column slices). The serial trainer and each strategy at K = 1 are run in interleaved
+    rounds, the median per strategy kept, so a busy spell spoils one round, not one
+    strategy."""
+    from parrbm.analysis.compute import step_work
+    from parrbm.config import ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy
+
+    steps, warmup = (8, 1) if quick else (12, 2)
+    spec, X, model = _calibration_run(steps + warmup)
+    m = spec.batch_size
+    order = np.arange(X.shape[0], dtype=np.int64)
+    names = ["serial", *PARALLEL_STRATEGIES]
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(3):
+        for name in names:
+            if name == "serial":
+                s = SerialStrategy(spec, ModelState.initial(spec))
+                measured = _median_time(lambda: s.step(X[:m], 0), steps)
+            else:
+                r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
+                r.run(X, order, 0)
+                measured = float(np.median(r.step_seconds[0][warmup:]))
+            kernels = profile.kernel_seconds(step_work(name, model, m, 1, 0), "float32")
+            ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels)
+    out = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
+    progress("calibrate: kernels in their own steps run at " +
+             ", ".join(f"{n} {e:.2f}" for n, e in out.items()) + " x their one-by-one time")
+    return out
+
+
 def coscheduling(profile: Profile, transports, quick: bool = False, progress=print) -> dict[str, dict[str, float]]:
     """What sharing this machine's cores costs a step beyond its kernels and transfers:
     transport -> {K: measured step / modelled step}, K = cores.
@@ -133,19 +187,16 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
     is real and not in the kernels: each step waits for the slower worker, and the
     workers share the cores with the transport's own threads or progress polling and
     with the operating system. The median over the strategies is kept, at least 1."""
-    from parrbm.analysis import cost
     from parrbm.analysis.timemodel import predict
-    from parrbm.config import CDSpec, ModelState
+    from parrbm.config import ModelState
     from parrbm.harness.runner import ParallelRunner
     from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy, StrategyOptions
 
     K = max(2, profile.cores)
-    V, H, m = 768, 1536, 200
     steps, warmup = (6, 1) if quick else (12, 2)
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
-    X = (np.random.default_rng(4).random(((steps + warmup) * m, V)) < 0.3).astype(np.float32)
+    spec, X, model = _calibration_run(steps + warmup)
+    m = spec.batch_size
     order = np.arange(X.shape[0], dtype=np.int64)
-    model = cost.Model(V, H)
     serial_model = predict("serial", model, m, 1, profile).step_seconds
 
     def pace() -> float:
@@ -300,19 +351,22 @@ def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), prog
     env = environment()
     p = Profile(cpu=env["cpu"], cores=env["cores"], blas=str(env["blas"]),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    # Rounds apart in time, the best rate per shape kept: a busy spell of a shared machine
-    # slows one round, and would otherwise set every compute prediction.
+    # Rounds apart in time, the median rate per shape kept: a busy spell of a shared machine
+    # slows one round, and would otherwise set every compute prediction; the best round
+    # would be as wrong the other way, since runs are measured as medians at typical speed.
     rounds: dict[str, list] = {"float32": [], "float64": []}
-    for r in range(2 if quick else 3):
+    for r in range(3):
         for precision in rounds:
             progress(f"calibrate: GEMM rates, {precision} (round {r + 1})")
             rounds[precision].append(gemm_table(precision, quick))
     for precision, tables in rounds.items():
-        p.gemm[precision] = [[d, max(t[i][1] for t in tables)] for i, (d, _) in enumerate(tables[0])]
+        p.gemm[precision] = [[d, float(np.median([t[i][1] for t in tables]))] for i, (d, _) in enumerate(tables[0])]
         progress(f"calibrate: elementwise kernels, {precision}")
         p.element[precision] = element_costs(precision, quick)
     progress("calibrate: strategy overheads")
     p.overhead = strategy_overheads(quick)
+    progress("calibrate: strategies' kernels in sequence")
+    p.efficiency = strategy_efficiency(p, quick, progress)
     makers = {"threads": threads_links, "tcp": tcp_links, "mpi": mpi_links}
     for t in transports:
         progress(f"calibrate: collectives on {t}")

@@ -5,8 +5,9 @@
 
 compute_k prices worker k's kernels (:mod:`parrbm.analysis.compute`) with a machine
 profile: a GEMM rate per precision and shape class (the smallest of the three
-dimensions), a cost per element for each elementwise kernel, and the per-step overhead
-of each strategy's driver. The phases and their bytes are the closed form of
+dimensions), a cost per element for each elementwise kernel, how much slower each
+strategy's kernels run in its own sequence than one by one (its efficiency), and the
+per-step overhead of its driver. The phases and their bytes are the closed form of
 :mod:`parrbm.analysis.cost`; each phase is priced by the link of its collective, from a
 ping-pong on a transport of this machine or from given figures (the paper's network:
 105 MB/s, 0.091 ms). None of the strategies overlaps communication with computation,
@@ -59,6 +60,9 @@ class Profile:
     element: dict[str, dict[str, float]] = field(default_factory=dict)
     #: strategy -> seconds of driver overhead per step (Python, kernel calls)
     overhead: dict[str, float] = field(default_factory=dict)
+    #: strategy -> its kernels' time in its own step / the same kernels timed one by one
+    #: (operands evicted by the previous kernel, copies between them); 1 when unmeasured
+    efficiency: dict[str, float] = field(default_factory=dict)
     #: transport -> n -> how much longer a step of n workers sharing this machine's cores
     #: takes than its kernels and transfers (stragglers, transport threads, the OS)
     contention: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -95,11 +99,15 @@ class Profile:
                 return math.exp((1 - f) * math.log(r0) + f * math.log(r1))
         return table[-1][1]
 
-    def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
+    def kernel_seconds(self, work: Work, precision: str) -> float:
+        """The kernels of ``work`` timed one by one."""
         t = sum(2 * M * N * d / self.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
         per = self.element[precision]
-        t += sum(n * per[kind] for kind, n in work.counts.items())
-        return t + self.overhead.get(strategy, 0.0)
+        return t + sum(n * per[kind] for kind, n in work.counts.items())
+
+    def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
+        return (self.kernel_seconds(work, precision) * self.efficiency.get(strategy, 1.0)
+                + self.overhead.get(strategy, 0.0))
 
     def link(self, transport: str, kind: str) -> Link:
         links = self.links.get(transport)

@@ -155,6 +155,20 @@ def test_prediction_is_compute_plus_latency_and_busiest_bytes():
     assert set(p.phases) == {"visible-input", "visible"}
 
 
+def test_efficiency_scales_the_kernels_not_the_driver_overhead():
+    model = cost.Model(500, 800)
+    prof = flat_profile()
+    prof.overhead = {"green-only": 1e-3}
+    plain = predict("green-only", model, 50, 2, prof, transport="net")
+    kernels = plain.compute_seconds - 1e-3
+    prof.efficiency = {"green-only": 1.2, "serial": 1.5}
+    slower = predict("green-only", model, 50, 2, prof, transport="net")
+    assert slower.compute_seconds == pytest.approx(1.2 * kernels + 1e-3, rel=1e-12)
+    assert slower.comm_seconds == plain.comm_seconds
+    assert predict("purple-only", model, 50, 2, prof, transport="net").compute_seconds == \
+        predict("purple-only", model, 50, 2, flat_profile(), transport="net").compute_seconds
+
+
 def test_syncs_are_typical_or_amortised():
     model = cost.Model(500, 800)
     prof = flat_profile()
@@ -259,6 +273,8 @@ def test_calibration_measures_plausible_figures(measured_profile):
         assert all(0 < v < 1e-6 for v in p.element[precision].values())
     assert p.gemm["float32"][-1][1] > p.gemm["float64"][-1][1]  # twice the lanes
     assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
+    assert set(p.efficiency) == {"serial", *PARALLEL_STRATEGIES}
+    assert all(0.5 <= e <= 2.0 for e in p.efficiency.values())
     link = p.links["threads"]["allgather"]
     assert link.latency < 0.01 and link.bandwidth > 1e7
     sharing = p.contention["threads"][str(max(2, p.cores))]
