@@ -1,13 +1,16 @@
 // The only file that knows Python: numpy arrays in, views out, the GIL released around
-// every kernel.
+// every kernel that runs long enough for it to pay.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <array>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
+#include "barrier.hpp"
 #include "kernels.hpp"
 #include "philox.hpp"
 #include "trainer.hpp"
@@ -16,6 +19,27 @@ namespace py = pybind11;
 using namespace parrbm;
 
 namespace {
+
+// Handing the GIL to a waiting thread and taking it back costs a wake-up each way, tens
+// of microseconds: more than a small model's kernels. Threads of one run (the threads
+// transport) would then spend their steps trading the GIL around every call. A kernel
+// releases it only when its estimated run time is above that; an estimate of
+// nanoseconds on one core is enough to choose.
+class ReleaseGilIfLong {
+ public:
+  static constexpr double kLongNanoseconds = 20000.0;
+  explicit ReleaseGilIfLong(double nanoseconds) {
+    if (nanoseconds >= kLongNanoseconds) release_.emplace();
+  }
+
+ private:
+  std::optional<py::gil_scoped_release> release_;
+};
+
+// Rough per-element costs (ns) of the kernels on one core, for ReleaseGilIfLong only.
+double gemm_ns(int64_t m, int64_t n, int64_t k) { return double(m) * double(n) * double(k) / 16.0; }
+double sampling_ns(int64_t elements) { return 8.0 * double(elements); }
+double streaming_ns(int64_t elements) { return 0.5 * double(elements); }
 
 [[noreturn]] void fail(const std::string& name, const std::string& what) {
   throw py::value_error("parrbm._core: argument '" + name + "' " + what);
@@ -120,7 +144,7 @@ void gemm_t(py::array a, py::array b, py::array c, double alpha, double beta, bo
   const int64_t kb = tb ? B.cols : B.rows, n = tb ? B.rows : B.cols;
   if (k != kb) fail("b", "inner dimension " + std::to_string(kb) + " does not match a's " + std::to_string(k));
   same_shape(C, m, n, "c");
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(gemm_ns(m, n, k));
   gemm<T>(ta, tb, T(alpha), A, B, T(beta), C);
 }
 
@@ -135,7 +159,7 @@ void sample_t(py::array pre, py::object bias, py::object states, py::object prob
   same_shape(S, P.rows, P.cols, "states");
   same_shape(Q, P.rows, P.cols, "probs");
   const Units units = units_arg(unit0, unit_index, P.cols);
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(sampling_ns(P.rows * P.cols));
   sample_sigmoid<T>(P, bv, S, T(state_value), Q, T(prob_scale), stream_key(seed, step, phase),
                     case0, units);
 }
@@ -147,7 +171,7 @@ void bernoulli_t(py::array probs, py::array states, uint64_t seed, uint32_t step
   auto S = mat<T>(states, "states", true);
   same_shape(S, P.rows, P.cols, "states");
   const Units units = units_arg(unit0, unit_index, P.cols);
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(sampling_ns(P.rows * P.cols));
   sample_bernoulli<T>(P, S, T(state_value), stream_key(seed, step, phase), case0, units);
 }
 
@@ -159,7 +183,7 @@ void apply_gradient_t(py::array w, py::object inc, py::array g, double alpha, do
   auto G = cmat<T>(g, "g");
   same_shape(I, W.rows, W.cols, "inc");
   same_shape(G, W.rows, W.cols, "g");
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(streaming_ns(W.rows * W.cols));
   apply_gradient<T>(W, I, G, T(alpha), T(momentum), T(decay_lr));
 }
 
@@ -178,7 +202,7 @@ double visible_t(py::array pre, py::object bias, py::array out, const std::strin
   else if (kind == "gaussian") k = VisibleKind::Gaussian;
   else fail("kind", "must be 'binary' or 'gaussian', got '" + kind + "'");
   const Units units = units_arg(unit0, unit_index, P.cols);
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(sampling_ns(P.rows * P.cols));
   return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, units);
 }
 
@@ -192,7 +216,7 @@ py::array pack_t(py::array states, py::object out) {
     fail("out", "must be a writable contiguous uint8 array of " + std::to_string(nbytes) + " bytes");
   uint8_t* p = o.mutable_data();
   {
-    py::gil_scoped_release nogil;
+    ReleaseGilIfLong nogil(streaming_ns(S.rows * S.cols));
     pack_bits<T>(S, p);
   }
   return std::move(o);
@@ -205,7 +229,7 @@ void unpack_t(py::array_t<uint8_t> in, py::array out, double one) {
   if (in.ndim() != 1 || in.shape(0) < nbytes || (in.shape(0) > 1 && in.strides(0) != 1))
     fail("packed", "must be a contiguous uint8 array of at least " + std::to_string(nbytes) + " bytes");
   const uint8_t* p = in.data();
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(streaming_ns(O.rows * O.cols));
   unpack_bits<T>(p, O, T(one));
 }
 
@@ -214,7 +238,7 @@ void apply_increment_t(py::array w, py::array inc, double decay_lr) {
   auto W = mat<T>(w, "w", true);
   auto I = mat<T>(inc, "inc", true);
   same_shape(I, W.rows, W.cols, "inc");
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(streaming_ns(W.rows * W.cols));
   apply_increment<T>(W, I, T(decay_lr));
 }
 
@@ -226,7 +250,7 @@ void bias_update_t(py::array bias, py::object inc, py::array pos, py::object neg
   if (!N.empty() && N.cols != P.cols) fail("neg", "must have as many columns as pos");
   T* b = vec<T>(bias, "bias", P.cols, true);
   T* i = vec<T>(inc, "inc", P.cols, true);
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(streaming_ns((P.rows + N.rows) * P.cols));
   bias_update<T>(b, i, P, N, T(neg_scale), T(alpha), T(momentum));
 }
 
@@ -235,7 +259,7 @@ void sigmoid_t(py::array x, py::array out) {
   auto X = cmat<T>(x, "x");
   auto O = mat<T>(out, "out", true);
   same_shape(O, X.rows, X.cols, "out");
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(sampling_ns(X.rows * X.cols));
   sigmoid<T>(X, O);
 }
 
@@ -248,7 +272,7 @@ py::tuple pack_columns_t(py::array s, int64_t words) {
   uint64_t* o = out.mutable_data();
   bool binary;
   {
-    py::gil_scoped_release nogil;
+    ReleaseGilIfLong nogil(streaming_ns(S.rows * S.cols));
     binary = pack_columns<T>(S, o, words);
   }
   return py::make_tuple(out, binary);
@@ -278,7 +302,7 @@ void bitstat_t(py::array w, py::object inc, py::object pos_left, py::object pos_
   const uint64_t* pl = bits_arg(pos_left, "pos_left", W.rows, words);
   const uint64_t* pr = bits_arg(pos_right, "pos_right", W.cols, words);
   if (pl && !pr) fail("pos_right", "is needed with pos_left");
-  py::gil_scoped_release nogil;
+  ReleaseGilIfLong nogil(streaming_ns(W.rows * W.cols * words * 2));
   bit_statistics_update<T>(W, I, pl, pr, nl, nr, words, T(alpha), T(neg_scale), T(momentum),
                            T(decay_lr));
 }
@@ -552,6 +576,31 @@ PYBIND11_MODULE(_core, m) {
           return out;
         },
         py::arg("counter"), py::arg("key"), "One Philox4x32-10 block (for known-answer tests).");
+
+  py::class_<Barrier>(m, "Barrier",
+                      "A reusable barrier for worker threads: early arrivals spin for "
+                      "spin_seconds, then sleep; a timeout or abort() breaks it for every party.")
+      .def(py::init([](int parties, double spin_seconds) {
+             if (parties < 1) fail("parties", "must be >= 1");
+             if (!(spin_seconds >= 0)) fail("spin_seconds", "must be >= 0");
+             return std::make_unique<Barrier>(parties, spin_seconds);
+           }),
+           py::arg("parties"), py::arg("spin_seconds") = 2e-4)
+      .def("wait",
+           [](Barrier& b, double timeout) {
+             if (!(timeout > 0)) fail("timeout", "must be > 0 seconds");
+             Barrier::Result r;
+             {
+               py::gil_scoped_release nogil;
+               r = b.wait(timeout);
+             }
+             return r == Barrier::Result::Passed ? "passed" : r == Barrier::Result::TimedOut ? "timeout" : "broken";
+           },
+           py::arg("timeout"),
+           "Wait for every party; returns 'passed', or 'timeout' (this call broke the barrier) "
+           "or 'broken' (it was broken by a timeout elsewhere or by abort()).")
+      .def("abort", &Barrier::abort)
+      .def_property_readonly("broken", &Barrier::broken);
 
   m.def("set_blas_threads", &set_blas_threads, py::arg("n"));
   m.def("set_blas_threads_local", &set_blas_threads_local, py::arg("n"),

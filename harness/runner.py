@@ -255,14 +255,17 @@ def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray
     m = worker.spec.batch_size
     errors, seconds, traffic, wire = [], [], [], []
     buf = np.empty((m, X.shape[1]), X.dtype)
+    before = _training_bytes(comm.stats, sync_phases)
+    wire_before = _training_wire(comm.stats, sync_phases)
     for i, idx in enumerate(batches):
         xb = buf[: len(idx)]
         np.take(X, idx, axis=0, out=xb)
-        before = _training_bytes(comm.stats, sync_phases)
-        wire_before = _training_wire(comm.stats, sync_phases)
         t0 = time.perf_counter()
         errors.append(worker.step(xb, first_step + i))
         seconds.append(time.perf_counter() - t0)
-        traffic.append(_training_bytes(comm.stats, sync_phases) - before)
-        wire.append(_training_wire(comm.stats, sync_phases) - wire_before)
+        after = _training_bytes(comm.stats, sync_phases)
+        wire_after = _training_wire(comm.stats, sync_phases)
+        traffic.append(after - before)
+        wire.append(wire_after - wire_before)
+        before, wire_before = after, wire_after
     return errors, seconds, traffic, comm.stats, wire

@@ -69,3 +69,48 @@ def test_collectives(K, kind):
     # everything sent is received by someone
     for phase in ("ag", "bits", "rs", "ar", "a2a", "gather", "bcast"):
         assert sum(r["stats"][phase].bytes_sent for r in res) == sum(r["stats"][phase].bytes_recv for r in res)
+
+
+def test_core_barrier_passes_every_party_each_generation():
+    import threading
+
+    from parrbm import _core
+
+    K, rounds = 3, 200
+    barrier = _core.Barrier(K, spin_seconds=1e-5)  # short spin: most waits sleep and wake
+    arrived = [0] * K
+    seen: list[list[int]] = [[] for _ in range(K)]
+
+    def party(r):
+        for i in range(rounds):
+            arrived[r] = i + 1
+            assert barrier.wait(10.0) == "passed"
+            seen[r].append(min(arrived))  # nobody leaves generation i before all reached it
+
+    threads = [threading.Thread(target=party, args=(r,)) for r in range(K)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(s) == rounds and all(v >= i + 1 for i, v in enumerate(s)) for s in seen)
+    assert not barrier.broken
+
+
+def test_core_barrier_timeout_and_abort_break_it_for_everyone():
+    import threading
+
+    from parrbm import _core
+
+    barrier = _core.Barrier(2)
+    assert barrier.wait(0.05) == "timeout"  # the peer never came
+    assert barrier.broken and barrier.wait(5.0) == "broken"
+
+    barrier = _core.Barrier(2)
+    result = []
+    t = threading.Thread(target=lambda: result.append(barrier.wait(30.0)))
+    t.start()
+    barrier.abort()
+    t.join(5.0)
+    assert not t.is_alive() and result == ["broken"]
+    with pytest.raises(ValueError, match="parties"):
+        _core.Barrier(0)
