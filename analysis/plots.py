@@ -198,7 +198,7 @@ def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(which="minor", labelsize=7)
+    ax.tick_params(which="both", labelsize=8, pad=3, length=3)  # the decade label no bigger than its neighbours
     ax.set_xlabel("measured median step (ms)")
     ax.set_ylabel("time model (ms)")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
