@@ -160,6 +160,7 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     m = spec.batch_size
     order = np.arange(X.shape[0], dtype=np.int64)
     names = ["serial", *PARALLEL_STRATEGIES]
+    kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(3):
         for name in names:
@@ -170,8 +171,7 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
                 r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
                 r.run(X, order, 0)
                 measured = float(np.median(r.step_seconds[0][warmup:]))
-            kernels = profile.kernel_seconds(step_work(name, model, m, 1, 0), "float32")
-            ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels)
+            ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
     out = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
     progress("calibrate: kernels in their own steps run at " +
              ", ".join(f"{n} {e:.2f}" for n, e in out.items()) + " x their one-by-one time")

@@ -82,7 +82,8 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
     the strategies by measured and by predicted step time, and the pairs the model orders
     the other way. A pair whose measured p10-p90 ranges overlap is within the noise of the
     measurement: neither order is established, so the model cannot contradict it.
-    ``same_within_noise``: every pair the model orders differently is such a pair."""
+    ``discordant`` splits into ``discordant_within_noise`` and ``discordant_beyond_noise``;
+    ``same_within_noise``: every pair the model orders differently is within the noise."""
     groups: dict = {}
     for r in rows:
         if r["strategy"] == "serial" or not r["meaningful"]:
@@ -100,11 +101,13 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
         discordant = [(a, b, 100.0 * (by[b]["measured_seconds"] / by[a]["measured_seconds"] - 1))
                       for i, a in enumerate(measured) for b in measured[i + 1:]
                       if predicted.index(a) > predicted.index(b)]
+        within = [(a, b, gap) for a, b, gap in discordant if _overlap(by[a], by[b])]
         beyond = [(a, b, gap) for a, b, gap in discordant if not _overlap(by[a], by[b])]
         out.append({"visible_type": key[0], "precision": key[1], "batch_size": key[2], "workers": key[3],
                     "transport": key[4], "measured": measured, "predicted": predicted,
                     "same": measured == predicted, "same_best": measured[0] == predicted[0],
-                    "discordant": discordant, "discordant_beyond_noise": beyond,
+                    "discordant": discordant, "discordant_within_noise": within,
+                    "discordant_beyond_noise": beyond,
                     "same_within_noise": not beyond})
     return out
 

@@ -125,7 +125,7 @@ def _summary(records: list[dict], profile) -> list[str]:
             lines.append(f"Time model vs measured median step (runs with K <= cores): median error "
                          f"{100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['runs']} runs.")
         for g in ranking_agreement(rows):
-            noise = {(a, b) for a, b, _ in g["discordant"]} - {(a, b) for a, b, _ in g["discordant_beyond_noise"]}
+            noise = {(a, b) for a, b, _ in g["discordant_within_noise"]}
             gaps = ", ".join(f"{a} / {b} ({gap:.1f}% apart" + (", within the p10-p90 noise)" if (a, b) in noise else ")")
                              for a, b, gap in g["discordant"])
             lines.append(f"Ranking at K = {g['workers']} on {g['transport']}: "

@@ -25,7 +25,7 @@ class Barrier {
   Result wait(double timeout_seconds) {
     using clock = std::chrono::steady_clock;
     std::unique_lock<std::mutex> lock(mutex_);
-    if (broken_) return Result::Broken;
+    if (broken()) return Result::Broken;
     const uint64_t generation = generation_.load(std::memory_order_relaxed);
     if (++arrived_ == parties_) {
       arrived_ = 0;
@@ -39,7 +39,7 @@ class Barrier {
     const auto spin_until = start + std::chrono::duration<double>(spin_seconds_);
     for (uint32_t i = 0;; ++i) {
       if (generation_.load(std::memory_order_acquire) != generation) return Result::Passed;
-      if (broken_flag_.load(std::memory_order_acquire)) return Result::Broken;
+      if (broken()) return Result::Broken;
       if ((i & 63) == 63) {
         if (clock::now() >= spin_until) break;
         std::this_thread::yield();  // more workers than cores: let a late peer run
@@ -47,12 +47,12 @@ class Barrier {
     }
     lock.lock();
     const auto deadline = start + std::chrono::duration<double>(timeout_seconds);
-    const bool passed = wake_.wait_until(lock, deadline, [&] {
-      return generation_.load(std::memory_order_relaxed) != generation || broken_;
+    const bool woken = wake_.wait_until(lock, deadline, [&] {
+      return generation_.load(std::memory_order_relaxed) != generation || broken();
     });
     if (generation_.load(std::memory_order_relaxed) != generation) return Result::Passed;
-    if (passed) return Result::Broken;
-    break_locked();
+    if (woken) return Result::Broken;
+    broken_.store(true, std::memory_order_release);
     lock.unlock();
     wake_.notify_all();
     return Result::TimedOut;
@@ -60,27 +60,23 @@ class Barrier {
 
   void abort() {
     {
+      // under the lock, so that a waiter cannot check the flag and then miss the wake-up
       std::lock_guard<std::mutex> lock(mutex_);
-      break_locked();
+      broken_.store(true, std::memory_order_release);
     }
     wake_.notify_all();
   }
 
-  bool broken() const { return broken_flag_.load(std::memory_order_acquire); }
+  bool broken() const { return broken_.load(std::memory_order_acquire); }
 
  private:
-  void break_locked() {
-    broken_ = true;
-    broken_flag_.store(true, std::memory_order_release);
-  }
 
   const int parties_;
   const double spin_seconds_;
   std::mutex mutex_;
   std::condition_variable wake_;
   int arrived_ = 0;
-  bool broken_ = false;
-  std::atomic<bool> broken_flag_{false};
+  std::atomic<bool> broken_{false};
   std::atomic<uint64_t> generation_{0};
 };
 

@@ -545,7 +545,7 @@ def summary_table(records: list[dict], profile=None) -> str:
             lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
                          f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
         for g in ranking_agreement(rows):
-            noisy = len(g["discordant"]) - len(g["discordant_beyond_noise"])
+            noisy = len(g["discordant_within_noise"])
             verdict = ("same order" if g["same"] else
                        f"same order up to {noisy} pair(s) within the p10-p90 noise" if g["same_within_noise"] else
                        "different order: " + ", ".join(f"{a} / {b} ({gap:.1f}% apart)"
