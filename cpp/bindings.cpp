@@ -13,7 +13,9 @@
 #include "barrier.hpp"
 #include "kernels.hpp"
 #include "philox.hpp"
+#include "shared_comm.hpp"
 #include "trainer.hpp"
+#include "workers.hpp"
 
 namespace py = pybind11;
 using namespace parrbm;
@@ -442,6 +444,155 @@ void bind_trainer(py::module_& m, const char* name) {
       });
 }
 
+// ---- the strategies' native epoch loop (threads transport) --------------------------------
+
+template <class T>
+T get(const py::dict& d, const char* name) {
+  if (!d.contains(name)) fail("config", std::string("has no key '") + name + "'");
+  return d[name].cast<T>();
+}
+
+StrategyConfig strategy_config(const py::dict& d) {
+  StrategyConfig s;
+  CDConfig& c = s.cd;
+  c.n_visible = get<int64_t>(d, "n_visible");
+  c.n_hidden = get<int64_t>(d, "n_hidden");
+  c.batch_size = get<int64_t>(d, "batch_size");
+  const auto visible = get<std::string>(d, "visible");
+  if (visible == "binary") c.visible = VisibleKind::Binary;
+  else if (visible == "gaussian") c.visible = VisibleKind::Gaussian;
+  else fail("config['visible']", "must be 'binary' or 'gaussian'");
+  c.gaussian_noise = get<bool>(d, "gaussian_noise");
+  c.sample_visible = get<bool>(d, "sample_visible");
+  const auto statistics = get<std::string>(d, "statistics");
+  if (statistics == "samples") c.statistics = Statistics::Samples;
+  else if (statistics == "probabilities") c.statistics = Statistics::Probabilities;
+  else fail("config['statistics']", "must be 'samples' or 'probabilities'");
+  c.cd_k = get<int>(d, "cd_k");
+  c.persistent = get<bool>(d, "persistent");
+  c.learning_rate = get<double>(d, "learning_rate");
+  c.momentum = get<double>(d, "momentum");
+  c.weight_decay = get<double>(d, "weight_decay");
+  c.seed = get<uint64_t>(d, "seed");
+  s.rank = get<int>(d, "rank");
+  s.workers = get<int>(d, "workers");
+  s.sync_every = get<int64_t>(d, "sync_every");
+  s.shared_weights = get<bool>(d, "shared_weights");
+  const auto reduce = get<std::string>(d, "reduce");
+  if (reduce != "allreduce" && reduce != "master") fail("config['reduce']", "must be 'allreduce' or 'master'");
+  s.reduce_allreduce = reduce == "allreduce";
+  const auto average = get<std::string>(d, "average");
+  if (average != "gradients" && average != "weights") fail("config['average']", "must be 'gradients' or 'weights'");
+  s.average_weights = average == "weights";
+  s.average_every = get<int64_t>(d, "average_every");
+  if (c.cd_k < 1 || c.batch_size < 1 || s.workers < 1 || s.average_every < 1)
+    fail("config", "cd_k, batch_size, workers and average_every must be >= 1");
+  return s;
+}
+
+Parts parts_arg(const py::list& parts, int64_t n, const std::string& name) {
+  std::vector<std::vector<int64_t>> index;
+  int64_t total = 0;
+  for (py::handle h : parts) {
+    auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(h);
+    if (!a || a.ndim() != 1) fail(name, "must be a list of 1-D int64 index arrays");
+    std::vector<int64_t> idx(a.data(), a.data() + a.shape(0));
+    for (int64_t i : idx)
+      if (i < 0 || i >= n) fail(name, "holds a unit index outside [0, " + std::to_string(n) + ")");
+    total += int64_t(idx.size());
+    index.push_back(std::move(idx));
+  }
+  if (total != n) fail(name, "must cover the " + std::to_string(n) + " units exactly once");
+  return Parts(n, std::move(index));
+}
+
+template <class T>
+py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& config,
+                              const py::dict& params, const py::list& vis_parts,
+                              const py::list& hid_parts, SharedGroup& group, py::array x,
+                              py::array_t<int64_t> order, uint32_t first_step,
+                              int64_t steps_done, int64_t syncs) {
+  const StrategyConfig cfg = strategy_config(config);
+  auto opt2 = [&](const char* name) -> MatView<T> {
+    return params.contains(name) ? opt_mat<T>(params[name], name) : MatView<T>{};
+  };
+  auto opt1 = [&](const char* name, int64_t n) -> T* {
+    return params.contains(name) ? vec<T>(params[name], name, n, true) : nullptr;
+  };
+  const bool full = strategy == "parameter-averaging";
+  Parts vis = parts_arg(vis_parts, cfg.cd.n_visible, "visible_parts");
+  Parts hid = parts_arg(hid_parts, cfg.cd.n_hidden, "hidden_parts");
+  if (vis.count() != cfg.workers || hid.count() != cfg.workers)
+    fail("visible_parts/hidden_parts", "must have one part per worker");
+  const int64_t nb = full ? cfg.cd.n_visible : vis.size(cfg.rank);
+  const int64_t nc = full ? cfg.cd.n_hidden : hid.size(cfg.rank);
+  WorkerParams<T> p;
+  p.W = opt2("W");
+  p.W_inc = opt2("W_inc");
+  p.green = opt2("green");
+  p.green_inc = opt2("green_inc");
+  p.purple = opt2("purple");
+  p.purple_inc = opt2("purple_inc");
+  p.chains = opt2("chains");
+  p.b = opt1("b", nb);
+  p.c = opt1("c", nc);
+  p.b_inc = opt1("b_inc", nb);
+  p.c_inc = opt1("c_inc", nc);
+  if (!p.b || !p.c) fail("params", "must hold the bias slices 'b' and 'c'");
+  if ((cfg.cd.momentum != 0.0) != (p.b_inc != nullptr))
+    fail("params", "must hold 'b_inc' and 'c_inc' exactly when momentum is used");
+  auto X = cmat<T>(x, "X");
+  if (X.cols != cfg.cd.n_visible) fail("X", "must have n_visible columns");
+  if (order.ndim() != 1) fail("order", "must be 1-D");
+  const int64_t n_order = order.shape(0);
+  auto o = order.template unchecked<1>();
+  std::vector<int64_t> rows(static_cast<size_t>(n_order), 0);
+  for (int64_t i = 0; i < n_order; ++i) {
+    rows[size_t(i)] = o(i);
+    if (o(i) < 0 || o(i) >= X.rows) fail("order", "holds a row index outside X");
+  }
+  const int64_t m = cfg.cd.batch_size;
+  const int64_t batches = (n_order + m - 1) / m;
+  py::array_t<double> errors(batches), seconds(batches);
+  py::array_t<int64_t> traffic(batches);
+  double* e = errors.mutable_data();
+  double* s = seconds.mutable_data();
+  int64_t* t = traffic.mutable_data();
+  WorkerCounters counters;
+  counters.steps_done = steps_done;
+  counters.syncs = syncs;
+  std::map<std::string, PhaseCounters> stats;
+  {
+    py::gil_scoped_release nogil;
+    SharedComm comm(group, cfg.rank);
+    auto worker = make_worker<T>(strategy, cfg, p, std::move(vis), std::move(hid), comm, counters);
+    run_epoch<T>(*worker, comm, X, rows.data(), n_order, m, first_step, e, s, t);
+    counters = worker->counters();
+    stats = comm.stats();
+  }
+  py::dict phases;
+  for (const auto& [phase, c] : stats) {
+    py::dict d;
+    d["bytes_sent"] = c.bytes_sent;
+    d["bytes_recv"] = c.bytes_recv;
+    d["messages"] = c.messages;
+    d["calls"] = c.calls;
+    d["seconds"] = c.seconds;
+    d["wait_seconds"] = c.wait_seconds;
+    d["logical_bytes_sent"] = c.logical_bytes_sent;
+    phases[py::str(phase)] = d;
+  }
+  py::dict out;
+  out["errors"] = errors;
+  out["seconds"] = seconds;
+  out["traffic"] = traffic;
+  out["stats"] = phases;
+  out["steps_done"] = counters.steps_done;
+  out["syncs"] = counters.syncs;
+  out["divergence"] = counters.divergence;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -601,6 +752,32 @@ PYBIND11_MODULE(_core, m) {
            "or 'broken' (it was broken by a timeout elsewhere or by abort()).")
       .def("abort", &Barrier::abort)
       .def_property_readonly("broken", &Barrier::broken);
+
+  py::register_exception<CommFailure>(m, "CommFailure", PyExc_RuntimeError);
+  py::class_<SharedGroup>(m, "SharedGroup",
+                          "What the worker threads of one run share for the strategies' native "
+                          "epoch loop: the barrier, a mailbox slot per worker.")
+      .def(py::init([](Barrier& barrier, int size, double timeout) {
+             if (size < 1) fail("size", "must be >= 1");
+             if (!(timeout > 0)) fail("timeout", "must be > 0 seconds");
+             return std::make_unique<SharedGroup>(&barrier, size, timeout);
+           }),
+           py::arg("barrier"), py::arg("size"), py::arg("timeout"), py::keep_alive<1, 2>());
+  m.def("run_strategy_epoch",
+        [](const std::string& strategy, const py::dict& config, const py::dict& params,
+           const py::list& visible_parts, const py::list& hidden_parts, SharedGroup& group,
+           py::array X, py::array_t<int64_t> order, uint32_t first_step, int64_t steps_done,
+           int64_t syncs) {
+          if (is_f64(X))
+            return run_strategy_epoch_t<double>(strategy, config, params, visible_parts, hidden_parts, group, X, order, first_step, steps_done, syncs);
+          return run_strategy_epoch_t<float>(strategy, config, params, visible_parts, hidden_parts, group, X, order, first_step, steps_done, syncs);
+        },
+        py::arg("strategy"), py::arg("config"), py::arg("params"), py::arg("visible_parts"),
+        py::arg("hidden_parts"), py::arg("group"), py::arg("X"), py::arg("order"),
+        py::arg("first_step"), py::arg("steps_done") = 0, py::arg("syncs") = 0,
+        "One worker's epoch of a parallel strategy: the minibatches of X[order], steps "
+        "first_step, first_step + 1, ...; returns errors, step seconds, training bytes per "
+        "step, the phase counters, and the worker's steps_done, syncs and new drift values.");
 
   m.def("set_blas_threads", &set_blas_threads, py::arg("n"));
   m.def("set_blas_threads_local", &set_blas_threads_local, py::arg("n"),

@@ -15,6 +15,10 @@ from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
 
 TRANSPORTS = ("threads", "tcp", "mpi")
+#: Who runs a worker's minibatch loop: "native" is the C++ core's copy of every strategy
+#: (threads transport only: the workers share one process), "python" the strategy modules
+#: themselves, "auto" native where it can run.
+ENGINES = ("auto", "native", "python")
 
 
 def worker_class(name: str) -> type[Worker]:
@@ -24,11 +28,16 @@ def worker_class(name: str) -> type[Worker]:
 
 
 def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
-                  options: StrategyOptions) -> None:
+                  options: StrategyOptions, engine: str = "auto") -> None:
     """Reject impossible combinations with a message naming the parameter."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport {transport!r} is not available in this release; "
                          f"available: {', '.join(TRANSPORTS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    if engine == "native" and transport != "threads":
+        raise ValueError(f"engine 'native' runs the workers as threads of one process: it needs "
+                         f"transport='threads', got {transport!r} (use engine='auto' or 'python')")
     if options.partition not in ("contiguous", "random"):
         raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
                          f"got {options.partition!r}")
@@ -67,13 +76,14 @@ class ParallelRunner:
 
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
-                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None):
+                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto"):
         self.spec = spec
         self.name = strategy
         self.K = workers
         self.transport = transport
         self.options = options or StrategyOptions()
-        check_options(spec, strategy, workers, transport, self.options)
+        check_options(spec, strategy, workers, transport, self.options, engine)
+        self.engine = ("native" if transport == "threads" else "python") if engine == "auto" else engine
         self.blas_threads = blas_threads
         self.timeout = timeout
         from parrbm.harness.launch import TCPHosts
@@ -134,6 +144,8 @@ class ParallelRunner:
         batches = [order[s:s + m] for s in range(0, len(order), m)]
 
         def work(comm: Comm):
+            if self.engine == "native":
+                return train_native(self._on(comm), comm, X, order, first_step)
             return train_on(self._on(comm), comm, X, batches, first_step)
 
         if self.transport == "threads":
@@ -245,6 +257,30 @@ def _training_bytes(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
 
 def _training_wire(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
     return sum(s.wire_bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
+
+
+def train_native(worker: Worker, comm: Comm, X: np.ndarray, order: np.ndarray, first_step: int):
+    """:func:`train_on` with the minibatch loop in the core: the worker's parameters are
+    updated in place by the core's copy of its strategy, which moves data through the
+    threads transport's barrier and counts bytes as :class:`Comm` does, phase by phase."""
+    from parrbm import _core
+    from parrbm.harness.comm import CommError
+
+    X = np.ascontiguousarray(X, dtype=worker.dtype)
+    parts = lambda p: [p.index(j) for j in range(worker.K)]  # noqa: E731
+    try:
+        out = _core.run_strategy_epoch(worker.name, worker.native_config(), worker.native_params(),
+                                       parts(worker.vis), parts(worker.hid), comm.transport.hub.group,
+                                       X, np.ascontiguousarray(order, dtype=np.int64), first_step,
+                                       worker.steps_done, worker.syncs)
+    except _core.CommFailure as exc:
+        raise CommError(str(exc)) from None
+    worker.steps_done, worker.syncs = out["steps_done"], out["syncs"]
+    worker.divergence.extend(out["divergence"])
+    for phase, counters in out["stats"].items():
+        comm.stats.setdefault(phase, PhaseStats()).add(PhaseStats(**counters))
+    n = len(out["errors"])
+    return list(out["errors"]), list(out["seconds"]), [int(t) for t in out["traffic"]], comm.stats, [0] * n
 
 
 def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray],

@@ -25,6 +25,8 @@ class ThreadsHub:
         self.timeout = timeout
         self.mailbox: list[Sequence[np.ndarray | None] | None] = [None] * size
         self.barrier = _core.Barrier(size)
+        # The same barrier and a mailbox for the strategies' native epoch loop.
+        self.group = _core.SharedGroup(self.barrier, size, timeout)
         # How many barriers each worker has reached, and in which phase: names the
         # laggards when a barrier times out.
         self.arrivals = [0] * size

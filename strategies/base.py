@@ -74,6 +74,7 @@ class Worker:
         self.hid = Partition.make(options.partition, spec.n_hidden, self.K, spec.seed + 1)
         self.divergence: list[float] = []  # replica drift measured before each sync
         self.syncs = 0                      # weight synchronisations done
+        self.steps_done = 0                 # minibatch steps taken (sync and averaging periods)
 
     # ---- properties of the configuration -------------------------------------------------
 
@@ -161,6 +162,23 @@ class Worker:
                     neg_scale: float = 1.0) -> None:
         _core.bias_update(bias, inc, pos, neg, neg_scale=neg_scale,
                           alpha=self.spec.learning_rate / mb, momentum=self.spec.momentum)
+
+    # ---- the native epoch loop (the core's copy of this strategy) -----------------------------
+
+    def native_config(self) -> dict:
+        """The spec and options as ``_core.run_strategy_epoch`` reads them."""
+        o = self.options
+        return dict(self.spec.trainer_kwargs(), rank=self.rank, workers=self.K,
+                    sync_every=o.sync_every, shared_weights=o.shared_weights, reduce=o.reduce,
+                    average=o.average, average_every=o.average_every)
+
+    def native_params(self) -> dict[str, np.ndarray | None]:  # pragma: no cover - abstract
+        """This worker's parameters by the names the core's workers use; the core updates
+        them in place."""
+        raise NotImplementedError
+
+    def _bias_params(self) -> dict[str, np.ndarray | None]:
+        return {"b": self.b, "c": self.c, "b_inc": self.b_inc, "c_inc": self.c_inc}
 
     # ---- the interface the runner uses ------------------------------------------------------
 

@@ -84,6 +84,9 @@ class GreenOnly(Worker):
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
         return err
 
+    def native_params(self) -> dict:
+        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, chains=self.chains)
+
     def gather_model(self) -> ModelState | None:
         V = self.spec.n_visible
         W_T = self.gather_rows(self.green.T, self.hid, V)

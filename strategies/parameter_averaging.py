@@ -41,7 +41,6 @@ class ParameterAveraging(Worker):
         self.states = self.zeros(mk, H)
         # Gradient of (W, b, c) in one buffer: one collective per step.
         self.grad = self.zeros(V * H + V + H)
-        self.steps_done = 0
         if options.average == "weights":
             self.sync_phases = ("average",)
 
@@ -87,9 +86,10 @@ class ParameterAveraging(Worker):
             self.sum_gradients(left, right, n, neg_scale)
             self.apply_summed_gradient(mb)
         else:
-            self.apply_statistics(self.W, self.W_inc, left, right, n, neg_scale)
-            self.update_bias(self.b, self.b_inc, left[:n], left[n:], n, neg_scale)
-            self.update_bias(self.c, self.c_inc, right, None, n)
+            if n:  # a short last minibatch may leave a worker no cases: no local step then
+                self.apply_statistics(self.W, self.W_inc, left, right, n, neg_scale)
+                self.update_bias(self.b, self.b_inc, left[:n], left[n:], n, neg_scale)
+                self.update_bias(self.c, self.c_inc, right, None, n)
             if self.steps_done % self.options.average_every == 0:
                 self.average_weights()
         return err
@@ -140,6 +140,10 @@ class ParameterAveraging(Worker):
         self.W[...] = self.grad[: V * H].reshape(V, H)
         self.b[...] = self.grad[V * H: V * H + V]
         self.c[...] = self.grad[V * H + V:]
+
+    def native_params(self) -> dict:
+        return {"W": self.W, "W_inc": self.W_inc, "b": self.b, "c": self.c, "b_inc": self.b_inc,
+                "c_inc": self.c_inc, "chains": self.chains}
 
     def gather_model(self) -> ModelState | None:
         chains = None

@@ -122,6 +122,10 @@ class PerUpdateSync(Worker):
         for j in range(self.K):
             self.hid.put(self.purple, j, self._sync_in[j])
 
+    def native_params(self) -> dict:
+        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, purple=self.purple,
+                    chains=self.chains)
+
     def gather_model(self) -> ModelState | None:
         W_inc = None
         if self.green_inc is not None:  # increments live with green, W[:, H_k]

@@ -75,5 +75,8 @@ class PurpleOnly(Worker):
         self.update_bias(self.c, self.c_inc, self.hid.take(right, k), None, mb)
         return err
 
+    def native_params(self) -> dict:
+        return dict(self._bias_params(), purple=self.purple, purple_inc=self.purple_inc, chains=self.chains)
+
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()

@@ -39,7 +39,6 @@ class UnitPartitioned(Worker):
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
-        self.steps_done = 0
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -106,6 +105,10 @@ class UnitPartitioned(Worker):
             drift = max(drift, float(np.max(np.abs(self.green[rows] - outs[j]), initial=0.0)))
             self.green[rows] = outs[j]
         self.divergence.append(drift)
+
+    def native_params(self) -> dict:
+        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, purple=self.purple,
+                    purple_inc=self.purple_inc, chains=self.chains)
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
