@@ -85,6 +85,7 @@ SCHEMA = {
                 "seed": {"type": "integer", "minimum": 0},
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
                 "blas_threads": _POS_INT, "repeats": _POS_INT,
+                "engine": {"enum": ["auto", "native", "python"]},
             },
         },
         "tcp": {
@@ -127,7 +128,7 @@ DEFAULTS = {
     "data": {"kind": "random-binary", "seed": 0},
     "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
                  "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1,
-                 "repeats": 1},
+                 "repeats": 1, "engine": "auto"},
     "options": {},
     "tcp": {},
 }
@@ -294,7 +295,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
-                           tcp=tcp_hosts(cfg["tcp"]))
+                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"])
         errors = r.run(X, order, 0)
         step_times = np.max(np.array(r.step_seconds), axis=0)[warmup:]
         stats = r.comm_stats()

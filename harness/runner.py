@@ -244,7 +244,8 @@ class ParallelRunner:
                 "compute": sum(w["compute_seconds"] for w in by_worker) / n,
                 "communication": sum(w["comm_seconds"] for w in by_worker) / n,
                 "waiting": sum(w["wait_seconds"] for w in by_worker) / n,
-                "step_median": float(np.median([np.max(s) for s in zip(*self.step_seconds)]))
+                # a step lasts as long as its slowest worker
+                "step_median": float(np.median(np.max(np.array(self.step_seconds), axis=0)))
                 if self.steps else 0.0,
             },
             "replica_divergence": max(divergence) if divergence else 0.0,

@@ -104,7 +104,11 @@ class RBM(TransformerMixin, BaseEstimator):
         ``sync_every`` (unit-partitioned; 0 = never), ``shared_weights`` (per-update-sync on
         threads), ``reduce`` ("master" | "allreduce"), ``average`` ("gradients" |
         "weights"), ``average_every`` (parameter averaging), ``blas_threads`` (BLAS threads
-        per worker, default 1) and ``timeout`` (seconds a worker waits for its peers).
+        per worker, default 1), ``timeout`` (seconds a worker waits for its peers) and
+        ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core on the
+        threads transport and the Python strategy modules elsewhere; "native" insists on the
+        core; "python" runs the strategy modules (the reference the core reproduces bit for
+        bit).
     learning_rate_schedule : {"constant", "linear", "exponential"} or callable, default="constant"
         The learning rate of epoch e (from 0): constant; ``learning_rate * (1 - e / n_iter)``;
         ``learning_rate * learning_rate_decay ** e``; or ``schedule(e)`` for a callable
@@ -247,16 +251,20 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, "
                              f"got {self.strategy_options!r}")
         opts = dict(self.strategy_options or {})
-        runner = {k: opts.pop(k) for k in ("blas_threads", "timeout") if k in opts}
+        runner = {k: opts.pop(k) for k in ("blas_threads", "timeout", "engine") if k in opts}
         known = {f for f in StrategyOptions.__dataclass_fields__}
         unknown = sorted(set(opts) - known)
         if unknown:
             raise ValueError(f"RBM: parameter 'strategy_options' has unknown keys {unknown}; allowed: "
-                             f"{sorted(known | {'blas_threads', 'timeout'})}")
+                             f"{sorted(known | {'blas_threads', 'timeout', 'engine'})}")
         if "blas_threads" in runner:
             v.check_int("RBM", "strategy_options['blas_threads']", runner["blas_threads"], minimum=1)
         if "timeout" in runner:
             v.check_float("RBM", "strategy_options['timeout']", runner["timeout"], low=0.0, low_open=True)
+        if "engine" in runner:
+            from parrbm.harness.runner import ENGINES
+
+            v.check_choice("RBM", "strategy_options['engine']", runner["engine"], ENGINES)
         return StrategyOptions(**opts), runner
 
     def _dtype_name(self):

@@ -276,18 +276,22 @@ def test_impossible_combinations_raise(kw, match):
         RBM(**{"n_hidden": 10, "batch_size": 12, "n_iter": 1, **kw}).fit(X)
 
 
-def test_failing_worker_ends_the_run_with_its_name(monkeypatch):
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_failing_worker_ends_the_run_with_its_name(monkeypatch, engine):
     spec = CDSpec(n_visible=12, n_hidden=8, batch_size=4, seed=1)
     runner = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 3,
-                            options=StrategyOptions(), timeout=5.0)
-    original = UnitPartitioned.step
+                            options=StrategyOptions(), timeout=5.0, engine=engine)
+    # The Python step fails at its third minibatch; the native loop's worker fails on
+    # its way in, while its peers already wait in the core's collectives.
+    name = "step" if engine == "python" else "native_params"
+    original = getattr(UnitPartitioned, name)
 
-    def step(self, X, step):
-        if self.rank == 1 and step == 2:
+    def failing(self, *a):
+        if self.rank == 1 and (engine == "native" or a[1] == 2):
             raise RuntimeError("disk on fire")
-        return original(self, X, step)
+        return original(self, *a)
 
-    monkeypatch.setattr(UnitPartitioned, "step", step)
+    monkeypatch.setattr(UnitPartitioned, name, failing)
     X = data(np.random.default_rng(0), 16, 12, "binary", np.float32)
     t0 = time.perf_counter()
     with pytest.raises(CommError, match="worker 1 failed: RuntimeError: disk on fire"):
@@ -295,19 +299,23 @@ def test_failing_worker_ends_the_run_with_its_name(monkeypatch):
     assert time.perf_counter() - t0 < 5.0  # peers are released at once, not at the timeout
 
 
-def test_hung_worker_times_out_naming_a_worker(monkeypatch):
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_hung_worker_times_out_naming_a_worker(monkeypatch, engine):
     spec = CDSpec(n_visible=12, n_hidden=8, batch_size=4, seed=1)
-    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, timeout=1.0)
+    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, timeout=1.0, engine=engine)
     from parrbm.strategies.green_only import GreenOnly
 
-    original = GreenOnly.step
+    name = "step" if engine == "python" else "native_params"
+    original = getattr(GreenOnly, name)
 
-    def step(self, X, step):
-        if self.rank == 0 and step == 1:
+    def hanging(self, *a):
+        if self.rank == 0 and (engine == "native" or a[1] == 1):
             time.sleep(3)
-        return original(self, X, step)
+        return original(self, *a)
 
-    monkeypatch.setattr(GreenOnly, "step", step)
+    monkeypatch.setattr(GreenOnly, name, hanging)
     X = data(np.random.default_rng(0), 8, 12, "binary", np.float32)
+    t0 = time.perf_counter()
     with pytest.raises(CommError, match=r"worker 0 \(last in phase .*\) did not reach phase"):
         runner.run(X, np.arange(8, dtype=np.int64), 0)
+    assert time.perf_counter() - t0 < 5.0
