@@ -26,36 +26,47 @@
 namespace parrbm {
 
 // K parts of range(n): the global unit indices of each worker's part, sorted. A part that
-// is a range [first, first + size) is used in place; a scattered one (random partition)
-// is gathered and scattered column by column.
+// is a range [first, first + size) is used in place and keeps no index; a scattered one
+// (random partition) is gathered and scattered column by column.
 class Parts {
  public:
   Parts() = default;
-  Parts(int64_t n, std::vector<std::vector<int64_t>> index) : n_(n), index_(std::move(index)) {
-    for (const auto& p : index_) {
+  Parts(int64_t n, std::vector<std::vector<int64_t>> index) : n_(n) {
+    for (auto& p : index) {
       bool range = true;
       for (size_t i = 1; i < p.size(); ++i) range = range && p[i] == p[0] + int64_t(i);
+      first_.push_back(p.empty() ? 0 : p[0]);
+      size_.push_back(int64_t(p.size()));
+      index_.push_back(range ? std::vector<int64_t>{} : std::move(p));
       range_.push_back(range);
     }
   }
-  // Parts of range(n) cut into K pieces, the first n % K one larger (partition.py's cuts).
+  // range(n) cut into K pieces, the first n % K one larger (partition.py's cuts).
   static Parts contiguous(int64_t n, int K) {
-    std::vector<std::vector<int64_t>> index;
-    index.resize(size_t(K));
+    Parts p;
+    p.n_ = n;
     int64_t start = 0;
     for (int k = 0; k < K; ++k) {
       const int64_t size = n / K + (k < n % K ? 1 : 0);
-      for (int64_t i = 0; i < size; ++i) index[size_t(k)].push_back(start + i);
+      p.first_.push_back(start);
+      p.size_.push_back(size);
+      p.index_.emplace_back();
+      p.range_.push_back(true);
       start += size;
     }
-    return Parts(n, std::move(index));
+    return p;
   }
 
   int64_t n() const { return n_; }
-  int count() const { return int(index_.size()); }
-  int64_t size(int k) const { return int64_t(index_[size_t(k)].size()); }
+  int count() const { return int(size_.size()); }
+  int64_t size(int k) const { return size_[size_t(k)]; }
   bool is_range(int k) const { return range_[size_t(k)]; }
-  int64_t first(int k) const { return index_[size_t(k)].empty() ? 0 : index_[size_t(k)][0]; }
+  int64_t first(int k) const { return first_[size_t(k)]; }
+  // the global index of part k's i-th unit
+  int64_t unit(int k, int64_t i) const {
+    return is_range(k) ? first(k) + i : index_[size_t(k)][size_t(i)];
+  }
+  // part k's global indices (scattered parts only)
   const int64_t* index(int k) const { return index_[size_t(k)].data(); }
   Units units(int k) const {
     if (is_range(k)) return Units{uint64_t(first(k)), nullptr};
@@ -64,9 +75,21 @@ class Parts {
 
  private:
   int64_t n_ = 0;
+  std::vector<int64_t> first_, size_;
   std::vector<std::vector<int64_t>> index_;
   std::vector<bool> range_;
 };
+
+template <class T>
+MatView<const T> as_const(MatView<T> v) {
+  return {v.data, v.rows, v.cols, v.ld};
+}
+
+template <class T>
+void copy_into(MatView<const T> src, MatView<T> dst) {
+  for (int64_t i = 0; i < src.rows; ++i)
+    std::memcpy(dst.row(i), src.row(i), size_t(src.cols) * sizeof(T));
+}
 
 // Part k of a's columns (a range part only): a view, no copy.
 template <class T>
@@ -77,6 +100,10 @@ MatView<T> column_block(MatView<T> a, const Parts& p, int k) {
 // out (a.rows x |part k|) <- a[:, part k]
 template <class T>
 void take_columns(MatView<const T> a, const Parts& p, int k, MatView<T> out) {
+  if (p.is_range(k)) {
+    copy_into<T>(a.block(0, a.rows, p.first(k), p.size(k)), out);
+    return;
+  }
   const int64_t* idx = p.index(k);
   for (int64_t i = 0; i < a.rows; ++i) {
     const T* src = a.row(i);
@@ -88,6 +115,10 @@ void take_columns(MatView<const T> a, const Parts& p, int k, MatView<T> out) {
 // a[:, part k] <- block
 template <class T>
 void put_columns(MatView<T> a, const Parts& p, int k, MatView<const T> block) {
+  if (p.is_range(k)) {
+    copy_into<T>(block, a.block(0, a.rows, p.first(k), p.size(k)));
+    return;
+  }
   const int64_t* idx = p.index(k);
   for (int64_t i = 0; i < block.rows; ++i) {
     const T* src = block.row(i);
@@ -103,17 +134,6 @@ MatView<const T> columns_of(MatView<const T> a, const Parts& p, int k, MatView<T
   MatView<T> out = scratch.block(0, a.rows, 0, p.size(k));
   take_columns<T>(a, p, k, out);
   return {out.data, out.rows, out.cols, out.ld};
-}
-
-template <class T>
-MatView<const T> as_const(MatView<T> v) {
-  return {v.data, v.rows, v.cols, v.ld};
-}
-
-template <class T>
-void copy_into(MatView<const T> src, MatView<T> dst) {
-  for (int64_t i = 0; i < src.rows; ++i)
-    std::memcpy(dst.row(i), src.row(i), size_t(src.cols) * sizeof(T));
 }
 
 // A peer failed (its thread raised), or did not arrive within the timeout.
@@ -177,9 +197,14 @@ class SharedComm {
   template <class T>
   void allgather(MatView<const T> block, MatView<T> out, const Parts& parts, const char* phase) {
     const auto t0 = begin(phase);
-    pack_rows(block, send_bytes_);
+    // Peers read a contiguous block where it is; a strided one is packed first.
+    const void* payload = block.data;
+    if (block.rows > 1 && block.ld != block.cols) {
+      pack_rows(block, send_bytes_);
+      payload = send_bytes_.data();
+    }
     put_block<T>(out, parts, rank_, block);
-    const double wait = exchange_same(send_bytes_.data(), [&](int j, const void* buf) {
+    const double wait = exchange_same(payload, [&](int j, const void* buf) {
       const T* p = static_cast<const T*>(buf);
       put_block<T>(out, parts, j, MatView<const T>{p, out.rows, parts.size(j), parts.size(j)});
     });

@@ -36,7 +36,7 @@ void require_same(const MatView<T>& inc, const MatView<T>& w, const char* name) 
 template <class T>
 void take_rows(MatView<const T> src, const Parts& p, int k, MatView<T> dst) {
   if (p.is_range(k)) copy_into<T>(src.block(p.first(k), p.size(k), 0, src.cols), dst);
-  else gather_rows<T>(src, p.index(k), dst);
+  else gather_rows<T>(src, p.index(k), dst);  // scattered rows
 }
 
 }  // namespace
@@ -247,7 +247,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
     for (int j = 0; j < K_; ++j) {
       const MatView<T>& in = outs[size_t(j)];
       for (int64_t r = 0; r < in.rows; ++r) {
-        T* g = p_.green.row(vis_.index(j)[r]);
+        T* g = p_.green.row(vis_.unit(j, r));
         const T* src = in.row(r);
         for (int64_t col = 0; col < in.cols; ++col) {
           drift = std::max(drift, double(std::abs(T(g[col] - src[col]))));
