@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
+from threadpoolctl import threadpool_limits
 
 from parrbm import _validation as v
 from parrbm.config import DTYPES, STATISTICS, VISIBLE_TYPES, CDSpec, ModelState
@@ -380,50 +382,51 @@ class RBM(TransformerMixin, BaseEstimator):
         if ckpt is not None:
             ckpt.mkdir(parents=True, exist_ok=True)
         bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
-        try:
-            for epoch in range(self.epochs_done_, int(self.n_iter)):
-                lr = self.learning_rate_at(epoch)
-                if lr != self.spec_.learning_rate:
-                    self.spec_ = self.spec_.replace(learning_rate=lr)
-                    self._strategy.set_learning_rate(lr)
-                order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
-                good = ModelState(**{k: None if a is None else a.copy()
-                                     for k, a in vars(self._state).items()})
-                good_steps = self.n_steps_
-                t0 = time.perf_counter()
-                err = self._train_epoch(X, order)
-                problem = self._diverged(err)
-                if problem:
-                    self._state, self.n_steps_ = good, good_steps
-                    self._strategy.load_model(good)
-                    self._export()
-                    raise DivergenceError(
-                        f"RBM: training diverged in epoch {epoch + 1} at learning_rate={lr:g}: {problem}. "
-                        f"The model is left as after epoch {epoch}"
-                        + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
-                        + f". Try learning_rate={lr / 10:g}"
-                        + (" (Gaussian visible units need a smaller rate than binary ones, and data "
-                           "standardised per dimension)" if self.visible == "gaussian" else ""))
-                self.reconstruction_error_.append(err)
-                self.epochs_done_ = epoch + 1
-                entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
-                         **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
-                         "seconds": time.perf_counter() - t0}
-                self.history_.append(entry)
-                if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
-                                         or self.epochs_done_ == int(self.n_iter)):
-                    self._checkpoint(ckpt)
+        with self._main_thread_blas():
+            try:
+                for epoch in range(self.epochs_done_, int(self.n_iter)):
+                    lr = self.learning_rate_at(epoch)
+                    if lr != self.spec_.learning_rate:
+                        self.spec_ = self.spec_.replace(learning_rate=lr)
+                        self._strategy.set_learning_rate(lr)
+                    order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
+                    good = ModelState(**{k: None if a is None else a.copy()
+                                         for k, a in vars(self._state).items()})
+                    good_steps = self.n_steps_
+                    t0 = time.perf_counter()
+                    err = self._train_epoch(X, order)
+                    problem = self._diverged(err)
+                    if problem:
+                        self._state, self.n_steps_ = good, good_steps
+                        self._strategy.load_model(good)
+                        self._export()
+                        raise DivergenceError(
+                            f"RBM: training diverged in epoch {epoch + 1} at learning_rate={lr:g}: {problem}. "
+                            f"The model is left as after epoch {epoch}"
+                            + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
+                            + f". Try learning_rate={lr / 10:g}"
+                            + (" (Gaussian visible units need a smaller rate than binary ones, and data "
+                               "standardised per dimension)" if self.visible == "gaussian" else ""))
+                    self.reconstruction_error_.append(err)
+                    self.epochs_done_ = epoch + 1
+                    entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
+                             **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
+                             "seconds": time.perf_counter() - t0}
+                    self.history_.append(entry)
+                    if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
+                                             or self.epochs_done_ == int(self.n_iter)):
+                        self._checkpoint(ckpt)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(recon=f"{err:.4g}")
+                    if self.verbose:
+                        extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
+                            "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
+                        print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}{extra}, "
+                              f"{entry['seconds']:.2f} s")
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(recon=f"{err:.4g}")
-                if self.verbose:
-                    extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
-                        "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
-                    print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}{extra}, "
-                          f"{entry['seconds']:.2f} s")
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
         return self
 
     def _diverged(self, err: float) -> str | None:
@@ -459,9 +462,21 @@ class RBM(TransformerMixin, BaseEstimator):
         elif self.batch_size != self.spec_.batch_size:
             raise ValueError("RBM: parameter 'batch_size' changed since the first partial_fit "
                              f"({self.spec_.batch_size} -> {self.batch_size})")
-        err = self._train_epoch(X, np.arange(X.shape[0], dtype=np.int64))
+        with self._main_thread_blas():
+            err = self._train_epoch(X, np.arange(X.shape[0], dtype=np.int64))
         self.reconstruction_error_.append(err)
         return self
+
+    def _main_thread_blas(self):
+        """While a parallel strategy trains, this thread's BLAS (monitors, inference between
+        epochs) keeps to the workers' thread budget. An OpenBLAS pool woken by a
+        multi-threaded call spins for a while after it, taking a core from the next epoch's
+        workers: on the digits model that doubled the time of a K = 2 fit."""
+        from parrbm.harness.runner import ParallelRunner
+
+        if isinstance(self._strategy, ParallelRunner):
+            return threadpool_limits(limits=self._strategy.blas_threads, user_api="blas")
+        return contextlib.nullcontext()
 
     def _export(self) -> None:
         self.components_ = self._state.W.T
