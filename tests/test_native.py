@@ -128,3 +128,39 @@ def test_native_call_rejects_parameters_of_the_wrong_shape():
     with pytest.raises(ValueError, match="visible_parts.*cover the 6 units"):
         _core.run_strategy_epoch("purple-only", w.native_config(), w.native_params(), [np.arange(5)],
                                  parts[1], group, X, np.arange(4), 0)
+
+
+def test_parallel_fit_keeps_the_main_threads_blas_to_the_workers_budget(monkeypatch):
+    """Between epochs the main thread's BLAS (monitors, inference) runs on blas_threads, so
+    no BLAS pool is left spinning on a core the next epoch's workers need."""
+    from threadpoolctl import threadpool_info
+
+    from parrbm import RBM
+
+    seen = []
+    original = ParallelRunner.run
+
+    def run(self, X, order, first_step):
+        seen.append(sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}))
+        return original(self, X, order, first_step)
+
+    monkeypatch.setattr(ParallelRunner, "run", run)
+    X = (np.random.default_rng(0).random((40, 12)) < 0.5).astype(np.float32)
+    before = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+    RBM(n_hidden=6, batch_size=5, n_iter=2, strategy="green-only", workers=2, progress=False,
+        random_state=0).fit(X)
+    assert seen == [[1], [1]]
+    assert sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}) == before
+
+
+def test_rbm_engine_option_is_validated_and_used():
+    from parrbm import RBM
+
+    X = (np.random.default_rng(0).random((20, 8)) < 0.5).astype(np.float32)
+    with pytest.raises(ValueError, match="strategy_options\\['engine'\\]' must be one of"):
+        RBM(n_hidden=4, batch_size=5, n_iter=1, strategy="green-only", workers=2,
+            strategy_options={"engine": "fortran"}).fit(X)
+    fits = [RBM(n_hidden=4, batch_size=5, n_iter=2, strategy="purple-only", workers=2, random_state=1,
+                progress=False, strategy_options={"engine": e}).fit(X) for e in ("python", "native")]
+    assert [f._strategy.engine for f in fits] == ["python", "native"]
+    np.testing.assert_array_equal(fits[0].components_, fits[1].components_)
