@@ -253,12 +253,13 @@ class SharedComm {
     T* base = reinterpret_cast<T*>(send_bytes_.data());
     sends_.assign(size_t(size_), nullptr);
     int64_t sent = 0;
-    for (int j = 0, off = 0; j < size_; ++j) {
+    int64_t off = 0;
+    for (int j = 0; j < size_; ++j) {
       if (j == rank_) continue;
       MatView<T> dst{base + off, partial.rows, parts.size(j), parts.size(j)};
       copy_block<T>(partial, parts, j, dst);
       sends_[size_t(j)] = dst.data;
-      off += int(partial.rows * parts.size(j));
+      off += partial.rows * parts.size(j);
       sent += partial.rows * parts.size(j) * int64_t(sizeof(T));
     }
     // Summed in rank order, rank 0 first, as every transport does: the same bits anywhere.
@@ -292,12 +293,13 @@ class SharedComm {
     T* base = reinterpret_cast<T*>(send_bytes_.data());
     sends_.assign(size_t(size_), nullptr);
     int64_t sent = 0, recv = 0;
-    for (int j = 0, off = 0; j < size_; ++j) {
+    int64_t off = 0;
+    for (int j = 0; j < size_; ++j) {
       if (j == rank_) continue;
       const MatView<const T>& s = sends[size_t(j)];
       copy_into<T>(s, MatView<T>{base + off, s.rows, s.cols, s.cols});
       sends_[size_t(j)] = base + off;
-      off += int(s.rows * s.cols);
+      off += s.rows * s.cols;
       sent += s.rows * s.cols * int64_t(sizeof(T));
       recv += outs[size_t(j)].rows * outs[size_t(j)].cols * int64_t(sizeof(T));
     }

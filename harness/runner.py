@@ -271,7 +271,7 @@ def train_native(worker: Worker, comm: Comm, X: np.ndarray, order: np.ndarray, f
     parts = lambda p: [p.index(j) for j in range(worker.K)]  # noqa: E731
     try:
         out = _core.run_strategy_epoch(worker.name, worker.native_config(), worker.native_params(),
-                                       parts(worker.vis), parts(worker.hid), comm.transport.hub.group,
+                                       parts(worker.vis), parts(worker.hid), comm.transport.group,
                                        X, np.ascontiguousarray(order, dtype=np.int64), first_step,
                                        worker.steps_done, worker.syncs)
     except _core.CommFailure as exc:

@@ -68,6 +68,11 @@ class ThreadsTransport(Transport):
     def barrier(self) -> float:
         return self._wait()
 
+    @property
+    def group(self):
+        """The core's view of this run's threads (the native epoch loop communicates there)."""
+        return self.hub.group
+
 
 def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
                 blas_threads: int = 1) -> list:
