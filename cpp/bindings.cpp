@@ -118,6 +118,18 @@ bool is_f64(const py::array& a) {
 
 StreamKey stream_key(uint64_t seed, uint32_t step, uint32_t phase) { return {seed, step, phase}; }
 
+VisibleKind visible_kind(const std::string& value, const std::string& name) {
+  if (value == "binary") return VisibleKind::Binary;
+  if (value == "gaussian") return VisibleKind::Gaussian;
+  fail(name, "must be 'binary' or 'gaussian', got '" + value + "'");
+}
+
+Statistics statistics_kind(const std::string& value, const std::string& name) {
+  if (value == "samples") return Statistics::Samples;
+  if (value == "probabilities") return Statistics::Probabilities;
+  fail(name, "must be 'samples' or 'probabilities', got '" + value + "'");
+}
+
 // unit0, or an int64 array of one global index per column (kept alive by the caller).
 Units units_arg(uint64_t unit0, const py::object& unit_index, int64_t cols) {
   Units u;
@@ -199,10 +211,7 @@ double visible_t(py::array pre, py::object bias, py::array out, const std::strin
   auto D = opt_cmat<T>(data, "data");
   same_shape(O, P.rows, P.cols, "out");
   same_shape(D, P.rows, P.cols, "data");
-  VisibleKind k;
-  if (kind == "binary") k = VisibleKind::Binary;
-  else if (kind == "gaussian") k = VisibleKind::Gaussian;
-  else fail("kind", "must be 'binary' or 'gaussian', got '" + kind + "'");
+  const VisibleKind k = visible_kind(kind, "kind");
   const Units units = units_arg(unit0, unit_index, P.cols);
   ReleaseGilIfLong nogil(sampling_ns(P.rows * P.cols));
   return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, units);
@@ -333,13 +342,9 @@ void bind_trainer(py::module_& m, const char* name) {
              c.n_visible = n_visible;
              c.n_hidden = n_hidden;
              c.batch_size = batch_size;
-             if (visible == "binary") c.visible = VisibleKind::Binary;
-             else if (visible == "gaussian") c.visible = VisibleKind::Gaussian;
-             else fail("visible", "must be 'binary' or 'gaussian'");
+             c.visible = visible_kind(visible, "visible");
              c.gaussian_noise = gaussian_noise;
-             if (statistics == "samples") c.statistics = Statistics::Samples;
-             else if (statistics == "probabilities") c.statistics = Statistics::Probabilities;
-             else fail("statistics", "must be 'samples' or 'probabilities'");
+             c.statistics = statistics_kind(statistics, "statistics");
              c.cd_k = cd_k;
              c.persistent = persistent;
              c.learning_rate = learning_rate;
@@ -458,16 +463,10 @@ StrategyConfig strategy_config(const py::dict& d) {
   c.n_visible = get<int64_t>(d, "n_visible");
   c.n_hidden = get<int64_t>(d, "n_hidden");
   c.batch_size = get<int64_t>(d, "batch_size");
-  const auto visible = get<std::string>(d, "visible");
-  if (visible == "binary") c.visible = VisibleKind::Binary;
-  else if (visible == "gaussian") c.visible = VisibleKind::Gaussian;
-  else fail("config['visible']", "must be 'binary' or 'gaussian'");
+  c.visible = visible_kind(get<std::string>(d, "visible"), "config['visible']");
   c.gaussian_noise = get<bool>(d, "gaussian_noise");
   c.sample_visible = get<bool>(d, "sample_visible");
-  const auto statistics = get<std::string>(d, "statistics");
-  if (statistics == "samples") c.statistics = Statistics::Samples;
-  else if (statistics == "probabilities") c.statistics = Statistics::Probabilities;
-  else fail("config['statistics']", "must be 'samples' or 'probabilities'");
+  c.statistics = statistics_kind(get<std::string>(d, "statistics"), "config['statistics']");
   c.cd_k = get<int>(d, "cd_k");
   c.persistent = get<bool>(d, "persistent");
   c.learning_rate = get<double>(d, "learning_rate");
@@ -561,7 +560,7 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   WorkerCounters counters;
   counters.steps_done = steps_done;
   counters.syncs = syncs;
-  std::map<std::string, PhaseCounters> stats;
+  std::map<std::string, PhaseCounters, std::less<>> stats;
   {
     py::gil_scoped_release nogil;
     SharedComm comm(group, cfg.rank);

@@ -18,6 +18,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "barrier.hpp"
@@ -191,7 +192,7 @@ class SharedComm {
   }
   int rank() const { return rank_; }
   int size() const { return size_; }
-  const std::map<std::string, PhaseCounters>& stats() const { return stats_; }
+  const std::map<std::string, PhaseCounters, std::less<>>& stats() const { return stats_; }
 
   // out[:, parts[j]] = block of worker j for every j. block: (m x |part rank|), out: (m x N).
   template <class T>
@@ -375,7 +376,10 @@ class SharedComm {
 
   void record(const char* phase, clock::time_point t0, double wait, int64_t sent, int64_t recv,
               int64_t messages, int64_t logical = 0) {
-    PhaseCounters& s = stats_[phase];
+    // phase names are literals: look them up without building a string every collective
+    auto it = stats_.find(std::string_view(phase));
+    if (it == stats_.end()) it = stats_.emplace(phase, PhaseCounters{}).first;
+    PhaseCounters& s = it->second;
     s.bytes_sent += sent;
     s.bytes_recv += recv;
     s.messages += messages;
@@ -480,7 +484,7 @@ class SharedComm {
   SharedGroup& group_;
   const int rank_, size_;
   const char* phase_ = "";
-  std::map<std::string, PhaseCounters> stats_;
+  std::map<std::string, PhaseCounters, std::less<>> stats_;
   // Reused between collectives: a step allocates nothing once they have grown.
   std::vector<const void*> sends_;
   std::vector<unsigned char> send_bytes_;
