@@ -251,31 +251,61 @@ def cmd_advise(args) -> int:
 
 # ---- plot / report ------------------------------------------------------------------------------------------
 
-def load_results(results: str, profile: str | None, *, need_ok: bool = True):
-    """(records, machine profile or None) of a results file, or a UsageError saying
-    what is wrong with it."""
+def load_results(results: str, profile: str | None, *, need_ok: bool = True, with_notes: bool = False):
+    """(records, machine profile or None) of a results file, each run once, or a
+    UsageError saying what is wrong with it; ``with_notes`` adds the notes on what was
+    left out (a torn last line, a run recorded twice)."""
     from parrbm.analysis.compare import load_profile_for
-    from parrbm.harness.experiment import ConfigError, read_records
+    from parrbm.harness.experiment import ConfigError, read_results
 
     path = Path(results)
-    if not path.is_file():
+    if not path.exists():
         raise _usage(f"{path}: no such results file")
     try:
-        records = read_records(path)
-    except ConfigError as exc:
+        records, notes = read_results(path)
+    except (ConfigError, ValueError) as exc:
         raise _usage(str(exc)) from exc
     if not records:
-        raise _usage(f"{path}: no records")
+        raise _usage(f"{path}: no records" + (f" ({notes[0]})" if notes else ""))
     if need_ok and not any(r.get("status") == "ok" for r in records):
         raise _usage(f"{path}: no successful runs to show")
     missing = [k for k in ("strategy", "workers", "batch_size", "model", "metrics")
                if any(k not in r for r in records if r.get("status") == "ok")]
     if missing:
         raise _usage(f"{path}: not a parrbm results file (records without {', '.join(missing)})")
+    bad = [r.get("run_id", "?") for r in records if r.get("status") == "ok" and not _well_formed(r)]
+    if bad:
+        raise _usage(f"{path}: not a parrbm results file (record {bad[0]} lacks the fields of a measured run)")
     try:
-        return records, load_profile_for(path, profile)
+        prof = load_profile_for(path, profile)
     except ValueError as exc:
         raise _usage(str(exc)) from exc
+    if not with_notes:
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+    return (records, prof, notes) if with_notes else (records, prof)
+
+
+def _well_formed(r: dict) -> bool:
+    """A successful record has the fields the table and the figures read, of their types."""
+    from numbers import Real
+
+    from parrbm.strategies.rules import NAMES
+
+    if r.get("strategy") not in NAMES:
+        return False
+    md, mt = r.get("model"), r.get("metrics")
+    if not (isinstance(md, dict) and isinstance(mt, dict)):
+        return False
+    if not all(isinstance(md.get(k), int) for k in ("visible", "hidden")):
+        return False
+    if md.get("visible_type") not in ("binary", "gaussian") or md.get("precision") not in ("float32", "float64"):
+        return False
+    if not isinstance(r.get("workers"), int) or not isinstance(r.get("batch_size"), int) or r["batch_size"] < 1:
+        return False
+    step = mt.get("step_seconds")
+    return (isinstance(step, dict) and isinstance(step.get("median"), Real) and step["median"] > 0
+            and isinstance(mt.get("bytes_per_step"), int) and isinstance(mt.get("bytes_per_sync"), int))
 
 
 def cmd_plot(args) -> int:

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 import platform
-import signal
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -34,9 +33,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-STRATEGY_NAMES = ["serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only",
-                  "parameter-averaging"]
+from parrbm.harness.results import ResultsError
+from parrbm.strategies.rules import NAMES as STRATEGY_NAMES
+
 
 
 class ConfigError(ValueError):
@@ -134,24 +135,108 @@ DEFAULTS = {
 }
 
 
+#: a config's ``name`` is the stem of its results file: a plain name, never a path
+NAME_RULE = ("a plain file stem of letters, digits, '.', '_', '+' and '-', starting with a letter "
+             "or digit (no path separators, no '..', not empty or hidden), at most 100 characters")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(name) -> str | None:
+    """Why ``name`` cannot name a results file (None if it can)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        return f"{name!r} is not allowed: a name is {NAME_RULE}"
+    return None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML allows it silently:
+    the last one would win)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: SafeLoader reports it
+            break
+        if first is not None:
+            raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
+                                f"line {first}); give each key once")
+        seen[key] = key_node.start_mark.line + 1
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_yaml(path: Path):
+    """The YAML document of a file, or ConfigError naming the file and what is wrong."""
+    try:
+        raw_bytes = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8: byte {exc.start} is "
+                          f"0x{raw_bytes[exc.start]:02x})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a YAML text file (it holds NUL bytes)")
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+
+
+def _integers(value, schema: dict):
+    """Integral floats (20.0, 2e3) where the schema wants an integer become ints; any
+    other float stays and the schema refuses it."""
+    if isinstance(value, float) and value.is_integer() and _wants_integer(schema):
+        return int(value)
+    if isinstance(value, dict) and "properties" in schema:
+        return {k: _integers(v, schema["properties"].get(k, {})) for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items") or next((b.get("items") for b in schema.get("oneOf", ())
+                                            if b.get("type") == "array"), None)
+        if items is not None:
+            return [_integers(v, items) for v in value]
+    return value
+
+
+def _wants_integer(schema: dict) -> bool:
+    return schema.get("type") == "integer" or any(b.get("type") == "integer" for b in schema.get("oneOf", ()))
+
+
 def load_config(path: str | Path) -> dict:
-    """Read and validate a YAML config; ConfigError names the file and the field."""
+    """Read and validate a YAML config; ConfigError names the file and the field. Every
+    check that needs no measurement is made here, before anything runs."""
     import jsonschema
-    import yaml
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping with 'model' and 'grid', got {type(raw).__name__}")
+    raw = _integers(raw, SCHEMA)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
-        where = ".".join(str(p) for p in e.path) or "(top level)"
+        where = _where(e.path)
         raise ConfigError(f"{path}: {where}: {_explain(e)}")
     cfg = copy.deepcopy(DEFAULTS)
     for section, values in raw.items():
@@ -159,18 +244,85 @@ def load_config(path: str | Path) -> dict:
             cfg[section].update(values)
         else:
             cfg[section] = values
-    cfg.setdefault("name", path.stem)
-    training, data = cfg["training"], cfg["data"]
+    if "name" in cfg:
+        why = check_name(cfg["name"])
+        if why:
+            raise ConfigError(f"{path}: name: {why}")
+    else:
+        cfg["name"] = path.stem
+        why = check_name(cfg["name"])
+        if why:
+            raise ConfigError(f"{path}: the file's name {path.stem!r} cannot name the results file: "
+                              f"give 'name:', {NAME_RULE}")
+    _check_sections(path, cfg, given_kind="kind" in (raw.get("data") or {}))
+    return cfg
+
+
+def _check_sections(path: Path, cfg: dict, *, given_kind: bool = True) -> None:
+    """The rules between fields that a schema cannot say."""
+    training, data, model, grid = cfg["training"], cfg["data"], cfg["model"], cfg["grid"]
     if "steps" in training and "cases" in training:
         raise ConfigError(f"{path}: training: give 'steps' or 'cases', not both")
+    if "path" in data and data["kind"] != "npy":
+        raise ConfigError(f"{path}: data.path: is read only with kind 'npy' (data.kind is "
+                          f"{data['kind']!r}{'' if given_kind else ' by default'}); "
+                          f"add 'kind: npy' or remove the path")
     if data["kind"] == "npy":
         if "path" not in data:
             raise ConfigError(f"{path}: data.path: required for kind 'npy'")
         npy = (path.parent / data["path"]) if not Path(data["path"]).is_absolute() else Path(data["path"])
+        if npy.suffix != ".npy":
+            raise ConfigError(f"{path}: data.path: {npy} is not a .npy file (an array saved with numpy.save)")
         if not npy.is_file():
             raise ConfigError(f"{path}: data.path: no such file: {npy}")
-        data["path"] = str(npy)
-    return cfg
+        data["path"] = str(npy.resolve())
+    if data["kind"] == "digits" and "cases" in data:
+        raise ConfigError(f"{path}: data.cases: the digits data set has its own 1797 cases; remove 'cases'")
+    points = grid_points(cfg)
+    batches = sorted({p["batch_size"] for p in points})
+    where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
+    if "cases" in data and data["cases"] < batches[-1]:
+        raise ConfigError(f"{path}: data.cases: {data['cases']} cases are fewer than one minibatch "
+                          f"({where_m} {batches[-1]}); give at least {batches[-1]} cases")
+    if "cases" in training and training["cases"] < batches[-1]:
+        raise ConfigError(f"{path}: training.cases: {training['cases']} cases are fewer than one minibatch "
+                          f"({where_m} {batches[-1]}); give at least {batches[-1]}, or 'steps'")
+    if data["kind"] == "digits" and batches[-1] > 1797:
+        raise ConfigError(f"{path}: {where_m}: {batches[-1]} is larger than the 1797 cases of the digits data set")
+    if data["kind"] == "digits" and model["visible"] != 64:
+        raise ConfigError(f"{path}: model.visible: the digits data set has 64 features, got {model['visible']}")
+    from parrbm.strategies.rules import split_refusal
+
+    for p in points:
+        why = split_refusal(p["strategy"], n_visible=model["visible"], n_hidden=model["hidden"],
+                            batch_size=p["batch_size"], workers=p["workers"])
+        if why:
+            raise ConfigError(f"{path}: grid.workers: {p['strategy']} at K = {p['workers']}, minibatch "
+                              f"{p['batch_size']}: {why}")
+    _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
+
+
+def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
+    import shutil
+
+    if "python" in tcp and not tcp.get("hosts"):
+        found = shutil.which(tcp["python"])
+        if not found:
+            raise ConfigError(f"{path}: tcp.python: {tcp['python']!r} is not an executable on this machine "
+                              f"(the tcp workers run it here: give a Python with parrbm installed)")
+    if tcp.get("hosts"):
+        launcher = tcp.get("launcher", ["ssh"])[0]
+        if not shutil.which(launcher):
+            raise ConfigError(f"{path}: tcp.launcher: {launcher!r} is not an executable on this machine")
+    if "job_root" in tcp and not Path(tcp["job_root"]).is_dir():
+        raise ConfigError(f"{path}: tcp.job_root: {tcp['job_root']!r} is not a directory")
+
+
+def _where(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
 
 
 def _explain(e) -> str:
@@ -180,7 +332,20 @@ def _explain(e) -> str:
     if e.validator == "enum":
         return f"{e.instance!r} is not allowed; allowed: {', '.join(map(repr, e.validator_value))}"
     if e.validator == "oneOf":
+        # one value or a list of them: explain the branch the value was meant for
+        branch = 1 if isinstance(e.instance, list) else 0
+        inner = [c for c in e.context if c.schema_path and c.schema_path[0] == branch]
+        if inner:
+            c = max(inner, key=lambda c: len(c.path))
+            at = _where(c.path)
+            return (f"{at}: " if c.path else "") + _explain(c)
         return f"{e.instance!r} is not allowed here: give one value or a list of them"
+    if e.validator == "minimum" and e.schema.get("type") == "integer":
+        return f"{e.instance!r} is not allowed: give an integer >= {e.validator_value}"
+    if e.validator == "type" and e.validator_value == "integer":
+        return f"{e.instance!r} is not an integer"
+    if e.validator == "pattern":
+        return f"{e.instance!r} is not allowed"
     return f"{e.instance!r}: {e.message}"
 
 
@@ -225,9 +390,14 @@ def environment() -> dict:
 
 
 def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> np.ndarray:
+    """The training data of a run, checked as the estimator checks its X: numbers, 2-D,
+    finite in ``dtype``, in [0, 1] for binary visible units. ConfigError names the field."""
+    from parrbm._validation import check_data
+
     d = cfg["data"]
     rng = np.random.default_rng(d.get("seed", 0))
     n = d.get("cases", cases)
+    where = f"data.path {d['path']}" if d["kind"] == "npy" else f"data.kind {d['kind']}"
     if d["kind"] == "random-binary":
         X = rng.random((n, V)) < 0.5
     elif d["kind"] == "random-gaussian":
@@ -239,11 +409,50 @@ def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> n
         if visible_type == "gaussian":
             X = (X - X.mean(0)) / (X.std(0) + 1e-8)
     else:
-        X = np.load(d["path"], allow_pickle=False)
-    X = np.asarray(X, dtype=dtype)
+        try:
+            X = np.load(d["path"], allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ConfigError(f"{where}: not a readable .npy array ({exc})") from None
+        if not isinstance(X, np.ndarray):  # an .npz archive behind a .npy name
+            raise ConfigError(f"{where}: not a .npy array (an archive of several arrays?)")
+    X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != V:
-        raise ConfigError(f"data: the data have shape {X.shape}, the model has {V} visible units")
-    return X
+        raise ConfigError(f"{where}: the data have shape {X.shape}, the model has {V} visible units "
+                          f"(model.visible): give (cases, {V})")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.iscomplexobj(X):
+        raise ConfigError(f"{where}: the data must be real numbers, got dtype {X.dtype}")
+    try:
+        return check_data(where, X, dtype=np.dtype(dtype), name="data",
+                          binary_range=visible_type == "binary")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} ({visible_type} visible units, {dtype})") from None
+
+
+def check_data_of(cfg: dict) -> None:
+    """Make and check the data of every (visible type, precision) of the grid before
+    anything runs."""
+    seen = set()
+    for p in grid_points(cfg):
+        key = (p["visible_type"], p["precision"])
+        if key not in seen:
+            seen.add(key)
+            make_data(cfg, cfg["model"]["visible"], p["visible_type"], p["precision"], p["batch_size"])
+
+
+def run_identity(cfg: dict) -> dict:
+    """What makes two records measurements of the same experiment: the resolved model,
+    data, training and options. The grid's own axes (strategy, K, transport, minibatch,
+    precision, visible type) are in each run's ``run_id``; ``timeout`` is left out (it
+    bounds a failure, it does not change a measurement). The data of an npy file count
+    by their content (SHA-256), not by where the file lies."""
+    from parrbm.harness.results import file_digest
+
+    model = {k: v for k, v in cfg["model"].items() if k not in ("precision", "visible_type")}
+    training = {k: v for k, v in cfg["training"].items() if k not in ("timeout", "batch_size")}
+    data = {k: v for k, v in cfg["data"].items() if k != "path"}
+    if cfg["data"]["kind"] == "npy":
+        data["sha256"] = file_digest(cfg["data"]["path"])
+    return copy.deepcopy({"model": model, "data": data, "training": training, "options": cfg["options"]})
 
 
 def _spec_for(cfg: dict, pt: dict):
@@ -382,61 +591,118 @@ def _rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def append_record(path: Path, record: dict) -> None:
-    """One whole line, flushed and fsync'd, with Ctrl-C held off while it is written."""
-    line = (json.dumps(record, default=_jsonable) + "\n").encode()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
-    try:
-        with open(path, "ab") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _jsonable(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
 def read_records(path: Path) -> list[dict]:
-    """The records of a results file; a line that is not JSON names the file and line."""
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: line {n} is not a JSON record ({exc.msg})") from exc
-    return out
+    """The records of a results file, each run once (see :func:`read_results`)."""
+    return read_results(path)[0]
 
 
-def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, progress=print,
-               calibrate: bool = False) -> Path:
+def read_results(path: Path) -> tuple[list[dict], list[str]]:
+    """(records, notes): each run once, with notes on what was left out (a torn last
+    line, a run recorded twice). ResultsError names the file and line of anything that
+    is not a parrbm record."""
+    from parrbm.harness.results import one_per_run, scan
+
+    rf = scan(path)
+    notes = []
+    if rf.torn is not None:
+        notes.append(f"{path}: line {rf.torn_line} is incomplete (an interrupted write) and was left out; "
+                     f"'parrbm run --resume' sets it aside and continues")
+    records, more = one_per_run(rf.records, path)
+    return records, notes + more
+
+
+def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
+               progress=print, calibrate: bool = False) -> Path:
     """Run every grid point of a validated config; returns the results file. With
     ``calibrate``, first measure this machine for the time model (quick) and keep the
-    profile beside the results (``<name>.profile.json``) for the table and the report."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = out_dir / f"{cfg['name']}.jsonl"
-    if calibrate:
-        from parrbm.analysis.calibrate import calibrate as measure
-        from parrbm.analysis.compare import profile_path
+    profile beside the results (``<name>.profile.json``) for the table and the report.
 
-        where = profile_path(results)
-        if not (resume and where.exists()):
-            transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-            measure(quick=True, transports=transports or ["threads"], progress=progress).save(where)
-    done: dict[str, dict] = {}
-    if resume and results.exists():
-        done = {r["run_id"]: r for r in read_records(results) if r.get("status") == "ok"}
-    elif results.exists():
-        results.unlink()
+    An existing results file is continued with ``resume`` (only if it was written under
+    the same configuration), set aside and started afresh with ``overwrite``, and
+    otherwise refused: recorded results are never deleted."""
+    from parrbm.harness.results import WriterLock, identity_diff, scan, set_aside, set_aside_torn
+
+    if resume and overwrite:
+        raise ConfigError("--resume continues a results file and --overwrite starts a new one: give one of them")
+    why = check_name(cfg.get("name"))
+    if why:
+        raise ConfigError(f"name: {why}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out_dir}: cannot create the directory ({exc.strerror or exc})") from None
+    results = out_dir / f"{cfg['name']}.jsonl"
+    if results.resolve().parent != out_dir.resolve():
+        raise ConfigError(f"name: {cfg['name']!r} would write outside {out_dir}")
+    identity = run_identity(cfg)
+    check_data_of(cfg)
+    from parrbm.analysis.compare import profile_path
+
+    where = profile_path(results)
+    try:
+        lock = WriterLock(results).__enter__()
+    except ResultsError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        done: dict[str, dict] = {}
+        if results.exists() and not results.is_file():
+            raise ConfigError(f"{results}: exists and is not a file")
+        if results.exists() and results.stat().st_size > 0:
+            if overwrite:
+                kept = set_aside(results, "replaced")
+                progress(f"note: the previous results were moved to {kept}")
+                if where.exists():
+                    set_aside(where, "replaced")
+            elif not resume:
+                try:
+                    n = len(scan(results).records)
+                except ResultsError:
+                    n = None
+                held = f"holds {n} record(s)" if n is not None else "exists (and is not a clean results file)"
+                raise ConfigError(f"{results} already {held}: give --resume to continue it (same config), "
+                                  f"--overwrite to start again (the old file is kept beside it, renamed), "
+                                  f"or another --out or name")
+            else:
+                try:
+                    rf = scan(results)
+                except ResultsError as exc:
+                    raise ConfigError(str(exc)) from None
+                for r in rf.records:
+                    diff = identity_diff(r.get("identity"), identity)
+                    if diff:
+                        raise ConfigError(
+                            f"{results} was written under another configuration; --resume would mix two "
+                            f"experiments. Differing fields: {'; '.join(diff[:8])}"
+                            + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
+                            + ". Use --overwrite (the old file is kept beside it) or another --out or name")
+                if rf.torn is not None:
+                    side = set_aside_torn(rf)
+                    progress(f"note: {results} line {rf.torn_line} was incomplete (an interrupted write); "
+                             f"it was moved to {side} and the {len(rf.records)} good record(s) kept")
+                done = {r["run_id"]: r for r in rf.records if r.get("status") == "ok" and "run_id" in r}
+        if calibrate:
+            from parrbm.analysis.calibrate import calibrate as measure
+
+            if resume and where.exists():
+                from parrbm.analysis.timemodel import Profile
+
+                try:
+                    Profile.load(where)
+                except ValueError as exc:
+                    raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
+            else:
+                transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
+                measure(quick=True, transports=transports or ["threads"], progress=progress).save(where)
+        _run_points(cfg, results, identity, done, progress)
+    finally:
+        lock.__exit__(None, None, None)
+    return results
+
+
+def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) -> None:
+    from parrbm.harness.results import append_record
+
     env = environment()
     points = grid_points(cfg)
     baselines: dict = {}
@@ -481,11 +747,10 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, progress=print
                 msg = f"FAILED: {exc}"
                 failed.add(rid)
                 runs.pop(rid, None)
-            rec.update(run_id=rid, config=cfg["name"], environment=env, started=started[rid][0],
-                       finished=datetime.now(timezone.utc).isoformat())
+            rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
+                       started=started[rid][0], finished=datetime.now(timezone.utc).isoformat())
             append_record(results, rec)
             progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
-    return results
 
 
 def _note_baseline(baselines: dict, rec: dict) -> None:
@@ -501,9 +766,10 @@ def _note_baseline(baselines: dict, rec: dict) -> None:
 
 # ---- tables ------------------------------------------------------------------------------------
 
-def summary_table(records: list[dict], profile=None) -> str:
+def summary_table(records: list[dict], profile=None, notes: list[str] | None = None) -> str:
     """Bytes per 8000 cases (the paper's Table 4.1 form) and speedup / efficiency; with a
-    machine profile, the time model's step beside each measured one."""
+    machine profile, the time model's step beside each measured one; ``notes`` (what
+    reading the file left out) at the end."""
     ok = [r for r in records if r.get("status") == "ok"]
     predicted = {}
     if profile is not None:
@@ -556,5 +822,8 @@ def summary_table(records: list[dict], profile=None) -> str:
     failed = [r for r in records if r.get("status") == "error"]
     if failed:
         lines.append(f"\n{len(failed)} run(s) failed:")
-        lines += [f"  {r['run_id']}: {r['error']}" for r in failed]
+        lines += [f"  {r.get('run_id', '?')}: {r.get('error')}" for r in failed]
+    if notes:
+        lines.append("")
+        lines += [f"note: {n}" for n in notes]
     return "\n".join(lines).lstrip("\n")

@@ -41,10 +41,11 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
     if options.partition not in ("contiguous", "random"):
         raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
                          f"got {options.partition!r}")
+    from parrbm.strategies.rules import check_split
+
+    check_split(strategy, n_visible=spec.n_visible, n_hidden=spec.n_hidden, batch_size=spec.batch_size,
+                workers=workers)
     if strategy == "parameter-averaging":
-        if workers > spec.batch_size:
-            raise ValueError(f"parameter-averaging splits each minibatch over the workers: "
-                             f"workers={workers} is larger than batch_size={spec.batch_size}")
         if options.reduce not in ("master", "allreduce"):
             raise ValueError(f"strategy option 'reduce' must be 'master' or 'allreduce', got {options.reduce!r}")
         if options.average not in ("gradients", "weights"):
@@ -53,11 +54,6 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
         if not isinstance(options.average_every, int) or options.average_every < 1:
             raise ValueError(f"strategy option 'average_every' must be an integer >= 1, "
                              f"got {options.average_every!r}")
-    else:
-        for n, what in ((spec.n_visible, "visible"), (spec.n_hidden, "hidden")):
-            if workers > n:
-                raise ValueError(f"strategy {strategy!r} splits the {what} units over the workers: "
-                                 f"workers={workers} is larger than the {n} {what} units")
     if options.shared_weights:
         if strategy != "per-update-sync":
             raise ValueError(f"strategy option 'shared_weights' applies to 'per-update-sync' only "

@@ -194,7 +194,7 @@ def _cmd_plot_filters(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from parrbm.harness.experiment import ConfigError, load_config, read_records, run_config, summary_table
+    from parrbm.harness.experiment import ConfigError, load_config, read_results, run_config, summary_table
 
     try:
         cfg = load_config(args.config)
@@ -202,8 +202,8 @@ def _cmd_run(args) -> int:
         raise UsageError(str(exc)) from exc
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
-        path = run_config(cfg, Path(args.out), resume=args.resume, progress=progress,
-                          calibrate=not args.no_calibrate)
+        path = run_config(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
+                          progress=progress, calibrate=not args.no_calibrate)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -211,7 +211,8 @@ def _cmd_run(args) -> int:
         return 130
     from parrbm.analysis.compare import load_profile_for
 
-    print(summary_table(read_records(path), load_profile_for(path)))
+    records, notes = read_results(path)
+    print(summary_table(records, load_profile_for(path), notes=notes))
     print(f"\nresults: {path}")
     return 0
 
@@ -220,11 +221,11 @@ def _cmd_table(args) -> int:
     from parrbm.analysis.commands import load_results
     from parrbm.harness.experiment import summary_table
 
-    records, profile = load_results(args.results, args.profile, need_ok=False)
+    records, profile, notes = load_results(args.results, args.profile, need_ok=False, with_notes=True)
     try:
-        print(summary_table(records, profile))
-    except (KeyError, TypeError) as exc:
-        raise UsageError(f"{args.results}: not a parrbm results file (missing {exc})") from exc
+        print(summary_table(records, profile, notes=notes))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{args.results}: not a parrbm results file ({type(exc).__name__}: {exc})") from exc
     return 0
 
 
@@ -244,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a YAML-defined comparison and record every run")
     run.add_argument("config", help="YAML file (see configs/)")
     run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
-    run.add_argument("--resume", action="store_true", help="skip the runs already recorded")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the results file: skip the runs already recorded (the config must "
+                          "be the one that wrote it)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start the results file again; the old one is kept beside it, renamed")
     run.add_argument("--no-calibrate", action="store_true",
                      help="do not measure this machine for the time model first")
     run.set_defaults(func=_cmd_run)
