@@ -58,7 +58,7 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
     p.add_argument("--cd-k", type=_positive, default=1)
     p.add_argument("--strategy", nargs="+", choices=list(cost.STRATEGIES), metavar="STRATEGY",
                    help=f"strategies (default: all of {', '.join(PARALLEL)})")
-    p.add_argument("--sync-every", type=int, default=80,
+    p.add_argument("--sync-every", type=_non_negative, default=80,
                    help="unit-partitioned: minibatches between weight syncs (0: never)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -70,6 +70,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 (0: never)")
     return v
 
 
@@ -93,27 +103,57 @@ def _flat_workers(args) -> list[int]:
     return sorted({k for group in args.workers for k in group})
 
 
+def _runnable(args, default: list[str]) -> list[tuple[str, int]]:
+    """The (strategy, K) pairs to price: only what the trainer would run (the same rules,
+    :mod:`parrbm.strategies.rules`). A pair the user asked for by name is refused with
+    the reason; of the default strategies, those that cannot run at some K are left out
+    there with a note; a K no strategy can run is refused."""
+    from parrbm.strategies.rules import split_refusal
+
+    strategies = args.strategy or default
+    workers = _flat_workers(args)
+    pairs, refused = [], []
+    for s in strategies:
+        for K in workers:
+            why = split_refusal(s, n_visible=args.visible, n_hidden=args.hidden, batch_size=args.batch, workers=K)
+            (refused if why else pairs).append((s, K, why))
+    if refused and args.strategy:
+        s, K, why = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise _usage(f"--strategy {s} --workers {K}: {why}{more}")
+    for K in workers:
+        if not any(k == K for _, k, _ in pairs):
+            reasons = "; ".join(dict.fromkeys(why for _, k, why in refused if k == K))
+            raise _usage(f"--workers {K}: no strategy can run {K} workers on a {args.visible} x {args.hidden} "
+                         f"model with minibatch {args.batch}: {reasons}")
+    for s in strategies:
+        left_out = [(K, why) for t, K, why in refused if t == s]
+        if left_out:
+            print(f"note: {s} is left out at K = {', '.join(str(K) for K, _ in left_out)}: {left_out[0][1]}",
+                  file=sys.stderr)
+    return [(s, K) for s, K, _ in pairs]
+
+
 # ---- cost ---------------------------------------------------------------------------------------
 
 def cost_rows(args) -> list[dict]:
     rows = []
-    strategies = args.strategy or PARALLEL
+    pairs = _runnable(args, PARALLEL)
     for visible, precision in _settings(args):
         model = _model(args, visible, precision)
-        for s in strategies:
-            for K in _flat_workers(args):
-                step = cost.step_traffic(s, model, args.batch, K)
-                sync = cost.sync_traffic(s, model, K)
-                rows.append({
-                    "strategy": s, "workers": K, "visible_type": visible, "precision": precision,
-                    "visible": args.visible, "hidden": args.hidden, "batch_size": args.batch,
-                    "cases": args.cases,
-                    "bytes_per_step": step.total, "busiest_worker_bytes_per_step": step.busiest,
-                    "bytes_per_sync": sync.total, "busiest_worker_bytes_per_sync": sync.busiest,
-                    "syncs_per_step": cost.syncs_per_step(s, sync_every=args.sync_every),
-                    "bytes": cost.bytes_for_cases(s, model, args.batch, K, args.cases),
-                    "by_phase": step.by_phase(),
-                })
+        for s, K in pairs:
+            step = cost.step_traffic(s, model, args.batch, K)
+            sync = cost.sync_traffic(s, model, K)
+            rows.append({
+                "strategy": s, "workers": K, "visible_type": visible, "precision": precision,
+                "visible": args.visible, "hidden": args.hidden, "batch_size": args.batch,
+                "cases": args.cases,
+                "bytes_per_step": step.total, "busiest_worker_bytes_per_step": step.busiest,
+                "bytes_per_sync": sync.total, "busiest_worker_bytes_per_sync": sync.busiest,
+                "syncs_per_step": cost.syncs_per_step(s, sync_every=args.sync_every),
+                "bytes": cost.bytes_for_cases(s, model, args.batch, K, args.cases),
+                "by_phase": step.by_phase(),
+            })
     return rows
 
 
@@ -204,7 +244,8 @@ def _predictions(args):
 
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
-    preds = predict_curve(args.strategy or PARALLEL, _model(args, visible, precision), args.batch,
+    strategies = sorted({s for s, _ in _runnable(args, PARALLEL)}, key=(args.strategy or PARALLEL).index)
+    preds = predict_curve(strategies, _model(args, visible, precision), args.batch,
                           _flat_workers(args), profile, transport=transport, sync_every=args.sync_every,
                           momentum=args.momentum)
     return [(visible, precision, preds)], transport
@@ -231,6 +272,7 @@ def cmd_predict(args) -> int:
 def cmd_advise(args) -> int:
     from parrbm.analysis.timemodel import advise
 
+    _runnable(args, PARALLEL)
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
     model = _model(args, visible, precision)

@@ -74,8 +74,8 @@ def step_work(strategy: str, model: Model, m: int, K: int, rank: int = 0, *, mom
     """The kernels worker ``rank`` runs in one step of m cases (contiguous partition;
     weight syncs excluded, see :func:`sync_work`)."""
     V, H, k = model.n_visible, model.n_hidden, model.cd_k
-    vk = Partition.cuts_sizes(V, K)[rank]
-    hk = Partition.cuts_sizes(H, K)[rank]
+    vk = Partition.part_size(V, K, rank)
+    hk = Partition.part_size(H, K, rank)
     c = m
     binary_data = binary_data and model.visible == "binary"
     vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
@@ -141,7 +141,7 @@ def step_work(strategy: str, model: Model, m: int, K: int, rank: int = 0, *, mom
         w.add("copy", (m + c) * vk)
         _statistics(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
     elif strategy == "parameter-averaging":
-        n = Partition.cuts_sizes(m, K)[rank]          # this worker's cases (and chains)
+        n = Partition.part_size(m, K, rank)           # this worker's cases (and chains)
         w.add("copy", n * V)
         w.gemm(n, H, V)
         _hidden(w, model, n, H, H, exchanged=False)
@@ -167,8 +167,8 @@ def sync_work(strategy: str, model: Model, K: int, rank: int = 0, *, average: st
     """The copies of one weight synchronisation on worker ``rank`` (its bytes are in
     :func:`parrbm.analysis.cost.sync_traffic`)."""
     V, H = model.n_visible, model.n_hidden
-    vk = Partition.cuts_sizes(V, K)[rank]
-    hk = Partition.cuts_sizes(H, K)[rank]
+    vk = Partition.part_size(V, K, rank)
+    hk = Partition.part_size(H, K, rank)
     w = Work()
     if K == 1:
         return w

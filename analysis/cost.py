@@ -97,7 +97,7 @@ def reduce_scatter(rows: int, sizes: list[int], pb: int) -> list[int]:
 
 def allreduce(n: int, K: int, pb: int) -> list[int]:
     """Reduce-scatter + allgather over K contiguous chunks of n elements."""
-    chunks = Partition.contiguous(n, K).sizes()
+    chunks = Partition.cuts_sizes(n, K)
     return [(n - c + (K - 1) * c) * pb for c in chunks]
 
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from parrbm.analysis import cost
 from parrbm.analysis.compute import Work, step_work, sync_work
+from parrbm.partition import Partition
 
 #: the collective behind each phase (bits / floats decided by the model)
 PHASE_KIND = {
@@ -167,12 +169,18 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
             transport: str = "threads", sync_every: int = 1, momentum: bool = False,
             binary_data: bool = True, reduce: str = "allreduce", average: str = "gradients",
             average_every: int = 1, cores: int | None = None) -> Prediction:
-    """Predicted times of one step. ``cores``: the cores of the one machine the K
+    """Predicted times of one step (ValueError for a K the strategy cannot run, by the
+    trainer's rules). ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
     the profile's co-scheduling factor (measured at K = cores) stretches their step, and
     their compute slows by K / cores when they outnumber the cores."""
+    from parrbm.strategies.rules import check_split
+
+    check_split(strategy, n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=m, workers=K)
+    # work depends on a rank's part sizes only: one rank of each size combination suffices
+    ranks = Partition.distinct_ranks(K, model.n_visible, model.n_hidden, m)
     works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
-                       average=average) for r in range(K)] if strategy != "serial" else \
+                       average=average) for r in ranks] if strategy != "serial" else \
         [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
     compute = max(profile.compute_seconds(w, model.precision, strategy) for w in works)
     shared = cores is not None and strategy != "serial" and K > 1
@@ -189,7 +197,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     if per_step and K > 1:
         st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
-                                           model.precision, "") for r in range(K))
+                                           model.precision, "") for r in ranks)
         sync += sum(_comm(st, model, K, profile, transport).values())
     work = compute + comm + (sync if per_step >= 1 else 0.0)
     # workers sharing one machine's cores wait for each other beyond their kernels
@@ -203,10 +211,14 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
 def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profile, **kw) -> list[Prediction]:
     """Predictions for every strategy and K, with speedup and efficiency against the
     serial trainer's predicted step."""
+    from parrbm.strategies.rules import split_refusal
+
     serial = predict("serial", model, m, 1, profile, **{k: v for k, v in kw.items() if k in ("momentum", "binary_data")})
     out = []
     for s in strategies:
         for K in workers:
+            if split_refusal(s, n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=m, workers=K):
+                continue  # never price what the trainer refuses to run
             p = predict(s, model, m, K, profile, **kw)
             p.speedup = serial.mean_step_seconds / p.mean_step_seconds
             p.efficiency = p.speedup / K
@@ -217,13 +229,15 @@ def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profi
 def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None, **kw) -> list[dict]:
     """For each K, the strategy with the shortest predicted step and its margin over the
     runner-up (how much slower the runner-up is, in percent)."""
-    strategies = [s for s in (strategies or cost.STRATEGIES) if s != "serial"]
-    preds = predict_curve(strategies, model, m, workers, profile, **kw)
-    if 1 in workers:  # one worker: the serial trainer competes too
+    asked = list(strategies or cost.STRATEGIES)
+    preds = predict_curve([s for s in asked if s != "serial"], model, m, workers, profile, **kw)
+    if 1 in workers and "serial" in asked:  # one worker: the serial trainer competes too
         preds += predict_curve(["serial"], model, m, [1], profile, **kw)
     rows = []
     for K in workers:
         ranked = sorted((p for p in preds if p.workers == K), key=lambda p: p.mean_step_seconds)
+        if not ranked:  # nothing asked for can run K workers
+            continue
         best = ranked[0]
         second = ranked[1] if len(ranked) > 1 else None
         rows.append({"workers": K, "best": best.strategy, "step_seconds": best.mean_step_seconds,
@@ -237,38 +251,54 @@ def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=N
 
 # ---- parsing of user figures -------------------------------------------------------------------
 
-_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
+           "ki": 2.0 ** 10, "mi": 2.0 ** 20, "gi": 2.0 ** 30, "ti": 2.0 ** 40}
+#: b is a bit and B a byte (bit, byte spelled out too); per second as /s or ps
+_BANDWIDTH = re.compile(r"(?P<num>[-+0-9.eE]+|[-+]?inf(inity)?|nan)\s*(?P<prefix>[kKmMgGtT]i?)?"
+                        r"(?P<unit>bits?|Bits?|bytes?|Bytes?|b|B)(?P<per>/s|/sec|ps)")
+BANDWIDTH_FORMS = ("B/s, kB/s, MB/s, GB/s (bytes, powers of 10), KiB/s, MiB/s, GiB/s (powers of 2), "
+                   "bit/s, kbit/s, Mbit/s, Gbit/s or b/s, Mb/s, Gb/s (bits), and the same as Bps, MBps, "
+                   "Mbps, Gbps; e.g. 105MB/s or 1Gbit/s")
+_LATENCY = {"s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}
+
+
+def _number(text: str, what: str, given: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {given!r}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} {given!r}: the number must be finite")
+    return value
 
 
 def parse_bandwidth(text: str) -> float:
-    """'105MB/s', '1.25 GB/s', '10Gbit/s' -> bytes per second."""
-    s = text.strip().lower().replace(" ", "")
-    bits = "bit/s" in s or s.endswith("bps")
-    s = s.replace("bit/s", "").replace("bps", "").replace("/s", "")
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num):] or "b"
-    unit = {"k": "kb", "m": "mb", "g": "gb", "kbit": "kb", "mbit": "mb", "gbit": "gb"}.get(unit, unit)
-    try:
-        value = float(num) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise ValueError(f"bandwidth {text!r}: expected a number with B/s, kB/s, MB/s, GB/s, "
-                         f"MiB/s or Mbit/s, Gbit/s (e.g. 105MB/s)") from None
-    value = value / 8 if bits else value
-    if value <= 0:
-        raise ValueError(f"bandwidth {text!r} must be positive")
+    """'105MB/s', '1.25 GB/s', '10Gbit/s', '100Mbps', '800MiB/s' -> bytes per second.
+    b is a bit and B a byte; k, M, G are powers of 10, Ki, Mi, Gi powers of 2. A missing
+    or unknown unit is refused, listing the accepted forms."""
+    if not isinstance(text, str):
+        raise ValueError(f"bandwidth {text!r}: expected text with a unit, one of {BANDWIDTH_FORMS}")
+    m = _BANDWIDTH.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"bandwidth {text!r}: expected a number and a unit: {BANDWIDTH_FORMS}")
+    value = _number(m["num"], "bandwidth", text)
+    unit = m["unit"]
+    bits = unit in ("b",) or unit.lower().startswith("bit")
+    value *= _PREFIX[(m["prefix"] or "").lower()] / (8 if bits else 1)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"bandwidth {text!r} must be a positive, finite rate")
     return value
 
 
 def parse_latency(text: str) -> float:
-    """'0.091ms', '50us', '2e-5s' -> seconds."""
-    s = text.strip().lower().replace(" ", "")
-    for suffix, scale in (("ms", 1e-3), ("us", 1e-6), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)):
-        if s.endswith(suffix):
-            try:
-                value = float(s[: -len(suffix)]) * scale
-            except ValueError:
-                break
-            if value < 0:
-                break
-            return value
-    raise ValueError(f"latency {text!r}: expected a non-negative number with s, ms, us or ns (e.g. 0.091ms)")
+    """'0.091ms', '50us', '2e-5s' -> seconds (s, ms, us or µs, ns; the unit is required)."""
+    if not isinstance(text, str):
+        raise ValueError(f"latency {text!r}: expected text with a unit: s, ms, us or ns (e.g. 0.091ms)")
+    m = re.fullmatch(r"(?P<num>[-+0-9.eE]+|[-+]?inf(inity)?|nan)\s*(?P<unit>[a-zµμ]+)", text.strip())
+    if not m or m["unit"] not in _LATENCY:
+        raise ValueError(f"latency {text!r}: expected a non-negative number with s, ms, us (or µs) or ns "
+                         f"(e.g. 0.091ms)")
+    value = _number(m["num"], "latency", text) * _LATENCY[m["unit"]]
+    if value < 0:
+        raise ValueError(f"latency {text!r} must not be negative")
+    return value

@@ -20,6 +20,8 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
     from parrbm import datasets
 
     spec = args.data
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples: give a number of samples >= 1, got {args.samples}")
     try:
         if spec.endswith(".npy"):
             X, y = datasets.load_npy(spec, args.labels)
@@ -81,6 +83,17 @@ def _cmd_train(args) -> int:
             shape = parse_shape(args.shape)
         except ValueError as exc:
             raise UsageError(f"--shape: {exc}") from exc
+        if int(np.prod(shape)) != X.shape[1]:
+            raise UsageError(f"--shape {args.shape}: {int(np.prod(shape))} pixels, but the data have "
+                             f"{X.shape[1]} features per sample")
+    if args.out:  # where the results go must exist before the training, not after it
+        out = Path(args.out)
+        try:
+            (out.parent if out.suffix == ".npz" else out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot create the directory ({exc.strerror or exc})") from None
+        if out.suffix == ".npz" and out.is_dir():
+            raise UsageError(f"--out {args.out}: is a directory; give a .npz file or a directory without .npz")
     print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
@@ -328,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"parrbm: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): no traceback, no more output
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # the file system said no: name the file and why
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"parrbm: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

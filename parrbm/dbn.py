@@ -153,16 +153,33 @@ class DBN(TransformerMixin, BaseEstimator):
                 raise ValueError(f"DBN.load: {path} is not a parrbm DBN file (no 'parrbm_dbn' entry"
                                  + ("; it holds one RBM: use RBM.load" if "parrbm_meta" in z.files else "") + ")")
             meta = z.json("parrbm_dbn")
+            if not isinstance(meta, dict):
+                raise ValueError(f"DBN.load: {path}: its metadata must be a JSON object")
             if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
                 raise ValueError(f"DBN.load: {path} has format {meta.get('format')!r} version "
                                  f"{meta.get('format_version')}; this parrbm reads {_FORMAT!r} {_FORMAT_VERSION}")
+            if not isinstance(meta.get("layers"), list) or not meta["layers"]:
+                raise ValueError(f"DBN.load: {path}: field 'layers' must be a non-empty list")
+            if not isinstance(meta.get("params"), dict):
+                raise ValueError(f"DBN.load: {path}: field 'params' must be a JSON object")
             rbms = []
             for i, layer in enumerate(meta["layers"]):
                 prefix = f"layer{i}_"
                 arrays = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
                 rbms.append(RBM._from_payload(layer, arrays, f"{path} (layer {i + 1})"))
         params = dict(meta["params"])
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        sizes = params.get("hidden_layer_sizes")
+        if not isinstance(sizes, list) or [r.spec_.n_hidden for r in rbms] != sizes:
+            raise ValueError(f"DBN.load: {path}: field 'params.hidden_layer_sizes' must list the layers' "
+                             f"sizes {[r.spec_.n_hidden for r in rbms]}, got {sizes!r:.60}")
+        for below, above in zip(rbms, rbms[1:]):
+            if above.n_features_in_ != below.spec_.n_hidden:
+                raise ValueError(f"DBN.load: {path}: layer sizes do not chain: a layer of "
+                                 f"{below.spec_.n_hidden} hidden units feeds one of {above.n_features_in_} visible")
+        params["hidden_layer_sizes"] = tuple(sizes)
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise ValueError(f"DBN.load: {path}: field 'params.{unknown[0]}' is not a parameter of this parrbm's DBN")
         dbn = cls(**params)
         dbn.rbms_ = rbms
         dbn.n_features_in_ = rbms[0].n_features_in_

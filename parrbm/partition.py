@@ -21,23 +21,36 @@ class Partition:
         self.parts = parts
         self.K = len(parts)
         self._sizes = [(p.stop - p.start) if isinstance(p, slice) else len(p) for p in parts]
-        self._index = [np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, slice) else p
-                       for p in parts]
+        self._index: list[np.ndarray | None] = [None if isinstance(p, slice) else p for p in parts]
 
     @staticmethod
     def cuts(n: int, K: int) -> list[int]:
         """Boundaries of K contiguous parts of range(n), the first n % K one unit larger."""
         base, extra = divmod(n, K)
-        bounds = [0]
-        for k in range(K):
-            bounds.append(bounds[-1] + base + (1 if k < extra else 0))
-        return bounds
+        return [k * base + min(k, extra) for k in range(K + 1)]
 
-    @classmethod
-    def cuts_sizes(cls, n: int, K: int) -> list[int]:
+    @staticmethod
+    def cuts_sizes(n: int, K: int) -> list[int]:
         """Part sizes (the same for contiguous and random partitions)."""
-        b = cls.cuts(n, K)
-        return [b[k + 1] - b[k] for k in range(K)]
+        base, extra = divmod(n, K)
+        return [base + 1] * extra + [base] * (K - extra)
+
+    @staticmethod
+    def part_size(n: int, K: int, k: int) -> int:
+        """The size of part k alone."""
+        base, extra = divmod(n, K)
+        return base + (1 if k < extra else 0)
+
+    @staticmethod
+    def distinct_ranks(K: int, *ns: int) -> list[int]:
+        """Ranks that between them show every combination of part sizes of ``ns`` split
+        K ways (part sizes change only where k crosses n % K): a closed-form account
+        need not visit all K ranks."""
+        edges = {0, K - 1}
+        for n in ns:
+            extra = n % K
+            edges.update(r for r in (extra - 1, extra) if 0 <= r < K)
+        return sorted(edges)
 
     @classmethod
     def contiguous(cls, n: int, K: int) -> "Partition":
@@ -70,6 +83,9 @@ class Partition:
 
     def index(self, k: int) -> np.ndarray:
         """Global unit indices of part k, int64, sorted."""
+        if self._index[k] is None:
+            p = self.parts[k]
+            self._index[k] = np.arange(p.start, p.stop, dtype=np.int64)
         return self._index[k]
 
     def units(self, k: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -594,33 +595,77 @@ class RBM(TransformerMixin, BaseEstimator):
         return cls._from_payload(meta, arrays, path)
 
     @classmethod
-    def _from_payload(cls, meta: dict, arrays: dict, path) -> "RBM":
+    def _from_payload(cls, meta, arrays: dict, path) -> "RBM":
+        """The model of a file's metadata and arrays, every field checked: a hand-edited
+        or damaged file gets a ValueError naming the file and the field."""
+        def bad(field: str, why: str):
+            return ValueError(f"RBM.load: {path}: field '{field}' {why}")
+
+        if not isinstance(meta, dict):
+            raise ValueError(f"RBM.load: {path}: its metadata must be a JSON object, got {type(meta).__name__}")
         if meta.get("format") != _FORMAT:
             raise ValueError(f"RBM.load: {path} is not a parrbm model file (format {meta.get('format')!r})")
         if meta.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"RBM.load: {path} has format version {meta.get('format_version')}, "
                              f"this parrbm reads version {_FORMAT_VERSION}")
+        for key, kind in (("params", dict), ("spec", dict), ("seed", int), ("n_steps", int)):
+            if key not in meta:
+                raise bad(key, "is missing")
+            if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+                raise bad(key, f"must be a JSON {'object' if kind is dict else 'integer'}, got {meta[key]!r:.60}")
+        for key in ("n_steps", "epochs_done"):
+            if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
+                raise bad(key, f"must be an integer >= 0, got {meta[key]!r:.60}")
+        if not 0 <= meta["seed"] < 2 ** 64:
+            raise bad("seed", f"must be in [0, 2**64), got {meta['seed']}")
+        for key, kind in (("reconstruction_error", list), ("history", list)):
+            if key in meta and not isinstance(meta[key], kind):
+                raise bad(key, f"must be a JSON list, got {type(meta[key]).__name__}")
+        if any(not isinstance(e, (int, float)) or isinstance(e, bool) for e in meta.get("reconstruction_error", [])):
+            raise bad("reconstruction_error", "must hold numbers")
+        if any(not isinstance(h, dict) for h in meta.get("history", [])):
+            raise bad("history", "must hold one JSON object per epoch")
         missing = {"W", "b", "c"} - set(arrays)
         if missing:
             raise ValueError(f"RBM.load: {path} lacks the arrays {sorted(missing)}")
+        spec = _spec_from(meta["spec"], bad)
         params = {k: val for k, val in meta["params"].items() if k != "random_state" or
                   isinstance(val, (int, type(None)))}
         if params.get("learning_rate_schedule") not in (None, *_SCHEDULES):
             params["learning_rate_schedule"] = "constant"  # a callable is not saved
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise bad(f"params.{unknown[0]}", "is not a parameter of this parrbm's RBM")
+        rbm = cls(**params)
         try:
-            rbm = cls(**params)
-            spec = CDSpec(**meta["spec"])
-        except TypeError as exc:
-            raise ValueError(f"RBM.load: {path} has metadata this parrbm does not understand ({exc})") from exc
-        rbm.seed_ = int(meta["seed"])
-        rbm.n_features_in_ = spec.n_visible
-        rbm.spec_ = spec
+            rbm._check_params()
+        except ValueError as exc:
+            raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
+        if int(rbm.n_hidden) != spec.n_hidden:
+            raise bad("params.n_hidden", f"is {rbm.n_hidden}, but spec.n_hidden is {spec.n_hidden}")
         state = ModelState(**{k: arrays.get(k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
-        if state.W.shape != (spec.n_visible, spec.n_hidden) or state.W.dtype != spec.np_dtype:
-            raise ValueError(f"RBM.load: {path} holds weights of shape {state.W.shape} and dtype "
-                             f"{state.W.dtype}, its metadata says ({spec.n_visible}, {spec.n_hidden}) {spec.dtype}")
+        V, H = spec.n_visible, spec.n_hidden
+        shapes = {"W": (V, H), "b": (V,), "c": (H,), "W_inc": (V, H), "b_inc": (V,), "c_inc": (H,),
+                  "chains": (spec.batch_size, H)}
+        for k, a in state.arrays().items():
+            if a.shape != shapes[k] or a.dtype != spec.np_dtype:
+                raise bad(f"state_{k}", f"has shape {a.shape} and dtype {a.dtype}; the metadata say "
+                                        f"{shapes[k]} {spec.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise bad(f"state_{k}", "holds NaN or infinity")
+        incs = [state.W_inc is None, state.b_inc is None, state.c_inc is None]
+        if spec.momentum != 0.0 and any(incs):
+            raise bad("state_W_inc", "(with b_inc, c_inc) is needed: the model trains with momentum")
+        if spec.persistent and state.chains is None:
+            raise bad("state_chains", "is needed: the model trains with persistent CD")
+        rbm.seed_ = int(meta["seed"])
+        rbm.n_features_in_ = V
+        rbm.spec_ = spec
         rbm._state = state
-        rbm._strategy = rbm._make_strategy(spec, state)
+        try:
+            rbm._strategy = rbm._make_strategy(spec, state)
+        except ValueError as exc:
+            raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
         rbm.n_steps_ = int(meta["n_steps"])
         rbm.reconstruction_error_ = list(meta.get("reconstruction_error", []))
         rbm.epochs_done_ = int(meta.get("epochs_done", 0))
@@ -629,10 +674,50 @@ class RBM(TransformerMixin, BaseEstimator):
         return rbm
 
 
+def _spec_from(raw: dict, bad) -> CDSpec:
+    """The saved CDSpec, each field of its type and range."""
+    fields = CDSpec.__dataclass_fields__
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise bad(f"spec.{unknown[0]}", "is not a field this parrbm knows")
+    missing = sorted(k for k in ("n_visible", "n_hidden", "batch_size") if k not in raw)
+    if missing:
+        raise bad(f"spec.{missing[0]}", "is missing")
+    rules = {
+        "n_visible": lambda x: _is_int(x) and x >= 1, "n_hidden": lambda x: _is_int(x) and x >= 1,
+        "batch_size": lambda x: _is_int(x) and x >= 1, "cd_k": lambda x: _is_int(x) and x >= 1,
+        "seed": lambda x: _is_int(x) and 0 <= x < 2 ** 64,
+        "visible": lambda x: x in VISIBLE_TYPES, "statistics": lambda x: x in STATISTICS,
+        "dtype": lambda x: x in DTYPES,
+        "gaussian_noise": lambda x: isinstance(x, bool), "sample_visible": lambda x: isinstance(x, bool),
+        "persistent": lambda x: isinstance(x, bool),
+        "learning_rate": lambda x: _is_real(x) and x > 0, "momentum": lambda x: _is_real(x) and 0 <= x < 1,
+        "weight_decay": lambda x: _is_real(x) and x >= 0,
+    }
+    for k, val in raw.items():
+        if k in rules and not rules[k](val):
+            raise bad(f"spec.{k}", f"has a value this parrbm cannot use: {val!r:.60}")
+    return CDSpec(**raw)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez to a temporary file beside ``path``, fsync, rename: a reader sees the old
     file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot save the model: the directory {parent} does not exist",
+                                str(path))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "cannot save the model: the path is a directory", str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)

@@ -8,6 +8,9 @@ import numbers
 #: every strategy, serial first
 NAMES = ("serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only",
          "parameter-averaging")
+#: more workers than any machine or cluster this toolkit drives (and than a closed-form
+#: account should be asked to list worker by worker)
+MAX_WORKERS = 65536
 
 
 def split_refusal(strategy: str, *, n_visible: int, n_hidden: int, batch_size: int,
@@ -18,6 +21,8 @@ def split_refusal(strategy: str, *, n_visible: int, n_hidden: int, batch_size: i
         return f"unknown strategy {strategy!r}; known: {', '.join(NAMES)}"
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         return f"workers must be an integer >= 1, got {workers!r}"
+    if workers > MAX_WORKERS:
+        return f"workers={workers} is more than parrbm runs or prices (at most {MAX_WORKERS})"
     if strategy == "serial":
         return None if workers == 1 else \
             f"strategy 'serial' runs on one worker, got workers={workers} (choose a parallel strategy)"
