@@ -25,7 +25,12 @@ from parrbm.partition import Partition
 
 
 class CommError(RuntimeError):
-    """A peer failed, hung past the timeout, or sent something unexpected."""
+    """A peer failed, hung past the timeout, or sent something unexpected. ``peer``: the
+    rank the reporting worker holds responsible, when it knows one."""
+
+    def __init__(self, message: str, peer: int | None = None):
+        super().__init__(message)
+        self.peer = peer
 
 
 @dataclass

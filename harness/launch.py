@@ -91,7 +91,8 @@ def run_processes(runner, X, order, first_step):
     root = runner.tcp.job_root if runner.transport == "tcp" else None
     if root is not None and not Path(root).is_dir():
         raise CommError(f"tcp.job_root {root!r} is not a directory")
-    with tempfile.TemporaryDirectory(prefix="parrbm-job-", dir=root) as tmp:
+    sweep_stale_jobs(root)
+    with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root) as tmp:
         job_dir = Path(tmp)
         write_job(job_dir, runner, X, order, first_step)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
@@ -102,7 +103,8 @@ def run_processes(runner, X, order, first_step):
                                        "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True, cwd=job_dir)]
         try:
-            _wait(procs, job_dir, K, timeout, runner.transport)
+            local = runner.transport == "mpi" or not runner.tcp.hosts
+            _wait(procs, job_dir, K, timeout, runner.transport, local=local)
         except BaseException:  # Ctrl-C or a failure: no worker outlives its run
             _kill(procs)
             raise
@@ -114,6 +116,37 @@ def run_processes(runner, X, order, first_step):
             extras.append(res)
         model = read_state(job_dir / "model.npz")
     return results, model, extras
+
+
+JOB_PREFIX = "parrbm-job-"
+
+
+def sweep_stale_jobs(root: str | None = None) -> list[Path]:
+    """Remove the job directories of launchers that are gone (killed before they could
+    clean up: SIGKILL, a power cut). A job directory is named after its launcher's PID;
+    one whose launcher still runs, or that is not ours to remove, is left alone."""
+    removed = []
+    base = Path(root or tempfile.gettempdir())
+    try:
+        entries = list(base.glob(f"{JOB_PREFIX}*"))
+    except OSError:
+        return removed
+    for d in entries:
+        pid_text = d.name[len(JOB_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # its launcher still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue  # another user's process, or not a PID
+        if time.time() - d.stat().st_mtime < 5:
+            continue  # a PID just reused by a launcher that is creating it
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
 
 
 def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCPHosts) -> list[str]:
@@ -167,32 +200,44 @@ def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float, where: TCPHosts
     return procs
 
 
-def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
-    """Wait for the workers; the first failure gives the others ``timeout`` seconds to
-    notice and stop, then everything left is killed."""
+#: how long the other workers get to stop by themselves once one has failed
+GRACE_SECONDS = 2.0
+#: what the first heartbeat of an mpi run may take beyond the timeout (interpreters start)
+STARTUP_SECONDS = 30.0
+
+
+def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local: bool = True) -> None:
+    """Wait for the workers. Once one fails, the others get a short grace to notice and
+    stop; whatever is left is killed. A worker that stops answering is named: by the peers
+    that waited ``timeout`` for it (tcp), by the collective it has not reached (mpi
+    heartbeats), and by the kernel's word that it is stopped (SIGSTOP), wherever the
+    workers run on this machine."""
     deadline = None
-    beats, last_change = None, time.monotonic()
+    killed: set[int] = set()        # workers parrbm itself killed (they did not stop by themselves)
+    stopped: list[int] = []         # workers the kernel showed stopped when they were killed
+    beats, last_change, started = None, time.monotonic(), time.monotonic()
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
         if any(c not in (None, 0) for c in codes) and deadline is None:
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + min(timeout, GRACE_SECONDS)
+            if any(codes[r] is None for r in _blamed(job_dir, K) if r < K):
+                deadline = time.monotonic()  # its peers already waited `timeout` for it
         if deadline is not None and time.monotonic() > deadline:
+            if transport == "tcp":
+                stopped = _stopped_ranks(job_dir, K, procs, transport) if local else []
+                killed = {r for r, c in enumerate(codes) if c is None}
             _kill(procs)
             break
         if transport == "mpi":  # MPI never times out by itself: watch the heartbeats
             now = _read_beats(job_dir, K)
             if now != beats:
                 beats, last_change = now, time.monotonic()
-            elif now and time.monotonic() - last_change > timeout:
+            elif time.monotonic() - last_change > (timeout if now else timeout + STARTUP_SECONDS):
+                stopped = _stopped_ranks(job_dir, K, procs, transport)
                 _kill(procs)
-                counts = {r: b[0] for r, b in now.items()}
-                lag = min(range(K), key=lambda r: counts.get(r, 0))
-                ahead = max(counts.values())
-                raise CommError(f"worker {lag} stopped making progress (last in phase "
-                                f"'{now.get(lag, (0, '?'))[1]}', collective #{counts.get(lag, 0)}; its peers "
-                                f"reached #{ahead}); the run was stopped after {timeout:g} s")
+                raise CommError(_hung_mpi_message(now, stopped, K, timeout))
         time.sleep(0.05)
     codes = [p.wait() for p in procs]
     if all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists() for r in range(K)):
@@ -201,7 +246,15 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
     reports = {r: (job_dir / f"error-{r}.txt").read_text().strip()
                for r in range(K) if (job_dir / f"error-{r}.txt").exists()}
     if transport == "tcp":
-        dead = [r for r, c in enumerate(codes) if c != 0 and r not in reports]
+        blamed = _blamed(job_dir, K)
+        unresponsive = stopped or [r for r in blamed if r in killed]
+        if unresponsive:
+            r = unresponsive[0]
+            seen = next((m for j, m in sorted(reports.items()) if j != r), "")
+            raise CommError(f"worker {r} did not respond within {timeout:g} s (stopped or hung"
+                            + ("; the kernel shows it stopped, as by SIGSTOP" if r in stopped else "") + ")"
+                            + (f"; its peers saw: {seen}" if seen else ""))
+        dead = [r for r, c in enumerate(codes) if c != 0 and r not in reports and r not in killed]
         if dead:
             r = dead[0]
             seen = next(iter(reports.values()), "")
@@ -210,7 +263,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
         missing = [r for r in range(K) if r not in reports and not (job_dir / f"result-{r}.json").exists()]
         dead = _mpi_dead_rank(procs[0], job_dir, K)
         beats = _read_beats(job_dir, K)
-        counts = [beats.get(r, (0, ""))[0] for r in range(K)]
+        counts = [beats.get(r, (0, 0, ""))[0] for r in range(K)]
         if dead is not None and counts.count(min(counts)) == 1:
             # mpiexec names whichever rank it saw exit first; the rank that fell behind
             # its peers' collectives is the one that died.
@@ -231,6 +284,63 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str) -> None:
     raise CommError(f"{transport}: workers exited with codes {codes} and left no result")
 
 
+def _blamed(job_dir: Path, K: int) -> list[int]:
+    """The ranks the failed workers hold responsible, most often named first."""
+    from collections import Counter
+
+    named = Counter()
+    for r in range(K):
+        try:
+            named[int((job_dir / f"blame-{r}.txt").read_text())] += 1
+        except (OSError, ValueError):
+            continue
+    return [r for r, _ in named.most_common()]
+
+
+def _stopped_ranks(job_dir: Path, K: int, procs, transport: str) -> list[int]:
+    """Workers of this machine that the kernel shows stopped (state T: SIGSTOP, a debugger)."""
+    out = []
+    for r in range(K):
+        pid = None
+        try:
+            pid = int((job_dir / f"pid-{r}.txt").read_text())
+        except (OSError, ValueError):
+            if transport == "tcp" and r < len(procs):
+                pid = procs[r].pid
+        if pid is None:
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] in "Tt":
+            out.append(r)
+    return out
+
+
+def _hung_mpi_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str:
+    """Which rank stopped the collectives: one the kernel shows stopped; else the one
+    that entered fewest collectives; among equals, one outside any collective while its
+    peers wait inside one."""
+    entered = {r: beats.get(r, (0, 0, ""))[0] for r in range(K)}
+    left = {r: beats.get(r, (0, 0, ""))[1] for r in range(K)}
+    if stopped:
+        lag = stopped
+    else:
+        low = min(entered.values())
+        lag = [r for r in range(K) if entered[r] == low]
+        outside = [r for r in lag if left[r] >= entered[r]]
+        if outside and len(outside) < len(lag):
+            lag = outside
+    who = f"worker {lag[0]}" if len(lag) == 1 else f"one of workers {lag}"
+    r = lag[0]
+    where = (f"last in phase '{beats[r][2]}', collective #{entered[r]}" if r in beats
+             else "it never reached its first collective")
+    return (f"{who} did not respond within {timeout:g} s (stopped or hung"
+            + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "") + f"): {where}; "
+            f"its peers reached #{max(entered.values())}; the run was stopped")
+
+
 def _read_beats(job_dir: Path, K: int) -> dict:
     out = {}
     for r in range(K):
@@ -239,9 +349,12 @@ def _read_beats(job_dir: Path, K: int) -> dict:
             text = f.read_text()
         except OSError:
             continue
-        if text.strip():
-            count, _, phase = text.strip().partition(" ")
-            out[r] = (int(count), phase.strip())
+        parts = text.split(None, 2)
+        if len(parts) >= 2:
+            try:
+                out[r] = (int(parts[0]), int(parts[1]), parts[2].strip() if len(parts) > 2 else "")
+            except ValueError:  # a beat being written
+                continue
     return out
 
 

@@ -26,13 +26,21 @@ class MPITransport(Transport):
         self.size = self.world.Get_size()
         # MPI collectives wait forever for a hung peer: each worker records which
         # collective it has reached, so the launcher can name the one that stopped.
-        self.calls = 0
+        self.calls = 0   # collectives entered
+        self.done = 0    # collectives left
         self._beat = os.open(heartbeat, os.O_WRONLY | os.O_CREAT, 0o644) if heartbeat else None
 
     def _heartbeat(self) -> None:
         self.calls += 1
+        self._write_beat()
+
+    def _left(self) -> None:
+        self.done = self.calls
+        self._write_beat()
+
+    def _write_beat(self) -> None:
         if self._beat is not None:
-            os.pwrite(self._beat, f"{self.calls:12d} {self.phase[:48]:<48}".encode(), 0)
+            os.pwrite(self._beat, f"{self.calls:12d} {self.done:12d} {self.phase[:48]:<48}".encode(), 0)
 
     def exchange(self, sends, receive) -> float:
         self._heartbeat()
@@ -52,6 +60,7 @@ class MPITransport(Transport):
         as_ints = lambda a: [int(x) for x in a]  # noqa: E731
         self.world.Alltoallv([send_buf, (as_ints(send_counts), as_ints(sdispl)), self.mpi.BYTE],
                              [recv_buf, (as_ints(recv_counts), as_ints(rdispl)), self.mpi.BYTE])
+        self._left()
         for j in range(K):
             if j != self.rank and recv_counts[j]:
                 receive(j, recv_buf[rdispl[j]: rdispl[j] + recv_counts[j]])
@@ -69,6 +78,7 @@ class MPITransport(Transport):
         recv_buf = np.empty(int(counts.sum()), np.uint8)
         self.world.Allgatherv([mine, self.mpi.BYTE],
                               [recv_buf, ([int(c) for c in counts], [int(d) for d in displ]), self.mpi.BYTE])
+        self._left()
         for j in range(K):
             if j != self.rank and counts[j]:
                 receive(j, recv_buf[displ[j]: displ[j] + counts[j]])
@@ -78,4 +88,5 @@ class MPITransport(Transport):
         self._heartbeat()
         t0 = time.perf_counter()
         self.world.Barrier()
+        self._left()
         return time.perf_counter() - t0

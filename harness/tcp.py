@@ -168,11 +168,11 @@ class TCPTransport(Transport):
                 item = self.inbox[j].get(timeout=self.timeout)
             except queue.Empty:
                 raise CommError(f"worker {j} sent nothing for {self.timeout:g} s in phase "
-                                f"'{self.phase}' (seen by worker {self.rank})") from None
+                                f"'{self.phase}' (seen by worker {self.rank})", peer=j) from None
             wait += time.perf_counter() - t0
             if item[0] is _CLOSED:
                 raise CommError(f"worker {j} closed its connection or sent a bad frame in phase "
-                                f"'{self.phase}' (seen by worker {self.rank}): {item[1]}")
+                                f"'{self.phase}' (seen by worker {self.rank}): {item[1]}", peer=j)
             kind, got_tag, payload = item
             if got_tag != tag or kind not in (F.DATA, F.EMPTY):
                 raise CommError(f"worker {j} is out of step in phase '{self.phase}': frame "

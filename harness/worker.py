@@ -12,7 +12,9 @@ The tcp form reads the run's secret from standard input (``SECRET <hex>``), prin
 ``PORT n`` once it listens, then reads the peers' addresses, one JSON line
 ``[[host, port], ...]``, from standard input.
 
-PARRBM_FAULT=kill:R:S or hang:R:S makes worker R kill itself or hang at step S -- the
+PARRBM_FAULT=kill:R:S, hang:R:S or stop:R:S makes worker R kill itself, hang or stop
+itself with SIGSTOP at the start of step S; stop-in:R:S stops it inside the first
+collective of step S (after it has told the launcher it entered it) -- the
 fault-injection hook of the harness's own tests.
 """
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _inject_fault(worker, rank: int) -> None:
+def _inject_fault(worker, rank: int, transport) -> None:
     spec = os.environ.get("PARRBM_FAULT")
     if not spec:
         return
@@ -45,11 +47,31 @@ def _inject_fault(worker, rank: int) -> None:
         if i == int(s):
             if what == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if what == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            if what == "stop-in":
+                _stop_inside_next_collective(transport)
             while what == "hang":
                 time.sleep(1)
         return step(X, i)
 
     worker.step = faulty
+
+
+def _stop_inside_next_collective(transport) -> None:
+    for name in ("exchange", "share", "barrier"):
+        if not hasattr(transport, name):
+            continue
+        inner = getattr(transport, name)
+
+        def entered(*a, _inner=inner):
+            if hasattr(transport, "_heartbeat"):
+                transport._heartbeat()      # the launcher sees it inside the collective
+                transport._heartbeat = lambda: None
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return _inner(*a)
+
+        setattr(transport, name, entered)
 
 
 def main(argv=None) -> int:
@@ -88,6 +110,7 @@ def main(argv=None) -> int:
             if word != "SECRET":
                 raise RuntimeError("expected the run's secret on standard input")
             secret = bytes.fromhex(value.strip())
+            (args.job / f"pid-{rank}.txt").write_text(str(os.getpid()))
             listener = socket.create_server((job["listen"], 0))
             print(f"PORT {listener.getsockname()[1]}", flush=True)
             addresses = [tuple(a) for a in json.loads(sys.stdin.readline())]
@@ -97,6 +120,9 @@ def main(argv=None) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then exit 1
         msg = str(exc) if exc.__class__.__name__ == "CommError" else f"worker {rank} failed: {type(exc).__name__}: {exc}"
+        peer = getattr(exc, "peer", None)
+        if peer is not None:  # whom this worker holds responsible: the launcher names it
+            (args.job / f"blame-{rank}.txt").write_text(str(peer))
         (args.job / f"error-{rank}.txt").write_text(msg)
         if args.transport == "mpi" and transport is not None:
             transport.world.Abort(1)
@@ -125,7 +151,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     worker = worker_class(job["strategy"])(spec, state, rank, job["workers"], options)
     comm = Comm(transport)
     worker.comm = comm
-    _inject_fault(worker, rank)
+    _inject_fault(worker, rank, transport)
     errors, seconds, traffic, stats, wire = train_on(worker, comm, np.asarray(X), batches, job["first_step"])
     model = worker.gather_model()
     result = {

@@ -330,17 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    # SIGTERM unwinds like Ctrl-C: workers are stopped, job folders removed, and every
+    # result recorded so far is kept
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    on_main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         return args.func(args)
     except UsageError as exc:
         print(f"parrbm: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("parrbm: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (| head): no traceback, no more output
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -349,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"parrbm: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":
