@@ -189,7 +189,18 @@ def cmd_calibrate(args) -> int:
     from parrbm.analysis.calibrate import calibrate
 
     out = Path(args.out) if args.out else default_profile()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # replace an older profile, never another file
+        from parrbm.analysis.timemodel import Profile
+
+        try:
+            Profile.load(out)
+        except ValueError:
+            raise _usage(f"--out {out}: exists and is not a machine profile; it is left alone "
+                         f"(give a new file or an older profile to replace)") from None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _usage(f"--out {out}: cannot create its directory ({exc.strerror or exc})") from None
     p = calibrate(quick=args.quick, transports=args.transports,
                   progress=lambda m: print(m, file=sys.stderr, flush=True))
     p.save(out)

@@ -235,9 +235,8 @@ def load_config(path: str | Path) -> dict:
     raw = _integers(raw, SCHEMA)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
-        e = errors[0]
-        where = _where(e.path)
-        raise ConfigError(f"{path}: {where}: {_explain(e)}")
+        parts, e = _deepest(errors[0])
+        raise ConfigError(f"{path}: {_where(parts)}: {_explain(e)}")
     cfg = copy.deepcopy(DEFAULTS)
     for section, values in raw.items():
         if isinstance(values, dict) and section in cfg:
@@ -255,6 +254,7 @@ def load_config(path: str | Path) -> dict:
             raise ConfigError(f"{path}: the file's name {path.stem!r} cannot name the results file: "
                               f"give 'name:', {NAME_RULE}")
     _check_sections(path, cfg, given_kind="kind" in (raw.get("data") or {}))
+    cfg["source"] = str(path)
     return cfg
 
 
@@ -318,6 +318,21 @@ def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
         raise ConfigError(f"{path}: tcp.job_root: {tcp['job_root']!r} is not a directory")
 
 
+def _deepest(e):
+    """(path, error) of the error to report: for 'one value or a list of them', the
+    error inside the branch the value was meant for."""
+    parts = list(e.path)
+    while e.validator == "oneOf" and e.context:
+        branch = 1 if isinstance(e.instance, list) else 0
+        inner = [c for c in e.context if c.schema_path and c.schema_path[0] == branch]
+        if not inner:
+            break
+        c = max(inner, key=lambda c: len(c.path))
+        parts += list(c.path)
+        e = c
+    return parts, e
+
+
 def _where(parts) -> str:
     out = ""
     for p in parts:
@@ -332,13 +347,6 @@ def _explain(e) -> str:
     if e.validator == "enum":
         return f"{e.instance!r} is not allowed; allowed: {', '.join(map(repr, e.validator_value))}"
     if e.validator == "oneOf":
-        # one value or a list of them: explain the branch the value was meant for
-        branch = 1 if isinstance(e.instance, list) else 0
-        inner = [c for c in e.context if c.schema_path and c.schema_path[0] == branch]
-        if inner:
-            c = max(inner, key=lambda c: len(c.path))
-            at = _where(c.path)
-            return (f"{at}: " if c.path else "") + _explain(c)
         return f"{e.instance!r} is not allowed here: give one value or a list of them"
     if e.validator == "minimum" and e.schema.get("type") == "integer":
         return f"{e.instance!r} is not allowed: give an integer >= {e.validator_value}"
@@ -436,7 +444,10 @@ def check_data_of(cfg: dict) -> None:
         key = (p["visible_type"], p["precision"])
         if key not in seen:
             seen.add(key)
-            make_data(cfg, cfg["model"]["visible"], p["visible_type"], p["precision"], p["batch_size"])
+            try:
+                make_data(cfg, cfg["model"]["visible"], p["visible_type"], p["precision"], p["batch_size"])
+            except ConfigError as exc:
+                raise ConfigError(f"{cfg.get('source', 'config')}: {exc}") from None
 
 
 def run_identity(cfg: dict) -> dict:

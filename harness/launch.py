@@ -154,7 +154,7 @@ def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCP
             "--rank", str(rank), "--size", str(K)]
     host = where.host_of(rank)
     if host is None:
-        return [sys.executable, *args]
+        return [where.python, *args]
     # One shell line for the remote side; the environment does not cross ssh.
     remote = " ".join([f"cd {shlex.quote(str(job_dir))} &&", f"OPENBLAS_NUM_THREADS={blas_threads}",
                        "exec", shlex.quote(where.python), *map(shlex.quote, args)])

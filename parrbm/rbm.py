@@ -381,7 +381,7 @@ class RBM(TransformerMixin, BaseEstimator):
         monitor = _Monitor(self, X, X_valid)
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         if ckpt is not None:
-            ckpt.mkdir(parents=True, exist_ok=True)
+            self._check_checkpoint_dir(ckpt, resume)
         bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
         with self._main_thread_blas():
             try:
@@ -442,6 +442,29 @@ class RBM(TransformerMixin, BaseEstimator):
         if biggest > self.max_abs_weight:
             return f"a weight reached {biggest:.3g} (max_abs_weight={self.max_abs_weight:g})"
         return None
+
+    def _check_checkpoint_dir(self, ckpt: Path, resume: bool) -> None:
+        """The checkpoints already in ``checkpoint_dir`` are never overwritten by another
+        fit: a new fit needs a directory without checkpoints, a continued one must not
+        reach back behind the newest."""
+        try:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory "
+                             f"({exc.strerror or exc})") from None
+        newest = latest_checkpoint(ckpt)
+        if newest is None:
+            return
+        epoch = int(newest.name[len("epoch-"):].split(".")[0])
+        if not resume:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} already holds the checkpoints of "
+                             f"a fit (newest {newest.name}); a new fit would overwrite them. Continue that fit "
+                             f"(RBM.load(latest_checkpoint(dir)) with warm_start=True; parrbm train --resume) "
+                             f"or give another directory")
+        if epoch > self.epochs_done_:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} holds checkpoints up to epoch "
+                             f"{epoch}, beyond this model's {self.epochs_done_} epochs; continuing here would "
+                             f"overwrite them: load {newest.name}, or give another directory")
 
     def _checkpoint(self, directory: Path) -> None:
         self.save(directory / f"epoch-{self.epochs_done_:04d}.npz")
