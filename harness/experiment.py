@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import platform
 import re
@@ -45,10 +46,11 @@ class ConfigError(ValueError):
 
 
 def _list_of(item: dict) -> dict:
-    return {"oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+    return {"oneOf": [item, {"type": "array", "items": item, "minItems": 1, "uniqueItems": True}]}
 
 
 _POS_INT = {"type": "integer", "minimum": 1}
+_SEED = {"type": "integer", "minimum": 0, "maximum": 2 ** 64 - 1}
 SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -71,7 +73,7 @@ SCHEMA = {
             "type": "object", "additionalProperties": False,
             "properties": {
                 "kind": {"enum": ["random-binary", "random-gaussian", "digits", "npy"]},
-                "path": {"type": "string"}, "cases": _POS_INT, "seed": {"type": "integer", "minimum": 0},
+                "path": {"type": "string"}, "cases": _POS_INT, "seed": _SEED,
             },
         },
         "training": {
@@ -83,7 +85,7 @@ SCHEMA = {
                 "momentum": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                 "weight_decay": {"type": "number", "minimum": 0},
                 "sync_every": {"type": "integer", "minimum": 0},
-                "seed": {"type": "integer", "minimum": 0},
+                "seed": _SEED,
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
                 "blas_threads": _POS_INT, "repeats": _POS_INT,
                 "engine": {"enum": ["auto", "native", "python"]},
@@ -123,6 +125,9 @@ SCHEMA = {
     },
 }
 
+#: timed minibatch steps of a run when the config gives neither training.steps nor training.cases
+DEFAULT_STEPS = 20
+
 DEFAULTS = {
     "model": {"visible_type": "binary", "precision": "float32", "statistics": "samples", "cd_k": 1,
               "gaussian_noise": False},
@@ -148,7 +153,7 @@ def check_name(name) -> str | None:
     return None
 
 
-class _DuplicateKey(Exception):
+class _Refused(Exception):
     pass
 
 
@@ -168,13 +173,26 @@ def _no_duplicates(loader, node, deep=False):
         except TypeError:  # an unhashable key: SafeLoader reports it
             break
         if first is not None:
-            raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
+            raise _Refused(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
                                 f"line {first}); give each key once")
         seen[key] = key_node.start_mark.line + 1
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def _no_aliases(self, *a, **kw):
+    # An alias (*name) repeats a node by reference; nested ones expand exponentially when
+    # the config is walked. A config has no need of them.
+    if self.check_event(yaml.events.AliasEvent):
+        event = self.peek_event()
+        raise _Refused(f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not supported "
+                            f"in a config; write the values out")
+    return yaml.composer.Composer.compose_node(self, *a, **kw)
+
+
+_StrictLoader.compose_node = _no_aliases
 
 
 def read_yaml(path: Path):
@@ -194,7 +212,7 @@ def read_yaml(path: Path):
         raise ConfigError(f"{path}: not a YAML text file (it holds NUL bytes)")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
-    except _DuplicateKey as exc:
+    except _Refused as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
@@ -217,6 +235,24 @@ def _integers(value, schema: dict):
     return value
 
 
+def _non_finite(value, at=()):
+    """(path, value) of the first NaN or infinity in a config (the schema's bounds do not
+    catch them: NaN compares false with everything)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return list(at), value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _non_finite(v, at + (k,))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _non_finite(v, at + (i,))
+            if found:
+                return found
+    return None
+
+
 def _wants_integer(schema: dict) -> bool:
     return schema.get("type") == "integer" or any(b.get("type") == "integer" for b in schema.get("oneOf", ()))
 
@@ -232,6 +268,9 @@ def load_config(path: str | Path) -> dict:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping with 'model' and 'grid', got {type(raw).__name__}")
+    where = _non_finite(raw)
+    if where is not None:
+        raise ConfigError(f"{path}: {_where(where[0])}: {where[1]!r} is not allowed: numbers must be finite")
     raw = _integers(raw, SCHEMA)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw), key=lambda e: list(e.path))
     if errors:
@@ -253,16 +292,19 @@ def load_config(path: str | Path) -> dict:
         if why:
             raise ConfigError(f"{path}: the file's name {path.stem!r} cannot name the results file: "
                               f"give 'name:', {NAME_RULE}")
-    _check_sections(path, cfg, given_kind="kind" in (raw.get("data") or {}))
+    _check_sections(path, cfg, given_data=raw.get("data") or {})
     cfg["source"] = str(path)
     return cfg
 
 
-def _check_sections(path: Path, cfg: dict, *, given_kind: bool = True) -> None:
+def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
     """The rules between fields that a schema cannot say."""
+    given_kind = "kind" in given_data
     training, data, model, grid = cfg["training"], cfg["data"], cfg["model"], cfg["grid"]
     if "steps" in training and "cases" in training:
         raise ConfigError(f"{path}: training: give 'steps' or 'cases', not both")
+    if "steps" not in training and "cases" not in training:
+        training["steps"] = DEFAULT_STEPS
     if "path" in data and data["kind"] != "npy":
         raise ConfigError(f"{path}: data.path: is read only with kind 'npy' (data.kind is "
                           f"{data['kind']!r}{'' if given_kind else ' by default'}); "
@@ -276,8 +318,11 @@ def _check_sections(path: Path, cfg: dict, *, given_kind: bool = True) -> None:
         if not npy.is_file():
             raise ConfigError(f"{path}: data.path: no such file: {npy}")
         data["path"] = str(npy.resolve())
-    if data["kind"] == "digits" and "cases" in data:
-        raise ConfigError(f"{path}: data.cases: the digits data set has its own 1797 cases; remove 'cases'")
+    for key in ("cases", "seed"):
+        if data["kind"] in ("npy", "digits") and key in given_data:
+            own = "the rows of the .npy file are" if data["kind"] == "npy" else "the digits data set has"
+            raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases "
+                              f"(remove '{key}')")
     points = grid_points(cfg)
     batches = sorted({p["batch_size"] for p in points})
     where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
@@ -299,7 +344,42 @@ def _check_sections(path: Path, cfg: dict, *, given_kind: bool = True) -> None:
         if why:
             raise ConfigError(f"{path}: grid.workers: {p['strategy']} at K = {p['workers']}, minibatch "
                               f"{p['batch_size']}: {why}")
+    from parrbm.harness.runner import check_options
+    from parrbm.strategies import StrategyOptions
+
+    for p in points:
+        if p["strategy"] == "serial":
+            continue
+        try:
+            check_options(_spec_for(cfg, p), p["strategy"], p["workers"], p["transport"],
+                          StrategyOptions(sync_every=training["sync_every"], **cfg["options"]),
+                          training["engine"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
+    _check_memory(path, cfg, points)
     _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
+
+
+def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
+    """Refuse a model or data set that cannot fit in this machine's memory, before
+    anything is allocated."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    V, H = cfg["model"]["visible"], cfg["model"]["hidden"]
+    tr, data = cfg["training"], cfg["data"]
+    for p in points:
+        pb = 8 if p["precision"] == "float64" else 4
+        m = p["batch_size"]
+        steps = tr.get("steps") or max(1, tr.get("cases", m) // m)
+        cases = data.get("cases", (tr["warmup"] + steps) * m) if data["kind"] != "npy" else 0
+        # W and its increment or second copy, per worker (at most two full copies in all),
+        # the data set in float64 while it is made, and the minibatch buffers
+        need = 3 * V * H * pb + cases * V * 8 + 4 * m * (V + H) * pb
+        if need > total:
+            raise ConfigError(f"{path}: model.visible x model.hidden ({V} x {H}) with {cases} cases of data needs "
+                              f"about {need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB")
 
 
 def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
@@ -352,6 +432,11 @@ def _explain(e) -> str:
         return f"{e.instance!r} is not allowed: give an integer >= {e.validator_value}"
     if e.validator == "type" and e.validator_value == "integer":
         return f"{e.instance!r} is not an integer"
+    if e.validator == "uniqueItems":
+        dup = next(x for i, x in enumerate(e.instance) if x in e.instance[:i])
+        return f"{dup!r} is listed twice; list each value once"
+    if e.validator == "maximum":
+        return f"{e.instance!r} is not allowed: at most {e.validator_value}"
     if e.validator == "pattern":
         return f"{e.instance!r} is not allowed"
     return f"{e.instance!r}: {e.message}"

@@ -94,6 +94,11 @@ def _cmd_train(args) -> int:
             raise UsageError(f"--out {args.out}: cannot create the directory ({exc.strerror or exc})") from None
         if out.suffix == ".npz" and out.is_dir():
             raise UsageError(f"--out {args.out}: is a directory; give a .npz file or a directory without .npz")
+        written = [out] if out.suffix == ".npz" else [out / "model.npz", out / "report.html"]
+        there = [p for p in written if p.exists()]
+        if there and not args.overwrite:
+            raise UsageError(f"--out {args.out}: {there[0]} already exists (a model trained before); give "
+                             f"--overwrite to replace it, or another --out")
     print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
@@ -317,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--shape", help="image shape for the pictures, e.g. 8x8 or 32x32x3 (default: guessed)")
     tr.add_argument("--out", help="a directory for model.npz and report.html (curves, filters, "
                                   "reconstructions), or a .npz file for the model alone")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace a model and report already in --out")
     tr.add_argument("--compare-sklearn", action="store_true",
                     help="also fit scikit-learn's BernoulliRBM with the same settings")
     tr.set_defaults(func=_cmd_train)

@@ -525,6 +525,60 @@ def test_train_arguments(capsys, args, needle):
 
 # ---- siblings ------------------------------------------------------------------------------------------
 
+def test_train_never_replaces_a_model_unasked(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    assert main(["train", "--epochs", "1", "--hidden", "4", "--out", str(model)]) == 0
+    before = model.read_bytes()
+    code, err = cli(capsys, "train", "--epochs", "1", "--hidden", "5", "--out", model)
+    assert code == 2 and "--overwrite" in err and model.read_bytes() == before
+    assert main(["train", "--epochs", "1", "--hidden", "5", "--out", str(model), "--overwrite"]) == 0
+    assert RBM.load(model).n_hidden == 5
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("training: {learning_rate: .nan}\n", "training.learning_rate: nan is not allowed: numbers must be finite"),
+    ("training: {momentum: .nan}\n", "training.momentum: nan"),
+    ("training: {timeout: .inf}\n", "training.timeout: inf"),
+    ("training: {seed: 18446744073709551616}\n", "training.seed: 18446744073709551616 is not allowed"),
+    ("anchor: &x [1]\nalso: *x\n", "aliases (*x) are not supported"),
+    ("data: {kind: digits, seed: 3}\n", "data.seed: is for the random data kinds"),
+    ("data: {kind: npy, path: x.npy, cases: 3}\n", "data.cases: is for the random data kinds"),
+    ("options: {shared_weights: true}\n", "'shared_weights' applies to 'per-update-sync' only"),
+    ("training: {engine: native}\n", "engine 'native' runs the workers as threads"),
+])
+def test_more_values_refused_before_anything_runs(tmp_path, capsys, text, needle):
+    np.save(tmp_path / "x.npy", np.zeros((16, 4)))
+    base = "model: {visible: 4, hidden: 4}\ngrid: {strategy: [serial, unit-partitioned], workers: 2, transport: tcp}\n"
+    code, err = cli(capsys, "run", write(tmp_path, base + text), "--out", tmp_path / "out", "--no-calibrate")
+    assert code == 2 and needle in err, err
+    assert not (tmp_path / "out" / "c.jsonl").exists()
+
+
+@pytest.mark.parametrize("grid,needle", [
+    ("strategy: [serial, serial], workers: 1", "grid.strategy: 'serial' is listed twice"),
+    ("strategy: serial, workers: [2, 2]", "grid.workers: 2 is listed twice"),
+    ("strategy: serial, workers: 1, batch_size: [8, 8.0]", "grid.batch_size: 8 is listed twice"),
+])
+def test_a_grid_lists_each_value_once(tmp_path, capsys, grid, needle):
+    code, err = cli(capsys, "run", write(tmp_path, "model: {visible: 4, hidden: 4}\ngrid: {" + grid + "}\n"),
+                    "--out", tmp_path / "out", "--no-calibrate")
+    assert code == 2 and needle in err, err
+
+
+def test_a_model_larger_than_memory_is_refused_before_it_is_allocated(tmp_path, capsys):
+    code, err = cli(capsys, "run", write(tmp_path, "model: {visible: 200000, hidden: 200000}\n"
+                                                 "grid: {strategy: serial, workers: 1}\n"), "--no-calibrate",
+                    "--out", tmp_path / "out")
+    assert code == 2 and "model.visible x model.hidden" in err and "GiB" in err
+
+
+def test_steps_default_when_neither_steps_nor_cases_is_given(tmp_path):
+    cfg = load_config(write(tmp_path, "model: {visible: 4, hidden: 4}\ndata: {cases: 8}\n"
+                                      "training: {batch_size: 4}\ngrid: {strategy: serial, workers: 1}\n"))
+    path = run_config(cfg, tmp_path / "out", progress=lambda m: None)
+    rec = read_results(path)[0][0]
+    assert rec["status"] == "ok" and rec["training"]["steps"] == 20
+
 def test_a_new_fit_never_overwrites_checkpoints(tmp_path):
     X = np.random.default_rng(0).random((30, 5))
     RBM(n_hidden=3, n_iter=2, random_state=0, checkpoint_dir=tmp_path).fit(X)
