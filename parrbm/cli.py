@@ -96,7 +96,7 @@ def _cmd_train(args) -> int:
             raise UsageError(f"--out {args.out}: is a directory; give a .npz file or a directory without .npz")
         written = [out] if out.suffix == ".npz" else [out / "model.npz", out / "report.html"]
         there = [p for p in written if p.exists()]
-        if there and not args.overwrite:
+        if there and not (args.overwrite or args.resume):  # --resume: the same fit, carried further
             raise UsageError(f"--out {args.out}: {there[0]} already exists (a model trained before); give "
                              f"--overwrite to replace it, or another --out")
     print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
