@@ -1,2 +1,2 @@
 """Analysis: closed-form communication cost, the time model, tables and plots
-(DESIGN.md section 7)."""
+(docs/DESIGN.md section 7)."""

@@ -1,4 +1,4 @@
-"""The time model (DESIGN.md section 7): what a step costs, per strategy, for any K.
+"""The time model (docs/DESIGN.md section 7): what a step costs, per strategy, for any K.
 
     t_step(K) = max_k compute_k + sum over phases (latency x messages
                                                    + bytes on the busiest link / bandwidth)

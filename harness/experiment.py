@@ -1,10 +1,13 @@
 """YAML-defined comparisons: validate a config, expand its grid, run every point, and
-append one JSON record per run to a results file (DESIGN.md section 6).
+append one JSON record per run to a results file (docs/DESIGN.md section 6).
 
 Record schema (one JSON object per line):
 
     run_id        stable key of the grid point (``--resume`` skips ids already recorded)
     config        the config's name;  status  "ok" | "error";  error  message or null
+    identity      the experiment: resolved model, data (an npy file by its sha256), training
+                  (but timeout) and options; ``--resume`` refuses a file of another identity
+    nulls         where a value was NaN or infinite: field -> why it is null (absent if none)
     strategy, workers, transport, batch_size
     model         {visible, hidden, visible_type, precision, statistics, cd_k}
     training      {steps, warmup, repeats, learning_rate, momentum, weight_decay, sync_every, seed}

@@ -1,4 +1,4 @@
-"""Green-only CD: column-parallel (DESIGN.md 5.4).
+"""Green-only CD: column-parallel (docs/DESIGN.md 5.4).
 
 Worker k holds the whole minibatch, green weights G_k = W[:, H_k], c[H_k] and b[V_k].
 Hidden units are sampled locally; the visible inputs are sums of partial products over

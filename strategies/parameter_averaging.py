@@ -1,4 +1,4 @@
-"""Parameter averaging: data-parallel CD (DESIGN.md 5.5).
+"""Parameter averaging: data-parallel CD (docs/DESIGN.md 5.5).
 
 Every worker holds a full replica; the m cases of a minibatch are split over workers by
 case index (the global index keys the random streams, so the states are the serial

@@ -1,4 +1,4 @@
-"""Per-update weight sync (DESIGN.md 5.2).
+"""Per-update weight sync (docs/DESIGN.md 5.2).
 
 The unit partition of 5.1, but worker k updates only its green block (each weight once),
 needs no allgather of h', and after every minibatch sends G_k[V_j, :] to worker j, which

@@ -1,4 +1,4 @@
-"""Data-partitioned, purple-only CD: row-parallel (DESIGN.md 5.3).
+"""Data-partitioned, purple-only CD: row-parallel (docs/DESIGN.md 5.3).
 
 Worker k holds only its data columns x[:, V_k], purple weights P_k = W[V_k, :], b[V_k]
 and c[H_k]. Each weight is stored once: no sync, no drift. Hidden inputs are sums of

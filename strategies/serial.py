@@ -1,4 +1,4 @@
-"""Serial CD-k: the single-worker fused path (DESIGN.md 5.6).
+"""Serial CD-k: the single-worker fused path (docs/DESIGN.md 5.6).
 
 The reference for speedup and for the exactness of every other strategy. The whole
 minibatch step runs in one call of the C++ core (``CDTrainer``), which owns the

@@ -1,4 +1,4 @@
-"""Unit-partitioned CD (the paper's algorithm, DESIGN.md 5.1).
+"""Unit-partitioned CD (the paper's algorithm, docs/DESIGN.md 5.1).
 
 Worker k holds the whole minibatch, its green weights G_k = W[:, H_k] (all visible x its
 hidden units) and purple weights P_k = W[V_k, :] (its visible x all hidden units), b[V_k]
