@@ -63,24 +63,21 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return v
+def _integer_from(minimum: int, meaning: str = ""):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}{meaning}")
+        return v
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 (0: never)")
-    return v
+_positive = _integer_from(1)
+_non_negative = _integer_from(0, " (0: never)")
 
 
 def _workers(text: str) -> list[int]:

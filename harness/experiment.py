@@ -200,12 +200,9 @@ _StrictLoader.compose_node = _no_aliases
 
 def read_yaml(path: Path):
     """The YAML document of a file, or ConfigError naming the file and what is wrong."""
-    try:
-        raw_bytes = path.read_bytes()
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    from parrbm.harness.results import read_input
+
+    raw_bytes = read_input(path, "a config file", ConfigError)
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -360,6 +357,16 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
         except ValueError as exc:
             raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
     _check_memory(path, cfg, points)
+    if any(p["transport"] == "mpi" for p in points):
+        from parrbm.harness.comm import CommError
+        from parrbm.harness.launch import mpiexec
+
+        try:
+            mpiexec()
+            import mpi4py  # noqa: F401
+        except (CommError, ImportError):
+            raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
+                              f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
     _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
 
 

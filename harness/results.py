@@ -55,12 +55,7 @@ def scan(path: str | Path) -> ResultsFile:
     """Read a results file. A line that is not a JSON object names the file and line; the
     last line alone may be torn (reported in ``torn``, not raised)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ResultsError(f"{path}: is a directory, not a results file") from None
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    data = read_input(path, "a results file", ResultsError)
     out = ResultsFile(path)
     lines = data.split(b"\n")
     offset = 0
@@ -80,6 +75,16 @@ def scan(path: str | Path) -> ResultsFile:
         out.good_bytes = end
         offset = end
     return out
+
+
+def read_input(path: Path, what: str, error: type[Exception]) -> bytes:
+    """The bytes of an input file, or ``error`` naming the file and why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def _problem(raw: bytes) -> str | None:

@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("parrbm: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("parrbm: error: out of memory: the data or the model do not fit in this machine's memory "
+              "(fewer samples, a smaller model or float32)", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # the reader went away (| head): no traceback, no more output
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
