@@ -397,7 +397,8 @@ def _has_mpi():
 
 @pytest.mark.parametrize("transport", ["tcp", pytest.param("mpi", marks=pytest.mark.skipif(
     not _has_mpi(), reason="pip install '.[mpi]'"))])
-@pytest.mark.parametrize("fault", ["stop:1:1", "stop-in:1:1", "stop-in:2:2", "hang:1:2"])
+@pytest.mark.parametrize("fault", ["stop:1:1", "stop-in:1:1", "stop-in:2:2", "hang:1:2"]
+                         + [f"stop-in:1:{s}" for s in (0, 2, 3)])
 def test_a_stopped_worker_is_named_every_time(monkeypatch, transport, fault):
     from parrbm.config import CDSpec, ModelState
     from parrbm.harness.comm import CommError
