@@ -12,7 +12,11 @@ from pathlib import Path
 from parrbm.analysis import cost
 
 SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
-PARALLEL = [s for s in cost.STRATEGIES if s != "serial"]
+def _parallel() -> list[str]:
+    """The default strategies: every registered parallel one."""
+    from parrbm.strategies.registry import names
+
+    return names(parallel_only=True)
 
 
 def _usage(msg: str):
@@ -56,11 +60,22 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
     p.add_argument("--precision", choices=["float32", "float64"])
     p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
     p.add_argument("--cd-k", type=_positive, default=1)
-    p.add_argument("--strategy", nargs="+", choices=list(cost.STRATEGIES), metavar="STRATEGY",
-                   help=f"strategies (default: all of {', '.join(PARALLEL)})")
+    p.add_argument("--strategy", nargs="+", type=_strategy, metavar="STRATEGY",
+                   help="strategies: registered names or module:Class (default: every registered parallel "
+                        "strategy)")
     p.add_argument("--sync-every", type=_non_negative, default=80,
                    help="unit-partitioned: minibatches between weight syncs (0: never)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _strategy(text: str) -> str:
+    from parrbm.strategies.registry import StrategyError, resolve
+
+    try:
+        resolve(text)
+    except StrategyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _integer_from(minimum: int, meaning: str = ""):
@@ -135,7 +150,7 @@ def _runnable(args, default: list[str]) -> list[tuple[str, int]]:
 
 def cost_rows(args) -> list[dict]:
     rows = []
-    pairs = _runnable(args, PARALLEL)
+    pairs = _runnable(args, _parallel())
     for visible, precision in _settings(args):
         model = _model(args, visible, precision)
         for s, K in pairs:
@@ -252,7 +267,7 @@ def _predictions(args):
 
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
-    strategies = sorted({s for s, _ in _runnable(args, PARALLEL)}, key=(args.strategy or PARALLEL).index)
+    strategies = sorted({s for s, _ in _runnable(args, _parallel())}, key=(args.strategy or _parallel()).index)
     preds = predict_curve(strategies, _model(args, visible, precision), args.batch,
                           _flat_workers(args), profile, transport=transport, sync_every=args.sync_every,
                           momentum=args.momentum)
@@ -280,7 +295,7 @@ def cmd_predict(args) -> int:
 def cmd_advise(args) -> int:
     from parrbm.analysis.timemodel import advise
 
-    _runnable(args, PARALLEL)
+    _runnable(args, _parallel())
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
     model = _model(args, visible, precision)
@@ -340,9 +355,7 @@ def _well_formed(r: dict) -> bool:
     """A successful record has the fields the table and the figures read, of their types."""
     from numbers import Real
 
-    from parrbm.strategies.rules import NAMES
-
-    if r.get("strategy") not in NAMES:
+    if not isinstance(r.get("strategy"), str) or not r["strategy"]:
         return False
     md, mt = r.get("model"), r.get("metrics")
     if not (isinstance(md, dict) and isinstance(mt, dict)):

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 
 from parrbm.partition import Partition
 
-STRATEGIES = ("serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only",
-              "parameter-averaging")
 
 
 @dataclass(frozen=True)
@@ -106,87 +104,58 @@ def master_reduce(n: int, K: int, pb: int) -> list[int]:
     return [(K - 1) * n * pb if k == 0 else n * pb for k in range(K)]
 
 
-def _hidden(model: Model, rows: int, hid: list[int]) -> list[int]:
+def hidden_traffic(model: Model, rows: int, hid: list[int]) -> list[int]:
+    """Allgather of hidden activities: 1-bit states, or floats with probability statistics."""
     return allgather_bits(rows, hid) if model.hidden_bits else allgather_floats(rows, hid, model.pb)
 
 
-def _visible(model: Model, rows: int, vis: list[int]) -> list[int]:
+def visible_traffic(model: Model, rows: int, vis: list[int]) -> list[int]:
+    """Allgather of negative visible data: bits for binary samples, floats otherwise."""
     return allgather_bits(rows, vis) if model.visible_bits else allgather_floats(rows, vis, model.pb)
 
 
-# ---- per strategy -------------------------------------------------------------------------------
+# ---- per strategy: what each strategy declares (strategies/*.py), through the registry -------------
 
-def step_traffic(strategy: str, model: Model, m: int, K: int, *, batch_size: int | None = None,
-                 reduce: str = "allreduce", average: str = "gradients") -> Traffic:
-    """Bytes of one minibatch step of m cases (weight syncs excluded).
+def _options(options=None, **overrides):
+    from parrbm.strategies.base import StrategyOptions
 
-    batch_size: the number of persistent chains (PCD); defaults to m.
-    """
-    V, H, k = model.n_visible, model.n_hidden, model.cd_k
-    vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
-    c = (batch_size or m) if model.persistent else m
-    t = Traffic(K)
-    if K == 1 or strategy == "serial":
-        return t
-    if strategy == "unit-partitioned":
-        t.add("hidden", _hidden(model, m, hid))
-        for _ in range(k):
-            t.add("visible", _visible(model, c, vis))
-            t.add("negative-hidden", _hidden(model, c, hid))
-    elif strategy == "per-update-sync":
-        t.add("hidden", _hidden(model, m, hid))
-        for step in range(1, k + 1):
-            t.add("visible", _visible(model, c, vis))
-            if step < k or model.persistent:
-                t.add("negative-hidden", _hidden(model, c, hid))
-    elif strategy == "purple-only":
-        t.add("hidden-input", reduce_scatter(m, hid, model.pb))
-        t.add("hidden", _hidden(model, m, hid))
-        for _ in range(k):
-            t.add("negative-hidden-input", reduce_scatter(c, hid, model.pb))
-            t.add("negative-hidden", _hidden(model, c, hid))
-    elif strategy == "green-only":
-        for _ in range(k):
-            t.add("visible-input", reduce_scatter(c, vis, model.pb))
-            t.add("visible", _visible(model, c, vis))
-    elif strategy == "parameter-averaging":
-        if average == "gradients":
-            n = V * H + V + H
-            t.add("gradient", allreduce(n, K, model.pb) if reduce == "allreduce"
-                  else master_reduce(n, K, model.pb), calls=2)
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    return t
+    base = options if options is not None else StrategyOptions()
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return base if not given else StrategyOptions(**{**base.__dict__, **given})
 
 
-def sync_traffic(strategy: str, model: Model, K: int, *, reduce: str = "allreduce",
-                 average: str = "gradients", shared_weights: bool = False) -> Traffic:
+def step_traffic(strategy, model: Model, m: int, K: int, *, batch_size: int | None = None,
+                 reduce: str | None = None, average: str | None = None, options=None) -> Traffic:
+    """Bytes of one minibatch step of m cases (weight syncs excluded), as the strategy
+    declares them. ``batch_size``: the number of persistent chains (PCD); defaults to m.
+    ``options``: a StrategyOptions (``reduce`` and ``average`` override its fields)."""
+    from parrbm.strategies.registry import resolve
+
+    cls = resolve(strategy)
+    if K == 1:
+        return Traffic(K)
+    chains = (batch_size or m) if model.persistent else m
+    return cls.step_traffic(model, m, K, _options(options, reduce=reduce, average=average), chains=chains)
+
+
+def sync_traffic(strategy, model: Model, K: int, *, reduce: str | None = None, average: str | None = None,
+                 options=None) -> Traffic:
     """Bytes of one weight synchronisation (for shared weights: the logical bytes; none
     move). Strategies without a sync give an empty Traffic."""
-    V, H, pb = model.n_visible, model.n_hidden, model.pb
-    vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
-    t = Traffic(K)
+    from parrbm.strategies.registry import resolve
+
+    cls = resolve(strategy)
     if K == 1:
-        return t
-    if strategy == "unit-partitioned":  # P_k[:, H_j] to every j != k
-        t.add("weight-sync", [vis[k] * (H - hid[k]) * pb for k in range(K)])
-    elif strategy == "per-update-sync":  # G_k[V_j, :] to every j != k
-        t.add("weight-sync", [(V - vis[k]) * hid[k] * pb for k in range(K)])
-    elif strategy == "parameter-averaging" and average == "weights":
-        n = V * H + V + H
-        t.add("average", allreduce(n, K, pb) if reduce == "allreduce" else master_reduce(n, K, pb), calls=2)
-    return t
+        return Traffic(K)
+    return cls.sync_traffic(model, K, _options(options, reduce=reduce, average=average))
 
 
-def syncs_per_step(strategy: str, *, sync_every: int = 1, average: str = "gradients",
-                   average_every: int = 1) -> float:
-    if strategy == "unit-partitioned":
-        return 1.0 / sync_every if sync_every else 0.0
-    if strategy == "per-update-sync":
-        return 1.0
-    if strategy == "parameter-averaging" and average == "weights":
-        return 1.0 / average_every
-    return 0.0
+def syncs_per_step(strategy, *, sync_every: int | None = None, average: str | None = None,
+                   average_every: int | None = None, options=None) -> float:
+    from parrbm.strategies.registry import resolve
+
+    return resolve(strategy).syncs_per_step(_options(options, sync_every=sync_every, average=average,
+                                                     average_every=average_every))
 
 
 def bytes_for_cases(strategy: str, model: Model, m: int, K: int, cases: int, **kw) -> int:

@@ -19,7 +19,12 @@ import numpy as np
 from parrbm.analysis import cost
 from parrbm.analysis.compare import model_of, predicted_vs_measured
 
-ORDER = [s for s in cost.STRATEGIES if s != "serial"]
+def _order(records: list[dict]) -> list[str]:
+    """The parallel strategies of the records: the built-ins in their order, then the rest."""
+    from parrbm.strategies.registry import builtin_order, names
+
+    present = {r.get("strategy") for r in records if r.get("strategy") not in (None, "serial")}
+    return sorted(set(names(parallel_only=True)) | present, key=builtin_order)
 
 
 def _plt():
@@ -75,6 +80,7 @@ def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
     settings = sorted(df["setting"].unique())
     fig, axes = plt.subplots(2, len(settings), figsize=(5.2 * len(settings) + 1.8, 7.5), squeeze=False,
                              sharex=True)
+    ORDER = _order(records)
     Ks = sorted(df["K"].unique())
     for j, setting in enumerate(settings):
         d = df[df["setting"] == setting]
@@ -112,6 +118,7 @@ def plot_bytes(records: list[dict], out: Path) -> list[Path]:
         return []
     settings = sorted(df["setting"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings) + 1.8, 4.5), squeeze=False)
+    ORDER = _order(records)
     palette = dict(zip(ORDER, sns.color_palette(n_colors=len(ORDER))))
     for j, setting in enumerate(settings):
         ax = axes[0][j]
@@ -148,6 +155,7 @@ def plot_breakdown(records: list[dict], out: Path) -> list[Path]:
     if df.empty:
         return []
     df["run"] = df["strategy"] + "  K=" + df["K"].astype(str) + "  " + df["transport"]
+    ORDER = _order(records)
     df["order"] = df["strategy"].map(ORDER.index)
     settings = sorted(df["setting"].unique())
     n = max(len(df[df["setting"] == s]) for s in settings)
@@ -188,7 +196,7 @@ def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
     ax.plot(xs, xs, color="black", linewidth=1, label="prediction = measurement")
     ax.fill_between(xs, xs * 0.85, xs * 1.15, color="grey", alpha=0.15, label="within 15%")
     sns.scatterplot(data=df, x="measured ms", y="predicted ms", hue="strategy", style="K", s=60, ax=ax,
-                    hue_order=["serial", *ORDER])
+                    hue_order=["serial", *_order(records)])
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xscale("log")

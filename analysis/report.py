@@ -47,12 +47,12 @@ def _tables(records: list[dict], profile) -> dict:
         for row in predicted_vs_measured(records, profile):
             pred[(row["strategy"], row["workers"], row["transport"], row["batch_size"], row["visible_type"],
                   row["precision"])] = row
-    order = {s: i for i, s in enumerate(cost.STRATEGIES)}
+    from parrbm.strategies.registry import builtin_order
     head = ["strategy", "K", "transport", "setting", "MB / 8000 cases", "= formula", "MB / sync",
             "ms / step (p10-p90)", "model ms", "model error", "speedup", "vs K=1", "efficiency"]
     rows = []
     for r in sorted(ok, key=lambda r: (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"],
-                                       order[r["strategy"]], r["workers"], r.get("transport") or "")):
+                                       builtin_order(r["strategy"]), r["workers"], r.get("transport") or "")):
         mt, m = r["metrics"], r["batch_size"]
         key = (r["strategy"], r["workers"], r.get("transport"), m, r["model"]["visible_type"], r["model"]["precision"])
         p = pred.get(key)

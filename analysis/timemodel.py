@@ -229,7 +229,9 @@ def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profi
 def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None, **kw) -> list[dict]:
     """For each K, the strategy with the shortest predicted step and its margin over the
     runner-up (how much slower the runner-up is, in percent)."""
-    asked = list(strategies or cost.STRATEGIES)
+    from parrbm.strategies.registry import names
+
+    asked = list(strategies or names())
     preds = predict_curve([s for s in asked if s != "serial"], model, m, workers, profile, **kw)
     if 1 in workers and "serial" in asked:  # one worker: the serial trainer competes too
         preds += predict_curve(["serial"], model, m, [1], profile, **kw)

@@ -40,7 +40,6 @@ import numpy as np
 import yaml
 
 from parrbm.harness.results import ResultsError
-from parrbm.strategies.rules import NAMES as STRATEGY_NAMES
 
 
 
@@ -117,7 +116,7 @@ SCHEMA = {
         "grid": {
             "type": "object", "additionalProperties": False, "required": ["strategy", "workers"],
             "properties": {
-                "strategy": _list_of({"enum": STRATEGY_NAMES}),
+                "strategy": _list_of({"type": "string", "minLength": 1}),
                 "workers": _list_of(_POS_INT),
                 "batch_size": _list_of(_POS_INT),
                 "precision": _list_of({"enum": ["float32", "float64"]}),
@@ -323,6 +322,15 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             own = "the rows of the .npy file are" if data["kind"] == "npy" else "the digits data set has"
             raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases "
                               f"(remove '{key}')")
+    from parrbm.strategies.registry import StrategyError, resolve
+
+    listed = grid["strategy"] if isinstance(grid["strategy"], list) else [grid["strategy"]]
+    for i, s in enumerate(listed):
+        try:
+            resolve(s)
+        except StrategyError as exc:
+            at = f"[{i}]" if isinstance(grid["strategy"], list) else ""
+            raise ConfigError(f"{path}: grid.strategy{at}: {exc}") from None
     points = grid_points(cfg)
     batches = sorted({p["batch_size"] for p in points})
     where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
@@ -465,7 +473,7 @@ def grid_points(cfg: dict) -> list[dict]:
         base = {"batch_size": m, "precision": p, "visible_type": v}
         points.append({**base, "strategy": "serial", "workers": 1, "transport": None})
         for s in g["strategy"]:
-            if s == "serial":
+            if _is_serial(s):
                 continue
             for K in g["workers"]:
                 for t in (["threads"] if K == 1 else transports):
@@ -474,6 +482,12 @@ def grid_points(cfg: dict) -> list[dict]:
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type"))
     return points
+
+
+def _is_serial(strategy: str) -> bool:
+    from parrbm.strategies.registry import resolve
+
+    return resolve(strategy).name == "serial"
 
 
 def environment() -> dict:
@@ -876,6 +890,8 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     """Bytes per 8000 cases (the paper's Table 4.1 form) and speedup / efficiency; with a
     machine profile, the time model's step beside each measured one; ``notes`` (what
     reading the file left out) at the end."""
+    from parrbm.strategies.registry import builtin_order
+
     ok = [r for r in records if r.get("status") == "ok"]
     predicted = {}
     if profile is not None:
@@ -897,7 +913,7 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
         lines.append(f"{'strategy':<21}{'K':>3} {'transport':<8}{'MB/8000 cases':>14}{'MB/sync':>9}"
                      f"{'ms/step':>9}{'speedup':>9}{'vs K=1':>8}{'effic.':>8}"
                      + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
-        for r in sorted(rs, key=lambda r: (STRATEGY_NAMES.index(r["strategy"]), r["workers"], r["transport"] or "")):
+        for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r["transport"] or "")):
             mt = r["metrics"]
             per_8000 = mt["bytes_per_step"] * 8000 / m / 1e6
             fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731

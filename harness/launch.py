@@ -96,6 +96,11 @@ def run_processes(runner, X, order, first_step):
         job_dir = Path(tmp)
         write_job(job_dir, runner, X, order, first_step)
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+        from parrbm.strategies.registry import import_paths
+
+        extra = import_paths(runner.name)  # a plug-in's module is imported by the workers too
+        if extra:
+            env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
         if runner.transport == "tcp":
             procs = _start_tcp(job_dir, K, env, timeout, runner.tcp)
         else:

@@ -21,10 +21,14 @@ TRANSPORTS = ("threads", "tcp", "mpi")
 ENGINES = ("auto", "native", "python")
 
 
-def worker_class(name: str) -> type[Worker]:
-    from parrbm.strategies import PARALLEL_STRATEGIES
+def worker_class(strategy) -> type[Worker]:
+    """The parallel strategy's class, by name, ``module:Class`` or the class itself."""
+    from parrbm.strategies.registry import resolve
 
-    return PARALLEL_STRATEGIES[name]
+    cls = resolve(strategy)
+    if not issubclass(cls, Worker):
+        raise ValueError(f"strategy {cls.name!r} runs on one worker: it is not a parallel strategy")
+    return cls
 
 
 def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
@@ -45,24 +49,11 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
 
     check_split(strategy, n_visible=spec.n_visible, n_hidden=spec.n_hidden, batch_size=spec.batch_size,
                 workers=workers)
-    if strategy == "parameter-averaging":
-        if options.reduce not in ("master", "allreduce"):
-            raise ValueError(f"strategy option 'reduce' must be 'master' or 'allreduce', got {options.reduce!r}")
-        if options.average not in ("gradients", "weights"):
-            raise ValueError(f"strategy option 'average' must be 'gradients' or 'weights', "
-                             f"got {options.average!r}")
-        if not isinstance(options.average_every, int) or options.average_every < 1:
-            raise ValueError(f"strategy option 'average_every' must be an integer >= 1, "
-                             f"got {options.average_every!r}")
-    if options.shared_weights:
-        if strategy != "per-update-sync":
-            raise ValueError(f"strategy option 'shared_weights' applies to 'per-update-sync' only "
-                             f"(strategy {strategy!r} stores each weight once or keeps two copies "
-                             f"on purpose)")
-        if transport != "threads":
-            raise ValueError("strategy option 'shared_weights' needs transport='threads' (one memory)")
-        if options.partition != "contiguous":
-            raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
+    cls = worker_class(strategy)
+    cls.check_options(options, transport=transport)
+    if engine == "native" and not cls.native:
+        raise ValueError(f"engine 'native' runs the core's copy of a built-in strategy; {cls.name!r} has none "
+                         f"(use engine='auto' or 'python')")
     if not isinstance(options.sync_every, int) or options.sync_every < 0:
         raise ValueError(f"strategy option 'sync_every' must be an integer >= 0, got {options.sync_every!r}")
 
@@ -73,13 +64,16 @@ class ParallelRunner:
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
                  *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto"):
+        from parrbm.strategies.registry import reference
+
         self.spec = spec
-        self.name = strategy
         self.K = workers
         self.transport = transport
         self.options = options or StrategyOptions()
         check_options(spec, strategy, workers, transport, self.options, engine)
-        self.engine = ("native" if transport == "threads" else "python") if engine == "auto" else engine
+        self.name = reference(strategy)  # how any process names it: a registered name or module:Class
+        native = transport == "threads" and worker_class(strategy).native
+        self.engine = ("native" if native else "python") if engine == "auto" else engine
         self.blas_threads = blas_threads
         self.timeout = timeout
         from parrbm.harness.launch import TCPHosts

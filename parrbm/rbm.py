@@ -226,9 +226,12 @@ class RBM(TransformerMixin, BaseEstimator):
         v.check_choice(o, "dtype", self._dtype_name(), DTYPES)
         v.check_int(o, "workers", self.workers, minimum=1)
         v.check_choice(o, "transport", self.transport, _TRANSPORTS)
-        from parrbm.strategies import STRATEGIES
+        from parrbm.strategies.registry import StrategyError, resolve
 
-        v.check_choice(o, "strategy", self.strategy, STRATEGIES)
+        try:
+            resolve(self.strategy)
+        except StrategyError as exc:
+            raise ValueError(f"RBM: parameter 'strategy': {exc}") from None
         if not callable(self.learning_rate_schedule):
             v.check_choice(o, "learning_rate_schedule", self.learning_rate_schedule, _SCHEDULES)
         v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)
@@ -241,10 +244,15 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM: parameter 'progress' must be True, False or 'auto', got {self.progress!r}")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
             raise ValueError(f"RBM: parameter 'checkpoint_dir' must be a path or None, got {self.checkpoint_dir!r}")
-        if self.strategy == "serial" and self.workers != 1:
+        if self._serial() and self.workers != 1:
             raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
                              f"Choose a parallel strategy for workers > 1")
         self._options()
+
+    def _serial(self) -> bool:
+        from parrbm.strategies.registry import resolve
+
+        return resolve(self.strategy).name == "serial"
 
     def _options(self):
         """(StrategyOptions, runner keyword arguments) from ``strategy_options``."""
@@ -291,7 +299,7 @@ class RBM(TransformerMixin, BaseEstimator):
     def _make_strategy(self, spec: CDSpec, state: ModelState):
         from parrbm.strategies import SerialStrategy
 
-        if self.strategy == "serial":
+        if self._serial():
             return SerialStrategy(spec, state)
         from parrbm.harness.runner import ParallelRunner
 
@@ -594,7 +602,8 @@ class RBM(TransformerMixin, BaseEstimator):
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "params": {k: (val if isinstance(val, (int, float, str, bool, type(None))) else
-                           str(val) if isinstance(val, os.PathLike) else repr(val))
+                           str(val) if isinstance(val, os.PathLike) else
+                           _strategy_reference(val) if k == "strategy" else repr(val))
                        for k, val in self.get_params().items()},
             "spec": {**self.spec_.__dict__},
             "n_steps": self.n_steps_,
@@ -695,6 +704,13 @@ class RBM(TransformerMixin, BaseEstimator):
         rbm.history_ = list(meta.get("history", []))
         rbm._export()
         return rbm
+
+
+def _strategy_reference(strategy) -> str:
+    """A strategy class as the name or ``module:Class`` that finds it again on load."""
+    from parrbm.strategies.registry import reference
+
+    return reference(strategy)
 
 
 def _spec_from(raw: dict, bad) -> CDSpec:

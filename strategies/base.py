@@ -62,6 +62,8 @@ class Worker:
     name = ""
     #: phases whose bytes are weight synchronisation, not per-step training traffic
     sync_phases: tuple[str, ...] = ()
+    #: the C++ core has a copy of this strategy's epoch loop (the built-ins)
+    native = False
 
     def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
                  options: StrategyOptions):
@@ -179,6 +181,58 @@ class Worker:
 
     def _bias_params(self) -> dict[str, np.ndarray | None]:
         return {"b": self.b, "c": self.c, "b_inc": self.b_inc, "c_inc": self.c_inc}
+
+    # ---- what a strategy declares (the registry, the cost and time models, the rules) -------
+    #
+    # The traffic of one step (syncs excluded) and of one sync, per phase and worker, in
+    # closed form for any model, m, K and options: measured bytes are held to them. The
+    # compute account lists a worker's kernels and their shapes for the time model.
+
+    @classmethod
+    def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
+        """Why this strategy cannot run ``workers`` workers (None if it can). The default
+        is the model-parallel rule: the visible and the hidden units are split."""
+        for n, what in ((n_visible, "visible"), (n_hidden, "hidden")):
+            if workers > n:
+                return (f"strategy {cls.name!r} splits the {what} units over the workers: workers={workers} "
+                        f"is larger than the {n} {what} units")
+        return None
+
+    @classmethod
+    def check_options(cls, options: "StrategyOptions", *, transport: str) -> None:
+        """Refuse options this strategy cannot use (ValueError naming the option)."""
+        if options.shared_weights:
+            raise ValueError(f"strategy option 'shared_weights' applies to 'per-update-sync' only "
+                             f"(strategy {cls.name!r} stores each weight once or keeps two copies "
+                             f"on purpose)")
+
+    @classmethod
+    def step_traffic(cls, model, m: int, K: int, options: "StrategyOptions", *, chains: int):
+        """:class:`parrbm.analysis.cost.Traffic` of one step of m cases (``chains``: rows of
+        the negative phase: m, or the persistent chains)."""
+        raise NotImplementedError(f"strategy {cls.name!r} declares no step traffic")
+
+    @classmethod
+    def sync_traffic(cls, model, K: int, options: "StrategyOptions"):
+        from parrbm.analysis.cost import Traffic
+
+        return Traffic(K)
+
+    @classmethod
+    def syncs_per_step(cls, options: "StrategyOptions") -> float:
+        return 0.0
+
+    @classmethod
+    def step_work(cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool,
+                  binary_data: bool):
+        """:class:`parrbm.analysis.compute.Work` of worker ``rank`` in one step."""
+        raise NotImplementedError(f"strategy {cls.name!r} declares no compute account")
+
+    @classmethod
+    def sync_work(cls, model, K: int, rank: int, options: "StrategyOptions"):
+        from parrbm.analysis.compute import Work
+
+        return Work()
 
     # ---- the interface the runner uses ------------------------------------------------------
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
+from parrbm.analysis.compute import Work, hidden_work, statistics_work
+from parrbm.analysis.cost import Model, Traffic, reduce_scatter, visible_traffic
 from parrbm.config import ModelState
+from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class GreenOnly(Worker):
+    native = True
     name = "green-only"
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -105,3 +109,35 @@ class GreenOnly(Worker):
             return None
         return ModelState(W=W_T.T.copy(), b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
                           chains=chains)
+
+    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.4) ---------
+
+    @classmethod
+    def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
+        vis = Partition.cuts_sizes(model.n_visible, K)
+        t = Traffic(K)
+        for _ in range(model.cd_k):
+            t.add("visible-input", reduce_scatter(chains, vis, model.pb))
+            t.add("visible", visible_traffic(model, chains, vis))
+        return t
+
+    @classmethod
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                  binary_data: bool) -> Work:
+        V, H, c = model.n_visible, model.n_hidden, m
+        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        w = Work()
+        w.add("copy", m * V)
+        w.gemm(m, hk, V)
+        hidden_work(w, model, m, hk, H, exchanged=False)
+        w.add("copy", m * hk if model.hidden_bits else 0)   # activities = states
+        for _ in range(model.cd_k):
+            w.gemm(c, V, hk)
+            w.add(vis_kind, c * vk)
+            w.gemm(c, hk, V)
+            hidden_work(w, model, c, hk, H, exchanged=False)
+            w.add("copy", c * hk if model.hidden_bits else 0)
+        w.add("copy", (m + c) * vk)
+        statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
+        return w

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
+from parrbm.analysis.compute import Work, hidden_work, statistics_work
+from parrbm.analysis.cost import Model, Traffic, allreduce, master_reduce
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, phase_hidden
@@ -22,6 +24,7 @@ _FULL = {"unit0": 0}
 
 
 class ParameterAveraging(Worker):
+    native = True
     name = "parameter-averaging"
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -155,3 +158,79 @@ class ParameterAveraging(Worker):
         copy = lambda a: None if a is None else a.copy()  # noqa: E731
         return ModelState(W=self.W.copy(), b=self.b.copy(), c=self.c.copy(), W_inc=copy(self.W_inc),
                           b_inc=copy(self.b_inc), c_inc=copy(self.c_inc), chains=chains)
+
+    # ---- what it declares: rules, traffic and compute in closed form (docs/DESIGN.md 5.5) ----
+
+    @classmethod
+    def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
+        if workers > batch_size:
+            return (f"parameter-averaging splits each minibatch over the workers: workers={workers} is "
+                    f"larger than batch_size={batch_size}")
+        return None
+
+    @classmethod
+    def check_options(cls, options, *, transport: str) -> None:
+        if options.reduce not in ("master", "allreduce"):
+            raise ValueError(f"strategy option 'reduce' must be 'master' or 'allreduce', got {options.reduce!r}")
+        if options.average not in ("gradients", "weights"):
+            raise ValueError(f"strategy option 'average' must be 'gradients' or 'weights', "
+                             f"got {options.average!r}")
+        if isinstance(options.average_every, bool) or not isinstance(options.average_every, int) \
+                or options.average_every < 1:
+            raise ValueError(f"strategy option 'average_every' must be an integer >= 1, "
+                             f"got {options.average_every!r}")
+
+    @classmethod
+    def _exchange(cls, model: Model, K: int, options) -> list[int]:
+        n = model.n_visible * model.n_hidden + model.n_visible + model.n_hidden
+        return allreduce(n, K, model.pb) if options.reduce == "allreduce" else master_reduce(n, K, model.pb)
+
+    @classmethod
+    def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
+        t = Traffic(K)
+        if options.average == "gradients":
+            t.add("gradient", cls._exchange(model, K, options), calls=2)
+        return t
+
+    @classmethod
+    def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
+        t = Traffic(K)
+        if options.average == "weights":
+            t.add("average", cls._exchange(model, K, options), calls=2)
+        return t
+
+    @classmethod
+    def syncs_per_step(cls, options) -> float:
+        return 1.0 / options.average_every if options.average == "weights" else 0.0
+
+    @classmethod
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                  binary_data: bool) -> Work:
+        V, H = model.n_visible, model.n_hidden
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        n = Partition.part_size(m, K, rank)           # this worker's cases (and chains)
+        w = Work()
+        w.add("copy", n * V)
+        w.gemm(n, H, V)
+        hidden_work(w, model, n, H, H, exchanged=False)
+        w.add("copy", n * H if model.hidden_bits else 0)
+        for _ in range(model.cd_k):
+            w.gemm(n, V, H)
+            w.add(vis_kind, n * V)
+            w.gemm(n, H, V)
+            hidden_work(w, model, n, H, H, exchanged=False)
+        w.add("copy", n * H if model.hidden_bits else 0)
+        if options.average == "gradients":
+            w.gemm(V, H, 2 * n)                       # the dense gradient, to be summed
+            w.add("copy", 2 * n * (V + H))            # bias gradients
+            w.add("update", V * H + V + H)            # apply the summed gradient (W, b, c)
+        else:
+            statistics_work(w, model, V, H, n, n, momentum=momentum, binary_data=binary_data)
+        return w
+
+    @classmethod
+    def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
+        w = Work()
+        if options.average == "weights":
+            w.add("update", model.n_visible * model.n_hidden)
+        return w

@@ -12,11 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
+from parrbm.analysis.compute import Work, hidden_work, statistics_work
+from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
 from parrbm.config import ModelState
+from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class PerUpdateSync(Worker):
+    native = True
     name = "per-update-sync"
     sync_phases = ("weight-sync",)
 
@@ -132,3 +136,64 @@ class PerUpdateSync(Worker):
             W_inc_T = self.gather_rows(self.green_inc.T, self.hid, self.spec.n_visible)
             W_inc = None if W_inc_T is None else W_inc_T.T.copy()
         return self.gather_purple_model(W_inc)
+
+    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.2) ---------
+
+    @classmethod
+    def check_options(cls, options, *, transport: str) -> None:
+        if options.shared_weights:
+            if transport != "threads":
+                raise ValueError("strategy option 'shared_weights' needs transport='threads' (one memory)")
+            if options.partition != "contiguous":
+                raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
+
+    @classmethod
+    def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
+        vis, hid = Partition.cuts_sizes(model.n_visible, K), Partition.cuts_sizes(model.n_hidden, K)
+        t = Traffic(K)
+        t.add("hidden", hidden_traffic(model, m, hid))
+        for step in range(1, model.cd_k + 1):
+            t.add("visible", visible_traffic(model, chains, vis))
+            if step < model.cd_k or model.persistent:
+                t.add("negative-hidden", hidden_traffic(model, chains, hid))
+        return t
+
+    @classmethod
+    def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
+        """G_k[V_j, :] to every j != k (for shared weights the logical bytes; none move)."""
+        V, H = model.n_visible, model.n_hidden
+        vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
+        t = Traffic(K)
+        t.add("weight-sync", [(V - vis[k]) * hid[k] * model.pb for k in range(K)])
+        return t
+
+    @classmethod
+    def syncs_per_step(cls, options) -> float:
+        return 1.0
+
+    @classmethod
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                  binary_data: bool) -> Work:
+        V, H, c, k = model.n_visible, model.n_hidden, m, model.cd_k
+        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        w = Work()
+        w.add("copy", m * V + m * vk)
+        w.gemm(m, hk, V)
+        hidden_work(w, model, m, hk, H)
+        w.add("copy", m * hk)                         # right_k[:m] = h_k
+        for t in range(1, k + 1):
+            w.gemm(c, vk, H)
+            w.add(vis_kind, c * vk)
+            w.gemm(c, hk, V)
+            hidden_work(w, model, c, hk, H, exchanged=t < k or model.persistent)
+        w.add("copy", c * hk + (m + c) * vk)
+        statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
+        return w
+
+    @classmethod
+    def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
+        w = Work()
+        vk, hk = Partition.part_size(model.n_visible, K, rank), Partition.part_size(model.n_hidden, K, rank)
+        w.add("copy", vk * hk)                        # its own block (the rest arrives in place)
+        return w

@@ -10,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
+from parrbm.analysis.compute import Work, hidden_work, statistics_work
+from parrbm.analysis.cost import Model, Traffic, hidden_traffic, reduce_scatter
 from parrbm.config import ModelState
+from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class PurpleOnly(Worker):
+    native = True
     name = "purple-only"
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -80,3 +84,36 @@ class PurpleOnly(Worker):
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
+
+    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.3) ---------
+
+    @classmethod
+    def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
+        hid = Partition.cuts_sizes(model.n_hidden, K)
+        t = Traffic(K)
+        t.add("hidden-input", reduce_scatter(m, hid, model.pb))
+        t.add("hidden", hidden_traffic(model, m, hid))
+        for _ in range(model.cd_k):
+            t.add("negative-hidden-input", reduce_scatter(chains, hid, model.pb))
+            t.add("negative-hidden", hidden_traffic(model, chains, hid))
+        return t
+
+    @classmethod
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                  binary_data: bool) -> Work:
+        V, H, c = model.n_visible, model.n_hidden, m
+        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        w = Work()
+        w.add("copy", m * vk)                         # left_k[:m] = x_k
+        w.gemm(m, H, vk)
+        hidden_work(w, model, m, hk, H)
+        w.add("copy", m * H)
+        for _ in range(model.cd_k):
+            w.gemm(c, vk, H)
+            w.add(vis_kind, c * vk)
+            w.gemm(c, H, vk)
+            hidden_work(w, model, c, hk, H)
+        w.add("copy", c * H + (m + c) * hk)
+        statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)
+        return w

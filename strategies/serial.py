@@ -75,3 +75,54 @@ class SerialStrategy:
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
         return self._trainer.reconstruct(X)
+
+    # ---- what it declares (docs/DESIGN.md 5.6) ------------------------------------------
+
+    @classmethod
+    def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
+        if workers != 1:
+            return f"strategy 'serial' runs on one worker, got workers={workers} (choose a parallel strategy)"
+        return None
+
+    @classmethod
+    def check_options(cls, options, *, transport: str) -> None:
+        pass
+
+    @classmethod
+    def step_traffic(cls, model, m: int, K: int, options, *, chains: int):
+        from parrbm.analysis.cost import Traffic
+
+        return Traffic(K)
+
+    @classmethod
+    def sync_traffic(cls, model, K: int, options):
+        from parrbm.analysis.cost import Traffic
+
+        return Traffic(K)
+
+    @classmethod
+    def syncs_per_step(cls, options) -> float:
+        return 0.0
+
+    @classmethod
+    def step_work(cls, model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool):
+        from parrbm.analysis.compute import Work, hidden_work, statistics_work
+
+        V, H, c = model.n_visible, model.n_hidden, m
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        w = Work()
+        w.gemm(m, H, V)
+        hidden_work(w, model, m, H, H, exchanged=False)
+        for _ in range(model.cd_k):
+            w.gemm(c, V, H)
+            w.add(vis_kind, c * V)
+            w.gemm(c, H, V)
+            hidden_work(w, model, c, H, H, exchanged=False)
+        statistics_work(w, model, V, H, m, c, momentum=momentum, binary_data=binary_data)
+        return w
+
+    @classmethod
+    def sync_work(cls, model, K: int, rank: int, options):
+        from parrbm.analysis.compute import Work
+
+        return Work()

@@ -11,11 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
+from parrbm.analysis.compute import Work, hidden_work, statistics_work
+from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
 from parrbm.config import ModelState
+from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class UnitPartitioned(Worker):
+    native = True
     name = "unit-partitioned"
     sync_phases = ("weight-sync",)
 
@@ -112,3 +116,56 @@ class UnitPartitioned(Worker):
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
+
+    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.1) ---------
+
+    @classmethod
+    def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
+        vis, hid = Partition.cuts_sizes(model.n_visible, K), Partition.cuts_sizes(model.n_hidden, K)
+        t = Traffic(K)
+        t.add("hidden", hidden_traffic(model, m, hid))
+        for _ in range(model.cd_k):
+            t.add("visible", visible_traffic(model, chains, vis))
+            t.add("negative-hidden", hidden_traffic(model, chains, hid))
+        return t
+
+    @classmethod
+    def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
+        """P_k[:, H_j] to every j != k."""
+        V, H = model.n_visible, model.n_hidden
+        vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
+        t = Traffic(K)
+        t.add("weight-sync", [vis[k] * (H - hid[k]) * model.pb for k in range(K)])
+        return t
+
+    @classmethod
+    def syncs_per_step(cls, options) -> float:
+        return 1.0 / options.sync_every if options.sync_every else 0.0
+
+    @classmethod
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                  binary_data: bool) -> Work:
+        V, H, c = model.n_visible, model.n_hidden, m
+        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
+        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        w = Work()
+        w.add("copy", m * V + m * vk)                 # left[:m] = x, x_k
+        w.gemm(m, hk, V)
+        hidden_work(w, model, m, hk, H)
+        w.add("copy", m * H)                          # right[:m] = h
+        for _ in range(model.cd_k):
+            w.gemm(c, vk, H)
+            w.add(vis_kind, c * vk)
+            w.gemm(c, hk, V)
+            hidden_work(w, model, c, hk, H)
+        w.add("copy", c * H + (m + c) * (hk + vk))   # right[m:] = -h'; the k-th blocks
+        statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
+        statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)
+        return w
+
+    @classmethod
+    def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
+        w = Work()
+        vk, hk = Partition.part_size(model.n_visible, K, rank), Partition.part_size(model.n_hidden, K, rank)
+        w.add("copy", vk * model.n_hidden + 2 * model.n_visible * hk)  # P_k's blocks out; drift, G_k's rows in
+        return w

@@ -124,7 +124,7 @@ def test_cost_json_gives_exact_integers(capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--visible", "0", "--hidden", "5", "--batch", "2"], "must be >= 1"),
     (["--visible", "5", "--hidden", "5", "--batch", "2", "--workers", "8..2"], "runs backwards"),
-    (["--visible", "5", "--hidden", "5", "--batch", "2", "--strategy", "magic"], "invalid choice"),
+    (["--visible", "5", "--hidden", "5", "--batch", "2", "--strategy", "magic"], "unknown strategy 'magic'; registered: serial, unit-partitioned"),
 ])
 def test_cost_bad_arguments_exit_2(capsys, argv, match):
     with pytest.raises(SystemExit) as exc:

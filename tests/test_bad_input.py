@@ -500,7 +500,7 @@ def test_integral_floats_are_taken_as_integers(tmp_path):
     (("workers: [1, 2]", "workers: 0"), "grid.workers: 0 is not allowed: give an integer >= 1"),
     (("workers: [1, 2]", "workers: [1, two]"), "grid.workers[1]: 'two' is not an integer"),
     (("[serial, unit-partitioned]", "[serial, magic]"),
-     "grid.strategy[1]: 'magic' is not allowed; allowed: 'serial', 'unit-partitioned'"),
+     "grid.strategy[1]: unknown strategy 'magic'; registered: serial, unit-partitioned"),
     (("workers: [1, 2]", "workers: [1, 2]\n  transport: [threads, pigeon]"),
      "grid.transport[1]: 'pigeon' is not allowed; allowed: 'threads', 'tcp', 'mpi'"),
     (("workers: [1, 2]", "workers: [1, 2]\n  transport: pigeon"), "grid.transport: 'pigeon' is not allowed"),

@@ -1,0 +1,175 @@
+"""The strategy registry: every part of parrbm that needs the list of strategies, or one
+strategy's declarations, asks here.
+
+A strategy is named by
+
+* a registered name: the built-in six, names registered with :func:`register`, and the
+  strategies that installed packages declare in the ``parrbm.strategies`` entry-point
+  group (``name = "mypkg.strategies:MyStrategy"``);
+* a ``"module:Class"`` reference: the module is imported (it must be importable, also by
+  the tcp and mpi workers, which import it by the same reference; a module loaded from a
+  directory outside the installed packages is found through that directory, which the
+  launcher puts on the workers' ``PYTHONPATH``);
+* the class itself (``RBM(strategy=MyStrategy)``).
+
+A strategy class is a subclass of :class:`parrbm.strategies.base.Worker` (or the serial
+trainer) with a unique ``name``; see docs/DESIGN.md section 5 and the README's page on
+writing a strategy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+#: the built-in strategies, in the order tables and figures show them
+BUILTIN = {
+    "serial": "parrbm.strategies.serial:SerialStrategy",
+    "unit-partitioned": "parrbm.strategies.unit_partitioned:UnitPartitioned",
+    "per-update-sync": "parrbm.strategies.per_update_sync:PerUpdateSync",
+    "purple-only": "parrbm.strategies.purple_only:PurpleOnly",
+    "green-only": "parrbm.strategies.green_only:GreenOnly",
+    "parameter-averaging": "parrbm.strategies.parameter_averaging:ParameterAveraging",
+}
+ENTRY_POINT_GROUP = "parrbm.strategies"
+
+_registered: dict[str, str | type] = {}
+_entry_points: dict[str, object] | None = None
+_by_reference: dict[str, type] = {}
+
+
+class StrategyError(ValueError):
+    """A strategy that cannot be found or is not a strategy, with what is known."""
+
+
+def register(cls: type, name: str | None = None) -> type:
+    """Make ``cls`` known by its ``name`` (usable as a decorator)."""
+    _check_class(cls, repr(cls))
+    key = name or cls.name
+    known = _known()
+    if key in known and _load(known[key]) is not cls:
+        raise StrategyError(f"a strategy named {key!r} is already registered ({known[key]})")
+    _registered[key] = cls
+    return cls
+
+
+def names(*, parallel_only: bool = False) -> list[str]:
+    """Every registered strategy name: the built-ins first, in their order."""
+    out = list(_known())
+    return [n for n in out if n != "serial"] if parallel_only else out
+
+
+def _known() -> dict[str, object]:
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = {}
+        try:
+            from importlib.metadata import entry_points
+
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                _entry_points.setdefault(ep.name, ep)
+        except Exception:  # noqa: BLE001 - a broken distribution must not hide the built-ins
+            _entry_points = {}
+    return {**BUILTIN, **{k: v for k, v in _entry_points.items() if k not in BUILTIN}, **_registered}
+
+
+def resolve(strategy) -> type:
+    """The strategy class named by ``strategy`` (a name, a ``module:Class`` reference or the
+    class); StrategyError says what is known."""
+    if isinstance(strategy, type):
+        _check_class(strategy, repr(strategy))
+        return strategy
+    if not isinstance(strategy, str) or not strategy:
+        raise StrategyError(f"a strategy is a registered name, a 'module:Class' reference or a class, "
+                            f"got {strategy!r}; registered: {', '.join(names())}")
+    known = _known()
+    if strategy in known:
+        return _load(known[strategy], strategy)
+    if ":" in strategy:
+        return _import(strategy)
+    raise StrategyError(f"unknown strategy {strategy!r}; registered: {', '.join(names())} "
+                        f"(or 'module:Class' for a strategy of your own)")
+
+
+def reference(strategy) -> str:
+    """How another process names the same strategy: the registered name, else
+    ``module:Class``."""
+    cls = resolve(strategy)
+    for name, target in _known().items():
+        if name == cls.name and _load(target) is cls:
+            return name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def name_of(strategy) -> str:
+    """The strategy's own name (what records, tables and figures show)."""
+    return resolve(strategy).name
+
+
+def import_paths(strategy) -> list[str]:
+    """Directories the workers need on ``sys.path`` to import the strategy's module (its
+    top-level package's parent, when that is not already on every worker's path)."""
+    cls = resolve(strategy)
+    if cls.__module__.startswith("parrbm."):
+        return []
+    module = sys.modules.get(cls.__module__)
+    where = getattr(module, "__file__", None)
+    if not where:
+        return []
+    path = Path(where).resolve().parent
+    for _ in range(cls.__module__.count(".")):
+        path = path.parent
+    return [str(path)]
+
+
+def builtin_order(name: str) -> tuple[int, str]:
+    """A sort key: the built-ins in their order, then the rest by name."""
+    order = list(BUILTIN)
+    return (order.index(name), name) if name in order else (len(order), name)
+
+
+def _load(target, name: str | None = None) -> type:
+    if isinstance(target, type):
+        return target
+    if isinstance(target, str):
+        return _import(target)
+    try:  # an entry point
+        cls = target.load()
+    except Exception as exc:  # noqa: BLE001
+        raise StrategyError(f"strategy {name!r}: its entry point {target.value!r} does not load "
+                            f"({type(exc).__name__}: {exc})") from None
+    _check_class(cls, target.value)
+    return cls
+
+
+def _import(ref: str) -> type:
+    if ref in _by_reference:
+        return _by_reference[ref]
+    module_name, _, qualname = ref.partition(":")
+    if not module_name or not qualname:
+        raise StrategyError(f"strategy {ref!r}: a reference is 'module:Class', e.g. 'mypkg.mymodule:MyStrategy'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StrategyError(f"strategy {ref!r}: cannot import {module_name!r} ({exc}); the module must be "
+                            f"importable here and on the workers (PYTHONPATH, or an installed package)") from None
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise StrategyError(f"strategy {ref!r}: module {module_name!r} has no {qualname!r}")
+    _check_class(obj, ref)
+    _by_reference[ref] = obj
+    return obj
+
+
+def _check_class(cls, where: str) -> None:
+    from parrbm.strategies.base import Worker
+    from parrbm.strategies.serial import SerialStrategy
+
+    if not isinstance(cls, type) or not issubclass(cls, (Worker, SerialStrategy)):
+        raise StrategyError(f"strategy {where}: not a strategy class (a subclass of "
+                            f"parrbm.strategies.Worker), got {cls!r}")
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        raise StrategyError(f"strategy {where}: the class must set 'name' to a non-empty string")
