@@ -156,7 +156,9 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
     title = title or f"parrbm comparison: {config}"
     parts = {"summary": _summary(records, profile), "env": _environment(records),
              "table": _tables(records, profile), "paper": _paper_rows(), "advice": _advice_rows(profile),
-             "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"]}
+             "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"],
+             "mismatch": [(r.get("run_id", "?"), "; ".join(r["metrics"]["formula_mismatch"])) for r in records
+                          if r.get("status") == "ok" and (r.get("metrics") or {}).get("formula_mismatch")]}
     text = _html(title, parts, figs) if out.suffix == ".html" else _markdown(title, parts, figs, out)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
@@ -185,6 +187,9 @@ def _markdown(title: str, p: dict, figs: dict, out: Path) -> str:
         s += ["## Advice for the paper's model on the paper's network (105 MB/s, 0.091 ms)", "",
               "Compute priced with this machine's profile, one worker per machine.", "", _md_table(p["advice"]), ""]
     s += ["## Environment", ""] + [f"- {k}: {v}" for k, v in p["env"]]
+    if p["mismatch"]:
+        s += ["", "## Runs whose bytes differ from their strategy's declared closed form", ""] + \
+            [f"- `{rid}`: {what}" for rid, what in p["mismatch"]]
     if p["failed"]:
         s += ["", "## Failed runs", ""] + [f"- `{rid}`: {err}" for rid, err in p["failed"]]
     return "\n".join(s) + "\n"
@@ -221,6 +226,9 @@ def _html(title: str, p: dict, figs: dict) -> str:
         s += ["<h2>Advice for the paper's model on the paper's network (105 MB/s, 0.091 ms)</h2>",
               "<p>Compute priced with this machine's profile, one worker per machine.</p>", _html_table(p["advice"])]
     s += ["<h2>Environment</h2><ul>", "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in p["env"]), "</ul>"]
+    if p["mismatch"]:
+        s += ["<h2>Runs whose bytes differ from their strategy's declared closed form</h2><ul>",
+              "".join(f"<li><code>{e(r)}</code>: {e(x)}</li>" for r, x in p["mismatch"]), "</ul>"]
     if p["failed"]:
         s += ["<h2>Failed runs</h2><ul>", "".join(f"<li><code>{e(r)}</code>: {e(str(x))}</li>"
                                                  for r, x in p["failed"]), "</ul>"]

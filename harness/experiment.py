@@ -13,7 +13,8 @@ Record schema (one JSON object per line):
     training      {steps, warmup, repeats, learning_rate, momentum, weight_decay, sync_every, seed}
     options       the strategy options;  data  {kind, cases, path}
     environment   {cpu, cores, blas, python, numpy, parrbm, platform}
-    metrics       {bytes_per_step, bytes_per_sync, bytes_per_step_formula, wire_bytes_per_step,
+    metrics       {bytes_per_step, bytes_per_sync, bytes_per_step_formula, bytes_per_sync_formula,
+                   formula_mismatch (what moved unlike the declared closed form), wire_bytes_per_step,
                    step_seconds {median, p10, p90 over the timed steps of all repeats,
                    repeat_medians}, compute_seconds, comm_seconds, wait_seconds
                    (per step, slowest worker), cases_per_second, speedup_vs_serial, speedup_vs_k1,
@@ -324,13 +325,20 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
                               f"(remove '{key}')")
     from parrbm.strategies.registry import StrategyError, resolve
 
+    from parrbm.strategies.registry import reference
+
     listed = grid["strategy"] if isinstance(grid["strategy"], list) else [grid["strategy"]]
+    named = []
     for i, s in enumerate(listed):
+        module, _, cls = s.rpartition(":")
+        if module.endswith(".py") and not Path(module).is_absolute():  # a plug-in file beside the config
+            s = f"{(path.parent / module).resolve()}:{cls}"
         try:
-            resolve(s)
+            named.append(reference(s))  # registered name, or module:Class as the workers import it
         except StrategyError as exc:
             at = f"[{i}]" if isinstance(grid["strategy"], list) else ""
             raise ConfigError(f"{path}: grid.strategy{at}: {exc}") from None
+    grid["strategy"] = named if isinstance(grid["strategy"], list) else named[0]
     points = grid_points(cfg)
     batches = sorted({p["batch_size"] for p in points})
     where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
@@ -482,6 +490,17 @@ def grid_points(cfg: dict) -> list[dict]:
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type"))
     return points
+
+
+def display_name(strategy: str) -> str:
+    """A strategy as tables show it: its own name (a plug-in's ``module:Class`` reference
+    is the name it declares, when it can be imported here)."""
+    from parrbm.strategies.registry import StrategyError, name_of
+
+    try:
+        return name_of(strategy)
+    except StrategyError:
+        return strategy
 
 
 def _is_serial(strategy: str) -> bool:
@@ -658,13 +677,24 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     key = (m, pt["precision"], pt["visible_type"])
     serial = median if pt["strategy"] == "serial" else baselines.get(("serial",) + key)
     k1 = median if K == 1 else baselines.get((pt["strategy"],) + key)
-    formula = cost.step_traffic(
-        pt["strategy"], cost.Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
-                                   statistics=spec.statistics, cd_k=spec.cd_k), m, K,
-        reduce=cfg["options"].get("reduce", "allreduce"), average=cfg["options"].get("average", "gradients")).total
+    from parrbm.strategies import StrategyOptions
+
+    opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
+    model = cost.Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
+                       statistics=spec.statistics, cd_k=spec.cd_k)
+    formula = cost.step_traffic(pt["strategy"], model, m, K, options=opts).total
+    sync_formula = cost.sync_traffic(pt["strategy"], model, K, options=opts).total
+    # what the strategy declares against what moved (a plug-in's closed form is held to it too)
+    mismatch = []
+    if stats["bytes_per_step"] != formula:
+        mismatch.append(f"per step: measured {stats['bytes_per_step']} bytes, declared {formula}")
+    sync_measured = stats.get("logical_bytes_per_sync", 0) if opts.shared_weights else stats["bytes_per_sync"]
+    if stats.get("syncs") and sync_measured != sync_formula:
+        mismatch.append(f"per sync: measured {sync_measured} bytes, declared {sync_formula}")
     metrics = {
         "bytes_per_step": stats["bytes_per_step"], "bytes_per_sync": stats["bytes_per_sync"],
-        "bytes_per_step_formula": formula,
+        "bytes_per_step_formula": formula, "bytes_per_sync_formula": sync_formula,
+        "formula_mismatch": mismatch,
         "wire_bytes_per_step": stats.get("wire_bytes_per_step"),
         "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
                          "p90": float(np.percentile(step_times, 90)),
@@ -788,7 +818,18 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
                     rf = scan(results)
                 except ResultsError as exc:
                     raise ConfigError(str(exc)) from None
+                from parrbm.strategies.registry import StrategyError, source_digest
+
                 for r in rf.records:
+                    try:
+                        now = source_digest(r.get("strategy"))
+                    except StrategyError:
+                        now = None
+                    if r.get("strategy_sha256") and now and r["strategy_sha256"] != now:
+                        raise ConfigError(f"{results}: the code of strategy {r['strategy']!r} changed since run "
+                                          f"{r.get('run_id')} was recorded (sha256 {r['strategy_sha256'][:12]}... "
+                                          f"then, {now[:12]}... now); --resume would mix two versions. Use "
+                                          f"--overwrite (the old file is kept beside it) or another --out or name")
                     diff = identity_diff(r.get("identity"), identity)
                     if diff:
                         raise ConfigError(
@@ -822,6 +863,7 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) -> None:
     from parrbm.harness.results import append_record
+    from parrbm.strategies.registry import source_digest
 
     env = environment()
     points = grid_points(cfg)
@@ -869,6 +911,9 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) 
                 runs.pop(rid, None)
             rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
                        started=started[rid][0], finished=datetime.now(timezone.utc).isoformat())
+            digest = source_digest(pt["strategy"])
+            if digest:  # a plug-in: its code is part of what was measured
+                rec["strategy_sha256"] = digest
             append_record(results, rec)
             progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
 
@@ -918,7 +963,7 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
             per_8000 = mt["bytes_per_step"] * 8000 / m / 1e6
             fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
             note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
-            lines.append(f"{r['strategy']:<21}{r['workers']:>3} {r['transport'] or '-':<8}{per_8000:>14.2f}"
+            lines.append(f"{display_name(r['strategy']):<21}{r['workers']:>3} {r['transport'] or '-':<8}{per_8000:>14.2f}"
                          f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
                          f"{fmt(mt['speedup_vs_serial'], '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
                          f"{fmt(mt['efficiency'], '.2f'):>8}"
@@ -941,6 +986,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                                                        for a, b, gap in g["discordant_beyond_noise"]))
             lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
                          f"model: {verdict}")
+    off = [r for r in ok if (r["metrics"] or {}).get("formula_mismatch")]
+    if off:
+        lines.append(f"\n{len(off)} run(s) moved other bytes than their strategy declares:")
+        lines += [f"  {r.get('run_id', r['strategy'])}: {'; '.join(r['metrics']['formula_mismatch'])}" for r in off]
     failed = [r for r in records if r.get("status") == "error"]
     if failed:
         lines.append(f"\n{len(failed)} run(s) failed:")

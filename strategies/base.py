@@ -107,6 +107,11 @@ class Worker:
 
     # ---- CD kernels on blocks -------------------------------------------------------------
 
+    @staticmethod
+    def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, trans_b: bool = False) -> None:
+        """out <- a @ b (or a @ b.T), in place; row-strided views are used without copying."""
+        _core.gemm(a, b, out, trans_b=trans_b)
+
     def sample_hidden(self, pre: np.ndarray, bias: np.ndarray, units: dict, step: int, phase: int,
                       *, states=None, probs=None, case0: int = 0, state_value: float = 1.0,
                       prob_scale: float = 1.0) -> None:

@@ -123,6 +123,18 @@ def import_paths(strategy) -> list[str]:
     return [str(path)]
 
 
+def source_digest(strategy) -> str | None:
+    """SHA-256 of the file that defines a strategy that is not built in (None for the
+    built-ins): a results file's identity changes when a plug-in's code does."""
+    import hashlib
+
+    cls = resolve(strategy)
+    if cls.__module__.startswith("parrbm."):
+        return None
+    where = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return hashlib.sha256(Path(where).read_bytes()).hexdigest() if where else None
+
+
 def builtin_order(name: str) -> tuple[int, str]:
     """A sort key: the built-ins in their order, then the rest by name."""
     order = list(BUILTIN)
@@ -146,9 +158,17 @@ def _load(target, name: str | None = None) -> type:
 def _import(ref: str) -> type:
     if ref in _by_reference:
         return _by_reference[ref]
-    module_name, _, qualname = ref.partition(":")
+    module_name, _, qualname = ref.rpartition(":")
     if not module_name or not qualname:
-        raise StrategyError(f"strategy {ref!r}: a reference is 'module:Class', e.g. 'mypkg.mymodule:MyStrategy'")
+        raise StrategyError(f"strategy {ref!r}: a reference is 'module:Class', e.g. 'mypkg.mymodule:MyStrategy', "
+                            f"or 'path/to/file.py:Class'")
+    if module_name.endswith(".py"):  # a file: its folder goes on sys.path, the module is its stem
+        path = Path(module_name).expanduser().resolve()
+        if not path.is_file():
+            raise StrategyError(f"strategy {ref!r}: no such file: {path}")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        module_name = path.stem
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
