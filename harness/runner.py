@@ -115,6 +115,23 @@ class ParallelRunner:
             w.spec = self.spec
         self._serial = None
 
+    def finish(self) -> None:
+        """The end of a fit: each worker's ``finish`` (a strategy whose replicas stand apart
+        brings them together; its bytes count as a sync). The tcp and mpi workers of this
+        release start every epoch from the gathered model, so there is nothing to finish."""
+        if self.transport != "threads":
+            return
+
+        def work(comm: Comm):
+            self._on(comm).finish()
+            return comm.stats
+
+        for r, stats in enumerate(run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)):
+            for phase, s in stats.items():
+                self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
+        self.state = self.gather_model()
+        self._serial = None
+
     def gather_model(self) -> ModelState:
         models = run_threads(self.K, lambda comm: self._on(comm).gather_model(),
                              timeout=self.timeout, blas_threads=self.blas_threads)

@@ -433,6 +433,11 @@ class RBM(TransformerMixin, BaseEstimator):
                             "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
                         print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}{extra}, "
                               f"{entry['seconds']:.2f} s")
+                if self.epochs_done_ == int(self.n_iter) and hasattr(self._strategy, "finish"):
+                    self._strategy.finish()  # replicas apart (local steps) are brought together
+                    self._state = self._strategy.gather_model()
+                    self._export()
+                    self.comm_stats_ = self._strategy.comm_stats()
             finally:
                 if bar is not None:
                     bar.close()

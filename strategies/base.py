@@ -247,6 +247,10 @@ class Worker:
     def gather_model(self) -> ModelState | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def finish(self) -> None:
+        """The end of a fit: a strategy whose replicas may stand apart brings them together
+        (its bytes count as a sync)."""
+
     def memory_bytes(self) -> int:
         """Bytes of the arrays this worker holds (parameters, optimiser state, buffers)."""
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))

@@ -144,6 +144,11 @@ class ParameterAveraging(Worker):
         self.b[...] = self.grad[V * H: V * H + V]
         self.c[...] = self.grad[V * H + V:]
 
+    def finish(self) -> None:
+        """A fit that does not end on an averaging step ends with one."""
+        if self.options.average == "weights" and self.K > 1 and self.steps_done % self.options.average_every:
+            self.average_weights()
+
     def native_params(self) -> dict:
         return {"W": self.W, "W_inc": self.W_inc, "b": self.b, "c": self.c, "b_inc": self.b_inc,
                 "c_inc": self.c_inc, "chains": self.chains}
@@ -153,10 +158,23 @@ class ParameterAveraging(Worker):
         if self.chains is not None:
             parts = self.comm.gather(self.chains, phase="gather-model")
             chains = None if parts is None else np.concatenate(parts).reshape(self.spec.batch_size, -1)
+        W, b, c = self.W, self.b, self.c
+        if self.options.average == "weights" and self.K > 1:
+            # local steps since the last averaging leave the replicas apart: the model is
+            # their average (the same bits an averaging step gives: summed in rank order)
+            V, H = self.spec.n_visible, self.spec.n_hidden
+            flat = np.concatenate([self.W.ravel(), self.b, self.c])
+            parts = self.comm.gather(flat, phase="gather-model")
+            if parts is not None:
+                total = parts[0].copy()
+                for p in parts[1:]:
+                    total += p
+                total /= self.K
+                W, b, c = total[: V * H].reshape(V, H), total[V * H: V * H + V], total[V * H + V:]
         if self.rank != 0:
             return None
         copy = lambda a: None if a is None else a.copy()  # noqa: E731
-        return ModelState(W=self.W.copy(), b=self.b.copy(), c=self.c.copy(), W_inc=copy(self.W_inc),
+        return ModelState(W=W.copy(), b=b.copy(), c=c.copy(), W_inc=copy(self.W_inc),
                           b_inc=copy(self.b_inc), c_inc=copy(self.c_inc), chains=chains)
 
     # ---- what it declares: rules, traffic and compute in closed form (docs/DESIGN.md 5.5) ----

@@ -329,3 +329,28 @@ def test_hung_worker_times_out_naming_a_worker(monkeypatch, engine):
     with pytest.raises(CommError, match=r"worker 0 \(last in phase .*\) did not reach phase"):
         runner.run(X, np.arange(8, dtype=np.int64), 0)
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_weight_averaging_fits_the_average_of_the_replicas():
+    """With average="weights" and steps that are not a multiple of average_every, the
+    fitted model is the replicas' average (not rank 0's replica), and the fit ends with an
+    averaging step counted as a sync."""
+    from parrbm import RBM
+
+    X = np.random.default_rng(0).standard_normal((300, 40)).astype(np.float32)
+    rbm = RBM(n_hidden=24, visible="gaussian", batch_size=20, n_iter=3, learning_rate=0.01, random_state=0,
+              strategy="parameter-averaging", workers=2,
+              strategy_options={"average": "weights", "average_every": 4})
+    rbm.n_iter = 2
+    rbm.fit(X)                                      # 30 steps: 7 averagings, then the last
+    runner = rbm._strategy
+    replicas = [w.W for w in runner.workers]
+    np.testing.assert_array_equal(replicas[0], replicas[1])   # brought together at the end
+    assert rbm.comm_stats_["syncs"] == 30 // 4 + 1
+    # an averaging step and the gathered average are the same bits
+    np.testing.assert_array_equal(rbm.components_.T, replicas[0])
+    # mid-fit (replicas apart) the gathered model is still their average
+    for w in runner.workers:
+        w.W += np.float32(w.rank + 1) * np.float32(0.5)
+    state = runner.gather_model()
+    np.testing.assert_array_equal(state.W, (replicas[0] + replicas[1]) / np.float32(2))
