@@ -20,6 +20,7 @@ import numpy as np
 
 from parrbm import _core
 from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile
+from parrbm.config import TRANSPORTS
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -344,7 +345,7 @@ def _mpi_rank_main(quick: bool) -> None:
         print(json.dumps(res), flush=True)
 
 
-def calibrate(*, quick: bool = False, transports=("threads", "tcp", "mpi"), progress=print) -> Profile:
+def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> Profile:
     from parrbm.harness.experiment import environment
 
     _core.set_blas_threads(1)

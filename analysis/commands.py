@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from parrbm.analysis import cost
+from parrbm.config import TRANSPORTS
 
 SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
 def _parallel() -> list[str]:
@@ -255,7 +256,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p)
     p.add_argument("--profile", help="machine profile from 'parrbm calibrate' (default: %(default)s)",
                    default=None)
-    p.add_argument("--transport", default="tcp", choices=["threads", "tcp", "mpi"],
+    p.add_argument("--transport", default="tcp", choices=list(TRANSPORTS),
                    help="whose measured latency and bandwidth to use")
     p.add_argument("--bandwidth", help="a network's bandwidth instead, e.g. 105MB/s, 10Gbit/s")
     p.add_argument("--latency", help="and its latency, e.g. 0.091ms")
@@ -403,8 +404,7 @@ def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="measure this machine for the time model")
     cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
     cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
-    cal.add_argument("--transports", nargs="+", default=["threads", "tcp", "mpi"],
-                     choices=["threads", "tcp", "mpi"])
+    cal.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
     cal.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K")

@@ -29,13 +29,14 @@ from pathlib import Path
 from parrbm.analysis import cost
 from parrbm.analysis.compute import Work, step_work, sync_work
 from parrbm.partition import Partition
+from parrbm.strategies import phases as P
 
 #: the collective behind each phase (bits / floats decided by the model)
 PHASE_KIND = {
-    "hidden": "allgather", "negative-hidden": "allgather", "visible": "allgather",
-    "hidden-input": "reduce_scatter", "negative-hidden-input": "reduce_scatter",
-    "visible-input": "reduce_scatter", "gradient": "allreduce", "average": "allreduce",
-    "weight-sync": "alltoall",
+    P.HIDDEN: "allgather", P.NEGATIVE_HIDDEN: "allgather", P.VISIBLE: "allgather",
+    P.HIDDEN_INPUT: "reduce_scatter", P.NEGATIVE_HIDDEN_INPUT: "reduce_scatter",
+    P.VISIBLE_INPUT: "reduce_scatter", P.GRADIENT: "allreduce", P.AVERAGE: "allreduce",
+    P.WEIGHT_SYNC: "alltoall",
 }
 LINK_KINDS = ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
 
@@ -151,7 +152,7 @@ class Prediction:
 def phase_kind(phase: str, model: cost.Model) -> str:
     kind = PHASE_KIND.get(phase, "alltoall")
     if kind == "allgather":
-        bits = model.visible_bits if phase == "visible" else model.hidden_bits
+        bits = model.visible_bits if phase == P.VISIBLE else model.hidden_bits
         return "allgather_bits" if bits else "allgather"
     return kind
 

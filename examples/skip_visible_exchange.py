@@ -25,13 +25,14 @@ from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies import Worker
 from parrbm.strategies.base import PHASE_POSITIVE, own, phase_hidden
+from parrbm.strategies import phases as P
 
 _ALL_UNITS = {"unit0": 0}
 
 
 class SkipVisibleExchange(Worker):
     name = "skip-visible-exchange"
-    sync_phases = ("weight-sync",)
+    sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank: int, size: int, options):
         super().__init__(spec, state, rank, size, options)
@@ -65,7 +66,7 @@ class SkipVisibleExchange(Worker):
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
         self.matmul(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
                                            self.h_local, self.hidden_act, self.hidden_states)
         right_k[:mb] = self.hid.take(act, k)
         driver = self.chains if spec.persistent else states
@@ -80,7 +81,7 @@ class SkipVisibleExchange(Worker):
             self.matmul(left[mb:], self.green, self.pre_h[:c])
             if t < spec.cd_k or spec.persistent:
                 act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                                   "negative-hidden", self.h_local, self.hidden_act,
+                                                   P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
                                                    self.hidden_states)
                 driver = states
                 final_k = self.hid.take(act, k)
@@ -101,7 +102,7 @@ class SkipVisibleExchange(Worker):
 
         # 5. Every replica gets every updated column block.
         self.syncs += 1
-        self.comm.allgather(self.green, self.W, self.hid, phase="weight-sync")
+        self.comm.allgather(self.green, self.W, self.hid, phase=P.WEIGHT_SYNC)
         # every worker computed the whole reconstruction error: count it once
         return err if k == 0 else 0.0
 
@@ -130,17 +131,17 @@ class SkipVisibleExchange(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         hid = Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add("hidden", hidden_traffic(model, m, hid))
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
         for step in range(1, model.cd_k + 1):
             if step < model.cd_k or model.persistent:
-                t.add("negative-hidden", hidden_traffic(model, chains, hid))
+                t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
         return t
 
     @classmethod
     def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
         """W[:, H_k] from every worker to every other one."""
         t = Traffic(K)
-        t.add("weight-sync", allgather_floats(model.n_visible, Partition.cuts_sizes(model.n_hidden, K), model.pb))
+        t.add(P.WEIGHT_SYNC, allgather_floats(model.n_visible, Partition.cuts_sizes(model.n_hidden, K), model.pb))
         return t
 
     @classmethod

@@ -9,6 +9,7 @@ Record schema (one JSON object per line):
                   (but timeout) and options; ``--resume`` refuses a file of another identity
     nulls         where a value was NaN or infinite: field -> why it is null (absent if none)
     strategy, workers, transport, batch_size
+    engine        who ran the workers' minibatch loop: "native" (the C++ core) or "python"
     model         {visible, hidden, visible_type, precision, statistics, cd_k}
     training      {steps, warmup, repeats, learning_rate, momentum, weight_decay, sync_every, seed}
     options       the strategy options;  data  {kind, cases, path}
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from parrbm.config import TRANSPORTS
 from parrbm.harness.results import ResultsError
 
 
@@ -122,7 +124,7 @@ SCHEMA = {
                 "batch_size": _list_of(_POS_INT),
                 "precision": _list_of({"enum": ["float32", "float64"]}),
                 "visible_type": _list_of({"enum": ["binary", "gaussian"]}),
-                "transport": _list_of({"enum": ["threads", "tcp", "mpi"]}),
+                "transport": _list_of({"enum": list(TRANSPORTS)}),
             },
         },
     },
@@ -711,6 +713,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         **first["extra"],
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
+            "engine": stats.get("engine"),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
             "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (

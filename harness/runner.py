@@ -9,12 +9,11 @@ from dataclasses import asdict, fields
 
 import numpy as np
 
-from parrbm.config import CDSpec, ModelState
+from parrbm.config import TRANSPORTS, CDSpec, ModelState
 from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
 
-TRANSPORTS = ("threads", "tcp", "mpi")
 #: Who runs a worker's minibatch loop: "native" is the C++ core's copy of every strategy
 #: (threads transport only: the workers share one process), "python" the strategy modules
 #: themselves, "auto" native where it can run.
@@ -236,6 +235,7 @@ class ParallelRunner:
         divergence = [d for w in self.workers for d in w.divergence]
         return {
             "strategy": self.name,
+            "engine": self.engine,
             "workers": self.K,
             "transport": self.transport,
             "steps": self.steps,

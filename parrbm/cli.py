@@ -249,6 +249,7 @@ def _cmd_table(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     import parrbm
+    from parrbm.config import TRANSPORTS
 
     p = argparse.ArgumentParser(
         prog="parrbm",
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     tr.add_argument("--strategy", default="serial")
     tr.add_argument("--workers", type=int, default=1)
-    tr.add_argument("--transport", default="threads", choices=["threads", "tcp", "mpi"])
+    tr.add_argument("--transport", default="threads", choices=list(TRANSPORTS))
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
     tr.add_argument("--checkpoint-every", type=int, default=1)

@@ -10,6 +10,8 @@ import numpy as np
 VISIBLE_TYPES = ("binary", "gaussian")
 STATISTICS = ("samples", "probabilities")
 DTYPES = ("float32", "float64")
+#: how workers exchange data: threads of one process, tcp sockets between processes, MPI
+TRANSPORTS = ("threads", "tcp", "mpi")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from threadpoolctl import threadpool_limits
 
 from parrbm import _validation as v
-from parrbm.config import DTYPES, STATISTICS, VISIBLE_TYPES, CDSpec, ModelState
+from parrbm.config import DTYPES, STATISTICS, TRANSPORTS, VISIBLE_TYPES, CDSpec, ModelState
 
 _FORMAT = "parrbm-rbm"
 _FORMAT_VERSION = 1
-_TRANSPORTS = ("threads", "tcp", "mpi")
 _SCHEDULES = ("constant", "linear", "exponential")
 #: samples of the training data (and of X_valid) the per-epoch monitors look at
 MONITOR_SAMPLES = 500
@@ -225,7 +224,7 @@ class RBM(TransformerMixin, BaseEstimator):
         v.check_choice(o, "statistics", self.statistics, STATISTICS)
         v.check_choice(o, "dtype", self._dtype_name(), DTYPES)
         v.check_int(o, "workers", self.workers, minimum=1)
-        v.check_choice(o, "transport", self.transport, _TRANSPORTS)
+        v.check_choice(o, "transport", self.transport, TRANSPORTS)
         from parrbm.strategies.registry import StrategyError, resolve
 
         try:

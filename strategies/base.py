@@ -12,6 +12,7 @@ from parrbm import _core
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.comm import Comm
 from parrbm.partition import Partition
+from parrbm.strategies import phases as P
 
 PHASE_POSITIVE = 0
 
@@ -269,9 +270,9 @@ class Worker:
     def exchange_visible(self, local: np.ndarray, out: np.ndarray) -> None:
         """Allgather v'_k -> v': bits for binary samples, floats otherwise."""
         if self.visible_as_bits:
-            self.comm.allgather_bits(local, out, self.vis, phase="visible")
+            self.comm.allgather_bits(local, out, self.vis, phase=P.VISIBLE)
         else:
-            self.comm.allgather(local, out, self.vis, phase="visible")
+            self.comm.allgather(local, out, self.vis, phase=P.VISIBLE)
 
     def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
                         name: str, local: np.ndarray, full_act: np.ndarray,
@@ -296,7 +297,7 @@ class Worker:
     # ---- model assembly -----------------------------------------------------------------------
 
     def gather_rows(self, rows_block: np.ndarray, parts: Partition, n_cols: int, *,
-                    phase: str = "gather-model") -> np.ndarray | None:
+                    phase: str = P.GATHER_MODEL) -> np.ndarray | None:
         """Rank 0 assembles the full (n, n_cols) array from each worker's row block."""
         blocks = self.comm.gather(np.ascontiguousarray(rows_block), phase=phase)
         if blocks is None:
@@ -306,7 +307,7 @@ class Worker:
             full[parts.index(j)] = blk.reshape(parts.size(j), n_cols)
         return full
 
-    def gather_vector(self, piece: np.ndarray, parts: Partition, *, phase: str = "gather-model"):
+    def gather_vector(self, piece: np.ndarray, parts: Partition, *, phase: str = P.GATHER_MODEL):
         full = self.gather_rows(piece.reshape(-1, 1), parts, 1, phase=phase)
         return None if full is None else full[:, 0]
 

@@ -16,6 +16,7 @@ from parrbm.analysis.cost import Model, Traffic, reduce_scatter, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies import phases as P
 
 
 class GreenOnly(Worker):
@@ -69,7 +70,7 @@ class GreenOnly(Worker):
         for t in range(1, spec.cd_k + 1):
             # 2. Inputs of v'_k by reduce-scatter of h_k G_k^T; v'_k; allgather -> v'.
             _core.gemm(driver, self.green, self.partial[:c], trans_b=True)
-            self.comm.reduce_scatter(self.partial[:c], self.pre_v[:c], self.vis, phase="visible-input")
+            self.comm.reduce_scatter(self.partial[:c], self.pre_v[:c], self.vis, phase=P.VISIBLE_INPUT)
             data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
             err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
                                       step, t, data=data)
@@ -117,8 +118,8 @@ class GreenOnly(Worker):
         vis = Partition.cuts_sizes(model.n_visible, K)
         t = Traffic(K)
         for _ in range(model.cd_k):
-            t.add("visible-input", reduce_scatter(chains, vis, model.pb))
-            t.add("visible", visible_traffic(model, chains, vis))
+            t.add(P.VISIBLE_INPUT, reduce_scatter(chains, vis, model.pb))
+            t.add(P.VISIBLE, visible_traffic(model, chains, vis))
         return t
 
     @classmethod

@@ -19,6 +19,7 @@ from parrbm.analysis.cost import Model, Traffic, allreduce, master_reduce
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, phase_hidden
+from parrbm.strategies import phases as P
 
 _FULL = {"unit0": 0}
 
@@ -45,7 +46,7 @@ class ParameterAveraging(Worker):
         # Gradient of (W, b, c) in one buffer: one collective per step.
         self.grad = self.zeros(V * H + V + H)
         if options.average == "weights":
-            self.sync_phases = ("average",)
+            self.sync_phases = (P.AVERAGE,)
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec = self.spec
@@ -105,7 +106,7 @@ class ParameterAveraging(Worker):
         self.statistics_gradient(left, right, gW)
         self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
         self.grad[V * H + V:] = right.sum(0)
-        self.reduce(self.grad, phase="gradient")
+        self.reduce(self.grad, phase=P.GRADIENT)
 
     def apply_summed_gradient(self, mb: int) -> None:
         spec = self.spec
@@ -138,7 +139,7 @@ class ParameterAveraging(Worker):
         self.grad[: V * H] = self.W.ravel()
         self.grad[V * H: V * H + V] = self.b
         self.grad[V * H + V:] = self.c
-        self.reduce(self.grad, phase="average")
+        self.reduce(self.grad, phase=P.AVERAGE)
         self.grad /= self.K
         self.W[...] = self.grad[: V * H].reshape(V, H)
         self.b[...] = self.grad[V * H: V * H + V]
@@ -156,7 +157,7 @@ class ParameterAveraging(Worker):
     def gather_model(self) -> ModelState | None:
         chains = None
         if self.chains is not None:
-            parts = self.comm.gather(self.chains, phase="gather-model")
+            parts = self.comm.gather(self.chains, phase=P.GATHER_MODEL)
             chains = None if parts is None else np.concatenate(parts).reshape(self.spec.batch_size, -1)
         W, b, c = self.W, self.b, self.c
         if self.options.average == "weights" and self.K > 1:
@@ -164,7 +165,7 @@ class ParameterAveraging(Worker):
             # their average (the same bits an averaging step gives: summed in rank order)
             V, H = self.spec.n_visible, self.spec.n_hidden
             flat = np.concatenate([self.W.ravel(), self.b, self.c])
-            parts = self.comm.gather(flat, phase="gather-model")
+            parts = self.comm.gather(flat, phase=P.GATHER_MODEL)
             if parts is not None:
                 total = parts[0].copy()
                 for p in parts[1:]:
@@ -207,14 +208,14 @@ class ParameterAveraging(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         t = Traffic(K)
         if options.average == "gradients":
-            t.add("gradient", cls._exchange(model, K, options), calls=2)
+            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2)
         return t
 
     @classmethod
     def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
         t = Traffic(K)
         if options.average == "weights":
-            t.add("average", cls._exchange(model, K, options), calls=2)
+            t.add(P.AVERAGE, cls._exchange(model, K, options), calls=2)
         return t
 
     @classmethod

@@ -17,12 +17,13 @@ from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies import phases as P
 
 
 class PerUpdateSync(Worker):
     native = True
     name = "per-update-sync"
-    sync_phases = ("weight-sync",)
+    sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -60,7 +61,7 @@ class PerUpdateSync(Worker):
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
         _core.gemm(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
                                            self.h_local, self.hidden_act, self.hidden_states)
         right_k[:mb] = self.hid.take(act, k)
         driver = self.chains if spec.persistent else states
@@ -78,7 +79,7 @@ class PerUpdateSync(Worker):
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
             if t < spec.cd_k or spec.persistent:
                 act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                                   "negative-hidden", self.h_local, self.hidden_act,
+                                                   P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
                                                    self.hidden_states)
                 driver = states
                 final_k = self.hid.take(act, k)
@@ -113,16 +114,16 @@ class PerUpdateSync(Worker):
         k = self.rank
         self.syncs += 1
         if self.options.shared_weights:
-            self.comm.shared_sync(self.sync_bytes(), phase="weight-sync")
+            self.comm.shared_sync(self.sync_bytes(), phase=P.WEIGHT_SYNC)
             return
         sends = [np.ascontiguousarray(self.vis.take(self.green, j, axis=0)) for j in range(self.K)]
         if self.hid.is_contiguous:  # received straight into purple's column blocks
             self.comm.alltoall(sends, [self.hid.view(self.purple, j) for j in range(self.K)],
-                               phase="weight-sync")
+                               phase=P.WEIGHT_SYNC)
             return
         if not hasattr(self, "_sync_in"):
             self._sync_in = [np.empty((self.vis.size(k), self.hid.size(j)), self.dtype) for j in range(self.K)]
-        self.comm.alltoall(sends, self._sync_in, phase="weight-sync")
+        self.comm.alltoall(sends, self._sync_in, phase=P.WEIGHT_SYNC)
         for j in range(self.K):
             self.hid.put(self.purple, j, self._sync_in[j])
 
@@ -151,11 +152,11 @@ class PerUpdateSync(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         vis, hid = Partition.cuts_sizes(model.n_visible, K), Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add("hidden", hidden_traffic(model, m, hid))
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
         for step in range(1, model.cd_k + 1):
-            t.add("visible", visible_traffic(model, chains, vis))
+            t.add(P.VISIBLE, visible_traffic(model, chains, vis))
             if step < model.cd_k or model.persistent:
-                t.add("negative-hidden", hidden_traffic(model, chains, hid))
+                t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
         return t
 
     @classmethod
@@ -164,7 +165,7 @@ class PerUpdateSync(Worker):
         V, H = model.n_visible, model.n_hidden
         vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
         t = Traffic(K)
-        t.add("weight-sync", [(V - vis[k]) * hid[k] * model.pb for k in range(K)])
+        t.add(P.WEIGHT_SYNC, [(V - vis[k]) * hid[k] * model.pb for k in range(K)])
         return t
 
     @classmethod

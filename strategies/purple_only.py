@@ -15,6 +15,7 @@ from parrbm.analysis.cost import Model, Traffic, hidden_traffic, reduce_scatter
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies import phases as P
 
 
 class PurpleOnly(Worker):
@@ -48,8 +49,8 @@ class PurpleOnly(Worker):
 
         # 1. Inputs of h_k by reduce-scatter; h_k ~ p(h_k | x); allgather bits -> h.
         _core.gemm(left_k[:mb], self.purple, self.partial[:mb])
-        self.comm.reduce_scatter(self.partial[:mb], self.pre_h[:mb], self.hid, phase="hidden-input")
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+        self.comm.reduce_scatter(self.partial[:mb], self.pre_h[:mb], self.hid, phase=P.HIDDEN_INPUT)
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
                                            self.h_local, self.hidden_act, self.hidden_states)
         right[:mb] = act
         driver = self.chains if spec.persistent else states
@@ -64,9 +65,9 @@ class PurpleOnly(Worker):
             # 3. Inputs of h'_k by reduce-scatter; h'_k; allgather -> h'.
             _core.gemm(left_k[mb:], self.purple, self.partial[:c])
             self.comm.reduce_scatter(self.partial[:c], self.pre_h[:c], self.hid,
-                                     phase="negative-hidden-input")
+                                     phase=P.NEGATIVE_HIDDEN_INPUT)
             act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                               "negative-hidden", self.h_local, self.hidden_act,
+                                               P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
                                                self.hidden_states)
             driver = states
         right[mb:] = -neg_scale * act
@@ -91,11 +92,11 @@ class PurpleOnly(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         hid = Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add("hidden-input", reduce_scatter(m, hid, model.pb))
-        t.add("hidden", hidden_traffic(model, m, hid))
+        t.add(P.HIDDEN_INPUT, reduce_scatter(m, hid, model.pb))
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
         for _ in range(model.cd_k):
-            t.add("negative-hidden-input", reduce_scatter(chains, hid, model.pb))
-            t.add("negative-hidden", hidden_traffic(model, chains, hid))
+            t.add(P.NEGATIVE_HIDDEN_INPUT, reduce_scatter(chains, hid, model.pb))
+            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
         return t
 
     @classmethod

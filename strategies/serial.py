@@ -65,7 +65,7 @@ class SerialStrategy:
 
     def comm_stats(self) -> dict:
         """One worker moves no data."""
-        return {"strategy": self.name, "workers": 1, "transport": None, "bytes_per_step": 0,
+        return {"strategy": self.name, "engine": "native", "workers": 1, "transport": None, "bytes_per_step": 0,
                 "bytes_per_sync": 0, "syncs": 0, "bytes_total": 0, "by_phase": {},
                 "by_worker": [], "seconds": {"compute": 0.0, "communication": 0.0, "waiting": 0.0},
                 "replica_divergence": 0.0}

@@ -16,12 +16,13 @@ from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies import phases as P
 
 
 class UnitPartitioned(Worker):
     native = True
     name = "unit-partitioned"
-    sync_phases = ("weight-sync",)
+    sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -55,7 +56,7 @@ class UnitPartitioned(Worker):
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
         _core.gemm(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, "hidden",
+        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
                                            self.h_local, self.hidden_act, self.hidden_states)
         right[:mb] = act
         driver = self.chains if spec.persistent else states
@@ -71,7 +72,7 @@ class UnitPartitioned(Worker):
             # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
             act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                               "negative-hidden", self.h_local, self.hidden_act,
+                                               P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
                                                self.hidden_states)
             driver = states
         right[mb:] = -neg_scale * act
@@ -102,7 +103,7 @@ class UnitPartitioned(Worker):
         if not hasattr(self, "_sync_in"):  # reused: a sync allocates nothing
             self._sync_in = [np.empty((self.vis.size(j), self.hid.size(k)), self.dtype) for j in range(self.K)]
         outs = self._sync_in
-        self.comm.alltoall(sends, outs, phase="weight-sync")
+        self.comm.alltoall(sends, outs, phase=P.WEIGHT_SYNC)
         drift = 0.0
         for j in range(self.K):
             rows = self.vis.index(j)
@@ -123,10 +124,10 @@ class UnitPartitioned(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         vis, hid = Partition.cuts_sizes(model.n_visible, K), Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add("hidden", hidden_traffic(model, m, hid))
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
         for _ in range(model.cd_k):
-            t.add("visible", visible_traffic(model, chains, vis))
-            t.add("negative-hidden", hidden_traffic(model, chains, hid))
+            t.add(P.VISIBLE, visible_traffic(model, chains, vis))
+            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
         return t
 
     @classmethod
@@ -135,7 +136,7 @@ class UnitPartitioned(Worker):
         V, H = model.n_visible, model.n_hidden
         vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
         t = Traffic(K)
-        t.add("weight-sync", [vis[k] * (H - hid[k]) * model.pb for k in range(K)])
+        t.add(P.WEIGHT_SYNC, [vis[k] * (H - hid[k]) * model.pb for k in range(K)])
         return t
 
     @classmethod
