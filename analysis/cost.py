@@ -45,6 +45,15 @@ class Model:
     def bv(self) -> int:
         return 1 if self.visible_bits else 8 * self.pb
 
+    @property
+    def visible_kind(self) -> str:
+        """The compute account's name for sampling the visible units."""
+        return "visible" if self.visible == "binary" else "visible-gaussian"
+
+    def block(self, K: int, rank: int) -> tuple[int, int]:
+        """(|V_rank|, |H_rank|): worker ``rank``'s visible and hidden slice sizes."""
+        return Partition.part_size(self.n_visible, K, rank), Partition.part_size(self.n_hidden, K, rank)
+
 
 @dataclass
 class Traffic:

@@ -160,7 +160,7 @@ class SkipVisibleExchange(Worker):
         w.add("copy", m * hk)
         for t in range(1, k + 1):
             w.gemm(c, V, H)                            # all of v', on every worker
-            w.add("visible" if model.visible == "binary" else "visible-gaussian", c * V)
+            w.add(model.visible_kind, c * V)
             w.gemm(c, hk, V)
             hidden_work(w, model, c, hk, H, exchanged=t < k or model.persistent)
         w.add("copy", c * hk)

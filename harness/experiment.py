@@ -34,7 +34,6 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -325,7 +324,7 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             own = "the rows of the .npy file are" if data["kind"] == "npy" else "the digits data set has"
             raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases "
                               f"(remove '{key}')")
-    from parrbm.strategies.registry import StrategyError, resolve
+    from parrbm.strategies.registry import StrategyError
 
     from parrbm.strategies.registry import reference
 

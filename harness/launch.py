@@ -220,7 +220,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
     deadline = None
     killed: set[int] = set()        # workers parrbm itself killed (they did not stop by themselves)
     stopped: list[int] = []         # workers the kernel showed stopped when they were killed
-    beats, last_change, started = None, time.monotonic(), time.monotonic()
+    beats, last_change = None, time.monotonic()
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):

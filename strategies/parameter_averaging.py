@@ -226,7 +226,7 @@ class ParameterAveraging(Worker):
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
         V, H = model.n_visible, model.n_hidden
-        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        vis_kind = model.visible_kind
         n = Partition.part_size(m, K, rank)           # this worker's cases (and chains)
         w = Work()
         w.add("copy", n * V)

@@ -176,8 +176,8 @@ class PerUpdateSync(Worker):
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
         V, H, c, k = model.n_visible, model.n_hidden, m, model.cd_k
-        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
-        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        vk, hk = model.block(K, rank)
+        vis_kind = model.visible_kind
         w = Work()
         w.add("copy", m * V + m * vk)
         w.gemm(m, hk, V)
@@ -195,6 +195,6 @@ class PerUpdateSync(Worker):
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
         w = Work()
-        vk, hk = Partition.part_size(model.n_visible, K, rank), Partition.part_size(model.n_hidden, K, rank)
+        vk, hk = model.block(K, rank)
         w.add("copy", vk * hk)                        # its own block (the rest arrives in place)
         return w

@@ -102,9 +102,9 @@ class PurpleOnly(Worker):
     @classmethod
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
-        V, H, c = model.n_visible, model.n_hidden, m
-        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
-        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        H, c = model.n_hidden, m
+        vk, hk = model.block(K, rank)
+        vis_kind = model.visible_kind
         w = Work()
         w.add("copy", m * vk)                         # left_k[:m] = x_k
         w.gemm(m, H, vk)

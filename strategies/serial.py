@@ -109,7 +109,7 @@ class SerialStrategy:
         from parrbm.analysis.compute import Work, hidden_work, statistics_work
 
         V, H, c = model.n_visible, model.n_hidden, m
-        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        vis_kind = model.visible_kind
         w = Work()
         w.gemm(m, H, V)
         hidden_work(w, model, m, H, H, exchanged=False)

@@ -147,8 +147,8 @@ class UnitPartitioned(Worker):
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
         V, H, c = model.n_visible, model.n_hidden, m
-        vk, hk = Partition.part_size(V, K, rank), Partition.part_size(H, K, rank)
-        vis_kind = "visible" if model.visible == "binary" else "visible-gaussian"
+        vk, hk = model.block(K, rank)
+        vis_kind = model.visible_kind
         w = Work()
         w.add("copy", m * V + m * vk)                 # left[:m] = x, x_k
         w.gemm(m, hk, V)
@@ -167,6 +167,6 @@ class UnitPartitioned(Worker):
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
         w = Work()
-        vk, hk = Partition.part_size(model.n_visible, K, rank), Partition.part_size(model.n_hidden, K, rank)
+        vk, hk = model.block(K, rank)
         w.add("copy", vk * model.n_hidden + 2 * model.n_visible * hk)  # P_k's blocks out; drift, G_k's rows in
         return w

@@ -1,6 +1,5 @@
 """YAML comparisons: validation, the results file, --resume, faults, the CLI."""
 
-import json
 import textwrap
 
 import pytest
