@@ -214,7 +214,10 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
         for name in PARALLEL_STRATEGIES:
             r = ParallelRunner(spec, ModelState.initial(spec), name, K, transport,
                                StrategyOptions(sync_every=steps * m), blas_threads=1, timeout=120.0)
-            r.run(X, order, 0)
+            try:
+                r.run(X, order, 0)
+            finally:
+                r.close()
             measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
             modelled = predict(name, model, m, K, profile, transport=transport, sync_every=steps * m).step_seconds
             ratios.append(measured / (modelled * max(1.0, pace())))

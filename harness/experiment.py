@@ -645,7 +645,10 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
                            tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"])
-        errors = r.run(X, order, 0)
+        try:
+            errors = r.run(X, order, 0)
+        finally:
+            r.close()
         step_times = np.max(np.array(r.step_seconds), axis=0)[warmup:]
         stats = r.comm_stats()
         slow = max(stats["by_worker"], key=lambda w: w["step_seconds"])

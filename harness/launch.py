@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,15 +59,22 @@ def mpiexec() -> str:
     return found
 
 
-def write_job(job_dir: Path, runner, X, order, first_step) -> None:
-    np.save(job_dir / "data.npy", np.ascontiguousarray(X))
-    np.save(job_dir / "order.npy", np.asarray(order, np.int64))
-    np.savez(job_dir / "state.npz", **runner.state.arrays())
+def write_job(job_dir: Path, runner) -> None:
+    """What every worker of a fit needs once: the spec, the strategy, the options and the
+    initial model (``state-0.npz``)."""
+    np.savez(job_dir / "state-0.npz", **runner.state.arrays())
     job = {"spec": asdict(runner.spec), "strategy": runner.name, "workers": runner.K,
-           "options": asdict(runner.options), "first_step": int(first_step),
-           "timeout": runner.timeout, "blas_threads": runner.blas_threads,
-           "listen": runner.tcp.listen}
+           "options": asdict(runner.options), "timeout": runner.timeout, "blas_threads": runner.blas_threads,
+           "listen": runner.tcp.listen,
+           # the workers stop by themselves when their launcher is gone (on this machine)
+           "launcher_pid": os.getpid() if (runner.transport == "mpi" or not runner.tcp.hosts) else None}
     (job_dir / "job.json").write_text(json.dumps(job))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_state(path: Path) -> ModelState:
@@ -84,43 +92,133 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def run_processes(runner, X, order, first_step):
-    """Run one training job on K processes; returns (per-worker results in the threads
-    runner's format, the gathered model, per-worker extras)."""
-    K, timeout = runner.K, runner.timeout
-    root = runner.tcp.job_root if runner.transport == "tcp" else None
-    if root is not None and not Path(root).is_dir():
-        raise CommError(f"tcp.job_root {root!r} is not a directory")
-    sweep_stale_jobs(root)
-    with tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root) as tmp:
-        job_dir = Path(tmp)
-        write_job(job_dir, runner, X, order, first_step)
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
-        from parrbm.strategies.registry import import_paths
+class ProcessGroup:
+    """The K worker processes of a fit on tcp or mpi: started once, the data shipped once,
+    then one command per epoch (``epoch``, ``gather``, ``load``, ``finish``, ``stop``)
+    through the job directory. Every worker-local state (replicas, increments, chains, step
+    counters, drift) lives in the processes from the first epoch to the last, as it does
+    in the threads of the threads transport.
 
-        extra = import_paths(runner.name)  # a plug-in's module is imported by the workers too
-        if extra:
-            env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
-        if runner.transport == "tcp":
-            procs = _start_tcp(job_dir, K, env, timeout, runner.tcp)
-        else:
-            procs = [subprocess.Popen([mpiexec(), "-n", str(K), *WORKER, "--job", str(job_dir),
-                                       "--transport", "mpi"], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, start_new_session=True, cwd=job_dir)]
+    A command is a file ``cmd-N.json``; each worker answers with ``result-N-R.json``. A
+    worker that fails writes ``error-R.txt`` and exits; the group then diagnoses and names
+    it as :func:`_wait` does, and is closed."""
+
+    def __init__(self, runner):
+        self.K, self.timeout, self.transport = runner.K, runner.timeout, runner.transport
+        root = runner.tcp.job_root if runner.transport == "tcp" else None
+        if root is not None and not Path(root).is_dir():
+            raise CommError(f"tcp.job_root {root!r} is not a directory")
+        sweep_stale_jobs(root)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root))
+        self.procs: list[subprocess.Popen] = []
+        self.local = runner.transport == "mpi" or not runner.tcp.hosts
+        self.seq = 0
+        self._data: tuple[int, tuple, str] | None = None
+        # no worker outlives the group, and no job folder: also when it is dropped unclosed
+        self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.dir)
         try:
-            local = runner.transport == "mpi" or not runner.tcp.hosts
-            _wait(procs, job_dir, K, timeout, runner.transport, local=local)
-        except BaseException:  # Ctrl-C or a failure: no worker outlives its run
-            _kill(procs)
+            write_job(self.dir, runner)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+            from parrbm.strategies.registry import import_paths
+
+            extra = import_paths(runner.name)  # a plug-in's module is imported by the workers too
+            if extra:
+                env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
+            if runner.transport == "tcp":
+                self.procs.extend(_start_tcp(self.dir, self.K, env, self.timeout, runner.tcp))
+            else:
+                self.procs.append(subprocess.Popen(
+                    [mpiexec(), "-n", str(self.K), *WORKER, "--job", str(self.dir), "--transport", "mpi"],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    cwd=self.dir))
+        except BaseException:
+            self.close(kill=True)
             raise
-        results, extras = [], []
-        for r in range(K):
-            res = json.loads((job_dir / f"result-{r}.json").read_text())
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def command(self, op: str, **payload) -> list[dict]:
+        """Give every worker the next command; their answers in rank order."""
+        if not self.alive:
+            raise CommError(f"{self.transport}: the workers of this fit have stopped")
+        self.seq += 1
+        n = self.seq
+        write_atomic(self.dir / f"cmd-{n}.json", json.dumps({"op": op, **payload}))
+        answers = [self.dir / f"result-{n}-{r}.json" for r in range(self.K)]
+        try:
+            _wait(self.procs, self.dir, self.K, self.timeout, self.transport, local=self.local,
+                  done=lambda: all(a.exists() for a in answers))
+        except BaseException:  # a failure, a hang or Ctrl-C: no worker outlives it
+            self.close(kill=True)
+            raise
+        return [json.loads(a.read_text()) for a in answers]
+
+    def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int):
+        """One pass over X[order]: per worker (errors, seconds, traffic, stats, wire) and
+        the extras (drift, syncs, memory) of this epoch."""
+        key = (id(X), X.shape, X.__array_interface__["data"][0])
+        if self._data is None or self._data[:2] != (key[0], key[1:]):  # the data go once per data set
+            name = f"data-{self.seq + 1}.npy"
+            np.save(self.dir / name, np.ascontiguousarray(X))
+            self._data = (key[0], key[1:], name)
+        order_name = f"order-{self.seq + 1}.npy"
+        np.save(self.dir / order_name, np.asarray(order, np.int64))
+        answers = self.command("epoch", spec=asdict(spec), data=self._data[2], order=order_name,
+                               first_step=int(first_step))
+        (self.dir / order_name).unlink(missing_ok=True)
+        results = []
+        for res in answers:
             stats = {p: PhaseStats(**v) for p, v in res["stats"].items()}
             results.append((res["errors"], res["seconds"], res["traffic"], stats, res["wire"]))
-            extras.append(res)
-        model = read_state(job_dir / "model.npz")
-    return results, model, extras
+        return results, answers
+
+    def gather(self) -> ModelState:
+        self.command("gather")
+        path = self.dir / f"model-{self.seq}.npz"
+        model = read_state(path)
+        path.unlink(missing_ok=True)
+        return model
+
+    def load(self, state: ModelState) -> None:
+        name = f"state-{self.seq + 1}.npz"
+        np.savez(self.dir / name, **state.arrays())
+        self.command("load", state=name)
+        (self.dir / name).unlink(missing_ok=True)
+
+    def finish(self) -> list[dict]:
+        return self.command("finish")
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (asked, then killed if they do not stop) and remove the job
+        folder."""
+        if not kill and self.alive:
+            try:
+                self.seq += 1
+                write_atomic(self.dir / f"cmd-{self.seq}.json", json.dumps({"op": "stop"}))
+                deadline = time.monotonic() + min(self.timeout, 10.0)
+                while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+                    time.sleep(0.02)
+            except OSError:
+                pass
+        self._finalizer()
+
+
+def _shut_down(procs, job_dir: Path) -> None:
+    _kill(procs)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 JOB_PREFIX = "parrbm-job-"
@@ -211,21 +309,26 @@ GRACE_SECONDS = 2.0
 STARTUP_SECONDS = 30.0
 
 
-def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local: bool = True) -> None:
+def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local: bool = True,
+          done=None) -> None:
     """Wait for the workers. Once one fails, the others get a short grace to notice and
     stop; whatever is left is killed. A worker that stops answering is named: by the peers
     that waited ``timeout`` for it (tcp), by the collective it has not reached (mpi
     heartbeats), and by the kernel's word that it is stopped (SIGSTOP), wherever the
-    workers run on this machine."""
+    workers run on this machine. ``done``: the workers are to answer, not to exit: return
+    as soon as it is true; a worker that exits before is a failure."""
     deadline = None
     killed: set[int] = set()        # workers parrbm itself killed (they did not stop by themselves)
     stopped: list[int] = []         # workers the kernel showed stopped when they were killed
     beats, last_change = None, time.monotonic()
     while True:
+        if done is not None and deadline is None and done():
+            return
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        if any(c not in (None, 0) for c in codes) and deadline is None:
+        failed = any(c not in (None, 0) for c in codes) or (done is not None and any(c is not None for c in codes))
+        if failed and deadline is None:
             deadline = time.monotonic() + min(timeout, GRACE_SECONDS)
             if any(codes[r] is None for r in _blamed(job_dir, K) if r < K):
                 deadline = time.monotonic()  # its peers already waited `timeout` for it
@@ -245,7 +348,8 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
                 raise CommError(_hung_mpi_message(now, stopped, K, timeout))
         time.sleep(0.05)
     codes = [p.wait() for p in procs]
-    if all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists() for r in range(K)):
+    if done is None and all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists()
+                                                           for r in range(K)):
         return
     # Name the cause: a worker that died without a word, else the first error reported.
     reports = {r: (job_dir / f"error-{r}.txt").read_text().strip()

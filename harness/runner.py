@@ -78,25 +78,24 @@ class ParallelRunner:
         from parrbm.harness.launch import TCPHosts
 
         self.tcp = tcp if tcp is not None else TCPHosts()  # where tcp workers run and listen
+        self._group = None  # the worker processes of a tcp or mpi fit, once started
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------
 
-    def load_model(self, state: ModelState, keep_stats: bool = False) -> None:
+    def load_model(self, state: ModelState) -> None:
+        """Start (again) from ``state``: every worker rebuilt from it (on tcp and mpi, in its
+        process)."""
         cls = worker_class(self.name)
         shared = state
         if self.options.shared_weights:  # every worker gets the same W object
             shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
-        old = getattr(self, "workers", None)
         self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
-        if keep_stats and old:
-            for w, o in zip(self.workers, old):
-                w.divergence, w.syncs = o.divergence, o.syncs
-                w.remote_memory = getattr(o, "remote_memory", None)
-                w.peak_rss = getattr(o, "peak_rss", None)
         self.state = state
-        if not keep_stats:
+        if getattr(self, "_group", None) is not None:
+            self._group.load(state)
+        else:
             self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -116,22 +115,42 @@ class ParallelRunner:
 
     def finish(self) -> None:
         """The end of a fit: each worker's ``finish`` (a strategy whose replicas stand apart
-        brings them together; its bytes count as a sync). The tcp and mpi workers of this
-        release start every epoch from the gathered model, so there is nothing to finish."""
-        if self.transport != "threads":
-            return
+        brings them together; its bytes count as a sync), then the tcp and mpi workers stop."""
+        if self._group is not None:
+            answers = self._group.finish()
+            self._absorb(answers, [{p: PhaseStats(**v) for p, v in a["stats"].items()} for a in answers])
+            self.state = self._group.gather()
+            self.close()
+        else:
+            def work(comm: Comm):
+                self._on(comm).finish()
+                return comm.stats
 
-        def work(comm: Comm):
-            self._on(comm).finish()
-            return comm.stats
-
-        for r, stats in enumerate(run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)):
-            for phase, s in stats.items():
-                self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
-        self.state = self.gather_model()
+            stats = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
+            self._absorb(None, stats)
+            self.state = self.gather_model()
         self._serial = None
 
+    def _absorb(self, extras, stats) -> None:
+        for r, per_phase in enumerate(stats):
+            for phase, s in per_phase.items():
+                self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
+        for w, e in zip(self.workers, extras or []):
+            w.divergence.extend(e["divergence"])
+            w.syncs += e["syncs"]
+            w.remote_memory = e["memory_bytes"]
+            w.peak_rss = e["peak_rss_bytes"]
+
+    def close(self) -> None:
+        """Stop the worker processes of a tcp or mpi fit (a later run starts new ones from
+        the model)."""
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+
     def gather_model(self) -> ModelState:
+        if self.transport != "threads":
+            return self.state  # gathered from the worker processes after every run
         models = run_threads(self.K, lambda comm: self._on(comm).gather_model(),
                              timeout=self.timeout, blas_threads=self.blas_threads)
         return models[0]
@@ -156,28 +175,20 @@ class ParallelRunner:
 
         if self.transport == "threads":
             results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
-            model = None
+            extra = None
         else:
-            from parrbm.harness.launch import run_processes
+            from parrbm.harness.launch import ProcessGroup
 
-            results, model, extra = run_processes(self, X, order, first_step)
-            for w, e in zip(self.workers, extra):
-                w.divergence.extend(e["divergence"])
-                w.syncs += e["syncs"]
-                w.remote_memory = e["memory_bytes"]
-                w.peak_rss = e["peak_rss_bytes"]
+            if self._group is None:  # started once, for the whole fit
+                self._group = ProcessGroup(self)
+            results, extra = self._group.epoch(self.spec, X, order, first_step)
         for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)
-            for phase, s in stats.items():
-                self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
+        self._absorb(extra, [res[3] for res in results])
         self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
         self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
         self.steps += len(batches)
-        if model is None:
-            self.state = self.gather_model()
-        else:  # the processes are gone: carry the model over to the next run
-            self.state = model
-            self.load_model(model, keep_stats=True)
+        self.state = self._group.gather() if extra is not None else self.gather_model()
         self._serial = None
         return np.sum([res[0] for res in results], axis=0)
 

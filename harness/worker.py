@@ -3,10 +3,11 @@
     python -m parrbm.harness.worker --job DIR --transport mpi
     python -m parrbm.harness.worker --job DIR --transport tcp --rank R --size K
 
-The harness writes DIR (job.json, data.npy, order.npy, state.npz) and starts the workers
-itself; on a cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with
-DIR on a shared file system (``parrbm.harness.launch.write_job`` writes one). Each worker
-writes DIR/result-R.json (rank 0 also DIR/model.npz), or DIR/error-R.txt on failure.
+The harness writes DIR (job.json, state-0.npz) and starts the workers itself; on a
+cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with DIR on a shared
+file system. The workers then serve one command after another (DIR/cmd-N.json: epoch,
+gather, load, finish, stop) for the whole fit; each answers DIR/result-N-R.json (for
+gather, rank 0 also writes DIR/model-N.npz), or writes DIR/error-R.txt and exits.
 
 The tcp form reads the run's secret from standard input (``SECRET <hex>``), prints
 ``PORT n`` once it listens, then reads the peers' addresses, one JSON line
@@ -133,37 +134,86 @@ def main(argv=None) -> int:
 
 
 def run(job: dict, job_dir: Path, rank: int, transport) -> None:
+    """Serve the launcher's commands until ``stop``: the worker and everything it holds
+    live from the first epoch of the fit to the last."""
     from parrbm import _core
-    from parrbm.config import CDSpec, ModelState
+    from parrbm.config import CDSpec
     from parrbm.harness.comm import Comm
-    from parrbm.harness.launch import read_state
+    from parrbm.harness.launch import read_state, write_atomic
     from parrbm.harness.runner import train_on, worker_class
     from parrbm.strategies.base import StrategyOptions
 
     _core.set_blas_threads(int(job["blas_threads"]))
     spec = CDSpec(**job["spec"])
     options = StrategyOptions(**job["options"])
-    state: ModelState = read_state(job_dir / "state.npz")
-    X = np.load(job_dir / "data.npy", mmap_mode="r")
-    order = np.load(job_dir / "order.npy")
-    m = spec.batch_size
-    batches = [order[s:s + m] for s in range(0, len(order), m)]
-    worker = worker_class(job["strategy"])(spec, state, rank, job["workers"], options)
+    cls = worker_class(job["strategy"])
     comm = Comm(transport)
-    worker.comm = comm
-    _inject_fault(worker, rank, transport)
-    errors, seconds, traffic, stats, wire = train_on(worker, comm, np.asarray(X), batches, job["first_step"])
-    model = worker.gather_model()
-    result = {
-        "errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire,
-        "stats": {p: asdict(s) for p, s in comm.stats.items()},
-        "divergence": worker.divergence, "syncs": worker.syncs,
-        "memory_bytes": worker.memory_bytes(),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    }
-    if rank == 0:
-        np.savez(job_dir / "model.npz", **model.arrays())
-    (job_dir / f"result-{rank}.json").write_text(json.dumps(result))
+
+    def build(state_file: str):
+        w = cls(spec, read_state(job_dir / state_file), rank, job["workers"], options)
+        w.comm = comm
+        _inject_fault(w, rank, transport)
+        return w
+
+    worker = build("state-0.npz")
+    data: dict[str, np.ndarray] = {}
+    n = 0
+    while True:
+        n += 1
+        cmd = _next_command(job_dir, n, job.get("launcher_pid"))
+        if cmd is None or cmd["op"] == "stop":
+            return
+        op = cmd["op"]
+        comm.reset_stats()
+        seen, syncs = len(worker.divergence), worker.syncs
+        result: dict = {}
+        if op == "epoch":
+            new_spec = CDSpec(**cmd["spec"])
+            if new_spec != worker.spec:  # a schedule's next learning rate
+                worker.spec = spec = new_spec
+            if cmd["data"] not in data:
+                data.clear()
+                data[cmd["data"]] = np.load(job_dir / cmd["data"], mmap_mode="r")
+            X = np.asarray(data[cmd["data"]])
+            order = np.load(job_dir / cmd["order"])
+            m = spec.batch_size
+            batches = [order[s:s + m] for s in range(0, len(order), m)]
+            errors, seconds, traffic, stats, wire = train_on(worker, comm, X, batches, cmd["first_step"])
+            result = {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
+        elif op == "gather":
+            model = worker.gather_model()
+            if rank == 0:
+                np.savez(job_dir / f"model-{n}.npz", **model.arrays())
+        elif op == "load":
+            worker = build(cmd["state"])
+        elif op == "finish":
+            worker.finish()
+        else:
+            raise RuntimeError(f"unknown command {op!r}")
+        result.update({
+            "stats": {p: asdict(s) for p, s in comm.stats.items()},
+            "divergence": worker.divergence[seen:], "syncs": worker.syncs - syncs,
+            "memory_bytes": worker.memory_bytes(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        })
+        write_atomic(job_dir / f"result-{n}-{rank}.json", json.dumps(result))
+
+
+def _next_command(job_dir: Path, n: int, launcher_pid: int | None) -> dict | None:
+    """Command n, or None when the launcher is gone (it was killed outright)."""
+    path = job_dir / f"cmd-{n}.json"
+    checked = time.monotonic()
+    while not path.exists():
+        time.sleep(0.002)
+        if launcher_pid and time.monotonic() - checked > 0.5:
+            checked = time.monotonic()
+            try:
+                os.kill(launcher_pid, 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

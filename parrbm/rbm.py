@@ -440,6 +440,8 @@ class RBM(TransformerMixin, BaseEstimator):
             finally:
                 if bar is not None:
                     bar.close()
+                if hasattr(self._strategy, "close"):
+                    self._strategy.close()  # the worker processes of a tcp or mpi fit stop with it
         return self
 
     def _diverged(self, err: float) -> str | None:

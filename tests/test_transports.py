@@ -216,6 +216,7 @@ def test_tcp_workers_start_on_the_listed_hosts_through_the_launcher(tmp_path, mo
     assert sorted(log.read_text().split()) == sorted(["127.0.0.1", "localhost", "127.0.0.1"])
     np.testing.assert_array_equal(r.state.W, ref.state.W)
     assert r.comm_stats()["bytes_per_step"] == ref.comm_stats()["bytes_per_step"]
+    r.close()  # the workers live for the whole fit; closing stops them
     assert not list(root.iterdir())  # the job directory is cleaned up
 
 

@@ -1,0 +1,121 @@
+"""tcp and mpi workers live for the whole fit: every worker-local state (replicas, step
+counters behind sync_every and average_every, drift, chains, increments) carries over
+from epoch to epoch exactly as in the threads of the threads transport."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parrbm import RBM
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.runner import ParallelRunner
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _has_mpi():
+    try:
+        import mpi4py  # noqa: F401
+        from parrbm.harness.launch import mpiexec
+        mpiexec()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+TRANSPORTS = ["tcp", pytest.param("mpi", marks=pytest.mark.skipif(not _has_mpi(), reason="no mpi"))]
+
+CASES = [
+    ("unit-partitioned", {"sync_every": 4}),
+    ("per-update-sync", {}),
+    ("purple-only", {"partition": "random"}),
+    ("green-only", {}),
+    ("parameter-averaging", {"average": "weights", "average_every": 4}),
+    ("parameter-averaging", {"average": "gradients", "reduce": "master"}),
+    ("skip_visible_exchange:SkipVisibleExchange", {}),
+]
+
+
+@pytest.fixture(autouse=True)
+def _examples_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("setting", [("gaussian", "float32"), ("binary", "float64")])
+@pytest.mark.parametrize("strategy,options", CASES)
+def test_a_three_epoch_fit_is_the_same_on_every_transport(strategy, options, setting, transport):
+    visible, dtype = setting
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((150, 18)) if visible == "gaussian" else (rng.random((150, 18)) < 0.4).astype(float)
+    # 15 steps an epoch: sync_every and average_every (4) do not divide it
+    kw = dict(n_hidden=12, visible=visible, batch_size=10, n_iter=3, learning_rate=0.01, random_state=3,
+              dtype=dtype, momentum=0.5, strategy=strategy, workers=3)
+    ref = RBM(**kw, strategy_options=dict(options)).fit(X)
+    got = RBM(**kw, transport=transport, strategy_options=dict(options)).fit(X)
+    np.testing.assert_array_equal(got.components_, ref.components_)
+    np.testing.assert_array_equal(got.intercept_visible_, ref.intercept_visible_)
+    np.testing.assert_array_equal(got.intercept_hidden_, ref.intercept_hidden_)
+    a, b = ref.comm_stats_, got.comm_stats_
+    for key in ("bytes_per_step", "bytes_per_sync", "syncs", "steps", "replica_divergence"):
+        assert a[key] == b[key], key
+    assert {p: v["bytes_sent"] for p, v in a["by_phase"].items()} == \
+           {p: v["bytes_sent"] for p, v in b["by_phase"].items()}
+    assert np.array_equal(ref.reconstruction_error_, got.reconstruction_error_)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_workers_and_the_data_are_started_once(transport):
+    spec = CDSpec(n_visible=12, n_hidden=9, batch_size=4, seed=1)
+    r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport=transport, timeout=20.0)
+    X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
+    try:
+        r.run(X, np.arange(16, dtype=np.int64), 0)
+        group = r._group
+        pids = [p.pid for p in group.procs]
+        r.run(X, np.arange(16, dtype=np.int64)[::-1].copy(), 4)
+        assert r._group is group and [p.pid for p in group.procs] == pids and group.alive
+        assert len(list(group.dir.glob("data-*.npy"))) == 1  # shipped once
+        job = group.dir
+    finally:
+        r.close()
+    assert not job.exists() and all(p.poll() is not None for p in group.procs)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_workers_stop_when_their_launcher_is_killed(tmp_path, transport):
+    script = tmp_path / "launcher.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, numpy as np
+        from parrbm.config import CDSpec, ModelState
+        from parrbm.harness.runner import ParallelRunner
+        spec = CDSpec(n_visible=12, n_hidden=9, batch_size=4, seed=1)
+        r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport="{transport}", timeout=20.0)
+        X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
+        r.run(X, np.arange(16, dtype=np.int64), 0)
+        pids = [int((r._group.dir / f"pid-{{k}}.txt").read_text()) for k in range(2)]
+        print(" ".join(map(str, pids)), flush=True)
+        os.kill(os.getpid(), 9)
+        """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-500:]
+    pids = [int(p) for p in out.stdout.split()]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_running(p) for p in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
