@@ -61,8 +61,8 @@ def mpiexec() -> str:
 
 def write_job(job_dir: Path, runner) -> None:
     """What every worker of a fit needs once: the spec, the strategy, the options and the
-    initial model (``state-0.npz``)."""
-    np.savez(job_dir / "state-0.npz", **runner.state.arrays())
+    initial model (``state-0/``)."""
+    save_state(job_dir / "state-0", runner.state)
     job = {"spec": asdict(runner.spec), "strategy": runner.name, "workers": runner.K,
            "options": asdict(runner.options), "timeout": runner.timeout, "blas_threads": runner.blas_threads,
            "listen": runner.tcp.listen,
@@ -77,10 +77,20 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_STATE_FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+
+
+def save_state(path: Path, state: ModelState) -> None:
+    """A model as a folder of .npy files (no zip: a model of tens of MB goes and comes back
+    every epoch)."""
+    path.mkdir()
+    for k, a in state.arrays().items():
+        np.save(path / f"{k}.npy", a)
+
+
 def read_state(path: Path) -> ModelState:
-    with np.load(path) as z:
-        return ModelState(**{k: (z[k] if k in z.files else None)
-                             for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
+    return ModelState(**{k: (np.load(path / f"{k}.npy") if (path / f"{k}.npy").exists() else None)
+                         for k in _STATE_FIELDS})
 
 
 def _describe_exit(code: int) -> str:
@@ -176,16 +186,16 @@ class ProcessGroup:
 
     def gather(self) -> ModelState:
         self.command("gather")
-        path = self.dir / f"model-{self.seq}.npz"
+        path = self.dir / f"model-{self.seq}"
         model = read_state(path)
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
         return model
 
     def load(self, state: ModelState) -> None:
-        name = f"state-{self.seq + 1}.npz"
-        np.savez(self.dir / name, **state.arrays())
+        name = f"state-{self.seq + 1}"
+        save_state(self.dir / name, state)
         self.command("load", state=name)
-        (self.dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.dir / name, ignore_errors=True)
 
     def finish(self) -> list[dict]:
         return self.command("finish")
@@ -321,6 +331,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
     killed: set[int] = set()        # workers parrbm itself killed (they did not stop by themselves)
     stopped: list[int] = []         # workers the kernel showed stopped when they were killed
     beats, last_change = None, time.monotonic()
+    nap = 0.0005  # answers come fast: poll often at first, then back off
     while True:
         if done is not None and deadline is None and done():
             return
@@ -346,7 +357,8 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
                 stopped = _stopped_ranks(job_dir, K, procs, transport)
                 _kill(procs)
                 raise CommError(_hung_mpi_message(now, stopped, K, timeout))
-        time.sleep(0.05)
+        time.sleep(nap)
+        nap = min(0.005, nap * 1.5)
     codes = [p.wait() for p in procs]
     if done is None and all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists()
                                                            for r in range(K)):

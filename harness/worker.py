@@ -3,11 +3,11 @@
     python -m parrbm.harness.worker --job DIR --transport mpi
     python -m parrbm.harness.worker --job DIR --transport tcp --rank R --size K
 
-The harness writes DIR (job.json, state-0.npz) and starts the workers itself; on a
+The harness writes DIR (job.json, state-0/) and starts the workers itself; on a
 cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with DIR on a shared
 file system. The workers then serve one command after another (DIR/cmd-N.json: epoch,
 gather, load, finish, stop) for the whole fit; each answers DIR/result-N-R.json (for
-gather, rank 0 also writes DIR/model-N.npz), or writes DIR/error-R.txt and exits.
+gather, rank 0 also writes DIR/model-N/), or writes DIR/error-R.txt and exits.
 
 The tcp form reads the run's secret from standard input (``SECRET <hex>``), prints
 ``PORT n`` once it listens, then reads the peers' addresses, one JSON line
@@ -139,7 +139,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     from parrbm import _core
     from parrbm.config import CDSpec
     from parrbm.harness.comm import Comm
-    from parrbm.harness.launch import read_state, write_atomic
+    from parrbm.harness.launch import read_state, save_state, write_atomic
     from parrbm.harness.runner import train_on, worker_class
     from parrbm.strategies.base import StrategyOptions
 
@@ -155,7 +155,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         _inject_fault(w, rank, transport)
         return w
 
-    worker = build("state-0.npz")
+    worker = build("state-0")
     data: dict[str, np.ndarray] = {}
     n = 0
     while True:
@@ -183,7 +183,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         elif op == "gather":
             model = worker.gather_model()
             if rank == 0:
-                np.savez(job_dir / f"model-{n}.npz", **model.arrays())
+                save_state(job_dir / f"model-{n}", model)
         elif op == "load":
             worker = build(cmd["state"])
         elif op == "finish":

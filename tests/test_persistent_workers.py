@@ -2,7 +2,6 @@
 counters behind sync_every and average_every, drift, chains, increments) carries over
 from epoch to epoch exactly as in the threads of the threads transport."""
 
-import os
 import signal
 import subprocess
 import sys
