@@ -411,7 +411,7 @@ void bind_trainer(py::module_& m, const char* name) {
            "reconstruction error of the first Gibbs step.")
       .def("run",
            [](Tr& t, py::array x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> order,
-              uint32_t first_step) {
+              uint32_t first_step, bool timed) {
              auto X = cmat<T>(x, "x");
              if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
              const int64_t n = order.shape(0);
@@ -421,13 +421,18 @@ void bind_trainer(py::module_& m, const char* name) {
              const int64_t m = t.config().batch_size;
              py::array_t<double> errors((n + m - 1) / m);
              double* e = errors.mutable_data();
+             py::array_t<double> seconds(timed ? (n + m - 1) / m : 0);
+             double* sec = timed ? seconds.mutable_data() : nullptr;
              {
                py::gil_scoped_release nogil;
-               t.run(X, o, n, first_step, e);
+               t.run(X, o, n, first_step, e, sec);
              }
-             return errors;
+             if (timed) return py::object(py::make_tuple(errors, seconds));
+             return py::object(errors);
            },
-           py::arg("x"), py::arg("order"), py::arg("first_step"))
+           py::arg("x"), py::arg("order"), py::arg("first_step"), py::arg("timed") = false,
+           "CD-k over the minibatches of x[order]: each minibatch's error sum; with timed, "
+           "(errors, each step's seconds timed in the core as the parallel workers' are).")
       .def("hidden_probabilities",
            [](const Tr& t, py::array x) {
              auto X = cmat<T>(x, "x");

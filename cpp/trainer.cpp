@@ -1,6 +1,7 @@
 #include "trainer.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 namespace parrbm {
@@ -136,14 +137,17 @@ double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
 
 template <class T>
 void CDTrainer<T>::run(MatView<const T> x, const int64_t* order, int64_t n_order,
-                       uint32_t first_step, double* errors) {
+                       uint32_t first_step, double* errors, double* seconds) {
+  using clock = std::chrono::steady_clock;
   const int64_t m = cfg_.batch_size;
   int64_t batch = 0;
   for (int64_t start = 0; start < n_order; start += m, ++batch) {
     const int64_t mb = std::min(m, n_order - start);
     MatView<T> dst = view(left_, mb, cfg_.n_visible);
     gather_rows<T>(x, order + start, dst);
+    const auto t0 = clock::now();
     errors[batch] = step(cv(dst), first_step + uint32_t(batch));
+    if (seconds) seconds[batch] = std::chrono::duration<double>(clock::now() - t0).count();
   }
 }
 

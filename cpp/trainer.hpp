@@ -49,9 +49,11 @@ class CDTrainer {
 
   // Steps over the minibatches of x taken in the given row order (n_order rows,
   // consecutive chunks of batch_size, the last one possibly shorter), with step indices
-  // first_step, first_step + 1, ... Writes each batch's error sum to errors.
+  // first_step, first_step + 1, ... Writes each batch's error sum to errors and, if
+  // seconds is given, each step's seconds (the step alone, as the parallel workers time
+  // theirs: gathering the minibatch's rows is outside).
   void run(MatView<const T> x, const int64_t* order, int64_t n_order, uint32_t first_step,
-           double* errors);
+           double* errors, double* seconds = nullptr);
 
   // Mean-field reconstruction (no sampling): out = E[v | h = sigm(x W + c)].
   void reconstruct(MatView<const T> x, MatView<T> out) const;

@@ -628,13 +628,9 @@ def measure_point(cfg: dict, pt: dict) -> dict:
 
         _core.set_blas_threads(tr["blas_threads"])  # the same per-worker resources as a worker
         s = SerialStrategy(spec, state)
-        times, errs = [], []
-        for i in range(warmup + steps):
-            xb = np.ascontiguousarray(X[order[i * m:(i + 1) * m]])
-            t0 = time.perf_counter()
-            errs.append(s.step(xb, i))
-            times.append(time.perf_counter() - t0)
-        step_times = np.array(times[warmup:])
+        # timed inside the core, step by step, as the workers' steps are
+        errs, times = s.run_timed(X, order, 0)
+        step_times = np.asarray(times[warmup:])
         stats = s.comm_stats()
         per_step = {"compute": float(step_times.mean()), "comm": 0.0, "wait": 0.0}
         extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden

@@ -32,6 +32,11 @@ class SerialStrategy:
         """
         return self._trainer.run(X, order, first_step)
 
+    def run_timed(self, X: np.ndarray, order: np.ndarray, first_step: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run`, with each step's seconds timed inside the core, as the native
+        parallel workers time theirs (the minibatch's rows gathered outside the clock)."""
+        return self._trainer.run(X, order, first_step, timed=True)
+
     def step(self, X_batch: np.ndarray, step: int) -> float:
         """One CD-k step on a (m, n_visible) minibatch; returns its error sum."""
         return self._trainer.step(X_batch, step)

@@ -119,3 +119,19 @@ def test_trainer_rejects_bad_minibatch():
         t.step(np.zeros((M, V + 1)), 0)
     with pytest.raises(ValueError, match="dtype"):
         t.step(np.zeros((M, V), np.float32), 0)
+
+
+def test_the_serial_trainer_times_its_steps_in_the_core():
+    """The serial baseline is timed as the native workers' steps are: step by step inside
+    the core, the minibatch's rows gathered outside the clock; the errors are run's."""
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.strategies import SerialStrategy
+
+    spec = CDSpec(n_visible=30, n_hidden=20, batch_size=8, seed=3)
+    X = (np.random.default_rng(0).random((40, 30)) < 0.5).astype(np.float32)
+    order = np.random.default_rng(1).permutation(40).astype(np.int64)
+    a, b = SerialStrategy(spec, ModelState.initial(spec)), SerialStrategy(spec, ModelState.initial(spec))
+    errors, seconds = a.run_timed(X, order, 0)
+    np.testing.assert_array_equal(errors, b.run(X, order, 0))
+    assert seconds.shape == (5,) and np.all(seconds > 0) and np.all(seconds < 1.0)
+    np.testing.assert_array_equal(a.gather_model().W, b.gather_model().W)
