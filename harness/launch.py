@@ -200,6 +200,27 @@ class ProcessGroup:
     def finish(self) -> list[dict]:
         return self.command("finish")
 
+    def local_states(self) -> list[tuple[dict, dict[str, np.ndarray]]]:
+        answers = self.command("local")
+        out = []
+        for r, a in enumerate(answers):
+            folder = self.dir / f"local-{self.seq}-{r}"
+            out.append((a["counters"], {k: np.load(folder / f"{k}.npy") for k in a["arrays"]}))
+            shutil.rmtree(folder, ignore_errors=True)
+        return out
+
+    def restore_local(self, states) -> None:
+        n = self.seq + 1
+        for r, (counters, arrays) in enumerate(states):
+            folder = self.dir / f"restore-{n}-{r}"
+            folder.mkdir()
+            for k, a in arrays.items():
+                np.save(folder / f"{k}.npy", a)
+            (folder / "counters.json").write_text(json.dumps(counters))
+        self.command("restore", prefix=f"restore-{n}-")
+        for r in range(self.K):
+            shutil.rmtree(self.dir / f"restore-{n}-{r}", ignore_errors=True)
+
     def close(self, kill: bool = False) -> None:
         """Stop the workers (asked, then killed if they do not stop) and remove the job
         folder."""

@@ -93,6 +93,7 @@ class ParallelRunner:
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
         self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
         self.state = state
+        self._pending_local = None  # local states for worker processes not started yet
         if getattr(self, "_group", None) is not None:
             self._group.load(state)
         else:
@@ -142,11 +143,36 @@ class ParallelRunner:
             w.peak_rss = e["peak_rss_bytes"]
 
     def close(self) -> None:
-        """Stop the worker processes of a tcp or mpi fit (a later run starts new ones from
-        the model)."""
+        """Stop the worker processes of a tcp or mpi fit. What only they knew is kept, and
+        a later run starts new ones from the model and it: the fit goes on as if they had
+        never stopped."""
         if self._group is not None:
+            if self._group.alive:
+                self._pending_local = self.local_states()
             self._group.close()
             self._group = None
+
+    # ---- worker-local state (checkpoints) ------------------------------------------------
+
+    def local_states(self) -> list[tuple[dict, dict[str, np.ndarray]]]:
+        """Per worker, (counters, arrays) of what the gathered model does not give back:
+        see :meth:`Worker.local_state`."""
+        if self._group is not None:
+            return self._group.local_states()
+        if self.transport != "threads" and self._pending_local is not None:
+            return self._pending_local
+        return [w.local_state() for w in self.workers]
+
+    def restore_local(self, states: list[tuple[dict, dict[str, np.ndarray]]]) -> None:
+        """Put back :meth:`local_states` (from a checkpoint) on workers built from its model."""
+        if len(states) != self.K:
+            raise ValueError(f"{len(states)} workers' local states for {self.K} workers")
+        for w, (counters, arrays) in zip(self.workers, states):
+            w.restore_local(counters, arrays)
+        if self._group is not None:
+            self._group.restore_local(states)
+        elif self.transport != "threads":
+            self._pending_local = states
 
     def gather_model(self) -> ModelState:
         if self.transport != "threads":
@@ -181,6 +207,9 @@ class ParallelRunner:
 
             if self._group is None:  # started once, for the whole fit
                 self._group = ProcessGroup(self)
+                if self._pending_local is not None:  # carried over from a checkpoint or a closed group
+                    self._group.restore_local(self._pending_local)
+                    self._pending_local = None
             results, extra = self._group.epoch(self.spec, X, order, first_step)
         for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)

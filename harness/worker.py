@@ -6,7 +6,7 @@
 The harness writes DIR (job.json, state-0/) and starts the workers itself; on a
 cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with DIR on a shared
 file system. The workers then serve one command after another (DIR/cmd-N.json: epoch,
-gather, load, finish, stop) for the whole fit; each answers DIR/result-N-R.json (for
+gather, load, finish, local, restore, stop) for the whole fit; each answers DIR/result-N-R.json (for
 gather, rank 0 also writes DIR/model-N/), or writes DIR/error-R.txt and exits.
 
 The tcp form reads the run's secret from standard input (``SECRET <hex>``), prints
@@ -188,6 +188,17 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
             worker = build(cmd["state"])
         elif op == "finish":
             worker.finish()
+        elif op == "local":
+            counters, arrays = worker.local_state()
+            folder = job_dir / f"local-{n}-{rank}"
+            folder.mkdir()
+            for k, a in arrays.items():
+                np.save(folder / f"{k}.npy", a)
+            result = {"counters": counters, "arrays": sorted(arrays)}
+        elif op == "restore":
+            folder = job_dir / f"{cmd['prefix']}{rank}"
+            counters = json.loads((folder / "counters.json").read_text())
+            worker.restore_local(counters, {p.stem: np.load(p) for p in folder.glob("*.npy")})
         else:
             raise RuntimeError(f"unknown command {op!r}")
         result.update({

@@ -614,6 +614,7 @@ class RBM(TransformerMixin, BaseEstimator):
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "params": {k: (val if isinstance(val, (int, float, str, bool, type(None))) else
+                           dict(val) if k == "strategy_options" and isinstance(val, dict) else
                            str(val) if isinstance(val, os.PathLike) else
                            _strategy_reference(val) if k == "strategy" else repr(val))
                        for k, val in self.get_params().items()},
@@ -624,7 +625,16 @@ class RBM(TransformerMixin, BaseEstimator):
             "epochs_done": self.epochs_done_,
             "history": self.history_,
         }
-        return meta, self._state.arrays()
+        arrays = self._state.arrays()
+        if hasattr(self._strategy, "local_states") and self._strategy.K > 1:
+            # what only the workers know (a replica between syncs, the steps of a sync or
+            # averaging period): a fit resumed from this file is the uninterrupted one
+            states = self._strategy.local_states()
+            meta["worker_local"] = {"strategy": self._strategy.name, "workers": self._strategy.K,
+                                    "counters": [c for c, _ in states]}
+            for r, (_, local) in enumerate(states):
+                arrays.update({f"local{r}_{k}": a for k, a in local.items()})
+        return meta, arrays
 
     @classmethod
     def load(cls, path) -> "RBM":
@@ -710,12 +720,40 @@ class RBM(TransformerMixin, BaseEstimator):
             rbm._strategy = rbm._make_strategy(spec, state)
         except ValueError as exc:
             raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
+        local = meta.get("worker_local")
+        if local is not None:
+            _restore_local(rbm, local, arrays, bad)
         rbm.n_steps_ = int(meta["n_steps"])
         rbm.reconstruction_error_ = list(meta.get("reconstruction_error", []))
         rbm.epochs_done_ = int(meta.get("epochs_done", 0))
         rbm.history_ = list(meta.get("history", []))
         rbm._export()
         return rbm
+
+
+def _restore_local(rbm: RBM, local, arrays: dict, bad) -> None:
+    """The workers' own state saved with the model (see ``_payload``), put back."""
+    runner = rbm._strategy
+    if not isinstance(local, dict) or not isinstance(local.get("counters"), list):
+        raise bad("worker_local", "must be an object with a list of counters per worker")
+    if getattr(runner, "K", 1) != local.get("workers") or len(local["counters"]) != local.get("workers") \
+            or getattr(runner, "name", None) != local.get("strategy"):
+        raise bad("worker_local", f"is for {local.get('workers')} workers of {local.get('strategy')!r}; the "
+                                  f"model's parameters say {getattr(runner, 'K', 1)} of {getattr(runner, 'name', None)!r}")
+    states = []
+    for r, counters in enumerate(local["counters"]):
+        if not isinstance(counters, dict) or not isinstance(counters.get("steps_done"), int) \
+                or counters["steps_done"] < 0:
+            raise bad(f"worker_local.counters[{r}]", "must hold steps_done, an integer >= 0")
+        prefix = f"local{r}_"
+        mine = {k[len(prefix):]: a for k, a in arrays.items() if k.startswith(prefix)}
+        if any(not np.all(np.isfinite(a)) for a in mine.values()):
+            raise bad(f"state_{prefix}*", "holds NaN or infinity")
+        states.append((counters, mine))
+    try:
+        runner.restore_local(states)
+    except ValueError as exc:
+        raise bad("worker_local", str(exc)) from None
 
 
 def _strategy_reference(strategy) -> str:

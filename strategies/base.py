@@ -65,6 +65,9 @@ class Worker:
     sync_phases: tuple[str, ...] = ()
     #: the C++ core has a copy of this strategy's epoch loop (the built-ins)
     native = False
+    #: arrays this worker holds that the gathered model does not give back (a replica
+    #: between syncs): kept with a checkpoint, so that a resumed fit is the uninterrupted one
+    local_arrays: tuple[str, ...] = ()
 
     def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
                  options: StrategyOptions):
@@ -247,6 +250,23 @@ class Worker:
 
     def gather_model(self) -> ModelState | None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def local_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(counters, arrays) of what only this worker knows: the steps it has taken (the
+        sync and averaging periods count them) and its :attr:`local_arrays`."""
+        arrays = {k: getattr(self, k) for k in self.local_arrays if getattr(self, k, None) is not None}
+        return {"steps_done": int(self.steps_done)}, arrays
+
+    def restore_local(self, counters: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`local_state` gave (on a worker built from the gathered model)."""
+        self.steps_done = int(counters["steps_done"])
+        for k, a in arrays.items():
+            mine = getattr(self, k, None) if k in self.local_arrays else None
+            if mine is None or mine.shape != a.shape:
+                raise ValueError(f"worker {self.rank} of {self.name!r}: local array {k!r} "
+                                 f"{getattr(a, 'shape', None)} does not fit this worker "
+                                 f"({None if mine is None else mine.shape})")
+            mine[...] = a
 
     def finish(self) -> None:
         """The end of a fit: a strategy whose replicas may stand apart brings them together

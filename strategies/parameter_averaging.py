@@ -145,6 +145,15 @@ class ParameterAveraging(Worker):
         self.b[...] = self.grad[V * H: V * H + V]
         self.c[...] = self.grad[V * H + V:]
 
+    def local_state(self):
+        counters, _ = super().local_state()
+        if self.options.average != "weights":  # every replica is the model
+            return counters, {}
+        names = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+        return counters, {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+    local_arrays = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+
     def finish(self) -> None:
         """A fit that does not end on an averaging step ends with one."""
         if self.options.average == "weights" and self.K > 1 and self.steps_done % self.options.average_every:

@@ -21,6 +21,7 @@ from parrbm.strategies import phases as P
 
 class UnitPartitioned(Worker):
     native = True
+    local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
     name = "unit-partitioned"
     sync_phases = (P.WEIGHT_SYNC,)
 

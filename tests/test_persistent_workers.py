@@ -118,3 +118,71 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state[state.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("transport", ["threads", *TRANSPORTS])
+@pytest.mark.parametrize("strategy,options", CASES[:5] + CASES[6:])
+def test_a_fit_resumed_from_a_checkpoint_is_the_uninterrupted_fit(tmp_path, strategy, options, transport):
+    from parrbm.rbm import latest_checkpoint
+
+    X = np.random.default_rng(7).standard_normal((150, 18))
+    kw = dict(n_hidden=12, visible="gaussian", batch_size=10, learning_rate=0.01, random_state=3, momentum=0.5,
+              strategy=strategy, workers=3, transport=transport, strategy_options=dict(options))
+    whole = RBM(**kw, n_iter=3).fit(X)
+    RBM(**kw, n_iter=2, checkpoint_dir=tmp_path).fit(X)   # stopped after epoch 2 (of 15 steps each)
+    resumed = RBM.load(latest_checkpoint(tmp_path))
+    resumed.set_params(n_iter=3, warm_start=True).fit(X)
+    np.testing.assert_array_equal(resumed.components_, whole.components_)
+    np.testing.assert_array_equal(resumed.intercept_hidden_, whole.intercept_hidden_)
+    assert resumed.reconstruction_error_ == whole.reconstruction_error_
+
+
+@pytest.mark.parametrize("transport", ["threads", *TRANSPORTS])
+def test_replicas_apart_between_syncs_survive_a_checkpoint(transport):
+    """unit-partitioned keeps two copies of every weight; between syncs they may differ
+    (by rounding; here by a planted amount). A runner rebuilt from the gathered model and
+    the workers' local states goes on exactly as the original."""
+    spec = CDSpec(n_visible=14, n_hidden=10, batch_size=5, seed=2, visible="gaussian", learning_rate=0.01)
+    X = np.random.default_rng(0).standard_normal((40, 14)).astype(np.float32)
+    from parrbm.strategies import StrategyOptions
+
+    opts = StrategyOptions(sync_every=3)
+    a = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 2, transport, opts, timeout=20.0)
+    try:
+        a.run(X, np.arange(40, dtype=np.int64), 0)            # 8 steps: 2 syncs, 2 steps since
+        states = a.local_states()
+        counters, arrays = states[1]
+        arrays["green"] = arrays["green"] + np.float32(1e-3)  # replica 1 now apart from its purple twin
+        a.restore_local(states)
+        b = ParallelRunner(spec, a.state, "unit-partitioned", 2, transport, opts, timeout=20.0)
+        b.restore_local(a.local_states())
+        assert [c["steps_done"] for c, _ in b.local_states()] == [8, 8]
+        for r in (a, b):
+            r.run(X, np.arange(40, dtype=np.int64)[::-1].copy(), 8)
+        np.testing.assert_array_equal(a.state.W, b.state.W)
+        assert a.comm_stats()["replica_divergence"] >= 1e-3 - 1e-6
+        assert b.comm_stats()["replica_divergence"] == pytest.approx(a.comm_stats()["replica_divergence"])
+    finally:
+        a.close()
+        if "b" in locals():
+            b.close()
+
+
+def test_a_damaged_worker_state_in_a_model_file_names_the_field(tmp_path):
+    import json
+
+    X = np.random.default_rng(0).standard_normal((40, 8))
+    RBM(n_hidden=6, visible="gaussian", batch_size=10, n_iter=1, random_state=0, strategy="unit-partitioned",
+        workers=2, strategy_options={"sync_every": 3}, learning_rate=0.01).fit(X).save(tmp_path / "m.npz")
+    arrays = dict(np.load(tmp_path / "m.npz"))
+    meta = json.loads(str(arrays["parrbm_meta"]))
+    arrays["state_local1_green"] = arrays["state_local1_green"][:, :1]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="field 'worker_local'.*'green'"):
+        RBM.load(tmp_path / "bad.npz")
+    meta["worker_local"]["counters"][0] = {"steps_done": -1}
+    arrays = dict(np.load(tmp_path / "m.npz"))
+    arrays["parrbm_meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad2.npz", **arrays)
+    with pytest.raises(ValueError, match=r"worker_local.counters\[0\]"):
+        RBM.load(tmp_path / "bad2.npz")
