@@ -48,7 +48,7 @@ def main() -> None:
     X = (np.random.default_rng(0).random((steps * m, V)) < 0.5).astype(np.float32)
     print(f"{V} x 2048 RBM, minibatch {m}, {steps} steps an epoch, K = 2, medians of {args.repeats} fits")
     print(f"{'transport':<10}{'strategy':<21}{'fit(1) s':>10}{'fit(4) s':>10}{'epoch s':>10}"
-          f"{'40 steps s':>12}{'overhead':>10}")
+          f"{f'{steps} steps s':>12}{'overhead':>10}")
     for transport in args.transports:
         for strategy in args.strategies:
             one, four, step = [], [], []
