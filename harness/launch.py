@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import weakref
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,7 @@ class ProcessGroup:
         self.procs: list[subprocess.Popen] = []
         self.local = runner.transport == "mpi" or not runner.tcp.hosts
         self.seq = 0
-        self._data: tuple[int, tuple, str] | None = None
+        self._data: tuple[tuple, str] | None = None   # (fingerprint, file) of the data the workers hold
         # no worker outlives the group, and no job folder: also when it is dropped unclosed
         self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.dir)
         try:
@@ -165,17 +166,23 @@ class ProcessGroup:
             raise
         return [json.loads(a.read_text()) for a in answers]
 
-    def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int):
+    def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
         """One pass over X[order]: per worker (errors, seconds, traffic, stats, wire) and
-        the extras (drift, syncs, memory) of this epoch."""
-        key = (id(X), X.shape, X.__array_interface__["data"][0])
-        if self._data is None or self._data[:2] != (key[0], key[1:]):  # the data go once per data set
-            name = f"data-{self.seq + 1}.npy"
-            np.save(self.dir / name, np.ascontiguousarray(X))
-            self._data = (key[0], key[1:], name)
+        the extras (drift, syncs, memory) of this epoch. The data go to the workers once:
+        again only when they are not the data they hold (by content, unless the caller
+        says they are the same)."""
+        X = np.ascontiguousarray(X)
+        if not (same_data and self._data is not None):
+            fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+            if self._data is None or self._data[0] != fingerprint:
+                name = f"data-{self.seq + 1}.npy"
+                np.save(self.dir / name, X)
+                if self._data is not None:
+                    (self.dir / self._data[1]).unlink(missing_ok=True)
+                self._data = (fingerprint, name)
         order_name = f"order-{self.seq + 1}.npy"
         np.save(self.dir / order_name, np.asarray(order, np.int64))
-        answers = self.command("epoch", spec=asdict(spec), data=self._data[2], order=order_name,
+        answers = self.command("epoch", spec=asdict(spec), data=self._data[1], order=order_name,
                                first_step=int(first_step))
         (self.dir / order_name).unlink(missing_ok=True)
         results = []

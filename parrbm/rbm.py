@@ -329,8 +329,12 @@ class RBM(TransformerMixin, BaseEstimator):
         self.history_ = []
         self._export()
 
-    def _train_epoch(self, X: np.ndarray, order: np.ndarray) -> float:
-        errors = self._strategy.run(X, order.astype(np.int64, copy=False), self.n_steps_)
+    def _train_epoch(self, X: np.ndarray, order: np.ndarray, same_data: bool = False) -> float:
+        order = order.astype(np.int64, copy=False)
+        if same_data and hasattr(self._strategy, "run_again"):  # the epochs of one fit: X is shipped once
+            errors = self._strategy.run_again(X, order, self.n_steps_)
+        else:
+            errors = self._strategy.run(X, order, self.n_steps_)
         self.n_steps_ += len(errors)
         self._state = self._strategy.gather_model()
         self._export()
@@ -392,6 +396,7 @@ class RBM(TransformerMixin, BaseEstimator):
         bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
         with self._main_thread_blas():
             try:
+                first_epoch = self.epochs_done_
                 for epoch in range(self.epochs_done_, int(self.n_iter)):
                     lr = self.learning_rate_at(epoch)
                     if lr != self.spec_.learning_rate:
@@ -402,7 +407,7 @@ class RBM(TransformerMixin, BaseEstimator):
                                          for k, a in vars(self._state).items()})
                     good_steps = self.n_steps_
                     t0 = time.perf_counter()
-                    err = self._train_epoch(X, order)
+                    err = self._train_epoch(X, order, same_data=epoch > first_epoch)
                     problem = self._diverged(err)
                     if problem:
                         self._state, self.n_steps_ = good, good_steps

@@ -186,3 +186,21 @@ def test_a_damaged_worker_state_in_a_model_file_names_the_field(tmp_path):
     np.savez(tmp_path / "bad2.npz", **arrays)
     with pytest.raises(ValueError, match=r"worker_local.counters\[0\]"):
         RBM.load(tmp_path / "bad2.npz")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reused_buffer_is_sent_again_when_its_contents_change(transport):
+    """partial_fit on one buffer refilled in place (a streaming loader): the workers train
+    on the new contents, as the threads do."""
+    rng = np.random.default_rng(5)
+    batches = [(rng.random((40, 10)) < 0.5).astype(np.float32) for _ in range(3)]
+    fits = {}
+    for t in ("threads", transport):
+        rbm = RBM(n_hidden=6, batch_size=10, random_state=1, strategy="green-only", workers=2, transport=t)
+        buf = np.empty((40, 10), np.float32)
+        for b in batches:
+            buf[...] = b
+            rbm.partial_fit(buf)
+        rbm._strategy.close()
+        fits[t] = rbm.components_
+    np.testing.assert_array_equal(fits[transport], fits["threads"])
