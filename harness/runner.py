@@ -117,6 +117,8 @@ class ParallelRunner:
     def finish(self) -> None:
         """The end of a fit: each worker's ``finish`` (a strategy whose replicas stand apart
         brings them together; its bytes count as a sync), then the tcp and mpi workers stop."""
+        if self._group is None and self.transport != "threads":
+            return  # no epoch ran: the model is already the gathered one (for averaging, the average)
         if self._group is not None:
             answers = self._group.finish()
             self._absorb(answers, [{p: PhaseStats(**v) for p, v in a["stats"].items()} for a in answers])
