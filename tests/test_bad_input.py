@@ -16,6 +16,7 @@ import pytest
 from parrbm import RBM
 from parrbm.cli import main
 from parrbm.harness.experiment import load_config, read_results, run_config
+from support import mpi_param
 
 SMALL = """
 name: small
@@ -385,18 +386,8 @@ def test_a_hand_edited_model_file_names_the_field(model_file, tmp_path, capsys, 
 
 # ---- 9. a stopped or hung worker is named, within the timeout ------------------------------------------------
 
-def _has_mpi():
-    try:
-        import mpi4py  # noqa: F401
-        from parrbm.harness.launch import mpiexec
-        mpiexec()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
-
-@pytest.mark.parametrize("transport", ["tcp", pytest.param("mpi", marks=pytest.mark.skipif(
-    not _has_mpi(), reason="pip install '.[mpi]'"))])
+@pytest.mark.parametrize("transport", ["tcp", mpi_param()])
 @pytest.mark.parametrize("fault", ["stop:1:1", "stop-in:1:1", "stop-in:2:2", "hang:1:2"]
                          + [f"stop-in:1:{s}" for s in (0, 2, 3)])
 def test_a_stopped_worker_is_named_every_time(monkeypatch, transport, fault):

@@ -15,21 +15,13 @@ import pytest
 from parrbm import RBM
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
+from support import mpi_param
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _has_mpi():
-    try:
-        import mpi4py  # noqa: F401
-        from parrbm.harness.launch import mpiexec
-        mpiexec()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
-
-TRANSPORTS = ["tcp", pytest.param("mpi", marks=pytest.mark.skipif(not _has_mpi(), reason="no mpi"))]
+TRANSPORTS = ["tcp", mpi_param()]
 
 CASES = [
     ("unit-partitioned", {"sync_every": 4}),

@@ -15,22 +15,14 @@ from parrbm.analysis import cost
 from parrbm.cli import main
 from parrbm.harness.experiment import load_config, read_results, run_config
 from parrbm.strategies import registry
+from support import has_mpi, mpi_param
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "skip_visible_exchange.py"
 REF = "skip_visible_exchange:SkipVisibleExchange"
 
 
-def _has_mpi():
-    try:
-        import mpi4py  # noqa: F401
-        from parrbm.harness.launch import mpiexec
-        mpiexec()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
 
-
-TRANSPORTS = ["threads", "tcp", pytest.param("mpi", marks=pytest.mark.skipif(not _has_mpi(), reason="no mpi"))]
+TRANSPORTS = ["threads", "tcp", mpi_param()]
 
 
 @pytest.fixture
@@ -129,7 +121,7 @@ def test_a_plugin_file_named_in_yaml_runs_on_every_transport(tmp_path, capsys):
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     shutil.copy(EXAMPLE, folder / EXAMPLE.name)
-    transports = "[threads, tcp, mpi]" if _has_mpi() else "[threads, tcp]"
+    transports = "[threads, tcp, mpi]" if has_mpi() else "[threads, tcp]"
     cfg = load_config(_config(tmp_path, "elsewhere/skip_visible_exchange.py:SkipVisibleExchange", transports))
     assert REF in cfg["grid"]["strategy"]
     path = run_config(cfg, tmp_path / "out", progress=lambda m: None)
