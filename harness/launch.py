@@ -231,16 +231,17 @@ class ProcessGroup:
     def close(self, kill: bool = False) -> None:
         """Stop the workers (asked, then killed if they do not stop) and remove the job
         folder."""
-        if not kill and self.alive:
-            try:
+        try:
+            if not kill and self.alive:
                 self.seq += 1
                 write_atomic(self.dir / f"cmd-{self.seq}.json", json.dumps({"op": "stop"}))
                 deadline = time.monotonic() + min(self.timeout, 10.0)
                 while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
                     time.sleep(0.02)
-            except OSError:
-                pass
-        self._finalizer()
+        except OSError:
+            pass
+        finally:  # also when Ctrl-C or SIGTERM lands while they stop
+            self._finalizer()
 
 
 def _shut_down(procs, job_dir: Path) -> None:

@@ -193,13 +193,17 @@ class ParallelRunner:
     def run_again(self, X: np.ndarray, order: np.ndarray, first_step: int) -> np.ndarray:
         """:meth:`run` on the same, unchanged X as the last run (the epochs of one fit):
         tcp and mpi workers keep the data they were sent."""
-        return self.run(X, order, first_step, same_data=True)
+        self._same_data = True
+        try:
+            return self.run(X, order, first_step)
+        finally:
+            self._same_data = False
 
-    def run(self, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False) -> np.ndarray:
+    def run(self, X: np.ndarray, order: np.ndarray, first_step: int) -> np.ndarray:
         """CD-k over the minibatches of X[order] on K workers; returns each minibatch's
-        reconstruction error sum (summed over workers). ``same_data``: X is the array of
-        the last run, unchanged (else tcp and mpi workers are sent it unless its contents
-        are those they hold)."""
+        reconstruction error sum (summed over workers). tcp and mpi workers are sent X
+        unless its contents are those they hold (or :meth:`run_again` says it is the last
+        run's X, unchanged)."""
         m = self.spec.batch_size
         batches = [order[s:s + m] for s in range(0, len(order), m)]
 
@@ -219,7 +223,8 @@ class ParallelRunner:
                 if self._pending_local is not None:  # carried over from a checkpoint or a closed group
                     self._group.restore_local(self._pending_local)
                     self._pending_local = None
-            results, extra = self._group.epoch(self.spec, X, order, first_step, same_data=same_data)
+            results, extra = self._group.epoch(self.spec, X, order, first_step,
+                                               same_data=getattr(self, "_same_data", False))
         for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)
         self._absorb(extra, [res[3] for res in results])

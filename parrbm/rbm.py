@@ -329,10 +329,10 @@ class RBM(TransformerMixin, BaseEstimator):
         self.history_ = []
         self._export()
 
-    def _train_epoch(self, X: np.ndarray, order: np.ndarray, same_data: bool = False) -> float:
+    def _train_epoch(self, X: np.ndarray, order: np.ndarray) -> float:
         order = order.astype(np.int64, copy=False)
-        if same_data and hasattr(self._strategy, "run_again"):  # the epochs of one fit: X is shipped once
-            errors = self._strategy.run_again(X, order, self.n_steps_)
+        if getattr(self, "_same_data", False) and hasattr(self._strategy, "run_again"):
+            errors = self._strategy.run_again(X, order, self.n_steps_)  # the epochs of one fit: X goes once
         else:
             errors = self._strategy.run(X, order, self.n_steps_)
         self.n_steps_ += len(errors)
@@ -407,7 +407,8 @@ class RBM(TransformerMixin, BaseEstimator):
                                          for k, a in vars(self._state).items()})
                     good_steps = self.n_steps_
                     t0 = time.perf_counter()
-                    err = self._train_epoch(X, order, same_data=epoch > first_epoch)
+                    self._same_data = epoch > first_epoch
+                    err = self._train_epoch(X, order)
                     problem = self._diverged(err)
                     if problem:
                         self._state, self.n_steps_ = good, good_steps
