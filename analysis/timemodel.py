@@ -149,7 +149,16 @@ class Prediction:
     efficiency: float | None = None
 
 
-def phase_kind(phase: str, model: cost.Model) -> str:
+def phase_kind(phase: str, model: cost.Model, strategy=None) -> str:
+    """The collective behind a phase: the strategy's own declaration
+    (``phase_collectives``) first, then the built-ins' (:data:`PHASE_KIND`)."""
+    declared = {}
+    if strategy is not None:
+        from parrbm.strategies.registry import resolve
+
+        declared = getattr(resolve(strategy), "phase_collectives", {}) or {}
+    if phase in declared:
+        return declared[phase]
     kind = PHASE_KIND.get(phase, "alltoall")
     if kind == "allgather":
         bits = model.visible_bits if phase == P.VISIBLE else model.hidden_bits
@@ -157,11 +166,12 @@ def phase_kind(phase: str, model: cost.Model) -> str:
     return kind
 
 
-def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, transport: str) -> dict[str, float]:
+def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, transport: str,
+          strategy=None) -> dict[str, float]:
     out = {}
     for phase, per_worker in traffic.phases.items():
         calls = traffic.calls.get(phase, 1)
-        link = profile.link(transport, phase_kind(phase, model))
+        link = profile.link(transport, phase_kind(phase, model, strategy))
         out[phase] = link.seconds(calls * (K - 1), max(per_worker))
     return out
 
@@ -190,7 +200,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     phases = {}
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, reduce=reduce, average=average)
-        phases = _comm(traffic, model, K, profile, transport)
+        phases = _comm(traffic, model, K, profile, transport, strategy)
     comm = sum(phases.values())
     sync = 0.0
     per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average,
@@ -199,7 +209,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
         st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
                                            model.precision, "") for r in ranks)
-        sync += sum(_comm(st, model, K, profile, transport).values())
+        sync += sum(_comm(st, model, K, profile, transport, strategy).values())
     work = compute + comm + (sync if per_step >= 1 else 0.0)
     # workers sharing one machine's cores wait for each other beyond their kernels
     wait = work * (profile.sharing(transport, min(K, cores)) - 1.0) if shared else 0.0

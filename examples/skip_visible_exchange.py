@@ -33,6 +33,7 @@ _ALL_UNITS = {"unit0": 0}
 class SkipVisibleExchange(Worker):
     name = "skip-visible-exchange"
     sync_phases = (P.WEIGHT_SYNC,)
+    phase_collectives = {P.WEIGHT_SYNC: "allgather"}   # the built-ins' weight sync is an alltoall
 
     def __init__(self, spec, state: ModelState, rank: int, size: int, options):
         super().__init__(spec, state, rank, size, options)

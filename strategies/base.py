@@ -65,6 +65,11 @@ class Worker:
     sync_phases: tuple[str, ...] = ()
     #: the C++ core has a copy of this strategy's epoch loop (the built-ins)
     native = False
+    #: the collective behind each of its phases, where it differs from the built-ins' use
+    #: of the phase name (the time model prices a phase by its collective's link):
+    #: one of LINK_KINDS of the time model ("allgather" of floats, "allgather_bits",
+    #: "reduce_scatter", "allreduce", "alltoall")
+    phase_collectives: dict[str, str] = {}
     #: arrays this worker holds that the gathered model does not give back (a replica
     #: between syncs): kept with a checkpoint, so that a resumed fit is the uninterrupted one
     local_arrays: tuple[str, ...] = ()

@@ -207,5 +207,9 @@ def test_the_analysis_prices_a_plugin_by_its_declarations(plugin_dir):
     assert pred.phases["hidden"] > 0 and pred.step_seconds > pred.compute_seconds
     # every step syncs: the sync's bytes are in the step (all of W[:, H_k] to each peer)
     assert sync.busiest == 3 * 800 * 500 * 4
+    from parrbm.analysis.timemodel import phase_kind
+
+    assert phase_kind("weight-sync", model, REF) == "allgather"           # as the plug-in declares
+    assert phase_kind("weight-sync", model, "unit-partitioned") == "alltoall"
     with pytest.raises(ValueError, match="larger than the 2000 hidden units"):
         predict(REF, model, 100, 2001, p, transport="tcp")
