@@ -5,13 +5,17 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 #include "barrier.hpp"
+#include "communicator.hpp"
 #include "kernels.hpp"
+#include "phases.hpp"
 #include "philox.hpp"
 #include "shared_comm.hpp"
 #include "trainer.hpp"
@@ -454,7 +458,137 @@ void bind_trainer(py::module_& m, const char* name) {
       });
 }
 
-// ---- the strategies' native epoch loop (threads transport) --------------------------------
+// ---- the strategies' native epoch loop --------------------------------------------------------
+
+// The Communicator of the native epoch loop on tcp and mpi: every collective is a call of
+// harness/comm.py's Comm (which moves the bytes over the Python transport and counts them),
+// on numpy views of the worker's own buffers. The loop runs without the GIL and takes it
+// for each collective only.
+class PythonComm final : public Communicator {
+ public:
+  explicit PythonComm(py::object comm)
+      : comm_(std::move(comm)),
+        rank_(comm_.attr("rank").cast<int>()),
+        size_(comm_.attr("size").cast<int>()),
+        partition_(py::module_::import("parrbm.partition").attr("Partition")),
+        // numpy arrays over memory the worker owns: a base object that frees nothing
+        owner_(py::capsule(this, [](void*) {})) {}
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+#define PARRBM_PYTHON_COLLECTIVES_OF(T)                                                          \
+  void allgather(MatView<const T> block, MatView<T> out, const Parts& parts,                    \
+                 const char* phase) override {                                                  \
+    py::gil_scoped_acquire gil;                                                                 \
+    comm_.attr("allgather")(view(block), view(out), partition(parts), py::arg("phase") = phase); \
+  }                                                                                             \
+  void allgather_bits(MatView<const T> states, MatView<T> out, const Parts& parts,              \
+                      const char* phase) override {                                             \
+    py::gil_scoped_acquire gil;                                                                 \
+    comm_.attr("allgather_bits")(view(states), view(out), partition(parts),                     \
+                                 py::arg("phase") = phase);                                     \
+  }                                                                                             \
+  void reduce_scatter(MatView<const T> partial, MatView<T> out, const Parts& parts,             \
+                      const char* phase) override {                                             \
+    py::gil_scoped_acquire gil;                                                                 \
+    comm_.attr("reduce_scatter")(view(partial), view(out), partition(parts),                    \
+                                 py::arg("phase") = phase);                                     \
+  }                                                                                             \
+  void alltoall(const std::vector<MatView<const T>>& sends, const std::vector<MatView<T>>& outs, \
+                const char* phase) override {                                                   \
+    py::gil_scoped_acquire gil;                                                                 \
+    py::list s, o;                                                                              \
+    for (const auto& a : sends) s.append(view(a));                                              \
+    for (const auto& a : outs) o.append(view(a));                                               \
+    comm_.attr("alltoall")(s, o, py::arg("phase") = phase);                                     \
+  }                                                                                             \
+  void allreduce(T* flat, int64_t n, const char* phase) override {                              \
+    py::gil_scoped_acquire gil;                                                                 \
+    comm_.attr("allreduce")(flat_view(flat, n), py::arg("phase") = phase);                     \
+  }                                                                                             \
+  void gather_sum(T* flat, int64_t n, const char* phase) override { gather_sum_t<T>(flat, n, phase); } \
+  void bcast(T* flat, int64_t n, const char* phase) override {                                  \
+    py::gil_scoped_acquire gil;                                                                 \
+    comm_.attr("bcast")(flat_view(flat, n), py::arg("root") = 0, py::arg("phase") = phase);     \
+  }
+
+  PARRBM_PYTHON_COLLECTIVES_OF(float)
+  PARRBM_PYTHON_COLLECTIVES_OF(double)
+#undef PARRBM_PYTHON_COLLECTIVES_OF
+
+  void shared_sync(int64_t logical_bytes_sent, const char* phase) override {
+    py::gil_scoped_acquire gil;
+    comm_.attr("shared_sync")(logical_bytes_sent, py::arg("phase") = phase);
+  }
+
+  SentBytes sent(const std::function<bool(std::string_view)>& counted) const override {
+    py::gil_scoped_acquire gil;
+    SentBytes n;
+    for (auto item : comm_.attr("stats").cast<py::dict>()) {
+      const auto phase = item.first.cast<std::string>();
+      if (!counted(phase)) continue;
+      n.payload += item.second.attr("bytes_sent").cast<int64_t>();
+      n.wire += item.second.attr("wire_bytes_sent").cast<int64_t>();
+    }
+    return n;
+  }
+
+ private:
+  template <class T>
+  py::array view(MatView<T> a) {
+    using E = std::remove_const_t<T>;
+    return py::array_t<E>({a.rows, a.cols},
+                          {a.ld * int64_t(sizeof(E)), int64_t(sizeof(E))},
+                          const_cast<E*>(a.data), owner_);
+  }
+  template <class T>
+  py::array flat_view(T* flat, int64_t n) {
+    return py::array_t<T>({n}, {int64_t(sizeof(T))}, flat, owner_);
+  }
+
+  // parrbm.partition.Partition of a part list: a slice for a range part, an index array
+  // for a scattered one. Made once per Parts object of the epoch's worker.
+  py::object partition(const Parts& p) {
+    auto it = partitions_.find(&p);
+    if (it != partitions_.end()) return it->second;
+    py::list parts;
+    for (int k = 0; k < p.count(); ++k) {
+      if (p.is_range(k)) {
+        parts.append(py::slice(p.first(k), p.first(k) + p.size(k), 1));
+      } else {
+        py::array_t<int64_t> idx(p.size(k));
+        std::copy(p.index(k), p.index(k) + p.size(k), idx.mutable_data());
+        parts.append(idx);
+      }
+    }
+    py::object obj = partition_(p.n(), parts);
+    partitions_.emplace(&p, obj);
+    return obj;
+  }
+
+  // comm.py's gather to rank 0, summed there in rank order (as the Python strategy sums it).
+  template <class T>
+  void gather_sum_t(T* flat, int64_t n, const char* phase) {
+    py::gil_scoped_acquire gil;
+    py::object parts = comm_.attr("gather")(flat_view(flat, n), py::arg("root") = 0,
+                                            py::arg("phase") = phase);
+    if (parts.is_none()) return;
+    auto list = parts.cast<py::list>();
+    for (size_t j = 1; j < list.size(); ++j) {
+      auto a = py::array_t<T, py::array::c_style>::ensure(list[j]);
+      if (!a || a.size() != n) throw std::runtime_error("gather_sum: a peer sent an array of another size");
+      const T* p = a.data();
+      for (int64_t i = 0; i < n; ++i) flat[i] += p[i];
+    }
+  }
+
+  py::object comm_;
+  const int rank_, size_;
+  py::object partition_;
+  py::object owner_;
+  std::map<const Parts*, py::object> partitions_;
+};
+
 
 template <class T>
 T get(const py::dict& d, const char* name) {
@@ -513,9 +647,9 @@ Parts parts_arg(const py::list& parts, int64_t n, const std::string& name) {
 template <class T>
 py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& config,
                               const py::dict& params, const py::list& vis_parts,
-                              const py::list& hid_parts, SharedGroup& group, py::array x,
+                              const py::list& hid_parts, const py::object& comm_arg, py::array x,
                               py::array_t<int64_t> order, uint32_t first_step,
-                              int64_t steps_done, int64_t syncs) {
+                              int64_t steps_done, int64_t syncs, const py::object& before_step) {
   const StrategyConfig cfg = strategy_config(config);
   auto opt2 = [&](const char* name) -> MatView<T> {
     return params.contains(name) ? opt_mat<T>(params[name], name) : MatView<T>{};
@@ -558,22 +692,41 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   const int64_t m = cfg.cd.batch_size;
   const int64_t batches = (n_order + m - 1) / m;
   py::array_t<double> errors(batches), seconds(batches);
-  py::array_t<int64_t> traffic(batches);
+  py::array_t<int64_t> traffic(batches), wire(batches);
   double* e = errors.mutable_data();
   double* s = seconds.mutable_data();
   int64_t* t = traffic.mutable_data();
+  int64_t* w = wire.mutable_data();
   WorkerCounters counters;
   counters.steps_done = steps_done;
   counters.syncs = syncs;
-  std::map<std::string, PhaseCounters, std::less<>> stats;
+  // threads: the group's shared memory; tcp and mpi: comm.py's Comm, which keeps the counts
+  std::unique_ptr<Communicator> comm;
+  SharedComm* shared = nullptr;
+  if (py::isinstance<SharedGroup>(comm_arg)) {
+    auto owned = std::make_unique<SharedComm>(comm_arg.cast<SharedGroup&>(), cfg.rank);
+    shared = owned.get();
+    comm = std::move(owned);
+  } else {
+    comm = std::make_unique<PythonComm>(comm_arg);
+  }
+  if (comm->size() != cfg.workers || comm->rank() != cfg.rank)
+    fail("comm", "has another rank or size than config['rank'] and config['workers']");
+  std::function<void(uint32_t)> hook;
+  if (!before_step.is_none()) {
+    hook = [&before_step](uint32_t step) {
+      py::gil_scoped_acquire gil;
+      before_step(step);
+    };
+  }
   {
     py::gil_scoped_release nogil;
-    SharedComm comm(group, cfg.rank);
-    auto worker = make_worker<T>(strategy, cfg, p, std::move(vis), std::move(hid), comm, counters);
-    run_epoch<T>(*worker, comm, X, rows.data(), n_order, m, first_step, e, s, t);
+    auto worker = make_worker<T>(strategy, cfg, p, std::move(vis), std::move(hid), *comm, counters);
+    run_epoch<T>(*worker, *comm, X, rows.data(), n_order, m, first_step, e, s, t, w, hook);
     counters = worker->counters();
-    stats = comm.stats();
   }
+  std::map<std::string, PhaseCounters, std::less<>> stats;
+  if (shared) stats = shared->stats();
   py::dict phases;
   for (const auto& [phase, c] : stats) {
     py::dict d;
@@ -590,7 +743,8 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   out["errors"] = errors;
   out["seconds"] = seconds;
   out["traffic"] = traffic;
-  out["stats"] = phases;
+  out["wire"] = wire;
+  out["stats"] = phases;  // threads only: on tcp and mpi the counts are in the Comm
   out["steps_done"] = counters.steps_done;
   out["syncs"] = counters.syncs;
   out["divergence"] = counters.divergence;
@@ -769,19 +923,34 @@ PYBIND11_MODULE(_core, m) {
            py::arg("barrier"), py::arg("size"), py::arg("timeout"), py::keep_alive<1, 2>());
   m.def("run_strategy_epoch",
         [](const std::string& strategy, const py::dict& config, const py::dict& params,
-           const py::list& visible_parts, const py::list& hidden_parts, SharedGroup& group,
+           const py::list& visible_parts, const py::list& hidden_parts, const py::object& comm,
            py::array X, py::array_t<int64_t> order, uint32_t first_step, int64_t steps_done,
-           int64_t syncs) {
+           int64_t syncs, const py::object& before_step) {
           if (is_f64(X))
-            return run_strategy_epoch_t<double>(strategy, config, params, visible_parts, hidden_parts, group, X, order, first_step, steps_done, syncs);
-          return run_strategy_epoch_t<float>(strategy, config, params, visible_parts, hidden_parts, group, X, order, first_step, steps_done, syncs);
+            return run_strategy_epoch_t<double>(strategy, config, params, visible_parts, hidden_parts, comm, X, order, first_step, steps_done, syncs, before_step);
+          return run_strategy_epoch_t<float>(strategy, config, params, visible_parts, hidden_parts, comm, X, order, first_step, steps_done, syncs, before_step);
         },
         py::arg("strategy"), py::arg("config"), py::arg("params"), py::arg("visible_parts"),
-        py::arg("hidden_parts"), py::arg("group"), py::arg("X"), py::arg("order"),
+        py::arg("hidden_parts"), py::arg("comm"), py::arg("X"), py::arg("order"),
         py::arg("first_step"), py::arg("steps_done") = 0, py::arg("syncs") = 0,
+        py::arg("before_step") = py::none(),
         "One worker's epoch of a parallel strategy: the minibatches of X[order], steps "
-        "first_step, first_step + 1, ...; returns errors, step seconds, training bytes per "
-        "step, the phase counters, and the worker's steps_done, syncs and new drift values.");
+        "first_step, first_step + 1, ...; comm is the threads' SharedGroup or a "
+        "harness.comm.Comm (tcp, mpi). Returns errors, step seconds, training bytes per step "
+        "(payload and wire), the phase counters (threads), and the worker's steps_done, syncs "
+        "and new drift values. before_step(step), if given, is called before each step.");
+
+  py::dict phase_names;
+  phase_names["HIDDEN"] = phase_name::kHidden;
+  phase_names["NEGATIVE_HIDDEN"] = phase_name::kNegativeHidden;
+  phase_names["VISIBLE"] = phase_name::kVisible;
+  phase_names["HIDDEN_INPUT"] = phase_name::kHiddenInput;
+  phase_names["NEGATIVE_HIDDEN_INPUT"] = phase_name::kNegativeHiddenInput;
+  phase_names["VISIBLE_INPUT"] = phase_name::kVisibleInput;
+  phase_names["GRADIENT"] = phase_name::kGradient;
+  phase_names["AVERAGE"] = phase_name::kAverage;
+  phase_names["WEIGHT_SYNC"] = phase_name::kWeightSync;
+  m.attr("PHASES") = phase_names;
 
   m.def("set_blas_threads", &set_blas_threads, py::arg("n"));
   m.def("set_blas_threads_local", &set_blas_threads_local, py::arg("n"),

@@ -22,120 +22,11 @@
 #include <vector>
 
 #include "barrier.hpp"
+#include "communicator.hpp"
 #include "kernels.hpp"
+#include "parts.hpp"
 
 namespace parrbm {
-
-// K parts of range(n): the global unit indices of each worker's part, sorted. A part that
-// is a range [first, first + size) is used in place and keeps no index; a scattered one
-// (random partition) is gathered and scattered column by column.
-class Parts {
- public:
-  Parts() = default;
-  Parts(int64_t n, std::vector<std::vector<int64_t>> index) : n_(n) {
-    for (auto& p : index) {
-      bool range = true;
-      for (size_t i = 1; i < p.size(); ++i) range = range && p[i] == p[0] + int64_t(i);
-      first_.push_back(p.empty() ? 0 : p[0]);
-      size_.push_back(int64_t(p.size()));
-      index_.push_back(range ? std::vector<int64_t>{} : std::move(p));
-      range_.push_back(range);
-    }
-  }
-  // range(n) cut into K pieces, the first n % K one larger (partition.py's cuts).
-  static Parts contiguous(int64_t n, int K) {
-    Parts p;
-    p.n_ = n;
-    int64_t start = 0;
-    for (int k = 0; k < K; ++k) {
-      const int64_t size = n / K + (k < n % K ? 1 : 0);
-      p.first_.push_back(start);
-      p.size_.push_back(size);
-      p.index_.emplace_back();
-      p.range_.push_back(true);
-      start += size;
-    }
-    return p;
-  }
-
-  int64_t n() const { return n_; }
-  int count() const { return int(size_.size()); }
-  int64_t size(int k) const { return size_[size_t(k)]; }
-  bool is_range(int k) const { return range_[size_t(k)]; }
-  int64_t first(int k) const { return first_[size_t(k)]; }
-  // the global index of part k's i-th unit
-  int64_t unit(int k, int64_t i) const {
-    return is_range(k) ? first(k) + i : index_[size_t(k)][size_t(i)];
-  }
-  // part k's global indices (scattered parts only)
-  const int64_t* index(int k) const { return index_[size_t(k)].data(); }
-  Units units(int k) const {
-    if (is_range(k)) return Units{uint64_t(first(k)), nullptr};
-    return Units{0, index(k)};
-  }
-
- private:
-  int64_t n_ = 0;
-  std::vector<int64_t> first_, size_;
-  std::vector<std::vector<int64_t>> index_;
-  std::vector<bool> range_;
-};
-
-template <class T>
-MatView<const T> as_const(MatView<T> v) {
-  return {v.data, v.rows, v.cols, v.ld};
-}
-
-template <class T>
-void copy_into(MatView<const T> src, MatView<T> dst) {
-  for (int64_t i = 0; i < src.rows; ++i)
-    std::memcpy(dst.row(i), src.row(i), size_t(src.cols) * sizeof(T));
-}
-
-// Part k of a's columns (a range part only): a view, no copy.
-template <class T>
-MatView<T> column_block(MatView<T> a, const Parts& p, int k) {
-  return a.block(0, a.rows, p.first(k), p.size(k));
-}
-
-// out (a.rows x |part k|) <- a[:, part k]
-template <class T>
-void take_columns(MatView<const T> a, const Parts& p, int k, MatView<T> out) {
-  if (p.is_range(k)) {
-    copy_into<T>(a.block(0, a.rows, p.first(k), p.size(k)), out);
-    return;
-  }
-  const int64_t* idx = p.index(k);
-  for (int64_t i = 0; i < a.rows; ++i) {
-    const T* src = a.row(i);
-    T* dst = out.row(i);
-    for (int64_t j = 0; j < out.cols; ++j) dst[j] = src[idx[j]];
-  }
-}
-
-// a[:, part k] <- block
-template <class T>
-void put_columns(MatView<T> a, const Parts& p, int k, MatView<const T> block) {
-  if (p.is_range(k)) {
-    copy_into<T>(block, a.block(0, a.rows, p.first(k), p.size(k)));
-    return;
-  }
-  const int64_t* idx = p.index(k);
-  for (int64_t i = 0; i < block.rows; ++i) {
-    const T* src = block.row(i);
-    T* dst = a.row(i);
-    for (int64_t j = 0; j < block.cols; ++j) dst[idx[j]] = src[j];
-  }
-}
-
-// a[:, part k] as read-only operand: a view of a range part, else gathered into scratch.
-template <class T>
-MatView<const T> columns_of(MatView<const T> a, const Parts& p, int k, MatView<T> scratch) {
-  if (p.is_range(k)) return a.block(0, a.rows, p.first(k), p.size(k));
-  MatView<T> out = scratch.block(0, a.rows, 0, p.size(k));
-  take_columns<T>(a, p, k, out);
-  return {out.data, out.rows, out.cols, out.ld};
-}
 
 // A peer failed (its thread raised), or did not arrive within the timeout.
 class CommFailure : public std::runtime_error {
@@ -184,19 +75,59 @@ class SharedGroup {
   std::unique_ptr<std::atomic<const char*>[]> phase_;
 };
 
-// One worker's end of the group: the collectives of comm.py's Comm and their counters.
-class SharedComm {
+// One worker's end of the group: the collectives of comm.py's Comm over shared memory, and
+// their counters.
+class SharedComm final : public Communicator {
  public:
   SharedComm(SharedGroup& group, int rank) : group_(group), rank_(rank), size_(group.size()) {
     if (rank < 0 || rank >= size_) throw std::invalid_argument("SharedComm: rank out of range");
   }
-  int rank() const { return rank_; }
-  int size() const { return size_; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+#define PARRBM_SHARED_COLLECTIVES_OF(T)                                                         \
+  void allgather(MatView<const T> block, MatView<T> out, const Parts& parts,                   \
+                 const char* phase) override {                                                 \
+    allgather_impl<T>(block, out, parts, phase);                                               \
+  }                                                                                            \
+  void allgather_bits(MatView<const T> states, MatView<T> out, const Parts& parts,             \
+                      const char* phase) override {                                            \
+    allgather_bits_impl<T>(states, out, parts, phase);                                         \
+  }                                                                                            \
+  void reduce_scatter(MatView<const T> partial, MatView<T> out, const Parts& parts,            \
+                      const char* phase) override {                                            \
+    reduce_scatter_impl<T>(partial, out, parts, phase);                                        \
+  }                                                                                            \
+  void alltoall(const std::vector<MatView<const T>>& sends, const std::vector<MatView<T>>& outs, \
+                const char* phase) override {                                                  \
+    alltoall_impl<T>(sends, outs, phase);                                                      \
+  }                                                                                            \
+  void allreduce(T* flat, int64_t n, const char* phase) override { allreduce_impl<T>(flat, n, phase); } \
+  void gather_sum(T* flat, int64_t n, const char* phase) override { gather_sum_impl<T>(flat, n, phase); } \
+  void bcast(T* flat, int64_t n, const char* phase) override { bcast_impl<T>(flat, n, phase); }
+
+  PARRBM_SHARED_COLLECTIVES_OF(float)
+  PARRBM_SHARED_COLLECTIVES_OF(double)
+#undef PARRBM_SHARED_COLLECTIVES_OF
+
+  SentBytes sent(const std::function<bool(std::string_view)>& counted) const override {
+    SentBytes n;
+    for (const auto& [phase, s] : stats_)
+      if (counted(phase)) n.payload += s.bytes_sent;
+    return n;
+  }
   const std::map<std::string, PhaseCounters, std::less<>>& stats() const { return stats_; }
 
+  void shared_sync(int64_t logical_bytes_sent, const char* phase) override {
+    const auto t0 = begin(phase);
+    const double wait = sync();
+    record(phase, t0, wait, 0, 0, 0, logical_bytes_sent);
+  }
+
+ private:
   // out[:, parts[j]] = block of worker j for every j. block: (m x |part rank|), out: (m x N).
   template <class T>
-  void allgather(MatView<const T> block, MatView<T> out, const Parts& parts, const char* phase) {
+  void allgather_impl(MatView<const T> block, MatView<T> out, const Parts& parts, const char* phase) {
     const auto t0 = begin(phase);
     // Peers read a contiguous block where it is; a strided one is packed first.
     const void* payload = block.data;
@@ -218,7 +149,7 @@ class SharedComm {
 
   // allgather of 0/1 states, sent bit-packed: ceil(m n / 8) bytes a block.
   template <class T>
-  void allgather_bits(MatView<const T> states, MatView<T> out, const Parts& parts, const char* phase) {
+  void allgather_bits_impl(MatView<const T> states, MatView<T> out, const Parts& parts, const char* phase) {
     const auto t0 = begin(phase);
     const int64_t m = out.rows;
     const int64_t packed = (states.rows * states.cols + 7) / 8;
@@ -244,7 +175,7 @@ class SharedComm {
   // out = sum over workers j, in rank order, of partial_j[:, parts[rank]].
   // partial: (m x N), this worker's addend; out: (m x |part rank|).
   template <class T>
-  void reduce_scatter(MatView<const T> partial, MatView<T> out, const Parts& parts, const char* phase) {
+  void reduce_scatter_impl(MatView<const T> partial, MatView<T> out, const Parts& parts, const char* phase) {
     const auto t0 = begin(phase);
     // Each peer's block, contiguous, one after another in send_bytes_.
     int64_t total = 0;
@@ -283,7 +214,7 @@ class SharedComm {
 
   // outs[j] = what worker j sent to this worker; sends[j] is addressed to worker j.
   template <class T>
-  void alltoall(const std::vector<MatView<const T>>& sends, const std::vector<MatView<T>>& outs,
+  void alltoall_impl(const std::vector<MatView<const T>>& sends, const std::vector<MatView<T>>& outs,
                 const char* phase) {
     const auto t0 = begin(phase);
     copy_into<T>(sends[size_t(rank_)], outs[size_t(rank_)]);
@@ -314,20 +245,20 @@ class SharedComm {
   // In-place sum over workers of flat (n elements) as reduce-scatter + allgather of K
   // near-equal chunks (comm.py's allreduce).
   template <class T>
-  void allreduce(T* flat, int64_t n, const char* phase) {
+  void allreduce_impl(T* flat, int64_t n, const char* phase) {
     const Parts chunks = Parts::contiguous(n, size_);
     std::vector<T>& mine = chunk(static_cast<T*>(nullptr));
     mine.resize(size_t(std::max<int64_t>(chunks.size(rank_), 1)));
     MatView<T> whole{flat, 1, n, std::max<int64_t>(n, 1)};
     MatView<T> part{mine.data(), 1, chunks.size(rank_), std::max<int64_t>(chunks.size(rank_), 1)};
-    reduce_scatter<T>(as_const(whole), part, chunks, phase);
-    allgather<T>(as_const(part), whole, chunks, phase);
+    reduce_scatter_impl<T>(as_const(whole), part, chunks, phase);
+    allgather_impl<T>(as_const(part), whole, chunks, phase);
   }
 
   // Root (rank 0) sums every worker's flat array in rank order into its own (comm.py's
   // gather, summed by the parameter-averaging master).
   template <class T>
-  void gather_sum(T* flat, int64_t n, const char* phase) {
+  void gather_sum_impl(T* flat, int64_t n, const char* phase) {
     const auto t0 = begin(phase);
     const int64_t nbytes = n * int64_t(sizeof(T));
     sends_.assign(size_t(size_), nullptr);
@@ -345,7 +276,7 @@ class SharedComm {
 
   // flat <- root's flat, in place.
   template <class T>
-  void bcast(T* flat, int64_t n, const char* phase) {
+  void bcast_impl(T* flat, int64_t n, const char* phase) {
     const auto t0 = begin(phase);
     const int64_t nbytes = n * int64_t(sizeof(T));
     sends_.assign(size_t(size_), nullptr);
@@ -358,15 +289,6 @@ class SharedComm {
     else record(phase, t0, wait, 0, nbytes, 0);
   }
 
-  // A barrier standing in for a weight exchange that shared memory makes unnecessary:
-  // records the bytes the exchange would have sent, moves none.
-  void shared_sync(int64_t logical_bytes_sent, const char* phase) {
-    const auto t0 = begin(phase);
-    const double wait = sync();
-    record(phase, t0, wait, 0, 0, 0, logical_bytes_sent);
-  }
-
- private:
   using clock = std::chrono::steady_clock;
 
   clock::time_point begin(const char* phase) {

@@ -1,9 +1,12 @@
 #include "workers.hpp"
 
+#include "phases.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
+#include <string_view>
 
 namespace parrbm {
 
@@ -45,7 +48,7 @@ void take_rows(MatView<const T> src, const Parts& p, int k, MatView<T> dst) {
 
 template <class T>
 StrategyWorker<T>::StrategyWorker(const StrategyConfig& cfg, const WorkerParams<T>& params,
-                                  Parts vis, Parts hid, SharedComm& comm,
+                                  Parts vis, Parts hid, Communicator& comm,
                                   WorkerCounters counters)
     : cfg_(cfg), p_(params), vis_(std::move(vis)), hid_(std::move(hid)), comm_(comm),
       counters_(std::move(counters)), k_(cfg.rank), K_(cfg.workers) {
@@ -120,8 +123,8 @@ void StrategyWorker<T>::update_bias(T* bias, T* inc, MatView<const T> pos, MatVi
 
 template <class T>
 void StrategyWorker<T>::exchange_visible(MatView<const T> local, MatView<T> out) {
-  if (visible_as_bits()) comm_.allgather_bits(local, out, vis_, "visible");
-  else comm_.allgather(local, out, vis_, "visible");
+  if (visible_as_bits()) comm_.allgather_bits(local, out, vis_, phase_name::kVisible);
+  else comm_.allgather(local, out, vis_, phase_name::kVisible);
 }
 
 template <class T>
@@ -180,7 +183,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
     }
   }
 
-  bool is_sync_phase(const std::string& phase) const override { return phase == "weight-sync"; }
+  bool is_sync_phase(std::string_view phase) const override { return phase == phase_name::kWeightSync; }
 
   double step(MatView<const T> X, uint32_t step) override {
     const CDConfig& s = cd();
@@ -193,7 +196,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
     // 1. h_k ~ p(h_k | x); allgather -> every worker has h.
     gemm<T>(false, false, T(1), X, as_const(p_.green), T(0), rows_of(pre_h_, 0, mb));
     auto [act, states] = this->exchange_hidden(as_const(rows_of(pre_h_, 0, mb)), p_.c, step,
-                                               kPhasePositiveHidden, "hidden", h_local_,
+                                               kPhasePositiveHidden, phase_name::kHidden, h_local_,
                                                hidden_act_, hidden_states_);
     copy_into<T>(as_const(act), rows_of(right, 0, mb));
     MatView<T> driver = s.persistent ? p_.chains : states;
@@ -210,7 +213,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
       gemm<T>(false, false, T(1), as_const(rows_of(left, mb, c)), as_const(p_.green), T(0),
               rows_of(pre_h_, 0, c));
       std::tie(act, states) = this->exchange_hidden(as_const(rows_of(pre_h_, 0, c)), p_.c, step,
-                                                    phase_hidden(uint32_t(t)), "negative-hidden",
+                                                    phase_hidden(uint32_t(t)), phase_name::kNegativeHidden,
                                                     h_local_, hidden_act_, hidden_states_);
       driver = states;
     }
@@ -242,7 +245,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
       sends.push_back(columns_of<T>(as_const(p_.purple), hid_, j, sync_out_[size_t(j)]));
       outs.push_back(sync_in_[size_t(j)]);
     }
-    comm_.alltoall(sends, outs, "weight-sync");
+    comm_.alltoall(sends, outs, phase_name::kWeightSync);
     double drift = 0.0;
     for (int j = 0; j < K_; ++j) {
       const MatView<T>& in = outs[size_t(j)];
@@ -297,7 +300,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
     }
   }
 
-  bool is_sync_phase(const std::string& phase) const override { return phase == "weight-sync"; }
+  bool is_sync_phase(std::string_view phase) const override { return phase == phase_name::kWeightSync; }
 
   double step(MatView<const T> X, uint32_t step) override {
     const CDConfig& s = cd();
@@ -310,7 +313,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
     // 1. h_k ~ p(h_k | x); allgather -> every worker has h.
     gemm<T>(false, false, T(1), X, as_const(p_.green), T(0), rows_of(pre_h_, 0, mb));
     auto [act, states] = this->exchange_hidden(as_const(rows_of(pre_h_, 0, mb)), p_.c, step,
-                                               kPhasePositiveHidden, "hidden", h_local_,
+                                               kPhasePositiveHidden, phase_name::kHidden, h_local_,
                                                hidden_act_, hidden_states_);
     copy_into<T>(this->cols(as_const(act), hid_, act_k_), rows_of(right_k, 0, mb));
     MatView<T> driver = s.persistent ? p_.chains : states;
@@ -331,7 +334,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
       const uint32_t phase = phase_hidden(uint32_t(t));
       if (t < s.cd_k || s.persistent) {
         std::tie(act, states) = this->exchange_hidden(as_const(rows_of(pre_h_, 0, c)), p_.c, step,
-                                                      phase, "negative-hidden", h_local_,
+                                                      phase, phase_name::kNegativeHidden, h_local_,
                                                       hidden_act_, hidden_states_);
         driver = states;
         final_k = this->cols(as_const(act), hid_, act_k_);
@@ -372,7 +375,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
   void sync() {
     counters_.syncs += 1;
     if (cfg_.shared_weights) {
-      comm_.shared_sync(sync_bytes(), "weight-sync");
+      comm_.shared_sync(sync_bytes(), phase_name::kWeightSync);
       return;
     }
     std::vector<MatView<const T>> sends;
@@ -386,7 +389,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
       }
       outs.push_back(hid_.is_range(j) ? column_block(p_.purple, hid_, j) : sync_in_[size_t(j)]);
     }
-    comm_.alltoall(sends, outs, "weight-sync");
+    comm_.alltoall(sends, outs, phase_name::kWeightSync);
     for (int j = 0; j < K_; ++j)
       if (!hid_.is_range(j)) put_columns<T>(p_.purple, hid_, j, as_const(sync_in_[size_t(j)]));
   }
@@ -433,9 +436,9 @@ class PurpleOnly final : public StrategyWorker<T> {
     gemm<T>(false, false, T(1), as_const(rows_of(left_k, 0, mb)), as_const(p_.purple), T(0),
             rows_of(partial_, 0, mb));
     comm_.reduce_scatter(as_const(rows_of(partial_, 0, mb)), rows_of(pre_h_, 0, mb), hid_,
-                            "hidden-input");
+                            phase_name::kHiddenInput);
     auto [act, states] = this->exchange_hidden(as_const(rows_of(pre_h_, 0, mb)), p_.c, step,
-                                               kPhasePositiveHidden, "hidden", h_local_,
+                                               kPhasePositiveHidden, phase_name::kHidden, h_local_,
                                                hidden_act_, hidden_states_);
     copy_into<T>(as_const(act), rows_of(right, 0, mb));
     MatView<T> driver = s.persistent ? p_.chains : states;
@@ -451,9 +454,9 @@ class PurpleOnly final : public StrategyWorker<T> {
       // 3. Inputs of h'_k by reduce-scatter; h'_k; allgather -> h'.
       gemm<T>(false, false, T(1), as_const(v_k), as_const(p_.purple), T(0), rows_of(partial_, 0, c));
       comm_.reduce_scatter(as_const(rows_of(partial_, 0, c)), rows_of(pre_h_, 0, c), hid_,
-                              "negative-hidden-input");
+                              phase_name::kNegativeHiddenInput);
       std::tie(act, states) = this->exchange_hidden(as_const(rows_of(pre_h_, 0, c)), p_.c, step,
-                                                    phase_hidden(uint32_t(t)), "negative-hidden",
+                                                    phase_hidden(uint32_t(t)), phase_name::kNegativeHidden,
                                                     h_local_, hidden_act_, hidden_states_);
       driver = states;
     }
@@ -516,7 +519,7 @@ class GreenOnly final : public StrategyWorker<T> {
       // 2. Inputs of v'_k by reduce-scatter of h_k G_k^T; v'_k; allgather -> v'.
       gemm<T>(false, true, T(1), as_const(driver), as_const(p_.green), T(0), rows_of(partial_, 0, c));
       comm_.reduce_scatter(as_const(rows_of(partial_, 0, c)), rows_of(pre_v_, 0, c), vis_,
-                              "visible-input");
+                              phase_name::kVisibleInput);
       MatView<const T> data = (t == 1 && !s.persistent) ? this->cols(X, vis_, x_k_) : MatView<const T>{};
       err += this->visible_units(as_const(rows_of(pre_v_, 0, c)), p_.b, rows_of(v_local_, 0, c),
                                  vis_.units(k_), step, t, data);
@@ -581,8 +584,8 @@ class ParameterAveraging final : public StrategyWorker<T> {
     s2_.assign(size_t(V), T(0));
   }
 
-  bool is_sync_phase(const std::string& phase) const override {
-    return cfg_.average_weights && phase == "average";
+  bool is_sync_phase(std::string_view phase) const override {
+    return cfg_.average_weights && phase == phase_name::kAverage;
   }
 
   double step(MatView<const T> X, uint32_t step) override {
@@ -655,7 +658,7 @@ class ParameterAveraging final : public StrategyWorker<T> {
     T* gb = grad_.data() + V * H;
     for (int64_t j = 0; j < V; ++j) gb[j] = s1_[size_t(j)] - T(scale * s2_[size_t(j)]);
     column_sums(right, grad_.data() + V * H + V);
-    reduce("gradient");
+    reduce(phase_name::kGradient);
   }
 
   void apply_summed_gradient(int64_t mb) {
@@ -688,7 +691,7 @@ class ParameterAveraging final : public StrategyWorker<T> {
     for (int64_t i = 0; i < V; ++i) std::copy(p_.W.row(i), p_.W.row(i) + H, g + i * H);
     std::copy(p_.b, p_.b + V, g + V * H);
     std::copy(p_.c, p_.c + H, g + V * H + V);
-    reduce("average");
+    reduce(phase_name::kAverage);
     const T K = T(K_);
     for (auto& e : grad_) e = e / K;
     for (int64_t i = 0; i < V; ++i) std::copy(g + i * H, g + (i + 1) * H, p_.W.row(i));
@@ -708,7 +711,7 @@ template <class T>
 std::unique_ptr<StrategyWorker<T>> make_worker(const std::string& strategy,
                                                const StrategyConfig& cfg,
                                                const WorkerParams<T>& params, Parts vis,
-                                               Parts hid, SharedComm& comm,
+                                               Parts hid, Communicator& comm,
                                                WorkerCounters counters) {
   if (strategy == "unit-partitioned")
     return std::make_unique<UnitPartitioned<T>>(cfg, params, std::move(vis), std::move(hid), comm, std::move(counters));
@@ -724,28 +727,28 @@ std::unique_ptr<StrategyWorker<T>> make_worker(const std::string& strategy,
 }
 
 template <class T>
-void run_epoch(StrategyWorker<T>& worker, const SharedComm& comm, MatView<const T> X,
+void run_epoch(StrategyWorker<T>& worker, const Communicator& comm, MatView<const T> X,
                const int64_t* order, int64_t n_order, int64_t batch_size, uint32_t first_step,
-               double* errors, double* seconds, int64_t* traffic) {
+               double* errors, double* seconds, int64_t* traffic, int64_t* wire,
+               const std::function<void(uint32_t)>& before_step) {
   using clock = std::chrono::steady_clock;
-  auto training_bytes = [&]() {
-    int64_t n = 0;
-    for (const auto& [phase, s] : comm.stats())
-      if (!worker.is_sync_phase(phase) && phase.rfind("gather-", 0) != 0) n += s.bytes_sent;
-    return n;
+  const std::function<bool(std::string_view)> training = [&](std::string_view phase) {
+    return !worker.is_sync_phase(phase) && phase.rfind(phase_name::kGatherPrefix, 0) != 0;
   };
   std::vector<T> buf(size_t(std::max<int64_t>(batch_size * X.cols, 1)));
-  int64_t before = training_bytes();
+  SentBytes before = comm.sent(training);
   int64_t batch = 0;
   for (int64_t start = 0; start < n_order; start += batch_size, ++batch) {
     const int64_t mb = std::min(batch_size, n_order - start);
     MatView<T> xb{buf.data(), mb, X.cols, std::max<int64_t>(X.cols, 1)};
     gather_rows<T>(X, order + start, xb);
+    if (before_step) before_step(first_step + uint32_t(batch));
     const auto t0 = clock::now();
     errors[batch] = worker.step(as_const(xb), first_step + uint32_t(batch));
     seconds[batch] = std::chrono::duration<double>(clock::now() - t0).count();
-    const int64_t after = training_bytes();
-    traffic[batch] = after - before;
+    const SentBytes after = comm.sent(training);
+    traffic[batch] = after.payload - before.payload;
+    wire[batch] = after.wire - before.wire;
     before = after;
   }
 }
@@ -754,9 +757,10 @@ void run_epoch(StrategyWorker<T>& worker, const SharedComm& comm, MatView<const 
   template class StrategyWorker<T>;                                                               \
   template std::unique_ptr<StrategyWorker<T>> make_worker<T>(                                     \
       const std::string&, const StrategyConfig&, const WorkerParams<T>&, Parts, Parts,             \
-      SharedComm&, WorkerCounters);                                                               \
-  template void run_epoch<T>(StrategyWorker<T>&, const SharedComm&, MatView<const T>,             \
-                             const int64_t*, int64_t, int64_t, uint32_t, double*, double*, int64_t*);
+      Communicator&, WorkerCounters);                                                             \
+  template void run_epoch<T>(StrategyWorker<T>&, const Communicator&, MatView<const T>,           \
+                             const int64_t*, int64_t, int64_t, uint32_t, double*, double*, int64_t*, \
+                             int64_t*, const std::function<void(uint32_t)>&);
 
 PARRBM_INSTANTIATE_WORKERS(float)
 PARRBM_INSTANTIATE_WORKERS(double)

@@ -1,6 +1,7 @@
 // The parallel strategies' workers in C++: a worker's whole epoch runs here, its
-// collectives through SharedComm (the threads transport), so a small model's minibatch
-// costs no Python at all.
+// collectives through a Communicator (shared memory on threads, harness/comm.py's Comm over
+// the Python transport on tcp and mpi), so a minibatch's compute costs no Python at all,
+// whatever the transport.
 //
 // Each class follows its Python module in strategies/ statement for statement: the same
 // kernels on the same blocks, the same collectives with the same phase names, the same
@@ -9,12 +10,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels.hpp"
-#include "shared_comm.hpp"
+#include "communicator.hpp"
+#include "parts.hpp"
 #include "trainer.hpp"
 
 namespace parrbm {
@@ -57,14 +61,14 @@ template <class T>
 class StrategyWorker {
  public:
   StrategyWorker(const StrategyConfig& cfg, const WorkerParams<T>& params, Parts vis, Parts hid,
-                 SharedComm& comm, WorkerCounters counters);
+                 Communicator& comm, WorkerCounters counters);
   virtual ~StrategyWorker() = default;
 
   // One CD-k step on minibatch x (mb x V); returns this worker's share of the
   // reconstruction error sum.
   virtual double step(MatView<const T> x, uint32_t step) = 0;
   // Phases whose bytes are weight synchronisation, not per-step training traffic.
-  virtual bool is_sync_phase(const std::string& phase) const { (void)phase; return false; }
+  virtual bool is_sync_phase(std::string_view phase) const { (void)phase; return false; }
 
   const WorkerCounters& counters() const { return counters_; }
 
@@ -109,7 +113,7 @@ class StrategyWorker {
   StrategyConfig cfg_;
   WorkerParams<T> p_;
   Parts vis_, hid_;
-  SharedComm& comm_;
+  Communicator& comm_;
   WorkerCounters counters_;
   const int k_;  // this worker's rank
   const int K_;
@@ -124,15 +128,18 @@ template <class T>
 std::unique_ptr<StrategyWorker<T>> make_worker(const std::string& strategy,
                                                const StrategyConfig& cfg,
                                                const WorkerParams<T>& params, Parts vis,
-                                               Parts hid, SharedComm& comm,
+                                               Parts hid, Communicator& comm,
                                                WorkerCounters counters);
 
 // harness/runner.py's train_on: the minibatches of X taken in `order` (consecutive chunks
 // of batch_size), step indices first_step, first_step + 1, ...; per minibatch the error
-// sum, the step's seconds and the training payload bytes this worker sent (syncs excluded).
+// sum, the step's seconds, and the training bytes this worker sent (syncs excluded): as
+// comm.py counts them (traffic) and as the transport wrote them (wire). before_step, if
+// set, is called with each step's index before the step (the harness's fault injection).
 template <class T>
-void run_epoch(StrategyWorker<T>& worker, const SharedComm& comm, MatView<const T> X,
+void run_epoch(StrategyWorker<T>& worker, const Communicator& comm, MatView<const T> X,
                const int64_t* order, int64_t n_order, int64_t batch_size, uint32_t first_step,
-               double* errors, double* seconds, int64_t* traffic);
+               double* errors, double* seconds, int64_t* traffic, int64_t* wire,
+               const std::function<void(uint32_t)>& before_step = {});
 
 }  // namespace parrbm

@@ -14,10 +14,17 @@ from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
 
-#: Who runs a worker's minibatch loop: "native" is the C++ core's copy of every strategy
-#: (threads transport only: the workers share one process), "python" the strategy modules
-#: themselves, "auto" native where it can run.
+#: Who runs a worker's minibatch loop: "native" is the C++ core's copy of a built-in strategy
+#: (on every transport: its collectives are shared memory on threads and harness/comm.py's
+#: over the transport on tcp and mpi), "python" the strategy modules themselves, "auto"
+#: native where the strategy has a copy in the core.
 ENGINES = ("auto", "native", "python")
+
+
+def has_native(cls: type[Worker]) -> bool:
+    """The core holds a copy of this very class's algorithm. A subclass of a built-in
+    inherits none: it changed something the copy does not know of."""
+    return bool(cls.__dict__.get("native", False))
 
 
 def worker_class(strategy) -> type[Worker]:
@@ -38,9 +45,6 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
                          f"available: {', '.join(TRANSPORTS)}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-    if engine == "native" and transport != "threads":
-        raise ValueError(f"engine 'native' runs the workers as threads of one process: it needs "
-                         f"transport='threads', got {transport!r} (use engine='auto' or 'python')")
     if options.partition not in ("contiguous", "random"):
         raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
                          f"got {options.partition!r}")
@@ -50,7 +54,7 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
                 workers=workers)
     cls = worker_class(strategy)
     cls.check_options(options, transport=transport)
-    if engine == "native" and not cls.native:
+    if engine == "native" and not has_native(cls):
         raise ValueError(f"engine 'native' runs the core's copy of a built-in strategy; {cls.name!r} has none "
                          f"(use engine='auto' or 'python')")
     if not isinstance(options.sync_every, int) or options.sync_every < 0:
@@ -71,7 +75,7 @@ class ParallelRunner:
         self.options = options or StrategyOptions()
         check_options(spec, strategy, workers, transport, self.options, engine)
         self.name = reference(strategy)  # how any process names it: a registered name or module:Class
-        native = transport == "threads" and worker_class(strategy).native
+        native = has_native(worker_class(strategy))
         self.engine = ("native" if native else "python") if engine == "auto" else engine
         self.blas_threads = blas_threads
         self.timeout = timeout
@@ -321,28 +325,33 @@ def _training_wire(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
     return sum(s.wire_bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
 
 
-def train_native(worker: Worker, comm: Comm, X: np.ndarray, order: np.ndarray, first_step: int):
+def train_native(worker: Worker, comm: Comm, X: np.ndarray, order: np.ndarray, first_step: int,
+                 before_step=None):
     """:func:`train_on` with the minibatch loop in the core: the worker's parameters are
-    updated in place by the core's copy of its strategy, which moves data through the
-    threads transport's barrier and counts bytes as :class:`Comm` does, phase by phase."""
+    updated in place by the core's copy of its strategy. On threads its collectives are the
+    core's shared-memory ones (counting bytes as :class:`Comm` does, phase by phase); on tcp
+    and mpi they are ``comm``'s own, over the transport. ``before_step(step)``, if given,
+    runs before each step (fault injection)."""
     from parrbm import _core
     from parrbm.harness.comm import CommError
 
     X = np.ascontiguousarray(X, dtype=worker.dtype)
     parts = lambda p: [p.index(j) for j in range(worker.K)]  # noqa: E731
+    group = getattr(comm.transport, "group", None)  # threads: the core's view of the threads
     try:
         out = _core.run_strategy_epoch(worker.name, worker.native_config(), worker.native_params(),
-                                       parts(worker.vis), parts(worker.hid), comm.transport.group,
+                                       parts(worker.vis), parts(worker.hid),
+                                       group if group is not None else comm,
                                        X, np.ascontiguousarray(order, dtype=np.int64), first_step,
-                                       worker.steps_done, worker.syncs)
+                                       worker.steps_done, worker.syncs, before_step)
     except _core.CommFailure as exc:
         raise CommError(str(exc)) from None
     worker.steps_done, worker.syncs = out["steps_done"], out["syncs"]
     worker.divergence.extend(out["divergence"])
     for phase, counters in out["stats"].items():
         comm.stats.setdefault(phase, PhaseStats()).add(PhaseStats(**counters))
-    n = len(out["errors"])
-    return list(out["errors"]), list(out["seconds"]), [int(t) for t in out["traffic"]], comm.stats, [0] * n
+    return (list(out["errors"]), list(out["seconds"]), [int(t) for t in out["traffic"]], comm.stats,
+            [int(w) for w in out["wire"]])
 
 
 def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray],

@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _inject_fault(worker, rank: int, transport) -> None:
+def _fault(rank: int, transport):
+    """The PARRBM_FAULT hook of this worker: a function of the step index, or None."""
     spec = os.environ.get("PARRBM_FAULT")
     if not spec:
-        return
+        return None
     what, r, s = spec.split(":")
     if int(r) != rank:
-        return
-    step = worker.step
+        return None
 
-    def faulty(X, i):
+    def fault(i: int) -> None:
         if i == int(s):
             if what == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -54,6 +54,18 @@ def _inject_fault(worker, rank: int, transport) -> None:
                 _stop_inside_next_collective(transport)
             while what == "hang":
                 time.sleep(1)
+
+    return fault
+
+
+def _inject_fault(worker, fault) -> None:
+    """The Python engine: the fault runs at the start of ``worker.step``."""
+    if fault is None:
+        return
+    step = worker.step
+
+    def faulty(X, i):
+        fault(i)
         return step(X, i)
 
     worker.step = faulty
@@ -140,7 +152,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     from parrbm.config import CDSpec
     from parrbm.harness.comm import Comm
     from parrbm.harness.launch import read_state, save_state, write_atomic
-    from parrbm.harness.runner import train_on, worker_class
+    from parrbm.harness.runner import train_native, train_on, worker_class
     from parrbm.strategies.base import StrategyOptions
 
     _core.set_blas_threads(int(job["blas_threads"]))
@@ -148,11 +160,14 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     options = StrategyOptions(**job["options"])
     cls = worker_class(job["strategy"])
     comm = Comm(transport)
+    native = job["engine"] == "native"
+    fault = _fault(rank, transport)
 
     def build(state_file: str):
         w = cls(spec, read_state(job_dir / state_file), rank, job["workers"], options)
         w.comm = comm
-        _inject_fault(w, rank, transport)
+        if not native:
+            _inject_fault(w, fault)
         return w
 
     worker = build("state-0")
@@ -176,9 +191,13 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
                 data[cmd["data"]] = np.load(job_dir / cmd["data"], mmap_mode="r")
             X = np.asarray(data[cmd["data"]])
             order = np.load(job_dir / cmd["order"])
-            m = spec.batch_size
-            batches = [order[s:s + m] for s in range(0, len(order), m)]
-            errors, seconds, traffic, stats, wire = train_on(worker, comm, X, batches, cmd["first_step"])
+            if native:  # the core's epoch loop, its collectives those of comm
+                errors, seconds, traffic, stats, wire = train_native(worker, comm, X, order, cmd["first_step"],
+                                                                     before_step=fault)
+            else:
+                m = spec.batch_size
+                batches = [order[s:s + m] for s in range(0, len(order), m)]
+                errors, seconds, traffic, stats, wire = train_on(worker, comm, X, batches, cmd["first_step"])
             result = {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
         elif op == "gather":
             model = worker.gather_model()

@@ -107,10 +107,10 @@ class RBM(TransformerMixin, BaseEstimator):
         threads), ``reduce`` ("master" | "allreduce"), ``average`` ("gradients" |
         "weights"), ``average_every`` (parameter averaging), ``blas_threads`` (BLAS threads
         per worker, default 1), ``timeout`` (seconds a worker waits for its peers) and
-        ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core on the
-        threads transport and the Python strategy modules elsewhere; "native" insists on the
-        core; "python" runs the strategy modules (the reference the core reproduces bit for
-        bit).
+        ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
+        built-in strategy and in its Python module for a plug-in, on every transport;
+        "native" insists on the core; "python" runs the strategy modules (the reference the
+        core reproduces bit for bit).
     learning_rate_schedule : {"constant", "linear", "exponential"} or callable, default="constant"
         The learning rate of epoch e (from 0): constant; ``learning_rate * (1 - e / n_iter)``;
         ``learning_rate * learning_rate_decay ** e``; or ``schedule(e)`` for a callable

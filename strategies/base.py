@@ -63,7 +63,8 @@ class Worker:
     name = ""
     #: phases whose bytes are weight synchronisation, not per-step training traffic
     sync_phases: tuple[str, ...] = ()
-    #: the C++ core has a copy of this strategy's epoch loop (the built-ins)
+    #: the C++ core has a copy of this strategy's epoch loop (the built-ins). Read from the
+    #: class's own namespace: a subclass inherits none (harness.runner.has_native)
     native = False
     #: the collective behind each of its phases, where it differs from the built-ins' use
     #: of the phase name (the time model prices a phase by its collective's link):

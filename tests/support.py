@@ -19,6 +19,11 @@ def has_mpi() -> bool:
         return False
 
 
+def needs_mpi(*values):
+    """A parameter set that runs the mpi transport, skipped where mpi is missing."""
+    return pytest.param(*values, marks=pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'"))
+
+
 def mpi_param():
     """The "mpi" transport as a test parameter, skipped where mpi is missing."""
-    return pytest.param("mpi", marks=pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'"))
+    return needs_mpi("mpi")

@@ -536,7 +536,6 @@ def test_train_never_replaces_a_model_unasked(tmp_path, capsys):
     ("data: {kind: digits, seed: 3}\n", "data.seed: is for the random data kinds"),
     ("data: {kind: npy, path: x.npy, cases: 3}\n", "data.cases: is for the random data kinds"),
     ("options: {shared_weights: true}\n", "'shared_weights' applies to 'per-update-sync' only"),
-    ("training: {engine: native}\n", "engine 'native' runs the workers as threads"),
 ])
 def test_more_values_refused_before_anything_runs(tmp_path, capsys, text, needle):
     np.save(tmp_path / "x.npy", np.zeros((16, 4)))

@@ -1,6 +1,7 @@
 """The core's epoch loop (engine="native") against the Python strategies it copies: the
 same model, errors, optimiser state and chains bit for bit, the same bytes phase by phase,
-the same syncs and drift."""
+the same syncs and drift -- on threads (the core's shared-memory collectives) and on tcp
+and mpi (the core's loop over harness/comm.py's collectives)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from parrbm import _core
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
+from parrbm.strategies.green_only import GreenOnly
+from support import needs_mpi
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 COUNTERS = ("bytes_sent", "bytes_recv", "messages", "calls", "logical_bytes_sent")
@@ -37,8 +40,9 @@ def options_for(strategy: str, partition: str) -> list[StrategyOptions]:
     return opts
 
 
-def train(engine: str, strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0):
-    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, "threads", options,
+def train(engine: str, strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0,
+          transport: str = "threads"):
+    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport, options,
                             engine=engine)
     if perturb:  # one replica apart from its twin by a known amount (rounding alone may give 0)
         runner.workers[0].green[0, 0] += perturb
@@ -48,13 +52,41 @@ def train(engine: str, strategy: str, K: int, spec: CDSpec, options, X: np.ndarr
         order = rng.permutation(len(X)).astype(np.int64)
         errors.append(runner.run(X, order, step))
         step += -(-len(order) // spec.batch_size)
+    runner.close()
     return runner, errors
 
 
-@pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
-@pytest.mark.parametrize("config", range(len(CONFIGS)))
-@pytest.mark.parametrize("K,partition", [(2, "contiguous"), (3, "random")])
-def test_native_loop_reproduces_the_python_strategy(strategy, config, K, partition):
+def ref_wire(strategy, K, spec, options, X) -> list[int]:
+    """Wire bytes per step of the Python engine on tcp."""
+    return train("python", strategy, K, spec, options, X, transport="tcp")[0].step_wire
+
+
+def assert_same_run(ref: ParallelRunner, ref_errors, nat: ParallelRunner, nat_errors, what: str) -> None:
+    """Bit for bit the same model, errors and counts: bytes phase by phase and per worker,
+    bytes per step, syncs and drift."""
+    assert nat.engine == "native" and ref.engine == "python"
+    for a, b in zip(ref_errors, nat_errors):
+        np.testing.assert_array_equal(a, b)
+    for f in FIELDS:
+        a, b = getattr(ref.state, f), getattr(nat.state, f)
+        assert (a is None) == (b is None), f
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f"{what} {f}")
+    rs, ns = ref.comm_stats(), nat.comm_stats()
+    assert set(rs["by_phase"]) == set(ns["by_phase"])
+    for phase, counters in rs["by_phase"].items():
+        for key in COUNTERS:
+            assert ns["by_phase"][phase][key] == counters[key], (what, phase, key)
+    for key in ("bytes_per_step", "bytes_per_sync", "logical_bytes_per_sync", "syncs",
+                "replica_divergence", "bytes_total", "steps"):
+        assert ns[key] == rs[key], (what, key)
+    assert nat.step_bytes == ref.step_bytes
+    for a, b in zip(rs["by_worker"], ns["by_worker"]):
+        assert (a["bytes_sent"], a["bytes_recv"], a["messages"]) == \
+               (b["bytes_sent"], b["bytes_recv"], b["messages"])
+
+
+def problem(config: int) -> tuple[CDSpec, np.ndarray]:
     cfg = CONFIGS[config]
     spec = CDSpec(n_visible=13, n_hidden=11, batch_size=7, weight_decay=0.001, learning_rate=0.05,
                   seed=5, **cfg)
@@ -62,30 +94,28 @@ def test_native_loop_reproduces_the_python_strategy(strategy, config, K, partiti
     # 30 cases: the last minibatch is short (2 cases), so with K = 3 a
     # parameter-averaging worker gets none
     X = ((rng.random((30, 13)) < 0.4) if cfg["visible"] == "binary" else rng.normal(size=(30, 13)))
-    X = X.astype(cfg["dtype"])
+    return spec, X.astype(cfg["dtype"])
+
+
+@pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
+@pytest.mark.parametrize("config,transport,K,partition", [
+    *((c, "threads", K, p) for c in range(len(CONFIGS)) for K, p in [(2, "contiguous"), (3, "random")]),
+    # tcp and mpi: the core's loop in the worker processes, its collectives comm.py's over
+    # the transport -- bytes counted once, by comm.py
+    *((c, "tcp", K, p) for c in (0, 2, 3) for K, p in [(2, "contiguous"), (3, "random")]),
+    *(needs_mpi(c, "mpi", K, p) for c in (0, 2, 3) for K, p in [(2, "random"), (3, "contiguous")]),
+])
+def test_native_loop_reproduces_the_python_strategy(strategy, config, transport, K, partition):
+    spec, X = problem(config)
     for options in options_for(strategy, partition):
+        if options.shared_weights and transport != "threads":
+            continue  # one W shared by threads: threads only
         ref, ref_errors = train("python", strategy, K, spec, options, X)
-        nat, nat_errors = train("native", strategy, K, spec, options, X)
-        assert nat.engine == "native" and ref.engine == "python"
-        for a, b in zip(ref_errors, nat_errors):
-            np.testing.assert_array_equal(a, b)
-        for f in FIELDS:
-            a, b = getattr(ref.state, f), getattr(nat.state, f)
-            assert (a is None) == (b is None), f
-            if a is not None:
-                np.testing.assert_array_equal(a, b, err_msg=f"{strategy} {options} {f}")
-        rs, ns = ref.comm_stats(), nat.comm_stats()
-        assert set(rs["by_phase"]) == set(ns["by_phase"])
-        for phase, counters in rs["by_phase"].items():
-            for key in COUNTERS:
-                assert ns["by_phase"][phase][key] == counters[key], (phase, key)
-        for key in ("bytes_per_step", "bytes_per_sync", "logical_bytes_per_sync", "syncs",
-                    "replica_divergence", "bytes_total"):
-            assert ns[key] == rs[key], key
-        assert nat.step_bytes == ref.step_bytes
-        for a, b in zip(ref.comm_stats()["by_worker"], nat.comm_stats()["by_worker"]):
-            assert (a["bytes_sent"], a["bytes_recv"], a["messages"]) == \
-                   (b["bytes_sent"], b["bytes_recv"], b["messages"])
+        nat, nat_errors = train("native", strategy, K, spec, options, X, transport=transport)
+        assert_same_run(ref, ref_errors, nat, nat_errors, f"{strategy} {options} on {transport}")
+        if transport == "tcp":  # what the socket wrote: the payload and its frame headers, step by step
+            assert nat.step_wire == ref_wire(strategy, K, spec, options, X)
+            assert all(w > b if b else w == 0 for w, b in zip(nat.step_wire, nat.step_bytes))
 
 
 def test_unit_partitioned_drift_is_measured_natively():
@@ -108,10 +138,24 @@ def test_engine_choice_is_checked():
     spec = CDSpec(n_visible=6, n_hidden=4, batch_size=2)
     with pytest.raises(ValueError, match="engine must be one of"):
         ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, engine="rust")
-    with pytest.raises(ValueError, match="engine 'native' .* needs transport='threads'"):
-        ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp", engine="native")
-    assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2).engine == "native"
-    assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp").engine == "python"
+    for transport in ("threads", "tcp", "mpi"):  # one engine on every transport
+        assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport).engine == "native"
+        assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport,
+                              engine="python").engine == "python"
+
+
+class LouderGreen(GreenOnly):
+    """A plug-in built on a built-in (it could change any step)."""
+
+    name = "louder-green"
+
+
+def test_a_subclass_of_a_built_in_runs_the_python_engine():
+    """The core's copy is of the built-in's algorithm; a subclass may have changed it."""
+    spec = CDSpec(n_visible=6, n_hidden=4, batch_size=2)
+    assert ParallelRunner(spec, ModelState.initial(spec), LouderGreen, 2).engine == "python"
+    with pytest.raises(ValueError, match="engine 'native' runs the core's copy of a built-in strategy"):
+        ParallelRunner(spec, ModelState.initial(spec), LouderGreen, 2, engine="native")
 
 
 def test_native_call_rejects_parameters_of_the_wrong_shape():
@@ -167,3 +211,13 @@ def test_rbm_engine_option_is_validated_and_used():
                 progress=False, strategy_options={"engine": e}).fit(X) for e in ("python", "native")]
     assert [f._strategy.engine for f in fits] == ["python", "native"]
     np.testing.assert_array_equal(fits[0].components_, fits[1].components_)
+
+
+def test_the_core_names_the_phases_as_the_strategies_do():
+    """Bytes are kept per phase name: the core's workers and the Python strategies must
+    use one list (strategies/phases.py, cpp/phases.hpp)."""
+    from parrbm.strategies import phases
+
+    python_names = {k: v for k, v in vars(phases).items() if k.isupper() and k != "GATHER_MODEL"}
+    assert _core.PHASES == python_names
+    assert phases.GATHER_MODEL.startswith("gather-")
