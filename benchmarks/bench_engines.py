@@ -7,7 +7,8 @@ thread each, 2 epochs of 40 steps. A step's time is its slowest worker's; the ta
 the median over the steps of the last epoch, the median over --repeats fits. The baseline,
 measured in the same run, is the serial trainer on one BLAS thread (its steps timed inside
 the core, as the workers' are); each row also gives its ratio to the same strategy on
-threads with the native engine, the transport-only cost.
+threads with the native engine, the transport-only cost. The repeats run round-robin over
+every row, so a busy spell of a shared machine spoils one repeat of a few rows, not a row.
 
     python benchmarks/bench_engines.py [--repeats 3] [--strategies green-only ...]
                                        [--transports threads tcp mpi] [--quick]
@@ -61,24 +62,24 @@ def main(argv=None) -> None:
         args.repeats = 1
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, learning_rate=0.05, seed=0, dtype="float32")
     X = (np.random.default_rng(0).random((2 * steps * m, V)) < 0.5).astype(np.float32)
-    serial = float(np.median([serial_step(spec, X, steps) for _ in range(args.repeats)]))
+    rows = [(s, t, e) for s in args.strategies for t in args.transports for e in ("native", "python")]
+    times: dict = {row: [] for row in [("serial", None, "native"), *rows]}
+    for _ in range(args.repeats):
+        times[("serial", None, "native")].append(serial_step(spec, X, steps))
+        for row in rows:
+            times[row].append(parallel_step(spec, X, *row, steps))
+    median = {row: float(np.median(v)) for row, v in times.items()}
+    serial = median[("serial", None, "native")]
     print(f"{V} x {H} binary RBM, float32, minibatch {m}, K = 2, one BLAS thread a worker; "
           f"medians of {args.repeats} fits of 2 x {steps} steps")
     print(f"serial, 1 BLAS thread (baseline): {serial * 1e3:.1f} ms a step")
     print(f"{'strategy':<21}{'transport':<10}{'engine':<8}{'step ms':>9}{'vs serial':>11}"
           f"{'vs threads native':>19}")
-    for strategy in args.strategies:
-        base = None
-        for transport in args.transports:
-            for engine in ("native", "python"):
-                t = float(np.median([parallel_step(spec, X, strategy, transport, engine, steps)
-                                     for _ in range(args.repeats)]))
-                if transport == "threads" and engine == "native":
-                    base = t
-                rel = f"{t / base:.2f}x" if base else "-"
-                print(f"{strategy:<21}{transport:<10}{engine:<8}{t * 1e3:>9.1f}{serial / t:>10.2f}x{rel:>19}",
-                      flush=True)
-
+    for strategy, transport, engine in rows:
+        t = median[(strategy, transport, engine)]
+        base = median.get((strategy, "threads", "native"))
+        rel = f"{t / base:.2f}x" if base else "-"
+        print(f"{strategy:<21}{transport:<10}{engine:<8}{t * 1e3:>9.1f}{serial / t:>10.2f}x{rel:>19}")
 
 if __name__ == "__main__":
     main()

@@ -111,8 +111,8 @@ class SkipVisibleExchange(Worker):
         c = self.gather_vector(self.c, self.hid)
         incs = (None, None, None)
         if self.green_inc is not None:
-            W_inc_T = self.gather_rows(self.green_inc.T, self.hid, self.spec.n_visible)
-            incs = (None if W_inc_T is None else W_inc_T.T.copy(), self.b_inc.copy(),
+            W_inc = self.gather_columns(self.green_inc, self.hid, self.spec.n_visible)
+            incs = (W_inc, self.b_inc.copy(),
                     self.gather_vector(self.c_inc, self.hid))
         if self.rank != 0:
             return None

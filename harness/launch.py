@@ -167,8 +167,9 @@ class ProcessGroup:
         return [json.loads(a.read_text()) for a in answers]
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
-        """One pass over X[order]: per worker (errors, seconds, traffic, stats, wire) and
-        the extras (drift, syncs, memory) of this epoch. The data go to the workers once:
+        """One pass over X[order]: per worker (errors, seconds, traffic, stats, wire), the
+        extras (drift, syncs, memory) of this epoch, and the model the workers gathered at
+        its end (in the same command: no extra round trip). The data go to the workers once:
         again only when they are not the data they hold (by content, unless the caller
         says they are the same)."""
         X = np.ascontiguousarray(X)
@@ -183,16 +184,20 @@ class ProcessGroup:
         order_name = f"order-{self.seq + 1}.npy"
         np.save(self.dir / order_name, np.asarray(order, np.int64))
         answers = self.command("epoch", spec=asdict(spec), data=self._data[1], order=order_name,
-                               first_step=int(first_step))
+                               first_step=int(first_step), gather=True)
         (self.dir / order_name).unlink(missing_ok=True)
         results = []
         for res in answers:
             stats = {p: PhaseStats(**v) for p, v in res["stats"].items()}
             results.append((res["errors"], res["seconds"], res["traffic"], stats, res["wire"]))
-        return results, answers
+        return results, answers, self._take_model()
 
     def gather(self) -> ModelState:
         self.command("gather")
+        return self._take_model()
+
+    def _take_model(self) -> ModelState:
+        """The model rank 0 wrote in answer to the last command."""
         path = self.dir / f"model-{self.seq}"
         model = read_state(path)
         shutil.rmtree(path, ignore_errors=True)

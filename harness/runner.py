@@ -227,15 +227,15 @@ class ParallelRunner:
                 if self._pending_local is not None:  # carried over from a checkpoint or a closed group
                     self._group.restore_local(self._pending_local)
                     self._pending_local = None
-            results, extra = self._group.epoch(self.spec, X, order, first_step,
-                                               same_data=getattr(self, "_same_data", False))
+            results, extra, gathered = self._group.epoch(self.spec, X, order, first_step,
+                                                         same_data=getattr(self, "_same_data", False))
         for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)
         self._absorb(extra, [res[3] for res in results])
         self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
         self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
         self.steps += len(batches)
-        self.state = self._group.gather() if extra is not None else self.gather_model()
+        self.state = gathered if extra is not None else self.gather_model()
         self._serial = None
         return np.sum([res[0] for res in results], axis=0)
 

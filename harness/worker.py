@@ -7,7 +7,8 @@ The harness writes DIR (job.json, state-0/) and starts the workers itself; on a
 cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with DIR on a shared
 file system. The workers then serve one command after another (DIR/cmd-N.json: epoch,
 gather, load, finish, local, restore, stop) for the whole fit; each answers DIR/result-N-R.json (for
-gather, rank 0 also writes DIR/model-N/), or writes DIR/error-R.txt and exits.
+gather and epoch, rank 0 also writes the gathered model to DIR/model-N/), or writes
+DIR/error-R.txt and exits.
 
 The tcp form reads the run's secret from standard input (``SECRET <hex>``), prints
 ``PORT n`` once it listens, then reads the peers' addresses, one JSON line
@@ -182,6 +183,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         comm.reset_stats()
         seen, syncs = len(worker.divergence), worker.syncs
         result: dict = {}
+        gather = op == "gather" or bool(cmd.get("gather"))  # the model, after the command's own work
         if op == "epoch":
             new_spec = CDSpec(**cmd["spec"])
             if new_spec != worker.spec:  # a schedule's next learning rate
@@ -200,9 +202,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
                 errors, seconds, traffic, stats, wire = train_on(worker, comm, X, batches, cmd["first_step"])
             result = {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
         elif op == "gather":
-            model = worker.gather_model()
-            if rank == 0:
-                save_state(job_dir / f"model-{n}", model)
+            pass
         elif op == "load":
             worker = build(cmd["state"])
         elif op == "finish":
@@ -226,6 +226,10 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
             "memory_bytes": worker.memory_bytes(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         })
+        if gather:  # bookkeeping: its bytes are not in the answer's stats
+            model = worker.gather_model()
+            if rank == 0:
+                save_state(job_dir / f"model-{n}", model)
         write_atomic(job_dir / f"result-{n}-{rank}.json", json.dumps(result))
 
 

@@ -568,7 +568,7 @@ class RBM(TransformerMixin, BaseEstimator):
 
     def _free_energy(self, X: np.ndarray) -> np.ndarray:
         s = self._state
-        hidden = np.logaddexp(0, self._hidden_inputs(X)).sum(axis=1)
+        hidden = softplus(self._hidden_inputs(X)).sum(axis=1)
         if self.spec_.visible == "gaussian":
             return 0.5 * np.sum((X - s.b) ** 2, axis=1) - hidden
         return -(X * s.b.astype(np.float64)).sum(axis=1) - hidden
@@ -597,8 +597,10 @@ class RBM(TransformerMixin, BaseEstimator):
         delta = 1.0 - 2.0 * X[rows, unit]
         pre_flip = pre + delta[:, None] * W[unit]
         # F(x_flip) - F(x) = -delta b_i - sum_j (softplus(pre_flip) - softplus(pre))_j
-        gap = -delta * b[unit] - (np.logaddexp(0, pre_flip) - np.logaddexp(0, pre)).sum(axis=1)
-        return (-X.shape[1] * np.logaddexp(0, -gap)).astype(np.float64)
+        change = softplus(pre_flip)
+        change -= softplus(pre)
+        gap = -delta * b[unit] - change.sum(axis=1)
+        return (-X.shape[1] * softplus(-gap)).astype(np.float64)
 
     # ---- persistence --------------------------------------------------------------------------
 
@@ -858,6 +860,18 @@ class read_npz:
     def __exit__(self, *exc):
         self.z.close()
         return False
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)), without overflow: max(x, 0) + log1p(exp(-|x|)). As exact as
+    ``np.logaddexp(0, x)`` and several times faster (the per-epoch monitors call it on
+    (samples, n_hidden) arrays)."""
+    out = np.abs(x)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    np.log1p(out, out=out)
+    out += np.maximum(x, 0)
+    return out
 
 
 class _Monitor:

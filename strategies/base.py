@@ -333,6 +333,18 @@ class Worker:
             full[parts.index(j)] = blk.reshape(parts.size(j), n_cols)
         return full
 
+    def gather_columns(self, cols_block: np.ndarray, parts: Partition, n_rows: int, *,
+                       phase: str = P.GATHER_MODEL) -> np.ndarray | None:
+        """Rank 0 assembles the full (n_rows, n) array from each worker's column block
+        (n_rows, |part j|): sent as it lies, placed by columns, never transposed."""
+        blocks = self.comm.gather(np.ascontiguousarray(cols_block), phase=phase)
+        if blocks is None:
+            return None
+        full = np.empty((n_rows, parts.n), cols_block.dtype)
+        for j, blk in enumerate(blocks):
+            parts.put(full, j, blk.reshape(n_rows, parts.size(j)))
+        return full
+
     def gather_vector(self, piece: np.ndarray, parts: Partition, *, phase: str = P.GATHER_MODEL):
         full = self.gather_rows(piece.reshape(-1, 1), parts, 1, phase=phase)
         return None if full is None else full[:, 0]

@@ -94,22 +94,19 @@ class GreenOnly(Worker):
 
     def gather_model(self) -> ModelState | None:
         V = self.spec.n_visible
-        W_T = self.gather_rows(self.green.T, self.hid, V)
+        W = self.gather_columns(self.green, self.hid, V)
         b = self.gather_vector(self.b, self.vis)
         c = self.gather_vector(self.c, self.hid)
         incs = (None, None, None)
         if self.green_inc is not None:
-            inc_T = self.gather_rows(self.green_inc.T, self.hid, V)
-            incs = (None if inc_T is None else inc_T.T.copy(), self.gather_vector(self.b_inc, self.vis),
+            incs = (self.gather_columns(self.green_inc, self.hid, V), self.gather_vector(self.b_inc, self.vis),
                     self.gather_vector(self.c_inc, self.hid))
         chains = None
         if self.chains is not None:
-            ch_T = self.gather_rows(self.chains.T, self.hid, self.spec.batch_size)
-            chains = None if ch_T is None else ch_T.T.copy()
+            chains = self.gather_columns(self.chains, self.hid, self.spec.batch_size)
         if self.rank != 0:
             return None
-        return ModelState(W=W_T.T.copy(), b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=chains)
+        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2], chains=chains)
 
     # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.4) ---------
 

@@ -134,8 +134,7 @@ class PerUpdateSync(Worker):
     def gather_model(self) -> ModelState | None:
         W_inc = None
         if self.green_inc is not None:  # increments live with green, W[:, H_k]
-            W_inc_T = self.gather_rows(self.green_inc.T, self.hid, self.spec.n_visible)
-            W_inc = None if W_inc_T is None else W_inc_T.T.copy()
+            W_inc = self.gather_columns(self.green_inc, self.hid, self.spec.n_visible)
         return self.gather_purple_model(W_inc)
 
     # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.2) ---------
