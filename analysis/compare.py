@@ -30,11 +30,40 @@ def model_of(rec: dict) -> cost.Model:
                       statistics=md.get("statistics", "samples"), cd_k=md.get("cd_k", 1))
 
 
+def network_profile(profile: Profile, transport: str, network: dict | None) -> tuple[Profile, str]:
+    """(profile, transport name) for a run on an emulated link: the profile's calibration
+    of that link (``tcp@105MB/s``, from ``parrbm calibrate --network``) if it has one;
+    else the transport's own figures with the link's bandwidth: its payload rate (the
+    configured rate is the wire's: TCP over Ethernet carries 1448 payload bytes in 1514)
+    and the transport's latency plus the link's emulated one."""
+    if not network or network.get("bandwidth") is None:
+        return profile, transport
+    from parrbm.harness.network import payload_rate
+
+    name = network_transport(transport, network["bandwidth"])
+    if name in profile.links:
+        return profile, name
+    payload = payload_rate(network["bandwidth"])
+    extra = (network.get("latency") or 0.0) if network.get("latency_emulated") else 0.0
+    p = Profile(**{**vars(profile), "links": dict(profile.links)})
+    p.links[name] = {k: type(link)(link.latency + extra, min(link.bandwidth, payload))
+                     for k, link in profile.links[transport].items()} if transport in profile.links else {}
+    if not p.links[name]:
+        raise ValueError(f"the profile has no figures for transport {transport!r}")
+    return p, name
+
+
+def network_transport(transport: str, bandwidth: float) -> str:
+    """How a profile names ``transport`` on an emulated link of ``bandwidth`` bytes/s."""
+    return f"{transport}@{bandwidth / 1e6:g}MB/s"
+
+
 def predict_record(rec: dict, profile: Profile) -> Prediction:
     """The model's step for a recorded run, on the machine it ran on (the workers share
-    its cores)."""
+    its cores), over the emulated link it ran on if any."""
     tr, opts = rec.get("training", {}), rec.get("options") or {}
     transport = rec.get("transport") or "threads"
+    profile, transport = network_profile(profile, transport, rec.get("network"))
     cores = (rec.get("environment") or {}).get("cores") or profile.cores
     data_kind = (rec.get("data") or {}).get("kind", "random-binary")
     return predict(rec["strategy"], model_of(rec), rec["batch_size"], rec["workers"], profile,

@@ -105,6 +105,19 @@ SCHEMA = {
                 "job_root": {"type": "string", "minLength": 1},
             },
         },
+        "network": {
+            "type": "object", "additionalProperties": False, "required": ["emulate"],
+            "properties": {
+                "emulate": {
+                    "type": "object", "additionalProperties": False, "required": ["bandwidth"],
+                    "properties": {
+                        # a rate with its unit (105MB/s), or "unshaped"; a list is a grid axis
+                        "bandwidth": _list_of({"type": "string", "minLength": 1}),
+                        "latency": {"type": "string", "minLength": 1},
+                    },
+                },
+            },
+        },
         "options": {
             "type": "object", "additionalProperties": False,
             "properties": {
@@ -385,6 +398,8 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
                               f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
     _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
+    if "network" in cfg:
+        _check_network(path, cfg, points)
 
 
 def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
@@ -423,6 +438,37 @@ def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
             raise ConfigError(f"{path}: tcp.launcher: {launcher!r} is not an executable on this machine")
     if "job_root" in tcp and not Path(tcp["job_root"]).is_dir():
         raise ConfigError(f"{path}: tcp.job_root: {tcp['job_root']!r} is not a directory")
+
+
+def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
+    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.harness.network import missing
+
+    emulate = cfg["network"]["emulate"]
+    listed = emulate["bandwidth"] if isinstance(emulate["bandwidth"], list) else [emulate["bandwidth"]]
+    rates = []
+    for i, bw in enumerate(listed):
+        at = f"[{i}]" if isinstance(emulate["bandwidth"], list) else ""
+        try:
+            rates.append(None if bw == UNSHAPED else parse_bandwidth(bw))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: network.emulate.bandwidth{at}: {exc} (or {UNSHAPED!r})") from None
+    if len(set(rates)) != len(rates):
+        raise ConfigError(f"{path}: network.emulate.bandwidth: {listed} names a bandwidth twice")
+    if "latency" in emulate:
+        try:
+            parse_latency(emulate["latency"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}: network.emulate.latency: {exc}") from None
+    if not any(p["bandwidth"] is not None for p in points):
+        raise ConfigError(f"{path}: network.emulate: puts tcp and mpi workers on emulated hosts, but the grid "
+                          f"runs none (give grid.transport tcp or mpi, and workers >= 2)")
+    if cfg["tcp"].get("hosts"):
+        raise ConfigError(f"{path}: network.emulate: the workers run on emulated hosts of this machine; "
+                          f"tcp.hosts says they run elsewhere: give one of the two")
+    why = missing()
+    if why:
+        raise ConfigError(f"{path}: network.emulate: {why}")
 
 
 def _deepest(e):
@@ -473,6 +519,9 @@ def grid_points(cfg: dict) -> list[dict]:
     """Every run of the grid, serial baselines first. K = 1 runs once per strategy, on
     threads (with one worker the transport moves nothing)."""
     g = {k: (v if isinstance(v, list) else [v]) for k, v in cfg["grid"].items()}
+    emulate = (cfg.get("network") or {}).get("emulate")
+    bandwidths = (emulate["bandwidth"] if isinstance(emulate["bandwidth"], list) else [emulate["bandwidth"]]) \
+        if emulate else [None]
     batch = g.get("batch_size", [cfg["training"]["batch_size"]])
     prec = g.get("precision", [cfg["model"]["precision"]])
     vis = g.get("visible_type", [cfg["model"]["visible_type"]])
@@ -486,11 +535,33 @@ def grid_points(cfg: dict) -> list[dict]:
                 continue
             for K in g["workers"]:
                 for t in (["threads"] if K == 1 else transports):
-                    points.append({**base, "strategy": s, "workers": K, "transport": t})
+                    # on emulated hosts (tcp, mpi), one run per link bandwidth
+                    for bw in (bandwidths if t in NETWORK_TRANSPORTS else [None]):
+                        points.append({**base, "strategy": s, "workers": K, "transport": t, "bandwidth": bw})
     for pt in points:
+        pt.setdefault("bandwidth", None)
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
-                                                          "precision", "visible_type"))
+                                                          "precision", "visible_type")) \
+            + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "")
     return points
+
+
+#: the transports whose workers an emulated network puts on hosts of their own
+NETWORK_TRANSPORTS = ("tcp", "mpi")
+#: a network.emulate.bandwidth that leaves the links unshaped (the hosts and links stay)
+UNSHAPED = "unshaped"
+
+
+def link_of(cfg: dict, pt: dict):
+    """The emulated link a grid point runs on (a LinkSpec), or None."""
+    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.harness.network import LinkSpec
+
+    if pt.get("bandwidth") is None:
+        return None
+    latency = cfg["network"]["emulate"].get("latency")
+    return LinkSpec(None if pt["bandwidth"] == UNSHAPED else parse_bandwidth(pt["bandwidth"]),
+                    None if latency is None else parse_latency(latency))
 
 
 def display_name(strategy: str) -> str:
@@ -592,7 +663,10 @@ def run_identity(cfg: dict) -> dict:
     data = {k: v for k, v in cfg["data"].items() if k != "path"}
     if cfg["data"]["kind"] == "npy":
         data["sha256"] = file_digest(cfg["data"]["path"])
-    return copy.deepcopy({"model": model, "data": data, "training": training, "options": cfg["options"]})
+    identity = {"model": model, "data": data, "training": training, "options": cfg["options"]}
+    if "network" in cfg:  # the bandwidths are a grid axis (in run_id); the latency is not
+        identity["network"] = {"latency": cfg["network"]["emulate"].get("latency")}
+    return copy.deepcopy(identity)
 
 
 def _spec_for(cfg: dict, pt: dict):
@@ -640,7 +714,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
-                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"])
+                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"], network=link_of(cfg, pt))
         try:
             errors = r.run(X, order, 0)
         finally:
@@ -711,7 +785,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         **first["extra"],
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
-            "engine": stats.get("engine"),
+            "engine": stats.get("engine"), "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
             "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (
@@ -884,6 +958,7 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) 
         for i, pt in enumerate(points, 1):
             label = f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} " \
                     f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}" \
+                    + (f" at {pt['bandwidth']}" if pt.get("bandwidth") else "") \
                     + (f" (repeat {rep + 1}/{repeats})" if repeats > 1 else "")
             rid = pt["run_id"]
             if rid in done or rid in failed:
@@ -956,15 +1031,18 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     for (vis, prec, m), rs in sorted(groups.items()):
         V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
         lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
-        lines.append(f"{'strategy':<21}{'K':>3} {'transport':<8}{'MB/8000 cases':>14}{'MB/sync':>9}"
+        width = max([8, *(len((r["transport"] or "-") + f"@{r['bandwidth']}") + 1 for r in rs if r.get("bandwidth"))])
+        lines.append(f"{'strategy':<21}{'K':>3} {'transport':<{width}}{'MB/8000 cases':>14}{'MB/sync':>9}"
                      f"{'ms/step':>9}{'speedup':>9}{'vs K=1':>8}{'effic.':>8}"
                      + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
-        for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r["transport"] or "")):
+        for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r["transport"] or "",
+                                           -((r.get("network") or {}).get("bandwidth") or float("inf")))):
             mt = r["metrics"]
             per_8000 = mt["bytes_per_step"] * 8000 / m / 1e6
             fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
             note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
-            lines.append(f"{display_name(r['strategy']):<21}{r['workers']:>3} {r['transport'] or '-':<8}{per_8000:>14.2f}"
+            where = (r["transport"] or "-") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+            lines.append(f"{display_name(r['strategy']):<21}{r['workers']:>3} {where:<{width}}{per_8000:>14.2f}"
                          f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
                          f"{fmt(mt['speedup_vs_serial'], '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
                          f"{fmt(mt['efficiency'], '.2f'):>8}"

@@ -60,13 +60,15 @@ def mpiexec() -> str:
     return found
 
 
-def write_job(job_dir: Path, runner) -> None:
+def write_job(job_dir: Path, runner, network=None) -> None:
     """What every worker of a fit needs once: the spec, the strategy, the options and the
     initial model (``state-0/``)."""
     save_state(job_dir / "state-0", runner.state)
     job = {"spec": asdict(runner.spec), "strategy": runner.name, "engine": runner.engine, "workers": runner.K,
            "options": asdict(runner.options), "timeout": runner.timeout, "blas_threads": runner.blas_threads,
            "listen": runner.tcp.listen,
+           # on emulated hosts each worker listens on its host's address
+           "listen_at": None if network is None else [network.address(r) for r in range(runner.K)],
            # the workers stop by themselves when their launcher is gone (on this machine)
            "launcher_pid": os.getpid() if (runner.transport == "mpi" or not runner.tcp.hosts) else None}
     (job_dir / "job.json").write_text(json.dumps(job))
@@ -116,6 +118,7 @@ class ProcessGroup:
 
     def __init__(self, runner):
         self.K, self.timeout, self.transport = runner.K, runner.timeout, runner.transport
+        self.admin_stats = runner.admin_stats  # per worker: bookkeeping phases (gather-model)
         root = runner.tcp.job_root if runner.transport == "tcp" else None
         if root is not None and not Path(root).is_dir():
             raise CommError(f"tcp.job_root {root!r} is not a directory")
@@ -126,9 +129,13 @@ class ProcessGroup:
         self.seq = 0
         self._data: tuple[tuple, str] | None = None   # (fingerprint, file) of the data the workers hold
         # no worker outlives the group, and no job folder: also when it is dropped unclosed
-        self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.dir)
+        # the emulated hosts the workers run on: the runner's, or one made for this group
+        self.network, own = _network_for(runner)
+        self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.dir, self.network if own else None)
         try:
-            write_job(self.dir, runner)
+            if own:
+                self.network.up()
+            write_job(self.dir, runner, self.network)
             env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
             from parrbm.strategies.registry import import_paths
 
@@ -136,12 +143,11 @@ class ProcessGroup:
             if extra:
                 env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
             if runner.transport == "tcp":
-                self.procs.extend(_start_tcp(self.dir, self.K, env, self.timeout, runner.tcp))
+                self.procs.extend(_start_tcp(self.dir, self.K, env, self.timeout, runner.tcp, self.network))
             else:
                 self.procs.append(subprocess.Popen(
-                    [mpiexec(), "-n", str(self.K), *WORKER, "--job", str(self.dir), "--transport", "mpi"],
-                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                    cwd=self.dir))
+                    _mpi_command(self.dir, self.K, self.network, env), env=env, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, start_new_session=True, cwd=self.dir))
         except BaseException:
             self.close(kill=True)
             raise
@@ -164,7 +170,11 @@ class ProcessGroup:
         except BaseException:  # a failure, a hang or Ctrl-C: no worker outlives it
             self.close(kill=True)
             raise
-        return [json.loads(a.read_text()) for a in answers]
+        out = [json.loads(a.read_text()) for a in answers]
+        for r, a in enumerate(out):  # what assembling the model moved: on the links, not in the accounts
+            for phase, s in a.get("admin_stats", {}).items():
+                self.admin_stats[r].setdefault(phase, PhaseStats()).add(PhaseStats(**s))
+        return out
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
         """One pass over X[order]: per worker (errors, seconds, traffic, stats, wire), the
@@ -249,7 +259,52 @@ class ProcessGroup:
             self._finalizer()
 
 
-def _shut_down(procs, job_dir: Path) -> None:
+def _network_for(runner):
+    """(the EmulatedNetwork the workers run on or None, whether this group owns it)."""
+    from parrbm.harness.network import EmulatedNetwork, LinkSpec
+
+    net = getattr(runner, "network", None)
+    if net is None:
+        return None, False
+    if isinstance(net, LinkSpec):
+        return EmulatedNetwork(runner.K, net), True
+    if net.hosts < runner.K:
+        raise CommError(f"the emulated network has {net.hosts} hosts, the run {runner.K} workers")
+    return net, False
+
+
+def _mpi_command(job_dir: Path, K: int, network, env: dict) -> list[str]:
+    """mpiexec for K ranks: on this machine, or one rank on each emulated host (mpiexec on
+    host 0, its proxies started on the others through a launcher that enters their
+    namespaces; the ranks' traffic kept off shared memory so that it crosses the links)."""
+    worker = [*WORKER, "--job", str(job_dir), "--transport", "mpi"]
+    if network is None:
+        return [mpiexec(), "-n", str(K), *worker]
+    wrapper = job_dir / "enter-host.sh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "# hydra's ssh launcher calls this as: enter-host.sh [options] HOST COMMAND...\n"
+        "while [ \"${1#-}\" != \"$1\" ]; do shift; done\n"
+        "host=$1; shift\n"
+        'exec ip netns exec "$host" sh -c "$*"\n')
+    wrapper.chmod(0o755)
+    # every rank on its own host: no shared memory between them, TCP through eth0 only
+    env.update({"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self",
+                "UCX_NET_DEVICES": "eth0", "FI_PROVIDER": "tcp"})
+    hosts = ",".join(f"{network.namespace(r)}:1" for r in range(K))
+    return [*network.exec_prefix(0), mpiexec(), "-launcher", "ssh", "-launcher-exec", str(wrapper),
+            "-hosts", hosts, "-localhost", network.address(0), "-n", str(K), *worker]
+
+
+def _shut_down(procs, job_dir: Path, network=None) -> None:
+    try:
+        _shut_down_workers(procs, job_dir)
+    finally:
+        if network is not None:
+            network.down()
+
+
+def _shut_down_workers(procs, job_dir: Path) -> None:
     _kill(procs)
     for p in procs:
         try:
@@ -296,9 +351,12 @@ def sweep_stale_jobs(root: str | None = None) -> list[Path]:
     return removed
 
 
-def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCPHosts) -> list[str]:
+def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCPHosts,
+                 network=None) -> list[str]:
     args = ["-m", "parrbm.harness.worker", "--job", str(job_dir), "--transport", "tcp",
             "--rank", str(rank), "--size", str(K)]
+    if network is not None:
+        return [*network.exec_prefix(rank), where.python, *args]
     host = where.host_of(rank)
     if host is None:
         return [where.python, *args]
@@ -308,9 +366,10 @@ def _tcp_command(job_dir: Path, rank: int, K: int, blas_threads: str, where: TCP
     return [*where.launcher, host, remote]
 
 
-def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float, where: TCPHosts) -> list[subprocess.Popen]:
+def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float, where: TCPHosts,
+               network=None) -> list[subprocess.Popen]:
     secret = os.urandom(32).hex()  # goes on standard input: never on a command line
-    procs = [subprocess.Popen(_tcp_command(job_dir, r, K, env["OPENBLAS_NUM_THREADS"], where), env=env,
+    procs = [subprocess.Popen(_tcp_command(job_dir, r, K, env["OPENBLAS_NUM_THREADS"], where, network), env=env,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True, cwd=job_dir) for r in range(K)]
     ports: list = [None] * K
@@ -340,7 +399,10 @@ def _start_tcp(job_dir: Path, K: int, env: dict, timeout: float, where: TCPHosts
         for p in procs:
             p.wait()
         raise CommError(f"tcp: workers {missing}{where_} {why}" + _stderr_tail(procs, missing))
-    addresses = json.dumps([[where.host_of(r) or where.listen, p] for r, p in enumerate(ports)])
+    def address(r: int) -> str:
+        return network.address(r) if network is not None else (where.host_of(r) or where.listen)
+
+    addresses = json.dumps([[address(r), p] for r, p in enumerate(ports)])
     for p in procs:
         p.stdin.write(addresses + "\n")
         p.stdin.close()

@@ -66,7 +66,8 @@ class ParallelRunner:
 
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
-                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto"):
+                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto",
+                 network=None):
         from parrbm.strategies.registry import reference
 
         self.spec = spec
@@ -82,6 +83,15 @@ class ParallelRunner:
         from parrbm.harness.launch import TCPHosts
 
         self.tcp = tcp if tcp is not None else TCPHosts()  # where tcp workers run and listen
+        # emulated hosts for the tcp or mpi workers: a LinkSpec (set up with the workers and
+        # torn down with them) or an EmulatedNetwork the caller set up (a comparison's)
+        if network is not None and transport == "threads":
+            raise ValueError("an emulated network puts each worker on a host of its own: it needs "
+                             "transport 'tcp' or 'mpi', not 'threads'")
+        if network is not None and self.tcp.hosts:
+            raise ValueError("an emulated network and tcp.hosts both say where the workers run: give one")
+        self.network = network
+        self.network_info = None if network is None else network.describe()  # as set up, once it is
         self._group = None  # the worker processes of a tcp or mpi fit, once started
         self.load_model(state)
 
@@ -105,6 +115,8 @@ class ParallelRunner:
 
     def _reset_stats(self) -> None:
         self.phase_stats = [dict() for _ in range(self.K)]  # per worker: phase -> PhaseStats
+        # per worker, tcp and mpi: what assembling the model moved (gather-model), kept apart
+        self.admin_stats: list[dict] = [dict() for _ in range(self.K)]
         self.step_bytes: list[int] = []                   # all workers, per step, syncs excluded
         self.step_wire: list[int] = []                    # the same as written on the wire (tcp)
         self.step_seconds: list[list[float]] = [[] for _ in range(self.K)]
@@ -224,6 +236,8 @@ class ParallelRunner:
 
             if self._group is None:  # started once, for the whole fit
                 self._group = ProcessGroup(self)
+                if self._group.network is not None:
+                    self.network_info = self._group.network.describe()
                 if self._pending_local is not None:  # carried over from a checkpoint or a closed group
                     self._group.restore_local(self._pending_local)
                     self._pending_local = None
@@ -294,6 +308,7 @@ class ParallelRunner:
         return {
             "strategy": self.name,
             "engine": self.engine,
+            "network": self.network_info,
             "workers": self.K,
             "transport": self.transport,
             "steps": self.steps,

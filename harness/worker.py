@@ -125,7 +125,8 @@ def main(argv=None) -> int:
                 raise RuntimeError("expected the run's secret on standard input")
             secret = bytes.fromhex(value.strip())
             (args.job / f"pid-{rank}.txt").write_text(str(os.getpid()))
-            listener = socket.create_server((job["listen"], 0))
+            listen = job["listen_at"][rank] if job.get("listen_at") else job["listen"]
+            listener = socket.create_server((listen, 0))
             print(f"PORT {listener.getsockname()[1]}", flush=True)
             addresses = [tuple(a) for a in json.loads(sys.stdin.readline())]
             transport = TCPTransport(rank, args.size, secret, listener, addresses,
@@ -226,10 +227,12 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
             "memory_bytes": worker.memory_bytes(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         })
-        if gather:  # bookkeeping: its bytes are not in the answer's stats
+        if gather:  # bookkeeping: its bytes are not in the answer's stats, but on their own
+            before = set(comm.stats)
             model = worker.gather_model()
             if rank == 0:
                 save_state(job_dir / f"model-{n}", model)
+            result["admin_stats"] = {p: asdict(s) for p, s in comm.stats.items() if p not in before}
         write_atomic(job_dir / f"result-{n}-{rank}.json", json.dumps(result))
 
 

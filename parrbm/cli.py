@@ -247,6 +247,26 @@ def _cmd_table(args) -> int:
     return 0
 
 
+def _cmd_network_cleanup(args) -> int:
+    from parrbm.harness.network import cleanup, missing
+
+    why = missing()
+    if why:
+        print(f"parrbm network cleanup: {why}", file=sys.stderr)
+        return 2
+    removed = cleanup(every=args.all)
+    print(f"removed {len(removed)} namespace(s)" + "".join(f"\n  {n}" for n in removed))
+    return 0
+
+
+def _cmd_network_show(args) -> int:
+    from parrbm.harness.network import PREFIX, namespaces
+
+    ours = [n for n in namespaces() if n.startswith(PREFIX)]
+    print("\n".join(ours) if ours else "no emulated network on this machine")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import parrbm
     from parrbm.config import TRANSPORTS
@@ -282,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     from parrbm.analysis.commands import add_parsers
 
     add_parsers(sub)
+
+    net = sub.add_parser("network", help="the emulated hosts of tcp and mpi runs (network.emulate)")
+    net_sub = net.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+    clean = net_sub.add_parser("cleanup", help="remove the namespaces, links and qdiscs of emulated networks "
+                                               "whose run is gone (a run killed outright)")
+    clean.add_argument("--all", action="store_true", help="also those of runs still going")
+    clean.set_defaults(func=_cmd_network_cleanup)
+    show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine")
+    show.set_defaults(func=_cmd_network_show)
 
     tr = sub.add_parser("train", help="train an RBM on a data set: monitors, checkpoints, model and report",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -106,8 +106,10 @@ class RBM(TransformerMixin, BaseEstimator):
         ``sync_every`` (unit-partitioned; 0 = never), ``shared_weights`` (per-update-sync on
         threads), ``reduce`` ("master" | "allreduce"), ``average`` ("gradients" |
         "weights"), ``average_every`` (parameter averaging), ``blas_threads`` (BLAS threads
-        per worker, default 1), ``timeout`` (seconds a worker waits for its peers) and
-        ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
+        per worker, default 1), ``timeout`` (seconds a worker waits for its peers),
+        ``network`` (tcp and mpi: each worker on an emulated host of its own, its link
+        shaped, e.g. ``{"bandwidth": "105MB/s", "latency": "0.091ms"}``; needs root or
+        CAP_NET_ADMIN) and ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
         built-in strategy and in its Python module for a plug-in, on every transport;
         "native" insists on the core; "python" runs the strategy modules (the reference the
         core reproduces bit for bit).
@@ -261,12 +263,14 @@ class RBM(TransformerMixin, BaseEstimator):
             raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, "
                              f"got {self.strategy_options!r}")
         opts = dict(self.strategy_options or {})
-        runner = {k: opts.pop(k) for k in ("blas_threads", "timeout", "engine") if k in opts}
+        runner = {k: opts.pop(k) for k in RUNNER_OPTIONS if k in opts}
         known = {f for f in StrategyOptions.__dataclass_fields__}
         unknown = sorted(set(opts) - known)
         if unknown:
             raise ValueError(f"RBM: parameter 'strategy_options' has unknown keys {unknown}; allowed: "
-                             f"{sorted(known | {'blas_threads', 'timeout', 'engine'})}")
+                             f"{sorted(known | set(RUNNER_OPTIONS))}")
+        if "network" in runner:
+            runner["network"] = _network_option(runner["network"], self.transport)
         if "blas_threads" in runner:
             v.check_int("RBM", "strategy_options['blas_threads']", runner["blas_threads"], minimum=1)
         if "timeout" in runner:
@@ -872,6 +876,34 @@ def softplus(x: np.ndarray) -> np.ndarray:
     np.log1p(out, out=out)
     out += np.maximum(x, 0)
     return out
+
+
+#: strategy_options that go to the runner, not to the strategy
+RUNNER_OPTIONS = ("blas_threads", "timeout", "engine", "network")
+
+
+def _network_option(value, transport: str):
+    """strategy_options['network']: {"bandwidth": "105MB/s" or "unshaped", "latency":
+    "0.091ms" (optional)} -> the LinkSpec of the emulated hosts the workers run on."""
+    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.harness.network import LinkSpec, missing
+
+    name = "RBM: strategy_options['network']"
+    if not isinstance(value, dict) or "bandwidth" not in value or set(value) - {"bandwidth", "latency"}:
+        raise ValueError(f"{name} must be a dict with 'bandwidth' (e.g. '105MB/s', or 'unshaped') and "
+                         f"optionally 'latency' (e.g. '0.091ms'), got {value!r}")
+    if transport not in ("tcp", "mpi"):
+        raise ValueError(f"{name} puts each worker on an emulated host: it needs transport 'tcp' or 'mpi', "
+                         f"not {transport!r}")
+    try:
+        bandwidth = None if value["bandwidth"] == "unshaped" else parse_bandwidth(value["bandwidth"])
+        latency = None if value.get("latency") is None else parse_latency(value["latency"])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    why = missing()
+    if why:
+        raise ValueError(f"{name}: {why}")
+    return LinkSpec(bandwidth, latency)
 
 
 class _Monitor:

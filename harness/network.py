@@ -1,0 +1,261 @@
+"""Emulated hosts on one machine: every tcp or mpi worker on a host of its own, a Linux
+network namespace, whose link to a switch is shaped to a bandwidth in both directions.
+
+    switch namespace  <name>-sw:  bridge br0, ports p0 .. p{K-1}
+    host namespace    <name>-h{r}: lo and eth0 (10.213.x.y/16), the other end of port p{r}
+
+Each host's link is a veth pair: eth0 in the host, p{r} on the switch's bridge. A token
+bucket (the ``tbf`` qdisc) on both ends holds the link to ``bandwidth`` in each
+direction. The rate is that of the wire: Ethernet, IP and TCP headers count, as on a real
+link, so a TCP stream's payload gets 1448 of every 1514 bytes (95.6 %). Latency is added
+by ``netem`` where the kernel has it; where it has not, the link keeps its own (tens of
+microseconds) and the network says so (:attr:`EmulatedNetwork.latency_emulated`).
+
+Nothing can leave: the addresses exist only inside the run's namespaces, which have no
+default route, no NAT and no link to any interface outside them. Names carry the
+launcher's PID and a per-process counter, so two runs never collide; deleting a
+namespace deletes its links and qdiscs, and the namespaces of a launcher killed
+outright are removed by the next network set up, or by ``parrbm network cleanup``.
+
+Needs root or CAP_NET_ADMIN, and iproute2 (``ip``, ``tc``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+#: every namespace of an emulated network is named PREFIX<launcher pid>-<n>-...
+PREFIX = "parrbm-net-"
+#: the hosts' subnet (it exists only inside the run's namespaces)
+SUBNET = "10.213"
+MAX_HOSTS = 254 * 250
+#: bytes of headers per full TCP segment on the wire: Ethernet 14, IPv4 20, TCP 20 + 12
+#: (timestamps); a 1500-byte MTU carries 1448 bytes of payload
+HEADER_BYTES = 66
+MTU = 1500
+
+
+def payload_rate(wire_rate: float) -> float:
+    """The bytes/s a TCP stream's payload gets on a link of ``wire_rate`` bytes/s: 1448
+    payload bytes in every 1514-byte frame."""
+    return wire_rate * (MTU - (HEADER_BYTES - 14)) / (MTU + 14)
+
+_count = itertools.count()
+
+
+class NetworkError(RuntimeError):
+    """The emulated network cannot be set up here (what is missing is said), or a
+    command that builds it failed."""
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """What a config's ``network.emulate`` asks for: ``bandwidth`` in bytes/s on the wire
+    (None: unshaped), ``latency`` in seconds one way (None: the link's own)."""
+
+    bandwidth: float | None
+    latency: float | None = None
+
+    def describe(self) -> dict:
+        return {"bandwidth": self.bandwidth, "latency": self.latency}
+
+
+def missing() -> str | None:
+    """Why this process cannot build an emulated network, or None if it can."""
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"the emulated network needs iproute2's '{tool}' (apt-get install iproute2)"
+    if not _has_net_admin():
+        return ("the emulated network needs root or CAP_NET_ADMIN (it creates network namespaces, "
+                "veth links and qdiscs); run as root, or drop the config's 'network' section")
+    return None
+
+
+def _has_net_admin() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))  # CAP_NET_ADMIN
+    except OSError:
+        pass
+    return False
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise NetworkError(f"emulated network: '{' '.join(cmd)}' failed: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def namespaces() -> list[str]:
+    """The network namespaces of this machine."""
+    p = _run("ip", "-j", "netns", "list", check=False)
+    if p.returncode != 0 or not p.stdout.strip():
+        return []
+    return [n["name"] for n in json.loads(p.stdout)]
+
+
+def cleanup(*, every: bool = False) -> list[str]:
+    """Delete the namespaces (and with them the links and qdiscs) of emulated networks
+    whose launcher is gone; with ``every``, of all emulated networks. Returns the names."""
+    removed = []
+    for ns in namespaces():
+        m = re.match(re.escape(PREFIX) + r"(\d+)-", ns)
+        if not m:
+            continue
+        if not every and _alive(int(m.group(1))):
+            continue
+        if _run("ip", "netns", "delete", ns, check=False).returncode == 0:
+            removed.append(ns)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+
+
+def _netem_available(ns: str, dev: str) -> bool:
+    ok = _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms",
+              check=False).returncode == 0
+    if ok:
+        _run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
+    return ok
+
+
+class EmulatedNetwork:
+    """``hosts`` emulated hosts joined by a switch, each link shaped to ``link``.
+
+    Use as a context manager, or :meth:`up` and :meth:`down` (idempotent). Worker r runs
+    under :meth:`exec_prefix` (r) and is reached at :meth:`address` (r)."""
+
+    def __init__(self, hosts: int, link: LinkSpec):
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise NetworkError(f"emulated network: {hosts} hosts; between 1 and {MAX_HOSTS} are possible")
+        if link.bandwidth is not None and not link.bandwidth > 0:
+            raise NetworkError(f"emulated network: bandwidth must be > 0 bytes/s, got {link.bandwidth!r}")
+        if link.latency is not None and not link.latency >= 0:
+            raise NetworkError(f"emulated network: latency must be >= 0 s, got {link.latency!r}")
+        self.hosts = hosts
+        self.link = link
+        self.name = f"{PREFIX}{os.getpid()}-{next(_count)}"
+        self.is_up = False
+        self.latency_emulated = False
+
+    # ---- names and addresses ------------------------------------------------------------
+
+    @property
+    def switch(self) -> str:
+        return f"{self.name}-sw"
+
+    def namespace(self, r: int) -> str:
+        return f"{self.name}-h{r}"
+
+    def address(self, r: int) -> str:
+        return f"{SUBNET}.{r // 254}.{r % 254 + 1}"
+
+    def exec_prefix(self, r: int) -> list[str]:
+        """The command prefix that runs a program on host r."""
+        return ["ip", "netns", "exec", self.namespace(r)]
+
+    # ---- life cycle ---------------------------------------------------------------------
+
+    def up(self) -> "EmulatedNetwork":
+        why = missing()
+        if why:
+            raise NetworkError(why)
+        cleanup()  # what launchers killed outright left behind
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        self.is_up = True
+        return self
+
+    def _build(self) -> None:
+        sw = self.switch
+        _run("ip", "netns", "add", sw)
+        _run("ip", "netns", "exec", sw, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        _run("ip", "netns", "exec", sw, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+        _run("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", sw, "link", "set", "br0", "up")
+        for r in range(self.hosts):
+            ns = self.namespace(r)
+            _run("ip", "netns", "add", ns)
+            # no router advertisements, no neighbour discovery: only the run's traffic
+            # on the link, so its counters can be held to the bytes the workers sent
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+            _run("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{r}", "netns", sw)
+            _run("ip", "-n", ns, "link", "set", "eth0", "mtu", str(MTU))
+            _run("ip", "-n", sw, "link", "set", f"p{r}", "mtu", str(MTU))
+            _run("ip", "-n", ns, "addr", "add", f"{self.address(r)}/16", "dev", "eth0")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            _run("ip", "-n", sw, "link", "set", f"p{r}", "master", "br0")
+            _run("ip", "-n", sw, "link", "set", f"p{r}", "up")
+        if self.link.latency:
+            self.latency_emulated = _netem_available(self.namespace(0), "eth0")
+        for r in range(self.hosts):
+            self._shape(self.namespace(r), "eth0")   # host -> switch
+            self._shape(sw, f"p{r}")                   # switch -> host
+
+    def _shape(self, ns: str, dev: str) -> None:
+        rate = self.link.bandwidth
+        if rate is None and not self.latency_emulated:
+            return
+        tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
+        parent = ["root"]
+        if rate is not None:
+            # burst: a whole GSO packet (64 KiB) must fit, and the bucket must not run
+            # dry between timer ticks; limit: enough queue for TCP to keep the link busy
+            burst = int(max(128 * 1024, rate / 250))
+            limit = int(max(4 * burst, rate * 0.02))
+            _run(*tc, *parent, "handle", "1:", "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst),
+                 "limit", str(limit))
+            parent = ["parent", "1:1"]
+        if self.latency_emulated:
+            _run(*tc, *parent, "handle", "10:", "netem", "delay", f"{self.link.latency * 1e6:.0f}us")
+
+    def down(self) -> None:
+        """Delete the namespaces; their links and qdiscs go with them."""
+        for ns in [*(self.namespace(r) for r in range(self.hosts)), self.switch]:
+            _run("ip", "netns", "delete", ns, check=False)
+        self.is_up = False
+
+    def __enter__(self) -> "EmulatedNetwork":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # ---- what the links saw -------------------------------------------------------------
+
+    def counters(self, r: int) -> dict[str, int]:
+        """Host r's link as its interface counts it: bytes and packets sent and received."""
+        p = _run("ip", "-n", self.namespace(r), "-s", "-j", "link", "show", "eth0")
+        stats = json.loads(p.stdout)[0]["stats64"]
+        return {"tx_bytes": stats["tx"]["bytes"], "tx_packets": stats["tx"]["packets"],
+                "rx_bytes": stats["rx"]["bytes"], "rx_packets": stats["rx"]["packets"]}
+
+    def describe(self) -> dict:
+        """The link as configured, for records and the report."""
+        return {"hosts": self.hosts, "bandwidth": self.link.bandwidth, "latency": self.link.latency,
+                "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
+                "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES}
