@@ -10,11 +10,14 @@ them). Times are medians of repeats.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -338,14 +341,116 @@ def mpi_links(quick: bool = False) -> dict[str, Link]:
     return _links_from(times)
 
 
-def _mpi_rank_main(quick: bool) -> None:
+def _mpi_rank_main(sizes: list[int]) -> None:
     from parrbm.harness.comm import Comm
     from parrbm.harness.mpi import MPITransport
 
     t = MPITransport()
-    res = collective_times(Comm(t), SIZES[:-1] if quick else SIZES)
+    res = collective_times(Comm(t), sizes)
     if t.rank == 0:
         print(json.dumps(res), flush=True)
+
+
+# ---- links over an emulated network -------------------------------------------------------------
+
+#: the port the calibration's tcp ranks listen on (inside their own namespaces: no collision)
+CALIBRATION_PORT = 47213
+
+
+def network_sizes(bandwidth: float | None, quick: bool) -> list[int]:
+    """The transfer sizes timed on a shaped link: small ones for the latency, and two
+    large ones (a quarter of a second of transfer, and a quarter of that) whose difference
+    is all link: both are far beyond what the token bucket lets through at once."""
+    if bandwidth is None:
+        return SIZES[:-1] if quick else SIZES
+    top = int(bandwidth * (0.12 if quick else 0.25))
+    return [1 << 10, 1 << 14, max(top // 4, 1 << 18), max(top, 1 << 20)]
+
+
+def fit_shaped_link(points: list[list[float]], messages: int = 1) -> Link:
+    """A shaped link's figures: the bandwidth from the two largest transfers' difference
+    (the token bucket's burst, sent at once, cancels out), the latency from the smallest
+    transfer, less its bytes' time."""
+    (b0, t0), (b1, t1), (b2, t2) = points[0], points[-2], points[-1]
+    bandwidth = (b2 - b1) / (t2 - t1) if t2 > t1 else b2 / t2
+    return Link(latency=max(0.0, (t0 - b0 / bandwidth) / messages), bandwidth=float(bandwidth))
+
+
+def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
+    """The collectives of ``transport`` between two emulated hosts whose links are shaped
+    to ``link`` (a LinkSpec): two worker processes, one on each host."""
+    from parrbm.harness.network import EmulatedNetwork
+
+    sizes = network_sizes(link.bandwidth, quick)
+    with EmulatedNetwork(2, link) as net, tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+        size_arg = ["--sizes", ",".join(map(str, sizes))]
+        if transport == "mpi":
+            from parrbm.harness.launch import WORKER, _mpi_command
+
+            cmd = _mpi_command(Path(tmp), 2, net, env)
+            worker = cmd.index("--job") - len(WORKER)  # the worker's command: the interpreter on
+            cmd = [*cmd[:worker], sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank", *size_arg]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
+            if out.returncode != 0:
+                raise RuntimeError(f"mpi ping-pong on the emulated link failed: {out.stderr.strip()[-500:]}")
+            times = json.loads(out.stdout.strip().splitlines()[-1])
+        else:
+            addresses = ",".join(f"{net.address(r)}:{CALIBRATION_PORT}" for r in range(2))
+            secret = os.urandom(32).hex()
+            procs = [subprocess.Popen([*net.exec_prefix(r), sys.executable, "-m", "parrbm.analysis.calibrate",
+                                       "--tcp-rank", str(r), "--addresses", addresses, *size_arg],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, cwd=tmp, env=env) for r in range(2)]
+            for p in procs:  # every rank listens before any connects
+                ready = p.stdout.readline()
+                if ready.strip() != "LISTENING":
+                    p.kill()
+            for p in procs:
+                p.stdin.write(secret + "\n")
+                p.stdin.flush()
+            outs = [p.communicate(timeout=900) for p in procs]
+            if any(p.returncode for p in procs):
+                raise RuntimeError(f"tcp ping-pong on the emulated link failed: "
+                                   f"{' '.join(o[1].strip()[-300:] for o in outs)}")
+            times = json.loads(outs[0][0].strip().splitlines()[-1])
+    if link.bandwidth is None:
+        return _links_from(times)
+    return {k: fit_shaped_link(v, messages=2 if k == "allreduce" else 1) for k, v in times.items()}
+
+
+def _tcp_rank_main(rank: int, addresses: str, sizes: list[int]) -> None:
+    import socket
+
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.tcp import TCPTransport
+
+    peers = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addresses.split(",")]
+    listener = socket.create_server(peers[rank])
+    print("LISTENING", flush=True)
+    secret = bytes.fromhex(sys.stdin.readline().strip())
+    t = TCPTransport(rank, len(peers), secret, listener, peers, timeout=120.0)
+    try:
+        res = collective_times(Comm(t), sizes)
+    finally:
+        t.close()
+    if rank == 0:
+        print(json.dumps(res), flush=True)
+
+
+def calibrate_network(profile: Profile, transports, link, quick: bool = False, progress=print) -> Profile:
+    """Add to ``profile`` the collectives of each of ``transports`` over emulated hosts
+    whose links are shaped to ``link``, as transport ``tcp@105MB/s`` (...): the time model
+    prices runs on that network with them."""
+    from parrbm.analysis.compare import network_transport
+
+    for t in transports:
+        name = network_transport(t, link.bandwidth)
+        progress(f"calibrate: collectives on {t} over emulated hosts ({name})")
+        profile.links[name] = network_links(t, link, quick)
+        a = profile.links[name]["allgather"]
+        progress(f"calibrate: {name}: latency {a.latency * 1e3:.3f} ms, payload {a.bandwidth / 1e6:.1f} MB/s")
+    return profile
 
 
 def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> Profile:
@@ -384,5 +489,18 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
 
 
 if __name__ == "__main__":
-    if "--mpi-rank" in sys.argv:
-        _mpi_rank_main("--quick" in sys.argv)
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m parrbm.analysis.calibrate",
+                                 description="one rank of the collectives' ping-pong (started by calibrate)")
+    ap.add_argument("--mpi-rank", action="store_true")
+    ap.add_argument("--tcp-rank", type=int)
+    ap.add_argument("--addresses")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes")
+    a = ap.parse_args()
+    chosen = [int(s) for s in a.sizes.split(",")] if a.sizes else (SIZES[:-1] if a.quick else SIZES)
+    if a.mpi_rank:
+        _mpi_rank_main(chosen)
+    elif a.tcp_rank is not None:
+        _tcp_rank_main(a.tcp_rank, a.addresses, chosen)

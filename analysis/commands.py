@@ -214,8 +214,14 @@ def cmd_calibrate(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _usage(f"--out {out}: cannot create its directory ({exc.strerror or exc})") from None
-    p = calibrate(quick=args.quick, transports=args.transports,
-                  progress=lambda m: print(m, file=sys.stderr, flush=True))
+    links = _network_links_arg(args)
+    progress = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    p = calibrate(quick=args.quick, transports=args.transports, progress=progress)
+    if links:
+        from parrbm.analysis.calibrate import calibrate_network
+
+        for link in links:
+            calibrate_network(p, [t for t in args.transports if t in ("tcp", "mpi")], link, args.quick, progress)
     p.save(out)
     print(f"GEMM rate (largest class): float32 {p.gemm['float32'][-1][1] / 1e9:.1f} GFLOP/s, "
           f"float64 {p.gemm['float64'][-1][1] / 1e9:.1f} GFLOP/s per core")
@@ -224,6 +230,26 @@ def cmd_calibrate(args) -> int:
         print(f"{t}: latency {link.latency * 1e3:.3f} ms, bandwidth {link.bandwidth / 1e6:.0f} MB/s (allgather)")
     print(f"profile: {out}")
     return 0
+
+
+def _network_links_arg(args) -> list:
+    """calibrate's --network (emulated links to measure the collectives over), checked
+    before the long measurements start."""
+    if not args.network:
+        return []
+    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.harness.network import LinkSpec, missing
+
+    why = missing()
+    if why:
+        raise _usage(f"--network: {why}")
+    if not any(t in ("tcp", "mpi") for t in args.transports):
+        raise _usage("--network measures tcp and mpi over emulated hosts: give --transports tcp and/or mpi")
+    try:
+        latency = None if args.latency is None else parse_latency(args.latency)
+        return [LinkSpec(parse_bandwidth(bw), latency) for bw in args.network]
+    except ValueError as exc:
+        raise _usage(f"--network/--latency: {exc}") from None
 
 
 def _profile_for(args):
@@ -405,6 +431,10 @@ def add_parsers(sub) -> None:
     cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
     cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
     cal.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
+    cal.add_argument("--network", nargs="+", metavar="BANDWIDTH",
+                     help="also measure tcp and mpi between emulated hosts whose links are shaped to each "
+                          "bandwidth (e.g. 105MB/s; needs root): the profile's transports tcp@105MB/s, ...")
+    cal.add_argument("--latency", help="the emulated links' latency (e.g. 0.091ms; where the kernel has netem)")
     cal.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K")

@@ -122,7 +122,8 @@ class Profile:
     def sharing(self, transport: str, K: int) -> float:
         """The co-scheduling factor for K workers of ``transport`` on this machine's
         cores (the nearest measured K at or below it; 1 when unmeasured)."""
-        table = self.contention.get(transport) or self.contention.get("*") or {}
+        base = transport.split("@")[0]  # tcp@105MB/s: tcp's workers on emulated hosts
+        table = self.contention.get(transport) or self.contention.get(base) or self.contention.get("*") or {}
         known = [int(n) for n in table if int(n) <= K]
         return float(table[str(max(known))]) if known else 1.0
 

@@ -552,6 +552,12 @@ NETWORK_TRANSPORTS = ("tcp", "mpi")
 UNSHAPED = "unshaped"
 
 
+def network_links_of(cfg: dict) -> list:
+    """The distinct shaped links (LinkSpec) a config's runs use."""
+    pts = [p for p in grid_points(cfg) if p.get("bandwidth") not in (None, UNSHAPED)]
+    return list({link_of(cfg, p): None for p in pts})
+
+
 def link_of(cfg: dict, pt: dict):
     """The emulated link a grid point runs on (a LinkSpec), or None."""
     from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
@@ -929,7 +935,13 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
                     raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
             else:
                 transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-                measure(quick=True, transports=transports or ["threads"], progress=progress).save(where)
+                profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
+                from parrbm.analysis.calibrate import calibrate_network
+
+                for link in network_links_of(cfg):  # the emulated links the runs will use
+                    calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
+                                      quick=True, progress=progress)
+                profile.save(where)
         _run_points(cfg, results, identity, done, progress)
     finally:
         lock.__exit__(None, None, None)

@@ -39,6 +39,9 @@ MAX_HOSTS = 254 * 250
 #: (timestamps); a 1500-byte MTU carries 1448 bytes of payload
 HEADER_BYTES = 66
 MTU = 1500
+#: the token bucket: at least this many bytes, and this many seconds of the rate
+BURST_MIN = 32 * 1024
+BURST_SECONDS = 1e-3
 
 
 def payload_rate(wire_rate: float) -> float:
@@ -223,10 +226,14 @@ class EmulatedNetwork:
         tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
         parent = ["root"]
         if rate is not None:
-            # burst: a whole GSO packet (64 KiB) must fit, and the bucket must not run
-            # dry between timer ticks; limit: enough queue for TCP to keep the link busy
-            burst = int(max(128 * 1024, rate / 250))
-            limit = int(max(4 * burst, rate * 0.02))
+            # burst: what the link may send at once after an idle spell. A real link has
+            # none beyond its wire speed, and a big bucket would hand every collective
+            # after a compute phase that many bytes for free; a tiny one loses rate to
+            # late timer wake-ups. 1 ms of the rate holds both (larger GSO packets are
+            # segmented by tbf). limit: 0.2 s of queue, so TCP never loses a segment
+            # to it (a retransmission timeout would cost 200 ms)
+            burst = int(max(BURST_MIN, rate * BURST_SECONDS))
+            limit = int(max(256 * 1024, rate * 0.2))
             _run(*tc, *parent, "handle", "1:", "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst),
                  "limit", str(limit))
             parent = ["parent", "1:1"]
