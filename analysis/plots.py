@@ -270,6 +270,115 @@ def plot_divergence(curves: list[dict], out: Path) -> list[Path]:
     return _save(fig, out, "divergence")
 
 
+# ---- the emulated network: speedup against bandwidth -----------------------------------------------
+
+def _network_runs(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("status") == "ok" and r.get("network") and r["workers"] > 1
+            and r["metrics"].get("speedup_vs_serial")]
+
+
+def _sweeps(records: list[dict]) -> dict:
+    """(transport, K, setting) -> strategy -> [(bandwidth bytes/s or None, record)], for
+    the runs on emulated hosts."""
+    out: dict = {}
+    for r in _network_runs(records):
+        key = (r["transport"], r["workers"], _setting(r))
+        out.setdefault(key, {}).setdefault(r["strategy"], []).append((r["network"].get("bandwidth"), r))
+    return out
+
+
+def _model_speedup(rec: dict, bandwidth: float, profile) -> float:
+    """The time model's speedup of a recorded run had its link been ``bandwidth``, over the
+    run's own measured serial step."""
+    from parrbm.analysis.compare import predict_record
+
+    serial = rec["metrics"]["step_seconds"]["median"] * rec["metrics"]["speedup_vs_serial"]
+    moved = {**rec, "network": {**rec["network"], "bandwidth": bandwidth}}
+    return serial / predict_record(moved, profile).step_seconds
+
+
+def bandwidth_crossovers(records: list[dict], profile=None) -> list[dict]:
+    """Where the fastest strategy changes as the link gets faster: measured (between two
+    measured bandwidths) and, with a profile, the time model's (on a fine grid)."""
+    rows = []
+    for (transport, K, setting), per in sorted(_sweeps(records).items()):
+        shaped = sorted({b for runs in per.values() for b, _ in runs if b is not None})
+        if len(shaped) < 2:
+            continue
+        best = []
+        for b in shaped:
+            at = {s: r for s, runs in per.items() for bb, r in runs if bb == b}
+            best.append(min(at, key=lambda s: at[s]["metrics"]["step_seconds"]["median"]))
+        measured = [(shaped[i], shaped[i + 1], best[i], best[i + 1]) for i in range(len(best) - 1)
+                    if best[i] != best[i + 1]]
+        model = []
+        if profile is not None:
+            grid = np.geomspace(shaped[0], shaped[-1], 200)
+            refs = {s: next(r for _, r in runs) for s, runs in per.items()}
+            prev = None
+            for b in grid:
+                try:
+                    fast = max(refs, key=lambda s: _model_speedup(refs[s], float(b), profile))
+                except ValueError:
+                    break
+                if prev is not None and fast != prev:
+                    model.append((float(b), prev, fast))
+                prev = fast
+        rows.append({"transport": transport, "workers": K, "setting": setting, "measured": measured,
+                     "model": model})
+    return rows
+
+
+def plot_bandwidth(records: list[dict], profile, out: Path) -> list[Path]:
+    """Speedup against link bandwidth per strategy: measured points, the model's lines,
+    the crossovers (model: dashed; measured: the shaded interval)."""
+    sweeps = {k: v for k, v in _sweeps(records).items()
+              if len({b for runs in v.values() for b, _ in runs}) >= 2}
+    if not sweeps:
+        return []
+    plt, sns = _plt()
+    keys = sorted(sweeps)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys) + 2, 4.6), squeeze=False)
+    palette = dict(zip(_order(records), sns.color_palette(n_colors=len(_order(records)))))
+    crossings = {(c["transport"], c["workers"], c["setting"]): c for c in bandwidth_crossovers(records, profile)}
+    for ax, key in zip(axes[0], keys):
+        per = sweeps[key]
+        shaped = sorted({b for runs in per.values() for b, _ in runs if b is not None})
+        unshaped_x = shaped[-1] * 3  # where the unshaped runs are drawn
+        for s, runs in sorted(per.items(), key=lambda kv: _order(records).index(kv[0])
+                              if kv[0] in _order(records) else 99):
+            xs = [(b or unshaped_x) / 1e6 for b, _ in runs]
+            ys = [r["metrics"]["speedup_vs_serial"] for _, r in runs]
+            ax.scatter(xs, ys, color=palette.get(s), label=s, zorder=3)
+            if profile is not None:
+                grid = np.geomspace(shaped[0], shaped[-1], 60)
+                try:
+                    ax.plot(grid / 1e6, [_model_speedup(runs[0][1], float(b), profile) for b in grid],
+                            color=palette.get(s), linewidth=1.2)
+                except ValueError:
+                    pass
+        c = crossings.get(key)
+        for b, _, to in (c or {}).get("model", []):
+            ax.axvline(b / 1e6, color="dimgray", linestyle="--", linewidth=1)
+            ax.text(b / 1e6, ax.get_ylim()[1], f" model: {to}", rotation=90, va="top", fontsize=7, color="dimgray")
+        for lo, hi, _, to in (c or {}).get("measured", []):
+            ax.axvspan(lo / 1e6, hi / 1e6, color="orange", alpha=0.12)
+        ax.set_xscale("log")
+        ticks = [b / 1e6 for b in shaped] + ([unshaped_x / 1e6] if any(b is None for runs in per.values()
+                                                                       for b, _ in runs) else [])
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks[:len(shaped)]] + ["unshaped"] * (len(ticks) - len(shaped)))
+        ax.minorticks_off()
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xlabel("link bandwidth (MB/s, wire)")
+        ax.set_ylabel("speedup vs serial (x)")
+        ax.set_title(f"{key[0]}, K = {key[1]}, {key[2]}")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, out, "bandwidth")
+
+
 def plot_all(records: list[dict], out: Path, *, profile=None, cores: int | None = None,
              divergence: bool = True) -> dict[str, list[Path]]:
     out.mkdir(parents=True, exist_ok=True)
@@ -279,6 +388,7 @@ def plot_all(records: list[dict], out: Path, *, profile=None, cores: int | None 
             "breakdown": plot_breakdown(records, out)}
     if profile is not None:
         figs["predicted"] = plot_predicted(records, profile, out)
+    figs["bandwidth"] = plot_bandwidth(records, profile, out)
     if divergence:
         figs["divergence"] = plot_divergence(divergence_curves(), out)
     return {k: v for k, v in figs.items() if v}

@@ -31,6 +31,9 @@ CAPTIONS = {
     "bytes": "Bytes per 8000 training cases: every measured run (points) lies on the closed form (lines).",
     "breakdown": "Per step, slowest worker: compute, communication, and waiting for peers.",
     "predicted": "The calibrated time model against the measured median step; grey band: within 15%.",
+    "bandwidth": "Speedup against the emulated link's bandwidth: measured points, the time model's lines "
+                 "(the transport's calibrated costs with the link's payload rate); dashed: where the model's "
+                 "fastest strategy changes; shaded: between which measured bandwidths it changes.",
     "divergence": "Unit-partitioned keeps two copies of every weight; without a sync they drift apart only "
                   "by rounding (measured here, K = 2, after every minibatch).",
 }
@@ -102,6 +105,40 @@ def _advice_rows(profile) -> dict | None:
     return {"head": head, "rows": rows}
 
 
+def _network_rows(records: list[dict], profile) -> dict | None:
+    """The emulated links of the runs (configured, and as calibrated) and the crossovers."""
+    from parrbm.analysis.compare import network_transport
+    from parrbm.analysis.plots import bandwidth_crossovers
+
+    links = {}
+    for r in records:
+        n = r.get("network")
+        if r.get("status") == "ok" and n:
+            links.setdefault((r["transport"], n.get("bandwidth")), n)
+    if not links:
+        return None
+    rows = []
+    for (transport, bw), n in sorted(links.items(), key=lambda kv: (kv[0][0], kv[0][1] or float("inf"))):
+        cal = profile.links.get(network_transport(transport, bw)) if (profile is not None and bw) else None
+        a = (cal or {}).get("allgather")
+        rows.append([transport, "unshaped" if bw is None else f"{bw / 1e6:g} MB/s",
+                     "-" if n.get("latency") is None else f"{n['latency'] * 1e3:g} ms",
+                     "yes" if n.get("latency_emulated") else "no (no netem)",
+                     "-" if a is None else f"{a.bandwidth / 1e6:.1f} MB/s",
+                     "-" if a is None else f"{a.latency * 1e3:.3f} ms"])
+    cross = []
+    for c in bandwidth_crossovers(records, profile):
+        where = f"{c['transport']}, K = {c['workers']}, {c['setting']}"
+        measured = "; ".join(f"{a} -> {b} between {lo / 1e6:g} and {hi / 1e6:g} MB/s"
+                             for lo, hi, a, b in c["measured"]) or "none"
+        model = "; ".join(f"{a} -> {b} at {x / 1e6:.3g} MB/s" for x, a, b in c["model"]) or \
+            ("none" if profile is not None else "-")
+        cross.append([where, measured, model])
+    return {"links": {"head": ["transport", "link (wire)", "latency", "latency emulated", "calibrated payload rate",
+                               "calibrated latency"], "rows": rows},
+            "crossovers": {"head": ["runs", "measured crossovers", "model's crossovers"], "rows": cross}}
+
+
 def _summary(records: list[dict], profile) -> list[str]:
     ok = [r for r in records if r.get("status") == "ok"]
     lines = []
@@ -156,6 +193,7 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
     title = title or f"parrbm comparison: {config}"
     parts = {"summary": _summary(records, profile), "env": _environment(records),
              "table": _tables(records, profile), "paper": _paper_rows(), "advice": _advice_rows(profile),
+             "network": _network_rows(records, profile),
              "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"],
              "mismatch": [(r.get("run_id", "?"), "; ".join(r["metrics"]["formula_mismatch"])) for r in records
                           if r.get("status") == "ok" and (r.get("metrics") or {}).get("formula_mismatch")]}
@@ -181,6 +219,12 @@ def _markdown(title: str, p: dict, figs: dict, out: Path) -> str:
     for name, paths in figs.items():
         png = next(x for x in paths if x.suffix == ".png")
         s += [f"![{name}]({png.relative_to(out.parent)})", "", f"*{CAPTIONS[name]}*", ""]
+    if p["network"]:
+        s += ["## The emulated network", "", "Each tcp or mpi worker on a host of its own, its link shaped (tbf) "
+              "in both directions. The rate is the wire's; TCP's payload gets 1448 of every 1514 bytes.", "",
+              _md_table(p["network"]["links"]), ""]
+        if p["network"]["crossovers"]["rows"]:
+            s += ["Where the fastest strategy changes with the bandwidth:", "", _md_table(p["network"]["crossovers"]), ""]
     s += ["## The paper's Table 4.1 beside ours", "",
           "Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.", "", _md_table(p["paper"]), ""]
     if p["advice"]:
@@ -220,6 +264,14 @@ def _html(title: str, p: dict, figs: dict) -> str:
         data = base64.b64encode(png.read_bytes()).decode()
         s.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{data}'>"
                  f"<figcaption>{e(CAPTIONS[name])}</figcaption></figure>")
+    if p["network"]:
+        s += ["<h2>The emulated network</h2>",
+              "<p>Each tcp or mpi worker on a host of its own, its link shaped (tbf) in both directions. "
+              "The rate is the wire's; TCP's payload gets 1448 of every 1514 bytes.</p>",
+              _html_table(p["network"]["links"])]
+        if p["network"]["crossovers"]["rows"]:
+            s += ["<h3>Where the fastest strategy changes with the bandwidth</h3>",
+                  _html_table(p["network"]["crossovers"])]
     s += ["<h2>The paper's Table 4.1 beside ours</h2>",
           "<p>Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.</p>", _html_table(p["paper"])]
     if p["advice"]:

@@ -256,3 +256,24 @@ def test_calibration_on_the_emulated_link_finds_its_bandwidth(transport):
         assert 0.9 * 20e6 <= links[kind].bandwidth <= 1.02 * payload_rate(20e6) * 1.03, (kind, links[kind])
         assert links[kind].latency < 0.01
     assert ours() == []
+
+
+def _rec(strategy: str, bandwidth, step: float) -> dict:
+    return {"status": "ok", "strategy": strategy, "workers": 2, "transport": "tcp", "batch_size": 100,
+            "model": {"visible_type": "binary", "precision": "float32"},
+            "network": {"bandwidth": bandwidth, "latency": None, "latency_emulated": False},
+            "metrics": {"speedup_vs_serial": 0.05 / step, "step_seconds": {"median": step}}}
+
+
+def test_measured_crossovers_are_where_the_fastest_strategy_changes():
+    """green-only's step shrinks with the bandwidth, unit-partitioned's hardly: the
+    fastest changes between 10 and 100 MB/s, and only there."""
+    from parrbm.analysis.plots import bandwidth_crossovers
+
+    records = [_rec("green-only", 1e6, 0.40), _rec("green-only", 10e6, 0.06), _rec("green-only", 100e6, 0.02),
+               _rec("green-only", None, 0.018),
+               _rec("unit-partitioned", 1e6, 0.05), _rec("unit-partitioned", 10e6, 0.03),
+               _rec("unit-partitioned", 100e6, 0.029), _rec("unit-partitioned", None, 0.029)]
+    (row,) = bandwidth_crossovers(records)
+    assert row["measured"] == [(10e6, 100e6, "unit-partitioned", "green-only")]
+    assert row["model"] == []  # no profile, no model
