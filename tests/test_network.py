@@ -226,7 +226,9 @@ def test_a_killed_run_leaves_nothing_once_cleaned_up(tmp_path):
     p.wait()
     left = [n for n in namespaces() if n.startswith(name + "-")]
     assert len(left) == 3  # nobody tore it down
-    out = subprocess.run([sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True)
+    # (from another folder: a source checkout in the cwd must not shadow the installed package)
+    out = subprocess.run([sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.returncode == 0 and "removed 3 namespace(s)" in out.stdout, out
     assert all(n in out.stdout for n in left)
     assert not [n for n in namespaces() if n.startswith(name + "-")]
