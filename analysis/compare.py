@@ -91,7 +91,10 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
                                     reduce=(r.get("options") or {}).get("reduce", "allreduce"),
                                     average=(r.get("options") or {}).get("average", "gradients")).total
         rows.append({
-            "strategy": r["strategy"], "workers": r["workers"], "transport": r.get("transport"),
+            "strategy": r["strategy"], "workers": r["workers"],
+            # on emulated hosts each link is a transport of its own (tcp@105MB/s)
+            "transport": r.get("transport") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+            if r.get("transport") else None,
             "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
             "precision": r["model"]["precision"],
             "measured_seconds": measured, "predicted_seconds": p.step_seconds,

@@ -294,7 +294,10 @@ def _model_speedup(rec: dict, bandwidth: float, profile) -> float:
 
     serial = rec["metrics"]["step_seconds"]["median"] * rec["metrics"]["speedup_vs_serial"]
     moved = {**rec, "network": {**rec["network"], "bandwidth": bandwidth}}
-    return serial / predict_record(moved, profile).step_seconds
+    # one line from one rule: every bandwidth priced from the transport's figures and the
+    # link's rate (the calibrated links are the measured points' business, not the line's)
+    uncalibrated = type(profile)(**{**vars(profile), "links": {k: v for k, v in profile.links.items() if "@" not in k}})
+    return serial / predict_record(moved, uncalibrated).step_seconds
 
 
 def bandwidth_crossovers(records: list[dict], profile=None) -> list[dict]:

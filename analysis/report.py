@@ -57,12 +57,13 @@ def _tables(records: list[dict], profile) -> dict:
     for r in sorted(ok, key=lambda r: (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"],
                                        builtin_order(r["strategy"]), r["workers"], r.get("transport") or "")):
         mt, m = r["metrics"], r["batch_size"]
-        key = (r["strategy"], r["workers"], r.get("transport"), m, r["model"]["visible_type"], r["model"]["precision"])
+        where = r.get("transport") and r["transport"] + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+        key = (r["strategy"], r["workers"], where, m, r["model"]["visible_type"], r["model"]["precision"])
         p = pred.get(key)
         st = mt["step_seconds"]
         note = "" if mt.get("speedup_meaningful", True) else " *"
         rows.append([
-            r["strategy"], str(r["workers"]), r.get("transport") or "-",
+            r["strategy"], str(r["workers"]), where or "-",
             f"{r['model']['visible_type']}, {r['model']['precision']}, m={m}",
             f"{mt['bytes_per_step'] * 8000 / m / 1e6:.2f}",
             "yes" if mt["bytes_per_step"] == mt.get("bytes_per_step_formula") else "NO",
