@@ -276,7 +276,8 @@ def _network_for(runner):
 def _mpi_command(job_dir: Path, K: int, network, env: dict) -> list[str]:
     """mpiexec for K ranks: on this machine, or one rank on each emulated host (mpiexec on
     host 0, its proxies started on the others through a launcher that enters their
-    namespaces; the ranks' traffic kept off shared memory so that it crosses the links)."""
+    namespaces; the ranks' traffic kept off shared memory so that it crosses the links:
+    the variables that say so are set in ``env``, the environment mpiexec is to get)."""
     worker = [*WORKER, "--job", str(job_dir), "--transport", "mpi"]
     if network is None:
         return [mpiexec(), "-n", str(K), *worker]
