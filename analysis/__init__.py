@@ -1,2 +1,2 @@
 """Analysis: closed-form communication cost, the time model, tables and plots
-(docs/DESIGN.md section 7)."""
+(docs/design.md section 7)."""

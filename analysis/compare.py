@@ -35,21 +35,26 @@ def network_profile(profile: Profile, transport: str, network: dict | None) -> t
     of that link (``tcp@105MB/s``, from ``parrbm calibrate --network``) if it has one;
     else the transport's own figures with the link's bandwidth: its payload rate (the
     configured rate is the wire's: TCP over Ethernet carries 1448 payload bytes in 1514)
-    and the transport's latency plus the link's emulated one."""
+    and the transport's latency plus the link's emulated one. Either way the link's
+    token bucket, as the run's record gives it, is what a collective passes at once."""
     if not network or network.get("bandwidth") is None:
         return profile, transport
-    from parrbm.harness.network import payload_rate
+    from parrbm.harness.network import bucket_bytes, payload_rate
 
-    name = network_transport(transport, network["bandwidth"])
+    bandwidth = network["bandwidth"]
+    name = network_transport(transport, bandwidth)
+    burst = (network.get("burst") or bucket_bytes(bandwidth)) * payload_rate(bandwidth) / bandwidth
     if name in profile.links:
-        return profile, name
-    payload = payload_rate(network["bandwidth"])
-    extra = (network.get("latency") or 0.0) if network.get("latency_emulated") else 0.0
-    p = Profile(**{**vars(profile), "links": dict(profile.links)})
-    p.links[name] = {k: type(link)(link.latency + extra, min(link.bandwidth, payload))
-                     for k, link in profile.links[transport].items()} if transport in profile.links else {}
-    if not p.links[name]:
+        links = profile.links[name]
+    elif transport in profile.links:
+        payload = payload_rate(bandwidth)
+        extra = (network.get("latency") or 0.0) if network.get("latency_emulated") else 0.0
+        links = {k: type(link)(link.latency + extra, min(link.bandwidth, payload))
+                 for k, link in profile.links[transport].items()}
+    else:
         raise ValueError(f"the profile has no figures for transport {transport!r}")
+    p = Profile(**{**vars(profile), "links": dict(profile.links)})
+    p.links[name] = {k: type(link)(link.latency, link.bandwidth, burst) for k, link in links.items()}
     return p, name
 
 

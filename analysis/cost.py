@@ -1,4 +1,4 @@
-"""Closed-form communication of every strategy (docs/DESIGN.md sections 4, 5 and 7).
+"""Closed-form communication of every strategy (docs/design.md sections 4, 5 and 7).
 
 Bytes are payload bytes a worker delivers to other workers, exactly as the Comm layer
 counts them: binary states travel bit-packed, each message padded to a whole byte (the

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +295,9 @@ def _model_speedup(rec: dict, bandwidth: float, profile) -> float:
     from parrbm.analysis.compare import predict_record
 
     serial = rec["metrics"]["step_seconds"]["median"] * rec["metrics"]["speedup_vs_serial"]
-    moved = {**rec, "network": {**rec["network"], "bandwidth": bandwidth}}
+    # the link's token bucket goes with its rate (burst dropped: the rate's own is used)
+    moved = {**rec, "network": {**{k: v for k, v in rec["network"].items() if k != "burst"},
+                                "bandwidth": bandwidth}}
     # one line from one rule: every bandwidth priced from the transport's figures and the
     # link's rate (the calibrated links are the measured points' business, not the line's)
     uncalibrated = type(profile)(**{**vars(profile), "links": {k: v for k, v in profile.links.items() if "@" not in k}})
@@ -301,19 +305,31 @@ def _model_speedup(rec: dict, bandwidth: float, profile) -> float:
 
 
 def bandwidth_crossovers(records: list[dict], profile=None) -> list[dict]:
-    """Where the fastest strategy changes as the link gets faster: measured (between two
-    measured bandwidths) and, with a profile, the time model's (on a fine grid)."""
+    """Where the fastest strategy changes as the link gets faster: measured, as
+    ``(lo, hi, before, after, estimate)``: between two measured bandwidths, and the
+    estimate where the two strategies' log step-time ratio, linear in log bandwidth
+    between them, is 0; and, with a profile, the time model's ``(bandwidth, before,
+    after)`` (on a fine grid)."""
     rows = []
     for (transport, K, setting), per in sorted(_sweeps(records).items()):
         shaped = sorted({b for runs in per.values() for b, _ in runs if b is not None})
         if len(shaped) < 2:
             continue
-        best = []
+        best, step = [], []
         for b in shaped:
-            at = {s: r for s, runs in per.items() for bb, r in runs if bb == b}
-            best.append(min(at, key=lambda s: at[s]["metrics"]["step_seconds"]["median"]))
-        measured = [(shaped[i], shaped[i + 1], best[i], best[i + 1]) for i in range(len(best) - 1)
-                    if best[i] != best[i + 1]]
+            at = {s: r["metrics"]["step_seconds"]["median"] for s, runs in per.items() for bb, r in runs if bb == b}
+            best.append(min(at, key=at.get))
+            step.append(at)
+        measured = []
+        for i in range(len(best) - 1):
+            a, b = best[i], best[i + 1]
+            if a == b:
+                continue
+            lo, hi = shaped[i], shaped[i + 1]
+            r0 = math.log(step[i][a] / step[i][b]) if b in step[i] else -1.0
+            r1 = math.log(step[i + 1][a] / step[i + 1][b]) if a in step[i + 1] else 1.0
+            f = -r0 / (r1 - r0) if r1 > r0 else 0.5
+            measured.append((lo, hi, a, b, math.exp(math.log(lo) + f * (math.log(hi) - math.log(lo)))))
         model = []
         if profile is not None:
             grid = np.geomspace(shaped[0], shaped[-1], 200)
@@ -364,8 +380,9 @@ def plot_bandwidth(records: list[dict], profile, out: Path) -> list[Path]:
         for b, _, to in (c or {}).get("model", []):
             ax.axvline(b / 1e6, color="dimgray", linestyle="--", linewidth=1)
             ax.text(b / 1e6, ax.get_ylim()[1], f" model: {to}", rotation=90, va="top", fontsize=7, color="dimgray")
-        for lo, hi, _, to in (c or {}).get("measured", []):
+        for lo, hi, _, to, at in (c or {}).get("measured", []):
             ax.axvspan(lo / 1e6, hi / 1e6, color="orange", alpha=0.12)
+            ax.axvline(at / 1e6, color="darkorange", linestyle=":", linewidth=1.2)
         ax.set_xscale("log")
         ticks = [b / 1e6 for b in shaped] + ([unshaped_x / 1e6] if any(b is None for runs in per.values()
                                                                        for b, _ in runs) else [])

@@ -130,14 +130,18 @@ def _network_rows(records: list[dict], profile) -> dict | None:
     cross = []
     for c in bandwidth_crossovers(records, profile):
         where = f"{c['transport']}, K = {c['workers']}, {c['setting']}"
-        measured = "; ".join(f"{a} -> {b} between {lo / 1e6:g} and {hi / 1e6:g} MB/s"
-                             for lo, hi, a, b in c["measured"]) or "none"
+        measured = "; ".join(f"{a} -> {b} between {lo / 1e6:g} and {hi / 1e6:g} MB/s (about {at / 1e6:.3g})"
+                             for lo, hi, a, b, at in c["measured"]) or "none"
         model = "; ".join(f"{a} -> {b} at {x / 1e6:.3g} MB/s" for x, a, b in c["model"]) or \
             ("none" if profile is not None else "-")
-        cross.append([where, measured, model])
+        # the model's crossing of the same pair, as a factor of the measured estimate
+        factors = [max(x / at, at / x) for lo, hi, a, b, at in c["measured"]
+                   for x, ma, mb in c["model"] if {ma, mb} == {a, b}]
+        cross.append([where, measured, model, " ".join(f"{f:.2f}x" for f in factors) or "-"])
     return {"links": {"head": ["transport", "link (wire)", "latency", "latency emulated", "calibrated payload rate",
                                "calibrated latency"], "rows": rows},
-            "crossovers": {"head": ["runs", "measured crossovers", "model's crossovers"], "rows": cross}}
+            "crossovers": {"head": ["runs", "measured crossovers", "model's crossovers", "model / measured"],
+                           "rows": cross}}
 
 
 def _summary(records: list[dict], profile) -> list[str]:

@@ -1,4 +1,4 @@
-"""The time model (docs/DESIGN.md section 7): what a step costs, per strategy, for any K.
+"""The time model (docs/design.md section 7): what a step costs, per strategy, for any K.
 
     t_step(K) = max_k compute_k + sum over phases (latency x messages
                                                    + bytes on the busiest link / bandwidth)
@@ -45,9 +45,12 @@ LINK_KINDS = ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "all
 class Link:
     latency: float     # seconds per message
     bandwidth: float   # bytes per second on one worker's link
+    #: payload bytes a collective passes at once after an idle spell: an emulated link's
+    #: token bucket, refilled by the compute phase before each collective (0: none)
+    burst: float = 0.0
 
-    def seconds(self, messages: float, nbytes: float) -> float:
-        return self.latency * messages + nbytes / self.bandwidth
+    def seconds(self, messages: float, nbytes: float, calls: int = 1) -> float:
+        return self.latency * messages + max(0.0, nbytes - self.burst * calls) / self.bandwidth
 
 
 @dataclass
@@ -173,8 +176,20 @@ def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, tr
     for phase, per_worker in traffic.phases.items():
         calls = traffic.calls.get(phase, 1)
         link = profile.link(transport, phase_kind(phase, model, strategy))
-        out[phase] = link.seconds(calls * (K - 1), max(per_worker))
+        out[phase] = link.seconds(calls * (K - 1), max(per_worker), calls)
     return out
+
+
+def _cpu_comm(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile,
+              transport: str, strategy=None) -> float:
+    """The part of the phases' time that the workers' cores spend (copies, packing, the
+    stack): on an emulated link (``tcp@105MB/s``), what the same transfers take on the
+    transport's own loopback, at most the link's time; the rest is the wire's."""
+    base = transport.split("@")[0]
+    if base == transport or base not in profile.links:
+        return sum(phases.values())
+    own = _comm(traffic, model, K, profile, base, strategy)
+    return sum(min(t, own[ph]) for ph, t in phases.items())
 
 
 def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, *,
@@ -198,10 +213,11 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores
-    phases = {}
+    phases, busy = {}, compute
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, reduce=reduce, average=average)
         phases = _comm(traffic, model, K, profile, transport, strategy)
+        busy += _cpu_comm(phases, traffic, model, K, profile, transport, strategy)
     comm = sum(phases.values())
     sync = 0.0
     per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average,
@@ -210,10 +226,15 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
         st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
                                            model.precision, "") for r in ranks)
-        sync += sum(_comm(st, model, K, profile, transport, strategy).values())
+        sync_compute = sync
+        sync_phases = _comm(st, model, K, profile, transport, strategy)
+        sync += sum(sync_phases.values())
+        if per_step >= 1:
+            busy += sync_compute + _cpu_comm(sync_phases, st, model, K, profile, transport, strategy)
     work = compute + comm + (sync if per_step >= 1 else 0.0)
-    # workers sharing one machine's cores wait for each other beyond their kernels
-    wait = work * (profile.sharing(transport, min(K, cores)) - 1.0) if shared else 0.0
+    # workers sharing one machine's cores wait for each other beyond their kernels and
+    # transfers; not beyond an emulated wire's time, which no core spends
+    wait = busy * (profile.sharing(transport, min(K, cores)) - 1.0) if shared else 0.0
     step = work + wait
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,

@@ -1,6 +1,6 @@
 // The numerical kernels of parrbm: float and double, no Python, no allocation in loops.
 // Every matrix argument is a row-major view with its own leading dimension, so a worker
-// multiplies or samples a sub-block of a larger array in place (docs/DESIGN.md section 8).
+// multiplies or samples a sub-block of a larger array in place (docs/design.md section 8).
 #pragma once
 
 #include <cstddef>

@@ -35,7 +35,7 @@ struct Philox4x32 {
 };
 
 // The stream key of one sampling call. A uniform for (case i, unit j) comes from lane
-// j % 4 of the block with counter (j / 4, i, step, phase); see docs/DESIGN.md section 3.
+// j % 4 of the block with counter (j / 4, i, step, phase); see docs/design.md section 3.
 struct StreamKey {
   uint64_t seed = 0;
   uint32_t step = 0;

@@ -1,4 +1,4 @@
-// The serial, fused CD-k trainer: the single-worker reference path (docs/DESIGN.md 5.6).
+// The serial, fused CD-k trainer: the single-worker reference path (docs/design.md 5.6).
 // It owns the parameters and every work buffer, so one minibatch step allocates nothing.
 #pragma once
 

@@ -148,7 +148,7 @@ std::pair<MatView<T>, MatView<T>> StrategyWorker<T>::exchange_hidden(
   return {out_act, out_states};
 }
 
-// ---- unit-partitioned (strategies/unit_partitioned.py, docs/DESIGN.md 5.1) ----------------------
+// ---- unit-partitioned (strategies/unit_partitioned.py, docs/design.md 5.1) ----------------------
 
 template <class T>
 class UnitPartitioned final : public StrategyWorker<T> {
@@ -266,7 +266,7 @@ class UnitPartitioned final : public StrategyWorker<T> {
   std::vector<MatView<T>> sync_out_, sync_in_;
 };
 
-// ---- per-update weight sync (strategies/per_update_sync.py, docs/DESIGN.md 5.2) -----------------
+// ---- per-update weight sync (strategies/per_update_sync.py, docs/design.md 5.2) -----------------
 
 template <class T>
 class PerUpdateSync final : public StrategyWorker<T> {
@@ -399,7 +399,7 @@ class PerUpdateSync final : public StrategyWorker<T> {
   std::vector<MatView<T>> sync_out_, sync_in_;
 };
 
-// ---- data-partitioned, purple-only (strategies/purple_only.py, docs/DESIGN.md 5.3) --------------
+// ---- data-partitioned, purple-only (strategies/purple_only.py, docs/design.md 5.3) --------------
 
 template <class T>
 class PurpleOnly final : public StrategyWorker<T> {
@@ -475,7 +475,7 @@ class PurpleOnly final : public StrategyWorker<T> {
   MatView<T> left_k_, right_, partial_, hidden_act_, hidden_states_, pre_h_, h_local_, x_k_, hid_k_;
 };
 
-// ---- green-only (strategies/green_only.py, docs/DESIGN.md 5.4) ----------------------------------
+// ---- green-only (strategies/green_only.py, docs/design.md 5.4) ----------------------------------
 
 template <class T>
 class GreenOnly final : public StrategyWorker<T> {
@@ -558,7 +558,7 @@ class GreenOnly final : public StrategyWorker<T> {
   MatView<T> left_, right_k_, states_k_, partial_, pre_v_, v_local_, pre_h_, x_k_, vis_k_;
 };
 
-// ---- parameter averaging (strategies/parameter_averaging.py, docs/DESIGN.md 5.5) -----------------
+// ---- parameter averaging (strategies/parameter_averaging.py, docs/design.md 5.5) -----------------
 
 template <class T>
 class ParameterAveraging final : public StrategyWorker<T> {

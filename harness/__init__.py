@@ -1,2 +1,2 @@
 """The harness: the Comm interface and its transports, the launcher and the runner
-(docs/DESIGN.md section 6)."""
+(docs/design.md section 6)."""

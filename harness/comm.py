@@ -5,7 +5,7 @@ named function (as Megatron's ``mappings.py``) built on one transport primitive,
 :meth:`Transport.exchange` (a personalised all-to-all of byte buffers), so a transport
 moves bytes and nothing else, and the accounting below is the same on every transport.
 
-"Bytes" are payload bytes a worker delivers to *other* workers (docs/DESIGN.md section 6): an
+"Bytes" are payload bytes a worker delivers to *other* workers (docs/design.md section 6): an
 allgather of a b-byte block sends b to each of the K-1 peers, (K-1) b in all. Every call
 records, for its phase label: bytes sent and received, messages, calls, seconds inside the
 call and, of those, seconds spent waiting for peers.

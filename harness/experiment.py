@@ -1,5 +1,5 @@
 """YAML-defined comparisons: validate a config, expand its grid, run every point, and
-append one JSON record per run to a results file (docs/DESIGN.md section 6).
+append one JSON record per run to a results file (docs/design.md section 6).
 
 Record schema (one JSON object per line):
 

@@ -44,6 +44,12 @@ BURST_MIN = 32 * 1024
 BURST_SECONDS = 1e-3
 
 
+def bucket_bytes(wire_rate: float) -> int:
+    """The token bucket of a link shaped to ``wire_rate`` bytes/s: the wire bytes it lets
+    through at once after an idle spell (the time model prices a transfer with it)."""
+    return int(max(BURST_MIN, wire_rate * BURST_SECONDS))
+
+
 def payload_rate(wire_rate: float) -> float:
     """The bytes/s a TCP stream's payload gets on a link of ``wire_rate`` bytes/s: 1448
     payload bytes in every 1514-byte frame."""
@@ -232,7 +238,7 @@ class EmulatedNetwork:
             # late timer wake-ups. 1 ms of the rate holds both (larger GSO packets are
             # segmented by tbf). limit: 0.2 s of queue, so TCP never loses a segment
             # to it (a retransmission timeout would cost 200 ms)
-            burst = int(max(BURST_MIN, rate * BURST_SECONDS))
+            burst = bucket_bytes(rate)
             limit = int(max(256 * 1024, rate * 0.2))
             _run(*tc, *parent, "handle", "1:", "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst),
                  "limit", str(limit))
@@ -265,4 +271,5 @@ class EmulatedNetwork:
         """The link as configured, for records and the report."""
         return {"hosts": self.hosts, "bandwidth": self.link.bandwidth, "latency": self.link.latency,
                 "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
+                "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
                 "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES}

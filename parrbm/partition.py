@@ -1,4 +1,4 @@
-"""How units are split over K workers: sizes differ by at most one (docs/DESIGN.md section 4)."""
+"""How units are split over K workers: sizes differ by at most one (docs/design.md section 4)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ class RBM(TransformerMixin, BaseEstimator):
     random_state : int, RandomState, Generator or None, default=None
     strategy : {"serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only", \
             "parameter-averaging"}, default="serial"
-        How the work is split over ``workers`` (docs/DESIGN.md section 5).
+        How the work is split over ``workers`` (docs/design.md section 5).
     workers : int, default=1
         K, the number of workers.
     transport : {"threads", "tcp", "mpi"}, default="threads"

@@ -1,4 +1,4 @@
-"""Parallelization strategies: one module per algorithm of docs/DESIGN.md section 5.
+"""Parallelization strategies: one module per algorithm of docs/design.md section 5.
 
 Every strategy trains the same model with CD-k and can hand back the full model; none
 knows which transport moves its data. Each declares its traffic, compute and rules in

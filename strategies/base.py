@@ -1,6 +1,6 @@
 """What every parallel strategy shares: the model split, the random streams, the CD
 kernels applied to blocks, and the statistics update. Strategy modules read as their
-algorithm in docs/DESIGN.md section 5 on top of these; none of this knows the transport."""
+algorithm in docs/design.md section 5 on top of these; none of this knows the transport."""
 
 from __future__ import annotations
 

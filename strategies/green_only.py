@@ -1,4 +1,4 @@
-"""Green-only CD: column-parallel (docs/DESIGN.md 5.4).
+"""Green-only CD: column-parallel (docs/design.md 5.4).
 
 Worker k holds the whole minibatch, green weights G_k = W[:, H_k], c[H_k] and b[V_k].
 Hidden units are sampled locally; the visible inputs are sums of partial products over
@@ -108,7 +108,7 @@ class GreenOnly(Worker):
             return None
         return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2], chains=chains)
 
-    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.4) ---------
+    # ---- what it declares: traffic and compute in closed form (docs/design.md 5.4) ---------
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:

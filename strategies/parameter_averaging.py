@@ -1,4 +1,4 @@
-"""Parameter averaging: data-parallel CD (docs/DESIGN.md 5.5).
+"""Parameter averaging: data-parallel CD (docs/design.md 5.5).
 
 Every worker holds a full replica; the m cases of a minibatch are split over workers by
 case index (the global index keys the random streams, so the states are the serial
@@ -187,7 +187,7 @@ class ParameterAveraging(Worker):
         return ModelState(W=W.copy(), b=b.copy(), c=c.copy(), W_inc=copy(self.W_inc),
                           b_inc=copy(self.b_inc), c_inc=copy(self.c_inc), chains=chains)
 
-    # ---- what it declares: rules, traffic and compute in closed form (docs/DESIGN.md 5.5) ----
+    # ---- what it declares: rules, traffic and compute in closed form (docs/design.md 5.5) ----
 
     @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:

@@ -1,4 +1,4 @@
-"""Per-update weight sync (docs/DESIGN.md 5.2).
+"""Per-update weight sync (docs/design.md 5.2).
 
 The unit partition of 5.1, but worker k updates only its green block (each weight once),
 needs no allgather of h', and after every minibatch sends G_k[V_j, :] to worker j, which
@@ -137,7 +137,7 @@ class PerUpdateSync(Worker):
             W_inc = self.gather_columns(self.green_inc, self.hid, self.spec.n_visible)
         return self.gather_purple_model(W_inc)
 
-    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.2) ---------
+    # ---- what it declares: traffic and compute in closed form (docs/design.md 5.2) ---------
 
     @classmethod
     def check_options(cls, options, *, transport: str) -> None:

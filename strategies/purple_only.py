@@ -1,4 +1,4 @@
-"""Data-partitioned, purple-only CD: row-parallel (docs/DESIGN.md 5.3).
+"""Data-partitioned, purple-only CD: row-parallel (docs/design.md 5.3).
 
 Worker k holds only its data columns x[:, V_k], purple weights P_k = W[V_k, :], b[V_k]
 and c[H_k]. Each weight is stored once: no sync, no drift. Hidden inputs are sums of
@@ -86,7 +86,7 @@ class PurpleOnly(Worker):
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
 
-    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.3) ---------
+    # ---- what it declares: traffic and compute in closed form (docs/design.md 5.3) ---------
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:

@@ -13,7 +13,7 @@ A strategy is named by
 * the class itself (``RBM(strategy=MyStrategy)``).
 
 A strategy class is a subclass of :class:`parrbm.strategies.base.Worker` (or the serial
-trainer) with a unique ``name``; see docs/DESIGN.md section 5 and the README's page on
+trainer) with a unique ``name``; see docs/design.md section 5 and the README's page on
 writing a strategy.
 """
 

@@ -1,4 +1,4 @@
-"""Serial CD-k: the single-worker fused path (docs/DESIGN.md 5.6).
+"""Serial CD-k: the single-worker fused path (docs/design.md 5.6).
 
 The reference for speedup and for the exactness of every other strategy. The whole
 minibatch step runs in one call of the C++ core (``CDTrainer``), which owns the
@@ -81,7 +81,7 @@ class SerialStrategy:
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
         return self._trainer.reconstruct(X)
 
-    # ---- what it declares (docs/DESIGN.md 5.6) ------------------------------------------
+    # ---- what it declares (docs/design.md 5.6) ------------------------------------------
 
     @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:

@@ -1,4 +1,4 @@
-"""Unit-partitioned CD (the paper's algorithm, docs/DESIGN.md 5.1).
+"""Unit-partitioned CD (the paper's algorithm, docs/design.md 5.1).
 
 Worker k holds the whole minibatch, its green weights G_k = W[:, H_k] (all visible x its
 hidden units) and purple weights P_k = W[V_k, :] (its visible x all hidden units), b[V_k]
@@ -119,7 +119,7 @@ class UnitPartitioned(Worker):
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
 
-    # ---- what it declares: traffic and compute in closed form (docs/DESIGN.md 5.1) ---------
+    # ---- what it declares: traffic and compute in closed form (docs/design.md 5.1) ---------
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:

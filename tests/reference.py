@@ -1,6 +1,6 @@
 """Numpy reference implementations of the core's kernels and of one CD-k step.
 
-Written from docs/DESIGN.md sections 3 and 8, independently of the C++ code: the tests hold
+Written from docs/design.md sections 3 and 8, independently of the C++ code: the tests hold
 the core to these.
 """
 
@@ -88,7 +88,7 @@ def pack_columns(states, words=None) -> np.ndarray:
 
 
 class RefCD:
-    """One CD-k step in numpy, float64, following docs/DESIGN.md section 3 and the core's
+    """One CD-k step in numpy, float64, following docs/design.md section 3 and the core's
     stream keying: positive hidden phase 0; chain step t visible 2t-1, hidden 2t."""
 
     def __init__(self, W, b, c, *, visible="binary", statistics="samples", cd_k=1,

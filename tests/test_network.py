@@ -4,6 +4,7 @@ a comm-bound strategy, nothing leaves the run's namespaces, and nothing is left 
 also after SIGKILL. Needs root or CAP_NET_ADMIN (CI runs as root)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -277,5 +278,8 @@ def test_measured_crossovers_are_where_the_fastest_strategy_changes():
                _rec("unit-partitioned", 1e6, 0.05), _rec("unit-partitioned", 10e6, 0.03),
                _rec("unit-partitioned", 100e6, 0.029), _rec("unit-partitioned", None, 0.029)]
     (row,) = bandwidth_crossovers(records)
-    assert row["measured"] == [(10e6, 100e6, "unit-partitioned", "green-only")]
+    ((lo, hi, before, after, at),) = row["measured"]
+    assert (lo, hi, before, after) == (10e6, 100e6, "unit-partitioned", "green-only")
+    # log(0.03 / 0.06) at 10 MB/s, log(0.029 / 0.02) at 100: zero 0.651 of the way (in log)
+    assert at == pytest.approx(10e6 * 10 ** (math.log(2) / (math.log(2) + math.log(1.45))), rel=1e-12)
     assert row["model"] == []  # no profile, no model

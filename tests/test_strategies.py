@@ -123,7 +123,7 @@ def test_table_4_1():
 
 
 def test_crossovers_match_the_byte_counts():
-    # Gaussian, H < V / 2: purple-only wins; H > 4 pb V: green-only wins (docs/DESIGN.md 5.3, 5.4).
+    # Gaussian, H < V / 2: purple-only wins; H > 4 pb V: green-only wins (docs/design.md 5.3, 5.4).
     wide = cost.crossovers(cost.Model(1000, 300, visible="gaussian"), 100, 4)
     assert {c["name"]: c["holds"] for c in wide}["purple-only sends less than unit-partitioned"]
     tall = cost.crossovers(cost.Model(100, 2000), 100, 4)
