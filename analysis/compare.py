@@ -37,20 +37,24 @@ def network_profile(profile: Profile, transport: str, network: dict | None) -> t
     configured rate is the wire's: TCP over Ethernet carries 1448 payload bytes in 1514)
     and the transport's latency plus the link's emulated one. Either way the link's
     token bucket, as the run's record gives it, is what a collective passes at once."""
-    if not network or network.get("bandwidth") is None:
+    if not network:
         return profile, transport
+    hosts = network_transport(transport, None)  # the emulated hosts' unshaped links, if calibrated
+    if network.get("bandwidth") is None:
+        return profile, hosts if hosts in profile.links else transport
     from parrbm.harness.network import bucket_bytes, payload_rate
 
     bandwidth = network["bandwidth"]
     name = network_transport(transport, bandwidth)
     burst = (network.get("burst") or bucket_bytes(bandwidth)) * payload_rate(bandwidth) / bandwidth
+    base = hosts if hosts in profile.links else transport
     if name in profile.links:
         links = profile.links[name]
-    elif transport in profile.links:
+    elif base in profile.links:
         payload = payload_rate(bandwidth)
         extra = (network.get("latency") or 0.0) if network.get("latency_emulated") else 0.0
         links = {k: type(link)(link.latency + extra, min(link.bandwidth, payload))
-                 for k, link in profile.links[transport].items()}
+                 for k, link in profile.links[base].items()}
     else:
         raise ValueError(f"the profile has no figures for transport {transport!r}")
     p = Profile(**{**vars(profile), "links": dict(profile.links)})
@@ -58,9 +62,10 @@ def network_profile(profile: Profile, transport: str, network: dict | None) -> t
     return p, name
 
 
-def network_transport(transport: str, bandwidth: float) -> str:
-    """How a profile names ``transport`` on an emulated link of ``bandwidth`` bytes/s."""
-    return f"{transport}@{bandwidth / 1e6:g}MB/s"
+def network_transport(transport: str, bandwidth: float | None) -> str:
+    """How a profile names ``transport`` on an emulated link of ``bandwidth`` bytes/s
+    (None: the emulated hosts' unshaped links)."""
+    return f"{transport}@unshaped" if bandwidth is None else f"{transport}@{bandwidth / 1e6:g}MB/s"
 
 
 def predict_record(rec: dict, profile: Profile) -> Prediction:

@@ -300,7 +300,8 @@ def _model_speedup(rec: dict, bandwidth: float, profile) -> float:
                                 "bandwidth": bandwidth}}
     # one line from one rule: every bandwidth priced from the transport's figures and the
     # link's rate (the calibrated links are the measured points' business, not the line's)
-    uncalibrated = type(profile)(**{**vars(profile), "links": {k: v for k, v in profile.links.items() if "@" not in k}})
+    uncalibrated = type(profile)(**{**vars(profile), "links": {k: v for k, v in profile.links.items()
+                                                             if "@" not in k or k.endswith("@unshaped")}})
     return serial / predict_record(moved, uncalibrated).step_seconds
 
 

@@ -126,7 +126,9 @@ class Profile:
         """The co-scheduling factor for K workers of ``transport`` on this machine's
         cores (the nearest measured K at or below it; 1 when unmeasured)."""
         base = transport.split("@")[0]  # tcp@105MB/s: tcp's workers on emulated hosts
-        table = self.contention.get(transport) or self.contention.get(base) or self.contention.get("*") or {}
+        hosts = self.contention.get(f"{base}@unshaped") if "@" in transport else None
+        table = (self.contention.get(transport) or hosts or self.contention.get(base)
+                 or self.contention.get("*") or {})
         known = [int(n) for n in table if int(n) <= K]
         return float(table[str(max(known))]) if known else 1.0
 
@@ -184,8 +186,11 @@ def _cpu_comm(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model
               transport: str, strategy=None) -> float:
     """The part of the phases' time that the workers' cores spend (copies, packing, the
     stack): on an emulated link (``tcp@105MB/s``), what the same transfers take on the
-    transport's own loopback, at most the link's time; the rest is the wire's."""
+    hosts' unshaped links (or the transport's loopback), at most the link's time; the
+    rest is the wire's."""
     base = transport.split("@")[0]
+    if f"{base}@unshaped" in profile.links:
+        base = f"{base}@unshaped"  # the emulated hosts' own links: veth and bridge included
     if base == transport or base not in profile.links:
         return sum(phases.values())
     own = _comm(traffic, model, K, profile, base, strategy)

@@ -937,8 +937,12 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
                 transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
                 profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
                 from parrbm.analysis.calibrate import calibrate_network
+                from parrbm.harness.network import LinkSpec
 
-                for link in network_links_of(cfg):  # the emulated links the runs will use
+                links = network_links_of(cfg)  # the emulated links the runs will use
+                if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
+                    links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
+                for link in links:
                     calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
                                       quick=True, progress=progress)
                 profile.save(where)

@@ -377,3 +377,46 @@ def test_report_and_plot_refuse_bad_input(tmp_path, capsys):
     bad.write_text('{"status": "ok"}\n')
     assert main(["plot", str(bad)]) == 2
     assert "not a parrbm results file" in capsys.readouterr().err
+
+
+def test_an_emulated_link_passes_its_bucket_at_once_and_its_wire_time_is_no_cores_wait():
+    """On tcp@10MB/s: each collective's first ``burst`` payload bytes pass at once (the
+    token bucket refilled by the compute before it), the rest at the link's payload rate;
+    workers sharing the cores wait in proportion to their kernels and the transfers'
+    loopback (CPU) time, not to the wire's."""
+    from parrbm.analysis.compare import network_profile
+    from parrbm.harness.network import bucket_bytes, payload_rate
+
+    model = cost.Model(500, 800)
+    prof = flat_profile()
+    prof.cores = 2
+    prof.links["tcp"] = {k: Link(1e-5, 1e9) for k in prof.links["net"]}
+    prof.contention = {"tcp": {"2": 1.5}}
+    net = {"bandwidth": 10e6, "latency": None, "latency_emulated": False}
+    p, name = network_profile(prof, "tcp", net)
+    assert name == "tcp@10MB/s"
+    burst = bucket_bytes(10e6) * payload_rate(10e6) / 10e6
+    link = p.links[name]["reduce_scatter"]
+    assert (link.bandwidth, link.latency, link.burst) == (payload_rate(10e6), 1e-5, burst)
+    traffic = cost.step_traffic("green-only", model, 50, 2)
+    pred = predict("green-only", model, 50, 2, p, transport=name, cores=2)
+    for phase, per_worker in traffic.phases.items():
+        calls = traffic.calls.get(phase, 1)
+        want = 1e-5 * calls + max(0.0, max(per_worker) - burst * calls) / payload_rate(10e6)
+        assert pred.phases[phase] == pytest.approx(want, rel=1e-12)
+    assert pred.phases["visible-input"] > 1e-3  # 50 kB a worker, 31 kB of it at once
+    # a phase's CPU part: its loopback time, at most the link's (a transfer the bucket passes
+    # at once costs no more than its latency)
+    loopback = sum(min(pred.phases[ph], 1e-5 * traffic.calls.get(ph, 1) + max(b) / 1e9)
+                   for ph, b in traffic.phases.items())
+    assert pred.wait_seconds == pytest.approx(0.5 * (pred.compute_seconds + loopback), rel=1e-12)
+    # the emulated hosts' own (unshaped) links, once calibrated, are the base instead of loopback
+    prof.links["tcp@unshaped"] = {k: Link(2e-5, 5e8) for k in prof.links["net"]}
+    prof.contention["tcp@unshaped"] = {"2": 1.2}
+    p, name = network_profile(prof, "tcp", net)
+    assert p.links[name]["allgather"].latency == 2e-5
+    pred = predict("green-only", model, 50, 2, p, transport=name, cores=2)
+    hosts = sum(min(pred.phases[ph], 2e-5 * traffic.calls.get(ph, 1) + max(b) / 5e8)
+                for ph, b in traffic.phases.items())
+    assert pred.wait_seconds == pytest.approx(0.2 * (pred.compute_seconds + hosts), rel=1e-12)
+    assert network_profile(prof, "tcp", {**net, "bandwidth": None}) == (prof, "tcp@unshaped")
