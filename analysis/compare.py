@@ -68,6 +68,28 @@ def network_transport(transport: str, bandwidth: float | None) -> str:
     return f"{transport}@unshaped" if bandwidth is None else f"{transport}@{bandwidth / 1e6:g}MB/s"
 
 
+def bytes_per_cases(rec: dict, cases: int = 8000) -> float:
+    """A run's measured bytes for ``cases`` cases, its weight syncs included at their
+    period (a sync every step counts in full): the headline "MB / 8000 cases"."""
+    tr, opts = rec.get("training") or {}, rec.get("options") or {}
+    mt = rec["metrics"]
+    try:
+        per = cost.syncs_per_step(rec["strategy"], sync_every=tr.get("sync_every", 1),
+                                  average=opts.get("average", "gradients"), average_every=opts.get("average_every", 1))
+    except ValueError:  # a plug-in that cannot be imported here: its steps' bytes alone
+        per = 0.0
+    per = per if rec["workers"] > 1 else 0.0
+    return (mt["bytes_per_step"] + per * mt["bytes_per_sync"]) * cases / rec["batch_size"]
+
+
+def all_cores_label(rec: dict) -> str:
+    """How a run names itself in a table: an all-cores serial baseline says its threads."""
+    from parrbm.harness.experiment import display_name, is_all_cores_baseline
+
+    name = display_name(rec["strategy"])
+    return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
+
+
 def predict_record(rec: dict, profile: Profile) -> Prediction:
     """The model's step for a recorded run, on the machine it ran on (the workers share
     its cores), over the emulated link it ran on if any."""
@@ -88,8 +110,12 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     """One row per successful run: measured and predicted step (median vs typical step),
     relative error, and the closed-form bytes beside the measured ones."""
     rows = []
+    from parrbm.harness.experiment import is_all_cores_baseline
+
     for r in records:
-        if r.get("status") != "ok" or not r.get("metrics"):
+        # the model prices one BLAS thread a worker: a multi-threaded serial baseline is
+        # a yardstick, not a prediction to check
+        if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r):
             continue
         try:
             p = predict_record(r, profile)

@@ -177,6 +177,34 @@ def bytes_for_cases(strategy: str, model: Model, m: int, K: int, cases: int, **k
     return total
 
 
+def sync_count(strategy: str, steps: int, **kw) -> int:
+    """The weight syncs (or averaging rounds) in ``steps`` minibatches: one per step for
+    a strategy that syncs every step, one per period otherwise (``sync_every``,
+    ``average_every``), none for one that never syncs."""
+    per = syncs_per_step(strategy, **kw)
+    if per <= 0:
+        return 0
+    if per >= 1:
+        return int(round(per * steps))
+    return steps // int(round(1 / per))
+
+
+def traffic_for_cases(strategy: str, model: Model, m: int, K: int, cases: int, *, sync_every: int = 1,
+                      reduce: str = "allreduce", average: str = "gradients", average_every: int = 1) -> dict:
+    """Everything the workers send for ``cases`` cases in minibatches of m: the steps'
+    traffic (``step_bytes``, the paper's Table 4.1 figure) and the weight syncs that fall
+    in them (``sync_bytes``); ``bytes`` is their sum. A sync every step is as much a
+    step's traffic as its exchange; a table that left it apart would make per-update
+    sync look the cheapest strategy."""
+    steps = -(-cases // m)
+    kw = dict(reduce=reduce, average=average)
+    syncs = sync_count(strategy, steps, sync_every=sync_every, average=average, average_every=average_every)
+    step_bytes = bytes_for_cases(strategy, model, m, K, cases, **kw)
+    sync_bytes = syncs * sync_traffic(strategy, model, K, **kw).total
+    return {"steps": steps, "syncs": syncs, "step_bytes": step_bytes, "sync_bytes": sync_bytes,
+            "bytes": step_bytes + sync_bytes}
+
+
 def table_4_1(n_visible: int = 8000, n_hidden: int = 20000, cases: int = 8000,
               workers=(1, 2, 4, 8), batch: int = 8000) -> list[dict]:
     """The paper's Table 4.1: unit-partitioned bytes per ``cases`` cases, binary,

@@ -41,7 +41,10 @@ LR = 0.05
 
 
 def _sigm(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    # exp(-x) overflows to inf for x < -88 (float32): the sigmoid is then 0, as it should
+    # be, and the overflow is no news worth a warning per call
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 class NumpyCD1:

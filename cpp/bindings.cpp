@@ -51,9 +51,11 @@ double streaming_ns(int64_t elements) { return 0.5 * double(elements); }
   throw py::value_error("parrbm._core: argument '" + name + "' " + what);
 }
 
+// Equivalence, not identity: an unpickled array, or one made with np.dtype("<f4"),
+// carries an equal dtype object of its own.
 template <class T>
 bool is_dtype(const py::array& a) {
-  return a.dtype().is(py::dtype::of<T>());
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
 }
 
 // A 2-D array with unit stride along rows becomes a view with leading dimension.
@@ -140,7 +142,7 @@ Units units_arg(uint64_t unit0, const py::object& unit_index, int64_t cols) {
   u.first = unit0;
   if (!unit_index.is_none()) {
     auto a = unit_index.cast<py::array>();
-    if (!a.dtype().is(py::dtype::of<int64_t>()) || a.ndim() != 1 || a.shape(0) != cols ||
+    if (!is_dtype<int64_t>(a) || a.ndim() != 1 || a.shape(0) != cols ||
         !(a.flags() & py::array::c_style))
       fail("unit_index", "must be a contiguous int64 array with one entry per column (" +
                              std::to_string(cols) + ")");
@@ -296,7 +298,7 @@ py::tuple pack_columns_t(py::array s, int64_t words) {
 const uint64_t* bits_arg(const py::object& o, const std::string& name, int64_t units, int64_t words) {
   if (o.is_none()) return nullptr;
   auto a = o.cast<py::array>();
-  if (!a.dtype().is(py::dtype::of<uint64_t>()) || a.ndim() != 2 || a.shape(0) != units ||
+  if (!is_dtype<uint64_t>(a) || a.ndim() != 2 || a.shape(0) != units ||
       a.shape(1) != words || !(a.flags() & py::array::c_style))
     fail(name, "must be a C-contiguous uint64 array of shape (" + std::to_string(units) + ", " +
                    std::to_string(words) + ")");
@@ -737,6 +739,7 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
     d["seconds"] = c.seconds;
     d["wait_seconds"] = c.wait_seconds;
     d["logical_bytes_sent"] = c.logical_bytes_sent;
+    d["call_seconds"] = c.call_seconds;
     phases[py::str(phase)] = d;
   }
   py::dict out;
@@ -953,9 +956,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("PHASES") = phase_names;
 
   m.def("set_blas_threads", &set_blas_threads, py::arg("n"));
-  m.def("set_blas_threads_local", &set_blas_threads_local, py::arg("n"),
-        "Threads for BLAS calls made by the calling thread; returns the previous value or -1.");
   m.def("get_blas_threads", &get_blas_threads);
+  m.def("simd_path", []() { return std::string(simd_path()); },
+        "The element-wise kernels' clones in use: 'avx2' or 'baseline' (PARRBM_ISA=baseline forces it).");
   m.def("blas_info", []() {
     py::dict d;
     d["name"] = blas_name();

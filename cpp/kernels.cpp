@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include "blas.hpp"
@@ -14,11 +16,17 @@
 
 // PARRBM_DISPATCH(ret, name, (params), (args)) defines name(params), which calls
 // name_impl(args) compiled for AVX2 when the CPU has it, else for the baseline ISA.
+// PARRBM_ISA=baseline in the environment picks the baseline clones on any CPU (so the
+// tests can hold the two paths to the same bits).
 // (Explicit dispatch: GCC's target_clones loses its vectorised clones under
 // -fvisibility=hidden, which pybind11 modules use.)
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 inline bool cpu_has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
+  static const bool yes = [] {
+    const char* isa = std::getenv("PARRBM_ISA");
+    if (isa != nullptr && std::string_view(isa) == "baseline") return false;
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
   return yes;
 }
 #define PARRBM_DISPATCH(ret, name, params, args)                              \
@@ -26,6 +34,7 @@ inline bool cpu_has_avx2() {
   ret name##_base params { return name##_impl args; }                           \
   ret name params { return cpu_has_avx2() ? name##_avx2 args : name##_base args; }
 #else
+inline bool cpu_has_avx2() { return false; }
 #define PARRBM_DISPATCH(ret, name, params, args) \
   ret name params { return name##_impl args; }
 #endif
@@ -620,20 +629,6 @@ void set_blas_threads(int n) {
 #endif
 }
 
-#if defined(PARRBM_OPENBLAS)
-// Newer OpenBLAS builds have a per-calling-thread setting; older ones do not export it.
-extern "C" int PARRBM_BLAS_FN(openblas_set_num_threads_local)(int) __attribute__((weak));
-#endif
-
-int set_blas_threads_local(int n) {
-#if defined(PARRBM_OPENBLAS)
-  if (&PARRBM_BLAS_FN(openblas_set_num_threads_local) != nullptr)
-    return PARRBM_BLAS_FN(openblas_set_num_threads_local)(n);
-#endif
-  (void)n;
-  return -1;
-}
-
 int get_blas_threads() {
 #if defined(PARRBM_OPENBLAS)
   return PARRBM_BLAS_FN(openblas_get_num_threads)();
@@ -643,6 +638,8 @@ int get_blas_threads() {
 }
 
 const char* blas_name() { return PARRBM_BLAS_NAME; }
+
+const char* simd_path() { return cpu_has_avx2() ? "avx2" : "baseline"; }
 
 const char* blas_config() {
 #if defined(PARRBM_OPENBLAS)

@@ -125,9 +125,9 @@ template <class T>
 void sigmoid(MatView<const T> x, MatView<T> out);
 
 void set_blas_threads(int n);
-int set_blas_threads_local(int n);  // returns the previous value, -1 if unsupported
 int get_blas_threads();
 const char* blas_name();
+const char* simd_path();  // the element-wise clones in use: "avx2" or "baseline"
 const char* blas_config();
 
 }  // namespace parrbm

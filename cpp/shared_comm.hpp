@@ -43,6 +43,9 @@ struct PhaseCounters {
   double seconds = 0.0;
   double wait_seconds = 0.0;
   int64_t logical_bytes_sent = 0;
+  // each call's seconds, in order: the harness splits them into communication and
+  // waiting the same way on every transport (harness/runner.py split_waits)
+  std::vector<double> call_seconds;
 };
 
 // What the K threads of one run share: the barrier (the one harness/threads.py's hub
@@ -306,7 +309,9 @@ class SharedComm final : public Communicator {
     s.bytes_recv += recv;
     s.messages += messages;
     s.calls += 1;
-    s.seconds += std::chrono::duration<double>(clock::now() - t0).count();
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    s.seconds += dt;
+    s.call_seconds.push_back(dt);
     s.wait_seconds += wait;
     s.logical_bytes_sent += logical;
   }

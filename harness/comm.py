@@ -7,15 +7,16 @@ moves bytes and nothing else, and the accounting below is the same on every tran
 
 "Bytes" are payload bytes a worker delivers to *other* workers (docs/design.md section 6): an
 allgather of a b-byte block sends b to each of the K-1 peers, (K-1) b in all. Every call
-records, for its phase label: bytes sent and received, messages, calls, seconds inside the
-call and, of those, seconds spent waiting for peers.
+records, for its phase label: bytes sent and received, messages, calls and the seconds of
+each call. Which of those seconds were waiting for peers is decided across the workers,
+the same way on every transport (harness/runner.py ``split_waits``).
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -46,10 +47,13 @@ class PhaseStats:
     # What the transport really wrote (tcp: payload + frame headers), and its frames.
     wire_bytes_sent: int = 0
     wire_frames: int = 0
+    # Each call's seconds in order, until the runner splits them into communication and
+    # waiting across the workers (harness/runner.py split_waits) and clears them.
+    call_seconds: list = field(default_factory=list)
 
     def add(self, other: "PhaseStats") -> None:
         for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+            setattr(self, k, getattr(self, k) + v)  # call_seconds: the calls in order
 
 
 class Transport(ABC):
@@ -104,7 +108,9 @@ class Comm:
         s.bytes_recv += int(recv)
         s.messages += int(messages)
         s.calls += 1
-        s.seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        s.seconds += dt
+        s.call_seconds.append(dt)
         s.wait_seconds += wait
         s.logical_bytes_sent += int(logical)
         take_wire = getattr(self.transport, "take_wire", None)

@@ -516,8 +516,11 @@ def _explain(e) -> str:
 
 
 def grid_points(cfg: dict) -> list[dict]:
-    """Every run of the grid, serial baselines first. K = 1 runs once per strategy, on
-    threads (with one worker the transport moves nothing)."""
+    """Every run of the grid, serial baselines first: the serial trainer with each
+    worker's BLAS threads (one core), and with as many as the K workers use in all, up
+    to the cores here (the baseline a user with K cores would pick: ``baseline:
+    all-cores``). K = 1 runs once per strategy, on threads (with one worker the transport
+    moves nothing)."""
     g = {k: (v if isinstance(v, list) else [v]) for k, v in cfg["grid"].items()}
     emulate = (cfg.get("network") or {}).get("emulate")
     bandwidths = (emulate["bandwidth"] if isinstance(emulate["bandwidth"], list) else [emulate["bandwidth"]]) \
@@ -530,6 +533,9 @@ def grid_points(cfg: dict) -> list[dict]:
     for m, p, v in itertools.product(batch, prec, vis):
         base = {"batch_size": m, "precision": p, "visible_type": v}
         points.append({**base, "strategy": "serial", "workers": 1, "transport": None})
+        for threads in all_cores_threads(cfg):
+            points.append({**base, "strategy": "serial", "workers": 1, "transport": None,
+                           "baseline": ALL_CORES, "blas_threads": threads})
         for s in g["strategy"]:
             if _is_serial(s):
                 continue
@@ -542,8 +548,35 @@ def grid_points(cfg: dict) -> list[dict]:
         pt.setdefault("bandwidth", None)
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type")) \
-            + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "")
+            + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "") \
+            + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "")
     return points
+
+
+#: a serial run with the BLAS threads of K workers in all: the other speedup baseline
+ALL_CORES = "all-cores"
+
+
+def all_cores_threads(cfg: dict) -> list[int]:
+    """The BLAS thread counts of the all-cores serial baselines: K x the workers' BLAS
+    threads for each K of the grid, capped at this machine's cores (nobody runs a serial
+    trainer with more BLAS threads than cores), beyond the one-core baseline's."""
+    per_worker = cfg["training"]["blas_threads"]
+    workers = cfg["grid"]["workers"] if isinstance(cfg["grid"]["workers"], list) else [cfg["grid"]["workers"]]
+    cores = environment_cores()
+    return sorted({min(K * per_worker, cores) for K in workers} - {per_worker} - set(range(per_worker)))
+
+
+def all_cores_threads_of(rec: dict) -> int:
+    """The BLAS threads of the all-cores serial run a record is compared with."""
+    per_worker = (rec.get("training") or {}).get("blas_threads", 1)
+    cores = (rec.get("environment") or {}).get("cores") or environment_cores()
+    return max(per_worker, min(rec["workers"] * per_worker, cores))
+
+
+def is_all_cores_baseline(rec: dict) -> bool:
+    """A serial run with more BLAS threads: a baseline, not a strategy's run."""
+    return rec.get("baseline") == ALL_CORES
 
 
 #: the transports whose workers an emulated network puts on hosts of their own
@@ -706,7 +739,8 @@ def measure_point(cfg: dict, pt: dict) -> dict:
     if pt["strategy"] == "serial":
         from parrbm import _core
 
-        _core.set_blas_threads(tr["blas_threads"])  # the same per-worker resources as a worker
+        # one worker's resources; or, for the all-cores baseline, all the workers' in all
+        _core.set_blas_threads(pt.get("blas_threads") or tr["blas_threads"])
         s = SerialStrategy(spec, state)
         # timed inside the core, step by step, as the workers' steps are
         errs, times = s.run_timed(X, order, 0)
@@ -755,8 +789,14 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     median = float(np.median(step_times))
     cores = environment_cores()
     key = (m, pt["precision"], pt["visible_type"])
-    serial = median if pt["strategy"] == "serial" else baselines.get(("serial",) + key)
+    all_cores = pt.get("baseline") == ALL_CORES
+    serial = median if pt["strategy"] == "serial" and not all_cores else baselines.get(("serial",) + key)
     k1 = median if K == 1 else baselines.get((pt["strategy"],) + key)
+    threads = pt.get("blas_threads") or tr["blas_threads"]
+    # the workers' BLAS threads in all (an all-cores baseline is its own)
+    wanted = threads if all_cores else max(tr["blas_threads"], min(K * tr["blas_threads"], cores))
+    serial_all = (median if all_cores else
+                  serial if wanted == tr["blas_threads"] else baselines.get(("serial", wanted) + key))
     from parrbm.strategies import StrategyOptions
 
     opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
@@ -783,6 +823,10 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         "wait_seconds": per_step["wait"],
         "cases_per_second": m / median,
         "speedup_vs_serial": serial / median if serial else None,
+        # against the serial trainer given every core the K workers use (K x their BLAS
+        # threads, up to the cores): the baseline a user with those cores would pick
+        "speedup_vs_serial_all_cores": serial_all / median if serial_all else None,
+        "serial_all_cores_threads": wanted,
         "speedup_vs_k1": k1 / median if k1 else None,
         "efficiency": (serial / median) / K if serial else None,
         "speedup_meaningful": K <= cores,
@@ -791,11 +835,12 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         **first["extra"],
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
+            **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
             "engine": stats.get("engine"), "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
             "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (
-                "learning_rate", "momentum", "weight_decay", "sync_every", "seed")}},
+                "learning_rate", "momentum", "weight_decay", "sync_every", "seed", "blas_threads")}},
             "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
             "metrics": metrics}
 
@@ -975,6 +1020,7 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) 
             label = f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} " \
                     f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}" \
                     + (f" at {pt['bandwidth']}" if pt.get("bandwidth") else "") \
+                    + (f" on {pt['blas_threads']} BLAS threads" if pt.get("baseline") == ALL_CORES else "") \
                     + (f" (repeat {rep + 1}/{repeats})" if repeats > 1 else "")
             rid = pt["run_id"]
             if rid in done or rid in failed:
@@ -1015,81 +1061,9 @@ def _note_baseline(baselines: dict, rec: dict) -> None:
         return
     key = (rec["batch_size"], rec["model"]["precision"], rec["model"]["visible_type"])
     median = rec["metrics"]["step_seconds"]["median"]
-    if rec["strategy"] == "serial":
+    if is_all_cores_baseline(rec):
+        baselines[("serial", rec["blas_threads"]) + key] = median
+    elif rec["strategy"] == "serial":
         baselines[("serial",) + key] = median
     elif rec["workers"] == 1:
         baselines[(rec["strategy"],) + key] = median
-
-
-# ---- tables ------------------------------------------------------------------------------------
-
-def summary_table(records: list[dict], profile=None, notes: list[str] | None = None) -> str:
-    """Bytes per 8000 cases (the paper's Table 4.1 form) and speedup / efficiency; with a
-    machine profile, the time model's step beside each measured one; ``notes`` (what
-    reading the file left out) at the end."""
-    from parrbm.strategies.registry import builtin_order
-
-    ok = [r for r in records if r.get("status") == "ok"]
-    predicted = {}
-    if profile is not None:
-        from parrbm.analysis.compare import predict_record
-
-        for r in ok:
-            try:
-                predicted[id(r)] = predict_record(r, profile).step_seconds
-            except ValueError:  # no figures for this transport in the profile
-                pass
-    lines = []
-    groups: dict = {}
-    for r in ok:
-        key = (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"])
-        groups.setdefault(key, []).append(r)
-    for (vis, prec, m), rs in sorted(groups.items()):
-        V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
-        lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
-        width = max([8, *(len((r["transport"] or "-") + f"@{r['bandwidth']}") + 1 for r in rs if r.get("bandwidth"))])
-        lines.append(f"{'strategy':<21}{'K':>3} {'transport':<{width}}{'MB/8000 cases':>14}{'MB/sync':>9}"
-                     f"{'ms/step':>9}{'speedup':>9}{'vs K=1':>8}{'effic.':>8}"
-                     + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
-        for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r["transport"] or "",
-                                           -((r.get("network") or {}).get("bandwidth") or float("inf")))):
-            mt = r["metrics"]
-            per_8000 = mt["bytes_per_step"] * 8000 / m / 1e6
-            fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-            note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
-            where = (r["transport"] or "-") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
-            lines.append(f"{display_name(r['strategy']):<21}{r['workers']:>3} {where:<{width}}{per_8000:>14.2f}"
-                         f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
-                         f"{fmt(mt['speedup_vs_serial'], '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
-                         f"{fmt(mt['efficiency'], '.2f'):>8}"
-                         + (f"{predicted[id(r)] * 1e3:>10.1f}"
-                            f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
-                            if id(r) in predicted else (f"{'-':>10}{'-':>8}" if predicted else "")) + note)
-    if predicted:
-        from parrbm.analysis.compare import error_summary, predicted_vs_measured, ranking_agreement
-
-        rows = predicted_vs_measured(records, profile)
-        e = error_summary(rows)
-        if e["runs"]:
-            lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
-                         f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
-        for g in ranking_agreement(rows):
-            noisy = len(g["discordant_within_noise"])
-            verdict = ("same order" if g["same"] else
-                       f"same order up to {noisy} pair(s) within the p10-p90 noise" if g["same_within_noise"] else
-                       "different order: " + ", ".join(f"{a} / {b} ({gap:.1f}% apart)"
-                                                       for a, b, gap in g["discordant_beyond_noise"]))
-            lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
-                         f"model: {verdict}")
-    off = [r for r in ok if (r["metrics"] or {}).get("formula_mismatch")]
-    if off:
-        lines.append(f"\n{len(off)} run(s) moved other bytes than their strategy declares:")
-        lines += [f"  {r.get('run_id', r['strategy'])}: {'; '.join(r['metrics']['formula_mismatch'])}" for r in off]
-    failed = [r for r in records if r.get("status") == "error"]
-    if failed:
-        lines.append(f"\n{len(failed)} run(s) failed:")
-        lines += [f"  {r.get('run_id', '?')}: {r.get('error')}" for r in failed]
-    if notes:
-        lines.append("")
-        lines += [f"note: {n}" for n in notes]
-    return "\n".join(lines).lstrip("\n")

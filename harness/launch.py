@@ -171,9 +171,14 @@ class ProcessGroup:
             self.close(kill=True)
             raise
         out = [json.loads(a.read_text()) for a in answers]
-        for r, a in enumerate(out):  # what assembling the model moved: on the links, not in the accounts
-            for phase, s in a.get("admin_stats", {}).items():
-                self.admin_stats[r].setdefault(phase, PhaseStats()).add(PhaseStats(**s))
+        from parrbm.harness.runner import split_waits
+
+        # what assembling the model moved: on the links, not in the accounts
+        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
+        split_waits(admin)
+        for r, per_phase in enumerate(admin):
+            for phase, s in per_phase.items():
+                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
         return out
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):

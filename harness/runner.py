@@ -151,6 +151,7 @@ class ParallelRunner:
         self._serial = None
 
     def _absorb(self, extras, stats) -> None:
+        split_waits(stats)
         for r, per_phase in enumerate(stats):
             for phase, s in per_phase.items():
                 self.phase_stats[r].setdefault(phase, PhaseStats()).add(s)
@@ -224,9 +225,17 @@ class ParallelRunner:
         batches = [order[s:s + m] for s in range(0, len(order), m)]
 
         def work(comm: Comm):
+            from parrbm.harness.worker import _inject_fault, slow_hook
+
+            slow = slow_hook(comm.rank)  # PARRBM_FAULT=slow:R:MS: a straggler, for the tests
             if self.engine == "native":
-                return train_native(self._on(comm), comm, X, order, first_step)
-            return train_on(self._on(comm), comm, X, batches, first_step)
+                return train_native(self._on(comm), comm, X, order, first_step, before_step=slow)
+            worker = self._on(comm)
+            _inject_fault(worker, slow)
+            try:
+                return train_on(worker, comm, X, batches, first_step)
+            finally:
+                worker.__dict__.pop("step", None)  # the runner's workers outlive this run
 
         if self.transport == "threads":
             results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
@@ -278,9 +287,10 @@ class ParallelRunner:
             for phase, s in per_worker.items():
                 if admin_phase(phase):
                     continue
-                agg = by_phase.setdefault(phase, {f.name: 0 for f in fields(PhaseStats)})
+                agg = by_phase.setdefault(phase, {f.name: 0 for f in fields(PhaseStats) if f.name != "call_seconds"})
                 for k, v in asdict(s).items():
-                    agg[k] += v
+                    if k in agg:
+                        agg[k] += v
         syncs = self.workers[0].syncs
         sync_sent = sum(by_phase.get(p, {}).get("bytes_sent", 0) for p in sync_phases)
         sync_logical = sum(by_phase.get(p, {}).get("logical_bytes_sent", 0) for p in sync_phases)
@@ -330,6 +340,29 @@ class ParallelRunner:
             },
             "replica_divergence": max(divergence) if divergence else 0.0,
         }
+
+
+def split_waits(stats: list[dict[str, PhaseStats]]) -> None:
+    """The one definition of communication and waiting, the same on every transport.
+
+    Each collective call lasts, on the worker that reached it last, as long as moving
+    its bytes takes: that worker waits for nobody. Every other worker spent the excess
+    waiting for it. So for call c of a phase, worker k waited ``t[k, c] - min_j t[j, c]``
+    and communicated ``min_j t[j, c]``; compute is the step's time outside the calls.
+    This replaces the transports' own wait figures, which differ (tcp's covers the time
+    its bytes take on the wire, threads' only the barrier), and clears the per-call
+    seconds. ``stats``: per worker, phase -> PhaseStats of the same run or command."""
+    for phase in set().union(*stats) if stats else ():
+        per = [s.get(phase) for s in stats]
+        calls = [p.call_seconds for p in per if p is not None]
+        if len(calls) == len(stats) and len({len(c) for c in calls}) == 1 and calls[0]:
+            t = np.array(calls)
+            floor = t.min(axis=0)
+            for p, row in zip(per, t):
+                p.wait_seconds = float(np.sum(row - floor))
+        for p in per:
+            if p is not None:
+                p.call_seconds = []
 
 
 def _training_bytes(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:

@@ -16,7 +16,8 @@ The tcp form reads the run's secret from standard input (``SECRET <hex>``), prin
 
 PARRBM_FAULT=kill:R:S, hang:R:S or stop:R:S makes worker R kill itself, hang or stop
 itself with SIGSTOP at the start of step S; stop-in:R:S stops it inside the first
-collective of step S (after it has told the launcher it entered it) -- the
+collective of step S (after it has told the launcher it entered it); slow:R:MS makes
+worker R sleep MS milliseconds before every step (on threads too) -- the
 fault-injection hook of the harness's own tests.
 """
 
@@ -45,6 +46,9 @@ def _fault(rank: int, transport):
     if int(r) != rank:
         return None
 
+    if what == "slow":
+        return slow_hook(rank)
+
     def fault(i: int) -> None:
         if i == int(s):
             if what == "kill":
@@ -57,6 +61,21 @@ def _fault(rank: int, transport):
                 time.sleep(1)
 
     return fault
+
+
+def slow_hook(rank: int):
+    """PARRBM_FAULT=slow:R:MS: worker R sleeps MS milliseconds before every step (a
+    straggler, whose peers then wait for it), or None for other workers and faults."""
+    spec = os.environ.get("PARRBM_FAULT", "")
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] != "slow" or int(parts[1]) != rank:
+        return None
+    seconds = float(parts[2]) / 1e3
+
+    def slow(i: int) -> None:
+        time.sleep(seconds)
+
+    return slow
 
 
 def _inject_fault(worker, fault) -> None:

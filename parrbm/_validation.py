@@ -37,28 +37,61 @@ def check_choice(owner: str, name: str, value, choices) -> str:
     return value
 
 
+class NotNumbersError(TypeError, ValueError):
+    """Data that are not numbers: a TypeError as scikit-learn's checks expect, and a
+    ValueError as every other bad-data refusal of parrbm is."""
+
+
+def refuse_sparse(owner: str, X, name: str = "X") -> None:
+    """A scipy.sparse matrix or array is refused, not densified behind the user's back: a
+    dense copy of a large sparse matrix can exhaust memory, and the core's kernels are
+    dense GEMMs."""
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return
+    if sp.issparse(X):
+        raise TypeError(f"{owner}: '{name}' is a scipy sparse {type(X).__name__} of shape {X.shape}; sparse input "
+                        f"is not supported: pass a dense array (X.toarray(), {X.shape[0]} x {X.shape[1]} values)")
+
+
 def check_data(owner: str, X, *, dtype: np.dtype, name: str = "X", n_features: int | None = None,
                binary_range: bool = False) -> np.ndarray:
     """X as a C-contiguous 2-D array of dtype; rejects non-numeric, NaN/inf, bad shapes."""
-    if hasattr(X, "toarray"):  # scipy.sparse
-        X = X.toarray()
+    refuse_sparse(owner, X, name)
     arr = np.asarray(X)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise ValueError(f"{owner}: '{name}' must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype == object:  # numbers in an object array are numbers; anything else is refused
+        missing = [i for i, v in enumerate(arr.flat) if v is None]
+        if missing:  # numpy would make None a NaN: say what it is
+            raise NotNumbersError(f"{owner}: '{name}' must hold numbers, got None at flat index {missing[0]}")
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise NotNumbersError(f"{owner}: '{name}' must hold numbers: {exc}") from None
     if np.iscomplexobj(arr):
-        raise ValueError(f"{owner}: '{name}' must be real, got complex dtype {arr.dtype}")
+        raise ValueError(f"{owner}: '{name}' must be real (Complex data not supported), got dtype {arr.dtype}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{owner}: '{name}' must hold numbers, got dtype {arr.dtype}")
     if arr.ndim != 2:
-        raise ValueError(f"{owner}: '{name}' must be 2-D (n_samples, n_features), got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{owner}: '{name}' must have at least one sample and one feature, got shape {arr.shape}")
+        raise ValueError(f"{owner}: '{name}' must be 2-D (n_samples, n_features), got shape {arr.shape}. Reshape "
+                         f"your data either using array.reshape(-1, 1) if your data has a single feature or "
+                         f"array.reshape(1, -1) if it contains a single sample")
+    if arr.shape[0] < 1:
+        raise ValueError(f"{owner}: '{name}' must have at least one sample: found array with 0 sample(s) "
+                         f"(shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[1] < 1:
+        raise ValueError(f"{owner}: '{name}' must have at least one feature: found array with 0 feature(s) "
+                         f"(shape={arr.shape}) while a minimum of 1 is required.")
     if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{owner}: '{name}' has {arr.shape[1]} features, but the model was fitted "
-                         f"with {n_features}")
+        # scikit-learn's wording, which its tools look for
+        raise ValueError(f"{owner}: X has {arr.shape[1]} features, but {owner} is expecting {n_features} "
+                         f"features as input (the model was fitted with {n_features})")
     out = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(out).all():
         raise ValueError(f"{owner}: '{name}' contains NaN or infinity")
     if binary_range and (out.min() < 0 or out.max() > 1):
+        negative = " (Negative values in data.)" if out.min() < 0 else ""
         raise ValueError(f"{owner}: '{name}' must lie in [0, 1] for binary visible units, got values in "
-                         f"[{out.min():g}, {out.max():g}] (standardise and use visible='gaussian' "
-                         f"for real-valued data)")
+                         f"[{out.min():g}, {out.max():g}]{negative} Standardise and use visible='gaussian' "
+                         f"for real-valued data")
     return out

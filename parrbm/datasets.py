@@ -1,5 +1,5 @@
-"""Data sets for RBMs: scikit-learn's digits (and the nudged variant), CIFAR-10 from
-disk, ``.npy`` files, and the paper's random binary data.
+"""Data sets for RBMs: scikit-learn's digits (and the nudged variant), Fashion-MNIST and
+CIFAR-10 from disk, ``.npy`` files, and the paper's random binary data.
 
 Every loader returns ``(X, y)`` with ``X`` of shape (n_samples, n_features) as float64 and
 ``y`` of shape (n_samples,) as int64 (``y`` is None when the data have no labels), and
@@ -8,6 +8,7 @@ raises :class:`DatasetError` naming the file or directory and what was expected.
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import tarfile
 from pathlib import Path
@@ -22,7 +23,13 @@ CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 #: (height, width, channels) of an image of each set, for pictures of filters
-IMAGE_SHAPES = {"digits": (8, 8), "nudged-digits": (8, 8), "cifar10": (32, 32, 3)}
+IMAGE_SHAPES = {"digits": (8, 8), "nudged-digits": (8, 8), "cifar10": (32, 32, 3), "fashion-mnist": (28, 28)}
+#: where Debian's dataset-fashion-mnist package puts the four idx files
+FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                        "Bag", "Ankle boot")
 
 
 class DatasetError(ValueError):
@@ -50,6 +57,58 @@ def nudge(X: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndar
     moved = [X] + [_shift(images, (0, dy, dx), mode="constant", cval=0.0, order=0).reshape(X.shape)
                    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
     return np.concatenate(moved), np.concatenate([y] * 5)
+
+
+def load_fashion_mnist(path: str | Path | None = None, *, subset: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 28 x 28 grey images of clothes in 10
+    classes, scaled to [0, 1]; 784 visible units, the shape of the paper's MNIST RBM.
+
+    path : a folder holding the four idx files (``train-images-idx3-ubyte`` and
+        ``train-labels-idx1-ubyte``, ``t10k-...`` for the test set), gzipped or not;
+        default: where Debian's ``dataset-fashion-mnist`` package puts them,
+        /usr/share/datasets/fashion-mnist. Nothing is downloaded.
+    subset : "train" (60000 images), "test" (10000) or "all" (train then test).
+
+    Returns X (n, 784) float64 and y (n,) int64.
+    """
+    if subset not in ("train", "test", "all"):
+        raise DatasetError(f"fashion-mnist: subset must be 'train', 'test' or 'all', got {subset!r}")
+    folder = Path(path if path is not None else FASHION_MNIST_PATH).expanduser()
+    how = ("install it with 'apt-get install dataset-fashion-mnist' (Debian, Ubuntu), or give the folder of "
+           "the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+           "t10k-labels-idx1-ubyte, gzipped or not)")
+    if not folder.is_dir():
+        raise DatasetError(f"fashion-mnist: {folder} is not a folder; {how}")
+    parts = []
+    for name in (("train", "test") if subset == "all" else (subset,)):
+        images, labels = (_idx(folder, stem, how) for stem in FASHION_MNIST_FILES[name])
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
+            raise DatasetError(f"fashion-mnist: {folder}: {name} images of shape {images.shape} with labels "
+                               f"of shape {labels.shape}; expected (n, 28, 28) and (n,)")
+        parts.append((images.reshape(len(images), 784) / 255.0, labels.astype(np.int64)))
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _idx(folder: Path, stem: str, how: str) -> np.ndarray:
+    """One idx file (unsigned bytes): ``stem`` or ``stem.gz`` in ``folder``."""
+    for f in (folder / stem, folder / f"{stem}.gz"):
+        if f.is_file():
+            break
+    else:
+        raise DatasetError(f"fashion-mnist: {folder} lacks {stem} (or {stem}.gz); {how}")
+    try:
+        raw = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"fashion-mnist: {f}: cannot be read ({exc})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DatasetError(f"fashion-mnist: {f} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    start = 4 + 4 * ndim
+    if len(raw) != start + int(np.prod(dims)):
+        raise DatasetError(f"fashion-mnist: {f}: {len(raw) - start} bytes of data for a {dims} array "
+                           f"(truncated or damaged)")
+    return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
 
 
 def load_cifar10(path: str | Path, *, subset: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import _check_feature_names
 
 from parrbm import _validation as v
-from parrbm.rbm import RBM, _resolve_seed, read_npz, write_npz_atomic
+from parrbm.rbm import RBM, ModelTagsMixin, _resolve_seed, read_npz, write_npz_atomic
 
 _FORMAT = "parrbm-dbn"
 _FORMAT_VERSION = 1
@@ -17,7 +18,7 @@ _FORMAT_VERSION = 1
 _LAYER_KEYS = set(RBM().get_params()) - {"visible", "n_hidden"}
 
 
-class DBN(TransformerMixin, BaseEstimator):
+class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """A stack of RBMs trained greedily, layer by layer (Hinton, Osindero & Teh 2006):
     layer 1 models the data, layer i + 1 models the hidden probabilities of layer i.
 
@@ -28,7 +29,8 @@ class DBN(TransformerMixin, BaseEstimator):
     visible : {"binary", "gaussian"}, default="binary"
         The first layer's visible units (the layers above are binary).
     n_iter, learning_rate, batch_size, strategy, workers, transport, dtype, verbose, progress
-        Given to every layer (see :class:`RBM`).
+        Given to every layer (see :class:`RBM`). ``learning_rate="auto"`` (the default)
+        is each layer's own: 0.01 for a Gaussian first layer, 0.1 for binary layers.
     layer_params : list of dict or None, default=None
         Per layer, RBM parameters that override the shared ones, e.g.
         ``[{"learning_rate": 0.01, "strategy": "green-only", "workers": 2}, {}]``.
@@ -42,7 +44,7 @@ class DBN(TransformerMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, hidden_layer_sizes=(256, 256), *, visible="binary", n_iter=10, learning_rate=0.1,
+    def __init__(self, hidden_layer_sizes=(256, 256), *, visible="binary", n_iter=10, learning_rate="auto",
                  batch_size=10, strategy="serial", workers=1, transport="threads", dtype="float32",
                  layer_params=None, random_state=None, verbose=False, progress="auto"):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -97,7 +99,13 @@ class DBN(TransformerMixin, BaseEstimator):
             self.rbms_.append(rbm)
             Z = rbm.transform(Z)
         self.n_features_in_ = self.rbms_[0].n_features_in_
+        _check_feature_names(self, X, reset=True)
         return self
+
+    @property
+    def _n_features_out(self) -> int:
+        """For ``get_feature_names_out``: dbn0 .. dbn{hidden_layer_sizes[-1] - 1}."""
+        return self.rbms_[-1].n_hidden
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "rbms_"):
@@ -112,6 +120,7 @@ class DBN(TransformerMixin, BaseEstimator):
     def transform_all(self, X) -> list[np.ndarray]:
         """Every layer's hidden probabilities, bottom up."""
         self._check_fitted()
+        _check_feature_names(self, X, reset=False)
         out, Z = [], X
         for rbm in self.rbms_:
             Z = rbm.transform(Z)

@@ -14,7 +14,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import _check_feature_names
 from threadpoolctl import threadpool_limits
 
 from parrbm import _validation as v
@@ -53,7 +55,18 @@ def _resolve_seed(random_state) -> int:
     return int(random_state)
 
 
-class RBM(TransformerMixin, BaseEstimator):
+class ModelTagsMixin:
+    """scikit-learn tags of RBM and DBN (both have ``dtype`` and ``visible``)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # features come out in the model's own precision (``dtype``), whatever X's is
+        tags.transformer_tags.preserves_dtype = [self.dtype]
+        tags.input_tags.positive_only = self.visible == "binary"  # and at most 1: see _validation
+        return tags
+
+
+class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Restricted Boltzmann Machine trained with contrastive divergence.
 
     Binary hidden units; binary or unit-variance Gaussian visible units. Every random
@@ -100,7 +113,9 @@ class RBM(TransformerMixin, BaseEstimator):
     workers : int, default=1
         K, the number of workers.
     transport : {"threads", "tcp", "mpi"}, default="threads"
-        How workers exchange data; this release has "threads".
+        How workers exchange data: "threads" (threads of this process, shared memory),
+        "tcp" (one process per worker, sockets; on other hosts too) or "mpi" (mpi4py under
+        ``mpiexec``, started for the fit; ``pip install "parrbm[mpi]"``).
     strategy_options : dict or None, default=None
         Options of the parallel strategies: ``partition`` ("contiguous" | "random"),
         ``sync_every`` (unit-partitioned; 0 = never), ``shared_weights`` (per-update-sync on
@@ -317,9 +332,12 @@ class RBM(TransformerMixin, BaseEstimator):
 
     def _validate_X(self, X, *, reset: bool) -> np.ndarray:
         dtype = self.spec_.dtype if hasattr(self, "spec_") and not reset else self._dtype_name()
-        return v.check_data("RBM", X, dtype=np.dtype(dtype),
-                            n_features=None if reset else self.n_features_in_,
-                            binary_range=self.visible == "binary")
+        arr = v.check_data("RBM", X, dtype=np.dtype(dtype),
+                           n_features=None if reset else self.n_features_in_,
+                           binary_range=self.visible == "binary")
+        # feature_names_in_ (a DataFrame's columns): set on fit, held to on later calls
+        _check_feature_names(self, X, reset=reset)
+        return arr
 
     def _initialise(self, X: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)
@@ -383,7 +401,7 @@ class RBM(TransformerMixin, BaseEstimator):
         X = self._validate_X(X, reset=not resume)
         if self.batch_size > X.shape[0]:
             raise ValueError(f"RBM: parameter 'batch_size' ({self.batch_size}) is larger than the "
-                             f"number of samples in X ({X.shape[0]})")
+                             f"number of samples in X (n_samples = {X.shape[0]})")
         if resume:
             if self.batch_size != self.spec_.batch_size:
                 raise ValueError(f"RBM: parameter 'batch_size' changed since the model was fitted "
@@ -526,6 +544,32 @@ class RBM(TransformerMixin, BaseEstimator):
             return threadpool_limits(limits=self._strategy.blas_threads, user_api="blas")
         return contextlib.nullcontext()
 
+    @property
+    def _n_features_out(self) -> int:
+        """For ``get_feature_names_out``: rbm0 .. rbm{n_hidden - 1}."""
+        return self.components_.shape[0]
+
+    # ---- pickling: the trainer is rebuilt from the model ----------------------------------
+
+    def __getstate__(self) -> dict:
+        """The fitted model without its trainer (a C++ object, or a runner whose tcp and
+        mpi workers are processes): ``__setstate__`` builds a new one from the model and
+        what only the workers know, so an unpickled model trains on as the original would."""
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ hands out __dict__ itself
+        strategy = state.pop("_strategy", None)
+        if strategy is not None and hasattr(strategy, "local_states") and getattr(strategy, "K", 1) > 1:
+            state["_worker_local"] = strategy.local_states()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        local = state.pop("_worker_local", None)
+        super().__setstate__(state)
+        if hasattr(self, "spec_"):
+            self._strategy = self._make_strategy(self.spec_, self._state)
+            if local is not None:
+                self._strategy.restore_local(local)
+            self._export()
+
     def _export(self) -> None:
         self.components_ = self._state.W.T
         self.intercept_hidden_ = self._state.c
@@ -577,15 +621,20 @@ class RBM(TransformerMixin, BaseEstimator):
             return 0.5 * np.sum((X - s.b) ** 2, axis=1) - hidden
         return -(X * s.b.astype(np.float64)).sum(axis=1) - hidden
 
+    def _binary_visible(self) -> bool:
+        if self.visible != "binary":
+            raise AttributeError("RBM: score_samples (pseudo-likelihood) needs visible='binary'")
+        return True
+
+    @available_if(_binary_visible)
     def score_samples(self, X) -> np.ndarray:
-        """Pseudo-likelihood of each sample (binary visible units), shape (n_samples,).
+        """Pseudo-likelihood of each sample (binary visible units only: a Gaussian RBM has
+        no such method), shape (n_samples,).
 
         As scikit-learn's BernoulliRBM: one randomly chosen visible unit of each sample is
         flipped and n_features * log sigm(F(x_flipped) - F(x)) is returned.
         """
         self._check_fitted()
-        if self.spec_.visible != "binary":
-            raise ValueError("RBM: score_samples (pseudo-likelihood) needs visible='binary'")
         return self._pseudo_likelihood(self._validate_X(X, reset=False), np.float64)
 
     def _pseudo_likelihood(self, X: np.ndarray, dtype) -> np.ndarray:

@@ -3,7 +3,6 @@ the per-epoch monitors on one self-contained HTML page (the figures also as PNG 
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -16,6 +15,7 @@ def write_train_report(rbm, out: Path, *, data_name: str, X: np.ndarray, shape, 
     known) and report.html into ``out``; returns the page's path."""
     import matplotlib.pyplot as plt
 
+    from parrbm.analysis.report import html_figure, html_page, html_table
     from parrbm.pictures import plot_filters, plot_reconstructions, plot_training_curves
 
     out = Path(out)
@@ -45,21 +45,11 @@ def write_train_report(rbm, out: Path, *, data_name: str, X: np.ndarray, shape, 
             ("valid_reconstruction_error", ".5f"), ("pseudo_likelihood", ".3f"), ("free_energy_gap", ".3f"),
             ("max_abs_weight", ".3f"), ("seconds", ".2f")]
     cols = [(k, f) for k, f in cols if any(h.get(k) is not None for h in rbm.history_)]
-    rows = "".join("<tr>" + "".join(f"<td>{'' if h.get(k) is None else format(h[k], f)}</td>" for k, f in cols)
-                   + "</tr>" for h in rbm.history_)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>parrbm train: {html.escape(data_name)}"
-             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "img{max-width:100%}</style></head><body>",
-             f"<h1>RBM trained on {html.escape(data_name)}</h1><table>"]
-    parts += [f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-              f"{html.escape(v)}</td></tr>" for k, v in settings.items()]
-    parts.append("</table>")
-    for title, name, _ in figures:
-        data = base64.b64encode((out / name).read_bytes()).decode()
-        parts.append(f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Per epoch</h2><table><tr>" + "".join(f"<th>{k.replace('_', ' ')}</th>" for k, _ in cols)
-                 + f"</tr>{rows}</table></body></html>")
+    epochs = [["" if h.get(k) is None else format(h[k], f) for k, f in cols] for h in rbm.history_]
+    body = [f"<h1>RBM trained on {html.escape(data_name)}</h1>",
+            html_table(["setting", "value"], [[k, v] for k, v in settings.items()])]
+    body += [f"<h2>{html.escape(title)}</h2>" + html_figure(out / name, title) for title, name, _ in figures]
+    body += ["<h2>Per epoch</h2>", html_table([k.replace("_", " ") for k, _ in cols], epochs)]
     page = out / "report.html"
-    page.write_text("".join(parts))
+    page.write_text(html_page(f"parrbm train: {data_name}", body))
     return page

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from parrbm.cli import main
-from parrbm.harness.experiment import ConfigError, grid_points, load_config, read_records, run_config
+from parrbm.harness.experiment import (ConfigError, all_cores_threads, environment_cores, grid_points, load_config,
+                                      read_records, run_config)
 
 REQUIRED_METRICS = {"bytes_per_step", "bytes_per_sync", "wire_bytes_per_step", "step_seconds",
                     "compute_seconds", "comm_seconds", "wait_seconds", "cases_per_second",
@@ -66,9 +67,14 @@ def test_grid_and_shipped_configs_validate():
             "paper-gaussian-small.yaml"} <= set(names)
     for p in root.glob("*.yaml"):
         load_config(p)
-    pts = grid_points(load_config(root / "quick.yaml"))
-    # serial once, each strategy at K=1 on threads and at K=2, 4 on three transports
-    assert len(pts) == 1 + 5 * (1 + 2 * 3)
+    quick = load_config(root / "quick.yaml")
+    pts = grid_points(quick)
+    # serial once on one core and once on each K's cores (K = 2, 4: up to the cores here),
+    # each strategy at K=1 on threads and at K=2, 4 on three transports
+    all_cores = all_cores_threads(quick)
+    assert all_cores == sorted({min(2, environment_cores()), min(4, environment_cores())} - {1})
+    assert len(pts) == 1 + len(all_cores) + 5 * (1 + 2 * 3)
+    assert [p["blas_threads"] for p in pts if p.get("baseline") == "all-cores"] == all_cores
     paper = grid_points(load_config(root / "paper-binary.yaml"))
     assert {(p["batch_size"], p["precision"]) for p in paper} == {(100, "float32"), (100, "float64"),
                                                                   (1000, "float32"), (1000, "float64")}
@@ -79,7 +85,7 @@ def test_run_writes_records_and_resume_skips(tmp_path):
     out = tmp_path / "out"
     path = run_config(cfg, out, progress=lambda m: None)
     recs = read_records(path)
-    assert len(recs) == len(grid_points(cfg)) == 1 + 2 * (1 + 2)
+    assert len(recs) == len(grid_points(cfg)) == 1 + len(all_cores_threads(cfg)) + 2 * (1 + 2)
     for r in recs:
         assert r["status"] == "ok", r.get("error")
         assert REQUIRED_METRICS <= set(r["metrics"])
@@ -92,7 +98,19 @@ def test_run_writes_records_and_resume_skips(tmp_path):
     assert tcp and all(r["metrics"]["wire_bytes_per_step"] > r["metrics"]["bytes_per_step"] for r in tcp)
     same = {(r["strategy"], r["transport"]): r["metrics"]["bytes_per_step"] for r in recs if r["workers"] == 2}
     assert same[("unit-partitioned", "tcp")] == same[("unit-partitioned", "threads")]
-    assert all(r["metrics"]["speedup_vs_serial"] > 0 for r in recs)
+    # both baselines, as the records define them: the serial run's median over this run's,
+    # on one core and on the cores the run's workers use in all
+    serial = {r.get("blas_threads", 1): r["metrics"]["step_seconds"]["median"] for r in recs
+              if r["strategy"] == "serial"}
+    assert sorted(serial) == sorted({1, *all_cores_threads(cfg)})
+    for r in recs:
+        mt = r["metrics"]
+        assert mt["speedup_vs_serial"] == pytest.approx(serial[1] / mt["step_seconds"]["median"], rel=1e-12)
+        threads = r.get("blas_threads") if r.get("baseline") == "all-cores" else \
+            min(r["workers"], environment_cores())
+        assert mt["serial_all_cores_threads"] == threads
+        assert mt["speedup_vs_serial_all_cores"] == pytest.approx(serial[threads] / mt["step_seconds"]["median"],
+                                                                  rel=1e-12)
     # --resume: nothing new to run, the file is unchanged
     before = path.read_text()
     seen = []
@@ -139,7 +157,8 @@ def test_cli_run_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MB/8000 cases" in out and "unit-partitioned" in out
     assert main(["table", str(tmp_path / "r" / "small.jsonl")]) == 0
-    assert "speedup" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "vs 1 core" in table and "vs cores" in table  # both baselines, named
 
 
 def test_cli_bad_config_and_results_exit_2(tmp_path, capsys):
@@ -154,6 +173,7 @@ def test_cli_bad_config_and_results_exit_2(tmp_path, capsys):
     assert main(["table", str(tmp_path / "none.jsonl")]) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_valid_results(tmp_path):
     import signal
     import subprocess

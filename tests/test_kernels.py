@@ -294,3 +294,42 @@ def test_bit_statistics_update_equals_dense(dtype, rows, mode):
     np.testing.assert_allclose(W, want_W, **TOL[dtype])
     if use_inc:
         np.testing.assert_allclose(inc, want_inc, **TOL[dtype])
+
+
+_ISA_SCRIPT = r"""
+import hashlib, sys
+import numpy as np
+from parrbm import RBM, _core
+rng = np.random.default_rng(0)
+out = [_core.simd_path()]
+for visible, dtype in (("binary", "float32"), ("binary", "float64"), ("gaussian", "float32"), ("gaussian", "float64")):
+    X = rng.random((120, 37)) if visible == "binary" else rng.standard_normal((120, 37))
+    rbm = RBM(n_hidden=23, visible=visible, dtype=dtype, batch_size=10, n_iter=2, random_state=3, momentum=0.5,
+              progress=False).fit(X)
+    h = rbm.transform(X)
+    out.append(hashlib.sha256(rbm.components_.tobytes() + rbm.intercept_visible_.tobytes() + h.tobytes()).hexdigest())
+print(" ".join(out))
+"""
+
+
+def test_the_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
+    """The element-wise kernels (sigmoid, sampling, packing, updates) are compiled for AVX2
+    and for the baseline ISA; without FMA contraction both do the same IEEE operations, so
+    a fit is the same bits on either (float32 and float64, binary and Gaussian)."""
+    import os
+    import subprocess
+    import sys
+
+    def fit(env_extra):
+        env = {**os.environ, **env_extra}
+        r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    default = fit({})
+    baseline = fit({"PARRBM_ISA": "baseline"})
+    assert baseline[0] == "baseline"
+    if default[0] != "avx2":
+        pytest.skip("this CPU has no AVX2: both runs took the baseline path")
+    assert default[1:] == baseline[1:]

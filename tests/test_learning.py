@@ -50,6 +50,60 @@ def make_cifar(root, n=6, seed=0):
     return folder, archive, batches
 
 
+def _write_idx(path, array, *, gz):
+    import gzip
+
+    raw = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) \
+        + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    images = {s: rng.integers(0, 256, (n, 28, 28)) for s, n in (("train", 5), ("test", 3))}
+    labels = {s: rng.integers(0, 10, len(images[s])) for s in images}
+    for s, (img, lab) in datasets.FASHION_MNIST_FILES.items():
+        _write_idx(tmp_path / (img + (".gz" if gz else "")), images[s], gz=gz)
+        _write_idx(tmp_path / (lab + (".gz" if gz else "")), labels[s], gz=gz)
+    X, y = datasets.load_fashion_mnist(tmp_path)
+    assert X.shape == (5, 784) and X.dtype == np.float64 and y.dtype == np.int64
+    np.testing.assert_array_equal(X, images["train"].reshape(5, 784) / 255.0)
+    np.testing.assert_array_equal(y, labels["train"])
+    X, y = datasets.load_fashion_mnist(tmp_path, subset="all")
+    assert X.shape == (8, 784) and list(y[5:]) == list(labels["test"])
+
+
+def test_fashion_mnist_errors_say_where_and_how_to_install(tmp_path):
+    with pytest.raises(datasets.DatasetError, match=r"is not a folder; install it with 'apt-get install "
+                                                    r"dataset-fashion-mnist'"):
+        datasets.load_fashion_mnist(tmp_path / "nowhere")
+    with pytest.raises(datasets.DatasetError, match="lacks train-images-idx3-ubyte"):
+        datasets.load_fashion_mnist(tmp_path)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28)), gz=False)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), gz=False)
+    raw = (tmp_path / "train-images-idx3-ubyte").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(raw[:-100])
+    with pytest.raises(datasets.DatasetError, match="truncated or damaged"):
+        datasets.load_fashion_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(datasets.DatasetError, match="not an idx file of unsigned bytes"):
+        datasets.load_fashion_mnist(tmp_path)
+    with pytest.raises(datasets.DatasetError, match="subset must be"):
+        datasets.load_fashion_mnist(tmp_path, subset="validation")
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(datasets.FASHION_MNIST_PATH).is_dir() and not
+                    __import__("os").environ.get("CI"), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_as_debian_installs_it():
+    """Where Debian's package puts it (CI installs the package: there it must be found)."""
+    X, y = datasets.load_fashion_mnist()
+    assert X.shape == (60000, 784) and y.shape == (60000,) and set(np.unique(y)) == set(range(10))
+    assert 0.0 <= X.min() and X.max() == 1.0
+    X_test, y_test = datasets.load_fashion_mnist(subset="test")
+    assert X_test.shape == (10000, 784) and np.bincount(y_test).tolist() == [1000] * 10
+
+
 def test_cifar10_from_archive_folder_and_parent(tmp_path):
     folder, archive, batches = make_cifar(tmp_path)
     expect = np.concatenate([batches[n][0] for n in datasets.CIFAR10_TRAIN]) / 255.0
@@ -277,6 +331,8 @@ def test_dbn_stacks_trains_any_strategy_and_round_trips(digits, tmp_path):
     g = DBN(hidden_layer_sizes=(20, 10), visible="gaussian", n_iter=2, random_state=0, progress=False)
     g.fit(Standardizer().fit_transform(X))
     assert g.rbms_[0].visible == "gaussian" and g.rbms_[1].visible == "binary"
+    # each layer's own default rate: 0.1 would make the Gaussian first layer diverge
+    assert [r.base_learning_rate() for r in g.rbms_] == [0.01, 0.1]
     with pytest.raises(ValueError, match=r"layer_params\[1\] has unknown keys \['hidden'\]"):
         DBN(hidden_layer_sizes=(4, 4), layer_params=[{}, {"hidden": 3}]).fit(X)
     with pytest.raises(ValueError, match="must be a list of 2 dicts"):

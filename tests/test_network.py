@@ -247,6 +247,7 @@ def test_a_fit_interrupted_by_an_error_leaves_nothing(monkeypatch):
     assert cleanup() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_calibration_on_the_emulated_link_finds_its_bandwidth(transport):
     """The collectives timed between two emulated hosts: the fitted payload rate of the

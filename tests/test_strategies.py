@@ -85,6 +85,31 @@ def test_bytes_closed_form_cd_k_and_pcd(strategy, kw):
     assert runner.comm_stats()["bytes_per_step"] == cost.step_traffic(strategy, model, m, 3).total
 
 
+# Written out by hand from the paper's formulas (docs/design.md section 5), not from
+# analysis/cost.py, for V = H = m = 16, K = 2, binary units, float64 (pb = 8, bv = 1):
+# every message a whole number of bytes, so no padding enters.
+HAND_BYTES_PER_STEP = {
+    # (K-1)(2mH/8 + mV/8) = 96, and at sync_every = 1 a sync S = sum |V_j||H_k| pb = 1024
+    "unit-partitioned": 1 * (2 * 16 * 16 // 8 + 16 * 16 // 8) + 2 * 8 * 8 * 8,
+    "per-update-sync": 1 * (16 * 16 // 8 + 16 * 16 // 8) + 2 * 8 * 8 * 8,    # + sum |V_j||H_k| pb = 1088
+    "purple-only": 2 * 1 * 16 * 16 * 8 + 2 * 1 * 16 * 16 // 8,              # 2(K-1) m H (pb + 1/8) = 4160
+    "green-only": 1 * 16 * 16 * 8 + 1 * 16 * 16 // 8,                        # (K-1) m V (pb + bv/8) = 2080
+    "parameter-averaging": 2 * 1 * (16 * 16 + 16 + 16) * 8,                  # 2(K-1)(VH + V + H) pb = 4608
+}
+
+
+@pytest.mark.parametrize("strategy", PARALLEL)
+def test_bytes_equal_the_papers_formulas_written_out_by_hand(strategy):
+    spec = CDSpec(n_visible=16, n_hidden=16, batch_size=16, dtype="float64", seed=4)
+    X = data(np.random.default_rng(4), 48, 16, "binary", np.float64)
+    runner, _ = train(strategy, spec, X, 2, 3, sync_every=1)
+    stats = runner.comm_stats()
+    # every exchange here happens every minibatch (the sync at sync_every = 1, the weight
+    # exchange, the gradient sum), whichever way a strategy books it: bytes over 3 steps / 3
+    moved = sum(w["bytes_sent"] for w in stats["by_worker"]) // 3
+    assert moved == HAND_BYTES_PER_STEP[strategy]
+
+
 @pytest.mark.parametrize("reduce", ["master", "allreduce"])
 @pytest.mark.parametrize("average", ["gradients", "weights"])
 def test_parameter_averaging_bytes_total_and_busiest(reduce, average):
@@ -261,7 +286,9 @@ def test_rbm_trains_with_every_strategy(strategy):
     np.testing.assert_allclose(rbm.components_, serial.components_, atol=1e-10)
     s = rbm.comm_stats_
     assert isinstance(s["bytes_per_step"], int) and isinstance(s["bytes_per_sync"], int)
-    assert s["bytes_per_step"] > 0 or strategy == "parameter-averaging"
+    model = cost.Model(20, 10, visible="binary", precision="float64")
+    assert s["bytes_per_step"] == cost.step_traffic(strategy, model, 12, 2).total > 0
+    assert s["bytes_per_sync"] == cost.sync_traffic(strategy, model, 2).total
     assert set(s["seconds"]) >= {"compute", "communication", "waiting"}
     assert len(s["by_worker"]) == 2 and s["by_phase"]
     np.testing.assert_allclose(rbm.transform(X[:4]), serial.transform(X[:4]), atol=1e-10)

@@ -96,7 +96,7 @@ def test_run_equals_steps_over_the_order():
     assert errors.shape == (5,)  # 12, 12, 12, 12, 2
     for i, start in enumerate(range(0, 50, M)):
         e = b.step(np.ascontiguousarray(X[order[start:start + M]]), 10 + i)
-        assert e == pytest.approx(errors[i], rel=1e-6)
+        assert e == errors[i]  # the same kernels on the same bits
     np.testing.assert_array_equal(a.W, b.W)
 
 
@@ -135,3 +135,20 @@ def test_the_serial_trainer_times_its_steps_in_the_core():
     np.testing.assert_array_equal(errors, b.run(X, order, 0))
     assert seconds.shape == (5,) and np.all(seconds > 0) and np.all(seconds < 1.0)
     np.testing.assert_array_equal(a.gather_model().W, b.gather_model().W)
+
+
+def test_arrays_with_an_equal_dtype_object_of_their_own_are_taken():
+    """An unpickled array (or one made with np.dtype('<f4')) carries a dtype object equal
+    to, but not the same as, numpy's canonical one: the core takes it."""
+    import pickle
+
+    rng = np.random.default_rng(2)
+    X = (rng.random((24, V)) < 0.5).astype(np.float32)
+    order = np.arange(24, dtype=np.int64)
+    a = _core.CDTrainer32(V, H, M, seed=1)
+    b = _core.CDTrainer32(V, H, M, seed=1)
+    a.run(X, order, 0)
+    X2, order2 = pickle.loads(pickle.dumps(X)), pickle.loads(pickle.dumps(order))
+    assert X2.dtype == X.dtype and X2.dtype is not X.dtype
+    b.run(X2, order2, 0)
+    np.testing.assert_array_equal(a.W, b.W)

@@ -1,4 +1,4 @@
-"""The ``parrbm`` command line."""
+"""The commands that train and look at models: ``info``, ``train``, ``plot-filters``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class UsageError(Exception):
-    """A bad argument, file or config: reported in one line, exit code 2."""
+from parrbm.cli.errors import UsageError
 
 
 def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
@@ -29,6 +27,10 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
         elif spec in ("digits", "nudged-digits"):
             X, y = datasets.load_digits(nudged=spec == "nudged-digits")
             name, shape = f"scikit-learn {spec} (8x8, scaled to [0, 1])", (8, 8)
+        elif spec == "fashion-mnist":
+            X, y = datasets.load_fashion_mnist(args.data_path)
+            where = args.data_path or datasets.FASHION_MNIST_PATH
+            name, shape = f"Fashion-MNIST training images from {where} (28x28, scaled to [0, 1])", (28, 28)
         elif spec == "cifar10":
             X, y = datasets.load_cifar10(args.data_path or ".", subset="train")
             name, shape = f"CIFAR-10 training images from {args.data_path or '.'}", (32, 32, 3)
@@ -36,8 +38,8 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
             X, y = datasets.random_binary(args.samples or 2000, 256, seed=args.seed)
             name, shape = "random binary (256 features, p = 0.5)", (16, 16)
         else:
-            raise UsageError(f"--data: expected digits, nudged-digits, cifar10, random-binary or a .npy "
-                             f"file, got {spec!r}")
+            raise UsageError(f"--data: expected digits, nudged-digits, fashion-mnist, cifar10, random-binary or "
+                             f"a .npy file, got {spec!r}")
     except datasets.DatasetError as exc:
         raise UsageError(f"--data {spec}: {exc}") from exc
     if args.samples and X.shape[0] > args.samples:
@@ -71,35 +73,46 @@ def _learning_rate(text: str):
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}") from None
 
 
-def _cmd_train(args) -> int:
-    from parrbm import RBM, preprocessing
-    from parrbm.rbm import DivergenceError, latest_checkpoint
+def _image_shape(args, X: np.ndarray, shape):
+    """--shape, checked against the data's features; else the data set's own shape."""
+    if not args.shape:
+        return shape
+    from parrbm.pictures import parse_shape
 
-    X, y, name, shape = _load_data(args)
-    if args.shape:
-        from parrbm.pictures import parse_shape
+    try:
+        shape = parse_shape(args.shape)
+    except ValueError as exc:
+        raise UsageError(f"--shape: {exc}") from exc
+    if int(np.prod(shape)) != X.shape[1]:
+        raise UsageError(f"--shape {args.shape}: {int(np.prod(shape))} pixels, but the data have "
+                         f"{X.shape[1]} features per sample")
+    return shape
 
-        try:
-            shape = parse_shape(args.shape)
-        except ValueError as exc:
-            raise UsageError(f"--shape: {exc}") from exc
-        if int(np.prod(shape)) != X.shape[1]:
-            raise UsageError(f"--shape {args.shape}: {int(np.prod(shape))} pixels, but the data have "
-                             f"{X.shape[1]} features per sample")
-    if args.out:  # where the results go must exist before the training, not after it
-        out = Path(args.out)
-        try:
-            (out.parent if out.suffix == ".npz" else out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"--out {args.out}: cannot create the directory ({exc.strerror or exc})") from None
-        if out.suffix == ".npz" and out.is_dir():
-            raise UsageError(f"--out {args.out}: is a directory; give a .npz file or a directory without .npz")
-        written = [out] if out.suffix == ".npz" else [out / "model.npz", out / "report.html"]
-        there = [p for p in written if p.exists()]
-        if there and not (args.overwrite or args.resume):  # --resume: the same fit, carried further
-            raise UsageError(f"--out {args.out}: {there[0]} already exists (a model trained before); give "
-                             f"--overwrite to replace it, or another --out")
-    print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
+
+def _check_out(args) -> None:
+    """Where the results go must exist before the training, not after it, and a model
+    trained before is not replaced without --overwrite (or --resume: the same fit)."""
+    if not args.out:
+        return
+    out = Path(args.out)
+    try:
+        (out.parent if out.suffix == ".npz" else out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot create the directory ({exc.strerror or exc})") from None
+    if out.suffix == ".npz" and out.is_dir():
+        raise UsageError(f"--out {args.out}: is a directory; give a .npz file or a directory without .npz")
+    written = [out] if out.suffix == ".npz" else [out / "model.npz", out / "report.html"]
+    there = [p for p in written if p.exists()]
+    if there and not (args.overwrite or args.resume):
+        raise UsageError(f"--out {args.out}: {there[0]} already exists (a model trained before); give "
+                         f"--overwrite to replace it, or another --out")
+
+
+def _split_and_preprocess(args, X: np.ndarray):
+    """(X_train, X_valid or None, the fitted preprocessor or None): --valid-fraction held
+    out at random, the preprocessor fitted on the training part only."""
+    from parrbm import preprocessing
+
     if not 0.0 <= args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     n_valid = int(round(args.valid_fraction * X.shape[0]))
@@ -112,6 +125,14 @@ def _cmd_train(args) -> int:
         print(f"preprocessing: {args.preprocess} (fitted on the {X_train.shape[0]} training samples)")
     if args.visible == "binary" and pre is not None:
         raise UsageError(f"--preprocess {args.preprocess} gives real-valued data: use --visible gaussian")
+    return X_train, X_valid, pre
+
+
+def _estimator(args):
+    """The RBM the arguments ask for; with --resume, the newest checkpoint's, carried on."""
+    from parrbm import RBM
+    from parrbm.rbm import latest_checkpoint
+
     params = dict(n_hidden=args.hidden, visible=args.visible, learning_rate=args.learning_rate,
                   batch_size=args.batch_size, n_iter=args.epochs, momentum=args.momentum,
                   weight_decay=args.weight_decay, cd_k=args.cd_k, persistent=args.persistent,
@@ -121,28 +142,26 @@ def _cmd_train(args) -> int:
                   learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
                   checkpoint_every=args.checkpoint_every, verbose=True)
     rbm = RBM(**params)
-    if args.resume:
-        if not args.checkpoint_dir:
-            raise UsageError("--resume continues from --checkpoint-dir: give it")
-        last = latest_checkpoint(args.checkpoint_dir) if Path(args.checkpoint_dir).is_dir() else None
-        if last is None:
-            print(f"no checkpoint in {args.checkpoint_dir}: starting from the beginning")
-        else:
-            try:
-                rbm = RBM.load(last)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from exc
-            rbm.set_params(**{**params, "warm_start": True})
-            print(f"resuming from {last} (epoch {rbm.epochs_done_} of {args.epochs})")
-    t0 = time.perf_counter()
+    if not args.resume:
+        return rbm
+    if not args.checkpoint_dir:
+        raise UsageError("--resume continues from --checkpoint-dir: give it")
+    last = latest_checkpoint(args.checkpoint_dir) if Path(args.checkpoint_dir).is_dir() else None
+    if last is None:
+        print(f"no checkpoint in {args.checkpoint_dir}: starting from the beginning")
+        return rbm
     try:
-        rbm.fit(X_train, X_valid=X_valid)
-    except DivergenceError as exc:
-        print(f"parrbm: error: {exc}", file=sys.stderr)
-        return 1
+        rbm = RBM.load(last)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    fit_seconds = time.perf_counter() - t0
+    rbm.set_params(**{**params, "warm_start": True})
+    print(f"resuming from {last} (epoch {rbm.epochs_done_} of {args.epochs})")
+    return rbm
+
+
+def _print_comparison(args, rbm, X_train: np.ndarray, fit_seconds: float) -> None:
+    """The fit's time, reconstruction error and pseudo-likelihood; with --compare-sklearn,
+    BernoulliRBM's with the same settings beside them."""
     rows = [(f"parrbm ({args.strategy}, K={args.workers})", fit_seconds,
              rbm.reconstruction_error_[-1] if rbm.reconstruction_error_ else float("nan"),
              float(np.mean(rbm.score_samples(X_train))) if args.visible == "binary" else float("nan"))]
@@ -168,25 +187,52 @@ def _cmd_train(args) -> int:
         verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
         print(f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
               f"(same epochs, batch size and learning rate)")
-    if args.out:
-        out = Path(args.out)
-        if out.suffix == ".npz":
-            rbm.save(out)
-            print(f"model saved to {out}")
-        else:
-            from parrbm.pictures import guess_shape
-            from parrbm.trainreport import write_train_report
 
-            if shape is None:
-                try:
-                    shape = guess_shape(X.shape[1])
-                except ValueError:
-                    shape = None
-            out.mkdir(parents=True, exist_ok=True)
-            rbm.save(out / "model.npz")
-            page = write_train_report(rbm, out, data_name=name, X=X_valid if X_valid is not None else X_train,
-                                      shape=shape, preprocessor=pre, fit_seconds=fit_seconds)
-            print(f"model saved to {out / 'model.npz'}; report: {page}")
+
+def _save(args, rbm, *, name: str, X: np.ndarray, X_shown: np.ndarray, shape, pre, fit_seconds: float) -> None:
+    """--out: the model alone (a .npz), or a folder with the model and the report."""
+    out = Path(args.out)
+    if out.suffix == ".npz":
+        rbm.save(out)
+        print(f"model saved to {out}")
+        return
+    from parrbm.pictures import guess_shape
+    from parrbm.trainreport import write_train_report
+
+    if shape is None:
+        try:
+            shape = guess_shape(X.shape[1])
+        except ValueError:
+            shape = None
+    out.mkdir(parents=True, exist_ok=True)
+    rbm.save(out / "model.npz")
+    page = write_train_report(rbm, out, data_name=name, X=X_shown, shape=shape, preprocessor=pre,
+                              fit_seconds=fit_seconds)
+    print(f"model saved to {out / 'model.npz'}; report: {page}")
+
+
+def _cmd_train(args) -> int:
+    from parrbm.rbm import DivergenceError
+
+    X, y, name, shape = _load_data(args)
+    shape = _image_shape(args, X, shape)
+    _check_out(args)
+    print(f"data: {name}, {X.shape[0]} samples x {X.shape[1]} features")
+    X_train, X_valid, pre = _split_and_preprocess(args, X)
+    rbm = _estimator(args)
+    t0 = time.perf_counter()
+    try:
+        rbm.fit(X_train, X_valid=X_valid)
+    except DivergenceError as exc:
+        print(f"parrbm: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    fit_seconds = time.perf_counter() - t0
+    _print_comparison(args, rbm, X_train, fit_seconds)
+    if args.out:
+        _save(args, rbm, name=name, X=X, X_shown=X_valid if X_valid is not None else X_train, shape=shape,
+              pre=pre, fit_seconds=fit_seconds)
     return 0
 
 
@@ -211,113 +257,20 @@ def _cmd_plot_filters(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
-    from parrbm.harness.experiment import ConfigError, load_config, read_results, run_config, summary_table
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
-    progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    try:
-        path = run_config(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                          progress=progress, calibrate=not args.no_calibrate)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
-    except KeyboardInterrupt:
-        print("interrupted: the results recorded so far are kept; --resume continues", file=sys.stderr)
-        return 130
-    from parrbm.analysis.compare import load_profile_for
-
-    records, notes = read_results(path)
-    print(summary_table(records, load_profile_for(path), notes=notes))
-    print(f"\nresults: {path}")
-    return 0
-
-
-def _cmd_table(args) -> int:
-    from parrbm.analysis.commands import load_results
-    from parrbm.harness.experiment import summary_table
-
-    records, profile, notes = load_results(args.results, args.profile, need_ok=False, with_notes=True)
-    try:
-        print(summary_table(records, profile, notes=notes))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"{args.results}: not a parrbm results file ({type(exc).__name__}: {exc})") from exc
-    return 0
-
-
-def _cmd_network_cleanup(args) -> int:
-    from parrbm.harness.network import cleanup, missing
-
-    why = missing()
-    if why:
-        print(f"parrbm network cleanup: {why}", file=sys.stderr)
-        return 2
-    removed = cleanup(every=args.all)
-    print(f"removed {len(removed)} namespace(s)" + "".join(f"\n  {n}" for n in removed))
-    return 0
-
-
-def _cmd_network_show(args) -> int:
-    from parrbm.harness.network import PREFIX, namespaces
-
-    ours = [n for n in namespaces() if n.startswith(PREFIX)]
-    print("\n".join(ours) if ours else "no emulated network on this machine")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    import parrbm
+def add_parsers(sub) -> None:
     from parrbm.config import TRANSPORTS
-
-    p = argparse.ArgumentParser(
-        prog="parrbm",
-        description="Train Restricted Boltzmann Machines with interchangeable parallelization "
-                    "strategies and compare them.")
-    p.add_argument("--version", action="version", version=f"parrbm {parrbm.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     info = sub.add_parser("info", help="show the build: version, BLAS, cores")
     info.set_defaults(func=_cmd_info)
 
-    run = sub.add_parser("run", help="run a YAML-defined comparison and record every run")
-    run.add_argument("config", help="YAML file (see configs/)")
-    run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the results file: skip the runs already recorded (the config must "
-                          "be the one that wrote it)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start the results file again; the old one is kept beside it, renamed")
-    run.add_argument("--no-calibrate", action="store_true",
-                     help="do not measure this machine for the time model first")
-    run.set_defaults(func=_cmd_run)
-
-    table = sub.add_parser("table", help="print the comparison of a results file")
-    table.add_argument("results", help="a .jsonl file written by 'parrbm run'")
-    table.add_argument("--profile", help="machine profile for the predictions (default: the one "
-                                          "beside the results, <name>.profile.json)")
-    table.set_defaults(func=_cmd_table)
-
-    from parrbm.analysis.commands import add_parsers
-
-    add_parsers(sub)
-
-    net = sub.add_parser("network", help="the emulated hosts of tcp and mpi runs (network.emulate)")
-    net_sub = net.add_subparsers(dest="network_command", metavar="ACTION", required=True)
-    clean = net_sub.add_parser("cleanup", help="remove the namespaces, links and qdiscs of emulated networks "
-                                               "whose run is gone (a run killed outright)")
-    clean.add_argument("--all", action="store_true", help="also those of runs still going")
-    clean.set_defaults(func=_cmd_network_cleanup)
-    show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine")
-    show.set_defaults(func=_cmd_network_show)
-
     tr = sub.add_parser("train", help="train an RBM on a data set: monitors, checkpoints, model and report",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", default="digits",
-                    help="digits, nudged-digits, cifar10 (with --data-path), random-binary, or a .npy file "
-                         "(n_samples, n_features)")
-    tr.add_argument("--data-path", help="cifar10: the cifar-10-python.tar.gz archive or its extracted folder")
+                    help="digits, nudged-digits, fashion-mnist, cifar10 (with --data-path), random-binary, or a "
+                         ".npy file (n_samples, n_features)")
+    tr.add_argument("--data-path", help="cifar10: the cifar-10-python.tar.gz archive or its extracted folder; "
+                                        "fashion-mnist: the folder of its idx files (default: Debian's "
+                                        "/usr/share/datasets/fashion-mnist)")
     tr.add_argument("--labels", help="with a .npy --data: a .npy file of labels (n_samples,)")
     tr.add_argument("--samples", type=int, help="train on this many randomly chosen samples")
     tr.add_argument("--binarize", action="store_true", help="threshold the data at 0.5")
@@ -364,50 +317,3 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--shape", help="image shape, e.g. 8x8 or 32x32x3 (default: guessed from the features)")
     pf.add_argument("--n", type=int, default=100, help="how many filters")
     pf.set_defaults(func=_cmd_plot_filters)
-    return p
-
-
-def _terminate(signum, frame):
-    # SIGTERM unwinds like Ctrl-C: workers are stopped, job folders removed, and every
-    # result recorded so far is kept
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    import signal
-    import threading
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    on_main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _terminate) if on_main else None
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"parrbm: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("parrbm: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("parrbm: error: out of memory: the data or the model do not fit in this machine's memory "
-              "(fewer samples, a smaller model or float32)", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # the reader went away (| head): no traceback, no more output
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
-    except OSError as exc:  # the file system said no: name the file and why
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"parrbm: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from parrbm.analysis import cost
+from parrbm.cli.errors import UsageError
 from parrbm.config import TRANSPORTS
 
 SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
@@ -20,9 +21,7 @@ def _parallel() -> list[str]:
     return names(parallel_only=True)
 
 
-def _usage(msg: str):
-    from parrbm.cli import UsageError
-
+def _usage(msg: str) -> UsageError:
     return UsageError(msg)
 
 
@@ -66,6 +65,10 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
                         "strategy)")
     p.add_argument("--sync-every", type=_non_negative, default=80,
                    help="unit-partitioned: minibatches between weight syncs (0: never)")
+    p.add_argument("--average", choices=["gradients", "weights"], default="gradients",
+                   help="parameter averaging: sum gradients every step, or average weights every --average-every")
+    p.add_argument("--average-every", type=_positive, default=1, metavar="T",
+                   help="parameter averaging with --average weights: minibatches between averaging rounds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -155,16 +158,23 @@ def cost_rows(args) -> list[dict]:
     for visible, precision in _settings(args):
         model = _model(args, visible, precision)
         for s, K in pairs:
-            step = cost.step_traffic(s, model, args.batch, K)
-            sync = cost.sync_traffic(s, model, K)
+            kw = dict(average=args.average)
+            step = cost.step_traffic(s, model, args.batch, K, **kw)
+            sync = cost.sync_traffic(s, model, K, **kw)
+            periods = dict(sync_every=args.sync_every, average_every=args.average_every, **kw)
+            per_step = cost.syncs_per_step(s, **periods)
+            cases = cost.traffic_for_cases(s, model, args.batch, K, args.cases, **periods)
             rows.append({
                 "strategy": s, "workers": K, "visible_type": visible, "precision": precision,
                 "visible": args.visible, "hidden": args.hidden, "batch_size": args.batch,
                 "cases": args.cases,
                 "bytes_per_step": step.total, "busiest_worker_bytes_per_step": step.busiest,
                 "bytes_per_sync": sync.total, "busiest_worker_bytes_per_sync": sync.busiest,
-                "syncs_per_step": cost.syncs_per_step(s, sync_every=args.sync_every),
-                "bytes": cost.bytes_for_cases(s, model, args.batch, K, args.cases),
+                "syncs_per_step": per_step,
+                # every sync included: one every step counts in full, a periodic one once a period
+                "bytes_per_step_with_syncs": step.total + per_step * sync.total,
+                "bytes": cases["bytes"], "step_bytes": cases["step_bytes"], "sync_bytes": cases["sync_bytes"],
+                "syncs": cases["syncs"],
                 "by_phase": step.by_phase(),
             })
     return rows
@@ -177,16 +187,24 @@ def cmd_cost(args) -> int:
         return 0
     mb = 1e6
     print(f"Bytes sent by all workers (MB = 10^6 bytes); {args.visible} x {args.hidden} RBM, "
-          f"minibatch {args.batch}, weight syncs apart")
+          f"minibatch {args.batch}; weight syncs included at their period (unit-partitioned every "
+          f"{args.sync_every or 'never'}; parameter averaging: {args.average}"
+          f"{f', every {args.average_every}' if args.average == 'weights' else ''})")
+    print("MB / step: a mean step, its syncs included; of which syncs: the syncs' share of the cases' bytes "
+          "(the rest is the paper's Table 4.1 figure)")
     for visible, precision in _settings(args):
         print(f"\n{visible} visible, {precision}")
-        print(f"{'strategy':<21}{'K':>4}{f'MB / {args.cases} cases':>20}{'MB / step':>11}"
-              f"{'busiest':>9}{'MB / sync':>11}")
+        print(f"{'strategy':<21}{'K':>4}{f'MB / {args.cases} cases':>20}{'of which syncs':>16}{'MB / step':>11}"
+              f"{'busiest':>9}{'MB / sync':>11}  syncs")
         for r in rows:
             if (r["visible_type"], r["precision"]) != (visible, precision):
                 continue
-            print(f"{r['strategy']:<21}{r['workers']:>4}{r['bytes'] / mb:>20.3f}{r['bytes_per_step'] / mb:>11.3f}"
-                  f"{r['busiest_worker_bytes_per_step'] / mb:>9.3f}{r['bytes_per_sync'] / mb:>11.3f}")
+            per = r["syncs_per_step"]
+            when = "never" if per <= 0 or r["workers"] == 1 else "every step" if per >= 1 else \
+                f"every {round(1 / per)} steps"
+            print(f"{r['strategy']:<21}{r['workers']:>4}{r['bytes'] / mb:>20.3f}{r['sync_bytes'] / mb:>16.3f}"
+                  f"{r['bytes_per_step_with_syncs'] / mb:>11.3f}{r['busiest_worker_bytes_per_step'] / mb:>9.3f}"
+                  f"{r['bytes_per_sync'] / mb:>11.3f}  {when}")
         K = max(_flat_workers(args))
         if K > 1:
             print(f"crossovers at K = {K}:")
@@ -297,7 +315,7 @@ def _predictions(args):
     strategies = sorted({s for s, _ in _runnable(args, _parallel())}, key=(args.strategy or _parallel()).index)
     preds = predict_curve(strategies, _model(args, visible, precision), args.batch,
                           _flat_workers(args), profile, transport=transport, sync_every=args.sync_every,
-                          momentum=args.momentum)
+                          momentum=args.momentum, average=args.average, average_every=args.average_every)
     return [(visible, precision, preds)], transport
 
 
@@ -327,7 +345,8 @@ def cmd_advise(args) -> int:
     visible, precision = _one_setting(args)
     model = _model(args, visible, precision)
     rows = advise(model, args.batch, _flat_workers(args), profile, strategies=args.strategy,
-                  transport=transport, sync_every=args.sync_every, momentum=args.momentum)
+                  transport=transport, sync_every=args.sync_every, momentum=args.momentum,
+                  average=args.average, average_every=args.average_every)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -1,0 +1,83 @@
+"""The comparison of a results file as a text table (``parrbm table``, ``parrbm run``)."""
+
+from __future__ import annotations
+
+from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, predict_record,
+                                    predicted_vs_measured, ranking_agreement)
+from parrbm.harness.experiment import is_all_cores_baseline
+
+
+def summary_table(records: list[dict], profile=None, notes: list[str] | None = None) -> str:
+    """Bytes per 8000 cases (the paper's Table 4.1 form, weight syncs included at their
+    period) and speedup / efficiency against both baselines (the serial trainer on one
+    core, and on the cores the workers use); with a machine profile, the time model's step
+    beside each measured one; ``notes`` (what reading the file left out) at the end."""
+    from parrbm.strategies.registry import builtin_order
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    predicted = {}
+    if profile is not None:
+        for r in ok:
+            if is_all_cores_baseline(r):  # the model prices one BLAS thread a worker
+                continue
+            try:
+                predicted[id(r)] = predict_record(r, profile).step_seconds
+            except ValueError:  # no figures for this transport in the profile
+                pass
+    lines = []
+    groups: dict = {}
+    for r in ok:
+        key = (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"])
+        groups.setdefault(key, []).append(r)
+    for (vis, prec, m), rs in sorted(groups.items()):
+        V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
+        lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
+        width = max([8, *(len((r["transport"] or "-") + f"@{r['bandwidth']}") + 1 for r in rs if r.get("bandwidth"))])
+        lines.append(f"{'strategy':<31}{'K':>3} {'transport':<{width}}{'MB/8000 cases':>14}{'MB/sync':>9}"
+                     f"{'ms/step':>9}{'vs 1 core':>10}{'vs cores':>9}{'vs K=1':>8}{'effic.':>8}"
+                     + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
+        for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r.get("blas_threads", 1),
+                                           r["transport"] or "",
+                                           -((r.get("network") or {}).get("bandwidth") or float("inf")))):
+            mt = r["metrics"]
+            per_8000 = bytes_per_cases(r) / 1e6
+            fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+            note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
+            where = (r["transport"] or "-") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+            lines.append(f"{all_cores_label(r):<31}{r['workers']:>3} {where:<{width}}{per_8000:>14.2f}"
+                         f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
+                         f"{fmt(mt['speedup_vs_serial'], '.2f'):>10}"
+                         f"{fmt(mt.get('speedup_vs_serial_all_cores'), '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
+                         f"{fmt(mt['efficiency'], '.2f'):>8}"
+                         + (f"{predicted[id(r)] * 1e3:>10.1f}"
+                            f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
+                            if id(r) in predicted else (f"{'-':>10}{'-':>8}" if predicted else "")) + note)
+    lines.append("\nvs 1 core: against the serial trainer on one BLAS thread (a worker's share); vs cores: "
+                 "against it on as many BLAS threads as the K workers use in all, up to the cores here. "
+                 "MB/8000 cases: weight syncs included at their period")
+    if predicted:
+        rows = predicted_vs_measured(records, profile)
+        e = error_summary(rows)
+        if e["runs"]:
+            lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
+                         f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
+        for g in ranking_agreement(rows):
+            noisy = len(g["discordant_within_noise"])
+            verdict = ("same order" if g["same"] else
+                       f"same order up to {noisy} pair(s) within the p10-p90 noise" if g["same_within_noise"] else
+                       "different order: " + ", ".join(f"{a} / {b} ({gap:.1f}% apart)"
+                                                       for a, b, gap in g["discordant_beyond_noise"]))
+            lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
+                         f"model: {verdict}")
+    off = [r for r in ok if (r["metrics"] or {}).get("formula_mismatch")]
+    if off:
+        lines.append(f"\n{len(off)} run(s) moved other bytes than their strategy declares:")
+        lines += [f"  {r.get('run_id', r['strategy'])}: {'; '.join(r['metrics']['formula_mismatch'])}" for r in off]
+    failed = [r for r in records if r.get("status") == "error"]
+    if failed:
+        lines.append(f"\n{len(failed)} run(s) failed:")
+        lines += [f"  {r.get('run_id', '?')}: {r.get('error')}" for r in failed]
+    if notes:
+        lines.append("")
+        lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines).lstrip("\n")

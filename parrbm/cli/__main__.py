@@ -1,0 +1,5 @@
+import sys
+
+from parrbm.cli import main
+
+sys.exit(main())
