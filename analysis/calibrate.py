@@ -179,6 +179,8 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     out = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
     progress("calibrate: kernels in their own steps run at " +
              ", ".join(f"{n} {e:.2f}" for n, e in out.items()) + " x their one-by-one time")
+    # where they were measured: the time model scales the excess to other steps from it
+    profile.efficiency_traffic = {n: step_work(n, model, m, 1, 0).traffic_per_flop for n in names}
     return out
 
 

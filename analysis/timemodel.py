@@ -69,6 +69,9 @@ class Profile:
     #: strategy -> its kernels' time in its own step / the same kernels timed one by one
     #: (operands evicted by the previous kernel, copies between them); 1 when unmeasured
     efficiency: dict[str, float] = field(default_factory=dict)
+    #: strategy -> the calibration step's Work.traffic_per_flop, where ``efficiency`` was
+    #: measured: a step's excess over its kernels scales with its own traffic per flop
+    efficiency_traffic: dict[str, float] = field(default_factory=dict)
     #: transport -> n -> how much longer a step of n workers sharing this machine's cores
     #: takes than its kernels and transfers (stragglers, transport threads, the OS)
     contention: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -112,8 +115,18 @@ class Profile:
         return t + sum(n * per[kind] for kind, n in work.counts.items())
 
     def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
-        return (self.kernel_seconds(work, precision) * self.efficiency.get(strategy, 1.0)
+        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy)
                 + self.overhead.get(strategy, 0.0))
+
+    def step_efficiency(self, work: Work, strategy: str) -> float:
+        """The measured ``efficiency`` of ``strategy``, its excess over 1 scaled from the
+        calibration step's traffic per flop to this step's (a big GEMM hides the cost of
+        moving its operands between kernels; a small one does not)."""
+        eff = self.efficiency.get(strategy, 1.0)
+        ref = self.efficiency_traffic.get(strategy)
+        if not ref or eff == 1.0:
+            return eff
+        return max(0.5, 1.0 + (eff - 1.0) * work.traffic_per_flop / ref)
 
     def link(self, transport: str, kind: str) -> Link:
         links = self.links.get(transport)

@@ -218,6 +218,24 @@ def test_efficiency_scales_the_kernels_not_the_driver_overhead():
         predict("purple-only", model, 50, 2, flat_profile(), transport="net").compute_seconds
 
 
+def test_the_kernels_excess_in_sequence_scales_with_their_traffic_per_flop():
+    """Efficiency 1.2 measured where the GEMMs move t values a flop: a step whose GEMMs
+    move t/2 a flop (bigger operands, the same copies between them) pays half the excess,
+    1.1; the driver's overhead is not scaled."""
+    prof = flat_profile()
+    model = cost.Model(500, 800)
+    calibration = step_work("green-only", model, 50, 2, 0)
+    prof.efficiency = {"green-only": 1.2}
+    prof.efficiency_traffic = {"green-only": calibration.traffic_per_flop}
+    assert prof.step_efficiency(calibration, "green-only") == pytest.approx(1.2, rel=1e-12)
+    big = step_work("green-only", cost.Model(5000, 8000), 500, 2, 0)
+    ratio = big.traffic_per_flop / calibration.traffic_per_flop
+    assert ratio == pytest.approx(0.1, rel=1e-12)  # every dimension 10x: a tenth moved per flop
+    assert prof.step_efficiency(big, "green-only") == pytest.approx(1.02, rel=1e-12)
+    prof.efficiency_traffic = {}  # an older profile: the measured factor as it is
+    assert prof.step_efficiency(big, "green-only") == 1.2
+
+
 def test_syncs_are_typical_or_amortised():
     model = cost.Model(500, 800)
     prof = flat_profile()
