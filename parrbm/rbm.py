@@ -27,6 +27,8 @@ _FORMAT_VERSION = 1
 _SCHEDULES = ("constant", "linear", "exponential")
 #: samples of the training data (and of X_valid) the per-epoch monitors look at
 MONITOR_SAMPLES = 500
+#: m x V x H below which the serial trainer's GEMMs run on one BLAS thread
+SMALL_GEMM = 1 << 22
 
 
 class DivergenceError(ValueError):
@@ -542,6 +544,11 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         if isinstance(self._strategy, ParallelRunner):
             return threadpool_limits(limits=self._strategy.blas_threads, user_api="blas")
+        spec = self.spec_
+        if spec.batch_size * spec.n_visible * spec.n_hidden < SMALL_GEMM:
+            # a step's GEMMs this small run no faster on more threads, and waking the pool
+            # costs more than they do (digits, m = 10: 1.04-1.20x the one-thread fit)
+            return threadpool_limits(limits=1, user_api="blas")
         return contextlib.nullcontext()
 
     @property
