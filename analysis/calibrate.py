@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from parrbm import _core
-from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile
+from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile, working_set
 from parrbm.config import TRANSPORTS
 
 
@@ -131,15 +131,18 @@ def strategy_overheads(quick: bool = False) -> dict[str, float]:
 #: the model the strategies are calibrated on (not any experiment's): big enough that its
 #: kernels, not the drivers, set the step; small enough to run every strategy in seconds
 CALIBRATION_MODEL = (768, 1536, 200)
+#: the model whose weight blocks spill out of a shared cache at K = 2 (12 MB a worker in
+#: float32): where workers sharing the cores also share the memory bandwidth
+SPILLING_MODEL = (2048, 3072, 100)
 
 
-def _calibration_run(steps: int):
+def _calibration_run(steps: int, shape=CALIBRATION_MODEL):
     """The calibration model's spec, random binary data for ``steps`` minibatches and the
     cost model."""
     from parrbm.analysis import cost
     from parrbm.config import CDSpec
 
-    V, H, m = CALIBRATION_MODEL
+    V, H, m = shape
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
     X = (np.random.default_rng(4).random((steps * m, V)) < 0.3).astype(np.float32)
     return spec, X, cost.Model(V, H)
@@ -204,48 +207,54 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
 
     K = max(2, profile.cores)
     steps, warmup = (6, 1) if quick else (12, 2)
-    spec, X, model = _calibration_run(steps + warmup)
-    m = spec.batch_size
-    order = np.arange(X.shape[0], dtype=np.int64)
-    serial_model = predict("serial", model, m, 1, profile).step_seconds
-
-    def pace() -> float:
-        """How much slower this machine runs right now than the profile says, measured
-        on one worker alone: the factor is about sharing, not about a busy moment."""
-        s = SerialStrategy(spec, ModelState.initial(spec))
-        return _median_time(lambda: s.step(X[:m], 0), steps) / serial_model
-
-    out = {}
     rounds = 2 if quick else 3
-    for transport in transports:
-        name_in_profile = f"{transport}@unshaped" if network is not None else transport
-        if name_in_profile not in profile.links:
-            continue
-        # round-robin rounds, each strategy's median over them: one busy moment of a shared
-        # machine moves one sample, not the factor (one round of each was seen to give
-        # anything from 1.02 to 1.28 on the same machine)
-        samples: dict[str, list[float]] = {name: [] for name in PARALLEL_STRATEGIES}
-        for _ in range(rounds):
-            for name in PARALLEL_STRATEGIES:
-                r = ParallelRunner(spec, ModelState.initial(spec), name, K, transport,
-                                   StrategyOptions(sync_every=steps * m), blas_threads=1, timeout=120.0,
-                                   network=network)
-                try:
-                    r.run(X, order, 0)
-                finally:
-                    r.close()
-                measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
-                modelled = predict(name, model, m, K, profile, transport=name_in_profile,
-                                   sync_every=steps * m).step_seconds
-                samples[name].append(measured / (modelled * max(1.0, pace())))
-        ratios = [float(np.median(v)) for v in samples.values()]
-        factor = max(1.0, float(np.median(ratios)))
-        out[name_in_profile] = {str(K): factor}
-        progress(f"calibrate: {name_in_profile}, {K} workers on {profile.cores} cores: steps take "
-                 f"{factor:.3f} x the kernels and transfers (per strategy {', '.join(f'{x:.2f}' for x in ratios)})")
-        if factor > 1.5:
-            progress(f"calibrate: warning: {factor:.2f} is high; something else was probably running. "
-                     f"Calibrate again on a quiet machine for predictions that hold")
+    out: dict[str, dict[str, float]] = {}
+    by_size: dict[str, list[list[float]]] = {}
+    for shape in (CALIBRATION_MODEL, SPILLING_MODEL):
+        spec, X, model = _calibration_run(steps + warmup, shape)
+        m = spec.batch_size
+        order = np.arange(X.shape[0], dtype=np.int64)
+        serial_model = predict("serial", model, m, 1, profile).step_seconds
+
+        def pace() -> float:
+            """How much slower this machine runs right now than the profile says, measured
+            on one worker alone: the factor is about sharing, not about a busy moment."""
+            s = SerialStrategy(spec, ModelState.initial(spec))
+            return _median_time(lambda: s.step(X[:m], 0), steps) / serial_model
+
+        for transport in transports:
+            name_in_profile = f"{transport}@unshaped" if network is not None else transport
+            if name_in_profile not in profile.links:
+                continue
+            # round-robin rounds, each strategy's median over them: one busy moment of a
+            # shared machine moves one sample, not the factor (one round of each was seen
+            # to give anything from 1.02 to 1.28 on the same machine)
+            samples: dict[str, list[float]] = {name: [] for name in PARALLEL_STRATEGIES}
+            for _ in range(rounds):
+                for name in PARALLEL_STRATEGIES:
+                    r = ParallelRunner(spec, ModelState.initial(spec), name, K, transport,
+                                       StrategyOptions(sync_every=steps * m), blas_threads=1, timeout=120.0,
+                                       network=network)
+                    try:
+                        r.run(X, order, 0)
+                    finally:
+                        r.close()
+                    measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
+                    modelled = predict(name, model, m, K, profile, transport=name_in_profile,
+                                       sync_every=steps * m).step_seconds
+                    samples[name].append(measured / (modelled * max(1.0, pace())))
+            ratios = [float(np.median(v)) for v in samples.values()]
+            factor = max(1.0, float(np.median(ratios)))
+            if shape == CALIBRATION_MODEL:
+                out[name_in_profile] = {str(K): factor}
+            by_size.setdefault(name_in_profile, []).append([working_set(model, K), factor])
+            progress(f"calibrate: {name_in_profile}, {K} workers on {profile.cores} cores, {shape[0]} x {shape[1]}: "
+                     f"steps take {factor:.3f} x the kernels and transfers (per strategy "
+                     f"{', '.join(f'{x:.2f}' for x in ratios)})")
+            if factor > 1.5 and shape == CALIBRATION_MODEL:
+                progress(f"calibrate: warning: {factor:.2f} is high; something else was probably running. "
+                         f"Calibrate again on a quiet machine for predictions that hold")
+    profile.contention_memory.update({t: sorted(v) for t, v in by_size.items()})
     return out
 
 

@@ -26,6 +26,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from parrbm.analysis import cost
 from parrbm.analysis.compute import Work, step_work, sync_work
 from parrbm.partition import Partition
@@ -75,6 +77,10 @@ class Profile:
     #: transport -> n -> how much longer a step of n workers sharing this machine's cores
     #: takes than its kernels and transfers (stragglers, transport threads, the OS)
     contention: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: transport -> [[a worker's weight bytes, co-scheduling factor], ...] ascending, K = cores:
+    #: workers whose weight blocks spill out of the shared cache also share the memory
+    #: bandwidth; ``sharing`` interpolates between the measured sizes
+    contention_memory: dict[str, list[list[float]]] = field(default_factory=dict)
     #: transport -> collective kind -> Link
     links: dict[str, dict[str, Link]] = field(default_factory=dict)
     created: str = ""
@@ -135,13 +141,18 @@ class Profile:
                              f"{', '.join(self.links) or 'none'} (calibrate it, or give --bandwidth and --latency)")
         return links.get(kind) or links["allgather"]
 
-    def sharing(self, transport: str, K: int) -> float:
+    def sharing(self, transport: str, K: int, weight_bytes: float | None = None) -> float:
         """The co-scheduling factor for K workers of ``transport`` on this machine's
-        cores (the nearest measured K at or below it; 1 when unmeasured)."""
+        cores (the nearest measured K at or below it; 1 when unmeasured). With
+        ``weight_bytes`` (a worker's) and the factor measured at two sizes, it is
+        interpolated in log size between them (held at the ends)."""
         base = transport.split("@")[0]  # tcp@105MB/s: tcp's workers on emulated hosts
-        hosts = self.contention.get(f"{base}@unshaped") if "@" in transport else None
-        table = (self.contention.get(transport) or hosts or self.contention.get(base)
-                 or self.contention.get("*") or {})
+        names = [transport] + ([f"{base}@unshaped"] if "@" in transport else []) + [base, "*"]
+        sizes = next((self.contention_memory[n] for n in names if n in self.contention_memory), None)
+        if weight_bytes and sizes and len(sizes) >= 2:
+            xs = np.log([w for w, _ in sizes])
+            return float(np.interp(np.log(max(weight_bytes, 1.0)), xs, [f for _, f in sizes]))
+        table = next((self.contention[n] for n in names if self.contention.get(n)), {})
         known = [int(n) for n in table if int(n) <= K]
         return float(table[str(max(known))]) if known else 1.0
 
@@ -166,6 +177,12 @@ class Prediction:
     wait_seconds: float = 0.0        # waiting for each other on a shared machine (in step_seconds)
     speedup: float | None = None     # vs the serial trainer, mean step times
     efficiency: float | None = None
+
+
+def working_set(model: cost.Model, K: int) -> float:
+    """A worker's share of the weights in bytes (V H pb / K): what decides whether the
+    workers' blocks fit the shared cache."""
+    return model.n_visible * model.n_hidden * model.pb / K
 
 
 def phase_kind(phase: str, model: cost.Model, strategy=None) -> str:
@@ -252,7 +269,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     work = compute + comm + (sync if per_step >= 1 else 0.0)
     # workers sharing one machine's cores wait for each other beyond their kernels and
     # transfers; not beyond an emulated wire's time, which no core spends
-    wait = busy * (profile.sharing(transport, min(K, cores)) - 1.0) if shared else 0.0
+    wait = busy * (profile.sharing(transport, min(K, cores), working_set(model, K)) - 1.0) if shared else 0.0
     step = work + wait
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,

@@ -269,6 +269,27 @@ def test_workers_sharing_cores_wait_by_the_measured_factor(tmp_path):
     assert Profile.load(tmp_path / "old.json").sharing("tcp", 2) == 1.5
 
 
+def test_co_scheduling_grows_with_the_workers_weight_blocks_between_measured_sizes():
+    """Measured 1.1 with 1 MB of weights a worker and 1.3 with 16 MB: 4 MB (halfway in
+    log size) gets 1.2, smaller and larger blocks the ends; a step's wait follows."""
+    from parrbm.analysis.timemodel import working_set
+
+    prof = flat_profile()
+    prof.cores = 2
+    prof.contention = {"net": {"2": 1.1}}
+    prof.contention_memory = {"net": [[1e6, 1.1], [16e6, 1.3]]}
+    assert prof.sharing("net", 2, 4e6) == pytest.approx(1.2, rel=1e-12)
+    assert prof.sharing("net", 2, 1e3) == pytest.approx(1.1) and prof.sharing("net", 2, 1e9) == pytest.approx(1.3)
+    assert prof.sharing("net", 2) == 1.1  # no size given: the calibration model's factor
+    model = cost.Model(2000, 4000)       # 16 MB of float32 weights, 8 MB a worker at K = 2
+    assert working_set(model, 2) == 16e6
+    p = predict("green-only", model, 100, 2, prof, transport="net", cores=2)
+    assert p.wait_seconds == pytest.approx((p.compute_seconds + p.comm_seconds) * 0.3, rel=1e-12)
+    # an emulated link's transport finds the hosts' (or the transport's) figures
+    prof.contention_memory = {"tcp@unshaped": [[1e6, 1.0], [16e6, 1.5]]}
+    assert prof.sharing("tcp@105MB/s", 2, 4e6) == pytest.approx(1.25, rel=1e-12)
+
+
 def test_ranking_pairs_within_the_noise_do_not_count_against_the_model():
     from parrbm.analysis.compare import ranking_agreement
 
