@@ -567,13 +567,6 @@ def all_cores_threads(cfg: dict) -> list[int]:
     return sorted({min(K * per_worker, cores) for K in workers} - {per_worker} - set(range(per_worker)))
 
 
-def all_cores_threads_of(rec: dict) -> int:
-    """The BLAS threads of the all-cores serial run a record is compared with."""
-    per_worker = (rec.get("training") or {}).get("blas_threads", 1)
-    cores = (rec.get("environment") or {}).get("cores") or environment_cores()
-    return max(per_worker, min(rec["workers"] * per_worker, cores))
-
-
 def is_all_cores_baseline(rec: dict) -> bool:
     """A serial run with more BLAS threads: a baseline, not a strategy's run."""
     return rec.get("baseline") == ALL_CORES
