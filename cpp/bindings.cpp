@@ -336,128 +336,129 @@ py::array view_of(py::handle owner, T* data, std::vector<py::ssize_t> shape) {
 }
 
 template <class T>
+CDTrainer<T>* new_trainer(int64_t n_visible, int64_t n_hidden, int64_t batch_size,
+                          const std::string& visible, bool gaussian_noise,
+                          const std::string& statistics, int cd_k, bool persistent,
+                          double learning_rate, double momentum, double weight_decay,
+                          uint64_t seed, bool binary_statistics, bool sample_visible) {
+  CDConfig c;
+  c.n_visible = n_visible;
+  c.n_hidden = n_hidden;
+  c.batch_size = batch_size;
+  c.visible = visible_kind(visible, "visible");
+  c.gaussian_noise = gaussian_noise;
+  c.statistics = statistics_kind(statistics, "statistics");
+  c.cd_k = cd_k;
+  c.persistent = persistent;
+  c.learning_rate = learning_rate;
+  c.momentum = momentum;
+  c.weight_decay = weight_decay;
+  c.seed = seed;
+  c.binary_statistics = binary_statistics;
+  c.sample_visible = sample_visible;
+  return new CDTrainer<T>(c);
+}
+
+// The trainer's parameters as numpy views that keep the trainer alive; None where the
+// trainer has no such buffer (increments without momentum, chains without PCD).
+template <class T>
+void def_parameter_views(py::class_<CDTrainer<T>>& cls) {
+  using Tr = CDTrainer<T>;
+  auto matrix = [](MatView<T> (Tr::*get)()) {
+    return [get](py::object self) -> py::object {
+      MatView<T> v = (self.cast<Tr&>().*get)();
+      if (v.rows == 0) return py::none();
+      return view_of<T>(self, v.data, {v.rows, v.cols});
+    };
+  };
+  auto vector = [](T* (Tr::*get)(), int64_t CDConfig::*size) {
+    return [get, size](py::object self) -> py::object {
+      Tr& t = self.cast<Tr&>();
+      return view_of<T>(self, (t.*get)(), {t.config().*size});
+    };
+  };
+  cls.def_property_readonly("W", matrix(&Tr::weights))
+      .def_property_readonly("b", vector(&Tr::visible_bias, &CDConfig::n_visible))
+      .def_property_readonly("c", vector(&Tr::hidden_bias, &CDConfig::n_hidden))
+      .def_property_readonly("W_inc", matrix(&Tr::weight_increments))
+      .def_property_readonly("b_inc", vector(&Tr::visible_bias_increments, &CDConfig::n_visible))
+      .def_property_readonly("c_inc", vector(&Tr::hidden_bias_increments, &CDConfig::n_hidden))
+      .def_property_readonly("chains", matrix(&Tr::persistent_chains));
+}
+
+template <class T>
+py::object trainer_run(CDTrainer<T>& t, py::array x,
+                       py::array_t<int64_t, py::array::c_style | py::array::forcecast> order,
+                       uint32_t first_step, bool timed) {
+  auto X = cmat<T>(x, "x");
+  if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
+  const int64_t n = order.shape(0);
+  const int64_t* o = order.data();
+  for (int64_t i = 0; i < n; ++i)
+    if (o[i] < 0 || o[i] >= X.rows) fail("order", "holds a row index out of range");
+  const int64_t m = t.config().batch_size;
+  py::array_t<double> errors((n + m - 1) / m);
+  double* e = errors.mutable_data();
+  py::array_t<double> seconds(timed ? (n + m - 1) / m : 0);
+  double* sec = timed ? seconds.mutable_data() : nullptr;
+  {
+    py::gil_scoped_release nogil;
+    t.run(X, o, n, first_step, e, sec);
+  }
+  if (timed) return py::make_tuple(errors, seconds);
+  return std::move(errors);
+}
+
+// out = f(trainer, x) for a map of the rows of x to `cols` columns, without the GIL.
+template <class T, class F>
+auto row_map(int64_t CDConfig::*cols, F f) {
+  return [cols, f](const CDTrainer<T>& t, py::array x) {
+    auto X = cmat<T>(x, "x");
+    if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
+    py::array_t<T> out({X.rows, t.config().*cols});
+    auto O = mat<T>(out, "out", true);
+    py::gil_scoped_release nogil;
+    f(t, X, O);
+    return out;
+  };
+}
+
+template <class T>
 void bind_trainer(py::module_& m, const char* name) {
   using Tr = CDTrainer<T>;
-  py::class_<Tr>(m, name)
-      .def(py::init([](int64_t n_visible, int64_t n_hidden, int64_t batch_size,
-                       const std::string& visible, bool gaussian_noise,
-                       const std::string& statistics, int cd_k, bool persistent,
-                       double learning_rate, double momentum, double weight_decay,
-                       uint64_t seed, bool binary_statistics, bool sample_visible) {
-             CDConfig c;
-             c.n_visible = n_visible;
-             c.n_hidden = n_hidden;
-             c.batch_size = batch_size;
-             c.visible = visible_kind(visible, "visible");
-             c.gaussian_noise = gaussian_noise;
-             c.statistics = statistics_kind(statistics, "statistics");
-             c.cd_k = cd_k;
-             c.persistent = persistent;
-             c.learning_rate = learning_rate;
-             c.momentum = momentum;
-             c.weight_decay = weight_decay;
-             c.seed = seed;
-             c.binary_statistics = binary_statistics;
-             c.sample_visible = sample_visible;
-             return new Tr(c);
-           }),
-           py::arg("n_visible"), py::arg("n_hidden"), py::arg("batch_size"),
-           py::arg("visible") = "binary", py::arg("gaussian_noise") = false,
-           py::arg("statistics") = "samples", py::arg("cd_k") = 1, py::arg("persistent") = false,
-           py::arg("learning_rate") = 0.1, py::arg("momentum") = 0.0,
-           py::arg("weight_decay") = 0.0, py::arg("seed") = 0,
-           py::arg("binary_statistics") = true, py::arg("sample_visible") = false)
-      .def_property_readonly("uses_binary_statistics", &Tr::uses_binary_statistics)
-      .def_property_readonly("W", [](py::object self) {
-        Tr& t = self.cast<Tr&>();
-        auto w = t.weights();
-        return view_of<T>(self, w.data, {w.rows, w.cols});
-      })
-      .def_property_readonly("b", [](py::object self) {
-        Tr& t = self.cast<Tr&>();
-        return view_of<T>(self, t.visible_bias(), {t.config().n_visible});
-      })
-      .def_property_readonly("c", [](py::object self) {
-        Tr& t = self.cast<Tr&>();
-        return view_of<T>(self, t.hidden_bias(), {t.config().n_hidden});
-      })
-      .def_property_readonly("W_inc", [](py::object self) -> py::object {
-        Tr& t = self.cast<Tr&>();
-        if (!t.has_momentum()) return py::none();
-        auto w = t.weight_increments();
-        return view_of<T>(self, w.data, {w.rows, w.cols});
-      })
-      .def_property_readonly("b_inc", [](py::object self) -> py::object {
-        Tr& t = self.cast<Tr&>();
-        if (!t.has_momentum()) return py::none();
-        return view_of<T>(self, t.visible_bias_increments(), {t.config().n_visible});
-      })
-      .def_property_readonly("c_inc", [](py::object self) -> py::object {
-        Tr& t = self.cast<Tr&>();
-        if (!t.has_momentum()) return py::none();
-        return view_of<T>(self, t.hidden_bias_increments(), {t.config().n_hidden});
-      })
-      .def_property_readonly("chains", [](py::object self) -> py::object {
-        Tr& t = self.cast<Tr&>();
-        auto ch = t.persistent_chains();
-        if (ch.rows == 0) return py::none();
-        return view_of<T>(self, ch.data, {ch.rows, ch.cols});
-      })
-      .def("step",
-           [](Tr& t, py::array x, uint32_t step) {
-             auto X = cmat<T>(x, "x");
-             if (X.cols != t.config().n_visible || X.rows < 1 || X.rows > t.config().batch_size)
-               fail("x", "must have shape (m, " + std::to_string(t.config().n_visible) +
-                             ") with 1 <= m <= " + std::to_string(t.config().batch_size));
-             py::gil_scoped_release nogil;
-             return t.step(X, step);
-           },
-           py::arg("x"), py::arg("step"),
-           "One CD-k step on minibatch x (m, n_visible); returns the summed squared "
-           "reconstruction error of the first Gibbs step.")
-      .def("run",
-           [](Tr& t, py::array x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> order,
-              uint32_t first_step, bool timed) {
-             auto X = cmat<T>(x, "x");
-             if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
-             const int64_t n = order.shape(0);
-             const int64_t* o = order.data();
-             for (int64_t i = 0; i < n; ++i)
-               if (o[i] < 0 || o[i] >= X.rows) fail("order", "holds a row index out of range");
-             const int64_t m = t.config().batch_size;
-             py::array_t<double> errors((n + m - 1) / m);
-             double* e = errors.mutable_data();
-             py::array_t<double> seconds(timed ? (n + m - 1) / m : 0);
-             double* sec = timed ? seconds.mutable_data() : nullptr;
-             {
-               py::gil_scoped_release nogil;
-               t.run(X, o, n, first_step, e, sec);
-             }
-             if (timed) return py::object(py::make_tuple(errors, seconds));
-             return py::object(errors);
-           },
-           py::arg("x"), py::arg("order"), py::arg("first_step"), py::arg("timed") = false,
+  py::class_<Tr> cls(m, name);
+  cls.def(py::init(&new_trainer<T>), py::arg("n_visible"), py::arg("n_hidden"),
+          py::arg("batch_size"), py::arg("visible") = "binary", py::arg("gaussian_noise") = false,
+          py::arg("statistics") = "samples", py::arg("cd_k") = 1, py::arg("persistent") = false,
+          py::arg("learning_rate") = 0.1, py::arg("momentum") = 0.0,
+          py::arg("weight_decay") = 0.0, py::arg("seed") = 0,
+          py::arg("binary_statistics") = true, py::arg("sample_visible") = false)
+      .def_property_readonly("uses_binary_statistics", &Tr::uses_binary_statistics);
+  def_parameter_views<T>(cls);
+  cls.def("step",
+          [](Tr& t, py::array x, uint32_t step) {
+            auto X = cmat<T>(x, "x");
+            if (X.cols != t.config().n_visible || X.rows < 1 || X.rows > t.config().batch_size)
+              fail("x", "must have shape (m, " + std::to_string(t.config().n_visible) +
+                            ") with 1 <= m <= " + std::to_string(t.config().batch_size));
+            py::gil_scoped_release nogil;
+            return t.step(X, step);
+          },
+          py::arg("x"), py::arg("step"),
+          "One CD-k step on minibatch x (m, n_visible); returns the summed squared "
+          "reconstruction error of the first Gibbs step.")
+      .def("run", &trainer_run<T>, py::arg("x"), py::arg("order"), py::arg("first_step"),
+           py::arg("timed") = false,
            "CD-k over the minibatches of x[order]: each minibatch's error sum; with timed, "
            "(errors, each step's seconds timed in the core as the parallel workers' are).")
       .def("hidden_probabilities",
-           [](const Tr& t, py::array x) {
-             auto X = cmat<T>(x, "x");
-             if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
-             py::array_t<T> out({X.rows, t.config().n_hidden});
-             auto O = mat<T>(out, "out", true);
-             py::gil_scoped_release nogil;
-             t.hidden_probabilities(X, O);
-             return out;
-           })
-      .def("reconstruct", [](const Tr& t, py::array x) {
-        auto X = cmat<T>(x, "x");
-        if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
-        py::array_t<T> out({X.rows, t.config().n_visible});
-        auto O = mat<T>(out, "out", true);
-        py::gil_scoped_release nogil;
-        t.reconstruct(X, O);
-        return out;
-      });
+           row_map<T>(&CDConfig::n_hidden, [](const Tr& t, MatView<const T> x, MatView<T> out) {
+             t.hidden_probabilities(x, out);
+           }))
+      .def("reconstruct",
+           row_map<T>(&CDConfig::n_visible, [](const Tr& t, MatView<const T> x, MatView<T> out) {
+             t.reconstruct(x, out);
+           }));
 }
 
 // ---- the strategies' native epoch loop --------------------------------------------------------
@@ -646,26 +647,17 @@ Parts parts_arg(const py::list& parts, int64_t n, const std::string& name) {
   return Parts(n, std::move(index));
 }
 
+// The worker's parameter slices (docs/design.md 6): nb x nc blocks and bias slices, the
+// optional ones (increments, chains, the green/purple blocks) present or null.
 template <class T>
-py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& config,
-                              const py::dict& params, const py::list& vis_parts,
-                              const py::list& hid_parts, const py::object& comm_arg, py::array x,
-                              py::array_t<int64_t> order, uint32_t first_step,
-                              int64_t steps_done, int64_t syncs, const py::object& before_step) {
-  const StrategyConfig cfg = strategy_config(config);
+WorkerParams<T> worker_params(const py::dict& params, const StrategyConfig& cfg, int64_t nb,
+                              int64_t nc) {
   auto opt2 = [&](const char* name) -> MatView<T> {
     return params.contains(name) ? opt_mat<T>(params[name], name) : MatView<T>{};
   };
   auto opt1 = [&](const char* name, int64_t n) -> T* {
     return params.contains(name) ? vec<T>(params[name], name, n, true) : nullptr;
   };
-  const bool full = strategy == "parameter-averaging";
-  Parts vis = parts_arg(vis_parts, cfg.cd.n_visible, "visible_parts");
-  Parts hid = parts_arg(hid_parts, cfg.cd.n_hidden, "hidden_parts");
-  if (vis.count() != cfg.workers || hid.count() != cfg.workers)
-    fail("visible_parts/hidden_parts", "must have one part per worker");
-  const int64_t nb = full ? cfg.cd.n_visible : vis.size(cfg.rank);
-  const int64_t nc = full ? cfg.cd.n_hidden : hid.size(cfg.rank);
   WorkerParams<T> p;
   p.W = opt2("W");
   p.W_inc = opt2("W_inc");
@@ -681,24 +673,60 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   if (!p.b || !p.c) fail("params", "must hold the bias slices 'b' and 'c'");
   if ((cfg.cd.momentum != 0.0) != (p.b_inc != nullptr))
     fail("params", "must hold 'b_inc' and 'c_inc' exactly when momentum is used");
+  return p;
+}
+
+std::vector<int64_t> row_order(const py::array_t<int64_t>& order, int64_t n_rows) {
+  if (order.ndim() != 1) fail("order", "must be 1-D");
+  auto o = order.unchecked<1>();
+  std::vector<int64_t> rows(static_cast<size_t>(order.shape(0)), 0);
+  for (py::ssize_t i = 0; i < order.shape(0); ++i) {
+    rows[size_t(i)] = o(i);
+    if (o(i) < 0 || o(i) >= n_rows) fail("order", "holds a row index outside X");
+  }
+  return rows;
+}
+
+using PhaseCounterMap = std::map<std::string, PhaseCounters, std::less<>>;
+
+py::dict phase_counters_dict(const PhaseCounterMap& stats) {
+  py::dict phases;
+  for (const auto& [phase, c] : stats) {
+    py::dict d;
+    d["bytes_sent"] = c.bytes_sent;
+    d["bytes_recv"] = c.bytes_recv;
+    d["messages"] = c.messages;
+    d["calls"] = c.calls;
+    d["seconds"] = c.seconds;
+    d["wait_seconds"] = c.wait_seconds;
+    d["logical_bytes_sent"] = c.logical_bytes_sent;
+    d["call_seconds"] = c.call_seconds;
+    phases[py::str(phase)] = d;
+  }
+  return phases;
+}
+
+template <class T>
+py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& config,
+                              const py::dict& params, const py::list& vis_parts,
+                              const py::list& hid_parts, const py::object& comm_arg, py::array x,
+                              py::array_t<int64_t> order, uint32_t first_step,
+                              int64_t steps_done, int64_t syncs, const py::object& before_step) {
+  const StrategyConfig cfg = strategy_config(config);
+  Parts vis = parts_arg(vis_parts, cfg.cd.n_visible, "visible_parts");
+  Parts hid = parts_arg(hid_parts, cfg.cd.n_hidden, "hidden_parts");
+  if (vis.count() != cfg.workers || hid.count() != cfg.workers)
+    fail("visible_parts/hidden_parts", "must have one part per worker");
+  const bool full = strategy == "parameter-averaging";
+  WorkerParams<T> p = worker_params<T>(params, cfg, full ? cfg.cd.n_visible : vis.size(cfg.rank),
+                                       full ? cfg.cd.n_hidden : hid.size(cfg.rank));
   auto X = cmat<T>(x, "X");
   if (X.cols != cfg.cd.n_visible) fail("X", "must have n_visible columns");
-  if (order.ndim() != 1) fail("order", "must be 1-D");
-  const int64_t n_order = order.shape(0);
-  auto o = order.template unchecked<1>();
-  std::vector<int64_t> rows(static_cast<size_t>(n_order), 0);
-  for (int64_t i = 0; i < n_order; ++i) {
-    rows[size_t(i)] = o(i);
-    if (o(i) < 0 || o(i) >= X.rows) fail("order", "holds a row index outside X");
-  }
-  const int64_t m = cfg.cd.batch_size;
+  const std::vector<int64_t> rows = row_order(order, X.rows);
+  const int64_t n_order = int64_t(rows.size()), m = cfg.cd.batch_size;
   const int64_t batches = (n_order + m - 1) / m;
   py::array_t<double> errors(batches), seconds(batches);
   py::array_t<int64_t> traffic(batches), wire(batches);
-  double* e = errors.mutable_data();
-  double* s = seconds.mutable_data();
-  int64_t* t = traffic.mutable_data();
-  int64_t* w = wire.mutable_data();
   WorkerCounters counters;
   counters.steps_done = steps_done;
   counters.syncs = syncs;
@@ -724,30 +752,17 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   {
     py::gil_scoped_release nogil;
     auto worker = make_worker<T>(strategy, cfg, p, std::move(vis), std::move(hid), *comm, counters);
-    run_epoch<T>(*worker, *comm, X, rows.data(), n_order, m, first_step, e, s, t, w, hook);
+    run_epoch<T>(*worker, *comm, X, rows.data(), n_order, m, first_step, errors.mutable_data(),
+                 seconds.mutable_data(), traffic.mutable_data(), wire.mutable_data(), hook);
     counters = worker->counters();
-  }
-  std::map<std::string, PhaseCounters, std::less<>> stats;
-  if (shared) stats = shared->stats();
-  py::dict phases;
-  for (const auto& [phase, c] : stats) {
-    py::dict d;
-    d["bytes_sent"] = c.bytes_sent;
-    d["bytes_recv"] = c.bytes_recv;
-    d["messages"] = c.messages;
-    d["calls"] = c.calls;
-    d["seconds"] = c.seconds;
-    d["wait_seconds"] = c.wait_seconds;
-    d["logical_bytes_sent"] = c.logical_bytes_sent;
-    d["call_seconds"] = c.call_seconds;
-    phases[py::str(phase)] = d;
   }
   py::dict out;
   out["errors"] = errors;
   out["seconds"] = seconds;
   out["traffic"] = traffic;
   out["wire"] = wire;
-  out["stats"] = phases;  // threads only: on tcp and mpi the counts are in the Comm
+  // threads only: on tcp and mpi the counts are in the Comm
+  out["stats"] = phase_counters_dict(shared ? shared->stats() : PhaseCounterMap{});
   out["steps_done"] = counters.steps_done;
   out["syncs"] = counters.syncs;
   out["divergence"] = counters.divergence;

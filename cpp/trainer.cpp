@@ -40,99 +40,125 @@ CDTrainer<T>::CDTrainer(const CDConfig& cfg) : cfg_(cfg) {
 }
 
 template <class T>
-double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
-  const CDConfig& c = cfg_;
-  const int64_t V = c.n_visible, H = c.n_hidden, mb = x.rows;
-  if (mb <= 0 || mb > c.batch_size || x.cols != V)
-    throw std::invalid_argument("CDTrainer::step: minibatch shape does not fit the trainer");
-  const bool probs_stats = c.statistics == Statistics::Probabilities;
-  const int64_t chain_rows = c.persistent ? c.batch_size : mb;
+typename CDTrainer<T>::StepViews CDTrainer<T>::step_views(int64_t mb) {
+  const int64_t V = cfg_.n_visible, H = cfg_.n_hidden;
+  StepViews s;
+  s.mb = mb;
+  s.chain_rows = cfg_.persistent ? cfg_.batch_size : mb;
   // Positive and negative statistics share one GEMM scale eps / mb; PCD's chains are
   // averaged over their own count, folded into the value written for each state.
-  const T neg_scale = T(double(mb) / double(chain_rows));
+  s.neg_scale = T(double(mb) / double(s.chain_rows));
+  s.left = view(left_, mb + s.chain_rows, V);
+  s.right = view(right_, mb + s.chain_rows, H);
+  s.left_pos = s.left.block(0, mb, 0, V);
+  s.left_neg = s.left.block(mb, s.chain_rows, 0, V);
+  s.right_pos = s.right.block(0, mb, 0, H);
+  s.right_neg = s.right.block(mb, s.chain_rows, 0, H);
+  s.pre = view(pre_, s.chain_rows, H);
+  s.pre_pos = s.pre.block(0, mb, 0, H);
+  return s;
+}
 
-  MatView<T> w = weights();
-  MatView<T> left = view(left_, mb + chain_rows, V);
-  MatView<T> right = view(right_, mb + chain_rows, H);
-  MatView<T> left_pos = left.block(0, mb, 0, V), left_neg = left.block(mb, chain_rows, 0, V);
-  MatView<T> right_pos = right.block(0, mb, 0, H), right_neg = right.block(mb, chain_rows, 0, H);
-  MatView<T> pre = view(pre_, chain_rows, H);
-  MatView<T> pre_pos = pre.block(0, mb, 0, H);
+template <class T>
+double CDTrainer<T>::step(MatView<const T> x, uint32_t step) {
+  if (x.rows <= 0 || x.rows > cfg_.batch_size || x.cols != cfg_.n_visible)
+    throw std::invalid_argument("CDTrainer::step: minibatch shape does not fit the trainer");
+  const StepViews s = step_views(x.rows);
+  const MatView<T> driver = positive_phase(x, s, step);
+  const double err = negative_phase(x, s, driver, step);
+  update(s);
+  return err;
+}
 
-  // Positive phase: h ~ p(h | x).
-  if (x.data != left_pos.data) scaled_copy(x, left_pos, T(1));
-  gemm<T>(false, false, T(1), cv(left_pos), cv(w), T(0), pre_pos);
-  StreamKey key{c.seed, step, kPhasePositiveHidden};
-  MatView<T> driver;  // hidden states that drive the next visible sample
-  if (probs_stats) {
-    MatView<T> s = view(states_, mb, H);
-    sample_sigmoid<T>(cv(pre_pos), c_.data(), s, T(1), right_pos, T(1), key, 0, Units{});
-    driver = s;
+// h ~ p(h | x) into the positive statistics. Returns the hidden states that drive the
+// first visible sample: the data's (CD) or the persistent chains (PCD).
+template <class T>
+MatView<T> CDTrainer<T>::positive_phase(MatView<const T> x, const StepViews& s, uint32_t step) {
+  if (x.data != s.left_pos.data) scaled_copy(x, s.left_pos, T(1));
+  gemm<T>(false, false, T(1), cv(s.left_pos), cv(weights()), T(0), s.pre_pos);
+  const StreamKey key{cfg_.seed, step, kPhasePositiveHidden};
+  MatView<T> driver = s.right_pos;
+  if (cfg_.statistics == Statistics::Probabilities) {
+    driver = view(states_, s.mb, cfg_.n_hidden);
+    sample_sigmoid<T>(cv(s.pre_pos), c_.data(), driver, T(1), s.right_pos, T(1), key, 0, Units{});
   } else {
-    sample_sigmoid<T>(cv(pre_pos), c_.data(), right_pos, T(1), MatView<T>{}, T(1), key, 0, Units{});
-    driver = right_pos;
+    sample_sigmoid<T>(cv(s.pre_pos), c_.data(), s.right_pos, T(1), MatView<T>{}, T(1), key, 0,
+                      Units{});
   }
-  if (c.persistent) driver = persistent_chains();
+  return cfg_.persistent ? persistent_chains() : driver;
+}
 
-  // Negative phase: k Gibbs steps from the data (CD) or from the chains (PCD).
+// k Gibbs steps from `driver`; the last one's hidden statistics go into right_neg, scaled
+// by -neg_scale. Returns the first reconstruction's squared error (0 for PCD).
+template <class T>
+double CDTrainer<T>::negative_phase(MatView<const T> x, const StepViews& s, MatView<T> driver,
+                                    uint32_t step) {
+  const CDConfig& c = cfg_;
+  const bool probs_stats = c.statistics == Statistics::Probabilities;
+  const bool sample_visible =
+      c.visible == VisibleKind::Binary ? !probs_stats || c.sample_visible : c.gaussian_noise;
+  MatView<const T> w = cv(weights());
+  StreamKey key{c.seed, step, 0};
   double err = 0.0;
   for (int t = 1; t <= c.cd_k; ++t) {
     key.phase = phase_visible(uint32_t(t));
-    gemm<T>(false, true, T(1), cv(driver), cv(w), T(0), left_neg);
-    const bool sample_visible = c.visible == VisibleKind::Binary
-                                    ? !probs_stats || c.sample_visible
-                                    : c.gaussian_noise;
+    gemm<T>(false, true, T(1), cv(driver), w, T(0), s.left_neg);
     const bool monitor = t == 1 && !c.persistent;
-    err += visible_activation<T>(cv(left_neg), b_.data(), left_neg, c.visible, sample_visible,
+    err += visible_activation<T>(cv(s.left_neg), b_.data(), s.left_neg, c.visible, sample_visible,
                                  monitor ? x : MatView<const T>{}, key, 0, Units{});
-    gemm<T>(false, false, T(1), cv(left_neg), cv(w), T(0), pre);
+    gemm<T>(false, false, T(1), cv(s.left_neg), w, T(0), s.pre);
     key.phase = phase_hidden(uint32_t(t));
+    MatView<T> chains = c.persistent ? persistent_chains() : MatView<T>{};
     if (t < c.cd_k) {
-      MatView<T> s = c.persistent ? persistent_chains() : view(states_, chain_rows, H);
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, Units{});
-      driver = s;
+      driver = c.persistent ? chains : view(states_, s.chain_rows, c.n_hidden);
+      sample_sigmoid<T>(cv(s.pre), c_.data(), driver, T(1), MatView<T>{}, T(1), key, 0, Units{});
     } else if (probs_stats) {
-      MatView<T> s = c.persistent ? persistent_chains() : MatView<T>{};
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), right_neg, -neg_scale, key, 0, Units{});
+      sample_sigmoid<T>(cv(s.pre), c_.data(), chains, T(1), s.right_neg, -s.neg_scale, key, 0,
+                        Units{});
     } else if (c.persistent) {
-      MatView<T> s = persistent_chains();
-      sample_sigmoid<T>(cv(pre), c_.data(), s, T(1), MatView<T>{}, T(1), key, 0, Units{});
-      scaled_copy<T>(cv(s), right_neg, -neg_scale);
+      sample_sigmoid<T>(cv(s.pre), c_.data(), chains, T(1), MatView<T>{}, T(1), key, 0, Units{});
+      scaled_copy<T>(cv(chains), s.right_neg, -s.neg_scale);
     } else {
-      sample_sigmoid<T>(cv(pre), c_.data(), right_neg, -neg_scale, MatView<T>{}, T(1), key, 0, Units{});
+      sample_sigmoid<T>(cv(s.pre), c_.data(), s.right_neg, -s.neg_scale, MatView<T>{}, T(1), key,
+                        0, Units{});
     }
   }
+  return err;
+}
 
-  // Update: W <- W + eps/m (x^T h - v'^T h') (+ momentum, - weight decay).
-  const T alpha = T(c.learning_rate / double(mb));
+// W <- W + eps/m (x^T h - v'^T h') (+ momentum, - weight decay), and the biases.
+template <class T>
+void CDTrainer<T>::update(const StepViews& s) {
+  const CDConfig& c = cfg_;
+  const T alpha = T(c.learning_rate / double(s.mb));
   const T decay_lr = T(c.learning_rate * c.weight_decay);
   const T momentum = T(c.momentum);
+  MatView<T> w = weights();
   MatView<T> inc = has_momentum() ? weight_increments() : MatView<T>{};
   if (uses_binary_statistics()) {
-    pack_columns<T>(cv(left_neg), bits_v_.data(), words_);
-    pack_columns<T>(cv(right_neg), bits_hn_.data(), words_);
-    pack_columns<T>(cv(right_pos), bits_h_.data(), words_);
-    const bool binary_data = pack_columns<T>(cv(left_pos), bits_x_.data(), words_);
+    pack_columns<T>(cv(s.left_neg), bits_v_.data(), words_);
+    pack_columns<T>(cv(s.right_neg), bits_hn_.data(), words_);
+    pack_columns<T>(cv(s.right_pos), bits_h_.data(), words_);
+    const bool binary_data = pack_columns<T>(cv(s.left_pos), bits_x_.data(), words_);
     if (!binary_data) {  // x^T h by GEMM, then only the negative counts
       if (has_momentum())
-        gemm<T>(true, false, alpha, cv(left_pos), cv(right_pos), momentum, inc);
+        gemm<T>(true, false, alpha, cv(s.left_pos), cv(s.right_pos), momentum, inc);
       else
-        gemm<T>(true, false, alpha, cv(left_pos), cv(right_pos), T(1) - decay_lr, w);
+        gemm<T>(true, false, alpha, cv(s.left_pos), cv(s.right_pos), T(1) - decay_lr, w);
     }
     bit_statistics_update<T>(w, inc, binary_data ? bits_x_.data() : nullptr, bits_h_.data(),
-                             bits_v_.data(), bits_hn_.data(), words_, alpha, neg_scale,
+                             bits_v_.data(), bits_hn_.data(), words_, alpha, s.neg_scale,
                              momentum, decay_lr);
   } else if (has_momentum()) {
-    gemm<T>(true, false, alpha, cv(left), cv(right), momentum, inc);
+    gemm<T>(true, false, alpha, cv(s.left), cv(s.right), momentum, inc);
     apply_increment<T>(w, inc, decay_lr);
   } else {
-    gemm<T>(true, false, alpha, cv(left), cv(right), T(1) - decay_lr, w);
+    gemm<T>(true, false, alpha, cv(s.left), cv(s.right), T(1) - decay_lr, w);
   }
-  bias_update<T>(b_.data(), visible_bias_increments(), cv(left_pos), cv(left_neg), neg_scale,
-                 alpha, T(c.momentum));
-  bias_update<T>(c_.data(), hidden_bias_increments(), cv(right), MatView<const T>{}, T(0),
-                 alpha, T(c.momentum));
-  return err;
+  bias_update<T>(b_.data(), visible_bias_increments(), cv(s.left_pos), cv(s.left_neg),
+                 s.neg_scale, alpha, momentum);
+  bias_update<T>(c_.data(), hidden_bias_increments(), cv(s.right), MatView<const T>{}, T(0),
+                 alpha, momentum);
 }
 
 template <class T>

@@ -78,6 +78,18 @@ class CDTrainer {
   }
 
  private:
+  // One step's views of the work buffers: mb data rows, chain_rows negative rows (mb, or
+  // the persistent chains' count).
+  struct StepViews {
+    int64_t mb = 0, chain_rows = 0;
+    T neg_scale = T(1);
+    MatView<T> left, right, left_pos, left_neg, right_pos, right_neg, pre, pre_pos;
+  };
+  StepViews step_views(int64_t mb);
+  MatView<T> positive_phase(MatView<const T> x, const StepViews& s, uint32_t step);
+  double negative_phase(MatView<const T> x, const StepViews& s, MatView<T> driver, uint32_t step);
+  void update(const StepViews& s);
+
   MatView<T> view(std::vector<T>& v, int64_t rows, int64_t cols) {
     return {v.data(), rows, cols, cols};
   }
