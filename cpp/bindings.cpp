@@ -327,7 +327,7 @@ void bitstat_t(py::array w, py::object inc, py::object pos_left, py::object pos_
 // ---- trainer -------------------------------------------------------------------------------
 
 template <class T>
-py::array view_of(py::handle owner, T* data, std::vector<py::ssize_t> shape) {
+py::object view_of(py::handle owner, T* data, std::vector<py::ssize_t> shape) {
   if (!data) return py::none();
   std::vector<py::ssize_t> strides;
   if (shape.size() == 2) strides = {py::ssize_t(sizeof(T)) * shape[1], py::ssize_t(sizeof(T))};
@@ -374,7 +374,9 @@ void def_parameter_views(py::class_<CDTrainer<T>>& cls) {
   auto vector = [](T* (Tr::*get)(), int64_t CDConfig::*size) {
     return [get, size](py::object self) -> py::object {
       Tr& t = self.cast<Tr&>();
-      return view_of<T>(self, (t.*get)(), {t.config().*size});
+      T* data = (t.*get)();
+      if (!data) return py::none();
+      return view_of<T>(self, data, {t.config().*size});
     };
   };
   cls.def_property_readonly("W", matrix(&Tr::weights))

@@ -313,12 +313,36 @@ def load_config(path: str | Path) -> dict:
 
 def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
     """The rules between fields that a schema cannot say."""
-    given_kind = "kind" in given_data
-    training, data, model, grid = cfg["training"], cfg["data"], cfg["model"], cfg["grid"]
+    training = cfg["training"]
     if "steps" in training and "cases" in training:
         raise ConfigError(f"{path}: training: give 'steps' or 'cases', not both")
     if "steps" not in training and "cases" not in training:
         training["steps"] = DEFAULT_STEPS
+    _check_data(path, cfg["data"], given_data)
+    _resolve_strategies(path, cfg["grid"])
+    points = grid_points(cfg)
+    _check_sizes(path, cfg, points)
+    _check_points(path, cfg, points)
+    _check_memory(path, cfg, points)
+    if any(p["transport"] == "mpi" for p in points):
+        from parrbm.harness.comm import CommError
+        from parrbm.harness.launch import mpiexec
+
+        try:
+            mpiexec()
+            import mpi4py  # noqa: F401
+        except (CommError, ImportError):
+            raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
+                              f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
+    _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
+    if "network" in cfg:
+        _check_network(path, cfg, points)
+
+
+def _check_data(path: Path, data: dict, given_data: dict) -> None:
+    """data.path only with kind npy (resolved beside the config, and a .npy file that
+    exists); cases and seed only for the random kinds."""
+    given_kind = "kind" in given_data
     if "path" in data and data["kind"] != "npy":
         raise ConfigError(f"{path}: data.path: is read only with kind 'npy' (data.kind is "
                           f"{data['kind']!r}{'' if given_kind else ' by default'}); "
@@ -337,23 +361,30 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             own = "the rows of the .npy file are" if data["kind"] == "npy" else "the digits data set has"
             raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases "
                               f"(remove '{key}')")
-    from parrbm.strategies.registry import StrategyError
 
-    from parrbm.strategies.registry import reference
+
+def _resolve_strategies(path: Path, grid: dict) -> None:
+    """grid.strategy as the workers import it: a registered name, or module:Class (a
+    plug-in file beside the config made absolute)."""
+    from parrbm.strategies.registry import StrategyError, reference
 
     listed = grid["strategy"] if isinstance(grid["strategy"], list) else [grid["strategy"]]
     named = []
     for i, s in enumerate(listed):
         module, _, cls = s.rpartition(":")
-        if module.endswith(".py") and not Path(module).is_absolute():  # a plug-in file beside the config
+        if module.endswith(".py") and not Path(module).is_absolute():
             s = f"{(path.parent / module).resolve()}:{cls}"
         try:
-            named.append(reference(s))  # registered name, or module:Class as the workers import it
+            named.append(reference(s))
         except StrategyError as exc:
             at = f"[{i}]" if isinstance(grid["strategy"], list) else ""
             raise ConfigError(f"{path}: grid.strategy{at}: {exc}") from None
     grid["strategy"] = named if isinstance(grid["strategy"], list) else named[0]
-    points = grid_points(cfg)
+
+
+def _check_sizes(path: Path, cfg: dict, points: list[dict]) -> None:
+    """At least one minibatch of cases, and the digits data set's own sizes."""
+    data, training, model, grid = cfg["data"], cfg["training"], cfg["model"], cfg["grid"]
     batches = sorted({p["batch_size"] for p in points})
     where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
     if "cases" in data and data["cases"] < batches[-1]:
@@ -366,17 +397,21 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
         raise ConfigError(f"{path}: {where_m}: {batches[-1]} is larger than the 1797 cases of the digits data set")
     if data["kind"] == "digits" and model["visible"] != 64:
         raise ConfigError(f"{path}: model.visible: the digits data set has 64 features, got {model['visible']}")
+
+
+def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
+    """Every grid point's split of the units and its strategy's options."""
+    from parrbm.harness.runner import check_options
+    from parrbm.strategies import StrategyOptions
     from parrbm.strategies.rules import split_refusal
 
+    model, training = cfg["model"], cfg["training"]
     for p in points:
         why = split_refusal(p["strategy"], n_visible=model["visible"], n_hidden=model["hidden"],
                             batch_size=p["batch_size"], workers=p["workers"])
         if why:
             raise ConfigError(f"{path}: grid.workers: {p['strategy']} at K = {p['workers']}, minibatch "
                               f"{p['batch_size']}: {why}")
-    from parrbm.harness.runner import check_options
-    from parrbm.strategies import StrategyOptions
-
     for p in points:
         if p["strategy"] == "serial":
             continue
@@ -386,20 +421,6 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
                           training["engine"])
         except ValueError as exc:
             raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
-    _check_memory(path, cfg, points)
-    if any(p["transport"] == "mpi" for p in points):
-        from parrbm.harness.comm import CommError
-        from parrbm.harness.launch import mpiexec
-
-        try:
-            mpiexec()
-            import mpi4py  # noqa: F401
-        except (CommError, ImportError):
-            raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
-                              f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
-    _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
-    if "network" in cfg:
-        _check_network(path, cfg, points)
 
 
 def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
@@ -889,7 +910,8 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
     An existing results file is continued with ``resume`` (only if it was written under
     the same configuration), set aside and started afresh with ``overwrite``, and
     otherwise refused: recorded results are never deleted."""
-    from parrbm.harness.results import WriterLock, identity_diff, scan, set_aside, set_aside_torn
+    from parrbm.analysis.compare import profile_path
+    from parrbm.harness.results import WriterLock
 
     if resume and overwrite:
         raise ConfigError("--resume continues a results file and --overwrite starts a new one: give one of them")
@@ -906,88 +928,108 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
         raise ConfigError(f"name: {cfg['name']!r} would write outside {out_dir}")
     identity = run_identity(cfg)
     check_data_of(cfg)
-    from parrbm.analysis.compare import profile_path
-
     where = profile_path(results)
     try:
         lock = WriterLock(results).__enter__()
     except ResultsError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        done: dict[str, dict] = {}
-        if results.exists() and not results.is_file():
-            raise ConfigError(f"{results}: exists and is not a file")
-        if results.exists() and results.stat().st_size > 0:
-            if overwrite:
-                kept = set_aside(results, "replaced")
-                progress(f"note: the previous results were moved to {kept}")
-                if where.exists():
-                    set_aside(where, "replaced")
-            elif not resume:
-                try:
-                    n = len(scan(results).records)
-                except ResultsError:
-                    n = None
-                held = f"holds {n} record(s)" if n is not None else "exists (and is not a clean results file)"
-                raise ConfigError(f"{results} already {held}: give --resume to continue it (same config), "
-                                  f"--overwrite to start again (the old file is kept beside it, renamed), "
-                                  f"or another --out or name")
-            else:
-                try:
-                    rf = scan(results)
-                except ResultsError as exc:
-                    raise ConfigError(str(exc)) from None
-                from parrbm.strategies.registry import StrategyError, source_digest
-
-                for r in rf.records:
-                    try:
-                        now = source_digest(r.get("strategy"))
-                    except StrategyError:
-                        now = None
-                    if r.get("strategy_sha256") and now and r["strategy_sha256"] != now:
-                        raise ConfigError(f"{results}: the code of strategy {r['strategy']!r} changed since run "
-                                          f"{r.get('run_id')} was recorded (sha256 {r['strategy_sha256'][:12]}... "
-                                          f"then, {now[:12]}... now); --resume would mix two versions. Use "
-                                          f"--overwrite (the old file is kept beside it) or another --out or name")
-                    diff = identity_diff(r.get("identity"), identity)
-                    if diff:
-                        raise ConfigError(
-                            f"{results} was written under another configuration; --resume would mix two "
-                            f"experiments. Differing fields: {'; '.join(diff[:8])}"
-                            + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
-                            + ". Use --overwrite (the old file is kept beside it) or another --out or name")
-                if rf.torn is not None:
-                    side = set_aside_torn(rf)
-                    progress(f"note: {results} line {rf.torn_line} was incomplete (an interrupted write); "
-                             f"it was moved to {side} and the {len(rf.records)} good record(s) kept")
-                done = {r["run_id"]: r for r in rf.records if r.get("status") == "ok" and "run_id" in r}
+        done = _results_to_continue(results, where, identity, resume=resume, overwrite=overwrite,
+                                    progress=progress)
         if calibrate:
-            from parrbm.analysis.calibrate import calibrate as measure
-
-            if resume and where.exists():
-                from parrbm.analysis.timemodel import Profile
-
-                try:
-                    Profile.load(where)
-                except ValueError as exc:
-                    raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
-            else:
-                transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-                profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
-                from parrbm.analysis.calibrate import calibrate_network
-                from parrbm.harness.network import LinkSpec
-
-                links = network_links_of(cfg)  # the emulated links the runs will use
-                if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
-                    links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
-                for link in links:
-                    calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
-                                      quick=True, progress=progress)
-                profile.save(where)
+            _calibrate_for(cfg, where, resume=resume, progress=progress)
         _run_points(cfg, results, identity, done, progress)
     finally:
         lock.__exit__(None, None, None)
     return results
+
+
+def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: bool, overwrite: bool,
+                         progress) -> dict[str, dict]:
+    """The finished records of ``results`` by run_id, for ``resume``; with ``overwrite``
+    the old file (and its profile) set aside; otherwise an existing file refused."""
+    from parrbm.harness.results import scan, set_aside, set_aside_torn
+
+    if results.exists() and not results.is_file():
+        raise ConfigError(f"{results}: exists and is not a file")
+    if not results.exists() or results.stat().st_size == 0:
+        return {}
+    if overwrite:
+        kept = set_aside(results, "replaced")
+        progress(f"note: the previous results were moved to {kept}")
+        if where.exists():
+            set_aside(where, "replaced")
+        return {}
+    if not resume:
+        try:
+            n = len(scan(results).records)
+        except ResultsError:
+            n = None
+        held = f"holds {n} record(s)" if n is not None else "exists (and is not a clean results file)"
+        raise ConfigError(f"{results} already {held}: give --resume to continue it (same config), "
+                          f"--overwrite to start again (the old file is kept beside it, renamed), "
+                          f"or another --out or name")
+    try:
+        rf = scan(results)
+    except ResultsError as exc:
+        raise ConfigError(str(exc)) from None
+    for r in rf.records:
+        _check_same_experiment(r, results, identity)
+    if rf.torn is not None:
+        side = set_aside_torn(rf)
+        progress(f"note: {results} line {rf.torn_line} was incomplete (an interrupted write); "
+                 f"it was moved to {side} and the {len(rf.records)} good record(s) kept")
+    return {r["run_id"]: r for r in rf.records if r.get("status") == "ok" and "run_id" in r}
+
+
+def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
+    """Refuse to --resume into a file whose record ran under another configuration or
+    another version of its strategy's code."""
+    from parrbm.harness.results import identity_diff
+    from parrbm.strategies.registry import StrategyError, source_digest
+
+    try:
+        now = source_digest(record.get("strategy"))
+    except StrategyError:
+        now = None
+    then = record.get("strategy_sha256")
+    if then and now and then != now:
+        raise ConfigError(f"{results}: the code of strategy {record['strategy']!r} changed since run "
+                          f"{record.get('run_id')} was recorded (sha256 {then[:12]}... then, {now[:12]}... "
+                          f"now); --resume would mix two versions. Use --overwrite (the old file is kept "
+                          f"beside it) or another --out or name")
+    diff = identity_diff(record.get("identity"), identity)
+    if diff:
+        raise ConfigError(
+            f"{results} was written under another configuration; --resume would mix two "
+            f"experiments. Differing fields: {'; '.join(diff[:8])}"
+            + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
+            + ". Use --overwrite (the old file is kept beside it) or another --out or name")
+
+
+def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress) -> None:
+    """Measure this machine for the config's transports and emulated links (quick) into
+    ``where``; on --resume an existing profile is kept (and must load)."""
+    from parrbm.analysis.calibrate import calibrate as measure
+    from parrbm.analysis.calibrate import calibrate_network
+    from parrbm.analysis.timemodel import Profile
+    from parrbm.harness.network import LinkSpec
+
+    if resume and where.exists():
+        try:
+            Profile.load(where)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
+        return
+    transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
+    profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
+    links = network_links_of(cfg)  # the emulated links the runs will use
+    if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
+        links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
+    for link in links:
+        calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
+                          quick=True, progress=progress)
+    profile.save(where)
 
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) -> None:

@@ -152,3 +152,15 @@ def test_arrays_with_an_equal_dtype_object_of_their_own_are_taken():
     assert X2.dtype == X.dtype and X2.dtype is not X.dtype
     b.run(X2, order2, 0)
     np.testing.assert_array_equal(a.W, b.W)
+
+
+@pytest.mark.parametrize("cls", [_core.CDTrainer32, _core.CDTrainer64])
+def test_parameter_views_are_none_where_the_trainer_has_no_buffer(cls):
+    plain = cls(6, 4, 3)
+    assert plain.W.shape == (6, 4) and plain.b.shape == (6,) and plain.c.shape == (4,)
+    assert plain.W_inc is None and plain.b_inc is None and plain.c_inc is None and plain.chains is None
+    full = cls(6, 4, 3, momentum=0.5, persistent=True)
+    assert full.W_inc.shape == (6, 4) and full.b_inc.shape == (6,) and full.c_inc.shape == (4,)
+    assert full.chains.shape == (3, 4)
+    full.b_inc[:] = 2.0  # views of the trainer's own buffers
+    assert np.all(full.b_inc == 2.0) and full.b_inc.dtype == full.W.dtype
