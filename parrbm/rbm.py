@@ -422,46 +422,16 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             try:
                 first_epoch = self.epochs_done_
                 for epoch in range(self.epochs_done_, int(self.n_iter)):
-                    lr = self.learning_rate_at(epoch)
-                    if lr != self.spec_.learning_rate:
-                        self.spec_ = self.spec_.replace(learning_rate=lr)
-                        self._strategy.set_learning_rate(lr)
-                    order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
-                    good = ModelState(**{k: None if a is None else a.copy()
-                                         for k, a in vars(self._state).items()})
-                    good_steps = self.n_steps_
-                    t0 = time.perf_counter()
                     self._same_data = epoch > first_epoch
-                    err = self._train_epoch(X, order)
-                    problem = self._diverged(err)
-                    if problem:
-                        self._state, self.n_steps_ = good, good_steps
-                        self._strategy.load_model(good)
-                        self._export()
-                        raise DivergenceError(
-                            f"RBM: training diverged in epoch {epoch + 1} at learning_rate={lr:g}: {problem}. "
-                            f"The model is left as after epoch {epoch}"
-                            + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
-                            + f". Try learning_rate={lr / 10:g}"
-                            + (" (Gaussian visible units need a smaller rate than binary ones, and data "
-                               "standardised per dimension)" if self.visible == "gaussian" else ""))
-                    self.reconstruction_error_.append(err)
-                    self.epochs_done_ = epoch + 1
-                    entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
-                             **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
-                             "seconds": time.perf_counter() - t0}
-                    self.history_.append(entry)
-                    if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
-                                             or self.epochs_done_ == int(self.n_iter)):
-                        self._checkpoint(ckpt)
+                    entry = self._fit_epoch(epoch, X, monitor, ckpt)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(recon=f"{err:.4g}")
+                        bar.set_postfix(recon=f"{entry['reconstruction_error']:.4g}")
                     if self.verbose:
                         extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
                             "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
-                        print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error {err:.6f}{extra}, "
-                              f"{entry['seconds']:.2f} s")
+                        print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error "
+                              f"{entry['reconstruction_error']:.6f}{extra}, {entry['seconds']:.2f} s")
                 if self.epochs_done_ == int(self.n_iter) and hasattr(self._strategy, "finish"):
                     self._strategy.finish()  # replicas apart (local steps) are brought together
                     self._state = self._strategy.gather_model()
@@ -473,6 +443,41 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 if hasattr(self._strategy, "close"):
                     self._strategy.close()  # the worker processes of a tcp or mpi fit stop with it
         return self
+
+    def _fit_epoch(self, epoch: int, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None) -> dict:
+        """One epoch at its learning rate, in its own order; a diverged epoch is undone
+        (:class:`DivergenceError`). Returns the epoch's ``history_`` entry."""
+        lr = self.learning_rate_at(epoch)
+        if lr != self.spec_.learning_rate:
+            self.spec_ = self.spec_.replace(learning_rate=lr)
+            self._strategy.set_learning_rate(lr)
+        order = np.random.default_rng([self.seed_, 0x0E90C4, epoch]).permutation(X.shape[0])
+        good = ModelState(**{k: None if a is None else a.copy() for k, a in vars(self._state).items()})
+        good_steps = self.n_steps_
+        t0 = time.perf_counter()
+        err = self._train_epoch(X, order)
+        problem = self._diverged(err)
+        if problem:
+            self._state, self.n_steps_ = good, good_steps
+            self._strategy.load_model(good)
+            self._export()
+            raise DivergenceError(
+                f"RBM: training diverged in epoch {epoch + 1} at learning_rate={lr:g}: {problem}. "
+                f"The model is left as after epoch {epoch}"
+                + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
+                + f". Try learning_rate={lr / 10:g}"
+                + (" (Gaussian visible units need a smaller rate than binary ones, and data "
+                   "standardised per dimension)" if self.visible == "gaussian" else ""))
+        self.reconstruction_error_.append(err)
+        self.epochs_done_ = epoch + 1
+        entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
+                 **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
+                 "seconds": time.perf_counter() - t0}
+        self.history_.append(entry)
+        if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
+                                 or self.epochs_done_ == int(self.n_iter)):
+            self._checkpoint(ckpt)
+        return entry
 
     def _diverged(self, err: float) -> str | None:
         s = self._state
