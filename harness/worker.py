@@ -173,7 +173,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     from parrbm.config import CDSpec
     from parrbm.harness.comm import Comm
     from parrbm.harness.launch import read_state, save_state, write_atomic
-    from parrbm.harness.runner import train_native, train_on, worker_class
+    from parrbm.harness.runner import worker_class
     from parrbm.strategies.base import StrategyOptions
 
     _core.set_blas_threads(int(job["blas_threads"]))
@@ -205,22 +205,8 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         result: dict = {}
         gather = op == "gather" or bool(cmd.get("gather"))  # the model, after the command's own work
         if op == "epoch":
-            new_spec = CDSpec(**cmd["spec"])
-            if new_spec != worker.spec:  # a schedule's next learning rate
-                worker.spec = spec = new_spec
-            if cmd["data"] not in data:
-                data.clear()
-                data[cmd["data"]] = np.load(job_dir / cmd["data"], mmap_mode="r")
-            X = np.asarray(data[cmd["data"]])
-            order = np.load(job_dir / cmd["order"])
-            if native:  # the core's epoch loop, its collectives those of comm
-                errors, seconds, traffic, stats, wire = train_native(worker, comm, X, order, cmd["first_step"],
-                                                                     before_step=fault)
-            else:
-                m = spec.batch_size
-                batches = [order[s:s + m] for s in range(0, len(order), m)]
-                errors, seconds, traffic, stats, wire = train_on(worker, comm, X, batches, cmd["first_step"])
-            result = {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
+            result = _epoch(worker, comm, cmd, data, job_dir, native=native, fault=fault)
+            spec = worker.spec  # a reloaded worker keeps the schedule's learning rate
         elif op == "gather":
             pass
         elif op == "load":
@@ -253,6 +239,32 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
                 save_state(job_dir / f"model-{n}", model)
             result["admin_stats"] = {p: asdict(s) for p, s in comm.stats.items() if p not in before}
         write_atomic(job_dir / f"result-{n}-{rank}.json", json.dumps(result))
+
+
+def _epoch(worker, comm, cmd: dict, data: dict[str, np.ndarray], job_dir: Path, *, native: bool,
+           fault) -> dict:
+    """The ``epoch`` command: the minibatches of the shared data file in the launcher's
+    order, by the core's loop (``native``) or step by step. ``data`` keeps the current
+    data file mapped between epochs."""
+    from parrbm.config import CDSpec
+    from parrbm.harness.runner import train_native, train_on
+
+    new_spec = CDSpec(**cmd["spec"])
+    if new_spec != worker.spec:  # a schedule's next learning rate
+        worker.spec = new_spec
+    if cmd["data"] not in data:
+        data.clear()
+        data[cmd["data"]] = np.load(job_dir / cmd["data"], mmap_mode="r")
+    X = np.asarray(data[cmd["data"]])
+    order = np.load(job_dir / cmd["order"])
+    if native:  # the core's epoch loop, its collectives those of comm
+        errors, seconds, traffic, _, wire = train_native(worker, comm, X, order, cmd["first_step"],
+                                                         before_step=fault)
+    else:
+        m = worker.spec.batch_size
+        batches = [order[s:s + m] for s in range(0, len(order), m)]
+        errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, cmd["first_step"])
+    return {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
 
 
 def _next_command(job_dir: Path, n: int, launcher_pid: int | None) -> dict | None:
