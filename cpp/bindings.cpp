@@ -5,12 +5,14 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "barrier.hpp"
 #include "communicator.hpp"
@@ -26,6 +28,50 @@ using namespace parrbm;
 
 namespace {
 
+// Taking the GIL back while the interpreter finalizes ends the thread with pthread_exit,
+// and its unwinding through a C++ destructor terminates the whole process ("terminate
+// called without an active exception"). A worker thread that leaves the core at that
+// moment (a run stopped by Ctrl-C) is parked instead, as CPython 3.14 parks its daemon
+// threads: the process is exiting, and nothing would run after the thread anyway.
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+[[noreturn]] void park_thread() {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+// py::gil_scoped_release that parks rather than take the GIL back during finalization.
+class NoGil {
+ public:
+  NoGil() : state_(PyEval_SaveThread()) {}
+  ~NoGil() {
+    if (interpreter_finalizing()) park_thread();
+    PyEval_RestoreThread(state_);
+  }
+  NoGil(const NoGil&) = delete;
+  NoGil& operator=(const NoGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
+// py::gil_scoped_acquire for the core's calls back into Python, with the same care.
+class WithGil {
+ public:
+  WithGil() {
+    if (interpreter_finalizing()) park_thread();
+    gil_.emplace();
+  }
+
+ private:
+  std::optional<py::gil_scoped_acquire> gil_;
+};
+
 // Handing the GIL to a waiting thread and taking it back costs a wake-up each way, tens
 // of microseconds: more than a small model's kernels. Threads of one run (the threads
 // transport) would then spend their steps trading the GIL around every call. A kernel
@@ -39,7 +85,7 @@ class ReleaseGilIfLong {
   }
 
  private:
-  std::optional<py::gil_scoped_release> release_;
+  std::optional<NoGil> release_;
 };
 
 // Rough per-element costs (ns) of the kernels on one core, for ReleaseGilIfLong only.
@@ -404,7 +450,7 @@ py::object trainer_run(CDTrainer<T>& t, py::array x,
   py::array_t<double> seconds(timed ? (n + m - 1) / m : 0);
   double* sec = timed ? seconds.mutable_data() : nullptr;
   {
-    py::gil_scoped_release nogil;
+    NoGil nogil;
     t.run(X, o, n, first_step, e, sec);
   }
   if (timed) return py::make_tuple(errors, seconds);
@@ -419,7 +465,7 @@ auto row_map(int64_t CDConfig::*cols, F f) {
     if (X.cols != t.config().n_visible) fail("x", "has the wrong number of columns");
     py::array_t<T> out({X.rows, t.config().*cols});
     auto O = mat<T>(out, "out", true);
-    py::gil_scoped_release nogil;
+    NoGil nogil;
     f(t, X, O);
     return out;
   };
@@ -443,7 +489,7 @@ void bind_trainer(py::module_& m, const char* name) {
             if (X.cols != t.config().n_visible || X.rows < 1 || X.rows > t.config().batch_size)
               fail("x", "must have shape (m, " + std::to_string(t.config().n_visible) +
                             ") with 1 <= m <= " + std::to_string(t.config().batch_size));
-            py::gil_scoped_release nogil;
+            NoGil nogil;
             return t.step(X, step);
           },
           py::arg("x"), py::arg("step"),
@@ -484,36 +530,36 @@ class PythonComm final : public Communicator {
 #define PARRBM_PYTHON_COLLECTIVES_OF(T)                                                          \
   void allgather(MatView<const T> block, MatView<T> out, const Parts& parts,                    \
                  const char* phase) override {                                                  \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     comm_.attr("allgather")(view(block), view(out), partition(parts), py::arg("phase") = phase); \
   }                                                                                             \
   void allgather_bits(MatView<const T> states, MatView<T> out, const Parts& parts,              \
                       const char* phase) override {                                             \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     comm_.attr("allgather_bits")(view(states), view(out), partition(parts),                     \
                                  py::arg("phase") = phase);                                     \
   }                                                                                             \
   void reduce_scatter(MatView<const T> partial, MatView<T> out, const Parts& parts,             \
                       const char* phase) override {                                             \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     comm_.attr("reduce_scatter")(view(partial), view(out), partition(parts),                    \
                                  py::arg("phase") = phase);                                     \
   }                                                                                             \
   void alltoall(const std::vector<MatView<const T>>& sends, const std::vector<MatView<T>>& outs, \
                 const char* phase) override {                                                   \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     py::list s, o;                                                                              \
     for (const auto& a : sends) s.append(view(a));                                              \
     for (const auto& a : outs) o.append(view(a));                                               \
     comm_.attr("alltoall")(s, o, py::arg("phase") = phase);                                     \
   }                                                                                             \
   void allreduce(T* flat, int64_t n, const char* phase) override {                              \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     comm_.attr("allreduce")(flat_view(flat, n), py::arg("phase") = phase);                     \
   }                                                                                             \
   void gather_sum(T* flat, int64_t n, const char* phase) override { gather_sum_t<T>(flat, n, phase); } \
   void bcast(T* flat, int64_t n, const char* phase) override {                                  \
-    py::gil_scoped_acquire gil;                                                                 \
+    WithGil gil;                                                                 \
     comm_.attr("bcast")(flat_view(flat, n), py::arg("root") = 0, py::arg("phase") = phase);     \
   }
 
@@ -522,12 +568,12 @@ class PythonComm final : public Communicator {
 #undef PARRBM_PYTHON_COLLECTIVES_OF
 
   void shared_sync(int64_t logical_bytes_sent, const char* phase) override {
-    py::gil_scoped_acquire gil;
+    WithGil gil;
     comm_.attr("shared_sync")(logical_bytes_sent, py::arg("phase") = phase);
   }
 
   SentBytes sent(const std::function<bool(std::string_view)>& counted) const override {
-    py::gil_scoped_acquire gil;
+    WithGil gil;
     SentBytes n;
     for (auto item : comm_.attr("stats").cast<py::dict>()) {
       const auto phase = item.first.cast<std::string>();
@@ -574,7 +620,7 @@ class PythonComm final : public Communicator {
   // comm.py's gather to rank 0, summed there in rank order (as the Python strategy sums it).
   template <class T>
   void gather_sum_t(T* flat, int64_t n, const char* phase) {
-    py::gil_scoped_acquire gil;
+    WithGil gil;
     py::object parts = comm_.attr("gather")(flat_view(flat, n), py::arg("root") = 0,
                                             py::arg("phase") = phase);
     if (parts.is_none()) return;
@@ -747,12 +793,12 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
   std::function<void(uint32_t)> hook;
   if (!before_step.is_none()) {
     hook = [&before_step](uint32_t step) {
-      py::gil_scoped_acquire gil;
+      WithGil gil;
       before_step(step);
     };
   }
   {
-    py::gil_scoped_release nogil;
+    NoGil nogil;
     auto worker = make_worker<T>(strategy, cfg, p, std::move(vis), std::move(hid), *comm, counters);
     run_epoch<T>(*worker, *comm, X, rows.data(), n_order, m, first_step, errors.mutable_data(),
                  seconds.mutable_data(), traffic.mutable_data(), wire.mutable_data(), hook);
@@ -873,7 +919,7 @@ PYBIND11_MODULE(_core, m) {
           py::array_t<double> out({rows, cols});
           MatView<double> o{out.mutable_data(), rows, cols, std::max<int64_t>(cols, 1)};
           const Units units = units_arg(unit0, unit_index, cols);
-          py::gil_scoped_release nogil;
+          NoGil nogil;
           uniforms(o, stream_key(seed, step, phase), case0, units);
           return out;
         },
@@ -920,7 +966,7 @@ PYBIND11_MODULE(_core, m) {
              if (!(timeout > 0)) fail("timeout", "must be > 0 seconds");
              Barrier::Result r;
              {
-               py::gil_scoped_release nogil;
+               NoGil nogil;
                r = b.wait(timeout);
              }
              return r == Barrier::Result::Passed ? "passed" : r == Barrier::Result::TimedOut ? "timeout" : "broken";

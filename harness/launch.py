@@ -465,7 +465,13 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
     if done is None and all(c == 0 for c in codes) and all((job_dir / f"result-{r}.json").exists()
                                                            for r in range(K)):
         return
-    # Name the cause: a worker that died without a word, else the first error reported.
+    _raise_failure(procs, job_dir, K, timeout, transport, codes, stopped=stopped, killed=killed)
+
+
+def _raise_failure(procs, job_dir: Path, K: int, timeout: float, transport: str, codes: list[int], *,
+                   stopped: list[int], killed: set[int]) -> None:
+    """Raise the :class:`CommError` that names the cause of a failed run: a worker that
+    stopped answering, one that died without a word, else the first error reported."""
     reports = {r: (job_dir / f"error-{r}.txt").read_text().strip()
                for r in range(K) if (job_dir / f"error-{r}.txt").exists()}
     if transport == "tcp":

@@ -22,12 +22,13 @@ import hashlib
 import json
 import math
 import os
-import signal
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from parrbm.harness.signals import signals_held
 
 
 class ResultsError(ValueError):
@@ -199,18 +200,13 @@ def finite_record(record: dict) -> dict:
 
 
 def append_record(path: Path, record: dict) -> None:
-    """One whole line of strict JSON, flushed and fsync'd, with Ctrl-C held off while it is
-    written."""
+    """One whole line of strict JSON, flushed and fsync'd, with Ctrl-C and SIGTERM held
+    off while it is written."""
     line = (json.dumps(finite_record(record), allow_nan=False) + "\n").encode()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
-    try:
-        with open(path, "ab") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    with signals_held(), open(path, "ab") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 # ---- identity ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from parrbm import _core
 from parrbm.harness.comm import Comm, CommError, Transport
+from parrbm.harness.signals import signals_held
 
 
 class ThreadsHub:
@@ -96,10 +97,21 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
 
     threads = [threading.Thread(target=work, args=(r,), name=f"parrbm-worker-{r}") for r in range(size)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:
+            # Ctrl-C or SIGTERM: the workers stop at their next collective, and the
+            # exception leaves only once they have, so that none is still inside the core
+            # when the interpreter exits (nor runs its epoch to the end after Ctrl-C).
+            hub.abort()
+            deadline = time.monotonic() + timeout + 5.0
+            with signals_held():
+                for t in threads:
+                    t.join(max(0.0, deadline - time.monotonic()))
+            raise
     finally:
         if previous > 0:
             _core.set_blas_threads(previous)

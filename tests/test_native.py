@@ -221,3 +221,71 @@ def test_the_core_names_the_phases_as_the_strategies_do():
     python_names = {k: v for k, v in vars(phases).items() if k.isupper() and k != "GATHER_MODEL"}
     assert _core.PHASES == python_names
     assert phases.GATHER_MODEL.startswith("gather-")
+
+
+# ---- leaving the core while the interpreter stops --------------------------------------------
+
+_FINALIZING = """
+import os, threading, time
+import numpy as np
+from parrbm import _core
+barrier = _core.Barrier(2)
+threading.Thread(target=lambda: barrier.wait(0.3), daemon=True).start()  # times out, alone
+a = np.ones((1500, 1500))
+threading.Thread(target=lambda: _core.gemm(a, a, np.empty_like(a)), daemon=True).start()
+class SlowToGo:  # holds the interpreter in its finalization while the threads come back
+    def __del__(self, sleep=time.sleep, write=os.write):
+        sleep(1.0)
+        write(1, b"finalized\\n")
+s = SlowToGo(); s.cycle = s
+del s
+time.sleep(0.05)
+"""
+
+
+def test_threads_leaving_the_core_during_interpreter_exit_do_not_abort_the_process(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FINALIZING], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode == 0 and "terminate" not in out.stderr, out.stderr[-500:]
+    assert "finalized" in out.stdout  # the threads did come back while the interpreter was stopping
+
+
+_INTERRUPTED_FIT = """
+import sys
+import numpy as np
+from parrbm import RBM
+X = (np.random.default_rng(0).random((60000, 1500)) < 0.3).astype(np.float32)
+print("fitting", flush=True)
+RBM(n_hidden=1500, n_iter=100, batch_size=20, strategy=sys.argv[1], workers=2, random_state=0,
+    progress=False).fit(X)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["green-only", "unit-partitioned", "parameter-averaging"])
+def test_ctrl_c_stops_a_threads_fit_at_once_and_cleanly(tmp_path, strategy):
+    """Ctrl-C stops the K worker threads at their next collective: the process neither
+    finishes the epoch nor leaves a worker in the core as it exits (twice: at once and
+    again while it stops)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for second in (None, 0.01):
+        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_FIT, strategy], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        assert proc.stdout.readline().strip() == "fitting"
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        if second is not None:
+            time.sleep(second)
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+        assert "KeyboardInterrupt" in err and "terminate" not in err, err[-800:]
+        assert proc.returncode in (1, -signal.SIGINT), (proc.returncode, err[-800:])
+        assert took < 5.0, f"{strategy}: {took:.1f} s from Ctrl-C to exit"  # an epoch here takes 13-25 s
