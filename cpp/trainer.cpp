@@ -78,7 +78,12 @@ MatView<T> CDTrainer<T>::positive_phase(MatView<const T> x, const StepViews& s, 
   gemm<T>(false, false, T(1), cv(s.left_pos), cv(weights()), T(0), s.pre_pos);
   const StreamKey key{cfg_.seed, step, kPhasePositiveHidden};
   MatView<T> driver = s.right_pos;
-  if (cfg_.statistics == Statistics::Probabilities) {
+  if (cfg_.statistics == Statistics::Probabilities && cfg_.persistent) {
+    // the chains drive the negative phase and the statistics take probabilities: the
+    // data's hidden states would be drawn for nothing (a third of a step's draws)
+    sample_sigmoid<T>(cv(s.pre_pos), c_.data(), MatView<T>{}, T(1), s.right_pos, T(1), key, 0,
+                      Units{});
+  } else if (cfg_.statistics == Statistics::Probabilities) {
     driver = view(states_, s.mb, cfg_.n_hidden);
     sample_sigmoid<T>(cv(s.pre_pos), c_.data(), driver, T(1), s.right_pos, T(1), key, 0, Units{});
   } else {

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from parrbm import _validation as v
 from parrbm.config import DTYPES, STATISTICS, TRANSPORTS, VISIBLE_TYPES, CDSpec, ModelState
@@ -548,12 +548,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         from parrbm.harness.runner import ParallelRunner
 
         if isinstance(self._strategy, ParallelRunner):
-            return threadpool_limits(limits=self._strategy.blas_threads, user_api="blas")
+            return _blas_limit(self._strategy.blas_threads)
         spec = self.spec_
         if spec.batch_size * spec.n_visible * spec.n_hidden < SMALL_GEMM:
             # a step's GEMMs this small run no faster on more threads, and waking the pool
             # costs more than they do (digits, m = 10: 1.04-1.20x the one-thread fit)
-            return threadpool_limits(limits=1, user_api="blas")
+            return _blas_limit(1)
         return contextlib.nullcontext()
 
     @property
@@ -965,6 +965,19 @@ def _network_option(value, transport: str):
     if why:
         raise ValueError(f"{name}: {why}")
     return LinkSpec(bandwidth, latency)
+
+
+_BLAS: ThreadpoolController | None = None
+
+
+def _blas_limit(threads: int):
+    """Limit every BLAS in the process (the core's and numpy's) to ``threads`` for a
+    ``with`` block. The libraries are found once: finding them costs about a millisecond,
+    as much as a small model's epoch."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=threads, user_api="blas")
 
 
 class _Monitor:
