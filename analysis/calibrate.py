@@ -116,12 +116,14 @@ def strategy_overheads(quick: bool = False) -> dict[str, float]:
     X = (np.random.default_rng(2).random((4, 8)) < 0.5).astype(np.float32)
     steps = 40 if quick else 100
     out = {}
+    order = np.zeros(4 * steps, np.int64)
+    Xs = np.repeat(X, steps, axis=0)
+    # as the runs time the serial trainer: each step in the core's loop (run_timed)
     s = SerialStrategy(spec, ModelState.initial(spec))
-    out["serial"] = _median_time(lambda: [s.step(X, i) for i in range(steps)], 3) / steps
+    s.run_timed(Xs, order, 0)
+    out["serial"] = float(np.median([np.median(s.run_timed(Xs, order, 0)[1]) for _ in range(3)]))
     for name in PARALLEL_STRATEGIES:
         r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
-        order = np.zeros(4 * steps, np.int64)
-        Xs = np.repeat(X, steps, axis=0)
         r.run(Xs, order, 0)
         t = _median_time(lambda: r.run(Xs, order, 0), 3)
         out[name] = t / steps
@@ -171,9 +173,9 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     ratios: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(3):
         for name in names:
-            if name == "serial":
+            if name == "serial":  # timed in the core's loop, as the runs time it
                 s = SerialStrategy(spec, ModelState.initial(spec))
-                measured = _median_time(lambda: s.step(X[:m], 0), steps)
+                measured = float(np.median(s.run_timed(X, order, 0)[1][warmup:]))
             else:
                 r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
                 r.run(X, order, 0)
