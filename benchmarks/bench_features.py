@@ -109,11 +109,15 @@ def fashion_mnist(args) -> int:
         rows.append((label, secs, lr_accuracy(rbm.transform(X_train), rbm.transform(X_test))))
         print(f"  {label}: {secs:.1f} s", flush=True)
     raw = lr_accuracy(X_train, X_test)
+    # pixels fare better unscaled (the data set's published logistic baseline, 0.842): the
+    # features are held to the better of the two
+    raw_unscaled = float(LogisticRegression(max_iter=1000, C=1.0).fit(X_train, y_train).score(X_test, y_test))
     all_cores = rows[1][1]
     print(f"\n{'RBM features':<40}{'fit s':>8}{'vs serial on all cores':>24}{'test accuracy':>15}")
     for label, secs, acc in rows:
         print(f"{label:<40}{secs:>8.1f}{all_cores / secs:>23.2f}x{acc:>15.4f}")
     print(f"{'raw pixels (logistic regression)':<40}{'-':>8}{'-':>24}{raw:>15.4f}")
+    print(f"{'raw pixels (logistic, unscaled)':<40}{'-':>8}{'-':>24}{raw_unscaled:>15.4f}")
     return 0
 
 
