@@ -75,6 +75,24 @@ class ThreadsTransport(Transport):
         return self.hub.group
 
 
+def _stop_workers(hub: ThreadsHub, threads: list[threading.Thread], seconds: float) -> None:
+    """Break the run's barrier and wait up to ``seconds`` for the workers to leave. A
+    second Ctrl-C does not cut the wait short: one that lands before the signals are held
+    only starts the wait again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        running = [t for t in threads if t.ident is not None and t.is_alive()]  # started, not done
+        if not running:
+            return
+        try:
+            with signals_held():
+                hub.abort()
+                for t in running:
+                    t.join(max(0.0, deadline - time.monotonic()))
+        except BaseException:  # noqa: BLE001 - the first signal is the one re-raised
+            continue
+
+
 def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
                 blas_threads: int = 1) -> list:
     """Run ``target(comm)`` on ``size`` worker threads; returns their results in rank order.
@@ -106,11 +124,7 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
             # Ctrl-C or SIGTERM: the workers stop at their next collective, and the
             # exception leaves only once they have, so that none is still inside the core
             # when the interpreter exits (nor runs its epoch to the end after Ctrl-C).
-            hub.abort()
-            deadline = time.monotonic() + timeout + 5.0
-            with signals_held():
-                for t in threads:
-                    t.join(max(0.0, deadline - time.monotonic()))
+            _stop_workers(hub, threads, timeout + 5.0)
             raise
     finally:
         if previous > 0:
