@@ -33,12 +33,18 @@ namespace {
 // called without an active exception"). A worker thread that leaves the core at that
 // moment (a run stopped by Ctrl-C) is parked instead, as CPython 3.14 parks its daemon
 // threads: the process is exiting, and nothing would run after the thread anyway.
-bool interpreter_finalizing() {
+
+// The interpreter's main thread: it is the one that finalizes, and is never parked.
+unsigned long g_main_thread = 0;
+
+// True on a thread other than the main one once the interpreter finalizes.
+bool must_park() {
 #if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsFinalizing() != 0;
+  const bool finalizing = Py_IsFinalizing() != 0;
 #else
-  return _Py_IsFinalizing() != 0;
+  const bool finalizing = _Py_IsFinalizing() != 0;
 #endif
+  return finalizing && PyThread_get_thread_ident() != g_main_thread;
 }
 
 [[noreturn]] void park_thread() {
@@ -50,7 +56,7 @@ class NoGil {
  public:
   NoGil() : state_(PyEval_SaveThread()) {}
   ~NoGil() {
-    if (interpreter_finalizing()) park_thread();
+    if (must_park()) park_thread();
     PyEval_RestoreThread(state_);
   }
   NoGil(const NoGil&) = delete;
@@ -64,7 +70,7 @@ class NoGil {
 class WithGil {
  public:
   WithGil() {
-    if (interpreter_finalizing()) park_thread();
+    if (must_park()) park_thread();
     gil_.emplace();
   }
 
@@ -821,6 +827,7 @@ py::dict run_strategy_epoch_t(const std::string& strategy, const py::dict& confi
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "parrbm C++ core: CBLAS GEMMs, Philox sampling, bit packing, CD updates";
+  g_main_thread = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
 
   m.def("gemm",
         [](py::array a, py::array b, py::array c, double alpha, double beta, bool ta, bool tb) {
