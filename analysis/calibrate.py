@@ -327,26 +327,44 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
     import socket
 
     from parrbm.harness.comm import Comm
+    from parrbm.harness.signals import signals_held
     from parrbm.harness.tcp import TCPTransport
 
     secret = os.urandom(32)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     addrs = [lst.getsockname() for lst in listeners]
     sizes = SIZES[:-1] if quick else SIZES
-    result = {}
+    result, transports, errors = {}, {}, []
 
     def worker(r):
-        t = TCPTransport(r, 2, secret, listeners[r], addrs, timeout=120.0)
         try:
-            result[r] = collective_times(Comm(t), sizes)
-        finally:
-            t.close()
+            t = transports[r] = TCPTransport(r, 2, secret, listeners[r], addrs, timeout=120.0)
+            try:
+                result[r] = collective_times(Comm(t), sizes)
+            finally:
+                t.close()
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    threads = [threading.Thread(target=worker, args=(r,), name=f"calibrate-tcp-{r}") for r in range(2)]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    except BaseException:
+        # Ctrl-C: shut the links, so that the workers leave their collectives now rather
+        # than after the last size, and let the exception go only once they have.
+        with signals_held():
+            for t in list(transports.values()):
+                t.close()
+            for lst in listeners:
+                lst.close()
+            for th in threads:
+                th.join(30.0)
+        raise
+    if errors:
+        raise errors[0]
     return _links_from(result[0])
 
 
