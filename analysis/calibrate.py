@@ -281,9 +281,11 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
 
         def pace() -> float:
             """How much slower this machine runs right now than the profile says, measured
-            on one worker alone: the factor is about sharing, not about a busy moment."""
+            on one worker alone: the factor is about sharing, not about a busy moment. The
+            serial trainer is timed in the core's loop, as its efficiency was measured (a
+            Python-level step would count its call overhead as the machine's slowness)."""
             s = SerialStrategy(spec, ModelState.initial(spec))
-            return _median_time(lambda: s.step(X[:m], 0), steps) / serial_model
+            return float(np.median(s.run_timed(X, order, 0)[1][warmup:])) / serial_model
 
         for transport in transports:
             name_in_profile = f"{transport}@unshaped" if network is not None else transport

@@ -185,7 +185,15 @@ def _overlap(a: dict, b: dict) -> bool:
 
 
 def error_summary(rows: list[dict]) -> dict:
-    errs = np.array([abs(r["error"]) for r in rows if r["meaningful"]])
-    if not errs.size:
-        return {"runs": 0, "median": None, "worst": None}
-    return {"runs": int(errs.size), "median": float(np.median(errs)), "worst": float(errs.max())}
+    """Median and worst |predicted / measured median - 1| over the meaningful rows; and,
+    beside them, how many predictions fall inside their run's own measured p10-p90 band and
+    the worst distance of one outside it (relative to the median): the error left once the
+    run's own step-to-step spread is allowed for."""
+    kept = [r for r in rows if r["meaningful"]]
+    if not kept:
+        return {"runs": 0, "median": None, "worst": None, "within_spread": 0, "worst_beyond_spread": None}
+    errs = np.array([abs(r["error"]) for r in kept])
+    beyond = [max(0.0, r["predicted_seconds"] - r["measured_p90"], r["measured_p10"] - r["predicted_seconds"])
+              / r["measured_seconds"] for r in kept]
+    return {"runs": len(kept), "median": float(np.median(errs)), "worst": float(errs.max()),
+            "within_spread": sum(b == 0.0 for b in beyond), "worst_beyond_spread": float(max(beyond))}

@@ -179,7 +179,9 @@ def _summary(records: list[dict], profile) -> list[str]:
         e = error_summary(rows)
         if e["runs"]:
             lines.append(f"Time model vs measured median step (runs with K <= cores): median error "
-                         f"{100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['runs']} runs.")
+                         f"{100 * e['median']:.1f}%, worst {100 * e['worst']:.1f}% over {e['runs']} runs; "
+                         f"{e['within_spread']} predictions inside their run's measured p10-p90 steps, "
+                         f"the worst {100 * e['worst_beyond_spread']:.1f}% beyond it.")
         for g in ranking_agreement(rows):
             noise = {(a, b) for a, b, _ in g["discordant_within_noise"]}
             gaps = ", ".join(f"{a} / {b} ({gap:.1f}% apart" + (", within the p10-p90 noise)" if (a, b) in noise else ")")

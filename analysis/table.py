@@ -60,7 +60,8 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
         e = error_summary(rows)
         if e["runs"]:
             lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
-                         f"worst {100 * e['worst']:.1f}% over {e['runs']} runs")
+                         f"worst {100 * e['worst']:.1f}% over {e['runs']} runs; {e['within_spread']} inside "
+                         f"the run's p10-p90 steps, the worst {100 * e['worst_beyond_spread']:.1f}% beyond it")
         for g in ranking_agreement(rows):
             noisy = len(g["discordant_within_noise"])
             verdict = ("same order" if g["same"] else

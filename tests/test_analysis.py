@@ -344,6 +344,24 @@ def test_ranking_pairs_within_the_noise_do_not_count_against_the_model():
     assert not g["same_within_noise"] and [(a, b) for a, b, _ in g["discordant_beyond_noise"]] == [("a", "b")]
 
 
+def test_error_summary_states_the_error_beyond_each_runs_own_spread():
+    from parrbm.analysis.compare import error_summary
+
+    def row(measured, p10, p90, predicted, meaningful=True):
+        return {"meaningful": meaningful, "measured_seconds": measured, "measured_p10": p10,
+                "measured_p90": p90, "predicted_seconds": predicted, "error": predicted / measured - 1}
+
+    rows = [row(1.0, 0.9, 1.2, 1.15),   # +15 %, inside its band
+            row(2.0, 1.9, 2.1, 1.6),    # -20 %: 0.3 s below p10, 15 % of the median
+            row(1.0, 0.95, 1.05, 1.05),  # +5 %: on p90, inside
+            row(1.0, 0.9, 1.1, 3.0, meaningful=False)]  # K > cores: not counted
+    e = error_summary(rows)
+    assert e["runs"] == 3 and e["within_spread"] == 2
+    assert e["median"] == pytest.approx(0.15, rel=1e-12) and e["worst"] == pytest.approx(0.20, rel=1e-12)
+    assert e["worst_beyond_spread"] == pytest.approx(0.15, rel=1e-12)
+    assert error_summary([row(1.0, 0.9, 1.1, 3.0, meaningful=False)])["runs"] == 0
+
+
 def test_slower_network_favours_fewer_bytes():
     """On a fast network the strategy with the least compute wins; on a slow one, for the
     paper's model, the one with the least traffic."""
