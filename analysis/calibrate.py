@@ -38,32 +38,25 @@ def _median_time(fn, repeats: int) -> float:
 
 # ---- compute ----------------------------------------------------------------------------------
 
-#: the long sides of the GEMM tables: operands that fit a core's cache, and weight-sized
-#: operands that do not (16 MB in float32), whose streaming slows a short GEMM
-GEMM_LONG_SIDES = {False: (1024, 2048), True: (512, 2048)}
-
-
-def gemm_table(precision: str, quick: bool = False, big: int | None = None) -> list[list[float]]:
+def gemm_table(precision: str, quick: bool = False) -> list[list[float]]:
     """flop/s by the smallest GEMM dimension d: the mean over d as rows, columns and depth
-    (the shapes CD steps have: h = x W, v' = h W^T and W += X^T H, the last accumulating
-    into its output), the other two dimensions ``big``."""
+    (the shapes CD steps have), the other two dimensions ``big``."""
     dt = np.dtype(precision)
-    big = big or GEMM_LONG_SIDES[quick][0]
+    big = 512 if quick else 1024
     rng = np.random.default_rng(0)
     table = []
     for d in (8, 16, 32, 64, 128, 256, 512, 1024):
         if d > big:
             break
         flops, seconds = 0.0, 0.0
-        for a_shape, b_shape, trans_a, beta in (((d, big), (big, big), False, 0.0),
-                                                ((big, big), (big, d), False, 0.0),
-                                                ((d, big), (d, big), True, 1.0)):
+        for a_shape, b_shape, trans_a in (((d, big), (big, big), False), ((big, big), (big, d), False),
+                                          ((d, big), (d, big), True)):
             a = rng.random(a_shape).astype(dt)
             b = rng.random(b_shape).astype(dt)
             M = a_shape[1] if trans_a else a_shape[0]
             c = np.zeros((M, b_shape[1]), dt)
             depth = a_shape[0] if trans_a else a_shape[1]
-            seconds += _median_time(lambda: _core.gemm(a, b, c, beta=beta, trans_a=trans_a), 5 if quick else 7)
+            seconds += _median_time(lambda: _core.gemm(a, b, c, trans_a=trans_a), 5 if quick else 7)
             flops += 2.0 * M * b_shape[1] * depth
         table.append([d, flops / seconds])
     # A longer short side never makes a GEMM slower; a dip is another process's doing on a
@@ -71,12 +64,6 @@ def gemm_table(precision: str, quick: bool = False, big: int | None = None) -> l
     for i in range(1, len(table)):
         table[i][1] = max(table[i][1], table[i - 1][1])
     return table
-
-
-def gemm_tables(precision: str, quick: bool = False) -> list:
-    """[[operand bytes, gemm_table], ...] for each of :data:`GEMM_LONG_SIDES`."""
-    pb = np.dtype(precision).itemsize
-    return [[float(big * big * pb), gemm_table(precision, quick, big)] for big in GEMM_LONG_SIDES[quick]]
 
 
 def element_costs(precision: str, quick: bool = False) -> dict[str, float]:
@@ -151,29 +138,21 @@ CALIBRATION_MODEL = (768, 1536, 200)
 SPILLING_MODEL = (2048, 3072, 100)
 
 
-def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary"):
-    """The calibration model's spec, random data for ``steps`` minibatches (binary, or
-    standard normal for Gaussian units) and the cost model."""
+def _calibration_run(steps: int, shape=CALIBRATION_MODEL):
+    """The calibration model's spec, random binary data for ``steps`` minibatches and the
+    cost model."""
     from parrbm.analysis import cost
     from parrbm.config import CDSpec
 
     V, H, m = shape
-    rng = np.random.default_rng(4)
-    if visible == "gaussian":
-        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, visible="gaussian", dtype="float32",
-                      learning_rate=0.001)
-        X = rng.standard_normal((steps * m, V)).astype(np.float32)
-    else:
-        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
-        X = (rng.random((steps * m, V)) < 0.3).astype(np.float32)
-    return spec, X, cost.Model(V, H, visible=visible)
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
+    X = (np.random.default_rng(4).random((steps * m, V)) < 0.3).astype(np.float32)
+    return spec, X, cost.Model(V, H)
 
 
-def strategy_efficiency(profile: Profile, quick: bool = False, visible: str = "binary",
-                        rounds: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -> dict[str, float]:
     """strategy -> its kernels' time inside its own step at K = 1 / the same kernels timed
-    one by one (``profile.kernel_seconds``), on the calibration model with ``visible``
-    units; and strategy -> that step's traffic per flop, where it was measured.
+    one by one (``profile.kernel_seconds``), on the calibration model.
 
     A step's kernels run slower in sequence than alone: each finds its operands evicted
     by the one before, and the drivers copy between them (the stacked [x; v'] operand,
@@ -185,16 +164,14 @@ def strategy_efficiency(profile: Profile, quick: bool = False, visible: str = "b
     from parrbm.harness.runner import ParallelRunner
     from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy
 
-    # a shared machine's speed jitters from one step to the next: enough steps that their
-    # median is the typical one
-    steps, warmup = (16, 1) if quick else (24, 2)
-    spec, X, model = _calibration_run(steps + warmup, visible=visible)
+    steps, warmup = (8, 1) if quick else (12, 2)
+    spec, X, model = _calibration_run(steps + warmup)
     m = spec.batch_size
     order = np.arange(X.shape[0], dtype=np.int64)
     names = ["serial", *PARALLEL_STRATEGIES]
     kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(rounds):
+    for _ in range(3):
         for name in names:
             if name == "serial":  # timed in the core's loop, as the runs time it
                 s = SerialStrategy(spec, ModelState.initial(spec))
@@ -205,49 +182,11 @@ def strategy_efficiency(profile: Profile, quick: bool = False, visible: str = "b
                 measured = float(np.median(r.step_seconds[0][warmup:]))
             ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
     out = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
+    progress("calibrate: kernels in their own steps run at " +
+             ", ".join(f"{n} {e:.2f}" for n, e in out.items()) + " x their one-by-one time")
     # where they were measured: the time model scales the excess to other steps from it
-    return out, {n: step_work(n, model, m, 1, 0).traffic_per_flop for n in names}
-
-
-def compute_rounds(p: Profile, quick: bool = False, rounds: int = 3, progress=print) -> None:
-    """The kernels one by one (GEMM tables, elementwise costs) and in their own steps
-    (``efficiency``, binary and Gaussian units) into ``p``: ``rounds`` rounds, apart in
-    time, each efficiency taken against its own round's one-by-one figures, the median
-    of every figure kept.
-
-    A shared machine's speed drifts over minutes: a ratio of a step to kernels timed in
-    another minute carries the drift of both, one taken within a round cancels it. The
-    median (not the best) round, because the runs are measured as medians at typical
-    speed."""
-    tables: dict[str, list] = {"float32": [], "float64": []}
-    elements: dict[str, list] = {"float32": [], "float64": []}
-    eff: dict[str, list] = {"binary": [], "gaussian": []}
-    traffic: dict[str, dict] = {}
-    for r in range(rounds):
-        q = Profile(overhead=p.overhead)
-        for precision in tables:
-            progress(f"calibrate: GEMM rates and elementwise kernels, {precision} (round {r + 1} of {rounds})")
-            q.gemm_by_operand[precision] = gemm_tables(precision, quick)
-            q.gemm[precision] = q.gemm_by_operand[precision][0][1]
-            q.element[precision] = element_costs(precision, quick)
-            tables[precision].append(q.gemm_by_operand[precision])
-            elements[precision].append(q.element[precision])
-        progress(f"calibrate: strategies' kernels in sequence (round {r + 1} of {rounds})")
-        for visible in eff:
-            ratios, traffic[visible] = strategy_efficiency(q, quick, visible, rounds=1)
-            eff[visible].append(ratios)
-    for precision, rs in tables.items():
-        p.gemm_by_operand[precision] = [
-            [size, [[d, float(np.median([t[c][1][i][1] for t in rs]))] for i, (d, _) in enumerate(table)]]
-            for c, (size, table) in enumerate(rs[0])]
-        p.gemm[precision] = p.gemm_by_operand[precision][0][1]
-        p.element[precision] = {k: float(np.median([e[k] for e in elements[precision]])) for k in elements[precision][0]}
-    median = {v: {n: float(np.median([e[n] for e in es])) for n in es[0]} for v, es in eff.items()}
-    p.efficiency, p.efficiency_traffic = median["binary"], traffic["binary"]
-    p.efficiency_gaussian, p.efficiency_traffic_gaussian = median["gaussian"], traffic["gaussian"]
-    for visible, e in median.items():
-        progress(f"calibrate: kernels in their own steps ({visible} units) run at " +
-                 ", ".join(f"{n} {x:.2f}" for n, x in e.items()) + " x their one-by-one time")
+    profile.efficiency_traffic = {n: step_work(n, model, m, 1, 0).traffic_per_flop for n in names}
+    return out
 
 
 def coscheduling(profile: Profile, transports, quick: bool = False, progress=print,
@@ -281,11 +220,9 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
 
         def pace() -> float:
             """How much slower this machine runs right now than the profile says, measured
-            on one worker alone: the factor is about sharing, not about a busy moment. The
-            serial trainer is timed in the core's loop, as its efficiency was measured (a
-            Python-level step would count its call overhead as the machine's slowness)."""
+            on one worker alone: the factor is about sharing, not about a busy moment."""
             s = SerialStrategy(spec, ModelState.initial(spec))
-            return float(np.median(s.run_timed(X, order, 0)[1][warmup:])) / serial_model
+            return _median_time(lambda: s.step(X[:m], 0), steps) / serial_model
 
         for transport in transports:
             name_in_profile = f"{transport}@unshaped" if network is not None else transport
@@ -584,9 +521,22 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
     env = environment()
     p = Profile(cpu=env["cpu"], cores=env["cores"], blas=str(env["blas"]),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    # Rounds apart in time, the median rate per shape kept: a busy spell of a shared machine
+    # slows one round, and would otherwise set every compute prediction; the best round
+    # would be as wrong the other way, since runs are measured as medians at typical speed.
+    rounds: dict[str, list] = {"float32": [], "float64": []}
+    for r in range(3):
+        for precision in rounds:
+            progress(f"calibrate: GEMM rates, {precision} (round {r + 1})")
+            rounds[precision].append(gemm_table(precision, quick))
+    for precision, tables in rounds.items():
+        p.gemm[precision] = [[d, float(np.median([t[i][1] for t in tables]))] for i, (d, _) in enumerate(tables[0])]
+        progress(f"calibrate: elementwise kernels, {precision}")
+        p.element[precision] = element_costs(precision, quick)
     progress("calibrate: strategy overheads")
     p.overhead = strategy_overheads(quick)
-    compute_rounds(p, quick, progress=progress)
+    progress("calibrate: strategies' kernels in sequence")
+    p.efficiency = strategy_efficiency(p, quick, progress)
     makers = {"threads": threads_links, "tcp": tcp_links, "mpi": mpi_links}
     for t in transports:
         progress(f"calibrate: collectives on {t}")

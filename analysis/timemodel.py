@@ -55,18 +55,6 @@ class Link:
         return self.latency * messages + max(0.0, nbytes - self.burst * calls) / self.bandwidth
 
 
-def _rate_by_short_side(table: list[list[float]], d: int) -> float:
-    """flop/s at short side d from a [[d, flop/s], ...] table, log-interpolated."""
-    if d <= table[0][0]:
-        # below the table: the rate falls with the short side (vector-bound)
-        return table[0][1] * d / table[0][0]
-    for (d0, r0), (d1, r1) in zip(table, table[1:]):
-        if d <= d1:
-            f = math.log(d / d0) / math.log(d1 / d0)
-            return math.exp((1 - f) * math.log(r0) + f * math.log(r1))
-    return table[-1][1]
-
-
 @dataclass
 class Profile:
     """What a machine (or a cluster node) does per second; saved as JSON."""
@@ -76,10 +64,6 @@ class Profile:
     blas: str = ""
     #: precision -> [[smallest dimension, flop/s], ...] ascending
     gemm: dict[str, list[list[float]]] = field(default_factory=dict)
-    #: precision -> [[operand bytes, [[smallest dimension, flop/s], ...]], ...] ascending: the
-    #: same table at several long sides (their product's bytes), for GEMMs whose large
-    #: operand stays in cache and ones that stream it; older profiles have ``gemm`` only
-    gemm_by_operand: dict[str, list] = field(default_factory=dict)
     #: precision -> kind -> seconds per element (see compute.Work)
     element: dict[str, dict[str, float]] = field(default_factory=dict)
     #: strategy -> seconds of driver overhead per step (Python, kernel calls)
@@ -90,11 +74,6 @@ class Profile:
     #: strategy -> the calibration step's Work.traffic_per_flop, where ``efficiency`` was
     #: measured: a step's excess over its kernels scales with its own traffic per flop
     efficiency_traffic: dict[str, float] = field(default_factory=dict)
-    #: the two above for Gaussian visible units, whose statistics are GEMMs rather than bit
-    #: counts: how much kernels lose in sequence depends on which kernels follow which.
-    #: Older profiles have none, and price Gaussian steps with the binary figures
-    efficiency_gaussian: dict[str, float] = field(default_factory=dict)
-    efficiency_traffic_gaussian: dict[str, float] = field(default_factory=dict)
     #: transport -> n -> how much longer a step of n workers sharing this machine's cores
     #: takes than its kernels and transfers (stragglers, transport threads, the OS)
     contention: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -124,18 +103,16 @@ class Profile:
     # ---- pricing ---------------------------------------------------------------------------
 
     def gemm_rate(self, precision: str, M: int, N: int, depth: int) -> float:
-        """flop/s of an M x N x depth GEMM: by its short side, and (where the profile has
-        tables at several long sides) by the bytes of its largest operand, log-interpolated
-        between the tables and held beyond them."""
-        classes = self.gemm_by_operand.get(precision)
+        table = self.gemm[precision]
         d = min(M, N, depth)
-        if not classes:
-            return _rate_by_short_side(self.gemm[precision], d)
-        operand = M * N * depth / d * np.dtype(precision).itemsize  # the two long sides
-        rates = [_rate_by_short_side(table, d) for _, table in classes]
-        if len(classes) == 1:
-            return rates[0]
-        return float(np.exp(np.interp(np.log(operand), np.log([b for b, _ in classes]), np.log(rates))))
+        if d <= table[0][0]:
+            # below the table: the rate falls with the short side (vector-bound)
+            return table[0][1] * d / table[0][0]
+        for (d0, r0), (d1, r1) in zip(table, table[1:]):
+            if d <= d1:
+                f = math.log(d / d0) / math.log(d1 / d0)
+                return math.exp((1 - f) * math.log(r0) + f * math.log(r1))
+        return table[-1][1]
 
     def kernel_seconds(self, work: Work, precision: str) -> float:
         """The kernels of ``work`` timed one by one."""
@@ -143,20 +120,16 @@ class Profile:
         per = self.element[precision]
         return t + sum(n * per[kind] for kind, n in work.counts.items())
 
-    def compute_seconds(self, work: Work, precision: str, strategy: str, visible: str = "binary") -> float:
-        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy, visible)
+    def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
+        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy)
                 + self.overhead.get(strategy, 0.0))
 
-    def step_efficiency(self, work: Work, strategy: str, visible: str = "binary") -> float:
-        """The measured ``efficiency`` of ``strategy`` for this kind of visible units, its
-        excess over 1 scaled from the calibration step's traffic per flop to this step's
-        (a big GEMM hides the cost of moving its operands between kernels; a small one
-        does not)."""
-        measured, traffic = self.efficiency, self.efficiency_traffic
-        if visible == "gaussian" and self.efficiency_gaussian:
-            measured, traffic = self.efficiency_gaussian, self.efficiency_traffic_gaussian
-        eff = measured.get(strategy, 1.0)
-        ref = traffic.get(strategy)
+    def step_efficiency(self, work: Work, strategy: str) -> float:
+        """The measured ``efficiency`` of ``strategy``, its excess over 1 scaled from the
+        calibration step's traffic per flop to this step's (a big GEMM hides the cost of
+        moving its operands between kernels; a small one does not)."""
+        eff = self.efficiency.get(strategy, 1.0)
+        ref = self.efficiency_traffic.get(strategy)
         if not ref or eff == 1.0:
             return eff
         return max(0.5, 1.0 + (eff - 1.0) * work.traffic_per_flop / ref)
@@ -271,7 +244,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
                        average=average) for r in ranks] if strategy != "serial" else \
         [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
-    compute = max(profile.compute_seconds(w, model.precision, strategy, model.visible) for w in works)
+    compute = max(profile.compute_seconds(w, model.precision, strategy) for w in works)
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores

@@ -236,43 +236,6 @@ def test_the_kernels_excess_in_sequence_scales_with_their_traffic_per_flop():
     assert prof.step_efficiency(big, "green-only") == 1.2
 
 
-def test_gaussian_steps_take_the_gaussian_efficiency():
-    """A step's kernels lose in sequence what their mix makes them lose: a Gaussian step
-    (GEMM statistics) is priced with the factor measured on Gaussian units, a binary one
-    with the binary factor; an older profile, without the Gaussian figures, uses the binary."""
-    prof = flat_profile()
-    prof.overhead = {}
-    prof.efficiency = {"green-only": 1.3}
-    binary = predict("green-only", cost.Model(500, 800), 50, 2, prof, transport="net").compute_seconds
-    old_gaussian = predict("green-only", cost.Model(500, 800, visible="gaussian"), 50, 2, prof,
-                           transport="net").compute_seconds
-    prof.efficiency_gaussian = {"green-only": 1.1}
-    gaussian = predict("green-only", cost.Model(500, 800, visible="gaussian"), 50, 2, prof,
-                       transport="net").compute_seconds
-    assert gaussian == pytest.approx(old_gaussian * 1.1 / 1.3, rel=1e-12)
-    assert predict("green-only", cost.Model(500, 800), 50, 2, prof, transport="net").compute_seconds == binary
-
-
-def test_gemm_rate_by_short_side_and_operand_bytes():
-    """The rate at short side 64 between a cached-operand table (1 MB: 80 GFLOP/s) and a
-    streamed-operand one (16 MB: 40 GFLOP/s), log-interpolated in the bytes of the two
-    long sides, held beyond the tables; older profiles key by the short side only."""
-    prof = Profile(gemm={"float32": [[64, 80e9]]},
-                   gemm_by_operand={"float32": [[2.0**20, [[64, 80e9]]], [2.0**24, [[64, 40e9]]]]})
-    rate = prof.gemm_rate
-    assert rate("float32", 64, 512, 512) == pytest.approx(80e9, rel=1e-12)     # 1 MB: the cached table
-    assert rate("float32", 64, 1024, 256) == pytest.approx(80e9, rel=1e-12)    # the same bytes
-    assert rate("float32", 2048, 64, 2048) == pytest.approx(40e9, rel=1e-12)   # 16 MB, d as columns
-    assert rate("float32", 64, 1024, 4096) == pytest.approx(40e9, rel=1e-12)   # 16 MB, d as rows
-    assert rate("float32", 64, 1024, 1024) == pytest.approx(2**0.5 * 40e9, rel=1e-12)   # 4 MB: halfway
-    assert rate("float32", 2048, 1024, 64) == pytest.approx(2**0.25 * 40e9, rel=1e-12)  # 8 MB, d as depth
-    assert rate("float32", 64, 8192, 8192) == pytest.approx(40e9, rel=1e-12)   # beyond the tables: held
-    assert rate("float32", 64, 100, 100) == pytest.approx(80e9, rel=1e-12)
-    assert rate("float32", 32, 8192, 8192) == pytest.approx(20e9, rel=1e-12)   # below the short sides
-    prof.gemm_by_operand = {}
-    assert prof.gemm_rate("float32", 64, 8192, 8192) == pytest.approx(80e9, rel=1e-12)
-
-
 def test_syncs_are_typical_or_amortised():
     model = cost.Model(500, 800)
     prof = flat_profile()
@@ -417,13 +380,8 @@ def test_calibration_measures_plausible_figures(measured_profile):
         assert all(0 < v < 1e-6 for v in p.element[precision].values())
     assert p.gemm["float32"][-1][1] > p.gemm["float64"][-1][1]  # twice the lanes
     assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
-    for eff in (p.efficiency, p.efficiency_gaussian):
-        assert set(eff) == {"serial", *PARALLEL_STRATEGIES}
-        assert all(0.5 <= e <= 2.0 for e in eff.values())
-    for precision in ("float32", "float64"):
-        (small, cached), (large, streamed) = p.gemm_by_operand[precision]
-        assert small < large and cached == p.gemm[precision]
-        assert [d for d, _ in streamed][:len(cached)] == [d for d, _ in cached]
+    assert set(p.efficiency) == {"serial", *PARALLEL_STRATEGIES}
+    assert all(0.5 <= e <= 2.0 for e in p.efficiency.values())
     link = p.links["threads"]["allgather"]
     assert link.latency < 0.01 and link.bandwidth > 1e7
     sharing = p.contention["threads"][str(max(2, p.cores))]
