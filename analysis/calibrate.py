@@ -327,8 +327,8 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
     import socket
 
     from parrbm.harness.comm import Comm
-    from parrbm.harness.signals import signals_held
     from parrbm.harness.tcp import TCPTransport
+    from parrbm.harness.threads import stop_workers
 
     secret = os.urandom(32)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
@@ -346,7 +346,9 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
         except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(r,), name=f"calibrate-tcp-{r}") for r in range(2)]
+    # daemon: a worker still connecting when Ctrl-C lands retries until its timeout, and
+    # must not hold the interpreter's exit that long
+    threads = [threading.Thread(target=worker, args=(r,), name=f"calibrate-tcp-{r}", daemon=True) for r in range(2)]
     try:
         for th in threads:
             th.start()
@@ -355,13 +357,13 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
     except BaseException:
         # Ctrl-C: shut the links, so that the workers leave their collectives now rather
         # than after the last size, and let the exception go only once they have.
-        with signals_held():
+        def shut_links() -> None:
             for t in list(transports.values()):
                 t.close()
             for lst in listeners:
                 lst.close()
-            for th in threads:
-                th.join(30.0)
+
+        stop_workers(shut_links, threads, 30.0)
         raise
     if errors:
         raise errors[0]

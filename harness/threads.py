@@ -75,10 +75,11 @@ class ThreadsTransport(Transport):
         return self.hub.group
 
 
-def _stop_workers(hub: ThreadsHub, threads: list[threading.Thread], seconds: float) -> None:
-    """Break the run's barrier and wait up to ``seconds`` for the workers to leave. A
-    second Ctrl-C does not cut the wait short: one that lands before the signals are held
-    only starts the wait again."""
+def stop_workers(stop: Callable[[], None], threads: list[threading.Thread], seconds: float) -> None:
+    """After Ctrl-C or SIGTERM: call ``stop`` (which must release the workers from what
+    they wait on) and wait up to ``seconds`` for ``threads`` to leave, with the signals
+    held. A second Ctrl-C does not cut the wait short: one that lands before the signals
+    are held only starts the wait again."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         running = [t for t in threads if t.ident is not None and t.is_alive()]  # started, not done
@@ -86,7 +87,7 @@ def _stop_workers(hub: ThreadsHub, threads: list[threading.Thread], seconds: flo
             return
         try:
             with signals_held():
-                hub.abort()
+                stop()
                 for t in running:
                     t.join(max(0.0, deadline - time.monotonic()))
         except BaseException:  # noqa: BLE001 - the first signal is the one re-raised
@@ -124,7 +125,7 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
             # Ctrl-C or SIGTERM: the workers stop at their next collective, and the
             # exception leaves only once they have, so that none is still inside the core
             # when the interpreter exits (nor runs its epoch to the end after Ctrl-C).
-            _stop_workers(hub, threads, timeout + 5.0)
+            stop_workers(hub.abort, threads, timeout + 5.0)
             raise
     finally:
         if previous > 0:
