@@ -328,15 +328,18 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
 
     from parrbm.harness.comm import Comm
     from parrbm.harness.tcp import TCPTransport
-    from parrbm.harness.threads import stop_workers
+    from parrbm.harness.threads import WorkerGate, stop_workers
 
     secret = os.urandom(32)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     addrs = [lst.getsockname() for lst in listeners]
     sizes = SIZES[:-1] if quick else SIZES
     result, transports, errors = {}, {}, []
+    gate = WorkerGate()
 
     def worker(r):
+        if not gate.enter():
+            return
         try:
             t = transports[r] = TCPTransport(r, 2, secret, listeners[r], addrs, timeout=120.0)
             try:
@@ -345,6 +348,8 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
                 t.close()
         except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
             errors.append(exc)
+        finally:
+            gate.leave()
 
     # daemon: a worker still connecting when Ctrl-C lands retries until its timeout, and
     # must not hold the interpreter's exit that long
@@ -363,7 +368,7 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
             for lst in listeners:
                 lst.close()
 
-        stop_workers(shut_links, threads, 30.0)
+        stop_workers(shut_links, threads, 30.0, gate)
         raise
     if errors:
         raise errors[0]
@@ -404,21 +409,23 @@ CALIBRATION_PORT = 47213
 
 
 def network_sizes(bandwidth: float | None, quick: bool) -> list[int]:
-    """The transfer sizes timed on a shaped link: small ones for the latency, and two
-    large ones (a quarter of a second of transfer, and a quarter of that) whose difference
-    is all link: both are far beyond what the token bucket lets through at once."""
+    """The transfer sizes timed on a shaped link: small ones for the latency, and three
+    large ones (up to a quarter of a second of transfer, 0.15 s when quick) whose
+    differences are all link: each is far beyond what the token bucket lets through at
+    once."""
     if bandwidth is None:
         return SIZES[:-1] if quick else SIZES
-    top = min(int(bandwidth * (0.12 if quick else 0.25)), SIZES[-1])
-    return [1 << 10, 1 << 14, max(top // 4, 1 << 18), max(top, 1 << 20)]
+    top = max(min(int(bandwidth * (0.15 if quick else 0.25)), SIZES[-1]), 1 << 20)
+    return [1 << 10, 1 << 14, max(top // 4, 1 << 18), max(top // 2, 1 << 19), top]
 
 
 def fit_shaped_link(points: list[list[float]], messages: int = 1) -> Link:
-    """A shaped link's figures: the bandwidth from the two largest transfers' difference
-    (the token bucket's burst, sent at once, cancels out), the latency from the smallest
-    transfer, less its bytes' time."""
-    (b0, t0), (b1, t1), (b2, t2) = points[0], points[-2], points[-1]
-    bandwidth = (b2 - b1) / (t2 - t1) if t2 > t1 else b2 / t2
+    """A shaped link's figures: the bandwidth from the slope of the large transfers' times
+    (least squares: the token bucket's burst, sent at once, is in the intercept), the
+    latency from the smallest transfer, less its bytes' time."""
+    (b0, t0), large = points[0], np.array(points[2:], dtype=float)
+    slope = np.polyfit(large[:, 0], large[:, 1], 1)[0] if len(large) >= 2 else 0.0
+    bandwidth = 1.0 / slope if slope > 0 else large[-1, 0] / large[-1, 1]
     return Link(latency=max(0.0, (t0 - b0 / bandwidth) / messages), bandwidth=float(bandwidth))
 
 

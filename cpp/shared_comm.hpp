@@ -19,6 +19,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "barrier.hpp"
@@ -59,10 +60,12 @@ class SharedGroup {
         timeout_(timeout),
         posted_(size_t(size), nullptr),
         arrivals_(new std::atomic<int64_t>[size_t(size)]),
-        phase_(new std::atomic<const char*>[size_t(size)]) {
+        phase_(new std::atomic<const char*>[size_t(size)]),
+        reading_(new std::atomic<bool>[size_t(size)]) {
     for (int r = 0; r < size; ++r) {
       arrivals_[size_t(r)].store(0);
       phase_[size_t(r)].store("");
+      reading_[size_t(r)].store(false);
     }
   }
   int size() const { return size_; }
@@ -76,6 +79,9 @@ class SharedGroup {
   std::vector<const std::vector<const void*>*> posted_;  // posted_[r][j]: r's buffer for j
   std::unique_ptr<std::atomic<int64_t>[]> arrivals_;
   std::unique_ptr<std::atomic<const char*>[]> phase_;
+  // reading_[r]: worker r may be reading its peers' posted buffers (from before it meets
+  // them until its reads are done)
+  std::unique_ptr<std::atomic<bool>[]> reading_;
 };
 
 // One worker's end of the group: the collectives of comm.py's Comm over shared memory, and
@@ -343,18 +349,47 @@ class SharedComm final : public Communicator {
   // Post sends (sends[j]: this worker's buffer for j, or null), meet, read, meet.
   // receive(j, buf) is called for each peer that sent this worker something; then
   // after(read) may read any peer's buffer for this worker in an order of its choosing.
+  //
+  // A worker that leaves by failure (a broken barrier: a peer failed, Ctrl-C, a timeout)
+  // first waits until no peer still reads its buffers: they are freed as its exception
+  // unwinds, and a peer that met it at the first barrier may still be copying from them.
   template <class Receive, class After>
   double exchange(const std::vector<const void*>& sends, Receive receive, After after) {
-    group_.posted_[size_t(rank_)] = &sends;
-    double wait = sync();  // every mailbox is filled
+    SharedGroup& g = group_;
+    std::atomic<bool>& reading = g.reading_[size_t(rank_)];
+    g.posted_[size_t(rank_)] = &sends;
+    reading.store(true, std::memory_order_release);  // before the barrier: no peer can miss it
+    double wait = 0.0;
+    try {
+      try {
+        wait = sync();  // every mailbox is filled
+        for (int j = 0; j < size_; ++j) {
+          if (j == rank_) continue;
+          const void* buf = (*g.posted_[size_t(j)])[size_t(rank_)];
+          if (buf) receive(j, buf);
+        }
+        after([&](int j) { return (*g.posted_[size_t(j)])[size_t(rank_)]; });
+      } catch (...) {
+        reading.store(false, std::memory_order_release);
+        throw;
+      }
+      reading.store(false, std::memory_order_release);
+      wait += sync();  // every peer has read this worker's buffers
+    } catch (...) {
+      wait_for_readers();
+      throw;
+    }
+    return wait;
+  }
+
+  // Until no peer is between posting and the end of its reads. Reads are copies of at most
+  // a block: this ends as soon as the peers are scheduled.
+  void wait_for_readers() const {
     for (int j = 0; j < size_; ++j) {
       if (j == rank_) continue;
-      const void* buf = (*group_.posted_[size_t(j)])[size_t(rank_)];
-      if (buf) receive(j, buf);
+      for (uint32_t i = 0; group_.reading_[size_t(j)].load(std::memory_order_acquire); ++i)
+        if ((i & 63) == 63) std::this_thread::yield();
     }
-    after([&](int j) { return (*group_.posted_[size_t(j)])[size_t(rank_)]; });
-    wait += sync();  // every peer has read this worker's buffers
-    return wait;
   }
   template <class Receive>
   double exchange(const std::vector<const void*>& sends, Receive receive) {

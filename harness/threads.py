@@ -75,21 +75,61 @@ class ThreadsTransport(Transport):
         return self.hub.group
 
 
-def stop_workers(stop: Callable[[], None], threads: list[threading.Thread], seconds: float) -> None:
+class WorkerGate:
+    """Counts the worker threads inside their work; once closed, none enters.
+
+    A Ctrl-C can land inside ``Thread.start``: the thread then runs, but is not yet alive
+    to ``is_alive`` and cannot be joined by the code that stops the run. Were it to enter
+    the core afterwards, it would still be there, without the GIL, when the interpreter
+    finalizes, and taking the GIL back then ends the process with an abort. Behind the
+    gate it either entered before the stop (and is waited for) or never enters."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    def enter(self) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            self._inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+
+    def wait_empty(self, seconds: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._inside == 0, max(0.0, seconds))
+
+
+def stop_workers(stop: Callable[[], None], threads: list[threading.Thread], seconds: float,
+                 gate: WorkerGate | None = None) -> None:
     """After Ctrl-C or SIGTERM: call ``stop`` (which must release the workers from what
-    they wait on) and wait up to ``seconds`` for ``threads`` to leave, with the signals
-    held. A second Ctrl-C does not cut the wait short: one that lands before the signals
-    are held only starts the wait again."""
+    they wait on) and wait up to ``seconds`` for ``threads`` to leave, and for ``gate`` to
+    be empty, with the signals held. A second Ctrl-C does not cut the wait short: one that
+    lands before the signals are held only starts the wait again."""
     deadline = time.monotonic() + seconds
+    if gate is not None:
+        gate.close()
     while time.monotonic() < deadline:
         running = [t for t in threads if t.ident is not None and t.is_alive()]  # started, not done
-        if not running:
+        if not running and (gate is None or gate.wait_empty(0.0)):
             return
         try:
             with signals_held():
                 stop()
                 for t in running:
                     t.join(max(0.0, deadline - time.monotonic()))
+                if gate is not None:
+                    gate.wait_empty(deadline - time.monotonic())
         except BaseException:  # noqa: BLE001 - the first signal is the one re-raised
             continue
 
@@ -107,12 +147,18 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
     previous = _core.get_blas_threads()
     _core.set_blas_threads(blas_threads)
 
+    gate = WorkerGate()
+
     def work(rank: int) -> None:
+        if not gate.enter():  # the run was stopped before this thread began
+            return
         try:
             results[rank] = target(Comm(ThreadsTransport(hub, rank)))
         except BaseException as exc:  # noqa: BLE001 - reported below with the rank
             errors.append((rank, exc))
             hub.abort()
+        finally:
+            gate.leave()
 
     threads = [threading.Thread(target=work, args=(r,), name=f"parrbm-worker-{r}") for r in range(size)]
     try:
@@ -125,7 +171,7 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
             # Ctrl-C or SIGTERM: the workers stop at their next collective, and the
             # exception leaves only once they have, so that none is still inside the core
             # when the interpreter exits (nor runs its epoch to the end after Ctrl-C).
-            stop_workers(hub.abort, threads, timeout + 5.0)
+            stop_workers(hub.abort, threads, timeout + 5.0, gate)
             raise
     finally:
         if previous > 0:

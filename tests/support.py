@@ -27,3 +27,11 @@ def needs_mpi(*values):
 def mpi_param():
     """The "mpi" transport as a test parameter, skipped where mpi is missing."""
     return needs_mpi("mpi")
+
+
+def sigint_default() -> None:
+    """preexec_fn for a child that a test interrupts: Ctrl-C back at its default. A shell
+    starts background jobs with SIGINT ignored, and the child would inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -114,3 +114,35 @@ def test_core_barrier_timeout_and_abort_break_it_for_everyone():
     assert not t.is_alive() and result == ["broken"]
     with pytest.raises(ValueError, match="parties"):
         _core.Barrier(0)
+
+
+def test_a_worker_whose_start_was_interrupted_never_begins(monkeypatch):
+    """Ctrl-C inside Thread.start: the thread runs later, unseen by is_alive when the run
+    stops. It must not begin its work (into the core, where interpreter finalization
+    would abort the process): run_threads returns with no worker inside, and none after."""
+    import threading
+    import time
+
+    from parrbm.harness.threads import run_threads
+
+    original = threading.Thread.start
+    began: list[int] = []
+
+    def start(self):
+        if self.name == "parrbm-worker-1":  # the second worker: started late, its start() interrupted
+            original(threading.Timer(0.3, original, (self,)))
+            raise KeyboardInterrupt
+        original(self)
+
+    def target(comm):
+        began.append(comm.rank)
+        comm.barrier(phase="sync")  # waits for worker 1, until the run is stopped
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        run_threads(2, target, timeout=5.0)
+    monkeypatch.setattr(threading.Thread, "start", original)
+    at_return = list(began)  # worker 0 began, unless the stop came before it reached its work
+    assert at_return in ([0], [])
+    time.sleep(0.6)  # worker 1's thread has run by now
+    assert began == at_return

@@ -4,6 +4,8 @@ import textwrap
 
 import pytest
 
+from support import sigint_default
+
 from parrbm.cli import main
 from parrbm.harness.experiment import (ConfigError, all_cores_threads, environment_cores, grid_points, load_config,
                                       read_records, run_config)
@@ -183,7 +185,7 @@ def test_ctrl_c_leaves_valid_results(tmp_path):
     cfg = write(tmp_path, SMALL.replace("steps: 3", "steps: 40").replace("cases: 64", "cases: 400"))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, preexec_fn=sigint_default)
     results = out / "small.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 2):
