@@ -475,15 +475,17 @@ def _raise_failure(procs, job_dir: Path, K: int, timeout: float, transport: str,
     reports = {r: (job_dir / f"error-{r}.txt").read_text().strip()
                for r in range(K) if (job_dir / f"error-{r}.txt").exists()}
     if transport == "tcp":
+        # A worker that died without a word is the cause; a peer that was slow to stop
+        # after it (and so was killed) is not, even if another peer blamed it.
+        dead = [r for r, c in enumerate(codes) if c != 0 and r not in reports and r not in killed]
         blamed = _blamed(job_dir, K)
-        unresponsive = stopped or [r for r in blamed if r in killed]
+        unresponsive = stopped or ([] if dead else [r for r in blamed if r in killed])
         if unresponsive:
             r = unresponsive[0]
             seen = next((m for j, m in sorted(reports.items()) if j != r), "")
             raise CommError(f"worker {r} did not respond within {timeout:g} s (stopped or hung"
                             + ("; the kernel shows it stopped, as by SIGSTOP" if r in stopped else "") + ")"
                             + (f"; its peers saw: {seen}" if seen else ""))
-        dead = [r for r, c in enumerate(codes) if c != 0 and r not in reports and r not in killed]
         if dead:
             r = dead[0]
             seen = next(iter(reports.values()), "")

@@ -268,3 +268,17 @@ def test_worker_without_the_job_directory_says_what_is_needed(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 1
     assert "no job at" in out.stderr and "tcp.job_root" in out.stderr
+
+
+def test_a_worker_that_died_is_named_before_a_peer_slow_to_stop(tmp_path):
+    """Worker 1 dies without a word; worker 0 notices, blames it, and is slow to exit (so
+    the launcher kills it); worker 2 saw worker 0's connection close and blames worker 0.
+    The run names worker 1, the cause."""
+    from parrbm.harness.launch import _raise_failure
+
+    (tmp_path / "blame-0.txt").write_text("1")
+    (tmp_path / "blame-2.txt").write_text("0")
+    (tmp_path / "error-2.txt").write_text("worker 0 closed its connection in phase 'visible-input'")
+    with pytest.raises(CommError, match=r"^worker 1 ") as exc:
+        _raise_failure([], tmp_path, 3, 20.0, "tcp", [-9, -9, 1], stopped=[], killed={0})
+    assert "did not respond" not in str(exc.value)
