@@ -416,7 +416,7 @@ def network_sizes(bandwidth: float | None, quick: bool) -> list[int]:
     if bandwidth is None:
         return SIZES[:-1] if quick else SIZES
     top = max(min(int(bandwidth * (0.15 if quick else 0.25)), SIZES[-1]), 1 << 20)
-    return [1 << 10, 1 << 14, max(top // 4, 1 << 18), max(top // 2, 1 << 19), top]
+    return [1 << 10, 1 << 14, top // 4, top // 2, top]
 
 
 def fit_shaped_link(points: list[list[float]], messages: int = 1) -> Link:
@@ -424,7 +424,7 @@ def fit_shaped_link(points: list[list[float]], messages: int = 1) -> Link:
     (least squares: the token bucket's burst, sent at once, is in the intercept), the
     latency from the smallest transfer, less its bytes' time."""
     (b0, t0), large = points[0], np.array(points[2:], dtype=float)
-    slope = np.polyfit(large[:, 0], large[:, 1], 1)[0] if len(large) >= 2 else 0.0
+    slope = np.polyfit(large[:, 0], large[:, 1], 1)[0]
     bandwidth = 1.0 / slope if slope > 0 else large[-1, 0] / large[-1, 1]
     return Link(latency=max(0.0, (t0 - b0 / bandwidth) / messages), bandwidth=float(bandwidth))
 
