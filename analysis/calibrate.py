@@ -392,12 +392,12 @@ def mpi_links(quick: bool = False) -> dict[str, Link]:
     return _links_from(times)
 
 
-def _mpi_rank_main(sizes: list[int]) -> None:
+def _mpi_rank_main(sizes: list[int], repeats: int = 5) -> None:
     from parrbm.harness.comm import Comm
     from parrbm.harness.mpi import MPITransport
 
     t = MPITransport()
-    res = collective_times(Comm(t), sizes)
+    res = collective_times(Comm(t), sizes, repeats)
     if t.rank == 0:
         print(json.dumps(res), flush=True)
 
@@ -426,7 +426,7 @@ def fit_shaped_link(points: list[list[float]], messages: int = 1) -> Link:
     (b0, t0), large = points[0], np.array(points[2:], dtype=float)
     slope = np.polyfit(large[:, 0], large[:, 1], 1)[0]
     bandwidth = 1.0 / slope if slope > 0 else large[-1, 0] / large[-1, 1]
-    return Link(latency=max(0.0, (t0 - b0 / bandwidth) / messages), bandwidth=float(bandwidth))
+    return Link(latency=float(max(0.0, (t0 - b0 / bandwidth) / messages)), bandwidth=float(bandwidth))
 
 
 def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
@@ -437,7 +437,8 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
     sizes = network_sizes(link.bandwidth, quick)
     with EmulatedNetwork(2, link) as net, tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-        size_arg = ["--sizes", ",".join(map(str, sizes))]
+        # a shaped link stalls now and then (acknowledgements queue behind data): more repeats
+        size_arg = ["--sizes", ",".join(map(str, sizes)), "--repeats", "9" if link.bandwidth else "5"]
         if transport == "mpi":
             from parrbm.harness.launch import WORKER, _mpi_command
 
@@ -472,7 +473,7 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
     return {k: fit_shaped_link(v, messages=2 if k == "allreduce" else 1) for k, v in times.items()}
 
 
-def _tcp_rank_main(rank: int, addresses: str, sizes: list[int]) -> None:
+def _tcp_rank_main(rank: int, addresses: str, sizes: list[int], repeats: int = 5) -> None:
     import socket
 
     from parrbm.harness.comm import Comm
@@ -484,7 +485,7 @@ def _tcp_rank_main(rank: int, addresses: str, sizes: list[int]) -> None:
     secret = bytes.fromhex(sys.stdin.readline().strip())
     t = TCPTransport(rank, len(peers), secret, listener, peers, timeout=120.0)
     try:
-        res = collective_times(Comm(t), sizes)
+        res = collective_times(Comm(t), sizes, repeats)
     finally:
         t.close()
     if rank == 0:
@@ -568,9 +569,10 @@ if __name__ == "__main__":
     ap.add_argument("--addresses")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes")
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     chosen = [int(s) for s in a.sizes.split(",")] if a.sizes else (SIZES[:-1] if a.quick else SIZES)
     if a.mpi_rank:
-        _mpi_rank_main(chosen)
+        _mpi_rank_main(chosen, a.repeats)
     elif a.tcp_rank is not None:
-        _tcp_rank_main(a.tcp_rank, a.addresses, chosen)
+        _tcp_rank_main(a.tcp_rank, a.addresses, chosen, a.repeats)
