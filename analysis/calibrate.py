@@ -91,17 +91,29 @@ def element_costs(precision: str, quick: bool = False) -> dict[str, float]:
     cost["update"] = _median_time(lambda: _core.apply_increment(W, g, 0.0), r) / W.size
     dst = np.empty((rows, 2 * cols), dt)
     cost["copy"] = _median_time(lambda: dst.__setitem__((slice(None), slice(0, cols)), pre), r) / n
-    words = 4
-    cases = 64 * words
-    a, b = cols // 4, cols // 4
-    left = (rng.random((cases, a)) < 0.5).astype(dt)
-    right = (rng.random((cases, b)) < 0.5).astype(dt)
-    lb, _ = _core.pack_columns(left, words)
-    rb, _ = _core.pack_columns(right, words)
-    Wb = np.zeros((a, b), dt)
-    cost["bitstat"] = _median_time(lambda: _core.bit_statistics_update(Wb, None, lb, rb, lb, rb, alpha=1e-3),
-                                   r) / (a * b * words * 2)
     return cost
+
+
+#: the 64-case words a bit-statistics update is timed at: 64 to 1024 cases a term
+BITSTAT_WORDS = (1, 2, 4, 8, 16)
+
+
+def bitstat_table(precision: str, quick: bool = False) -> list[list[float]]:
+    """[words, seconds per cell-word-term] of the bit statistics (AND + popcount over both
+    terms): the cost per word is not flat (unrolled up to four words, looped beyond)."""
+    dt = np.dtype(precision)
+    rng = np.random.default_rng(3)
+    a, b = (256, 512) if quick else (512, 1024)
+    W = np.zeros((a, b), dt)
+    table = []
+    for words in BITSTAT_WORDS:
+        cases = 64 * words
+        lb, _ = _core.pack_columns((rng.random((cases, a)) < 0.5).astype(dt), words)
+        rb, _ = _core.pack_columns((rng.random((cases, b)) < 0.5).astype(dt), words)
+        seconds = _median_time(lambda: _core.bit_statistics_update(W, None, lb, rb, lb, rb, alpha=1e-3),
+                               5 if quick else 7)
+        table.append([words, seconds / (a * b * words * 2)])
+    return table
 
 
 def strategy_overheads(quick: bool = False) -> dict[str, float]:
@@ -138,54 +150,89 @@ CALIBRATION_MODEL = (768, 1536, 200)
 SPILLING_MODEL = (2048, 3072, 100)
 
 
-def _calibration_run(steps: int, shape=CALIBRATION_MODEL):
-    """The calibration model's spec, random binary data for ``steps`` minibatches and the
-    cost model."""
+def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary"):
+    """The calibration model's spec, random data for ``steps`` minibatches (binary, or
+    standard normal for Gaussian units) and the cost model."""
     from parrbm.analysis import cost
     from parrbm.config import CDSpec
 
     V, H, m = shape
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
-    X = (np.random.default_rng(4).random((steps * m, V)) < 0.3).astype(np.float32)
-    return spec, X, cost.Model(V, H)
+    rng = np.random.default_rng(4)
+    if visible == "binary":
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
+        X = (rng.random((steps * m, V)) < 0.3).astype(np.float32)
+    else:  # a rate Gaussian units do not diverge at: a step's time, not its learning, is wanted
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", visible=visible,
+                      learning_rate=0.001)
+        X = rng.standard_normal((steps * m, V)).astype(np.float32)
+    return spec, X, cost.Model(V, H, visible=visible)
+
+
+def _gemm_pace(profile: Profile, work, precision: str = "float32", repeats: int = 3) -> float:
+    """How much slower the GEMMs of ``work``, timed now, run than ``profile`` prices them:
+    what a busy spell of a shared machine does to everything timed during it."""
+    dt = np.dtype(precision)
+    rng = np.random.default_rng(5)
+    measured = 0.0
+    for M, N, d in work.gemms:
+        a, b, c = rng.random((M, d)).astype(dt), rng.random((d, N)).astype(dt), np.zeros((M, N), dt)
+        measured += _median_time(lambda: _core.gemm(a, b, c), repeats)
+    return measured / sum(2 * M * N * d / profile.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
 
 
 def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -> dict[str, float]:
     """strategy -> its kernels' time inside its own step at K = 1 / the same kernels timed
-    one by one (``profile.kernel_seconds``), on the calibration model.
+    one by one (``profile.kernel_seconds``), on the calibration model; binary units under
+    the strategy's name, Gaussian units under ``strategy/gaussian`` (their statistics are
+    a GEMM, where binary units' are the bit statistics: another sequence of kernels).
 
     A step's kernels run slower in sequence than alone: each finds its operands evicted
     by the one before, and the drivers copy between them (the stacked [x; v'] operand,
     column slices). The serial trainer and each strategy at K = 1 are run in interleaved
     rounds, the median per strategy kept, so a busy spell spoils one round, not one
-    strategy."""
+    strategy; and each round is divided by its pace, the calibration model's GEMMs timed
+    just before and after it against the profile's rates, so a spell as long as all the
+    rounds (seen to lift every figure by 10 %) does not either."""
+    from parrbm.analysis import cost
     from parrbm.analysis.compute import step_work
+    from parrbm.analysis.timemodel import efficiency_key
     from parrbm.config import ModelState
     from parrbm.harness.runner import ParallelRunner
     from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy
 
     steps, warmup = (8, 1) if quick else (12, 2)
-    spec, X, model = _calibration_run(steps + warmup)
-    m = spec.batch_size
-    order = np.arange(X.shape[0], dtype=np.int64)
     names = ["serial", *PARALLEL_STRATEGIES]
-    kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
-    ratios: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(3):
-        for name in names:
-            if name == "serial":  # timed in the core's loop, as the runs time it
-                s = SerialStrategy(spec, ModelState.initial(spec))
-                measured = float(np.median(s.run_timed(X, order, 0)[1][warmup:]))
-            else:
-                r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
-                r.run(X, order, 0)
-                measured = float(np.median(r.step_seconds[0][warmup:]))
-            ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
-    out = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
-    progress("calibrate: kernels in their own steps run at " +
-             ", ".join(f"{n} {e:.2f}" for n, e in out.items()) + " x their one-by-one time")
-    # where they were measured: the time model scales the excess to other steps from it
-    profile.efficiency_traffic = {n: step_work(n, model, m, 1, 0).traffic_per_flop for n in names}
+    out: dict[str, float] = {}
+    profile.efficiency_traffic = {}
+    for visible in ("binary", "gaussian"):
+        spec, X, model = _calibration_run(steps + warmup, visible=visible)
+        m = spec.batch_size
+        order = np.arange(X.shape[0], dtype=np.int64)
+        kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
+        ratios: dict[str, list[float]] = {n: [] for n in names}
+        gemms = step_work("serial", cost.Model(spec.n_visible, spec.n_hidden, visible="gaussian"), m, 1)
+        for _ in range(5):
+            before = _gemm_pace(profile, gemms)
+            measured_round = {}
+            for name in names:
+                if name == "serial":  # timed in the core's loop, as the runs time it
+                    s = SerialStrategy(spec, ModelState.initial(spec))
+                    measured = float(np.median(s.run_timed(X, order, 0)[1][warmup:]))
+                else:
+                    r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
+                    r.run(X, order, 0)
+                    measured = float(np.median(r.step_seconds[0][warmup:]))
+                measured_round[name] = measured
+            pace = 0.5 * (before + _gemm_pace(profile, gemms))
+            for name, measured in measured_round.items():
+                ratios[name].append((measured - profile.overhead.get(name, 0.0)) / (kernels[name] * pace))
+        found = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
+        progress(f"calibrate: kernels in their own steps ({visible} units) run at " +
+                 ", ".join(f"{n} {e:.2f}" for n, e in found.items()) + " x their one-by-one time")
+        for n, e in found.items():
+            out[efficiency_key(n, visible)] = e
+            # where it was measured: the time model scales the excess to other steps from it
+            profile.efficiency_traffic[efficiency_key(n, visible)] = step_work(n, model, m, 1, 0).traffic_per_flop
     return out
 
 
@@ -543,6 +590,9 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
         p.gemm[precision] = [[d, float(np.median([t[i][1] for t in tables]))] for i, (d, _) in enumerate(tables[0])]
         progress(f"calibrate: elementwise kernels, {precision}")
         p.element[precision] = element_costs(precision, quick)
+        p.bitstat[precision] = bitstat_table(precision, quick)
+        # the flat figure a plug-in's own bit statistics (words unknown) are priced at
+        p.element[precision]["bitstat"] = p.bitstat[precision][BITSTAT_WORDS.index(4)][1]
     progress("calibrate: strategy overheads")
     p.overhead = strategy_overheads(quick)
     progress("calibrate: strategies' kernels in sequence")

@@ -12,6 +12,8 @@ Kinds of work (``Work.counts``):
     visible     binary visible units sampled, elements (visible-gaussian: Gaussian units)
     pack        0/1 values packed column-wise for the bit statistics, elements
     bitstat     weight cells updated by AND + popcount, times 64-case words per term
+                (``Work.bitstat_words`` splits them by words: the kernel's cost per
+                word depends on how many there are)
     update      weights touched by an elementwise update (increments, a summed gradient)
     copy        values moved between buffers by the strategy itself
 
@@ -30,6 +32,8 @@ from parrbm.analysis.cost import Model
 class Work:
     gemms: list[tuple[int, int, int]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    #: 64-case words per term -> the "bitstat" count of updates with that many words
+    bitstat_words: Counter = field(default_factory=Counter)
 
     def gemm(self, M: int, N: int, depth: int) -> None:
         if M and N and depth:
@@ -73,6 +77,8 @@ def statistics_work(w: Work, model: Model, a: int, b: int, m: int, c: int, *, mo
         if not binary_data:
             w.gemm(a, b, m)
         w.add("bitstat", a * b * words * terms)
+        if a * b:
+            w.bitstat_words[words] += a * b * words * terms
     else:
         w.gemm(a, b, m + c)
         if momentum:

@@ -66,6 +66,10 @@ class Profile:
     gemm: dict[str, list[list[float]]] = field(default_factory=dict)
     #: precision -> kind -> seconds per element (see compute.Work)
     element: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: precision -> [[64-case words per term, seconds per cell-word-term], ...] ascending:
+    #: the bit statistics' cost per word falls and rises again with the words (unrolled
+    #: counts up to four words, a loop beyond); ``element["bitstat"]`` when absent
+    bitstat: dict[str, list[list[float]]] = field(default_factory=dict)
     #: strategy -> seconds of driver overhead per step (Python, kernel calls)
     overhead: dict[str, float] = field(default_factory=dict)
     #: strategy -> its kernels' time in its own step / the same kernels timed one by one
@@ -118,18 +122,37 @@ class Profile:
         """The kernels of ``work`` timed one by one."""
         t = sum(2 * M * N * d / self.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
         per = self.element[precision]
-        return t + sum(n * per[kind] for kind, n in work.counts.items())
+        t += sum(n * per[kind] for kind, n in work.counts.items() if kind != "bitstat")
+        bits = work.counts.get("bitstat", 0)
+        table = self.bitstat.get(precision)
+        if bits and table:
+            for words, n in work.bitstat_words.items():
+                t += n * self.bitstat_cost(precision, words)
+            bits -= sum(work.bitstat_words.values())  # a plug-in's own, words unknown
+        return t + bits * per.get("bitstat", 0.0)
 
-    def compute_seconds(self, work: Work, precision: str, strategy: str) -> float:
-        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy)
+    def bitstat_cost(self, precision: str, words: int) -> float:
+        """Seconds per cell-word-term of the bit statistics at ``words`` 64-case words:
+        interpolated in log words between the measured ones, held beyond them."""
+        table = self.bitstat[precision]
+        xs = np.log([w for w, _ in table])
+        return float(np.interp(np.log(max(words, 1)), xs, [c for _, c in table]))
+
+    def compute_seconds(self, work: Work, precision: str, strategy: str, visible: str = "binary") -> float:
+        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy, visible)
                 + self.overhead.get(strategy, 0.0))
 
-    def step_efficiency(self, work: Work, strategy: str) -> float:
-        """The measured ``efficiency`` of ``strategy``, its excess over 1 scaled from the
-        calibration step's traffic per flop to this step's (a big GEMM hides the cost of
-        moving its operands between kernels; a small one does not)."""
-        eff = self.efficiency.get(strategy, 1.0)
-        ref = self.efficiency_traffic.get(strategy)
+    def step_efficiency(self, work: Work, strategy: str, visible: str = "binary") -> float:
+        """The measured ``efficiency`` of ``strategy`` with ``visible`` units, its excess
+        over 1 scaled from the calibration step's traffic per flop to this step's (a big
+        GEMM hides the cost of moving its operands between kernels; a small one does not).
+        Gaussian steps have their own figure (``strategy/gaussian``): their statistics are
+        a GEMM, not the bit statistics, so their sequence is another."""
+        key = efficiency_key(strategy, visible)
+        if key not in self.efficiency:
+            key = strategy  # an older profile: one figure per strategy
+        eff = self.efficiency.get(key, 1.0)
+        ref = self.efficiency_traffic.get(key)
         if not ref or eff == 1.0:
             return eff
         return max(0.5, 1.0 + (eff - 1.0) * work.traffic_per_flop / ref)
@@ -177,6 +200,11 @@ class Prediction:
     wait_seconds: float = 0.0        # waiting for each other on a shared machine (in step_seconds)
     speedup: float | None = None     # vs the serial trainer, mean step times
     efficiency: float | None = None
+
+
+def efficiency_key(strategy: str, visible: str) -> str:
+    """Where a profile keeps a strategy's kernel efficiency for ``visible`` units."""
+    return strategy if visible == "binary" else f"{strategy}/{visible}"
 
 
 def working_set(model: cost.Model, K: int) -> float:
@@ -244,7 +272,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
                        average=average) for r in ranks] if strategy != "serial" else \
         [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
-    compute = max(profile.compute_seconds(w, model.precision, strategy) for w in works)
+    compute = max(profile.compute_seconds(w, model.precision, strategy, model.visible) for w in works)
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores

@@ -218,6 +218,40 @@ def test_efficiency_scales_the_kernels_not_the_driver_overhead():
         predict("purple-only", model, 50, 2, flat_profile(), transport="net").compute_seconds
 
 
+def test_gaussian_steps_take_their_own_efficiency():
+    """Gaussian units' statistics are a GEMM, binary units' the bit statistics: each has
+    its figure; a profile without the Gaussian one prices both with the strategy's."""
+    model_b, model_g = cost.Model(500, 800), cost.Model(500, 800, visible="gaussian")
+    prof = flat_profile()
+    base_b = predict("green-only", model_b, 50, 2, prof, transport="net").compute_seconds
+    base_g = predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds
+    prof.efficiency = {"green-only": 1.2, "green-only/gaussian": 1.05}
+    assert predict("green-only", model_b, 50, 2, prof, transport="net").compute_seconds == \
+        pytest.approx(1.2 * base_b, rel=1e-12)
+    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == \
+        pytest.approx(1.05 * base_g, rel=1e-12)
+    prof.efficiency = {"green-only": 1.2}  # an older profile
+    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == \
+        pytest.approx(1.2 * base_g, rel=1e-12)
+
+
+def test_bit_statistics_are_priced_at_their_words():
+    """A serial step of 64 x 128 binary units at m = 100 updates 64 x 128 cells over two
+    64-case words a term, two terms (data and reconstruction): 32768 cell-word-terms. The
+    table says 4e-10 s at 1 word and 1e-10 s at 4; at 2 words, halfway in log words,
+    2.5e-10 s: 8.192 us. Without the table, the flat element figure."""
+    prof = flat_profile(element=0.0)
+    w = step_work("serial", cost.Model(64, 128), 100, 1)
+    assert dict(w.bitstat_words) == {2: 32768}
+    gemm_only = prof.kernel_seconds(w, "float32")
+    prof.bitstat = {"float32": [[1, 4e-10], [4, 1e-10], [16, 2e-10]]}
+    assert prof.kernel_seconds(w, "float32") - gemm_only == pytest.approx(32768 * 2.5e-10, rel=1e-12)
+    assert prof.bitstat_cost("float32", 64) == 2e-10 and prof.bitstat_cost("float32", 1) == 4e-10
+    prof.bitstat = {}
+    prof.element["float32"]["bitstat"] = 3e-10
+    assert prof.kernel_seconds(w, "float32") - gemm_only == pytest.approx(32768 * 3e-10, rel=1e-12)
+
+
 def test_the_kernels_excess_in_sequence_scales_with_their_traffic_per_flop():
     """Efficiency 1.2 measured where the GEMMs move t values a flop: a step whose GEMMs
     move t/2 a flop (bigger operands, the same copies between them) pays half the excess,
@@ -380,8 +414,13 @@ def test_calibration_measures_plausible_figures(measured_profile):
         assert all(0 < v < 1e-6 for v in p.element[precision].values())
     assert p.gemm["float32"][-1][1] > p.gemm["float64"][-1][1]  # twice the lanes
     assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
-    assert set(p.efficiency) == {"serial", *PARALLEL_STRATEGIES}
+    names = {"serial", *PARALLEL_STRATEGIES}
+    assert set(p.efficiency) == names | {f"{n}/gaussian" for n in names}
+    assert set(p.efficiency_traffic) == set(p.efficiency)
     assert all(0.5 <= e <= 2.0 for e in p.efficiency.values())
+    for precision in ("float32", "float64"):  # the bit statistics at every timed width
+        assert [w for w, _ in p.bitstat[precision]] == [1, 2, 4, 8, 16]
+        assert all(0 < c < 1e-7 for _, c in p.bitstat[precision])
     link = p.links["threads"]["allgather"]
     assert link.latency < 0.01 and link.bandwidth > 1e7
     sharing = p.contention["threads"][str(max(2, p.cores))]
