@@ -937,8 +937,10 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
         done = _results_to_continue(results, where, identity, resume=resume, overwrite=overwrite,
                                     progress=progress)
         if calibrate:
-            _calibrate_for(cfg, where, resume=resume, progress=progress)
-        _run_points(cfg, results, identity, done, progress)
+            _calibrate_for(cfg, where, resume=resume, progress=progress, lock=lock)
+        _run_points(cfg, results, identity, done, progress, lock)
+    except ResultsError as exc:
+        raise ConfigError(str(exc)) from None
     finally:
         lock.__exit__(None, None, None)
     return results
@@ -1007,7 +1009,7 @@ def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
             + ". Use --overwrite (the old file is kept beside it) or another --out or name")
 
 
-def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress) -> None:
+def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None) -> None:
     """Measure this machine for the config's transports and emulated links (quick) into
     ``where``; on --resume an existing profile is kept (and must load)."""
     from parrbm.analysis.calibrate import calibrate as measure
@@ -1029,10 +1031,12 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress) -> None:
     for link in links:
         calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
                           quick=True, progress=progress)
+    if lock is not None:
+        lock.check()  # kept only beside results this run still holds
     profile.save(where)
 
 
-def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) -> None:
+def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:
     from parrbm.harness.results import append_record
     from parrbm.strategies.registry import source_digest
 
@@ -1087,7 +1091,7 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress) 
             digest = source_digest(pt["strategy"])
             if digest:  # a plug-in: its code is part of what was measured
                 rec["strategy_sha256"] = digest
-            append_record(results, rec)
+            append_record(results, rec, lock)
             progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
 
 

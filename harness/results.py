@@ -169,6 +169,20 @@ class WriterLock:
             self.fh.close()
         return False
 
+    def check(self) -> None:
+        """ResultsError unless the lock file at the path is still this lock's: a results
+        folder removed under a running experiment (or its lock file replaced) lets another
+        run take the same path, and writing on would mix the two runs' records."""
+        try:
+            here = os.stat(self.path)
+        except OSError:
+            here = None
+        mine = os.fstat(self.fh.fileno())
+        if here is None or (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
+            raise ResultsError(f"{self.results}: its folder was removed, or its lock file {self.path.name} "
+                               f"replaced, while this run was writing it; the run stopped so that its records "
+                               f"do not mix with another run's")
+
 
 # ---- records ---------------------------------------------------------------------------------
 
@@ -199,10 +213,12 @@ def finite_record(record: dict) -> dict:
     return out
 
 
-def append_record(path: Path, record: dict) -> None:
+def append_record(path: Path, record: dict, lock: "WriterLock | None" = None) -> None:
     """One whole line of strict JSON, flushed and fsync'd, with Ctrl-C and SIGTERM held
-    off while it is written."""
+    off while it is written; with the writer's ``lock``, only while it still holds the path."""
     line = (json.dumps(finite_record(record), allow_nan=False) + "\n").encode()
+    if lock is not None:
+        lock.check()
     with signals_held(), open(path, "ab") as fh:
         fh.write(line)
         fh.flush()

@@ -135,6 +135,33 @@ def test_a_second_writer_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "small.jsonl").exists()
 
 
+def test_a_run_whose_folder_was_taken_over_stops_before_mixing_records(tmp_path, capsys, monkeypatch):
+    """The results folder removed under a running experiment, and a second run writing a
+    new one at the same path: the first run stops at its next record, naming why, and the
+    second run's file holds the second run's records alone."""
+    import shutil
+
+    from parrbm.harness import results as results_mod
+
+    out = tmp_path / "out"
+    second: list = []
+    real = results_mod.finite_record
+
+    def take_over(record):
+        if not second:  # before the first run's first record: another run takes the path
+            shutil.rmtree(out)
+            out.mkdir()
+            second.append(results_mod.WriterLock(out / "small.jsonl").__enter__())
+            (out / "small.jsonl").write_text('{"run_id": "the second run"}\n')
+        return real(record)
+
+    monkeypatch.setattr(results_mod, "finite_record", take_over)
+    code, err = cli(capsys, "run", write(tmp_path, SMALL), "--out", out, "--no-calibrate")
+    second[0].__exit__(None, None, None)
+    assert code == 2 and "its folder was removed" in err and "do not mix with another run's" in err
+    assert (out / "small.jsonl").read_text() == '{"run_id": "the second run"}\n'
+
+
 # ---- 3. --resume never mixes experiments ---------------------------------------------------------------
 
 def test_resume_refuses_another_configuration_naming_the_fields(tmp_path, capsys):
