@@ -168,18 +168,6 @@ def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary
     return spec, X, cost.Model(V, H, visible=visible)
 
 
-def _gemm_pace(profile: Profile, work, precision: str = "float32", repeats: int = 3) -> float:
-    """How much slower the GEMMs of ``work``, timed now, run than ``profile`` prices them:
-    what a busy spell of a shared machine does to everything timed during it."""
-    dt = np.dtype(precision)
-    rng = np.random.default_rng(5)
-    measured = 0.0
-    for M, N, d in work.gemms:
-        a, b, c = rng.random((M, d)).astype(dt), rng.random((d, N)).astype(dt), np.zeros((M, N), dt)
-        measured += _median_time(lambda: _core.gemm(a, b, c), repeats)
-    return measured / sum(2 * M * N * d / profile.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
-
-
 def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -> dict[str, float]:
     """strategy -> its kernels' time inside its own step at K = 1 / the same kernels timed
     one by one (``profile.kernel_seconds``), on the calibration model; binary units under
@@ -190,10 +178,10 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     by the one before, and the drivers copy between them (the stacked [x; v'] operand,
     column slices). The serial trainer and each strategy at K = 1 are run in interleaved
     rounds, the median per strategy kept, so a busy spell spoils one round, not one
-    strategy; and each round is divided by its pace, the calibration model's GEMMs timed
-    just before and after it against the profile's rates, so a spell as long as all the
-    rounds (seen to lift every figure by 10 %) does not either."""
-    from parrbm.analysis import cost
+    strategy. (Dividing each round by the machine's pace just then, the model's GEMMs
+    timed against the profile's rates, was tried and dropped: the step priced on the
+    calibration model must come out as measured, and a pace off by 10 % moved every
+    prediction of a bandwidth sweep by as much.)"""
     from parrbm.analysis.compute import step_work
     from parrbm.analysis.timemodel import efficiency_key
     from parrbm.config import ModelState
@@ -210,10 +198,7 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
         order = np.arange(X.shape[0], dtype=np.int64)
         kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
         ratios: dict[str, list[float]] = {n: [] for n in names}
-        gemms = step_work("serial", cost.Model(spec.n_visible, spec.n_hidden, visible="gaussian"), m, 1)
         for _ in range(5):
-            before = _gemm_pace(profile, gemms)
-            measured_round = {}
             for name in names:
                 if name == "serial":  # timed in the core's loop, as the runs time it
                     s = SerialStrategy(spec, ModelState.initial(spec))
@@ -222,10 +207,7 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
                     r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
                     r.run(X, order, 0)
                     measured = float(np.median(r.step_seconds[0][warmup:]))
-                measured_round[name] = measured
-            pace = 0.5 * (before + _gemm_pace(profile, gemms))
-            for name, measured in measured_round.items():
-                ratios[name].append((measured - profile.overhead.get(name, 0.0)) / (kernels[name] * pace))
+                ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
         found = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
         progress(f"calibrate: kernels in their own steps ({visible} units) run at " +
                  ", ".join(f"{n} {e:.2f}" for n, e in found.items()) + " x their one-by-one time")
