@@ -10,6 +10,7 @@ them). Times are medians of repeats.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,14 +27,26 @@ from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile, working_set
 from parrbm.config import TRANSPORTS
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int, sample_seconds: float = 0.0) -> float:
+    """The median seconds of one call of ``fn`` over ``repeats`` samples. With
+    ``sample_seconds``, each sample times as many calls as fill that long: a kernel call of
+    0.1 ms timed alone is at the mercy of any interrupt or busy millisecond of a shared
+    machine (the bit statistics' table came out 2x slow in one calibration of three that
+    way). Not for collectives: every rank must make the same calls."""
+    t0 = time.perf_counter()
     fn()
+    calls = max(1, math.ceil(sample_seconds / max(time.perf_counter() - t0, 1e-9))) if sample_seconds else 1
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
     return float(np.median(times))
+
+
+#: how long each timed sample of a kernel lasts (see _median_time)
+KERNEL_SAMPLE = 0.01
 
 
 # ---- compute ----------------------------------------------------------------------------------
@@ -56,13 +69,43 @@ def gemm_table(precision: str, quick: bool = False) -> list[list[float]]:
             M = a_shape[1] if trans_a else a_shape[0]
             c = np.zeros((M, b_shape[1]), dt)
             depth = a_shape[0] if trans_a else a_shape[1]
-            seconds += _median_time(lambda: _core.gemm(a, b, c, trans_a=trans_a), 5 if quick else 7)
+            seconds += _median_time(lambda: _core.gemm(a, b, c, trans_a=trans_a), 5 if quick else 7, KERNEL_SAMPLE)
             flops += 2.0 * M * b_shape[1] * depth
         table.append([d, flops / seconds])
     # A longer short side never makes a GEMM slower; a dip is another process's doing on a
     # shared machine: keep the envelope.
     for i in range(1, len(table)):
         table[i][1] = max(table[i][1], table[i - 1][1])
+    return table
+
+
+#: the wide sides of the streamed-operand GEMMs: from inside the cache to well beyond it
+STREAM_SIDES = (1024, 2048, 4096)
+#: the short side of the streamed-operand GEMMs (a minibatch's rows)
+STREAM_ROWS = 100
+
+
+def gemm_stream_table(profile: Profile, precision: str, quick: bool = False) -> list[list[float]]:
+    """[[operand bytes, seconds per element], ...]: what a (100 x N) @ (N x N) product
+    takes beyond ``profile.gemm``'s rate, per element of its N x N operand. The table's
+    operands (512 wide) stay in the cache from one call to the next; a weight matrix of
+    tens of MB comes from memory on every call, and the BLAS packs it once per call
+    whatever the short side, so the cost goes with its elements. 0 at the table's own
+    operand size, never below 0 (a product cannot gain from a bigger operand)."""
+    dt = np.dtype(precision)
+    rng = np.random.default_rng(1)
+    big = 512 if quick else 1024
+    table = [[float(big * big * dt.itemsize), 0.0]]
+    for n in STREAM_SIDES:
+        if n <= big:
+            continue
+        a = rng.random((STREAM_ROWS, n)).astype(dt)
+        b = rng.random((n, n)).astype(dt)
+        c = np.zeros((STREAM_ROWS, n), dt)
+        seconds = _median_time(lambda: _core.gemm(a, b, c), 5 if quick else 7, KERNEL_SAMPLE)
+        flops = 2.0 * STREAM_ROWS * n * n
+        excess = seconds - flops / profile.gemm_rate(precision, STREAM_ROWS, n, n)
+        table.append([float(n * n * dt.itemsize), max(0.0, excess / (n * n))])
     return table
 
 
@@ -78,19 +121,19 @@ def element_costs(precision: str, quick: bool = False) -> dict[str, float]:
     states = (probs < 0.5).astype(dt)
     r = 5 if quick else 7
     cost = {
-        "sample": _median_time(lambda: _core.sample_sigmoid(pre, bias, out, None, seed=1), r) / n,
-        "bernoulli": _median_time(lambda: _core.sample_bernoulli(probs, out, seed=1), r) / n,
+        "sample": _median_time(lambda: _core.sample_sigmoid(pre, bias, out, None, seed=1), r, KERNEL_SAMPLE) / n,
+        "bernoulli": _median_time(lambda: _core.sample_bernoulli(probs, out, seed=1), r, KERNEL_SAMPLE) / n,
         "visible": _median_time(lambda: _core.visible_activation(pre, bias, out, "binary", True, None,
-                                                                 seed=1), r) / n,
+                                                                 seed=1), r, KERNEL_SAMPLE) / n,
         "visible-gaussian": _median_time(lambda: _core.visible_activation(pre, bias, out, "gaussian", False,
-                                                                          None, seed=1), r) / n,
-        "pack": _median_time(lambda: _core.pack_columns(states), r) / n,
+                                                                          None, seed=1), r, KERNEL_SAMPLE) / n,
+        "pack": _median_time(lambda: _core.pack_columns(states), r, KERNEL_SAMPLE) / n,
     }
     W = np.zeros((cols // 4, cols // 4), dt)
     g = np.ones_like(W)
-    cost["update"] = _median_time(lambda: _core.apply_increment(W, g, 0.0), r) / W.size
+    cost["update"] = _median_time(lambda: _core.apply_increment(W, g, 0.0), r, KERNEL_SAMPLE) / W.size
     dst = np.empty((rows, 2 * cols), dt)
-    cost["copy"] = _median_time(lambda: dst.__setitem__((slice(None), slice(0, cols)), pre), r) / n
+    cost["copy"] = _median_time(lambda: dst.__setitem__((slice(None), slice(0, cols)), pre), r, KERNEL_SAMPLE) / n
     return cost
 
 
@@ -111,7 +154,7 @@ def bitstat_table(precision: str, quick: bool = False) -> list[list[float]]:
         lb, _ = _core.pack_columns((rng.random((cases, a)) < 0.5).astype(dt), words)
         rb, _ = _core.pack_columns((rng.random((cases, b)) < 0.5).astype(dt), words)
         seconds = _median_time(lambda: _core.bit_statistics_update(W, None, lb, rb, lb, rb, alpha=1e-3),
-                               5 if quick else 7)
+                               5 if quick else 7, KERNEL_SAMPLE)
         table.append([words, seconds / (a * b * words * 2)])
     return table
 
@@ -150,7 +193,7 @@ CALIBRATION_MODEL = (768, 1536, 200)
 SPILLING_MODEL = (2048, 3072, 100)
 
 
-def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary"):
+def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary", precision: str = "float32"):
     """The calibration model's spec, random data for ``steps`` minibatches (binary, or
     standard normal for Gaussian units) and the cost model."""
     from parrbm.analysis import cost
@@ -159,29 +202,28 @@ def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary
     V, H, m = shape
     rng = np.random.default_rng(4)
     if visible == "binary":
-        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", learning_rate=0.05)
-        X = (rng.random((steps * m, V)) < 0.3).astype(np.float32)
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, learning_rate=0.05)
+        X = (rng.random((steps * m, V)) < 0.3).astype(precision)
     else:  # a rate Gaussian units do not diverge at: a step's time, not its learning, is wanted
-        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", visible=visible,
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, visible=visible,
                       learning_rate=0.001)
-        X = rng.standard_normal((steps * m, V)).astype(np.float32)
-    return spec, X, cost.Model(V, H, visible=visible)
+        X = rng.standard_normal((steps * m, V)).astype(precision)
+    return spec, X, cost.Model(V, H, visible=visible, precision=precision)
 
 
 def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -> dict[str, float]:
     """strategy -> its kernels' time inside its own step at K = 1 / the same kernels timed
-    one by one (``profile.kernel_seconds``), on the calibration model; binary units under
-    the strategy's name, Gaussian units under ``strategy/gaussian`` (their statistics are
-    a GEMM, where binary units' are the bit statistics: another sequence of kernels).
+    one by one (``profile.kernel_seconds``), on the calibration model, for binary and
+    Gaussian units in float32 and float64 (keys by :func:`efficiency_key`). Gaussian
+    units' statistics are a GEMM where binary units' are the bit statistics: another
+    sequence of kernels. A float64 step moves twice the bytes between kernels, but its
+    kernels take twice as long too: its excess is its own, not float32's.
 
     A step's kernels run slower in sequence than alone: each finds its operands evicted
     by the one before, and the drivers copy between them (the stacked [x; v'] operand,
     column slices). The serial trainer and each strategy at K = 1 are run in interleaved
     rounds, the median per strategy kept, so a busy spell spoils one round, not one
-    strategy. (Dividing each round by the machine's pace just then, the model's GEMMs
-    timed against the profile's rates, was tried and dropped: the step priced on the
-    calibration model must come out as measured, and a pace off by 10 % moved every
-    prediction of a bandwidth sweep by as much.)"""
+    strategy."""
     from parrbm.analysis.compute import step_work
     from parrbm.analysis.timemodel import efficiency_key
     from parrbm.config import ModelState
@@ -192,29 +234,31 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     names = ["serial", *PARALLEL_STRATEGIES]
     out: dict[str, float] = {}
     profile.efficiency_traffic = {}
-    for visible in ("binary", "gaussian"):
-        spec, X, model = _calibration_run(steps + warmup, visible=visible)
-        m = spec.batch_size
-        order = np.arange(X.shape[0], dtype=np.int64)
-        kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), "float32") for n in names}
-        ratios: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(5):
-            for name in names:
-                if name == "serial":  # timed in the core's loop, as the runs time it
-                    s = SerialStrategy(spec, ModelState.initial(spec))
-                    measured = float(np.median(s.run_timed(X, order, 0)[1][warmup:]))
-                else:
-                    r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
-                    r.run(X, order, 0)
-                    measured = float(np.median(r.step_seconds[0][warmup:]))
-                ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
-        found = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
-        progress(f"calibrate: kernels in their own steps ({visible} units) run at " +
-                 ", ".join(f"{n} {e:.2f}" for n, e in found.items()) + " x their one-by-one time")
-        for n, e in found.items():
-            out[efficiency_key(n, visible)] = e
-            # where it was measured: the time model scales the excess to other steps from it
-            profile.efficiency_traffic[efficiency_key(n, visible)] = step_work(n, model, m, 1, 0).traffic_per_flop
+    for precision in ("float32", "float64"):
+        for visible in ("binary", "gaussian"):
+            spec, X, model = _calibration_run(steps + warmup, visible=visible, precision=precision)
+            m = spec.batch_size
+            order = np.arange(X.shape[0], dtype=np.int64)
+            kernels = {n: profile.kernel_seconds(step_work(n, model, m, 1, 0), precision) for n in names}
+            ratios: dict[str, list[float]] = {n: [] for n in names}
+            for _ in range(5):
+                for name in names:
+                    if name == "serial":  # timed in the core's loop, as the runs time it
+                        s = SerialStrategy(spec, ModelState.initial(spec))
+                        measured = float(np.median(s.run_timed(X, order, 0)[1][warmup:]))
+                    else:
+                        r = ParallelRunner(spec, ModelState.initial(spec), name, 1)
+                        r.run(X, order, 0)
+                        measured = float(np.median(r.step_seconds[0][warmup:]))
+                    ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
+            found = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
+            progress(f"calibrate: kernels in their own steps ({visible} units, {precision}) run at " +
+                     ", ".join(f"{n} {e:.2f}" for n, e in found.items()) + " x their one-by-one time")
+            for n, e in found.items():
+                key = efficiency_key(n, visible, precision)
+                out[key] = e
+                # where it was measured: the time model scales the excess to other steps from it
+                profile.efficiency_traffic[key] = step_work(n, model, m, 1, 0).traffic_per_flop
     return out
 
 
@@ -572,6 +616,11 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
             rounds[precision].append(gemm_table(precision, quick))
     for precision, tables in rounds.items():
         p.gemm[precision] = [[d, float(np.median([t[i][1] for t in tables]))] for i, (d, _) in enumerate(tables[0])]
+    for precision in rounds:
+        progress(f"calibrate: GEMMs with an operand from memory, {precision}")
+        streams = [gemm_stream_table(p, precision, quick) for _ in range(3)]
+        p.gemm_stream[precision] = [[b, float(np.median([t[i][1] for t in streams]))]
+                                    for i, (b, _) in enumerate(streams[0])]
         progress(f"calibrate: elementwise kernels, {precision}")
         p.element[precision] = element_costs(precision, quick)
         p.bitstat[precision] = bitstat_table(precision, quick)

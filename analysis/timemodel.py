@@ -64,6 +64,11 @@ class Profile:
     blas: str = ""
     #: precision -> [[smallest dimension, flop/s], ...] ascending
     gemm: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: precision -> [[operand bytes, seconds per element], ...] ascending: what a GEMM's
+    #: larger input costs beyond the ``gemm`` table when it comes from memory rather than
+    #: from the cache the table's operands sit in (packed once per call, so it does not
+    #: shrink with the short side); interpolated in log bytes, 0 at the table's own size
+    gemm_stream: dict[str, list[list[float]]] = field(default_factory=dict)
     #: precision -> kind -> seconds per element (see compute.Work)
     element: dict[str, dict[str, float]] = field(default_factory=dict)
     #: precision -> [[64-case words per term, seconds per cell-word-term], ...] ascending:
@@ -118,18 +123,31 @@ class Profile:
                 return math.exp((1 - f) * math.log(r0) + f * math.log(r1))
         return table[-1][1]
 
+    def gemm_seconds(self, precision: str, M: int, N: int, depth: int) -> float:
+        """One (M x depth) @ (depth x N) product: its flops at the table's rate, and its
+        larger input's elements at what streaming them from memory costs beyond that."""
+        t = 2 * M * N * depth / self.gemm_rate(precision, M, N, depth)
+        table = self.gemm_stream.get(precision)
+        if table:
+            elements = max(M, N) * depth
+            nbytes = elements * (8 if precision == "float64" else 4)
+            xs = np.log([b for b, _ in table])
+            t += elements * float(np.interp(np.log(nbytes), xs, [c for _, c in table]))
+        return t
+
     def kernel_seconds(self, work: Work, precision: str) -> float:
         """The kernels of ``work`` timed one by one."""
-        t = sum(2 * M * N * d / self.gemm_rate(precision, M, N, d) for M, N, d in work.gemms)
+        t = sum(self.gemm_seconds(precision, M, N, d) for M, N, d in work.gemms)
         per = self.element[precision]
         t += sum(n * per[kind] for kind, n in work.counts.items() if kind != "bitstat")
         bits = work.counts.get("bitstat", 0)
-        table = self.bitstat.get(precision)
-        if bits and table:
+        if bits and self.bitstat.get(precision):
             for words, n in work.bitstat_words.items():
                 t += n * self.bitstat_cost(precision, words)
             bits -= sum(work.bitstat_words.values())  # a plug-in's own, words unknown
-        return t + bits * per.get("bitstat", 0.0)
+        if bits:
+            t += bits * per["bitstat"]
+        return t
 
     def bitstat_cost(self, precision: str, words: int) -> float:
         """Seconds per cell-word-term of the bit statistics at ``words`` 64-case words:
@@ -139,18 +157,20 @@ class Profile:
         return float(np.interp(np.log(max(words, 1)), xs, [c for _, c in table]))
 
     def compute_seconds(self, work: Work, precision: str, strategy: str, visible: str = "binary") -> float:
-        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy, visible)
+        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy, visible, precision)
                 + self.overhead.get(strategy, 0.0))
 
-    def step_efficiency(self, work: Work, strategy: str, visible: str = "binary") -> float:
-        """The measured ``efficiency`` of ``strategy`` with ``visible`` units, its excess
-        over 1 scaled from the calibration step's traffic per flop to this step's (a big
-        GEMM hides the cost of moving its operands between kernels; a small one does not).
-        Gaussian steps have their own figure (``strategy/gaussian``): their statistics are
-        a GEMM, not the bit statistics, so their sequence is another."""
-        key = efficiency_key(strategy, visible)
-        if key not in self.efficiency:
-            key = strategy  # an older profile: one figure per strategy
+    def step_efficiency(self, work: Work, strategy: str, visible: str = "binary", precision: str = "float32") -> float:
+        """The measured ``efficiency`` of ``strategy`` with ``visible`` units in
+        ``precision``, its excess over 1 scaled from the calibration step's traffic per
+        flop to this step's (a big GEMM hides the cost of moving its operands between
+        kernels; a small one does not). Gaussian steps have their own figure: their
+        statistics are a GEMM, not the bit statistics, so their sequence is another; and
+        float64 steps theirs, since a copy between kernels costs them no more than a flop
+        does relative to float32. A profile without a figure falls back to the nearest it
+        has (float32, then binary units)."""
+        keys = (efficiency_key(strategy, visible, precision), efficiency_key(strategy, visible), strategy)
+        key = next((k for k in keys if k in self.efficiency), strategy)
         eff = self.efficiency.get(key, 1.0)
         ref = self.efficiency_traffic.get(key)
         if not ref or eff == 1.0:
@@ -202,9 +222,12 @@ class Prediction:
     efficiency: float | None = None
 
 
-def efficiency_key(strategy: str, visible: str) -> str:
-    """Where a profile keeps a strategy's kernel efficiency for ``visible`` units."""
-    return strategy if visible == "binary" else f"{strategy}/{visible}"
+def efficiency_key(strategy: str, visible: str, precision: str = "float32") -> str:
+    """Where a profile keeps a strategy's kernel efficiency for ``visible`` units in
+    ``precision``: ``strategy``, ``strategy/gaussian``, ``strategy/float64``,
+    ``strategy/gaussian/float64``."""
+    return "/".join([strategy] + ([visible] if visible != "binary" else [])
+                    + ([precision] if precision != "float32" else []))
 
 
 def working_set(model: cost.Model, K: int) -> float:

@@ -235,6 +235,40 @@ def test_gaussian_steps_take_their_own_efficiency():
         pytest.approx(1.2 * base_g, rel=1e-12)
 
 
+def test_float64_steps_take_their_own_efficiency():
+    """A float64 step's excess in sequence is measured apart from float32's; a profile
+    without it prices float64 with the float32 figure of the same units."""
+    model32, model64 = cost.Model(500, 800), cost.Model(500, 800, precision="float64")
+    gauss64 = cost.Model(500, 800, visible="gaussian", precision="float64")
+    prof = flat_profile()
+    base = {id(mo): predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds
+            for mo in (model32, model64, gauss64)}
+    prof.efficiency = {"green-only": 1.2, "green-only/float64": 1.1, "green-only/gaussian": 1.05,
+                       "green-only/gaussian/float64": 1.02}
+    for mo, eff in ((model32, 1.2), (model64, 1.1), (gauss64, 1.02)):
+        assert predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds == \
+            pytest.approx(eff * base[id(mo)], rel=1e-12)
+    prof.efficiency = {"green-only": 1.2, "green-only/gaussian": 1.05}  # an older profile
+    assert predict("green-only", gauss64, 50, 2, prof, transport="net").compute_seconds == \
+        pytest.approx(1.05 * base[id(gauss64)], rel=1e-12)
+
+
+def test_a_gemm_pays_for_an_operand_from_memory_by_its_elements():
+    """A 100 x 1600 @ 1600 x 4000 float32 product at 1e11 flop/s takes 12.8 ms from the
+    cache. Its 1600 x 4000 operand (25.6 MB) costs, per element, the streamed table
+    interpolated in log bytes between 1 MB (0) and 64 MB (1 ns): ln 25.6 / ln 64 =
+    0.77970 ns, 4.9901 ms for 6.4e6 elements. A product whose inputs fit the cache pays
+    nothing, whatever its output (the Gaussian statistics' V x H result)."""
+    prof = flat_profile(element=0.0)
+    prof.gemm = {"float32": [[8, 1e11], [512, 1e11]]}
+    prof.gemm_stream = {"float32": [[1e6, 0.0], [64e6, 1e-9]]}
+    assert prof.gemm_seconds("float32", 100, 4000, 1600) == pytest.approx(12.8e-3 + 4.9901e-3, rel=1e-4)
+    assert prof.gemm_seconds("float32", 1600, 4000, 20) == pytest.approx(2 * 1600 * 4000 * 20 / 1e11, rel=1e-12)
+    assert prof.gemm_seconds("float32", 100, 500, 500) == pytest.approx(2 * 100 * 500 * 500 / 1e11, rel=1e-12)
+    prof.gemm_stream = {}  # an older profile: the table alone
+    assert prof.gemm_seconds("float32", 100, 4000, 1600) == pytest.approx(12.8e-3, rel=1e-12)
+
+
 def test_bit_statistics_are_priced_at_their_words():
     """A serial step of 64 x 128 binary units at m = 100 updates 64 x 128 cells over two
     64-case words a term, two terms (data and reconstruction): 32768 cell-word-terms. The
@@ -415,12 +449,18 @@ def test_calibration_measures_plausible_figures(measured_profile):
     assert p.gemm["float32"][-1][1] > p.gemm["float64"][-1][1]  # twice the lanes
     assert set(p.overhead) == {"serial", *PARALLEL_STRATEGIES}
     names = {"serial", *PARALLEL_STRATEGIES}
-    assert set(p.efficiency) == names | {f"{n}/gaussian" for n in names}
+    assert set(p.efficiency) == {f"{n}{v}{d}" for n in names for v in ("", "/gaussian") for d in ("", "/float64")}
     assert set(p.efficiency_traffic) == set(p.efficiency)
     assert all(0.5 <= e <= 2.0 for e in p.efficiency.values())
     for precision in ("float32", "float64"):  # the bit statistics at every timed width
         assert [w for w, _ in p.bitstat[precision]] == [1, 2, 4, 8, 16]
         assert all(0 < c < 1e-7 for _, c in p.bitstat[precision])
+        # an operand from memory: nothing at the table's own size, sizes ascending to
+        # well beyond the shared cache, and never more than a flop's share of ~50 flops
+        stream = p.gemm_stream[precision]
+        assert stream[0][1] == 0.0 and stream[-1][0] > 64e6
+        assert [b for b, _ in stream] == sorted(b for b, _ in stream)
+        assert all(0 <= c < 50 * 2 / p.gemm[precision][-1][1] for _, c in stream)
     link = p.links["threads"]["allgather"]
     assert link.latency < 0.01 and link.bandwidth > 1e7
     sharing = p.contention["threads"][str(max(2, p.cores))]
