@@ -47,17 +47,6 @@ class Work:
     def flops(self) -> int:
         return sum(2 * M * N * d for M, N, d in self.gemms)
 
-    @property
-    def traffic_per_flop(self) -> float:
-        """What the GEMMs move per flop, flop-weighted: 1/M + 1/N + 1/depth (an M x N x d
-        GEMM reads and writes M d + d N + M N values for 2 M N d flops). The kernels' cost
-        in sequence beyond their cost alone (operands evicted, copies between them) goes
-        with what they move, so it shrinks, relative to their time, as this does."""
-        total = self.flops
-        if not total:
-            return 0.0
-        return sum(2 * M * N * d * (1 / M + 1 / N + 1 / d) for M, N, d in self.gemms) / total
-
 
 def hidden_work(w: Work, model: Model, rows: int, hk: int, H: int, exchanged: bool = True) -> None:
     """Sample this worker's hidden block; with probability statistics every worker then

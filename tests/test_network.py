@@ -265,6 +265,22 @@ def test_shaped_link_fit_takes_the_slope_not_the_burst():
     assert (b2 - b1) / (t2 - t1) > 1.05 * 20e6
 
 
+def test_a_shaped_link_has_one_rate_for_its_plain_byte_collectives():
+    """The r23 sweep's 10 MB/s link: allreduce fitted at 7.0 MB/s beside 9.1, 9.3 and 9.4.
+    The four plain-bytes collectives take the median, 9.2 MB/s; each keeps its latency;
+    allgather_bits (packing on top of the bytes) keeps its own rate."""
+    from parrbm.analysis.calibrate import pooled_link_rate
+    from parrbm.analysis.timemodel import Link
+
+    fitted = {"allgather": Link(1.8e-4, 9.1e6), "allgather_bits": Link(7e-5, 7.1e6), "reduce_scatter": Link(1e-4, 9.3e6),
+              "allreduce": Link(0.0, 7.0e6), "alltoall": Link(2e-5, 9.4e6)}
+    pooled = pooled_link_rate(fitted)
+    for kind in ("allgather", "reduce_scatter", "allreduce", "alltoall"):
+        assert pooled[kind].bandwidth == pytest.approx(9.2e6, rel=1e-12)
+        assert pooled[kind].latency == fitted[kind].latency
+    assert pooled["allgather_bits"] == fitted["allgather_bits"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_calibration_on_the_emulated_link_finds_its_bandwidth(transport):
