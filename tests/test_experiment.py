@@ -184,12 +184,14 @@ def test_ctrl_c_leaves_valid_results(tmp_path):
 
     cfg = write(tmp_path, SMALL.replace("steps: 3", "steps: 40").replace("cases: 64", "cases: 400"))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out)],
+    # without the calibration: the interrupt must land among the runs' records
+    proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out), "--no-calibrate"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, preexec_fn=sigint_default)
     results = out / "small.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 2):
         time.sleep(0.05)
+    assert time.monotonic() < deadline, "no two records within 120 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert "interrupted: the results recorded so far are kept; --resume continues" in err.decode(), \
