@@ -41,10 +41,12 @@ def _plt():
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
+    from parrbm._files import write_atomic
+
     paths = []
     for ext in ("png", "svg"):
         p = out / f"{name}.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
+        write_atomic(p, lambda fh, ext=ext: fig.savefig(fh, format=ext, dpi=130, bbox_inches="tight"))
         paths.append(p)
     import matplotlib.pyplot as plt
 

@@ -219,9 +219,9 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
              "mismatch": [(r.get("run_id", "?"), "; ".join(r["metrics"]["formula_mismatch"])) for r in records
                           if r.get("status") == "ok" and (r.get("metrics") or {}).get("formula_mismatch")]}
     text = _html(title, parts, figs) if out.suffix == ".html" else _markdown(title, parts, figs, out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    from parrbm._files import write_atomic
+
+    write_atomic(out, text)
     return out
 
 

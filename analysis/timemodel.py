@@ -92,7 +92,9 @@ class Profile:
     created: str = ""
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        from parrbm._files import write_atomic
+
+        write_atomic(path, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":

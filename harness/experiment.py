@@ -366,19 +366,25 @@ def _check_data(path: Path, data: dict, given_data: dict) -> None:
 def _resolve_strategies(path: Path, grid: dict) -> None:
     """grid.strategy as the workers import it: a registered name, or module:Class (a
     plug-in file beside the config made absolute)."""
-    from parrbm.strategies.registry import StrategyError, reference
+    from parrbm.strategies.registry import StrategyError, load, reference
 
     listed = grid["strategy"] if isinstance(grid["strategy"], list) else [grid["strategy"]]
-    named = []
+    named, by_name = [], {}
     for i, s in enumerate(listed):
         module, _, cls = s.rpartition(":")
         if module.endswith(".py") and not Path(module).is_absolute():
             s = f"{(path.parent / module).resolve()}:{cls}"
+        at = f"[{i}]" if isinstance(grid["strategy"], list) else ""
         try:
-            named.append(reference(s))
+            strategy = load(s)  # the config names it: a plug-in is imported
+            named.append(reference(strategy))
         except StrategyError as exc:
-            at = f"[{i}]" if isinstance(grid["strategy"], list) else ""
             raise ConfigError(f"{path}: grid.strategy{at}: {exc}") from None
+        other = by_name.setdefault(strategy.name, (at, named[-1]))
+        if other[1] != named[-1]:
+            raise ConfigError(f"{path}: grid.strategy{at}: {named[-1]!r} is named {strategy.name!r}, as is "
+                              f"grid.strategy{other[0]} ({other[1]!r}); the strategies of a grid have names "
+                              f"of their own")
     grid["strategy"] = named if isinstance(grid["strategy"], list) else named[0]
 
 
@@ -890,14 +896,30 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
     """(records, notes): each run once, with notes on what was left out (a torn last
     line, a run recorded twice). ResultsError names the file and line of anything that
     is not a parrbm record."""
-    from parrbm.harness.results import one_per_run, scan
+    from parrbm.harness.results import file_identity, identity_diff, one_per_run, record_problem, scan
 
     rf = scan(path)
     notes = []
     if rf.torn is not None:
         notes.append(f"{path}: line {rf.torn_line} is incomplete (an interrupted write) and was left out; "
                      f"'parrbm run --resume' sets it aside and continues")
-    records, more = one_per_run(rf.records, path)
+    # a record that is not one 'parrbm run' writes is listed apart, with a note; one of
+    # another experiment (pasted from another file) makes the file a mix: refused
+    fitting = []
+    name, identity = file_identity([r for r in rf.records if record_problem(r) is None])
+    for i, r in enumerate(rf.records, 1):
+        why = record_problem(r)
+        if why is not None:
+            notes.append(f"{path}: record {i} ({str(r.get('run_id', '?'))[:80]}) left out: {why}")
+            continue
+        if r.get("config") != name or r.get("identity") != identity:
+            diff = identity_diff(identity, r.get("identity")) if r.get("identity") != identity else []
+            raise ResultsError(f"{path}: record {i} ({str(r.get('run_id'))[:80]}) is of another experiment than "
+                               f"the file's first record ("
+                               + (f"experiment {r.get('config')!r}, not {name!r}" if r.get("config") != name
+                                  else "; ".join(diff[:4])) + "): the file mixes experiments")
+        fitting.append(r)
+    records, more = one_per_run(fitting, path)
     return records, notes + more
 
 
@@ -975,7 +997,14 @@ def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: 
         rf = scan(results)
     except ResultsError as exc:
         raise ConfigError(str(exc)) from None
-    for r in rf.records:
+    from parrbm.harness.results import record_problem
+
+    for i, r in enumerate(rf.records, 1):
+        why = record_problem(r)
+        if why is not None:
+            raise ConfigError(f"{results}: record {i} is not a record of 'parrbm run' ({why}); --resume "
+                              f"would continue a file that holds what no run wrote. Use --overwrite (the old "
+                              f"file is kept beside it) or another --out or name")
         _check_same_experiment(r, results, identity)
     if rf.torn is not None:
         side = set_aside_torn(rf)

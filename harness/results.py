@@ -56,9 +56,8 @@ def scan(path: str | Path) -> ResultsFile:
     """Read a results file. A line that is not a JSON object names the file and line; the
     last line alone may be torn (reported in ``torn``, not raised)."""
     path = Path(path)
-    data = read_input(path, "a results file", ResultsError)
+    lines = _read_lines(path)
     out = ResultsFile(path)
-    lines = data.split(b"\n")
     offset = 0
     for n, raw in enumerate(lines, 1):
         # only a last line without its newline can be a write cut short
@@ -72,20 +71,61 @@ def scan(path: str | Path) -> ResultsFile:
                     return out
                 raise ResultsError(f"{path}: line {n} is not a parrbm record ({problem}); the file is "
                                    f"damaged or not a results file of 'parrbm run'")
-            out.records.append(json.loads(raw))
+            out.records.append(_strict_json(raw.decode("utf-8")))
         out.good_bytes = end
         offset = end
     return out
 
 
-def read_input(path: Path, what: str, error: type[Exception]) -> bytes:
-    """The bytes of an input file, or ``error`` naming the file and why it cannot be read."""
+#: the largest results file read (some 50,000 records)
+MAX_RESULTS_BYTES = 1 << 28
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """The lines of a results file (without their newlines; the last one is what follows
+    the last newline), each at most MAX_LINE bytes and the file at most MAX_RESULTS_BYTES:
+    a device or a huge file is refused, not read until memory runs out."""
     try:
-        return path.read_bytes()
+        fh = open(path, "rb")
+    except IsADirectoryError:
+        raise ResultsError(f"{path}: is a directory, not a results file") from None
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    lines, total = [], 0
+    with fh:
+        while True:
+            try:
+                raw = fh.readline(MAX_LINE + 1)
+            except IsADirectoryError:
+                raise ResultsError(f"{path}: is a directory, not a results file") from None
+            except OSError as exc:
+                raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+            total += len(raw)
+            if len(raw) > MAX_LINE:
+                raise ResultsError(f"{path}: line {len(lines) + 1} is longer than {MAX_LINE >> 20} MiB: not a "
+                                   f"results file of 'parrbm run'")
+            if total > MAX_RESULTS_BYTES:
+                raise ResultsError(f"{path}: larger than {MAX_RESULTS_BYTES >> 20} MiB: not a results file of "
+                                   f"'parrbm run'")
+            if not raw.endswith(b"\n"):
+                lines.append(raw)
+                return lines
+            lines.append(raw[:-1])
+
+
+def read_input(path: Path, what: str, error: type[Exception], limit: int = 1 << 24) -> bytes:
+    """The bytes of an input file (at most ``limit``), or ``error`` naming the file and why
+    it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
     except IsADirectoryError:
         raise error(f"{path}: is a directory, not {what}") from None
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit >> 20} MiB: not {what}")
+    return data
 
 
 def _problem(raw: bytes) -> str | None:
@@ -94,12 +134,135 @@ def _problem(raw: bytes) -> str | None:
     except UnicodeDecodeError:
         return "not UTF-8 text"
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        value = _strict_json(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         return f"not JSON: {getattr(exc, 'msg', exc)}"
     if not isinstance(value, dict):
         return f"a JSON {type(value).__name__}, not an object"
     return None
+
+
+#: the longest line a results file may hold (a record is a few kB; a line beyond this is
+#: not a record, and reading on would hold it all in memory)
+MAX_LINE = 1 << 22
+#: the deepest nesting a record may have (a record nests 3 deep)
+MAX_DEPTH = 16
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number in strict JSON")
+
+
+def _strict_json(text: str):
+    """json.loads without NaN / Infinity literals, nor nesting deeper than a record's."""
+    depth = 0
+    deepest = 0
+    in_string = escaped = False
+    for ch in text:  # a bound on nesting before the parser recurses
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+# ---- what a record is ---------------------------------------------------------------------
+
+TRANSPORT_NAMES = (None, "threads", "tcp", "mpi")
+STATUSES = ("ok", "error")
+_METRIC_NUMBERS = ("bytes_per_step", "bytes_per_sync", "compute_seconds", "comm_seconds", "wait_seconds",
+                   "cases_per_second")
+_METRIC_OPTIONAL = ("speedup_vs_serial", "speedup_vs_serial_all_cores", "speedup_vs_k1", "efficiency",
+                    "bytes_per_step_formula", "bytes_per_sync_formula", "wire_bytes_per_step",
+                    "replica_divergence", "reconstruction_error")
+
+
+def _number(x) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x)) and abs(float(x)) < 1e300
+    except OverflowError:
+        return False
+
+
+def _count(x, minimum: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and minimum <= x < 2 ** 63
+
+
+def record_problem(rec: dict) -> str | None:
+    """Why ``rec`` is not a record that ``parrbm run`` writes (None if it is one): its run
+    fields, their agreement with its run_id, its model and, for a finished run, its metrics."""
+    if not isinstance(rec.get("strategy"), str) or not rec["strategy"]:
+        return f"strategy must be a name, got {rec.get('strategy')!r:.60}"
+    if not _count(rec.get("workers"), 1):
+        return f"workers must be an integer >= 1, got {rec.get('workers')!r:.60}"
+    if rec.get("transport") not in TRANSPORT_NAMES:
+        return f"transport must be one of threads, tcp, mpi or null, got {rec.get('transport')!r:.60}"
+    if not _count(rec.get("batch_size"), 1):
+        return f"batch_size must be an integer >= 1, got {rec.get('batch_size')!r:.60}"
+    status = rec.get("status", "ok")
+    if status not in STATUSES:
+        return f"status must be 'ok' or 'error', got {status!r:.60}"
+    if not isinstance(rec.get("run_id"), str):
+        return f"run_id must be a string, got {rec.get('run_id')!r:.60}"
+    fields = dict(part.split("=", 1) for part in rec["run_id"].split("|") if "=" in part)
+    for key in ("strategy", "workers", "transport", "batch_size"):
+        if key in fields and fields[key] != str(rec.get(key)):
+            return f"its {key} {rec.get(key)!r:.60} is not its run_id's ({fields[key]!r:.60})"
+    if rec.get("bandwidth") is not None and not isinstance(rec["bandwidth"], str):
+        return f"bandwidth must be a string like '105MB/s' or null, got {rec['bandwidth']!r:.60}"
+    if "bandwidth" in fields and fields["bandwidth"] != str(rec.get("bandwidth")):
+        return f"its bandwidth {rec.get('bandwidth')!r:.60} is not its run_id's ({fields['bandwidth']!r:.60})"
+    if rec.get("identity") is not None and not isinstance(rec["identity"], dict):
+        return "identity must be an object"
+    if status != "ok":
+        return None
+    model = rec.get("model")
+    if not isinstance(model, dict) or not _count(model.get("visible"), 1) or not _count(model.get("hidden"), 1) \
+            or model.get("visible_type") not in ("binary", "gaussian") \
+            or model.get("precision") not in ("float32", "float64"):
+        return "model must give visible, hidden (integers >= 1), visible_type and precision"
+    for key in ("precision", "visible_type"):
+        if key in fields and fields[key] != model[key]:
+            return f"its model.{key} {model[key]!r} is not its run_id's ({fields[key]!r})"
+    if rec.get("network") is not None and not isinstance(rec["network"], dict):
+        return f"network must be an object or null, got {rec['network']!r:.60}"
+    for key in ("training", "options"):
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            return f"{key} must be an object"
+    mt = rec.get("metrics")
+    if not isinstance(mt, dict):
+        return "a finished run's metrics must be an object"
+    for key in _METRIC_NUMBERS:
+        if not _number(mt.get(key)) or mt[key] < 0:
+            return f"metrics.{key} must be a number >= 0, got {mt.get(key)!r:.60}"
+    for key in _METRIC_OPTIONAL:
+        if mt.get(key) is not None and not _number(mt[key]):
+            return f"metrics.{key} must be a number or null, got {mt[key]!r:.60}"
+    st = mt.get("step_seconds")
+    if not isinstance(st, dict) or not all(_number(st.get(k)) and st[k] > 0 for k in ("median", "p10", "p90")):
+        return "metrics.step_seconds must give median, p10 and p90 (seconds > 0)"
+    return None
+
+
+def file_identity(records: list[dict]) -> tuple[str | None, dict | None]:
+    """(config name, experiment identity) of a results file: those of its first record."""
+    for r in records:
+        return r.get("config"), r.get("identity")
+    return None, None
 
 
 def set_aside(path: Path, why: str) -> Path:
@@ -125,7 +288,9 @@ def set_aside_torn(rf: ResultsFile) -> Path:
         fh.write(rf.torn or b"")
         fh.flush()
         os.fsync(fh.fileno())
-    with open(rf.path, "r+b") as fh:
+    from parrbm._files import open_nofollow
+
+    with os.fdopen(open_nofollow(rf.path, os.O_RDWR), "r+b") as fh:
         fh.truncate(rf.good_bytes)
         fh.flush()
         os.fsync(fh.fileno())
@@ -146,7 +311,9 @@ class WriterLock:
     def __enter__(self):
         import fcntl
 
-        self.fh = open(self.path, "a+")
+        from parrbm._files import open_nofollow
+
+        self.fh = os.fdopen(open_nofollow(self.path, os.O_RDWR | os.O_CREAT), "r+")
         try:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -216,13 +383,28 @@ def finite_record(record: dict) -> dict:
 def append_record(path: Path, record: dict, lock: "WriterLock | None" = None) -> None:
     """One whole line of strict JSON, flushed and fsync'd, with Ctrl-C and SIGTERM held
     off while it is written; with the writer's ``lock``, only while it still holds the path."""
+    from parrbm._files import open_nofollow
+
     line = (json.dumps(finite_record(record), allow_nan=False) + "\n").encode()
     if lock is not None:
         lock.check()
-    with signals_held(), open(path, "ab") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with signals_held(), os.fdopen(open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT), "r+b") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        # a file whose last line lacks its newline (an editor, a copy) gets one first
+        if size and os.pread(fh.fileno(), 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            # a part-written line is cut off again: the file keeps its whole records
+            try:
+                os.ftruncate(fh.fileno(), size)
+            except OSError:
+                pass
+            raise OSError(exc.errno, f"{exc.strerror or exc}; the record was not written (the results "
+                                     f"already recorded are kept)", str(path)) from None
 
 
 # ---- identity ------------------------------------------------------------------------------

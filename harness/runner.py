@@ -27,11 +27,12 @@ def has_native(cls: type[Worker]) -> bool:
     return bool(cls.__dict__.get("native", False))
 
 
-def worker_class(strategy) -> type[Worker]:
-    """The parallel strategy's class, by name, ``module:Class`` or the class itself."""
+def worker_class(strategy, *, load: bool = False) -> type[Worker]:
+    """The parallel strategy's class, by name, ``module:Class`` or the class itself
+    (``load``: import a plug-in not loaded yet, see :func:`registry.resolve`)."""
     from parrbm.strategies.registry import resolve
 
-    cls = resolve(strategy)
+    cls = resolve(strategy, load=load)
     if not issubclass(cls, Worker):
         raise ValueError(f"strategy {cls.name!r} runs on one worker: it is not a parallel strategy")
     return cls

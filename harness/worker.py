@@ -179,7 +179,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     _core.set_blas_threads(int(job["blas_threads"]))
     spec = CDSpec(**job["spec"])
     options = StrategyOptions(**job["options"])
-    cls = worker_class(job["strategy"])
+    cls = worker_class(job["strategy"], load=True)  # the launcher named it: a plug-in is imported here
     comm = Comm(transport)
     native = job["engine"] == "native"
     fault = _fault(rank, transport)

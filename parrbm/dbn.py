@@ -63,9 +63,9 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _layers(self) -> list[RBM]:
         sizes = self.hidden_layer_sizes
-        if isinstance(sizes, (int, np.integer)) or not hasattr(sizes, "__len__") or len(sizes) == 0:
-            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' must be a non-empty sequence of integers, "
-                             f"got {sizes!r}")
+        if not isinstance(sizes, (list, tuple, np.ndarray)) or np.ndim(sizes) != 1 or len(sizes) == 0:
+            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' must be a non-empty list or tuple of integers, "
+                             f"got {sizes!r:.80}")
         for i, h in enumerate(sizes):
             v.check_int("DBN", f"hidden_layer_sizes[{i}]", h, minimum=1)
         per = self.layer_params if self.layer_params is not None else [{}] * len(sizes)
@@ -80,9 +80,12 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         shared = dict(n_iter=self.n_iter, learning_rate=self.learning_rate, batch_size=self.batch_size,
                       strategy=self.strategy, workers=self.workers, transport=self.transport, dtype=self.dtype,
                       verbose=self.verbose, progress=self.progress)
-        return [RBM(n_hidden=int(h), visible=self.visible if i == 0 else "binary",
-                    **{**shared, "random_state": (seed + i) % 2**64, **per[i]})
-                for i, h in enumerate(sizes)]
+        layers = [RBM(n_hidden=int(h), visible=self.visible if i == 0 else "binary",
+                      **{**shared, "random_state": (seed + i) % 2**64, **per[i]})
+                  for i, h in enumerate(sizes)]
+        for rbm in layers:  # a strategy named by a loaded file is not imported by a later fit either
+            rbm._file_strategies = set(getattr(self, "_file_strategies", ()))
+        return layers
 
     def fit(self, X, y=None):
         """Train the layers bottom up on X (n_samples, n_features)."""
@@ -120,6 +123,14 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def transform_all(self, X) -> list[np.ndarray]:
         """Every layer's hidden probabilities, bottom up."""
         self._check_fitted()
+        fitted = [int(r.n_hidden) for r in self.rbms_]
+        try:
+            now = [int(h) for h in self.hidden_layer_sizes]
+        except (TypeError, ValueError):
+            now = None
+        if now != fitted:
+            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' is {self.hidden_layer_sizes!r:.80} but the "
+                             f"fitted layers are {tuple(fitted)}: call fit to fit the new layers")
         _check_feature_names(self, X, reset=False)
         out, Z = [], X
         for rbm in self.rbms_:
@@ -186,10 +197,15 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 raise ValueError(f"DBN.load: {path}: layer sizes do not chain: a layer of "
                                  f"{below.spec_.n_hidden} hidden units feeds one of {above.n_features_in_} visible")
         params["hidden_layer_sizes"] = tuple(sizes)
+        if isinstance(params.get("layer_params"), list):  # a path in a file does not choose where a fit writes
+            params["layer_params"] = [{k: x for k, x in lp.items() if k != "checkpoint_dir"} if isinstance(lp, dict)
+                                      else lp for lp in params["layer_params"]]
         unknown = sorted(set(params) - set(cls._get_param_names()))
         if unknown:
             raise ValueError(f"DBN.load: {path}: field 'params.{unknown[0]}' is not a parameter of this parrbm's DBN")
         dbn = cls(**params)
+        dbn._file_strategies = {s for s in [dbn.strategy, *(lp.get("strategy") for lp in (dbn.layer_params or [])
+                                                            if isinstance(lp, dict))] if isinstance(s, str)}
         dbn.rbms_ = rbms
         dbn.n_features_in_ = rbms[0].n_features_in_
         return dbn

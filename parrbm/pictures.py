@@ -82,7 +82,10 @@ def _save(fig, out) -> None:
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=150, bbox_inches="tight")
+        from parrbm._files import write_atomic
+
+        fmt = out.suffix.lstrip(".").lower() or "png"
+        write_atomic(out, lambda fh: fig.savefig(fh, format=fmt, dpi=150, bbox_inches="tight"))
 
 
 def plot_filters(model, out=None, *, shape=None, n: int = 100, title: str | None = None):

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -220,7 +219,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     # ---- parameters ------------------------------------------------------------------
 
-    def _check_params(self) -> None:
+    def _check_params(self, *, strategy: bool = True) -> None:
         o = "RBM"
         v.check_int(o, "n_hidden", self.n_hidden, minimum=1)
         v.check_choice(o, "visible", self.visible, VISIBLE_TYPES)
@@ -247,9 +246,13 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         from parrbm.strategies.registry import StrategyError, resolve
 
         try:
-            resolve(self.strategy)
+            # a plug-in is imported when the user names it, never because a model file does
+            if strategy:
+                resolve(self.strategy, load=not self._strategy_from_file())
         except StrategyError as exc:
-            raise ValueError(f"RBM: parameter 'strategy': {exc}") from None
+            raise ValueError(f"RBM: parameter 'strategy': {exc}"
+                             + (f"; the model file names it: set_params(strategy=...) with the class or a "
+                                f"registered name to train on" if self._strategy_from_file() else "")) from None
         if not callable(self.learning_rate_schedule):
             v.check_choice(o, "learning_rate_schedule", self.learning_rate_schedule, _SCHEDULES)
         v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)
@@ -262,10 +265,78 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             raise ValueError(f"RBM: parameter 'progress' must be True, False or 'auto', got {self.progress!r}")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
             raise ValueError(f"RBM: parameter 'checkpoint_dir' must be a path or None, got {self.checkpoint_dir!r}")
-        if self._serial() and self.workers != 1:
+        if strategy and self._serial() and self.workers != 1:
             raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
                              f"Choose a parallel strategy for workers > 1")
         self._options()
+
+    #: parameters that make another model (its shape, its units, its sampling): changed
+    #: after a fit, they are refused by a continued fit (call fit to start anew)
+    MODEL_PARAMS = ("n_hidden", "visible", "dtype", "batch_size", "cd_k", "persistent", "statistics",
+                    "sample_visible", "gaussian_noise")
+    #: parameters that apply to the next steps of a continued fit (partial_fit, warm_start)
+    STEP_PARAMS = ("learning_rate", "momentum", "weight_decay", "strategy", "workers", "transport",
+                   "strategy_options")
+
+    def set_params(self, **params):
+        """scikit-learn's set_params. After a fit, a changed parameter of
+        :attr:`MODEL_PARAMS` is refused by a continued fit (``partial_fit``, ``fit`` with
+        ``warm_start``); one of :attr:`STEP_PARAMS` applies to its next steps."""
+        if "strategy" in params:  # the user names the strategy now: it may be imported
+            self._file_strategies = set()
+        return super().set_params(**params)
+
+    def _continue_with_params(self, how: str) -> None:
+        """A continued fit under the current parameters: refused if one of MODEL_PARAMS
+        changed since the model was fitted; the trainer rebuilt from the model if one of
+        STEP_PARAMS did."""
+        spec = self.spec_
+        now = {"n_hidden": int(self.n_hidden), "visible": self.visible, "dtype": self._dtype_name(),
+               "batch_size": int(self.batch_size), "cd_k": int(self.cd_k), "persistent": bool(self.persistent),
+               "statistics": self.statistics, "sample_visible": bool(self.sample_visible),
+               "gaussian_noise": bool(self.gaussian_noise)}
+        then = {"n_hidden": spec.n_hidden, "visible": spec.visible, "dtype": spec.dtype,
+                "batch_size": spec.batch_size, "cd_k": spec.cd_k, "persistent": spec.persistent,
+                "statistics": spec.statistics, "sample_visible": spec.sample_visible,
+                "gaussian_noise": spec.gaussian_noise}
+        changed = [k for k in self.MODEL_PARAMS if now[k] != then[k]]
+        if changed:
+            k = changed[0]
+            raise ValueError(f"RBM: parameter {k!r} changed since the model was fitted ({then[k]!r} -> {now[k]!r}); "
+                             f"{how} continues the fitted model, whose {', '.join(changed)} cannot change: call "
+                             f"fit (warm_start=False) to fit a new model")
+        built = getattr(self, "_built_with", None)
+        wanted = self._step_params()
+        if built is not None and built != wanted and self._strategy is not None:
+            self._rebuild_trainer()
+
+    def _step_params(self) -> tuple:
+        """The STEP_PARAMS as the trainer was built with them (comparable)."""
+        return (self.base_learning_rate(), float(self.momentum), float(self.weight_decay),
+                registry_reference(self.strategy), int(self.workers), self.transport,
+                json.dumps(self.strategy_options, sort_keys=True, default=str))
+
+    def _rebuild_trainer(self) -> None:
+        """The next steps under the new STEP_PARAMS: the replicas brought together, the old
+        trainer closed, a new one built on the model as it is (momentum's increments
+        zero where the model had none)."""
+        old = self._strategy
+        if hasattr(old, "finish"):
+            old.finish()
+        state = old.gather_model()
+        if hasattr(old, "close"):
+            old.close()
+        spec = self.spec_.replace(learning_rate=self.base_learning_rate(), momentum=float(self.momentum),
+                                  weight_decay=float(self.weight_decay))
+        if spec.momentum != 0.0 and state.W_inc is None:
+            state = ModelState(**{**vars(state), "W_inc": np.zeros_like(state.W), "b_inc": np.zeros_like(state.b),
+                                  "c_inc": np.zeros_like(state.c)})
+        self.spec_, self._state = spec, state
+        self._strategy = self._make_strategy(spec, state)
+
+    def _strategy_from_file(self) -> bool:
+        """The strategy parameter is still the name a model file gave (see ``load``)."""
+        return isinstance(self.strategy, str) and self.strategy in getattr(self, "_file_strategies", ())
 
     def _serial(self) -> bool:
         from parrbm.strategies.registry import resolve
@@ -317,6 +388,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         )
 
     def _make_strategy(self, spec: CDSpec, state: ModelState):
+        self._built_with = self._step_params()
+        return self._build_strategy(spec, state)
+
+    def _build_strategy(self, spec: CDSpec, state: ModelState):
         from parrbm.strategies import SerialStrategy
 
         if self._serial():
@@ -353,8 +428,29 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.history_ = []
         self._export()
 
+    def _trainer(self):
+        """The trainer of a loaded model whose strategy is a plug-in, built when a fit first
+        needs it (loading the file imported nothing)."""
+        if self._strategy is None:
+            self._check_params()
+            self._strategy = self._make_strategy(self.spec_, self._state)
+            pending = self.__dict__.pop("_pending_local", None)
+            if pending is not None:
+                self._strategy.restore_local(pending[1])
+        return self._strategy
+
+    def _inference(self):
+        """What computes hidden and visible probabilities: the trainer, or for a loaded
+        model whose plug-in trainer is not built, the serial trainer on the same model."""
+        if self._strategy is not None:
+            return self._strategy
+        from parrbm.strategies import SerialStrategy
+
+        return SerialStrategy(self.spec_, self._state)
+
     def _train_epoch(self, X: np.ndarray, order: np.ndarray) -> float:
         order = order.astype(np.int64, copy=False)
+        self._trainer()
         if getattr(self, "_same_data", False) and hasattr(self._strategy, "run_again"):
             errors = self._strategy.run_again(X, order, self.n_steps_)  # the epochs of one fit: X goes once
         else:
@@ -405,9 +501,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             raise ValueError(f"RBM: parameter 'batch_size' ({self.batch_size}) is larger than the "
                              f"number of samples in X (n_samples = {X.shape[0]})")
         if resume:
-            if self.batch_size != self.spec_.batch_size:
-                raise ValueError(f"RBM: parameter 'batch_size' changed since the model was fitted "
-                                 f"({self.spec_.batch_size} -> {self.batch_size}); warm_start continues a fit as it was")
+            self._continue_with_params("fit with warm_start=True")
         else:
             self._initialise(X)
         X_valid = None if X_valid is None else v.check_data("RBM", X_valid, dtype=self.spec_.np_dtype,
@@ -415,8 +509,31 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                                                             binary_range=self.visible == "binary")
         monitor = _Monitor(self, X, X_valid)
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
-        if ckpt is not None:
-            self._check_checkpoint_dir(ckpt, resume)
+        with contextlib.ExitStack() as held:
+            if ckpt is not None:
+                self._hold_checkpoint_dir(ckpt, held)
+                self._check_checkpoint_dir(ckpt, resume)
+            return self._fit_epochs(X, monitor, ckpt)
+
+    def _hold_checkpoint_dir(self, ckpt: Path, stack: contextlib.ExitStack) -> None:
+        """The checkpoint folder, held for the fit's life: a second fit into it (in this
+        process or another) is refused, naming the holder."""
+        from parrbm._files import FolderLock, InUse
+
+        try:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory "
+                             f"({exc.strerror or exc})") from None
+        try:
+            stack.enter_context(FolderLock(ckpt, "another fit"))
+        except InUse as exc:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir': {exc}; two fits cannot write checkpoints "
+                             f"into one directory: give each its own") from None
+        except OSError as exc:
+            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: {exc.strerror or exc}") from None
+
+    def _fit_epochs(self, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None):
         bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
         with self._main_thread_blas():
             try:
@@ -447,6 +564,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _fit_epoch(self, epoch: int, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None) -> dict:
         """One epoch at its learning rate, in its own order; a diverged epoch is undone
         (:class:`DivergenceError`). Returns the epoch's ``history_`` entry."""
+        self._trainer()
         lr = self.learning_rate_at(epoch)
         if lr != self.spec_.learning_rate:
             self.spec_ = self.spec_.replace(learning_rate=lr)
@@ -527,14 +645,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         the random streams continues too, so the result equals one longer run).
         """
         first = not hasattr(self, "spec_")
-        if first:
-            self._check_params()
+        self._check_params()
         X = self._validate_X(X, reset=first)
         if first:
             self._initialise(X)
-        elif self.batch_size != self.spec_.batch_size:
-            raise ValueError("RBM: parameter 'batch_size' changed since the first partial_fit "
-                             f"({self.spec_.batch_size} -> {self.batch_size})")
+        else:
+            self._continue_with_params("partial_fit")
         with self._main_thread_blas():
             err = self._train_epoch(X, np.arange(X.shape[0], dtype=np.int64))
         self.reconstruction_error_.append(err)
@@ -569,7 +685,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         what only the workers know, so an unpickled model trains on as the original would."""
         state = dict(super().__getstate__())  # a copy: object.__getstate__ hands out __dict__ itself
         strategy = state.pop("_strategy", None)
-        if strategy is not None and hasattr(strategy, "local_states") and getattr(strategy, "K", 1) > 1:
+        if strategy is None and "_pending_local" in state:
+            state["_worker_local"] = state.pop("_pending_local")[1]
+        elif strategy is not None and hasattr(strategy, "local_states") and getattr(strategy, "K", 1) > 1:
             state["_worker_local"] = strategy.local_states()
         return state
 
@@ -577,9 +695,15 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         local = state.pop("_worker_local", None)
         super().__setstate__(state)
         if hasattr(self, "spec_"):
-            self._strategy = self._make_strategy(self.spec_, self._state)
-            if local is not None:
-                self._strategy.restore_local(local)
+            if self._strategy_from_file():  # built by the first fit that names it
+                self._strategy = None
+                if local is not None:
+                    self._pending_local = ({"strategy": self.strategy, "workers": len(local),
+                                            "counters": [c for c, _ in local]}, local)
+            else:
+                self._strategy = self._make_strategy(self.spec_, self._state)
+                if local is not None:
+                    self._strategy.restore_local(local)
             self._export()
 
     def _export(self) -> None:
@@ -598,12 +722,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def transform(self, X) -> np.ndarray:
         """Hidden probabilities p(h = 1 | x): (n_samples, n_features) -> (n_samples, n_hidden)."""
         self._check_fitted()
-        return self._strategy.hidden_probabilities(self._validate_X(X, reset=False))
+        return self._inference().hidden_probabilities(self._validate_X(X, reset=False))
 
     def reconstruct(self, X) -> np.ndarray:
         """Mean-field reconstruction E[v | h = p(h | x)], shape (n_samples, n_features)."""
         self._check_fitted()
-        return self._strategy.reconstruct(self._validate_X(X, reset=False))
+        return self._inference().reconstruct(self._validate_X(X, reset=False))
 
     def free_energy(self, X) -> np.ndarray:
         """F(x) of each sample, shape (n_samples,); lower means more probable.
@@ -699,7 +823,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             "history": self.history_,
         }
         arrays = self._state.arrays()
-        if hasattr(self._strategy, "local_states") and self._strategy.K > 1:
+        pending = getattr(self, "_pending_local", None)
+        if self._strategy is None and pending is not None:  # kept as loaded: the trainer was never built
+            meta["worker_local"] = pending[0]
+            for r, (_, local) in enumerate(pending[1]):
+                arrays.update({f"local{r}_{k}": a for k, a in local.items()})
+        elif hasattr(self._strategy, "local_states") and self._strategy.K > 1:
             # what only the workers know (a replica between syncs, the steps of a sync or
             # averaging period): a fit resumed from this file is the uninterrupted one
             states = self._strategy.local_states()
@@ -763,9 +892,19 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         unknown = sorted(set(params) - set(cls._get_param_names()))
         if unknown:
             raise bad(f"params.{unknown[0]}", "is not a parameter of this parrbm's RBM")
+        # a path in a file does not choose where a later fit writes
+        params.pop("checkpoint_dir", None)
         rbm = cls(**params)
+        rbm._file_strategies = {rbm.strategy} if isinstance(rbm.strategy, str) else set()
+        from parrbm.strategies.registry import StrategyError, resolve
+
         try:
-            rbm._check_params()
+            resolve(rbm.strategy)
+            pending = False
+        except StrategyError:
+            pending = True  # a plug-in: its parameters load, its code is not imported
+        try:
+            rbm._check_params(strategy=not pending)
         except ValueError as exc:
             raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
         if int(rbm.n_hidden) != spec.n_hidden:
@@ -789,13 +928,18 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         rbm.n_features_in_ = V
         rbm.spec_ = spec
         rbm._state = state
-        try:
-            rbm._strategy = rbm._make_strategy(spec, state)
-        except ValueError as exc:
-            raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
         local = meta.get("worker_local")
-        if local is not None:
-            _restore_local(rbm, local, arrays, bad)
+        if pending:
+            rbm._strategy = None
+            if local is not None:
+                rbm._pending_local = (local, _local_states(local, arrays, bad))
+        else:
+            try:
+                rbm._strategy = rbm._make_strategy(spec, state)
+            except ValueError as exc:
+                raise ValueError(f"RBM.load: {path}: field 'params': {exc}") from None
+            if local is not None:
+                _restore_local(rbm, local, arrays, bad)
         rbm.n_steps_ = int(meta["n_steps"])
         rbm.reconstruction_error_ = list(meta.get("reconstruction_error", []))
         rbm.epochs_done_ = int(meta.get("epochs_done", 0))
@@ -813,6 +957,16 @@ def _restore_local(rbm: RBM, local, arrays: dict, bad) -> None:
             or getattr(runner, "name", None) != local.get("strategy"):
         raise bad("worker_local", f"is for {local.get('workers')} workers of {local.get('strategy')!r}; the "
                                   f"model's parameters say {getattr(runner, 'K', 1)} of {getattr(runner, 'name', None)!r}")
+    try:
+        runner.restore_local(_local_states(local, arrays, bad))
+    except ValueError as exc:
+        raise bad("worker_local", str(exc)) from None
+
+
+def _local_states(local, arrays: dict, bad) -> list:
+    """The workers' saved counters and arrays, each checked."""
+    if not isinstance(local, dict) or not isinstance(local.get("counters"), list):
+        raise bad("worker_local", "must be an object with a list of counters per worker")
     states = []
     for r, counters in enumerate(local["counters"]):
         if not isinstance(counters, dict) or not isinstance(counters.get("steps_done"), int) \
@@ -823,10 +977,17 @@ def _restore_local(rbm: RBM, local, arrays: dict, bad) -> None:
         if any(not np.all(np.isfinite(a)) for a in mine.values()):
             raise bad(f"state_{prefix}*", "holds NaN or infinity")
         states.append((counters, mine))
+    return states
+
+
+def registry_reference(strategy) -> str:
+    """A strategy as comparable text (its reference where it resolves, else as given)."""
+    from parrbm.strategies.registry import StrategyError, reference
+
     try:
-        runner.restore_local(states)
-    except ValueError as exc:
-        raise bad("worker_local", str(exc)) from None
+        return reference(strategy)
+    except StrategyError:
+        return repr(strategy)
 
 
 def _strategy_reference(strategy) -> str:
@@ -873,23 +1034,15 @@ def _is_real(x) -> bool:
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez to a temporary file beside ``path``, fsync, rename: a reader sees the old
     file or the new one, never half of one."""
+    from parrbm._files import write_atomic
+
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, f"cannot save the model: the directory {parent} does not exist",
                                 str(path))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "cannot save the model: the path is a directory", str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda fh: np.savez(fh, **arrays))
 
 
 class read_npz:

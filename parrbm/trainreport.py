@@ -51,5 +51,7 @@ def write_train_report(rbm, out: Path, *, data_name: str, X: np.ndarray, shape, 
     body += [f"<h2>{html.escape(title)}</h2>" + html_figure(out / name, title) for title, name, _ in figures]
     body += ["<h2>Per epoch</h2>", html_table([k.replace("_", " ") for k, _ in cols], epochs)]
     page = out / "report.html"
-    page.write_text(html_page(f"parrbm train: {data_name}", body))
+    from parrbm._files import write_atomic
+
+    write_atomic(page, html_page(f"parrbm train: {data_name}", body))
     return page

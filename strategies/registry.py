@@ -48,7 +48,8 @@ def register(cls: type, name: str | None = None) -> type:
     _check_class(cls, repr(cls))
     key = name or cls.name
     known = _known()
-    if key in known and _load(known[key]) is not cls:
+    if key in known and known[key] is not cls and not (isinstance(known[key], str)
+                                                        and _by_reference.get(known[key]) is cls):
         raise StrategyError(f"a strategy named {key!r} is already registered ({known[key]})")
     _registered[key] = cls
     return cls
@@ -74,31 +75,53 @@ def _known() -> dict[str, object]:
     return {**BUILTIN, **{k: v for k, v in _entry_points.items() if k not in BUILTIN}, **_registered}
 
 
-def resolve(strategy) -> type:
+def resolve(strategy, *, load: bool = False) -> type:
     """The strategy class named by ``strategy`` (a name, a ``module:Class`` reference or the
-    class); StrategyError says what is known."""
+    class); StrategyError says what is known.
+
+    Without ``load`` nothing is imported that is not parrbm's own: a name read from a file
+    (a results record, a saved model) finds the built-ins, registered classes and the
+    plug-ins this process already loaded, and nothing else, so that reading a file never
+    runs code. ``load=True`` is for a strategy the user names (a config's grid, the
+    estimator's parameter, the command line): it imports a ``module:Class`` reference and
+    loads an entry point (see :func:`load`)."""
     if isinstance(strategy, type):
         _check_class(strategy, repr(strategy))
+        _check_not_builtin_name(strategy, repr(strategy))
+        _by_reference.setdefault(f"{strategy.__module__}:{strategy.__qualname__}", strategy)
         return strategy
     if not isinstance(strategy, str) or not strategy:
         raise StrategyError(f"a strategy is a registered name, a 'module:Class' reference or a class, "
                             f"got {strategy!r}; registered: {', '.join(names())}")
     known = _known()
     if strategy in known:
-        return _load(known[strategy], strategy)
+        return _load(known[strategy], strategy, load=load)
     if ":" in strategy:
+        if strategy in _by_reference:
+            return _by_reference[strategy]
+        if not load:
+            raise StrategyError(f"strategy {strategy!r} is a plug-in that this process has not loaded; parrbm "
+                                f"never imports code named by a file it reads (name it in a config, or pass "
+                                f"the class, to run it)")
         return _import(strategy)
     raise StrategyError(f"unknown strategy {strategy!r}; registered: {', '.join(names())} "
                         f"(or 'module:Class' for a strategy of your own)")
+
+
+def load(strategy) -> type:
+    """:func:`resolve` for a strategy the user named: a ``module:Class`` reference is
+    imported, an entry point loaded."""
+    return resolve(strategy, load=True)
 
 
 def reference(strategy) -> str:
     """How another process names the same strategy: the registered name, else
     ``module:Class``."""
     cls = resolve(strategy)
-    for name, target in _known().items():
-        if name == cls.name and _load(target) is cls:
-            return name
+    target = _known().get(cls.name)
+    if target is not None and (target is cls or (isinstance(target, str) and _by_reference.get(target) is cls)
+                               or (not isinstance(target, (str, type)) and _entry_point_class(target) is cls)):
+        return cls.name
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
@@ -124,15 +147,40 @@ def import_paths(strategy) -> list[str]:
 
 
 def source_digest(strategy) -> str | None:
-    """SHA-256 of the file that defines a strategy that is not built in (None for the
-    built-ins): a results file's identity changes when a plug-in's code does."""
+    """SHA-256 of the source that defines a strategy that is not built in (None when every
+    class in its MRO is parrbm's own): a results file's identity changes when a plug-in's
+    code does, also when the change is in a module the plug-in inherits its step from.
+
+    One module: the SHA-256 of its file (as recorded since plug-ins were first hashed);
+    several: the SHA-256 of their names and files' SHA-256, in MRO order. StrategyError
+    when a class's source cannot be read (a class defined in no file)."""
     import hashlib
 
     cls = resolve(strategy)
-    if cls.__module__.startswith("parrbm."):
+    modules: list[str] = []
+    for klass in cls.__mro__:
+        mod = klass.__module__
+        if mod == "builtins" or mod == "parrbm" or mod.startswith("parrbm.") or mod in modules:
+            continue
+        modules.append(mod)
+    if not modules:
         return None
-    where = getattr(sys.modules.get(cls.__module__), "__file__", None)
-    return hashlib.sha256(Path(where).read_bytes()).hexdigest() if where else None
+    digests = []
+    for mod in modules:
+        where = getattr(sys.modules.get(mod), "__file__", None)
+        try:
+            digests.append(hashlib.sha256(Path(where).read_bytes()).hexdigest() if where else None)
+        except OSError:
+            digests.append(None)
+        if digests[-1] is None:
+            raise StrategyError(f"strategy {cls.name!r}: the source of module {mod!r} (in its class hierarchy) "
+                                f"cannot be read, so the code that was measured cannot be identified")
+    if len(digests) == 1:
+        return digests[0]
+    h = hashlib.sha256()
+    for mod, d in zip(modules, digests):
+        h.update(f"{mod}\0{d}\n".encode())
+    return h.hexdigest()
 
 
 def builtin_order(name: str) -> tuple[int, str]:
@@ -141,18 +189,41 @@ def builtin_order(name: str) -> tuple[int, str]:
     return (order.index(name), name) if name in order else (len(order), name)
 
 
-def _load(target, name: str | None = None) -> type:
+def _load(target, name: str | None = None, *, load: bool = True) -> type:
     if isinstance(target, type):
         return target
     if isinstance(target, str):
+        if target.startswith("parrbm.") or target in _by_reference:
+            return _import(target)
+        if not load:
+            raise StrategyError(f"strategy {name!r} ({target}) is a plug-in that this process has not loaded; "
+                                f"parrbm never imports code named by a file it reads")
         return _import(target)
-    try:  # an entry point
+    if not load:  # an entry point: loading it imports its package, unless that already happened
+        cls = _entry_point_class(target)
+        if cls is None:
+            raise StrategyError(f"strategy {name!r}: its entry point {target.value!r} is not loaded in this process; "
+                                f"parrbm never imports code named by a file it reads")
+        return cls
+    try:
         cls = target.load()
     except Exception as exc:  # noqa: BLE001
         raise StrategyError(f"strategy {name!r}: its entry point {target.value!r} does not load "
                             f"({type(exc).__name__}: {exc})") from None
     _check_class(cls, target.value)
+    _by_reference.setdefault(target.value, cls)
     return cls
+
+
+def _entry_point_class(ep) -> type | None:
+    """An entry point's class if its module is already imported (no code runs), else None."""
+    module = sys.modules.get(getattr(ep, "module", "") or "")
+    if module is None:
+        return None
+    obj = module
+    for part in (getattr(ep, "attr", "") or "").split("."):
+        obj = getattr(obj, part, None) if part else obj
+    return obj if isinstance(obj, type) else None
 
 
 def _import(ref: str) -> type:
@@ -166,9 +237,14 @@ def _import(ref: str) -> type:
         path = Path(module_name).expanduser().resolve()
         if not path.is_file():
             raise StrategyError(f"strategy {ref!r}: no such file: {path}")
+        module_name = path.stem
+        already = sys.modules.get(module_name)
+        there = getattr(already, "__file__", None)
+        if already is not None and (not there or Path(there).resolve() != path):
+            raise StrategyError(f"strategy {ref!r}: a module named {module_name!r} is already imported from "
+                                f"{there or '(no file)'}; two plug-in files cannot share a name: rename one")
         if str(path.parent) not in sys.path:
             sys.path.insert(0, str(path.parent))
-        module_name = path.stem
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -180,8 +256,18 @@ def _import(ref: str) -> type:
         if obj is None:
             raise StrategyError(f"strategy {ref!r}: module {module_name!r} has no {qualname!r}")
     _check_class(obj, ref)
+    _check_not_builtin_name(obj, ref)
     _by_reference[ref] = obj
     return obj
+
+
+def _check_not_builtin_name(cls: type, where: str) -> None:
+    """A plug-in named like a built-in would sit beside it as an indistinguishable row."""
+    if cls.__module__ == "parrbm" or cls.__module__.startswith("parrbm."):
+        return
+    if cls.name in BUILTIN:
+        raise StrategyError(f"strategy {where}: its name {cls.name!r} is a built-in strategy's; a plug-in sets "
+                            f"a name of its own (class attribute 'name')")
 
 
 def _check_class(cls, where: str) -> None:

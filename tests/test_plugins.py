@@ -57,7 +57,7 @@ def test_the_registry_lists_the_builtins_in_order():
 ])
 def test_bad_references_say_what_is_wrong(bad, needle):
     with pytest.raises(registry.StrategyError, match=needle):
-        registry.resolve(bad)
+        registry.load(bad)
     with pytest.raises(ValueError, match=needle):
         RBM(n_hidden=4, strategy=bad, workers=2).fit(np.random.default_rng(0).random((20, 6)))
 
@@ -184,7 +184,7 @@ def test_an_installed_package_registers_through_its_entry_point(plugin_dir, monk
     monkeypatch.setattr(registry, "_entry_points", None)
     try:
         assert "skip-visible" in registry.names()
-        assert registry.resolve("skip-visible").name == "skip-visible-exchange"
+        assert registry.load("skip-visible").name == "skip-visible-exchange"
         code = main(["cost", "--visible", "64", "--hidden", "32", "--batch", "10", "--workers", "2",
                      "--strategy", "skip-visible", "--json"])
         rows = json.loads(capsys.readouterr().out)
@@ -202,6 +202,9 @@ def test_the_analysis_prices_a_plugin_by_its_declarations(plugin_dir):
                                                "bitstat", "update", "copy")} for d in ("float32", "float64")},
                 links={"tcp": {"allgather": Link(1e-5, 1e9)}})
     model = cost.Model(800, 2000)
+    with pytest.raises(ValueError, match="not loaded"):  # the analysis imports nothing by itself
+        predict(REF, model, 100, 4, p, transport="tcp")
+    registry.load(REF)
     pred = predict(REF, model, 100, 4, p, transport="tcp")
     sync = cost.sync_traffic(REF, model, 4)
     assert pred.phases["hidden"] > 0 and pred.step_seconds > pred.compute_seconds

@@ -73,10 +73,10 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
 
 
 def _strategy(text: str) -> str:
-    from parrbm.strategies.registry import StrategyError, resolve
+    from parrbm.strategies.registry import StrategyError, load
 
     try:
-        resolve(text)
+        load(text)
     except StrategyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -377,7 +377,8 @@ def load_results(results: str, profile: str | None, *, need_ok: bool = True, wit
     except (ConfigError, ValueError) as exc:
         raise _usage(str(exc)) from exc
     if not records:
-        raise _usage(f"{path}: no records" + (f" ({notes[0]})" if notes else ""))
+        raise _usage(f"{path}: " + (f"not a parrbm results file: no record is one 'parrbm run' writes ({notes[0]})"
+                                    if notes else "no records"))
     if need_ok and not any(r.get("status") == "ok" for r in records):
         raise _usage(f"{path}: no successful runs to show")
     missing = [k for k in ("strategy", "workers", "batch_size", "model", "metrics")

@@ -1,0 +1,113 @@
+"""How parrbm writes files (a leaf module): every file it creates or replaces goes through
+here, so that
+
+* a reader sees the old file or the new one, never part of one: a new version is written
+  to a temporary file beside it (created exclusively, never through a link), flushed and
+  renamed over the old one; a write that fails (a full disk) removes the temporary file
+  and leaves the old file as it was;
+* a symbolic link planted where parrbm writes is never followed: a file parrbm appends to
+  or locks is opened with ``O_NOFOLLOW``, and a rename replaces a link, not its target;
+* a failure names the file (``OSError.filename``), so that "No space left on device" says
+  which file was not written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+#: the flags of a file parrbm opens to append to or to lock: never through a final link
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], None],
+                 *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` (bytes, text, or a function that writes to the
+    open binary file) atomically; OSError names ``path`` if anything fails."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file parrbm can write", str(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write here ({exc.strerror})", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode() if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, (BrokenPipeError,)):
+            raise OSError(exc.errno, f"{exc.strerror or exc}; the file was not written"
+                          + (" (the previous version is kept)" if path.exists() else ""), str(path)) from None
+        raise
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (OSError naming it)."""
+    try:
+        return os.open(path, flags | NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link; parrbm does not write through a link planted where "
+                                       "it writes", str(path)) from None
+        raise
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+class InUse(RuntimeError):
+    """A folder another live process (or another fit in this one) holds."""
+
+
+class FolderLock:
+    """``with FolderLock(folder, what)``: this process's hold on ``folder`` for as long as
+    the block runs (an advisory lock on ``folder/.parrbm.lock``, released when the block
+    or the process ends); a second holder, here or in another process, gets
+    :class:`InUse` naming the first."""
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.path = Path(folder) / ".parrbm.lock"
+        self.what = what
+        self.fd: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise InUse(f"{self.path.parent} is in use by {self.what}"
+                            + (f" ({holder})" if holder else "")) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        return False

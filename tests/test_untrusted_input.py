@@ -1,0 +1,390 @@
+"""Files parrbm reads are data, and files it writes survive whatever happens: a results file
+or a model file never runs code, a planted symlink is never followed, a write cut short
+leaves the old file readable, and what a run leaves on failure is named."""
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parrbm import DBN, RBM
+from parrbm.cli import main
+from parrbm.harness.experiment import ConfigError, load_config, run_config
+from parrbm.strategies import registry
+
+TINY = """
+name: tiny
+model: {visible: 12, hidden: 8}
+data: {kind: random-binary, cases: 40}
+training: {batch_size: 4, steps: 2, warmup: 1, timeout: 20}
+grid:
+  strategy: [serial, unit-partitioned]
+  workers: [1, 2]
+  transport: threads
+"""
+
+EVIL = """
+from pathlib import Path
+Path({marker!r}).write_text("imported")
+from parrbm.strategies.unit_partitioned import UnitPartitioned
+
+
+class Evil(UnitPartitioned):
+    name = "evil"
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def evil(tmp_path, monkeypatch):
+    """A plug-in file that leaves a marker when imported, also importable as a module."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    marker = tmp_path / "MARKER"
+    write(folder / "evilmod.py", EVIL.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(folder))
+    yield {"file": f"{folder / 'evilmod.py'}:Evil", "module": "evilmod:Evil", "marker": marker}
+    sys.modules.pop("evilmod", None)
+    registry._by_reference.pop(f"{folder / 'evilmod.py'}:Evil", None)
+    registry._by_reference.pop("evilmod:Evil", None)
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = load_config(write(out / "tiny.yaml", TINY))
+    return run_config(cfg, out, progress=lambda *a: None)
+
+
+def _rewrite_strategy(src: Path, dst: Path, strategy: str) -> Path:
+    lines = []
+    for line in src.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["strategy"] != "serial":
+            rec["strategy"] = strategy
+        lines.append(json.dumps(rec))
+    dst.write_text("\n".join(lines) + "\n")
+    return dst
+
+
+# ---- item 1: reading a file never imports ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["file", "module"])
+def test_reading_results_never_imports_the_strategy_they_name(evil, kind, tiny_results, tmp_path, capsys):
+    path = _rewrite_strategy(tiny_results, tmp_path / "tiny.jsonl", evil[kind])
+    assert main(["table", str(path)]) == 0
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html"), "--no-divergence"]) == 0
+    assert main(["plot", str(path), "--out", str(tmp_path / "figs")]) == 0
+    capsys.readouterr()
+    assert not evil["marker"].exists()
+
+
+def test_resume_never_imports_the_strategy_a_record_names(evil, tiny_results, tmp_path):
+    _rewrite_strategy(tiny_results, tmp_path / "tiny.jsonl", evil["file"])
+    cfg = load_config(write(tmp_path / "tiny.yaml", TINY))
+    with pytest.raises(ConfigError):
+        run_config(cfg, tmp_path, resume=True, progress=lambda *a: None)
+    assert not evil["marker"].exists()
+
+
+def _model_file(tmp_path: Path, named: str, **params) -> Path:
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    rbm = RBM(n_hidden=8, n_iter=1, batch_size=4, random_state=0, progress=False, **params).fit(X)
+    path = tmp_path / "model.npz"
+    rbm.save(path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["parrbm_meta"]))
+    meta["params"]["strategy"] = named
+    meta["params"]["checkpoint_dir"] = str(tmp_path / "chosen-by-the-file")
+    arrays["parrbm_meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["file", "module"])
+def test_loading_a_model_never_imports_its_strategy(evil, kind, tmp_path):
+    path = _model_file(tmp_path, evil[kind])
+    rbm = RBM.load(path)
+    assert not evil["marker"].exists()
+    assert rbm.strategy == evil[kind] and rbm.checkpoint_dir is None  # paths in a file are not restored
+    X = (np.random.default_rng(1).random((5, 12)) > 0.5).astype(np.float32)
+    assert rbm.transform(X).shape == (5, 8)
+    rbm.save(tmp_path / "again.npz")  # its parameters round-trip without the plug-in
+    assert RBM.load(tmp_path / "again.npz").strategy == evil[kind]
+    with pytest.raises(ValueError, match="parameter 'strategy'.*the model file names it"):
+        rbm.set_params(warm_start=True, n_iter=2).fit(np.vstack([X] * 8))
+    assert not evil["marker"].exists()
+    assert main(["plot-filters", str(path), "--out", str(tmp_path / "f.png")]) == 0
+    assert not evil["marker"].exists() and not (tmp_path / "chosen-by-the-file").exists()
+
+
+def test_a_loaded_model_trains_on_when_the_user_names_its_strategy(evil, tmp_path):
+    path = _model_file(tmp_path, evil["module"], strategy="unit-partitioned", workers=2)
+    rbm = RBM.load(path)
+    assert not evil["marker"].exists()
+    X = (np.random.default_rng(1).random((40, 12)) > 0.5).astype(np.float32)
+    rbm.set_params(strategy="unit-partitioned", warm_start=True, n_iter=2).fit(X)
+    assert rbm.epochs_done_ == 2 and not evil["marker"].exists()
+
+
+def test_loading_a_dbn_never_imports_its_strategy(evil, tmp_path):
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    path = tmp_path / "dbn.npz"
+    DBN(hidden_layer_sizes=(8, 4), n_iter=1, batch_size=4, random_state=0, progress=False).fit(X).save(path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["parrbm_dbn"]))
+    meta["params"]["strategy"] = evil["module"]
+    for layer in meta["layers"]:
+        layer["params"]["strategy"] = evil["module"]
+    arrays["parrbm_dbn"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    dbn = DBN.load(path)
+    assert dbn.transform(X).shape == (40, 4)
+    with pytest.raises(ValueError, match="parameter 'strategy'"):
+        dbn.fit(X)
+    assert not evil["marker"].exists()
+
+
+# ---- item 5 and 13: what a plug-in is -----------------------------------------------------
+
+def test_a_plugins_identity_covers_the_modules_it_inherits_from(tmp_path, monkeypatch):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    write(folder / "basemod.py", """
+        from parrbm.strategies.unit_partitioned import UnitPartitioned
+        class Base(UnitPartitioned):
+            name = "base-of-derived"
+    """)
+    write(folder / "derivedmod.py", """
+        from basemod import Base
+        class Derived(Base):
+            name = "derived"
+    """)
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        before = registry.source_digest(registry.load("derivedmod:Derived"))
+        (folder / "basemod.py").write_text((folder / "basemod.py").read_text() + "\n# the step changed\n")
+        for m in ("basemod", "derivedmod"):
+            sys.modules.pop(m, None)
+        registry._by_reference.pop("derivedmod:Derived", None)
+        after = registry.source_digest(registry.load("derivedmod:Derived"))
+        assert before != after
+    finally:
+        for m in ("basemod", "derivedmod"):
+            sys.modules.pop(m, None)
+        registry._by_reference.pop("derivedmod:Derived", None)
+
+
+def test_two_plugin_files_of_one_name_are_refused(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write(tmp_path / sub / "twin.py", f"""
+            from parrbm.strategies.unit_partitioned import UnitPartitioned
+            class P(UnitPartitioned):
+                name = "twin-{sub}"
+        """)
+    try:
+        registry.load(f"{tmp_path / 'a' / 'twin.py'}:P")
+        with pytest.raises(registry.StrategyError, match="already imported from .*a/twin.py.*rename one"):
+            registry.load(f"{tmp_path / 'b' / 'twin.py'}:P")
+    finally:
+        sys.modules.pop("twin", None)
+        registry._by_reference.pop(f"{tmp_path / 'a' / 'twin.py'}:P", None)
+
+
+def test_a_plugin_cannot_take_a_builtins_name_or_another_plugins(tmp_path):
+    write(tmp_path / "imposter.py", """
+        from parrbm.strategies.unit_partitioned import UnitPartitioned
+        class GreenAgain(UnitPartitioned):
+            name = "green-only"
+        class Same1(UnitPartitioned):
+            name = "same"
+        class Same2(UnitPartitioned):
+            name = "same"
+    """)
+    try:
+        with pytest.raises(registry.StrategyError, match="'green-only' is a built-in strategy's"):
+            registry.load(f"{tmp_path / 'imposter.py'}:GreenAgain")
+        cfg = write(tmp_path / "c.yaml", """
+            model: {visible: 12, hidden: 8}
+            grid: {strategy: [imposter.py:Same1, imposter.py:Same2], workers: 2}
+        """)
+        with pytest.raises(ConfigError, match=r"grid.strategy\[1\].*is named 'same', as is grid.strategy\[0\]"):
+            load_config(cfg)
+    finally:
+        sys.modules.pop("imposter", None)
+        for k in [k for k in registry._by_reference if "imposter" in k]:
+            registry._by_reference.pop(k)
+
+
+# ---- items 3, 4, 7: what parrbm writes ------------------------------------------------------
+
+def test_a_planted_symlink_is_never_followed(tiny_results, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tiny.jsonl.lock").symlink_to(victim)
+    cfg = load_config(write(tmp_path / "tiny.yaml", TINY))
+    with pytest.raises((ConfigError, OSError), match="symbolic link"):
+        run_config(cfg, out, progress=lambda *a: None)
+    (out / ".tiny.jsonl.lock").unlink()
+    (out / "tiny.jsonl").symlink_to(victim)  # the results file itself
+    with pytest.raises((ConfigError, OSError)):
+        run_config(cfg, out, resume=True, progress=lambda *a: None)
+    assert victim.read_text() == "precious\n"
+    # the report, figures, a model, a profile: a link where they go is replaced, never written through
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    for target in (tmp_path / "r.html", figs / "bytes.png", tmp_path / "m.npz", tmp_path / "p.json"):
+        target.symlink_to(victim)
+    assert main(["report", str(tiny_results), "--out", str(tmp_path / "r.html"), "--no-divergence"]) == 0
+    assert main(["plot", str(tiny_results), "--out", str(figs)]) == 0
+    X = (np.random.default_rng(0).random((20, 12)) > 0.5).astype(np.float32)
+    RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False).fit(X).save(tmp_path / "m.npz")
+    from parrbm.analysis.timemodel import Profile
+
+    Profile(cores=2).save(tmp_path / "p.json")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "r.html").is_symlink() and not (tmp_path / "m.npz").is_symlink()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB file system (tmpfs, as root), to fill."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(where: Path) -> None:
+    with open(where / "filler", "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_keeps_every_old_file(tiny_disk, tiny_results, tmp_path):
+    from parrbm.analysis.timemodel import Profile
+
+    X = (np.random.default_rng(0).random((20, 12)) > 0.5).astype(np.float32)
+    rbm = RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False).fit(X)
+    rbm.save(tiny_disk / "m.npz")
+    Profile(cores=2).save(tiny_disk / "p.json")
+    assert main(["report", str(tiny_results), "--out", str(tiny_disk / "r.html"), "--no-divergence"]) == 0
+    results = tiny_disk / "tiny.jsonl"
+    results.write_bytes(tiny_results.read_bytes())
+    before = {p.name: p.read_bytes() for p in tiny_disk.iterdir() if p.is_file()}
+    _fill(tiny_disk)
+    with pytest.raises(OSError, match="m.npz"):
+        RBM(n_hidden=64, n_iter=1, batch_size=4, progress=False).fit(
+            np.tile(X, (1, 100))).save(tiny_disk / "m.npz")
+    with pytest.raises(OSError, match="p.json"):
+        Profile(cores=2, gemm={"float32": [[i, 1.0] for i in range(100000)]}).save(tiny_disk / "p.json")
+    from parrbm.harness.results import append_record, scan
+
+    with pytest.raises(OSError, match="tiny.jsonl"):
+        append_record(results, {**json.loads(results.read_text().splitlines()[0]), "pad": "x" * 2_000_000})
+    assert main(["report", str(tiny_results), "--out", str(tiny_disk / "r.html"), "--no-divergence"]) == 1
+    for name, data in before.items():
+        assert (tiny_disk / name).read_bytes() == data, name
+    assert len(scan(results).records) == len(before["tiny.jsonl"].splitlines())
+    assert RBM.load(tiny_disk / "m.npz").n_hidden == 4 and Profile.load(tiny_disk / "p.json").cores == 2
+    assert not [p for p in tiny_disk.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_appending_starts_on_a_new_line(tiny_results, tmp_path):
+    from parrbm.harness.results import append_record, scan
+
+    path = tmp_path / "tiny.jsonl"
+    path.write_bytes(tiny_results.read_bytes().rstrip(b"\n"))  # an editor dropped the final newline
+    n = len(scan(path).records)
+    append_record(path, json.loads(path.read_text().splitlines()[-1]))
+    assert len(scan(path).records) == n + 1 and scan(path).torn is None
+
+
+# ---- item 6: one fit per checkpoint folder --------------------------------------------------
+
+def test_two_fits_cannot_share_a_checkpoint_dir(tmp_path):
+    import threading
+
+    X = (np.random.default_rng(0).random((400, 12)) > 0.5).astype(np.float32)
+    started, release = threading.Event(), threading.Event()
+
+    def slow(epoch):
+        started.set()
+        release.wait(30)
+        return 0.01
+
+    first = RBM(n_hidden=4, n_iter=2, batch_size=4, progress=False, checkpoint_dir=tmp_path / "ck",
+                learning_rate_schedule=slow)
+    t = threading.Thread(target=first.fit, args=(X,))
+    t.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(ValueError, match=r"checkpoint_dir.*in use by another fit \(process \d+\)"):
+            RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False, checkpoint_dir=tmp_path / "ck").fit(X)
+    finally:
+        release.set()
+        t.join()
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.npz")) == ["epoch-0001.npz", "epoch-0002.npz"]
+
+
+# ---- item 9: parameters changed after a fit ----------------------------------------------------
+
+@pytest.mark.parametrize("param,value", [("n_hidden", 5), ("visible", "gaussian"), ("dtype", "float64"),
+                                         ("cd_k", 2), ("persistent", True), ("statistics", "probabilities"),
+                                         ("batch_size", 8)])
+def test_a_changed_model_parameter_is_refused_by_a_continued_fit(param, value):
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    rbm = RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False).fit(X)
+    rbm.set_params(**{param: value})
+    with pytest.raises(ValueError, match=f"parameter '{param}' changed since the model was fitted.*call fit"):
+        rbm.partial_fit(X)
+    with pytest.raises(ValueError, match=f"parameter '{param}' changed"):
+        rbm.set_params(warm_start=True, n_iter=2).fit(X)
+
+
+def test_a_changed_step_parameter_applies_to_the_next_steps():
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    a = RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False, random_state=0).fit(X)
+    b = RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False, random_state=0).fit(X)
+    a.set_params(learning_rate=0.5).partial_fit(X)
+    b.partial_fit(X)
+    assert not np.array_equal(a.components_, b.components_)
+    a.set_params(strategy="green-only", workers=2, momentum=0.5).partial_fit(X)
+    assert a._strategy.K == 2 and a.spec_.momentum == 0.5 and a._state.W_inc is not None
+
+
+@pytest.mark.parametrize("sizes", ["16", {16: 1}, 16, (), [[4]]])
+def test_dbn_layer_sizes_are_a_list_of_integers(sizes):
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    with pytest.raises(ValueError, match="hidden_layer_sizes"):
+        DBN(hidden_layer_sizes=sizes, n_iter=1, batch_size=4, progress=False).fit(X)
+
+
+def test_dbn_transform_refuses_layers_changed_after_fit():
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    dbn = DBN(hidden_layer_sizes=(8, 4), n_iter=1, batch_size=4, progress=False).fit(X)
+    dbn.set_params(hidden_layer_sizes=(8, 6))
+    with pytest.raises(ValueError, match="hidden_layer_sizes.*call fit"):
+        dbn.transform(X)
