@@ -676,10 +676,21 @@ def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> n
         if visible_type == "gaussian":
             X = (X - X.mean(0)) / (X.std(0) + 1e-8)
     else:
+        import hashlib
+        import io
+
         try:
-            X = np.load(d["path"], allow_pickle=False)
+            raw = Path(d["path"]).read_bytes()
+            X = np.load(io.BytesIO(raw), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise ConfigError(f"{where}: not a readable .npy array ({exc})") from None
+        then = cfg.get("_data_sha256")  # the data the run's records name
+        now = hashlib.sha256(raw).hexdigest()
+        if then is not None and now != then:
+            raise ConfigError(f"data.path: {d['path']} changed while the run was going (sha256 {then[:12]}... "
+                              f"at its start, {now[:12]}... now); the run stopped so that its records do not "
+                              f"mix two data sets. Restore the file, or start a new run (--overwrite or "
+                              f"another --out)")
         if not isinstance(X, np.ndarray):  # an .npz archive behind a .npy name
             raise ConfigError(f"{where}: not a .npy array (an archive of several arrays?)")
     X = np.asarray(X)
@@ -723,6 +734,8 @@ def run_identity(cfg: dict) -> dict:
     if cfg["data"]["kind"] == "npy":
         data["sha256"] = file_digest(cfg["data"]["path"])
     identity = {"model": model, "data": data, "training": training, "options": cfg["options"]}
+    if (cfg.get("tcp") or {}).get("hosts"):  # where the runs happen is part of what was measured
+        identity["tcp"] = {"hosts": list(cfg["tcp"]["hosts"])}
     if "network" in cfg:  # the bandwidths are a grid axis (in run_id); the latency is not
         identity["network"] = {"latency": cfg["network"]["emulate"].get("latency")}
     return copy.deepcopy(identity)
@@ -949,6 +962,8 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
     if results.resolve().parent != out_dir.resolve():
         raise ConfigError(f"name: {cfg['name']!r} would write outside {out_dir}")
     identity = run_identity(cfg)
+    if cfg["data"]["kind"] == "npy":
+        cfg = {**cfg, "_data_sha256": identity["data"]["sha256"]}  # every point trains on these data
     check_data_of(cfg)
     where = profile_path(results)
     try:

@@ -23,6 +23,10 @@ from parrbm.harness import frames as F
 from parrbm.harness.comm import CommError, Transport
 
 _CLOSED = object()
+#: seconds an incoming connection has to prove it knows the run's secret
+HANDSHAKE_SECONDS = 5.0
+#: handshakes in progress at once (beyond them a new connection is closed at once)
+MAX_PENDING_HANDSHAKES = 64
 
 
 def _mac(secret: bytes, *parts: bytes) -> bytes:
@@ -62,27 +66,57 @@ class TCPTransport(Transport):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshake_dial(s, j)
             self.socks[j] = s
-        listener.settimeout(1.0)
-        while len(self.socks) < self.size - 1:  # accept every higher rank
-            if time.monotonic() > deadline:
-                missing = [j for j in range(self.rank + 1, self.size) if j not in self.socks]
-                raise CommError(f"worker {self.rank}: workers {missing} did not connect within "
-                                f"{self.timeout:g} s")
-            try:
-                s, _ = listener.accept()
-            except socket.timeout:
-                continue
-            s.settimeout(self.timeout)
+        # Every connection's handshake runs in a thread of its own with a short deadline: a
+        # stranger that connects and stays silent (or sends a hello and stops) is dropped
+        # when its deadline passes, and never holds up a real peer dialing meanwhile.
+        listener.settimeout(0.2)
+        self.rejected: list[str] = []
+        done: queue.Queue = queue.Queue()
+        pending = 0
+        try:
+            while len(self.socks) < self.size - 1:  # accept every higher rank
+                while not done.empty():
+                    pending -= 1
+                    s, j, why = done.get()
+                    if why is None and j in self.socks:
+                        why = f"worker {self.rank}: worker {j} connected twice"
+                    if why is None:
+                        self.socks[j] = s
+                    else:
+                        self.rejected.append(why)
+                        s.close()
+                if len(self.socks) == self.size - 1:
+                    break
+                if time.monotonic() > deadline:
+                    missing = [j for j in range(self.rank + 1, self.size) if j not in self.socks]
+                    seen = (f"; {len(self.rejected)} other connection(s) to its port were refused (the last: "
+                            f"{self.rejected[-1]})" if self.rejected else "")
+                    raise CommError(f"worker {self.rank}: workers {missing} did not connect within "
+                                    f"{self.timeout:g} s{seen}")
+                try:
+                    s, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                if pending >= MAX_PENDING_HANDSHAKES:  # a flood of connections: the newest wait their turn
+                    s.close()
+                    self.rejected.append("a connection beyond the handshakes in progress")
+                    continue
+                pending += 1
+                threading.Thread(target=self._handshake_thread, args=(s, done), daemon=True,
+                                 name="tcp-handshake").start()
+        finally:
+            listener.close()
+
+    def _handshake_thread(self, s: socket.socket, done: queue.Queue) -> None:
+        try:
+            s.settimeout(min(HANDSHAKE_SECONDS, self.timeout))
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                j = self._handshake_accept(s)
-            except (F.FrameError, ConnectionError, OSError, CommError) as exc:
-                # A stranger or a bad peer: refuse it, keep waiting for the real ones.
-                self.rejected = getattr(self, "rejected", []) + [str(exc)]
-                s.close()
-                continue
-            self.socks[j] = s
-        listener.close()
+            done.put((s, self._handshake_accept(s, claimed=False), None))
+        except socket.timeout:
+            done.put((s, None, f"worker {self.rank}: a connection sent no valid handshake within "
+                               f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped"))
+        except (F.FrameError, ConnectionError, OSError, CommError) as exc:
+            done.put((s, None, str(exc)))
 
     def _handshake_dial(self, s, j: int) -> None:
         nonce = os.urandom(32)
@@ -97,7 +131,7 @@ class TCPTransport(Transport):
         s.sendall(F.pack_header(F.RESPONSE, self.rank, 32)
                   + _mac(self.secret, b"dial", peer_nonce, self.rank.to_bytes(4, "big")))
 
-    def _handshake_accept(self, s) -> int:
+    def _handshake_accept(self, s, *, claimed: bool = True) -> int:
         kind, tag, nonce = F.read_frame(s, 64)
         if kind != F.HELLO or len(nonce) != 32 or not (self.rank < tag < self.size):
             raise CommError(f"worker {self.rank}: refused a connection that did not open with a "
@@ -109,7 +143,7 @@ class TCPTransport(Transport):
                 proof, _mac(self.secret, b"dial", mine, tag.to_bytes(4, "big"))):
             raise CommError(f"worker {self.rank}: refused a connection claiming to be worker {tag}: "
                             f"wrong proof of the run's secret")
-        if tag in self.socks:
+        if claimed and tag in self.socks:
             raise CommError(f"worker {self.rank}: worker {tag} connected twice")
         return tag
 

@@ -388,3 +388,97 @@ def test_dbn_transform_refuses_layers_changed_after_fit():
     dbn.set_params(hidden_layer_sizes=(8, 6))
     with pytest.raises(ValueError, match="hidden_layer_sizes.*call fit"):
         dbn.transform(X)
+
+
+# ---- item 2: a stranger at the tcp rendezvous ------------------------------------------------
+
+def _silent_strangers(address, hold: float):
+    """Two local connections to a worker's port that never finish a handshake: one says
+    nothing, one sends a valid-looking hello and then nothing."""
+    import socket
+    import threading
+
+    from parrbm.harness import frames as F
+
+    def stranger(hello: bool):
+        s = socket.create_connection(address)
+        if hello:
+            s.sendall(F.pack_header(F.HELLO, 1, 32) + b"x" * 32)
+        time.sleep(hold)
+        s.close()
+
+    import time
+
+    threads = [threading.Thread(target=stranger, args=(h,), daemon=True) for h in (False, True)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_silent_strangers_do_not_stall_the_tcp_rendezvous():
+    import socket
+    import threading
+    import time
+
+    from parrbm.harness.tcp import TCPTransport
+
+    secret = b"s" * 32
+    l0, l1 = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    addrs = [l0.getsockname(), l1.getsockname()]
+    strangers = _silent_strangers(addrs[0], hold=40)
+    time.sleep(0.3)  # the strangers are first in the listen queue, and stay connected
+    out = {}
+    t0 = threading.Thread(target=lambda: out.setdefault(0, TCPTransport(0, 2, secret, l0, addrs, timeout=30)))
+    t0.start()
+    out[1] = TCPTransport(1, 2, secret, l1, addrs, timeout=30)
+    t0.join()
+    assert set(out[0].socks) == {1} and set(out[1].socks) == {0}
+    for t in out.values():
+        t.close()
+    del strangers
+
+
+def test_a_rendezvous_without_its_peer_names_the_strangers(monkeypatch):
+    import socket
+
+    from parrbm.harness import tcp
+    from parrbm.harness.comm import CommError
+
+    monkeypatch.setattr(tcp, "HANDSHAKE_SECONDS", 0.5)
+    l0, l1 = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    addrs = [l0.getsockname(), l1.getsockname()]
+    _silent_strangers(addrs[0], hold=10)
+    with pytest.raises(CommError, match=r"workers \[1\] did not connect within 3 s; 2 other connection\(s\) "
+                                        r"to its port were refused .*no valid handshake within 0.5 s"):
+        tcp.TCPTransport(0, 2, b"s" * 32, l0, addrs, timeout=3)
+    l1.close()
+
+
+# ---- item 8: the data of a run, and where it runs --------------------------------------------
+
+def test_data_replaced_during_a_run_stops_it_naming_the_file(tmp_path):
+    from parrbm.harness.experiment import read_records
+
+    data = tmp_path / "x.npy"
+    np.save(data, (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32))
+    cfg = load_config(write(tmp_path / "c.yaml", TINY.replace("{kind: random-binary, cases: 40}",
+                                                              "{kind: npy, path: x.npy}")))
+    said = []
+
+    def progress(msg):
+        said.append(msg)
+        if "ms/step" in msg and len([m for m in said if "ms/step" in m]) == 1:
+            np.save(data, np.ones((40, 12), np.float32))  # another data set, between two points
+
+    with pytest.raises(ConfigError, match=r"data.path: .*x.npy changed while the run was going"):
+        run_config(cfg, tmp_path / "out", progress=progress)
+    assert len(read_records(tmp_path / "out" / "tiny.jsonl")) == 1  # the first point's record only
+
+
+def test_where_the_runs_happen_is_part_of_a_runs_identity():
+    from parrbm.harness.experiment import run_identity
+
+    base = {"model": {"visible": 4}, "training": {}, "data": {"kind": "random-binary"}, "options": {}}
+    a = run_identity({**base, "tcp": {"hosts": ["a", "b"]}})
+    b = run_identity({**base, "tcp": {"hosts": ["a", "c"]}})
+    assert a != b and run_identity({**base, "tcp": {}}) == run_identity(base)
