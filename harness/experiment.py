@@ -427,6 +427,14 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
                           training["engine"])
         except ValueError as exc:
             raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
+    from parrbm.strategies.rules import unused_options
+
+    strategies = list(dict.fromkeys(p["strategy"] for p in points if not p.get("baseline")))
+    unused = unused_options(StrategyOptions(sync_every=training["sync_every"], **cfg["options"]), strategies)
+    if unused:
+        field = "training.sync_every" if unused[0].startswith("'sync_every'") else f"options.{unused[0].split(chr(39))[1]}"
+        raise ConfigError(f"{path}: {field}: the option {unused[0]} is read by no strategy of this grid "
+                          f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
 
 
 def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:

@@ -367,7 +367,18 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             from parrbm.harness.runner import ENGINES
 
             v.check_choice("RBM", "strategy_options['engine']", runner["engine"], ENGINES)
-        return StrategyOptions(**opts), runner
+        options = StrategyOptions(**opts)
+        from parrbm.strategies.registry import StrategyError
+        from parrbm.strategies.rules import unused_options
+
+        try:
+            unused = unused_options(options, [self.strategy])
+        except StrategyError:  # a plug-in named by a model file, not loaded: checked when a fit names it
+            unused = []
+        if unused:
+            raise ValueError(f"RBM: parameter 'strategy_options': the option {unused[0]} is not read by strategy "
+                             f"{self.strategy!r}; remove it or choose a strategy that reads it")
+        return options, runner
 
     def _dtype_name(self):
         """'float32' for np.float32, 'float32' or np.dtype('float32'); the value itself if

@@ -61,6 +61,9 @@ class Worker:
     """
 
     name = ""
+    #: the StrategyOptions this strategy reads; an option set away from its default that
+    #: no strategy of a run reads is refused (:func:`parrbm.strategies.rules.unused_options`)
+    options_used: tuple[str, ...] = ("partition",)
     #: phases whose bytes are weight synchronisation, not per-step training traffic
     sync_phases: tuple[str, ...] = ()
     #: the C++ core has a copy of this strategy's epoch loop (the built-ins). Read from the
@@ -215,11 +218,8 @@ class Worker:
 
     @classmethod
     def check_options(cls, options: "StrategyOptions", *, transport: str) -> None:
-        """Refuse options this strategy cannot use (ValueError naming the option)."""
-        if options.shared_weights:
-            raise ValueError(f"strategy option 'shared_weights' applies to 'per-update-sync' only "
-                             f"(strategy {cls.name!r} stores each weight once or keeps two copies "
-                             f"on purpose)")
+        """Refuse option values this strategy cannot use (ValueError naming the option);
+        which options a run may set at all is :func:`rules.unused_options`'s."""
 
     @classmethod
     def step_traffic(cls, model, m: int, K: int, options: "StrategyOptions", *, chains: int):

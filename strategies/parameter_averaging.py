@@ -27,6 +27,7 @@ _FULL = {"unit0": 0}
 class ParameterAveraging(Worker):
     native = True
     name = "parameter-averaging"
+    options_used = ("reduce", "average", "average_every")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)

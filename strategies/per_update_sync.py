@@ -23,6 +23,7 @@ from parrbm.strategies import phases as P
 class PerUpdateSync(Worker):
     native = True
     name = "per-update-sync"
+    options_used = ("partition", "shared_weights")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):

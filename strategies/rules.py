@@ -35,3 +35,23 @@ def check_split(strategy: str, *, n_visible: int, n_hidden: int, batch_size: int
                         workers=workers)
     if why is not None:
         raise ValueError(why)
+
+
+def unused_options(options, strategies) -> list[str]:
+    """The options set away from their defaults that none of ``strategies`` (classes, names
+    or references) reads, each as "'name' (read by: ...)": one rule for the configs and
+    the estimator, so that an option meant for another strategy never passes silently."""
+    import dataclasses
+
+    from parrbm.strategies.base import StrategyOptions
+    from parrbm.strategies.registry import BUILTIN, resolve
+
+    classes = [resolve(s) for s in strategies]
+    used = {o for cls in classes for o in getattr(cls, "options_used", ())}
+    out = []
+    for f in dataclasses.fields(StrategyOptions):
+        if f.name in used or getattr(options, f.name) == f.default:
+            continue
+        owners = [n for n in BUILTIN if f.name in getattr(resolve(n), "options_used", ())]
+        out.append(f"{f.name!r} (read by: {', '.join(owners) or 'no built-in strategy'})")
+    return out

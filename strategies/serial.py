@@ -17,6 +17,7 @@ class SerialStrategy:
     """One worker, the whole model, the whole minibatch."""
 
     name = "serial"
+    options_used: tuple[str, ...] = ()
 
     def __init__(self, spec: CDSpec, state: ModelState):
         self.spec = spec

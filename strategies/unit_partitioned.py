@@ -23,6 +23,7 @@ class UnitPartitioned(Worker):
     native = True
     local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
     name = "unit-partitioned"
+    options_used = ("partition", "sync_every")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):

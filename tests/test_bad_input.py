@@ -567,7 +567,7 @@ def test_train_never_replaces_a_model_unasked(tmp_path, capsys):
     ("anchor: &x [1]\nalso: *x\n", "aliases (*x) are not supported"),
     ("data: {kind: digits, seed: 3}\n", "data.seed: is for the random data kinds"),
     ("data: {kind: npy, path: x.npy, cases: 3}\n", "data.cases: is for the random data kinds"),
-    ("options: {shared_weights: true}\n", "'shared_weights' applies to 'per-update-sync' only"),
+    ("options: {shared_weights: true}\n", "options.shared_weights: the option 'shared_weights' (read by: per-update-sync)"),
 ])
 def test_more_values_refused_before_anything_runs(tmp_path, capsys, text, needle):
     np.save(tmp_path / "x.npy", np.zeros((16, 4)))

@@ -482,3 +482,34 @@ def test_where_the_runs_happen_is_part_of_a_runs_identity():
     a = run_identity({**base, "tcp": {"hosts": ["a", "b"]}})
     b = run_identity({**base, "tcp": {"hosts": ["a", "c"]}})
     assert a != b and run_identity({**base, "tcp": {}}) == run_identity(base)
+
+
+# ---- item 14: an option for another strategy ---------------------------------------------------
+
+@pytest.mark.parametrize("options,field", [("{reduce: master}", "options.reduce"),
+                                           ("{average: weights}", "options.average"),
+                                           ("{average_every: 4}", "options.average_every"),
+                                           ("{shared_weights: true}", "options.shared_weights")])
+def test_an_option_no_strategy_of_the_grid_reads_is_refused(tmp_path, options, field):
+    cfg = write(tmp_path / "c.yaml", TINY + f"options: {options}\n")
+    with pytest.raises(ConfigError, match=rf"{field}: the option .* is read by no strategy of this grid "
+                                          rf"\(serial, unit-partitioned\)"):
+        load_config(cfg)
+
+
+def test_sync_every_without_unit_partitioned_is_refused(tmp_path):
+    cfg = write(tmp_path / "c.yaml", TINY.replace("[serial, unit-partitioned]", "[serial, green-only]")
+                .replace("timeout: 20}", "timeout: 20, sync_every: 5}"))
+    with pytest.raises(ConfigError, match=r"training.sync_every: .*read by: unit-partitioned"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("strategy,options", [("unit-partitioned", {"reduce": "master"}),
+                                              ("unit-partitioned", {"average": "weights"}),
+                                              ("green-only", {"average_every": 3}),
+                                              ("serial", {"partition": "random"})])
+def test_the_estimator_refuses_an_option_its_strategy_does_not_read(strategy, options):
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    with pytest.raises(ValueError, match=r"strategy_options.*is not read by strategy"):
+        RBM(n_hidden=4, batch_size=4, strategy=strategy, workers=1 if strategy == "serial" else 2,
+            strategy_options=options, progress=False).fit(X)
