@@ -29,6 +29,12 @@ class Model:
     cd_k: int = 1
     persistent: bool = False
 
+    def __post_init__(self) -> None:
+        from parrbm.strategies.rules import MAX_CD_K
+
+        if isinstance(self.cd_k, bool) or not isinstance(self.cd_k, int) or not 1 <= self.cd_k <= MAX_CD_K:
+            raise ValueError(f"cd_k must be an integer from 1 to {MAX_CD_K}, got {self.cd_k!r:.40}")
+
     @property
     def pb(self) -> int:
         return 8 if self.precision == "float64" else 4

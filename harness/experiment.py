@@ -69,7 +69,7 @@ SCHEMA = {
                 "visible_type": {"enum": ["binary", "gaussian"]},
                 "precision": {"enum": ["float32", "float64"]},
                 "statistics": {"enum": ["samples", "probabilities"]},
-                "cd_k": _POS_INT,
+                "cd_k": {"type": "integer", "minimum": 1, "maximum": 10000},  # rules.MAX_CD_K
                 "gaussian_noise": {"type": "boolean"},
             },
         },
@@ -437,6 +437,11 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
                           f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
 
 
+#: a run this long is refused before anything runs, priced at FAST_MACHINE_FLOPS
+MAX_RUN_SECONDS = 7 * 86400
+FAST_MACHINE_FLOPS = 1e13
+
+
 def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
     """Refuse a model or data set that cannot fit in this machine's memory, before
     anything is allocated."""
@@ -450,13 +455,28 @@ def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
         pb = 8 if p["precision"] == "float64" else 4
         m = p["batch_size"]
         steps = tr.get("steps") or max(1, tr.get("cases", m) // m)
+        where = "training.steps" if tr.get("steps") else "training.cases" if tr.get("cases") else "training.warmup"
+        # every step's GEMMs, on a machine far faster than this one: a run this long is a typo
+        flops = (tr["warmup"] + steps) * tr["repeats"] * 2.0 * m * V * H * (2 * cfg["model"]["cd_k"] + 1)
+        if flops / FAST_MACHINE_FLOPS > MAX_RUN_SECONDS:
+            raise ConfigError(f"{path}: {where}: {tr['warmup']} warm-up + {steps} timed steps x "
+                              f"{tr['repeats']} repeats of CD-{cfg['model']['cd_k']} on {V} x {H}, minibatch {m}, "
+                              f"is {flops:.3g} floating-point operations: more than {MAX_RUN_SECONDS // 86400} days "
+                              f"at {FAST_MACHINE_FLOPS:.0e} flop/s; give fewer steps (or cases, warmup, "
+                              f"repeats, model.cd_k)")
         cases = data.get("cases", (tr["warmup"] + steps) * m) if data["kind"] != "npy" else 0
         # W and its increment or second copy, per worker (at most two full copies in all),
-        # the data set in float64 while it is made, and the minibatch buffers
-        need = 3 * V * H * pb + cases * V * 8 + 4 * m * (V + H) * pb
+        # the data set in float64 while it is made, the minibatch buffers, and the order
+        # of the cases (8 bytes each)
+        parts = {"model.visible x model.hidden": 3 * V * H * pb + 4 * m * (V + H) * pb,
+                 "data.cases" if "cases" in data else where: cases * V * 8,
+                 where: (tr["warmup"] + steps) * m * 8}
+        need = sum(parts.values()) + (cases * V * 8 if where in parts and "cases" not in data else 0)
         if need > total:
-            raise ConfigError(f"{path}: model.visible x model.hidden ({V} x {H}) with {cases} cases of data needs "
-                              f"about {need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB")
+            field = max(parts, key=parts.get)
+            raise ConfigError(f"{path}: {field}: model.visible x model.hidden ({V} x {H}) with {cases:g} cases of "
+                              f"data and {tr['warmup'] + steps:g} minibatch steps of {m} needs about "
+                              f"{need / 2**30:.3g} GiB, more than this machine's {total / 2**30:.1f} GiB")
 
 
 def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
@@ -484,17 +504,26 @@ def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
     rates = []
     for i, bw in enumerate(listed):
         at = f"[{i}]" if isinstance(emulate["bandwidth"], list) else ""
+        from parrbm.harness.network import shaping_refusal
+
         try:
             rates.append(None if bw == UNSHAPED else parse_bandwidth(bw))
         except ValueError as exc:
             raise ConfigError(f"{path}: network.emulate.bandwidth{at}: {exc} (or {UNSHAPED!r})") from None
+        why = shaping_refusal(rates[-1])
+        if why:
+            raise ConfigError(f"{path}: network.emulate.bandwidth{at}: {bw!r}: {why}")
     if len(set(rates)) != len(rates):
         raise ConfigError(f"{path}: network.emulate.bandwidth: {listed} names a bandwidth twice")
     if "latency" in emulate:
+        from parrbm.harness.network import shaping_refusal
+
         try:
-            parse_latency(emulate["latency"])
+            why = shaping_refusal(None, parse_latency(emulate["latency"]))
         except ValueError as exc:
             raise ConfigError(f"{path}: network.emulate.latency: {exc}") from None
+        if why:
+            raise ConfigError(f"{path}: network.emulate.latency: {emulate['latency']!r}: {why}")
     if not any(p["bandwidth"] is not None for p in points):
         raise ConfigError(f"{path}: network.emulate: puts tcp and mpi workers on emulated hosts, but the grid "
                           f"runs none (give grid.transport tcp or mpi, and workers >= 2)")

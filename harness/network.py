@@ -71,8 +71,32 @@ class LinkSpec:
     bandwidth: float | None
     latency: float | None = None
 
+    def __post_init__(self) -> None:
+        why = shaping_refusal(self.bandwidth, self.latency)
+        if why:
+            raise ValueError(why)
+
     def describe(self) -> dict:
         return {"bandwidth": self.bandwidth, "latency": self.latency}
+
+
+#: the rates tc's token bucket shapes here, bytes/s: from 8 kbit/s (a frame per 0.2 s) to
+#: 100 Gbit/s (beyond it the bucket's 0.2 s queue no longer fits tc's 32-bit limit)
+MIN_RATE = 1e3
+MAX_RATE = 12.5e9
+#: the longest one-way latency emulated (netem's delay; a collective waits for it)
+MAX_LATENCY = 10.0
+
+
+def shaping_refusal(bandwidth: float | None, latency: float | None = None) -> str | None:
+    """Why an emulated link of ``bandwidth`` bytes/s and ``latency`` seconds cannot be
+    built, or None."""
+    if bandwidth is not None and not (MIN_RATE <= bandwidth <= MAX_RATE):
+        return (f"bandwidth {bandwidth:g} B/s is outside what the emulated links shape: {MIN_RATE:g} B/s "
+                f"(8kbit/s) to {MAX_RATE / 1e9:g} GB/s (100Gbit/s)")
+    if latency is not None and not (0 <= latency <= MAX_LATENCY):
+        return f"latency {latency:g} s is outside what the emulated links delay: 0 to {MAX_LATENCY:g} s"
+    return None
 
 
 def missing() -> str | None:

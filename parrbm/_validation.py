@@ -7,11 +7,12 @@ import numbers
 import numpy as np
 
 
-def check_int(owner: str, name: str, value, *, minimum: int) -> int:
+def check_int(owner: str, name: str, value, *, minimum: int, maximum: int | None = None) -> int:
+    allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{owner}: parameter '{name}' must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: parameter '{name}' must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{owner}: parameter '{name}' must be {allowed}, got {value!r:.60}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{owner}: parameter '{name}' must be {allowed}, got {value!r:.60}")
     return int(value)
 
 

@@ -229,7 +229,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         v.check_int(o, "n_iter", self.n_iter, minimum=0)
         v.check_float(o, "momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         v.check_float(o, "weight_decay", self.weight_decay, low=0.0)
-        v.check_int(o, "cd_k", self.cd_k, minimum=1)
+        from parrbm.strategies.rules import MAX_CD_K
+
+        v.check_int(o, "cd_k", self.cd_k, minimum=1, maximum=MAX_CD_K)
         if not isinstance(self.persistent, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'persistent' must be True or False, got {self.persistent!r}")
         if not isinstance(self.sample_visible, (bool, np.bool_)):
@@ -1125,10 +1127,14 @@ def _network_option(value, transport: str):
         latency = None if value.get("latency") is None else parse_latency(value["latency"])
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
+    try:
+        link = LinkSpec(bandwidth, latency)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     why = missing()
     if why:
         raise ValueError(f"{name}: {why}")
-    return LinkSpec(bandwidth, latency)
+    return link
 
 
 _BLAS: ThreadpoolController | None = None

@@ -513,3 +513,116 @@ def test_the_estimator_refuses_an_option_its_strategy_does_not_read(strategy, op
     with pytest.raises(ValueError, match=r"strategy_options.*is not read by strategy"):
         RBM(n_hidden=4, batch_size=4, strategy=strategy, workers=1 if strategy == "serial" else 2,
             strategy_options=options, progress=False).fit(X)
+
+
+# ---- items 12, 15, 20: results files that no run wrote -------------------------------------------
+
+def _edited(tiny_results: Path, tmp_path: Path, change) -> Path:
+    lines = tiny_results.read_text().splitlines()
+    rec = json.loads(next(ln for ln in lines if json.loads(ln)["strategy"] == "unit-partitioned"
+                          and json.loads(ln)["workers"] == 2))
+    change(rec)
+    path = tmp_path / "edited.jsonl"
+    path.write_text("\n".join(lines + [json.dumps(rec) if isinstance(rec, dict) else rec]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda r: r.update(workers=0), "workers must be an integer >= 1"),
+    (lambda r: r.update(workers=-3), "workers must be an integer >= 1"),
+    (lambda r: r.update(workers=True), "workers must be an integer >= 1"),
+    (lambda r: r.update(transport="pigeon"), "transport must be one of"),
+    (lambda r: r.update(bandwidth={"rate": 1}), "bandwidth must be a string"),
+    (lambda r: r.update(status="weird"), "status must be 'ok' or 'error'"),
+    (lambda r: r["metrics"].update(bytes_per_step=10 ** 400), "metrics.bytes_per_step must be a number"),
+    (lambda r: r.update(network="x"), "network must be an object or null"),
+    (lambda r: r["metrics"].pop("compute_seconds"), "metrics.compute_seconds must be a number"),
+    (lambda r: r.update(strategy="green-only"), "its strategy 'green-only' is not its run_id's"),
+    (lambda r: r.update(run_id=r["run_id"].replace("workers=2", "workers=4")), "its workers 2 is not its run_id's"),
+])
+def test_a_record_no_run_wrote_is_listed_apart(tiny_results, tmp_path, capsys, change, needle):
+    path = _edited(tiny_results, tmp_path, change)
+    capsys.readouterr()
+    assert main(["table", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "left out: " + needle in out.replace("\n", " ") or needle in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("unit-partitioned")]
+    assert len(rows) == 2  # K = 1 and the real K = 2 run, the edited copy left out
+    assert main(["report", str(path), "--out", str(tmp_path / "r.html"), "--no-divergence"]) == 0
+
+
+def test_nan_and_infinity_literals_are_not_json(tiny_results, tmp_path, capsys):
+    line = tiny_results.read_text().splitlines()[0]
+    path = tmp_path / "nan.jsonl"
+    path.write_text(line.replace('"median": ', '"median": NaN, "x": ', 1) + "\n" + line + "\n")
+    assert main(["table", str(path)]) == 2
+    assert "line 1 is not a parrbm record (not JSON: NaN is not a number in strict JSON)" in capsys.readouterr().err
+
+
+def test_a_record_of_another_experiment_is_refused(tiny_results, tmp_path, capsys):
+    path = _edited(tiny_results, tmp_path, lambda r: r["identity"]["model"].update(hidden=99) or
+                   r.update(run_id="x|" + r["run_id"]))
+    assert main(["table", str(path)]) == 2
+    assert "mixes experiments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [["table"], ["run"]])
+def test_an_endless_input_is_refused_not_read(cmd, capsys, tmp_path):
+    code = main([*cmd, "/dev/zero"] + (["--out", str(tmp_path)] if cmd == ["run"] else []))
+    assert code == 2 and "/dev/zero" in capsys.readouterr().err
+
+
+def test_a_deeply_nested_record_is_refused(tmp_path, capsys):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 200000 + "]" * 200000 + "\n")
+    assert main(["table", str(path)]) == 2
+    assert "nested deeper than" in capsys.readouterr().err
+
+
+# ---- items 16, 17: values that pass a schema and fail every run ---------------------------------
+
+@pytest.mark.parametrize("emulate,needle", [
+    ("{bandwidth: 0.0001B/s}", "outside what the emulated links shape"),
+    ("{bandwidth: 1e12MB/s}", "outside what the emulated links shape"),
+    ("{bandwidth: 105MB/s, latency: 1000s}", "network.emulate.latency: '1000s': latency 1000 s is outside"),
+])
+def test_bandwidths_tc_cannot_shape_are_refused_up_front(tmp_path, emulate, needle):
+    cfg = write(tmp_path / "c.yaml", TINY.replace("transport: threads", "transport: tcp")
+                + f"network: {{emulate: {emulate}}}\n")
+    with pytest.raises(ConfigError, match=needle):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("training,needle", [
+    ("steps: 1000000000", "training.steps: .* GiB, more than this machine"),
+    ("steps: 1e30", "training.steps"),
+    ("warmup: 1000000000000", "training.steps"),
+    ("cases: 1000000000000000000", "training.cases"),
+])
+def test_runs_no_machine_finishes_are_refused_up_front(tmp_path, training, needle):
+    text = TINY.replace("steps: 2, warmup: 1, ", "").replace("timeout: 20", f"timeout: 20, {training}")
+    with pytest.raises(ConfigError, match=needle):
+        load_config(write(tmp_path / "c.yaml", text))
+
+
+def test_a_run_of_more_work_than_a_week_is_refused_up_front(tmp_path):
+    text = """
+        model: {visible: 2000, hidden: 2000, cd_k: 10000}
+        data: {cases: 100}
+        training: {batch_size: 100, steps: 1000}
+        grid: {strategy: serial, workers: 1}
+    """
+    with pytest.raises(ConfigError, match=r"training.steps: .* floating-point operations: more than 7 days"):
+        load_config(write(tmp_path / "c.yaml", text))
+
+
+def test_cd_k_is_bounded_everywhere(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="model.cd_k"):
+        load_config(write(tmp_path / "c.yaml", TINY.replace("hidden: 8}", "hidden: 8, cd_k: 1000000000000}")))
+    with pytest.raises(ValueError, match="cd_k.*<= 10000"):
+        RBM(cd_k=10 ** 12).fit(np.zeros((10, 4)))
+    for cmd in ("cost", "predict"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--visible", "8", "--hidden", "8", "--batch", "4", "--workers", "2",
+                  "--cd-k", "1000000000000"])
+        assert "must be <= 10000" in capsys.readouterr().err

@@ -59,7 +59,10 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
     p.add_argument("--visible-type", choices=["binary", "gaussian"])
     p.add_argument("--precision", choices=["float32", "float64"])
     p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
-    p.add_argument("--cd-k", type=_positive, default=1)
+    from parrbm.strategies.rules import MAX_CD_K
+
+    p.add_argument("--cd-k", type=_integer_from(1, maximum=MAX_CD_K), default=1,
+                   help=f"Gibbs steps of CD-k (1 to {MAX_CD_K})")
     p.add_argument("--strategy", nargs="+", type=_strategy, metavar="STRATEGY",
                    help="strategies: registered names or module:Class (default: every registered parallel "
                         "strategy)")
@@ -82,8 +85,8 @@ def _strategy(text: str) -> str:
     return text
 
 
-def _integer_from(minimum: int, meaning: str = ""):
-    """An argparse type: an integer >= ``minimum``."""
+def _integer_from(minimum: int, meaning: str = "", maximum: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -91,6 +94,8 @@ def _integer_from(minimum: int, meaning: str = ""):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}{meaning}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be <= {maximum}")
         return v
     return parse
 
