@@ -469,9 +469,9 @@ def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
         # the data set in float64 while it is made, the minibatch buffers, and the order
         # of the cases (8 bytes each)
         parts = {"model.visible x model.hidden": 3 * V * H * pb + 4 * m * (V + H) * pb,
-                 "data.cases" if "cases" in data else where: cases * V * 8,
-                 where: (tr["warmup"] + steps) * m * 8}
-        need = sum(parts.values()) + (cases * V * 8 if where in parts and "cases" not in data else 0)
+                 "data.cases" if "cases" in data else where: cases * V * 8}
+        parts[where] = parts.get(where, 0) + (tr["warmup"] + steps) * m * 8
+        need = sum(parts.values())
         if need > total:
             field = max(parts, key=parts.get)
             raise ConfigError(f"{path}: {field}: model.visible x model.hidden ({V} x {H}) with {cases:g} cases of "

@@ -609,7 +609,7 @@ def test_a_run_of_more_work_than_a_week_is_refused_up_front(tmp_path):
     text = """
         model: {visible: 2000, hidden: 2000, cd_k: 10000}
         data: {cases: 100}
-        training: {batch_size: 100, steps: 1000}
+        training: {batch_size: 100, steps: 1000000}
         grid: {strategy: serial, workers: 1}
     """
     with pytest.raises(ConfigError, match=r"training.steps: .* floating-point operations: more than 7 days"):
