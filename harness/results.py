@@ -149,33 +149,10 @@ MAX_LINE = 1 << 22
 MAX_DEPTH = 16
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a number in strict JSON")
-
-
 def _strict_json(text: str):
-    """json.loads without NaN / Infinity literals, nor nesting deeper than a record's."""
-    depth = 0
-    deepest = 0
-    in_string = escaped = False
-    for ch in text:  # a bound on nesting before the parser recurses
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-        elif ch in "]}":
-            depth -= 1
-    return json.loads(text, parse_constant=_reject_constant)
+    from parrbm._files import strict_json
+
+    return strict_json(text, max_depth=MAX_DEPTH)
 
 
 # ---- what a record is ---------------------------------------------------------------------

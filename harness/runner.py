@@ -76,6 +76,9 @@ class ParallelRunner:
         self.transport = transport
         self.options = options or StrategyOptions()
         check_options(spec, strategy, workers, transport, self.options, engine)
+        from parrbm.harness.worker import fault_spec
+
+        fault_spec()  # a malformed PARRBM_FAULT is named here, before any worker starts
         self.name = reference(strategy)  # how any process names it: a registered name or module:Class
         native = has_native(worker_class(strategy))
         self.engine = ("native" if native else "python") if engine == "auto" else engine

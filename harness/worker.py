@@ -37,13 +37,38 @@ from pathlib import Path
 import numpy as np
 
 
-def _fault(rank: int, transport):
-    """The PARRBM_FAULT hook of this worker: a function of the step index, or None."""
+FAULT_FORMS = ("kill:R:S, hang:R:S, stop:R:S or stop-in:R:S (worker R at step S, integers >= 0), "
+               "or slow:R:MS (worker R sleeps MS >= 0 milliseconds before every step)")
+
+
+def fault_spec() -> tuple[str, int, float] | None:
+    """PARRBM_FAULT as (kind, rank, step or milliseconds), or None when unset; ValueError
+    naming the variable and the accepted forms when it is malformed (checked by the
+    launcher before any worker starts)."""
     spec = os.environ.get("PARRBM_FAULT")
     if not spec:
         return None
-    what, r, s = spec.split(":")
-    if int(r) != rank:
+    parts = spec.split(":")
+    bad = ValueError(f"PARRBM_FAULT={spec!r:.80} is malformed; accepted: {FAULT_FORMS}")
+    if len(parts) != 3 or parts[0] not in ("kill", "hang", "stop", "stop-in", "slow"):
+        raise bad
+    try:
+        rank = int(parts[1])
+        value = float(parts[2]) if parts[0] == "slow" else int(parts[2])
+    except ValueError:
+        raise bad from None
+    if rank < 0 or not (0 <= value < float("inf")):
+        raise bad
+    return parts[0], rank, value
+
+
+def _fault(rank: int, transport):
+    """The PARRBM_FAULT hook of this worker: a function of the step index, or None."""
+    spec = fault_spec()
+    if spec is None:
+        return None
+    what, r, s = spec
+    if r != rank:
         return None
 
     if what == "slow":
@@ -66,11 +91,10 @@ def _fault(rank: int, transport):
 def slow_hook(rank: int):
     """PARRBM_FAULT=slow:R:MS: worker R sleeps MS milliseconds before every step (a
     straggler, whose peers then wait for it), or None for other workers and faults."""
-    spec = os.environ.get("PARRBM_FAULT", "")
-    parts = spec.split(":")
-    if len(parts) != 3 or parts[0] != "slow" or int(parts[1]) != rank:
+    spec = fault_spec()
+    if spec is None or spec[0] != "slow" or spec[1] != rank:
         return None
-    seconds = float(parts[2]) / 1e3
+    seconds = spec[2] / 1e3
 
     def slow(i: int) -> None:
         time.sleep(seconds)

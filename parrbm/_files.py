@@ -14,6 +14,7 @@ here, so that
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -111,3 +112,32 @@ class FolderLock:
             os.close(self.fd)
             self.fd = None
         return False
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a number in strict JSON")
+
+
+def strict_json(text: str, *, max_depth: int = 16):
+    """json.loads without NaN / Infinity literals (not JSON), nor nesting deeper than
+    ``max_depth`` (checked before the parser recurses)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > max_depth:
+                raise ValueError(f"nested deeper than {max_depth} levels")
+        elif ch in "]}":
+            depth -= 1
+    return json.loads(text, parse_constant=_reject_constant)

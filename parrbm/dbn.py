@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import _check_feature_names
 
 from parrbm import _validation as v
-from parrbm.rbm import RBM, ModelTagsMixin, _resolve_seed, read_npz, write_npz_atomic
+from parrbm.rbm import RBM, ModelTagsMixin, _model_arrays, _resolve_seed, read_npz, write_npz_atomic
 
 _FORMAT = "parrbm-dbn"
 _FORMAT_VERSION = 1
@@ -182,10 +182,14 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 raise ValueError(f"DBN.load: {path}: field 'layers' must be a non-empty list")
             if not isinstance(meta.get("params"), dict):
                 raise ValueError(f"DBN.load: {path}: field 'params' must be a JSON object")
+            layers = [f"layer{i}_" for i in range(len(meta["layers"]))]
+            stray = [k for k in z.files if k != "parrbm_dbn" and not k.startswith(tuple(layers))]
+            if stray:
+                raise ValueError(f"DBN.load: {path}: entry {stray[0]!r} is not one a parrbm DBN file holds")
             rbms = []
             for i, layer in enumerate(meta["layers"]):
                 prefix = f"layer{i}_"
-                arrays = {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
+                arrays = _model_arrays(z, layer, prefix, f"{path} (layer {i + 1})")
                 rbms.append(RBM._from_payload(layer, arrays, f"{path} (layer {i + 1})"))
         params = dict(meta["params"])
         sizes = params.get("hidden_layer_sizes")

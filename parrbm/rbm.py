@@ -860,7 +860,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 raise ValueError(f"RBM.load: {path} is not a parrbm model file "
                                  f"(no 'parrbm_meta' entry; found {sorted(z.files)[:5]})")
             meta = z.json("parrbm_meta")
-            arrays = {k[len("state_"):]: z[k] for k in z.files if k.startswith("state_")}
+            if not isinstance(meta, dict):
+                raise ValueError(f"RBM.load: {path}: its metadata must be a JSON object, got {type(meta).__name__}")
+            stray = [k for k in z.files if k != "parrbm_meta" and not k.startswith("state_")]
+            if stray:
+                raise ValueError(f"RBM.load: {path}: entry {stray[0]!r} is not one a parrbm model file holds")
+            arrays = _model_arrays(z, meta, "state_", path)
         return cls._from_payload(meta, arrays, path)
 
     @classmethod
@@ -959,6 +964,37 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         rbm.history_ = list(meta.get("history", []))
         rbm._export()
         return rbm
+
+
+_STATE = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+
+
+def _model_arrays(z: "read_npz", meta, prefix: str, path) -> dict[str, np.ndarray]:
+    """The entries ``prefix``* of a model file, each checked against the sizes its
+    metadata declare before it is read; an entry no parrbm writes is refused."""
+    spec = meta.get("spec") if isinstance(meta, dict) else None
+    if not isinstance(spec, dict) or not all(_is_int(spec.get(k)) and spec[k] >= 1
+                                             for k in ("n_visible", "n_hidden", "batch_size")):
+        raise ValueError(f"RBM.load: {path}: field 'spec' must give n_visible, n_hidden and batch_size "
+                         f"(integers >= 1)")
+    V, H, m = spec["n_visible"], spec["n_hidden"], spec["batch_size"]
+    itemsize = 8 if spec.get("dtype") == "float64" else 4
+    shapes = {"W": (V, H), "b": (V,), "c": (H,), "W_inc": (V, H), "b_inc": (V,), "c_inc": (H,), "chains": (m, H)}
+    out = {}
+    for key in z.files:
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if name in shapes:
+            z.check(key, shapes[name])
+        elif name.startswith("local") and name[5:].split("_", 1)[0].isdigit():
+            # a worker's own state: a slice, a replica or an increment, never more than W's twice
+            z.check(key, most_bytes=2 * (V * H + V + H + m * H) * itemsize)
+        else:
+            raise ValueError(f"RBM.load: {path}: entry {key!r} is not one a parrbm model file holds "
+                             f"({', '.join(prefix + s for s in _STATE)}, {prefix}local<worker>_*)")
+        out[name] = z[key]
+    return out
 
 
 def _restore_local(rbm: RBM, local, arrays: dict, bad) -> None:
@@ -1065,6 +1101,9 @@ class read_npz:
     def __init__(self, path: Path, who: str):
         self.path, self.who = Path(path), who
 
+    #: the largest metadata entry read (a model's history of thousands of epochs is < 1 MiB)
+    MAX_META_BYTES = 1 << 26
+
     def __enter__(self):
         if not self.path.is_file():
             raise ValueError(f"{self.who}: no such file: {self.path}")
@@ -1072,8 +1111,40 @@ class read_npz:
             self.z = np.load(self.path, allow_pickle=False)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
+        if not isinstance(self.z, np.lib.npyio.NpzFile):
+            raise ValueError(f"{self.who}: {self.path} holds one array (a .npy file), not a parrbm model file "
+                             f"(an .npz archive written by save)")
         self.files = self.z.files
+        self.headers = {}
+        try:  # each entry's shape and dtype, from its header, before any data is read
+            for key in self.files:
+                info = self.z.zip.getinfo(f"{key}.npy")
+                with self.z.zip.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise ValueError(f"entry {key!r} has .npy format version {version}")
+                    shape, _, dtype = read_header(fh)
+                nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if dtype.hasobject or nbytes > info.file_size:
+                    raise ValueError(f"entry {key!r} claims {nbytes} bytes ({shape}, {dtype}) but holds "
+                                     f"{info.file_size}")
+                self.headers[key] = (tuple(shape), dtype, nbytes)
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
+            self.z.close()
+            raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
         return self
+
+    def check(self, key: str, shape: tuple | None = None, *, most_bytes: int | None = None) -> None:
+        """Refuse entry ``key`` unless its header declares ``shape`` (or at most
+        ``most_bytes``), before its data are read."""
+        got, dtype, nbytes = self.headers[key]
+        if shape is not None and got != tuple(shape):
+            raise ValueError(f"{self.who}: {self.path}: field '{key}' has shape {got}; the metadata say {tuple(shape)}")
+        if most_bytes is not None and nbytes > most_bytes:
+            raise ValueError(f"{self.who}: {self.path}: field '{key}' holds {nbytes} bytes, more than a model of "
+                             f"this size has ({most_bytes})")
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:
@@ -1083,10 +1154,18 @@ class read_npz:
                              f"(truncated or corrupt: {exc})") from None
 
     def json(self, key: str) -> dict:
+        from parrbm._files import strict_json
+
+        self.check(key, most_bytes=self.MAX_META_BYTES)
+        entry = self[key]
+        if entry.dtype.kind != "U" or entry.shape != ():
+            raise ValueError(f"{self.who}: {self.path}: its metadata must be one string, got {entry.dtype} "
+                             f"{entry.shape}")
         try:
-            return json.loads(str(self[key]))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.who}: {self.path}: its metadata is not JSON ({exc})") from None
+            return strict_json(str(entry), max_depth=32)
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"{self.who}: {self.path}: its metadata is not JSON of a parrbm model "
+                             f"({getattr(exc, 'msg', exc)})") from None
 
     def __exit__(self, *exc):
         self.z.close()

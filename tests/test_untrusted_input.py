@@ -626,3 +626,51 @@ def test_cd_k_is_bounded_everywhere(tmp_path, capsys):
             main([cmd, "--visible", "8", "--hidden", "8", "--batch", "4", "--workers", "2",
                   "--cd-k", "1000000000000"])
         assert "must be <= 10000" in capsys.readouterr().err
+
+
+# ---- item 19: model files ------------------------------------------------------------------------
+
+def _saved(tmp_path: Path) -> dict:
+    X = (np.random.default_rng(0).random((20, 6)) > 0.5).astype(np.float32)
+    RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False).fit(X).save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_a_model_entry_claiming_more_than_it_holds_is_refused_unread(tmp_path):
+    import zipfile
+
+    arrays = _saved(tmp_path)
+    np.savez(tmp_path / "big.npz", **arrays)
+    # a header claiming 10**12 elements in front of a few bytes
+    with zipfile.ZipFile(tmp_path / "big.npz") as src, zipfile.ZipFile(tmp_path / "lie.npz", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "state_W.npy":
+                header = {"descr": "<f4", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)}
+                buf = __import__("io").BytesIO()
+                np.lib.format.write_array_header_1_0(buf, header)
+                data = buf.getvalue() + b"\0" * 16
+            dst.writestr(info, data)
+    with pytest.raises(ValueError, match=r"lie.npz is not a readable parrbm model file \(entry 'state_W' claims"):
+        RBM.load(tmp_path / "lie.npz")
+
+
+def test_a_model_file_is_checked_before_it_is_read(tmp_path):
+    arrays = _saved(tmp_path)
+    np.savez(tmp_path / "junk.npz", **arrays, state_junk=np.zeros(10))
+    with pytest.raises(ValueError, match="entry 'state_junk' is not one a parrbm model file holds"):
+        RBM.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "wrong.npz", **{**arrays, "state_W": np.zeros((7, 4), np.float32)})
+    with pytest.raises(ValueError, match=r"field 'state_W' has shape \(7, 4\); the metadata say \(6, 4\)"):
+        RBM.load(tmp_path / "wrong.npz")
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"holds one array \(a .npy file\), not a parrbm model file"):
+        RBM.load(tmp_path / "plain.npy")
+    meta = "[" * 200000 + "]" * 200000
+    np.savez(tmp_path / "deep.npz", **{**arrays, "parrbm_meta": np.array(meta)})
+    with pytest.raises(ValueError, match="nested deeper than"):
+        RBM.load(tmp_path / "deep.npz")
+    np.savez(tmp_path / "dbn-junk.npz", **arrays)
+    with pytest.raises(ValueError, match="not a parrbm DBN file"):
+        DBN.load(tmp_path / "dbn-junk.npz")
