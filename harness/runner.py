@@ -200,7 +200,7 @@ class ParallelRunner:
     def gather_model(self) -> ModelState:
         if self.transport != "threads":
             return self.state  # gathered from the worker processes after every run
-        models = run_threads(self.K, lambda comm: self._on(comm).gather_model(),
+        models = run_threads(self.K, lambda comm: self._on(comm).gathered_model(),
                              timeout=self.timeout, blas_threads=self.blas_threads)
         return models[0]
 
@@ -420,7 +420,7 @@ def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray
         xb = buf[: len(idx)]
         np.take(X, idx, axis=0, out=xb)
         t0 = time.perf_counter()
-        errors.append(worker.step(xb, first_step + i))
+        errors.append(worker.checked_step(xb, first_step + i))
         seconds.append(time.perf_counter() - t0)
         after = _training_bytes(comm.stats, sync_phases)
         wire_after = _training_wire(comm.stats, sync_phases)

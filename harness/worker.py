@@ -258,7 +258,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         })
         if gather:  # bookkeeping: its bytes are not in the answer's stats, but on their own
             before = set(comm.stats)
-            model = worker.gather_model()
+            model = worker.gathered_model()
             if rank == 0:
                 save_state(job_dir / f"model-{n}", model)
             result["admin_stats"] = {p: asdict(s) for p, s in comm.stats.items() if p not in before}

@@ -257,6 +257,36 @@ class Worker:
     def gather_model(self) -> ModelState | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def gathered_model(self) -> ModelState | None:
+        """:meth:`gather_model`, held to what it promises: on rank 0 a ModelState of the
+        model's shapes and dtype (TypeError naming the strategy otherwise)."""
+        model = self.gather_model()
+        if self.rank != 0:
+            return model
+        s = self.spec
+        V, H, dt = s.n_visible, s.n_hidden, s.np_dtype
+        if not isinstance(model, ModelState):
+            raise TypeError(f"strategy {self.name!r}: gather_model() must return a ModelState on rank 0, "
+                            f"got {type(model).__name__}")
+        for name, shape in (("W", (V, H)), ("b", (V,)), ("c", (H,))):
+            a = getattr(model, name)
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt:
+                got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise TypeError(f"strategy {self.name!r}: gather_model() must return {name} of shape {shape} "
+                                f"and dtype {dt}, got {got}")
+        return model
+
+    def checked_step(self, X: np.ndarray, i: int) -> float:
+        """:meth:`step`, held to what it promises: a real number (this worker's share of
+        the reconstruction error sum); TypeError naming the strategy otherwise."""
+        err = self.step(X, i)
+        if isinstance(err, np.ndarray) and err.shape == () and err.dtype.kind in "iuf":
+            err = err.item()
+        if isinstance(err, (bool, np.bool_)) or not isinstance(err, (int, float, np.integer, np.floating)):
+            raise TypeError(f"strategy {self.name!r}: step() must return this worker's reconstruction error sum "
+                            f"(a number), got {type(err).__name__} {err!r:.40}")
+        return float(err)
+
     def local_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(counters, arrays) of what only this worker knows: the steps it has taken (the
         sync and averaging periods count them) and its :attr:`local_arrays`."""

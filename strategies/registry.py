@@ -258,6 +258,7 @@ def _import(ref: str) -> type:
     _check_class(obj, ref)
     _check_not_builtin_name(obj, ref)
     _by_reference[ref] = obj
+    _by_reference.setdefault(f"{obj.__module__}:{obj.__qualname__}", obj)  # as reference() names it
     return obj
 
 

@@ -674,3 +674,46 @@ def test_a_model_file_is_checked_before_it_is_read(tmp_path):
     np.savez(tmp_path / "dbn-junk.npz", **arrays)
     with pytest.raises(ValueError, match="not a parrbm DBN file"):
         DBN.load(tmp_path / "dbn-junk.npz")
+
+
+# ---- item 21: a plug-in that breaks its contract ------------------------------------------------
+
+BROKEN = """
+import numpy as np
+from parrbm.config import ModelState
+from parrbm.strategies.unit_partitioned import UnitPartitioned
+
+
+class WordyStep(UnitPartitioned):
+    name = "wordy-step"
+
+    def step(self, X, i):
+        super().step(X, i)
+        return "fine, thanks"
+
+
+class SmallModel(UnitPartitioned):
+    name = "small-model"
+
+    def gather_model(self):
+        m = super().gather_model()
+        return None if m is None else ModelState(W=m.W[:, :2], b=m.b, c=m.c)
+"""
+
+
+@pytest.mark.parametrize("cls,needle", [
+    ("WordyStep", r"strategy 'wordy-step': step\(\) must return this worker's reconstruction error sum "
+                  r"\(a number\), got str"),
+    ("SmallModel", r"strategy 'small-model': gather_model\(\) must return W of shape \(12, 8\)"),
+])
+@pytest.mark.parametrize("transport", ["threads", "tcp"])
+def test_a_plugin_breaking_its_contract_is_named(tmp_path, cls, needle, transport):
+    write(tmp_path / "broken.py", BROKEN)
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    try:
+        with pytest.raises(Exception, match=needle):
+            RBM(n_hidden=8, n_iter=1, batch_size=4, strategy=f"{tmp_path / 'broken.py'}:{cls}", workers=2,
+                transport=transport, progress=False).fit(X)
+    finally:
+        sys.modules.pop("broken", None)
+        registry._by_reference.pop(f"{tmp_path / 'broken.py'}:{cls}", None)
