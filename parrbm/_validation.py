@@ -60,7 +60,11 @@ def check_data(owner: str, X, *, dtype: np.dtype, name: str = "X", n_features: i
                binary_range: bool = False) -> np.ndarray:
     """X as a C-contiguous 2-D array of dtype; rejects non-numeric, NaN/inf, bad shapes."""
     refuse_sparse(owner, X, name)
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:  # rows of different lengths, for one
+        raise ValueError(f"{owner}: '{name}' must be a 2-D array of numbers, (n_samples, n_features) with every "
+                         f"row of one length; numpy could not make one: {exc}") from None
     if arr.dtype == object:  # numbers in an object array are numbers; anything else is refused
         missing = [i for i, v in enumerate(arr.flat) if v is None]
         if missing:  # numpy would make None a NaN: say what it is
@@ -92,7 +96,9 @@ def check_data(owner: str, X, *, dtype: np.dtype, name: str = "X", n_features: i
         raise ValueError(f"{owner}: '{name}' contains NaN or infinity")
     if binary_range and (out.min() < 0 or out.max() > 1):
         negative = " (Negative values in data.)" if out.min() < 0 else ""
-        raise ValueError(f"{owner}: '{name}' must lie in [0, 1] for binary visible units, got values in "
-                         f"[{out.min():g}, {out.max():g}]{negative} Standardise and use visible='gaussian' "
-                         f"for real-valued data")
+        row, col = np.unravel_index(int(np.flatnonzero((out < 0) | (out > 1))[0]), out.shape)
+        raise ValueError(f"{owner}: '{name}' must lie in [0, 1] for binary visible units, got "
+                         f"{float(out[row, col])!r} at row {row}, column {col} (values span "
+                         f"[{float(out.min())!r}, {float(out.max())!r}]){negative} Standardise and use "
+                         f"visible='gaussian' for real-valued data")
     return out

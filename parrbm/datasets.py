@@ -195,9 +195,14 @@ def _read_npy(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     try:
-        return np.load(path, allow_pickle=False)
+        out = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(out, np.ndarray):  # an .npz archive behind a .npy name
+        out.close()
+        raise DatasetError(f"{path}: an .npz archive of several arrays, not one .npy array: save the {what} "
+                           f"with numpy.save")
+    return out
 
 
 def random_binary(n_samples: int, n_features: int, *, density: float = 0.5,

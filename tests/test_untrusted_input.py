@@ -717,3 +717,34 @@ def test_a_plugin_breaking_its_contract_is_named(tmp_path, cls, needle, transpor
     finally:
         sys.modules.pop("broken", None)
         registry._by_reference.pop(f"{tmp_path / 'broken.py'}:{cls}", None)
+
+
+# ---- items 18, 22: messages that name what is wrong ----------------------------------------------
+
+@pytest.mark.parametrize("value", ["kill", "kill:1", "kill:x:2", "slow:0:-5", "boom:0:1", "hang:0:2.5", "slow:0:nan"])
+def test_a_malformed_fault_variable_is_named(monkeypatch, value):
+    monkeypatch.setenv("PARRBM_FAULT", value)
+    X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
+    with pytest.raises(ValueError, match=r"PARRBM_FAULT=.* is malformed; accepted: kill:R:S"):
+        RBM(n_hidden=8, n_iter=1, batch_size=4, strategy="green-only", workers=2, transport="tcp",
+            progress=False).fit(X)
+
+
+def test_data_messages_name_the_offending_value():
+    with pytest.raises(ValueError, match="every row of one length"):
+        RBM(n_hidden=4, progress=False).fit([[0, 1, 0], [1, 0]])
+    X = np.zeros((10, 4))
+    X[3, 2] = 1.000001
+    with pytest.raises(ValueError, match=r"got 1\.000001\d* at row 3, column 2"):
+        RBM(n_hidden=4, batch_size=2, dtype="float64", progress=False).fit(X)
+
+
+def test_train_names_a_misnamed_archive_and_a_fraction_that_leaves_nothing(tmp_path, capsys):
+    np.savez(tmp_path / "x.npz", a=np.zeros((10, 4)))
+    (tmp_path / "x.npz").rename(tmp_path / "x.npy")
+    assert main(["train", "--data", str(tmp_path / "x.npy"), "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "x.npy: an .npz archive of several arrays" in capsys.readouterr().err
+    np.save(tmp_path / "y.npy", (np.random.default_rng(0).random((100, 4)) > 0.5).astype(np.float64))
+    assert main(["train", "--data", str(tmp_path / "y.npy"), "--epochs", "1", "--valid-fraction", "0.999",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--valid-fraction 0.999 holds out 100 of the 100 samples" in capsys.readouterr().err

@@ -116,6 +116,10 @@ def _split_and_preprocess(args, X: np.ndarray):
     if not 0.0 <= args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     n_valid = int(round(args.valid_fraction * X.shape[0]))
+    if n_valid and X.shape[0] - n_valid < max(1, args.batch_size):
+        raise UsageError(f"--valid-fraction {args.valid_fraction:g} holds out {n_valid} of the {X.shape[0]} samples, "
+                         f"leaving {X.shape[0] - n_valid} to train on, fewer than one minibatch "
+                         f"(--batch-size {args.batch_size}); give a smaller fraction")
     perm = np.random.default_rng([args.seed, 0x7A11D]).permutation(X.shape[0])
     X_train, X_valid = X[perm[n_valid:]], (X[perm[:n_valid]] if n_valid else None)
     pre = preprocessing.make(args.preprocess)
