@@ -32,6 +32,9 @@ class ThreadsHub:
         # laggards when a barrier times out.
         self.arrivals = [0] * size
         self.phase = [""] * size
+        # who is inside a barrier now: a live worker outside one, while nobody moves,
+        # is stuck in its own code
+        self.waiting = [False] * size
 
     def abort(self) -> None:
         self.barrier.abort()
@@ -48,7 +51,12 @@ class ThreadsTransport(Transport):
         hub.arrivals[self.rank] += 1
         hub.phase[self.rank] = self.phase
         t0 = time.perf_counter()
-        if hub.barrier.wait(hub.timeout) != "passed":
+        hub.waiting[self.rank] = True
+        try:
+            passed = hub.barrier.wait(hub.timeout) == "passed"
+        finally:
+            hub.waiting[self.rank] = False
+        if not passed:
             late = [r for r in range(self.size) if hub.arrivals[r] < hub.arrivals[self.rank]]
             who = ", ".join(f"worker {r} (last in phase '{hub.phase[r]}')" for r in late) or "a peer"
             raise CommError(f"{who} did not reach phase '{self.phase}' within {hub.timeout:g} s "
@@ -134,6 +142,63 @@ def stop_workers(stop: Callable[[], None], threads: list[threading.Thread], seco
             continue
 
 
+class WorkerHung(Exception):
+    """Raised inside a worker thread that stopped making progress (its strategy's own code
+    neither returned nor reached a collective within the run's timeout)."""
+
+
+#: seconds a stuck worker has to leave once it was told to stop
+STOP_GRACE = 5.0
+
+
+def _raise_in(thread: threading.Thread, exc_type: type) -> bool:
+    """Raise ``exc_type`` in ``thread`` at its next Python instruction (a thread inside
+    native code sees it when it returns to Python)."""
+    import ctypes
+
+    if thread.ident is None:
+        return False
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                      ctypes.py_object(exc_type)) == 1
+
+
+def _join_or_stop_hung(threads: list[threading.Thread], hub: ThreadsHub, errors: list, timeout: float) -> None:
+    """Wait for the workers. Once one has failed (a peer waited longer than ``timeout``
+    for it at a collective, as on every transport), a worker still outside every
+    collective after STOP_GRACE more seconds is stuck in its own code (a plug-in's step
+    that never returns): it is stopped and the run fails naming it, instead of waiting
+    for it forever. (A worker computing, with nobody failed, is never interrupted: a
+    long step is not a hang.)"""
+    last, moved = None, time.monotonic()
+    while True:
+        alive = [r for r, t in enumerate(threads) if t.is_alive()]
+        if not alive:
+            return
+        threads[alive[0]].join(0.2)
+        state = (sum(hub.arrivals), tuple(alive), len(errors))
+        now = time.monotonic()
+        if state != last:
+            last, moved = state, now
+            continue
+        if not errors or now - moved <= STOP_GRACE:
+            continue
+        hung = [r for r in alive if not hub.waiting[r]]
+        for r in hung:
+            errors.append((r, WorkerHung(f"its step did not return within {timeout:g} s (training.timeout) while its "
+                                         f"peers waited at a collective; it was stopped (last phase reached: "
+                                         f"'{hub.phase[r] or 'none'}')")))
+            _raise_in(threads[r], WorkerHung)
+        hub.abort()  # the others leave their barriers
+        deadline = time.monotonic() + STOP_GRACE
+        for r in alive:
+            threads[r].join(max(0.0, deadline - time.monotonic()))
+        stuck = [r for r in alive if threads[r].is_alive()]
+        if stuck:
+            raise CommError(f"worker(s) {stuck} did not return within {timeout:g} s (training.timeout) and could "
+                            f"not be stopped (inside native code); this process cannot run more workers safely")
+        return
+
+
 def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
                 blas_threads: int = 1) -> list:
     """Run ``target(comm)`` on ``size`` worker threads; returns their results in rank order.
@@ -165,8 +230,7 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
         try:
             for t in threads:
                 t.start()
-            for t in threads:
-                t.join()
+            _join_or_stop_hung(threads, hub, errors, timeout)
         except BaseException:
             # Ctrl-C or SIGTERM: the workers stop at their next collective, and the
             # exception leaves only once they have, so that none is still inside the core
@@ -178,6 +242,6 @@ def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float =
             _core.set_blas_threads(previous)
     if errors:
         # The first failure is the cause; the others are peers released by it.
-        rank, exc = min(errors, key=lambda e: isinstance(e[1], CommError))
+        rank, exc = min(errors, key=lambda e: (not isinstance(e[1], WorkerHung), isinstance(e[1], CommError)))
         raise CommError(f"worker {rank} failed: {type(exc).__name__}: {exc}") from exc
     return results

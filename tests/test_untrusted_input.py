@@ -748,3 +748,41 @@ def test_train_names_a_misnamed_archive_and_a_fraction_that_leaves_nothing(tmp_p
     assert main(["train", "--data", str(tmp_path / "y.npy"), "--epochs", "1", "--valid-fraction", "0.999",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--valid-fraction 0.999 holds out 100 of the 100 samples" in capsys.readouterr().err
+
+
+# ---- item 10: a step that never returns ------------------------------------------------------------
+
+HANGING = """
+import time
+from parrbm.strategies.unit_partitioned import UnitPartitioned
+
+
+class Hangs(UnitPartitioned):
+    name = "hangs"
+
+    def step(self, X, i):
+        while self.rank == 0 and i == 1:
+            time.sleep(0.05)
+        return super().step(X, i)
+"""
+
+
+@pytest.mark.parametrize("transport", ["threads", "tcp"])
+def test_a_step_that_never_returns_fails_its_run_and_the_grid_goes_on(tmp_path, transport):
+    import threading
+
+    write(tmp_path / "hangs.py", HANGING)
+    cfg = write(tmp_path / "c.yaml", TINY.replace("[serial, unit-partitioned]", "[serial, hangs.py:Hangs, green-only]")
+                .replace("timeout: 20", "timeout: 3").replace("workers: [1, 2]", "workers: 2")
+                .replace("transport: threads", f"transport: {transport}"))
+    try:
+        path = run_config(load_config(cfg), tmp_path / "out", progress=lambda *a: None)
+        recs = [json.loads(ln) for ln in path.read_text().splitlines()]
+        hung = next(r for r in recs if "hangs" in r["strategy"])
+        assert hung["status"] == "error" and "worker 0" in hung["error"], hung["error"]
+        assert next(r for r in recs if r["strategy"] == "green-only")["status"] == "ok"  # the grid went on
+        assert not [t for t in threading.enumerate() if t.name.startswith("parrbm-worker")]
+    finally:
+        sys.modules.pop("hangs", None)
+        for k in [k for k in registry._by_reference if "hangs" in k]:
+            registry._by_reference.pop(k)
