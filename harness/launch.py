@@ -122,6 +122,7 @@ class ProcessGroup:
         root = runner.tcp.job_root if runner.transport == "tcp" else None
         if root is not None and not Path(root).is_dir():
             raise CommError(f"tcp.job_root {root!r} is not a directory")
+        root = root if root is not None else _job_root()
         sweep_stale_jobs(root)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root))
         self.procs: list[subprocess.Popen] = []
@@ -132,11 +133,16 @@ class ProcessGroup:
         # the emulated hosts the workers run on: the runner's, or one made for this group
         self.network, own = _network_for(runner)
         self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.dir, self.network if own else None)
+        self.own_network = own
         try:
             if own:
                 self.network.up()
             write_job(self.dir, runner, self.network)
-            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+            # every process of the job carries its tag (mpiexec's proxies and ranks too, in
+            # whatever session or namespace they put themselves): the job's end kills by it;
+            # the launcher's temporary files (hydra's topology file) go in the job folder
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": str(runner.blas_threads), JOB_TAG: self.dir.name,
+                   "TMPDIR": str(self.dir)}
             from parrbm.strategies.registry import import_paths
 
             extra = import_paths(runner.name)  # a plug-in's module is imported by the workers too
@@ -167,8 +173,13 @@ class ProcessGroup:
         try:
             _wait(self.procs, self.dir, self.K, self.timeout, self.transport, local=self.local,
                   done=lambda: all(a.exists() for a in answers))
-        except BaseException:  # a failure, a hang or Ctrl-C: no worker outlives it
+        except BaseException as exc:  # a failure, a hang or Ctrl-C: no worker outlives it
+            gone = (self.network is not None and isinstance(exc, CommError)
+                    and not set(self.network.namespaces()) <= set(_namespaces_now()))
             self.close(kill=True)
+            if gone:
+                raise CommError(f"{self.transport}: the emulated hosts of this run were removed while it was going "
+                                f"('parrbm network cleanup --all' stops the runs it removes the hosts of)") from exc
             raise
         out = [json.loads(a.read_text()) for a in answers]
         from parrbm.harness.runner import split_waits
@@ -311,7 +322,7 @@ def _shut_down(procs, job_dir: Path, network=None) -> None:
 
 
 def _shut_down_workers(procs, job_dir: Path) -> None:
-    _kill(procs)
+    _kill(procs, Path(job_dir).name)
     for p in procs:
         try:
             p.wait(timeout=10)
@@ -449,7 +460,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
             if transport == "tcp":
                 stopped = _stopped_ranks(job_dir, K, procs, transport) if local else []
                 killed = {r for r, c in enumerate(codes) if c is None}
-            _kill(procs)
+            _kill(procs, Path(job_dir).name)
             break
         if transport == "mpi":  # MPI never times out by itself: watch the heartbeats
             now = _read_beats(job_dir, K)
@@ -457,7 +468,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
                 beats, last_change = now, time.monotonic()
             elif time.monotonic() - last_change > (timeout if now else timeout + STARTUP_SECONDS):
                 stopped = _stopped_ranks(job_dir, K, procs, transport)
-                _kill(procs)
+                _kill(procs, Path(job_dir).name)
                 raise CommError(_hung_mpi_message(now, stopped, K, timeout))
         time.sleep(nap)
         nap = min(0.005, nap * 1.5)
@@ -608,13 +619,113 @@ def _mpi_dead_rank(proc, job_dir: Path, K: int):
     return None
 
 
-def _kill(procs) -> None:
+def _kill(procs, tag: str | None = None) -> None:
+    """SIGKILL the job's processes: each started one's process group, whether or not its
+    leader still runs (mpiexec may be gone while its ranks spin), and, with ``tag``, every
+    process whose environment carries the job's tag (what left the group or the session)."""
+    if tag is not None:
+        kill_tagged(tag)
     for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if p.poll() is None:
                 p.kill()
+    if tag is not None:
+        for _ in range(5):  # a process forked while its parent was being killed
+            if not kill_tagged(tag):
+                break
+            time.sleep(0.05)
+
+
+#: the environment variable that tags every process of a job with its folder's name
+JOB_TAG = "PARRBM_JOB"
+
+
+def tagged(tag: str) -> list[int]:
+    """PIDs of the processes whose environment has PARRBM_JOB=tag (this user's, or every
+    user's as root)."""
+    needle = f"{JOB_TAG}={tag}\0".encode()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    out.append(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+def kill_tagged(tag: str) -> list[int]:
+    """SIGKILL every process tagged ``tag``, then remove the topology files hydra's proxies
+    had made for them (a proxy removes its /tmp/hydra_hwloc_xmlfile_* when it exits, not
+    when it is killed); returns the PIDs it signalled."""
+    pids = tagged(tag)
+    leftovers = {f for pid in pids for f in _hydra_files(pid)}
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for f in leftovers:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
+    return pids
+
+
+#: hydra_pmi_proxy's topology file (a fixed template in its code, whatever TMPDIR says)
+HYDRA_TOPOLOGY = "/tmp/hydra_hwloc_xmlfile_"
+
+
+def _hydra_files(pid: int) -> set[str]:
+    """Hydra topology files process ``pid`` holds open or was given (PMI_hwloc_xmlfile)."""
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(HYDRA_TOPOLOGY):
+                out.add(target)
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"PMI_hwloc_xmlfile="):
+                    path = item.split(b"=", 1)[1].decode(errors="replace")
+                    if path.startswith(HYDRA_TOPOLOGY):
+                        out.add(path)
+    except OSError:
+        pass
+    return out
+
+
+def _job_root() -> str:
+    """Where job folders go: the temporary folder, unless its path has a character a
+    launcher's shell would split or expand (hydra's proxies are started through a shell
+    command line): then /tmp."""
+    import re
+
+    base = tempfile.gettempdir()
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", base):
+        return base
+    if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
+        return "/tmp"
+    raise CommError(f"the temporary folder {base!r} has characters the workers' launcher cannot pass "
+                    f"through a shell, and /tmp is not writable: set TMPDIR to a plain path")
+
+
+def _namespaces_now() -> list[str]:
+    from parrbm.harness.network import namespaces
+
+    return namespaces()
 
 
 def _stderr_tail(procs, ranks) -> str:

@@ -146,11 +146,32 @@ def cleanup(*, every: bool = False) -> list[str]:
         m = re.match(re.escape(PREFIX) + r"(\d+)-", ns)
         if not m:
             continue
-        if not every and _alive(int(m.group(1))):
+        live = _alive(int(m.group(1)))
+        if live and not every:
             continue
+        # a run still going: its workers on these hosts are stopped, so that none is left
+        # spinning without its network; the namespace goes first, so that the run's
+        # launcher, seeing its workers end, finds why
+        inside = _pids_inside(ns) if live else []
         if _run("ip", "netns", "delete", ns, check=False).returncode == 0:
             removed.append(ns)
+        _kill(inside)
     return removed
+
+
+def _pids_inside(ns: str) -> list[int]:
+    p = _run("ip", "netns", "pids", ns, check=False)
+    return [int(x) for x in (p.stdout or "").split() if x.isdigit()]
+
+
+def _kill(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -201,6 +222,10 @@ class EmulatedNetwork:
 
     def address(self, r: int) -> str:
         return f"{SUBNET}.{r // 254}.{r % 254 + 1}"
+
+    def namespaces(self) -> list[str]:
+        """Every namespace of this network: its hosts' and its switch's."""
+        return [*(self.namespace(r) for r in range(self.hosts)), self.switch]
 
     def exec_prefix(self, r: int) -> list[str]:
         """The command prefix that runs a program on host r."""

@@ -786,3 +786,104 @@ def test_a_step_that_never_returns_fails_its_run_and_the_grid_goes_on(tmp_path, 
         sys.modules.pop("hangs", None)
         for k in [k for k in registry._by_reference if "hangs" in k]:
             registry._by_reference.pop(k)
+
+
+# ---- item 11: nothing of an mpi run outlives it ---------------------------------------------------
+
+def _tagged_processes() -> list[int]:
+    from parrbm.harness.launch import JOB_TAG
+
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                    if f"{JOB_TAG}=".encode() in fh.read():
+                        out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def _hwloc_files() -> set:
+    import glob
+    import tempfile
+
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "hydra_hwloc_xmlfile_*")) +
+               glob.glob("/tmp/hydra_hwloc_xmlfile_*"))
+
+
+def _mpi_or_skip():
+    from support import has_mpi
+
+    if not has_mpi():
+        pytest.skip("pip install '.[mpi]'")
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_a_hung_mpi_run_leaves_no_process_and_no_file(monkeypatch, emulated):
+    _mpi_or_skip()
+    from parrbm.harness import network
+
+    if emulated and network.missing():
+        pytest.skip(network.missing())
+    before = _hwloc_files()
+    monkeypatch.setenv("PARRBM_FAULT", "hang:1:1")
+    X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
+    opts = {"timeout": 3}
+    if emulated:
+        opts["network"] = {"bandwidth": "50MB/s"}
+    with pytest.raises(Exception, match="worker 1"):
+        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
+            progress=False, strategy_options=opts).fit(X)
+    assert _tagged_processes() == []
+    assert _hwloc_files() <= before
+
+
+def test_a_temporary_folder_with_a_space_works_and_leaves_nothing(monkeypatch, tmp_path):
+    _mpi_or_skip()
+    import tempfile
+
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spaced))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
+    rbm = RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
+              progress=False).fit(X)
+    assert rbm.epochs_done_ == 1
+    assert _tagged_processes() == [] and list(spaced.iterdir()) == []
+
+
+def test_network_cleanup_during_a_run_stops_it_and_says_why():
+    _mpi_or_skip()
+    import threading
+    import time
+
+    from parrbm.harness import network
+
+    if network.missing():
+        pytest.skip(network.missing())
+    mine = f"{network.PREFIX}{os.getpid()}-"
+    X = (np.random.default_rng(0).random((4000, 64)) < 0.5).astype(np.float32)
+    failure = {}
+
+    def fit():
+        try:
+            RBM(n_hidden=64, batch_size=10, n_iter=50, strategy="green-only", workers=2, transport="mpi",
+                progress=False, strategy_options={"network": {"bandwidth": "1MB/s"}, "timeout": 30}).fit(X)
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            failure["exc"] = exc
+
+    t = threading.Thread(target=fit)
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [n for n in network.namespaces() if n.startswith(mine)]:
+        time.sleep(0.1)
+    time.sleep(3)  # the workers are training
+    removed = network.cleanup(every=True)
+    assert [n for n in removed if n.startswith(mine)]
+    t.join(90)
+    assert not t.is_alive()
+    assert "removed while it was going" in str(failure.get("exc")), failure
+    assert _tagged_processes() == []
