@@ -55,6 +55,10 @@ class Link:
         return self.latency * messages + max(0.0, nbytes - self.burst * calls) / self.bandwidth
 
 
+#: the largest machine profile read (one is some tens of kB)
+PROFILE_MAX_BYTES = 1 << 24
+
+
 @dataclass
 class Profile:
     """What a machine (or a cluster node) does per second; saved as JSON."""
@@ -98,8 +102,18 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
+        """A profile written by ``save``; anything else (a device, a huge or deeply nested
+        file, another JSON) is a ValueError naming the file."""
+        from parrbm._files import strict_json
+
         try:
-            raw = json.loads(Path(path).read_text())
+            with open(path, "rb") as fh:
+                data = fh.read(PROFILE_MAX_BYTES + 1)
+            if len(data) > PROFILE_MAX_BYTES:
+                raise ValueError(f"larger than {PROFILE_MAX_BYTES >> 20} MiB")
+            raw = strict_json(data.decode("utf-8"), max_depth=8)
+            if not isinstance(raw, dict):
+                raise ValueError(f"a JSON {type(raw).__name__}, not an object")
             # older profiles scaled the efficiency by a step's GEMM traffic per flop; the
             # streamed-operand cost (``gemm_stream``) now prices what that stood for
             raw.pop("efficiency_traffic", None)

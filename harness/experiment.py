@@ -1065,6 +1065,10 @@ def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: 
     return {r["run_id"]: r for r in rf.records if r.get("status") == "ok" and "run_id" in r}
 
 
+#: strategy_sha256 of a plug-in whose source could not be read (defined in no file)
+UNKNOWN_SOURCE = "unknown"
+
+
 def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
     """Refuse to --resume into a file whose record ran under another configuration or
     another version of its strategy's code."""
@@ -1076,6 +1080,10 @@ def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
     except StrategyError:
         now = None
     then = record.get("strategy_sha256")
+    if then == UNKNOWN_SOURCE:
+        raise ConfigError(f"{results}: the code of strategy {record['strategy']!r} in run {record.get('run_id')} "
+                          f"could not be identified when it was recorded; --resume cannot tell whether it "
+                          f"changed. Use --overwrite (the old file is kept beside it) or another --out or name")
     if then and now and then != now:
         raise ConfigError(f"{results}: the code of strategy {record['strategy']!r} changed since run "
                           f"{record.get('run_id')} was recorded (sha256 {then[:12]}... then, {now[:12]}... "
@@ -1119,7 +1127,7 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:
     from parrbm.harness.results import append_record
-    from parrbm.strategies.registry import source_digest
+    from parrbm.strategies.registry import StrategyError, source_digest
 
     env = environment()
     points = grid_points(cfg)
@@ -1169,7 +1177,10 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
                 runs.pop(rid, None)
             rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
                        started=started[rid][0], finished=datetime.now(timezone.utc).isoformat())
-            digest = source_digest(pt["strategy"])
+            try:
+                digest = source_digest(pt["strategy"])
+            except StrategyError:
+                digest = UNKNOWN_SOURCE  # a --resume refuses to continue what it cannot identify
             if digest:  # a plug-in: its code is part of what was measured
                 rec["strategy_sha256"] = digest
             append_record(results, rec, lock)

@@ -887,3 +887,16 @@ def test_network_cleanup_during_a_run_stops_it_and_says_why():
     assert not t.is_alive()
     assert "removed while it was going" in str(failure.get("exc")), failure
     assert _tagged_processes() == []
+
+
+def test_a_profile_is_read_as_bounded_data(tmp_path):
+    from parrbm.analysis.timemodel import Profile
+
+    with pytest.raises(ValueError, match=r"/dev/zero: not a parrbm machine profile \(larger than"):
+        Profile.load("/dev/zero")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match="nested deeper than"):
+        Profile.load(tmp_path / "deep.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an object"):
+        Profile.load(tmp_path / "list.json")
