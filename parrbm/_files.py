@@ -120,24 +120,16 @@ def _reject_constant(name: str):
 
 def strict_json(text: str, *, max_depth: int = 16):
     """json.loads without NaN / Infinity literals (not JSON), nor nesting deeper than
-    ``max_depth`` (checked before the parser recurses)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > max_depth:
+    ``max_depth`` (the C parser's own recursion guard stops a pathological depth first)."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
                 raise ValueError(f"nested deeper than {max_depth} levels")
-        elif ch in "]}":
-            depth -= 1
-    return json.loads(text, parse_constant=_reject_constant)
+            stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return value
