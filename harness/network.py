@@ -138,13 +138,14 @@ def namespaces() -> list[str]:
     return [n["name"] for n in json.loads(p.stdout)]
 
 
-def cleanup(*, every: bool = False) -> list[str]:
+def cleanup(*, every: bool = False, launcher: int | None = None) -> list[str]:
     """Delete the namespaces (and with them the links and qdiscs) of emulated networks
-    whose launcher is gone; with ``every``, of all emulated networks. Returns the names."""
+    whose launcher is gone; with ``every``, of all emulated networks (a live run's workers
+    stopped first); with ``launcher``, only those of that launcher's PID. Returns the names."""
     removed = []
     for ns in namespaces():
         m = re.match(re.escape(PREFIX) + r"(\d+)-", ns)
-        if not m:
+        if not m or (launcher is not None and int(m.group(1)) != launcher):
             continue
         live = _alive(int(m.group(1)))
         if live and not every:

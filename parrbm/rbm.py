@@ -972,13 +972,18 @@ _STATE = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 def _model_arrays(z: "read_npz", meta, prefix: str, path) -> dict[str, np.ndarray]:
     """The entries ``prefix``* of a model file, each checked against the sizes its
     metadata declare before it is read; an entry no parrbm writes is refused."""
-    spec = meta.get("spec") if isinstance(meta, dict) else None
-    if not isinstance(spec, dict) or not all(_is_int(spec.get(k)) and spec[k] >= 1
-                                             for k in ("n_visible", "n_hidden", "batch_size")):
-        raise ValueError(f"RBM.load: {path}: field 'spec' must give n_visible, n_hidden and batch_size "
-                         f"(integers >= 1)")
-    V, H, m = spec["n_visible"], spec["n_hidden"], spec["batch_size"]
-    itemsize = 8 if spec.get("dtype") == "float64" else 4
+    def bad(field: str, why: str):
+        return ValueError(f"RBM.load: {path}: field '{field}' {why}")
+
+    if not isinstance(meta, dict):
+        raise ValueError(f"RBM.load: {path}: its metadata must be a JSON object, got {type(meta).__name__}")
+    if "spec" not in meta:
+        raise bad("spec", "is missing")
+    if not isinstance(meta["spec"], dict):
+        raise bad("spec", f"must be a JSON object, got {meta['spec']!r:.60}")
+    spec = _spec_from(meta["spec"], bad)
+    V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
+    itemsize = spec.np_dtype.itemsize
     shapes = {"W": (V, H), "b": (V,), "c": (H,), "W_inc": (V, H), "b_inc": (V,), "c_inc": (H,), "chains": (m, H)}
     out = {}
     for key in z.files:

@@ -116,7 +116,7 @@ def _split_and_preprocess(args, X: np.ndarray):
     if not 0.0 <= args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     n_valid = int(round(args.valid_fraction * X.shape[0]))
-    if n_valid and X.shape[0] - n_valid < max(1, args.batch_size):
+    if n_valid and X.shape[0] - n_valid < max(1, args.batch_size) <= X.shape[0]:
         raise UsageError(f"--valid-fraction {args.valid_fraction:g} holds out {n_valid} of the {X.shape[0]} samples, "
                          f"leaving {X.shape[0] - n_valid} to train on, fewer than one minibatch "
                          f"(--batch-size {args.batch_size}); give a smaller fraction")
