@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -69,9 +70,12 @@ class TCPTransport(Transport):
         # Every connection's handshake runs in a thread of its own with a short deadline: a
         # stranger that connects and stays silent (or sends a hello and stops) is dropped
         # when its deadline passes, and never holds up a real peer dialing meanwhile.
-        listener.settimeout(0.2)
+        # the loop sleeps in select until a connection arrives or a handshake ends (its
+        # thread writes a byte to `wake`): a finished handshake is taken at once
+        listener.setblocking(False)
         self.rejected: list[str] = []
         done: queue.Queue = queue.Queue()
+        wake_r, wake = socket.socketpair()
         pending = 0
         try:
             while len(self.socks) < self.size - 1:  # accept every higher rank
@@ -93,21 +97,29 @@ class TCPTransport(Transport):
                             f"{self.rejected[-1]})" if self.rejected else "")
                     raise CommError(f"worker {self.rank}: workers {missing} did not connect within "
                                     f"{self.timeout:g} s{seen}")
+                ready, _, _ = select.select([listener, wake_r], [], [], max(0.0, deadline - time.monotonic()))
+                if wake_r in ready:
+                    wake_r.recv(4096)
+                if listener not in ready:
+                    continue
                 try:
                     s, _ = listener.accept()
-                except socket.timeout:
+                except (BlockingIOError, InterruptedError):
                     continue
+                s.setblocking(True)
                 if pending >= MAX_PENDING_HANDSHAKES:  # a flood of connections: the newest wait their turn
                     s.close()
                     self.rejected.append("a connection beyond the handshakes in progress")
                     continue
                 pending += 1
-                threading.Thread(target=self._handshake_thread, args=(s, done), daemon=True,
+                threading.Thread(target=self._handshake_thread, args=(s, done, wake), daemon=True,
                                  name="tcp-handshake").start()
         finally:
             listener.close()
+            wake_r.close()
+            wake.close()
 
-    def _handshake_thread(self, s: socket.socket, done: queue.Queue) -> None:
+    def _handshake_thread(self, s: socket.socket, done: queue.Queue, wake: socket.socket) -> None:
         try:
             s.settimeout(min(HANDSHAKE_SECONDS, self.timeout))
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -117,6 +129,10 @@ class TCPTransport(Transport):
                                f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped"))
         except (F.FrameError, ConnectionError, OSError, CommError) as exc:
             done.put((s, None, str(exc)))
+        try:
+            wake.send(b"!")
+        except OSError:  # the rendezvous is over
+            pass
 
     def _handshake_dial(self, s, j: int) -> None:
         nonce = os.urandom(32)

@@ -81,8 +81,8 @@ class InUse(RuntimeError):
 class FolderLock:
     """``with FolderLock(folder, what)``: this process's hold on ``folder`` for as long as
     the block runs (an advisory lock on ``folder/.parrbm.lock``, released when the block
-    or the process ends); a second holder, here or in another process, gets
-    :class:`InUse` naming the first."""
+    or the process ends; the file is removed on release); a second holder, here or in
+    another process, gets :class:`InUse` naming the first."""
 
     def __init__(self, folder: str | os.PathLike, what: str):
         self.path = Path(folder) / ".parrbm.lock"
@@ -92,16 +92,29 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         import fcntl
 
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        for _ in range(10):
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise InUse(f"{self.path.parent} is in use by {self.what}"
+                                + (f" ({holder})" if holder else "")) from None
+                raise
+            # the holder before us removes the file as it lets go: a lock on a removed
+            # file holds nothing, so take the one at the path now
+            try:
+                here = os.stat(self.path, follow_symlinks=False)
+            except FileNotFoundError:
+                here = None
+            mine = os.fstat(fd)
+            if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                break
             os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise InUse(f"{self.path.parent} is in use by {self.what}"
-                            + (f" ({holder})" if holder else "")) from None
-            raise
+        else:
+            raise InUse(f"{self.path.parent}: its lock file keeps changing; another process is using it")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
         self.fd = fd
@@ -109,6 +122,10 @@ class FolderLock:
 
     def __exit__(self, *exc) -> bool:
         if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still held: the next holder makes a fresh one
+            except OSError:
+                pass
             os.close(self.fd)
             self.fd = None
         return False
