@@ -86,7 +86,7 @@ def all_cores_label(rec: dict) -> str:
     """How a run names itself in a table: an all-cores serial baseline says its threads."""
     from parrbm.harness.experiment import display_name, is_all_cores_baseline
 
-    name = display_name(rec["strategy"])
+    name = rec.get("strategy_name") if isinstance(rec.get("strategy_name"), str) else display_name(rec["strategy"])
     return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
 
 

@@ -1175,6 +1175,8 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
                 msg = f"FAILED: {exc}"
                 failed.add(rid)
                 runs.pop(rid, None)
+            # the plug-in's own name: a reader shows it without importing the plug-in
+            rec.update(strategy_name=display_name(pt["strategy"]))
             rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
                        started=started[rid][0], finished=datetime.now(timezone.utc).isoformat())
             try:

@@ -90,3 +90,129 @@ class MPITransport(Transport):
         self.world.Barrier()
         self._left()
         return time.perf_counter() - t0
+
+
+# ---- started by the user's launcher (SPMD) --------------------------------------------------------
+
+#: the variables an MPI launcher sets in every rank it starts (hydra and PMI-2/PMIx: PMI_*;
+#: Open MPI: OMPI_COMM_WORLD_*)
+_WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+
+
+def spmd_world() -> tuple[int, int] | None:
+    """(rank, size) of the MPI world this process belongs to, when an MPI launcher
+    (``mpiexec -n N``, ``srun --mpi=pmi2``) started it as one of N > 1 ranks; else None.
+    parrbm's own mpi workers are such ranks too, but never build a trainer."""
+    for var in _WORLD_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            from mpi4py import MPI
+
+            world = MPI.COMM_WORLD
+            return world.Get_rank(), world.Get_size()
+    return None
+
+
+class SPMDGroup:
+    """The K workers of a fit as K ranks of the world the user's launcher started: rank k
+    is worker k (k < K), the ranks beyond K wait and receive what the workers computed, so
+    that every rank returns the same model. Every rank runs the same code with the same
+    data (the paper's premise: every machine holds the whole data set)."""
+
+    def __init__(self, K: int):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.world = MPI.COMM_WORLD
+        self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
+        self.K = K
+        if K > self.size:
+            raise ValueError(f"workers={K}, but the MPI launcher started {self.size} ranks: give at most "
+                             f"{self.size} workers, or start more ranks (mpiexec -n {K})")
+        # collective over the world: every rank builds the same groups in the same order
+        self.sub = self.world.Split(0 if self.rank < K else MPI.UNDEFINED, self.rank)
+
+    @property
+    def is_worker(self) -> bool:
+        return self.rank < self.K
+
+    def run(self, target, *, everyone: bool = True):
+        """``target(comm)`` on each worker rank; returns every worker's result in rank order
+        (``everyone``), or worker 0's alone, on every rank. A worker that raises ends the job
+        (MPI_Abort), naming itself: its peers would otherwise wait in a collective forever."""
+        import sys
+
+        from parrbm.harness.comm import Comm
+
+        mine = None
+        if self.is_worker:
+            try:
+                mine = target(Comm(MPITransport(self.sub)))
+            except BaseException as exc:  # noqa: BLE001 - the whole job ends with the reason
+                sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; "
+                                 f"ending the MPI job\n")
+                sys.stderr.flush()
+                self.world.Abort(1)
+        if everyone:
+            return self.world.allgather(mine)[: self.K]
+        return self.world.bcast(mine if self.rank == 0 else None, root=0)
+
+    def call(self, workers: list, target):
+        """:meth:`run` for a target that trains: what each worker counted on its own (the
+        divergence of its replicas, its syncs) comes back with its result, and every rank
+        keeps the same books. Returns (results, per-worker extras) on every rank."""
+        import resource
+
+        def counted(comm):
+            w = workers[comm.rank]
+            seen, syncs = len(w.divergence), w.syncs
+            out = target(comm)
+            extra = {"divergence": w.divergence[seen:], "syncs": w.syncs - syncs, "memory_bytes": w.memory_bytes(),
+                     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            # the books take them from the extras, on every rank alike
+            del w.divergence[seen:]
+            w.syncs = syncs
+            return out, extra
+
+        both = self.run(counted)
+        return [b[0] for b in both], [b[1] for b in both]
+
+    def to_root(self, workers: list, fn) -> list | None:
+        """``fn(worker)`` of each worker rank's own worker, gathered on rank 0 (rank order);
+        None on the other ranks. No collective of the workers' comm: plain local values."""
+        mine = fn(workers[self.rank]) if self.is_worker else None
+        out = self.world.gather(mine, root=0)
+        return out[: self.K] if out is not None else None
+
+    def agree(self, value):
+        """Rank 0's ``value`` on every rank."""
+        return self.world.bcast(value, root=0)
+
+    def same_on_every_rank(self, value) -> list:
+        """Every rank's ``value``, in rank order."""
+        return self.world.allgather(value)
+
+
+def spmd_agree_on_data(X: np.ndarray, seed: int, who: str = "RBM") -> int:
+    """In an SPMD fit: rank 0's seed on every rank, after checking that every rank passes
+    the same X (ValueError naming the ranks whose X differs). Outside one: ``seed``."""
+    if spmd_world() is None:
+        return seed
+    import hashlib
+
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    digest = hashlib.sha256(np.ascontiguousarray(X).view(np.uint8).reshape(-1)).hexdigest() + str(X.shape)
+    digests = world.allgather(digest)
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ValueError(f"{who}: an MPI fit needs the same X on every rank (each worker trains on all of it); "
+                         f"ranks {differ} passed other data than rank 0")
+    return world.bcast(seed, root=0)
+
+
+def spmd_leader() -> bool:
+    """Whether this process writes and prints for an SPMD fit: rank 0, or not one."""
+    world = spmd_world()
+    return world is None or world[0] == 0

@@ -184,6 +184,8 @@ def record_problem(rec: dict) -> str | None:
     fields, their agreement with its run_id, its model and, for a finished run, its metrics."""
     if not isinstance(rec.get("strategy"), str) or not rec["strategy"]:
         return f"strategy must be a name, got {rec.get('strategy')!r:.60}"
+    if rec.get("strategy_name") is not None and not isinstance(rec["strategy_name"], str):
+        return f"strategy_name must be a string, got {rec['strategy_name']!r:.60}"
     if not _count(rec.get("workers"), 1):
         return f"workers must be an integer >= 1, got {rec.get('workers')!r:.60}"
     if rec.get("transport") not in TRANSPORT_NAMES:

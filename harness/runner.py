@@ -97,6 +97,18 @@ class ParallelRunner:
         self.network = network
         self.network_info = None if network is None else network.describe()  # as set up, once it is
         self._group = None  # the worker processes of a tcp or mpi fit, once started
+        # started by the user's MPI launcher (mpiexec -n N python script.py): this process is
+        # one of the ranks, and the fit runs on them instead of on workers parrbm starts
+        self._spmd = None
+        if transport == "mpi":
+            from parrbm.harness.mpi import SPMDGroup, spmd_world
+
+            if spmd_world() is not None:
+                if network is not None or self.tcp.hosts:
+                    raise ValueError("this process is one rank of an MPI job (started by mpiexec or srun): the "
+                                     "fit runs on the job's ranks, where the launcher put them; an emulated "
+                                     "network or hosts do not apply")
+                self._spmd = SPMDGroup(workers)
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------
@@ -112,6 +124,7 @@ class ParallelRunner:
         self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
         self.state = state
         self._pending_local = None  # local states for worker processes not started yet
+        self._spmd_local = None     # an MPI job's fit: the workers' local states, on rank 0
         if getattr(self, "_group", None) is not None:
             self._group.load(state)
         else:
@@ -137,9 +150,18 @@ class ParallelRunner:
     def finish(self) -> None:
         """The end of a fit: each worker's ``finish`` (a strategy whose replicas stand apart
         brings them together; its bytes count as a sync), then the tcp and mpi workers stop."""
-        if self._group is None and self.transport != "threads":
+        if self._group is None and self.transport != "threads" and self._spmd is None:
             return  # no epoch ran: the model is already the gathered one (for averaging, the average)
-        if self._group is not None:
+        if self._spmd is not None:
+            def work_spmd(comm: Comm):
+                self._on(comm).finish()
+                return comm.stats
+
+            stats, extras = self._spmd.call(self.workers, work_spmd)
+            self._absorb(extras, stats)
+            self.state = self.gather_model()
+            self._spmd_local = self._spmd.to_root(self.workers, lambda w: w.local_state())
+        elif self._group is not None:
             answers = self._group.finish()
             self._absorb(answers, [{p: PhaseStats(**v) for p, v in a["stats"].items()} for a in answers])
             self.state = self._group.gather()
@@ -180,6 +202,15 @@ class ParallelRunner:
     def local_states(self) -> list[tuple[dict, dict[str, np.ndarray]]]:
         """Per worker, (counters, arrays) of what the gathered model does not give back:
         see :meth:`Worker.local_state`."""
+        if self._spmd is not None:
+            # gathered on rank 0 after every run: a checkpoint or a save there needs no peer
+            local = getattr(self, "_spmd_local", None)
+            if local is None and self._spmd.rank == 0:
+                return [w.local_state() for w in self.workers]  # no run yet: as built
+            if local is None:
+                raise RuntimeError("the workers' own state of an MPI job's fit is gathered on rank 0: save the "
+                                   "model there (if MPI.COMM_WORLD.Get_rank() == 0: rbm.save(path))")
+            return local
         if self._group is not None:
             return self._group.local_states()
         if self.transport != "threads" and self._pending_local is not None:
@@ -192,12 +223,16 @@ class ParallelRunner:
             raise ValueError(f"{len(states)} workers' local states for {self.K} workers")
         for w, (counters, arrays) in zip(self.workers, states):
             w.restore_local(counters, arrays)
+        if getattr(self, "_spmd", None) is not None:
+            self._spmd_local = states
         if self._group is not None:
             self._group.restore_local(states)
         elif self.transport != "threads":
             self._pending_local = states
 
     def gather_model(self) -> ModelState:
+        if self._spmd is not None:  # worker 0 assembles it; every rank gets it
+            return self._spmd.run(lambda comm: self._on(comm).gathered_model(), everyone=False)
         if self.transport != "threads":
             return self.state  # gathered from the worker processes after every run
         models = run_threads(self.K, lambda comm: self._on(comm).gathered_model(),
@@ -241,9 +276,16 @@ class ParallelRunner:
             finally:
                 worker.__dict__.pop("step", None)  # the runner's workers outlive this run
 
+        gathered = None
         if self.transport == "threads":
             results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
             extra = None
+        elif self._spmd is not None:
+            from parrbm import _core
+
+            _core.set_blas_threads(self.blas_threads)
+            results, extra = self._spmd.call(self.workers, work)
+            self._spmd_local = self._spmd.to_root(self.workers, lambda w: w.local_state())
         else:
             from parrbm.harness.launch import ProcessGroup
 
@@ -262,7 +304,7 @@ class ParallelRunner:
         self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
         self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
         self.steps += len(batches)
-        self.state = gathered if extra is not None else self.gather_model()
+        self.state = gathered if (extra is not None and self._spmd is None) else self.gather_model()
         self._serial = None
         return np.sum([res[0] for res in results], axis=0)
 

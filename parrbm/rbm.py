@@ -336,6 +336,24 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.spec_, self._state = spec, state
         self._strategy = self._make_strategy(spec, state)
 
+    def _spmd(self) -> bool:
+        """This fit runs on the ranks of an MPI job the user's launcher started
+        (``mpiexec -n N python script.py`` with ``transport="mpi"``)."""
+        if self.transport != "mpi" or self._strategy_from_file() or self._serial():
+            return False
+        from parrbm.harness.mpi import spmd_world
+
+        return spmd_world() is not None
+
+    def _leader(self) -> bool:
+        """This process writes checkpoints and prints progress: always, except on the
+        ranks beyond 0 of an MPI job."""
+        if not self._spmd():
+            return True
+        from parrbm.harness.mpi import spmd_leader
+
+        return spmd_leader()
+
     def _strategy_from_file(self) -> bool:
         """The strategy parameter is still the name a model file gave (see ``load``)."""
         return isinstance(self.strategy, str) and self.strategy in getattr(self, "_file_strategies", ())
@@ -431,6 +449,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _initialise(self, X: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)
+        if self._spmd():  # one of the ranks of an MPI job: they fit one model, from one seed
+            from parrbm.harness.mpi import spmd_agree_on_data
+
+            self.seed_ = spmd_agree_on_data(X, self.seed_)
         self.n_features_in_ = X.shape[1]
         self.spec_ = self._spec(X.shape[1])
         self._state = ModelState.initial(self.spec_)
@@ -521,7 +543,8 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                                                             name="X_valid", n_features=self.n_features_in_,
                                                             binary_range=self.visible == "binary")
         monitor = _Monitor(self, X, X_valid)
-        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        # the checkpoints of an MPI job's fit are rank 0's to write
+        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None and self._leader() else None
         with contextlib.ExitStack() as held:
             if ckpt is not None:
                 self._hold_checkpoint_dir(ckpt, held)
@@ -547,7 +570,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: {exc.strerror or exc}") from None
 
     def _fit_epochs(self, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None):
-        bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter))
+        bar = _progress_bar(self.progress, self.epochs_done_, int(self.n_iter)) if self._leader() else None
         with self._main_thread_blas():
             try:
                 first_epoch = self.epochs_done_
@@ -557,7 +580,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(recon=f"{entry['reconstruction_error']:.4g}")
-                    if self.verbose:
+                    if self.verbose and self._leader():
                         extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
                             "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
                         print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error "
@@ -605,7 +628,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                  **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
                  "seconds": time.perf_counter() - t0}
         self.history_.append(entry)
-        if ckpt is not None and (self.epochs_done_ % int(self.checkpoint_every) == 0
+        if ckpt is not None and self._leader() and (self.epochs_done_ % int(self.checkpoint_every) == 0
                                  or self.epochs_done_ == int(self.n_iter)):
             self._checkpoint(ckpt)
         return entry

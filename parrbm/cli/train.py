@@ -233,6 +233,10 @@ def _cmd_train(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     fit_seconds = time.perf_counter() - t0
+    from parrbm.harness.mpi import spmd_leader
+
+    if not spmd_leader():  # the other ranks of an MPI job's fit: rank 0 reports and writes
+        return 0
     _print_comparison(args, rbm, X_train, fit_seconds)
     if args.out:
         _save(args, rbm, name=name, X=X, X_shown=X_valid if X_valid is not None else X_train, shape=shape,

@@ -1,0 +1,154 @@
+"""Fits started by the user's MPI launcher: ``mpiexec -n N python script.py`` with
+``RBM(transport="mpi", workers=K)`` fits on the job's own ranks (rank k is worker k; ranks
+beyond K wait), every rank returns the same model, and it is the fit on threads, bit for
+bit, with the same bytes."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parrbm import DBN, RBM
+from parrbm.strategies import PARALLEL_STRATEGIES
+from support import has_mpi
+
+pytestmark = pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
+HERE = Path(__file__).resolve().parent
+
+
+def mpiexec(n: int, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    from parrbm.harness.launch import mpiexec as find
+
+    return subprocess.run([find(), "-n", str(n), sys.executable, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def threads_fits():
+    X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+    out = {}
+    for strategy in PARALLEL_STRATEGIES:
+        rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+                  strategy=strategy, workers=2, progress=False).fit(X)
+        out[strategy] = (rbm.components_, rbm.comm_stats_["bytes_total"], rbm.comm_stats_["bytes_per_step"])
+    out["dbn"] = DBN(hidden_layer_sizes=(10, 6), n_iter=1, batch_size=10, random_state=2, strategy="purple-only",
+                     workers=2, dtype="float64", progress=False).fit(X).transform(X)
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_fit_on_the_ranks_of_an_mpi_job_is_the_fit_on_threads(tmp_path, threads_fits, ranks):
+    p = mpiexec(ranks, str(HERE / "spmd_fit.py"), str(tmp_path / "held"), "2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    held = [np.load(tmp_path / f"held-{r}.npz") for r in range(ranks)]
+    for strategy in PARALLEL_STRATEGIES:
+        W, total, per_step = threads_fits[strategy]
+        for engine in ("native", "python"):
+            for r in range(ranks):  # every rank, the idle one of 3 too, holds the model
+                np.testing.assert_array_equal(held[r][f"{strategy}/{engine}"], W, err_msg=f"{strategy} {engine} {r}")
+                assert list(held[r][f"{strategy}/{engine}/bytes"]) == [total, per_step], (strategy, engine, r)
+    for r in range(1, ranks):
+        np.testing.assert_array_equal(held[r]["unseeded"], held[0]["unseeded"])  # one seed: rank 0's
+        np.testing.assert_array_equal(held[r]["dbn"], held[0]["dbn"])
+    np.testing.assert_allclose(held[0]["dbn"], threads_fits["dbn"], rtol=0, atol=0)
+
+
+SCRIPT = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from parrbm import RBM
+
+rank = MPI.COMM_WORLD.Get_rank()
+X = (np.random.default_rng(rank if sys.argv[1] == "other-data" else 0).random((40, 8)) < 0.5).astype(np.float32)
+try:
+    RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=int(sys.argv[2]), transport="mpi",
+        progress=False).fit(X)
+except ValueError as exc:
+    with open(f"said-{rank}.txt", "w") as fh:  # ranks print at once: one file each
+        fh.write(str(exc))
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("case,workers,needle", [
+    ("same-data", 3, "workers=3, but the MPI launcher started 2 ranks"),
+    ("other-data", 2, r"needs the same X on every rank .* ranks \[1\] passed other data"),
+])
+def test_what_an_mpi_job_cannot_fit_is_refused_on_every_rank(tmp_path, case, workers, needle):
+    import re
+
+    (tmp_path / "s.py").write_text(textwrap.dedent(SCRIPT))
+    p = mpiexec(2, "s.py", case, str(workers), cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    said = [(tmp_path / f"said-{r}.txt") for r in (0, 1)]
+    assert all(s.exists() for s in said), p.stdout + p.stderr
+    assert all(re.search(needle, s.read_text()) for s in said), [s.read_text() for s in said]
+
+
+def test_a_failing_worker_ends_the_mpi_job_naming_itself(tmp_path):
+    (tmp_path / "boom.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from parrbm import RBM
+        from parrbm.strategies.green_only import GreenOnly
+
+        class Boom(GreenOnly):
+            name = "boom"
+
+            def step(self, X, i):
+                if self.rank == 1 and i == 2:
+                    raise RuntimeError("the plug-in broke")
+                return super().step(X, i)
+
+        X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
+        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy=Boom, workers=2, transport="mpi", progress=False).fit(X)
+    """))
+    p = mpiexec(2, "boom.py", cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert "parrbm: worker 1 of 2 failed: RuntimeError: the plug-in broke" in p.stderr
+
+
+def test_parrbm_train_on_the_ranks_of_an_mpi_job_writes_once(tmp_path):
+    p = mpiexec(2, "-m", "parrbm.cli", "train", "--data", "digits", "--epochs", "1", "--strategy", "green-only",
+                "--workers", "2", "--transport", "mpi", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "out" / "model.npz").exists()
+    assert p.stdout.count("parrbm fit (green-only, 2 worker(s))") <= 1
+
+
+def test_parrbm_run_under_an_mpi_launcher_says_how_to_start_it(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {visible: 8, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n")
+    p = mpiexec(2, "-m", "parrbm.cli", "run", "c.yaml", "--out", "out", "--no-calibrate", cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert p.stderr.count("'parrbm run' was started as 2 ranks of an MPI job") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_mpi_jobs_checkpoints_resume_it_exactly(tmp_path):
+    (tmp_path / "ck.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from mpi4py import MPI
+        from parrbm import RBM, latest_checkpoint
+
+        world = MPI.COMM_WORLD
+        X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+        kw = dict(n_hidden=12, batch_size=10, learning_rate=0.05, dtype="float64", random_state=1,
+                  strategy="unit-partitioned", workers=2, transport="mpi", progress=False,
+                  strategy_options={"sync_every": 5})
+        whole = RBM(n_iter=3, **kw).fit(X)
+        RBM(n_iter=1, checkpoint_dir="ck", **kw).fit(X)   # rank 0 writes the checkpoint
+        world.Barrier()
+        resumed = RBM.load(latest_checkpoint("ck")).set_params(warm_start=True, n_iter=3).fit(X)
+        assert np.array_equal(resumed.components_, whole.components_), world.Get_rank()
+        if world.Get_rank() == 0:
+            resumed.save("final.npz")
+        print("ok", world.Get_rank(), flush=True)
+    """))
+    p = mpiexec(2, "ck.py", cwd=tmp_path, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(p.stdout.split()) == ["0", "1", "ok", "ok"]
+    assert sorted(x.name for x in (tmp_path / "ck").iterdir()) == ["epoch-0001.npz"]
+    assert (tmp_path / "final.npz").exists()
