@@ -106,8 +106,11 @@ def spmd_world() -> tuple[int, int] | None:
     for var in _WORLD_SIZE_VARS:
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 1:
-            from mpi4py import MPI
-
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                raise ValueError(f"this process is one of {value} ranks of an MPI job ({var}), but mpi4py is "
+                                 f"not installed here: pip install 'parrbm[mpi]'") from None
             world = MPI.COMM_WORLD
             return world.Get_rank(), world.Get_size()
     return None
