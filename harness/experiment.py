@@ -789,6 +789,72 @@ def _spec_for(cfg: dict, pt: dict):
                   seed=tr["seed"])
 
 
+# ---- started by the user's MPI launcher: mpiexec -n N parrbm run CONFIG ---------------------------
+
+def _job_world():
+    """(rank, size) when this comparison runs on the ranks of an MPI job, else None."""
+    from parrbm.harness.mpi import spmd_world
+
+    return spmd_world()
+
+
+def _world():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def serve_grid() -> None:
+    """The ranks beyond 0 of an MPI job running a comparison: take part in each mpi grid
+    point rank 0 announces (as the workers it needs), until it says the grid is done. Rank
+    0 alone reads the config and the data and writes every file; they reach the others
+    over MPI, so no file system is shared."""
+    world = _world()
+    cfg = world.bcast(None, root=0)
+    if cfg is None:
+        return
+    while True:
+        pt = world.bcast(None, root=0)
+        if pt is None:
+            return
+        try:
+            measure_point(cfg, pt)
+        except Exception:  # noqa: BLE001 - rank 0 records why the point failed
+            pass
+
+
+def release_servers() -> None:
+    """Rank 0, when the comparison stops before it began: the other ranks leave."""
+    if _job_world() is not None:
+        _world().bcast(None, root=0)
+
+
+def _measure(cfg: dict, pt: dict) -> dict:
+    """:func:`measure_point`; on the ranks of an MPI job an mpi point runs on them all."""
+    if _job_world() is not None and pt["transport"] == "mpi":
+        _world().bcast(pt, root=0)
+    return measure_point(cfg, pt)
+
+
+def _data_for(cfg: dict, pt: dict, spec, cases: int) -> np.ndarray:
+    """A run's data: made here, or on the ranks of an MPI job made by rank 0 and sent."""
+    if _job_world() is None or pt["transport"] != "mpi":
+        return make_data(cfg, spec.n_visible, spec.visible, spec.dtype, cases)
+    world = _world()
+    if world.Get_rank() == 0:
+        try:
+            X = make_data(cfg, spec.n_visible, spec.visible, spec.dtype, cases)
+        except Exception as exc:
+            world.bcast(("error", str(exc)), root=0)
+            raise
+        world.bcast(("ok", X), root=0)
+        return X
+    kind, X = world.bcast(None, root=0)
+    if kind == "error":
+        raise RuntimeError(f"rank 0 could not make the data: {X}")
+    return X
+
+
 def measure_point(cfg: dict, pt: dict) -> dict:
     """One training run of a grid point from the initial model: its timed steps'
     seconds (slowest worker), the per-step compute / communication / wait of the
@@ -802,7 +868,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
     m = spec.batch_size
     steps = tr.get("steps") or max(1, tr["cases"] // m)
     warmup = tr["warmup"]
-    X = make_data(cfg, spec.n_visible, spec.visible, spec.dtype, (warmup + steps) * m)
+    X = _data_for(cfg, pt, spec, (warmup + steps) * m)
     order = np.arange((warmup + steps) * m, dtype=np.int64) % X.shape[0]
     state = ModelState.initial(spec)
     K = pt["workers"]
@@ -982,6 +1048,30 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
     An existing results file is continued with ``resume`` (only if it was written under
     the same configuration), set aside and started afresh with ``overwrite``, and
     otherwise refused: recorded results are never deleted."""
+    world = _job_world()
+    if world is None:
+        return _run_config(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress, calibrate=calibrate)
+    # rank 0 of an MPI job: the other ranks serve the grid's mpi points as workers
+    try:
+        points = grid_points(cfg)
+        big = max((p["workers"] for p in points if p["transport"] == "mpi"), default=0)
+        if big > world[1]:
+            raise ConfigError(f"grid.workers: {big} mpi workers, but the MPI launcher started {world[1]} ranks: "
+                              f"start at least {big} (mpiexec -n {big}), or give fewer workers")
+        if "network" in cfg:
+            raise ConfigError("network.emulate: the runs go on the MPI job's ranks, where its launcher put them; "
+                              "emulated hosts do not apply (start the comparison without mpiexec to emulate them)")
+    except BaseException:
+        release_servers()
+        raise
+    _world().bcast(cfg, root=0)
+    try:
+        return _run_config(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress, calibrate=calibrate)
+    finally:
+        _world().bcast(None, root=0)
+
+
+def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, progress, calibrate: bool) -> Path:
     from parrbm.analysis.compare import profile_path
     from parrbm.harness.results import WriterLock
 
@@ -1113,6 +1203,11 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
             raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
         return
     transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
+    if _job_world() is not None and "mpi" in transports:
+        # the ranks are busy serving the grid; their collectives are not measured yet
+        transports.remove("mpi")
+        progress("note: under an MPI launcher the mpi collectives between the job's ranks are not calibrated: "
+                 "the time model prices the mpi runs with this machine's other figures")
     profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
@@ -1158,7 +1253,7 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
             started.setdefault(rid, (datetime.now(timezone.utc).isoformat(), time.perf_counter()))
             t0 = time.perf_counter()
             try:
-                runs.setdefault(rid, []).append(measure_point(cfg, pt))
+                runs.setdefault(rid, []).append(_measure(cfg, pt))
                 if rep + 1 < repeats:
                     progress(f"{label}: {np.median(runs[rid][-1]['step_times']) * 1e3:.1f} ms/step "
                              f"({time.perf_counter() - t0:.1f} s)")

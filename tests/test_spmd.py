@@ -119,11 +119,45 @@ def test_parrbm_train_on_the_ranks_of_an_mpi_job_writes_once(tmp_path):
     assert p.stdout.count("parrbm fit (green-only, 2 worker(s))") <= 1
 
 
-def test_parrbm_run_under_an_mpi_launcher_says_how_to_start_it(tmp_path):
-    (tmp_path / "c.yaml").write_text("model: {visible: 8, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n")
+RUN = """
+name: across
+model: {visible: 24, hidden: 16}
+data: {kind: random-binary, cases: 64}
+training: {batch_size: 8, steps: 3, warmup: 1, timeout: 30}
+grid:
+  strategy: [serial, unit-partitioned, green-only]
+  workers: [1, 2]
+  transport: [threads, mpi]
+"""
+
+
+def test_a_comparison_started_by_mpiexec_runs_its_mpi_points_on_the_jobs_ranks(tmp_path):
+    import json
+
+    from parrbm.harness.experiment import load_config, run_config
+
+    (tmp_path / "c.yaml").write_text(RUN)
+    p = mpiexec(3, "-m", "parrbm.cli", "run", "c.yaml", "--out", "spmd", "--no-calibrate", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("results: ") == 1  # rank 0 reports; the others served
+    spmd = {r["run_id"]: r for r in map(json.loads, (tmp_path / "spmd" / "across.jsonl").read_text().splitlines())}
+    alone = run_config(load_config(tmp_path / "c.yaml"), tmp_path / "alone", progress=lambda *a: None)
+    ref = {r["run_id"]: r for r in map(json.loads, alone.read_text().splitlines())}
+    assert set(spmd) == set(ref)
+    for rid, r in spmd.items():
+        assert r["status"] == "ok", (rid, r["error"])
+        assert r["metrics"]["bytes_per_step"] == ref[rid]["metrics"]["bytes_per_step"] \
+            == r["metrics"]["bytes_per_step_formula"], rid
+        assert r["metrics"]["reconstruction_error"] == ref[rid]["metrics"]["reconstruction_error"], rid
+    # one writer: rank 0's results (and its writer's lock), nothing from the other ranks
+    assert sorted(x.name for x in (tmp_path / "spmd").iterdir()) == [".across.jsonl.lock", "across.jsonl"]
+
+
+def test_a_comparison_needing_more_ranks_than_started_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text(RUN.replace("workers: [1, 2]", "workers: [1, 3]"))
     p = mpiexec(2, "-m", "parrbm.cli", "run", "c.yaml", "--out", "out", "--no-calibrate", cwd=tmp_path, timeout=120)
-    assert p.returncode != 0
-    assert p.stderr.count("'parrbm run' was started as 2 ranks of an MPI job") == 2
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "grid.workers: 3 mpi workers, but the MPI launcher started 2 ranks" in p.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -10,18 +10,19 @@ from parrbm.cli.errors import UsageError
 
 def _cmd_run(args) -> int:
     from parrbm.analysis.table import summary_table
-    from parrbm.harness.experiment import ConfigError, load_config, read_results, run_config
+    from parrbm.harness.experiment import (ConfigError, load_config, read_results, release_servers, run_config,
+                                          serve_grid)
     from parrbm.harness.mpi import spmd_world
 
     world = spmd_world()
-    if world is not None:  # each rank would run the whole grid and write the same results
-        raise UsageError(f"'parrbm run' was started as {world[1]} ranks of an MPI job (mpiexec or srun); a "
-                         f"comparison is started once, and starts the mpi workers of its grid points itself "
-                         f"(grid.transport: mpi). Under an MPI launcher, parrbm fits a model on the job's "
-                         f"ranks: RBM(transport='mpi', workers=N) or 'parrbm train --transport mpi'")
+    if world is not None and world[0] != 0:
+        # one of the ranks of 'mpiexec -n N parrbm run': rank 0 drives, this rank serves
+        serve_grid()
+        return 0
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
+        release_servers()
         raise UsageError(str(exc)) from exc
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
