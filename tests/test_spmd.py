@@ -116,7 +116,7 @@ def test_parrbm_train_on_the_ranks_of_an_mpi_job_writes_once(tmp_path):
                 "--workers", "2", "--transport", "mpi", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "out" / "model.npz").exists()
-    assert p.stdout.count("parrbm fit (green-only, 2 worker(s))") <= 1
+    assert p.stdout.count("model saved to") == 1  # rank 0 reports and writes
 
 
 RUN = """
@@ -179,10 +179,10 @@ def test_an_mpi_jobs_checkpoints_resume_it_exactly(tmp_path):
         assert np.array_equal(resumed.components_, whole.components_), world.Get_rank()
         if world.Get_rank() == 0:
             resumed.save("final.npz")
-        print("ok", world.Get_rank(), flush=True)
+        open(f"ok-{world.Get_rank()}", "w").close()  # ranks print at once: a file each
     """))
     p = mpiexec(2, "ck.py", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert sorted(p.stdout.split()) == ["0", "1", "ok", "ok"]
+    assert (tmp_path / "ok-0").exists() and (tmp_path / "ok-1").exists()
     assert sorted(x.name for x in (tmp_path / "ck").iterdir()) == ["epoch-0001.npz"]
     assert (tmp_path / "final.npz").exists()
