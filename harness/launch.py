@@ -158,6 +158,14 @@ class ProcessGroup:
             self.close(kill=True)
             raise
 
+    def _hosts_removed(self) -> bool:
+        """The emulated hosts of this run were removed under it (parrbm network cleanup --all)."""
+        return self.network is not None and not set(self.network.namespaces()) <= set(_namespaces_now())
+
+    def _removed_message(self) -> str:
+        return (f"{self.transport}: the emulated hosts of this run were removed while it was going "
+                f"('parrbm network cleanup --all' stops the runs it removes the hosts of)")
+
     @property
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
@@ -165,6 +173,9 @@ class ProcessGroup:
     def command(self, op: str, **payload) -> list[dict]:
         """Give every worker the next command; their answers in rank order."""
         if not self.alive:
+            if self._hosts_removed():
+                self.close(kill=True)
+                raise CommError(self._removed_message())
             raise CommError(f"{self.transport}: the workers of this fit have stopped")
         self.seq += 1
         n = self.seq
@@ -174,12 +185,10 @@ class ProcessGroup:
             _wait(self.procs, self.dir, self.K, self.timeout, self.transport, local=self.local,
                   done=lambda: all(a.exists() for a in answers))
         except BaseException as exc:  # a failure, a hang or Ctrl-C: no worker outlives it
-            gone = (self.network is not None and isinstance(exc, CommError)
-                    and not set(self.network.namespaces()) <= set(_namespaces_now()))
+            gone = isinstance(exc, CommError) and self._hosts_removed()
             self.close(kill=True)
             if gone:
-                raise CommError(f"{self.transport}: the emulated hosts of this run were removed while it was going "
-                                f"('parrbm network cleanup --all' stops the runs it removes the hosts of)") from exc
+                raise CommError(self._removed_message()) from exc
             raise
         out = [json.loads(a.read_text()) for a in answers]
         from parrbm.harness.runner import split_waits

@@ -274,13 +274,14 @@ def tiny_disk(tmp_path):
 
 
 def _fill(where: Path) -> None:
-    with open(where / "filler", "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
+    fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while os.write(fd, b"\0" * 65536):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def test_a_full_disk_keeps_every_old_file(tiny_disk, tiny_results, tmp_path):
