@@ -64,14 +64,14 @@ def scan(path: str | Path) -> ResultsFile:
         last = n == len(lines)
         end = offset + len(raw) + (1 if n < len(lines) else 0)
         if raw.strip():
-            problem = _problem(raw)
+            record, problem = _parse(raw)
             if problem is not None:
                 if last:
                     out.torn, out.torn_line = raw, n
                     return out
                 raise ResultsError(f"{path}: line {n} is not a parrbm record ({problem}); the file is "
                                    f"damaged or not a results file of 'parrbm run'")
-            out.records.append(_strict_json(raw.decode("utf-8")))
+            out.records.append(record)
         out.good_bytes = end
         offset = end
     return out
@@ -128,18 +128,19 @@ def read_input(path: Path, what: str, error: type[Exception], limit: int = 1 << 
     return data
 
 
-def _problem(raw: bytes) -> str | None:
+def _parse(raw: bytes) -> tuple[dict | None, str | None]:
+    """(the record of a line, None), or (None, why the line is not one)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return "not UTF-8 text"
+        return None, "not UTF-8 text"
     try:
         value = _strict_json(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        return f"not JSON: {getattr(exc, 'msg', exc)}"
+        return None, f"not JSON: {getattr(exc, 'msg', exc)}"
     if not isinstance(value, dict):
-        return f"a JSON {type(value).__name__}, not an object"
-    return None
+        return None, f"a JSON {type(value).__name__}, not an object"
+    return value, None
 
 
 #: the longest line a results file may hold (a record is a few kB; a line beyond this is
