@@ -886,6 +886,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden
                                                                    * spec.np_dtype.itemsize)]}
         errors = np.array(errs)
+        model = s.gather_model()
     else:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
@@ -893,6 +894,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
                            tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"], network=link_of(cfg, pt))
         try:
             errors = r.run(X, order, 0)
+            model = r.state
         finally:
             r.close()
         step_times = np.max(np.array(r.step_seconds), axis=0)[warmup:]
@@ -903,8 +905,22 @@ def measure_point(cfg: dict, pt: dict) -> dict:
                     "wait": slow["wait_seconds"] / n}
         extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
                  "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
+    extra["model_sha256"] = model_digest(model)
     return {"step_times": step_times, "per_step": per_step, "stats": stats, "extra": extra,
             "errors": errors, "steps": steps, "warmup": warmup}
+
+
+def model_digest(state) -> str:
+    """sha256 of a model's weights and biases (W, b, c: their dtype, shape and bytes): two
+    runs that trained the same model bit for bit have the same digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (state.W, state.b, state.c):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from parrbm.config import ModelState
 from parrbm.harness.comm import CommError, PhaseStats
+from parrbm.harness.mpi import hydra_topology_files
 
 # Workers start in the job directory, so a source checkout in the caller's working
 # directory never shadows the installed package.
@@ -673,7 +674,7 @@ def kill_tagged(tag: str) -> list[int]:
     had made for them (a proxy removes its /tmp/hydra_hwloc_xmlfile_* when it exits, not
     when it is killed); returns the PIDs it signalled."""
     pids = tagged(tag)
-    leftovers = {f for pid in pids for f in _hydra_files(pid)}
+    leftovers = {f for pid in pids for f in hydra_topology_files(pid)}
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -685,35 +686,6 @@ def kill_tagged(tag: str) -> list[int]:
         except OSError:
             pass
     return pids
-
-
-#: hydra_pmi_proxy's topology file (a fixed template in its code, whatever TMPDIR says)
-HYDRA_TOPOLOGY = "/tmp/hydra_hwloc_xmlfile_"
-
-
-def _hydra_files(pid: int) -> set[str]:
-    """Hydra topology files process ``pid`` holds open or was given (PMI_hwloc_xmlfile)."""
-    out = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith(HYDRA_TOPOLOGY):
-                out.add(target)
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            for item in fh.read().split(b"\0"):
-                if item.startswith(b"PMI_hwloc_xmlfile="):
-                    path = item.split(b"=", 1)[1].decode(errors="replace")
-                    if path.startswith(HYDRA_TOPOLOGY):
-                        out.add(path)
-    except OSError:
-        pass
-    return out
 
 
 def _job_root() -> str:

@@ -112,8 +112,61 @@ def spmd_world() -> tuple[int, int] | None:
                 raise ValueError(f"this process is one of {value} ranks of an MPI job ({var}), but mpi4py is "
                                  f"not installed here: pip install 'parrbm[mpi]'") from None
             world = MPI.COMM_WORLD
+            _remove_topology_file_after_proxy()
             return world.Get_rank(), world.Get_size()
     return None
+
+
+#: hydra_pmi_proxy's topology file (a fixed template in its code, whatever TMPDIR says)
+HYDRA_TOPOLOGY = "/tmp/hydra_hwloc_xmlfile_"
+
+
+def hydra_topology_files(pid: int) -> set[str]:
+    """Hydra topology files process ``pid`` holds open or was given (PMI_hwloc_xmlfile)."""
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(HYDRA_TOPOLOGY):
+                out.add(target)
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"PMI_hwloc_xmlfile="):
+                    path = item.split(b"=", 1)[1].decode(errors="replace")
+                    if path.startswith(HYDRA_TOPOLOGY):
+                        out.add(path)
+    except OSError:
+        pass
+    return out
+
+
+_watching = False
+
+
+def _remove_topology_file_after_proxy() -> None:
+    """hydra's proxy (this rank's parent) removes its topology file when it exits, but not
+    when it dies of a peer's failure or its mpiexec's kill: a detached shell waits for the
+    proxy to end and removes the file if it is still there, so that a job ended any way
+    leaves nothing in any host's /tmp. Once a process."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    proxy = os.getppid()
+    files = sorted(hydra_topology_files(proxy))
+    if not files or proxy <= 1:
+        return
+    import subprocess
+
+    subprocess.Popen(["sh", "-c", 'while kill -0 "$0" 2>/dev/null; do sleep 0.5; done; rm -f -- "$@"',
+                      str(proxy), *files], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
 class SPMDGroup:

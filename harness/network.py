@@ -150,13 +150,18 @@ def cleanup(*, every: bool = False, launcher: int | None = None) -> list[str]:
         live = _alive(int(m.group(1)))
         if live and not every:
             continue
-        # a run still going: its workers on these hosts are stopped, so that none is left
-        # spinning without its network; the namespace goes first, so that the run's
-        # launcher, seeing its workers end, finds why
-        inside = _pids_inside(ns) if live else []
+        # what still runs on these hosts is stopped (a run's workers, an emulated
+        # cluster's sshd and sessions), so that nothing is left without its network; the
+        # namespace goes first, so that a live run's launcher, seeing its workers end,
+        # finds why
+        inside = _pids_inside(ns)
         if _run("ip", "netns", "delete", ns, check=False).returncode == 0:
             removed.append(ns)
         _kill(inside)
+    if launcher is None:
+        from parrbm.harness.cluster import sweep_stale_folders
+
+        sweep_stale_folders()
     return removed
 
 
