@@ -42,10 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from parrbm.harness.network import EmulatedNetwork, LinkSpec, NetworkError, _pids_inside, missing as net_missing
+from parrbm.harness.network import (FOLDER_PREFIX, EmulatedNetwork, LinkSpec, NetworkError, _pids_inside,
+                                    missing as net_missing, sweep_stale_folders)
 
-#: the folders of emulated clusters are named FOLDER_PREFIX<launcher pid>-...
-FOLDER_PREFIX = "parrbm-cluster-"
 SSHD = "/usr/sbin/sshd"
 #: how long the hosts' sshd may take to listen
 START_SECONDS = 20.0
@@ -295,23 +294,3 @@ def _kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-
-
-def sweep_stale_folders(root: str | None = None) -> list[Path]:
-    """Remove the folders of emulated clusters whose launcher is gone."""
-    root = Path(root or tempfile.gettempdir())
-    removed = []
-    for d in root.glob(f"{FOLDER_PREFIX}*"):
-        m = re.match(re.escape(FOLDER_PREFIX) + r"(\d+)-", d.name)
-        if not m or not d.is_dir() or d.is_symlink():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-    return removed

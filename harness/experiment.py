@@ -989,6 +989,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
             **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
             "engine": stats.get("engine"), "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
+            **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
             "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (

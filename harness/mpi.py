@@ -187,6 +187,8 @@ class SPMDGroup:
                              f"{self.size} workers, or start more ranks (mpiexec -n {K})")
         # collective over the world: every rank builds the same groups in the same order
         self.sub = self.world.Split(0 if self.rank < K else MPI.UNDEFINED, self.rank)
+        #: the host each worker runs on, as MPI names it (the records say where they ran)
+        self.hosts: list[str] = self.world.allgather(MPI.Get_processor_name())[:K]
 
     @property
     def is_worker(self) -> bool:

@@ -28,10 +28,14 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 from dataclasses import dataclass
 
 #: every namespace of an emulated network is named PREFIX<launcher pid>-<n>-...
 PREFIX = "parrbm-net-"
+#: the folders of emulated clusters (harness.cluster) are named FOLDER_PREFIX<launcher pid>-...
+FOLDER_PREFIX = "parrbm-cluster-"
 #: the hosts' subnet (it exists only inside the run's namespaces)
 SUBNET = "10.213"
 MAX_HOSTS = 254 * 250
@@ -159,8 +163,6 @@ def cleanup(*, every: bool = False, launcher: int | None = None) -> list[str]:
             removed.append(ns)
         _kill(inside)
     if launcher is None:
-        from parrbm.harness.cluster import sweep_stale_folders
-
         sweep_stale_folders()
     return removed
 
@@ -328,3 +330,23 @@ class EmulatedNetwork:
                 "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
                 "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
                 "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES}
+
+
+def sweep_stale_folders(root: str | None = None) -> list[Path]:
+    """Remove the folders of emulated clusters whose launcher is gone."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    for d in root.glob(f"{FOLDER_PREFIX}*"):
+        m = re.match(re.escape(FOLDER_PREFIX) + r"(\d+)-", d.name)
+        if not m or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed

@@ -365,6 +365,7 @@ class ParallelRunner:
             "strategy": self.name,
             "engine": self.engine,
             "network": self.network_info,
+            "hosts": self._spmd.hosts if self._spmd is not None else None,
             "workers": self.K,
             "transport": self.transport,
             "steps": self.steps,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +75,38 @@ def _cmd_network_show(args) -> int:
     return 0
 
 
+def _cmd_network_cluster(args) -> int:
+    from parrbm.analysis.timemodel import parse_bandwidth
+    from parrbm.harness.cluster import EmulatedCluster, missing
+    from parrbm.harness.network import LinkSpec, NetworkError
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("network cluster: give the command to run on the login node after '--', e.g. "
+                         "parrbm network cluster --nodes 3 -- mpiexec -hosts node0,node1,node2 -n 3 "
+                         "parrbm run CONFIG")
+    if not 1 <= args.nodes <= 250:
+        raise UsageError(f"network cluster --nodes: {args.nodes}; between 1 and 250 are possible")
+    why = missing()
+    if why:
+        print(f"parrbm network cluster: {why}", file=sys.stderr)
+        return 2
+    try:
+        link = LinkSpec(parse_bandwidth(args.bandwidth) if args.bandwidth else None)
+    except ValueError as exc:
+        raise UsageError(f"network cluster --bandwidth: {exc}") from None
+    try:
+        with EmulatedCluster(args.nodes, link) as cluster:
+            shaped = f"links shaped to {args.bandwidth}" if args.bandwidth else "unshaped links"
+            print(f"parrbm network cluster: {', '.join(cluster.node_names)} and login ({shaped}; each host its own "
+                  f"sshd, host name, /tmp and /dev/shm; the rest of the file system seen by all); running on login: "
+                  f"{' '.join(command)}", file=sys.stderr, flush=True)
+            return cluster.run("login", command, cwd=os.getcwd()).returncode
+    except NetworkError as exc:
+        print(f"parrbm network cluster: {exc}", file=sys.stderr)
+        return 1
+
+
 def add_parsers(sub) -> None:
     run = sub.add_parser("run", help="run a YAML-defined comparison and record every run")
     run.add_argument("config", help="YAML file (see configs/)")
@@ -100,3 +134,15 @@ def add_parsers(sub) -> None:
     clean.set_defaults(func=_cmd_network_cleanup)
     show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine")
     show.set_defaults(func=_cmd_network_show)
+    cluster = net_sub.add_parser(
+        "cluster", help="run a command on the login node of an emulated cluster, then remove the cluster",
+        description="Emulated hosts node0 .. node{N-1} and login on one switch, each with its own sshd (key login "
+                    "between them), host name, /tmp and /dev/shm, so that a job started from login runs as on a "
+                    "cluster without a shared temporary folder. The command runs on login with this environment "
+                    "and working directory; the cluster goes when it ends. Needs root and openssh-server.",
+        epilog="example: parrbm network cluster --nodes 3 --bandwidth 105MB/s -- "
+               "mpiexec -hosts node0,node1,node2 -n 3 parrbm run configs/cluster-smoke.yaml --out results")
+    cluster.add_argument("--nodes", type=int, default=3, help="compute nodes (default: 3)")
+    cluster.add_argument("--bandwidth", help="every host's link, e.g. 105MB/s, 1Gbit/s (default: unshaped)")
+    cluster.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run on login")
+    cluster.set_defaults(func=_cmd_network_cluster)

@@ -1,0 +1,207 @@
+"""Comparisons and fits across hosts, on an emulated cluster (harness.cluster): a login node
+and compute nodes, each with its own sshd, host name, /tmp and /dev/shm. The user's own
+``mpiexec -hosts`` starts the job from the login node, as on a cluster; nothing of the job
+passes through a shared temporary folder (the config and the results live in node0's /tmp
+alone), and nothing of it is left on any host, however it ends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support import has_mpi
+
+WHY = None
+if not has_mpi():
+    WHY = "pip install '.[mpi]'"
+else:
+    from parrbm.harness.cluster import missing
+
+    WHY = missing()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
+PARRBM = str(BIN / "parrbm")
+
+ACROSS = """
+name: across
+model: {visible: 48, hidden: 40}
+data: {kind: random-binary, cases: 240}
+training: {batch_size: 20, steps: 6, warmup: 1, repeats: 1, timeout: 30, sync_every: 3}
+grid:
+  strategy: [serial, unit-partitioned, per-update-sync, purple-only, green-only, parameter-averaging]
+  workers: [2, 3]
+  transport: [threads, mpi]
+"""
+
+LONG = """
+name: long
+model: {visible: 256, hidden: 512}
+data: {kind: random-binary, cases: 2000}
+training: {batch_size: 100, steps: 300, warmup: 1, repeats: 1, timeout: 20}
+grid:
+  strategy: [green-only, unit-partitioned, purple-only]
+  workers: [3]
+  transport: [mpi]
+"""
+
+
+@pytest.fixture
+def cluster():
+    from parrbm.harness.cluster import EmulatedCluster
+    from parrbm.harness.network import LinkSpec
+
+    with EmulatedCluster(3, LinkSpec(50e6)) as c:
+        yield c
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _settled(cluster, seconds: float = 15.0) -> dict:
+    """What is left on each host once the job's processes had ``seconds`` to end."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {h: cluster.leftovers(h) for h in cluster.hosts}
+        if not any(p.startswith("process") for v in left.values() for p in v) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_hosts_reach_each_other_by_ssh_and_share_no_tmp(cluster):
+    p = cluster.run("login", ["sh", "-c", "hostname; ssh node1 'hostname; echo here > /tmp/mark'; ls /tmp"],
+                    capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["login", "node1"]  # login's /tmp is empty: the file went to node1's
+    assert (cluster.tmp("node1") / "mark").read_text() == "here\n"
+    assert [cluster.leftovers(h) for h in ("node0", "node2", "login")] == [[], [], []]
+
+
+def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(cluster):
+    """The config and the results exist on node0 alone (rank 0 reads and writes; the other
+    ranks get the config and the data over MPI): every mpi point trains the model its
+    threads point trains, bit for bit, moving the closed form's bytes over the links."""
+    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS)
+    before = {h: cluster.network.counters(cluster.hosts.index(h))["tx_bytes"] for h in cluster.node_names}
+    p = cluster.run("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
+                              "--out", "/tmp/out", "--no-calibrate"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
+    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
+    mpi = [r for r in records if r["transport"] == "mpi"]
+    assert len(mpi) == 10 and len(threads) == 10
+    sent = 0
+    for r in mpi:
+        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
+        assert r["status"] == "ok", r.get("error")
+        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
+        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
+        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+        if r["workers"] == 3:
+            sent += m["bytes_per_step"] * (r["training"]["steps"] + r["training"]["warmup"])
+    # the ranks' traffic crossed node2's link (at least a third of the K = 3 points' bytes
+    # left it: no strategy sends less than that from one worker of three)
+    after = cluster.network.counters(cluster.hosts.index("node2"))["tx_bytes"]
+    assert after - before["node2"] >= sent / 3 > 0
+    left = _settled(cluster)
+    assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
+
+
+FIT = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from parrbm import RBM
+
+X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+          strategy=sys.argv[1], workers=2, transport="mpi", progress=False).fit(X)
+np.save("/tmp/held.npy", rbm.components_)
+"""
+
+
+@pytest.mark.parametrize("strategy", ["unit-partitioned", "green-only"])
+def test_an_estimator_fit_across_hosts_is_the_fit_on_threads(cluster, strategy):
+    from parrbm import RBM
+
+    for host in cluster.node_names[:2]:  # the script copied to each node, as with scp
+        (cluster.tmp(host) / "fit.py").write_text(textwrap.dedent(FIT))
+    p = cluster.run("login", [MPIEXEC, "-hosts", "node0,node1", "-n", "2", sys.executable, "/tmp/fit.py", strategy],
+                    capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              strategy=strategy, workers=2, progress=False).fit(X).components_
+    for host in ("node0", "node1"):  # every rank holds the model
+        np.testing.assert_array_equal(np.load(cluster.tmp(host) / "held.npy"), ref, err_msg=host)
+    left = _settled(cluster)
+    assert left == {"node0": ["/tmp/fit.py", "/tmp/held.npy"], "node1": ["/tmp/fit.py", "/tmp/held.npy"],
+                    "node2": [], "login": []}
+
+
+def _start_long(cluster) -> subprocess.Popen:
+    (cluster.tmp("node0") / "c.yaml").write_text(LONG)
+    p = cluster.popen("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
+                                "--out", "/tmp/out", "--no-calibrate"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = cluster.tmp("node0") / "out" / "long.jsonl"
+    deadline = time.monotonic() + 120
+    # under way: its first mpi point recorded, the next one training
+    while not (results.exists() and any(json.loads(x)["transport"] == "mpi"
+                                        for x in results.read_text().splitlines())):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the job recorded no mpi point in 120 s"
+        time.sleep(0.1)
+    return p
+
+
+@pytest.mark.parametrize("victim", ["remote rank", "mpiexec"])
+def test_a_job_killed_outright_leaves_nothing_on_any_host(cluster, victim):
+    """SIGKILL of a rank on another host, or of the user's mpiexec on the login node: the
+    job ends within the timeout (a rank's death named by the launcher), what was recorded
+    stays, and no process and no file of the job is left on any host."""
+    from parrbm.harness.experiment import read_results
+
+    p = _start_long(cluster)
+    host, needle = ("node2", "parrbm run") if victim == "remote rank" else ("login", "mpiexec")
+    target = [pid for pid, cmd in cluster.processes(host) if needle in cmd and "nsenter" not in cmd]
+    assert target, cluster.processes(host)
+    os.kill(target[0], signal.SIGKILL)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail(f"the job went on for 60 s after the {victim} was killed")
+    assert p.returncode != 0
+    if victim == "remote rank":  # hydra names the rank that ended badly, with its host
+        assert "BAD TERMINATION" in out + err and "RUNNING AT node" in out + err, (out + err)[-2000:]
+    left = _settled(cluster)
+    assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}, left
+    recorded, notes = read_results(cluster.tmp("node0") / "out" / "long.jsonl")
+    assert recorded and all(r["status"] == "ok" for r in recorded) and not notes, notes
+    assert sorted(x.name for x in (cluster.tmp("node0") / "out").iterdir()) == [".long.jsonl.lock", "long.jsonl"]
+
+
+def test_parrbm_network_cluster_runs_a_command_on_login_and_removes_the_cluster():
+    import tempfile
+
+    from parrbm.harness.network import FOLDER_PREFIX, PREFIX, namespaces
+
+    p = subprocess.Popen([PARRBM, "network", "cluster", "--nodes", "2", "--", "sh", "-c",
+                          "hostname; ssh node1 hostname; exit 7"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 7, err
+    assert out.split() == ["login", "node1"]
+    assert "node0, node1 and login" in err
+    assert not [n for n in namespaces() if n.startswith(f"{PREFIX}{p.pid}-")]
+    assert not list(Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}{p.pid}-*"))
