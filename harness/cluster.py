@@ -34,7 +34,6 @@ and ``openssh-server``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
