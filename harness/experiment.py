@@ -105,6 +105,17 @@ SCHEMA = {
                 "job_root": {"type": "string", "minLength": 1},
             },
         },
+        "mpi": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                "hostfile": {"type": "string", "minLength": 1},
+                "mpiexec": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "listen": {"type": "string", "minLength": 1},
+                "python": {"type": "string", "minLength": 1},
+            },
+        },
         "network": {
             "type": "object", "additionalProperties": False, "required": ["emulate"],
             "properties": {
@@ -335,6 +346,8 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
                               f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
     _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
+    if "mpi" in cfg:
+        _check_mpi(path, cfg, points)
     if "network" in cfg:
         _check_network(path, cfg, points)
 
@@ -493,6 +506,40 @@ def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
             raise ConfigError(f"{path}: tcp.launcher: {launcher!r} is not an executable on this machine")
     if "job_root" in tcp and not Path(tcp["job_root"]).is_dir():
         raise ConfigError(f"{path}: tcp.job_root: {tcp['job_root']!r} is not a directory")
+
+
+def _check_mpi(path: Path, cfg: dict, points: list[dict]) -> None:
+    """The ``mpi`` section: where parrbm starts its mpi workers (hosts or a hostfile)."""
+    import shutil
+
+    section = cfg["mpi"]
+    if not any(p["transport"] == "mpi" for p in points):
+        raise ConfigError(f"{path}: mpi: says where the mpi workers run, but the grid runs none (give "
+                          f"grid.transport mpi)")
+    if "hostfile" in section:  # beside the config, as data.path
+        hostfile = Path(section["hostfile"])
+        section["hostfile"] = str(hostfile if hostfile.is_absolute() else (path.parent / hostfile).resolve())
+    try:
+        mpi_hosts(section)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if section.get("mpiexec") and not shutil.which(section["mpiexec"][0]):
+        raise ConfigError(f"{path}: mpi.mpiexec: {section['mpiexec'][0]!r} is not an executable on this machine")
+    if "network" in cfg:
+        raise ConfigError(f"{path}: mpi: the mpi workers run on the hosts it names; network.emulate puts them "
+                          f"on emulated hosts of this machine: give one of the two")
+    if _job_world() is not None:
+        raise ConfigError(f"{path}: mpi: this comparison runs on the ranks your MPI launcher started, where it "
+                          f"put them; leave out the mpi section (or start parrbm run without mpiexec)")
+
+
+def mpi_hosts(section: dict | None):
+    """The config's ``mpi`` section as :class:`parrbm.harness.remote.MPIHosts`, or None."""
+    if not section:
+        return None
+    from parrbm.harness.remote import MPIHosts
+
+    return MPIHosts(**section)
 
 
 def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
@@ -773,6 +820,8 @@ def run_identity(cfg: dict) -> dict:
     identity = {"model": model, "data": data, "training": training, "options": cfg["options"]}
     if (cfg.get("tcp") or {}).get("hosts"):  # where the runs happen is part of what was measured
         identity["tcp"] = {"hosts": list(cfg["tcp"]["hosts"])}
+    if cfg.get("mpi"):
+        identity["mpi"] = {k: cfg["mpi"].get(k) for k in ("hosts", "hostfile")}
     if "network" in cfg:  # the bandwidths are a grid axis (in run_id); the latency is not
         identity["network"] = {"latency": cfg["network"]["emulate"].get("latency")}
     return copy.deepcopy(identity)
@@ -891,7 +940,8 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
-                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"], network=link_of(cfg, pt))
+                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"], network=link_of(cfg, pt),
+                           mpi=mpi_hosts(cfg.get("mpi")) if pt["transport"] == "mpi" else None)
         try:
             errors = r.run(X, order, 0)
             model = r.state
@@ -1225,6 +1275,10 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
         transports.remove("mpi")
         progress("note: under an MPI launcher the mpi collectives between the job's ranks are not calibrated: "
                  "the time model prices the mpi runs with this machine's other figures")
+    elif cfg.get("mpi") and "mpi" in transports:
+        transports.remove("mpi")
+        progress("note: the mpi collectives between the mpi section's hosts are not calibrated: the time model "
+                 "prices the mpi runs with this machine's other figures")
     profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):

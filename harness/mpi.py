@@ -105,7 +105,8 @@ def spmd_world() -> tuple[int, int] | None:
     parrbm's own mpi workers are such ranks too, but never build a trainer."""
     for var in _WORLD_SIZE_VARS:
         value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 1:
+        # PARRBM_SPMD: parrbm's own ranks on other hosts (harness.remote), one rank too
+        if value.isdigit() and (int(value) > 1 or (int(value) == 1 and os.environ.get("PARRBM_SPMD") == "1")):
             try:
                 from mpi4py import MPI
             except ImportError:

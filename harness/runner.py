@@ -68,7 +68,7 @@ class ParallelRunner:
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
                  *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto",
-                 network=None):
+                 network=None, mpi=None):
         from parrbm.strategies.registry import reference
 
         self.spec = spec
@@ -96,6 +96,11 @@ class ParallelRunner:
             raise ValueError("an emulated network and tcp.hosts both say where the workers run: give one")
         self.network = network
         self.network_info = None if network is None else network.describe()  # as set up, once it is
+        #: where parrbm starts its mpi workers on other hosts (harness.remote.MPIHosts), or None
+        self.mpi_hosts = mpi
+        if mpi is not None and (transport != "mpi" or network is not None):
+            raise ValueError("mpi hosts say where the mpi workers run: they need transport 'mpi' and no "
+                             "emulated network")
         self._group = None  # the worker processes of a tcp or mpi fit, once started
         # started by the user's MPI launcher (mpiexec -n N python script.py): this process is
         # one of the ranks, and the fit runs on them instead of on workers parrbm starts
@@ -104,7 +109,7 @@ class ParallelRunner:
             from parrbm.harness.mpi import SPMDGroup, spmd_world
 
             if spmd_world() is not None:
-                if network is not None or self.tcp.hosts:
+                if network is not None or self.tcp.hosts or mpi is not None:
                     raise ValueError("this process is one rank of an MPI job (started by mpiexec or srun): the "
                                      "fit runs on the job's ranks, where the launcher put them; an emulated "
                                      "network or hosts do not apply")
@@ -262,6 +267,21 @@ class ParallelRunner:
         run's X, unchanged)."""
         m = self.spec.batch_size
         batches = [order[s:s + m] for s in range(0, len(order), m)]
+        results, extra, gathered = self._epoch(X, order, batches, first_step)
+        for r, (_, seconds, _, stats, _) in enumerate(results):
+            self.step_seconds[r].extend(seconds)
+        self._absorb(extra, [res[3] for res in results])
+        self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
+        self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
+        self.steps += len(batches)
+        self.state = gathered if (extra is not None and self._spmd is None) else self.gather_model()
+        self._serial = None
+        return np.sum([res[0] for res in results], axis=0)
+
+    def _epoch(self, X: np.ndarray, order: np.ndarray, batches: list, first_step: int):
+        """The workers' pass over the batches, wherever they run: per worker (errors,
+        seconds, traffic, stats, wire), the per-worker extras (None on threads) and the
+        gathered model (tcp and mpi processes; else None)."""
 
         def work(comm: Comm):
             from parrbm.harness.worker import _inject_fault, slow_hook
@@ -290,7 +310,13 @@ class ParallelRunner:
             from parrbm.harness.launch import ProcessGroup
 
             if self._group is None:  # started once, for the whole fit
-                self._group = ProcessGroup(self)
+                if self.mpi_hosts is not None:
+                    from parrbm.harness.remote import RemoteGroup
+
+                    self._group = RemoteGroup(self, self.mpi_hosts)
+                    self._remote_hosts = self._group.hosts
+                else:
+                    self._group = ProcessGroup(self)
                 if self._group.network is not None:
                     self.network_info = self._group.network.describe()
                 if self._pending_local is not None:  # carried over from a checkpoint or a closed group
@@ -298,15 +324,7 @@ class ParallelRunner:
                     self._pending_local = None
             results, extra, gathered = self._group.epoch(self.spec, X, order, first_step,
                                                          same_data=getattr(self, "_same_data", False))
-        for r, (_, seconds, _, stats, _) in enumerate(results):
-            self.step_seconds[r].extend(seconds)
-        self._absorb(extra, [res[3] for res in results])
-        self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
-        self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
-        self.steps += len(batches)
-        self.state = gathered if (extra is not None and self._spmd is None) else self.gather_model()
-        self._serial = None
-        return np.sum([res[0] for res in results], axis=0)
+        return results, extra, gathered
 
     # ---- inference on the gathered model -------------------------------------------------------
 
@@ -365,7 +383,8 @@ class ParallelRunner:
             "strategy": self.name,
             "engine": self.engine,
             "network": self.network_info,
-            "hosts": self._spmd.hosts if self._spmd is not None else None,
+            "hosts": (self._spmd.hosts if self._spmd is not None
+                      else getattr(self, "_remote_hosts", None)),
             "workers": self.K,
             "transport": self.transport,
             "steps": self.steps,

@@ -116,6 +116,31 @@ def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(
     assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
 
 
+OWN = ACROSS.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:")
+
+
+def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(cluster):
+    """``parrbm run`` on the login node with an ``mpi`` section: parrbm starts the ranks on
+    the nodes (mpiexec over ssh) and sends them the job, the data and each command over
+    rank 0's connection; the config and the results exist on login alone."""
+    (cluster.tmp("login") / "c.yaml").write_text(OWN)
+    p = cluster.run("login", [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
+                    capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    records = _records(cluster.tmp("login") / "out" / "across.jsonl")
+    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
+    mpi = [r for r in records if r["transport"] == "mpi"]
+    assert len(mpi) == 10
+    for r in mpi:
+        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
+        assert r["status"] == "ok", r.get("error")
+        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
+        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
+        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+    left = _settled(cluster)
+    assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}
+
+
 FIT = """
 import sys
 import numpy as np
@@ -162,6 +187,51 @@ def _start_long(cluster) -> subprocess.Popen:
         assert time.monotonic() < deadline, "the job recorded no mpi point in 120 s"
         time.sleep(0.1)
     return p
+
+
+def _start_own(cluster) -> subprocess.Popen:
+    (cluster.tmp("login") / "c.yaml").write_text(LONG.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:"))
+    p = cluster.popen("login", [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = cluster.tmp("login") / "out" / "long.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and any(json.loads(x)["transport"] == "mpi"
+                                        for x in results.read_text().splitlines())):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the run recorded no mpi point in 120 s"
+        time.sleep(0.1)
+    # the next point's ranks have said who they are: its second step is under way
+    deadline = time.monotonic() + 60
+    while not [pid for pid, cmd in cluster.processes("node2") if "parrbm.harness.remote" in cmd]:
+        assert time.monotonic() < deadline, "the next point's ranks did not start"
+        time.sleep(0.05)
+    time.sleep(2.0)
+    return p
+
+
+@pytest.mark.parametrize("victim", ["remote rank", "driver"])
+def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, victim):
+    """A rank killed on node2: the point is recorded failed, naming the worker and its host,
+    and the comparison goes on; the driver killed on login: rank 0 sees its connection
+    close and ends the MPI job. Either way nothing of the run is left on any host."""
+    p = _start_own(cluster)
+    host, needle = ("node2", "parrbm.harness.remote") if victim == "remote rank" else ("login", "parrbm run")
+    target = [pid for pid, cmd in cluster.processes(host) if needle in cmd and "nsenter" not in cmd]
+    assert target, cluster.processes(host)
+    os.kill(target[0], signal.SIGKILL)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail(f"the run went on for 120 s after the {victim} was killed")
+    records = _records(cluster.tmp("login") / "out" / "long.jsonl")
+    if victim == "remote rank":
+        assert p.returncode == 0, err[-2000:]
+        failed = [r for r in records if r["status"] != "ok"]
+        assert len(failed) == 1 and len(records) == 5, [(r["strategy"], r["status"]) for r in records]
+        assert "worker 2 (on node2, PID" in failed[0]["error"] and "SIGKILL" in failed[0]["error"], failed[0]
+    left = _settled(cluster)
+    assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}, left
 
 
 @pytest.mark.parametrize("victim", ["remote rank", "mpiexec"])

@@ -1,0 +1,487 @@
+"""mpi workers that parrbm starts on other hosts, with no shared file system.
+
+The driver (the process that runs the fit or the comparison) listens on a TCP control
+port and starts ``mpiexec -hosts ... -n K python -m parrbm.harness.remote`` (the config's
+``mpi`` section: hosts or a hostfile, the launcher command, variables for every rank).
+Rank 0 connects back, proves it knows the run's secret, and from then on every message
+goes over that one connection: the job (spec, strategy, options, the initial model), the
+data, each command (epoch, gather, load, finish, local, restore, stop) and its answer.
+Rank 0 hands each command to the other ranks with an MPI broadcast; the ranks run it as
+the ranks of a job the user started run a fit (:class:`parrbm.harness.mpi.SPMDGroup`),
+and rank 0 answers with what the workers measured and the gathered model. Nothing goes
+through a file, and nothing polls.
+
+A message is a frame: 8 bytes of length and a JSON header (the op and its values, and
+for each array its name, dtype, shape), then the arrays' bytes. Only numeric dtypes are
+taken; nothing in a message is ever run.
+
+The driver gone (its connection closed, however it ended): rank 0 ends the MPI job at
+once (MPI_Abort), and mpiexec stops every rank on every host. A rank gone: mpiexec ends
+the job and names it; the driver reads that from mpiexec's output and names the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import shlex
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.comm import CommError, PhaseStats
+
+#: the longest JSON header a frame may carry
+MAX_HEADER = 1 << 20
+#: the dtypes an array in a frame may have
+DTYPES = {"float32", "float64", "int64", "int32", "uint8", "bool"}
+#: how long rank 0 may take to connect back once mpiexec started
+CONNECT_SECONDS = 60.0
+_STATE_FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+
+
+@dataclass
+class MPIHosts:
+    """Where parrbm starts its mpi workers: ``hosts`` (one rank a host, in order; list a
+    host twice for two ranks there) or a ``hostfile`` (mpiexec's ``-f``); ``mpiexec``, the
+    launcher command with its own arguments (default: the mpiexec beside this Python),
+    which parrbm extends with the hosts, the rank count and the worker command; ``env``,
+    variables every rank gets; ``listen``, the address of this machine that the ranks
+    connect back to (default: its host name)."""
+
+    hosts: list[str] | None = None
+    hostfile: str | None = None
+    mpiexec: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    listen: str | None = None
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        if not self.hosts and not self.hostfile:
+            raise ValueError("mpi: give hosts (a list of host names) or hostfile (a path)")
+        if self.hosts and self.hostfile:
+            raise ValueError("mpi: give hosts or hostfile, not both")
+        if self.hosts is not None and not (isinstance(self.hosts, list) and self.hosts
+                                           and all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9_.:-]+", h)
+                                                   for h in self.hosts)):
+            raise ValueError(f"mpi.hosts: {self.hosts!r}; a list of host names (letters, digits, '.', '-', '_')")
+        if self.hostfile is not None and not Path(self.hostfile).is_file():
+            raise ValueError(f"mpi.hostfile: {self.hostfile!r} is not a file")
+        for k, v in self.env.items():
+            if not (isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str)):
+                raise ValueError(f"mpi.env: {k!r}: {v!r}; names of letters, digits and '_', string values")
+
+    def command(self, K: int) -> list[str]:
+        from parrbm.harness.launch import mpiexec
+
+        where = ["-hosts", ",".join(self.hosts)] if self.hosts else ["-f", self.hostfile]
+        return [*(self.mpiexec or [mpiexec()]), *where, "-n", str(K), self.python, "-m", "parrbm.harness.remote"]
+
+    def describe(self) -> dict:
+        return {"hosts": self.hosts, "hostfile": self.hostfile}
+
+
+# ---- frames ---------------------------------------------------------------------------------------
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("the connection closed")
+        got += k
+    return bytes(buf)
+
+
+def send_frame(sock: socket.socket, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    arrays = {k: np.ascontiguousarray(a) for k, a in (arrays or {}).items() if a is not None}
+    meta = [{"name": k, "dtype": a.dtype.name, "shape": list(a.shape)} for k, a in arrays.items()]
+    head = json.dumps({**header, "arrays": meta}, default=_plain).encode()
+    sock.sendall(struct.pack("<Q", len(head)) + head)
+    for a in arrays.values():
+        if a.nbytes:
+            sock.sendall(memoryview(a).cast("B"))
+
+
+def _plain(o):
+    """numpy scalars in a header, as JSON numbers."""
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} in a frame header")
+
+
+def recv_frame(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
+    (n,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+    if n > MAX_HEADER:
+        raise ConnectionError(f"a frame header of {n} bytes (at most {MAX_HEADER})")
+    header = json.loads(_recv_exactly(sock, n))
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), list):
+        raise ConnectionError("a frame without its array list")
+    arrays = {}
+    for m in header.pop("arrays"):
+        if m.get("dtype") not in DTYPES or not isinstance(m.get("shape"), list) \
+                or not all(isinstance(d, int) and d >= 0 for d in m["shape"]):
+            raise ConnectionError(f"a frame's array {str(m)[:80]} is not a numeric array")
+        dtype = np.dtype(m["dtype"])
+        size = int(np.prod(m["shape"], dtype=np.int64)) * dtype.itemsize
+        arrays[str(m["name"])] = np.frombuffer(_recv_exactly(sock, size), dtype).reshape(m["shape"]).copy() \
+            if size else np.empty(m["shape"], dtype)
+    return header, arrays
+
+
+def _state_arrays(state: ModelState, prefix: str = "") -> dict[str, np.ndarray]:
+    return {prefix + k: v for k, v in state.arrays().items()}
+
+
+def _state_from(arrays: dict[str, np.ndarray], prefix: str = "") -> ModelState:
+    return ModelState(**{k: arrays.get(prefix + k) for k in _STATE_FIELDS})
+
+
+def _proof(secret: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, b"parrbm-remote" + nonce, hashlib.sha256).digest()
+
+
+# ---- the driver's side ----------------------------------------------------------------------------
+
+
+class RemoteGroup:
+    """The K mpi workers of a fit on other hosts, behind the interface of
+    :class:`parrbm.harness.launch.ProcessGroup`."""
+
+    network = None
+
+    def __init__(self, runner, where: MPIHosts):
+        self.K, self.timeout, self.transport = runner.K, runner.timeout, "mpi"
+        self.admin_stats = runner.admin_stats
+        self.where = where
+        self._data_fingerprint = None
+        self.sock: socket.socket | None = None
+        secret = os.urandom(32)
+        listener = socket.create_server((where.listen or "", 0) if where.listen else ("", 0))
+        port = listener.getsockname()[1]
+        address = where.listen or socket.gethostname()
+        env = {**os.environ, **where.env, "PARRBM_DRIVER": f"{address}:{port}", "PARRBM_SECRET": secret.hex(),
+               "PARRBM_SPMD": "1", "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+        from parrbm.strategies.registry import import_paths
+
+        extra = import_paths(runner.name)
+        if extra:
+            env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
+        # the variables mpiexec hands to every rank (hydra passes its whole environment)
+        self.proc = subprocess.Popen(where.command(self.K), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self._output: list[bytes] = []
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        try:
+            self.sock = self._accept(listener, secret)
+            listener.close()
+            answer = self._ask({"op": "job", "spec": asdict(runner.spec), "strategy": runner.name,
+                                "workers": self.K, "options": asdict(runner.options), "engine": runner.engine,
+                                "blas_threads": runner.blas_threads, "timeout": runner.timeout},
+                               _state_arrays(runner.state))
+            self.hosts = answer["hosts"]
+            self.pids = answer["pids"]
+        except BaseException:
+            listener.close()
+            self.close(kill=True)
+            raise
+
+    def _read_output(self) -> None:
+        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
+            self._output.append(chunk)
+
+    def output(self) -> str:
+        return b"".join(self._output).decode(errors="replace")
+
+    def _accept(self, listener: socket.socket, secret: bytes) -> socket.socket:
+        deadline = time.monotonic() + CONNECT_SECONDS
+        listener.settimeout(0.2)
+        while True:
+            if self.proc.poll() is not None:
+                self._reader.join(2)
+                raise CommError(f"mpi: mpiexec {self._exit()} before rank 0 connected back: "
+                                f"{self.output().strip()[-1500:]}")
+            if time.monotonic() > deadline:
+                raise CommError(f"mpi: rank 0 did not connect back to {listener.getsockname()} within "
+                                f"{CONNECT_SECONDS:g} s (is this machine reachable from the hosts as "
+                                f"{self.where.listen or socket.gethostname()!r}? mpi.listen names it)")
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(5)
+            try:  # a stranger that cannot prove the secret is dropped; the wait goes on
+                nonce = os.urandom(16)
+                conn.sendall(nonce)
+                if hmac.compare_digest(_recv_exactly(conn, 32), _proof(secret, nonce)):
+                    conn.settimeout(None)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    return conn
+            except OSError:
+                pass
+            conn.close()
+
+    def _exit(self) -> str:
+        from parrbm.harness.launch import _describe_exit
+
+        return _describe_exit(self.proc.returncode)
+
+    @property
+    def alive(self) -> bool:
+        return self.sock is not None and self.proc.poll() is None
+
+    def _ask(self, header: dict, arrays: dict | None = None) -> dict:
+        return self._ask_arrays(header, arrays)[0]
+
+    def _ask_arrays(self, header: dict, arrays: dict | None = None) -> tuple[dict, dict]:
+        if self.sock is None:
+            raise CommError("mpi: the workers of this fit have stopped")
+        try:
+            send_frame(self.sock, header, arrays)
+            answer, got = recv_frame(self.sock)
+        except (OSError, ValueError) as exc:
+            why = self._failure()
+            self.close(kill=True)
+            raise CommError(why) from exc
+        except BaseException:
+            self.close(kill=True)
+            raise
+        if answer.get("op") == "error":
+            self.close(kill=True)
+            raise CommError(answer["message"])
+        return answer, got
+
+    def _failure(self) -> str:
+        """Why the connection to rank 0 ended: the rank mpiexec saw end, by its host and PID."""
+        try:
+            self.proc.wait(timeout=max(self.timeout, 10.0))
+        except subprocess.TimeoutExpired:
+            pass
+        self._reader.join(2)
+        out = self.output()
+        m = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s+(?:EXIT CODE|KILLED BY SIGNAL): (\d+)", out)
+        if m:
+            pid, host, code = int(m.group(1)), m.group(2), int(m.group(3))
+            rank = next((r for r, p in enumerate(getattr(self, "pids", [])) if p == pid), None)
+            if rank is None and self.where.hosts:  # before the ranks said who they are: by placement
+                # (hydra places rank r on hosts[r % len(hosts)], a slot a host)
+                placed = [r for r in range(self.K) if self.where.hosts[r % len(self.where.hosts)] == host]
+                rank = placed[0] if len(placed) == 1 else None
+            from parrbm.harness.launch import _describe_exit
+
+            who = f"worker {rank} (on {host}, PID {pid})" if rank is not None else f"a rank on {host} (PID {pid})"
+            return f"mpi: {who} {_describe_exit(-code if code > 0 else code)}; mpiexec stopped the other workers"
+        said = re.findall(r"parrbm: .*", out)
+        if said:
+            return f"mpi: {said[-1][len('parrbm: '):]}"
+        return f"mpi: the connection to worker 0 closed; mpiexec {self._exit() if self.proc.poll() is not None else 'still running'}: {out.strip()[-800:]}"
+
+    # ---- the commands -----------------------------------------------------------------------
+
+    def _answers(self, header: dict) -> list[dict]:
+        out = header["answers"]
+        from parrbm.harness.runner import split_waits
+
+        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
+        split_waits(admin)
+        for r, per_phase in enumerate(admin):
+            for phase, s in per_phase.items():
+                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
+        return out
+
+    def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
+        import zlib
+
+        X = np.ascontiguousarray(X)
+        arrays = {"order": np.asarray(order, np.int64)}
+        fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B"))) if not same_data else None
+        if self._data_fingerprint is None or (fingerprint is not None and fingerprint != self._data_fingerprint):
+            arrays["X"] = X
+            self._data_fingerprint = fingerprint or (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+        header, got = self._ask_arrays({"op": "epoch", "spec": asdict(spec), "first_step": int(first_step)}, arrays)
+        answers = self._answers(header)
+        results = [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
+                    a["wire"]) for a in answers]
+        return results, answers, _state_from(got)
+
+    def gather(self) -> ModelState:
+        return _state_from(self._ask_arrays({"op": "gather"})[1])
+
+    def load(self, state: ModelState) -> None:
+        self._ask({"op": "load"}, _state_arrays(state))
+
+    def finish(self) -> list[dict]:
+        return self._answers(self._ask({"op": "finish"}))
+
+    def local_states(self):
+        header, got = self._ask_arrays({"op": "local"})
+        return [(c, {k: got[f"{r}/{k}"] for k in names})
+                for r, (c, names) in enumerate(zip(header["counters"], header["names"]))]
+
+    def restore_local(self, states) -> None:
+        arrays = {f"{r}/{k}": a for r, (_, local) in enumerate(states) for k, a in local.items()}
+        self._ask({"op": "restore", "counters": [c for c, _ in states], "names": [sorted(a) for _, a in states]},
+                  arrays)
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (asked, then killed if they do not stop)."""
+        if self.sock is not None:
+            if not kill:
+                try:
+                    send_frame(self.sock, {"op": "stop"})
+                    self.proc.wait(timeout=min(self.timeout, 10.0))
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+        if self.proc.poll() is None:
+            try:  # rank 0 sees its connection close and ends the job; mpiexec then stops
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                import signal
+
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self.proc.wait()
+
+
+# ---- the ranks' side ------------------------------------------------------------------------------
+
+
+def _connect() -> socket.socket:
+    host, _, port = os.environ["PARRBM_DRIVER"].rpartition(":")
+    secret = bytes.fromhex(os.environ.pop("PARRBM_SECRET"))
+    sock = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
+    nonce = _recv_exactly(sock, 16)
+    sock.sendall(_proof(secret, nonce))
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def serve() -> int:
+    """Every rank: take the driver's commands (rank 0 over its connection, the others by
+    broadcast) and run them on the job's ranks until ``stop``."""
+    from mpi4py import MPI
+
+    from parrbm.harness.mpi import spmd_world
+
+    spmd_world()  # hydra's topology file is removed after the job however it ends
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    sock = None
+    if rank == 0:
+        try:
+            sock = _connect()
+        except (OSError, KeyError, ValueError) as exc:
+            sys.stderr.write(f"parrbm: rank 0 could not reach the driver at {os.environ.get('PARRBM_DRIVER')}: "
+                             f"{exc}\n")
+            sys.stderr.flush()
+            world.Abort(1)
+    runner = None
+    while True:
+        message = None
+        if rank == 0:
+            try:
+                message = recv_frame(sock)
+            except (OSError, ValueError):
+                world.Abort(1)  # the driver is gone: end the job on every host at once
+        message = world.bcast(message, root=0)
+        header, arrays = message
+        op = header["op"]
+        if op == "stop":
+            return 0
+        try:
+            answer, out = _handle(op, header, arrays, runner, world)
+        except BaseException as exc:  # noqa: BLE001 - the driver is told, then the job ends
+            if rank == 0:
+                send_frame(sock, {"op": "error", "message": f"worker {rank} failed: {type(exc).__name__}: {exc}"})
+            world.Abort(1)
+        if op == "job":
+            runner = answer.pop("_runner")
+        if rank == 0:
+            send_frame(sock, answer, out)
+
+
+def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, dict]:
+    """One command on every rank; rank 0's (answer, arrays) go to the driver."""
+    import resource
+
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies.base import StrategyOptions
+
+    if op == "job":
+        spec = CDSpec(**header["spec"])
+        r = ParallelRunner(spec, _state_from(arrays), header["strategy"], header["workers"], "mpi",
+                           StrategyOptions(**header["options"]), blas_threads=header["blas_threads"],
+                           timeout=header["timeout"], engine=header["engine"])
+        who = world.allgather((socket.gethostname(), os.getpid()))[: header["workers"]]
+        return {"op": "ok", "hosts": [h for h, _ in who], "pids": [p for _, p in who], "_runner": r}, {}
+    if op == "epoch":
+        spec = CDSpec(**header["spec"])
+        if spec != runner.spec:
+            runner.set_learning_rate(spec.learning_rate)
+        if "X" in arrays:
+            runner._remote_X = arrays["X"]
+        X, order = runner._remote_X, arrays["order"]
+        m = runner.spec.batch_size
+        batches = [order[s:s + m] for s in range(0, len(order), m)]
+        results, extra, _ = runner._epoch(X, order, batches, header["first_step"])
+        model = runner.gather_model()
+        runner.state = model
+        answers = [{"errors": [float(e) for e in res[0]], "seconds": [float(t) for t in res[1]],
+                    "traffic": [int(t) for t in res[2]], "stats": {p: asdict(s) for p, s in res[3].items()},
+                    "wire": [int(w) for w in res[4]], **e}
+                   for res, e in zip(results, extra)]
+        return {"op": "ok", "answers": answers}, _state_arrays(model)
+    if op == "gather":
+        return {"op": "ok"}, _state_arrays(runner.gather_model())
+    if op == "load":
+        runner.load_model(_state_from(arrays))
+        return {"op": "ok"}, {}
+    if op == "finish":
+        from parrbm.harness.comm import Comm
+
+        def work(comm: Comm):
+            runner._on(comm).finish()
+            return comm.stats
+
+        stats, extras = runner._spmd.call(runner.workers, work)
+        runner.state = runner.gather_model()
+        runner._spmd_local = runner._spmd.to_root(runner.workers, lambda w: w.local_state())
+        answers = [{"stats": {p: asdict(s) for p, s in st.items()}, **e} for st, e in zip(stats, extras)]
+        return {"op": "ok", "answers": answers}, {}
+    if op == "local":
+        states = runner.local_states() if world.Get_rank() == 0 else []
+        out = {f"{r}/{k}": a for r, (_, local) in enumerate(states) for k, a in local.items()}
+        return {"op": "ok", "counters": [c for c, _ in states], "names": [sorted(a) for _, a in states]}, out
+    if op == "restore":
+        states = [(c, {k: arrays[f"{r}/{k}"] for k in names})
+                  for r, (c, names) in enumerate(zip(header["counters"], header["names"]))]
+        runner.restore_local(states)
+        return {"op": "ok"}, {}
+    raise RuntimeError(f"unknown command {op!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
