@@ -125,7 +125,11 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         per worker, default 1), ``timeout`` (seconds a worker waits for its peers),
         ``network`` (tcp and mpi: each worker on an emulated host of its own, its link
         shaped, e.g. ``{"bandwidth": "105MB/s", "latency": "0.091ms"}``; needs root or
-        CAP_NET_ADMIN) and ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
+        CAP_NET_ADMIN), ``hosts`` (tcp and mpi: the hosts parrbm starts the workers on, one
+        a host in order, e.g. ``["node0", "node1"]``; mpi over mpiexec's ssh start, with
+        nothing shared but the installed environment), ``mpi`` and ``tcp`` (the keys of a
+        config's ``mpi`` and ``tcp`` sections: ``hostfile``, ``mpiexec``, ``env``,
+        ``listen``, ...) and ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
         built-in strategy and in its Python module for a plug-in, on every transport;
         "native" insists on the core; "python" runs the strategy modules (the reference the
         core reproduces bit for bit).
@@ -379,6 +383,8 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                              f"{sorted(known | set(RUNNER_OPTIONS))}")
         if "network" in runner:
             runner["network"] = _network_option(runner["network"], self.transport)
+        if {"hosts", "mpi", "tcp"} & set(runner):
+            _hosts_options(runner, self.transport)
         if "blas_threads" in runner:
             v.check_int("RBM", "strategy_options['blas_threads']", runner["blas_threads"], minimum=1)
         if "timeout" in runner:
@@ -1213,7 +1219,56 @@ def softplus(x: np.ndarray) -> np.ndarray:
 
 
 #: strategy_options that go to the runner, not to the strategy
-RUNNER_OPTIONS = ("blas_threads", "timeout", "engine", "network")
+RUNNER_OPTIONS = ("blas_threads", "timeout", "engine", "network", "hosts", "mpi", "tcp")
+
+
+def _hosts_options(runner: dict, transport: str) -> None:
+    """strategy_options['hosts'] (the workers' hosts, one worker a host in order), 'mpi'
+    (the config's mpi section: hosts or hostfile, mpiexec, env, listen, python) and 'tcp'
+    (its tcp section: hosts, listen, launcher, python, job_root), in place: 'mpi' becomes
+    the runner's MPIHosts, 'tcp' its TCPHosts."""
+    name = "RBM: strategy_options"
+    hosts = runner.pop("hosts", None)
+    for key in ("mpi", "tcp"):
+        if key in runner and not isinstance(runner[key], dict):
+            raise ValueError(f"{name}['{key}'] must be a dict (the keys of a config's {key} section), "
+                             f"got {runner[key]!r}")
+    if hosts is not None:
+        if not (isinstance(hosts, (list, tuple)) and hosts and all(isinstance(h, str) and h for h in hosts)):
+            raise ValueError(f"{name}['hosts'] must be a non-empty list of host names, got {hosts!r}")
+        if transport not in ("tcp", "mpi"):
+            raise ValueError(f"{name}['hosts'] starts the workers on other hosts: it needs transport 'tcp' or "
+                             f"'mpi', not {transport!r}")
+        section = dict(runner.get(transport) or {})  # the caller's dict stays as given
+        if "hosts" in section or "hostfile" in section:
+            raise ValueError(f"{name}: 'hosts' and '{transport}' both name the hosts: give one")
+        runner[transport] = {**section, "hosts": list(hosts)}
+    if "mpi" in runner:
+        if transport != "mpi":
+            raise ValueError(f"{name}['mpi'] says where mpi workers run: it needs transport 'mpi', not "
+                             f"{transport!r}")
+        from parrbm.harness.remote import MPIHosts
+
+        unknown = sorted(set(runner["mpi"]) - set(MPIHosts.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{name}['mpi'] has unknown keys {unknown}; allowed: "
+                             f"{sorted(MPIHosts.__dataclass_fields__)}")
+        try:
+            runner["mpi"] = MPIHosts(**runner["mpi"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}['mpi']: {exc}") from None
+    if "tcp" in runner:
+        if transport != "tcp":
+            raise ValueError(f"{name}['tcp'] says where tcp workers run: it needs transport 'tcp', not "
+                             f"{transport!r}")
+        from parrbm.harness.experiment import tcp_hosts
+        from parrbm.harness.launch import TCPHosts
+
+        allowed = set(TCPHosts.__dataclass_fields__)
+        unknown = sorted(set(runner["tcp"]) - allowed)
+        if unknown:
+            raise ValueError(f"{name}['tcp'] has unknown keys {unknown}; allowed: {sorted(allowed)}")
+        runner["tcp"] = tcp_hosts(runner["tcp"])
 
 
 def _network_option(value, transport: str):

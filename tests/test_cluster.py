@@ -173,6 +173,43 @@ def test_an_estimator_fit_across_hosts_is_the_fit_on_threads(cluster, strategy):
                     "node2": [], "login": []}
 
 
+OWN_FIT = """
+import sys
+import numpy as np
+from parrbm import RBM
+
+X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+          strategy=sys.argv[1], workers=2, transport="mpi", strategy_options={"hosts": ["node0", "node1"]},
+          progress=False).fit(X)
+np.save("/tmp/held.npy", rbm.components_)
+print(rbm.comm_stats_["hosts"])
+"""
+
+
+def test_an_estimator_and_parrbm_train_fit_on_the_hosts_they_name(cluster):
+    """A script on login fits with strategy_options={"hosts": [...]}: the workers run on
+    the nodes and the model is the threads fit's; ``parrbm train --hosts`` the same."""
+    from parrbm import RBM
+
+    (cluster.tmp("login") / "fit.py").write_text(textwrap.dedent(OWN_FIT))
+    p = cluster.run("login", [sys.executable, "/tmp/fit.py", "unit-partitioned"], capture_output=True, text=True,
+                    timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "['node0', 'node1']"
+    X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              strategy="unit-partitioned", workers=2, progress=False).fit(X).components_
+    np.testing.assert_array_equal(np.load(cluster.tmp("login") / "held.npy"), ref)
+    p = cluster.run("login", [PARRBM, "train", "--data", "digits", "--epochs", "1", "--strategy", "green-only",
+                              "--workers", "2", "--transport", "mpi", "--hosts", "node0,node1", "--out", "/tmp/m"],
+                    capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (cluster.tmp("login") / "m" / "model.npz").exists()
+    left = _settled(cluster)
+    assert left["node0"] == left["node1"] == left["node2"] == [], left
+
+
 def _start_long(cluster) -> subprocess.Popen:
     (cluster.tmp("node0") / "c.yaml").write_text(LONG)
     p = cluster.popen("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",

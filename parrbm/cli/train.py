@@ -144,7 +144,8 @@ def _estimator(args):
                   random_state=args.seed,
                   strategy=args.strategy, workers=args.workers, transport=args.transport,
                   learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
-                  checkpoint_every=args.checkpoint_every, verbose=True)
+                  checkpoint_every=args.checkpoint_every, verbose=True,
+                  strategy_options={"hosts": args.hosts.split(",")} if args.hosts else None)
     rbm = RBM(**params)
     if not args.resume:
         return rbm
@@ -306,6 +307,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--strategy", default="serial")
     tr.add_argument("--workers", type=int, default=1)
     tr.add_argument("--transport", default="threads", choices=list(TRANSPORTS))
+    tr.add_argument("--hosts", help="with --transport tcp or mpi: the hosts to start the workers on, one a "
+                                    "host in order, e.g. node0,node1 (ssh key login; the same environment "
+                                    "at the same path on each)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
     tr.add_argument("--checkpoint-every", type=int, default=1)

@@ -1,0 +1,131 @@
+"""parrbm's own mpi workers on named hosts (harness.remote): the driver starts
+``mpiexec -hosts ...`` and talks to rank 0 over one authenticated connection. Here the
+hosts are this machine (``localhost``, which hydra starts without ssh); the emulated
+cluster's tests (test_cluster.py) run the same across hosts with no shared /tmp."""
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from parrbm import RBM
+from parrbm.harness import remote
+from parrbm.harness.remote import MPIHosts, recv_frame, send_frame
+from parrbm.strategies import PARALLEL_STRATEGIES
+from support import has_mpi
+
+LOCAL = {"mpi": {"hosts": ["localhost", "localhost"], "listen": "127.0.0.1"}}
+
+
+def _pair():
+    a, b = socket.socketpair()
+    return a, b
+
+
+def test_frames_carry_numeric_arrays_exactly():
+    a, b = _pair()
+    arrays = {"W": np.arange(12, dtype=np.float64).reshape(3, 4) / 7, "order": np.arange(5, dtype=np.int64),
+              "bits": np.array([1, 0, 1], np.uint8), "empty": np.empty((0, 3), np.float32)}
+    t = threading.Thread(target=send_frame, args=(a, {"op": "epoch", "n": np.int64(3)}, arrays))
+    t.start()
+    header, got = recv_frame(b)
+    t.join()
+    assert header == {"op": "epoch", "n": 3}
+    assert set(got) == set(arrays)
+    for k, x in arrays.items():
+        assert got[k].dtype == x.dtype and got[k].shape == x.shape and np.array_equal(got[k], x), k
+
+
+@pytest.mark.parametrize("meta,needle", [
+    ({"name": "x", "dtype": "object", "shape": [1]}, "not a numeric array"),
+    ({"name": "x", "dtype": "float64", "shape": [-1]}, "not a numeric array"),
+    ({"name": "x", "dtype": "float64", "shape": "3"}, "not a numeric array"),
+])
+def test_a_frame_with_anything_but_a_numeric_array_is_refused(meta, needle):
+    import json
+    import struct
+
+    a, b = _pair()
+    head = json.dumps({"op": "x", "arrays": [meta]}).encode()
+    a.sendall(struct.pack("<Q", len(head)) + head)
+    with pytest.raises(ConnectionError, match=needle):
+        recv_frame(b)
+
+
+def test_an_oversized_header_is_refused_before_it_is_read():
+    import struct
+
+    a, b = _pair()
+    a.sendall(struct.pack("<Q", remote.MAX_HEADER + 1))
+    with pytest.raises(ConnectionError, match="frame header"):
+        recv_frame(b)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({}, "give hosts"),
+    ({"hosts": ["a"], "hostfile": "/etc/hostname"}, "not both"),
+    ({"hosts": ["a;rm -rf /"]}, "mpi.hosts"),
+    ({"hostfile": "/no/such/file"}, "is not a file"),
+    ({"hosts": ["a"], "env": {"1X": "y"}}, "mpi.env"),
+    ({"hosts": ["a"], "env": {"X": 3}}, "mpi.env"),
+])
+def test_mpi_hosts_are_checked(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        MPIHosts(**kw)
+
+
+@pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
+def test_a_fit_on_named_hosts_is_the_fit_on_threads():
+    X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+    kw = dict(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              workers=2, progress=False)
+    for strategy in PARALLEL_STRATEGIES:
+        ref = RBM(strategy=strategy, **kw).fit(X)
+        on_hosts = RBM(strategy=strategy, transport="mpi", strategy_options=LOCAL, **kw).fit(X)
+        np.testing.assert_array_equal(on_hosts.components_, ref.components_, err_msg=strategy)
+        assert on_hosts.comm_stats_["bytes_total"] == ref.comm_stats_["bytes_total"], strategy
+        assert on_hosts.comm_stats_["hosts"] == [socket.gethostname()] * 2
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"hosts": "a,b"}, "non-empty list of host names"),
+    ({"hosts": ["a"], "mpi": {"hosts": ["b"]}}, "both name the hosts"),
+    ({"mpi": {"hostz": ["a"]}}, r"unknown keys \['hostz'\]"),
+    ({"mpi": ["a"]}, "must be a dict"),
+])
+def test_bad_host_options_are_refused_naming_them(options, needle):
+    X = (np.random.default_rng(3).random((40, 8)) < 0.4).astype(np.float64)
+    with pytest.raises(ValueError, match=needle):
+        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
+            strategy_options=options, progress=False).fit(X)
+
+
+def test_hosts_need_a_process_transport():
+    with pytest.raises(ValueError, match="needs transport 'tcp' or 'mpi', not 'threads'"):
+        RBM(n_hidden=4, strategy="green-only", workers=2, strategy_options={"hosts": ["a", "b"]},
+            progress=False).fit(np.zeros((20, 4)))
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ("mpi: {hosts: [a, b]}\n", None),
+    ("mpi: {hosts: [a, b]}\nnetwork: {emulate: {bandwidth: 105MB/s}}\n", "give one of the two"),
+    ("mpi: {hostfile: nowhere.txt}\n", "is not a file"),
+    ("mpi: {hosts: [a], mpiexec: [no-such-launcher]}\n", "mpi.mpiexec"),
+])
+@pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
+def test_the_mpi_section_of_a_config_is_checked(tmp_path, extra, needle):
+    from parrbm.harness.experiment import ConfigError, load_config
+
+    base = ("name: c\nmodel: {visible: 8, hidden: 4}\ndata: {kind: random-binary, cases: 40}\n"
+            "training: {batch_size: 10, steps: 2}\ngrid: {strategy: [green-only], workers: [2], "
+            "transport: [mpi]}\n")
+    (tmp_path / "c.yaml").write_text(base + extra)
+    if needle is None:
+        assert load_config(tmp_path / "c.yaml")["mpi"]["hosts"] == ["a", "b"]
+        (tmp_path / "d.yaml").write_text(base.replace("transport: [mpi]", "transport: [threads]") + extra)
+        with pytest.raises(ConfigError, match="the grid runs none"):
+            load_config(tmp_path / "d.yaml")
+    else:
+        with pytest.raises(ConfigError, match=needle):
+            load_config(tmp_path / "c.yaml")
