@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import re
-import shlex
 import socket
 import struct
 import subprocess
@@ -425,8 +424,6 @@ def serve() -> int:
 
 def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, dict]:
     """One command on every rank; rank 0's (answer, arrays) go to the driver."""
-    import resource
-
     from parrbm.harness.runner import ParallelRunner
     from parrbm.strategies.base import StrategyOptions
 
