@@ -25,7 +25,7 @@ import numpy as np
 
 from parrbm.config import ModelState
 from parrbm.harness.comm import CommError, PhaseStats
-from parrbm.harness.mpi import hydra_topology_files
+from parrbm.harness.mpi import hung_message, hydra_topology_files
 
 # Workers start in the job directory, so a source checkout in the caller's working
 # directory never shadows the installed package.
@@ -479,7 +479,7 @@ def _wait(procs, job_dir: Path, K: int, timeout: float, transport: str, *, local
             elif time.monotonic() - last_change > (timeout if now else timeout + STARTUP_SECONDS):
                 stopped = _stopped_ranks(job_dir, K, procs, transport)
                 _kill(procs, Path(job_dir).name)
-                raise CommError(_hung_mpi_message(now, stopped, K, timeout))
+                raise CommError(hung_message(now, stopped, K, timeout))
         time.sleep(nap)
         nap = min(0.005, nap * 1.5)
     codes = [p.wait() for p in procs]
@@ -568,29 +568,6 @@ def _stopped_ranks(job_dir: Path, K: int, procs, transport: str) -> list[int]:
         if stat[stat.rindex(")") + 2] in "Tt":
             out.append(r)
     return out
-
-
-def _hung_mpi_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str:
-    """Which rank stopped the collectives: one the kernel shows stopped; else the one
-    that entered fewest collectives; among equals, one outside any collective while its
-    peers wait inside one."""
-    entered = {r: beats.get(r, (0, 0, ""))[0] for r in range(K)}
-    left = {r: beats.get(r, (0, 0, ""))[1] for r in range(K)}
-    if stopped:
-        lag = stopped
-    else:
-        low = min(entered.values())
-        lag = [r for r in range(K) if entered[r] == low]
-        outside = [r for r in lag if left[r] >= entered[r]]
-        if outside and len(outside) < len(lag):
-            lag = outside
-    who = f"worker {lag[0]}" if len(lag) == 1 else f"one of workers {lag}"
-    r = lag[0]
-    where = (f"last in phase '{beats[r][2]}', collective #{entered[r]}" if r in beats
-             else "it never reached its first collective")
-    return (f"{who} did not respond within {timeout:g} s (stopped or hung"
-            + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "") + f"): {where}; "
-            f"its peers reached #{max(entered.values())}; the run was stopped")
 
 
 def _read_beats(job_dir: Path, K: int) -> dict:

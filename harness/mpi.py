@@ -9,6 +9,7 @@ every transport gives the same bits."""
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ from parrbm.harness.comm import Transport
 
 
 class MPITransport(Transport):
-    def __init__(self, comm=None, heartbeat: str | None = None):
+    def __init__(self, comm=None, heartbeat: str | None = None, beat: "Beat | None" = None):
         from mpi4py import MPI
 
         self.mpi = MPI
@@ -29,13 +30,18 @@ class MPITransport(Transport):
         self.calls = 0   # collectives entered
         self.done = 0    # collectives left
         self._beat = os.open(heartbeat, os.O_WRONLY | os.O_CREAT, 0o644) if heartbeat else None
+        self._shared_beat = beat  # an MPI job's fit: read by the job's watch (see Watch)
 
     def _heartbeat(self) -> None:
         self.calls += 1
+        if self._shared_beat is not None:
+            self._shared_beat.entered(self.phase)
         self._write_beat()
 
     def _left(self) -> None:
         self.done = self.calls
+        if self._shared_beat is not None:
+            self._shared_beat.left()
         self._write_beat()
 
     def _write_beat(self) -> None:
@@ -90,6 +96,204 @@ class MPITransport(Transport):
         self.world.Barrier()
         self._left()
         return time.perf_counter() - t0
+
+
+def hung_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str:
+    """Which rank stopped the collectives: one the kernel shows stopped; else the one
+    that entered fewest collectives; among equals, one outside any collective while its
+    peers wait inside one."""
+    entered = {r: beats.get(r, (0, 0, ""))[0] for r in range(K)}
+    left = {r: beats.get(r, (0, 0, ""))[1] for r in range(K)}
+    if stopped:
+        lag = stopped
+    else:
+        low = min(entered.values())
+        lag = [r for r in range(K) if entered[r] == low]
+        outside = [r for r in lag if left[r] >= entered[r]]
+        if outside and len(outside) < len(lag):
+            lag = outside
+    who = f"worker {lag[0]}" if len(lag) == 1 else f"one of workers {lag}"
+    r = lag[0]
+    where = (f"last in phase '{beats[r][2]}', collective #{entered[r]}" if r in beats
+             else "it never reached its first collective")
+    return (f"{who} did not respond within {timeout:g} s (stopped or hung"
+            + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "") + f"): {where}; "
+            f"its peers reached #{max(entered.values())}; the run was stopped")
+
+
+class Beat:
+    """This rank's collectives in the current fit: entered, left, and the phase of the
+    last one entered (updated by its MPITransport, read by the job's :class:`Watch`)."""
+
+    def __init__(self) -> None:
+        self.calls, self.done, self.phase = 0, 0, ""
+
+    def entered(self, phase: str) -> None:
+        self.calls += 1
+        self.phase = phase
+
+    def left(self) -> None:
+        self.done = self.calls
+
+
+class Watch:
+    """An MPI job's own watch for hung ranks (MPI collectives wait forever).
+
+    Every worker rank sends its :class:`Beat` to rank 0 whenever it changes (a thread, at
+    most four times a second, over a TCP connection of the watch's own: MPI's progress
+    cannot be counted on from a second thread while the first waits in a collective);
+    rank 0 keeps the books, and when no worker has entered or left a collective for
+    ``timeout`` seconds while one waits inside one, it names the rank that stopped the
+    collectives (:func:`hung_message`), prints it and ends the job (MPI_Abort): on every
+    host, within the timeout. A worker that has waited in one collective for ``timeout``
+    + :attr:`GRACE` seconds without the job ending (rank 0 itself stopped) ends it too,
+    naming rank 0. One watch a process, for every fit of the job; a new fit (a new
+    generation) starts the books again."""
+
+    PERIOD = 0.25
+    GRACE = 10.0
+    #: a beat on the wire: rank, generation, collectives entered and left, phase
+    RECORD = struct.Struct("<iqqq48s")
+    _instance: "Watch | None" = None
+
+    @classmethod
+    def of(cls, world) -> "Watch":
+        """The process's watch (made collectively, on the first fit of the job)."""
+        if cls._instance is None:
+            cls._instance = cls(world)
+        return cls._instance
+
+    def __init__(self, world):
+        import atexit
+        import socket
+        import threading
+
+        self.rank = world.Get_rank()
+        self.beat = Beat()
+        self.generation, self.K, self.timeout = 0, 0, 60.0
+        self._stop = threading.Event()
+        self.sock = None
+        listener = None
+        if self.rank == 0:
+            listener = socket.create_server(("", 0))
+            where = (socket.gethostname(), listener.getsockname()[1], os.urandom(16))
+        else:
+            where = None
+        host, port, token = world.bcast(where, root=0)
+        if self.rank == 0:
+            target = self._keep_books
+            self._listener, self._token = listener, token
+        else:
+            target = self._send_beats
+            try:
+                self.sock = socket.create_connection((host, port), timeout=10)
+                self.sock.sendall(token)
+                self.sock.settimeout(1.0)
+            except OSError as exc:
+                import sys
+
+                sys.stderr.write(f"parrbm: worker {self.rank} cannot reach worker 0's watch at {host}:{port} "
+                                 f"({exc}): a hung worker will not be named\n")
+                self.sock = None
+        self._thread = threading.Thread(target=target, name="parrbm-mpi-watch", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def start_fit(self, K: int, timeout: float) -> Beat:
+        """A new fit of K workers: books cleared (every rank calls it, at the same point)."""
+        self.K, self.timeout = K, timeout
+        self.beat = Beat()
+        self.generation += 1
+        return self.beat
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _send_beats(self) -> None:
+        sent = None
+        inside_since, inside_at = None, None
+        while not self._stop.wait(self.PERIOD):
+            b, gen = self.beat, self.generation
+            now = (gen, b.calls, b.done, b.phase)
+            if self.sock is not None and self.rank < self.K and now != sent:
+                try:
+                    self.sock.sendall(self.RECORD.pack(self.rank, gen, b.calls, b.done,
+                                                       b.phase.encode()[:48]))
+                    sent = now
+                except OSError:  # rank 0 stopped (its buffers full) or gone: the wait below decides
+                    pass
+            # rank 0 itself stopped: nobody ends the job but the ranks that wait on it
+            if b.calls > b.done:
+                if inside_at != (gen, b.calls):
+                    inside_at, inside_since = (gen, b.calls), time.monotonic()
+                elif time.monotonic() - inside_since > self.timeout + self.GRACE:
+                    self._end(f"worker {self.rank} waited {self.timeout + self.GRACE:g} s in collective "
+                              f"#{b.calls} ('{b.phase}') and worker 0, which watches the others, did not end "
+                              f"the job: worker 0 is stopped or hung; the run was stopped")
+            else:
+                inside_at = None
+
+    def _keep_books(self) -> None:
+        import select
+
+        books: dict[int, dict[int, tuple]] = {}  # generation -> rank -> (entered, left, phase)
+        conns: dict = {}                          # socket -> bytes received, None before its token
+        gen_seen, changed, last = 0, time.monotonic(), None
+        size = self.RECORD.size
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._listener, *conns], [], [], 0.05)
+            for s in ready:
+                if s is self._listener:
+                    c, _ = self._listener.accept()
+                    c.setblocking(False)
+                    conns[c] = None
+                    continue
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    conns.pop(s).close() if s in conns else None
+                    continue
+                buf = data if conns[s] is None else conns[s] + data
+                if conns[s] is None:  # a stranger without the job's token is dropped
+                    if len(buf) < 16:
+                        conns[s] = None if not buf else buf
+                        continue
+                    if buf[:16] != self._token:
+                        conns.pop(s).close()
+                        continue
+                    buf = buf[16:]
+                while len(buf) >= size:
+                    rank, gen, calls, left, phase = self.RECORD.unpack(buf[:size])
+                    buf = buf[size:]
+                    if gen >= self.generation:  # a rank may begin a fit before this one does
+                        books.setdefault(gen, {})[rank] = (calls, left, phase.rstrip(b"\0").decode(errors="replace"))
+                conns[s] = buf
+            if gen_seen != self.generation:
+                gen_seen, changed, last = self.generation, time.monotonic(), None
+                books = {g: v for g, v in books.items() if g >= gen_seen}
+            beats = books.setdefault(gen_seen, {})
+            if not self.K:
+                continue
+            b = self.beat
+            beats[0] = (b.calls, b.done, b.phase)
+            state = tuple(sorted((r, c, d) for r, (c, d, _) in beats.items() if r < self.K))
+            if state != last:
+                last, changed = state, time.monotonic()
+            waiting = any(c > d for r, (c, d, _) in beats.items() if r < self.K)
+            if waiting and time.monotonic() - changed > self.timeout:
+                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, [], self.K, self.timeout))
+
+    def _end(self, message: str) -> None:
+        import sys
+
+        sys.stderr.write(f"parrbm: {message}\n")
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
 
 
 # ---- started by the user's launcher (SPMD) --------------------------------------------------------
@@ -176,7 +380,7 @@ class SPMDGroup:
     that every rank returns the same model. Every rank runs the same code with the same
     data (the paper's premise: every machine holds the whole data set)."""
 
-    def __init__(self, K: int):
+    def __init__(self, K: int, timeout: float = 60.0):
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -190,6 +394,8 @@ class SPMDGroup:
         self.sub = self.world.Split(0 if self.rank < K else MPI.UNDEFINED, self.rank)
         #: the host each worker runs on, as MPI names it (the records say where they ran)
         self.hosts: list[str] = self.world.allgather(MPI.Get_processor_name())[:K]
+        # every rank makes its fits in the same order: the watch's books start together
+        self.beat = Watch.of(self.world).start_fit(K, timeout)
 
     @property
     def is_worker(self) -> bool:
@@ -206,7 +412,7 @@ class SPMDGroup:
         mine = None
         if self.is_worker:
             try:
-                mine = target(Comm(MPITransport(self.sub)))
+                mine = target(Comm(MPITransport(self.sub, beat=self.beat)))
             except BaseException as exc:  # noqa: BLE001 - the whole job ends with the reason
                 sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; "
                                  f"ending the MPI job\n")

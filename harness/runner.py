@@ -113,7 +113,7 @@ class ParallelRunner:
                     raise ValueError("this process is one rank of an MPI job (started by mpiexec or srun): the "
                                      "fit runs on the job's ranks, where the launcher put them; an emulated "
                                      "network or hosts do not apply")
-                self._spmd = SPMDGroup(workers)
+                self._spmd = SPMDGroup(workers, timeout=timeout)
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------

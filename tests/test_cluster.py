@@ -271,6 +271,49 @@ def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, vict
     assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}, left
 
 
+@pytest.mark.parametrize("how", ["parrbm's start", "user's mpiexec"])
+def test_a_stopped_remote_rank_is_named_within_the_timeout(cluster, how):
+    """SIGSTOP of the rank on node2: the job's watch names worker 2 within the timeout and
+    ends the job; nothing is left on any host."""
+    config = LONG.replace("timeout: 20", "timeout: 5")
+    if how == "parrbm's start":
+        where, needle = "login", "parrbm.harness.remote"
+        (cluster.tmp(where) / "c.yaml").write_text(config.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:"))
+        cmd = [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"]
+    else:
+        where, needle = "node0", "parrbm run"
+        (cluster.tmp(where) / "c.yaml").write_text(config)
+        cmd = [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out",
+               "--no-calibrate"]
+    p = cluster.popen("login", cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = cluster.tmp(where) / "out" / "long.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and any(json.loads(x)["transport"] == "mpi" for x in results.read_text().splitlines())):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate() if p.poll() is not None else "slow"
+        time.sleep(0.1)
+    while not [pid for pid, c in cluster.processes("node2") if needle in c]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.0)
+    target = [pid for pid, c in cluster.processes("node2") if needle in c]
+    os.kill(target[0], signal.SIGSTOP)
+    try:
+        out, err = p.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.kill(target[0], signal.SIGCONT)
+        p.kill()
+        pytest.fail("the job went on for 90 s after a rank was stopped")
+    said = "worker 2 did not respond within 5 s (stopped or hung): last in phase"
+    if how == "parrbm's start":
+        records = _records(results)
+        assert [r["status"] for r in records].count("error") == 1 and said in next(
+            r["error"] for r in records if r["status"] == "error"), records
+    else:
+        assert said in err, err[-2000:]
+    left = _settled(cluster)
+    assert left == {h: (["/tmp/c.yaml", "/tmp/out"] if h == where else []) for h in cluster.hosts}, left
+
+
 @pytest.mark.parametrize("victim", ["remote rank", "mpiexec"])
 def test_a_job_killed_outright_leaves_nothing_on_any_host(cluster, victim):
     """SIGKILL of a rank on another host, or of the user's mpiexec on the login node: the

@@ -186,3 +186,35 @@ def test_an_mpi_jobs_checkpoints_resume_it_exactly(tmp_path):
     assert (tmp_path / "ok-0").exists() and (tmp_path / "ok-1").exists()
     assert sorted(x.name for x in (tmp_path / "ck").iterdir()) == ["epoch-0001.npz"]
     assert (tmp_path / "final.npz").exists()
+
+
+STOPPED = """
+import os, signal, sys, threading
+import numpy as np
+from mpi4py import MPI
+from parrbm import RBM
+
+if MPI.COMM_WORLD.Get_rank() == int(sys.argv[1]):  # stopped (SIGSTOP) a second into the fit
+    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGSTOP)).start()
+X = (np.random.default_rng(0).random((400, 64)) < 0.5).astype(np.float32)
+RBM(n_hidden=64, batch_size=20, n_iter=100000, strategy="unit-partitioned", workers=3, transport="mpi",
+    strategy_options={"timeout": 2}, progress=False).fit(X)
+"""
+
+
+@pytest.mark.parametrize("victim,needle", [
+    (2, r"parrbm: worker 2 did not respond within 2 s \(stopped or hung\): last in phase '[a-z-]+', collective #\d+"),
+    (0, r"parrbm: worker [12] waited 12 s in collective #\d+ .* worker 0 is stopped or hung"),
+])
+def test_a_stopped_rank_ends_the_mpi_job_naming_it(tmp_path, victim, needle):
+    """MPI collectives wait forever; the job's watch names the stopped rank and ends the
+    job within the timeout (rank 0 stopped: its peers, within the timeout and a grace)."""
+    import re
+    import time
+
+    (tmp_path / "stop.py").write_text(textwrap.dedent(STOPPED))
+    t0 = time.monotonic()
+    p = mpiexec(3, "stop.py", str(victim), cwd=tmp_path, timeout=120)
+    assert p.returncode != 0
+    assert re.search(needle, p.stderr), p.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
