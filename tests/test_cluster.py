@@ -246,6 +246,7 @@ def _start_own(cluster) -> subprocess.Popen:
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["remote rank", "driver"])
 def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, victim):
     """A rank killed on node2: the point is recorded failed, naming the worker and its host,
@@ -271,6 +272,7 @@ def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, vict
     assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}, left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["parrbm's start", "user's mpiexec"])
 def test_a_stopped_remote_rank_is_named_within_the_timeout(cluster, how):
     """SIGSTOP of the rank on node2: the job's watch names worker 2 within the timeout and
