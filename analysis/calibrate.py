@@ -446,17 +446,19 @@ def tcp_links(quick: bool = False) -> dict[str, Link]:
     return _links_from(result[0])
 
 
-def mpi_links(quick: bool = False) -> dict[str, Link]:
-    """Two ranks under mpiexec."""
+def mpi_links(quick: bool = False, where=None) -> dict[str, Link]:
+    """Two ranks under mpiexec: on this machine, or on the first two hosts of ``where``
+    (a :class:`parrbm.harness.remote.MPIHosts`; rank 0 prints the figures, mpiexec hands
+    them back: no file on any host)."""
     from parrbm.harness.launch import mpiexec
 
-    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank"]
-    if quick:
-        cmd.append("--quick")
+    program = ["-m", "parrbm.analysis.calibrate", "--mpi-rank", *(["--quick"] if quick else [])]
+    cmd = where.command(2, program) if where is not None else [mpiexec(), "-n", "2", sys.executable, *program]
+    env = {**os.environ, **where.env} if where is not None else None
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # a source checkout in the cwd must not shadow the package
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"mpi ping-pong failed: {out.stderr.strip()[-500:]}")
     times = json.loads(out.stdout.strip().splitlines()[-1])

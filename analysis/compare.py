@@ -96,6 +96,8 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
     tr, opts = rec.get("training", {}), rec.get("options") or {}
     transport = rec.get("transport") or "threads"
     profile, transport = network_profile(profile, transport, rec.get("network"))
+    if rec.get("hosts") and f"{transport}@hosts" in profile.links:  # calibrated between the run's hosts
+        transport = f"{transport}@hosts"
     cores = (rec.get("environment") or {}).get("cores") or profile.cores
     data_kind = (rec.get("data") or {}).get("kind", "random-binary")
     return predict(rec["strategy"], model_of(rec), rec["batch_size"], rec["workers"], profile,

@@ -1276,9 +1276,8 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
         progress("note: under an MPI launcher the mpi collectives between the job's ranks are not calibrated: "
                  "the time model prices the mpi runs with this machine's other figures")
     elif cfg.get("mpi") and "mpi" in transports:
-        transports.remove("mpi")
-        progress("note: the mpi collectives between the mpi section's hosts are not calibrated: the time model "
-                 "prices the mpi runs with this machine's other figures")
+        transports.remove("mpi")  # between this machine's ranks: not where the mpi runs happen
+    on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in {pt["transport"] for pt in grid_points(cfg)} else None
     profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
@@ -1286,6 +1285,15 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
     for link in links:
         calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
                           quick=True, progress=progress)
+    if on_hosts is not None:
+        from parrbm.analysis.calibrate import mpi_links
+
+        between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
+        progress(f"calibrate: mpi collectives between {between} (mpi@hosts); the kernels are this machine's")
+        try:
+            profile.links["mpi@hosts"] = mpi_links(quick=True, where=on_hosts)
+        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's mpi
+            progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
     if lock is not None:
         lock.check()  # kept only beside results this run still holds
     profile.save(where)

@@ -54,8 +54,9 @@ _STATE_FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 class MPIHosts:
     """Where parrbm starts its mpi workers: ``hosts`` (one rank a host, in order; list a
     host twice for two ranks there) or a ``hostfile`` (mpiexec's ``-f``); ``mpiexec``, the
-    launcher command with its own arguments (default: the mpiexec beside this Python),
-    which parrbm extends with the hosts, the rank count and the worker command; ``env``,
+    launcher command with its own arguments (default: the mpiexec beside this Python, with
+    ``-wdir /``: the ranks start in a folder every host has), which parrbm extends with
+    the hosts, the rank count and the worker command; ``env``,
     variables every rank gets; ``listen``, the address of this machine that the ranks
     connect back to (default: its host name)."""
 
@@ -81,11 +82,16 @@ class MPIHosts:
             if not (isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and isinstance(v, str)):
                 raise ValueError(f"mpi.env: {k!r}: {v!r}; names of letters, digits and '_', string values")
 
-    def command(self, K: int) -> list[str]:
+    def command(self, K: int, program: list[str] | None = None) -> list[str]:
+        """The launcher's command for K ranks of ``program`` (arguments after this Python;
+        default: the remote workers)."""
         from parrbm.harness.launch import mpiexec
 
         where = ["-hosts", ",".join(self.hosts)] if self.hosts else ["-f", self.hostfile]
-        return [*(self.mpiexec or [mpiexec()]), *where, "-n", str(K), self.python, "-m", "parrbm.harness.remote"]
+        # the ranks start in a folder every host has: mpiexec would have them start in this
+        # process's, which another host need not have (no shared file system)
+        launcher = self.mpiexec or [mpiexec(), "-wdir", "/"]
+        return [*launcher, *where, "-n", str(K), self.python, *(program or ["-m", "parrbm.harness.remote"])]
 
     def describe(self) -> dict:
         return {"hosts": self.hosts, "hostfile": self.hostfile}

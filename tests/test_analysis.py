@@ -637,3 +637,18 @@ def test_an_emulated_link_passes_its_bucket_at_once_and_its_wire_time_is_no_core
                 for ph, b in traffic.phases.items())
     assert pred.wait_seconds == pytest.approx(0.2 * (pred.compute_seconds + hosts), rel=1e-12)
     assert network_profile(prof, "tcp", {**net, "bandwidth": None}) == (prof, "tcp@unshaped")
+
+
+def test_a_run_on_named_hosts_is_priced_with_the_collectives_calibrated_between_them():
+    from parrbm.analysis.compare import predict_record
+
+    prof = flat_profile().with_network("mpi", 1e9, 1e-5).with_network("mpi@hosts", 1e7, 1e-3)
+    rec = {"strategy": "parameter-averaging", "workers": 2, "transport": "mpi", "batch_size": 100,
+           "model": {"visible": 500, "hidden": 500, "visible_type": "binary", "precision": "float32"},
+           "training": {"sync_every": 1}, "options": {}}
+    here = predict_record(rec, prof)
+    across = predict_record({**rec, "hosts": ["node0", "node1"]}, prof)
+    assert here.transport == "mpi" and across.transport == "mpi@hosts"
+    assert across.step_seconds > here.step_seconds + 0.02  # 1 MB a step at 10 MB/s, not at 1 GB/s
+    del prof.links["mpi@hosts"]  # not calibrated (a job the user started): this machine's figures
+    assert predict_record({**rec, "hosts": ["node0", "node1"]}, prof).transport == "mpi"

@@ -123,11 +123,13 @@ def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(clust
     """``parrbm run`` on the login node with an ``mpi`` section: parrbm starts the ranks on
     the nodes (mpiexec over ssh) and sends them the job, the data and each command over
     rank 0's connection; the config and the results exist on login alone."""
-    (cluster.tmp("login") / "c.yaml").write_text(OWN)
-    p = cluster.run("login", [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
+    # started in a folder the nodes do not have (login's own /tmp/work)
+    (cluster.tmp("login") / "work").mkdir()
+    (cluster.tmp("login") / "work" / "c.yaml").write_text(OWN)
+    p = cluster.run("login", [PARRBM, "run", "c.yaml", "--out", "out", "--no-calibrate"], cwd="/tmp/work",
                     capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    records = _records(cluster.tmp("login") / "out" / "across.jsonl")
+    records = _records(cluster.tmp("login") / "work" / "out" / "across.jsonl")
     threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
     mpi = [r for r in records if r["transport"] == "mpi"]
     assert len(mpi) == 10
@@ -138,7 +140,31 @@ def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(clust
         assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
         assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
     left = _settled(cluster)
-    assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}
+    assert left == {"login": ["/tmp/work"], "node0": [], "node1": [], "node2": []}
+
+
+CALIBRATE = """
+from parrbm.analysis.calibrate import mpi_links
+from parrbm.harness.remote import MPIHosts
+
+links = mpi_links(quick=True, where=MPIHosts(hosts=["node0", "node1"]))
+print(sorted(links), links["alltoall"].bandwidth)
+"""
+
+
+def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluster):
+    """mpi@hosts: two ranks on node0 and node1, their figures back through mpiexec's
+    output: the rate of the 50 MB/s links between them."""
+    (cluster.tmp("login") / "work").mkdir()
+    (cluster.tmp("login") / "work" / "cal.py").write_text(textwrap.dedent(CALIBRATE))
+    p = cluster.run("login", [sys.executable, "cal.py"], cwd="/tmp/work", capture_output=True, text=True,
+                    timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    kinds, rate = p.stdout.rsplit("]", 1)
+    assert kinds + "]" == "['allgather', 'allgather_bits', 'allreduce', 'alltoall', 'reduce_scatter']"
+    # the hosts' link, not shared memory nor an unshaped veth (GB/s): about its payload rate
+    assert 20e6 < float(rate) < 60e6, rate
+    assert _settled(cluster)["node0"] == []
 
 
 FIT = """
