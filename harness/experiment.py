@@ -504,8 +504,9 @@ def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
         launcher = tcp.get("launcher", ["ssh"])[0]
         if not shutil.which(launcher):
             raise ConfigError(f"{path}: tcp.launcher: {launcher!r} is not an executable on this machine")
-    if "job_root" in tcp and not Path(tcp["job_root"]).is_dir():
-        raise ConfigError(f"{path}: tcp.job_root: {tcp['job_root']!r} is not a directory")
+    if "job_root" in tcp:
+        raise ConfigError(f"{path}: tcp.job_root: no longer needed: tcp workers on other hosts get their job, "
+                          f"data and commands over their ssh session, and no folder is shared; remove it")
 
 
 def _check_mpi(path: Path, cfg: dict, points: list[dict]) -> None:

@@ -40,14 +40,13 @@ class TCPHosts:
     With ``hosts``, worker r starts on ``hosts[r % len(hosts)]`` (list a host twice for two
     workers there) through ``launcher`` (ssh by default: key-based login, no prompt), runs
     ``python`` there, listens on ``listen`` and is reached by its peers at the host's
-    name. The job directory is created under ``job_root``, which must be a directory on a
-    file system every host sees at the same path (as on a cluster)."""
+    name; its job, data and commands go over its ssh session (:mod:`parrbm.harness.remote`):
+    no file system is shared."""
 
     listen: str = "127.0.0.1"
     hosts: list[str] | None = None
     launcher: list[str] = field(default_factory=lambda: ["ssh", "-o", "BatchMode=yes", "-T"])
     python: str = sys.executable
-    job_root: str | None = None
 
     def host_of(self, rank: int) -> str | None:
         return self.hosts[rank % len(self.hosts)] if self.hosts else None
@@ -120,10 +119,7 @@ class ProcessGroup:
     def __init__(self, runner):
         self.K, self.timeout, self.transport = runner.K, runner.timeout, runner.transport
         self.admin_stats = runner.admin_stats  # per worker: bookkeeping phases (gather-model)
-        root = runner.tcp.job_root if runner.transport == "tcp" else None
-        if root is not None and not Path(root).is_dir():
-            raise CommError(f"tcp.job_root {root!r} is not a directory")
-        root = root if root is not None else _job_root()
+        root = _job_root()
         sweep_stale_jobs(root)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root))
         self.procs: list[subprocess.Popen] = []

@@ -486,5 +486,326 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
     raise RuntimeError(f"unknown command {op!r}")
 
 
+
+
+# ---- tcp workers on other hosts: the control channel is each worker's ssh session ------------------
+
+
+class _Pipe:
+    """A pair of binary pipes with a socket's sendall / recv_into (for the frames)."""
+
+    def __init__(self, read, write):
+        self.read, self.write = read, write
+
+    def sendall(self, data) -> None:
+        self.write.write(data)
+        self.write.flush()
+
+    def recv_into(self, view, n: int) -> int:
+        return self.read.readinto(view[:n]) or 0
+
+
+class RemoteTCPGroup:
+    """The K tcp workers of a fit on other hosts, behind the interface of
+    :class:`parrbm.harness.launch.ProcessGroup`: worker r starts on ``hosts[r % len]``
+    through the launcher (ssh), and its standard input and output carry the frames of the
+    job, the data, each command and its answer, as rank 0's connection does for the mpi
+    workers. The workers connect to one another directly (the tcp transport). A worker
+    whose standard input closes (the driver gone, however) exits at once."""
+
+    network = None
+
+    def __init__(self, runner):
+        import shlex
+
+        where = runner.tcp
+        self.K, self.timeout, self.transport = runner.K, runner.timeout, "tcp"
+        self.admin_stats = runner.admin_stats
+        self.hosts = [where.host_of(r) for r in range(self.K)]
+        self._data_fingerprint = None
+        self.procs: list[subprocess.Popen] = []
+        self.pipes: list[_Pipe] = []
+        secret = os.urandom(32).hex()
+        try:
+            for r in range(self.K):
+                remote = " ".join(["cd / &&", f"OPENBLAS_NUM_THREADS={int(runner.blas_threads)}", "exec",
+                                   shlex.quote(where.python), "-m", "parrbm.harness.remote", "--tcp",
+                                   str(r), str(self.K)])
+                p = subprocess.Popen([*where.launcher, self.hosts[r], remote], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                self.procs.append(p)
+                self.pipes.append(_Pipe(p.stdout, p.stdin))
+            job = {"op": "job", "secret": secret, "listen": where.listen, "spec": asdict(runner.spec),
+                   "strategy": runner.name, "workers": self.K, "options": asdict(runner.options),
+                   "engine": runner.engine, "blas_threads": runner.blas_threads, "timeout": runner.timeout}
+            ports = [a["port"] for a, _ in self._all(job, _state_arrays(runner.state), started=True)]
+            self._all({"op": "peers", "addresses": [[self.hosts[r], ports[r]] for r in range(self.K)]})
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    def _all(self, header, arrays: dict | None = None, *, started: bool = False) -> list[tuple[dict, dict]]:
+        """``header`` (and ``arrays``) to every worker, or a list of K (header, arrays), one
+        a worker; their answers in rank order. A worker that fails, dies or stops
+        answering ends the group with a CommError naming it."""
+        import queue
+
+        frames = header if isinstance(header, list) else [(header, arrays)] * self.K
+        answers: queue.Queue = queue.Queue()
+
+        def exchange(r: int) -> None:
+            try:
+                send_frame(self.pipes[r], *frames[r])
+                answers.put((r, *recv_frame(self.pipes[r])))
+            except (OSError, ValueError, ConnectionError) as exc:
+                answers.put((r, {"op": "gone", "why": str(exc)}, {}))
+
+        for r in range(self.K):
+            threading.Thread(target=exchange, args=(r,), daemon=True).start()
+        got: dict[int, tuple[dict, dict]] = {}
+        failed_at = None
+        # the first answer of a worker starting on another host may take an interpreter's start
+        patience = self.timeout + (STARTUP_SECONDS if started else 0.0)
+        deadline = time.monotonic() + patience
+        while len(got) < self.K:
+            wait = deadline - time.monotonic()
+            try:
+                r, head, arr = answers.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                break
+            got[r] = (head, arr)
+            if head.get("op") != "ok" and failed_at is None:  # the others get a grace to say why
+                from parrbm.harness.launch import GRACE_SECONDS
+
+                failed_at = time.monotonic()
+                deadline = min(deadline, failed_at + min(self.timeout, GRACE_SECONDS))
+        if len(got) == self.K and all(h.get("op") == "ok" for h, _ in got.values()):
+            return [got[r] for r in range(self.K)]
+        self._stop(kill=True)
+        why = self._diagnose(got)
+        self.procs, self.pipes = [], []
+        raise CommError(why)
+
+    def _diagnose(self, got: dict[int, tuple[dict, dict]]) -> str:
+        from collections import Counter
+
+        from parrbm.harness.launch import _describe_exit
+
+        reports = {r: h["message"] for r, (h, _) in got.items() if h.get("op") == "error"}
+        blamed = Counter(h["blame"] for h, _ in got.values() if h.get("op") == "error" and h.get("blame") is not None)
+        codes = {r: p.poll() for r, p in enumerate(self.procs)}
+        silent = [r for r in range(self.K) if r not in got]       # never answered: killed by us
+        dead = [r for r, (h, _) in sorted(got.items()) if h.get("op") == "gone"]
+        where = lambda r: f" (on {self.hosts[r]})"  # noqa: E731
+        seen = next(iter(reports.values()), "")
+        for r, _ in blamed.most_common():
+            if r in silent:
+                return (f"worker {r}{where(r)} did not respond within {self.timeout:g} s (stopped or hung)"
+                        + (f"; its peers saw: {seen}" if seen else ""))
+        if dead:
+            r = dead[0]
+            tail = (self.procs[r].stderr.read() or b"").decode(errors="replace").strip() if self.procs[r].stderr else ""
+            code = codes[r]
+            return (f"worker {r}{where(r)} " + (_describe_exit(code) if code is not None else "closed its connection")
+                    + (f"; its peers saw: {seen}" if seen else "") + (f"\n--- worker {r} stderr ---\n" +
+                                                                       "\n".join(tail.splitlines()[-8:]) if tail else ""))
+        if reports:
+            return min(reports.items())[1]
+        if silent:
+            return (f"worker {silent[0]}{where(silent[0])} did not respond within {self.timeout:g} s "
+                    f"(stopped or hung)")
+        return "tcp: the workers stopped without a word"
+
+    # ---- the commands (the interface of ProcessGroup) ----------------------------------------
+
+    def _answers(self, got: list[tuple[dict, dict]]) -> list[dict]:
+        from parrbm.harness.runner import split_waits
+
+        out = [h for h, _ in got]
+        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
+        split_waits(admin)
+        for r, per_phase in enumerate(admin):
+            for phase, s in per_phase.items():
+                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
+        return out
+
+    def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
+        import zlib
+
+        X = np.ascontiguousarray(X)
+        arrays = {"order": np.asarray(order, np.int64)}
+        fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B"))) if not same_data else None
+        if self._data_fingerprint is None or (fingerprint is not None and fingerprint != self._data_fingerprint):
+            arrays["X"] = X
+            self._data_fingerprint = fingerprint or (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+        got = self._all({"op": "epoch", "spec": asdict(spec), "first_step": int(first_step), "gather": True}, arrays)
+        answers = self._answers(got)
+        results = [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
+                    a["wire"]) for a in answers]
+        return results, answers, _state_from(got[0][1])
+
+    def gather(self) -> ModelState:
+        return _state_from(self._all({"op": "gather", "gather": True})[0][1])
+
+    def load(self, state: ModelState) -> None:
+        self._all({"op": "load"}, _state_arrays(state))
+
+    def finish(self) -> list[dict]:
+        return self._answers(self._all({"op": "finish"}))
+
+    def local_states(self):
+        return [(h["counters"], dict(arr)) for h, arr in self._all({"op": "local"})]
+
+    def restore_local(self, states) -> None:
+        self._all([({"op": "restore", "counters": c}, a) for c, a in states])
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the workers (asked, then killed if they do not stop)."""
+        self._stop(kill)
+        self.procs, self.pipes = [], []
+
+    def _stop(self, kill: bool) -> None:
+        import signal
+
+        if not kill:
+            for pipe in self.pipes:
+                try:
+                    send_frame(pipe, {"op": "stop"})
+                except OSError:
+                    pass
+        for p in self.procs:
+            try:
+                if p.stdin:
+                    p.stdin.close()  # the worker's standard input closes: it exits at once
+            except OSError:
+                pass
+        deadline = time.monotonic() + (min(self.timeout, 10.0) if not kill else 2.0)
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                p.wait()
+
+
+#: what a tcp worker's first answer may take beyond the timeout (an interpreter starts there)
+STARTUP_SECONDS = 30.0
+
+
+def serve_tcp(rank: int, size: int) -> int:
+    """A tcp worker on another host: frames on standard input, answers on standard output;
+    standard input closed (the driver gone) ends the process at once."""
+    import queue
+
+    from parrbm import _core
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.runner import train_native, train_on, worker_class
+    from parrbm.harness.tcp import TCPTransport
+    from parrbm.strategies.base import StrategyOptions
+
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not corrupt the frames
+    pipe = _Pipe(sys.stdin.buffer, out)
+    inbox: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(recv_frame(pipe))
+        except (OSError, ValueError, ConnectionError):
+            os._exit(1)  # the driver is gone: nothing of this worker outlives it
+
+    threading.Thread(target=read, daemon=True, name="parrbm-control").start()
+    transport = None
+    try:
+        job, state = inbox.get()
+        _core.set_blas_threads(int(job["blas_threads"]))
+        listener = socket.create_server((job["listen"], 0))
+        send_frame(pipe, {"op": "ok", "port": listener.getsockname()[1]})
+        peers, _ = inbox.get()
+        transport = TCPTransport(rank, size, bytes.fromhex(job["secret"]), listener,
+                                 [tuple(a) for a in peers["addresses"]], timeout=job["timeout"])
+        comm = Comm(transport)
+        cls = worker_class(job["strategy"], load=True)
+        options = StrategyOptions(**job["options"])
+        native = job["engine"] == "native"
+
+        def build(s: ModelState):
+            w = cls(CDSpec(**job["spec"]), s, rank, size, options)
+            w.comm = comm
+            return w
+
+        worker = build(_state_from(state))
+        send_frame(pipe, {"op": "ok"})
+        X = None
+        while True:
+            header, arrays = inbox.get()
+            op = header["op"]
+            if op == "stop":
+                return 0
+            comm.reset_stats()
+            seen, syncs = len(worker.divergence), worker.syncs
+            answer: dict = {"op": "ok"}
+            if op == "epoch":
+                spec = CDSpec(**header["spec"])
+                if spec != worker.spec:
+                    worker.spec = spec
+                if "X" in arrays:
+                    X = arrays["X"]
+                order = arrays["order"]
+                if native:
+                    errors, seconds, traffic, _, wire = train_native(worker, comm, X, order, header["first_step"])
+                else:
+                    m = worker.spec.batch_size
+                    batches = [order[s:s + m] for s in range(0, len(order), m)]
+                    errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, header["first_step"])
+                answer.update({"errors": [float(e) for e in errors], "seconds": [float(t) for t in seconds],
+                               "traffic": [int(t) for t in traffic], "wire": [int(w) for w in wire]})
+            elif op == "load":
+                worker = build(_state_from(arrays))
+            elif op == "finish":
+                worker.finish()
+            elif op == "local":
+                counters, local = worker.local_state()
+                answer["counters"] = counters
+            elif op == "restore":
+                worker.restore_local(header["counters"], arrays)
+            elif op != "gather":
+                raise RuntimeError(f"unknown command {op!r}")
+            import resource
+
+            answer.update({"stats": {p: asdict(s) for p, s in comm.stats.items()},
+                           "divergence": worker.divergence[seen:], "syncs": worker.syncs - syncs,
+                           "memory_bytes": worker.memory_bytes(),
+                           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+            out_arrays = local if op == "local" else {}
+            if header.get("gather"):
+                before = set(comm.stats)
+                model = worker.gathered_model()
+                if rank == 0:
+                    out_arrays = _state_arrays(model)
+                answer["admin_stats"] = {p: asdict(s) for p, s in comm.stats.items() if p not in before}
+            send_frame(pipe, answer, out_arrays)
+    except BaseException as exc:  # noqa: BLE001 - the driver is told, then this worker ends
+        msg = str(exc) if exc.__class__.__name__ == "CommError" else f"worker {rank} failed: {type(exc).__name__}: {exc}"
+        try:
+            send_frame(pipe, {"op": "error", "message": msg, "blame": getattr(exc, "peer", None)})
+        except OSError:
+            pass
+        return 1
+    finally:
+        if transport is not None and hasattr(transport, "close"):
+            transport.close()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--tcp"]:
+        sys.exit(serve_tcp(int(sys.argv[2]), int(sys.argv[3])))
     sys.exit(serve())

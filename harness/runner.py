@@ -315,6 +315,11 @@ class ParallelRunner:
 
                     self._group = RemoteGroup(self, self.mpi_hosts)
                     self._remote_hosts = self._group.hosts
+                elif self.transport == "tcp" and self.tcp.hosts:
+                    from parrbm.harness.remote import RemoteTCPGroup
+
+                    self._group = RemoteTCPGroup(self)
+                    self._remote_hosts = self._group.hosts
                 else:
                     self._group = ProcessGroup(self)
                 if self._group.network is not None:

@@ -3,9 +3,9 @@
     python -m parrbm.harness.worker --job DIR --transport mpi
     python -m parrbm.harness.worker --job DIR --transport tcp --rank R --size K
 
-The harness writes DIR (job.json, state-0/) and starts the workers itself; on a
-cluster, run the mpi form under your own ``mpiexec -n K`` or ``srun`` with DIR on a shared
-file system. The workers then serve one command after another (DIR/cmd-N.json: epoch,
+The harness writes DIR (job.json, state-0/) and starts the workers itself, on this
+machine or its emulated hosts (workers on other hosts: :mod:`parrbm.harness.remote`, no
+file). The workers then serve one command after another (DIR/cmd-N.json: epoch,
 gather, load, finish, local, restore, stop) for the whole fit; each answers DIR/result-N-R.json (for
 gather and epoch, rank 0 also writes the gathered model to DIR/model-N/), or writes
 DIR/error-R.txt and exits.
@@ -143,8 +143,9 @@ def main(argv=None) -> int:
     transport = None
 
     if not (args.job / "job.json").is_file():
-        print(f"parrbm worker on {socket.gethostname()}: no job at {args.job} (with tcp.hosts, "
-              f"tcp.job_root must be a directory every host sees at the same path)", file=sys.stderr)
+        print(f"parrbm worker on {socket.gethostname()}: no job at {args.job} (this form serves the workers "
+              f"parrbm starts on its own machine; on other hosts, parrbm starts python -m "
+              f"parrbm.harness.remote, which takes its job over its connection)", file=sys.stderr)
         return 1
     try:
         job = json.loads((args.job / "job.json").read_text())

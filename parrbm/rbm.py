@@ -1225,7 +1225,7 @@ RUNNER_OPTIONS = ("blas_threads", "timeout", "engine", "network", "hosts", "mpi"
 def _hosts_options(runner: dict, transport: str) -> None:
     """strategy_options['hosts'] (the workers' hosts, one worker a host in order), 'mpi'
     (the config's mpi section: hosts or hostfile, mpiexec, env, listen, python) and 'tcp'
-    (its tcp section: hosts, listen, launcher, python, job_root), in place: 'mpi' becomes
+    (its tcp section: hosts, listen, launcher, python), in place: 'mpi' becomes
     the runner's MPIHosts, 'tcp' its TCPHosts."""
     name = "RBM: strategy_options"
     hosts = runner.pop("hosts", None)

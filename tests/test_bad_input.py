@@ -303,7 +303,7 @@ def test_no_record_holds_nan(tmp_path):
     ("training: {cases: 5, batch_size: 8}\n", "training.cases: 5 cases are fewer than one minibatch"),
     ("data: {kind: random-gaussian}\n", "must lie in [0, 1]"),
     ("tcp: {python: /no/such/python3}\n", "tcp.python"),
-    ("tcp: {job_root: /no/such/dir}\n", "tcp.job_root"),
+    ("tcp: {job_root: /no/such/dir}\n", "tcp.job_root: no longer needed"),
     ("grid: {strategy: serial, workers: 1}\n", "key 'grid' is given twice"),
     ("model: {visible: 4, hidden: 4}\n", "key 'model' is given twice"),
 ])

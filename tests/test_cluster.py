@@ -116,22 +116,28 @@ def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(
     assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
 
 
-OWN = ACROSS.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:")
+def _own(transport: str, config: str = ACROSS) -> str:
+    """A config whose ``transport`` workers parrbm starts on node0 .. node2."""
+    return config.replace("grid:", f"{transport}: {{hosts: [node0, node1, node2]}}\ngrid:").replace(
+        "transport: [threads, mpi]", f"transport: [threads, {transport}]").replace(
+        "transport: [mpi]", f"transport: [{transport}]")
 
 
-def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(cluster):
-    """``parrbm run`` on the login node with an ``mpi`` section: parrbm starts the ranks on
-    the nodes (mpiexec over ssh) and sends them the job, the data and each command over
-    rank 0's connection; the config and the results exist on login alone."""
+@pytest.mark.parametrize("transport", ["mpi", "tcp"])
+def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(cluster, transport):
+    """``parrbm run`` on the login node with an ``mpi`` or ``tcp`` section naming the
+    nodes: parrbm starts the workers there (mpiexec over ssh, or ssh itself) and sends them
+    the job, the data and each command over one connection (rank 0's, or each worker's
+    ssh session); the config and the results exist on login alone."""
     # started in a folder the nodes do not have (login's own /tmp/work)
     (cluster.tmp("login") / "work").mkdir()
-    (cluster.tmp("login") / "work" / "c.yaml").write_text(OWN)
+    (cluster.tmp("login") / "work" / "c.yaml").write_text(_own(transport))
     p = cluster.run("login", [PARRBM, "run", "c.yaml", "--out", "out", "--no-calibrate"], cwd="/tmp/work",
                     capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("login") / "work" / "out" / "across.jsonl")
     threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
-    mpi = [r for r in records if r["transport"] == "mpi"]
+    mpi = [r for r in records if r["transport"] == transport]
     assert len(mpi) == 10
     for r in mpi:
         m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
@@ -252,18 +258,18 @@ def _start_long(cluster) -> subprocess.Popen:
     return p
 
 
-def _start_own(cluster) -> subprocess.Popen:
-    (cluster.tmp("login") / "c.yaml").write_text(LONG.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:"))
+def _start_own(cluster, transport: str) -> subprocess.Popen:
+    (cluster.tmp("login") / "c.yaml").write_text(_own(transport, LONG))
     p = cluster.popen("login", [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = cluster.tmp("login") / "out" / "long.jsonl"
     deadline = time.monotonic() + 120
-    while not (results.exists() and any(json.loads(x)["transport"] == "mpi"
+    while not (results.exists() and any(json.loads(x)["transport"] == transport
                                         for x in results.read_text().splitlines())):
         assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline, "the run recorded no mpi point in 120 s"
+        assert time.monotonic() < deadline, f"the run recorded no {transport} point in 120 s"
         time.sleep(0.1)
-    # the next point's ranks have said who they are: its second step is under way
+    # the next point's workers have started: its steps are under way
     deadline = time.monotonic() + 60
     while not [pid for pid, cmd in cluster.processes("node2") if "parrbm.harness.remote" in cmd]:
         assert time.monotonic() < deadline, "the next point's ranks did not start"
@@ -273,12 +279,14 @@ def _start_own(cluster) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("transport", ["mpi", "tcp"])
 @pytest.mark.parametrize("victim", ["remote rank", "driver"])
-def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, victim):
-    """A rank killed on node2: the point is recorded failed, naming the worker and its host,
-    and the comparison goes on; the driver killed on login: rank 0 sees its connection
-    close and ends the MPI job. Either way nothing of the run is left on any host."""
-    p = _start_own(cluster)
+def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, victim, transport):
+    """A worker killed on node2: the point is recorded failed, naming the worker and its
+    host, and the comparison goes on; the driver killed on login: rank 0 (mpi) or each
+    worker (tcp) sees its connection close and ends. Either way nothing of the run is
+    left on any host."""
+    p = _start_own(cluster, transport)
     host, needle = ("node2", "parrbm.harness.remote") if victim == "remote rank" else ("login", "parrbm run")
     target = [pid for pid, cmd in cluster.processes(host) if needle in cmd and "nsenter" not in cmd]
     assert target, cluster.processes(host)
@@ -293,7 +301,9 @@ def test_a_run_parrbm_started_on_the_hosts_survives_a_kill_cleanly(cluster, vict
         assert p.returncode == 0, err[-2000:]
         failed = [r for r in records if r["status"] != "ok"]
         assert len(failed) == 1 and len(records) == 5, [(r["strategy"], r["status"]) for r in records]
-        assert "worker 2 (on node2, PID" in failed[0]["error"] and "SIGKILL" in failed[0]["error"], failed[0]
+        said = "worker 2 (on node2, PID" if transport == "mpi" else "worker 2 (on node2)"
+        assert said in failed[0]["error"], failed[0]
+        assert "SIGKILL" in failed[0]["error"] or transport == "tcp", failed[0]
     left = _settled(cluster)
     assert left == {"login": ["/tmp/c.yaml", "/tmp/out"], "node0": [], "node1": [], "node2": []}, left
 
