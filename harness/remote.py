@@ -181,11 +181,9 @@ class RemoteGroup:
         address = where.listen or socket.gethostname()
         env = {**os.environ, **where.env, "PARRBM_DRIVER": f"{address}:{port}", "PARRBM_SECRET": secret.hex(),
                "PARRBM_SPMD": "1", "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
-        from parrbm.strategies.registry import import_paths
+        from parrbm.strategies.registry import plugin_sources
 
-        extra = import_paths(runner.name)
-        if extra:
-            env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
+        sources = plugin_sources(runner.name)  # a plug-in's code goes with the job, as its data do
         # the variables mpiexec hands to every rank (hydra passes its whole environment)
         self.proc = subprocess.Popen(where.command(self.K), env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -195,7 +193,7 @@ class RemoteGroup:
         try:
             self.sock = self._accept(listener, secret)
             listener.close()
-            answer = self._ask({"op": "job", "spec": asdict(runner.spec), "strategy": runner.name,
+            answer = self._ask({"op": "job", "spec": asdict(runner.spec), "strategy": runner.name, "sources": sources,
                                 "workers": self.K, "options": asdict(runner.options), "engine": runner.engine,
                                 "blas_threads": runner.blas_threads, "timeout": runner.timeout},
                                _state_arrays(runner.state))
@@ -434,6 +432,12 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
     from parrbm.strategies.base import StrategyOptions
 
     if op == "job":
+        from parrbm.strategies.registry import install_sources
+
+        install_sources(header.get("sources") or [])
+        from parrbm.harness.runner import worker_class
+
+        worker_class(header["strategy"], load=True)  # the driver named it: a plug-in is loaded here
         spec = CDSpec(**header["spec"])
         r = ParallelRunner(spec, _state_from(arrays), header["strategy"], header["workers"], "mpi",
                            StrategyOptions(**header["options"]), blas_threads=header["blas_threads"],
@@ -535,7 +539,10 @@ class RemoteTCPGroup:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
                 self.procs.append(p)
                 self.pipes.append(_Pipe(p.stdout, p.stdin))
+            from parrbm.strategies.registry import plugin_sources
+
             job = {"op": "job", "secret": secret, "listen": where.listen, "spec": asdict(runner.spec),
+                   "sources": plugin_sources(runner.name),
                    "strategy": runner.name, "workers": self.K, "options": asdict(runner.options),
                    "engine": runner.engine, "blas_threads": runner.blas_threads, "timeout": runner.timeout}
             ports = [a["port"] for a, _ in self._all(job, _state_arrays(runner.state), started=True)]
@@ -733,6 +740,9 @@ def serve_tcp(rank: int, size: int) -> int:
         transport = TCPTransport(rank, size, bytes.fromhex(job["secret"]), listener,
                                  [tuple(a) for a in peers["addresses"]], timeout=job["timeout"])
         comm = Comm(transport)
+        from parrbm.strategies.registry import install_sources
+
+        install_sources(job.get("sources") or [])
         cls = worker_class(job["strategy"], load=True)
         options = StrategyOptions(**job["options"])
         native = job["engine"] == "native"

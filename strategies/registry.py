@@ -146,6 +146,42 @@ def import_paths(strategy) -> list[str]:
     return [str(path)]
 
 
+def plugin_sources(strategy) -> list[list[str]]:
+    """[module name, source] of every module outside parrbm in the strategy's class
+    hierarchy, bases first: what workers on other hosts need to run it, sent with their
+    job (no file system is shared). StrategyError when a module's source cannot be read,
+    or the class lives in the driver's script (``__main__``: the workers would run it)."""
+    cls = resolve(strategy)
+    out = []
+    for klass in reversed(cls.__mro__):
+        mod = klass.__module__
+        if mod == "builtins" or mod == "parrbm" or mod.startswith("parrbm.") or mod in [m for m, _ in out]:
+            continue
+        if mod == "__main__":
+            raise StrategyError(f"strategy {cls.name!r}: defined in the script that runs the fit; workers on other "
+                                f"hosts import a strategy from a module: move the class into one")
+        where = getattr(sys.modules.get(mod), "__file__", None)
+        try:
+            out.append([mod, Path(where).read_text()])
+        except (OSError, TypeError):
+            raise StrategyError(f"strategy {cls.name!r}: the source of module {mod!r} cannot be read to send it "
+                                f"to the workers") from None
+    return out
+
+
+def install_sources(sources: list[list[str]]) -> None:
+    """On a worker on another host: the modules of a strategy's hierarchy from the source
+    its driver sent (replacing any of the same name here: the driver's code is the one
+    measured and recorded)."""
+    import types
+
+    for name, source in sources:
+        module = types.ModuleType(name)
+        module.__file__ = f"<parrbm job: {name}>"
+        sys.modules[name] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the driver's named plug-in
+
+
 def source_digest(strategy) -> str | None:
     """SHA-256 of the source that defines a strategy that is not built in (None when every
     class in its MRO is parrbm's own): a results file's identity changes when a plug-in's

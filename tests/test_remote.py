@@ -129,3 +129,34 @@ def test_the_mpi_section_of_a_config_is_checked(tmp_path, extra, needle):
     else:
         with pytest.raises(ConfigError, match=needle):
             load_config(tmp_path / "c.yaml")
+
+
+PLUGIN = """
+from parrbm.strategies.green_only import GreenOnly
+
+
+class Shipped(GreenOnly):
+    name = "shipped-green"
+"""
+
+
+def test_a_plug_in_goes_to_workers_on_other_hosts_with_the_job(tmp_path, monkeypatch):
+    """The hosts need not have the plug-in's file: its source goes with the job (the
+    workers start in /, without the driver's PYTHONPATH)."""
+    (tmp_path / "shipped_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from shipped_plugin import Shipped
+
+    ssh = tmp_path / "fake-ssh"  # stands in for ssh: runs the remote command line here
+    ssh.write_text('#!/bin/sh\nshift\nexec /bin/sh -c "$*"\n')
+    ssh.chmod(0o755)
+    X = (np.random.default_rng(3).random((60, 12)) < 0.4).astype(np.float64)
+    kw = dict(n_hidden=8, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              strategy=Shipped, workers=2, progress=False)
+    ref = RBM(**kw).fit(X).components_
+    on_tcp = RBM(transport="tcp", strategy_options={"tcp": {"hosts": ["127.0.0.1", "localhost"],
+                                                            "launcher": [str(ssh)]}}, **kw).fit(X)
+    np.testing.assert_array_equal(on_tcp.components_, ref)
+    if has_mpi():
+        on_mpi = RBM(transport="mpi", strategy_options=LOCAL, **kw).fit(X)
+        np.testing.assert_array_equal(on_mpi.components_, ref)
