@@ -879,16 +879,25 @@ def release_servers() -> None:
         _world().bcast(None, root=0)
 
 
+#: the transports whose points run on the ranks of the user's job (tcp: over connections
+#: between the ranks, set up over MPI)
+JOB_TRANSPORTS = ("mpi", "tcp")
+
+
+def _on_the_job(pt: dict) -> bool:
+    return _job_world() is not None and pt["transport"] in JOB_TRANSPORTS
+
+
 def _measure(cfg: dict, pt: dict) -> dict:
-    """:func:`measure_point`; on the ranks of an MPI job an mpi point runs on them all."""
-    if _job_world() is not None and pt["transport"] == "mpi":
+    """:func:`measure_point`; on the ranks of an MPI job an mpi or tcp point runs on them all."""
+    if _on_the_job(pt):
         _world().bcast(pt, root=0)
     return measure_point(cfg, pt)
 
 
 def _data_for(cfg: dict, pt: dict, spec, cases: int) -> np.ndarray:
     """A run's data: made here, or on the ranks of an MPI job made by rank 0 and sent."""
-    if _job_world() is None or pt["transport"] != "mpi":
+    if not _on_the_job(pt):
         return make_data(cfg, spec.n_visible, spec.visible, spec.dtype, cases)
     world = _world()
     if world.Get_rank() == 0:
@@ -1122,10 +1131,13 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
     # rank 0 of an MPI job: the other ranks serve the grid's mpi points as workers
     try:
         points = grid_points(cfg)
-        big = max((p["workers"] for p in points if p["transport"] == "mpi"), default=0)
+        big = max((p["workers"] for p in points if p["transport"] in JOB_TRANSPORTS), default=0)
         if big > world[1]:
             raise ConfigError(f"grid.workers: {big} mpi workers, but the MPI launcher started {world[1]} ranks: "
                               f"start at least {big} (mpiexec -n {big}), or give fewer workers")
+        if (cfg.get("tcp") or {}).get("hosts"):
+            raise ConfigError("tcp.hosts: the tcp points run on the MPI job's ranks, where its launcher put them; "
+                              "leave out tcp.hosts (or start the comparison without mpiexec)")
         if "network" in cfg:
             raise ConfigError("network.emulate: the runs go on the MPI job's ranks, where its launcher put them; "
                               "emulated hosts do not apply (start the comparison without mpiexec to emulate them)")
@@ -1271,11 +1283,12 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
             raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
         return
     transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-    if _job_world() is not None and "mpi" in transports:
+    if _job_world() is not None and set(JOB_TRANSPORTS) & set(transports):
         # the ranks are busy serving the grid; their collectives are not measured yet
-        transports.remove("mpi")
-        progress("note: under an MPI launcher the mpi collectives between the job's ranks are not calibrated: "
-                 "the time model prices the mpi runs with this machine's other figures")
+        on_job = [t for t in transports if t in JOB_TRANSPORTS]
+        transports = [t for t in transports if t not in JOB_TRANSPORTS]
+        progress(f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
+                 f"not calibrated: the time model prices those runs with this machine's other figures")
     elif cfg.get("mpi") and "mpi" in transports:
         transports.remove("mpi")  # between this machine's ranks: not where the mpi runs happen
     on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in {pt["transport"] for pt in grid_points(cfg)} else None

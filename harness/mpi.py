@@ -378,9 +378,14 @@ class SPMDGroup:
     """The K workers of a fit as K ranks of the world the user's launcher started: rank k
     is worker k (k < K), the ranks beyond K wait and receive what the workers computed, so
     that every rank returns the same model. Every rank runs the same code with the same
-    data (the paper's premise: every machine holds the whole data set)."""
+    data (the paper's premise: every machine holds the whole data set).
 
-    def __init__(self, K: int, timeout: float = 60.0):
+    ``transport``: the workers' collectives over MPI ("mpi"), or over TCP connections
+    between the worker ranks ("tcp": each listens on every interface, the addresses and a
+    secret go round over MPI, as torchrun's rendezvous does over its store); the books
+    (results, the model) go over MPI either way."""
+
+    def __init__(self, K: int, timeout: float = 60.0, transport: str = "mpi"):
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -396,6 +401,31 @@ class SPMDGroup:
         self.hosts: list[str] = self.world.allgather(MPI.Get_processor_name())[:K]
         # every rank makes its fits in the same order: the watch's books start together
         self.beat = Watch.of(self.world).start_fit(K, timeout)
+        self.tcp = self._connect_tcp(timeout) if transport == "tcp" else None
+
+    def _connect_tcp(self, timeout: float):
+        import socket
+        import weakref
+
+        from parrbm.harness.tcp import TCPTransport
+
+        listener = socket.create_server(("", 0)) if self.is_worker else None
+        mine = (socket.gethostname(), listener.getsockname()[1]) if listener is not None else None
+        addresses = self.world.allgather(mine)[: self.K]
+        secret = self.world.bcast(os.urandom(32) if self.rank == 0 else None, root=0)
+        if not self.is_worker:
+            return None
+        try:
+            transport = TCPTransport(self.rank, self.K, secret, listener, addresses, timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - the job ends: its peers would wait forever
+            import sys
+
+            sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} could not connect to its peers over tcp: "
+                             f"{type(exc).__name__}: {exc}; ending the MPI job\n")
+            sys.stderr.flush()
+            self.world.Abort(1)
+        weakref.finalize(self, transport.close)
+        return transport
 
     @property
     def is_worker(self) -> bool:
@@ -412,7 +442,7 @@ class SPMDGroup:
         mine = None
         if self.is_worker:
             try:
-                mine = target(Comm(MPITransport(self.sub, beat=self.beat)))
+                mine = target(Comm(self.tcp if self.tcp is not None else MPITransport(self.sub, beat=self.beat)))
             except BaseException as exc:  # noqa: BLE001 - the whole job ends with the reason
                 sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; "
                                  f"ending the MPI job\n")

@@ -105,7 +105,7 @@ class ParallelRunner:
         # started by the user's MPI launcher (mpiexec -n N python script.py): this process is
         # one of the ranks, and the fit runs on them instead of on workers parrbm starts
         self._spmd = None
-        if transport == "mpi":
+        if transport in ("mpi", "tcp"):
             from parrbm.harness.mpi import SPMDGroup, spmd_world
 
             if spmd_world() is not None:
@@ -113,7 +113,7 @@ class ParallelRunner:
                     raise ValueError("this process is one rank of an MPI job (started by mpiexec or srun): the "
                                      "fit runs on the job's ranks, where the launcher put them; an emulated "
                                      "network or hosts do not apply")
-                self._spmd = SPMDGroup(workers, timeout=timeout)
+                self._spmd = SPMDGroup(workers, timeout=timeout, transport=transport)
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------

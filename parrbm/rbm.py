@@ -342,8 +342,8 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _spmd(self) -> bool:
         """This fit runs on the ranks of an MPI job the user's launcher started
-        (``mpiexec -n N python script.py`` with ``transport="mpi"``)."""
-        if self.transport != "mpi" or self._strategy_from_file() or self._serial():
+        (``mpiexec -n N python script.py`` with ``transport="mpi"`` or ``"tcp"``)."""
+        if self.transport not in ("mpi", "tcp") or self._strategy_from_file() or self._serial():
             return False
         from parrbm.harness.mpi import spmd_world
 

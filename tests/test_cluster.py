@@ -88,17 +88,19 @@ def test_hosts_reach_each_other_by_ssh_and_share_no_tmp(cluster):
 
 def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(cluster):
     """The config and the results exist on node0 alone (rank 0 reads and writes; the other
-    ranks get the config and the data over MPI): every mpi point trains the model its
-    threads point trains, bit for bit, moving the closed form's bytes over the links."""
-    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS)
+    ranks get the config and the data over MPI): every mpi and tcp point (tcp: connections
+    between the ranks) trains the model its threads point trains, bit for bit, moving the
+    closed form's bytes over the links."""
+    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS.replace("transport: [threads, mpi]",
+                                                                "transport: [threads, tcp, mpi]"))
     before = {h: cluster.network.counters(cluster.hosts.index(h))["tx_bytes"] for h in cluster.node_names}
     p = cluster.run("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
                               "--out", "/tmp/out", "--no-calibrate"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
     threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
-    mpi = [r for r in records if r["transport"] == "mpi"]
-    assert len(mpi) == 10 and len(threads) == 10
+    mpi = [r for r in records if r["transport"] in ("tcp", "mpi")]
+    assert len(mpi) == 20 and len(threads) == 10
     sent = 0
     for r in mpi:
         m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]

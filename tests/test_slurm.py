@@ -1,7 +1,7 @@
 """``srun -n N parrbm run CONFIG`` under a real Slurm (Debian's slurm-wlm and munge): a
 controller and one slurmd on this machine, started by the test in a folder of its own and
 stopped after it. Each rank finds its place through PMI-2 as under mpiexec; rank 0 writes;
-the mpi points train the threads points' models, bit for bit."""
+the mpi and tcp points train the threads points' models, bit for bit."""
 
 import json
 import os
@@ -118,7 +118,7 @@ training: {batch_size: 8, steps: 3, warmup: 1, timeout: 30}
 grid:
   strategy: [serial, unit-partitioned, per-update-sync, purple-only, green-only, parameter-averaging]
   workers: [2]
-  transport: [threads, mpi]
+  transport: [threads, tcp, mpi]
 """
 
 
@@ -130,8 +130,8 @@ def test_srun_runs_one_comparison_on_its_tasks(slurm, tmp_path):
     assert p.stdout.count("results: ") == 1  # rank 0 reports; the other task served
     records = [json.loads(x) for x in (tmp_path / "out" / "slurm.jsonl").read_text().splitlines()]
     threads = {r["strategy"]: r["metrics"] for r in records if r["transport"] == "threads"}
-    mpi = [r for r in records if r["transport"] == "mpi"]
-    assert len(mpi) == 5
+    mpi = [r for r in records if r["transport"] in ("tcp", "mpi")]
+    assert len(mpi) == 10
     for r in mpi:
         assert r["status"] == "ok", r.get("error")
         assert r["metrics"]["model_sha256"] == threads[r["strategy"]]["model_sha256"], r["run_id"]

@@ -127,7 +127,7 @@ training: {batch_size: 8, steps: 3, warmup: 1, timeout: 30}
 grid:
   strategy: [serial, unit-partitioned, green-only]
   workers: [1, 2]
-  transport: [threads, mpi]
+  transport: [threads, tcp, mpi]
 """
 
 
@@ -149,6 +149,9 @@ def test_a_comparison_started_by_mpiexec_runs_its_mpi_points_on_the_jobs_ranks(t
         assert r["metrics"]["bytes_per_step"] == ref[rid]["metrics"]["bytes_per_step"] \
             == r["metrics"]["bytes_per_step_formula"], rid
         assert r["metrics"]["reconstruction_error"] == ref[rid]["metrics"]["reconstruction_error"], rid
+        assert r["metrics"]["model_sha256"] == ref[rid]["metrics"]["model_sha256"], rid
+        if r["transport"] in ("tcp", "mpi") and r["workers"] > 1:  # on the job's ranks, not workers of rank 0
+            assert len(r["hosts"]) == r["workers"], rid
     # one writer: rank 0's results (and its writer's lock), nothing from the other ranks
     assert sorted(x.name for x in (tmp_path / "spmd").iterdir()) == [".across.jsonl.lock", "across.jsonl"]
 
@@ -219,3 +222,30 @@ def test_a_stopped_rank_ends_the_mpi_job_naming_it(tmp_path, victim, needle):
     assert p.returncode != 0
     assert re.search(needle, p.stderr), p.stderr[-2000:]
     assert time.monotonic() - t0 < 60
+
+
+TCP_FIT = """
+import numpy as np
+from mpi4py import MPI
+from parrbm import RBM
+
+X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+          strategy="unit-partitioned", workers=2, transport="tcp", progress=False).fit(X)
+np.save(f"held-{MPI.COMM_WORLD.Get_rank()}.npy", rbm.components_)
+print(rbm.comm_stats_["bytes_total"], rbm.comm_stats_["hosts"] is not None, flush=True)
+"""
+
+
+def test_a_tcp_fit_on_the_ranks_of_an_mpi_job_is_the_fit_on_threads(tmp_path):
+    """transport="tcp" under mpiexec: the worker ranks connect to one another over TCP (the
+    addresses go round over MPI) and fit there; every rank holds the threads fit's model."""
+    (tmp_path / "fit.py").write_text(textwrap.dedent(TCP_FIT))
+    p = mpiexec(3, "fit.py", cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
+    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              strategy="unit-partitioned", workers=2, progress=False).fit(X)
+    for r in range(3):
+        np.testing.assert_array_equal(np.load(tmp_path / f"held-{r}.npy"), ref.components_, err_msg=str(r))
+    assert p.stdout.split()[:2] == [str(ref.comm_stats_["bytes_total"]), "True"]
