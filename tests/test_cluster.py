@@ -244,6 +244,33 @@ def test_an_estimator_and_parrbm_train_fit_on_the_hosts_they_name(cluster):
     assert left["node0"] == left["node1"] == left["node2"] == [], left
 
 
+UNREACHABLE = """
+import sys, time
+import numpy as np
+from parrbm import RBM
+
+X = (np.random.default_rng(3).random((60, 12)) < 0.4).astype(np.float64)
+t0 = time.monotonic()
+try:
+    RBM(n_hidden=8, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport=sys.argv[1],
+        strategy_options={"hosts": ["node0", "nosuch"]}, progress=False).fit(X)
+except Exception as exc:
+    print(f"{time.monotonic() - t0:.1f} {type(exc).__name__}: {exc}")
+"""
+
+
+@pytest.mark.parametrize("transport", ["mpi", "tcp"])
+def test_a_host_that_cannot_be_reached_is_named_at_once(cluster, transport):
+    (cluster.tmp("login") / "u.py").write_text(textwrap.dedent(UNREACHABLE))
+    p = cluster.run("login", [sys.executable, "/tmp/u.py", transport], capture_output=True, text=True, timeout=120)
+    seconds, said = p.stdout.split(" ", 1)
+    assert float(seconds) < 10 and said.startswith("CommError"), p.stdout + p.stderr
+    assert "Could not resolve hostname nosuch" in said
+    if transport == "tcp":
+        assert "worker 1 (on nosuch) exited with code 255" in said
+    assert _settled(cluster)["node0"] == []
+
+
 def _start_long(cluster) -> subprocess.Popen:
     (cluster.tmp("node0") / "c.yaml").write_text(LONG)
     p = cluster.popen("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
