@@ -465,6 +465,55 @@ def mpi_links(quick: bool = False, where=None) -> dict[str, Link]:
     return _links_from(times)
 
 
+#: the GEMM every host times to compare its speed with this machine's (float32, one thread)
+PROBE_SIDE = 512
+
+
+def kernel_probe_seconds() -> float:
+    """Median seconds of a PROBE_SIDE-cubed float32 GEMM on one BLAS thread (the core's)."""
+    _core.set_blas_threads(1)
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((PROBE_SIDE, PROBE_SIDE)).astype(np.float32) for _ in range(2))
+    c = np.zeros((PROBE_SIDE, PROBE_SIDE), np.float32)
+    return _median_time(lambda: _core.gemm(a, b, c, trans_a=False), 7, KERNEL_SAMPLE)
+
+
+def host_speeds(where) -> dict[str, float]:
+    """Each host's kernel probe seconds (one rank a host of ``where``, an MPIHosts; the
+    figures come back through mpiexec's output): what a step's compute takes there
+    against this machine, whose kernels the profile measured."""
+    n = len(where.hosts) if where.hosts else 2
+    cmd = where.command(n, ["-m", "parrbm.analysis.calibrate", "--host-speed"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp,
+                             env={**os.environ, **where.env})
+    if out.returncode != 0:
+        raise RuntimeError(f"the kernel probe on the hosts failed: {out.stderr.strip()[-500:]}")
+    pairs = json.loads(out.stdout.strip().splitlines()[-1])
+    speeds: dict[str, float] = {}
+    for host, seconds in pairs:  # a host listed twice: its slower figure
+        speeds[host] = max(seconds, speeds.get(host, 0.0))
+    return speeds
+
+
+def _host_speed_main() -> None:
+    from mpi4py import MPI
+
+    import socket
+
+    world = MPI.COMM_WORLD
+    mine = None
+    for r in range(world.Get_size()):  # one host at a time: hosts sharing a machine do not slow each other
+        if r == world.Get_rank():
+            mine = (socket.gethostname(), kernel_probe_seconds())
+        world.Barrier()
+    every = world.gather(mine, root=0)
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        print(json.dumps(every), flush=True)
+
+
 def _mpi_rank_main(sizes: list[int], repeats: int = 5) -> None:
     from parrbm.harness.comm import Comm
     from parrbm.harness.mpi import MPITransport
@@ -664,6 +713,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="python -m parrbm.analysis.calibrate",
                                  description="one rank of the collectives' ping-pong (started by calibrate)")
     ap.add_argument("--mpi-rank", action="store_true")
+    ap.add_argument("--host-speed", action="store_true")
     ap.add_argument("--tcp-rank", type=int)
     ap.add_argument("--addresses")
     ap.add_argument("--quick", action="store_true")
@@ -671,7 +721,9 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     chosen = [int(s) for s in a.sizes.split(",")] if a.sizes else (SIZES[:-1] if a.quick else SIZES)
-    if a.mpi_rank:
+    if a.host_speed:
+        _host_speed_main()
+    elif a.mpi_rank:
         _mpi_rank_main(chosen, a.repeats)
     elif a.tcp_rank is not None:
         _tcp_rank_main(a.tcp_rank, a.addresses, chosen, a.repeats)

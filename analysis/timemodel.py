@@ -93,6 +93,9 @@ class Profile:
     contention_memory: dict[str, list[list[float]]] = field(default_factory=dict)
     #: transport -> collective kind -> Link
     links: dict[str, dict[str, Link]] = field(default_factory=dict)
+    #: transport (``mpi@hosts``) -> how much longer a kernel takes on the slowest of its
+    #: hosts than on this machine (the workers wait for the slowest)
+    host_slowdown: dict[str, float] = field(default_factory=dict)
     created: str = ""
 
     def save(self, path: str | Path) -> None:
@@ -308,7 +311,9 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
                        average=average) for r in ranks] if strategy != "serial" else \
         [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
-    compute = max(profile.compute_seconds(w, model.precision, strategy, model.visible) for w in works)
+    # on other hosts: at the speed of the slowest of them
+    slowdown = profile.host_slowdown.get(transport, 1.0)
+    compute = max(profile.compute_seconds(w, model.precision, strategy, model.visible) for w in works) * slowdown
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores
@@ -324,7 +329,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     if per_step and K > 1:
         st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
-                                           model.precision, "") for r in ranks)
+                                           model.precision, "") for r in ranks) * slowdown
         sync_compute = sync
         sync_phases = _comm(st, model, K, profile, transport, strategy)
         sync += sum(sync_phases.values())

@@ -1303,14 +1303,42 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
         from parrbm.analysis.calibrate import mpi_links
 
         between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
-        progress(f"calibrate: mpi collectives between {between} (mpi@hosts); the kernels are this machine's")
+        progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")
         try:
             profile.links["mpi@hosts"] = mpi_links(quick=True, where=on_hosts)
         except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's mpi
             progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
+        _calibrate_host_kernels(profile, on_hosts, progress)
     if lock is not None:
         lock.check()  # kept only beside results this run still holds
     profile.save(where)
+
+
+#: hosts whose kernels differ by more than this factor are said to differ in speed
+HOST_SPEED_SPREAD = 1.15
+
+
+def _calibrate_host_kernels(profile, on_hosts, progress) -> None:
+    """The same GEMM timed on every host of the mpi section and here: each host's speed
+    against this machine, said; the slowest host's slowdown prices the runs there
+    (``profile.host_slowdown['mpi@hosts']``), since a step waits for its slowest worker."""
+    from parrbm.analysis.calibrate import host_speeds, kernel_probe_seconds
+
+    try:
+        there = host_speeds(on_hosts)
+    except Exception as exc:  # noqa: BLE001 - then the runs are priced with this machine's kernels
+        progress(f"calibrate: the kernels on the hosts were not measured ({exc}); priced with this machine's")
+        return
+    here = kernel_probe_seconds()
+    ratios = {h: s / here for h, s in there.items()}
+    progress("calibrate: kernels on the hosts against this machine: "
+             + ", ".join(f"{h} {r:.2f}x the time" for h, r in ratios.items()))
+    if max(ratios.values()) > HOST_SPEED_SPREAD * min(ratios.values()):
+        slow = max(ratios, key=ratios.get)
+        progress(f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
+                 f"slower than the fastest): a step waits for its slowest worker; the model prices the mpi runs "
+                 f"at {slow}'s speed")
+    profile.host_slowdown["mpi@hosts"] = max(ratios.values())
 
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:

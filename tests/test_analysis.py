@@ -652,3 +652,13 @@ def test_a_run_on_named_hosts_is_priced_with_the_collectives_calibrated_between_
     assert across.step_seconds > here.step_seconds + 0.02  # 1 MB a step at 10 MB/s, not at 1 GB/s
     del prof.links["mpi@hosts"]  # not calibrated (a job the user started): this machine's figures
     assert predict_record({**rec, "hosts": ["node0", "node1"]}, prof).transport == "mpi"
+
+
+def test_runs_on_slower_hosts_are_priced_at_the_slowest_hosts_speed():
+    model = cost.Model(500, 500)
+    prof = flat_profile().with_network("mpi@hosts", 1e9, 1e-5)
+    base = predict("green-only", model, 100, 2, prof, transport="mpi@hosts")
+    prof.host_slowdown["mpi@hosts"] = 2.0
+    slow = predict("green-only", model, 100, 2, prof, transport="mpi@hosts")
+    assert slow.compute_seconds == pytest.approx(2 * base.compute_seconds)
+    assert slow.comm_seconds == pytest.approx(base.comm_seconds)

@@ -155,7 +155,11 @@ CALIBRATE = """
 from parrbm.analysis.calibrate import mpi_links
 from parrbm.harness.remote import MPIHosts
 
+from parrbm.analysis.calibrate import host_speeds
+
 links = mpi_links(quick=True, where=MPIHosts(hosts=["node0", "node1"]))
+speeds = host_speeds(MPIHosts(hosts=["node0", "node1"]))
+print(sorted(speeds), min(speeds.values()) > 0)
 print(sorted(links), links["alltoall"].bandwidth)
 """
 
@@ -168,7 +172,9 @@ def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluste
     p = cluster.run("login", [sys.executable, "cal.py"], cwd="/tmp/work", capture_output=True, text=True,
                     timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    kinds, rate = p.stdout.rsplit("]", 1)
+    first, second = p.stdout.strip().splitlines()
+    assert first == "['node0', 'node1'] True"  # each host's kernels timed there
+    kinds, rate = second.rsplit("]", 1)
     assert kinds + "]" == "['allgather', 'allgather_bits', 'allreduce', 'alltoall', 'reduce_scatter']"
     # the hosts' link, not shared memory nor an unshaped veth (GB/s): about its payload rate
     assert 20e6 < float(rate) < 60e6, rate
