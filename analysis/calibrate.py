@@ -498,6 +498,80 @@ def host_speeds(where) -> dict[str, float]:
     return speeds
 
 
+def _on_host(where, host: str, args: list[str]) -> list[str]:
+    """The launcher's command (ssh) that runs ``python -m parrbm.analysis.calibrate ARGS``
+    on ``host`` of ``where`` (a TCPHosts), in / (a folder every host has)."""
+    import shlex
+
+    remote = " ".join(["cd / &&", "OPENBLAS_NUM_THREADS=1", "exec", shlex.quote(where.python), "-m",
+                       "parrbm.analysis.calibrate", *map(shlex.quote, args)])
+    return [*where.launcher, host, remote]
+
+
+def tcp_host_speeds(where) -> dict[str, float]:
+    """:func:`host_speeds` for the hosts of a tcp section: the probe run on each through
+    the launcher, one host at a time."""
+    speeds: dict[str, float] = {}
+    for host in dict.fromkeys(where.hosts):
+        out = subprocess.run(_on_host(where, host, ["--host-speed-here"]), capture_output=True, text=True,
+                             timeout=300, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise RuntimeError(f"the kernel probe on {host} failed: {out.stderr.strip()[-300:]}")
+        speeds[host] = float(out.stdout.split()[-1])
+    return speeds
+
+
+def tcp_host_links(where, quick: bool = False) -> dict[str, Link]:
+    """The tcp collectives between the first two hosts of ``where`` (a TCPHosts): a rank
+    on each, started through the launcher; their ports, the secret and the addresses go
+    over its standard input and output, the figures come back on rank 0's."""
+    hosts = [where.host_of(0), where.host_of(1)]
+    args = ["--tcp-host-rank", *(["--quick"] if quick else [])]
+    procs = [subprocess.Popen(_on_host(where, h, [*args[:1], str(r), *args[1:]]), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for r, h in enumerate(hosts)]
+    try:
+        ports = []
+        for p in procs:
+            line = p.stdout.readline()
+            if not line.startswith("PORT "):
+                raise RuntimeError(f"a tcp calibration rank did not start: {p.stderr.read().strip()[-300:]}")
+            ports.append(int(line.split()[1]))
+        secret = os.urandom(32).hex()
+        for p in procs:
+            p.stdin.write(f"{secret}\n{json.dumps([[h, port] for h, port in zip(hosts, ports)])}\n")
+            p.stdin.flush()
+        out, err = procs[0].communicate(timeout=600)
+        if procs[0].returncode != 0:
+            raise RuntimeError(f"the tcp calibration between {hosts} failed: {err.strip()[-300:]}")
+        procs[1].wait(timeout=60)
+        return _links_from(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
+    import socket
+
+    from parrbm.harness.comm import Comm
+    from parrbm.harness.tcp import TCPTransport
+
+    listener = socket.create_server(("", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+    secret = bytes.fromhex(sys.stdin.readline().strip())
+    peers = [tuple(a) for a in json.loads(sys.stdin.readline())]
+    t = TCPTransport(rank, len(peers), secret, listener, peers, timeout=120.0)
+    try:
+        res = collective_times(Comm(t), sizes, repeats)
+    finally:
+        t.close()
+    if rank == 0:
+        print(json.dumps(res), flush=True)
+
+
 def _host_speed_main() -> None:
     from mpi4py import MPI
 
@@ -714,6 +788,8 @@ if __name__ == "__main__":
                                  description="one rank of the collectives' ping-pong (started by calibrate)")
     ap.add_argument("--mpi-rank", action="store_true")
     ap.add_argument("--host-speed", action="store_true")
+    ap.add_argument("--host-speed-here", action="store_true")
+    ap.add_argument("--tcp-host-rank", type=int)
     ap.add_argument("--tcp-rank", type=int)
     ap.add_argument("--addresses")
     ap.add_argument("--quick", action="store_true")
@@ -723,6 +799,10 @@ if __name__ == "__main__":
     chosen = [int(s) for s in a.sizes.split(",")] if a.sizes else (SIZES[:-1] if a.quick else SIZES)
     if a.host_speed:
         _host_speed_main()
+    elif a.host_speed_here:
+        print(kernel_probe_seconds(), flush=True)
+    elif a.tcp_host_rank is not None:
+        _tcp_host_rank_main(a.tcp_host_rank, chosen, a.repeats)
     elif a.mpi_rank:
         _mpi_rank_main(chosen, a.repeats)
     elif a.tcp_rank is not None:

@@ -1289,9 +1289,12 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
         transports = [t for t in transports if t not in JOB_TRANSPORTS]
         progress(f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
                  f"not calibrated: the time model prices those runs with this machine's other figures")
-    elif cfg.get("mpi") and "mpi" in transports:
-        transports.remove("mpi")  # between this machine's ranks: not where the mpi runs happen
-    on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in {pt["transport"] for pt in grid_points(cfg)} else None
+    else:  # between this machine's workers: not where the runs on hosts happen
+        transports = [t for t in transports if not (t == "mpi" and cfg.get("mpi"))
+                      and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))]
+    used = {pt["transport"] for pt in grid_points(cfg)}
+    on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
+    tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None
     profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
@@ -1300,7 +1303,7 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
         calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
                           quick=True, progress=progress)
     if on_hosts is not None:
-        from parrbm.analysis.calibrate import mpi_links
+        from parrbm.analysis.calibrate import host_speeds, mpi_links
 
         between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
         progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")
@@ -1308,7 +1311,17 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
             profile.links["mpi@hosts"] = mpi_links(quick=True, where=on_hosts)
         except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's mpi
             progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
-        _calibrate_host_kernels(profile, on_hosts, progress)
+        _calibrate_host_kernels(profile, "mpi@hosts", lambda: host_speeds(on_hosts), progress)
+    if tcp_on_hosts is not None:
+        from parrbm.analysis.calibrate import tcp_host_links, tcp_host_speeds
+
+        progress(f"calibrate: tcp collectives between {tcp_on_hosts.host_of(0)} and {tcp_on_hosts.host_of(1)} "
+                 f"(tcp@hosts)")
+        try:
+            profile.links["tcp@hosts"] = tcp_host_links(tcp_on_hosts, quick=True)
+        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's tcp
+            progress(f"calibrate: tcp@hosts skipped ({exc}); the tcp runs are priced with this machine's figures")
+        _calibrate_host_kernels(profile, "tcp@hosts", lambda: tcp_host_speeds(tcp_on_hosts), progress)
     if lock is not None:
         lock.check()  # kept only beside results this run still holds
     profile.save(where)
@@ -1318,14 +1331,14 @@ def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None)
 HOST_SPEED_SPREAD = 1.15
 
 
-def _calibrate_host_kernels(profile, on_hosts, progress) -> None:
-    """The same GEMM timed on every host of the mpi section and here: each host's speed
-    against this machine, said; the slowest host's slowdown prices the runs there
-    (``profile.host_slowdown['mpi@hosts']``), since a step waits for its slowest worker."""
-    from parrbm.analysis.calibrate import host_speeds, kernel_probe_seconds
+def _calibrate_host_kernels(profile, name: str, measure, progress) -> None:
+    """The same GEMM timed on every host (``measure()``: host -> seconds) and here: each
+    host's speed against this machine, said; the slowest host's slowdown prices the runs
+    there (``profile.host_slowdown[name]``), since a step waits for its slowest worker."""
+    from parrbm.analysis.calibrate import kernel_probe_seconds
 
     try:
-        there = host_speeds(on_hosts)
+        there = measure()
     except Exception as exc:  # noqa: BLE001 - then the runs are priced with this machine's kernels
         progress(f"calibrate: the kernels on the hosts were not measured ({exc}); priced with this machine's")
         return
@@ -1336,9 +1349,9 @@ def _calibrate_host_kernels(profile, on_hosts, progress) -> None:
     if max(ratios.values()) > HOST_SPEED_SPREAD * min(ratios.values()):
         slow = max(ratios, key=ratios.get)
         progress(f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
-                 f"slower than the fastest): a step waits for its slowest worker; the model prices the mpi runs "
-                 f"at {slow}'s speed")
-    profile.host_slowdown["mpi@hosts"] = max(ratios.values())
+                 f"slower than the fastest): a step waits for its slowest worker; the model prices the "
+                 f"{name.split('@')[0]} runs at {slow}'s speed")
+    profile.host_slowdown[name] = max(ratios.values())
 
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:

@@ -155,22 +155,31 @@ CALIBRATE = """
 from parrbm.analysis.calibrate import mpi_links
 from parrbm.harness.remote import MPIHosts
 
-from parrbm.analysis.calibrate import host_speeds
+import sys
 
-links = mpi_links(quick=True, where=MPIHosts(hosts=["node0", "node1"]))
-speeds = host_speeds(MPIHosts(hosts=["node0", "node1"]))
+from parrbm.analysis.calibrate import host_speeds, tcp_host_links, tcp_host_speeds
+from parrbm.harness.experiment import tcp_hosts
+
+if sys.argv[1] == "mpi":
+    links = mpi_links(quick=True, where=MPIHosts(hosts=["node0", "node1"]))
+    speeds = host_speeds(MPIHosts(hosts=["node0", "node1"]))
+else:
+    links = tcp_host_links(tcp_hosts({"hosts": ["node0", "node1"]}), quick=True)
+    speeds = tcp_host_speeds(tcp_hosts({"hosts": ["node0", "node1"]}))
 print(sorted(speeds), min(speeds.values()) > 0)
 print(sorted(links), links["alltoall"].bandwidth)
 """
 
 
-def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluster):
-    """mpi@hosts: two ranks on node0 and node1, their figures back through mpiexec's
-    output: the rate of the 50 MB/s links between them."""
+@pytest.mark.parametrize("transport", ["mpi", "tcp"])
+def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluster, transport):
+    """mpi@hosts and tcp@hosts: two ranks on node0 and node1 (started by mpiexec, or by
+    ssh), their figures back through the launcher's output: the rate of the 50 MB/s
+    links between them; and each host's kernels timed there."""
     (cluster.tmp("login") / "work").mkdir()
     (cluster.tmp("login") / "work" / "cal.py").write_text(textwrap.dedent(CALIBRATE))
-    p = cluster.run("login", [sys.executable, "cal.py"], cwd="/tmp/work", capture_output=True, text=True,
-                    timeout=300)
+    p = cluster.run("login", [sys.executable, "cal.py", transport], cwd="/tmp/work", capture_output=True,
+                    text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     first, second = p.stdout.strip().splitlines()
     assert first == "['node0', 'node1'] True"  # each host's kernels timed there
