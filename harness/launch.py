@@ -658,7 +658,31 @@ def kill_tagged(tag: str) -> list[int]:
             os.unlink(f)
         except OSError:
             pass
+    _wait_gone(pids)
     return pids
+
+
+#: how long a SIGKILLed process may take to be gone (a loaded machine schedules it late)
+GONE_SECONDS = 5.0
+
+
+def _wait_gone(pids: list[int]) -> None:
+    """Return once every one of ``pids`` has ended (gone, or a zombie its parent has not
+    reaped yet): what a run killed is no longer running when its caller goes on."""
+    deadline = time.monotonic() + GONE_SECONDS
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        still = []
+        for pid in left:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] not in "ZX":
+                still.append(pid)
+        left = still
+        if left:
+            time.sleep(0.01)
 
 
 def _job_root() -> str:

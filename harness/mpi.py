@@ -363,6 +363,8 @@ def _remove_topology_file_after_proxy() -> None:
     if _watching:
         return
     _watching = True
+    if os.environ.get("PARRBM_JOB"):  # a job parrbm started: its end removes the file (launch.kill_tagged)
+        return
     proxy = os.getppid()
     files = sorted(hydra_topology_files(proxy))
     if not files or proxy <= 1:
