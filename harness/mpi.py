@@ -286,11 +286,20 @@ class Watch:
             if waiting and time.monotonic() - changed > self.timeout:
                 self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, [], self.K, self.timeout))
 
+    #: called with the message before the job ends (parrbm's remote ranks tell their driver)
+    on_end: list = []
+
     def _end(self, message: str) -> None:
         import sys
 
         sys.stderr.write(f"parrbm: {message}\n")
         sys.stderr.flush()
+        for tell in self.on_end:
+            try:
+                tell(message)
+            except Exception:  # noqa: BLE001 - the job ends anyway
+                pass
+        time.sleep(0.5)  # the launcher forwards the line before MPI_Abort tears the job down
         from mpi4py import MPI
 
         MPI.COMM_WORLD.Abort(1)
@@ -451,8 +460,18 @@ class SPMDGroup:
                 sys.stderr.flush()
                 self.world.Abort(1)
         if everyone:
-            return self.world.allgather(mine)[: self.K]
-        return self.world.bcast(mine if self.rank == 0 else None, root=0)
+            return self._books(self.world.allgather, mine)[: self.K]
+        return self._books(self.world.bcast, mine if self.rank == 0 else None, 0)
+
+    def _books(self, collective, *args):
+        """One of the world's collectives that keep the books, counted in this rank's beat
+        like the workers' own: a peer stopped between a fit's collectives and its books is
+        named too."""
+        self.beat.entered("books")
+        try:
+            return collective(*args)
+        finally:
+            self.beat.left()
 
     def call(self, workers: list, target):
         """:meth:`run` for a target that trains: what each worker counted on its own (the
@@ -478,16 +497,16 @@ class SPMDGroup:
         """``fn(worker)`` of each worker rank's own worker, gathered on rank 0 (rank order);
         None on the other ranks. No collective of the workers' comm: plain local values."""
         mine = fn(workers[self.rank]) if self.is_worker else None
-        out = self.world.gather(mine, root=0)
+        out = self._books(self.world.gather, mine, 0)
         return out[: self.K] if out is not None else None
 
     def agree(self, value):
         """Rank 0's ``value`` on every rank."""
-        return self.world.bcast(value, root=0)
+        return self._books(self.world.bcast, value, 0)
 
     def same_on_every_rank(self, value) -> list:
         """Every rank's ``value``, in rank order."""
-        return self.world.allgather(value)
+        return self._books(self.world.allgather, value)
 
 
 def spmd_agree_on_data(X: np.ndarray, seed: int, who: str = "RBM") -> int:

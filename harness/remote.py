@@ -402,6 +402,10 @@ def serve() -> int:
             sys.stderr.flush()
             world.Abort(1)
     runner = None
+    if sock is not None:  # the job's watch names a stopped worker to the driver before it ends the job
+        from parrbm.harness.mpi import Watch
+
+        Watch.on_end.append(lambda message: send_frame(sock, {"op": "error", "message": f"mpi: {message}"}))
     while True:
         message = None
         if rank == 0:
