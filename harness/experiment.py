@@ -867,6 +867,7 @@ def serve_grid() -> None:
         pt = world.bcast(None, root=0)
         if pt is None:
             return
+        _watch_point(cfg, pt)
         try:
             measure_point(cfg, pt)
         except Exception:  # noqa: BLE001 - rank 0 records why the point failed
@@ -892,7 +893,22 @@ def _measure(cfg: dict, pt: dict) -> dict:
     """:func:`measure_point`; on the ranks of an MPI job an mpi or tcp point runs on them all."""
     if _on_the_job(pt):
         _world().bcast(pt, root=0)
+        _watch_point(cfg, pt)
     return measure_point(cfg, pt)
+
+
+def _watch_point(cfg: dict, pt: dict) -> None:
+    """Every rank of the job: the watch's books for this point start now, before its data
+    go round (a rank stopped there is named as one stopped inside the fit)."""
+    from parrbm.harness.mpi import Watch
+
+    Watch.of(_world()).start_fit(pt["workers"], cfg["training"]["timeout"], ahead=True)
+
+
+def _job_bcast(value):
+    from parrbm.harness.mpi import Watch
+
+    return Watch.of(_world()).books(_world().bcast, value, 0)
 
 
 def _data_for(cfg: dict, pt: dict, spec, cases: int) -> np.ndarray:
@@ -904,11 +920,11 @@ def _data_for(cfg: dict, pt: dict, spec, cases: int) -> np.ndarray:
         try:
             X = make_data(cfg, spec.n_visible, spec.visible, spec.dtype, cases)
         except Exception as exc:
-            world.bcast(("error", str(exc)), root=0)
+            _job_bcast(("error", str(exc)))
             raise
-        world.bcast(("ok", X), root=0)
+        _job_bcast(("ok", X))
         return X
-    kind, X = world.bcast(None, root=0)
+    kind, X = _job_bcast(None)
     if kind == "error":
         raise RuntimeError(f"rank 0 could not make the data: {X}")
     return X

@@ -171,6 +171,7 @@ class Watch:
         self.rank = world.Get_rank()
         self.beat = Beat()
         self.generation, self.K, self.timeout = 0, 0, 60.0
+        self._ahead = False  # a generation started before its fit's group (a comparison's point)
         self._stop = threading.Event()
         self.sock = None
         listener = None
@@ -199,12 +200,27 @@ class Watch:
         self._thread.start()
         atexit.register(self.close)
 
-    def start_fit(self, K: int, timeout: float) -> Beat:
-        """A new fit of K workers: books cleared (every rank calls it, at the same point)."""
+    def start_fit(self, K: int, timeout: float, *, ahead: bool = False) -> Beat:
+        """A new fit of K workers: books cleared (every rank calls it, at the same point).
+        ``ahead``: started for what comes before the fit's group (a comparison's point
+        sends its data first); the group then goes on in it."""
         self.K, self.timeout = K, timeout
+        if self._ahead and not ahead:
+            self._ahead = False
+            return self.beat
         self.beat = Beat()
         self.generation += 1
+        self._ahead = ahead
         return self.beat
+
+    def books(self, collective, *args):
+        """One of the world's collectives outside the workers' own, counted in this rank's
+        beat: a rank that never joins it is named as well."""
+        self.beat.entered("books")
+        try:
+            return collective(*args)
+        finally:
+            self.beat.left()
 
     def close(self) -> None:
         self._stop.set()
@@ -406,12 +422,13 @@ class SPMDGroup:
         if K > self.size:
             raise ValueError(f"workers={K}, but the MPI launcher started {self.size} ranks: give at most "
                              f"{self.size} workers, or start more ranks (mpiexec -n {K})")
-        # collective over the world: every rank builds the same groups in the same order
-        self.sub = self.world.Split(0 if self.rank < K else MPI.UNDEFINED, self.rank)
-        #: the host each worker runs on, as MPI names it (the records say where they ran)
-        self.hosts: list[str] = self.world.allgather(MPI.Get_processor_name())[:K]
         # every rank makes its fits in the same order: the watch's books start together
-        self.beat = Watch.of(self.world).start_fit(K, timeout)
+        self.watch = Watch.of(self.world)
+        self.beat = self.watch.start_fit(K, timeout)
+        # collective over the world: every rank builds the same groups in the same order
+        self.sub = self._books(self.world.Split, 0 if self.rank < K else MPI.UNDEFINED, self.rank)
+        #: the host each worker runs on, as MPI names it (the records say where they ran)
+        self.hosts: list[str] = self._books(self.world.allgather, MPI.Get_processor_name())[:K]
         self.tcp = self._connect_tcp(timeout) if transport == "tcp" else None
 
     def _connect_tcp(self, timeout: float):
@@ -422,8 +439,8 @@ class SPMDGroup:
 
         listener = socket.create_server(("", 0)) if self.is_worker else None
         mine = (socket.gethostname(), listener.getsockname()[1]) if listener is not None else None
-        addresses = self.world.allgather(mine)[: self.K]
-        secret = self.world.bcast(os.urandom(32) if self.rank == 0 else None, root=0)
+        addresses = self._books(self.world.allgather, mine)[: self.K]
+        secret = self._books(self.world.bcast, os.urandom(32) if self.rank == 0 else None, 0)
         if not self.is_worker:
             return None
         try:
@@ -467,11 +484,7 @@ class SPMDGroup:
         """One of the world's collectives that keep the books, counted in this rank's beat
         like the workers' own: a peer stopped between a fit's collectives and its books is
         named too."""
-        self.beat.entered("books")
-        try:
-            return collective(*args)
-        finally:
-            self.beat.left()
+        return self.watch.books(collective, *args)
 
     def call(self, workers: list, target):
         """:meth:`run` for a target that trains: what each worker counted on its own (the

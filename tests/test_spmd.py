@@ -233,7 +233,8 @@ X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
 rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
           strategy="unit-partitioned", workers=2, transport="tcp", progress=False).fit(X)
 np.save(f"held-{MPI.COMM_WORLD.Get_rank()}.npy", rbm.components_)
-print(rbm.comm_stats_["bytes_total"], rbm.comm_stats_["hosts"] is not None, flush=True)
+if MPI.COMM_WORLD.Get_rank() == 0:  # ranks print at once: one speaks
+    print(rbm.comm_stats_["bytes_total"], rbm.comm_stats_["hosts"] is not None, flush=True)
 """
 
 
