@@ -185,8 +185,9 @@ def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluste
     assert first == "['node0', 'node1'] True"  # each host's kernels timed there
     kinds, rate = second.rsplit("]", 1)
     assert kinds + "]" == "['allgather', 'allgather_bits', 'allreduce', 'alltoall', 'reduce_scatter']"
-    # the hosts' link, not shared memory nor an unshaped veth (GB/s): about its payload rate
-    assert 20e6 < float(rate) < 60e6, rate
+    # the hosts' link, not shared memory nor an unshaped veth (GB/s): of the order of its
+    # 50 MB/s (a fit over message sizes that the token bucket's burst flatters for the small ones)
+    assert 20e6 < float(rate) < 100e6, rate
     assert _settled(cluster)["node0"] == []
 
 
