@@ -553,16 +553,11 @@ def tcp_host_links(where, quick: bool = False) -> dict[str, Link]:
                 p.wait()
 
 
-def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
-    import socket
-
+def _print_collective_times(rank: int, peers, secret: bytes, listener, sizes: list[int], repeats: int) -> None:
+    """One rank of a tcp calibration: the collectives' times, printed by rank 0."""
     from parrbm.harness.comm import Comm
     from parrbm.harness.tcp import TCPTransport
 
-    listener = socket.create_server(("", 0))
-    print(f"PORT {listener.getsockname()[1]}", flush=True)
-    secret = bytes.fromhex(sys.stdin.readline().strip())
-    peers = [tuple(a) for a in json.loads(sys.stdin.readline())]
     t = TCPTransport(rank, len(peers), secret, listener, peers, timeout=120.0)
     try:
         res = collective_times(Comm(t), sizes, repeats)
@@ -570,6 +565,17 @@ def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
         t.close()
     if rank == 0:
         print(json.dumps(res), flush=True)
+
+
+def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
+    import socket
+
+
+    listener = socket.create_server(("", 0))
+    print(f"PORT {listener.getsockname()[1]}", flush=True)
+    secret = bytes.fromhex(sys.stdin.readline().strip())
+    peers = [tuple(a) for a in json.loads(sys.stdin.readline())]
+    _print_collective_times(rank, peers, secret, listener, sizes, repeats)
 
 
 def _host_speed_main() -> None:
@@ -690,20 +696,12 @@ def pooled_link_rate(links: dict[str, Link]) -> dict[str, Link]:
 def _tcp_rank_main(rank: int, addresses: str, sizes: list[int], repeats: int = 5) -> None:
     import socket
 
-    from parrbm.harness.comm import Comm
-    from parrbm.harness.tcp import TCPTransport
 
     peers = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addresses.split(",")]
     listener = socket.create_server(peers[rank])
     print("LISTENING", flush=True)
     secret = bytes.fromhex(sys.stdin.readline().strip())
-    t = TCPTransport(rank, len(peers), secret, listener, peers, timeout=120.0)
-    try:
-        res = collective_times(Comm(t), sizes, repeats)
-    finally:
-        t.close()
-    if rank == 0:
-        print(json.dumps(res), flush=True)
+    _print_collective_times(rank, peers, secret, listener, sizes, repeats)
 
 
 def calibrate_network(profile: Profile, transports, link, quick: bool = False, progress=print) -> Profile:

@@ -188,14 +188,7 @@ class ProcessGroup:
                 raise CommError(self._removed_message()) from exc
             raise
         out = [json.loads(a.read_text()) for a in answers]
-        from parrbm.harness.runner import split_waits
-
-        # what assembling the model moved: on the links, not in the accounts
-        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
-        split_waits(admin)
-        for r, per_phase in enumerate(admin):
-            for phase, s in per_phase.items():
-                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
+        add_admin_stats(self.admin_stats, out)
         return out
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
@@ -279,6 +272,18 @@ class ProcessGroup:
             pass
         finally:  # also when Ctrl-C or SIGTERM lands while they stop
             self._finalizer()
+
+
+def add_admin_stats(admin_stats: list[dict], answers: list[dict]) -> None:
+    """What assembling the model moved (each answer's ``admin_stats``), into each worker's
+    bookkeeping phases: on the links, not in the accounts."""
+    from parrbm.harness.runner import split_waits
+
+    admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in answers]
+    split_waits(admin)
+    for r, per_phase in enumerate(admin):
+        for phase, s in per_phase.items():
+            admin_stats[r].setdefault(phase, PhaseStats()).add(s)
 
 
 def _network_for(runner):

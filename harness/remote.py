@@ -40,6 +40,7 @@ import numpy as np
 
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.comm import CommError, PhaseStats
+from parrbm.harness.frames import read_exact
 
 #: the longest JSON header a frame may carry
 MAX_HEADER = 1 << 20
@@ -100,18 +101,6 @@ class MPIHosts:
 # ---- frames ---------------------------------------------------------------------------------------
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ConnectionError("the connection closed")
-        got += k
-    return bytes(buf)
-
-
 def send_frame(sock: socket.socket, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
     arrays = {k: np.ascontiguousarray(a) for k, a in (arrays or {}).items() if a is not None}
     meta = [{"name": k, "dtype": a.dtype.name, "shape": list(a.shape)} for k, a in arrays.items()]
@@ -130,10 +119,10 @@ def _plain(o):
 
 
 def recv_frame(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
-    (n,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+    (n,) = struct.unpack("<Q", read_exact(sock, 8))
     if n > MAX_HEADER:
         raise ConnectionError(f"a frame header of {n} bytes (at most {MAX_HEADER})")
-    header = json.loads(_recv_exactly(sock, n))
+    header = json.loads(read_exact(sock, n))
     if not isinstance(header, dict) or not isinstance(header.get("arrays"), list):
         raise ConnectionError("a frame without its array list")
     arrays = {}
@@ -143,7 +132,7 @@ def recv_frame(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
             raise ConnectionError(f"a frame's array {str(m)[:80]} is not a numeric array")
         dtype = np.dtype(m["dtype"])
         size = int(np.prod(m["shape"], dtype=np.int64)) * dtype.itemsize
-        arrays[str(m["name"])] = np.frombuffer(_recv_exactly(sock, size), dtype).reshape(m["shape"]).copy() \
+        arrays[str(m["name"])] = np.frombuffer(read_exact(sock, size), dtype).reshape(m["shape"]).copy() \
             if size else np.empty(m["shape"], dtype)
     return header, arrays
 
@@ -158,6 +147,26 @@ def _state_from(arrays: dict[str, np.ndarray], prefix: str = "") -> ModelState:
 
 def _proof(secret: bytes, nonce: bytes) -> bytes:
     return hmac.new(secret, b"parrbm-remote" + nonce, hashlib.sha256).digest()
+
+
+def _epoch_arrays(group, X: np.ndarray, order: np.ndarray, same_data: bool) -> dict[str, np.ndarray]:
+    """The arrays of an epoch command: the order, and X unless the workers hold it (by
+    content, unless the caller says it is the last epoch's)."""
+    import zlib
+
+    X = np.ascontiguousarray(X)
+    arrays = {"order": np.asarray(order, np.int64)}
+    fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B"))) if not same_data else None
+    if group._data_fingerprint is None or (fingerprint is not None and fingerprint != group._data_fingerprint):
+        arrays["X"] = X
+        group._data_fingerprint = fingerprint or (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+    return arrays
+
+
+def _epoch_results(answers: list[dict]) -> list[tuple]:
+    """Per worker (errors, seconds, traffic, stats, wire) from the answers to an epoch."""
+    return [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
+             a["wire"]) for a in answers]
 
 
 # ---- the driver's side ----------------------------------------------------------------------------
@@ -231,7 +240,7 @@ class RemoteGroup:
             try:  # a stranger that cannot prove the secret is dropped; the wait goes on
                 nonce = os.urandom(16)
                 conn.sendall(nonce)
-                if hmac.compare_digest(_recv_exactly(conn, 32), _proof(secret, nonce)):
+                if hmac.compare_digest(read_exact(conn, 32), _proof(secret, nonce)):
                     conn.settimeout(None)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     return conn
@@ -297,30 +306,16 @@ class RemoteGroup:
     # ---- the commands -----------------------------------------------------------------------
 
     def _answers(self, header: dict) -> list[dict]:
-        out = header["answers"]
-        from parrbm.harness.runner import split_waits
+        from parrbm.harness.launch import add_admin_stats
 
-        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
-        split_waits(admin)
-        for r, per_phase in enumerate(admin):
-            for phase, s in per_phase.items():
-                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
-        return out
+        add_admin_stats(self.admin_stats, header["answers"])
+        return header["answers"]
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
-        import zlib
-
-        X = np.ascontiguousarray(X)
-        arrays = {"order": np.asarray(order, np.int64)}
-        fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B"))) if not same_data else None
-        if self._data_fingerprint is None or (fingerprint is not None and fingerprint != self._data_fingerprint):
-            arrays["X"] = X
-            self._data_fingerprint = fingerprint or (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+        arrays = _epoch_arrays(self, X, order, same_data)
         header, got = self._ask_arrays({"op": "epoch", "spec": asdict(spec), "first_step": int(first_step)}, arrays)
         answers = self._answers(header)
-        results = [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
-                    a["wire"]) for a in answers]
-        return results, answers, _state_from(got)
+        return _epoch_results(answers), answers, _state_from(got)
 
     def gather(self) -> ModelState:
         return _state_from(self._ask_arrays({"op": "gather"})[1])
@@ -375,7 +370,7 @@ def _connect() -> socket.socket:
     host, _, port = os.environ["PARRBM_DRIVER"].rpartition(":")
     secret = bytes.fromhex(os.environ.pop("PARRBM_SECRET"))
     sock = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
-    nonce = _recv_exactly(sock, 16)
+    nonce = read_exact(sock, 16)
     sock.sendall(_proof(secret, nonce))
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -634,30 +629,17 @@ class RemoteTCPGroup:
     # ---- the commands (the interface of ProcessGroup) ----------------------------------------
 
     def _answers(self, got: list[tuple[dict, dict]]) -> list[dict]:
-        from parrbm.harness.runner import split_waits
+        from parrbm.harness.launch import add_admin_stats
 
         out = [h for h, _ in got]
-        admin = [{p: PhaseStats(**s) for p, s in a.get("admin_stats", {}).items()} for a in out]
-        split_waits(admin)
-        for r, per_phase in enumerate(admin):
-            for phase, s in per_phase.items():
-                self.admin_stats[r].setdefault(phase, PhaseStats()).add(s)
+        add_admin_stats(self.admin_stats, out)
         return out
 
     def epoch(self, spec, X: np.ndarray, order: np.ndarray, first_step: int, *, same_data: bool = False):
-        import zlib
-
-        X = np.ascontiguousarray(X)
-        arrays = {"order": np.asarray(order, np.int64)}
-        fingerprint = (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B"))) if not same_data else None
-        if self._data_fingerprint is None or (fingerprint is not None and fingerprint != self._data_fingerprint):
-            arrays["X"] = X
-            self._data_fingerprint = fingerprint or (X.shape, X.dtype.str, zlib.crc32(memoryview(X).cast("B")))
+        arrays = _epoch_arrays(self, X, order, same_data)
         got = self._all({"op": "epoch", "spec": asdict(spec), "first_step": int(first_step), "gather": True}, arrays)
         answers = self._answers(got)
-        results = [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
-                    a["wire"]) for a in answers]
-        return results, answers, _state_from(got[0][1])
+        return _epoch_results(answers), answers, _state_from(got[0][1])
 
     def gather(self) -> ModelState:
         return _state_from(self._all({"op": "gather", "gather": True})[0][1])
