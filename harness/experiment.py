@@ -9,7 +9,6 @@ Record schema (one JSON object per line):
                   (but timeout) and options; ``--resume`` refuses a file of another identity
     nulls         where a value was NaN or infinite: field -> why it is null (absent if none)
     strategy, workers, transport, batch_size
-    engine        who ran the workers' minibatch loop: "native" (the C++ core) or "python"
     model         {visible, hidden, visible_type, precision, statistics, cd_k}
     training      {steps, warmup, repeats, learning_rate, momentum, weight_decay, sync_every, seed}
     options       the strategy options;  data  {kind, cases, path}
@@ -92,7 +91,7 @@ SCHEMA = {
                 "seed": _SEED,
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
                 "blas_threads": _POS_INT, "repeats": _POS_INT,
-                "engine": {"enum": ["auto", "native", "python"]},
+                "engine": {},  # gone: refused by name in _check_sections
             },
         },
         "tcp": {
@@ -162,7 +161,7 @@ DEFAULTS = {
     "data": {"kind": "random-binary", "seed": 0},
     "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
                  "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1,
-                 "repeats": 1, "engine": "auto"},
+                 "repeats": 1},
     "options": {},
     "tcp": {},
 }
@@ -325,6 +324,9 @@ def load_config(path: str | Path) -> dict:
 def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
     """The rules between fields that a schema cannot say."""
     training = cfg["training"]
+    if "engine" in training:
+        raise ConfigError(f"{path}: training.engine: no longer an option: every strategy has one description, "
+                          f"its Python module over the core's kernels, and runs it on every transport; remove it")
     if "steps" in training and "cases" in training:
         raise ConfigError(f"{path}: training: give 'steps' or 'cases', not both")
     if "steps" not in training and "cases" not in training:
@@ -436,8 +438,7 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
             continue
         try:
             check_options(_spec_for(cfg, p), p["strategy"], p["workers"], p["transport"],
-                          StrategyOptions(sync_every=training["sync_every"], **cfg["options"]),
-                          training["engine"])
+                          StrategyOptions(sync_every=training["sync_every"], **cfg["options"]))
         except ValueError as exc:
             raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
     from parrbm.strategies.rules import unused_options
@@ -966,7 +967,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
-                           tcp=tcp_hosts(cfg["tcp"]), engine=tr["engine"], network=link_of(cfg, pt),
+                           tcp=tcp_hosts(cfg["tcp"]), network=link_of(cfg, pt),
                            mpi=mpi_hosts(cfg.get("mpi")) if pt["transport"] == "mpi" else None)
         try:
             errors = r.run(X, order, 0)
@@ -1064,7 +1065,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
             **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
-            "engine": stats.get("engine"), "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
+            "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
             **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},

@@ -64,7 +64,7 @@ def write_job(job_dir: Path, runner, network=None) -> None:
     """What every worker of a fit needs once: the spec, the strategy, the options and the
     initial model (``state-0/``)."""
     save_state(job_dir / "state-0", runner.state)
-    job = {"spec": asdict(runner.spec), "strategy": runner.name, "engine": runner.engine, "workers": runner.K,
+    job = {"spec": asdict(runner.spec), "strategy": runner.name, "workers": runner.K,
            "options": asdict(runner.options), "timeout": runner.timeout, "blas_threads": runner.blas_threads,
            "listen": runner.tcp.listen,
            # on emulated hosts each worker listens on its host's address

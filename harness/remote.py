@@ -203,7 +203,7 @@ class RemoteGroup:
             self.sock = self._accept(listener, secret)
             listener.close()
             answer = self._ask({"op": "job", "spec": asdict(runner.spec), "strategy": runner.name, "sources": sources,
-                                "workers": self.K, "options": asdict(runner.options), "engine": runner.engine,
+                                "workers": self.K, "options": asdict(runner.options),
                                 "blas_threads": runner.blas_threads, "timeout": runner.timeout},
                                _state_arrays(runner.state))
             self.hosts = answer["hosts"]
@@ -440,7 +440,7 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
         spec = CDSpec(**header["spec"])
         r = ParallelRunner(spec, _state_from(arrays), header["strategy"], header["workers"], "mpi",
                            StrategyOptions(**header["options"]), blas_threads=header["blas_threads"],
-                           timeout=header["timeout"], engine=header["engine"])
+                           timeout=header["timeout"])
         who = world.allgather((socket.gethostname(), os.getpid()))[: header["workers"]]
         return {"op": "ok", "hosts": [h for h, _ in who], "pids": [p for _, p in who], "_runner": r}, {}
     if op == "epoch":
@@ -543,7 +543,7 @@ class RemoteTCPGroup:
             job = {"op": "job", "secret": secret, "listen": where.listen, "spec": asdict(runner.spec),
                    "sources": plugin_sources(runner.name),
                    "strategy": runner.name, "workers": self.K, "options": asdict(runner.options),
-                   "engine": runner.engine, "blas_threads": runner.blas_threads, "timeout": runner.timeout}
+                   "blas_threads": runner.blas_threads, "timeout": runner.timeout}
             ports = [a["port"] for a, _ in self._all(job, _state_arrays(runner.state), started=True)]
             self._all({"op": "peers", "addresses": [[self.hosts[r], ports[r]] for r in range(self.K)]})
         except BaseException:
@@ -699,7 +699,7 @@ def serve_tcp(rank: int, size: int) -> int:
 
     from parrbm import _core
     from parrbm.harness.comm import Comm
-    from parrbm.harness.runner import train_native, train_on, worker_class
+    from parrbm.harness.runner import train_on, worker_class
     from parrbm.harness.tcp import TCPTransport
     from parrbm.strategies.base import StrategyOptions
 
@@ -731,7 +731,6 @@ def serve_tcp(rank: int, size: int) -> int:
         install_sources(job.get("sources") or [])
         cls = worker_class(job["strategy"], load=True)
         options = StrategyOptions(**job["options"])
-        native = job["engine"] == "native"
 
         def build(s: ModelState):
             w = cls(CDSpec(**job["spec"]), s, rank, size, options)
@@ -756,12 +755,9 @@ def serve_tcp(rank: int, size: int) -> int:
                 if "X" in arrays:
                     X = arrays["X"]
                 order = arrays["order"]
-                if native:
-                    errors, seconds, traffic, _, wire = train_native(worker, comm, X, order, header["first_step"])
-                else:
-                    m = worker.spec.batch_size
-                    batches = [order[s:s + m] for s in range(0, len(order), m)]
-                    errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, header["first_step"])
+                m = worker.spec.batch_size
+                batches = [order[s:s + m] for s in range(0, len(order), m)]
+                errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, header["first_step"])
                 answer.update({"errors": [float(e) for e in errors], "seconds": [float(t) for t in seconds],
                                "traffic": [int(t) for t in traffic], "wire": [int(w) for w in wire]})
             elif op == "load":

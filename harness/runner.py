@@ -14,19 +14,6 @@ from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
 
-#: Who runs a worker's minibatch loop: "native" is the C++ core's copy of a built-in strategy
-#: (on every transport: its collectives are shared memory on threads and harness/comm.py's
-#: over the transport on tcp and mpi), "python" the strategy modules themselves, "auto"
-#: native where the strategy has a copy in the core.
-ENGINES = ("auto", "native", "python")
-
-
-def has_native(cls: type[Worker]) -> bool:
-    """The core holds a copy of this very class's algorithm. A subclass of a built-in
-    inherits none: it changed something the copy does not know of."""
-    return bool(cls.__dict__.get("native", False))
-
-
 def worker_class(strategy, *, load: bool = False) -> type[Worker]:
     """The parallel strategy's class, by name, ``module:Class`` or the class itself
     (``load``: import a plug-in not loaded yet, see :func:`registry.resolve`)."""
@@ -39,13 +26,11 @@ def worker_class(strategy, *, load: bool = False) -> type[Worker]:
 
 
 def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
-                  options: StrategyOptions, engine: str = "auto") -> None:
+                  options: StrategyOptions) -> None:
     """Reject impossible combinations with a message naming the parameter."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport {transport!r} is not available in this release; "
                          f"available: {', '.join(TRANSPORTS)}")
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
     if options.partition not in ("contiguous", "random"):
         raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
                          f"got {options.partition!r}")
@@ -55,9 +40,6 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
                 workers=workers)
     cls = worker_class(strategy)
     cls.check_options(options, transport=transport)
-    if engine == "native" and not has_native(cls):
-        raise ValueError(f"engine 'native' runs the core's copy of a built-in strategy; {cls.name!r} has none "
-                         f"(use engine='auto' or 'python')")
     if not isinstance(options.sync_every, int) or options.sync_every < 0:
         raise ValueError(f"strategy option 'sync_every' must be an integer >= 0, got {options.sync_every!r}")
 
@@ -67,7 +49,7 @@ class ParallelRunner:
 
     def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
                  transport: str = "threads", options: StrategyOptions | None = None,
-                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None, engine: str = "auto",
+                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None,
                  network=None, mpi=None):
         from parrbm.strategies.registry import reference
 
@@ -75,13 +57,11 @@ class ParallelRunner:
         self.K = workers
         self.transport = transport
         self.options = options or StrategyOptions()
-        check_options(spec, strategy, workers, transport, self.options, engine)
+        check_options(spec, strategy, workers, transport, self.options)
         from parrbm.harness.worker import fault_spec
 
         fault_spec()  # a malformed PARRBM_FAULT is named here, before any worker starts
         self.name = reference(strategy)  # how any process names it: a registered name or module:Class
-        native = has_native(worker_class(strategy))
-        self.engine = ("native" if native else "python") if engine == "auto" else engine
         self.blas_threads = blas_threads
         self.timeout = timeout
         from parrbm.harness.launch import TCPHosts
@@ -287,8 +267,6 @@ class ParallelRunner:
             from parrbm.harness.worker import _inject_fault, slow_hook
 
             slow = slow_hook(comm.rank)  # PARRBM_FAULT=slow:R:MS: a straggler, for the tests
-            if self.engine == "native":
-                return train_native(self._on(comm), comm, X, order, first_step, before_step=slow)
             worker = self._on(comm)
             _inject_fault(worker, slow)
             try:
@@ -386,7 +364,6 @@ class ParallelRunner:
         divergence = [d for w in self.workers for d in w.divergence]
         return {
             "strategy": self.name,
-            "engine": self.engine,
             "network": self.network_info,
             "hosts": (self._spmd.hosts if self._spmd is not None
                       else getattr(self, "_remote_hosts", None)),
@@ -442,35 +419,6 @@ def _training_bytes(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
 
 def _training_wire(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
     return sum(s.wire_bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
-
-
-def train_native(worker: Worker, comm: Comm, X: np.ndarray, order: np.ndarray, first_step: int,
-                 before_step=None):
-    """:func:`train_on` with the minibatch loop in the core: the worker's parameters are
-    updated in place by the core's copy of its strategy. On threads its collectives are the
-    core's shared-memory ones (counting bytes as :class:`Comm` does, phase by phase); on tcp
-    and mpi they are ``comm``'s own, over the transport. ``before_step(step)``, if given,
-    runs before each step (fault injection)."""
-    from parrbm import _core
-    from parrbm.harness.comm import CommError
-
-    X = np.ascontiguousarray(X, dtype=worker.dtype)
-    parts = lambda p: [p.index(j) for j in range(worker.K)]  # noqa: E731
-    group = getattr(comm.transport, "group", None)  # threads: the core's view of the threads
-    try:
-        out = _core.run_strategy_epoch(worker.name, worker.native_config(), worker.native_params(),
-                                       parts(worker.vis), parts(worker.hid),
-                                       group if group is not None else comm,
-                                       X, np.ascontiguousarray(order, dtype=np.int64), first_step,
-                                       worker.steps_done, worker.syncs, before_step)
-    except _core.CommFailure as exc:
-        raise CommError(str(exc)) from None
-    worker.steps_done, worker.syncs = out["steps_done"], out["syncs"]
-    worker.divergence.extend(out["divergence"])
-    for phase, counters in out["stats"].items():
-        comm.stats.setdefault(phase, PhaseStats()).add(PhaseStats(**counters))
-    return (list(out["errors"]), list(out["seconds"]), [int(t) for t in out["traffic"]], comm.stats,
-            [int(w) for w in out["wire"]])
 
 
 def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray],

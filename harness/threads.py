@@ -26,8 +26,6 @@ class ThreadsHub:
         self.timeout = timeout
         self.mailbox: list[Sequence[np.ndarray | None] | None] = [None] * size
         self.barrier = _core.Barrier(size)
-        # The same barrier and a mailbox for the strategies' native epoch loop.
-        self.group = _core.SharedGroup(self.barrier, size, timeout)
         # How many barriers each worker has reached, and in which phase: names the
         # laggards when a barrier times out.
         self.arrivals = [0] * size
@@ -76,11 +74,6 @@ class ThreadsTransport(Transport):
 
     def barrier(self) -> float:
         return self._wait()
-
-    @property
-    def group(self):
-        """The core's view of this run's threads (the native epoch loop communicates there)."""
-        return self.hub.group
 
 
 class WorkerGate:

@@ -103,7 +103,7 @@ def slow_hook(rank: int):
 
 
 def _inject_fault(worker, fault) -> None:
-    """The Python engine: the fault runs at the start of ``worker.step``."""
+    """The fault runs at the start of ``worker.step``."""
     if fault is None:
         return
     step = worker.step
@@ -206,14 +206,12 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
     options = StrategyOptions(**job["options"])
     cls = worker_class(job["strategy"], load=True)  # the launcher named it: a plug-in is imported here
     comm = Comm(transport)
-    native = job["engine"] == "native"
     fault = _fault(rank, transport)
 
     def build(state_file: str):
         w = cls(spec, read_state(job_dir / state_file), rank, job["workers"], options)
         w.comm = comm
-        if not native:
-            _inject_fault(w, fault)
+        _inject_fault(w, fault)
         return w
 
     worker = build("state-0")
@@ -230,7 +228,7 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         result: dict = {}
         gather = op == "gather" or bool(cmd.get("gather"))  # the model, after the command's own work
         if op == "epoch":
-            result = _epoch(worker, comm, cmd, data, job_dir, native=native, fault=fault)
+            result = _epoch(worker, comm, cmd, data, job_dir)
             spec = worker.spec  # a reloaded worker keeps the schedule's learning rate
         elif op == "gather":
             pass
@@ -266,13 +264,12 @@ def run(job: dict, job_dir: Path, rank: int, transport) -> None:
         write_atomic(job_dir / f"result-{n}-{rank}.json", json.dumps(result))
 
 
-def _epoch(worker, comm, cmd: dict, data: dict[str, np.ndarray], job_dir: Path, *, native: bool,
-           fault) -> dict:
+def _epoch(worker, comm, cmd: dict, data: dict[str, np.ndarray], job_dir: Path) -> dict:
     """The ``epoch`` command: the minibatches of the shared data file in the launcher's
-    order, by the core's loop (``native``) or step by step. ``data`` keeps the current
+    order, step by step. ``data`` keeps the current
     data file mapped between epochs."""
     from parrbm.config import CDSpec
-    from parrbm.harness.runner import train_native, train_on
+    from parrbm.harness.runner import train_on
 
     new_spec = CDSpec(**cmd["spec"])
     if new_spec != worker.spec:  # a schedule's next learning rate
@@ -282,13 +279,9 @@ def _epoch(worker, comm, cmd: dict, data: dict[str, np.ndarray], job_dir: Path, 
         data[cmd["data"]] = np.load(job_dir / cmd["data"], mmap_mode="r")
     X = np.asarray(data[cmd["data"]])
     order = np.load(job_dir / cmd["order"])
-    if native:  # the core's epoch loop, its collectives those of comm
-        errors, seconds, traffic, _, wire = train_native(worker, comm, X, order, cmd["first_step"],
-                                                         before_step=fault)
-    else:
-        m = worker.spec.batch_size
-        batches = [order[s:s + m] for s in range(0, len(order), m)]
-        errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, cmd["first_step"])
+    m = worker.spec.batch_size
+    batches = [order[s:s + m] for s in range(0, len(order), m)]
+    errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, cmd["first_step"])
     return {"errors": [float(e) for e in errors], "seconds": seconds, "traffic": traffic, "wire": wire}
 
 

@@ -129,10 +129,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         a host in order, e.g. ``["node0", "node1"]``; mpi over mpiexec's ssh start, with
         nothing shared but the installed environment), ``mpi`` and ``tcp`` (the keys of a
         config's ``mpi`` and ``tcp`` sections: ``hostfile``, ``mpiexec``, ``env``,
-        ``listen``, ...) and ``engine``: "auto" (default) runs each worker's minibatch loop in the C++ core for a
-        built-in strategy and in its Python module for a plug-in, on every transport;
-        "native" insists on the core; "python" runs the strategy modules (the reference the
-        core reproduces bit for bit).
+        ``listen``, ...).
     learning_rate_schedule : {"constant", "linear", "exponential"} or callable, default="constant"
         The learning rate of epoch e (from 0): constant; ``learning_rate * (1 - e / n_iter)``;
         ``learning_rate * learning_rate_decay ** e``; or ``schedule(e)`` for a callable
@@ -375,6 +372,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, "
                              f"got {self.strategy_options!r}")
         opts = dict(self.strategy_options or {})
+        if "engine" in opts:
+            raise ValueError("RBM: strategy_options['engine'] is no longer an option: every strategy has one "
+                             "description, its Python module over the core's kernels, and runs it on every "
+                             "transport; remove it")
         runner = {k: opts.pop(k) for k in RUNNER_OPTIONS if k in opts}
         known = {f for f in StrategyOptions.__dataclass_fields__}
         unknown = sorted(set(opts) - known)
@@ -389,10 +390,6 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             v.check_int("RBM", "strategy_options['blas_threads']", runner["blas_threads"], minimum=1)
         if "timeout" in runner:
             v.check_float("RBM", "strategy_options['timeout']", runner["timeout"], low=0.0, low_open=True)
-        if "engine" in runner:
-            from parrbm.harness.runner import ENGINES
-
-            v.check_choice("RBM", "strategy_options['engine']", runner["engine"], ENGINES)
         options = StrategyOptions(**opts)
         from parrbm.strategies.registry import StrategyError
         from parrbm.strategies.rules import unused_options
@@ -1219,7 +1216,7 @@ def softplus(x: np.ndarray) -> np.ndarray:
 
 
 #: strategy_options that go to the runner, not to the strategy
-RUNNER_OPTIONS = ("blas_threads", "timeout", "engine", "network", "hosts", "mpi", "tcp")
+RUNNER_OPTIONS = ("blas_threads", "timeout", "network", "hosts", "mpi", "tcp")
 
 
 def _hosts_options(runner: dict, transport: str) -> None:

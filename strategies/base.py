@@ -66,9 +66,6 @@ class Worker:
     options_used: tuple[str, ...] = ("partition",)
     #: phases whose bytes are weight synchronisation, not per-step training traffic
     sync_phases: tuple[str, ...] = ()
-    #: the C++ core has a copy of this strategy's epoch loop (the built-ins). Read from the
-    #: class's own namespace: a subclass inherits none (harness.runner.has_native)
-    native = False
     #: the collective behind each of its phases, where it differs from the built-ins' use
     #: of the phase name (the time model prices a phase by its collective's link):
     #: one of LINK_KINDS of the time model ("allgather" of floats, "allgather_bits",
@@ -182,23 +179,6 @@ class Worker:
                     neg_scale: float = 1.0) -> None:
         _core.bias_update(bias, inc, pos, neg, neg_scale=neg_scale,
                           alpha=self.spec.learning_rate / mb, momentum=self.spec.momentum)
-
-    # ---- the native epoch loop (the core's copy of this strategy) -----------------------------
-
-    def native_config(self) -> dict:
-        """The spec and options as ``_core.run_strategy_epoch`` reads them."""
-        o = self.options
-        return dict(self.spec.trainer_kwargs(), rank=self.rank, workers=self.K,
-                    sync_every=o.sync_every, shared_weights=o.shared_weights, reduce=o.reduce,
-                    average=o.average, average_every=o.average_every)
-
-    def native_params(self) -> dict[str, np.ndarray | None]:  # pragma: no cover - abstract
-        """This worker's parameters by the names the core's workers use; the core updates
-        them in place."""
-        raise NotImplementedError
-
-    def _bias_params(self) -> dict[str, np.ndarray | None]:
-        return {"b": self.b, "c": self.c, "b_inc": self.b_inc, "c_inc": self.c_inc}
 
     # ---- what a strategy declares (the registry, the cost and time models, the rules) -------
     #

@@ -20,7 +20,6 @@ from parrbm.strategies import phases as P
 
 
 class GreenOnly(Worker):
-    native = True
     name = "green-only"
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -89,8 +88,6 @@ class GreenOnly(Worker):
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
         return err
 
-    def native_params(self) -> dict:
-        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, chains=self.chains)
 
     def gather_model(self) -> ModelState | None:
         V = self.spec.n_visible

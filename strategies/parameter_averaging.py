@@ -25,7 +25,6 @@ _FULL = {"unit0": 0}
 
 
 class ParameterAveraging(Worker):
-    native = True
     name = "parameter-averaging"
     options_used = ("reduce", "average", "average_every")
 
@@ -160,9 +159,6 @@ class ParameterAveraging(Worker):
         if self.options.average == "weights" and self.K > 1 and self.steps_done % self.options.average_every:
             self.average_weights()
 
-    def native_params(self) -> dict:
-        return {"W": self.W, "W_inc": self.W_inc, "b": self.b, "c": self.c, "b_inc": self.b_inc,
-                "c_inc": self.c_inc, "chains": self.chains}
 
     def gather_model(self) -> ModelState | None:
         chains = None

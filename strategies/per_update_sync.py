@@ -21,7 +21,6 @@ from parrbm.strategies import phases as P
 
 
 class PerUpdateSync(Worker):
-    native = True
     name = "per-update-sync"
     options_used = ("partition", "shared_weights")
     sync_phases = (P.WEIGHT_SYNC,)
@@ -128,9 +127,6 @@ class PerUpdateSync(Worker):
         for j in range(self.K):
             self.hid.put(self.purple, j, self._sync_in[j])
 
-    def native_params(self) -> dict:
-        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, purple=self.purple,
-                    chains=self.chains)
 
     def gather_model(self) -> ModelState | None:
         W_inc = None

@@ -19,7 +19,6 @@ from parrbm.strategies import phases as P
 
 
 class PurpleOnly(Worker):
-    native = True
     name = "purple-only"
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -80,8 +79,6 @@ class PurpleOnly(Worker):
         self.update_bias(self.c, self.c_inc, self.hid.take(right, k), None, mb)
         return err
 
-    def native_params(self) -> dict:
-        return dict(self._bias_params(), purple=self.purple, purple_inc=self.purple_inc, chains=self.chains)
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()

@@ -34,8 +34,8 @@ class SerialStrategy:
         return self._trainer.run(X, order, first_step)
 
     def run_timed(self, X: np.ndarray, order: np.ndarray, first_step: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`run`, with each step's seconds timed inside the core, as the native
-        parallel workers time theirs (the minibatch's rows gathered outside the clock)."""
+        """:meth:`run`, with each step's seconds timed inside the core, as the parallel
+        workers time theirs (the minibatch's rows gathered outside the clock)."""
         return self._trainer.run(X, order, first_step, timed=True)
 
     def step(self, X_batch: np.ndarray, step: int) -> float:
@@ -71,7 +71,7 @@ class SerialStrategy:
 
     def comm_stats(self) -> dict:
         """One worker moves no data."""
-        return {"strategy": self.name, "engine": "native", "workers": 1, "transport": None, "bytes_per_step": 0,
+        return {"strategy": self.name, "workers": 1, "transport": None, "bytes_per_step": 0,
                 "bytes_per_sync": 0, "syncs": 0, "bytes_total": 0, "by_phase": {},
                 "by_worker": [], "seconds": {"compute": 0.0, "communication": 0.0, "waiting": 0.0},
                 "replica_divergence": 0.0}

@@ -20,7 +20,6 @@ from parrbm.strategies import phases as P
 
 
 class UnitPartitioned(Worker):
-    native = True
     local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
     name = "unit-partitioned"
     options_used = ("partition", "sync_every")
@@ -113,9 +112,6 @@ class UnitPartitioned(Worker):
             self.green[rows] = outs[j]
         self.divergence.append(drift)
 
-    def native_params(self) -> dict:
-        return dict(self._bias_params(), green=self.green, green_inc=self.green_inc, purple=self.purple,
-                    purple_inc=self.purple_inc, chains=self.chains)
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()

@@ -15,13 +15,10 @@ rank = MPI.COMM_WORLD.Get_rank()
 X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
 held = {}
 for strategy in PARALLEL_STRATEGIES:
-    for engine in ("native", "python"):
-        rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-                  strategy=strategy, workers=K, transport="mpi", progress=False,
-                  strategy_options={"engine": engine}).fit(X)
-        held[f"{strategy}/{engine}"] = rbm.components_
-        held[f"{strategy}/{engine}/bytes"] = np.array([rbm.comm_stats_["bytes_total"],
-                                                       rbm.comm_stats_["bytes_per_step"]])
+    rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
+              strategy=strategy, workers=K, transport="mpi", progress=False).fit(X)
+    held[strategy] = rbm.components_
+    held[f"{strategy}/bytes"] = np.array([rbm.comm_stats_["bytes_total"], rbm.comm_stats_["bytes_per_step"]])
 unseeded = RBM(n_hidden=6, batch_size=10, n_iter=1, strategy="green-only", workers=K, transport="mpi",
                progress=False).fit(X)
 held["unseeded"] = unseeded.components_

@@ -68,9 +68,7 @@ def test_compute_account_equals_the_kernels_called(monkeypatch, strategy, K, vis
                   statistics=statistics, momentum=0.5 if momentum else 0.0, seed=3)
     rng = np.random.default_rng(0)
     X = (rng.random((m, V)) < 0.5).astype(np.float64) if visible == "binary" else rng.standard_normal((m, V))
-    # the Python strategies are the reference the account follows (the core reproduces them)
-    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, options=StrategyOptions(sync_every=0),
-                            engine="python")
+    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, options=StrategyOptions(sync_every=0))
     tracer = Tracer(monkeypatch)
     runner.run(X, np.arange(m, dtype=np.int64), 0)
     model = cost.Model(V, H, visible=visible, precision="float64", statistics=statistics)

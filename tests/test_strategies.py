@@ -313,22 +313,19 @@ def test_impossible_combinations_raise(kw, match):
         RBM(**{"n_hidden": 10, "batch_size": 12, "n_iter": 1, **kw}).fit(X)
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
-def test_failing_worker_ends_the_run_with_its_name(monkeypatch, engine):
+def test_failing_worker_ends_the_run_with_its_name(monkeypatch):
     spec = CDSpec(n_visible=12, n_hidden=8, batch_size=4, seed=1)
     runner = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 3,
-                            options=StrategyOptions(), timeout=5.0, engine=engine)
-    # The Python step fails at its third minibatch; the native loop's worker fails on
-    # its way in, while its peers already wait in the core's collectives.
-    name = "step" if engine == "python" else "native_params"
-    original = getattr(UnitPartitioned, name)
+                            options=StrategyOptions(), timeout=5.0)
+    # The step fails at its third minibatch, while its peers already wait in a collective.
+    original = UnitPartitioned.step
 
     def failing(self, *a):
-        if self.rank == 1 and (engine == "native" or a[1] == 2):
+        if self.rank == 1 and a[1] == 2:
             raise RuntimeError("disk on fire")
         return original(self, *a)
 
-    monkeypatch.setattr(UnitPartitioned, name, failing)
+    monkeypatch.setattr(UnitPartitioned, "step", failing)
     X = data(np.random.default_rng(0), 16, 12, "binary", np.float32)
     t0 = time.perf_counter()
     with pytest.raises(CommError, match="worker 1 failed: RuntimeError: disk on fire"):
@@ -336,21 +333,19 @@ def test_failing_worker_ends_the_run_with_its_name(monkeypatch, engine):
     assert time.perf_counter() - t0 < 5.0  # peers are released at once, not at the timeout
 
 
-@pytest.mark.parametrize("engine", ["python", "native"])
-def test_hung_worker_times_out_naming_a_worker(monkeypatch, engine):
+def test_hung_worker_times_out_naming_a_worker(monkeypatch):
     spec = CDSpec(n_visible=12, n_hidden=8, batch_size=4, seed=1)
-    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, timeout=1.0, engine=engine)
+    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, timeout=1.0)
     from parrbm.strategies.green_only import GreenOnly
 
-    name = "step" if engine == "python" else "native_params"
-    original = getattr(GreenOnly, name)
+    original = GreenOnly.step
 
     def hanging(self, *a):
-        if self.rank == 0 and (engine == "native" or a[1] == 1):
+        if self.rank == 0 and a[1] == 1:
             time.sleep(3)
         return original(self, *a)
 
-    monkeypatch.setattr(GreenOnly, name, hanging)
+    monkeypatch.setattr(GreenOnly, "step", hanging)
     X = data(np.random.default_rng(0), 8, 12, "binary", np.float32)
     t0 = time.perf_counter()
     with pytest.raises(CommError, match=r"worker 0 \(last in phase .*\) did not reach phase"):

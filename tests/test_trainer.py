@@ -122,7 +122,7 @@ def test_trainer_rejects_bad_minibatch():
 
 
 def test_the_serial_trainer_times_its_steps_in_the_core():
-    """The serial baseline is timed as the native workers' steps are: step by step inside
+    """The serial baseline is timed as the parallel workers' steps are: step by step inside
     the core, the minibatch's rows gathered outside the clock; the errors are run's."""
     from parrbm.config import CDSpec, ModelState
     from parrbm.strategies import SerialStrategy

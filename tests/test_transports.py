@@ -20,28 +20,27 @@ from support import has_mpi, mpi_param
 TRANSPORTS = ["tcp", mpi_param()]
 
 
-def run(strategy, transport, K=3, steps=3, visible="binary", engine="auto", **options):
+def run(strategy, transport, K=3, steps=3, visible="binary", **options):
     V, H, m = 21, 15, 7
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", seed=5, visible=visible,
                   learning_rate=0.05)
     rng = np.random.default_rng(1)
     X = ((rng.random((steps * m, V)) < 0.5) if visible == "binary" else rng.standard_normal((steps * m, V)))
     r = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport=transport,
-                       options=StrategyOptions(**options), timeout=20.0, engine=engine)
+                       options=StrategyOptions(**options), timeout=20.0)
     r.run(X.astype(np.float64), np.arange(steps * m, dtype=np.int64), 0)
     return r
 
 
 @pytest.mark.parametrize("transport", ["threads", *TRANSPORTS])
-@pytest.mark.parametrize("engine", ["native", "python"])
-def test_compute_communication_and_waiting_mean_the_same_on_every_transport(transport, engine, monkeypatch):
+def test_compute_communication_and_waiting_mean_the_same_on_every_transport(transport, monkeypatch):
     """Worker 1 sleeps 30 ms before every step: worker 0 waits for it in the step's first
     collective (inside its step), worker 1 waits for nobody. Communication is each call's time on the worker
     that came last, the same figure for both; compute + communication + waiting is the
-    step's time, on every transport and engine."""
+    step's time, on every transport."""
     monkeypatch.setenv("PARRBM_FAULT", "slow:1:30")
     steps = 6
-    r = run("green-only", transport, K=2, steps=steps, engine=engine)
+    r = run("green-only", transport, K=2, steps=steps)
     w0, w1 = r.comm_stats()["by_worker"]
     assert w0["wait_seconds"] > steps * 0.025          # the straggler's 30 ms, less its own waits
     assert w1["wait_seconds"] < steps * 0.005
@@ -75,15 +74,12 @@ def test_tcp_wire_bytes_are_payload_plus_framing():
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("engine", ["native", "python"])
-def test_killed_worker_ends_the_run_naming_it(transport, engine, monkeypatch):
-    """Worker 1 dies at the start of step 2, inside the minibatch loop (the C++ core's,
-    for the native engine: the hook runs there), after two steps' collectives."""
+def test_killed_worker_ends_the_run_naming_it(transport, monkeypatch):
+    """Worker 1 dies at the start of step 2, inside the minibatch loop, after two steps'
+    collectives."""
     monkeypatch.setenv("PARRBM_FAULT", "kill:1:2")
     spec = CDSpec(n_visible=21, n_hidden=15, batch_size=7, dtype="float64", seed=5)
-    r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 3, transport=transport, timeout=20.0,
-                       engine=engine)
-    assert r.engine == engine
+    r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 3, transport=transport, timeout=20.0)
     X = (np.random.default_rng(1).random((28, 21)) < 0.5).astype(np.float64)
     t0 = time.monotonic()
     with pytest.raises(CommError, match="worker 1"):

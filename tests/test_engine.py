@@ -1,7 +1,7 @@
-"""The core's epoch loop (engine="native") against the Python strategies it copies: the
-same model, errors, optimiser state and chains bit for bit, the same bytes phase by phase,
-the same syncs and drift -- on threads (the core's shared-memory collectives) and on tcp
-and mpi (the core's loop over harness/comm.py's collectives)."""
+"""One engine on every transport: each strategy's Python module, run on worker processes
+over tcp and mpi, reproduces its run on threads bit for bit -- the same model, errors,
+optimiser state and chains, the same bytes phase by phase, the same syncs and drift --
+and the threads runs' own machinery (BLAS budget, leaving the core, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from parrbm import _core
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
-from parrbm.strategies.green_only import GreenOnly
 from support import needs_mpi, sigint_default
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
@@ -40,15 +39,14 @@ def options_for(strategy: str, partition: str) -> list[StrategyOptions]:
     return opts
 
 
-def train(engine: str, strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0,
+def train(strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0,
           transport: str = "threads"):
-    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport, options,
-                            engine=engine)
+    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport, options)
     if perturb:  # one replica apart from its twin by a known amount (rounding alone may give 0)
         runner.workers[0].green[0, 0] += perturb
     rng = np.random.default_rng(1)
     errors, step = [], 0
-    for _ in range(2):  # two epochs: the state carried between native calls is tested too
+    for _ in range(2):  # two epochs: the state a worker process carries between them is tested too
         order = rng.permutation(len(X)).astype(np.int64)
         errors.append(runner.run(X, order, step))
         step += -(-len(order) // spec.batch_size)
@@ -56,15 +54,9 @@ def train(engine: str, strategy: str, K: int, spec: CDSpec, options, X: np.ndarr
     return runner, errors
 
 
-def ref_wire(strategy, K, spec, options, X) -> list[int]:
-    """Wire bytes per step of the Python engine on tcp."""
-    return train("python", strategy, K, spec, options, X, transport="tcp")[0].step_wire
-
-
 def assert_same_run(ref: ParallelRunner, ref_errors, nat: ParallelRunner, nat_errors, what: str) -> None:
     """Bit for bit the same model, errors and counts: bytes phase by phase and per worker,
     bytes per step, syncs and drift."""
-    assert nat.engine == "native" and ref.engine == "python"
     for a, b in zip(ref_errors, nat_errors):
         np.testing.assert_array_equal(a, b)
     for f in FIELDS:
@@ -99,82 +91,33 @@ def problem(config: int) -> tuple[CDSpec, np.ndarray]:
 
 @pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
 @pytest.mark.parametrize("config,transport,K,partition", [
-    *((c, "threads", K, p) for c in range(len(CONFIGS)) for K, p in [(2, "contiguous"), (3, "random")]),
-    # tcp and mpi: the core's loop in the worker processes, its collectives comm.py's over
-    # the transport -- bytes counted once, by comm.py
-    *((c, "tcp", K, p) for c in (0, 2, 3) for K, p in [(2, "contiguous"), (3, "random")]),
+    *((c, "tcp", K, p) for c in (0, 1, 2, 3, 4) for K, p in [(2, "contiguous"), (3, "random")]),
     *(needs_mpi(c, "mpi", K, p) for c in (0, 2, 3) for K, p in [(2, "random"), (3, "contiguous")]),
 ])
-def test_native_loop_reproduces_the_python_strategy(strategy, config, transport, K, partition):
+def test_worker_processes_reproduce_the_threads_run(strategy, config, transport, K, partition):
     spec, X = problem(config)
     for options in options_for(strategy, partition):
-        if options.shared_weights and transport != "threads":
+        if options.shared_weights:
             continue  # one W shared by threads: threads only
-        ref, ref_errors = train("python", strategy, K, spec, options, X)
-        nat, nat_errors = train("native", strategy, K, spec, options, X, transport=transport)
-        assert_same_run(ref, ref_errors, nat, nat_errors, f"{strategy} {options} on {transport}")
+        ref, ref_errors = train(strategy, K, spec, options, X)
+        run, run_errors = train(strategy, K, spec, options, X, transport=transport)
+        assert_same_run(ref, ref_errors, run, run_errors, f"{strategy} {options} on {transport}")
         if transport == "tcp":  # what the socket wrote: the payload and its frame headers, step by step
-            assert nat.step_wire == ref_wire(strategy, K, spec, options, X)
-            assert all(w > b if b else w == 0 for w, b in zip(nat.step_wire, nat.step_bytes))
+            assert all(w > b if b else w == 0 for w, b in zip(run.step_wire, run.step_bytes))
 
 
-def test_unit_partitioned_drift_is_measured_natively():
-    """Replicas drift between syncs (sync_every=3) and the native loop measures the same
-    drift before each sync as the Python strategy. Whether float32 rounding alone makes
-    the two copies differ depends on the BLAS kernels, so one copy starts 1e-3 apart."""
+def test_unit_partitioned_drift_is_measured_before_each_sync():
+    """Replicas drift between syncs (sync_every=3), and the drift is measured before each
+    sync. Whether float32 rounding alone makes the two copies differ depends on the BLAS
+    kernels, so one copy starts 1e-3 apart."""
     spec = CDSpec(n_visible=10, n_hidden=9, batch_size=5, statistics="probabilities", seed=2,
                   dtype="float32")
     X = np.random.default_rng(0).random((40, 10)).astype(np.float32)
     opts = StrategyOptions(sync_every=3)
-    ref, _ = train("python", "unit-partitioned", 2, spec, opts, X, perturb=1e-3)
-    nat, _ = train("native", "unit-partitioned", 2, spec, opts, X, perturb=1e-3)
-    drift = [d for w in nat.workers for d in w.divergence]
-    assert len(drift) == 2 * nat.workers[0].syncs and nat.workers[0].syncs == 16 // 3
+    ref, _ = train("unit-partitioned", 2, spec, opts, X, perturb=1e-3)
+    drift = [d for w in ref.workers for d in w.divergence]
+    assert len(drift) == 2 * ref.workers[0].syncs and ref.workers[0].syncs == 16 // 3
     assert max(drift) == pytest.approx(1e-3, rel=0.05)  # the first sync sees the planted difference
-    assert drift == [d for w in ref.workers for d in w.divergence]
-
-
-def test_engine_choice_is_checked():
-    spec = CDSpec(n_visible=6, n_hidden=4, batch_size=2)
-    with pytest.raises(ValueError, match="engine must be one of"):
-        ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, engine="rust")
-    for transport in ("threads", "tcp", "mpi"):  # one engine on every transport
-        assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport).engine == "native"
-        assert ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport,
-                              engine="python").engine == "python"
-
-
-class LouderGreen(GreenOnly):
-    """A plug-in built on a built-in (it could change any step)."""
-
-    name = "louder-green"
-
-
-def test_a_subclass_of_a_built_in_runs_the_python_engine():
-    """The core's copy is of the built-in's algorithm; a subclass may have changed it."""
-    spec = CDSpec(n_visible=6, n_hidden=4, batch_size=2)
-    assert ParallelRunner(spec, ModelState.initial(spec), LouderGreen, 2).engine == "python"
-    with pytest.raises(ValueError, match="engine 'native' runs the core's copy of a built-in strategy"):
-        ParallelRunner(spec, ModelState.initial(spec), LouderGreen, 2, engine="native")
-
-
-def test_native_call_rejects_parameters_of_the_wrong_shape():
-    spec = CDSpec(n_visible=6, n_hidden=4, batch_size=2)
-    runner = ParallelRunner(spec, ModelState.initial(spec), "purple-only", 1)
-    w = runner.workers[0]
-    params = dict(w.native_params(), purple=np.zeros((5, 4), np.float32))
-    group = _core.SharedGroup(_core.Barrier(1), 1, 1.0)
-    parts = [np.arange(6)], [np.arange(4)]
-    X = np.zeros((4, 6), np.float32)
-    with pytest.raises(ValueError, match="'purple' must have shape \\(6, 4\\)"):
-        _core.run_strategy_epoch("purple-only", w.native_config(), params, *parts, group, X,
-                                 np.arange(4), 0)
-    with pytest.raises(ValueError, match="unknown strategy 'orange-only'"):
-        _core.run_strategy_epoch("orange-only", w.native_config(), w.native_params(), *parts, group, X,
-                                 np.arange(4), 0)
-    with pytest.raises(ValueError, match="visible_parts.*cover the 6 units"):
-        _core.run_strategy_epoch("purple-only", w.native_config(), w.native_params(), [np.arange(5)],
-                                 parts[1], group, X, np.arange(4), 0)
 
 
 def test_parallel_fit_keeps_the_main_threads_blas_to_the_workers_budget(monkeypatch):
@@ -200,27 +143,21 @@ def test_parallel_fit_keeps_the_main_threads_blas_to_the_workers_budget(monkeypa
     assert sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}) == before
 
 
-def test_rbm_engine_option_is_validated_and_used():
+def test_the_engine_option_is_gone_with_a_clear_message(tmp_path):
+    """One engine: a script or a config that still chooses one is told so, by name."""
     from parrbm import RBM
+    from parrbm.harness.experiment import ConfigError, load_config
 
     X = (np.random.default_rng(0).random((20, 8)) < 0.5).astype(np.float32)
-    with pytest.raises(ValueError, match="strategy_options\\['engine'\\]' must be one of"):
-        RBM(n_hidden=4, batch_size=5, n_iter=1, strategy="green-only", workers=2,
-            strategy_options={"engine": "fortran"}).fit(X)
-    fits = [RBM(n_hidden=4, batch_size=5, n_iter=2, strategy="purple-only", workers=2, random_state=1,
-                progress=False, strategy_options={"engine": e}).fit(X) for e in ("python", "native")]
-    assert [f._strategy.engine for f in fits] == ["python", "native"]
-    np.testing.assert_array_equal(fits[0].components_, fits[1].components_)
-
-
-def test_the_core_names_the_phases_as_the_strategies_do():
-    """Bytes are kept per phase name: the core's workers and the Python strategies must
-    use one list (strategies/phases.py, cpp/phases.hpp)."""
-    from parrbm.strategies import phases
-
-    python_names = {k: v for k, v in vars(phases).items() if k.isupper() and k != "GATHER_MODEL"}
-    assert _core.PHASES == python_names
-    assert phases.GATHER_MODEL.startswith("gather-")
+    for value in ("native", "python", "auto"):
+        with pytest.raises(ValueError, match=r"strategy_options\['engine'\] is no longer an option"):
+            RBM(n_hidden=4, batch_size=5, n_iter=1, strategy="green-only", workers=2,
+                strategy_options={"engine": value}).fit(X)
+    path = tmp_path / "old.yaml"
+    path.write_text("model: {visible: 8, hidden: 4}\ngrid: {strategy: [green-only], workers: [2]}\n"
+                    "training: {batch_size: 4, steps: 2, engine: native}\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: training.engine: no longer an option"):
+        load_config(path)
 
 
 # ---- leaving the core while the interpreter stops --------------------------------------------
