@@ -258,7 +258,7 @@ void apply_gradient_t(py::array w, py::object inc, py::array g, double alpha, do
 template <class T>
 double visible_t(py::array pre, py::object bias, py::array out, const std::string& kind,
                  bool sample, py::object data, uint64_t seed, uint32_t step, uint32_t phase,
-                 uint64_t case0, uint64_t unit0, py::object unit_index) {
+                 uint64_t case0, uint64_t unit0, py::object unit_index, double err0) {
   auto P = cmat<T>(pre, "pre");
   T* bv = vec<T>(bias, "bias", P.cols, false);
   auto O = mat<T>(out, "out", true);
@@ -268,7 +268,7 @@ double visible_t(py::array pre, py::object bias, py::array out, const std::strin
   const VisibleKind k = visible_kind(kind, "kind");
   const Units units = units_arg(unit0, unit_index, P.cols);
   ReleaseGilIfLong nogil(sampling_ns(P.rows * P.cols));
-  return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, units);
+  return visible_activation<T>(P, bv, O, k, sample, D, stream_key(seed, step, phase), case0, units, err0);
 }
 
 template <class T>
@@ -545,16 +545,17 @@ PYBIND11_MODULE(_core, m) {
   m.def("visible_activation",
         [](py::array pre, py::object bias, py::array out, const std::string& kind, bool sample,
            py::object data, uint64_t seed, uint32_t step, uint32_t phase, uint64_t case0,
-           uint64_t unit0, py::object unit_index) {
-          if (is_f64(pre)) return visible_t<double>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index);
-          return visible_t<float>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index);
+           uint64_t unit0, py::object unit_index, double err0) {
+          if (is_f64(pre)) return visible_t<double>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index, err0);
+          return visible_t<float>(pre, bias, out, kind, sample, data, seed, step, phase, case0, unit0, unit_index, err0);
         },
         py::arg("pre"), py::arg("bias"), py::arg("out"), py::arg("kind") = "binary",
         py::arg("sample") = true, py::arg("data") = py::none(), py::kw_only(),
         py::arg("seed") = 0, py::arg("step") = 0, py::arg("phase") = 0, py::arg("case0") = 0,
-        py::arg("unit0") = 0, py::arg("unit_index") = py::none(),
+        py::arg("unit0") = 0, py::arg("unit_index") = py::none(), py::arg("err0") = 0.0,
         "Visible activation (binary: sigmoid, sampled if sample; gaussian: mean, plus N(0,1) "
-        "noise if sample). Returns sum((data - mean)^2) when data is given.");
+        "noise if sample). Returns err0 + sum((data - mean)^2), added row by row, when data is "
+        "given (err0 otherwise): rows taken in chunks, each continuing the sum, give its bits.");
 
   m.def("pack_bits",
         [](py::array states, py::object out) {

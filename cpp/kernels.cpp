@@ -319,12 +319,12 @@ void sample_bernoulli(MatView<const T> p, MatView<T> states, T state_value, cons
 template <class T>
 double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
                           VisibleKind kind, bool sample, MatView<const T> data,
-                          const StreamKey& key, uint64_t case0, const Units& units) {
+                          const StreamKey& key, uint64_t case0, const Units& units, double err0) {
   const int64_t n = pre.cols;
   T* mean = scratch.p_for(n, static_cast<T*>(nullptr));
   // Bernoulli draws use one lane per unit, Box-Muller two: room for 2 lanes per unit.
   uint32_t* bits = sample ? scratch.bits_for(2 * n + 16) : nullptr;
-  double err = 0.0;
+  double err = err0;
   for (int64_t i = 0; i < pre.rows; ++i) {
     const T* x = pre.row(i);
     if (kind == VisibleKind::Binary) {
@@ -660,7 +660,7 @@ const char* blas_config() {
   template void apply_gradient<T>(MatView<T>, MatView<T>, MatView<const T>, T, T, T);           \
   template double visible_activation<T>(MatView<const T>, const T*, MatView<T>, VisibleKind,   \
                                         bool, MatView<const T>, const StreamKey&, uint64_t,     \
-                                        const Units&);                                          \
+                                        const Units&, double);                                  \
   template void pack_bits<T>(MatView<const T>, uint8_t*);                                       \
   template void unpack_bits<T>(const uint8_t*, MatView<T>, T);                                  \
   template void apply_increment<T>(MatView<T>, MatView<T>, T);                                  \

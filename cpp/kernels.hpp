@@ -59,11 +59,14 @@ void sample_bernoulli(MatView<const T> p, MatView<T> states, T state_value, cons
 // Visible units from their total input pre + bias, written to out (may alias pre):
 //   binary:   mean = sigm(.), out = sample ? Bernoulli(mean) : mean
 //   gaussian: mean = .,       out = sample ? mean + N(0, 1) : mean
-// If data is given, returns sum over elements of (data - mean)^2, else 0.
+// If data is given, returns err0 + the sum over elements of (data - mean)^2, added row
+// by row (so rows taken in chunks, each continuing the last one's sum, give the same
+// bits as all of them at once), else err0.
 template <class T>
 double visible_activation(MatView<const T> pre, const T* bias, MatView<T> out,
                           VisibleKind kind, bool sample, MatView<const T> data,
-                          const StreamKey& key, uint64_t case0, const Units& units);
+                          const StreamKey& key, uint64_t case0, const Units& units,
+                          double err0 = 0.0);
 
 // Bit packing of binary states (any nonzero value is a 1): row-major element e goes to
 // bit e % 8 (little-endian bit order) of byte e / 8; out has ceil(rows*cols/8) bytes.

@@ -86,16 +86,19 @@ class ParameterAveraging(Worker):
             right[n:] = -neg_scale * driver
 
         self.steps_done += 1
-        if self.options.average == "gradients":
+        if self.options.average == "gradients" and self.K > 1:
             self.sum_gradients(left, right, n, neg_scale)
             self.apply_summed_gradient(mb)
-        else:
-            if n:  # a short last minibatch may leave a worker no cases: no local step then
-                self.apply_statistics(self.W, self.W_inc, left, right, n, neg_scale)
-                self.update_bias(self.b, self.b_inc, left[:n], left[n:], n, neg_scale)
-                self.update_bias(self.c, self.c_inc, right, None, n)
-            if self.steps_done % self.options.average_every == 0:
-                self.average_weights()
+            return err
+        # A local step: with weights averaged (local SGD), and at K = 1, where this worker's
+        # cases are the minibatch and the summed gradient is its own (the serial algorithm,
+        # at the serial trainer's cost: no gradient buffer, no collective).
+        if n:  # a short last minibatch may leave a worker no cases: no local step then
+            self.apply_statistics(self.W, self.W_inc, left, right, n, neg_scale)
+            self.update_bias(self.b, self.b_inc, left[:n], left[n:], n, neg_scale)
+            self.update_bias(self.c, self.c_inc, right, None, n)
+        if self.options.average == "weights" and self.K > 1 and self.steps_done % self.options.average_every == 0:
+            self.average_weights()
         return err
 
     # ---- gradient mode -----------------------------------------------------------------------
@@ -213,14 +216,14 @@ class ParameterAveraging(Worker):
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         t = Traffic(K)
-        if options.average == "gradients":
+        if options.average == "gradients" and K > 1:  # K = 1: the serial algorithm, no collective
             t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2)
         return t
 
     @classmethod
     def sync_traffic(cls, model: Model, K: int, options) -> Traffic:
         t = Traffic(K)
-        if options.average == "weights":
+        if options.average == "weights" and K > 1:
             t.add(P.AVERAGE, cls._exchange(model, K, options), calls=2)
         return t
 
@@ -245,7 +248,7 @@ class ParameterAveraging(Worker):
             w.gemm(n, H, V)
             hidden_work(w, model, n, H, H, exchanged=False)
         w.add("copy", n * H if model.hidden_bits else 0)
-        if options.average == "gradients":
+        if options.average == "gradients" and K > 1:
             w.gemm(V, H, 2 * n)                       # the dense gradient, to be summed
             w.add("copy", 2 * n * (V + H))            # bias gradients
             w.add("update", V * H + V + H)            # apply the summed gradient (W, b, c)
@@ -256,6 +259,6 @@ class ParameterAveraging(Worker):
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
         w = Work()
-        if options.average == "weights":
+        if options.average == "weights" and K > 1:
             w.add("update", model.n_visible * model.n_hidden)
         return w
