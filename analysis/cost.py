@@ -119,6 +119,13 @@ def master_reduce(n: int, K: int, pb: int) -> list[int]:
     return [(K - 1) * n * pb if k == 0 else n * pb for k in range(K)]
 
 
+def chunk_calls(rows: int, chunks: int) -> int:
+    """Collectives a phase of ``rows`` cases takes in ``overlap_chunks`` chunks, cut at
+    multiples of 8 rows (the finest cut of strategies.base.exact_chunks: the BLAS may make
+    it coarser). The bytes are the whole block's at any cut of that kind."""
+    return len(Partition.row_chunks(rows, chunks))
+
+
 def hidden_traffic(model: Model, rows: int, hid: list[int]) -> list[int]:
     """Allgather of hidden activities: 1-bit states, or floats with probability statistics."""
     return allgather_bits(rows, hid) if model.hidden_bits else allgather_floats(rows, hid, model.pb)

@@ -42,6 +42,9 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
     cls.check_options(options, transport=transport)
     if not isinstance(options.sync_every, int) or options.sync_every < 0:
         raise ValueError(f"strategy option 'sync_every' must be an integer >= 0, got {options.sync_every!r}")
+    chunks = options.overlap_chunks
+    if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
+        raise ValueError(f"strategy option 'overlap_chunks' must be an integer >= 1 (1: lockstep), got {chunks!r}")
 
 
 class ParallelRunner:
@@ -431,15 +434,21 @@ def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray
     buf = np.empty((m, X.shape[1]), X.dtype)
     before = _training_bytes(comm.stats, sync_phases)
     wire_before = _training_wire(comm.stats, sync_phases)
-    for i, idx in enumerate(batches):
-        xb = buf[: len(idx)]
-        np.take(X, idx, axis=0, out=xb)
-        t0 = time.perf_counter()
-        errors.append(worker.checked_step(xb, first_step + i))
-        seconds.append(time.perf_counter() - t0)
-        after = _training_bytes(comm.stats, sync_phases)
-        wire_after = _training_wire(comm.stats, sync_phases)
-        traffic.append(after - before)
-        wire.append(wire_after - wire_before)
-        before, wire_before = after, wire_after
+    try:
+        for i, idx in enumerate(batches):
+            xb = buf[: len(idx)]
+            np.take(X, idx, axis=0, out=xb)
+            t0 = time.perf_counter()
+            errors.append(worker.checked_step(xb, first_step + i))
+            comm.wait_all()  # a step's collectives are its own (a plug-in may leave one in flight)
+            seconds.append(time.perf_counter() - t0)
+            after = _training_bytes(comm.stats, sync_phases)
+            wire_after = _training_wire(comm.stats, sync_phases)
+            traffic.append(after - before)
+            wire.append(wire_after - wire_before)
+            before, wire_before = after, wire_after
+    except BaseException:
+        comm.abandon()
+        raise
+    comm.close()
     return errors, seconds, traffic, comm.stats, wire

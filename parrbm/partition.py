@@ -52,6 +52,16 @@ class Partition:
             edges.update(r for r in (extra - 1, extra) if 0 <= r < K)
         return sorted(edges)
 
+    @staticmethod
+    def row_chunks(rows: int, chunks: int, align: int = 8) -> list[slice]:
+        """``rows`` rows in at most ``chunks`` contiguous ranges of a multiple of ``align``
+        rows each, the last one taking the rest. With ``align`` a multiple of 8, the
+        chunks' bit-packed messages add up to the whole block's bytes: no padding but the
+        last chunk's, which is the block's own."""
+        size = -(-max(rows, 1) // max(1, chunks))
+        size = -(-size // align) * align
+        return [slice(s, min(s + size, rows)) for s in range(0, rows, size)] or [slice(0, 0)]
+
     @classmethod
     def contiguous(cls, n: int, K: int) -> "Partition":
         b = cls.cuts(n, K)

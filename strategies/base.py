@@ -4,6 +4,7 @@ algorithm in docs/design.md section 5 on top of these; none of this knows the tr
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,54 @@ from parrbm.partition import Partition
 from parrbm.strategies import phases as P
 
 PHASE_POSITIVE = 0
+
+
+#: row alignments tried for the chunk boundaries, finest first (see :func:`exact_chunks`):
+#: multiples of 8, so that the bytes of bit-packed chunks are the whole block's
+ALIGNMENTS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_plans: dict = {}
+_plans_lock = threading.Lock()
+
+
+def exact_chunks(rows: int, chunks: int, dtype, gemms) -> list[slice]:
+    """The row ranges a step of ``rows`` cases takes in ``chunks`` chunks, such that every
+    product of the step computed chunk by chunk has the bits of the whole block's.
+
+    A BLAS computes a row of a product with the kernel of the tile the row falls in, and
+    edge tiles may round differently (measured here: OpenBLAS's SkylakeX dgemm, where the
+    rows of a partial tile differ in the columns of a partial one). Chunk boundaries at a
+    multiple of the kernel's tile keep each row in the tile it has in the whole product.
+    The tile is not known, so the finest alignment (a multiple of 8 rows: the chunks'
+    bit-packed messages then add up to the whole block's bytes) whose chunks reproduce each product of
+    ``gemms`` ((depth, columns, transposed B) for every worker's shapes, so that every
+    worker finds the same plan) on random operands is taken; one chunk (lockstep) if none
+    does. Found once per process for each shape set."""
+    # a BLAS on several threads splits a product among them: the tiles may fall elsewhere
+    key = (rows, chunks, np.dtype(dtype).str, tuple(sorted(set(gemms))), _core.get_blas_threads())
+    with _plans_lock:
+        plan = _plans.get(key)
+        if plan is None:
+            plan = [slice(0, rows)]
+            rng = np.random.default_rng(0x0C4E)
+            for align in ALIGNMENTS:
+                candidate = Partition.row_chunks(rows, chunks, align)
+                if len(candidate) < 2:
+                    break
+                if all(_rounds_alike(rows, k, n, tb, candidate, np.dtype(dtype), rng) for k, n, tb in sorted(set(gemms))):
+                    plan = candidate
+                    break
+            _plans[key] = plan
+        return plan
+
+
+def _rounds_alike(rows: int, k: int, n: int, trans_b: bool, plan: list[slice], dtype, rng) -> bool:
+    a = rng.standard_normal((rows, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    whole, parts = np.empty((rows, n), dtype), np.empty((rows, n), dtype)
+    _core.gemm(a, b, whole, trans_b=trans_b)
+    for r in plan:
+        _core.gemm(a[r], b, parts[r], trans_b=trans_b)
+    return bool(np.array_equal(whole, parts))
 
 
 def own(a: np.ndarray) -> np.ndarray:
@@ -42,6 +91,10 @@ class StrategyOptions:
     average : "gradients" | "weights"     parameter averaging: sum gradients every step
                                           (exactly serial CD), or average weights
     average_every : int                   parameter averaging with average="weights": T
+    overlap_chunks : int                  the minibatch's rows in this many chunks, each
+                                          chunk's exchange in flight while the next one
+                                          computes (1 = lockstep); results are lockstep's,
+                                          bit for bit
     """
 
     partition: str = "contiguous"
@@ -50,6 +103,7 @@ class StrategyOptions:
     reduce: str = "allreduce"
     average: str = "gradients"
     average_every: int = 1
+    overlap_chunks: int = 1
 
 
 class Worker:
@@ -87,6 +141,8 @@ class Worker:
         self.divergence: list[float] = []  # replica drift measured before each sync
         self.syncs = 0                      # weight synchronisations done
         self.steps_done = 0                 # minibatch steps taken (sync and averaging periods)
+        if not self.lockstep:  # the chunk plan of a full minibatch, found before the first step
+            self.chunks(spec.batch_size)
 
     # ---- properties of the configuration -------------------------------------------------
 
@@ -115,6 +171,26 @@ class Worker:
     def zeros(self, *shape) -> np.ndarray:
         return np.zeros(shape, self.dtype)
 
+    @property
+    def lockstep(self) -> bool:
+        """No overlap: every collective runs at once, as it is started."""
+        return self.options.overlap_chunks == 1
+
+    def chunks(self, rows: int) -> list[slice]:
+        """The row ranges of the ``overlap_chunks`` chunks of ``rows`` rows (one range in
+        lockstep), cut where every product rounds as the whole block's does
+        (:func:`exact_chunks`). A chunk's rows keep their case index in the minibatch, so
+        the random streams, keyed by case, draw what lockstep draws."""
+        if self.lockstep or rows <= 1:
+            return [slice(0, rows)]
+        return exact_chunks(rows, self.options.overlap_chunks, self.dtype, self.chunked_gemms())
+
+    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
+        """The products a chunked step computes chunk by chunk, for every worker's block
+        sizes: (depth, columns, B transposed). A strategy that reads ``overlap_chunks``
+        lists them."""
+        return []
+
     # ---- CD kernels on blocks -------------------------------------------------------------
 
     @staticmethod
@@ -135,9 +211,11 @@ class Worker:
         return out
 
     def visible_units(self, pre: np.ndarray, bias: np.ndarray, out: np.ndarray, units: dict,
-                      step: int, t: int, *, data=None, case0: int = 0) -> float:
+                      step: int, t: int, *, data=None, case0: int = 0, err0: float = 0.0) -> float:
+        """Visible activations of the rows of ``pre`` (cases case0, case0 + 1, ...); returns
+        err0 plus their squared reconstruction error against ``data``, added row by row."""
         return _core.visible_activation(pre, bias, out, self.spec.visible, self.sample_visible,
-                                        data, case0=case0, **units, **self.key(step, phase_visible(t)))
+                                        data, case0=case0, err0=err0, **units, **self.key(step, phase_visible(t)))
 
     # ---- statistics and updates -------------------------------------------------------------
 
@@ -309,6 +387,35 @@ class Worker:
             self.comm.allgather_bits(local, out, self.vis, phase=P.VISIBLE)
         else:
             self.comm.allgather(local, out, self.vis, phase=P.VISIBLE)
+
+    def start_visible(self, local: np.ndarray, out: np.ndarray):
+        """:meth:`exchange_visible` put in flight: returns its handle."""
+        if self.visible_as_bits:
+            return self.comm.start_allgather_bits(local, out, self.vis, phase=P.VISIBLE, now=self.lockstep)
+        return self.comm.start_allgather(local, out, self.vis, phase=P.VISIBLE, now=self.lockstep)
+
+    def start_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int, name: str,
+                     local: np.ndarray, full_act: np.ndarray, full_states: np.ndarray, rows: slice):
+        """:meth:`exchange_hidden` of the rows ``rows`` of ``pre`` (rows x |H_k| of the whole
+        block), put in flight: samples this worker's units of those cases and starts their
+        allgather into the same rows of ``full_act`` / ``full_states``. Complete it with
+        :meth:`finish_hidden`."""
+        units = self.hid.units(self.rank)
+        if self.hidden_as_bits:
+            self.sample_hidden(pre[rows], bias, units, step, phase, states=local[rows], case0=rows.start)
+            return self.comm.start_allgather_bits(local[rows], full_states[rows], self.hid, phase=name,
+                                                  now=self.lockstep)
+        self.sample_hidden(pre[rows], bias, units, step, phase, probs=local[rows], case0=rows.start)
+        return self.comm.start_allgather(local[rows], full_act[rows], self.hid, phase=name, now=self.lockstep)
+
+    def finish_hidden(self, handle, step: int, phase: int, full_act: np.ndarray, full_states: np.ndarray,
+                      rows: slice) -> None:
+        """Wait for a :meth:`start_hidden`; with probabilities, every worker then draws the
+        same states of those cases from them."""
+        handle.wait()
+        if not self.hidden_as_bits:
+            self.states_from_probabilities(full_act[rows], {"unit0": 0}, step, phase, out=full_states[rows],
+                                           case0=rows.start)
 
     def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
                         name: str, local: np.ndarray, full_act: np.ndarray,

@@ -12,7 +12,7 @@ import numpy as np
 
 from parrbm import _core
 from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, reduce_scatter, visible_traffic
+from parrbm.analysis.cost import Model, Traffic, chunk_calls, reduce_scatter, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
@@ -21,6 +21,7 @@ from parrbm.strategies import phases as P
 
 class GreenOnly(Worker):
     name = "green-only"
+    options_used = ("partition", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -41,16 +42,20 @@ class GreenOnly(Worker):
         self.pre_h = self.zeros(m, Hk)
 
     def sample_local_hidden(self, pre: np.ndarray, step: int, phase: int, act_out: np.ndarray,
-                            states_out: np.ndarray, act_scale: float = 1.0) -> None:
+                            states_out: np.ndarray, act_scale: float = 1.0, case0: int = 0) -> None:
         """Hidden units of this worker: states (drive the chain) and the activities the
         statistics use (states, or probabilities with statistics='probabilities')."""
         units = self.hid.units(self.rank)
         if self.hidden_as_bits:
-            self.sample_hidden(pre, self.c, units, step, phase, states=states_out)
+            self.sample_hidden(pre, self.c, units, step, phase, states=states_out, case0=case0)
             np.multiply(states_out, act_scale, out=act_out)
         else:
             self.sample_hidden(pre, self.c, units, step, phase, states=states_out, probs=act_out,
-                               prob_scale=act_scale)
+                               prob_scale=act_scale, case0=case0)
+
+    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
+        V = self.spec.n_visible
+        return [g for j in range(self.K) for g in ((self.hid.size(j), V, True), (V, self.hid.size(j), False))]
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -59,26 +64,40 @@ class GreenOnly(Worker):
         neg_scale = mb / c
         left, right_k = self.left[: mb + c], self.right_k[: mb + c]
         left[:mb] = X
+        v_neg, h_neg = left[mb:], right_k[mb:]
+        X_k = self.vis.take(X, k)
+        # The negative phase's cases in chunks (one in lockstep): each chunk's exchange is
+        # in flight while the next chunk computes.
+        neg = self.chunks(c)
 
         # 1. h_k ~ p(h_k | x): local.
         _core.gemm(X, self.green, self.pre_h[:mb])
         self.sample_local_hidden(self.pre_h[:mb], step, PHASE_POSITIVE, right_k[:mb], self.states_k[:mb])
         driver = self.chains if spec.persistent else self.states_k[:mb]
+        states_out = self.chains if spec.persistent else self.states_k[:c]
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
             # 2. Inputs of v'_k by reduce-scatter of h_k G_k^T; v'_k; allgather -> v'.
-            _core.gemm(driver, self.green, self.partial[:c], trans_b=True)
-            self.comm.reduce_scatter(self.partial[:c], self.pre_v[:c], self.vis, phase=P.VISIBLE_INPUT)
-            data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
-            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
-                                      step, t, data=data)
-            self.exchange_visible(self.v_local[:c], left[mb:])
-            # 3. h'_k ~ p(h_k | v'): local.
-            _core.gemm(left[mb:], self.green, self.pre_h[:c])
-            states_out = self.chains if spec.persistent else self.states_k[:c]
-            self.sample_local_hidden(self.pre_h[:c], step, phase_hidden(t), right_k[mb:], states_out,
-                                     act_scale=-neg_scale)
+            summed = []
+            for r in neg:
+                _core.gemm(driver[r], self.green, self.partial[r], trans_b=True)
+                summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_v[r], self.vis,
+                                                             phase=P.VISIBLE_INPUT, now=self.lockstep))
+            sent, err_t = [], 0.0
+            for i, r in enumerate(neg):
+                summed[i].wait()
+                data = X_k[r] if (t == 1 and not spec.persistent) else None
+                err_t = self.visible_units(self.pre_v[r], self.b, self.v_local[r], self.vis.units(k), step, t,
+                                           data=data, case0=r.start, err0=err_t)
+                sent.append(self.start_visible(self.v_local[r], v_neg[r]))
+            err += err_t
+            # 3. h'_k ~ p(h_k | v'): local, each chunk as its v' arrives.
+            for i, r in enumerate(neg):
+                sent[i].wait()
+                _core.gemm(v_neg[r], self.green, self.pre_h[r])
+                self.sample_local_hidden(self.pre_h[r], step, phase_hidden(t), h_neg[r], states_out[r],
+                                         act_scale=-neg_scale, case0=r.start)
             driver = states_out
 
         # 4. G_k <- G_k + eps/m (x^T h_k - v'^T h'_k); biases.
@@ -111,9 +130,10 @@ class GreenOnly(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         vis = Partition.cuts_sizes(model.n_visible, K)
         t = Traffic(K)
+        neg = chunk_calls(chains, options.overlap_chunks)
         for _ in range(model.cd_k):
-            t.add(P.VISIBLE_INPUT, reduce_scatter(chains, vis, model.pb))
-            t.add(P.VISIBLE, visible_traffic(model, chains, vis))
+            t.add(P.VISIBLE_INPUT, reduce_scatter(chains, vis, model.pb), calls=neg)
+            t.add(P.VISIBLE, visible_traffic(model, chains, vis), calls=neg)
         return t
 
     @classmethod

@@ -12,7 +12,7 @@ import numpy as np
 
 from parrbm import _core
 from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
+from parrbm.analysis.cost import Model, Traffic, chunk_calls, hidden_traffic, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
@@ -22,7 +22,7 @@ from parrbm.strategies import phases as P
 class UnitPartitioned(Worker):
     local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
     name = "unit-partitioned"
-    options_used = ("partition", "sync_every")
+    options_used = ("partition", "sync_every", "overlap_chunks")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -54,31 +54,53 @@ class UnitPartitioned(Worker):
         left, right = self.left[: mb + c], self.right[: mb + c]
         left[:mb] = X
         X_k = self.vis.take(X, k)
+        act, states = self.hidden_act, self.hidden_states   # (m, H): h, then h', as they arrive
+        v_neg = left[mb:]
+        # The minibatch's cases in chunks (one in lockstep): each chunk's exchange is in
+        # flight while the next chunk computes, and each chunk goes on as soon as its own
+        # rows have arrived.
+        pos, neg = self.chunks(mb), self.chunks(c)
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
-        _core.gemm(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
-                                           self.h_local, self.hidden_act, self.hidden_states)
-        right[:mb] = act
-        driver = self.chains if spec.persistent else states
+        flight = []
+        for r in pos:
+            _core.gemm(X[r], self.green, self.pre_h[r])
+            flight.append(self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local,
+                                            act, states, r))
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
             # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
-            _core.gemm(driver, self.purple, self.pre_v[:c], trans_b=True)
-            data = X_k if (t == 1 and not spec.persistent) else None
-            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
-                                      step, t, data=data)
-            self.exchange_visible(self.v_local[:c], left[mb:])
+            chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
+            driver = self.chains if chained else states
+            sent, err_t = [], 0.0
+            for i, r in enumerate(neg):
+                if not chained:
+                    self.finish_hidden(flight[i], step, phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE,
+                                       act, states, r)
+                _core.gemm(driver[r], self.purple, self.pre_v[r], trans_b=True)
+                data = X_k[r] if (t == 1 and not spec.persistent) else None
+                err_t = self.visible_units(self.pre_v[r], self.b, self.v_local[r], self.vis.units(k), step, t,
+                                           data=data, case0=r.start, err0=err_t)
+                sent.append(self.start_visible(self.v_local[r], v_neg[r]))
+            err += err_t
+            if t == 1:  # h leaves the shared buffers before h' arrives in them
+                if chained:
+                    for i, r in enumerate(pos):
+                        self.finish_hidden(flight[i], step, PHASE_POSITIVE, act, states, r)
+                right[:mb] = act[:mb] if not self.hidden_as_bits else states[:mb]
             # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
-            _core.gemm(left[mb:], self.green, self.pre_h[:c])
-            act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                               P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
-                                               self.hidden_states)
-            driver = states
-        right[mb:] = -neg_scale * act
+            flight = []
+            for i, r in enumerate(neg):
+                sent[i].wait()
+                _core.gemm(v_neg[r], self.green, self.pre_h[r])
+                flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
+                                                self.h_local, act, states, r))
+        for i, r in enumerate(neg):
+            self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
+        right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
         if spec.persistent:
-            self.chains[...] = states
+            self.chains[...] = states[:c]
 
         # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
         #    purple with x_k^T h - v'_k^T h'.
@@ -95,6 +117,10 @@ class UnitPartitioned(Worker):
         if every and self.steps_done % every == 0:
             self.sync()
         return err
+
+    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
+        V, H = self.spec.n_visible, self.spec.n_hidden
+        return [g for j in range(self.K) for g in ((V, self.hid.size(j), False), (H, self.vis.size(j), True))]
 
     def sync(self) -> None:
         """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""
@@ -122,10 +148,11 @@ class UnitPartitioned(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         vis, hid = Partition.cuts_sizes(model.n_visible, K), Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
+        pos, neg = chunk_calls(m, options.overlap_chunks), chunk_calls(chains, options.overlap_chunks)
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid), calls=pos)
         for _ in range(model.cd_k):
-            t.add(P.VISIBLE, visible_traffic(model, chains, vis))
-            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
+            t.add(P.VISIBLE, visible_traffic(model, chains, vis), calls=neg)
+            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid), calls=neg)
         return t
 
     @classmethod
