@@ -87,7 +87,15 @@ def all_cores_label(rec: dict) -> str:
     from parrbm.harness.experiment import display_name, is_all_cores_baseline
 
     name = rec.get("strategy_name") if isinstance(rec.get("strategy_name"), str) else display_name(rec["strategy"])
+    if (rec.get("overlap_chunks") or 1) > 1:
+        name = f"{name}, {rec['overlap_chunks']} chunks"
     return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
+
+
+def overlapped(rec: dict) -> bool:
+    """A run whose exchanges were chunked and overlapped: the time model prices lockstep
+    steps, so it is not priced (nor held to the model)."""
+    return (rec.get("overlap_chunks") or 1) > 1
 
 
 def predict_record(rec: dict, profile: Profile) -> Prediction:
@@ -117,7 +125,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     for r in records:
         # the model prices one BLAS thread a worker: a multi-threaded serial baseline is
         # a yardstick, not a prediction to check
-        if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r):
+        if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r) or overlapped(r):
             continue
         try:
             p = predict_record(r, profile)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, predict_record,
+from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, overlapped, predict_record,
                                     predicted_vs_measured, ranking_agreement)
 from parrbm.harness.experiment import is_all_cores_baseline
 
@@ -18,7 +18,7 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     predicted = {}
     if profile is not None:
         for r in ok:
-            if is_all_cores_baseline(r):  # the model prices one BLAS thread a worker
+            if is_all_cores_baseline(r) or overlapped(r):  # the model prices one BLAS thread a worker, lockstep
                 continue
             try:
                 predicted[id(r)] = predict_record(r, profile).step_seconds
@@ -33,8 +33,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
         V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
         lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
         width = max([8, *(len((r["transport"] or "-") + f"@{r['bandwidth']}") + 1 for r in rs if r.get("bandwidth"))])
+        chunked = any(overlapped(r) for r in rs)  # then: the share of communication hidden
         lines.append(f"{'strategy':<31}{'K':>3} {'transport':<{width}}{'MB/8000 cases':>14}{'MB/sync':>9}"
                      f"{'ms/step':>9}{'vs 1 core':>10}{'vs cores':>9}{'vs K=1':>8}{'effic.':>8}"
+                     + (f"{'hidden':>8}" if chunked else "")
                      + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
         for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r.get("blas_threads", 1),
                                            r["transport"] or "",
@@ -49,12 +51,17 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                          f"{fmt(mt['speedup_vs_serial'], '.2f'):>10}"
                          f"{fmt(mt.get('speedup_vs_serial_all_cores'), '.2f'):>9}{fmt(mt['speedup_vs_k1'], '.2f'):>8}"
                          f"{fmt(mt['efficiency'], '.2f'):>8}"
+                         + (f"{fmt(mt.get('hidden_fraction') if r['workers'] > 1 else None, '.0%'):>8}"
+                            if chunked else "")
                          + (f"{predicted[id(r)] * 1e3:>10.1f}"
                             f"{100 * (predicted[id(r)] / mt['step_seconds']['median'] - 1):>+7.0f}%"
                             if id(r) in predicted else (f"{'-':>10}{'-':>8}" if predicted else "")) + note)
     lines.append("\nvs 1 core: against the serial trainer on one BLAS thread (a worker's share); vs cores: "
                  "against it on as many BLAS threads as the K workers use in all, up to the cores here. "
-                 "MB/8000 cases: weight syncs included at their period")
+                 "MB/8000 cases: weight syncs included at their period"
+                 + ("; hidden: the share of the collectives' busy time the steps did not wait for (an "
+                    "overlapped run, N chunks, is not priced by the time model, which prices lockstep steps)"
+                    if any(overlapped(r) for r in ok) else ""))
     if predicted:
         rows = predicted_vs_measured(records, profile)
         e = error_summary(rows)

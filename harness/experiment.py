@@ -136,6 +136,7 @@ SCHEMA = {
                 "reduce": {"enum": ["master", "allreduce"]},
                 "average": {"enum": ["gradients", "weights"]},
                 "average_every": _POS_INT,
+                "overlap_chunks": _POS_INT,
             },
         },
         "grid": {
@@ -147,6 +148,7 @@ SCHEMA = {
                 "precision": _list_of({"enum": ["float32", "float64"]}),
                 "visible_type": _list_of({"enum": ["binary", "gaussian"]}),
                 "transport": _list_of({"enum": list(TRANSPORTS)}),
+                "overlap_chunks": _list_of(_POS_INT),
             },
         },
     },
@@ -437,8 +439,7 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
         if p["strategy"] == "serial":
             continue
         try:
-            check_options(_spec_for(cfg, p), p["strategy"], p["workers"], p["transport"],
-                          StrategyOptions(sync_every=training["sync_every"], **cfg["options"]))
+            check_options(_spec_for(cfg, p), p["strategy"], p["workers"], p["transport"], point_options(cfg, p))
         except ValueError as exc:
             raise ConfigError(f"{path}: {p['strategy']} at K = {p['workers']} on {p['transport']}: {exc}") from None
     from parrbm.strategies.rules import unused_options
@@ -449,6 +450,9 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
         field = "training.sync_every" if unused[0].startswith("'sync_every'") else f"options.{unused[0].split(chr(39))[1]}"
         raise ConfigError(f"{path}: {field}: the option {unused[0]} is read by no strategy of this grid "
                           f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
+    if "overlap_chunks" in cfg["grid"] and not any(_overlaps(s) for s in strategies):
+        raise ConfigError(f"{path}: grid.overlap_chunks: no strategy of this grid ({', '.join(strategies)}) "
+                          f"overlaps its exchanges; those that do: unit-partitioned, green-only")
 
 
 #: a run this long is refused before anything runs, priced at FAST_MACHINE_FLOPS
@@ -642,6 +646,7 @@ def grid_points(cfg: dict) -> list[dict]:
     prec = g.get("precision", [cfg["model"]["precision"]])
     vis = g.get("visible_type", [cfg["model"]["visible_type"]])
     transports = g.get("transport", ["threads"])
+    chunk_counts = g.get("overlap_chunks", [cfg.get("options", {}).get("overlap_chunks", 1)])
     points = []
     for m, p, v in itertools.product(batch, prec, vis):
         base = {"batch_size": m, "precision": p, "visible_type": v}
@@ -656,14 +661,26 @@ def grid_points(cfg: dict) -> list[dict]:
                 for t in (["threads"] if K == 1 else transports):
                     # on emulated hosts (tcp, mpi), one run per link bandwidth
                     for bw in (bandwidths if t in NETWORK_TRANSPORTS else [None]):
-                        points.append({**base, "strategy": s, "workers": K, "transport": t, "bandwidth": bw})
+                        # chunk counts for a strategy that overlaps, at K > 1 (one worker moves nothing)
+                        for chunks in (chunk_counts if K > 1 and _overlaps(s) else [1]):
+                            points.append({**base, "strategy": s, "workers": K, "transport": t, "bandwidth": bw,
+                                           "overlap_chunks": chunks})
     for pt in points:
         pt.setdefault("bandwidth", None)
+        pt.setdefault("overlap_chunks", 1)
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type")) \
             + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "") \
-            + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "")
+            + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "") \
+            + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "")
     return points
+
+
+def _overlaps(strategy: str) -> bool:
+    """The strategy reads ``overlap_chunks`` (its exchanges can be chunked)."""
+    from parrbm.strategies.registry import resolve
+
+    return "overlap_chunks" in getattr(resolve(strategy), "options_used", ())
 
 
 #: a serial run with the BLAS threads of K workers in all: the other speedup baseline
@@ -958,13 +975,13 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         errs, times = s.run_timed(X, order, 0)
         step_times = np.asarray(times[warmup:])
         stats = s.comm_stats()
-        per_step = {"compute": float(step_times.mean()), "comm": 0.0, "wait": 0.0}
+        per_step = {"compute": float(step_times.mean()), "comm": 0.0, "wait": 0.0, "busy": 0.0, "exposed": 0.0}
         extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden
                                                                    * spec.np_dtype.itemsize)]}
         errors = np.array(errs)
         model = s.gather_model()
     else:
-        opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
+        opts = point_options(cfg, pt)
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
                            blas_threads=tr["blas_threads"], timeout=tr["timeout"],
                            tcp=tcp_hosts(cfg["tcp"]), network=link_of(cfg, pt),
@@ -979,7 +996,8 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         slow = max(stats["by_worker"], key=lambda w: w["step_seconds"])
         n = warmup + steps
         per_step = {"compute": slow["compute_seconds"] / n, "comm": slow["comm_seconds"] / n,
-                    "wait": slow["wait_seconds"] / n}
+                    "wait": slow["wait_seconds"] / n, "busy": stats["overlap"]["busy_seconds"] / n,
+                    "exposed": stats["overlap"]["exposed_seconds"] / n}
         extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
                  "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
     extra["model_sha256"] = model_digest(model)
@@ -1005,6 +1023,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     pooled (a busy moment of a shared machine spoils one repeat, not the median)."""
     from parrbm.analysis import cost
 
+    from parrbm.harness.runner import hidden_fraction
+
     tr = cfg["training"]
     spec = _spec_for(cfg, pt)
     m, K = spec.batch_size, pt["workers"]
@@ -1014,7 +1034,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         raise RuntimeError(f"{pt['run_id']}: the repeats moved different numbers of bytes "
                            f"({[r['stats']['bytes_per_step'] for r in runs]})")
     step_times = np.concatenate([r["step_times"] for r in runs])
-    per_step = {k: float(np.mean([r["per_step"][k] for r in runs])) for k in ("compute", "comm", "wait")}
+    per_step = {k: float(np.mean([r["per_step"].get(k, 0.0) for r in runs]))
+                for k in ("compute", "comm", "wait", "busy", "exposed")}
     median = float(np.median(step_times))
     cores = environment_cores()
     key = (m, pt["precision"], pt["visible_type"])
@@ -1028,7 +1049,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
                   serial if wanted == tr["blas_threads"] else baselines.get(("serial", wanted) + key))
     from parrbm.strategies import StrategyOptions
 
-    opts = StrategyOptions(sync_every=tr["sync_every"], **cfg["options"])
+    opts = point_options(cfg, pt)
     model = cost.Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
                        statistics=spec.statistics, cd_k=spec.cd_k)
     formula = cost.step_traffic(pt["strategy"], model, m, K, options=opts).total
@@ -1050,6 +1071,12 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
                          "repeat_medians": [float(np.median(r["step_times"])) for r in runs]},
         "compute_seconds": per_step["compute"], "comm_seconds": per_step["comm"],
         "wait_seconds": per_step["wait"],
+        # communication overlapped with computation, per step, the workers' mean
+        # (definitions: harness/comm.py): in progress, waited for, hidden
+        "comm_busy_seconds": per_step["busy"], "comm_exposed_seconds": per_step["exposed"],
+        "hidden_fraction": hidden_fraction(per_step["exposed"], per_step["busy"]),
+        "hidden_fraction_by_phase": {p: v.get("hidden_fraction", 0.0) for p, v in stats.get("by_phase", {}).items()},
+        "chunks_used": stats.get("overlap", {}).get("chunks_used", 1),
         "cases_per_second": m / median,
         "speedup_vs_serial": serial / median if serial else None,
         # against the serial trainer given every core the K workers use (K x their BLAS
@@ -1065,7 +1092,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     }
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
             **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
-            "bandwidth": pt.get("bandwidth"), "network": stats.get("network"),
+            "bandwidth": pt.get("bandwidth"), "overlap_chunks": pt.get("overlap_chunks", 1),
+            "network": stats.get("network"),
             **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
@@ -1073,6 +1101,14 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
                 "learning_rate", "momentum", "weight_decay", "sync_every", "seed", "blas_threads")}},
             "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
             "metrics": metrics}
+
+
+def point_options(cfg: dict, pt: dict):
+    """The strategy options of a grid point: the config's, with the point's chunk count."""
+    from parrbm.strategies import StrategyOptions
+
+    return StrategyOptions(**{**cfg["options"], "sync_every": cfg["training"]["sync_every"],
+                              "overlap_chunks": pt.get("overlap_chunks", cfg["options"].get("overlap_chunks", 1))})
 
 
 def tcp_hosts(section: dict):

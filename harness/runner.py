@@ -341,6 +341,10 @@ class ParallelRunner:
                 for k, v in asdict(s).items():
                     if k in agg:
                         agg[k] += v
+        for agg in by_phase.values():
+            agg["hidden_fraction"] = hidden_fraction(agg["seconds"], agg["busy_seconds"])
+        busy = sum(v["busy_seconds"] for v in by_phase.values()) / max(self.K, 1)
+        exposed = sum(v["seconds"] for v in by_phase.values()) / max(self.K, 1)
         syncs = self.workers[0].syncs
         sync_sent = sum(by_phase.get(p, {}).get("bytes_sent", 0) for p in sync_phases)
         sync_logical = sum(by_phase.get(p, {}).get("logical_bytes_sent", 0) for p in sync_phases)
@@ -390,7 +394,21 @@ class ParallelRunner:
                 if self.steps else 0.0,
             },
             "replica_divergence": max(divergence) if divergence else 0.0,
+            # communication overlapped with computation (definitions: harness/comm.py):
+            # seconds per worker, over every collective of the runs
+            "overlap": {
+                "overlap_chunks": self.options.overlap_chunks,
+                "chunks_used": len(self.workers[0].chunks(self.spec.batch_size)),
+                "busy_seconds": busy,
+                "exposed_seconds": exposed,
+                "hidden_fraction": hidden_fraction(exposed, busy),
+            },
         }
+
+
+def hidden_fraction(exposed: float, busy: float) -> float:
+    """The share of the collectives' busy time the step did not wait for (0 in lockstep)."""
+    return min(1.0, max(0.0, 1.0 - exposed / busy)) if busy > 0 else 0.0
 
 
 def split_waits(stats: list[dict[str, PhaseStats]]) -> None:

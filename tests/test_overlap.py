@@ -1,0 +1,276 @@
+"""Communication overlapped with computation: non-blocking collectives on every transport,
+and ``overlap_chunks`` giving lockstep's results bit for bit with the closed-form bytes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from parrbm.analysis import cost
+from parrbm.config import CDSpec, ModelState
+from parrbm.harness.comm import Comm, CommError, Transport
+from parrbm.harness.runner import ParallelRunner
+from parrbm.harness.threads import run_threads
+from parrbm.partition import Partition
+from parrbm.strategies import StrategyOptions
+from parrbm.strategies.base import exact_chunks
+from support import mpi_param
+
+FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
+OVERLAPPING = ["unit-partitioned", "green-only"]
+
+# What the steps branch on: dtype, units, statistics, CD-k, persistent chains, momentum.
+CONFIGS = [
+    dict(dtype="float32", visible="binary", statistics="samples", cd_k=1, persistent=False, momentum=0.0),
+    dict(dtype="float32", visible="binary", statistics="probabilities", cd_k=2, persistent=True, momentum=0.5),
+    dict(dtype="float64", visible="binary", statistics="samples", cd_k=2, persistent=False, momentum=0.9),
+    dict(dtype="float64", visible="gaussian", statistics="probabilities", cd_k=1, persistent=False,
+         gaussian_noise=True),
+    dict(dtype="float32", visible="gaussian", statistics="samples", cd_k=1, persistent=True, momentum=0.5),
+]
+
+
+def problem(config: int, V: int = 29, H: int = 23, m: int = 40) -> tuple[CDSpec, np.ndarray]:
+    cfg = CONFIGS[config]
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, weight_decay=0.001, learning_rate=0.05, seed=7, **cfg)
+    rng = np.random.default_rng(config)
+    # 3.5 minibatches: the last one is short, and its chunks are cut afresh
+    n = 3 * m + m // 2
+    X = (rng.random((n, V)) < 0.4) if cfg["visible"] == "binary" else rng.normal(size=(n, V))
+    return spec, X.astype(cfg["dtype"])
+
+
+def fit(strategy, K, spec, X, transport="threads", **options):
+    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport,
+                            StrategyOptions(sync_every=2, **options), timeout=30.0)
+    rng = np.random.default_rng(1)
+    errors, step = [], 0
+    try:
+        for _ in range(2):
+            order = rng.permutation(len(X)).astype(np.int64)
+            errors.append(runner.run(X, order, step))
+            step += -(-len(order) // spec.batch_size)
+    finally:
+        runner.close()
+    return runner, errors
+
+
+def assert_identical(ref, ref_errors, got, got_errors, what):
+    for a, b in zip(ref_errors, got_errors):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+    for f in FIELDS:
+        a, b = getattr(ref.state, f), getattr(got.state, f)
+        assert (a is None) == (b is None), (what, f)
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f"{what} {f}")
+    rs, gs = ref.comm_stats(), got.comm_stats()
+    assert gs["bytes_per_step"] == rs["bytes_per_step"] and gs["bytes_total"] == rs["bytes_total"], what
+    assert {p: v["bytes_sent"] for p, v in gs["by_phase"].items()} == \
+           {p: v["bytes_sent"] for p, v in rs["by_phase"].items()}, what
+    assert gs["replica_divergence"] == rs["replica_divergence"], what
+
+
+@pytest.mark.parametrize("strategy", OVERLAPPING)
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+def test_chunked_steps_are_lockstep_bit_for_bit_on_threads(strategy, config):
+    spec, X = problem(config)
+    for K, partition in [(2, "contiguous"), (3, "random")]:
+        ref, ref_errors = fit(strategy, K, spec, X, partition=partition)
+        for chunks in (2, 3, 5):
+            got, got_errors = fit(strategy, K, spec, X, partition=partition, overlap_chunks=chunks)
+            assert_identical(ref, ref_errors, got, got_errors, f"{strategy} K={K} {partition} chunks={chunks}")
+
+
+@pytest.mark.parametrize("transport", ["tcp", mpi_param()])
+@pytest.mark.parametrize("strategy", OVERLAPPING)
+def test_chunked_steps_are_lockstep_bit_for_bit_on_processes(strategy, transport):
+    for config in (0, 1, 3):
+        spec, X = problem(config)
+        ref, ref_errors = fit(strategy, 3, spec, X)
+        got, got_errors = fit(strategy, 3, spec, X, transport=transport, overlap_chunks=3)
+        assert_identical(ref, ref_errors, got, got_errors, f"{strategy} config {config} on {transport}")
+
+
+@pytest.mark.parametrize("strategy", OVERLAPPING)
+def test_chunked_bytes_equal_the_closed_form_and_calls_count_the_chunks(strategy):
+    """Chunks are cut at multiples of 8 cases, so bit-packed chunks add up to the block's
+    bytes, 7 x 23 and 3 x 29 bits included (messages not a whole byte)."""
+    spec, X = problem(0, m=48)
+    runner, _ = fit(strategy, 3, spec, X, overlap_chunks=3)
+    model = cost.Model(spec.n_visible, spec.n_hidden)
+    want = cost.step_traffic(strategy, model, 48, 3, options=StrategyOptions(overlap_chunks=3))
+    stats = runner.comm_stats()
+    assert runner.step_bytes[0] == want.total == cost.step_traffic(strategy, model, 48, 3).total
+    plan = runner.workers[0].chunks(48)
+    assert [(r.start, r.stop) for r in plan] == [(0, 16), (16, 32), (32, 48)]
+    for phase, calls in want.calls.items():
+        assert calls == 3
+        # the full minibatches' calls (the short ones are cut afresh): per worker
+        assert stats["by_phase"][phase]["calls"] >= 3 * 3 * 2 * 3, phase
+
+
+def test_exact_chunks_fall_back_to_coarser_cuts_and_keep_products_exact():
+    """Whatever cut is chosen, each product computed chunk by chunk equals the whole one."""
+    from parrbm import _core
+
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        for rows, (k, n, tb) in [(100, (300, 250, False)), (200, (250, 150, True)), (37, (13, 11, False))]:
+            plan = exact_chunks(rows, 4, dtype, [(k, n, tb)])
+            assert plan[0].start == 0 and plan[-1].stop == rows
+            assert all(a.stop == b.start for a, b in zip(plan, plan[1:]))
+            assert all(r.start % 8 == 0 for r in plan)
+            a = rng.standard_normal((rows, k)).astype(dtype)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+            whole, parts = np.empty((rows, n), dtype), np.empty((rows, n), dtype)
+            _core.gemm(a, b, whole, trans_b=tb)
+            for r in plan:
+                _core.gemm(a[r], b, parts[r], trans_b=tb)
+            np.testing.assert_array_equal(whole, parts)
+
+
+def test_row_chunks_cut_at_multiples_of_eight():
+    assert Partition.row_chunks(200, 4) == [slice(0, 56), slice(56, 112), slice(112, 168), slice(168, 200)]
+    assert Partition.row_chunks(20, 4) == [slice(0, 8), slice(8, 16), slice(16, 20)]
+    assert Partition.row_chunks(7, 3) == [slice(0, 7)]
+    assert Partition.row_chunks(0, 3) == [slice(0, 0)]
+
+
+# ---- the option ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_overlap_chunks_must_be_a_positive_integer(value):
+    spec = CDSpec(n_visible=8, n_hidden=6, batch_size=4)
+    with pytest.raises(ValueError, match="'overlap_chunks' must be an integer >= 1"):
+        ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, options=StrategyOptions(overlap_chunks=value))
+
+
+def test_overlap_chunks_on_a_strategy_that_does_not_overlap_is_refused():
+    from parrbm import RBM
+
+    X = (np.random.default_rng(0).random((32, 8)) < 0.5).astype(np.float32)
+    with pytest.raises(ValueError, match="overlap_chunks"):
+        RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="parameter-averaging", workers=2, progress=False,
+            strategy_options={"overlap_chunks": 2}).fit(X)
+    rbm = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
+              random_state=0, strategy_options={"overlap_chunks": 2}).fit(X)
+    ref = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
+              random_state=0).fit(X)
+    np.testing.assert_array_equal(rbm.components_, ref.components_)
+
+
+# ---- non-blocking collectives ----------------------------------------------------------------------
+
+class SlowTransport(Transport):
+    """One worker alone (size 1 moves nothing), whose every collective takes ``delay`` s."""
+
+    rank, size = 0, 1
+
+    def __init__(self, delay: float, fail: bool = False):
+        self.delay, self.fail = delay, fail
+        self.threads = []
+
+    def exchange(self, sends, receive) -> float:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail:
+            raise CommError("the wire broke", peer=0)
+        return 0.0
+
+    def barrier(self) -> float:
+        return self.exchange([None], lambda j, b: None)
+
+
+def test_started_collectives_run_in_order_on_the_progress_thread_and_count_busy_and_exposed_time():
+    t = SlowTransport(0.2)
+    comm = Comm(t)
+    parts = Partition.contiguous(4, 1)
+    out = np.zeros((2, 4))
+    h = comm.start_reduce_scatter(np.ones((2, 4)), out, parts, phase="p")
+    time.sleep(0.35)          # "computing" while the collective is in flight
+    h.wait()
+    np.testing.assert_array_equal(out, 1.0)
+    s = comm.stats["p"]
+    assert s.calls == 1 and s.busy_seconds >= 0.2
+    assert s.seconds < 0.1    # what the caller waited: the collective was done before it asked
+    assert t.threads == ["parrbm-progress-0"]
+    comm.reduce_scatter(np.ones((2, 4)), out, parts, phase="q")   # lockstep: exposed = busy
+    q = comm.stats["q"]
+    assert q.seconds == q.busy_seconds >= 0.2 and t.threads[-1] == threading.current_thread().name
+    comm.close()
+
+
+def test_a_blocking_collective_first_completes_those_in_flight():
+    t = SlowTransport(0.05)
+    comm = Comm(t)
+    parts = Partition.contiguous(3, 1)
+    out = [np.zeros((1, 3)) for _ in range(3)]
+    handles = [comm.start_allgather(np.full((1, 3), i), out[i], parts, phase=f"a{i}") for i in range(3)]
+    comm.barrier(phase="b")
+    assert not comm._inflight
+    assert [list(o[0]) for o in out] == [[0] * 3, [1] * 3, [2] * 3]
+    for h in handles:
+        h.wait()  # completed already: returns at once
+    assert list(comm.stats) == ["a0", "a1", "a2", "b"]
+    comm.close()
+
+
+def test_a_failed_collective_raises_at_its_wait():
+    comm = Comm(SlowTransport(0.01, fail=True))
+    h = comm.start_allgather(np.ones((1, 2)), np.zeros((1, 2)), Partition.contiguous(2, 1), phase="x")
+    with pytest.raises(CommError, match="the wire broke"):
+        h.wait()
+    comm.abandon()
+
+
+def test_started_collectives_match_blocking_ones_across_threads():
+    """Each worker starts an allgather, a reduce-scatter and an allreduce, computes, then
+    waits: the results are the blocking collectives' and the bytes the same."""
+    K, m, n = 3, 5, 10
+    parts = Partition.contiguous(n, K)
+
+    def work(comm: Comm, started: bool):
+        rng = np.random.default_rng(comm.rank)
+        block = rng.random((m, parts.size(comm.rank)))
+        partial = rng.random((m, n))
+        flat = rng.random(17)
+        gathered, summed = np.zeros((m, n)), np.zeros((m, parts.size(comm.rank)))
+        if started:
+            hs = [comm.start_allgather(block, gathered, parts, phase="g"),
+                  comm.start_reduce_scatter(partial, summed, parts, phase="r"),
+                  comm.start_allreduce(flat, phase="a")]
+            time.sleep(0.01)
+            for h in hs:
+                h.wait()
+            comm.close()
+        else:
+            comm.allgather(block, gathered, parts, phase="g")
+            comm.reduce_scatter(partial, summed, parts, phase="r")
+            comm.allreduce(flat, phase="a")
+        return gathered, summed, flat, {p: s.bytes_sent for p, s in comm.stats.items()}
+
+    a = run_threads(K, lambda c: work(c, False), timeout=10)
+    b = run_threads(K, lambda c: work(c, True), timeout=10)
+    for x, y in zip(a, b):
+        for u, v in zip(x[:3], y[:3]):
+            np.testing.assert_array_equal(u, v)
+        assert x[3] == y[3]
+
+
+def test_comm_stats_report_busy_exposed_and_hidden_time():
+    spec, X = problem(0, m=48)
+    runner, _ = fit("green-only", 2, spec, X, overlap_chunks=3)
+    s = runner.comm_stats()
+    o = s["overlap"]
+    assert o["overlap_chunks"] == 3 and o["chunks_used"] == 3
+    assert o["busy_seconds"] > 0 and 0 <= o["exposed_seconds"]
+    # a tiny model's waits are mostly thread hand-overs: exposed may exceed busy (nothing hidden)
+    assert o["hidden_fraction"] == pytest.approx(min(1.0, max(0.0, 1 - o["exposed_seconds"] / o["busy_seconds"])))
+    for phase, v in s["by_phase"].items():
+        assert v["busy_seconds"] > 0 and 0 <= v["hidden_fraction"] <= 1, phase
+    lock, _ = fit("green-only", 2, spec, X)
+    lo = lock.comm_stats()["overlap"]
+    assert lo["overlap_chunks"] == lo["chunks_used"] == 1 and lo["hidden_fraction"] == 0.0
