@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     print(f"{'raw pixels (logistic, C=100)':<46}{'-':>10}{'-':>12}{raw:>15.4f}")
     print(f"\nparrbm PCD serial, default BLAS threads / one BLAS thread: {default_pcd:.3f} s / {one_thread:.3f} s "
           f"= {default_pcd / one_thread:.2f} (tiny GEMMs: more threads must not be slower)")
-    print("\nK = 2 runs: threads transport, each worker's minibatch loop in the core (engine 'native'); "
+    print("\nK = 2 runs: threads transport, each strategy's Python module over the core's kernels; "
           "on a model this small the collectives' barriers cost about what halving the kernels saves")
     return 0
 

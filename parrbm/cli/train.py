@@ -145,7 +145,9 @@ def _estimator(args):
                   strategy=args.strategy, workers=args.workers, transport=args.transport,
                   learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
                   checkpoint_every=args.checkpoint_every, verbose=True,
-                  strategy_options={"hosts": args.hosts.split(",")} if args.hosts else None)
+                  strategy_options={**({"hosts": args.hosts.split(",")} if args.hosts else {}),
+                                    **({"overlap_chunks": args.overlap_chunks} if args.overlap_chunks != 1 else {})}
+                  or None)
     rbm = RBM(**params)
     if not args.resume:
         return rbm
@@ -310,6 +312,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--hosts", help="with --transport tcp or mpi: the hosts to start the workers on, one a "
                                     "host in order, e.g. node0,node1 (ssh key login; the same environment "
                                     "at the same path on each)")
+    tr.add_argument("--overlap-chunks", type=int, default=1,
+                    help="unit-partitioned and green-only: the minibatch's cases in this many chunks, each "
+                         "chunk's exchange on the wire while the next computes (1: lockstep)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
     tr.add_argument("--checkpoint-every", type=int, default=1)
