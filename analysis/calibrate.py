@@ -805,3 +805,85 @@ if __name__ == "__main__":
         _mpi_rank_main(chosen, a.repeats)
     elif a.tcp_rank is not None:
         _tcp_rank_main(a.tcp_rank, a.addresses, chosen, a.repeats)
+
+
+# ---- the calibration of a comparison (parrbm run) ----------------------------------------------
+
+def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock=None) -> None:
+    """Measure this machine for a comparison config's transports and emulated links
+    (quick) into ``where`` (``parrbm run``'s calibration: :func:`run_config`'s
+    ``calibrate``); on --resume an existing profile is kept (and must load)."""
+    from parrbm.harness.experiment import (JOB_TRANSPORTS, NETWORK_TRANSPORTS, ConfigError, _job_world,
+                                           grid_points, mpi_hosts, network_links_of, tcp_hosts)
+    from parrbm.harness.network import LinkSpec
+
+    if resume and where.exists():
+        try:
+            Profile.load(where)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
+        return
+    transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
+    if _job_world() is not None and set(JOB_TRANSPORTS) & set(transports):
+        # the ranks are busy serving the grid; their collectives are not measured yet
+        on_job = [t for t in transports if t in JOB_TRANSPORTS]
+        transports = [t for t in transports if t not in JOB_TRANSPORTS]
+        progress(f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
+                 f"not calibrated: the time model prices those runs with this machine's other figures")
+    else:  # between this machine's workers: not where the runs on hosts happen
+        transports = [t for t in transports if not (t == "mpi" and cfg.get("mpi"))
+                      and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))]
+    used = {pt["transport"] for pt in grid_points(cfg)}
+    on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
+    tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None
+    profile = calibrate(quick=True, transports=transports or ["threads"], progress=progress)
+    links = network_links_of(cfg)  # the emulated links the runs will use
+    if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
+        links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
+    for link in links:
+        calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
+                          quick=True, progress=progress)
+    if on_hosts is not None:
+        between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
+        progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")
+        try:
+            profile.links["mpi@hosts"] = mpi_links(quick=True, where=on_hosts)
+        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's mpi
+            progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
+        calibrate_host_kernels(profile, "mpi@hosts", lambda: host_speeds(on_hosts), progress)
+    if tcp_on_hosts is not None:
+        progress(f"calibrate: tcp collectives between {tcp_on_hosts.host_of(0)} and {tcp_on_hosts.host_of(1)} "
+                 f"(tcp@hosts)")
+        try:
+            profile.links["tcp@hosts"] = tcp_host_links(tcp_on_hosts, quick=True)
+        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's tcp
+            progress(f"calibrate: tcp@hosts skipped ({exc}); the tcp runs are priced with this machine's figures")
+        calibrate_host_kernels(profile, "tcp@hosts", lambda: tcp_host_speeds(tcp_on_hosts), progress)
+    if lock is not None:
+        lock.check()  # kept only beside results this run still holds
+    profile.save(where)
+
+
+#: hosts whose kernels differ by more than this factor are said to differ in speed
+HOST_SPEED_SPREAD = 1.15
+
+
+def calibrate_host_kernels(profile, name: str, measure, progress) -> None:
+    """The same GEMM timed on every host (``measure()``: host -> seconds) and here: each
+    host's speed against this machine, said; the slowest host's slowdown prices the runs
+    there (``profile.host_slowdown[name]``), since a step waits for its slowest worker."""
+    try:
+        there = measure()
+    except Exception as exc:  # noqa: BLE001 - then the runs are priced with this machine's kernels
+        progress(f"calibrate: the kernels on the hosts were not measured ({exc}); priced with this machine's")
+        return
+    here = kernel_probe_seconds()
+    ratios = {h: s / here for h, s in there.items()}
+    progress("calibrate: kernels on the hosts against this machine: "
+             + ", ".join(f"{h} {r:.2f}x the time" for h, r in ratios.items()))
+    if max(ratios.values()) > HOST_SPEED_SPREAD * min(ratios.values()):
+        slow = max(ratios, key=ratios.get)
+        progress(f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
+                 f"slower than the fastest): a step waits for its slowest worker; the model prices the "
+                 f"{name.split('@')[0]} runs at {slow}'s speed")
+    profile.host_slowdown[name] = max(ratios.values())

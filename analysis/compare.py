@@ -9,12 +9,9 @@ import numpy as np
 
 from parrbm.analysis import cost
 from parrbm.analysis.timemodel import Prediction, Profile, predict
+from parrbm.harness.results import profile_path  # noqa: F401 (named here too)
 
 
-def profile_path(results: str | Path) -> Path:
-    """Where ``parrbm run`` keeps the machine profile it calibrated for a results file."""
-    results = Path(results)
-    return results.with_name(results.stem + ".profile.json")
 
 
 def load_profile_for(results: str | Path, given: str | Path | None = None) -> Profile | None:

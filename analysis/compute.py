@@ -22,63 +22,14 @@ and ``Work.gemms``: (M, N, depth) of every matrix product, 2 M N depth flops eac
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-
-from parrbm.analysis.cost import Model
-
-
-@dataclass
-class Work:
-    gemms: list[tuple[int, int, int]] = field(default_factory=list)
-    counts: Counter = field(default_factory=Counter)
-    #: 64-case words per term -> the "bitstat" count of updates with that many words
-    bitstat_words: Counter = field(default_factory=Counter)
-
-    def gemm(self, M: int, N: int, depth: int) -> None:
-        if M and N and depth:
-            self.gemms.append((int(M), int(N), int(depth)))
-
-    def add(self, kind: str, n: int) -> None:
-        if n:
-            self.counts[kind] += int(n)
-
-    @property
-    def flops(self) -> int:
-        return sum(2 * M * N * d for M, N, d in self.gemms)
-
-
-def hidden_work(w: Work, model: Model, rows: int, hk: int, H: int, exchanged: bool = True) -> None:
-    """Sample this worker's hidden block; with probability statistics every worker then
-    draws the states of all H units from the gathered probabilities."""
-    w.add("sample", rows * hk)
-    if exchanged and not model.hidden_bits:
-        w.add("bernoulli", rows * H)
-
-
-def statistics_work(w: Work, model: Model, a: int, b: int, m: int, c: int, *, momentum: bool,
-                binary_data: bool) -> None:
-    """The update of an (a x b) weight block from [x; v'] (a columns) and [h; -h'] (b)."""
-    if model.visible_bits:
-        words = (max(m, c) + 63) // 64
-        w.add("pack", (m + c) * (a + b))
-        terms = 2 if binary_data else 1
-        if not binary_data:
-            w.gemm(a, b, m)
-        w.add("bitstat", a * b * words * terms)
-        if a * b:
-            w.bitstat_words[words] += a * b * words * terms
-    else:
-        w.gemm(a, b, m + c)
-        if momentum:
-            w.add("update", a * b)
+from parrbm.accounting import Model, Work, hidden_work, statistics_work  # noqa: F401 (named here too)
 
 
 def step_work(strategy, model: Model, m: int, K: int, rank: int = 0, *, momentum: bool = False,
               binary_data: bool = True, average: str | None = None, options=None) -> Work:
     """The kernels worker ``rank`` runs in one step of m cases (contiguous partition;
     weight syncs excluded, see :func:`sync_work`), as the strategy declares them."""
-    from parrbm.analysis.cost import _options
+    from parrbm.strategies.declared import _options
     from parrbm.strategies.registry import resolve
 
     return resolve(strategy).step_work(model, m, K, rank, _options(options, average=average), momentum=momentum,
@@ -88,7 +39,7 @@ def step_work(strategy, model: Model, m: int, K: int, rank: int = 0, *, momentum
 def sync_work(strategy, model: Model, K: int, rank: int = 0, *, average: str | None = None, options=None) -> Work:
     """The copies of one weight synchronisation on worker ``rank`` (its bytes are in
     :func:`parrbm.analysis.cost.sync_traffic`)."""
-    from parrbm.analysis.cost import _options
+    from parrbm.strategies.declared import _options
     from parrbm.strategies.registry import resolve
 
     if K == 1:

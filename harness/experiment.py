@@ -549,7 +549,7 @@ def mpi_hosts(section: dict | None):
 
 
 def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
-    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.units import parse_bandwidth, parse_latency
     from parrbm.harness.network import missing
 
     emulate = cfg["network"]["emulate"]
@@ -716,7 +716,7 @@ def network_links_of(cfg: dict) -> list:
 
 def link_of(cfg: dict, pt: dict):
     """The emulated link a grid point runs on (a LinkSpec), or None."""
-    from parrbm.analysis.timemodel import parse_bandwidth, parse_latency
+    from parrbm.units import parse_bandwidth, parse_latency
     from parrbm.harness.network import LinkSpec
 
     if pt.get("bandwidth") is None:
@@ -954,7 +954,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
     slowest worker, the communication statistics and the reconstruction errors."""
     from parrbm.config import ModelState
     from parrbm.harness.runner import ParallelRunner
-    from parrbm.strategies import SerialStrategy, StrategyOptions
+    from parrbm.strategies import SerialStrategy
 
     tr = cfg["training"]
     spec = _spec_for(cfg, pt)
@@ -1021,7 +1021,8 @@ def model_digest(state) -> str:
 def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict:
     """The record of a grid point from its repeated runs: the step times of all repeats
     pooled (a busy moment of a shared machine spoils one repeat, not the median)."""
-    from parrbm.analysis import cost
+    from parrbm.accounting import Model
+    from parrbm.strategies.declared import step_traffic, sync_traffic
 
     from parrbm.harness.runner import hidden_fraction
 
@@ -1047,13 +1048,12 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     wanted = threads if all_cores else max(tr["blas_threads"], min(K * tr["blas_threads"], cores))
     serial_all = (median if all_cores else
                   serial if wanted == tr["blas_threads"] else baselines.get(("serial", wanted) + key))
-    from parrbm.strategies import StrategyOptions
 
     opts = point_options(cfg, pt)
-    model = cost.Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
-                       statistics=spec.statistics, cd_k=spec.cd_k)
-    formula = cost.step_traffic(pt["strategy"], model, m, K, options=opts).total
-    sync_formula = cost.sync_traffic(pt["strategy"], model, K, options=opts).total
+    model = Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
+                  statistics=spec.statistics, cd_k=spec.cd_k)
+    formula = step_traffic(pt["strategy"], model, m, K, options=opts).total
+    sync_formula = sync_traffic(pt["strategy"], model, K, options=opts).total
     # what the strategy declares against what moved (a plug-in's closed form is held to it too)
     mismatch = []
     if stats["bytes_per_step"] != formula:
@@ -1170,10 +1170,12 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               progress=print, calibrate: bool = False) -> Path:
+               progress=print, calibrate=None) -> Path:
     """Run every grid point of a validated config; returns the results file. With
-    ``calibrate``, first measure this machine for the time model (quick) and keep the
-    profile beside the results (``<name>.profile.json``) for the table and the report.
+    ``calibrate`` (``calibrate(cfg, where, resume=, progress=, lock=)``, such as
+    :func:`parrbm.analysis.calibrate.calibrate_for_config`), first measure this machine for
+    the time model and keep the profile beside the results (``where``:
+    ``<name>.profile.json``) for the table and the report.
 
     An existing results file is continued with ``resume`` (only if it was written under
     the same configuration), set aside and started afresh with ``overwrite``, and
@@ -1204,9 +1206,8 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
         _world().bcast(None, root=0)
 
 
-def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, progress, calibrate: bool) -> Path:
-    from parrbm.analysis.compare import profile_path
-    from parrbm.harness.results import WriterLock
+def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, progress, calibrate) -> Path:
+    from parrbm.harness.results import WriterLock, profile_path
 
     if resume and overwrite:
         raise ConfigError("--resume continues a results file and --overwrite starts a new one: give one of them")
@@ -1233,8 +1234,8 @@ def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, prog
     try:
         done = _results_to_continue(results, where, identity, resume=resume, overwrite=overwrite,
                                     progress=progress)
-        if calibrate:
-            _calibrate_for(cfg, where, resume=resume, progress=progress, lock=lock)
+        if calibrate is not None:
+            calibrate(cfg, where, resume=resume, progress=progress, lock=lock)
         _run_points(cfg, results, identity, done, progress, lock)
     except ResultsError as exc:
         raise ConfigError(str(exc)) from None
@@ -1319,92 +1320,6 @@ def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
             f"experiments. Differing fields: {'; '.join(diff[:8])}"
             + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
             + ". Use --overwrite (the old file is kept beside it) or another --out or name")
-
-
-def _calibrate_for(cfg: dict, where: Path, *, resume: bool, progress, lock=None) -> None:
-    """Measure this machine for the config's transports and emulated links (quick) into
-    ``where``; on --resume an existing profile is kept (and must load)."""
-    from parrbm.analysis.calibrate import calibrate as measure
-    from parrbm.analysis.calibrate import calibrate_network
-    from parrbm.analysis.timemodel import Profile
-    from parrbm.harness.network import LinkSpec
-
-    if resume and where.exists():
-        try:
-            Profile.load(where)
-        except ValueError as exc:
-            raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
-        return
-    transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-    if _job_world() is not None and set(JOB_TRANSPORTS) & set(transports):
-        # the ranks are busy serving the grid; their collectives are not measured yet
-        on_job = [t for t in transports if t in JOB_TRANSPORTS]
-        transports = [t for t in transports if t not in JOB_TRANSPORTS]
-        progress(f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
-                 f"not calibrated: the time model prices those runs with this machine's other figures")
-    else:  # between this machine's workers: not where the runs on hosts happen
-        transports = [t for t in transports if not (t == "mpi" and cfg.get("mpi"))
-                      and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))]
-    used = {pt["transport"] for pt in grid_points(cfg)}
-    on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
-    tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None
-    profile = measure(quick=True, transports=transports or ["threads"], progress=progress)
-    links = network_links_of(cfg)  # the emulated links the runs will use
-    if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
-        links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
-    for link in links:
-        calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
-                          quick=True, progress=progress)
-    if on_hosts is not None:
-        from parrbm.analysis.calibrate import host_speeds, mpi_links
-
-        between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
-        progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")
-        try:
-            profile.links["mpi@hosts"] = mpi_links(quick=True, where=on_hosts)
-        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's mpi
-            progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
-        _calibrate_host_kernels(profile, "mpi@hosts", lambda: host_speeds(on_hosts), progress)
-    if tcp_on_hosts is not None:
-        from parrbm.analysis.calibrate import tcp_host_links, tcp_host_speeds
-
-        progress(f"calibrate: tcp collectives between {tcp_on_hosts.host_of(0)} and {tcp_on_hosts.host_of(1)} "
-                 f"(tcp@hosts)")
-        try:
-            profile.links["tcp@hosts"] = tcp_host_links(tcp_on_hosts, quick=True)
-        except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's tcp
-            progress(f"calibrate: tcp@hosts skipped ({exc}); the tcp runs are priced with this machine's figures")
-        _calibrate_host_kernels(profile, "tcp@hosts", lambda: tcp_host_speeds(tcp_on_hosts), progress)
-    if lock is not None:
-        lock.check()  # kept only beside results this run still holds
-    profile.save(where)
-
-
-#: hosts whose kernels differ by more than this factor are said to differ in speed
-HOST_SPEED_SPREAD = 1.15
-
-
-def _calibrate_host_kernels(profile, name: str, measure, progress) -> None:
-    """The same GEMM timed on every host (``measure()``: host -> seconds) and here: each
-    host's speed against this machine, said; the slowest host's slowdown prices the runs
-    there (``profile.host_slowdown[name]``), since a step waits for its slowest worker."""
-    from parrbm.analysis.calibrate import kernel_probe_seconds
-
-    try:
-        there = measure()
-    except Exception as exc:  # noqa: BLE001 - then the runs are priced with this machine's kernels
-        progress(f"calibrate: the kernels on the hosts were not measured ({exc}); priced with this machine's")
-        return
-    here = kernel_probe_seconds()
-    ratios = {h: s / here for h, s in there.items()}
-    progress("calibrate: kernels on the hosts against this machine: "
-             + ", ".join(f"{h} {r:.2f}x the time" for h, r in ratios.items()))
-    if max(ratios.values()) > HOST_SPEED_SPREAD * min(ratios.values()):
-        slow = max(ratios, key=ratios.get)
-        progress(f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
-                 f"slower than the fastest): a step waits for its slowest worker; the model prices the "
-                 f"{name.split('@')[0]} runs at {slow}'s speed")
-    profile.host_slowdown[name] = max(ratios.values())
 
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:

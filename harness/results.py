@@ -448,3 +448,9 @@ def one_per_run(records: list[dict], path: Path | str) -> tuple[list[dict], list
         if len(ok) > 1:
             notes.append(f"run {key} is recorded {len(ok)} times; shown once (the last record)")
     return out, notes
+
+
+def profile_path(results: str | Path) -> Path:
+    """Where ``parrbm run`` keeps the machine profile it calibrated for a results file."""
+    results = Path(results)
+    return results.with_name(results.stem + ".profile.json")

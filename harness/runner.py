@@ -12,7 +12,7 @@ import numpy as np
 from parrbm.config import TRANSPORTS, CDSpec, ModelState
 from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.harness.threads import run_threads
-from parrbm.strategies.base import StrategyOptions, Worker, admin_phase
+from parrbm.strategies.base import StrategyOptions, Worker, admin_phase, chunk_plan
 
 def worker_class(strategy, *, load: bool = False) -> type[Worker]:
     """The parallel strategy's class, by name, ``module:Class`` or the class itself
@@ -45,6 +45,40 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
     chunks = options.overlap_chunks
     if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
         raise ValueError(f"strategy option 'overlap_chunks' must be an integer >= 1 (1: lockstep), got {chunks!r}")
+
+
+class WorkerBook:
+    """What the launcher keeps of a worker that runs in a process of its own (tcp and mpi
+    workers parrbm starts): its counters, not its arrays, so that K replicas of the model
+    do not sit in the launcher too. The worker itself is built here only to check or to
+    give its local state before its process has ever run."""
+
+    def __init__(self, cls: type[Worker], spec: CDSpec, state: ModelState, rank: int, size: int,
+                 options: StrategyOptions):
+        self.cls, self.spec, self.state, self.rank, self.K, self.options = cls, spec, state, rank, size, options
+        self.name = cls.name
+        self.sync_phases = cls.sync_phases_of(options)
+        self.divergence: list[float] = []
+        self.syncs = 0
+        self.remote_memory: int | None = None
+        self.peak_rss: int | None = None
+        self._local: tuple[dict, dict] | None = None
+
+    def _built(self) -> Worker:
+        return self.cls(self.spec, self.state, self.rank, self.K, self.options)
+
+    def local_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return self._local if self._local is not None else self._built().local_state()
+
+    def restore_local(self, counters: dict, arrays: dict[str, np.ndarray]) -> None:
+        self._built().restore_local(counters, arrays)  # the shapes checked, as on a worker
+        self._local = (counters, arrays)
+
+    def memory_bytes(self) -> int:
+        return self.remote_memory or 0
+
+    def chunks(self, rows: int) -> list[slice]:
+        return chunk_plan(self.cls, self.spec, self.options, self.K, rows)
 
 
 class ParallelRunner:
@@ -109,7 +143,10 @@ class ParallelRunner:
         if self.options.shared_weights:  # every worker gets the same W object
             shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
-        self.workers = [cls(self.spec, shared, r, self.K, self.options) for r in range(self.K)]
+        # worker processes (tcp, mpi) build their own workers: the launcher keeps counters
+        book = WorkerBook if (self.transport != "threads" and self._spmd is None) else cls
+        self.workers = [book(self.spec, shared, r, self.K, self.options) if book is cls
+                        else book(cls, self.spec, shared, r, self.K, self.options) for r in range(self.K)]
         self.state = state
         self._pending_local = None  # local states for worker processes not started yet
         self._spmd_local = None     # an MPI job's fit: the workers' local states, on rank 0

@@ -254,8 +254,8 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 resolve(self.strategy, load=not self._strategy_from_file())
         except StrategyError as exc:
             raise ValueError(f"RBM: parameter 'strategy': {exc}"
-                             + (f"; the model file names it: set_params(strategy=...) with the class or a "
-                                f"registered name to train on" if self._strategy_from_file() else "")) from None
+                             + ("; the model file names it: set_params(strategy=...) with the class or a "
+                                "registered name to train on" if self._strategy_from_file() else "")) from None
         if not callable(self.learning_rate_schedule):
             v.check_choice(o, "learning_rate_schedule", self.learning_rate_schedule, _SCHEDULES)
         v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from parrbm import _core
+from parrbm.accounting import Traffic, Work
 from parrbm.config import CDSpec, ModelState
-from parrbm.harness.comm import Comm
 from parrbm.partition import Partition
 from parrbm.strategies import phases as P
 
@@ -54,6 +54,16 @@ def exact_chunks(rows: int, chunks: int, dtype, gemms) -> list[slice]:
                     break
             _plans[key] = plan
         return plan
+
+
+def chunk_plan(cls, spec: CDSpec, options: StrategyOptions, K: int, rows: int) -> list[slice]:
+    """The chunks of a step of ``rows`` cases of strategy ``cls`` (one in lockstep): what
+    its workers cut, found here without building one."""
+    if options.overlap_chunks == 1 or rows <= 1:
+        return [slice(0, rows)]
+    vis = Partition.make(options.partition, spec.n_visible, K, spec.seed)
+    hid = Partition.make(options.partition, spec.n_hidden, K, spec.seed + 1)
+    return exact_chunks(rows, options.overlap_chunks, spec.np_dtype, cls.chunked_gemms(spec, vis, hid))
 
 
 def _rounds_alike(rows: int, k: int, n: int, trans_b: bool, plan: list[slice], dtype, rng) -> bool:
@@ -132,7 +142,7 @@ class Worker:
     def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
                  options: StrategyOptions):
         self.spec = spec
-        self.comm: Comm | None = None  # set by the runner for each run
+        self.comm = None  # its parrbm.harness.comm.Comm: set by the runner for each run
         self.options = options
         self.rank, self.K = rank, size
         self.dtype = spec.np_dtype
@@ -181,15 +191,19 @@ class Worker:
         lockstep), cut where every product rounds as the whole block's does
         (:func:`exact_chunks`). A chunk's rows keep their case index in the minibatch, so
         the random streams, keyed by case, draw what lockstep draws."""
-        if self.lockstep or rows <= 1:
-            return [slice(0, rows)]
-        return exact_chunks(rows, self.options.overlap_chunks, self.dtype, self.chunked_gemms())
+        return chunk_plan(type(self), self.spec, self.options, self.K, rows)
 
-    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
+    @classmethod
+    def chunked_gemms(cls, spec: CDSpec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
         """The products a chunked step computes chunk by chunk, for every worker's block
         sizes: (depth, columns, B transposed). A strategy that reads ``overlap_chunks``
         lists them."""
         return []
+
+    @classmethod
+    def sync_phases_of(cls, options: StrategyOptions) -> tuple[str, ...]:
+        """The phases whose bytes are weight synchronisation, with these options."""
+        return cls.sync_phases
 
     # ---- CD kernels on blocks -------------------------------------------------------------
 
@@ -281,14 +295,12 @@ class Worker:
 
     @classmethod
     def step_traffic(cls, model, m: int, K: int, options: "StrategyOptions", *, chains: int):
-        """:class:`parrbm.analysis.cost.Traffic` of one step of m cases (``chains``: rows of
+        """:class:`parrbm.accounting.Traffic` of one step of m cases (``chains``: rows of
         the negative phase: m, or the persistent chains)."""
         raise NotImplementedError(f"strategy {cls.name!r} declares no step traffic")
 
     @classmethod
     def sync_traffic(cls, model, K: int, options: "StrategyOptions"):
-        from parrbm.analysis.cost import Traffic
-
         return Traffic(K)
 
     @classmethod
@@ -298,13 +310,11 @@ class Worker:
     @classmethod
     def step_work(cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool,
                   binary_data: bool):
-        """:class:`parrbm.analysis.compute.Work` of worker ``rank`` in one step."""
+        """:class:`parrbm.accounting.Work` of worker ``rank`` in one step."""
         raise NotImplementedError(f"strategy {cls.name!r} declares no compute account")
 
     @classmethod
     def sync_work(cls, model, K: int, rank: int, options: "StrategyOptions"):
-        from parrbm.analysis.compute import Work
-
         return Work()
 
     # ---- the interface the runner uses ------------------------------------------------------

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, chunk_calls, reduce_scatter, visible_traffic
+from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_work, reduce_scatter,
+                               statistics_work, visible_traffic)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
@@ -53,9 +53,10 @@ class GreenOnly(Worker):
             self.sample_hidden(pre, self.c, units, step, phase, states=states_out, probs=act_out,
                                prob_scale=act_scale, case0=case0)
 
-    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
-        V = self.spec.n_visible
-        return [g for j in range(self.K) for g in ((self.hid.size(j), V, True), (V, self.hid.size(j), False))]
+    @classmethod
+    def chunked_gemms(cls, spec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
+        V = spec.n_visible
+        return [g for j in range(len(hid.parts)) for g in ((hid.size(j), V, True), (V, hid.size(j), False))]
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank

@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, allreduce, master_reduce
+from parrbm.accounting import Model, Traffic, Work, allreduce, hidden_work, master_reduce, statistics_work
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, phase_hidden
@@ -45,8 +44,11 @@ class ParameterAveraging(Worker):
         self.states = self.zeros(mk, H)
         # Gradient of (W, b, c) in one buffer: one collective per step.
         self.grad = self.zeros(V * H + V + H)
-        if options.average == "weights":
-            self.sync_phases = (P.AVERAGE,)
+        self.sync_phases = self.sync_phases_of(options)
+
+    @classmethod
+    def sync_phases_of(cls, options) -> tuple[str, ...]:
+        return (P.AVERAGE,) if options.average == "weights" else ()
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec = self.spec

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, hidden_traffic, visible_traffic
+from parrbm.accounting import (Model, Traffic, Work, hidden_traffic, hidden_work, statistics_work,
+                               visible_traffic)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numbers
 
+# Gibbs steps of CD-k that parrbm trains or prices (the literature's k stays below 1000;
+# the closed forms list each step, so a bound keeps pricing instant): the accounting's
+from parrbm.accounting import MAX_CD_K  # noqa: F401
+
 #: more workers than any machine or cluster this toolkit drives (and than a closed-form
 #: account should be asked to list worker by worker)
 MAX_WORKERS = 65536
-#: Gibbs steps of CD-k that parrbm trains or prices (the literature's k stays below 1000;
-#: the closed forms list each step, so a bound keeps pricing instant)
-MAX_CD_K = 10000
 
 
 def split_refusal(strategy, *, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:

@@ -96,13 +96,13 @@ class SerialStrategy:
 
     @classmethod
     def step_traffic(cls, model, m: int, K: int, options, *, chains: int):
-        from parrbm.analysis.cost import Traffic
+        from parrbm.accounting import Traffic
 
         return Traffic(K)
 
     @classmethod
     def sync_traffic(cls, model, K: int, options):
-        from parrbm.analysis.cost import Traffic
+        from parrbm.accounting import Traffic
 
         return Traffic(K)
 
@@ -112,7 +112,7 @@ class SerialStrategy:
 
     @classmethod
     def step_work(cls, model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool):
-        from parrbm.analysis.compute import Work, hidden_work, statistics_work
+        from parrbm.accounting import Work, hidden_work, statistics_work
 
         V, H, c = model.n_visible, model.n_hidden, m
         vis_kind = model.visible_kind
@@ -129,6 +129,6 @@ class SerialStrategy:
 
     @classmethod
     def sync_work(cls, model, K: int, rank: int, options):
-        from parrbm.analysis.compute import Work
+        from parrbm.accounting import Work
 
         return Work()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.analysis.compute import Work, hidden_work, statistics_work
-from parrbm.analysis.cost import Model, Traffic, chunk_calls, hidden_traffic, visible_traffic
+from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_traffic, hidden_work,
+                               statistics_work, visible_traffic)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
@@ -118,9 +118,10 @@ class UnitPartitioned(Worker):
             self.sync()
         return err
 
-    def chunked_gemms(self) -> list[tuple[int, int, bool]]:
-        V, H = self.spec.n_visible, self.spec.n_hidden
-        return [g for j in range(self.K) for g in ((V, self.hid.size(j), False), (H, self.vis.size(j), True))]
+    @classmethod
+    def chunked_gemms(cls, spec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
+        V, H = spec.n_visible, spec.n_hidden
+        return [g for j in range(len(vis.parts)) for g in ((V, hid.size(j), False), (H, vis.size(j), True))]
 
     def sync(self) -> None:
         """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""

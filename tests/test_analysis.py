@@ -530,7 +530,9 @@ def quick_results(tmp_path_factory):
     raw["data"]["cases"] = 200
     (tmp / "quick.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp / "quick.yaml")
-    return run_config(cfg, tmp / "out", progress=lambda m: None, calibrate=True)
+    from parrbm.analysis.calibrate import calibrate_for_config
+
+    return run_config(cfg, tmp / "out", progress=lambda m: None, calibrate=calibrate_for_config)
 
 
 @pytest.mark.slow

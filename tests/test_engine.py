@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parrbm import _core
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
@@ -264,3 +263,30 @@ def test_ctrl_c_mid_collective_never_crashes(tmp_path):
                          timeout=300, cwd=tmp_path, preexec_fn=sigint_default)
     assert out.returncode == 0, (out.returncode, out.stderr[-800:])
     assert out.stdout.split() == ["stopped", "120"]  # every fit was interrupted mid-run
+
+
+def test_the_launcher_keeps_counters_not_replicas_of_process_workers():
+    """Worker processes build their own workers: the launcher keeps their counters (K
+    replicas of a parameter-averaging model would otherwise sit in it too)."""
+    from parrbm.harness.runner import WorkerBook
+
+    spec = CDSpec(n_visible=40, n_hidden=30, batch_size=8, seed=1)
+    opts = StrategyOptions(average="weights", average_every=2)
+    r = ParallelRunner(spec, ModelState.initial(spec), "parameter-averaging", 3, "tcp", opts)
+    assert all(isinstance(w, WorkerBook) for w in r.workers)
+    assert not any(isinstance(a, np.ndarray) for w in r.workers for a in vars(w).values())
+    counters, arrays = r.local_states()[1]  # before any process ran: the worker as built
+    assert counters == {"steps_done": 0} and {"W", "b", "c"} <= set(arrays)
+    with pytest.raises(ValueError, match="does not fit"):
+        r.restore_local([(counters, {"W": np.zeros((2, 2), np.float32)})] * 3)
+    X = (np.random.default_rng(0).random((32, 40)) < 0.5).astype(np.float32)
+    try:
+        r.run(X, np.arange(32, dtype=np.int64), 0)
+    finally:
+        r.close()
+    s = r.comm_stats()
+    assert s["syncs"] == 2 and s["bytes_per_sync"] > 0
+    assert all(w["memory_bytes"] > 0 for w in s["by_worker"])  # reported by the processes
+    ref = ParallelRunner(spec, ModelState.initial(spec), "parameter-averaging", 3, "threads", opts)
+    ref.run(X, np.arange(32, dtype=np.int64), 0)
+    np.testing.assert_array_equal(r.state.W, ref.state.W)

@@ -26,10 +26,12 @@ def _cmd_run(args) -> int:
     except ConfigError as exc:
         release_servers()
         raise UsageError(str(exc)) from exc
+    from parrbm.analysis.calibrate import calibrate_for_config
+
     progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
         path = run_config(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                          progress=progress, calibrate=not args.no_calibrate)
+                          progress=progress, calibrate=None if args.no_calibrate else calibrate_for_config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
