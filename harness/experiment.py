@@ -41,6 +41,7 @@ import yaml
 
 from parrbm.config import TRANSPORTS
 from parrbm.harness.results import ResultsError
+from parrbm.strategies.base import OPTION, OPTIONS
 
 
 
@@ -87,7 +88,7 @@ SCHEMA = {
                 "learning_rate": {"type": "number", "exclusiveMinimum": 0},
                 "momentum": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                 "weight_decay": {"type": "number", "minimum": 0},
-                "sync_every": {"type": "integer", "minimum": 0},
+                "sync_every": OPTION["sync_every"].schema(),
                 "seed": _SEED,
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
                 "blas_threads": _POS_INT, "repeats": _POS_INT,
@@ -128,16 +129,9 @@ SCHEMA = {
                 },
             },
         },
-        "options": {
+        "options": {  # the strategy options' table (sync_every is a training setting here)
             "type": "object", "additionalProperties": False,
-            "properties": {
-                "partition": {"enum": ["contiguous", "random"]},
-                "shared_weights": {"type": "boolean"},
-                "reduce": {"enum": ["master", "allreduce"]},
-                "average": {"enum": ["gradients", "weights"]},
-                "average_every": _POS_INT,
-                "overlap_chunks": _POS_INT,
-            },
+            "properties": {o.name: o.schema() for o in OPTIONS if o.name != "sync_every"},
         },
         "grid": {
             "type": "object", "additionalProperties": False, "required": ["strategy", "workers"],
@@ -148,7 +142,7 @@ SCHEMA = {
                 "precision": _list_of({"enum": ["float32", "float64"]}),
                 "visible_type": _list_of({"enum": ["binary", "gaussian"]}),
                 "transport": _list_of({"enum": list(TRANSPORTS)}),
-                "overlap_chunks": _list_of(_POS_INT),
+                "overlap_chunks": _list_of(OPTION["overlap_chunks"].schema()),
             },
         },
     },

@@ -31,20 +31,13 @@ def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
     if transport not in TRANSPORTS:
         raise ValueError(f"transport {transport!r} is not available in this release; "
                          f"available: {', '.join(TRANSPORTS)}")
-    if options.partition not in ("contiguous", "random"):
-        raise ValueError(f"strategy option 'partition' must be 'contiguous' or 'random', "
-                         f"got {options.partition!r}")
+    options.check()
     from parrbm.strategies.rules import check_split
 
     check_split(strategy, n_visible=spec.n_visible, n_hidden=spec.n_hidden, batch_size=spec.batch_size,
                 workers=workers)
     cls = worker_class(strategy)
     cls.check_options(options, transport=transport)
-    if not isinstance(options.sync_every, int) or options.sync_every < 0:
-        raise ValueError(f"strategy option 'sync_every' must be an integer >= 0, got {options.sync_every!r}")
-    chunks = options.overlap_chunks
-    if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
-        raise ValueError(f"strategy option 'overlap_chunks' must be an integer >= 1 (1: lockstep), got {chunks!r}")
 
 
 class WorkerBook:

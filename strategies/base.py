@@ -90,30 +90,79 @@ def phase_hidden(t: int) -> int:
 
 
 @dataclass(frozen=True)
+class Option:
+    """One strategy option, declared once: the YAML schema, the command line's choices and
+    the estimator's and runner's checks are made from :data:`OPTIONS`."""
+
+    name: str
+    default: object
+    doc: str
+    choices: tuple = ()          # the allowed values of a choice
+    minimum: int | None = None   # an integer's least value (None: not an integer)
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+    def refusal(self, value) -> str | None:
+        """Why ``value`` is not allowed (None if it is)."""
+        if self.choices:
+            return None if value in self.choices else "must be " + " or ".join(map(repr, self.choices))
+        if self.is_flag:
+            return None if isinstance(value, (bool, np.bool_)) else "must be true or false"
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < self.minimum:
+            return f"must be an integer >= {self.minimum}"
+        return None
+
+    def schema(self) -> dict:
+        """The JSON schema of a value."""
+        if self.choices:
+            return {"enum": list(self.choices)}
+        if self.is_flag:
+            return {"type": "boolean"}
+        return {"type": "integer", "minimum": self.minimum}
+
+
+#: the options of the parallel strategies; each strategy reads the ones it lists in
+#: ``options_used`` (an option set away from its default that no strategy of a run reads
+#: is refused: :func:`parrbm.strategies.rules.unused_options`)
+OPTIONS = (
+    Option("partition", "contiguous", "how units are split (random: a seeded permutation)",
+           choices=("contiguous", "random")),
+    Option("sync_every", 1, "unit-partitioned: minibatches between weight syncs (0: never)", minimum=0),
+    Option("shared_weights", False, "per-update sync on threads: one W, the sync a barrier"),
+    Option("reduce", "allreduce", "parameter averaging: how gradients are summed", choices=("master", "allreduce")),
+    Option("average", "gradients", "parameter averaging: sum gradients every step (exactly serial CD), or "
+           "average weights every average_every steps", choices=("gradients", "weights")),
+    Option("average_every", 1, "parameter averaging with average='weights': minibatches between averagings",
+           minimum=1),
+    Option("overlap_chunks", 1, "unit-partitioned and green-only: the minibatch's cases in this many chunks, "
+           "each chunk's exchange in flight while the next computes (1: lockstep); lockstep's results, "
+           "bit for bit", minimum=1),
+)
+OPTION = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
 class StrategyOptions:
-    """Options of the parallel strategies (each strategy reads the ones it knows).
+    """Options of the parallel strategies (each strategy reads the ones it knows): the
+    fields of :data:`OPTIONS`, with their defaults."""
 
-    partition : "contiguous" | "random"   how units are split (random: seeded permutation)
-    sync_every : int                      unit-partitioned: minibatches between weight syncs
-                                          (0 = never)
-    shared_weights : bool                 per-update-sync on threads: one W, sync = barrier
-    reduce : "master" | "allreduce"       parameter averaging: how gradients are summed
-    average : "gradients" | "weights"     parameter averaging: sum gradients every step
-                                          (exactly serial CD), or average weights
-    average_every : int                   parameter averaging with average="weights": T
-    overlap_chunks : int                  the minibatch's rows in this many chunks, each
-                                          chunk's exchange in flight while the next one
-                                          computes (1 = lockstep); results are lockstep's,
-                                          bit for bit
-    """
+    partition: str = OPTION["partition"].default
+    sync_every: int = OPTION["sync_every"].default
+    shared_weights: bool = OPTION["shared_weights"].default
+    reduce: str = OPTION["reduce"].default
+    average: str = OPTION["average"].default
+    average_every: int = OPTION["average_every"].default
+    overlap_chunks: int = OPTION["overlap_chunks"].default
 
-    partition: str = "contiguous"
-    sync_every: int = 1
-    shared_weights: bool = False
-    reduce: str = "allreduce"
-    average: str = "gradients"
-    average_every: int = 1
-    overlap_chunks: int = 1
+    def check(self) -> None:
+        """ValueError naming the first option whose value is not allowed."""
+        for o in OPTIONS:
+            value = getattr(self, o.name)
+            why = o.refusal(value)
+            if why:
+                raise ValueError(f"strategy option '{o.name}' {why}, got {value!r}")
 
 
 class Worker:

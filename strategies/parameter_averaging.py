@@ -199,18 +199,6 @@ class ParameterAveraging(Worker):
         return None
 
     @classmethod
-    def check_options(cls, options, *, transport: str) -> None:
-        if options.reduce not in ("master", "allreduce"):
-            raise ValueError(f"strategy option 'reduce' must be 'master' or 'allreduce', got {options.reduce!r}")
-        if options.average not in ("gradients", "weights"):
-            raise ValueError(f"strategy option 'average' must be 'gradients' or 'weights', "
-                             f"got {options.average!r}")
-        if isinstance(options.average_every, bool) or not isinstance(options.average_every, int) \
-                or options.average_every < 1:
-            raise ValueError(f"strategy option 'average_every' must be an integer >= 1, "
-                             f"got {options.average_every!r}")
-
-    @classmethod
     def _exchange(cls, model: Model, K: int, options) -> list[int]:
         n = model.n_visible * model.n_hidden + model.n_visible + model.n_hidden
         return allreduce(n, K, model.pb) if options.reduce == "allreduce" else master_reduce(n, K, model.pb)

@@ -376,3 +376,24 @@ def test_weight_averaging_fits_the_average_of_the_replicas():
         w.W += np.float32(w.rank + 1) * np.float32(0.5)
     state = runner.gather_model()
     np.testing.assert_array_equal(state.W, (replicas[0] + replicas[1]) / np.float32(2))
+
+
+def test_the_strategy_options_are_one_table():
+    """StrategyOptions, the config schema and the checks are all made from OPTIONS."""
+    from dataclasses import fields
+
+    from parrbm.harness.experiment import SCHEMA
+    from parrbm.strategies.base import OPTIONS
+
+    assert [(f.name, f.default) for f in fields(StrategyOptions)] == [(o.name, o.default) for o in OPTIONS]
+    section = SCHEMA["properties"]["options"]["properties"]
+    assert set(section) == {o.name for o in OPTIONS} - {"sync_every"}
+    for o in OPTIONS:
+        StrategyOptions(**{o.name: o.default}).check()
+        bad = "nonsense" if not o.choices else 3
+        with pytest.raises(ValueError, match=f"strategy option '{o.name}' must be"):
+            StrategyOptions(**{o.name: bad}).check()
+    with pytest.raises(ValueError, match="'average_every' must be an integer >= 1, got 0"):
+        StrategyOptions(average_every=0).check()
+    with pytest.raises(ValueError, match="'shared_weights' must be true or false, got 1"):
+        StrategyOptions(shared_weights=1).check()

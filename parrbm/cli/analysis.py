@@ -68,7 +68,9 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
                         "strategy)")
     p.add_argument("--sync-every", type=_non_negative, default=80,
                    help="unit-partitioned: minibatches between weight syncs (0: never)")
-    p.add_argument("--average", choices=["gradients", "weights"], default="gradients",
+    from parrbm.strategies.base import OPTION
+
+    p.add_argument("--average", choices=list(OPTION["average"].choices), default=OPTION["average"].default,
                    help="parameter averaging: sum gradients every step, or average weights every --average-every")
     p.add_argument("--average-every", type=_positive, default=1, metavar="T",
                    help="parameter averaging with --average weights: minibatches between averaging rounds")
