@@ -737,7 +737,7 @@ def calibrate_network(profile: Profile, transports, link, quick: bool = False, p
 
 
 def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> Profile:
-    from parrbm.harness.experiment import environment
+    from parrbm.harness.grid import environment
 
     _core.set_blas_threads(1)
     env = environment()
@@ -813,8 +813,9 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     """Measure this machine for a comparison config's transports and emulated links
     (quick) into ``where`` (``parrbm run``'s calibration: :func:`run_config`'s
     ``calibrate``); on --resume an existing profile is kept (and must load)."""
-    from parrbm.harness.experiment import (JOB_TRANSPORTS, NETWORK_TRANSPORTS, ConfigError, _job_world,
-                                           grid_points, mpi_hosts, network_links_of, tcp_hosts)
+    from parrbm.harness.job import JOB_TRANSPORTS, job_world
+    from parrbm.harness.grid import NETWORK_TRANSPORTS, grid_points, mpi_hosts, network_links_of, tcp_hosts
+    from parrbm.harness.comparison_config import ConfigError
     from parrbm.harness.network import LinkSpec
 
     if resume and where.exists():
@@ -824,7 +825,7 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
             raise ConfigError(f"{exc}; or delete it and --resume measures this machine again") from None
         return
     transports = sorted({t for t in (pt["transport"] for pt in grid_points(cfg)) if t})
-    if _job_world() is not None and set(JOB_TRANSPORTS) & set(transports):
+    if job_world() is not None and set(JOB_TRANSPORTS) & set(transports):
         # the ranks are busy serving the grid; their collectives are not measured yet
         on_job = [t for t in transports if t in JOB_TRANSPORTS]
         transports = [t for t in transports if t not in JOB_TRANSPORTS]

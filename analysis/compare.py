@@ -81,7 +81,7 @@ def bytes_per_cases(rec: dict, cases: int = 8000) -> float:
 
 def all_cores_label(rec: dict) -> str:
     """How a run names itself in a table: an all-cores serial baseline says its threads."""
-    from parrbm.harness.experiment import display_name, is_all_cores_baseline
+    from parrbm.harness.grid import display_name, is_all_cores_baseline
 
     name = rec.get("strategy_name") if isinstance(rec.get("strategy_name"), str) else display_name(rec["strategy"])
     if (rec.get("overlap_chunks") or 1) > 1:
@@ -117,7 +117,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     """One row per successful run: measured and predicted step (median vs typical step),
     relative error, and the closed-form bytes beside the measured ones."""
     rows = []
-    from parrbm.harness.experiment import is_all_cores_baseline
+    from parrbm.harness.grid import is_all_cores_baseline
 
     for r in records:
         # the model prices one BLAS thread a worker: a multi-threaded serial baseline is

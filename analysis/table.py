@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, overlapped, predict_record,
                                     predicted_vs_measured, ranking_agreement)
-from parrbm.harness.experiment import is_all_cores_baseline
+from parrbm.harness.grid import is_all_cores_baseline
 
 
 def summary_table(records: list[dict], profile=None, notes: list[str] | None = None) -> str:

@@ -1258,7 +1258,7 @@ def _hosts_options(runner: dict, transport: str) -> None:
         if transport != "tcp":
             raise ValueError(f"{name}['tcp'] says where tcp workers run: it needs transport 'tcp', not "
                              f"{transport!r}")
-        from parrbm.harness.experiment import tcp_hosts
+        from parrbm.harness.grid import tcp_hosts
         from parrbm.harness.launch import TCPHosts
 
         allowed = set(TCPHosts.__dataclass_fields__)

@@ -522,7 +522,8 @@ def quick_results(tmp_path_factory):
     """The shipped quick config, every grid point, one timed step each, calibrated."""
     import yaml
 
-    from parrbm.harness.experiment import load_config, run_config
+    from parrbm.harness.comparison_config import load_config
+    from parrbm.harness.experiment import run_config
 
     tmp = tmp_path_factory.mktemp("quick")
     raw = yaml.safe_load(open("configs/quick.yaml"))
@@ -540,7 +541,7 @@ def test_cost_module_equals_measured_bytes_for_every_quick_record(quick_results)
     from parrbm.analysis.compare import load_profile_for, predicted_vs_measured
     from parrbm.harness.experiment import read_records
 
-    from parrbm.harness.experiment import is_all_cores_baseline
+    from parrbm.harness.grid import is_all_cores_baseline
 
     records = read_records(quick_results)
     baselines = [r for r in records if is_all_cores_baseline(r)]

@@ -15,7 +15,9 @@ import pytest
 
 from parrbm import RBM
 from parrbm.cli import main
-from parrbm.harness.experiment import all_cores_threads, load_config, read_results, run_config
+from parrbm.harness.grid import all_cores_threads
+from parrbm.harness.comparison_config import load_config
+from parrbm.harness.experiment import read_results, run_config
 from support import mpi_param
 
 SMALL = """

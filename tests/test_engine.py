@@ -145,7 +145,7 @@ def test_parallel_fit_keeps_the_main_threads_blas_to_the_workers_budget(monkeypa
 def test_the_engine_option_is_gone_with_a_clear_message(tmp_path):
     """One engine: a script or a config that still chooses one is told so, by name."""
     from parrbm import RBM
-    from parrbm.harness.experiment import ConfigError, load_config
+    from parrbm.harness.comparison_config import ConfigError, load_config
 
     X = (np.random.default_rng(0).random((20, 8)) < 0.5).astype(np.float32)
     for value in ("native", "python", "auto"):

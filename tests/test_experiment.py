@@ -7,8 +7,9 @@ import pytest
 from support import sigint_default
 
 from parrbm.cli import main
-from parrbm.harness.experiment import (ConfigError, all_cores_threads, environment_cores, grid_points, load_config,
-                                      read_records, run_config)
+from parrbm.harness.comparison_config import ConfigError, load_config
+from parrbm.harness.grid import all_cores_threads, environment_cores, grid_points
+from parrbm.harness.experiment import read_records, run_config
 
 REQUIRED_METRICS = {"bytes_per_step", "bytes_per_sync", "wire_bytes_per_step", "step_seconds",
                     "compute_seconds", "comm_seconds", "wait_seconds", "cases_per_second",

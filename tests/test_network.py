@@ -160,7 +160,7 @@ def test_the_network_option_is_checked():
 
 
 def test_without_privileges_the_network_is_refused_with_the_reason(monkeypatch, tmp_path):
-    from parrbm.harness.experiment import ConfigError, load_config
+    from parrbm.harness.comparison_config import ConfigError, load_config
 
     monkeypatch.setattr(net_mod, "_has_net_admin", lambda: False)
     cfg = tmp_path / "n.yaml"
@@ -188,7 +188,7 @@ def test_without_privileges_the_network_is_refused_with_the_reason(monkeypatch, 
      "network: {emulate: {bandwidth: 1MB/s}}\n", "tcp.hosts says they run elsewhere"),
 ])
 def test_network_sections_are_checked(tmp_path, text, needle):
-    from parrbm.harness.experiment import ConfigError, load_config
+    from parrbm.harness.comparison_config import ConfigError, load_config
 
     cfg = tmp_path / "n.yaml"
     cfg.write_text("model: {visible: 8, hidden: 8}\n" + text)
@@ -198,7 +198,8 @@ def test_network_sections_are_checked(tmp_path, text, needle):
 
 
 def test_a_bandwidth_list_is_a_grid_axis(tmp_path):
-    from parrbm.harness.experiment import grid_points, load_config
+    from parrbm.harness.grid import grid_points
+    from parrbm.harness.comparison_config import load_config
 
     cfg = tmp_path / "n.yaml"
     cfg.write_text("model: {visible: 8, hidden: 8}\ngrid: {strategy: green-only, workers: [1, 2], "

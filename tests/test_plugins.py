@@ -13,7 +13,8 @@ import pytest
 from parrbm import RBM
 from parrbm.analysis import cost
 from parrbm.cli import main
-from parrbm.harness.experiment import load_config, read_results, run_config
+from parrbm.harness.comparison_config import load_config
+from parrbm.harness.experiment import read_results, run_config
 from parrbm.strategies import registry
 from support import has_mpi, mpi_param
 

@@ -115,7 +115,7 @@ def test_hosts_need_a_process_transport():
 ])
 @pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
 def test_the_mpi_section_of_a_config_is_checked(tmp_path, extra, needle):
-    from parrbm.harness.experiment import ConfigError, load_config
+    from parrbm.harness.comparison_config import ConfigError, load_config
 
     base = ("name: c\nmodel: {visible: 8, hidden: 4}\ndata: {kind: random-binary, cases: 40}\n"
             "training: {batch_size: 10, steps: 2}\ngrid: {strategy: [green-only], workers: [2], "

@@ -133,7 +133,8 @@ grid:
 def test_a_comparison_started_by_mpiexec_runs_its_mpi_points_on_the_jobs_ranks(tmp_path):
     import json
 
-    from parrbm.harness.experiment import load_config, run_config
+    from parrbm.harness.comparison_config import load_config
+    from parrbm.harness.experiment import run_config
 
     (tmp_path / "c.yaml").write_text(RUN)
     p = mpiexec(3, "-m", "parrbm.cli", "run", "c.yaml", "--out", "spmd", "--no-calibrate", cwd=tmp_path)

@@ -382,7 +382,7 @@ def test_the_strategy_options_are_one_table():
     """StrategyOptions, the config schema and the checks are all made from OPTIONS."""
     from dataclasses import fields
 
-    from parrbm.harness.experiment import SCHEMA
+    from parrbm.harness.comparison_config import SCHEMA
     from parrbm.strategies.base import OPTIONS
 
     assert [(f.name, f.default) for f in fields(StrategyOptions)] == [(o.name, o.default) for o in OPTIONS]

@@ -220,7 +220,7 @@ def _fake_ssh(tmp_path, monkeypatch):
 
 
 def test_tcp_workers_start_on_the_listed_hosts_through_the_launcher(tmp_path, monkeypatch):
-    from parrbm.harness.experiment import tcp_hosts
+    from parrbm.harness.grid import tcp_hosts
 
     script, log = _fake_ssh(tmp_path, monkeypatch)
     ref = run("green-only", "threads")
@@ -241,7 +241,7 @@ def test_tcp_workers_start_on_the_listed_hosts_through_the_launcher(tmp_path, mo
 
 
 def test_unreachable_host_is_named_with_the_launchers_message(tmp_path, monkeypatch):
-    from parrbm.harness.experiment import tcp_hosts
+    from parrbm.harness.grid import tcp_hosts
 
     script, _ = _fake_ssh(tmp_path, monkeypatch)
     hosts = tcp_hosts({"hosts": ["127.0.0.1", "unreachable"], "launcher": [str(script)]})

@@ -13,7 +13,8 @@ import pytest
 
 from parrbm import DBN, RBM
 from parrbm.cli import main
-from parrbm.harness.experiment import ConfigError, load_config, run_config
+from parrbm.harness.comparison_config import ConfigError, load_config
+from parrbm.harness.experiment import run_config
 from parrbm.strategies import registry
 
 TINY = """

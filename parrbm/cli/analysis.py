@@ -374,7 +374,8 @@ def load_results(results: str, profile: str | None, *, need_ok: bool = True, wit
     UsageError saying what is wrong with it; ``with_notes`` adds the notes on what was
     left out (a torn last line, a run recorded twice)."""
     from parrbm.analysis.compare import load_profile_for
-    from parrbm.harness.experiment import ConfigError, read_results
+    from parrbm.harness.comparison_config import ConfigError
+    from parrbm.harness.experiment import read_results
 
     path = Path(results)
     if not path.exists():

@@ -12,8 +12,9 @@ from parrbm.cli.errors import UsageError
 
 def _cmd_run(args) -> int:
     from parrbm.analysis.table import summary_table
-    from parrbm.harness.experiment import (ConfigError, load_config, read_results, release_servers, run_config,
-                                          serve_grid)
+    from parrbm.harness.comparison_config import ConfigError, load_config
+    from parrbm.harness.experiment import read_results, run_config, serve_grid
+    from parrbm.harness.job import release_servers
     from parrbm.harness.mpi import spmd_world
 
     world = spmd_world()
