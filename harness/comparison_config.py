@@ -419,7 +419,7 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
                           f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
     if "overlap_chunks" in cfg["grid"] and not any(overlaps(s) for s in strategies):
         raise ConfigError(f"{path}: grid.overlap_chunks: no strategy of this grid ({', '.join(strategies)}) "
-                          f"overlaps its exchanges; those that do: unit-partitioned, green-only")
+                          f"overlaps its exchanges; those that do: unit-partitioned, purple-only, green-only")
 
 
 #: a run this long is refused before anything runs, priced at FAST_MACHINE_FLOPS

@@ -136,7 +136,7 @@ OPTIONS = (
            "average weights every average_every steps", choices=("gradients", "weights")),
     Option("average_every", 1, "parameter averaging with average='weights': minibatches between averagings",
            minimum=1),
-    Option("overlap_chunks", 1, "unit-partitioned and green-only: the minibatch's cases in this many chunks, "
+    Option("overlap_chunks", 1, "unit-partitioned, purple-only and green-only: the minibatch's cases in this many chunks, "
            "each chunk's exchange in flight while the next computes (1: lockstep); lockstep's results, "
            "bit for bit", minimum=1),
 )

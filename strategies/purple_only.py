@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.accounting import (Model, Traffic, Work, hidden_traffic, hidden_work, reduce_scatter,
+from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_traffic, hidden_work, reduce_scatter,
                                statistics_work)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
@@ -20,6 +20,7 @@ from parrbm.strategies import phases as P
 
 class PurpleOnly(Worker):
     name = "purple-only"
+    options_used = ("partition", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -38,6 +39,11 @@ class PurpleOnly(Worker):
         self.pre_h = self.zeros(m, Hk)
         self.h_local = self.zeros(m, Hk)
 
+    @classmethod
+    def chunked_gemms(cls, spec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
+        H = spec.n_hidden
+        return [g for j in range(len(vis.parts)) for g in ((vis.size(j), H, False), (H, vis.size(j), True))]
+
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
         mb = X.shape[0]
@@ -45,33 +51,59 @@ class PurpleOnly(Worker):
         neg_scale = mb / c
         left_k, right = self.left_k[: mb + c], self.right[: mb + c]
         left_k[:mb] = self.vis.take(X, k)
+        x_k, v_neg = left_k[:mb], left_k[mb:]
+        act, states = self.hidden_act, self.hidden_states   # (m, H): h, then h', as they arrive
+        # The minibatch's cases in chunks (one in lockstep): each chunk's exchange is in
+        # flight while the next chunk computes.
+        pos, neg = self.chunks(mb), self.chunks(c)
 
         # 1. Inputs of h_k by reduce-scatter; h_k ~ p(h_k | x); allgather bits -> h.
-        _core.gemm(left_k[:mb], self.purple, self.partial[:mb])
-        self.comm.reduce_scatter(self.partial[:mb], self.pre_h[:mb], self.hid, phase=P.HIDDEN_INPUT)
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
-                                           self.h_local, self.hidden_act, self.hidden_states)
-        right[:mb] = act
-        driver = self.chains if spec.persistent else states
+        summed = []
+        for r in pos:
+            _core.gemm(x_k[r], self.purple, self.partial[r])
+            summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_h[r], self.hid,
+                                                         phase=P.HIDDEN_INPUT, now=self.lockstep))
+        flight = []
+        for i, r in enumerate(pos):
+            summed[i].wait()
+            flight.append(self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local,
+                                            act, states, r))
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
-            # 2. v'_k = act(h P_k^T + b_k): local.
-            _core.gemm(driver, self.purple, left_k[mb:], trans_b=True)
-            data = left_k[:mb] if (t == 1 and not spec.persistent) else None
-            err += self.visible_units(left_k[mb:], self.b, left_k[mb:], self.vis.units(k), step, t,
-                                      data=data)
-            # 3. Inputs of h'_k by reduce-scatter; h'_k; allgather -> h'.
-            _core.gemm(left_k[mb:], self.purple, self.partial[:c])
-            self.comm.reduce_scatter(self.partial[:c], self.pre_h[:c], self.hid,
-                                     phase=P.NEGATIVE_HIDDEN_INPUT)
-            act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                               P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
-                                               self.hidden_states)
-            driver = states
-        right[mb:] = -neg_scale * act
+            chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
+            if chained:
+                for i, r in enumerate(pos):
+                    self.finish_hidden(flight[i], step, PHASE_POSITIVE, act, states, r)
+            driver = self.chains if chained else states
+            summed, err_t = [], 0.0
+            for i, r in enumerate(neg):
+                if not chained:
+                    self.finish_hidden(flight[i], step, phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE,
+                                       act, states, r)
+                # 2. v'_k = act(h P_k^T + b_k): local.
+                _core.gemm(driver[r], self.purple, v_neg[r], trans_b=True)
+                data = x_k[r] if (t == 1 and not spec.persistent) else None
+                err_t = self.visible_units(v_neg[r], self.b, v_neg[r], self.vis.units(k), step, t, data=data,
+                                           case0=r.start, err0=err_t)
+                # 3. Inputs of h'_k by reduce-scatter (in flight while the next chunk computes).
+                _core.gemm(v_neg[r], self.purple, self.partial[r])
+                summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_h[r], self.hid,
+                                                             phase=P.NEGATIVE_HIDDEN_INPUT, now=self.lockstep))
+            err += err_t
+            if t == 1:  # h leaves the shared buffers before h' arrives in them
+                right[:mb] = states[:mb] if self.hidden_as_bits else act[:mb]
+            # h'_k; allgather -> h'.
+            flight = []
+            for i, r in enumerate(neg):
+                summed[i].wait()
+                flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
+                                                self.h_local, act, states, r))
+        for i, r in enumerate(neg):
+            self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
+        right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
         if spec.persistent:
-            self.chains[...] = states
+            self.chains[...] = states[:c]
 
         # 4. P_k <- P_k + eps/m (x_k^T h - v'_k^T h'); biases.
         self.apply_statistics(self.purple, self.purple_inc, left_k, right, mb, neg_scale)
@@ -89,11 +121,12 @@ class PurpleOnly(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         hid = Partition.cuts_sizes(model.n_hidden, K)
         t = Traffic(K)
-        t.add(P.HIDDEN_INPUT, reduce_scatter(m, hid, model.pb))
-        t.add(P.HIDDEN, hidden_traffic(model, m, hid))
+        pos, neg = chunk_calls(m, options.overlap_chunks), chunk_calls(chains, options.overlap_chunks)
+        t.add(P.HIDDEN_INPUT, reduce_scatter(m, hid, model.pb), calls=pos)
+        t.add(P.HIDDEN, hidden_traffic(model, m, hid), calls=pos)
         for _ in range(model.cd_k):
-            t.add(P.NEGATIVE_HIDDEN_INPUT, reduce_scatter(chains, hid, model.pb))
-            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid))
+            t.add(P.NEGATIVE_HIDDEN_INPUT, reduce_scatter(chains, hid, model.pb), calls=neg)
+            t.add(P.NEGATIVE_HIDDEN, hidden_traffic(model, chains, hid), calls=neg)
         return t
 
     @classmethod

@@ -158,7 +158,7 @@ from parrbm.harness.remote import MPIHosts
 import sys
 
 from parrbm.analysis.calibrate import host_speeds, tcp_host_links, tcp_host_speeds
-from parrbm.harness.experiment import tcp_hosts
+from parrbm.harness.grid import tcp_hosts
 
 if sys.argv[1] == "mpi":
     links = mpi_links(quick=True, where=MPIHosts(hosts=["node0", "node1"]))

@@ -20,7 +20,7 @@ from parrbm.strategies.base import exact_chunks
 from support import mpi_param
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
-OVERLAPPING = ["unit-partitioned", "green-only"]
+OVERLAPPING = ["unit-partitioned", "purple-only", "green-only"]
 
 # What the steps branch on: dtype, units, statistics, CD-k, persistent chains, momentum.
 CONFIGS = [

@@ -313,7 +313,7 @@ def add_parsers(sub) -> None:
                                     "host in order, e.g. node0,node1 (ssh key login; the same environment "
                                     "at the same path on each)")
     tr.add_argument("--overlap-chunks", type=int, default=1,
-                    help="unit-partitioned and green-only: the minibatch's cases in this many chunks, each "
+                    help="unit-partitioned, purple-only and green-only: the minibatch's cases in this many chunks, each "
                          "chunk's exchange on the wire while the next computes (1: lockstep)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
