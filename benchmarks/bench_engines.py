@@ -96,18 +96,18 @@ def main(argv=None) -> None:
     serial = median[("this", rows[0])]
     print(f"{V} x {H} binary RBM, float32, minibatch {m}, K = {args.workers}, one BLAS thread a worker; "
           f"medians of {args.repeats} fits of 2 x {steps} steps, each in a fresh process")
-    print(f"serial trainer, 1 BLAS thread (baseline): {serial * 1e3:.1f} ms a step"
-          + (f" (against: {median[('against', rows[0])] * 1e3:.1f} ms)" if args.against else ""))
+    print(f"serial trainer, 1 BLAS thread (baseline): {serial * 1e3:.3g} ms a step"
+          + (f" (against: {median[('against', rows[0])] * 1e3:.3g} ms)" if args.against else ""))
     head = f"{'strategy':<21}{'transport':<10}{'step ms':>9}{'vs serial':>11}"
     if args.against:
         head += f"{'against ms':>12}{'this/against':>14}"
     print(head)
     for row in rows[1:]:
         t = median[("this", row)]
-        line = f"{row[0]:<21}{row[1]:<10}{t * 1e3:>9.1f}{serial / t:>10.2f}x"
+        line = f"{row[0]:<21}{row[1]:<10}{t * 1e3:>9.3g}{serial / t:>10.2f}x"
         if args.against:
             b = median[("against", row)]
-            line += f"{b * 1e3:>12.1f}{t / b:>13.3f}x"
+            line += f"{b * 1e3:>12.3g}{t / b:>13.3f}x"
         print(line)
 
 
