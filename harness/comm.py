@@ -146,10 +146,11 @@ class Handle:
         # the transport bounds every collective by its timeout; this bounds the wait for
         # the progress thread itself
         limit = comm.completion_timeout
-        if not self._done.wait(limit):
-            raise CommError(f"worker {comm.rank}: collective '{self.phase}' did not complete within {limit:g} s")
+        done = self._done.wait(limit)
         exposed = time.perf_counter() - t0
         comm._inflight.remove(self)
+        if not done:
+            raise CommError(f"worker {comm.rank}: collective '{self.phase}' did not complete within {limit:g} s")
         if self._error is not None:
             raise self._error
         comm._record(self.phase, exposed, self._busy, *self._result, wire=self._wire)

@@ -274,3 +274,19 @@ def test_comm_stats_report_busy_exposed_and_hidden_time():
     lock, _ = fit("green-only", 2, spec, X)
     lo = lock.comm_stats()["overlap"]
     assert lo["overlap_chunks"] == lo["chunks_used"] == 1 and lo["hidden_fraction"] == 0.0
+
+
+def test_a_progress_thread_that_stops_is_named_within_the_timeout(monkeypatch):
+    """The transport bounds each collective; should the progress thread itself never come
+    back, wait() says so after its limit (the transport's timeout + 30 s, shortened here)
+    and nothing is left in flight."""
+    monkeypatch.setattr(Comm, "completion_timeout", property(lambda self: 0.2))
+    comm = Comm(SlowTransport(3.0))
+    h = comm.start_allgather(np.ones((1, 2)), np.zeros((1, 2)), Partition.contiguous(2, 1), phase="slow")
+    t0 = time.perf_counter()
+    with pytest.raises(CommError, match="collective 'slow' did not complete within 0.2 s"):
+        h.wait()
+    assert time.perf_counter() - t0 < 1.0
+    assert not comm._inflight
+    comm.wait_all()   # nothing left in flight: returns at once
+    comm.abandon()
