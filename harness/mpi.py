@@ -254,7 +254,7 @@ class Watch:
         import select
 
         books: dict[int, dict[int, tuple]] = {}  # generation -> rank -> (entered, left, phase)
-        conns: dict = {}                          # socket -> bytes received, None before its token
+        conns: dict = {}                          # socket -> (token seen, bytes received not yet read)
         gen_seen, changed, last = 0, time.monotonic(), None
         size = self.RECORD.size
         while not self._stop.is_set():
@@ -263,22 +263,25 @@ class Watch:
                 if s is self._listener:
                     c, _ = self._listener.accept()
                     c.setblocking(False)
-                    conns[c] = None
+                    conns[c] = (False, b"")
                     continue
                 try:
                     data = s.recv(65536)
                 except OSError:
                     data = b""
                 if not data:
-                    conns.pop(s).close() if s in conns else None
+                    conns.pop(s, None)
+                    s.close()
                     continue
-                buf = data if conns[s] is None else conns[s] + data
-                if conns[s] is None:  # a stranger without the job's token is dropped
+                known, buf = conns[s]
+                buf += data
+                if not known:  # a stranger without the job's token is dropped
                     if len(buf) < 16:
-                        conns[s] = None if not buf else buf
+                        conns[s] = (False, buf)
                         continue
                     if buf[:16] != self._token:
-                        conns.pop(s).close()
+                        conns.pop(s)
+                        s.close()
                         continue
                     buf = buf[16:]
                 while len(buf) >= size:
@@ -286,7 +289,7 @@ class Watch:
                     buf = buf[size:]
                     if gen >= self.generation:  # a rank may begin a fit before this one does
                         books.setdefault(gen, {})[rank] = (calls, left, phase.rstrip(b"\0").decode(errors="replace"))
-                conns[s] = buf
+                conns[s] = (True, buf)
             if gen_seen != self.generation:
                 gen_seen, changed, last = self.generation, time.monotonic(), None
                 books = {g: v for g, v in books.items() if g >= gen_seen}
@@ -301,6 +304,8 @@ class Watch:
             waiting = any(c > d for r, (c, d, _) in beats.items() if r < self.K)
             if waiting and time.monotonic() - changed > self.timeout:
                 self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, [], self.K, self.timeout))
+        for c in conns:
+            c.close()
 
     #: called with the message before the job ends (parrbm's remote ranks tell their driver)
     on_end: list = []

@@ -200,6 +200,7 @@ class Worker:
         self.divergence: list[float] = []  # replica drift measured before each sync
         self.syncs = 0                      # weight synchronisations done
         self.steps_done = 0                 # minibatch steps taken (sync and averaging periods)
+        self._chunk_plans: dict = {}
         if not self.lockstep:  # the chunk plan of a full minibatch, found before the first step
             self.chunks(spec.batch_size)
 
@@ -240,7 +241,14 @@ class Worker:
         lockstep), cut where every product rounds as the whole block's does
         (:func:`exact_chunks`). A chunk's rows keep their case index in the minibatch, so
         the random streams, keyed by case, draw what lockstep draws."""
-        return chunk_plan(type(self), self.spec, self.options, self.K, rows)
+        if self.lockstep or rows <= 1:
+            return [slice(0, rows)]
+        key = (rows, _core.get_blas_threads())  # a step's plan, found once (not in the step's loop)
+        plan = self._chunk_plans.get(key)
+        if plan is None:
+            plan = self._chunk_plans[key] = exact_chunks(rows, self.options.overlap_chunks, self.dtype,
+                                                         type(self).chunked_gemms(self.spec, self.vis, self.hid))
+        return plan
 
     @classmethod
     def chunked_gemms(cls, spec: CDSpec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:

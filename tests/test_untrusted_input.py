@@ -902,3 +902,52 @@ def test_a_profile_is_read_as_bounded_data(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an object"):
         Profile.load(tmp_path / "list.json")
+
+
+# ---- a stranger at an MPI job's watch -----------------------------------------------------------
+
+class _RankZero:
+    """The MPI world of rank 0, alone: what a Watch asks of it."""
+
+    def Get_rank(self):
+        return 0
+
+    def bcast(self, value, root=0):
+        return value
+
+
+def test_the_watch_of_an_mpi_job_drops_strangers_and_keeps_its_books():
+    """A connection that sends a byte at a time cannot slip past the job's token, and one
+    that closes leaves the watch running: once the real rank 1 reports from inside
+    collective #5, the watch names rank 0 (itself, outside every collective) as the one
+    that stopped the collectives."""
+    import socket
+    import time
+
+    from parrbm.harness.mpi import Watch
+
+    ended = []
+    w = Watch(_RankZero())
+    w._end = ended.append
+    try:
+        w.start_fit(2, timeout=0.3)
+        port = w._listener.getsockname()[1]
+        forged = Watch.RECORD.pack(1, w.generation, 5, 4, b"hidden")  # worker 1 stuck inside a collective
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"x")
+        time.sleep(0.2)
+        s.sendall(b"y" * 15 + forged)
+        time.sleep(1.0)
+        s.close()
+        time.sleep(0.2)
+        assert ended == [] and w._thread.is_alive()
+        # the real rank 1, with the token: the books still work and name it
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(w._token + forged)
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.close()
+        assert ended and ended[0].startswith("worker 0 did not respond") and "its peers reached #5" in ended[0], ended
+    finally:
+        w.close()
