@@ -34,7 +34,8 @@ import numpy as np
 
 from parrbm.harness.comparison_config import ConfigError, check_name
 from parrbm.harness.grid import ALL_CORES, display_name, environment, grid_points, is_all_cores_baseline
-from parrbm.harness.job import JOB_TRANSPORTS, job_comm, job_world, on_the_job, release_servers, watch_point
+from parrbm.harness.job import (JOB_TRANSPORTS, job_comm, job_kind, job_world, on_the_job, release_servers,
+                                watch_point)
 from parrbm.harness.measure import check_data_of, measure_point, point_record
 from parrbm.harness.results import ResultsError
 
@@ -145,8 +146,12 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
         points = grid_points(cfg)
         big = max((p["workers"] for p in points if p["transport"] in JOB_TRANSPORTS), default=0)
         if big > world[1]:
-            raise ConfigError(f"grid.workers: {big} mpi workers, but the MPI launcher started {world[1]} ranks: "
-                              f"start at least {big} (mpiexec -n {big}), or give fewer workers")
+            raise ConfigError(f"grid.workers: {big} workers on the job's ranks, but its launcher started {world[1]} "
+                              f"ranks: start at least {big} (mpiexec -n {big}, srun -n {big}), or give fewer workers")
+        if job_kind() != "mpi" and any(p["transport"] == "mpi" for p in points):
+            raise ConfigError(f"grid.transport: 'mpi', but this job's ranks were started without MPI "
+                              f"({job_comm().launcher}): run the tcp and threads points only, or start the "
+                              f"ranks with mpiexec or srun --mpi=pmi2")
         if (cfg.get("tcp") or {}).get("hosts"):
             raise ConfigError("tcp.hosts: the tcp points run on the MPI job's ranks, where its launcher put them; "
                               "leave out tcp.hosts (or start the comparison without mpiexec)")

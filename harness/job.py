@@ -6,15 +6,23 @@ from __future__ import annotations
 
 def job_world():
     """(rank, size) when this comparison runs on the ranks of an MPI job, else None."""
-    from parrbm.harness.mpi import spmd_world
+    from parrbm.harness.world import spmd_world
 
     return spmd_world()
 
 
-def job_comm():
-    from mpi4py import MPI
+def job_kind() -> str | None:
+    """How the job's ranks talk: "mpi", "tcp" (a launcher without MPI), or None."""
+    from parrbm.harness.world import world_kind
 
-    return MPI.COMM_WORLD
+    return world_kind()
+
+
+def job_comm():
+    """The job's world (MPI's, or the TCP world of a launcher without MPI)."""
+    from parrbm.harness.world import launcher_world
+
+    return launcher_world()
 
 
 def release_servers() -> None:

@@ -168,6 +168,7 @@ class Watch:
         import socket
         import threading
 
+        self.world = world
         self.rank = world.Get_rank()
         self.beat = Beat()
         self.generation, self.K, self.timeout = 0, 0, 60.0
@@ -321,36 +322,10 @@ class Watch:
             except Exception:  # noqa: BLE001 - the job ends anyway
                 pass
         time.sleep(0.5)  # the launcher forwards the line before MPI_Abort tears the job down
-        from mpi4py import MPI
-
-        MPI.COMM_WORLD.Abort(1)
+        self.world.Abort(1)
 
 
 # ---- started by the user's launcher (SPMD) --------------------------------------------------------
-
-#: the variables an MPI launcher sets in every rank it starts (hydra and PMI-2/PMIx: PMI_*;
-#: Open MPI: OMPI_COMM_WORLD_*)
-_WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
-
-
-def spmd_world() -> tuple[int, int] | None:
-    """(rank, size) of the MPI world this process belongs to, when an MPI launcher
-    (``mpiexec -n N``, ``srun --mpi=pmi2``) started it as one of N > 1 ranks; else None.
-    parrbm's own mpi workers are such ranks too, but never build a trainer."""
-    for var in _WORLD_SIZE_VARS:
-        value = os.environ.get(var, "")
-        # PARRBM_SPMD: parrbm's own ranks on other hosts (harness.remote), one rank too
-        if value.isdigit() and (int(value) > 1 or (int(value) == 1 and os.environ.get("PARRBM_SPMD") == "1")):
-            try:
-                from mpi4py import MPI
-            except ImportError:
-                raise ValueError(f"this process is one of {value} ranks of an MPI job ({var}), but mpi4py is "
-                                 f"not installed here: pip install 'parrbm[mpi]'") from None
-            world = MPI.COMM_WORLD
-            _remove_topology_file_after_proxy()
-            return world.Get_rank(), world.Get_size()
-    return None
-
 
 #: hydra_pmi_proxy's topology file (a fixed template in its code, whatever TMPDIR says)
 HYDRA_TOPOLOGY = "/tmp/hydra_hwloc_xmlfile_"
@@ -384,7 +359,7 @@ def hydra_topology_files(pid: int) -> set[str]:
 _watching = False
 
 
-def _remove_topology_file_after_proxy() -> None:
+def remove_topology_file_after_proxy() -> None:
     """hydra's proxy (this rank's parent) removes its topology file when it exits, but not
     when it dies of a peer's failure or its mpiexec's kill: a detached shell waits for the
     proxy to end and removes the file if it is still there, so that a job ended any way
@@ -418,22 +393,31 @@ class SPMDGroup:
     (results, the model) go over MPI either way."""
 
     def __init__(self, K: int, timeout: float = 60.0, transport: str = "mpi"):
-        from mpi4py import MPI
+        import socket
 
-        self.MPI = MPI
-        self.world = MPI.COMM_WORLD
+        from parrbm.harness.world import launcher_world, world_kind
+
+        self.world = launcher_world()
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         self.K = K
         if K > self.size:
-            raise ValueError(f"workers={K}, but the MPI launcher started {self.size} ranks: give at most "
-                             f"{self.size} workers, or start more ranks (mpiexec -n {K})")
+            raise ValueError(f"workers={K}, but the launcher started {self.size} ranks: give at most "
+                             f"{self.size} workers, or start more ranks (mpiexec -n {K}, srun -n {K})")
+        if transport == "mpi" and world_kind() != "mpi":
+            raise ValueError(f"transport 'mpi': this job's ranks were started without MPI "
+                             f"({self.world.launcher}); use transport 'tcp', or start them with mpiexec or "
+                             f"srun --mpi=pmi2")
         # every rank makes its fits in the same order: the watch's books start together
         self.watch = Watch.of(self.world)
         self.beat = self.watch.start_fit(K, timeout)
-        # collective over the world: every rank builds the same groups in the same order
-        self.sub = self._books(self.world.Split, 0 if self.rank < K else MPI.UNDEFINED, self.rank)
-        #: the host each worker runs on, as MPI names it (the records say where they ran)
-        self.hosts: list[str] = self._books(self.world.allgather, MPI.Get_processor_name())[:K]
+        self.sub = None
+        if transport == "mpi":
+            from mpi4py import MPI
+
+            # collective over the world: every rank builds the same groups in the same order
+            self.sub = self._books(self.world.Split, 0 if self.rank < K else MPI.UNDEFINED, self.rank)
+        #: the host each worker runs on (the records say where they ran)
+        self.hosts: list[str] = self._books(self.world.allgather, socket.gethostname())[:K]
         self.tcp = self._connect_tcp(timeout) if transport == "tcp" else None
 
     def _connect_tcp(self, timeout: float):
@@ -454,7 +438,7 @@ class SPMDGroup:
             import sys
 
             sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} could not connect to its peers over tcp: "
-                             f"{type(exc).__name__}: {exc}; ending the MPI job\n")
+                             f"{type(exc).__name__}: {exc}; ending the job\n")
             sys.stderr.flush()
             self.world.Abort(1)
         weakref.finalize(self, transport.close)
@@ -478,7 +462,7 @@ class SPMDGroup:
                 mine = target(Comm(self.tcp if self.tcp is not None else MPITransport(self.sub, beat=self.beat)))
             except BaseException as exc:  # noqa: BLE001 - the whole job ends with the reason
                 sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; "
-                                 f"ending the MPI job\n")
+                                 f"ending the job\n")
                 sys.stderr.flush()
                 self.world.Abort(1)
         if everyone:
@@ -525,28 +509,3 @@ class SPMDGroup:
     def same_on_every_rank(self, value) -> list:
         """Every rank's ``value``, in rank order."""
         return self._books(self.world.allgather, value)
-
-
-def spmd_agree_on_data(X: np.ndarray, seed: int, who: str = "RBM") -> int:
-    """In an SPMD fit: rank 0's seed on every rank, after checking that every rank passes
-    the same X (ValueError naming the ranks whose X differs). Outside one: ``seed``."""
-    if spmd_world() is None:
-        return seed
-    import hashlib
-
-    from mpi4py import MPI
-
-    world = MPI.COMM_WORLD
-    digest = hashlib.sha256(np.ascontiguousarray(X).view(np.uint8).reshape(-1)).hexdigest() + str(X.shape)
-    digests = world.allgather(digest)
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
-    if differ:
-        raise ValueError(f"{who}: an MPI fit needs the same X on every rank (each worker trains on all of it); "
-                         f"ranks {differ} passed other data than rank 0")
-    return world.bcast(seed, root=0)
-
-
-def spmd_leader() -> bool:
-    """Whether this process writes and prints for an SPMD fit: rank 0, or not one."""
-    world = spmd_world()
-    return world is None or world[0] == 0

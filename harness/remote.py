@@ -382,7 +382,7 @@ def serve() -> int:
     broadcast) and run them on the job's ranks until ``stop``."""
     from mpi4py import MPI
 
-    from parrbm.harness.mpi import spmd_world
+    from parrbm.harness.world import spmd_world
 
     spmd_world()  # hydra's topology file is removed after the job however it ends
     world = MPI.COMM_WORLD

@@ -116,11 +116,12 @@ class ParallelRunner:
         # one of the ranks, and the fit runs on them instead of on workers parrbm starts
         self._spmd = None
         if transport in ("mpi", "tcp"):
-            from parrbm.harness.mpi import SPMDGroup, spmd_world
+            from parrbm.harness.mpi import SPMDGroup
+            from parrbm.harness.world import spmd_world
 
             if spmd_world() is not None:
                 if network is not None or self.tcp.hosts or mpi is not None:
-                    raise ValueError("this process is one rank of an MPI job (started by mpiexec or srun): the "
+                    raise ValueError("this process is one rank of a job started by mpiexec or srun: the "
                                      "fit runs on the job's ranks, where the launcher put them; an emulated "
                                      "network or hosts do not apply")
                 self._spmd = SPMDGroup(workers, timeout=timeout, transport=transport)
@@ -227,7 +228,7 @@ class ParallelRunner:
                 return [w.local_state() for w in self.workers]  # no run yet: as built
             if local is None:
                 raise RuntimeError("the workers' own state of an MPI job's fit is gathered on rank 0: save the "
-                                   "model there (if MPI.COMM_WORLD.Get_rank() == 0: rbm.save(path))")
+                                   "model there (on rank 0 only: rbm.save(path))")
             return local
         if self._group is not None:
             return self._group.local_states()

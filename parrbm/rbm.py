@@ -338,11 +338,11 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self._strategy = self._make_strategy(spec, state)
 
     def _spmd(self) -> bool:
-        """This fit runs on the ranks of an MPI job the user's launcher started
+        """This fit runs on the ranks of a job the user's launcher started
         (``mpiexec -n N python script.py`` with ``transport="mpi"`` or ``"tcp"``)."""
         if self.transport not in ("mpi", "tcp") or self._strategy_from_file() or self._serial():
             return False
-        from parrbm.harness.mpi import spmd_world
+        from parrbm.harness.world import spmd_world
 
         return spmd_world() is not None
 
@@ -351,7 +351,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         ranks beyond 0 of an MPI job."""
         if not self._spmd():
             return True
-        from parrbm.harness.mpi import spmd_leader
+        from parrbm.harness.world import spmd_leader
 
         return spmd_leader()
 
@@ -453,7 +453,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _initialise(self, X: np.ndarray) -> None:
         self.seed_ = _resolve_seed(self.random_state)
         if self._spmd():  # one of the ranks of an MPI job: they fit one model, from one seed
-            from parrbm.harness.mpi import spmd_agree_on_data
+            from parrbm.harness.world import spmd_agree_on_data
 
             self.seed_ = spmd_agree_on_data(X, self.seed_)
         self.n_features_in_ = X.shape[1]

@@ -161,3 +161,32 @@ def test_an_srun_fit_is_the_fit_on_threads_on_every_task(slurm, tmp_path):
               strategy="unit-partitioned", workers=2, progress=False).fit(X).components_
     for r in (0, 1):
         np.testing.assert_array_equal(np.load(tmp_path / f"held-{r}.npy"), ref, err_msg=f"task {r}")
+
+
+def test_srun_without_an_mpi_plugin_runs_one_comparison_over_tcp(slurm, tmp_path):
+    """Plain ``srun`` (no PMI): the tasks find their place in SLURM_PROCID and
+    SLURM_STEP_NUM_TASKS and meet at the step's first host, as torchrun's ranks do."""
+    (tmp_path / "c.yaml").write_text(RUN.replace("[threads, tcp, mpi]", "[threads, tcp]"))
+    p = subprocess.run(["srun", "--mpi=none", "-n", "2", str(BIN / "parrbm"), "run", "c.yaml", "--out", "out",
+                        "--no-calibrate"], env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("results: ") == 1
+    records = [json.loads(x) for x in (tmp_path / "out" / "slurm.jsonl").read_text().splitlines()]
+    threads = {r["strategy"]: r["metrics"] for r in records if r["transport"] == "threads"}
+    tcp = [r for r in records if r["transport"] == "tcp"]
+    assert len(tcp) == 5
+    for r in tcp:
+        assert r["status"] == "ok", r.get("error")
+        assert r["metrics"]["model_sha256"] == threads[r["strategy"]]["model_sha256"], r["run_id"]
+        assert r["metrics"]["bytes_per_step"] == r["metrics"]["bytes_per_step_formula"], r["run_id"]
+        assert r["hosts"] == [socket.gethostname()] * 2
+
+
+def test_a_batch_script_is_one_process_not_a_job_of_its_tasks(slurm, tmp_path):
+    """sbatch -n 2 runs its script once, with SLURM_NTASKS=2: that process is not one of
+    two ranks (only srun's tasks are)."""
+    probe = (f"{sys.executable} -c 'from parrbm.harness.world import spmd_world; print(\"world\", spmd_world())'")
+    p = subprocess.run(["sbatch", "-n", "2", "-o", str(tmp_path / "out.txt"), "--wait", "--wrap", probe],
+                       env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out.txt").read_text().strip().splitlines()[-1] == "world None"

@@ -74,7 +74,7 @@ except ValueError as exc:
 
 
 @pytest.mark.parametrize("case,workers,needle", [
-    ("same-data", 3, "workers=3, but the MPI launcher started 2 ranks"),
+    ("same-data", 3, "workers=3, but the launcher started 2 ranks"),
     ("other-data", 2, r"needs the same X on every rank .* ranks \[1\] passed other data"),
 ])
 def test_what_an_mpi_job_cannot_fit_is_refused_on_every_rank(tmp_path, case, workers, needle):
@@ -160,7 +160,7 @@ def test_a_comparison_needing_more_ranks_than_started_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text(RUN.replace("workers: [1, 2]", "workers: [1, 3]"))
     p = mpiexec(2, "-m", "parrbm.cli", "run", "c.yaml", "--out", "out", "--no-calibrate", cwd=tmp_path, timeout=120)
     assert p.returncode == 2, p.stderr[-2000:]
-    assert "grid.workers: 3 mpi workers, but the MPI launcher started 2 ranks" in p.stderr
+    assert "grid.workers: 3 workers on the job's ranks, but its launcher started 2 ranks" in p.stderr
     assert not (tmp_path / "out").exists()
 
 

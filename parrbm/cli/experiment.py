@@ -15,7 +15,7 @@ def _cmd_run(args) -> int:
     from parrbm.harness.comparison_config import ConfigError, load_config
     from parrbm.harness.experiment import read_results, run_config, serve_grid
     from parrbm.harness.job import release_servers
-    from parrbm.harness.mpi import spmd_world
+    from parrbm.harness.world import spmd_world
 
     world = spmd_world()
     if world is not None and world[0] != 0:

@@ -236,7 +236,7 @@ def _cmd_train(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     fit_seconds = time.perf_counter() - t0
-    from parrbm.harness.mpi import spmd_leader
+    from parrbm.harness.world import spmd_leader
 
     if not spmd_leader():  # the other ranks of an MPI job's fit: rank 0 reports and writes
         return 0
