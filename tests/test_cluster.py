@@ -118,6 +118,33 @@ def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(
     assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
 
 
+def test_a_comparison_started_over_ssh_without_mpi_is_the_threads_comparison(cluster):
+    """A launcher without MPI (one ssh a rank, torchrun's variables): the ranks meet at
+    node0's rendezvous; the config and the results stay on node0; every tcp point is its
+    threads point, bit for bit, and nothing is left on any host."""
+    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS.replace("transport: [threads, mpi]",
+                                                                "transport: [threads, tcp]"))
+    start = ("pids=''; for r in 0 1 2; do "
+             f"ssh node$r \"cd /tmp && RANK=$r WORLD_SIZE=3 MASTER_ADDR=node0 MASTER_PORT=29511 {PARRBM} run "
+             "/tmp/c.yaml --out /tmp/out --no-calibrate\" & pids=\"$pids $!\"; done; "
+             "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc")
+    p = cluster.run("login", ["sh", "-c", start], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("results: ") == 1
+    records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
+    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
+    tcp = [r for r in records if r["transport"] == "tcp"]
+    assert len(tcp) == 10
+    for r in tcp:
+        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
+        assert r["status"] == "ok", r.get("error")
+        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
+        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
+        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+    left = _settled(cluster)
+    assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
+
+
 def _own(transport: str, config: str = ACROSS) -> str:
     """A config whose ``transport`` workers parrbm starts on node0 .. node2."""
     return config.replace("grid:", f"{transport}: {{hosts: [node0, node1, node2]}}\ngrid:").replace(
