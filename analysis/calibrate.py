@@ -642,11 +642,10 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
         # a shaped link stalls now and then (acknowledgements queue behind data): more repeats
         size_arg = ["--sizes", ",".join(map(str, sizes)), "--repeats", "9" if link.bandwidth else "5"]
         if transport == "mpi":
-            from parrbm.harness.launch import WORKER, _mpi_command
+            from parrbm.harness.launch import _mpi_command
 
-            cmd = _mpi_command(Path(tmp), 2, net, env)
-            worker = cmd.index("--job") - len(WORKER)  # the worker's command: the interpreter on
-            cmd = [*cmd[:worker], sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank", *size_arg]
+            cmd = _mpi_command(Path(tmp), 2, net, env,
+                               [sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank", *size_arg])
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"mpi ping-pong on the emulated link failed: {out.stderr.strip()[-500:]}")

@@ -98,6 +98,17 @@ class MPITransport(Transport):
         return time.perf_counter() - t0
 
 
+def process_stopped(pid: int) -> bool:
+    """The kernel shows process ``pid`` of this machine stopped (SIGSTOP, a debugger)."""
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
 def hung_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str:
     """Which rank stopped the collectives: one the kernel shows stopped; else the one
     that entered fewest collectives; among equals, one outside any collective while its
@@ -178,10 +189,15 @@ class Watch:
         listener = None
         if self.rank == 0:
             listener = socket.create_server(("", 0))
-            where = (socket.gethostname(), listener.getsockname()[1], os.urandom(16))
+            # PARRBM_RANK0_ADDRESS: where the others reach rank 0 when its host name does not
+            # say (parrbm's ranks on emulated hosts of one machine)
+            where = (os.environ.get("PARRBM_RANK0_ADDRESS") or socket.gethostname(), listener.getsockname()[1],
+                     os.urandom(16))
         else:
             where = None
         host, port, token = world.bcast(where, root=0)
+        #: each rank's host and PID: a stopped rank on rank 0's host is named as such
+        self.placement = world.allgather((socket.gethostname(), os.getpid()))
         if self.rank == 0:
             target = self._keep_books
             self._listener, self._token = listener, token
@@ -253,6 +269,7 @@ class Watch:
 
     def _keep_books(self) -> None:
         import select
+        import socket
 
         books: dict[int, dict[int, tuple]] = {}  # generation -> rank -> (entered, left, phase)
         conns: dict = {}                          # socket -> (token seen, bytes received not yet read)
@@ -304,7 +321,11 @@ class Watch:
                 last, changed = state, time.monotonic()
             waiting = any(c > d for r, (c, d, _) in beats.items() if r < self.K)
             if waiting and time.monotonic() - changed > self.timeout:
-                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, [], self.K, self.timeout))
+                here = socket.gethostname()
+                stopped = [r for r in range(1, min(self.K, len(self.placement)))
+                           if self.placement[r][0] == here and process_stopped(self.placement[r][1])]
+                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, stopped, self.K,
+                                       self.timeout))
         for c in conns:
             c.close()
 

@@ -145,8 +145,8 @@ def _state_from(arrays: dict[str, np.ndarray], prefix: str = "") -> ModelState:
     return ModelState(**{k: arrays.get(prefix + k) for k in _STATE_FIELDS})
 
 
-def _proof(secret: bytes, nonce: bytes) -> bytes:
-    return hmac.new(secret, b"parrbm-remote" + nonce, hashlib.sha256).digest()
+def _proof(secret: bytes, nonce: bytes, rank: int) -> bytes:
+    return hmac.new(secret, b"parrbm-remote" + nonce + struct.pack("<i", rank), hashlib.sha256).digest()
 
 
 def _epoch_arrays(group, X: np.ndarray, order: np.ndarray, same_data: bool) -> dict[str, np.ndarray]:
@@ -169,35 +169,119 @@ def _epoch_results(answers: list[dict]) -> list[tuple]:
              a["wire"]) for a in answers]
 
 
+def _shut_down(procs: list, tag: str | None, network=None) -> None:
+    """Kill a group's processes (and whatever carries its tag) and take down its hosts."""
+    import signal
+
+    from parrbm.harness.launch import kill_tagged
+
+    try:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if tag is not None:
+            kill_tagged(tag)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        if network is not None:
+            network.down()
+
+
 # ---- the driver's side ----------------------------------------------------------------------------
 
 
-class RemoteGroup:
-    """The K mpi workers of a fit on other hosts, behind the interface of
-    :class:`parrbm.harness.launch.ProcessGroup`."""
+class MPIGroup:
+    """The K mpi worker processes of a fit: ranks of one ``mpiexec``, on this machine, one
+    on each emulated host, or on the hosts of an :class:`MPIHosts`. Rank 0 connects back
+    to this process (over TCP, or a Unix socket from an emulated host), and the job, the
+    data, every command and its answer go over that connection.
 
-    network = None
+    The commands: ``epoch``, ``gather``, ``load``, ``finish``, ``local_states``,
+    ``restore_local``, ``close``. A worker that fails, dies or stops answering ends the
+    group with a CommError naming it."""
 
-    def __init__(self, runner, where: MPIHosts):
+    def __init__(self, runner, where: MPIHosts | None = None):
+        import tempfile
+        import weakref
+
+        from parrbm.harness.launch import JOB_PREFIX, JOB_TAG, _job_root, _mpi_command, _network_for, mpiexec, \
+            sweep_stale_jobs
+
         self.K, self.timeout, self.transport = runner.K, runner.timeout, "mpi"
         self.admin_stats = runner.admin_stats
         self.where = where
         self._data_fingerprint = None
         self.sock: socket.socket | None = None
+        self.proc = None
+        self._lifelines: list[socket.socket] = []
+        self._gone: list[int] = []  # ranks whose connection closed, in order
+        self.network, own = (None, False) if where is not None else _network_for(runner)
+        # this machine's ranks: a private folder for mpiexec's temporary files (and the
+        # emulated hosts' launcher and socket), removed with the group; every process of the
+        # job carries its tag, which its end kills by
+        self.scratch = None
+        tag = None
+        if where is None:
+            root = _job_root()
+            sweep_stale_jobs(root)
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-", dir=root))
+            tag = self.scratch.name
+        self._procs: list[subprocess.Popen] = []  # mpiexec, once started
+        # hydra's topology files of this machine's proxies (removed when a proxy exits, not
+        # when the job is torn down)
+        self._topology: set[str] = set()
+        self.tag = tag
+        # nothing of the job outlives the group: also when it is dropped unclosed
+        self._finalizer = weakref.finalize(self, _shut_down_mpi, self._procs, tag, self.scratch,
+                                           self.network if own else None, self._topology)
         secret = os.urandom(32)
-        listener = socket.create_server((where.listen or "", 0) if where.listen else ("", 0))
-        port = listener.getsockname()[1]
-        address = where.listen or socket.gethostname()
-        env = {**os.environ, **where.env, "PARRBM_DRIVER": f"{address}:{port}", "PARRBM_SECRET": secret.hex(),
-               "PARRBM_SPMD": "1", "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
-        from parrbm.strategies.registry import plugin_sources
+        program = ["-m", "parrbm.harness.remote"]
+        env = {**os.environ, "PARRBM_SECRET": secret.hex(), "PARRBM_SPMD": "1",
+               "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+        try:
+            if where is not None:
+                listener = socket.create_server((where.listen or "", 0) if where.listen else ("", 0))
+                driver = f"{where.listen or socket.gethostname()}:{listener.getsockname()[1]}"
+                env.update(where.env)
+                command = where.command(self.K)
+            elif self.network is not None:
+                if own:
+                    self.network.up()
+                # the ranks are in other network namespaces: a Unix socket reaches them
+                path = self.scratch / "driver.sock"
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(str(path))
+                listener.listen(16)
+                driver = f"unix:{path}"
+                env.update({JOB_TAG: tag, "TMPDIR": str(self.scratch), "PARRBM_RANK0_ADDRESS": self.network.address(0)})
+                command = _mpi_command(self.scratch, self.K, self.network, env, [sys.executable, *program])
+            else:
+                listener = socket.create_server(("127.0.0.1", 0))
+                driver = f"127.0.0.1:{listener.getsockname()[1]}"
+                env.update({JOB_TAG: tag, "TMPDIR": str(self.scratch)})
+                command = [mpiexec(), "-n", str(self.K), sys.executable, *program]
+            if where is None:  # one file system: the plug-in's own imports resolve as here
+                _add_import_paths(env, runner.name)
+            env["PARRBM_DRIVER"] = driver
+            from parrbm.strategies.registry import plugin_sources
 
-        sources = plugin_sources(runner.name)  # a plug-in's code goes with the job, as its data do
-        # the variables mpiexec hands to every rank (hydra passes its whole environment)
-        self.proc = subprocess.Popen(where.command(self.K), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            sources = plugin_sources(runner.name)  # a plug-in's code goes with the job, as its data do
+            # the variables mpiexec hands to every rank (hydra passes its whole environment)
+            self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, start_new_session=True, cwd=self.scratch or "/")
+            self._procs.append(self.proc)
+        except BaseException:
+            self.close(kill=True)
+            raise
         self._output: list[bytes] = []
-        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        # the threads hold no reference to the group: dropped unclosed, it is still collected
+        self._reader = threading.Thread(target=_drain, args=(self.proc.stdout, self._output), daemon=True)
         self._reader.start()
         try:
             self.sock = self._accept(listener, secret)
@@ -208,30 +292,43 @@ class RemoteGroup:
                                _state_arrays(runner.state))
             self.hosts = answer["hosts"]
             self.pids = answer["pids"]
+            if self.tag is not None:
+                from parrbm.harness.launch import tagged
+                from parrbm.harness.mpi import hydra_topology_files
+
+                self._topology.update(f for pid in tagged(self.tag) for f in hydra_topology_files(pid))
         except BaseException:
             listener.close()
             self.close(kill=True)
             raise
 
-    def _read_output(self) -> None:
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):
-            self._output.append(chunk)
+    @property
+    def worker_pids(self) -> list[int]:
+        """The workers' process IDs (each on its own host)."""
+        return list(self.pids)
+
 
     def output(self) -> str:
         return b"".join(self._output).decode(errors="replace")
 
     def _accept(self, listener: socket.socket, secret: bytes) -> socket.socket:
+        """Every rank connects back and proves the run's secret: rank 0's connection carries
+        the commands; the others' carry nothing, and tell by closing that their process
+        ended (:func:`_watch_lifelines`)."""
         deadline = time.monotonic() + CONNECT_SECONDS
         listener.settimeout(0.2)
-        while True:
+        lines: dict[int, socket.socket] = {}
+        while len(lines) < self.K:
             if self.proc.poll() is not None:
                 self._reader.join(2)
-                raise CommError(f"mpi: mpiexec {self._exit()} before rank 0 connected back: "
+                raise CommError(f"mpi: mpiexec {self._exit()} before its ranks connected back: "
                                 f"{self.output().strip()[-1500:]}")
             if time.monotonic() > deadline:
-                raise CommError(f"mpi: rank 0 did not connect back to {listener.getsockname()} within "
-                                f"{CONNECT_SECONDS:g} s (is this machine reachable from the hosts as "
-                                f"{self.where.listen or socket.gethostname()!r}? mpi.listen names it)")
+                missing = [r for r in range(self.K) if r not in lines]
+                raise CommError(f"mpi: ranks {missing} did not connect back to {listener.getsockname()} within "
+                                f"{CONNECT_SECONDS:g} s" + ("" if self.where is None else
+                                f" (is this machine reachable from the hosts as "
+                                f"{self.where.listen or socket.gethostname()!r}? mpi.listen names it)"))
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
@@ -240,13 +337,22 @@ class RemoteGroup:
             try:  # a stranger that cannot prove the secret is dropped; the wait goes on
                 nonce = os.urandom(16)
                 conn.sendall(nonce)
-                if hmac.compare_digest(read_exact(conn, 32), _proof(secret, nonce)):
+                got = read_exact(conn, 4 + 32)
+                (rank,) = struct.unpack("<i", got[:4])
+                if 0 <= rank < self.K and rank not in lines and hmac.compare_digest(got[4:],
+                                                                                    _proof(secret, nonce, rank)):
                     conn.settimeout(None)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    return conn
-            except OSError:
+                    if conn.family != socket.AF_UNIX:
+                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    lines[rank] = conn
+                    continue
+            except (OSError, ConnectionError):
                 pass
             conn.close()
+        self._lifelines = [lines[r] for r in range(self.K)]
+        threading.Thread(target=_watch_lifelines, args=(self._lifelines, self._gone, self.proc), daemon=True,
+                         name="parrbm-mpi-lifelines").start()
+        return lines[0]
 
     def _exit(self) -> str:
         from parrbm.harness.launch import _describe_exit
@@ -255,7 +361,7 @@ class RemoteGroup:
 
     @property
     def alive(self) -> bool:
-        return self.sock is not None and self.proc.poll() is None
+        return self.sock is not None and self.proc is not None and self.proc.poll() is None
 
     def _ask(self, header: dict, arrays: dict | None = None) -> dict:
         return self._ask_arrays(header, arrays)[0]
@@ -267,16 +373,24 @@ class RemoteGroup:
             send_frame(self.sock, header, arrays)
             answer, got = recv_frame(self.sock)
         except (OSError, ValueError) as exc:
+            removed = self._hosts_removed()
             why = self._failure()
             self.close(kill=True)
-            raise CommError(why) from exc
+            raise CommError(self._removed_message() if removed else why) from exc
         except BaseException:
             self.close(kill=True)
             raise
         if answer.get("op") == "error":
+            removed = self._hosts_removed()
             self.close(kill=True)
-            raise CommError(answer["message"])
+            raise CommError(self._removed_message() if removed else answer["message"])
         return answer, got
+
+    def _hosts_removed(self) -> bool:
+        return TCPGroup._hosts_removed(self)
+
+    def _removed_message(self) -> str:
+        return TCPGroup._removed_message(self)
 
     def _failure(self) -> str:
         """Why the connection to rank 0 ended: the rank mpiexec saw end, by its host and PID."""
@@ -287,10 +401,17 @@ class RemoteGroup:
         self._reader.join(2)
         out = self.output()
         m = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s+(?:EXIT CODE|KILLED BY SIGNAL): (\d+)", out)
+        first = self._gone[0] if self._gone and len(getattr(self, "pids", [])) == self.K else None
+        if first is not None and (m is None or int(m.group(1)) != self.pids[first]):
+            # mpiexec saw another rank end first (one it stopped): the connections' order names
+            # the one that died
+            host = self.hosts[first]
+            return (f"mpi: worker {first} (on {host}, PID {self.pids[first]}) ended without a word (its "
+                    f"connection closed first); mpiexec stopped the other workers")
         if m:
             pid, host, code = int(m.group(1)), m.group(2), int(m.group(3))
             rank = next((r for r, p in enumerate(getattr(self, "pids", [])) if p == pid), None)
-            if rank is None and self.where.hosts:  # before the ranks said who they are: by placement
+            if rank is None and self.where is not None and self.where.hosts:  # before the ranks said who they are: by placement
                 # (hydra places rank r on hosts[r % len(hosts)], a slot a host)
                 placed = [r for r in range(self.K) if self.where.hosts[r % len(self.where.hosts)] == host]
                 rank = placed[0] if len(placed) == 1 else None
@@ -338,42 +459,121 @@ class RemoteGroup:
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers (asked, then killed if they do not stop)."""
-        if self.sock is not None:
-            if not kill:
-                try:
-                    send_frame(self.sock, {"op": "stop"})
-                    self.proc.wait(timeout=min(self.timeout, 10.0))
-                except (OSError, subprocess.TimeoutExpired):
+        try:
+            if self.sock is not None:
+                if not kill:
+                    try:
+                        send_frame(self.sock, {"op": "stop"})
+                        self.proc.wait(timeout=min(self.timeout, 10.0))
+                    except (OSError, subprocess.TimeoutExpired):
+                        pass
+                for conn in {self.sock, *self._lifelines}:
+                    try:
+                        conn.close()
+                    except OSError:
+                        pass
+                self.sock = None
+            if self.proc is not None and self.proc.poll() is None:
+                try:  # rank 0 sees its connection close and ends the job; mpiexec then stops
+                    self.proc.wait(timeout=5 if self.where is not None or not kill else 0.5)
+                except subprocess.TimeoutExpired:
                     pass
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-            self.sock = None
-        if self.proc.poll() is None:
-            try:  # rank 0 sees its connection close and ends the job; mpiexec then stops
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                import signal
+        finally:  # also when Ctrl-C lands while they stop
+            self._finalizer()
 
+
+def _add_import_paths(env: dict, strategy) -> None:
+    """Workers of this machine: the folders a plug-in's module imports from, on their path."""
+    from parrbm.strategies.registry import import_paths
+
+    extra = import_paths(strategy)
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
+
+
+def _drain(stream, out: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        out.append(chunk)
+
+
+def _watch_lifelines(lines: list[socket.socket], gone: list[int], proc: subprocess.Popen) -> None:
+    """The order in which the ranks' connections close (into ``gone``): a rank's closes the
+    moment its process ends, before mpiexec learns of it and stops the others, so the
+    first is the rank that died (mpiexec names whichever it saw end first)."""
+    import select
+
+    poll = select.poll()
+    by_fd = {}
+    for r, conn in enumerate(lines):
+        poll.register(conn, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        by_fd[conn.fileno()] = r
+    left = set(by_fd)
+    while left and proc.poll() is None:
+        try:
+            events = poll.poll(500)
+        except (OSError, ValueError):
+            return
+        for fd, _ in sorted(events, key=lambda e: by_fd.get(e[0], 0)):
+            if fd in left:
+                left.discard(fd)
+                poll.unregister(fd)
+                gone.append(by_fd[fd])
+
+
+def _shut_down_mpi(procs: list, tag: str | None, scratch: Path | None, network=None,
+                   topology: set[str] = frozenset()) -> None:
+    """Kill what is left of an mpi group (mpiexec's process group, whatever carries the
+    job's tag), remove its folder and take down its emulated hosts."""
+    import shutil
+    import signal
+
+    from parrbm.harness.launch import kill_tagged
+
+    try:
+        for p in procs:
+            if p.poll() is None:
                 try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    os.killpg(p.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                self.proc.wait()
+        if tag is not None:
+            kill_tagged(tag)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        for f in topology:
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+    finally:
+        if network is not None:
+            network.down()
 
 
 # ---- the ranks' side ------------------------------------------------------------------------------
 
 
-def _connect() -> socket.socket:
-    host, _, port = os.environ["PARRBM_DRIVER"].rpartition(":")
+def _connect(rank: int) -> socket.socket:
+    """This rank's connection to the driver: rank 0's carries the commands; every rank's
+    closes when its process ends, which tells the driver who ended first."""
+    driver = os.environ["PARRBM_DRIVER"]
     secret = bytes.fromhex(os.environ.pop("PARRBM_SECRET"))
-    sock = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
+    if driver.startswith("unix:"):  # the driver of emulated hosts, in another network namespace
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_SECONDS)
+        sock.connect(driver[len("unix:"):])
+    else:
+        host, _, port = driver.rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     nonce = read_exact(sock, 16)
-    sock.sendall(_proof(secret, nonce))
+    sock.sendall(struct.pack("<i", rank) + _proof(secret, nonce, rank))
     sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
@@ -387,20 +587,19 @@ def serve() -> int:
     spmd_world()  # hydra's topology file is removed after the job however it ends
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
-    sock = None
-    if rank == 0:
-        try:
-            sock = _connect()
-        except (OSError, KeyError, ValueError) as exc:
-            sys.stderr.write(f"parrbm: rank 0 could not reach the driver at {os.environ.get('PARRBM_DRIVER')}: "
-                             f"{exc}\n")
-            sys.stderr.flush()
-            world.Abort(1)
+    try:
+        line = _connect(rank)  # held open while this rank lives
+    except (OSError, KeyError, ValueError) as exc:
+        sys.stderr.write(f"parrbm: rank {rank} could not reach the driver at {os.environ.get('PARRBM_DRIVER')}: "
+                         f"{exc}\n")
+        sys.stderr.flush()
+        world.Abort(1)
+    sock = line if rank == 0 else None
     runner = None
     if sock is not None:  # the job's watch names a stopped worker to the driver before it ends the job
         from parrbm.harness.mpi import Watch
 
-        Watch.on_end.append(lambda message: send_frame(sock, {"op": "error", "message": f"mpi: {message}"}))
+        Watch.on_end.append(lambda message: send_frame(sock, {"op": "error", "message": message}))
     while True:
         message = None
         if rank == 0:
@@ -508,51 +707,90 @@ class _Pipe:
         return self.read.readinto(view[:n]) or 0
 
 
-class RemoteTCPGroup:
-    """The K tcp workers of a fit on other hosts, behind the interface of
-    :class:`parrbm.harness.launch.ProcessGroup`: worker r starts on ``hosts[r % len]``
-    through the launcher (ssh), and its standard input and output carry the frames of the
-    job, the data, each command and its answer, as rank 0's connection does for the mpi
-    workers. The workers connect to one another directly (the tcp transport). A worker
-    whose standard input closes (the driver gone, however) exits at once."""
-
-    network = None
+class TCPGroup:
+    """The K tcp worker processes of a fit, behind the interface of :class:`MPIGroup`:
+    worker r starts on this machine, on emulated host r, or on ``hosts[r % len]`` through
+    the launcher (ssh); its standard input and output carry the frames of the job, the
+    data, each command and its answer, as rank 0's connection does for the mpi workers.
+    The workers connect to one another directly (the tcp transport). A worker whose
+    standard input closes (the driver gone, however) exits at once."""
 
     def __init__(self, runner):
         import shlex
 
+        from parrbm.harness.launch import JOB_TAG, _network_for
+
         where = runner.tcp
         self.K, self.timeout, self.transport = runner.K, runner.timeout, "tcp"
         self.admin_stats = runner.admin_stats
-        self.hosts = [where.host_of(r) for r in range(self.K)]
+        self.hosts = [where.host_of(r) for r in range(self.K)] if where.hosts else None
         self._data_fingerprint = None
         self.procs: list[subprocess.Popen] = []
         self.pipes: list[_Pipe] = []
+        # the workers of this machine and its emulated hosts carry the job's tag: its end
+        # kills by it, whatever they started
+        self.tag = f"parrbm-tcp-{os.getpid()}-{os.urandom(6).hex()}"
+        self.network, self.own_network = _network_for(runner)
+        import weakref
+
+        # no worker outlives the group, nor its emulated hosts: also when it is dropped unclosed
+        self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.tag,
+                                           self.network if self.own_network else None)
         secret = os.urandom(32).hex()
+        program = ["-m", "parrbm.harness.remote", "--tcp"]
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(int(runner.blas_threads)), JOB_TAG: self.tag}
+        if not self.hosts:
+            _add_import_paths(env, runner.name)
         try:
+            if self.own_network:
+                self.network.up()
             for r in range(self.K):
-                remote = " ".join(["cd / &&", f"OPENBLAS_NUM_THREADS={int(runner.blas_threads)}", "exec",
-                                   shlex.quote(where.python), "-m", "parrbm.harness.remote", "--tcp",
-                                   str(r), str(self.K)])
-                p = subprocess.Popen([*where.launcher, self.hosts[r], remote], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                args = [*program, str(r), str(self.K)]
+                if self.hosts:
+                    remote = " ".join(["cd / &&", f"OPENBLAS_NUM_THREADS={int(runner.blas_threads)}", "exec",
+                                       shlex.quote(where.python), *args])
+                    command = [*where.launcher, self.hosts[r], remote]
+                elif self.network is not None:
+                    command = [*self.network.exec_prefix(r), sys.executable, *args]
+                else:
+                    command = [sys.executable, *args]
+                p = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True, env=env, cwd="/")
                 self.procs.append(p)
                 self.pipes.append(_Pipe(p.stdout, p.stdin))
             from parrbm.strategies.registry import plugin_sources
 
-            job = {"op": "job", "secret": secret, "listen": where.listen, "spec": asdict(runner.spec),
-                   "sources": plugin_sources(runner.name),
+            job = {"op": "job", "secret": secret, "spec": asdict(runner.spec), "sources": plugin_sources(runner.name),
                    "strategy": runner.name, "workers": self.K, "options": asdict(runner.options),
                    "blas_threads": runner.blas_threads, "timeout": runner.timeout}
-            ports = [a["port"] for a, _ in self._all(job, _state_arrays(runner.state), started=True)]
-            self._all({"op": "peers", "addresses": [[self.hosts[r], ports[r]] for r in range(self.K)]})
+            state = _state_arrays(runner.state)
+            ports = [a["port"] for a, _ in self._all([({**job, "listen": self._listen(r, where)}, state)
+                                                        for r in range(self.K)], started=True)]
+            self._all({"op": "peers", "addresses": [[self._address(r, where), ports[r]] for r in range(self.K)]})
         except BaseException:
             self.close(kill=True)
             raise
 
+    def _listen(self, r: int, where) -> str:
+        """Where worker r listens for its peers."""
+        if self.network is not None:
+            return self.network.address(r)
+        return where.listen
+
+    def _address(self, r: int, where) -> str:
+        """Where its peers reach worker r."""
+        if self.network is not None:
+            return self.network.address(r)
+        return self.hosts[r] if self.hosts else where.listen
+
     @property
     def alive(self) -> bool:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The workers' process IDs (of this machine's launcher: ssh's for other hosts)."""
+        return [p.pid for p in self.procs]
 
     def _all(self, header, arrays: dict | None = None, *, started: bool = False) -> list[tuple[dict, dict]]:
         """``header`` (and ``arrays``) to every worker, or a list of K (header, arrays), one
@@ -573,30 +811,56 @@ class RemoteTCPGroup:
         for r in range(self.K):
             threading.Thread(target=exchange, args=(r,), daemon=True).start()
         got: dict[int, tuple[dict, dict]] = {}
-        failed_at = None
-        # the first answer of a worker starting on another host may take an interpreter's start
-        patience = self.timeout + (STARTUP_SECONDS if started else 0.0)
-        deadline = time.monotonic() + patience
-        while len(got) < self.K:
-            wait = deadline - time.monotonic()
-            try:
-                r, head, arr = answers.get(timeout=max(0.0, wait))
-            except queue.Empty:
-                break
-            got[r] = (head, arr)
-            if head.get("op") != "ok" and failed_at is None:  # the others get a grace to say why
-                from parrbm.harness.launch import GRACE_SECONDS
+        # no deadline on a command (an epoch takes what it takes: the workers' own
+        # collectives time out on a silent peer), but on the first answer of a worker
+        # starting on another host (an interpreter's start), and, once one has failed, a
+        # short grace for the others to say why
+        deadline = time.monotonic() + self.timeout + STARTUP_SECONDS if started else None
+        try:
+            while len(got) < self.K:
+                try:
+                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    r, head, arr = answers.get(timeout=wait)
+                except queue.Empty:
+                    break
+                got[r] = (head, arr)
+                if head.get("op") != "ok" and (deadline is None or started):  # the others get a grace to say why
+                    from parrbm.harness.launch import GRACE_SECONDS
 
-                failed_at = time.monotonic()
-                deadline = min(deadline, failed_at + min(self.timeout, GRACE_SECONDS))
+                    started = False
+                    deadline = time.monotonic() + min(self.timeout, GRACE_SECONDS)
+        except BaseException:  # Ctrl-C or SIGTERM: no worker outlives it
+            self.close(kill=True)
+            raise
         if len(got) == self.K and all(h.get("op") == "ok" for h, _ in got.values()):
             return [got[r] for r in range(self.K)]
+        stopped = self._stopped([r for r in range(self.K) if r not in got])
+        removed = self._hosts_removed()
         self._stop(kill=True)
-        why = self._diagnose(got)
-        self.procs, self.pipes = [], []
+        why = self._removed_message() if removed else self._diagnose(got, stopped)
+        self.close(kill=True)
         raise CommError(why)
 
-    def _diagnose(self, got: dict[int, tuple[dict, dict]]) -> str:
+    def _stopped(self, ranks: list[int]) -> list[int]:
+        """Of ``ranks``, the workers of this machine (or its emulated hosts) that the kernel
+        shows stopped (state T: SIGSTOP, a debugger)."""
+        if self.hosts:
+            return []
+        from parrbm.harness.mpi import process_stopped
+
+        return [r for r in ranks if process_stopped(self.procs[r].pid)]
+
+    def _hosts_removed(self) -> bool:
+        """The emulated hosts of this run were removed under it (parrbm network cleanup --all)."""
+        from parrbm.harness.network import namespaces
+
+        return self.network is not None and not set(self.network.namespaces()) <= set(namespaces())
+
+    def _removed_message(self) -> str:
+        return (f"{self.transport}: the emulated hosts of this run were removed while it was going "
+                f"('parrbm network cleanup --all' stops the runs it removes the hosts of)")
+
+    def _diagnose(self, got: dict[int, tuple[dict, dict]], stopped: list[int]) -> str:
         from collections import Counter
 
         from parrbm.harness.launch import _describe_exit
@@ -606,12 +870,19 @@ class RemoteTCPGroup:
         codes = {r: p.poll() for r, p in enumerate(self.procs)}
         silent = [r for r in range(self.K) if r not in got]       # never answered: killed by us
         dead = [r for r, (h, _) in sorted(got.items()) if h.get("op") == "gone"]
-        where = lambda r: f" (on {self.hosts[r]})"  # noqa: E731
+        where = lambda r: f" (on {self.hosts[r]})" if self.hosts else ""  # noqa: E731
         seen = next(iter(reports.values()), "")
-        for r, _ in blamed.most_common():
-            if r in silent:
-                return (f"worker {r}{where(r)} did not respond within {self.timeout:g} s (stopped or hung)"
-                        + (f"; its peers saw: {seen}" if seen else ""))
+        # the cause, first found: a worker the kernel shows stopped; one that died without a
+        # word (not a peer slow to stop after it, whom another peer may blame); one its peers
+        # blame that never answered
+        unresponsive = [r for r in stopped if r in silent] or (
+            [] if dead else [r for r, _ in blamed.most_common() if r in silent])
+        if unresponsive:
+            r = unresponsive[0]
+            seen = next((m for j, m in sorted(reports.items()) if j != r), "")
+            return (f"worker {r}{where(r)} did not respond within {self.timeout:g} s (stopped or hung"
+                    + ("; the kernel shows it stopped, as by SIGSTOP" if r in stopped else "") + ")"
+                    + (f"; its peers saw: {seen}" if seen else ""))
         if dead:
             r = dead[0]
             tail = (self.procs[r].stderr.read() or b"").decode(errors="replace").strip() if self.procs[r].stderr else ""
@@ -626,7 +897,7 @@ class RemoteTCPGroup:
                     f"(stopped or hung)")
         return "tcp: the workers stopped without a word"
 
-    # ---- the commands (the interface of ProcessGroup) ----------------------------------------
+    # ---- the commands (the interface of MPIGroup) ---------------------------------------------
 
     def _answers(self, got: list[tuple[dict, dict]]) -> list[dict]:
         from parrbm.harness.launch import add_admin_stats
@@ -657,9 +928,13 @@ class RemoteTCPGroup:
         self._all([({"op": "restore", "counters": c}, a) for c, a in states])
 
     def close(self, kill: bool = False) -> None:
-        """Stop the workers (asked, then killed if they do not stop)."""
-        self._stop(kill)
-        self.procs, self.pipes = [], []
+        """Stop the workers (asked, then killed if they do not stop), and take down the
+        emulated hosts this group set up."""
+        try:
+            self._stop(kill)
+        finally:  # also when Ctrl-C lands while they stop
+            self._finalizer()
+            self.procs, self.pipes = [], []
 
     def _stop(self, kill: bool) -> None:
         import signal
@@ -732,9 +1007,14 @@ def serve_tcp(rank: int, size: int) -> int:
         cls = worker_class(job["strategy"], load=True)
         options = StrategyOptions(**job["options"])
 
+        from parrbm.harness.faults import fault_hook, inject_fault
+
+        fault = fault_hook(rank, transport)  # PARRBM_FAULT: the harness's own tests
+
         def build(s: ModelState):
             w = cls(CDSpec(**job["spec"]), s, rank, size, options)
             w.comm = comm
+            inject_fault(w, fault)
             return w
 
         worker = build(_state_from(state))

@@ -88,7 +88,7 @@ class ParallelRunner:
         self.transport = transport
         self.options = options or StrategyOptions()
         check_options(spec, strategy, workers, transport, self.options)
-        from parrbm.harness.worker import fault_spec
+        from parrbm.harness.faults import fault_spec
 
         fault_spec()  # a malformed PARRBM_FAULT is named here, before any worker starts
         self.name = reference(strategy)  # how any process names it: a registered name or module:Class
@@ -298,11 +298,13 @@ class ParallelRunner:
         gathered model (tcp and mpi processes; else None)."""
 
         def work(comm: Comm):
-            from parrbm.harness.worker import _inject_fault, slow_hook
+            from parrbm.harness.faults import fault_hook, inject_fault, slow_hook
 
-            slow = slow_hook(comm.rank)  # PARRBM_FAULT=slow:R:MS: a straggler, for the tests
+            # PARRBM_FAULT, for the tests: on threads a straggler only (slow:R:MS); on the
+            # ranks of a job, any fault
+            hook = fault_hook(comm.rank, comm.transport) if self._spmd is not None else slow_hook(comm.rank)
             worker = self._on(comm)
-            _inject_fault(worker, slow)
+            inject_fault(worker, hook)
             try:
                 return train_on(worker, comm, X, batches, first_step)
             finally:
@@ -319,21 +321,12 @@ class ParallelRunner:
             results, extra = self._spmd.call(self.workers, work)
             self._spmd_local = self._spmd.to_root(self.workers, lambda w: w.local_state())
         else:
-            from parrbm.harness.launch import ProcessGroup
+            from parrbm.harness.remote import MPIGroup, TCPGroup
 
             if self._group is None:  # started once, for the whole fit
-                if self.mpi_hosts is not None:
-                    from parrbm.harness.remote import RemoteGroup
-
-                    self._group = RemoteGroup(self, self.mpi_hosts)
+                self._group = MPIGroup(self, self.mpi_hosts) if self.transport == "mpi" else TCPGroup(self)
+                if self.mpi_hosts is not None or self.tcp.hosts:
                     self._remote_hosts = self._group.hosts
-                elif self.transport == "tcp" and self.tcp.hosts:
-                    from parrbm.harness.remote import RemoteTCPGroup
-
-                    self._group = RemoteTCPGroup(self)
-                    self._remote_hosts = self._group.hosts
-                else:
-                    self._group = ProcessGroup(self)
                 if self._group.network is not None:
                     self.network_info = self._group.network.describe()
                 if self._pending_local is not None:  # carried over from a checkpoint or a closed group

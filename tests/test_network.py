@@ -94,8 +94,9 @@ def test_tcp_wire_bytes_are_what_the_links_carried(strategy):
 @pytest.mark.skipif(not __import__("support").has_mpi(), reason="pip install '.[mpi]'")
 def test_mpi_ranks_talk_over_the_links_not_shared_memory():
     """With every rank on its own host the MPI traffic crosses the links: each link carries
-    at least the payload its rank sent (plus MPI's own protocol and its launcher's
-    control traffic, well under 64 KB here)."""
+    at least the payload its rank sent, plus the job's books (rank 0 sends the data and the
+    initial model to the others, and gathers the model and what only the workers hold)
+    and MPI's own protocol and its launcher's control traffic, well under 64 KB here."""
     spec = CDSpec(n_visible=64, n_hidden=96, batch_size=20, seed=0)
     X = (np.random.default_rng(0).random((200, 64)) < 0.5).astype(np.float32)
     with EmulatedNetwork(2, LinkSpec(50e6)) as net:
@@ -106,7 +107,9 @@ def test_mpi_ranks_talk_over_the_links_not_shared_memory():
         for k in range(2):
             payload = sum(s.bytes_sent for s in r.phase_stats[k].values())
             assert payload == 10 * (64 * 96 + 64 + 96) * 4  # allreduce: N floats a worker a step at K = 2
-            assert payload <= _link_payload(net, k) <= payload + 64 * 1024, net.counters(k)
+            model = (64 * 96 + 64 + 96) * 4
+            books = X.nbytes + 4 * model  # the data once; the model and its increments, there and back
+            assert payload <= _link_payload(net, k) <= payload + books + 64 * 1024, net.counters(k)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -63,21 +63,33 @@ def test_a_three_epoch_fit_is_the_same_on_every_transport(strategy, options, set
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_the_workers_and_the_data_are_started_once(transport):
+def test_the_workers_and_the_data_are_started_once(transport, monkeypatch):
+    from parrbm.harness import remote
+
+    shipped = []
+    send = remote.send_frame
+
+    def counting(sock, header, arrays=None):
+        shipped.extend(k for k in (arrays or {}) if k == "X")
+        return send(sock, header, arrays)
+
+    monkeypatch.setattr(remote, "send_frame", counting)
     spec = CDSpec(n_visible=12, n_hidden=9, batch_size=4, seed=1)
     r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport=transport, timeout=20.0)
     X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
     try:
         r.run(X, np.arange(16, dtype=np.int64), 0)
         group = r._group
-        pids = [p.pid for p in group.procs]
+        pids = group.worker_pids
         r.run(X, np.arange(16, dtype=np.int64)[::-1].copy(), 4)
-        assert r._group is group and [p.pid for p in group.procs] == pids and group.alive
-        assert len(list(group.dir.glob("data-*.npy"))) == 1  # shipped once
-        job = group.dir
+        assert r._group is group and group.worker_pids == pids and group.alive
+        # the data went once: to each tcp worker over its own pipe, to mpi's rank 0
+        assert len(shipped) == (2 if transport == "tcp" else 1)
+        scratch = getattr(group, "scratch", None)
     finally:
         r.close()
-    assert not job.exists() and all(p.poll() is not None for p in group.procs)
+    assert not any(_running(p) for p in pids)
+    assert scratch is None or not scratch.exists()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -91,7 +103,7 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path, transport):
         r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport="{transport}", timeout=20.0)
         X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
         r.run(X, np.arange(16, dtype=np.int64), 0)
-        pids = [int((r._group.dir / f"pid-{{k}}.txt").read_text()) for k in range(2)]
+        pids = r._group.worker_pids
         print(" ".join(map(str, pids)), flush=True)
         os.kill(os.getpid(), 9)
         """))

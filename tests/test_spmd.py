@@ -206,7 +206,8 @@ RBM(n_hidden=64, batch_size=20, n_iter=100000, strategy="unit-partitioned", work
 
 
 @pytest.mark.parametrize("victim,needle", [
-    (2, r"parrbm: worker 2 did not respond within 2 s \(stopped or hung\): last in phase '[a-z-]+', collective #\d+"),
+    (2, r"parrbm: worker 2 did not respond within 2 s \(stopped or hung; the kernel shows it stopped, as by "
+        r"SIGSTOP\): last in phase '[a-z-]+', collective #\d+"),
     pytest.param(0, r"parrbm: worker [12] waited 12 s in collective #\d+ .* worker 0 is stopped or hung",
                  marks=pytest.mark.slow),
 ])

@@ -253,26 +253,32 @@ def test_unreachable_host_is_named_with_the_launchers_message(tmp_path, monkeypa
     assert time.monotonic() - t0 < 10.0
 
 
-def test_worker_without_the_job_directory_says_what_is_needed(tmp_path):
+def test_a_worker_without_its_driver_exits_at_once():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "parrbm.harness.worker", "--job", str(tmp_path / "elsewhere"),
-                          "--transport", "tcp", "--rank", "0", "--size", "2"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "parrbm.harness.remote", "--tcp", "0", "2"],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert "no job at" in out.stderr and "parrbm.harness.remote" in out.stderr
 
 
-def test_a_worker_that_died_is_named_before_a_peer_slow_to_stop(tmp_path):
+def test_a_worker_that_died_is_named_before_a_peer_slow_to_stop():
     """Worker 1 dies without a word; worker 0 notices, blames it, and is slow to exit (so
     the launcher kills it); worker 2 saw worker 0's connection close and blames worker 0.
     The run names worker 1, the cause."""
-    from parrbm.harness.launch import _raise_failure
+    from types import SimpleNamespace
 
-    (tmp_path / "blame-0.txt").write_text("1")
-    (tmp_path / "blame-2.txt").write_text("0")
-    (tmp_path / "error-2.txt").write_text("worker 0 closed its connection in phase 'visible-input'")
-    with pytest.raises(CommError, match=r"^worker 1 ") as exc:
-        _raise_failure([], tmp_path, 3, 20.0, "tcp", [-9, -9, 1], stopped=[], killed={0})
-    assert "did not respond" not in str(exc.value)
+    from parrbm.harness.remote import TCPGroup
+
+    group = object.__new__(TCPGroup)
+    group.K, group.timeout, group.hosts = 3, 20.0, None
+    group.procs = [SimpleNamespace(poll=lambda: -9, stderr=None), SimpleNamespace(poll=lambda: -9, stderr=None),
+                   SimpleNamespace(poll=lambda: 1, stderr=None)]
+    got = {1: ({"op": "gone", "why": "closed"}, {}),
+           2: ({"op": "error", "message": "worker 0 closed its connection in phase 'visible-input'", "blame": 0}, {})}
+    said = group._diagnose(got, stopped=[])
+    assert said.startswith("worker 1 was killed by SIGKILL"), said
+    assert "did not respond" not in said
+    got[0] = ({"op": "error", "message": "worker 1 sent nothing", "blame": 1}, {})
+    del got[1]  # now worker 1 never answered: the peers' blame names it
+    assert group._diagnose(got, stopped=[]).startswith("worker 1 did not respond within 20 s (stopped or hung)")

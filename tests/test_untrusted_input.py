@@ -915,6 +915,9 @@ class _RankZero:
     def bcast(self, value, root=0):
         return value
 
+    def allgather(self, value):
+        return [value]
+
 
 def test_the_watch_of_an_mpi_job_drops_strangers_and_keeps_its_books():
     """A connection that sends a byte at a time cannot slip past the job's token, and one
