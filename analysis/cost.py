@@ -16,7 +16,9 @@ from __future__ import annotations
 from parrbm.accounting import (MAX_CD_K, Model, Traffic, allgather_bits, allgather_floats,  # noqa: F401
                                allreduce, chunk_calls, hidden_traffic, master_reduce, reduce_scatter,
                                visible_traffic)
-from parrbm.strategies.declared import _options, step_traffic, sync_traffic, syncs_per_step  # noqa: F401
+# a strategy that declares no closed form (a plug-in may leave it out) is traced
+from parrbm.harness.traced import step_traffic, traffic_source  # noqa: F401
+from parrbm.strategies.declared import _options, sync_traffic, syncs_per_step  # noqa: F401
 
 
 def bytes_for_cases(strategy: str, model: Model, m: int, K: int, cases: int, **kw) -> int:

@@ -77,6 +77,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                                                        for a, b, gap in g["discordant_beyond_noise"]))
             lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
                          f"model: {verdict}")
+    traced = sorted({r.get("strategy_name") or r["strategy"] for r in ok
+                     if (r["metrics"] or {}).get("traffic_source") == "traced"})
+    if traced:
+        lines.append(f"\nbytes traced from a dry run of the step (no closed form declared): {', '.join(traced)}")
     off = [r for r in ok if (r["metrics"] or {}).get("formula_mismatch")]
     if off:
         lines.append(f"\n{len(off)} run(s) moved other bytes than their strategy declares:")

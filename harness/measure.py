@@ -171,7 +171,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     pooled (a busy moment of a shared machine spoils one repeat, not the median)."""
     from parrbm.accounting import Model
     from parrbm.harness.runner import hidden_fraction
-    from parrbm.strategies.declared import step_traffic, sync_traffic
+    from parrbm.harness.traced import step_traffic, traffic_source
+    from parrbm.strategies.declared import sync_traffic
 
     tr = cfg["training"]
     spec = spec_for(cfg, pt)
@@ -211,6 +212,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     metrics = {
         "bytes_per_step": stats["bytes_per_step"], "bytes_per_sync": stats["bytes_per_sync"],
         "bytes_per_step_formula": formula, "bytes_per_sync_formula": sync_formula,
+        # "declared": the strategy's closed form; "traced": a dry run of its step (no closed form)
+        "traffic_source": traffic_source(pt["strategy"]) if K > 1 else "declared",
         "formula_mismatch": mismatch,
         "wire_bytes_per_step": stats.get("wire_bytes_per_step"),
         "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
