@@ -671,9 +671,10 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
             runner._on(comm).finish()
             return comm.stats
 
-        stats, extras = runner._spmd.call(runner.workers, work)
+        ranks = runner._where  # the job's ranks (JobRanks)
+        stats, extras = ranks.group.call(runner.workers, work)
         runner.state = runner.gather_model()
-        runner._spmd_local = runner._spmd.to_root(runner.workers, lambda w: w.local_state())
+        ranks.local = ranks.group.to_root(runner.workers, lambda w: w.local_state())
         answers = [{"stats": {p: asdict(s) for p, s in st.items()}, **e} for st, e in zip(stats, extras)]
         return {"op": "ok", "answers": answers}, {}
     if op == "local":

@@ -11,7 +11,6 @@ import numpy as np
 
 from parrbm.config import TRANSPORTS, CDSpec, ModelState
 from parrbm.harness.comm import Comm, PhaseStats
-from parrbm.harness.threads import run_threads
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase, chunk_plan
 
 def worker_class(strategy, *, load: bool = False) -> type[Worker]:
@@ -111,10 +110,12 @@ class ParallelRunner:
         if mpi is not None and (transport != "mpi" or network is not None):
             raise ValueError("mpi hosts say where the mpi workers run: they need transport 'mpi' and no "
                              "emulated network")
-        self._group = None  # the worker processes of a tcp or mpi fit, once started
-        # started by the user's MPI launcher (mpiexec -n N python script.py): this process is
-        # one of the ranks, and the fit runs on them instead of on workers parrbm starts
-        self._spmd = None
+        # where the workers run, chosen once: threads of this process; the ranks of the job
+        # the user's launcher started (mpiexec -n N python script.py: this process is one of
+        # them); or processes parrbm starts at the first epoch
+        from parrbm.harness.placement import JobRanks, Processes, Threads
+
+        self._where = Threads(self) if transport == "threads" else Processes(self)
         if transport in ("mpi", "tcp"):
             from parrbm.harness.mpi import SPMDGroup
             from parrbm.harness.world import spmd_world
@@ -124,7 +125,7 @@ class ParallelRunner:
                     raise ValueError("this process is one rank of a job started by mpiexec or srun: the "
                                      "fit runs on the job's ranks, where the launcher put them; an emulated "
                                      "network or hosts do not apply")
-                self._spmd = SPMDGroup(workers, timeout=timeout, transport=transport)
+                self._where = JobRanks(self, SPMDGroup(workers, timeout=timeout, transport=transport))
         self.load_model(state)
 
     # ---- model ----------------------------------------------------------------------------
@@ -138,15 +139,10 @@ class ParallelRunner:
             shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
         # worker processes (tcp, mpi) build their own workers: the launcher keeps counters
-        book = WorkerBook if (self.transport != "threads" and self._spmd is None) else cls
-        self.workers = [book(self.spec, shared, r, self.K, self.options) if book is cls
-                        else book(cls, self.spec, shared, r, self.K, self.options) for r in range(self.K)]
+        self.workers = [cls(self.spec, shared, r, self.K, self.options) if self._where.keeps_workers
+                        else WorkerBook(cls, self.spec, shared, r, self.K, self.options) for r in range(self.K)]
         self.state = state
-        self._pending_local = None  # local states for worker processes not started yet
-        self._spmd_local = None     # an MPI job's fit: the workers' local states, on rank 0
-        if getattr(self, "_group", None) is not None:
-            self._group.load(state)
-        else:
+        if not self._where.load(state):  # running workers keep their books
             self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -169,30 +165,7 @@ class ParallelRunner:
     def finish(self) -> None:
         """The end of a fit: each worker's ``finish`` (a strategy whose replicas stand apart
         brings them together; its bytes count as a sync), then the tcp and mpi workers stop."""
-        if self._group is None and self.transport != "threads" and self._spmd is None:
-            return  # no epoch ran: the model is already the gathered one (for averaging, the average)
-        if self._spmd is not None:
-            def work_spmd(comm: Comm):
-                self._on(comm).finish()
-                return comm.stats
-
-            stats, extras = self._spmd.call(self.workers, work_spmd)
-            self._absorb(extras, stats)
-            self.state = self.gather_model()
-            self._spmd_local = self._spmd.to_root(self.workers, lambda w: w.local_state())
-        elif self._group is not None:
-            answers = self._group.finish()
-            self._absorb(answers, [{p: PhaseStats(**v) for p, v in a["stats"].items()} for a in answers])
-            self.state = self._group.gather()
-            self.close()
-        else:
-            def work(comm: Comm):
-                self._on(comm).finish()
-                return comm.stats
-
-            stats = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
-            self._absorb(None, stats)
-            self.state = self.gather_model()
+        self._where.finish()
         self._serial = None
 
     def _absorb(self, extras, stats) -> None:
@@ -210,31 +183,14 @@ class ParallelRunner:
         """Stop the worker processes of a tcp or mpi fit. What only they knew is kept, and
         a later run starts new ones from the model and it: the fit goes on as if they had
         never stopped."""
-        if self._group is not None:
-            if self._group.alive:
-                self._pending_local = self.local_states()
-            self._group.close()
-            self._group = None
+        self._where.close()
 
     # ---- worker-local state (checkpoints) ------------------------------------------------
 
     def local_states(self) -> list[tuple[dict, dict[str, np.ndarray]]]:
         """Per worker, (counters, arrays) of what the gathered model does not give back:
         see :meth:`Worker.local_state`."""
-        if self._spmd is not None:
-            # gathered on rank 0 after every run: a checkpoint or a save there needs no peer
-            local = getattr(self, "_spmd_local", None)
-            if local is None and self._spmd.rank == 0:
-                return [w.local_state() for w in self.workers]  # no run yet: as built
-            if local is None:
-                raise RuntimeError("the workers' own state of an MPI job's fit is gathered on rank 0: save the "
-                                   "model there (on rank 0 only: rbm.save(path))")
-            return local
-        if self._group is not None:
-            return self._group.local_states()
-        if self.transport != "threads" and self._pending_local is not None:
-            return self._pending_local
-        return [w.local_state() for w in self.workers]
+        return self._where.local_states()
 
     def restore_local(self, states: list[tuple[dict, dict[str, np.ndarray]]]) -> None:
         """Put back :meth:`local_states` (from a checkpoint) on workers built from its model."""
@@ -242,21 +198,10 @@ class ParallelRunner:
             raise ValueError(f"{len(states)} workers' local states for {self.K} workers")
         for w, (counters, arrays) in zip(self.workers, states):
             w.restore_local(counters, arrays)
-        if getattr(self, "_spmd", None) is not None:
-            self._spmd_local = states
-        if self._group is not None:
-            self._group.restore_local(states)
-        elif self.transport != "threads":
-            self._pending_local = states
+        self._where.restore_local(states)
 
     def gather_model(self) -> ModelState:
-        if self._spmd is not None:  # worker 0 assembles it; every rank gets it
-            return self._spmd.run(lambda comm: self._on(comm).gathered_model(), everyone=False)
-        if self.transport != "threads":
-            return self.state  # gathered from the worker processes after every run
-        models = run_threads(self.K, lambda comm: self._on(comm).gathered_model(),
-                             timeout=self.timeout, blas_threads=self.blas_threads)
-        return models[0]
+        return self._where.gather()
 
     def _on(self, comm: Comm) -> Worker:
         w = self.workers[comm.rank]
@@ -288,7 +233,7 @@ class ParallelRunner:
         self.step_bytes.extend(int(sum(res[2][i] for res in results)) for i in range(len(batches)))
         self.step_wire.extend(int(sum(res[4][i] for res in results)) for i in range(len(batches)))
         self.steps += len(batches)
-        self.state = gathered if (extra is not None and self._spmd is None) else self.gather_model()
+        self.state = gathered if gathered is not None else self.gather_model()
         self._serial = None
         return np.sum([res[0] for res in results], axis=0)
 
@@ -300,9 +245,8 @@ class ParallelRunner:
         def work(comm: Comm):
             from parrbm.harness.faults import fault_hook, inject_fault, slow_hook
 
-            # PARRBM_FAULT, for the tests: on threads a straggler only (slow:R:MS); on the
-            # ranks of a job, any fault
-            hook = fault_hook(comm.rank, comm.transport) if self._spmd is not None else slow_hook(comm.rank)
+            # PARRBM_FAULT, for the tests: on threads a straggler only (slow:R:MS)
+            hook = fault_hook(comm.rank, comm.transport) if self._where.any_fault else slow_hook(comm.rank)
             worker = self._on(comm)
             inject_fault(worker, hook)
             try:
@@ -310,31 +254,7 @@ class ParallelRunner:
             finally:
                 worker.__dict__.pop("step", None)  # the runner's workers outlive this run
 
-        gathered = None
-        if self.transport == "threads":
-            results = run_threads(self.K, work, timeout=self.timeout, blas_threads=self.blas_threads)
-            extra = None
-        elif self._spmd is not None:
-            from parrbm import _core
-
-            _core.set_blas_threads(self.blas_threads)
-            results, extra = self._spmd.call(self.workers, work)
-            self._spmd_local = self._spmd.to_root(self.workers, lambda w: w.local_state())
-        else:
-            from parrbm.harness.remote import MPIGroup, TCPGroup
-
-            if self._group is None:  # started once, for the whole fit
-                self._group = MPIGroup(self, self.mpi_hosts) if self.transport == "mpi" else TCPGroup(self)
-                if self.mpi_hosts is not None or self.tcp.hosts:
-                    self._remote_hosts = self._group.hosts
-                if self._group.network is not None:
-                    self.network_info = self._group.network.describe()
-                if self._pending_local is not None:  # carried over from a checkpoint or a closed group
-                    self._group.restore_local(self._pending_local)
-                    self._pending_local = None
-            results, extra, gathered = self._group.epoch(self.spec, X, order, first_step,
-                                                         same_data=getattr(self, "_same_data", False))
-        return results, extra, gathered
+        return self._where.epoch(work, X, order, first_step, getattr(self, "_same_data", False))
 
     # ---- inference on the gathered model -------------------------------------------------------
 
@@ -396,8 +316,7 @@ class ParallelRunner:
         return {
             "strategy": self.name,
             "network": self.network_info,
-            "hosts": (self._spmd.hosts if self._spmd is not None
-                      else getattr(self, "_remote_hosts", None)),
+            "hosts": self._where.hosts,
             "workers": self.K,
             "transport": self.transport,
             "steps": self.steps,

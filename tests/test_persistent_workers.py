@@ -79,10 +79,10 @@ def test_the_workers_and_the_data_are_started_once(transport, monkeypatch):
     X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
     try:
         r.run(X, np.arange(16, dtype=np.int64), 0)
-        group = r._group
+        group = r._where.group
         pids = group.worker_pids
         r.run(X, np.arange(16, dtype=np.int64)[::-1].copy(), 4)
-        assert r._group is group and group.worker_pids == pids and group.alive
+        assert r._where.group is group and group.worker_pids == pids and group.alive
         # the data went once: to each tcp worker over its own pipe, to mpi's rank 0
         assert len(shipped) == (2 if transport == "tcp" else 1)
         scratch = getattr(group, "scratch", None)
@@ -103,7 +103,7 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path, transport):
         r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport="{transport}", timeout=20.0)
         X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
         r.run(X, np.arange(16, dtype=np.int64), 0)
-        pids = r._group.worker_pids
+        pids = r._where.group.worker_pids
         print(" ".join(map(str, pids)), flush=True)
         os.kill(os.getpid(), 9)
         """))

@@ -237,7 +237,7 @@ def test_tcp_workers_start_on_the_listed_hosts_through_the_launcher(tmp_path, mo
     assert r.comm_stats()["bytes_per_step"] == ref.comm_stats()["bytes_per_step"]
     assert r.comm_stats()["hosts"] == ["127.0.0.1", "localhost", "127.0.0.1"]
     r.close()  # the workers live for the whole fit; closing stops them
-    assert not r._group
+    assert not r._where.group
 
 
 def test_unreachable_host_is_named_with_the_launchers_message(tmp_path, monkeypatch):
