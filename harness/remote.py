@@ -1,25 +1,31 @@
-"""mpi workers that parrbm starts on other hosts, with no shared file system.
+"""The worker processes parrbm starts for a tcp or mpi fit, on this machine, on its
+emulated hosts or on other hosts, driven over the run's own connections: no file
+system is shared, and nothing polls.
 
-The driver (the process that runs the fit or the comparison) listens on a TCP control
-port and starts ``mpiexec -hosts ... -n K python -m parrbm.harness.remote`` (the config's
-``mpi`` section: hosts or a hostfile, the launcher command, variables for every rank).
-Rank 0 connects back, proves it knows the run's secret, and from then on every message
-goes over that one connection: the job (spec, strategy, options, the initial model), the
-data, each command (epoch, gather, load, finish, local, restore, stop) and its answer.
-Rank 0 hands each command to the other ranks with an MPI broadcast; the ranks run it as
-the ranks of a job the user started run a fit (:class:`parrbm.harness.mpi.SPMDGroup`),
-and rank 0 answers with what the workers measured and the gathered model. Nothing goes
-through a file, and nothing polls.
+:class:`MPIGroup`: the driver (the process that runs the fit or the comparison) listens
+(TCP; a Unix socket for emulated hosts) and starts ``mpiexec [-hosts ...] -n K python -m
+parrbm.harness.remote`` (on named hosts: the config's ``mpi`` section, with hosts or a
+hostfile, the launcher command, variables for every rank). Every rank connects back and
+proves it knows the run's secret; rank 0's connection carries every message: the job
+(spec, strategy, options, the initial model, a plug-in's source), the data, each command
+(epoch, gather, load, finish, local, restore, stop) and its answer. Rank 0 hands each
+command to the other ranks with an MPI broadcast; the ranks run it as the ranks of a job
+the user started run a fit (:class:`parrbm.harness.mpi.SPMDGroup`), and rank 0 answers
+with what the workers measured and the gathered model. The other ranks' connections
+carry nothing: they close when their process ends, which names the rank that died.
+
+:class:`TCPGroup`: worker r is a process of its own (under ``ip netns exec`` on emulated
+host r, through ssh on a named host), and its standard input and output carry the same
+frames.
 
 A message is a frame: 8 bytes of length and a JSON header (the op and its values, and
 for each array its name, dtype, shape), then the arrays' bytes. Only numeric dtypes are
 taken; nothing in a message is ever run.
 
 The driver gone (its connection closed, however it ended): rank 0 ends the MPI job at
-once (MPI_Abort), and mpiexec stops every rank on every host. A rank gone: mpiexec ends
-the job and names it; the driver reads that from mpiexec's output and names the worker.
+once (MPI_Abort), and mpiexec stops every rank on every host; a tcp worker exits when
+its standard input closes.
 """
-
 from __future__ import annotations
 
 import hashlib
