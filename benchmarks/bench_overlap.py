@@ -8,7 +8,10 @@ run. At --workers 1 nothing moves: the figures are the chunking's own cost (ever
 of a chunk packs the whole weight block again).
 
     python benchmarks/bench_overlap.py [--strategy green-only] [--transport threads]
-        [--workers 2] [--chunks 1 2 4 8] [--repeats 3] [--steps 20]
+        [--workers 2] [--chunks 1 2 4 8] [--repeats 3] [--steps 20] [--bandwidth 105MB/s]
+
+``--bandwidth`` puts each tcp or mpi worker on an emulated host whose link is shaped to it
+(latency 0.091 ms, the paper's network; needs root or CAP_NET_ADMIN).
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from parrbm.strategies import StrategyOptions  # noqa: E402
 
 
 def one_fit(spec: CDSpec, X: np.ndarray, strategy: str, transport: str, K: int, chunks: int,
-            steps: int) -> tuple[float, float, float, float]:
+            steps: int, bandwidth: float | None = None) -> tuple[float, float, float, float]:
     """(median step, compute, busy, exposed) in seconds per step of the second epoch's fit."""
+    from parrbm.harness.network import LinkSpec
+
+    network = LinkSpec(bandwidth, 0.091e-3) if bandwidth else None
     runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport,
-                            StrategyOptions(sync_every=40, overlap_chunks=chunks))
+                            StrategyOptions(sync_every=40, overlap_chunks=chunks), network=network)
     order = np.arange(steps * spec.batch_size, dtype=np.int64)
     try:
         runner.run(X, order, 0)
@@ -52,7 +58,11 @@ def main(argv=None) -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--bandwidth", help="emulated hosts' links, e.g. 105MB/s (tcp and mpi)")
     args = ap.parse_args(argv)
+    from parrbm.units import parse_bandwidth
+
+    bandwidth = parse_bandwidth(args.bandwidth) if args.bandwidth else None
     V, H, m = 1024, 2048, 200
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, learning_rate=0.05, seed=0, dtype="float32")
     X = (np.random.default_rng(0).random((args.steps * m, V)) < 0.5).astype(np.float32)
@@ -60,10 +70,12 @@ def main(argv=None) -> None:
     figures: dict[int, list] = {c: [] for c in chunks}
     for _ in range(args.repeats):
         for c in chunks:
-            figures[c].append(one_fit(spec, X, args.strategy, args.transport, args.workers, c, args.steps))
+            figures[c].append(one_fit(spec, X, args.strategy, args.transport, args.workers, c, args.steps,
+                                      bandwidth))
     med = {c: np.median(np.array(v), axis=0) for c, v in figures.items()}
     print(f"{V} x {H} binary RBM, float32, minibatch {m}, {args.strategy} K = {args.workers} on "
-          f"{args.transport}; medians of {args.repeats} round-robin fits, ms a step")
+          f"{args.transport}" + (f" at {args.bandwidth}" if args.bandwidth else "")
+          + f"; medians of {args.repeats} round-robin fits, ms a step")
     print(f"{'chunks':>6}{'step':>8}{'vs lockstep':>13}{'compute':>9}{'busy':>8}{'exposed':>9}{'hidden':>8}")
     for c in chunks:
         step, compute, busy, exposed = med[c] * 1e3

@@ -109,11 +109,14 @@ class Handle:
     """A collective in flight (see the module's notes): :meth:`wait` completes it, and
     raises what it raised."""
 
-    __slots__ = ("phase", "_body", "_done", "_error", "_result", "_busy", "_wire", "_comm", "_finished")
+    __slots__ = ("phase", "_body", "_done", "_error", "_result", "_busy", "_wire", "_comm", "_finished", "_after")
 
-    def __init__(self, comm: "Comm", phase: str, body: Callable[[], tuple]):
+    def __init__(self, comm: "Comm", phase: str, body: Callable[[], tuple], after: Callable[[], None] | None = None):
         self.phase = phase
         self._body = body
+        # what completes the collective on the worker's own thread, once its bytes have
+        # moved (a reduce-scatter whose own addend the worker computed meanwhile)
+        self._after = after
         self._comm = comm
         self._done = threading.Event()
         self._error: BaseException | None = None
@@ -153,6 +156,8 @@ class Handle:
             raise CommError(f"worker {comm.rank}: collective '{self.phase}' did not complete within {limit:g} s")
         if self._error is not None:
             raise self._error
+        if self._after is not None:
+            self._after()
         comm._record(self.phase, exposed, self._busy, *self._result, wire=self._wire)
 
 
@@ -239,11 +244,12 @@ class Comm:
         take_wire = getattr(self.transport, "take_wire", None)
         self._record(phase, dt, dt, *result, wire=take_wire() if take_wire is not None else (0, 0))
 
-    def _start(self, phase: str, body: Callable[[], tuple], now: bool = False) -> Handle | _Done:
+    def _start(self, phase: str, body: Callable[[], tuple], now: bool = False,
+               after: Callable[[], None] | None = None) -> Handle | _Done:
         if now:  # lockstep: the blocking collective, without a hop to the progress thread
             self._now(phase, body)
             return DONE
-        handle = Handle(self, phase, body)
+        handle = Handle(self, phase, body, after)
         if self._thread is None:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._progress, args=(self._queue,), daemon=True,
@@ -344,37 +350,48 @@ class Comm:
         self._now(phase, self._reduce_scatter(partial, out, parts))
 
     def start_reduce_scatter(self, partial: np.ndarray, out: np.ndarray, parts: Partition, *,
-                             phase: str, now: bool = False) -> Handle | _Done:
+                             phase: str, now: bool = False, own_later: bool = False) -> Handle | _Done:
+        """:meth:`reduce_scatter`, in flight. ``own_later``: the worker's own block of
+        ``partial`` (``partial[:, parts[rank]]``) is not computed yet: the other blocks go
+        now, and the own block is read, and added in rank order, by :meth:`Handle.wait`
+        (the worker computes it meanwhile; the bits are lockstep's)."""
+        if own_later and not now:
+            body, after = self._reduce_scatter(partial, out, parts, own_later=True)
+            return self._start(phase, body, after=after)
         return self._start(phase, self._reduce_scatter(partial, out, parts), now)
 
-    def _reduce_scatter(self, partial, out, parts):
+    def _reduce_scatter(self, partial, out, parts, own_later: bool = False):
+        state = {"next": 0, "started": False, "own": not own_later}
+        early: dict[int, np.ndarray] = {}
+
+        def after() -> None:  # on the worker's thread: its own block is there now
+            state["own"] = True
+            drain()
+
+        def add(a: np.ndarray) -> None:
+            if state["started"]:
+                out.__iadd__(a)
+            else:
+                np.copyto(out, a)
+                state["started"] = True
+
+        def drain() -> None:
+            while state["next"] < self.size:
+                j = state["next"]
+                if j == self.rank and state["own"]:
+                    add(parts.take(partial, self.rank))
+                elif j != self.rank and j in early:
+                    add(early.pop(j))
+                else:
+                    return
+                state["next"] += 1
+
         def body():
             sends = [None if j == self.rank else np.ascontiguousarray(parts.take(partial, j))
                      for j in range(self.size)]
-            own = parts.take(partial, self.rank)
             # A fixed summation order (rank 0 first) gives the same bits on every transport.
             # Contributions are added as they arrive in that order; only one that arrives
             # early is copied aside.
-            state = {"next": 0, "started": False}
-            early: dict[int, np.ndarray] = {}
-
-            def add(a: np.ndarray) -> None:
-                if state["started"]:
-                    out.__iadd__(a)
-                else:
-                    np.copyto(out, a)
-                    state["started"] = True
-
-            def drain() -> None:
-                while state["next"] < self.size:
-                    j = state["next"]
-                    if j == self.rank:
-                        add(own)
-                    elif j in early:
-                        add(early.pop(j))
-                    else:
-                        return
-                    state["next"] += 1
 
             def receive(j, buf):
                 block = buf.view(out.dtype).reshape(out.shape)
@@ -391,7 +408,7 @@ class Comm:
             sent = sum(a.nbytes for a in sends if a is not None)
             return wait, sent, (self.size - 1) * out.nbytes, self.size - 1
 
-        return body
+        return (body, after) if own_later else body
 
     def alltoall(self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *, phase: str) -> None:
         """Personalised exchange: outs[j] = what worker j sent to this worker (sends[j] of

@@ -56,6 +56,31 @@ def exact_chunks(rows: int, chunks: int, dtype, gemms) -> list[slice]:
         return plan
 
 
+def exact_column_blocks(rows: int, depths: list[int], cuts: list[slice], dtype) -> bool:
+    """Whether a product ``a @ b.T`` of ``rows`` rows, computed one block of output
+    columns at a time (``cuts``: the blocks, in the order a step computes them), has the
+    bits of the whole product, for every depth in ``depths`` (every worker's: all find the
+    same answer), on random operands. A BLAS's edge tiles may round otherwise (measured
+    here: OpenBLAS's dgemm differs at some float64 shapes, its sgemm at none tried)."""
+    key = ("columns", rows, tuple(sorted(set(depths))), tuple((c.start, c.stop) for c in cuts),
+           np.dtype(dtype).str, _core.get_blas_threads())
+    with _plans_lock:
+        if key not in _plans:
+            rng = np.random.default_rng(0x0C4F)
+            n = max(c.stop for c in cuts)
+            ok = True
+            for depth in sorted(set(depths)):
+                a = rng.standard_normal((rows, depth)).astype(dtype)
+                b = rng.standard_normal((n, depth)).astype(dtype)
+                whole, parts = np.empty((rows, n), dtype), np.empty((rows, n), dtype)
+                _core.gemm(a, b, whole, trans_b=True)
+                for c in cuts:
+                    _core.gemm(a, b[c], parts[:, c], trans_b=True)
+                ok = ok and bool(np.array_equal(whole, parts))
+            _plans[key] = ok
+        return _plans[key]
+
+
 def chunk_plan(cls, spec: CDSpec, options: StrategyOptions, K: int, rows: int) -> list[slice]:
     """The chunks of a step of ``rows`` cases of strategy ``cls`` (one in lockstep): what
     its workers cut, found here without building one."""

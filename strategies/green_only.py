@@ -15,7 +15,7 @@ from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_work, r
                                statistics_work, visible_traffic)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_column_blocks, own, phase_hidden
 from parrbm.strategies import phases as P
 
 
@@ -70,6 +70,7 @@ class GreenOnly(Worker):
         # The negative phase's cases in chunks (one in lockstep): each chunk's exchange is
         # in flight while the next chunk computes.
         neg = self.chunks(c)
+        peers_first = self.peers_first(neg)
 
         # 1. h_k ~ p(h_k | x): local.
         _core.gemm(X, self.green, self.pre_h[:mb])
@@ -82,9 +83,7 @@ class GreenOnly(Worker):
             # 2. Inputs of v'_k by reduce-scatter of h_k G_k^T; v'_k; allgather -> v'.
             summed = []
             for r in neg:
-                _core.gemm(driver[r], self.green, self.partial[r], trans_b=True)
-                summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_v[r], self.vis,
-                                                             phase=P.VISIBLE_INPUT, now=self.lockstep))
+                summed.append(self.start_visible_input(driver[r], r, peers_first))
             sent, err_t = [], 0.0
             for i, r in enumerate(neg):
                 summed[i].wait()
@@ -108,6 +107,35 @@ class GreenOnly(Worker):
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
         return err
 
+
+    def peers_first(self, chunks: list[slice]) -> bool:
+        """Whether each chunk's partial product is computed the peers' column blocks first,
+        so that their reduce-scatter is in flight while this worker computes its own
+        block: when overlapping, over contiguous blocks, and where the BLAS gives each
+        block the bits of the whole product."""
+        if self.lockstep or self.K == 1 or not all(isinstance(p, slice) for p in self.vis.parts):
+            return False
+        depths = [self.hid.size(j) for j in range(self.K)]
+        order = [self.vis.parts[(self.rank + i) % self.K] for i in range(1, self.K + 1)]
+        return all(exact_column_blocks(r.stop - r.start, depths, order, self.dtype) for r in chunks)
+
+    def start_visible_input(self, driver: np.ndarray, r: slice, peers_first: bool):
+        """Start the reduce-scatter of the visible units' inputs for the cases ``r``:
+        partial = driver G_k^T, each worker's sum of its block. Peers first: the blocks
+        for the others go while this worker computes its own."""
+        partial = self.partial[r]
+        if not peers_first:
+            _core.gemm(driver, self.green, partial, trans_b=True)
+            return self.comm.start_reduce_scatter(partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT,
+                                                  now=self.lockstep)
+        for i in range(1, self.K):
+            cols = self.vis.parts[(self.rank + i) % self.K]
+            _core.gemm(driver, self.green[cols], partial[:, cols], trans_b=True)
+        handle = self.comm.start_reduce_scatter(partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT,
+                                                own_later=True)
+        own = self.vis.parts[self.rank]
+        _core.gemm(driver, self.green[own], partial[:, own], trans_b=True)
+        return handle
 
     def gather_model(self) -> ModelState | None:
         V = self.spec.n_visible
