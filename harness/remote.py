@@ -183,10 +183,11 @@ def _shut_down(procs: list, tag: str | None, network=None) -> None:
 
     try:
         for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         if tag is not None:
             kill_tagged(tag)
         for p in procs:
@@ -528,27 +529,13 @@ def _watch_lifelines(lines: list[socket.socket], gone: list[int], proc: subproce
 
 def _shut_down_mpi(procs: list, tag: str | None, scratch: Path | None, network=None,
                    topology: set[str] = frozenset()) -> None:
-    """Kill what is left of an mpi group (mpiexec's process group, whatever carries the
-    job's tag), remove its folder and take down its emulated hosts."""
+    """:func:`_shut_down` for an mpi group (mpiexec's process group, whatever carries the
+    job's tag), then its folder and hydra's topology files."""
     import shutil
-    import signal
-
-    from parrbm.harness.launch import kill_tagged
 
     try:
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        if tag is not None:
-            kill_tagged(tag)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        _shut_down(procs, tag, network)
+    finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         for f in topology:
@@ -556,9 +543,6 @@ def _shut_down_mpi(procs: list, tag: str | None, scratch: Path | None, network=N
                 os.unlink(f)
             except OSError:
                 pass
-    finally:
-        if network is not None:
-            network.down()
 
 
 # ---- the ranks' side ------------------------------------------------------------------------------

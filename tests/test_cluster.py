@@ -67,6 +67,20 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _held_to_threads(records: list[dict], transports: tuple[str, ...]) -> list[dict]:
+    """The runs on ``transports``, each held to its threads point: ok, the same model bit
+    for bit, the closed form's bytes, its workers on node0, node1, ... in rank order."""
+    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
+    runs = [r for r in records if r["transport"] in transports]
+    for r in runs:
+        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
+        assert r["status"] == "ok", r.get("error")
+        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
+        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
+        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+    return runs
+
+
 def _settled(cluster, seconds: float = 15.0) -> dict:
     """What is left on each host once the job's processes had ``seconds`` to end."""
     deadline = time.monotonic() + seconds
@@ -98,18 +112,10 @@ def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(
                               "--out", "/tmp/out", "--no-calibrate"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
-    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
-    mpi = [r for r in records if r["transport"] in ("tcp", "mpi")]
-    assert len(mpi) == 20 and len(threads) == 10
-    sent = 0
-    for r in mpi:
-        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
-        assert r["status"] == "ok", r.get("error")
-        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
-        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
-        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
-        if r["workers"] == 3:
-            sent += m["bytes_per_step"] * (r["training"]["steps"] + r["training"]["warmup"])
+    mpi = _held_to_threads(records, ("tcp", "mpi"))
+    assert len(mpi) == 20 and sum(r["transport"] == "threads" for r in records) == 10
+    sent = sum(r["metrics"]["bytes_per_step"] * (r["training"]["steps"] + r["training"]["warmup"])
+               for r in mpi if r["workers"] == 3)
     # the ranks' traffic crossed node2's link (at least a third of the K = 3 points' bytes
     # left it: no strategy sends less than that from one worker of three)
     after = cluster.network.counters(cluster.hosts.index("node2"))["tx_bytes"]
@@ -132,15 +138,7 @@ def test_a_comparison_started_over_ssh_without_mpi_is_the_threads_comparison(clu
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("results: ") == 1
     records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
-    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
-    tcp = [r for r in records if r["transport"] == "tcp"]
-    assert len(tcp) == 10
-    for r in tcp:
-        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
-        assert r["status"] == "ok", r.get("error")
-        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
-        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
-        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+    assert len(_held_to_threads(records, ("tcp",))) == 10
     left = _settled(cluster)
     assert left == {"node0": ["/tmp/c.yaml", "/tmp/out"], "node1": [], "node2": [], "login": []}
 
@@ -165,15 +163,7 @@ def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(clust
                     capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("login") / "work" / "out" / "across.jsonl")
-    threads = {(r["strategy"], r["workers"]): r for r in records if r["transport"] == "threads"}
-    mpi = [r for r in records if r["transport"] == transport]
-    assert len(mpi) == 10
-    for r in mpi:
-        m, ref = r["metrics"], threads[(r["strategy"], r["workers"])]["metrics"]
-        assert r["status"] == "ok", r.get("error")
-        assert m["model_sha256"] == ref["model_sha256"], r["run_id"]
-        assert m["bytes_per_step"] == m["bytes_per_step_formula"] == ref["bytes_per_step"], r["run_id"]
-        assert r["hosts"] == ["node0", "node1", "node2"][: r["workers"]], r["hosts"]
+    assert len(_held_to_threads(records, (transport,))) == 10
     left = _settled(cluster)
     assert left == {"login": ["/tmp/work"], "node0": [], "node1": [], "node2": []}
 
