@@ -412,7 +412,8 @@ class Comm:
 
     def alltoall(self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *, phase: str) -> None:
         """Personalised exchange: outs[j] = what worker j sent to this worker (sends[j] of
-        the sender is addressed to j). sends[rank] is copied to outs[rank] locally."""
+        the sender is addressed to j). sends[rank] is copied to outs[rank] locally (unless
+        it is None)."""
         self._now(phase, self._alltoall(sends, outs))
 
     def start_alltoall(self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *,
@@ -421,7 +422,8 @@ class Comm:
 
     def _alltoall(self, sends, outs):
         def body():
-            np.copyto(outs[self.rank], sends[self.rank])
+            if sends[self.rank] is not None:  # None: the worker places its own block itself
+                np.copyto(outs[self.rank], sends[self.rank])
             payload = [None if j == self.rank else np.ascontiguousarray(sends[j]) for j in range(self.size)]
 
             def receive(j, buf):
@@ -444,17 +446,32 @@ class Comm:
         self.reduce_scatter(flat, mine, chunks, phase=phase)
         self.allgather(mine, flat, chunks, phase=phase)
 
-    def start_allreduce(self, array: np.ndarray, *, phase: str, now: bool = False) -> "_Both | _Done":
+    def start_allreduce(self, array: np.ndarray, *, phase: str, now: bool = False,
+                        parts: Partition | None = None) -> "_Both | _Done":
         """:meth:`allreduce` in flight: its two collectives, one after the other on the
-        progress thread; the returned handle completes both."""
-        if now:
-            self.allreduce(array, phase=phase)
-            return DONE
+        progress thread; the returned handle completes both. ``parts``: which worker sums
+        which elements (default: K near-equal contiguous chunks); a block of a larger
+        array reduced block by block passes its share of the whole array's chunks, so
+        that every worker sends, over the blocks, what the whole array's allreduce sends."""
         flat = array.reshape(1, -1)
-        chunks = Partition.contiguous(flat.shape[1], self.size)
+        chunks = parts if parts is not None else Partition.contiguous(flat.shape[1], self.size)
+        if now:
+            mine = np.empty((1, chunks.size(self.rank)), array.dtype)
+            self.reduce_scatter(flat, mine, chunks, phase=phase)
+            self.allgather(mine, flat, chunks, phase=phase)
+            return DONE
         mine = np.empty((1, chunks.size(self.rank)), array.dtype)
         first = self._start(phase, self._reduce_scatter(flat, mine, chunks))
         return _Both(first, self._start(phase, self._allgather(mine, flat, chunks)))
+
+    @staticmethod
+    def block_parts(total: int, start: int, stop: int, size: int) -> Partition:
+        """The elements [start, stop) of a ``total``-element array, split over ``size``
+        workers as the whole array's allreduce splits them (each worker's share of its
+        contiguous chunk; some shares may be empty)."""
+        cuts = Partition.cuts(total, size)
+        return Partition(stop - start, [slice(min(max(cuts[k], start), stop) - start,
+                                              min(max(cuts[k + 1], start), stop) - start) for k in range(size)])
 
     def gather(self, array: np.ndarray, *, root: int = 0, phase: str) -> list[np.ndarray] | None:
         """Root receives every worker's array, flattened, in rank order (sizes may differ

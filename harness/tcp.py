@@ -206,7 +206,7 @@ class TCPTransport(Transport):
             if a is None:
                 self.outbox[j].put((F.pack_header(F.EMPTY, tag, 0), None, done))
             else:
-                view = memoryview(np.ascontiguousarray(a)).cast("B")
+                view = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # empty blocks too
                 self.outbox[j].put((F.pack_header(F.DATA, tag, view.nbytes), view, done))
             pending.append((j, done))
         wait = 0.0

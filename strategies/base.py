@@ -81,6 +81,34 @@ def exact_column_blocks(rows: int, depths: list[int], cuts: list[slice], dtype) 
         return _plans[key]
 
 
+def exact_row_blocks(depth: int, n_rows: int, plans: list[tuple[int, list[slice]]], dtype) -> bool:
+    """Whether a statistics product ``C <- alpha a.T @ b + beta C`` (a: depth x n_rows,
+    b: depth x cols) computed one block of C's rows at a time (``cuts``, in the order a
+    step computes them) has the bits of the whole product, for every (cols, cuts) of
+    ``plans`` (every worker's: all find the same answer), on random operands, with and
+    without a beta term. Measured here: OpenBLAS's sgemm gives the whole product's bits at
+    every cut tried, its dgemm differs below about a thousand rows (it takes another
+    kernel for small products)."""
+    key = ("rows", depth, n_rows, tuple((cols, tuple((c.start, c.stop) for c in cuts)) for cols, cuts in plans),
+           np.dtype(dtype).str, _core.get_blas_threads())
+    with _plans_lock:
+        if key not in _plans:
+            rng = np.random.default_rng(0x0C50)
+            ok = True
+            for cols, cuts in sorted(set((cols, tuple((c.start, c.stop) for c in cuts)) for cols, cuts in plans)):
+                a = rng.standard_normal((depth, n_rows)).astype(dtype)
+                b = rng.standard_normal((depth, cols)).astype(dtype)
+                c0 = rng.standard_normal((n_rows, cols)).astype(dtype)
+                for alpha, beta in ((1.0, 0.0), (0.37, 0.0), (0.37, 0.9)):
+                    whole, parts = c0.copy(), c0.copy()
+                    _core.gemm(a, b, whole, alpha=alpha, beta=beta, trans_a=True)
+                    for start, stop in cuts:
+                        _core.gemm(a[:, start:stop], b, parts[start:stop], alpha=alpha, beta=beta, trans_a=True)
+                    ok = ok and bool(np.array_equal(whole, parts))
+            _plans[key] = ok
+        return _plans[key]
+
+
 def chunk_plan(cls, spec: CDSpec, options: StrategyOptions, K: int, rows: int) -> list[slice]:
     """The chunks of a step of ``rows`` cases of strategy ``cls`` (one in lockstep): what
     its workers cut, found here without building one."""
@@ -315,28 +343,42 @@ class Worker:
 
     # ---- statistics and updates -------------------------------------------------------------
 
+    def pack_statistics(self, left: np.ndarray, right: np.ndarray, mb: int) -> tuple:
+        """The bit-packed operands of the bit statistics (:meth:`apply_statistics` with
+        ``packed``): packed once when a step updates its weights a block of rows at a time.
+        x's bits are None when the data are not 0/1."""
+        words = (max(mb, left.shape[0] - mb) + 63) // 64
+        v_bits, _ = _core.pack_columns(left[mb:], words)
+        hn_bits, _ = _core.pack_columns(right[mb:], words)
+        h_bits, _ = _core.pack_columns(right[:mb], words)
+        x_bits, binary = _core.pack_columns(left[:mb], words)
+        return (x_bits if binary else None), h_bits, v_bits, hn_bits
+
     def apply_statistics(self, W: np.ndarray, inc, left: np.ndarray, right: np.ndarray,
-                         mb: int, neg_scale: float) -> None:
+                         mb: int, neg_scale: float, *, rows: slice | None = None, packed=None) -> None:
         """W (+ inc) <- update with eps / mb (left_pos^T right_pos + left_neg^T right_neg).
 
         left: (mb + c, a) stacked [x; v'] columns of W's rows; right: (mb + c, b) stacked
         [h; -neg_scale h'] columns of W's columns. Binary-binary statistics are counted
         with AND + popcount (exact integers), anything else is one GEMM of depth mb + c.
+        ``rows``: only W's rows ``rows`` (left's columns) are updated, for a step that sends
+        each block of rows as soon as it is updated; ``packed``: :meth:`pack_statistics`
+        of the whole operands.
         """
         spec = self.spec
         alpha = spec.learning_rate / mb
         decay_lr = spec.learning_rate * spec.weight_decay
+        r = slice(None) if rows is None else rows
+        W, inc, left = W[r], (None if inc is None else inc[r]), left[:, r]
         if self.visible_as_bits:
-            words = (max(mb, left.shape[0] - mb) + 63) // 64
-            v_bits, _ = _core.pack_columns(left[mb:], words)
-            hn_bits, _ = _core.pack_columns(right[mb:], words)
-            h_bits, _ = _core.pack_columns(right[:mb], words)
-            x_bits, binary = _core.pack_columns(left[:mb], words)
-            if not binary:
+            x_bits, h_bits, v_bits, hn_bits = packed if packed is not None else self.pack_statistics(left, right, mb)
+            if packed is not None:
+                x_bits, v_bits = (None if x_bits is None else x_bits[r]), v_bits[r]
+            if x_bits is None:
                 beta = spec.momentum if inc is not None else 1.0 - decay_lr
                 _core.gemm(left[:mb], right[:mb], W if inc is None else inc, alpha=alpha, beta=beta,
                            trans_a=True)
-            _core.bit_statistics_update(W, inc, x_bits if binary else None, h_bits, v_bits, hn_bits,
+            _core.bit_statistics_update(W, inc, x_bits, h_bits, v_bits, hn_bits,
                                         alpha=alpha, neg_scale=neg_scale, momentum=spec.momentum,
                                         decay_lr=decay_lr)
         elif inc is not None:

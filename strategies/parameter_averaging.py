@@ -17,7 +17,7 @@ from parrbm import _core
 from parrbm.accounting import Model, Traffic, Work, allreduce, hidden_work, master_reduce, statistics_work
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, phase_hidden
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, phase_hidden
 from parrbm.strategies import phases as P
 
 _FULL = {"unit0": 0}
@@ -25,7 +25,7 @@ _FULL = {"unit0": 0}
 
 class ParameterAveraging(Worker):
     name = "parameter-averaging"
-    options_used = ("reduce", "average", "average_every")
+    options_used = ("reduce", "average", "average_every", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -45,6 +45,7 @@ class ParameterAveraging(Worker):
         # Gradient of (W, b, c) in one buffer: one collective per step.
         self.grad = self.zeros(V * H + V + H)
         self.sync_phases = self.sync_phases_of(options)
+        self._blocks: dict = {}
 
     @classmethod
     def sync_phases_of(cls, options) -> tuple[str, ...]:
@@ -89,8 +90,12 @@ class ParameterAveraging(Worker):
 
         self.steps_done += 1
         if self.options.average == "gradients" and self.K > 1:
-            self.sum_gradients(left, right, n, neg_scale)
-            self.apply_summed_gradient(mb)
+            blocks = self.gradient_blocks(mb)
+            if blocks is None:
+                self.sum_gradients(left, right, n, neg_scale)
+                self.apply_summed_gradient(mb)
+            else:  # each block of W's rows summed while the next is computed, applied once summed
+                self.sum_and_apply_in_blocks(blocks, left, right, n, neg_scale, mb)
             return err
         # A local step: with weights averaged (local SGD), and at K = 1, where this worker's
         # cases are the minibatch and the summed gradient is its own (the serial algorithm,
@@ -112,6 +117,52 @@ class ParameterAveraging(Worker):
         self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
         self.grad[V * H + V:] = right.sum(0)
         self.reduce(self.grad, phase=P.GRADIENT)
+
+    def gradient_blocks(self, mb: int) -> list[slice] | None:
+        """The blocks of W's rows whose gradients are summed one at a time
+        (``overlap_chunks``), the last one with the bias gradients; None in lockstep, with
+        the master reduce (a gather has no start), and where the BLAS would round a block of
+        rows otherwise than the whole gradient (:func:`exact_row_blocks`) on any worker."""
+        if self.lockstep or self.options.reduce != "allreduce":
+            return None
+        key = (mb, _core.get_blas_threads())
+        if key not in self._blocks:
+            V, H = self.spec.n_visible, self.spec.n_hidden
+            cuts = Partition.cuts(V, min(self.options.overlap_chunks, V))
+            blocks = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
+            cases = Partition.contiguous(mb, self.K)
+            chains = Partition.contiguous(self.spec.batch_size, self.K) if self.spec.persistent else cases
+            depths = {cases.size(k) + chains.size(k) for k in range(self.K)}
+            exact = all(exact_row_blocks(d, V, [(H, blocks)], self.dtype) for d in sorted(depths))
+            self._blocks[key] = blocks if exact and len(blocks) > 1 else None
+        return self._blocks[key]
+
+    def sum_and_apply_in_blocks(self, blocks: list[slice], left, right, n: int, neg_scale: float, mb: int) -> None:
+        """:meth:`sum_gradients` and :meth:`apply_summed_gradient`, one block of W's rows at
+        a time: block i's allreduce is in flight while block i + 1's gradient is computed,
+        and the blocks already summed are applied while the last ones are on the wire. Each
+        element is summed by the worker that sums it in the whole buffer's allreduce, in
+        rank order: the bits and the bytes are lockstep's."""
+        V, H = self.spec.n_visible, self.spec.n_hidden
+        gW = self.grad[: V * H].reshape(V, H)
+        self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
+        self.grad[V * H + V:] = right.sum(0)
+        total, flight = self.grad.size, []
+        for i, rows in enumerate(blocks):
+            self.statistics_gradient(left[:, rows], right, gW[rows])
+            start, stop = rows.start * H, (rows.stop * H if i < len(blocks) - 1 else total)
+            flight.append(self.comm.start_allreduce(self.grad[start:stop], phase=P.GRADIENT,
+                                                    parts=self.comm.block_parts(total, start, stop, self.K)))
+        spec = self.spec
+        alpha = spec.learning_rate / mb
+        for rows, handle in zip(blocks, flight):
+            handle.wait()
+            _core.apply_gradient(self.W[rows], None if self.W_inc is None else self.W_inc[rows], gW[rows],
+                                 alpha=alpha, momentum=spec.momentum, decay_lr=spec.learning_rate * spec.weight_decay)
+        for bias, inc, g in ((self.b, self.b_inc, self.grad[V * H: V * H + V]),
+                             (self.c, self.c_inc, self.grad[V * H + V:])):
+            _core.apply_gradient(bias.reshape(1, -1), None if inc is None else inc.reshape(1, -1),
+                                 g.reshape(1, -1), alpha=alpha, momentum=spec.momentum)
 
     def apply_summed_gradient(self, mb: int) -> None:
         spec = self.spec
@@ -192,6 +243,12 @@ class ParameterAveraging(Worker):
     # ---- what it declares: rules, traffic and compute in closed form (docs/design.md 5.5) ----
 
     @classmethod
+    def check_options(cls, options, *, transport: str) -> None:
+        if options.overlap_chunks > 1 and (options.average != "gradients" or options.reduce != "allreduce"):
+            raise ValueError("strategy option 'overlap_chunks' > 1 of parameter-averaging needs average='gradients' "
+                             "and reduce='allreduce' (the gradient's allreduce is what it overlaps)")
+
+    @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
         if workers > batch_size:
             return (f"parameter-averaging splits each minibatch over the workers: workers={workers} is "
@@ -207,7 +264,9 @@ class ParameterAveraging(Worker):
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         t = Traffic(K)
         if options.average == "gradients" and K > 1:  # K = 1: the serial algorithm, no collective
-            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2)
+            # in blocks: each worker's share of every block's allreduce adds up to the whole's
+            blocks = 1 if options.reduce != "allreduce" else min(options.overlap_chunks, model.n_visible)
+            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2 * blocks)
         return t
 
     @classmethod

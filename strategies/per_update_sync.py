@@ -16,13 +16,13 @@ from parrbm.accounting import (Model, Traffic, Work, hidden_traffic, hidden_work
                                visible_traffic)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, own, phase_hidden
 from parrbm.strategies import phases as P
 
 
 class PerUpdateSync(Worker):
     name = "per-update-sync"
-    options_used = ("partition", "shared_weights")
+    options_used = ("partition", "shared_weights", "overlap_chunks")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -49,6 +49,7 @@ class PerUpdateSync(Worker):
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
+        self._sync_plans: dict = {}
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -97,13 +98,72 @@ class PerUpdateSync(Worker):
 
         # 4. Only green is updated (each weight once), and the biases.
         vis_k = self.vis.take(left, k)
-        self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale)
         self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
+        plan = self.sync_plan(mb + c)
+        if plan is None:
+            self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale)
+            # 5. Green -> purple after every minibatch.
+            self.sync()
+            return err
 
-        # 5. Green -> purple after every minibatch.
-        self.sync()
+        # 4-5 overlapped: the rows of green the peers need are updated first, chunk by
+        # chunk, each chunk's sync in flight while the next is updated; this worker's own
+        # rows last, while the last chunk is on the wire.
+        packed = self.pack_statistics(left, right_k, mb) if self.visible_as_bits else None
+        self.syncs += 1
+        flight = []
+        for sends, received in plan:
+            for rows in sends:
+                if rows is not None:
+                    self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=rows,
+                                          packed=packed)
+            flight.append(self.comm.start_alltoall(
+                [None if rows is None else self.green[rows] for rows in sends],
+                [None if j == k else self.hid.view(self.purple[received], j) for j in range(self.K)],
+                phase=P.WEIGHT_SYNC))
+        own_rows = self.vis.parts[k]
+        self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=own_rows,
+                              packed=packed)
+        self.hid.view(self.purple, k)[...] = self.green[own_rows]
+        for handle in flight:
+            handle.wait()
         return err
+
+    def sync_plan(self, depth: int) -> list[tuple[list[slice | None], slice]] | None:
+        """The overlapped sync of a step whose statistics have ``depth`` rows: for each of
+        its chunks, the rows of green sent to each worker (None: this worker) and the rows
+        of purple received (the same chunk of every peer's block, so that every worker
+        starts as many alltoalls). None in lockstep, and where the BLAS would round a block
+        of rows otherwise than the whole product (:func:`exact_row_blocks`): lockstep then."""
+        if self.lockstep:
+            return None
+        key = (depth, _core.get_blas_threads())
+        if key not in self._sync_plans:
+            self._sync_plans[key] = None
+            V = self.spec.n_visible
+            chunks = min(self.options.overlap_chunks, min(self.vis.sizes()))
+            for n in dict.fromkeys((chunks, 1)):
+                plans = [self._sync_chunks(k, n) for k in range(self.K)]
+                order = [(self.hid.size(k), [rows for sends, _ in plan for rows in sends if rows is not None]
+                          + [self.vis.parts[k]]) for k, plan in enumerate(plans)]
+                if exact_row_blocks(depth, V, order, self.dtype):
+                    self._sync_plans[key] = plans[self.rank]
+                    break
+        return self._sync_plans[key]
+
+    def _sync_chunks(self, k: int, n: int) -> list[tuple[list[slice | None], slice]]:
+        """Worker k's sync in n chunks: chunk i of every visible block V_j (near-equal cuts)."""
+        def cut(j: int, i: int) -> tuple[int, int]:
+            c = Partition.cuts(self.vis.size(j), n)
+            return c[i], c[i + 1]
+
+        plan = []
+        for i in range(n):
+            sends = [None if j == k else slice(self.vis.parts[j].start + cut(j, i)[0],
+                                               self.vis.parts[j].start + cut(j, i)[1]) for j in range(self.K)]
+            plan.append((sends, slice(*cut(k, i))))
+        return plan
 
     def sync_bytes(self) -> int:
         """Payload this worker's sync sends: G_k[V_j, :] to every j != k."""
@@ -143,6 +203,14 @@ class PerUpdateSync(Worker):
                 raise ValueError("strategy option 'shared_weights' needs transport='threads' (one memory)")
             if options.partition != "contiguous":
                 raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
+        if options.overlap_chunks > 1:
+            if options.shared_weights:
+                raise ValueError("strategy option 'overlap_chunks' > 1 cannot be used with 'shared_weights' "
+                                 "(per-update-sync's sync is then a barrier: nothing to overlap)")
+            if options.partition != "contiguous":
+                raise ValueError("strategy option 'overlap_chunks' > 1 of per-update-sync needs "
+                                 "partition='contiguous' (each chunk of a worker's rows is sent from one "
+                                 "block of its weights)")
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
@@ -161,7 +229,8 @@ class PerUpdateSync(Worker):
         V, H = model.n_visible, model.n_hidden
         vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
         t = Traffic(K)
-        t.add(P.WEIGHT_SYNC, [(V - vis[k]) * hid[k] * model.pb for k in range(K)])
+        calls = 1 if options.overlap_chunks == 1 else min(options.overlap_chunks, min(vis))
+        t.add(P.WEIGHT_SYNC, [(V - vis[k]) * hid[k] * model.pb for k in range(K)], calls=calls)
         return t
 
     @classmethod

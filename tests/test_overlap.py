@@ -16,11 +16,12 @@ from parrbm.harness.runner import ParallelRunner
 from parrbm.harness.threads import run_threads
 from parrbm.partition import Partition
 from parrbm.strategies import StrategyOptions
+from parrbm.strategies import phases as P
 from parrbm.strategies.base import exact_chunks
 from support import mpi_param
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
-OVERLAPPING = ["unit-partitioned", "purple-only", "green-only"]
+OVERLAPPING = ["unit-partitioned", "purple-only", "green-only", "per-update-sync", "parameter-averaging"]
 
 # What the steps branch on: dtype, units, statistics, CD-k, persistent chains, momentum.
 CONFIGS = [
@@ -77,7 +78,8 @@ def assert_identical(ref, ref_errors, got, got_errors, what):
 @pytest.mark.parametrize("config", range(len(CONFIGS)))
 def test_chunked_steps_are_lockstep_bit_for_bit_on_threads(strategy, config):
     spec, X = problem(config)
-    for K, partition in [(2, "contiguous"), (3, "random")]:
+    # per-update-sync sends each chunk from one block of its rows: contiguous partitions only
+    for K, partition in [(2, "contiguous"), (3, "contiguous" if strategy == "per-update-sync" else "random")]:
         ref, ref_errors = fit(strategy, K, spec, X, partition=partition)
         for chunks in (2, 3, 5):
             got, got_errors = fit(strategy, K, spec, X, partition=partition, overlap_chunks=chunks)
@@ -94,7 +96,7 @@ def test_chunked_steps_are_lockstep_bit_for_bit_on_processes(strategy, transport
         assert_identical(ref, ref_errors, got, got_errors, f"{strategy} config {config} on {transport}")
 
 
-@pytest.mark.parametrize("strategy", OVERLAPPING)
+@pytest.mark.parametrize("strategy", ["unit-partitioned", "purple-only", "green-only"])
 def test_chunked_bytes_equal_the_closed_form_and_calls_count_the_chunks(strategy):
     """Chunks are cut at multiples of 8 cases, so bit-packed chunks add up to the block's
     bytes, 7 x 23 and 3 x 29 bits included (messages not a whole byte)."""
@@ -110,6 +112,35 @@ def test_chunked_bytes_equal_the_closed_form_and_calls_count_the_chunks(strategy
         assert calls == 3
         # the full minibatches' calls (the short ones are cut afresh): per worker
         assert stats["by_phase"][phase]["calls"] >= 3 * 3 * 2 * 3, phase
+
+
+def test_chunked_weight_sync_and_gradient_bytes_equal_the_closed_form():
+    """Per-update sync's rows go in chunks, parameter averaging's gradient in blocks of W's
+    rows: the bytes of every sync and step are the closed form's (the blocks' shares of the
+    whole buffer's allreduce add up to it, K = 3 included), the calls count the chunks."""
+    spec, X = problem(0, m=48)
+    model = cost.Model(spec.n_visible, spec.n_hidden)
+    opts = StrategyOptions(overlap_chunks=3)
+    pus, _ = fit("per-update-sync", 3, spec, X, overlap_chunks=3)
+    want = cost.sync_traffic("per-update-sync", model, 3, options=opts)
+    stats = pus.comm_stats()
+    assert stats["bytes_per_sync"] == want.total == cost.sync_traffic("per-update-sync", model, 3).total
+    assert want.calls[P.WEIGHT_SYNC] == 3
+    assert stats["by_phase"][P.WEIGHT_SYNC]["calls"] == 3 * pus.workers[0].syncs * 3  # chunks x syncs x workers
+    assert len(pus.workers[0].sync_plan(96)) == 3
+    pa, _ = fit("parameter-averaging", 3, spec, X, overlap_chunks=3)
+    want = cost.step_traffic("parameter-averaging", model, 48, 3, options=opts)
+    assert pa.step_bytes[0] == want.total == cost.step_traffic("parameter-averaging", model, 48, 3).total
+    assert want.calls[P.GRADIENT] == 6
+    assert [(r.start, r.stop) for r in pa.workers[0].gradient_blocks(48)] == [(0, 10), (10, 20), (20, 29)]
+
+
+def test_block_parts_split_a_block_as_the_whole_buffer_is_split():
+    whole = Partition.contiguous(10, 3)            # 0-4, 4-7, 7-10
+    parts = Comm.block_parts(10, 3, 8, 3)          # elements 3..8
+    assert [(p.start, p.stop) for p in parts.parts] == [(0, 1), (1, 4), (4, 5)]
+    assert sum(parts.sizes()) == 5 and whole.sizes() == [4, 3, 3]
+    assert [(p.start, p.stop) for p in Comm.block_parts(10, 0, 3, 3).parts] == [(0, 3), (3, 3), (3, 3)]
 
 
 def test_exact_chunks_fall_back_to_coarser_cuts_and_keep_products_exact():
@@ -148,13 +179,24 @@ def test_overlap_chunks_must_be_a_positive_integer(value):
         ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, options=StrategyOptions(overlap_chunks=value))
 
 
-def test_overlap_chunks_on_a_strategy_that_does_not_overlap_is_refused():
+@pytest.mark.parametrize("strategy, options, why", [
+    ("parameter-averaging", {"reduce": "master"}, "reduce='allreduce'"),
+    ("parameter-averaging", {"average": "weights"}, "average='gradients'"),
+    ("per-update-sync", {"partition": "random"}, "partition='contiguous'"),
+])
+def test_overlap_chunks_where_a_strategy_cannot_overlap_are_refused(strategy, options, why):
     from parrbm import RBM
 
     X = (np.random.default_rng(0).random((32, 8)) < 0.5).astype(np.float32)
-    with pytest.raises(ValueError, match="overlap_chunks"):
-        RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="parameter-averaging", workers=2, progress=False,
-            strategy_options={"overlap_chunks": 2}).fit(X)
+    with pytest.raises(ValueError, match=f"'overlap_chunks' > 1 .*{why}"):
+        RBM(n_hidden=6, batch_size=16, n_iter=1, strategy=strategy, workers=2, progress=False,
+            strategy_options={"overlap_chunks": 2, **options}).fit(X)
+
+
+def test_overlap_chunks_give_lockstep_results_through_the_estimator():
+    from parrbm import RBM
+
+    X = (np.random.default_rng(0).random((32, 8)) < 0.5).astype(np.float32)
     rbm = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
               random_state=0, strategy_options={"overlap_chunks": 2}).fit(X)
     ref = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
