@@ -89,12 +89,6 @@ def all_cores_label(rec: dict) -> str:
     return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
 
 
-def overlapped(rec: dict) -> bool:
-    """A run whose exchanges were chunked and overlapped: the time model prices lockstep
-    steps, so it is not priced (nor held to the model)."""
-    return (rec.get("overlap_chunks") or 1) > 1
-
-
 def predict_record(rec: dict, profile: Profile) -> Prediction:
     """The model's step for a recorded run, on the machine it ran on (the workers share
     its cores), over the emulated link it ran on if any."""
@@ -110,7 +104,8 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
                    momentum=bool(tr.get("momentum", 0.0)),
                    binary_data=data_kind == "random-binary",
                    reduce=opts.get("reduce", "allreduce"), average=opts.get("average", "gradients"),
-                   average_every=opts.get("average_every", 1), cores=cores)
+                   average_every=opts.get("average_every", 1), cores=cores,
+                   overlap_chunks=int(rec.get("overlap_chunks") or 1))
 
 
 def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
@@ -122,7 +117,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     for r in records:
         # the model prices one BLAS thread a worker: a multi-threaded serial baseline is
         # a yardstick, not a prediction to check
-        if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r) or overlapped(r):
+        if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r):
             continue
         try:
             p = predict_record(r, profile)
@@ -134,7 +129,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
                                     reduce=(r.get("options") or {}).get("reduce", "allreduce"),
                                     average=(r.get("options") or {}).get("average", "gradients")).total
         rows.append({
-            "strategy": r["strategy"], "workers": r["workers"],
+            "strategy": r["strategy"], "workers": r["workers"], "overlap_chunks": int(r.get("overlap_chunks") or 1),
             # on emulated hosts each link is a transport of its own (tcp@105MB/s)
             "transport": r.get("transport") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
             if r.get("transport") else None,
@@ -164,6 +159,8 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
         if r["strategy"] == "serial" or not r["meaningful"]:
             continue
         key = (r["visible_type"], r["precision"], r["batch_size"], r["workers"], r["transport"])
+        if r.get("overlap_chunks", 1) > 1:  # the strategies are ranked as they ran: lockstep with lockstep
+            key = key + (r["overlap_chunks"],)
         groups.setdefault(key, []).append(r)
     out = []
     for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):

@@ -10,8 +10,15 @@ strategy's kernels run in its own sequence than one by one (its efficiency), and
 per-step overhead of its driver. The phases and their bytes are the closed form of
 :mod:`parrbm.analysis.cost`; each phase is priced by the link of its collective, from a
 ping-pong on a transport of this machine or from given figures (the paper's network:
-105 MB/s, 0.091 ms). None of the strategies overlaps communication with computation,
-so the two add up.
+105 MB/s, 0.091 ms). In lockstep the two add up. With ``overlap_chunks`` = N > 1 a
+strategy's declared overlapped compute C (:meth:`Worker.overlap_work`: the products and
+units it runs chunk by chunk) and its overlapped phases' transfer time T are pipelined in
+N stages, a two-stage pipeline of N items:
+
+    max(C, T) + min(C, T) / N  =  C + T - min(C, T) (1 - 1/N)
+
+and C is priced with its products cut into N along their first dimension (smaller GEMMs
+run at a lower rate: what chunking itself costs).
 
 A step's time here is the typical step: weight syncs that happen every step
 (per-update-sync) are in it, rarer ones are reported apart (``sync_seconds``) and
@@ -236,6 +243,8 @@ class Prediction:
     wait_seconds: float = 0.0        # waiting for each other on a shared machine (in step_seconds)
     speedup: float | None = None     # vs the serial trainer, mean step times
     efficiency: float | None = None
+    hidden_seconds: float = 0.0      # transfer time overlapped with compute (in step_seconds)
+    overlap_chunks: int = 1
 
 
 def efficiency_key(strategy: str, visible: str, precision: str = "float32") -> str:
@@ -281,6 +290,11 @@ def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, tr
 
 def _cpu_comm(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile,
               transport: str, strategy=None) -> float:
+    return sum(_cpu_phases(phases, traffic, model, K, profile, transport, strategy).values())
+
+
+def _cpu_phases(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile,
+                transport: str, strategy=None) -> dict[str, float]:
     """The part of the phases' time that the workers' cores spend (copies, packing, the
     stack): on an emulated link (``tcp@105MB/s``), what the same transfers take on the
     hosts' unshaped links (or the transport's loopback), at most the link's time; the
@@ -289,20 +303,23 @@ def _cpu_comm(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model
     if f"{base}@unshaped" in profile.links:
         base = f"{base}@unshaped"  # the emulated hosts' own links: veth and bridge included
     if base == transport or base not in profile.links:
-        return sum(phases.values())
+        return dict(phases)
     own = _comm(traffic, model, K, profile, base, strategy)
-    return sum(min(t, own[ph]) for ph, t in phases.items())
+    return {ph: min(t, own[ph]) for ph, t in phases.items()}
 
 
 def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, *,
             transport: str = "threads", sync_every: int = 1, momentum: bool = False,
             binary_data: bool = True, reduce: str = "allreduce", average: str = "gradients",
-            average_every: int = 1, cores: int | None = None) -> Prediction:
+            average_every: int = 1, cores: int | None = None, overlap_chunks: int = 1) -> Prediction:
     """Predicted times of one step (ValueError for a K the strategy cannot run, by the
     trainer's rules). ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
     the profile's co-scheduling factor (measured at K = cores) stretches their step, and
-    their compute slows by K / cores when they outnumber the cores."""
+    their compute slows by K / cores when they outnumber the cores. ``overlap_chunks``:
+    the step's exchanges chunked and overlapped (see the module's notes)."""
+    from parrbm.strategies.base import StrategyOptions
+    from parrbm.strategies.registry import resolve
     from parrbm.strategies.rules import check_split
 
     check_split(strategy, n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=m, workers=K)
@@ -317,32 +334,67 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores
-    phases, busy = {}, compute
+    options = StrategyOptions(reduce=reduce, average=average, average_every=average_every,
+                              sync_every=sync_every, overlap_chunks=overlap_chunks)
+    phases, busy, cpu = {}, compute, {}
     if strategy != "serial" and K > 1:
-        traffic = cost.step_traffic(strategy, model, m, K, reduce=reduce, average=average)
+        traffic = cost.step_traffic(strategy, model, m, K, options=options)
         phases = _comm(traffic, model, K, profile, transport, strategy)
-        busy += _cpu_comm(phases, traffic, model, K, profile, transport, strategy)
+        cpu = _cpu_phases(phases, traffic, model, K, profile, transport, strategy)
+        busy += sum(cpu.values())
     comm = sum(phases.values())
-    sync = 0.0
+    sync, sync_phases = 0.0, {}
     per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average,
                                    average_every=average_every)
     if per_step and K > 1:
-        st = cost.sync_traffic(strategy, model, K, reduce=reduce, average=average)
+        st = cost.sync_traffic(strategy, model, K, options=options)
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
                                            model.precision, "") for r in ranks) * slowdown
         sync_compute = sync
         sync_phases = _comm(st, model, K, profile, transport, strategy)
         sync += sum(sync_phases.values())
         if per_step >= 1:
-            busy += sync_compute + _cpu_comm(sync_phases, st, model, K, profile, transport, strategy)
-    work = compute + comm + (sync if per_step >= 1 else 0.0)
+            sync_cpu = _cpu_phases(sync_phases, st, model, K, profile, transport, strategy)
+            busy += sync_compute + sum(sync_cpu.values())
+            cpu.update(sync_cpu)
+    hidden = 0.0
+    if overlap_chunks > 1 and strategy != "serial" and K > 1:
+        # workers whose cores are all busy computing cannot hide what the cores spend on a
+        # transfer (copies, the stack), only the wire's time; a machine each can hide both
+        on_wire = {p: t - (cpu.get(p, 0.0) if shared and K >= cores else 0.0)
+                   for p, t in {**phases, **(sync_phases if per_step >= 1 else {})}.items()}
+        chunk_cost, hidden = _overlap(resolve(strategy), model, m, K, ranks, options, profile, strategy, on_wire,
+                                      momentum=momentum, binary_data=binary_data, slowdown=slowdown)
+        compute += chunk_cost
+    work = compute + comm + (sync if per_step >= 1 else 0.0) - hidden
     # workers sharing one machine's cores wait for each other beyond their kernels and
     # transfers; not beyond an emulated wire's time, which no core spends
     wait = busy * (profile.sharing(transport, min(K, cores), working_set(model, K)) - 1.0) if shared else 0.0
     step = work + wait
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,
-                      phases, wait_seconds=wait)
+                      phases, wait_seconds=wait, hidden_seconds=hidden, overlap_chunks=overlap_chunks)
+
+
+def _overlap(cls, model: cost.Model, m: int, K: int, ranks, options, profile: Profile, strategy: str,
+             phases: dict[str, float], *, momentum: bool, binary_data: bool,
+             slowdown: float = 1.0) -> tuple[float, float]:
+    """(what cutting the overlapped products into chunks adds to the compute, the transfer
+    time the pipeline hides) of the slowest worker: see the module's notes."""
+    N = options.overlap_chunks
+    chunk_cost = hidden = 0.0
+    for r in ranks:
+        work, names = cls.overlap_work(model, m, K, r, options, momentum=momentum,
+                                       binary_data=binary_data and model.visible == "binary")
+        if not names:
+            continue
+        eff = profile.step_efficiency(work, strategy, model.visible, model.precision) * slowdown
+        whole = profile.kernel_seconds(work, model.precision) * eff
+        cut = profile.kernel_seconds(work.chunked(N), model.precision) * eff
+        transfer = sum(t for p, t in phases.items() if p in names)
+        chunk_cost = max(chunk_cost, cut - whole)
+        hidden = max(hidden, min(cut, transfer) * (1.0 - 1.0 / N))
+    return chunk_cost, hidden
 
 
 def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profile, **kw) -> list[Prediction]:
@@ -363,13 +415,28 @@ def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profi
     return out
 
 
-def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None, **kw) -> list[dict]:
+#: the chunk counts :func:`advise` weighs for a strategy that overlaps
+CHUNK_CHOICES = (1, 2, 4, 8)
+
+
+def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None,
+           chunk_choices=CHUNK_CHOICES, **kw) -> list[dict]:
     """For each K, the strategy with the shortest predicted step and its margin over the
-    runner-up (how much slower the runner-up is, in percent)."""
-    from parrbm.strategies.registry import names
+    runner-up (how much slower the runner-up is, in percent). A strategy that overlaps
+    (reads ``overlap_chunks``) runs with the best of ``chunk_choices``, given in each row's
+    ``overlap_chunks`` and ``ranking``."""
+    from parrbm.strategies.registry import names, resolve
 
     asked = list(strategies or names())
-    preds = predict_curve([s for s in asked if s != "serial"], model, m, workers, profile, **kw)
+    parallel = [s for s in asked if s != "serial"]
+    fastest: dict = {}
+    for N in chunk_choices:
+        chunked = parallel if N == 1 else [s for s in parallel if "overlap_chunks" in resolve(s).options_used]
+        for p in predict_curve(chunked, model, m, workers, profile, overlap_chunks=N, **kw):
+            key = (p.strategy, p.workers)
+            if key not in fastest or p.mean_step_seconds < fastest[key].mean_step_seconds:
+                fastest[key] = p
+    preds = list(fastest.values())
     if 1 in workers and "serial" in asked:  # one worker: the serial trainer competes too
         preds += predict_curve(["serial"], model, m, [1], profile, **kw)
     rows = []
@@ -379,11 +446,12 @@ def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=N
             continue
         best = ranked[0]
         second = ranked[1] if len(ranked) > 1 else None
-        rows.append({"workers": K, "best": best.strategy, "step_seconds": best.mean_step_seconds,
+        rows.append({"workers": K, "best": best.strategy, "overlap_chunks": best.overlap_chunks,
+                     "step_seconds": best.mean_step_seconds,
                      "speedup": best.speedup, "efficiency": best.efficiency,
                      "runner_up": second.strategy if second else None,
                      "margin_percent": (100.0 * (second.mean_step_seconds / best.mean_step_seconds - 1)
                                         if second else None),
-                     "ranking": [(p.strategy, p.mean_step_seconds) for p in ranked]})
+                     "ranking": [(p.strategy, p.mean_step_seconds, p.overlap_chunks) for p in ranked]})
     return rows
 

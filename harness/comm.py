@@ -450,9 +450,8 @@ class Comm:
                         parts: Partition | None = None) -> "_Both | _Done":
         """:meth:`allreduce` in flight: its two collectives, one after the other on the
         progress thread; the returned handle completes both. ``parts``: which worker sums
-        which elements (default: K near-equal contiguous chunks); a block of a larger
-        array reduced block by block passes its share of the whole array's chunks, so
-        that every worker sends, over the blocks, what the whole array's allreduce sends."""
+        which elements (default: K near-equal contiguous chunks, so that every link carries
+        a share both ways at once)."""
         flat = array.reshape(1, -1)
         chunks = parts if parts is not None else Partition.contiguous(flat.shape[1], self.size)
         if now:
@@ -463,15 +462,6 @@ class Comm:
         mine = np.empty((1, chunks.size(self.rank)), array.dtype)
         first = self._start(phase, self._reduce_scatter(flat, mine, chunks))
         return _Both(first, self._start(phase, self._allgather(mine, flat, chunks)))
-
-    @staticmethod
-    def block_parts(total: int, start: int, stop: int, size: int) -> Partition:
-        """The elements [start, stop) of a ``total``-element array, split over ``size``
-        workers as the whole array's allreduce splits them (each worker's share of its
-        contiguous chunk; some shares may be empty)."""
-        cuts = Partition.cuts(total, size)
-        return Partition(stop - start, [slice(min(max(cuts[k], start), stop) - start,
-                                              min(max(cuts[k + 1], start), stop) - start) for k in range(size)])
 
     def gather(self, array: np.ndarray, *, root: int = 0, phase: str) -> list[np.ndarray] | None:
         """Root receives every worker's array, flattened, in rank order (sizes may differ

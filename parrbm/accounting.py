@@ -162,6 +162,21 @@ class Work:
     def flops(self) -> int:
         return sum(2 * M * N * d for M, N, d in self.gemms)
 
+    def absorb(self, other: "Work") -> None:
+        """Add ``other``'s kernels to these."""
+        self.gemms.extend(other.gemms)
+        self.counts.update(other.counts)
+        self.bitstat_words.update(other.bitstat_words)
+
+    def chunked(self, chunks: int) -> "Work":
+        """The same kernels with every product cut into ``chunks`` along its first
+        dimension (a step's cases, or a weight block's rows): what overlapping costs."""
+        w = Work(counts=Counter(self.counts), bitstat_words=Counter(self.bitstat_words))
+        for M, N, depth in self.gemms:
+            for size in Partition.cuts_sizes(M, min(chunks, M)):
+                w.gemm(size, N, depth)
+        return w
+
 
 def hidden_work(w: Work, model: Model, rows: int, hk: int, H: int, exchanged: bool = True) -> None:
     """Sample this worker's hidden block; with probability statistics every worker then

@@ -441,6 +441,16 @@ class Worker:
     def sync_work(cls, model, K: int, rank: int, options: "StrategyOptions"):
         return Work()
 
+    @classmethod
+    def overlap_work(cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool,
+                     binary_data: bool) -> tuple:
+        """(:class:`Work`, phases): with ``overlap_chunks`` > 1, the part of worker
+        ``rank``'s step (or of its every-step sync) computed chunk by chunk while the
+        listed phases' chunks are on the wire. The time model pipelines the two and
+        prices the products cut into chunks. Lockstep, or a strategy that does not
+        overlap: nothing."""
+        return Work(), ()
+
     # ---- the interface the runner uses ------------------------------------------------------
 
     def step(self, X: np.ndarray, step: int) -> float:  # pragma: no cover - abstract

@@ -166,22 +166,37 @@ class GreenOnly(Worker):
         return t
 
     @classmethod
+    def _negative_work(cls, model: Model, m: int, K: int, rank: int) -> Work:
+        """The negative phase's products and units: what runs chunk by chunk."""
+        V, H, c = model.n_visible, model.n_hidden, m
+        vk, hk = model.block(K, rank)
+        w = Work()
+        for _ in range(model.cd_k):
+            w.gemm(c, V, hk)
+            w.add(model.visible_kind, c * vk)
+            w.gemm(c, hk, V)
+            hidden_work(w, model, c, hk, H, exchanged=False)
+            w.add("copy", c * hk if model.hidden_bits else 0)
+        return w
+
+    @classmethod
+    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+        if options.overlap_chunks == 1:
+            return Work(), ()
+        return cls._negative_work(model, m, K, rank), (P.VISIBLE_INPUT, P.VISIBLE)
+
+    @classmethod
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
         V, H, c = model.n_visible, model.n_hidden, m
         vk, hk = model.block(K, rank)
-        vis_kind = model.visible_kind
         w = Work()
         w.add("copy", m * V)
         w.gemm(m, hk, V)
         hidden_work(w, model, m, hk, H, exchanged=False)
         w.add("copy", m * hk if model.hidden_bits else 0)   # activities = states
-        for _ in range(model.cd_k):
-            w.gemm(c, V, hk)
-            w.add(vis_kind, c * vk)
-            w.gemm(c, hk, V)
-            hidden_work(w, model, c, hk, H, exchanged=False)
-            w.add("copy", c * hk if model.hidden_bits else 0)
+        w.absorb(cls._negative_work(model, m, K, rank))
         w.add("copy", (m + c) * vk)
         statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
         return w

@@ -90,7 +90,7 @@ class ParameterAveraging(Worker):
 
         self.steps_done += 1
         if self.options.average == "gradients" and self.K > 1:
-            blocks = self.gradient_blocks(mb)
+            blocks = self.gradient_blocks(self.spec.n_visible, self.options)
             if blocks is None:
                 self.sum_gradients(left, right, n, neg_scale)
                 self.apply_summed_gradient(mb)
@@ -118,41 +118,47 @@ class ParameterAveraging(Worker):
         self.grad[V * H + V:] = right.sum(0)
         self.reduce(self.grad, phase=P.GRADIENT)
 
-    def gradient_blocks(self, mb: int) -> list[slice] | None:
+    @staticmethod
+    def gradient_blocks(n_visible: int, options) -> list[slice] | None:
         """The blocks of W's rows whose gradients are summed one at a time
-        (``overlap_chunks``), the last one with the bias gradients; None in lockstep, with
-        the master reduce (a gather has no start), and where the BLAS would round a block of
-        rows otherwise than the whole gradient (:func:`exact_row_blocks`) on any worker."""
-        if self.lockstep or self.options.reduce != "allreduce":
+        (``overlap_chunks``), the last one with the bias gradients; None in lockstep and
+        with the master reduce (a gather has no start)."""
+        if options.overlap_chunks == 1 or options.reduce != "allreduce":
             return None
+        cuts = Partition.cuts(n_visible, min(options.overlap_chunks, n_visible))
+        return [slice(a, b) for a, b in zip(cuts, cuts[1:])]
+
+    def blocks_exact(self, mb: int, blocks: list[slice]) -> bool:
+        """Whether the BLAS gives every worker's gradient, a block of rows at a time, the
+        bits of the whole product (:func:`exact_row_blocks`); if not, the gradient is
+        computed whole and only its sums and updates go block by block."""
         key = (mb, _core.get_blas_threads())
         if key not in self._blocks:
             V, H = self.spec.n_visible, self.spec.n_hidden
-            cuts = Partition.cuts(V, min(self.options.overlap_chunks, V))
-            blocks = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
             cases = Partition.contiguous(mb, self.K)
             chains = Partition.contiguous(self.spec.batch_size, self.K) if self.spec.persistent else cases
             depths = {cases.size(k) + chains.size(k) for k in range(self.K)}
-            exact = all(exact_row_blocks(d, V, [(H, blocks)], self.dtype) for d in sorted(depths))
-            self._blocks[key] = blocks if exact and len(blocks) > 1 else None
+            self._blocks[key] = all(exact_row_blocks(d, V, [(H, blocks)], self.dtype) for d in sorted(depths))
         return self._blocks[key]
 
     def sum_and_apply_in_blocks(self, blocks: list[slice], left, right, n: int, neg_scale: float, mb: int) -> None:
         """:meth:`sum_gradients` and :meth:`apply_summed_gradient`, one block of W's rows at
         a time: block i's allreduce is in flight while block i + 1's gradient is computed,
-        and the blocks already summed are applied while the last ones are on the wire. Each
-        element is summed by the worker that sums it in the whole buffer's allreduce, in
-        rank order: the bits and the bytes are lockstep's."""
+        and the blocks already summed are applied while the last ones are on the wire.
+        Every element is summed in rank order, as in lockstep: the bits are lockstep's."""
         V, H = self.spec.n_visible, self.spec.n_hidden
         gW = self.grad[: V * H].reshape(V, H)
         self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
         self.grad[V * H + V:] = right.sum(0)
+        by_block = self.blocks_exact(mb, blocks)
+        if not by_block:
+            self.statistics_gradient(left, right, gW)
         total, flight = self.grad.size, []
         for i, rows in enumerate(blocks):
-            self.statistics_gradient(left[:, rows], right, gW[rows])
+            if by_block:
+                self.statistics_gradient(left[:, rows], right, gW[rows])
             start, stop = rows.start * H, (rows.stop * H if i < len(blocks) - 1 else total)
-            flight.append(self.comm.start_allreduce(self.grad[start:stop], phase=P.GRADIENT,
-                                                    parts=self.comm.block_parts(total, start, stop, self.K)))
+            flight.append(self.comm.start_allreduce(self.grad[start:stop], phase=P.GRADIENT))
         spec = self.spec
         alpha = spec.learning_rate / mb
         for rows, handle in zip(blocks, flight):
@@ -258,15 +264,26 @@ class ParameterAveraging(Worker):
     @classmethod
     def _exchange(cls, model: Model, K: int, options) -> list[int]:
         n = model.n_visible * model.n_hidden + model.n_visible + model.n_hidden
-        return allreduce(n, K, model.pb) if options.reduce == "allreduce" else master_reduce(n, K, model.pb)
+        if options.reduce != "allreduce":
+            return master_reduce(n, K, model.pb)
+        blocks = cls.gradient_blocks(model.n_visible, options)
+        if blocks is None or options.average != "gradients":
+            return allreduce(n, K, model.pb)
+        # each block of W's rows (the last with the biases) is an allreduce of its own
+        H, per = model.n_hidden, [0] * K
+        sizes = [(b.stop - b.start) * H for b in blocks]
+        sizes[-1] += model.n_visible + H
+        for size in sizes:
+            per = [a + b for a, b in zip(per, allreduce(size, K, model.pb))]
+        return per
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
         t = Traffic(K)
         if options.average == "gradients" and K > 1:  # K = 1: the serial algorithm, no collective
             # in blocks: each worker's share of every block's allreduce adds up to the whole's
-            blocks = 1 if options.reduce != "allreduce" else min(options.overlap_chunks, model.n_visible)
-            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2 * blocks)
+            blocks = cls.gradient_blocks(model.n_visible, options)
+            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2 * len(blocks or [None]))
         return t
 
     @classmethod
@@ -304,6 +321,20 @@ class ParameterAveraging(Worker):
         else:
             statistics_work(w, model, V, H, n, n, momentum=momentum, binary_data=binary_data)
         return w
+
+    @classmethod
+    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+        """The gradient of W and its update, a block of rows at a time, while the blocks'
+        allreduces go."""
+        if options.overlap_chunks == 1 or options.average != "gradients" or options.reduce != "allreduce" or K == 1:
+            return Work(), ()
+        V, H = model.n_visible, model.n_hidden
+        n = Partition.part_size(m, K, rank)
+        w = Work()
+        w.gemm(V, H, 2 * n)
+        w.add("update", V * H)
+        return w, (P.GRADIENT,)
 
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:

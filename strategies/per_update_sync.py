@@ -49,7 +49,8 @@ class PerUpdateSync(Worker):
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
-        self._sync_plans: dict = {}
+        self._sync_plan = None
+        self._rows_exact: dict = {}
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -100,7 +101,7 @@ class PerUpdateSync(Worker):
         vis_k = self.vis.take(left, k)
         self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
-        plan = self.sync_plan(mb + c)
+        plan = self.sync_plan()
         if plan is None:
             self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale)
             # 5. Green -> purple after every minibatch.
@@ -109,13 +110,17 @@ class PerUpdateSync(Worker):
 
         # 4-5 overlapped: the rows of green the peers need are updated first, chunk by
         # chunk, each chunk's sync in flight while the next is updated; this worker's own
-        # rows last, while the last chunk is on the wire.
+        # rows last, while the last chunk is on the wire. (Where the BLAS would round a
+        # block of rows otherwise, green is updated whole first: the same chunks go.)
         packed = self.pack_statistics(left, right_k, mb) if self.visible_as_bits else None
+        by_rows = self.rows_exact(mb + c, plan)
+        if not by_rows:
+            self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, packed=packed)
         self.syncs += 1
         flight = []
         for sends, received in plan:
             for rows in sends:
-                if rows is not None:
+                if rows is not None and by_rows:
                     self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=rows,
                                           packed=packed)
             flight.append(self.comm.start_alltoall(
@@ -123,34 +128,37 @@ class PerUpdateSync(Worker):
                 [None if j == k else self.hid.view(self.purple[received], j) for j in range(self.K)],
                 phase=P.WEIGHT_SYNC))
         own_rows = self.vis.parts[k]
-        self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=own_rows,
-                              packed=packed)
+        if by_rows:
+            self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=own_rows,
+                                  packed=packed)
         self.hid.view(self.purple, k)[...] = self.green[own_rows]
         for handle in flight:
             handle.wait()
         return err
 
-    def sync_plan(self, depth: int) -> list[tuple[list[slice | None], slice]] | None:
-        """The overlapped sync of a step whose statistics have ``depth`` rows: for each of
-        its chunks, the rows of green sent to each worker (None: this worker) and the rows
-        of purple received (the same chunk of every peer's block, so that every worker
-        starts as many alltoalls). None in lockstep, and where the BLAS would round a block
-        of rows otherwise than the whole product (:func:`exact_row_blocks`): lockstep then."""
+    def sync_plan(self) -> list[tuple[list[slice | None], slice]] | None:
+        """The overlapped sync: for each of its chunks, the rows of green sent to each
+        worker (None: this worker) and the rows of purple received (the same chunk of every
+        peer's block, so that every worker starts as many alltoalls). None in lockstep."""
         if self.lockstep:
             return None
+        if self._sync_plan is None:
+            self._sync_plan = self._sync_chunks(self.rank, min(self.options.overlap_chunks, min(self.vis.sizes())))
+        return self._sync_plan
+
+    def rows_exact(self, depth: int, plan) -> bool:
+        """Whether the BLAS gives every worker's update of green, a block of rows at a time
+        in its plan's order, the bits of the whole product (:func:`exact_row_blocks`)."""
         key = (depth, _core.get_blas_threads())
-        if key not in self._sync_plans:
-            self._sync_plans[key] = None
-            V = self.spec.n_visible
-            chunks = min(self.options.overlap_chunks, min(self.vis.sizes()))
-            for n in dict.fromkeys((chunks, 1)):
-                plans = [self._sync_chunks(k, n) for k in range(self.K)]
-                order = [(self.hid.size(k), [rows for sends, _ in plan for rows in sends if rows is not None]
-                          + [self.vis.parts[k]]) for k, plan in enumerate(plans)]
-                if exact_row_blocks(depth, V, order, self.dtype):
-                    self._sync_plans[key] = plans[self.rank]
-                    break
-        return self._sync_plans[key]
+        if key not in self._rows_exact:
+            n = len(plan)
+            order = []
+            for k in range(self.K):
+                chunks = self._sync_chunks(k, n)
+                order.append((self.hid.size(k), [rows for sends, _ in chunks for rows in sends if rows is not None]
+                              + [self.vis.parts[k]]))
+            self._rows_exact[key] = exact_row_blocks(depth, self.spec.n_visible, order, self.dtype)
+        return self._rows_exact[key]
 
     def _sync_chunks(self, k: int, n: int) -> list[tuple[list[slice | None], slice]]:
         """Worker k's sync in n chunks: chunk i of every visible block V_j (near-equal cuts)."""
@@ -256,6 +264,17 @@ class PerUpdateSync(Worker):
         w.add("copy", c * hk + (m + c) * vk)
         statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
         return w
+
+    @classmethod
+    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+        """The update of green, the rows peers need first, while the sync's chunks go."""
+        if options.overlap_chunks == 1 or options.shared_weights:
+            return Work(), ()
+        w = Work()
+        statistics_work(w, model, model.n_visible, model.block(K, rank)[1], m, m, momentum=momentum,
+                        binary_data=binary_data)
+        return w, (P.WEIGHT_SYNC,)
 
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:

@@ -130,21 +130,35 @@ class PurpleOnly(Worker):
         return t
 
     @classmethod
+    def _exchange_work(cls, model: Model, m: int, K: int, rank: int) -> Work:
+        """The products and units of the hidden and visible phases: what runs chunk by chunk."""
+        H, c = model.n_hidden, m
+        vk, hk = model.block(K, rank)
+        w = Work()
+        w.gemm(m, H, vk)
+        hidden_work(w, model, m, hk, H)
+        for _ in range(model.cd_k):
+            w.gemm(c, vk, H)
+            w.add(model.visible_kind, c * vk)
+            w.gemm(c, H, vk)
+            hidden_work(w, model, c, hk, H)
+        return w
+
+    @classmethod
+    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+        if options.overlap_chunks == 1:
+            return Work(), ()
+        return cls._exchange_work(model, m, K, rank), tuple(cls.step_traffic(model, m, K, options, chains=m).phases)
+
+    @classmethod
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                   binary_data: bool) -> Work:
         H, c = model.n_hidden, m
         vk, hk = model.block(K, rank)
-        vis_kind = model.visible_kind
-        w = Work()
+        w = cls._exchange_work(model, m, K, rank)
         w.add("copy", m * vk)                         # left_k[:m] = x_k
-        w.gemm(m, H, vk)
-        hidden_work(w, model, m, hk, H)
         w.add("copy", m * H)
-        for _ in range(model.cd_k):
-            w.gemm(c, vk, H)
-            w.add(vis_kind, c * vk)
-            w.gemm(c, H, vk)
-            hidden_work(w, model, c, hk, H)
         w.add("copy", c * H + (m + c) * hk)
         statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)
         return w

@@ -174,21 +174,35 @@ class UnitPartitioned(Worker):
                   binary_data: bool) -> Work:
         V, H, c = model.n_visible, model.n_hidden, m
         vk, hk = model.block(K, rank)
-        vis_kind = model.visible_kind
-        w = Work()
+        w = cls._exchange_work(model, m, K, rank)
         w.add("copy", m * V + m * vk)                 # left[:m] = x, x_k
-        w.gemm(m, hk, V)
-        hidden_work(w, model, m, hk, H)
         w.add("copy", m * H)                          # right[:m] = h
-        for _ in range(model.cd_k):
-            w.gemm(c, vk, H)
-            w.add(vis_kind, c * vk)
-            w.gemm(c, hk, V)
-            hidden_work(w, model, c, hk, H)
         w.add("copy", c * H + (m + c) * (hk + vk))   # right[m:] = -h'; the k-th blocks
         statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
         statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)
         return w
+
+    @classmethod
+    def _exchange_work(cls, model: Model, m: int, K: int, rank: int) -> Work:
+        """The products and units of the hidden and visible phases: what runs chunk by chunk."""
+        V, H, c = model.n_visible, model.n_hidden, m
+        vk, hk = model.block(K, rank)
+        w = Work()
+        w.gemm(m, hk, V)
+        hidden_work(w, model, m, hk, H)
+        for _ in range(model.cd_k):
+            w.gemm(c, vk, H)
+            w.add(model.visible_kind, c * vk)
+            w.gemm(c, hk, V)
+            hidden_work(w, model, c, hk, H)
+        return w
+
+    @classmethod
+    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
+                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+        if options.overlap_chunks == 1:
+            return Work(), ()
+        return cls._exchange_work(model, m, K, rank), (P.HIDDEN, P.VISIBLE, P.NEGATIVE_HIDDEN)
 
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:

@@ -400,13 +400,13 @@ def test_slower_network_favours_fewer_bytes():
     assert slow["best"] == min(traffic, key=traffic.get)
     assert fast["best"] != "parameter-averaging"
     assert slow["margin_percent"] > 0
-    assert [s for s, _ in slow["ranking"]][0] == slow["best"]
+    assert [s for s, *_ in slow["ranking"]][0] == slow["best"]
 
 
 def test_advise_at_one_worker_includes_serial():
     rows = advise(cost.Model(100, 100), 10, [1, 2], flat_profile(), transport="net")
-    assert "serial" in [s for s, _ in rows[0]["ranking"]]
-    assert "serial" not in [s for s, _ in rows[1]["ranking"]]
+    assert "serial" in [s for s, *_ in rows[0]["ranking"]]
+    assert "serial" not in [s for s, *_ in rows[1]["ranking"]]
 
 
 @pytest.mark.parametrize("text,value", [("105MB/s", 105e6), ("1.25 GB/s", 1.25e9), ("10Gbit/s", 1.25e9),
@@ -663,3 +663,51 @@ def test_runs_on_slower_hosts_are_priced_at_the_slowest_hosts_speed():
     slow = predict("green-only", model, 100, 2, prof, transport="mpi@hosts")
     assert slow.compute_seconds == pytest.approx(2 * base.compute_seconds)
     assert slow.comm_seconds == pytest.approx(base.comm_seconds)
+
+
+def test_an_overlapped_step_is_priced_as_a_two_stage_pipeline():
+    """Per-update sync, Gaussian 1000 x 2000, m = 100, K = 2, a machine each, flat profile:
+    the update of green (a 1000 x 1000 product of depth 200, 0.4 s) runs while the sync's
+    chunks (500 x 1000 floats, 2 MB at 100 MB/s: 0.02 s, and 0.1 ms a chunk) go, so N
+    chunks hide min(0.4, T) (1 - 1/N) of the lockstep step; at a flat GEMM rate cutting
+    the products costs nothing."""
+    model = cost.Model(1000, 2000, visible="gaussian")
+    prof = flat_profile(element=0.0)
+    lock = predict("per-update-sync", model, 100, 2, prof, transport="net")
+    for N in (2, 4):
+        p = predict("per-update-sync", model, 100, 2, prof, transport="net", overlap_chunks=N)
+        transfer = 2e6 / 1e8 + N * 1e-4
+        assert p.hidden_seconds == pytest.approx(transfer * (1 - 1 / N), rel=1e-12)
+        assert p.step_seconds == pytest.approx(lock.step_seconds + (N - 1) * 1e-4 - transfer * (1 - 1 / N),
+                                               rel=1e-12)
+    # chunking is not free where small products run slower: cut into 8, the rate of the
+    # 125-row products is the table's at 125, the hidden time the same rule's
+    slow_small = Profile(**{**vars(prof), "gemm": {p: [[1, 1e7], [1000, 1e9]] for p in ("float32", "float64")}})
+    whole = predict("per-update-sync", model, 100, 2, slow_small, transport="net")
+    cut = predict("per-update-sync", model, 100, 2, slow_small, transport="net", overlap_chunks=8)
+    assert cut.compute_seconds > whole.compute_seconds
+
+
+def test_lockstep_is_priced_as_before_and_workers_on_busy_cores_hide_only_the_wire():
+    model = cost.Model(1000, 2000)
+    prof = flat_profile()
+    for s in ("unit-partitioned", "green-only", "purple-only", "per-update-sync", "parameter-averaging"):
+        p = predict(s, model, 100, 2, prof, transport="net")
+        assert p.hidden_seconds == 0.0 and p.overlap_chunks == 1
+        # threads: every second of a transfer is a core's, so none of it is hidden
+        threads = Profile(**{**vars(prof), "links": {"threads": prof.links["net"]}})
+        assert predict(s, model, 100, 2, threads, transport="threads", cores=2, overlap_chunks=4).hidden_seconds == 0.0
+        assert predict(s, model, 100, 2, prof, transport="net", overlap_chunks=4).hidden_seconds > 0.0
+
+
+def test_advise_chooses_the_chunk_count():
+    """On a slow link with compute to hide it behind, the advice overlaps and says in how
+    many chunks; lockstep rows say 1."""
+    model = cost.Model(1000, 2000)
+    rows = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
+                  transport="net")
+    assert rows[0]["overlap_chunks"] > 1
+    assert all(len(entry) == 3 for entry in rows[0]["ranking"])
+    lock = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
+                  chunk_choices=(1,), transport="net")
+    assert lock[0]["overlap_chunks"] == 1 and lock[0]["step_seconds"] > rows[0]["step_seconds"]

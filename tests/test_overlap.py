@@ -116,8 +116,8 @@ def test_chunked_bytes_equal_the_closed_form_and_calls_count_the_chunks(strategy
 
 def test_chunked_weight_sync_and_gradient_bytes_equal_the_closed_form():
     """Per-update sync's rows go in chunks, parameter averaging's gradient in blocks of W's
-    rows: the bytes of every sync and step are the closed form's (the blocks' shares of the
-    whole buffer's allreduce add up to it, K = 3 included), the calls count the chunks."""
+    rows: every worker's bytes are the closed form's (in all, lockstep's: a block's
+    allreduce moves what the whole buffer's does, per element), the calls count the chunks."""
     spec, X = problem(0, m=48)
     model = cost.Model(spec.n_visible, spec.n_hidden)
     opts = StrategyOptions(overlap_chunks=3)
@@ -127,20 +127,33 @@ def test_chunked_weight_sync_and_gradient_bytes_equal_the_closed_form():
     assert stats["bytes_per_sync"] == want.total == cost.sync_traffic("per-update-sync", model, 3).total
     assert want.calls[P.WEIGHT_SYNC] == 3
     assert stats["by_phase"][P.WEIGHT_SYNC]["calls"] == 3 * pus.workers[0].syncs * 3  # chunks x syncs x workers
-    assert len(pus.workers[0].sync_plan(96)) == 3
+    assert len(pus.workers[0].sync_plan()) == 3
     pa, _ = fit("parameter-averaging", 3, spec, X, overlap_chunks=3)
     want = cost.step_traffic("parameter-averaging", model, 48, 3, options=opts)
     assert pa.step_bytes[0] == want.total == cost.step_traffic("parameter-averaging", model, 48, 3).total
     assert want.calls[P.GRADIENT] == 6
-    assert [(r.start, r.stop) for r in pa.workers[0].gradient_blocks(48)] == [(0, 10), (10, 20), (20, 29)]
+    assert [(r.start, r.stop) for r in pa.workers[0].gradient_blocks(29, opts)] == [(0, 10), (10, 20), (20, 29)]
+    short = cost.step_traffic("parameter-averaging", model, 24, 3, options=opts)  # 3.5 minibatches an epoch
+    assert [w["bytes_sent"] for w in pa.comm_stats()["by_worker"]] == \
+        [2 * (3 * a + b) for a, b in zip(want.per_worker, short.per_worker)]
 
 
-def test_block_parts_split_a_block_as_the_whole_buffer_is_split():
-    whole = Partition.contiguous(10, 3)            # 0-4, 4-7, 7-10
-    parts = Comm.block_parts(10, 3, 8, 3)          # elements 3..8
-    assert [(p.start, p.stop) for p in parts.parts] == [(0, 1), (1, 4), (4, 5)]
-    assert sum(parts.sizes()) == 5 and whole.sizes() == [4, 3, 3]
-    assert [(p.start, p.stop) for p in Comm.block_parts(10, 0, 3, 3).parts] == [(0, 3), (3, 3), (3, 3)]
+@pytest.mark.parametrize("strategy", ["per-update-sync", "parameter-averaging"])
+def test_where_row_blocks_round_otherwise_the_update_is_whole_and_the_same_chunks_go(strategy, monkeypatch):
+    """A BLAS that rounds a block of rows otherwise than the whole product: the weights are
+    updated (the gradient computed) whole, and the same chunks go as where it does not."""
+    import parrbm.strategies.parameter_averaging as pa_module
+    import parrbm.strategies.per_update_sync as pus_module
+
+    spec, X = problem(2)
+    ref, ref_errors = fit(strategy, 3, spec, X)
+    chunked, _ = fit(strategy, 3, spec, X, overlap_chunks=3)
+    for module in (pa_module, pus_module):
+        monkeypatch.setattr(module, "exact_row_blocks", lambda *a, **k: False)
+    got, got_errors = fit(strategy, 3, spec, X, overlap_chunks=3)
+    assert_identical(ref, ref_errors, got, got_errors, strategy)
+    calls = lambda r: {p: v["calls"] for p, v in r.comm_stats()["by_phase"].items()}  # noqa: E731
+    assert calls(got) == calls(chunked) != calls(ref)
 
 
 def test_exact_chunks_fall_back_to_coarser_cuts_and_keep_products_exact():

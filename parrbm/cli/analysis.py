@@ -359,10 +359,11 @@ def cmd_advise(args) -> int:
         return 0
     print(f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
           f"transport: {transport}")
-    print(f"{'K':>5}  {'best strategy':<21}{'ms/step':>9}{'speedup':>9}{'effic.':>8}  runner-up (slower by)")
+    print(f"{'K':>5}  {'best strategy':<31}{'ms/step':>9}{'speedup':>9}{'effic.':>8}  runner-up (slower by)")
     for r in rows:
         second = f"{r['runner_up']} (+{r['margin_percent']:.1f}%)" if r["runner_up"] else "-"
-        print(f"{r['workers']:>5}  {r['best']:<21}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
+        best = r["best"] + (f", {r['overlap_chunks']} chunks" if r.get("overlap_chunks", 1) > 1 else "")
+        print(f"{r['workers']:>5}  {best:<31}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
               f"{r['efficiency']:>8.2f}  {second}")
     return 0
 
