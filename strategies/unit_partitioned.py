@@ -39,6 +39,7 @@ class UnitPartitioned(Worker):
         # Work buffers: stacked statistics operands and the local blocks.
         self.left = self.zeros(2 * m, V)         # [x; v']
         self.right = self.zeros(2 * m, H)        # [h; -h']
+        self.right_k = self.zeros(2 * m, Hk)     # [h_k; -h'_k]: this worker's own columns of it
         self.hidden_act = self.zeros(m, H)
         self.hidden_states = self.zeros(m, H)
         self.pre_h = self.zeros(m, Hk)
@@ -96,17 +97,19 @@ class UnitPartitioned(Worker):
                 _core.gemm(v_neg[r], self.green, self.pre_h[r])
                 flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
                                                 self.h_local, act, states, r))
+        # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
+        #    purple with x_k^T h - v'_k^T h'. Green needs only this worker's own units of
+        #    h' (here already): it is updated while the rest of h' is on the wire.
+        hid_k = self.right_k[: mb + c]
+        hid_k[:mb] = self.hid.take(right[:mb], k)
+        np.multiply(self.h_local[:c], -neg_scale, out=hid_k[mb:])
+        self.apply_statistics(self.green, self.green_inc, left, hid_k, mb, neg_scale)
         for i, r in enumerate(neg):
             self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
         right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
         if spec.persistent:
             self.chains[...] = states[:c]
-
-        # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
-        #    purple with x_k^T h - v'_k^T h'.
-        hid_k = self.hid.take(right, k)
         vis_k = self.vis.take(left, k)
-        self.apply_statistics(self.green, self.green_inc, left, hid_k, mb, neg_scale)
         self.apply_statistics(self.purple, self.purple_inc, vis_k, right, mb, neg_scale)
         self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
         self.update_bias(self.c, self.c_inc, hid_k, None, mb)
