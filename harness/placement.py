@@ -38,7 +38,8 @@ class Threads:
 
     def _all(self, target):
         r = self.runner
-        return run_threads(r.K, target, timeout=r.timeout, blas_threads=r.blas_threads)
+        return run_threads(r.K, target, timeout=r.timeout, blas_threads=r.blas_threads,
+                           spin=r.options.overlap_chunks == 1)
 
     def epoch(self, work, X: np.ndarray, order: np.ndarray, first_step: int, same_data: bool):
         return self._all(work), None, None

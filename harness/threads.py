@@ -15,17 +15,21 @@ from parrbm.harness.comm import Comm, CommError, Transport
 from parrbm.harness.signals import signals_held
 
 
+#: how long an early arrival at a collective spins before it sleeps
+SPIN_SECONDS = 2e-4
+
+
 class ThreadsHub:
     """State shared by the K threads of one run: a mailbox per worker and a barrier.
 
     The barrier is the core's: it waits without the GIL and spins before it sleeps, so a
     small model's collectives do not each cost a sleep and a wake-up."""
 
-    def __init__(self, size: int, timeout: float = 60.0):
+    def __init__(self, size: int, timeout: float = 60.0, spin_seconds: float = SPIN_SECONDS):
         self.size = size
         self.timeout = timeout
         self.mailbox: list[Sequence[np.ndarray | None] | None] = [None] * size
-        self.barrier = _core.Barrier(size)
+        self.barrier = _core.Barrier(size, spin_seconds)
         # How many barriers each worker has reached, and in which phase: names the
         # laggards when a barrier times out.
         self.arrivals = [0] * size
@@ -193,13 +197,15 @@ def _join_or_stop_hung(threads: list[threading.Thread], hub: ThreadsHub, errors:
 
 
 def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
-                blas_threads: int = 1) -> list:
+                blas_threads: int = 1, spin: bool = True) -> list:
     """Run ``target(comm)`` on ``size`` worker threads; returns their results in rank order.
 
-    Each worker's BLAS is limited to ``blas_threads``. If a worker raises, the others are
+    Each worker's BLAS is limited to ``blas_threads``. ``spin=False``: an early arrival at
+    a collective sleeps at once -- where collectives wait on progress threads while the
+    workers compute (overlap), a spinning one would take a computing worker's core. If a worker raises, the others are
     released from their collectives and a :class:`CommError` naming the worker is raised.
     """
-    hub = ThreadsHub(size, timeout)
+    hub = ThreadsHub(size, timeout, SPIN_SECONDS if spin else 0.0)
     results: list = [None] * size
     errors: list[tuple[int, BaseException]] = []
     previous = _core.get_blas_threads()

@@ -122,11 +122,15 @@ def chunk_plan(cls, spec: CDSpec, options: StrategyOptions, K: int, rows: int) -
 def _rounds_alike(rows: int, k: int, n: int, trans_b: bool, plan: list[slice], dtype, rng) -> bool:
     a = rng.standard_normal((rows, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    whole, parts = np.empty((rows, n), dtype), np.empty((rows, n), dtype)
-    _core.gemm(a, b, whole, trans_b=trans_b)
-    for r in plan:
-        _core.gemm(a[r], b, parts[r], trans_b=trans_b)
-    return bool(np.array_equal(whole, parts))
+    c = rng.standard_normal((rows, n)).astype(dtype)
+    for beta in (0.0, 1.0):  # a product of its own, and one added to a sum (product_own_first)
+        whole, parts = c.copy(), c.copy()
+        _core.gemm(a, b, whole, beta=beta, trans_b=trans_b)
+        for r in plan:
+            _core.gemm(a[r], b, parts[r], beta=beta, trans_b=trans_b)
+        if not np.array_equal(whole, parts):
+            return False
+    return True
 
 
 def own(a: np.ndarray) -> np.ndarray:
@@ -560,6 +564,37 @@ class Worker:
         if not self.hidden_as_bits:
             self.states_from_probabilities(full_act[rows], {"unit0": 0}, step, phase, out=full_states[rows],
                                            case0=rows.start)
+
+    def own_hidden_states(self, local: np.ndarray, out: np.ndarray, step: int, phase: int,
+                          rows: slice) -> np.ndarray:
+        """This worker's own units of the hidden states of the cases ``rows`` (the columns
+        H_k of what :meth:`finish_hidden` gives), from its own samples, before the others'
+        arrive: the states themselves (sampled statistics), or the same draws from its
+        own probabilities (keyed by global unit and case, so the bits are the gathered ones')."""
+        if self.hidden_as_bits:
+            return local[rows]
+        return self.states_from_probabilities(local[rows], self.hid.units(self.rank), step, phase,
+                                              out=out[rows], case0=rows.start)
+
+    def product_own_first(self, own: np.ndarray, full: np.ndarray, weights: np.ndarray, out: np.ndarray,
+                          parts: Partition, *, arrived, trans_b: bool = False) -> None:
+        """out <- full @ weights (weights.T with ``trans_b``), summed block by block over
+        the depth as ``parts`` cuts it: this worker's own block first, from ``own`` (its
+        columns of ``full``, here before the others'), then, once ``arrived()`` has
+        returned, every other block in rank order. Lockstep sums in the same order, so the
+        bits do not depend on when the blocks arrived. Over scattered blocks (a random
+        partition) the product is one GEMM, after ``arrived()``."""
+        if not parts.is_contiguous:
+            arrived()
+            _core.gemm(full, weights, out, trans_b=trans_b)
+            return
+        k = self.rank
+        block = (lambda j: weights[:, parts.parts[j]]) if trans_b else (lambda j: weights[parts.parts[j]])
+        _core.gemm(own, block(k), out, trans_b=trans_b)
+        arrived()
+        for j in range(self.K):
+            if j != k:
+                _core.gemm(full[:, parts.parts[j]], block(j), out, beta=1.0, trans_b=trans_b)
 
     def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
                         name: str, local: np.ndarray, full_act: np.ndarray,

@@ -46,6 +46,7 @@ class UnitPartitioned(Worker):
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
+        self.own_states = self.zeros(m, Hk)      # this worker's units of the states driving v'
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -75,11 +76,15 @@ class UnitPartitioned(Worker):
             chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
             driver = self.chains if chained else states
             sent, err_t = [], 0.0
+            drawn = phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE
             for i, r in enumerate(neg):
-                if not chained:
-                    self.finish_hidden(flight[i], step, phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE,
-                                       act, states, r)
-                _core.gemm(driver[r], self.purple, self.pre_v[r], trans_b=True)
+                if chained:
+                    _core.gemm(driver[r], self.purple, self.pre_v[r], trans_b=True)
+                else:  # this worker's own units of h first, while the others' are on the wire
+                    own = self.own_hidden_states(self.h_local, self.own_states, step, drawn, r)
+                    self.product_own_first(own, driver[r], self.purple, self.pre_v[r], self.hid, trans_b=True,
+                                           arrived=lambda i=i, r=r: self.finish_hidden(flight[i], step, drawn,
+                                                                                        act, states, r))
                 data = X_k[r] if (t == 1 and not spec.persistent) else None
                 err_t = self.visible_units(self.pre_v[r], self.b, self.v_local[r], self.vis.units(k), step, t,
                                            data=data, case0=r.start, err0=err_t)
@@ -93,8 +98,8 @@ class UnitPartitioned(Worker):
             # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
             flight = []
             for i, r in enumerate(neg):
-                sent[i].wait()
-                _core.gemm(v_neg[r], self.green, self.pre_h[r])
+                self.product_own_first(self.v_local[r], v_neg[r], self.green, self.pre_h[r], self.vis,
+                                       arrived=sent[i].wait)
                 flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
                                                 self.h_local, act, states, r))
         # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
@@ -123,8 +128,11 @@ class UnitPartitioned(Worker):
 
     @classmethod
     def chunked_gemms(cls, spec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
-        V, H = spec.n_visible, spec.n_hidden
-        return [g for j in range(len(vis.parts)) for g in ((V, hid.size(j), False), (H, vis.size(j), True))]
+        V, H, K = spec.n_visible, spec.n_hidden, len(vis.parts)
+        gemms = [g for j in range(K) for g in ((V, hid.size(j), False), (H, vis.size(j), True))]
+        # the products summed block by block over their depth (Worker.product_own_first)
+        return gemms + [g for k in range(K) for j in range(K)
+                        for g in ((vis.size(j), hid.size(k), False), (hid.size(j), vis.size(k), True))]
 
     def sync(self) -> None:
         """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""
@@ -190,13 +198,22 @@ class UnitPartitioned(Worker):
         """The products and units of the hidden and visible phases: what runs chunk by chunk."""
         V, H, c = model.n_visible, model.n_hidden, m
         vk, hk = model.block(K, rank)
+        vis, hid = Partition.cuts_sizes(V, K), Partition.cuts_sizes(H, K)
         w = Work()
         w.gemm(m, hk, V)
         hidden_work(w, model, m, hk, H)
-        for _ in range(model.cd_k):
-            w.gemm(c, vk, H)
+        for t in range(model.cd_k):
+            # summed over the depth block by block, this worker's own first
+            if t == 0 and model.persistent:           # the chains drive it: one product
+                w.gemm(c, vk, H)
+            else:
+                for hj in hid:
+                    w.gemm(c, vk, hj)
+                if not model.hidden_bits:
+                    w.add("bernoulli", c * hk)        # its own units' states, drawn ahead
             w.add(model.visible_kind, c * vk)
-            w.gemm(c, hk, V)
+            for vj in vis:
+                w.gemm(c, hk, vj)
             hidden_work(w, model, c, hk, H)
         return w
 
