@@ -86,6 +86,8 @@ def all_cores_label(rec: dict) -> str:
     name = rec.get("strategy_name") if isinstance(rec.get("strategy_name"), str) else display_name(rec["strategy"])
     if (rec.get("overlap_chunks") or 1) > 1:
         name = f"{name}, {rec['overlap_chunks']} chunks"
+    elif rec.get("overlap"):
+        name = f"{name}, overlapped"
     return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
 
 
@@ -105,7 +107,7 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
                    binary_data=data_kind == "random-binary",
                    reduce=opts.get("reduce", "allreduce"), average=opts.get("average", "gradients"),
                    average_every=opts.get("average_every", 1), cores=cores,
-                   overlap_chunks=int(rec.get("overlap_chunks") or 1))
+                   overlap_chunks=int(rec.get("overlap_chunks") or 1), overlap=bool(rec.get("overlap")))
 
 
 def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
@@ -130,6 +132,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
                                     average=(r.get("options") or {}).get("average", "gradients")).total
         rows.append({
             "strategy": r["strategy"], "workers": r["workers"], "overlap_chunks": int(r.get("overlap_chunks") or 1),
+            "overlap": bool(r.get("overlap")) or (r.get("overlap_chunks") or 1) > 1,
             # on emulated hosts each link is a transport of its own (tcp@105MB/s)
             "transport": r.get("transport") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
             if r.get("transport") else None,
@@ -159,8 +162,8 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
         if r["strategy"] == "serial" or not r["meaningful"]:
             continue
         key = (r["visible_type"], r["precision"], r["batch_size"], r["workers"], r["transport"])
-        if r.get("overlap_chunks", 1) > 1:  # the strategies are ranked as they ran: lockstep with lockstep
-            key = key + (r["overlap_chunks"],)
+        if r.get("overlap"):  # the strategies are ranked as they ran: lockstep with lockstep
+            key = key + (r.get("overlap_chunks", 1),)
         groups.setdefault(key, []).append(r)
     out = []
     for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):

@@ -97,4 +97,4 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
 
 def _overlapped(rec: dict) -> bool:
     """A run whose exchanges were chunked and overlapped."""
-    return (rec.get("overlap_chunks") or 1) > 1
+    return bool(rec.get("overlap")) or (rec.get("overlap_chunks") or 1) > 1

@@ -245,6 +245,7 @@ class Prediction:
     efficiency: float | None = None
     hidden_seconds: float = 0.0      # transfer time overlapped with compute (in step_seconds)
     overlap_chunks: int = 1
+    overlap: bool = False
 
 
 def efficiency_key(strategy: str, visible: str, precision: str = "float32") -> str:
@@ -311,7 +312,8 @@ def _cpu_phases(phases: dict[str, float], traffic: cost.Traffic, model: cost.Mod
 def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, *,
             transport: str = "threads", sync_every: int = 1, momentum: bool = False,
             binary_data: bool = True, reduce: str = "allreduce", average: str = "gradients",
-            average_every: int = 1, cores: int | None = None, overlap_chunks: int = 1) -> Prediction:
+            average_every: int = 1, cores: int | None = None, overlap_chunks: int = 1,
+            overlap: bool = False) -> Prediction:
     """Predicted times of one step (ValueError for a K the strategy cannot run, by the
     trainer's rules). ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
@@ -335,7 +337,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     if shared and K > cores:
         compute *= K / cores
     options = StrategyOptions(reduce=reduce, average=average, average_every=average_every,
-                              sync_every=sync_every, overlap_chunks=overlap_chunks)
+                              sync_every=sync_every, overlap_chunks=overlap_chunks, overlap=overlap)
     phases, busy, cpu = {}, compute, {}
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, options=options)
@@ -358,7 +360,7 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
             busy += sync_compute + sum(sync_cpu.values())
             cpu.update(sync_cpu)
     hidden = 0.0
-    if overlap_chunks > 1 and strategy != "serial" and K > 1:
+    if options.overlapped and strategy != "serial" and K > 1:
         # workers whose cores are all busy computing cannot hide what the cores spend on a
         # transfer (copies, the stack), only the wire's time; a machine each can hide both
         on_wire = {p: t - (cpu.get(p, 0.0) if shared and K >= cores else 0.0)
@@ -373,7 +375,8 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     step = work + wait
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,
-                      phases, wait_seconds=wait, hidden_seconds=hidden, overlap_chunks=overlap_chunks)
+                      phases, wait_seconds=wait, hidden_seconds=hidden, overlap_chunks=overlap_chunks,
+                      overlap=options.overlapped)
 
 
 def _overlap(cls, model: cost.Model, m: int, K: int, ranks, options, profile: Profile, strategy: str,
@@ -393,7 +396,8 @@ def _overlap(cls, model: cost.Model, m: int, K: int, ranks, options, profile: Pr
         cut = profile.kernel_seconds(work.chunked(N), model.precision) * eff
         transfer = sum(t for p, t in phases.items() if p in names)
         chunk_cost = max(chunk_cost, cut - whole)
-        hidden = max(hidden, min(cut, transfer) * (1.0 - 1.0 / N))
+        # chunks: a pipeline of N; the cases whole: the declared work runs wholly alongside
+        hidden = max(hidden, min(cut, transfer) * ((1.0 - 1.0 / N) if N > 1 else 1.0))
     return chunk_cost, hidden
 
 
@@ -423,16 +427,19 @@ def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=N
            chunk_choices=CHUNK_CHOICES, **kw) -> list[dict]:
     """For each K, the strategy with the shortest predicted step and its margin over the
     runner-up (how much slower the runner-up is, in percent). A strategy that overlaps
-    (reads ``overlap_chunks``) runs with the best of ``chunk_choices``, given in each row's
-    ``overlap_chunks`` and ``ranking``."""
+    (reads ``overlap``) runs lockstep, overlapped with its cases whole, or in one of
+    ``chunk_choices``, whichever is fastest: each row's ``overlap`` and ``overlap_chunks``,
+    and in ``ranking`` the chunks (0: lockstep)."""
     from parrbm.strategies.registry import names, resolve
 
     asked = list(strategies or names())
     parallel = [s for s in asked if s != "serial"]
     fastest: dict = {}
-    for N in chunk_choices:
-        chunked = parallel if N == 1 else [s for s in parallel if "overlap_chunks" in resolve(s).options_used]
-        for p in predict_curve(chunked, model, m, workers, profile, overlap_chunks=N, **kw):
+    overlapping = [s for s in parallel if "overlap" in resolve(s).options_used]
+    # lockstep; overlapped with the cases whole; and in each chunk count
+    modes = [(parallel, 1, False)] + [(overlapping, N, True) for N in chunk_choices]
+    for chosen, N, ov in modes:
+        for p in predict_curve(chosen, model, m, workers, profile, overlap_chunks=N, overlap=ov, **kw):
             key = (p.strategy, p.workers)
             if key not in fastest or p.mean_step_seconds < fastest[key].mean_step_seconds:
                 fastest[key] = p
@@ -446,12 +453,14 @@ def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=N
             continue
         best = ranked[0]
         second = ranked[1] if len(ranked) > 1 else None
-        rows.append({"workers": K, "best": best.strategy, "overlap_chunks": best.overlap_chunks,
+        rows.append({"workers": K, "best": best.strategy, "overlap": best.overlap,
+                     "overlap_chunks": best.overlap_chunks,
                      "step_seconds": best.mean_step_seconds,
                      "speedup": best.speedup, "efficiency": best.efficiency,
                      "runner_up": second.strategy if second else None,
                      "margin_percent": (100.0 * (second.mean_step_seconds / best.mean_step_seconds - 1)
                                         if second else None),
-                     "ranking": [(p.strategy, p.mean_step_seconds, p.overlap_chunks) for p in ranked]})
+                     "ranking": [(p.strategy, p.mean_step_seconds, p.overlap_chunks if p.overlap else 0)
+                                 for p in ranked]})
     return rows
 

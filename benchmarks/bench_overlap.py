@@ -1,5 +1,6 @@
-"""What overlap costs and what it hides: per-step time of a strategy in lockstep and in 2, 4
-and 8 chunks, with each run's compute, busy and exposed communication per step.
+"""What overlap costs and what it hides: per-step time of a strategy in lockstep, overlapped
+with its cases whole (chunk count 0 here: ``overlap: true``) and in 2, 4 and 8 chunks, with
+each run's compute, busy and exposed communication per step.
 
 The quick model (V=1024, H=2048, m=200, float32, binary), one BLAS thread a worker, 2
 epochs of --steps steps (the first warms up). Chunk counts run round-robin, --repeats
@@ -8,7 +9,7 @@ run. At --workers 1 nothing moves: the figures are the chunking's own cost (ever
 of a chunk packs the whole weight block again).
 
     python benchmarks/bench_overlap.py [--strategy green-only] [--transport threads]
-        [--workers 2] [--chunks 1 2 4 8] [--repeats 3] [--steps 20] [--bandwidth 105MB/s]
+        [--workers 2] [--chunks 1 0 2 4 8] [--repeats 3] [--steps 20] [--bandwidth 105MB/s]
 
 ``--bandwidth`` puts each tcp or mpi worker on an emulated host whose link is shaped to it
 (latency 0.091 ms, the paper's network; needs root or CAP_NET_ADMIN).
@@ -35,7 +36,8 @@ def one_fit(spec: CDSpec, X: np.ndarray, strategy: str, transport: str, K: int, 
 
     network = LinkSpec(bandwidth, 0.091e-3) if bandwidth else None
     runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport,
-                            StrategyOptions(sync_every=40, overlap_chunks=chunks), network=network)
+                            StrategyOptions(sync_every=40, overlap_chunks=max(chunks, 1), overlap=chunks != 1),
+                            network=network)
     order = np.arange(steps * spec.batch_size, dtype=np.int64)
     try:
         runner.run(X, order, 0)
@@ -55,7 +57,8 @@ def main(argv=None) -> None:
     ap.add_argument("--strategy", default="green-only")
     ap.add_argument("--transport", default="threads")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 0, 2, 4, 8],
+                    help="1: lockstep; 0: overlapped, the cases whole; N: N chunks")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--bandwidth", help="emulated hosts' links, e.g. 105MB/s (tcp and mpi)")
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
     V, H, m = 1024, 2048, 200
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, learning_rate=0.05, seed=0, dtype="float32")
     X = (np.random.default_rng(0).random((args.steps * m, V)) < 0.5).astype(np.float32)
-    chunks = sorted(set([1, *args.chunks]))
+    chunks = sorted(set([1, *args.chunks]), key=lambda c: (c != 1, c))
     figures: dict[int, list] = {c: [] for c in chunks}
     for _ in range(args.repeats):
         for c in chunks:
@@ -80,7 +83,7 @@ def main(argv=None) -> None:
     for c in chunks:
         step, compute, busy, exposed = med[c] * 1e3
         hidden = max(0.0, 1 - exposed / busy) if busy > 0 else 0.0
-        print(f"{c:>6}{step:>8.1f}{step / (med[1][0] * 1e3):>12.2f}x{compute:>9.1f}{busy:>8.1f}{exposed:>9.1f}"
+        print(f"{'whole' if c == 0 else c:>6}{step:>8.1f}{step / (med[1][0] * 1e3):>12.2f}x{compute:>9.1f}{busy:>8.1f}{exposed:>9.1f}"
               f"{hidden:>8.0%}")
 
 

@@ -33,6 +33,7 @@ collective is waited for from start to end.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -186,6 +187,29 @@ class _Both:
             h.wait()
 
 
+#: the interpreter's thread switch interval while a progress thread runs: a worker's own
+#: thread, back from a kernel that released the GIL, otherwise waits up to the default
+#: 5 ms for a progress thread in Python code between its transfers
+SWITCH_INTERVAL = 2e-4
+_switch = {"users": 0, "before": None}
+_switch_lock = threading.Lock()
+
+
+def _hold_switch_interval(on: bool) -> None:
+    """Counted over the progress threads of this process: the first sets
+    :data:`SWITCH_INTERVAL`, the last gives back what was there."""
+    with _switch_lock:
+        if on:
+            if _switch["users"] == 0:
+                _switch["before"] = sys.getswitchinterval()
+                sys.setswitchinterval(min(SWITCH_INTERVAL, _switch["before"]))
+            _switch["users"] += 1
+        elif _switch["users"] > 0:
+            _switch["users"] -= 1
+            if _switch["users"] == 0:
+                sys.setswitchinterval(_switch["before"])
+
+
 class Comm:
     """Collectives for one worker with byte accounting per phase.
 
@@ -251,6 +275,7 @@ class Comm:
             return DONE
         handle = Handle(self, phase, body, after)
         if self._thread is None:
+            _hold_switch_interval(True)
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._progress, args=(self._queue,), daemon=True,
                                             name=f"parrbm-progress-{self.rank}")
@@ -284,6 +309,7 @@ class Comm:
         if self._thread is not None:
             self._queue.put(None)
             self._thread = self._queue = None
+            _hold_switch_interval(False)
         self._inflight.clear()
 
     # ---- collectives ------------------------------------------------------------------

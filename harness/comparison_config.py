@@ -116,6 +116,7 @@ SCHEMA = {
                 "visible_type": _list_of({"enum": ["binary", "gaussian"]}),
                 "transport": _list_of({"enum": list(TRANSPORTS)}),
                 "overlap_chunks": _list_of(OPTION["overlap_chunks"].schema()),
+                "overlap": _list_of(OPTION["overlap"].schema()),
             },
         },
     },
@@ -417,9 +418,13 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
         field = "training.sync_every" if unused[0].startswith("'sync_every'") else f"options.{unused[0].split(chr(39))[1]}"
         raise ConfigError(f"{path}: {field}: the option {unused[0]} is read by no strategy of this grid "
                           f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
-    if "overlap_chunks" in cfg["grid"] and not any(overlaps(s) for s in strategies):
-        raise ConfigError(f"{path}: grid.overlap_chunks: no strategy of this grid ({', '.join(strategies)}) "
-                          f"overlaps its exchanges; those that do: unit-partitioned, purple-only, green-only")
+    for axis in ("overlap_chunks", "overlap"):
+        if axis in cfg["grid"] and not any(overlaps(s) for s in strategies):
+            from parrbm.strategies.registry import names
+
+            raise ConfigError(f"{path}: grid.{axis}: no strategy of this grid ({', '.join(strategies)}) "
+                              f"overlaps its exchanges; those that do: "
+                              f"{', '.join(s for s in names() if s != 'serial' and overlaps(s))}")
 
 
 #: a run this long is refused before anything runs, priced at FAST_MACHINE_FLOPS

@@ -36,6 +36,7 @@ def grid_points(cfg: dict) -> list[dict]:
     vis = g.get("visible_type", [cfg["model"]["visible_type"]])
     transports = g.get("transport", ["threads"])
     chunk_counts = g.get("overlap_chunks", [cfg.get("options", {}).get("overlap_chunks", 1)])
+    overlap_modes = g.get("overlap", [bool(cfg.get("options", {}).get("overlap", False))])
     points = []
     for m, p, v in itertools.product(batch, prec, vis):
         base = {"batch_size": m, "precision": p, "visible_type": v}
@@ -52,21 +53,25 @@ def grid_points(cfg: dict) -> list[dict]:
                     for bw in (bandwidths if t in NETWORK_TRANSPORTS else [None]):
                         # chunk counts for a strategy that overlaps, at K > 1 (one worker moves nothing)
                         for chunks in (chunk_counts if K > 1 and overlaps(s) else [1]):
-                            points.append({**base, "strategy": s, "workers": K, "transport": t, "bandwidth": bw,
-                                           "overlap_chunks": chunks})
+                            # overlapped with the cases whole, or lockstep (chunks imply overlap)
+                            for ov in (overlap_modes if K > 1 and overlaps(s) and chunks == 1 else [chunks > 1]):
+                                points.append({**base, "strategy": s, "workers": K, "transport": t,
+                                               "bandwidth": bw, "overlap_chunks": chunks, "overlap": ov})
     for pt in points:
         pt.setdefault("bandwidth", None)
         pt.setdefault("overlap_chunks", 1)
+        pt.setdefault("overlap", False)
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type")) \
             + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "") \
             + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "") \
-            + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "")
+            + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "") \
+            + ("|overlap=true" if pt["overlap"] and pt["overlap_chunks"] == 1 else "")
     return points
 
 
 def overlaps(strategy: str) -> bool:
-    """The strategy reads ``overlap_chunks`` (its exchanges can be chunked)."""
+    """The strategy reads ``overlap`` and ``overlap_chunks`` (its exchanges can be overlapped)."""
     from parrbm.strategies.registry import resolve
 
     return "overlap_chunks" in getattr(resolve(strategy), "options_used", ())
@@ -160,11 +165,13 @@ def spec_for(cfg: dict, pt: dict):
 
 
 def point_options(cfg: dict, pt: dict):
-    """The strategy options of a grid point: the config's, with the point's chunk count."""
+    """The strategy options of a grid point: the config's, with the point's chunk count and
+    overlap."""
     from parrbm.strategies import StrategyOptions
 
     return StrategyOptions(**{**cfg["options"], "sync_every": cfg["training"]["sync_every"],
-                              "overlap_chunks": pt.get("overlap_chunks", cfg["options"].get("overlap_chunks", 1))})
+                              "overlap_chunks": pt.get("overlap_chunks", cfg["options"].get("overlap_chunks", 1)),
+                              "overlap": bool(pt.get("overlap", cfg["options"].get("overlap", False)))})
 
 
 def tcp_hosts(section: dict):

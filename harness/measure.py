@@ -243,6 +243,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
             **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
             "bandwidth": pt.get("bandwidth"), "overlap_chunks": pt.get("overlap_chunks", 1),
+            "overlap": bool(pt.get("overlap", False)) or pt.get("overlap_chunks", 1) > 1,
             "network": stats.get("network"),
             **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,

@@ -39,7 +39,7 @@ class Threads:
     def _all(self, target):
         r = self.runner
         return run_threads(r.K, target, timeout=r.timeout, blas_threads=r.blas_threads,
-                           spin=r.options.overlap_chunks == 1)
+                           spin=not r.options.overlapped)
 
     def epoch(self, work, X: np.ndarray, order: np.ndarray, first_step: int, same_data: bool):
         return self._all(work), None, None

@@ -341,6 +341,7 @@ class ParallelRunner:
             # seconds per worker, over every collective of the runs
             "overlap": {
                 "overlap_chunks": self.options.overlap_chunks,
+                "overlapped": self.options.overlapped,
                 "chunks_used": len(self.workers[0].chunks(self.spec.batch_size)),
                 "busy_seconds": busy,
                 "exposed_seconds": exposed,

@@ -193,9 +193,11 @@ OPTIONS = (
            "average weights every average_every steps", choices=("gradients", "weights")),
     Option("average_every", 1, "parameter averaging with average='weights': minibatches between averagings",
            minimum=1),
-    Option("overlap_chunks", 1, "unit-partitioned, purple-only and green-only: the minibatch's cases in this many chunks, "
-           "each chunk's exchange in flight while the next computes (1: lockstep); lockstep's results, "
-           "bit for bit", minimum=1),
+    Option("overlap", False, "each exchange in flight while the worker computes what does not need it (its own "
+           "block of the next product, its own weights' update); lockstep's results, bit for bit"),
+    Option("overlap_chunks", 1, "the minibatch's cases (per-update sync: the synced rows; parameter averaging: the "
+           "gradient's rows) in this many chunks, each chunk's exchange in flight while the next computes; "
+           "more than 1 implies overlap (1 and no overlap: lockstep); lockstep's results, bit for bit", minimum=1),
 )
 OPTION = {o.name: o for o in OPTIONS}
 
@@ -211,7 +213,13 @@ class StrategyOptions:
     reduce: str = OPTION["reduce"].default
     average: str = OPTION["average"].default
     average_every: int = OPTION["average_every"].default
+    overlap: bool = OPTION["overlap"].default
     overlap_chunks: int = OPTION["overlap_chunks"].default
+
+    @property
+    def overlapped(self) -> bool:
+        """Exchanges in flight while the workers compute (``overlap``, or chunks)."""
+        return bool(self.overlap) or self.overlap_chunks > 1
 
     def check(self) -> None:
         """ValueError naming the first option whose value is not allowed."""
@@ -258,7 +266,7 @@ class Worker:
         self.syncs = 0                      # weight synchronisations done
         self.steps_done = 0                 # minibatch steps taken (sync and averaging periods)
         self._chunk_plans: dict = {}
-        if not self.lockstep:  # the chunk plan of a full minibatch, found before the first step
+        if self.options.overlap_chunks > 1:  # the chunk plan of a full minibatch, found before the first step
             self.chunks(spec.batch_size)
 
     # ---- properties of the configuration -------------------------------------------------
@@ -291,14 +299,14 @@ class Worker:
     @property
     def lockstep(self) -> bool:
         """No overlap: every collective runs at once, as it is started."""
-        return self.options.overlap_chunks == 1
+        return not self.options.overlapped
 
     def chunks(self, rows: int) -> list[slice]:
         """The row ranges of the ``overlap_chunks`` chunks of ``rows`` rows (one range in
         lockstep), cut where every product rounds as the whole block's does
         (:func:`exact_chunks`). A chunk's rows keep their case index in the minibatch, so
         the random streams, keyed by case, draw what lockstep draws."""
-        if self.lockstep or rows <= 1:
+        if self.options.overlap_chunks == 1 or rows <= 1:
             return [slice(0, rows)]
         key = (rows, _core.get_blas_threads())  # a step's plan, found once (not in the step's loop)
         plan = self._chunk_plans.get(key)

@@ -21,7 +21,7 @@ from parrbm.strategies import phases as P
 
 class GreenOnly(Worker):
     name = "green-only"
-    options_used = ("partition", "overlap_chunks")
+    options_used = ("partition", "overlap", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -182,9 +182,17 @@ class GreenOnly(Worker):
     @classmethod
     def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                      binary_data: bool) -> tuple[Work, tuple[str, ...]]:
-        if options.overlap_chunks == 1:
+        """In chunks, the negative phase; with its cases whole, this worker's own block of
+        the visible inputs (the peers' go first)."""
+        if not options.overlapped:
             return Work(), ()
-        return cls._negative_work(model, m, K, rank), (P.VISIBLE_INPUT, P.VISIBLE)
+        if options.overlap_chunks > 1:
+            return cls._negative_work(model, m, K, rank), (P.VISIBLE_INPUT, P.VISIBLE)
+        vk, hk = model.block(K, rank)
+        w = Work()
+        for _ in range(model.cd_k):
+            w.gemm(m, vk, hk)
+        return w, (P.VISIBLE_INPUT,)
 
     @classmethod
     def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,

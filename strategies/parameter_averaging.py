@@ -25,7 +25,7 @@ _FULL = {"unit0": 0}
 
 class ParameterAveraging(Worker):
     name = "parameter-averaging"
-    options_used = ("reduce", "average", "average_every", "overlap_chunks")
+    options_used = ("reduce", "average", "average_every", "overlap", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)
@@ -250,9 +250,10 @@ class ParameterAveraging(Worker):
 
     @classmethod
     def check_options(cls, options, *, transport: str) -> None:
-        if options.overlap_chunks > 1 and (options.average != "gradients" or options.reduce != "allreduce"):
-            raise ValueError("strategy option 'overlap_chunks' > 1 of parameter-averaging needs average='gradients' "
-                             "and reduce='allreduce' (the gradient's allreduce is what it overlaps)")
+        if options.overlapped and (options.average != "gradients" or options.reduce != "allreduce"):
+            raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 of parameter-averaging need "
+                             "average='gradients' and reduce='allreduce' (the gradient's allreduce is what it "
+                             "overlaps)")
 
     @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:

@@ -22,7 +22,7 @@ from parrbm.strategies import phases as P
 
 class PerUpdateSync(Worker):
     name = "per-update-sync"
-    options_used = ("partition", "shared_weights", "overlap_chunks")
+    options_used = ("partition", "shared_weights", "overlap", "overlap_chunks")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -211,12 +211,12 @@ class PerUpdateSync(Worker):
                 raise ValueError("strategy option 'shared_weights' needs transport='threads' (one memory)")
             if options.partition != "contiguous":
                 raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
-        if options.overlap_chunks > 1:
+        if options.overlapped:
             if options.shared_weights:
-                raise ValueError("strategy option 'overlap_chunks' > 1 cannot be used with 'shared_weights' "
-                                 "(per-update-sync's sync is then a barrier: nothing to overlap)")
+                raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 cannot be used with "
+                                 "'shared_weights' (per-update-sync's sync is then a barrier: nothing to overlap)")
             if options.partition != "contiguous":
-                raise ValueError("strategy option 'overlap_chunks' > 1 of per-update-sync needs "
+                raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 of per-update-sync need "
                                  "partition='contiguous' (each chunk of a worker's rows is sent from one "
                                  "block of its weights)")
 
@@ -269,11 +269,13 @@ class PerUpdateSync(Worker):
     def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                      binary_data: bool) -> tuple[Work, tuple[str, ...]]:
         """The update of green, the rows peers need first, while the sync's chunks go."""
-        if options.overlap_chunks == 1 or options.shared_weights:
+        if not options.overlapped or options.shared_weights:
             return Work(), ()
         w = Work()
-        statistics_work(w, model, model.n_visible, model.block(K, rank)[1], m, m, momentum=momentum,
-                        binary_data=binary_data)
+        vk, hk = model.block(K, rank)
+        # in chunks, the whole update; with the rows in one chunk, its own rows' (the peers' go first)
+        statistics_work(w, model, model.n_visible if options.overlap_chunks > 1 else vk, hk, m, m,
+                        momentum=momentum, binary_data=binary_data)
         return w, (P.WEIGHT_SYNC,)
 
     @classmethod

@@ -20,7 +20,7 @@ from parrbm.strategies import phases as P
 
 class PurpleOnly(Worker):
     name = "purple-only"
-    options_used = ("partition", "overlap_chunks")
+    options_used = ("partition", "overlap", "overlap_chunks")
 
     def __init__(self, spec, state: ModelState, rank, size, options):
         super().__init__(spec, state, rank, size, options)

@@ -22,7 +22,7 @@ from parrbm.strategies import phases as P
 class UnitPartitioned(Worker):
     local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
     name = "unit-partitioned"
-    options_used = ("partition", "sync_every", "overlap_chunks")
+    options_used = ("partition", "sync_every", "overlap", "overlap_chunks")
     sync_phases = (P.WEIGHT_SYNC,)
 
     def __init__(self, spec, state: ModelState, rank, size, options):
@@ -220,9 +220,22 @@ class UnitPartitioned(Worker):
     @classmethod
     def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
                      binary_data: bool) -> tuple[Work, tuple[str, ...]]:
-        if options.overlap_chunks == 1:
+        """With its cases whole: this worker's own block of the visible and hidden inputs
+        (while the rest of h and v' are on the wire) and green's update (while h' is); in
+        chunks, the phases' products as well."""
+        if not options.overlapped:
             return Work(), ()
-        return cls._exchange_work(model, m, K, rank), (P.HIDDEN, P.VISIBLE, P.NEGATIVE_HIDDEN)
+        vk, hk = model.block(K, rank)
+        w = Work()
+        statistics_work(w, model, model.n_visible, hk, m, m, momentum=momentum, binary_data=binary_data)
+        if options.overlap_chunks > 1:
+            w.absorb(cls._exchange_work(model, m, K, rank))
+        else:
+            for t in range(model.cd_k):
+                if not (t == 0 and model.persistent):
+                    w.gemm(m, vk, hk)
+                w.gemm(m, hk, vk)
+        return w, (P.HIDDEN, P.VISIBLE, P.NEGATIVE_HIDDEN)
 
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:

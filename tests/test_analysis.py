@@ -701,13 +701,15 @@ def test_lockstep_is_priced_as_before_and_workers_on_busy_cores_hide_only_the_wi
 
 
 def test_advise_chooses_the_chunk_count():
-    """On a slow link with compute to hide it behind, the advice overlaps and says in how
-    many chunks; lockstep rows say 1."""
+    """On a slow link with compute to hide it behind, the advice overlaps and says how (the
+    cases whole, or in how many chunks); lockstep rows say no overlap and 1."""
     model = cost.Model(1000, 2000)
     rows = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
                   transport="net")
-    assert rows[0]["overlap_chunks"] > 1
+    assert rows[0]["overlap"] is True
     assert all(len(entry) == 3 for entry in rows[0]["ranking"])
     lock = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
-                  chunk_choices=(1,), transport="net")
-    assert lock[0]["overlap_chunks"] == 1 and lock[0]["step_seconds"] > rows[0]["step_seconds"]
+                  chunk_choices=(), transport="net")
+    assert lock[0]["overlap"] is False and lock[0]["overlap_chunks"] == 1
+    assert lock[0]["step_seconds"] > rows[0]["step_seconds"]
+    assert all(chunks == 0 for _, _, chunks in lock[0]["ranking"])

@@ -81,9 +81,9 @@ def test_chunked_steps_are_lockstep_bit_for_bit_on_threads(strategy, config):
     # per-update-sync sends each chunk from one block of its rows: contiguous partitions only
     for K, partition in [(2, "contiguous"), (3, "contiguous" if strategy == "per-update-sync" else "random")]:
         ref, ref_errors = fit(strategy, K, spec, X, partition=partition)
-        for chunks in (2, 3, 5):
-            got, got_errors = fit(strategy, K, spec, X, partition=partition, overlap_chunks=chunks)
-            assert_identical(ref, ref_errors, got, got_errors, f"{strategy} K={K} {partition} chunks={chunks}")
+        for how in (dict(overlap=True), dict(overlap_chunks=2), dict(overlap_chunks=3), dict(overlap_chunks=5)):
+            got, got_errors = fit(strategy, K, spec, X, partition=partition, **how)
+            assert_identical(ref, ref_errors, got, got_errors, f"{strategy} K={K} {partition} {how}")
 
 
 @pytest.mark.parametrize("transport", ["tcp", mpi_param()])
@@ -92,8 +92,9 @@ def test_chunked_steps_are_lockstep_bit_for_bit_on_processes(strategy, transport
     for config in (0, 1, 3):
         spec, X = problem(config)
         ref, ref_errors = fit(strategy, 3, spec, X)
-        got, got_errors = fit(strategy, 3, spec, X, transport=transport, overlap_chunks=3)
-        assert_identical(ref, ref_errors, got, got_errors, f"{strategy} config {config} on {transport}")
+        for how in (dict(overlap=True), dict(overlap_chunks=3)):
+            got, got_errors = fit(strategy, 3, spec, X, transport=transport, **how)
+            assert_identical(ref, ref_errors, got, got_errors, f"{strategy} config {config} on {transport} {how}")
 
 
 @pytest.mark.parametrize("strategy", ["unit-partitioned", "purple-only", "green-only"])
@@ -345,3 +346,23 @@ def test_a_progress_thread_that_stops_is_named_within_the_timeout(monkeypatch):
     assert not comm._inflight
     comm.wait_all()   # nothing left in flight: returns at once
     comm.abandon()
+
+
+def test_the_overlap_axis_of_a_grid_runs_lockstep_and_overlapped_points(tmp_path):
+    """grid.overlap: [false, true] gives each overlapping strategy at K > 1 a lockstep and
+    an overlapped point (its record says so); a chunked point is overlapped already."""
+    from parrbm.harness.comparison_config import load_config
+    from parrbm.harness.grid import grid_points
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("name: ov\nmodel: {visible: 16, hidden: 12}\ndata: {kind: random-binary, cases: 64}\n"
+                        "training: {batch_size: 16, steps: 2, warmup: 0, repeats: 1}\n"
+                        "grid: {strategy: [serial, green-only, per-update-sync], workers: [1, 2], "
+                        "overlap: [false, true], overlap_chunks: [1, 2]}\n")
+    points = grid_points(load_config(cfg_file))
+    at2 = sorted((p["strategy"], p["overlap"], p["overlap_chunks"]) for p in points if p["workers"] == 2)
+    assert at2 == [(s, ov, n) for s in ("green-only", "per-update-sync")
+                   for ov, n in ((False, 1), (True, 1), (True, 2))]
+    ids = [p["run_id"] for p in points if p["workers"] == 2 and p["strategy"] == "green-only"]
+    assert len(set(ids)) == 3 and sum("overlap=true" in i for i in ids) == 1
+    assert all(not p["overlap"] for p in points if p["workers"] == 1)

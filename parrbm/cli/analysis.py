@@ -362,7 +362,8 @@ def cmd_advise(args) -> int:
     print(f"{'K':>5}  {'best strategy':<31}{'ms/step':>9}{'speedup':>9}{'effic.':>8}  runner-up (slower by)")
     for r in rows:
         second = f"{r['runner_up']} (+{r['margin_percent']:.1f}%)" if r["runner_up"] else "-"
-        best = r["best"] + (f", {r['overlap_chunks']} chunks" if r.get("overlap_chunks", 1) > 1 else "")
+        best = r["best"] + (f", {r['overlap_chunks']} chunks" if r.get("overlap_chunks", 1) > 1 else
+                            ", overlapped" if r.get("overlap") else "")
         print(f"{r['workers']:>5}  {best:<31}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
               f"{r['efficiency']:>8.2f}  {second}")
     return 0

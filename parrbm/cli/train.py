@@ -146,7 +146,8 @@ def _estimator(args):
                   learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
                   checkpoint_every=args.checkpoint_every, verbose=True,
                   strategy_options={**({"hosts": args.hosts.split(",")} if args.hosts else {}),
-                                    **({"overlap_chunks": args.overlap_chunks} if args.overlap_chunks != 1 else {})}
+                                    **({"overlap_chunks": args.overlap_chunks} if args.overlap_chunks != 1 else {}),
+                                    **({"overlap": True} if args.overlap else {})}
                   or None)
     rbm = RBM(**params)
     if not args.resume:
@@ -312,9 +313,12 @@ def add_parsers(sub) -> None:
     tr.add_argument("--hosts", help="with --transport tcp or mpi: the hosts to start the workers on, one a "
                                     "host in order, e.g. node0,node1 (ssh key login; the same environment "
                                     "at the same path on each)")
+    tr.add_argument("--overlap", action="store_true",
+                    help="each exchange in flight while the workers compute what does not need it "
+                         "(lockstep's results, bit for bit)")
     tr.add_argument("--overlap-chunks", type=int, default=1,
-                    help="unit-partitioned, purple-only and green-only: the minibatch's cases in this many chunks, each "
-                         "chunk's exchange on the wire while the next computes (1: lockstep)")
+                    help="the minibatch's cases in this many chunks, each chunk's exchange on the wire while the "
+                         "next computes (more than 1 implies --overlap; default: %(default)s)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
     tr.add_argument("--checkpoint-every", type=int, default=1)
