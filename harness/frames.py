@@ -13,6 +13,8 @@ was wrong; a reader never waits for more bytes than a valid header announces.
 
 from __future__ import annotations
 
+import socket
+
 import struct
 
 MAGIC = b"PRBM"
@@ -54,16 +56,21 @@ def parse_header(raw: bytes, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[int,
 
 
 def read_exact(sock, n: int) -> bytes:
-    """n bytes from a socket; raises ConnectionError if the peer closes first."""
+    """n bytes from a socket; raises ConnectionError if the peer closes first. One call
+    waits for them all (MSG_WAITALL) where the socket blocks: a reader woken for every
+    segment of a slow link would take the interpreter from a computing worker each time."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        k = sock.recv_into(view[got:], n - got, _WAITALL)
         if k == 0:
             raise ConnectionError(f"connection closed after {got} of {n} bytes")
         got += k
     return bytes(buf) if n < 4096 else buf
+
+
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 
 def read_frame(sock, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[int, int, bytes]:

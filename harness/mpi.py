@@ -18,7 +18,7 @@ from parrbm.harness.comm import Transport
 
 
 class MPITransport(Transport):
-    def __init__(self, comm=None, heartbeat: str | None = None, beat: "Beat | None" = None):
+    def __init__(self, comm=None, beat: "Beat | None" = None):
         from mpi4py import MPI
 
         self.mpi = MPI
@@ -26,27 +26,20 @@ class MPITransport(Transport):
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         # MPI collectives wait forever for a hung peer: each worker records which
-        # collective it has reached, so the launcher can name the one that stopped.
+        # collective it has reached, so the job's watch can name the one that stopped.
         self.calls = 0   # collectives entered
         self.done = 0    # collectives left
-        self._beat = os.open(heartbeat, os.O_WRONLY | os.O_CREAT, 0o644) if heartbeat else None
         self._shared_beat = beat  # an MPI job's fit: read by the job's watch (see Watch)
 
     def _heartbeat(self) -> None:
         self.calls += 1
         if self._shared_beat is not None:
             self._shared_beat.entered(self.phase)
-        self._write_beat()
 
     def _left(self) -> None:
         self.done = self.calls
         if self._shared_beat is not None:
             self._shared_beat.left()
-        self._write_beat()
-
-    def _write_beat(self) -> None:
-        if self._beat is not None:
-            os.pwrite(self._beat, f"{self.calls:12d} {self.done:12d} {self.phase[:48]:<48}".encode(), 0)
 
     def exchange(self, sends, receive) -> float:
         self._heartbeat()

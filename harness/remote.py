@@ -694,7 +694,7 @@ class _Pipe:
         self.write.write(data)
         self.write.flush()
 
-    def recv_into(self, view, n: int) -> int:
+    def recv_into(self, view, n: int, flags: int = 0) -> int:
         return self.read.readinto(view[:n]) or 0
 
 
@@ -798,6 +798,9 @@ class TCPGroup:
                 answers.put((r, *recv_frame(self.pipes[r])))
             except (OSError, ValueError, ConnectionError) as exc:
                 answers.put((r, {"op": "gone", "why": str(exc)}, {}))
+            except BaseException as exc:  # noqa: BLE001 - this side failed: said at once, not waited out
+                answers.put((r, {"op": "error", "message": f"tcp: the driver failed talking to worker {r}: "
+                                                           f"{type(exc).__name__}: {exc}"}, {}))
 
         for r in range(self.K):
             threading.Thread(target=exchange, args=(r,), daemon=True).start()

@@ -170,7 +170,7 @@ class TCPTransport(Transport):
         try:
             while True:
                 self.inbox[j].put(F.read_frame(s, self.max_length))
-        except (F.FrameError, ConnectionError, OSError) as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the reader ends the peer's collectives, named
             self.inbox[j].put((_CLOSED, exc))
 
     def _writer(self, j: int) -> None:
@@ -187,7 +187,7 @@ class TCPTransport(Transport):
                 with self._lock:
                     self.wire_bytes += len(header) + (0 if payload is None else payload.nbytes)
                     self.wire_frames += 1
-            except OSError as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the collective waiting for it
                 done.error = exc
             done.set()
 

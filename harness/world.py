@@ -342,6 +342,11 @@ class TCPWorld:
             if self._leaving:
                 return
             self._end(f"rank {peer} of the job is gone (its connection closed: {exc}); the job was ended", tell=True)
+        except BaseException as exc:  # noqa: BLE001 - a reader that fails must end the job, not leave it waiting
+            if self._leaving:
+                return
+            self._end(f"reading rank {peer}'s messages failed ({type(exc).__name__}: {exc}); the job was ended",
+                      tell=True)
 
     def _end(self, message: str, *, tell: bool, said: bool = True) -> None:
         """End this rank (and, from rank 0, every other rank) at once."""

@@ -366,3 +366,23 @@ def test_the_overlap_axis_of_a_grid_runs_lockstep_and_overlapped_points(tmp_path
     ids = [p["run_id"] for p in points if p["workers"] == 2 and p["strategy"] == "green-only"]
     assert len(set(ids)) == 3 and sum("overlap=true" in i for i in ids) == 1
     assert all(not p["overlap"] for p in points if p["workers"] == 1)
+
+
+def test_a_progress_thread_shortens_the_switch_interval_while_it_runs():
+    """A worker back from a kernel would otherwise wait up to the interpreter's 5 ms for a
+    progress thread in Python code; the interval comes back when the last one stops."""
+    import sys
+
+    from parrbm.harness import comm as comm_module
+
+    before = sys.getswitchinterval()
+    a, b = Comm(SlowTransport(0.01)), Comm(SlowTransport(0.01))
+    h = a.start_alltoall([np.zeros(1)], [np.zeros(1)], phase="x")
+    g = b.start_alltoall([np.zeros(1)], [np.zeros(1)], phase="x")
+    assert sys.getswitchinterval() == pytest.approx(min(comm_module.SWITCH_INTERVAL, before))
+    h.wait()
+    a.close()
+    assert sys.getswitchinterval() == pytest.approx(min(comm_module.SWITCH_INTERVAL, before))  # b still runs
+    g.wait()
+    b.close()
+    assert sys.getswitchinterval() == before
