@@ -160,3 +160,27 @@ def test_a_plug_in_goes_to_workers_on_other_hosts_with_the_job(tmp_path, monkeyp
     if has_mpi():
         on_mpi = RBM(transport="mpi", strategy_options=LOCAL, **kw).fit(X)
         np.testing.assert_array_equal(on_mpi.components_, ref)
+
+
+def test_a_driver_that_fails_talking_to_a_worker_says_so_at_once(monkeypatch):
+    """Whatever ends the driver's exchange with a tcp worker (here a bug: a TypeError) ends
+    the fit with its cause within seconds, not after the timeout, and no worker is left."""
+    import time
+
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.harness.comm import CommError
+    from parrbm.harness.runner import ParallelRunner
+
+    def broken(sock, *a, **k):
+        raise TypeError("a bug in reading a frame")
+
+    monkeypatch.setattr(remote, "recv_frame", broken)
+    spec = CDSpec(n_visible=16, n_hidden=8, batch_size=8)
+    t0 = time.monotonic()
+    with pytest.raises(CommError, match="driver failed talking to worker .*TypeError: a bug in reading a frame"):
+        ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp", timeout=60.0).run(
+            np.zeros((16, 16), np.float32), np.arange(16), 0)
+    assert time.monotonic() - t0 < 30
+    from test_untrusted_input import _tagged_processes
+
+    assert _tagged_processes() == []
