@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +58,11 @@ class Link:
     #: token bucket, refilled by the compute phase before each collective (0: none)
     burst: float = 0.0
 
-    def seconds(self, messages: float, nbytes: float, calls: int = 1) -> float:
-        return self.latency * messages + max(0.0, nbytes - self.burst * calls) / self.bandwidth
+    def seconds(self, messages: float, nbytes: float, calls: int = 1, bursts: int | None = None) -> float:
+        """``bursts``: the collectives that start after an idle spell (default: every call);
+        the chunks of an overlapped phase follow one another on a busy link."""
+        return self.latency * messages + max(0.0, nbytes - self.burst * (calls if bursts is None else bursts)) \
+            / self.bandwidth
 
 
 #: the largest machine profile read (one is some tens of kB)
@@ -280,12 +283,15 @@ def phase_kind(phase: str, model: cost.Model, strategy=None) -> str:
 
 
 def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, transport: str,
-          strategy=None) -> dict[str, float]:
+          strategy=None, lockstep: cost.Traffic | None = None) -> dict[str, float]:
+    """Each phase's time on its link; ``lockstep``: the same step's traffic in lockstep,
+    whose calls are those that find the link idle (an emulated link's burst)."""
     out = {}
     for phase, per_worker in traffic.phases.items():
         calls = traffic.calls.get(phase, 1)
+        bursts = None if lockstep is None else min(calls, lockstep.calls.get(phase, calls))
         link = profile.link(transport, phase_kind(phase, model, strategy))
-        out[phase] = link.seconds(calls * (K - 1), max(per_worker), calls)
+        out[phase] = link.seconds(calls * (K - 1), max(per_worker), calls, bursts)
     return out
 
 
@@ -338,10 +344,12 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
         compute *= K / cores
     options = StrategyOptions(reduce=reduce, average=average, average_every=average_every,
                               sync_every=sync_every, overlap_chunks=overlap_chunks, overlap=overlap)
+    lockstep = replace(options, overlap=False, overlap_chunks=1)
     phases, busy, cpu = {}, compute, {}
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, options=options)
-        phases = _comm(traffic, model, K, profile, transport, strategy)
+        phases = _comm(traffic, model, K, profile, transport, strategy,
+                       cost.step_traffic(strategy, model, m, K, options=lockstep) if options.overlapped else None)
         cpu = _cpu_phases(phases, traffic, model, K, profile, transport, strategy)
         busy += sum(cpu.values())
     comm = sum(phases.values())
@@ -353,7 +361,8 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
         sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
                                            model.precision, "") for r in ranks) * slowdown
         sync_compute = sync
-        sync_phases = _comm(st, model, K, profile, transport, strategy)
+        sync_phases = _comm(st, model, K, profile, transport, strategy,
+                            cost.sync_traffic(strategy, model, K, options=lockstep) if options.overlapped else None)
         sync += sum(sync_phases.values())
         if per_step >= 1:
             sync_cpu = _cpu_phases(sync_phases, st, model, K, profile, transport, strategy)

@@ -713,3 +713,17 @@ def test_advise_chooses_the_chunk_count():
     assert lock[0]["overlap"] is False and lock[0]["overlap_chunks"] == 1
     assert lock[0]["step_seconds"] > rows[0]["step_seconds"]
     assert all(chunks == 0 for _, _, chunks in lock[0]["ranking"])
+
+
+def test_an_emulated_links_burst_is_credited_once_a_phase_not_once_a_chunk():
+    """The token bucket refills while a lockstep step computes; an overlapped phase's chunks
+    follow one another on a busy link, so only its first finds the bucket full."""
+    model = cost.Model(1000, 2000, visible="gaussian")
+    burst = Profile(**{**vars(flat_profile(element=0.0)),
+                       "links": {"net": {k: Link(1e-4, 1e8, burst=5e4) for k in
+                                         ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")}}})
+    lock = predict("green-only", model, 96, 2, burst, transport="net")
+    cut = predict("green-only", model, 96, 2, burst, transport="net", overlap_chunks=4)
+    for phase, t in cut.phases.items():
+        calls = cost.step_traffic("green-only", model, 96, 2, options=StrategyOptions(overlap_chunks=4)).calls[phase]
+        assert t == pytest.approx(lock.phases[phase] + (calls - 1) * 1e-4, rel=1e-12)
