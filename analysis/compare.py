@@ -178,8 +178,9 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
                       if predicted.index(a) > predicted.index(b)]
         within = [(a, b, gap) for a, b, gap in discordant if _overlap(by[a], by[b])]
         beyond = [(a, b, gap) for a, b, gap in discordant if not _overlap(by[a], by[b])]
+        mode = "lockstep" if len(key) == 5 else ("overlapped" if key[5] == 1 else f"{key[5]} chunks")
         out.append({"visible_type": key[0], "precision": key[1], "batch_size": key[2], "workers": key[3],
-                    "transport": key[4], "measured": measured, "predicted": predicted,
+                    "transport": key[4], "mode": mode, "measured": measured, "predicted": predicted,
                     "same": measured == predicted, "same_best": measured[0] == predicted[0],
                     "discordant": discordant, "discordant_within_noise": within,
                     "discordant_beyond_noise": beyond,

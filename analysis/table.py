@@ -75,7 +75,8 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                        f"same order up to {noisy} pair(s) within the p10-p90 noise" if g["same_within_noise"] else
                        "different order: " + ", ".join(f"{a} / {b} ({gap:.1f}% apart)"
                                                        for a, b, gap in g["discordant_beyond_noise"]))
-            lines.append(f"ranking K={g['workers']} {g['transport']}: measured {' < '.join(g['measured'])}; "
+            mode = f" ({g['mode']})" if g["mode"] != "lockstep" else ""
+            lines.append(f"ranking K={g['workers']} {g['transport']}{mode}: measured {' < '.join(g['measured'])}; "
                          f"model: {verdict}")
     traced = sorted({r.get("strategy_name") or r["strategy"] for r in ok
                      if (r["metrics"] or {}).get("traffic_source") == "traced"})
