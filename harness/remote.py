@@ -227,7 +227,7 @@ class MPIGroup:
         self.sock: socket.socket | None = None
         self.proc = None
         self._lifelines: list[socket.socket] = []
-        self._gone: list[int] = []  # ranks whose connection closed, in order
+        self._gone: list[list[int]] = []  # ranks whose connection closed, in order (those seen at once together)
         self.network, own = (None, False) if where is not None else _network_for(runner)
         # this machine's ranks: a private folder for mpiexec's temporary files (and the
         # emulated hosts' launcher and socket), removed with the group; every process of the
@@ -408,7 +408,14 @@ class MPIGroup:
         self._reader.join(2)
         out = self.output()
         m = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s+(?:EXIT CODE|KILLED BY SIGNAL): (\d+)", out)
-        first = self._gone[0] if self._gone and len(getattr(self, "pids", [])) == self.K else None
+        first = None
+        if self._gone and len(getattr(self, "pids", [])) == self.K:
+            first = _first_closed(self._gone, self.pids, int(m.group(1)) if m else None)
+            if isinstance(first, list):
+                return (f"mpi: workers {', '.join(map(str, first))} (PIDs "
+                        f"{', '.join(str(self.pids[r]) for r in first)}) ended without a word, their "
+                        f"connections closed together (one died, the others were stopped); mpiexec stopped "
+                        f"the other workers")
         if first is not None and (m is None or int(m.group(1)) != self.pids[first]):
             # mpiexec saw another rank end first (one it stopped): the connections' order names
             # the one that died
@@ -503,10 +510,23 @@ def _drain(stream, out: list[bytes]) -> None:
         out.append(chunk)
 
 
-def _watch_lifelines(lines: list[socket.socket], gone: list[int], proc: subprocess.Popen) -> None:
-    """The order in which the ranks' connections close (into ``gone``): a rank's closes the
-    moment its process ends, before mpiexec learns of it and stops the others, so the
-    first is the rank that died (mpiexec names whichever it saw end first)."""
+def _first_closed(gone: list[list[int]], pids: list[int], mpiexec_pid: int | None) -> "int | list[int] | None":
+    """The rank whose connection closed first (``gone``: :func:`_watch_lifelines`'s); of
+    several seen at once, the one mpiexec named (``mpiexec_pid``), else None if it named
+    one of them, else all of them (no order can be told)."""
+    batch = gone[0]
+    if len(batch) == 1:
+        return batch[0]
+    named = [r for r in batch if pids[r] == mpiexec_pid]
+    return None if named else list(batch)
+
+
+def _watch_lifelines(lines: list[socket.socket], gone: list[list[int]], proc: subprocess.Popen) -> None:
+    """The order in which the ranks' connections close (into ``gone``, one list of ranks for
+    the closes seen at once): a rank's closes the moment its process ends, before mpiexec
+    learns of it and stops the others, so the first is the rank that died (mpiexec names
+    whichever it saw end first). On a busy machine this thread may wake only after
+    several have closed: then they are one entry, in no order."""
     import select
 
     poll = select.poll()
@@ -520,11 +540,14 @@ def _watch_lifelines(lines: list[socket.socket], gone: list[int], proc: subproce
             events = poll.poll(500)
         except (OSError, ValueError):
             return
+        batch = []
         for fd, _ in sorted(events, key=lambda e: by_fd.get(e[0], 0)):
             if fd in left:
                 left.discard(fd)
                 poll.unregister(fd)
-                gone.append(by_fd[fd])
+                batch.append(by_fd[fd])
+        if batch:
+            gone.append(batch)
 
 
 def _shut_down_mpi(procs: list, tag: str | None, scratch: Path | None, network=None,

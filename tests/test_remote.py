@@ -184,3 +184,31 @@ def test_a_driver_that_fails_talking_to_a_worker_says_so_at_once(monkeypatch):
     from test_untrusted_input import _tagged_processes
 
     assert _tagged_processes() == []
+
+
+def test_connections_seen_closed_at_once_are_not_ordered_by_rank():
+    """A rank's connection closes the moment it dies; on a busy machine the watch may wake
+    after mpiexec has stopped the others too: those closes are one entry, and mpiexec's
+    word decides among them (CI once named rank 0 for a killed rank 1 by rank order)."""
+    import subprocess
+    import time
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    gone: list = []
+    proc = subprocess.Popen(["sleep", "5"])
+    try:
+        pairs[1][1].close()
+        pairs[0][1].close()  # both closed before the watch looks
+        watch = threading.Thread(target=remote._watch_lifelines, args=([p[0] for p in pairs], gone, proc), daemon=True)
+        watch.start()
+        time.sleep(0.3)
+        pairs[2][1].close()
+        time.sleep(0.7)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert gone == [[0, 1], [2]]
+    pids = [100, 101, 102]
+    assert remote._first_closed(gone, pids, 101) is None           # mpiexec named rank 1: it decides
+    assert remote._first_closed(gone, pids, None) == [0, 1]         # nothing tells them apart
+    assert remote._first_closed([[2], [0, 1]], pids, 100) == 2      # alone first: the one that died
