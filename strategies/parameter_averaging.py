@@ -159,27 +159,32 @@ class ParameterAveraging(Worker):
                 self.statistics_gradient(left[:, rows], right, gW[rows])
             start, stop = rows.start * H, (rows.stop * H if i < len(blocks) - 1 else total)
             flight.append(self.comm.start_allreduce(self.grad[start:stop], phase=P.GRADIENT))
-        spec = self.spec
-        alpha = spec.learning_rate / mb
         for rows, handle in zip(blocks, flight):
             handle.wait()
-            _core.apply_gradient(self.W[rows], None if self.W_inc is None else self.W_inc[rows], gW[rows],
-                                 alpha=alpha, momentum=spec.momentum, decay_lr=spec.learning_rate * spec.weight_decay)
-        for bias, inc, g in ((self.b, self.b_inc, self.grad[V * H: V * H + V]),
-                             (self.c, self.c_inc, self.grad[V * H + V:])):
-            _core.apply_gradient(bias.reshape(1, -1), None if inc is None else inc.reshape(1, -1),
-                                 g.reshape(1, -1), alpha=alpha, momentum=spec.momentum)
+            self.apply_weight_gradient(mb, rows)
+        self.apply_bias_gradients(mb)
 
     def apply_summed_gradient(self, mb: int) -> None:
+        self.apply_weight_gradient(mb, slice(None))
+        self.apply_bias_gradients(mb)
+
+    def apply_weight_gradient(self, mb: int, rows: slice) -> None:
+        """W[rows] (+ its increments) <- the summed gradient's rows ``rows``."""
         spec = self.spec
         V, H = spec.n_visible, spec.n_hidden
-        alpha = spec.learning_rate / mb
-        _core.apply_gradient(self.W, self.W_inc, self.grad[: V * H].reshape(V, H), alpha=alpha,
-                             momentum=spec.momentum, decay_lr=spec.learning_rate * spec.weight_decay)
+        gW = self.grad[: V * H].reshape(V, H)
+        _core.apply_gradient(self.W[rows], None if self.W_inc is None else self.W_inc[rows], gW[rows],
+                             alpha=spec.learning_rate / mb, momentum=spec.momentum,
+                             decay_lr=spec.learning_rate * spec.weight_decay)
+
+    def apply_bias_gradients(self, mb: int) -> None:
+        """b and c (+ their increments) <- the summed gradient's bias parts."""
+        spec = self.spec
+        V, H = spec.n_visible, spec.n_hidden
         for bias, inc, g in ((self.b, self.b_inc, self.grad[V * H: V * H + V]),
                              (self.c, self.c_inc, self.grad[V * H + V:])):
             _core.apply_gradient(bias.reshape(1, -1), None if inc is None else inc.reshape(1, -1),
-                                 g.reshape(1, -1), alpha=alpha, momentum=spec.momentum)
+                                 g.reshape(1, -1), alpha=spec.learning_rate / mb, momentum=spec.momentum)
 
     def reduce(self, flat: np.ndarray, *, phase: str) -> None:
         """flat <- sum over workers, by allreduce or through the master (rank 0)."""
