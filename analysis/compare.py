@@ -91,6 +91,18 @@ def all_cores_label(rec: dict) -> str:
     return f"{name} ({rec['blas_threads']} BLAS thr.)" if is_all_cores_baseline(rec) else name
 
 
+def dilation_of(rec: dict) -> float:
+    """A run's time dilation (1.0: undilated)."""
+    return float(rec.get("time_dilation") or 1.0)
+
+
+def where_label(rec: dict) -> str:
+    """Where a run ran, as tables show it: its transport, the emulated link's bandwidth, and
+    the time dilation of its hosts (tcp@105MB/s x4)."""
+    where = (rec.get("transport") or "-") + (f"@{rec['bandwidth']}" if rec.get("bandwidth") else "")
+    return where + (f" x{dilation_of(rec):g}" if dilation_of(rec) != 1.0 else "")
+
+
 def predict_record(rec: dict, profile: Profile) -> Prediction:
     """The model's step for a recorded run, on the machine it ran on (the workers share
     its cores), over the emulated link it ran on if any."""
@@ -100,6 +112,8 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
     if rec.get("hosts") and f"{transport}@hosts" in profile.links:  # calibrated between the run's hosts
         transport = f"{transport}@hosts"
     cores = (rec.get("environment") or {}).get("cores") or profile.cores
+    if dilation_of(rec) != 1.0:
+        cores = None  # each dilated host stands for a machine of its own
     data_kind = (rec.get("data") or {}).get("kind", "random-binary")
     return predict(rec["strategy"], model_of(rec), rec["batch_size"], rec["workers"], profile,
                    transport=transport, sync_every=tr.get("sync_every", 1),
@@ -133,9 +147,10 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
         rows.append({
             "strategy": r["strategy"], "workers": r["workers"], "overlap_chunks": int(r.get("overlap_chunks") or 1),
             "overlap": bool(r.get("overlap")) or (r.get("overlap_chunks") or 1) > 1,
-            # on emulated hosts each link is a transport of its own (tcp@105MB/s)
-            "transport": r.get("transport") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
-            if r.get("transport") else None,
+            # on emulated hosts each link is a transport of its own (tcp@105MB/s), and
+            # dilated hosts machines of their own (tcp@105MB/s x4)
+            "transport": where_label(r) if r.get("transport") else None,
+            "time_dilation": dilation_of(r),
             "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
             "precision": r["model"]["precision"],
             "measured_seconds": measured, "predicted_seconds": p.step_seconds,

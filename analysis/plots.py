@@ -65,11 +65,14 @@ def _frame(records: list[dict]):
     for r in records:
         if r.get("status") != "ok" or r["strategy"] == "serial":
             continue
+        if r["workers"] == 1 and (r.get("time_dilation") or 1.0) != 1.0:
+            continue  # one worker dilated checks the CPU cap (the table's dilation check)
         mt = r["metrics"]
         rows.append({"strategy": r["strategy"], "K": r["workers"], "transport": r.get("transport") or "threads",
                      "setting": _setting(r), "speedup": mt["speedup_vs_serial"], "efficiency": mt["efficiency"],
                      "speedup_all_cores": mt.get("speedup_vs_serial_all_cores"),
                      "meaningful": mt.get("speedup_meaningful", True),
+                     "dilation": float(r.get("time_dilation") or 1.0),
                      "MB per 8000 cases": mt["bytes_per_step"] * 8000 / r["batch_size"] / 1e6,
                      "compute": mt["compute_seconds"] * 1e3,
                      "communication": mt["comm_seconds"] * 1e3,  # already without the waiting
@@ -102,10 +105,15 @@ def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
             ideal = Ks if metric == "speedup" else [1.0] * len(Ks)  # all cores: ideal is 1 (the same cores)
             ax.plot(Ks, ideal, color="black", linestyle="--", linewidth=1, label="ideal")
             ax.set_xscale("log", base=2)
-            if max(Ks) > cores:
-                ax.axvspan(cores * 2 ** 0.5, max(Ks) * 2 ** 0.25, color="grey", alpha=0.12)
-                ax.text(cores * 2 ** 0.55, ax.get_ylim()[1] * 0.97, f"K > {cores} cores:\nnot meaningful",
+            beyond = sorted(d.loc[~d["meaningful"].astype(bool), "K"].unique())
+            if beyond:  # runs of more workers than cores, undilated
+                ax.axvspan(beyond[0] * 2 ** -0.5, max(Ks) * 2 ** 0.25, color="grey", alpha=0.12)
+                ax.text(beyond[0] * 2 ** -0.45, ax.get_ylim()[1] * 0.97, f"K > {cores} cores:\nnot meaningful",
                         fontsize=8, va="top", color="dimgray")
+            # dilated runs are drawn as measured, marked with their factor
+            for F, at in d[d["dilation"] != 1.0].groupby(["dilation", "K"]).first()[metric].items():
+                ax.annotate(f"x{F[0]:g}", (F[1], at), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color="dimgray")
             ax.set_xticks(Ks)
             ax.set_xticklabels([str(k) for k in Ks])
             ax.minorticks_off()
@@ -121,6 +129,41 @@ def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
                  "workers' cores)", y=1.01)
     fig.tight_layout()
     return _save(fig, out, "speedup")
+
+
+def plot_scaling(records: list[dict], out: Path) -> list[Path]:
+    """The paper's Figures 4.6 and 4.7: the speedup of 4 machines over 2 and of 8 over 4,
+    per setting, beside the ideal 2."""
+    from parrbm.analysis.scaling import scaling_rows
+
+    rows = [r for r in scaling_rows(records) if any(K >= 4 for K in r["doubling"])]
+    if not rows:
+        return []
+    plt, _ = _plt()
+    strategies = sorted({r["strategy"] for r in rows})
+    fig, axes = plt.subplots(1, len(strategies), figsize=(max(6.0, 0.9 * len(rows) + 3), 4.2), squeeze=False)
+    style = {4: ("s", "tab:blue"), 8: ("D", "tab:red"), 16: ("^", "tab:green")}
+    for ax, name in zip(axes[0], strategies):
+        mine = [r for r in rows if r["strategy"] == name]
+        labels = [f"{r['visible_type'][:5]} {r['precision'][-2:]}\nm={r['batch_size']}"
+                  + (f"\n{r['visible']}x{r['hidden']}" if len({(x['visible'], x['hidden']) for x in mine}) > 1 else "")
+                  for r in mine]
+        for K in sorted({K for r in mine for K in r["doubling"] if K >= 4}):
+            xs = [i for i, r in enumerate(mine) if K in r["doubling"]]
+            marker, colour = style.get(K, ("o", "tab:grey"))
+            ax.scatter(xs, [mine[i]["doubling"][K] for i in xs], marker=marker, color=colour, s=45,
+                       label=f"{K} machines over {K // 2}", zorder=3)
+        ax.axhline(2.0, color="black", linestyle="--", linewidth=1, label="ideal (2)")
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="no gain (1)")
+        ax.set_xticks(range(len(mine)))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylim(0, max(2.4, 1.1 * max(x for r in mine for x in r["doubling"].values())))
+        ax.set_ylabel("speedup of 2K machines over K (x)")
+        ax.set_title(name)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, out, "scaling")
 
 
 def plot_bytes(records: list[dict], out: Path) -> list[Path]:
@@ -203,7 +246,8 @@ def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
     df = pd.DataFrame(rows)
     df["measured ms"] = df["measured_seconds"] * 1e3
     df["predicted ms"] = df["predicted_seconds"] * 1e3
-    df["K"] = df["workers"].astype(str) + np.where(df["meaningful"], "", " (> cores)")
+    df["K"] = df["workers"].astype(str) + np.where(df["meaningful"], "", " (> cores)") \
+        + np.where(df["time_dilation"] != 1.0, " (dilated)", "")
     df["transport"] = df["transport"].fillna("-")
     fig, ax = plt.subplots(figsize=(7.5, 6))
     lo = 0.8 * min(df["measured ms"].min(), df["predicted ms"].min())
@@ -415,7 +459,8 @@ def plot_all(records: list[dict], out: Path, *, profile=None, cores: int | None 
     out.mkdir(parents=True, exist_ok=True)
     if cores is None:
         cores = next((r["environment"]["cores"] for r in records if r.get("environment")), 1)
-    figs = {"speedup": plot_speedup(records, out, cores), "bytes": plot_bytes(records, out),
+    figs = {"speedup": plot_speedup(records, out, cores), "scaling": plot_scaling(records, out),
+            "bytes": plot_bytes(records, out),
             "breakdown": plot_breakdown(records, out)}
     if profile is not None:
         figs["predicted"] = plot_predicted(records, profile, out)

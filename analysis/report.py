@@ -17,7 +17,7 @@ from pathlib import Path
 
 from parrbm.analysis import cost
 from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, predicted_vs_measured,
-                                    ranking_agreement)
+                                    ranking_agreement, where_label)
 from parrbm.analysis.plots import plot_all
 
 #: the paper's Table 4.1 (MB per 8000 cases, 8000 x 20000 RBM, K = 1, 2, 4, 8)
@@ -30,7 +30,10 @@ CAPTIONS = {
     "speedup": "Speedup over the serial trainer on one core, over the serial trainer on as many BLAS threads as "
                "the K workers use in all (up to the cores: the baseline a user with those cores would run), "
                "and efficiency (speedup over one core / K); median step times; dashed: ideal. Shaded: more "
-               "workers than cores, where measured speedup means nothing.",
+               "workers than cores, where measured speedup means nothing. xF: emulated machines with time "
+               "dilated by F (each host 1/F of a core, its link 1/F of the bandwidth, times divided by F).",
+    "scaling": "As the paper draws it (its Figures 4.6 and 4.7): the speedup of 4 machines over 2 (squares) "
+               "and of 8 over 4 (diamonds) for each setting; dashed: doubling the machines doubles the speed.",
     "bytes": "Bytes per 8000 training cases: every measured run (points) lies on the closed form (lines).",
     "breakdown": "Per step, slowest worker. The same definitions on every transport: compute is a step's time "
                  "outside the collectives; a collective call lasts, on the worker that reached it last, as long "
@@ -64,7 +67,7 @@ def _tables(records: list[dict], profile) -> dict:
     for r in sorted(ok, key=lambda r: (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"],
                                        builtin_order(r["strategy"]), r["workers"], r.get("transport") or "")):
         mt, m = r["metrics"], r["batch_size"]
-        where = r.get("transport") and r["transport"] + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+        where = r.get("transport") and where_label(r)
         key = (r["strategy"], r["workers"], where, m, r["model"]["visible_type"], r["model"]["precision"])
         p = pred.get(key)
         st = mt["step_seconds"]
@@ -167,7 +170,7 @@ def _summary(records: list[dict], profile) -> list[str]:
             continue
         k = (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"], r["workers"])
         if mt["speedup_vs_serial"] and (k not in best or mt["speedup_vs_serial"] > best[k][1]):
-            best[k] = (f"{r['strategy']} on {r['transport']}", mt["speedup_vs_serial"],
+            best[k] = (f"{r['strategy']} on {where_label(r)}", mt["speedup_vs_serial"],
                        mt.get("speedup_vs_serial_all_cores"), mt.get("serial_all_cores_threads"))
     for (vis, prec, m, K), (who, sp, sp_all, threads) in sorted(best.items()):
         against_all = "" if sp_all is None else \
@@ -212,7 +215,20 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
     figs = plot_all(records, files, profile=profile, divergence=divergence)
     config = next((r.get("config") for r in records if r.get("config")), "results")
     title = title or f"parrbm comparison: {config}"
+    from parrbm.analysis.dilation import dilation_check, summary as dilation_summary
+    from parrbm.analysis.scaling import paper_claims, scaling_rows, scaling_table
+
+    scaling = scaling_rows(records)
+    checks = dilation_check(records)
     parts = {"summary": _summary(records, profile), "env": _environment(records),
+             "scaling": scaling_table(scaling) if any(len(r["speedup"]) > 2 for r in scaling) else None,
+             "claims": paper_claims(scaling),
+             "dilation": {"head": ["run", "against", "ms a step", "dilated", "ms a step (divided)", "ratio"],
+                          "rows": [[c["strategy"] + f", K = {c['workers']}, {c['visible_type']} {c['precision']} "
+                                    f"m={c['batch_size']}", c["reference"], f"{c['reference_seconds'] * 1e3:.1f}",
+                                    f"x{c['dilation']:g}", f"{c['seconds'] * 1e3:.1f}", f"{c['ratio']:.3f}"]
+                                   for c in checks]} if checks else None,
+             "dilation_summary": dilation_summary([c for c in checks if c["reference"] == "undilated"]),
              "table": _tables(records, profile), "paper": _paper_rows(), "advice": _advice_rows(profile),
              "network": _network_rows(records, profile),
              "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"],
@@ -223,6 +239,15 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
 
     write_atomic(out, text)
     return out
+
+
+def _dilation_note(p: dict) -> str:
+    s = p["dilation_summary"]
+    held = "" if not s["runs"] else (
+        f" Against undilated: |ratio - 1| median {100 * s['median']:.1f}%, worst {100 * s['worst']:.1f}% over "
+        f"{s['runs']} runs (bounds 5% / 10%: " + ("met" if s["within_bounds"] else "NOT met") + ").")
+    return ("Each dilated run (its hosts on 1/F of a core, their links at 1/F of the bandwidth, its times "
+            "divided by F) beside the same run undilated, and one worker dilated beside one undilated." + held)
 
 
 def _md_table(t: dict) -> str:
@@ -246,6 +271,11 @@ def _markdown(title: str, p: dict, figs: dict, out: Path) -> str:
               _md_table(p["network"]["links"]), ""]
         if p["network"]["crossovers"]["rows"]:
             s += ["Where the fastest strategy changes with the bandwidth:", "", _md_table(p["network"]["crossovers"]), ""]
+    if p["scaling"]:
+        s += ["## Speedup as the machines double", "", _md_table(p["scaling"]), ""]
+        s += [f"- {c}" for c in p["claims"]] + [""]
+    if p["dilation"]:
+        s += ["## Time dilation against undilated runs", "", _dilation_note(p), "", _md_table(p["dilation"]), ""]
     s += ["## The paper's Table 4.1 beside ours", "",
           "Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.", "", _md_table(p["paper"]), ""]
     if p["advice"]:
@@ -310,6 +340,12 @@ def _html(title: str, p: dict, figs: dict) -> str:
         if p["network"]["crossovers"]["rows"]:
             s += ["<h3>Where the fastest strategy changes with the bandwidth</h3>",
                   _html_table(p["network"]["crossovers"])]
+    if p["scaling"]:
+        s += ["<h2>Speedup as the machines double</h2>", _html_table(p["scaling"])]
+        s += ["<ul>", "".join(f"<li>{e(c)}</li>" for c in p["claims"]), "</ul>"]
+    if p["dilation"]:
+        s += ["<h2>Time dilation against undilated runs</h2>", f"<p>{e(_dilation_note(p))}</p>",
+              _html_table(p["dilation"])]
     s += ["<h2>The paper's Table 4.1 beside ours</h2>",
           "<p>Unit-partitioned, 8000 x 20000 RBM, bytes per 8000 cases.</p>", _html_table(p["paper"])]
     if p["advice"]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, error_summary, predict_record,
-                                    predicted_vs_measured, ranking_agreement)
+from parrbm.analysis.compare import (all_cores_label, bytes_per_cases, dilation_of, error_summary, predict_record,
+                                    predicted_vs_measured, ranking_agreement, where_label)
 from parrbm.harness.grid import is_all_cores_baseline
 
 
@@ -32,7 +32,7 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     for (vis, prec, m), rs in sorted(groups.items()):
         V, H = rs[0]["model"]["visible"], rs[0]["model"]["hidden"]
         lines.append(f"\n{V} x {H}, {vis} visible, {prec}, minibatch {m}")
-        width = max([8, *(len((r["transport"] or "-") + f"@{r['bandwidth']}") + 1 for r in rs if r.get("bandwidth"))])
+        width = max([8, *(len(where_label(r)) + 1 for r in rs)])
         chunked = any(_overlapped(r) for r in rs)  # then: the share of communication hidden
         lines.append(f"{'strategy':<31}{'K':>3} {'transport':<{width}}{'MB/8000 cases':>14}{'MB/sync':>9}"
                      f"{'ms/step':>9}{'vs 1 core':>10}{'vs cores':>9}{'vs K=1':>8}{'effic.':>8}"
@@ -40,12 +40,13 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                      + (f"{'model ms':>10}{'error':>8}" if predicted else ""))
         for r in sorted(rs, key=lambda r: (builtin_order(r["strategy"]), r["workers"], r.get("blas_threads", 1),
                                            r["transport"] or "",
-                                           -((r.get("network") or {}).get("bandwidth") or float("inf")))):
+                                           -((r.get("network") or {}).get("bandwidth") or float("inf")),
+                                           dilation_of(r))):
             mt = r["metrics"]
             per_8000 = bytes_per_cases(r) / 1e6
             fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
             note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
-            where = (r["transport"] or "-") + (f"@{r['bandwidth']}" if r.get("bandwidth") else "")
+            where = where_label(r)
             lines.append(f"{all_cores_label(r):<31}{r['workers']:>3} {where:<{width}}{per_8000:>14.2f}"
                          f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
                          f"{fmt(mt['speedup_vs_serial'], '.2f'):>10}"
@@ -61,12 +62,17 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                  "MB/8000 cases: weight syncs included at their period"
                  + ("; hidden: the share of the collectives' busy time the steps did not wait for (N chunks: "
                     "each chunk's exchange in flight while the next computes)"
-                    if any(_overlapped(r) for r in ok) else ""))
+                    if any(_overlapped(r) for r in ok) else "")
+                 + ("; xF: on emulated hosts dilated by F (each 1/F of its cores, links at 1/F of the "
+                    "bandwidth), times divided by F" if any(dilation_of(r) != 1.0 for r in ok) else ""))
+    from parrbm.analysis.dilation import dilation_check, dilation_lines
+
+    lines += dilation_lines(dilation_check(ok))
     if predicted:
         rows = predicted_vs_measured(records, profile)
         e = error_summary(rows)
         if e["runs"]:
-            lines.append(f"\ntime model vs measured (runs with K <= cores): median error {100 * e['median']:.1f}%, "
+            lines.append(f"\ntime model vs measured (runs with K <= cores, or dilated): median error {100 * e['median']:.1f}%, "
                          f"worst {100 * e['worst']:.1f}% over {e['runs']} runs; {e['within_spread']} inside "
                          f"the run's p10-p90 steps, the worst {100 * e['worst_beyond_spread']:.1f}% beyond it")
         for g in ranking_agreement(rows):

@@ -98,6 +98,9 @@ SCHEMA = {
                         # a rate with its unit (105MB/s), or "unshaped"; a list is a grid axis
                         "bandwidth": _list_of({"type": "string", "minLength": 1}),
                         "latency": {"type": "string", "minLength": 1},
+                        # off, auto or a factor F >= 1; a list is a grid axis (YAML reads
+                        # a bare off as false)
+                        "dilation": _list_of({"type": ["string", "number", "boolean"]}),
                     },
                 },
             },
@@ -303,6 +306,8 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
         training["steps"] = DEFAULT_STEPS
     _check_data(path, cfg["data"], given_data)
     _resolve_strategies(path, cfg["grid"])
+    if "network" in cfg:
+        _check_dilation_values(path, cfg)
     points = grid_points(cfg)
     _check_sizes(path, cfg, points)
     _check_points(path, cfg, points)
@@ -540,6 +545,7 @@ def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
             raise ConfigError(f"{path}: network.emulate.latency: {exc}") from None
         if why:
             raise ConfigError(f"{path}: network.emulate.latency: {emulate['latency']!r}: {why}")
+    _check_dilation(path, cfg, points)
     if not any(p["bandwidth"] is not None for p in points):
         raise ConfigError(f"{path}: network.emulate: puts tcp and mpi workers on emulated hosts, but the grid "
                           f"runs none (give grid.transport tcp or mpi, and workers >= 2)")
@@ -549,6 +555,48 @@ def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
     why = missing()
     if why:
         raise ConfigError(f"{path}: network.emulate: {why}")
+
+
+def _check_dilation_values(path: Path, cfg: dict) -> None:
+    """network.emulate.dilation: each 'off', 'auto' or a factor in [1, MAX_DILATION], none
+    twice."""
+    from parrbm.harness.grid import AUTO, OFF
+    from parrbm.harness.network import dilation_refusal
+
+    emulate = cfg["network"]["emulate"]
+    if "dilation" not in emulate:
+        return
+    listed = emulate["dilation"] if isinstance(emulate["dilation"], list) else [emulate["dilation"]]
+    for i, d in enumerate(listed):
+        at = f"[{i}]" if isinstance(emulate["dilation"], list) else ""
+        if d is True or (isinstance(d, str) and d not in (OFF, AUTO)):
+            raise ConfigError(f"{path}: network.emulate.dilation{at}: {d!r}: give {OFF!r}, {AUTO!r} or a factor "
+                              f"F >= 1 (each emulated host then gets 1/F of its cores, its link 1/F of the "
+                              f"bandwidth, and every time is divided by F)")
+        why = None if isinstance(d, (str, bool)) else dilation_refusal(d)
+        if why:
+            raise ConfigError(f"{path}: network.emulate.dilation{at}: {why}")
+    if len({OFF if d is False else str(float(d)) if not isinstance(d, str) else d for d in listed}) != len(listed):
+        raise ConfigError(f"{path}: network.emulate.dilation: {listed} names a dilation twice")
+
+
+def _check_dilation(path: Path, cfg: dict, points: list[dict]) -> None:
+    """An explicit dilation only with transports that can be dilated, on a machine that
+    can cap a host's CPU."""
+    from parrbm.harness.grid import DILATABLE
+    from parrbm.harness.network import dilation_missing
+    undilatable = sorted({p["transport"] for p in points if p.get("dilation", 1.0) != 1.0
+                          and p["transport"] not in DILATABLE})
+    if undilatable:
+        raise ConfigError(
+            f"{path}: network.emulate.dilation: transport {undilatable[0]!r} cannot be dilated: MPICH's "
+            f"collectives poll for progress while they wait (a rank waiting in a barrier uses a whole core), "
+            f"which would burn its host's capped CPU and slow the step it waits for; dilate tcp only "
+            f"('auto' leaves mpi undilated), or give mpi a config of its own")
+    if any(p.get("dilation", 1.0) != 1.0 for p in points):
+        why = dilation_missing()
+        if why:
+            raise ConfigError(f"{path}: network.emulate.dilation: {why}")
 
 
 def _deepest(e):

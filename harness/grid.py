@@ -1,5 +1,5 @@
 """A comparison's grid: its points (strategy, K, transport, minibatch, precision, visible
-units, link, chunks), their settings, and how a run names itself and its baselines."""
+units, link, time dilation, chunks), their settings, and how a run names itself and its baselines."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def grid_points(cfg: dict) -> list[dict]:
     transports = g.get("transport", ["threads"])
     chunk_counts = g.get("overlap_chunks", [cfg.get("options", {}).get("overlap_chunks", 1)])
     overlap_modes = g.get("overlap", [bool(cfg.get("options", {}).get("overlap", False))])
+    dilations = (emulate.get("dilation", OFF) if isinstance(emulate.get("dilation", OFF), list)
+                 else [emulate.get("dilation", OFF)]) if emulate else [OFF]
+    per_host = cfg["training"]["blas_threads"]
     points = []
     for m, p, v in itertools.product(batch, prec, vis):
         base = {"batch_size": m, "precision": p, "visible_type": v}
@@ -49,25 +52,67 @@ def grid_points(cfg: dict) -> list[dict]:
                 continue
             for K in g["workers"]:
                 for t in (["threads"] if K == 1 else transports):
-                    # on emulated hosts (tcp, mpi), one run per link bandwidth
+                    # on emulated hosts (tcp, mpi), one run per link bandwidth and dilation
                     for bw in (bandwidths if t in NETWORK_TRANSPORTS else [None]):
-                        # chunk counts for a strategy that overlaps, at K > 1 (one worker moves nothing)
-                        for chunks in (chunk_counts if K > 1 and overlaps(s) else [1]):
-                            # overlapped with the cases whole, or lockstep (chunks imply overlap)
-                            for ov in (overlap_modes if K > 1 and overlaps(s) and chunks == 1 else [chunks > 1]):
-                                points.append({**base, "strategy": s, "workers": K, "transport": t,
-                                               "bandwidth": bw, "overlap_chunks": chunks, "overlap": ov})
+                        for F in (dilation_factors(dilations, K, per_host, t) if t in NETWORK_TRANSPORTS
+                                  else [1.0]):
+                            # chunk counts for a strategy that overlaps, at K > 1 (one worker moves nothing)
+                            for chunks in (chunk_counts if K > 1 and overlaps(s) else [1]):
+                                # overlapped with the cases whole, or lockstep (chunks imply overlap)
+                                for ov in (overlap_modes if K > 1 and overlaps(s) and chunks == 1
+                                           else [chunks > 1]):
+                                    points.append({**base, "strategy": s, "workers": K, "transport": t,
+                                                   "bandwidth": bw, "overlap_chunks": chunks, "overlap": ov,
+                                                   "dilation": F})
+                if K == 1 and emulate:
+                    # one worker dilated: on an emulated host of its own, its CPU capped,
+                    # beside the same undilated (it moves nothing: the link is left unshaped)
+                    host = next((t for t in transports if t in NETWORK_TRANSPORTS), None)
+                    factors = dilation_factors(dilations, 1, per_host, host) if host else []
+                    for F in (factors if any(F != 1.0 for F in factors) else []):
+                        points.append({**base, "strategy": s, "workers": 1, "transport": host,
+                                       "bandwidth": UNSHAPED, "overlap_chunks": 1, "overlap": False,
+                                       "dilation": F})
     for pt in points:
         pt.setdefault("bandwidth", None)
         pt.setdefault("overlap_chunks", 1)
         pt.setdefault("overlap", False)
+        pt.setdefault("dilation", 1.0)
         pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
                                                           "precision", "visible_type")) \
             + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "") \
             + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "") \
             + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "") \
-            + ("|overlap=true" if pt["overlap"] and pt["overlap_chunks"] == 1 else "")
+            + ("|overlap=true" if pt["overlap"] and pt["overlap_chunks"] == 1 else "") \
+            + (f"|dilation={pt['dilation']:g}" if pt["dilation"] != 1.0 else "")
     return points
+
+
+#: network.emulate.dilation: undilated; or F = K x the workers' BLAS threads / the cores
+#: here where the K workers would outnumber the cores
+OFF, AUTO = "off", "auto"
+#: the transports whose waits block (a worker that waits uses no CPU): the ones that can
+#: be dilated. MPICH's collectives poll its progress engine while they wait: a rank
+#: waiting in one uses a whole core, which would burn its host's CPU cap
+DILATABLE = ("tcp",)
+
+
+def dilation_factors(listed: list, K: int, per_host: int, transport: str | None) -> list[float]:
+    """The time dilations of a grid point of K workers on ``transport`` (each the factor F,
+    1.0 undilated; each once): ``auto`` is K x ``per_host`` / the cores here where that is
+    more than 1 and the transport can be dilated, else undilated."""
+    out: list[float] = []
+    for d in listed:
+        if d is False or d == OFF:  # YAML reads a bare off as false
+            F = 1.0
+        elif d == AUTO:
+            need = K * per_host / environment_cores()
+            F = float(need) if need > 1 and transport in DILATABLE else 1.0
+        else:
+            F = float(d)
+        if F not in out:
+            out.append(F)
+    return out
 
 
 def overlaps(strategy: str) -> bool:
@@ -105,7 +150,7 @@ UNSHAPED = "unshaped"
 def network_links_of(cfg: dict) -> list:
     """The distinct shaped links (LinkSpec) a config's runs use."""
     pts = [p for p in grid_points(cfg) if p.get("bandwidth") not in (None, UNSHAPED)]
-    return list({link_of(cfg, p): None for p in pts})
+    return list({link_of(cfg, p).undilated(): None for p in pts})
 
 
 def link_of(cfg: dict, pt: dict):
@@ -117,7 +162,8 @@ def link_of(cfg: dict, pt: dict):
         return None
     latency = cfg["network"]["emulate"].get("latency")
     return LinkSpec(None if pt["bandwidth"] == UNSHAPED else parse_bandwidth(pt["bandwidth"]),
-                    None if latency is None else parse_latency(latency))
+                    None if latency is None else parse_latency(latency), dilation=float(pt.get("dilation", 1.0)),
+                    host_cores=float(cfg["training"]["blas_threads"]))
 
 
 def display_name(strategy: str) -> str:

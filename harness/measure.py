@@ -113,6 +113,7 @@ def measure_point(cfg: dict, pt: dict) -> dict:
     order = np.arange((warmup + steps) * m, dtype=np.int64) % X.shape[0]
     state = ModelState.initial(spec)
     K = pt["workers"]
+    dilation = float(pt.get("dilation", 1.0))
     if pt["strategy"] == "serial":
         from parrbm import _core
 
@@ -130,8 +131,9 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         model = s.gather_model()
     else:
         opts = point_options(cfg, pt)
+        # a dilated run takes F times as long: so may its waits
         r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
-                           blas_threads=tr["blas_threads"], timeout=tr["timeout"],
+                           blas_threads=tr["blas_threads"], timeout=tr["timeout"] * dilation,
                            tcp=tcp_hosts(cfg["tcp"]), network=link_of(cfg, pt),
                            mpi=mpi_hosts(cfg.get("mpi")) if pt["transport"] == "mpi" else None)
         try:
@@ -149,8 +151,12 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
                  "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
     extra["model_sha256"] = model_digest(model)
-    return {"step_times": step_times, "per_step": per_step, "stats": stats, "extra": extra,
-            "errors": errors, "steps": steps, "warmup": warmup}
+    # on dilated hosts everything ran F times slower: the times of the machines they stand for
+    measured = np.asarray(step_times)
+    step_times = measured / dilation
+    per_step = {k: v / dilation for k, v in per_step.items()}
+    return {"step_times": step_times, "measured_step_times": measured, "per_step": per_step, "stats": stats,
+            "extra": extra, "errors": errors, "steps": steps, "warmup": warmup, "dilation": dilation}
 
 
 def model_digest(state) -> str:
@@ -186,6 +192,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     per_step = {k: float(np.mean([r["per_step"].get(k, 0.0) for r in runs]))
                 for k in ("compute", "comm", "wait", "busy", "exposed")}
     median = float(np.median(step_times))
+    measured = np.concatenate([r.get("measured_step_times", r["step_times"]) for r in runs])
+    dilation = float(pt.get("dilation", 1.0))
     cores = environment_cores()
     key = (m, pt["precision"], pt["visible_type"])
     all_cores = pt.get("baseline") == ALL_CORES
@@ -216,9 +224,14 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         "traffic_source": traffic_source(pt["strategy"]) if K > 1 else "declared",
         "formula_mismatch": mismatch,
         "wire_bytes_per_step": stats.get("wire_bytes_per_step"),
+        # dilated runs: divided by the dilation (the machines the hosts stand for);
+        # measured_step_seconds: as the clock here saw them
         "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
                          "p90": float(np.percentile(step_times, 90)),
                          "repeat_medians": [float(np.median(r["step_times"])) for r in runs]},
+        "measured_step_seconds": {"median": float(np.median(measured)),
+                                  "p10": float(np.percentile(measured, 10)),
+                                  "p90": float(np.percentile(measured, 90))},
         "compute_seconds": per_step["compute"], "comm_seconds": per_step["comm"],
         "wait_seconds": per_step["wait"],
         # communication overlapped with computation, per step, the workers' mean
@@ -235,7 +248,9 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         "serial_all_cores_threads": wanted,
         "speedup_vs_k1": k1 / median if k1 else None,
         "efficiency": (serial / median) / K if serial else None,
-        "speedup_meaningful": K <= cores,
+        # the K workers had cores of their own: K <= cores, or dilated hosts that together
+        # had no more CPU than the cores here
+        "speedup_meaningful": K * (threads / dilation if dilation != 1.0 else 1) <= cores,
         "replica_divergence": stats.get("replica_divergence", 0.0),
         "reconstruction_error": float(np.sum(errors[-steps:]) / (steps * m * spec.n_visible)),
         **first["extra"],
@@ -244,7 +259,7 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
             **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
             "bandwidth": pt.get("bandwidth"), "overlap_chunks": pt.get("overlap_chunks", 1),
             "overlap": bool(pt.get("overlap", False)) or pt.get("overlap_chunks", 1) > 1,
-            "network": stats.get("network"),
+            "network": stats.get("network"), "time_dilation": dilation,
             **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
             "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
                       "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},

@@ -17,6 +17,13 @@ launcher's PID and a per-process counter, so two runs never collide; deleting a
 namespace deletes its links and qdiscs, and the namespaces of a launcher killed
 outright are removed by the next network set up, or by ``parrbm network cleanup``.
 
+Time dilation (:attr:`LinkSpec.dilation` F > 1) emulates more machines than this one
+has cores (Gupta et al., NSDI 2006): each host runs in a cgroup capped to ``host_cores``
+/ F cores (:mod:`parrbm.harness.cgroups`), its link is shaped to bandwidth / F with F
+times the latency (the token bucket keeps the undilated link's bytes), and whoever
+measures divides every time by F. The cgroups are named like the namespaces and go with
+them.
+
 Needs root or CAP_NET_ADMIN, and iproute2 (``ip``, ``tc``).
 """
 
@@ -70,18 +77,30 @@ class NetworkError(RuntimeError):
 @dataclass(frozen=True)
 class LinkSpec:
     """What a config's ``network.emulate`` asks for: ``bandwidth`` in bytes/s on the wire
-    (None: unshaped), ``latency`` in seconds one way (None: the link's own)."""
+    (None: unshaped), ``latency`` in seconds one way (None: the link's own); with a time
+    ``dilation`` F > 1, hosts that stand for machines of ``host_cores`` cores each, run F
+    times slower (their CPU capped to host_cores / F cores, their links F times slower)."""
 
     bandwidth: float | None
     latency: float | None = None
+    dilation: float = 1.0
+    host_cores: float = 1.0
 
     def __post_init__(self) -> None:
-        why = shaping_refusal(self.bandwidth, self.latency)
+        why = shaping_refusal(self.bandwidth, self.latency) or dilation_refusal(self.dilation)
         if why:
             raise ValueError(why)
 
+    @property
+    def dilated(self) -> bool:
+        return self.dilation != 1.0
+
+    def undilated(self) -> "LinkSpec":
+        """The same link without dilation (the link a dilated run stands for)."""
+        return LinkSpec(self.bandwidth, self.latency)
+
     def describe(self) -> dict:
-        return {"bandwidth": self.bandwidth, "latency": self.latency}
+        return {"bandwidth": self.bandwidth, "latency": self.latency, "time_dilation": self.dilation}
 
 
 #: the rates tc's token bucket shapes here, bytes/s: from 8 kbit/s (a frame per 0.2 s) to
@@ -90,6 +109,18 @@ MIN_RATE = 1e3
 MAX_RATE = 12.5e9
 #: the longest one-way latency emulated (netem's delay; a collective waits for it)
 MAX_LATENCY = 10.0
+
+
+#: the greatest time dilation: a host's share of a core is 1/F, its period F ms
+MAX_DILATION = 64.0
+
+
+def dilation_refusal(dilation) -> str | None:
+    """Why a time dilation of ``dilation`` cannot be emulated, or None."""
+    if isinstance(dilation, bool) or not isinstance(dilation, (int, float)) or not (1.0 <= dilation <= MAX_DILATION):
+        return (f"time dilation {dilation!r}: give a factor from 1 (undilated) to {MAX_DILATION:g}, "
+                f"'auto' or 'off'")
+    return None
 
 
 def shaping_refusal(bandwidth: float | None, latency: float | None = None) -> str | None:
@@ -112,6 +143,23 @@ def missing() -> str | None:
         return ("the emulated network needs root or CAP_NET_ADMIN (it creates network namespaces, "
                 "veth links and qdiscs); run as root, or drop the config's 'network' section")
     return None
+
+
+def host_cpus(r: int, host_cores: float) -> list[int]:
+    """The CPUs of this machine host r keeps to: the hosts dealt round the CPUs in turn,
+    ``host_cores`` (rounded up) each, so that each CPU serves as many hosts as any other."""
+    import math
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    n = min(len(cpus), max(1, math.ceil(host_cores)))
+    return sorted({cpus[(r * n + i) % len(cpus)] for i in range(n)})
+
+
+def dilation_missing() -> str | None:
+    """Why this process cannot dilate time (cap the hosts' CPU), or None."""
+    from parrbm.harness.cgroups import missing as cgroup_missing
+
+    return cgroup_missing()
 
 
 def _has_net_admin() -> bool:
@@ -146,7 +194,14 @@ def cleanup(*, every: bool = False, launcher: int | None = None) -> list[str]:
     """Delete the namespaces (and with them the links and qdiscs) of emulated networks
     whose launcher is gone; with ``every``, of all emulated networks (a live run's workers
     stopped first); with ``launcher``, only those of that launcher's PID. Returns the names."""
+    from parrbm.harness import cgroups
+
     removed = []
+    for path, pid in cgroups.ours(PREFIX):
+        if (launcher is not None and pid != launcher) or (_alive(pid) and not every):
+            continue
+        if cgroups.remove(path):
+            removed.append(f"cgroup {path}")
     for ns in namespaces():
         m = re.match(re.escape(PREFIX) + r"(\d+)-", ns)
         if not m or (launcher is not None and int(m.group(1)) != launcher):
@@ -218,6 +273,8 @@ class EmulatedNetwork:
         self.name = f"{PREFIX}{os.getpid()}-{next(_count)}"
         self.is_up = False
         self.latency_emulated = False
+        #: each host's CPU cap (a dilated network), made by up()
+        self.caps: list = []
 
     # ---- names and addresses ------------------------------------------------------------
 
@@ -236,13 +293,27 @@ class EmulatedNetwork:
         return [*(self.namespace(r) for r in range(self.hosts)), self.switch]
 
     def exec_prefix(self, r: int) -> list[str]:
-        """The command prefix that runs a program on host r."""
-        return ["ip", "netns", "exec", self.namespace(r)]
+        """The command prefix that runs a program on host r (in its CPU cap, if dilated)."""
+        enter = self.caps[r].enter_prefix() if self.caps else []
+        return [*enter, "ip", "netns", "exec", self.namespace(r)]
+
+    @property
+    def dilation(self) -> float:
+        return self.link.dilation
+
+    @property
+    def shaped_bandwidth(self) -> float | None:
+        """The rate the links are shaped to: the bandwidth, slowed by the dilation."""
+        return None if self.link.bandwidth is None else self.link.bandwidth / self.dilation
+
+    @property
+    def shaped_latency(self) -> float | None:
+        return None if self.link.latency is None else self.link.latency * self.dilation
 
     # ---- life cycle ---------------------------------------------------------------------
 
     def up(self) -> "EmulatedNetwork":
-        why = missing()
+        why = missing() or (dilation_missing() if self.link.dilated else None)
         if why:
             raise NetworkError(why)
         cleanup()  # what launchers killed outright left behind
@@ -281,9 +352,16 @@ class EmulatedNetwork:
         for r in range(self.hosts):
             self._shape(self.namespace(r), "eth0")   # host -> switch
             self._shape(sw, f"p{r}")                   # switch -> host
+        if self.link.dilated:
+            from parrbm.harness.cgroups import CpuCap
+
+            for r in range(self.hosts):
+                self.caps.append(CpuCap(self.namespace(r), self.link.host_cores / self.dilation,
+                                        cpus=host_cpus(r, self.link.host_cores)))
+                self.caps[-1].create()
 
     def _shape(self, ns: str, dev: str) -> None:
-        rate = self.link.bandwidth
+        rate = self.shaped_bandwidth
         if rate is None and not self.latency_emulated:
             return
         tc = ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev]
@@ -295,18 +373,28 @@ class EmulatedNetwork:
             # late timer wake-ups. 1 ms of the rate holds both (larger GSO packets are
             # segmented by tbf). limit: 0.2 s of queue, so TCP never loses a segment
             # to it (a retransmission timeout would cost 200 ms)
-            burst = bucket_bytes(rate)
-            limit = int(max(256 * 1024, rate * 0.2))
+            # (a dilated link keeps the undilated link's bucket and queue in bytes: the
+            # same bytes pass at once, and the same bytes wait)
+            burst = bucket_bytes(self.link.bandwidth)
+            limit = int(max(256 * 1024, self.link.bandwidth * 0.2))
             _run(*tc, *parent, "handle", "1:", "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst),
                  "limit", str(limit))
             parent = ["parent", "1:1"]
         if self.latency_emulated:
-            _run(*tc, *parent, "handle", "10:", "netem", "delay", f"{self.link.latency * 1e6:.0f}us")
+            _run(*tc, *parent, "handle", "10:", "netem", "delay", f"{self.shaped_latency * 1e6:.0f}us")
 
     def down(self) -> None:
-        """Delete the namespaces; their links and qdiscs go with them."""
+        """Delete the namespaces (their links and qdiscs go with them) and the hosts' CPU
+        caps (what still runs in them is stopped)."""
         for ns in [*(self.namespace(r) for r in range(self.hosts)), self.switch]:
             _run("ip", "netns", "delete", ns, check=False)
+        if self.link.dilated:
+            from parrbm.harness import cgroups
+
+            c = cgroups.controller()
+            for r in range(self.hosts if c is not None else 0):
+                cgroups.remove(c.parent / self.namespace(r))
+        self.caps = []
         self.is_up = False
 
     def __enter__(self) -> "EmulatedNetwork":
@@ -326,10 +414,21 @@ class EmulatedNetwork:
 
     def describe(self) -> dict:
         """The link as configured, for records and the report."""
-        return {"hosts": self.hosts, "bandwidth": self.link.bandwidth, "latency": self.link.latency,
-                "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
-                "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
-                "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES}
+        d = {"hosts": self.hosts, "bandwidth": self.link.bandwidth, "latency": self.link.latency,
+             "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
+             "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
+             "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES, "time_dilation": self.dilation}
+        if self.link.dilated:
+            # bandwidth and latency are those of the link the run stands for; the links
+            # were shaped to these, and each host capped to host_cores / F cores
+            from parrbm.harness.cgroups import cap_settings
+
+            quota, period = cap_settings(self.link.host_cores / self.dilation)
+            d.update(shaped_bandwidth=self.shaped_bandwidth, shaped_latency=self.shaped_latency,
+                     host_cores=self.link.host_cores,
+                     cpu_cap=self.caps[0].describe() if self.caps else
+                     {"cores": self.link.host_cores / self.dilation, "quota_us": quota, "period_us": period})
+        return d
 
 
 def sweep_stale_folders(root: str | None = None) -> list[Path]:

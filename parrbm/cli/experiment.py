@@ -66,14 +66,18 @@ def _cmd_network_cleanup(args) -> int:
         print(f"parrbm network cleanup: {why}", file=sys.stderr)
         return 2
     removed = cleanup(every=args.all)
-    print(f"removed {len(removed)} namespace(s)" + "".join(f"\n  {n}" for n in removed))
+    caps = [n for n in removed if n.startswith("cgroup ")]
+    print(f"removed {len(removed) - len(caps)} namespace(s)"
+          + (f" and {len(caps)} CPU cap(s)" if caps else "") + "".join(f"\n  {n}" for n in removed))
     return 0
 
 
 def _cmd_network_show(args) -> int:
+    from parrbm.harness import cgroups
     from parrbm.harness.network import PREFIX, namespaces
 
     ours = [n for n in namespaces() if n.startswith(PREFIX)]
+    ours += [f"cgroup {path}" for path, _ in cgroups.ours(PREFIX)]  # dilated hosts' CPU caps
     print("\n".join(ours) if ours else "no emulated network on this machine")
     return 0
 
