@@ -358,7 +358,13 @@ class EmulatedNetwork:
             for r in range(self.hosts):
                 self.caps.append(CpuCap(self.namespace(r), self.link.host_cores / self.dilation,
                                         cpus=host_cpus(r, self.link.host_cores)))
-                self.caps[-1].create()
+                try:
+                    self.caps[-1].create()
+                except OSError as exc:
+                    raise NetworkError(
+                        f"time dilation: cannot cap host {r}'s CPU in {self.caps[-1].path} ({exc.strerror or exc}); "
+                        f"with cgroup v2 the cgroup parrbm runs in must delegate the 'cpu' controller to its "
+                        f"children (for instance: systemd-run --scope -p Delegate=yes parrbm run ...)") from None
 
     def _shape(self, ns: str, dev: str) -> None:
         rate = self.shaped_bandwidth

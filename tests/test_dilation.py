@@ -177,8 +177,10 @@ def test_the_cap_holds_a_busy_host_to_its_share():
         stats = net.caps[0].throttled()
     finally:
         net.down()
-    assert 0.15 < share < 0.35, share
-    assert stats["throttled_periods"] > 0
+    # the cap bounds the share from above; a loaded machine may give less (then the cap
+    # need not bite)
+    assert share < 0.35, share
+    assert stats["throttled_periods"] > 0 or share < 0.2, (share, stats)
 
 
 @needs_root
@@ -297,3 +299,26 @@ def test_tables_mark_dilated_runs_with_their_factor():
     assert where_label({"transport": "tcp", "bandwidth": "105MB/s", "time_dilation": 4.0}) == "tcp@105MB/s x4"
     assert where_label({"transport": "tcp", "bandwidth": "105MB/s", "time_dilation": 1.0}) == "tcp@105MB/s"
     assert where_label({"transport": "tcp", "bandwidth": "105MB/s"}) == "tcp@105MB/s"
+
+
+@needs_root
+def test_a_worker_killed_on_a_dilated_host_is_named_and_nothing_is_left(monkeypatch):
+    """A worker that dies ends the run with its name, within the run's timeout; its
+    host's cgroup and namespace go with the run."""
+    from parrbm.config import CDSpec, ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import StrategyOptions
+
+    monkeypatch.setenv("PARRBM_FAULT", "kill:1:1")
+    spec = CDSpec(n_visible=8, n_hidden=4, batch_size=10, dtype="float32", seed=1)
+    X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
+    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp", StrategyOptions(),
+                            network=LinkSpec(50e6, dilation=2.0), timeout=20)
+    try:
+        with pytest.raises(Exception, match="worker 1"):
+            runner.run(X, np.arange(40, dtype=np.int64), 0)
+    finally:
+        runner.close()
+    mine = f"{PREFIX}{os.getpid()}-"
+    assert not [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(mine)]
+    assert not [n for n in namespaces() if n.startswith(mine)]
