@@ -145,7 +145,7 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
     style = {4: ("s", "tab:blue"), 8: ("D", "tab:red"), 16: ("^", "tab:green")}
     for ax, name in zip(axes[0], strategies):
         mine = [r for r in rows if r["strategy"] == name]
-        labels = [f"{r['visible_type'][:5]} {r['precision'][-2:]}\nm={r['batch_size']}"
+        labels = [f"{r['visible_type']} f{r['precision'][-2:]}\nm={r['batch_size']}"
                   + (f"\n{r['visible']}x{r['hidden']}" if len({(x['visible'], x['hidden']) for x in mine}) > 1 else "")
                   for r in mine]
         for K in sorted({K for r in mine for K in r["doubling"] if K >= 4}):
