@@ -71,7 +71,10 @@ def dilation_lines(rows: list[dict]) -> list[str]:
         out.append(f"{r['strategy']:<31}{r['workers']:>3} {settings:<26}{r['reference']:>10}"
                    f"{r['reference_seconds'] * 1e3:>9.1f}{'x' + format(r['dilation'], 'g'):>9}"
                    f"{r['seconds'] * 1e3:>9.1f}{r['ratio']:>8.3f}")
-    for label, part in (("against undilated", [r for r in rows if r["reference"] == "undilated"]),
+    for label, part in (("K >= 2 against undilated", [r for r in rows if r["reference"] == "undilated"
+                                                         and r["workers"] > 1]),
+                        ("one worker against undilated", [r for r in rows if r["reference"] == "undilated"
+                                                          and r["workers"] == 1]),
                         ("one worker against serial", [r for r in rows if r["reference"] == "serial"])):
         s = summary(part)
         if s["runs"]:
