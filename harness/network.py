@@ -191,9 +191,10 @@ def namespaces() -> list[str]:
 
 
 def cleanup(*, every: bool = False, launcher: int | None = None) -> list[str]:
-    """Delete the namespaces (and with them the links and qdiscs) of emulated networks
-    whose launcher is gone; with ``every``, of all emulated networks (a live run's workers
-    stopped first); with ``launcher``, only those of that launcher's PID. Returns the names."""
+    """Delete the namespaces (and with them the links and qdiscs) and the hosts' CPU caps
+    (cgroups) of emulated networks whose launcher is gone; with ``every``, of all emulated
+    networks (a live run's workers stopped first); with ``launcher``, only those of that
+    launcher's PID. Returns the names (a cap as ``cgroup <path>``)."""
     from parrbm.harness import cgroups
 
     removed = []
