@@ -808,10 +808,40 @@ if __name__ == "__main__":
 
 # ---- the calibration of a comparison (parrbm run) ----------------------------------------------
 
-def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock=None) -> None:
+def cache_dir() -> Path:
+    """parrbm's folder in the user's cache: $XDG_CACHE_HOME/parrbm, else ~/.cache/parrbm."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "parrbm"
+
+
+def calibration_key(what: dict) -> str:
+    """What a calibration depends on, hashed: this machine (host name, CPU, cores, memory),
+    its BLAS, parrbm's version and what is calibrated (``what``: transports, links, hosts)."""
+    import hashlib
+    import platform
+
+    import parrbm
+    from parrbm.harness.grid import environment
+
+    env = environment()
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        memory = None
+    blob = json.dumps({"host": platform.node(), "cpu": env["cpu"], "cores": env["cores"], "memory": memory,
+                       "blas": _core.blas_info(), "parrbm": parrbm.__version__, "what": what},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock=None, fresh: bool = False) -> None:
     """Measure this machine for a comparison config's transports and emulated links
     (quick) into ``where`` (``parrbm run``'s calibration: :func:`run_config`'s
-    ``calibrate``); on --resume an existing profile is kept (and must load)."""
+    ``calibrate``); on --resume an existing profile is kept (and must load).
+
+    A calibration is kept in the user's cache (:func:`cache_dir`), keyed by
+    :func:`calibration_key`: a later comparison on the same machine, BLAS and parrbm that
+    needs the same transports and links reuses it, unless ``fresh``."""
     from parrbm.harness.job import JOB_TRANSPORTS, job_world
     from parrbm.harness.grid import NETWORK_TRANSPORTS, grid_points, mpi_hosts, network_links_of, tcp_hosts
     from parrbm.harness.comparison_config import ConfigError
@@ -836,10 +866,52 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     used = {pt["transport"] for pt in grid_points(cfg)}
     on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
     tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None
-    profile = calibrate(quick=True, transports=transports or ["threads"], progress=progress)
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
         links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
+    key = calibration_key({"transports": transports or ["threads"],
+                           "links": [repr(link) for link in links], "mpi": repr(on_hosts),
+                           "tcp": repr(tcp_on_hosts)})
+    kept, meta = cache_dir() / f"calibration-{key}.json", cache_dir() / f"calibration-{key}.meta.json"
+    if not fresh and kept.is_file():
+        try:
+            profile = Profile.load(kept)
+            when = json.loads(meta.read_text()).get("measured", "?") if meta.is_file() else "?"
+        except (ValueError, OSError):
+            profile = None  # a damaged cache entry is measured again
+        if profile is not None:
+            progress(f"calibration: this machine's, measured {when}, kept in {kept} (--recalibrate measures "
+                     f"it again)")
+            if lock is not None:
+                lock.check()
+            profile.save(where)
+            return
+    previous = {}
+    try:  # the last calibration of the same kind here: what it took, in time and in steps
+        previous = json.loads(meta.read_text()) if meta.is_file() else {}
+    except (ValueError, OSError):
+        pass
+    took, steps = previous.get("seconds"), previous.get("steps")
+    progress("calibrating this machine for the time model, once (it is kept for later comparisons): "
+             + (f"the last calibration of this kind here took {took / 60:.1f} min" if isinstance(took, (int, float))
+                else f"a few minutes ({len(transports or ['threads'])} transport(s), {len(links)} emulated "
+                     f"link(s)); the next one will say how long"))
+    t_start = time.perf_counter()
+    said = progress
+    stage = getattr(progress, "stage", None)
+    counted = [0]
+
+    def progress(msg: str) -> None:  # noqa: F811 - each message a step of the calibration's bar
+        said(msg)
+        if msg.startswith("calibrate"):
+            counted[0] += 1
+            advance = getattr(said, "advance", None)
+            if advance is not None:
+                advance(1)
+
+    if stage is not None:
+        stage("calibration", steps if isinstance(steps, int) else None, "steps")
+    profile = calibrate(quick=True, transports=transports or ["threads"], progress=progress)
     for link in links:
         calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
                           quick=True, progress=progress)
@@ -862,6 +934,18 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     if lock is not None:
         lock.check()  # kept only beside results this run still holds
     profile.save(where)
+    seconds = time.perf_counter() - t_start
+    said(f"calibration took {seconds / 60:.1f} min")
+    progress = said
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(kept)
+        from parrbm._files import write_atomic
+
+        write_atomic(meta, json.dumps({"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                       "seconds": seconds, "steps": counted[0]}))
+    except OSError as exc:  # a read-only home: the next comparison calibrates again
+        progress(f"note: the calibration could not be kept in {kept.parent} ({exc.strerror or exc})")
 
 
 #: hosts whose kernels differ by more than this factor are said to differ in speed

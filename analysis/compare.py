@@ -145,6 +145,7 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
                                     reduce=(r.get("options") or {}).get("reduce", "allreduce"),
                                     average=(r.get("options") or {}).get("average", "gradients")).total
         rows.append({
+            "record_id": id(r),  # the record itself: several runs can share strategy, K and setting
             "strategy": r["strategy"], "workers": r["workers"], "overlap_chunks": int(r.get("overlap_chunks") or 1),
             "overlap": bool(r.get("overlap")) or (r.get("overlap_chunks") or 1) > 1,
             # on emulated hosts each link is a transport of its own (tcp@105MB/s), and

@@ -22,11 +22,44 @@ from parrbm.analysis import cost
 from parrbm.analysis.compare import model_of, predicted_vs_measured
 
 def _order(records: list[dict]) -> list[str]:
-    """The parallel strategies of the records: the built-ins in their order, then the rest."""
-    from parrbm.strategies.registry import builtin_order, names
+    """The parallel strategies that ran (a legend lists only those): the built-ins in their
+    order, then the rest."""
+    from parrbm.strategies.registry import builtin_order
 
-    present = {r.get("strategy") for r in records if r.get("strategy") not in (None, "serial")}
-    return sorted(set(names(parallel_only=True)) | present, key=builtin_order)
+    present = {r.get("strategy") for r in records
+               if r.get("strategy") not in (None, "serial") and r.get("status", "ok") == "ok"}
+    return sorted(present, key=builtin_order)
+
+
+#: one colour and marker per strategy in every figure (purple-only purple, green-only
+#: green); seaborn's "deep" palette
+_STYLE = {"serial": ("#4d4d4d", "X"), "unit-partitioned": ("#4C72B0", "o"), "per-update-sync": ("#DD8452", "s"),
+          "purple-only": ("#8172B3", "D"), "green-only": ("#55A868", "^"), "parameter-averaging": ("#C44E52", "v")}
+_PLUGIN_STYLE = [("#937860", "P"), ("#DA8BC3", "*"), ("#CCB974", "h"), ("#64B5CD", "p"), ("#8C8C8C", "<")]
+#: how a transport draws its lines where several ran
+TRANSPORT_LINES = {"threads": "-", "tcp": "--", "mpi": ":"}
+
+
+def strategy_style(name: str) -> tuple[str, str]:
+    """(colour, marker) of a strategy, the same in every figure of every report; a
+    plug-in's follows from its name."""
+    if name in _STYLE:
+        return _STYLE[name]
+    import zlib
+
+    return _PLUGIN_STYLE[zlib.crc32(str(name).encode()) % len(_PLUGIN_STYLE)]
+
+
+def _legend_handles(strategies: list[str], transports: list[str] = ()) -> list:
+    """Legend entries: each strategy that ran (colour and marker), then the transports'
+    line styles where more than one ran."""
+    from matplotlib.lines import Line2D
+
+    out = [Line2D([], [], color=strategy_style(s)[0], marker=strategy_style(s)[1], linestyle="-", label=s)
+           for s in strategies]
+    if len(transports) > 1:
+        out += [Line2D([], [], color="black", linestyle=TRANSPORT_LINES.get(t, "-."), label=t) for t in transports]
+    return out
 
 
 def _plt():
@@ -95,13 +128,17 @@ def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
     fig, axes = plt.subplots(len(metrics), len(settings), figsize=(5.2 * len(settings) + 1.8, 3.75 * len(metrics)),
                              squeeze=False, sharex=True)
     ORDER = _order(records)
+    transports = sorted(df["transport"].unique(), key=lambda t: (t not in TRANSPORT_LINES, t))
     Ks = sorted(df["K"].unique())
     for j, setting in enumerate(settings):
         d = df[df["setting"] == setting]
         for i, metric in enumerate(metrics):
             ax = axes[i][j]
-            sns.lineplot(data=d, x="K", y=metric, hue="strategy", hue_order=ORDER, style="transport",
-                         markers=True, dashes=False, errorbar=None, ax=ax, legend=(i == 0 and j == len(settings) - 1))
+            for (s, t), g in d.groupby(["strategy", "transport"]):
+                line = g.groupby("K")[metric].mean().dropna()
+                colour, marker = strategy_style(s)
+                ax.plot(line.index, line.values, color=colour, marker=marker, markersize=6,
+                        linestyle=TRANSPORT_LINES.get(t, "-.") if len(transports) > 1 else "-", gid=s)
             ideal = Ks if metric == "speedup" else [1.0] * len(Ks)  # all cores: ideal is 1 (the same cores)
             ax.plot(Ks, ideal, color="black", linestyle="--", linewidth=1, label="ideal")
             ax.set_xscale("log", base=2)
@@ -121,10 +158,11 @@ def plot_speedup(records: list[dict], out: Path, cores: int) -> list[Path]:
             ax.set_ylabel(labels[metric])
             if i == 0:
                 ax.set_title(setting)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    if axes[0][-1].get_legend():
-        axes[0][-1].get_legend().remove()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    from matplotlib.lines import Line2D
+
+    handles = _legend_handles(ORDER, transports) + [Line2D([], [], color="black", linestyle="--", linewidth=1,
+                                                           label="ideal")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.suptitle("Speedup and efficiency (median step time; serial trainer = 1 on one core, and on all the "
                  "workers' cores)", y=1.01)
     fig.tight_layout()
@@ -145,7 +183,7 @@ def plot_scaling(records: list[dict], out: Path) -> list[Path]:
     style = {4: ("s", "tab:blue"), 8: ("D", "tab:red"), 16: ("^", "tab:green")}
     for ax, name in zip(axes[0], strategies):
         mine = [r for r in rows if r["strategy"] == name]
-        labels = [f"{r['visible_type']} f{r['precision'][-2:]}\nm={r['batch_size']}"
+        labels = [f"{r['visible_type']}, {r['precision']}\nm={r['batch_size']}"
                   + (f"\n{r['visible']}x{r['hidden']}" if len({(x['visible'], x['hidden']) for x in mine}) > 1 else "")
                   for r in mine]
         for K in sorted({K for r in mine for K in r["doubling"] if K >= 4}):
@@ -174,7 +212,6 @@ def plot_bytes(records: list[dict], out: Path) -> list[Path]:
     settings = sorted(df["setting"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings) + 1.8, 4.5), squeeze=False)
     ORDER = _order(records)
-    palette = dict(zip(ORDER, sns.color_palette(n_colors=len(ORDER))))
     for j, setting in enumerate(settings):
         ax = axes[0][j]
         d = df[df["setting"] == setting]
@@ -189,17 +226,18 @@ def plot_bytes(records: list[dict], out: Path) -> list[Path]:
                 line = [cost.bytes_for_cases(s, model, m, int(K), 8000) / 1e6 for K in Ks]
             except ValueError:  # a plug-in that cannot be imported here: its measured points alone
                 line = None
+            colour, marker = strategy_style(s)
             if line is not None:
-                ax.plot(Ks, line, color=palette[s], linewidth=1.2, label=f"{s} (formula)")
+                ax.plot(Ks, line, color=colour, linewidth=1.2, gid=s)
             pts = d[(d["strategy"] == s) & (d["K"] > 1)]
-            ax.scatter(pts["K"], pts["MB per 8000 cases"], color=palette[s], s=40, zorder=3,
-                       edgecolor="black", linewidth=0.5, label=f"{s} (measured)")
+            ax.scatter(pts["K"], pts["MB per 8000 cases"], color=colour, marker=marker, s=40, zorder=3,
+                       edgecolor="black", linewidth=0.5, gid=s)
         ax.set_yscale("log")
         ax.set_xlabel("workers K")
         ax.set_ylabel("MB per 8000 cases (all workers)")
         ax.set_title(setting)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
+    fig.legend(handles=_legend_handles([s for s in ORDER if s in set(df["strategy"])]), loc="center left",
+               bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=9)
     fig.suptitle("Training traffic: measured (points) on the closed form (lines), weight syncs apart", y=1.02)
     fig.tight_layout()
     return _save(fig, out, "bytes")
@@ -255,8 +293,17 @@ def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
     xs = np.array([lo, hi])
     ax.plot(xs, xs, color="black", linewidth=1, label="prediction = measurement")
     ax.fill_between(xs, xs * 0.85, xs * 1.15, color="grey", alpha=0.15, label="within 15%")
-    sns.scatterplot(data=df, x="measured ms", y="predicted ms", hue="strategy", style="K", s=60, ax=ax,
-                    hue_order=["serial", *_order(records)])
+    from matplotlib.lines import Line2D
+
+    ran = [s for s in ["serial", *_order(records)] if s in set(df["strategy"])]
+    sizes = {k: 40 + 25 * i for i, k in enumerate(sorted(df["K"].unique(), key=lambda k: (len(k), k)))}
+    for (s, k), g in df.groupby(["strategy", "K"]):
+        colour, marker = strategy_style(s)
+        ax.scatter(g["measured ms"], g["predicted ms"], color=colour, marker=marker, s=sizes[k],
+                   edgecolor="black", linewidth=0.4, zorder=3, gid=s)
+    handles = [*ax.get_legend_handles_labels()[0], *_legend_handles(ran)]
+    handles += [Line2D([], [], color="grey", marker="o", linestyle="", markersize=(sizes[k] ** 0.5) * 0.9,
+                       label=f"K = {k}") for k in sizes]
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xscale("log")
@@ -269,22 +316,28 @@ def plot_predicted(records: list[dict], profile, out: Path) -> list[Path]:
     ax.tick_params(which="both", labelsize=8, pad=3, length=3)  # the decade label no bigger than its neighbours
     ax.set_xlabel("measured median step (ms)")
     ax.set_ylabel("time model (ms)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
     ax.set_title("Time model vs measurement")
     fig.tight_layout()
     return _save(fig, out, "predicted")
 
 
-def divergence_curves(steps: int = 40, V: int = 256, H: int = 512, m: int = 100) -> list[dict]:
+#: the settings of the divergence figure when no comparison names its own
+DIVERGENCE_SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
+
+
+def divergence_curves(steps: int = 40, V: int = 256, H: int = 512, m: int = 100,
+                      settings=DIVERGENCE_SETTINGS) -> list[dict]:
     """Measure green/purple divergence of unit-partitioned (K = 2, no sync) after every
-    step: the largest |G_k[V_j, :] - P_j[:, H_k]| over all blocks."""
+    step: the largest |G_k[V_j, :] - P_j[:, H_k]| over all blocks, for each (visible
+    type, precision) of ``settings``."""
     from parrbm.config import CDSpec, ModelState
     from parrbm.harness.runner import ParallelRunner
     from parrbm.strategies import StrategyOptions
 
     out = []
     rng = np.random.default_rng(0)
-    for visible, precision in (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64")):
+    for visible, precision in settings:
         spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, visible=visible,
                       learning_rate=0.01 if visible == "gaussian" else 0.1, seed=1)
         X = ((rng.random((steps * m, V)) < 0.3) if visible == "binary"
@@ -413,7 +466,6 @@ def plot_bandwidth(records: list[dict], profile, out: Path) -> list[Path]:
     plt, sns = _plt()
     keys = sorted(sweeps)
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys) + 2, 4.6), squeeze=False)
-    palette = dict(zip(_order(records), sns.color_palette(n_colors=len(_order(records)))))
     crossings = {(c["transport"], c["workers"], c["setting"]): c for c in bandwidth_crossovers(records, profile)}
     for ax, key in zip(axes[0], keys):
         per = sweeps[key]
@@ -423,12 +475,12 @@ def plot_bandwidth(records: list[dict], profile, out: Path) -> list[Path]:
                               if kv[0] in _order(records) else 99):
             xs = [(b or unshaped_x) / 1e6 for b, _ in runs]
             ys = [r["metrics"]["speedup_vs_serial"] for _, r in runs]
-            ax.scatter(xs, ys, color=palette.get(s), label=s, zorder=3)
+            ax.scatter(xs, ys, color=strategy_style(s)[0], marker=strategy_style(s)[1], zorder=3, gid=s)
             if profile is not None:
                 grid = np.geomspace(shaped[0], shaped[-1], 60)
                 try:
                     ax.plot(grid / 1e6, [_model_speedup(runs[0][1], float(b), profile) for b in grid],
-                            color=palette.get(s), linewidth=1.2)
+                            color=strategy_style(s)[0], linewidth=1.2, gid=s)
                 except ValueError:
                     pass
         c = crossings.get(key)
@@ -448,8 +500,8 @@ def plot_bandwidth(records: list[dict], profile, out: Path) -> list[Path]:
         ax.set_xlabel("link bandwidth (MB/s, wire)")
         ax.set_ylabel("speedup vs serial (x)")
         ax.set_title(f"{key[0]}, K = {key[1]}, {key[2]}")
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.legend(handles=_legend_handles([s for s in _order(records) if any(s in sweeps[k] for k in keys)]),
+               loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return _save(fig, out, "bandwidth")
 
@@ -465,6 +517,8 @@ def plot_all(records: list[dict], out: Path, *, profile=None, cores: int | None 
     if profile is not None:
         figs["predicted"] = plot_predicted(records, profile, out)
     figs["bandwidth"] = plot_bandwidth(records, profile, out)
-    if divergence:
-        figs["divergence"] = plot_divergence(divergence_curves(), out)
+    if divergence:  # for the comparison's own unit types and precisions
+        settings = sorted({(r["model"]["visible_type"], r["model"]["precision"]) for r in records
+                           if r.get("status") == "ok" and r.get("model")}) or DIVERGENCE_SETTINGS
+        figs["divergence"] = plot_divergence(divergence_curves(settings=settings), out)
     return {k: v for k, v in figs.items() if v}

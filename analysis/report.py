@@ -29,9 +29,7 @@ PAPER_NETWORK = (105e6, 0.091e-3)  # bytes/s, s
 CAPTIONS = {
     "speedup": "Speedup over the serial trainer on one core, over the serial trainer on as many BLAS threads as "
                "the K workers use in all (up to the cores: the baseline a user with those cores would run), "
-               "and efficiency (speedup over one core / K); median step times; dashed: ideal. Shaded: more "
-               "workers than cores, where measured speedup means nothing. xF: emulated machines with time "
-               "dilated by F (each host 1/F of a core, its link 1/F of the bandwidth, times divided by F).",
+               "and efficiency (speedup over one core / K); median step times; dashed: ideal.",
     "scaling": "As the paper draws it (its Figures 4.6 and 4.7): the speedup of 4 machines over 2 (squares) "
                "and of 8 over 4 (diamonds) for each setting; dashed: doubling the machines doubles the speed.",
     "bytes": "Bytes per 8000 training cases: every measured run (points) lies on the closed form (lines).",
@@ -48,17 +46,30 @@ CAPTIONS = {
 }
 
 
+#: what the speedup figure's caption adds when the figure shows it
+_SHADED = " Shaded: more workers than cores, where measured speedup means nothing."
+_DILATED = (" xF: emulated machines with time dilated by F (each host 1/F of a core, its link 1/F of the "
+            "bandwidth, times divided by F).")
+
+
+def _captions(records: list[dict]) -> dict:
+    """The figures' captions, each saying only what its figure shows."""
+    ok = [r for r in records if r.get("status") == "ok" and r.get("metrics")]
+    shaded = any(not r["metrics"].get("speedup_meaningful", True) and (r.get("time_dilation") or 1.0) == 1.0
+                 for r in ok)
+    dilated = any((r.get("time_dilation") or 1.0) != 1.0 for r in ok)
+    return {**CAPTIONS, "speedup": CAPTIONS["speedup"] + (_SHADED if shaded else "") + (_DILATED if dilated else "")}
+
+
 def _fmt(x, spec: str, none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
 
-def _tables(records: list[dict], profile) -> dict:
+def _tables(records: list[dict], profile, flags: dict) -> dict:
     ok = [r for r in records if r.get("status") == "ok"]
-    pred = {}
-    if profile is not None:
-        for row in predicted_vs_measured(records, profile):
-            pred[(row["strategy"], row["workers"], row["transport"], row["batch_size"], row["visible_type"],
-                  row["precision"])] = row
+    # by the record itself: the serial trainer on one and on two BLAS threads share every
+    # other key, and only the first has a prediction
+    pred = {row["record_id"]: row for row in predicted_vs_measured(records, profile)} if profile is not None else {}
     from parrbm.strategies.registry import builtin_order
     head = ["strategy", "K", "transport", "setting", "MB / 8000 cases", "= formula", "MB / sync",
             "ms / step (p10-p90)", "model ms", "model error", "speedup vs serial, 1 core",
@@ -68,13 +79,12 @@ def _tables(records: list[dict], profile) -> dict:
                                        builtin_order(r["strategy"]), r["workers"], r.get("transport") or "")):
         mt, m = r["metrics"], r["batch_size"]
         where = r.get("transport") and where_label(r)
-        key = (r["strategy"], r["workers"], where, m, r["model"]["visible_type"], r["model"]["precision"])
-        p = pred.get(key)
+        p = pred.get(id(r))
         st = mt["step_seconds"]
         note = "" if mt.get("speedup_meaningful", True) else " *"
         all_cores = mt.get("speedup_vs_serial_all_cores")
         rows.append([
-            all_cores_label(r), str(r["workers"]), where or "-",
+            all_cores_label(r) + (" !" if id(r) in flags else ""), str(r["workers"]), where or "-",
             f"{r['model']['visible_type']}, {r['model']['precision']}, m={m}",
             f"{bytes_per_cases(r) / 1e6:.2f}",
             "yes" if mt["bytes_per_step"] == mt.get("bytes_per_step_formula") else "NO",
@@ -87,7 +97,18 @@ def _tables(records: list[dict], profile) -> dict:
             _fmt(mt["speedup_vs_k1"], ".2f"),
             _fmt(mt["efficiency"], ".2f"),
         ])
-    return {"head": head, "rows": rows}
+    beyond = any(not r["metrics"].get("speedup_meaningful", True) for r in ok)
+    return {"head": head, "rows": rows, "beyond_cores": beyond, "flagged": any(id(r) in flags for r in ok)}
+
+
+def _table_notes(t: dict) -> list[str]:
+    """The footnotes of the runs table: only for what it shows."""
+    out = []
+    if t["beyond_cores"]:
+        out.append("*: more workers than cores; the measured speedup is not meaningful there.")
+    if t["flagged"]:
+        out.append("!: flagged, its figures may be skewed by this machine: see \"Flagged runs\".")
+    return out
 
 
 def _paper_rows() -> dict:
@@ -157,16 +178,19 @@ def _network_rows(records: list[dict], profile) -> dict | None:
                            "rows": cross}}
 
 
-def _summary(records: list[dict], profile) -> list[str]:
+def _summary(records: list[dict], profile, flags: dict) -> list[str]:
     ok = [r for r in records if r.get("status") == "ok"]
     lines = []
     exact = sum(r["metrics"]["bytes_per_step"] == r["metrics"].get("bytes_per_step_formula") for r in ok)
     lines.append(f"{len(ok)} runs recorded ({len(records) - len(ok)} failed); measured bytes equal the closed "
                  f"form in {exact} of {len(ok)}.")
+    if flags:
+        lines.append(f"{len(flags)} run(s) flagged: this machine may have skewed their times (see \"Flagged runs\"); "
+                     f"no speedup below rests on them.")
     best = {}
     for r in ok:
         mt = r["metrics"]
-        if r["strategy"] == "serial" or r["workers"] == 1 or not mt.get("speedup_meaningful", True):
+        if r["strategy"] == "serial" or r["workers"] == 1 or not mt.get("speedup_meaningful", True) or id(r) in flags:
             continue
         k = (r["model"]["visible_type"], r["model"]["precision"], r["batch_size"], r["workers"])
         if mt["speedup_vs_serial"] and (k not in best or mt["speedup_vs_serial"] > best[k][1]):
@@ -218,9 +242,14 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
     from parrbm.analysis.dilation import dilation_check, summary as dilation_summary
     from parrbm.analysis.scaling import paper_claims, scaling_rows, scaling_table
 
+    from parrbm.analysis.flags import record_flags
+    from parrbm.analysis.table import _run_name
+
+    flags = record_flags(records)
     scaling = scaling_rows(records)
     checks = dilation_check(records)
-    parts = {"summary": _summary(records, profile), "env": _environment(records),
+    parts = {"summary": _summary(records, profile, flags), "env": _environment(records),
+             "flagged": [(_run_name(r), "; ".join(flags[id(r)])) for r in records if id(r) in flags],
              "scaling": scaling_table(scaling) if any(len(r["speedup"]) > 2 for r in scaling) else None,
              "claims": paper_claims(scaling),
              "dilation": {"head": ["run", "against", "ms a step", "dilated", "ms a step (divided)", "ratio"],
@@ -230,11 +259,12 @@ def write_report(records: list[dict], out: Path, *, profile=None, title: str | N
                                    for c in checks]} if checks else None,
              "dilation_summary": dilation_summary([c for c in checks if c["reference"] == "undilated"
                                                    and c["workers"] > 1]),
-             "table": _tables(records, profile), "paper": _paper_rows(), "advice": _advice_rows(profile),
+             "table": _tables(records, profile, flags), "paper": _paper_rows(), "advice": _advice_rows(profile),
              "network": _network_rows(records, profile),
              "failed": [(r.get("run_id", "?"), r.get("error", "")) for r in records if r.get("status") == "error"],
              "mismatch": [(r.get("run_id", "?"), "; ".join(r["metrics"]["formula_mismatch"])) for r in records
                           if r.get("status") == "ok" and (r.get("metrics") or {}).get("formula_mismatch")]}
+    parts["captions"] = _captions(records)
     text = _html(title, parts, figs) if out.suffix == ".html" else _markdown(title, parts, figs, out)
     from parrbm._files import write_atomic
 
@@ -261,11 +291,13 @@ def _markdown(title: str, p: dict, figs: dict, out: Path) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     s = [f"# {title}", "", f"Written {now}.", ""]
     s += [f"- {line}" for line in p["summary"]]
-    s += ["", "## Runs", "", _md_table(p["table"]), "",
-          "`*`: more workers than cores; the measured speedup is not meaningful there.", ""]
+    s += ["", "## Runs", "", _md_table(p["table"]), ""] + [x + "\n" for x in _table_notes(p["table"])]
+    if p["flagged"]:
+        s += ["## Flagged runs", "", "Their figures may be skewed by what else this machine did; read them with care "
+              "or run them again on a quiet machine.", ""] + [f"- {who}: {why}" for who, why in p["flagged"]] + [""]
     for name, paths in figs.items():
         png = next(x for x in paths if x.suffix == ".png")
-        s += [f"![{name}]({png.relative_to(out.parent)})", "", f"*{CAPTIONS[name]}*", ""]
+        s += [f"![{name}]({png.relative_to(out.parent)})", "", f"*{p['captions'][name]}*", ""]
     if p["network"]:
         s += ["## The emulated network", "", "Each tcp or mpi worker on a host of its own, its link shaped (tbf) "
               "in both directions. The rate is the wire's; TCP's payload gets 1448 of every 1514 bytes.", "",
@@ -329,10 +361,13 @@ def _html(title: str, p: dict, figs: dict) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     s = [f"<h1>{e(title)}</h1><p>Written {now}.</p><ul>",
          "".join(f"<li>{e(line)}</li>" for line in p["summary"]), "</ul>",
-         "<h2>Runs</h2>", _html_table(p["table"]),
-         "<p>*: more workers than cores; the measured speedup is not meaningful there.</p>"]
+         "<h2>Runs</h2>", _html_table(p["table"])] + [f"<p>{e(x)}</p>" for x in _table_notes(p["table"])]
+    if p["flagged"]:
+        s += ["<h2>Flagged runs</h2><p>Their figures may be skewed by what else this machine did; read them with "
+              "care or run them again on a quiet machine.</p><ul>",
+              "".join(f"<li>{e(who)}: {e(why)}</li>" for who, why in p["flagged"]), "</ul>"]
     for name, paths in figs.items():
-        s.append(html_figure(next(x for x in paths if x.suffix == ".png"), CAPTIONS[name]))
+        s.append(html_figure(next(x for x in paths if x.suffix == ".png"), p["captions"][name]))
     if p["network"]:
         s += ["<h2>The emulated network</h2>",
               "<p>Each tcp or mpi worker on a host of its own, its link shaped (tbf) in both directions. "

@@ -14,7 +14,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     beside each measured one; ``notes`` (what reading the file left out) at the end."""
     from parrbm.strategies.registry import builtin_order
 
+    from parrbm.analysis.flags import record_flags
+
     ok = [r for r in records if r.get("status") == "ok"]
+    flags = record_flags(records)
     predicted = {}
     if profile is not None:
         for r in ok:
@@ -45,7 +48,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
             mt = r["metrics"]
             per_8000 = bytes_per_cases(r) / 1e6
             fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
-            note = "" if mt.get("speedup_meaningful", True) else "  (K > cores)"
+            note = ("" if mt.get("speedup_meaningful", True) else "  (K > cores)") + ("  !" if id(r) in flags else "")
+            planned, ran = r.get("repeats_planned"), (r.get("training") or {}).get("repeats")
+            if planned and ran and ran < planned:  # an interrupted comparison kept what it finished
+                note += f"  ({ran} of {planned} repeats)"
             where = where_label(r)
             lines.append(f"{all_cores_label(r):<31}{r['workers']:>3} {where:<{width}}{per_8000:>14.2f}"
                          f"{mt['bytes_per_sync'] / 1e6:>9.3f}{mt['step_seconds']['median'] * 1e3:>9.1f}"
@@ -92,6 +98,10 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
     if off:
         lines.append(f"\n{len(off)} run(s) moved other bytes than their strategy declares:")
         lines += [f"  {r.get('run_id', r['strategy'])}: {'; '.join(r['metrics']['formula_mismatch'])}" for r in off]
+    if flags:
+        lines.append(f"\n! {len(flags)} run(s) flagged: their figures may be skewed by this machine (read them with "
+                     f"care, or run again on a quiet machine):")
+        lines += [f"  {_run_name(r)}: {'; '.join(flags[id(r)])}" for r in ok if id(r) in flags]
     failed = [r for r in records if r.get("status") == "error"]
     if failed:
         lines.append(f"\n{len(failed)} run(s) failed:")
@@ -100,6 +110,12 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
         lines.append("")
         lines += [f"note: {n}" for n in notes]
     return "\n".join(lines).lstrip("\n")
+
+
+def _run_name(r: dict) -> str:
+    """A run as the table's rows name it."""
+    return (f"{all_cores_label(r)} K={r['workers']} {where_label(r)} m={r['batch_size']} "
+            f"{r['model']['precision']} {r['model']['visible_type']}")
 
 
 def _overlapped(rec: dict) -> bool:

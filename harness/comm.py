@@ -159,6 +159,7 @@ class Handle:
             raise self._error
         if self._after is not None:
             self._after()
+        assert self._result is not None  # set by the body, which ran (no error above)
         comm._record(self.phase, exposed, self._busy, *self._result, wire=self._wire)
 
 
@@ -179,7 +180,7 @@ class _Both:
 
     __slots__ = ("_pair",)
 
-    def __init__(self, first: Handle, second: Handle):
+    def __init__(self, first: Handle | _Done, second: Handle | _Done):
         self._pair = (first, second)
 
     def wait(self) -> None:
@@ -191,7 +192,14 @@ class _Both:
 #: thread, back from a kernel that released the GIL, otherwise waits up to the default
 #: 5 ms for a progress thread in Python code between its transfers
 SWITCH_INTERVAL = 2e-4
-_switch = {"users": 0, "before": None}
+class _SwitchHolders:
+    """Who holds the interpreter's switch interval short, and what it was before."""
+
+    users: int = 0
+    before: float = 0.0
+
+
+_switch = _SwitchHolders()
 _switch_lock = threading.Lock()
 
 
@@ -200,14 +208,14 @@ def _hold_switch_interval(on: bool) -> None:
     :data:`SWITCH_INTERVAL`, the last gives back what was there."""
     with _switch_lock:
         if on:
-            if _switch["users"] == 0:
-                _switch["before"] = sys.getswitchinterval()
-                sys.setswitchinterval(min(SWITCH_INTERVAL, _switch["before"]))
-            _switch["users"] += 1
-        elif _switch["users"] > 0:
-            _switch["users"] -= 1
-            if _switch["users"] == 0:
-                sys.setswitchinterval(_switch["before"])
+            if _switch.users == 0:
+                _switch.before = sys.getswitchinterval()
+                sys.setswitchinterval(min(SWITCH_INTERVAL, _switch.before))
+            _switch.users += 1
+        elif _switch.users > 0:
+            _switch.users -= 1
+            if _switch.users == 0:
+                sys.setswitchinterval(_switch.before)
 
 
 class Comm:
@@ -281,6 +289,7 @@ class Comm:
                                             name=f"parrbm-progress-{self.rank}")
             self._thread.start()
         self._inflight.append(handle)
+        assert self._queue is not None  # the progress thread's, started above if it was not
         self._queue.put(handle)
         return handle
 
@@ -306,7 +315,7 @@ class Comm:
     def abandon(self) -> None:
         """Stop the progress thread without waiting for what is in flight (a failed step:
         the transport's own timeout or abort ends whatever it is inside)."""
-        if self._thread is not None:
+        if self._thread is not None and self._queue is not None:
             self._queue.put(None)
             self._thread = self._queue = None
             _hold_switch_interval(False)

@@ -9,6 +9,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -273,7 +274,7 @@ def load_config(path: str | Path) -> dict:
     if errors:
         parts, e = _deepest(errors[0])
         raise ConfigError(f"{path}: {_where(parts)}: {_explain(e)}")
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg: dict[str, Any] = copy.deepcopy(DEFAULTS)
     for section, values in raw.items():
         if isinstance(values, dict) and section in cfg:
             cfg[section].update(values)
@@ -359,7 +360,8 @@ def _resolve_strategies(path: Path, grid: dict) -> None:
     from parrbm.strategies.registry import StrategyError, load, reference
 
     listed = grid["strategy"] if isinstance(grid["strategy"], list) else [grid["strategy"]]
-    named, by_name = [], {}
+    named: list[str] = []
+    by_name: dict[str, tuple[str, str]] = {}
     for i, s in enumerate(listed):
         module, _, cls = s.rpartition(":")
         if module.endswith(".py") and not Path(module).is_absolute():
@@ -468,7 +470,7 @@ def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
         parts[where] = parts.get(where, 0) + (tr["warmup"] + steps) * m * 8
         need = sum(parts.values())
         if need > total:
-            field = max(parts, key=parts.get)
+            field = max(parts, key=lambda k: parts[k])
             raise ConfigError(f"{path}: {field}: model.visible x model.hidden ({V} x {H}) with {cases:g} cases of "
                               f"data and {tr['warmup'] + steps:g} minibatch steps of {m} needs about "
                               f"{need / 2**30:.3g} GiB, more than this machine's {total / 2**30:.1f} GiB")

@@ -85,10 +85,20 @@ def serve_grid() -> None:
 
 def _measure(cfg: dict, pt: dict) -> dict:
     """:func:`measure_point`; on the ranks of an MPI job an mpi or tcp point runs on them all."""
-    if on_the_job(pt):
+    from parrbm.harness.load import LoadProbe
+
+    launched = on_the_job(pt)
+    if launched:
         job_comm().bcast(pt, root=0)
         watch_point(cfg, pt)
-    return measure_point(cfg, pt)
+    # the run's workers are ours (this process, or processes it starts and reaps) unless a
+    # launcher started them or they run on hosts of a config's tcp or mpi section
+    remote = (pt["transport"] == "tcp" and (cfg.get("tcp") or {}).get("hosts")) or \
+             (pt["transport"] == "mpi" and cfg.get("mpi"))
+    probe = LoadProbe(ours=not launched and not remote)
+    run = measure_point(cfg, pt)
+    run["load"] = probe.finish()
+    return run
 
 
 def read_records(path: Path) -> list[dict]:
@@ -286,7 +296,6 @@ def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:
     from parrbm.harness.results import append_record
-    from parrbm.strategies.registry import StrategyError, source_digest
 
     env = environment()
     points = grid_points(cfg)
@@ -300,6 +309,38 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
     runs: dict[str, list[dict]] = {}
     started: dict[str, tuple[str, float]] = {}
     failed: set[str] = set()
+    try:
+        _rounds(cfg, results, identity, done, progress, lock, points, baselines, env, runs, started, failed)
+    except KeyboardInterrupt:
+        # the repeats finished so far are results: each interrupted point is recorded with
+        # them (training.repeats says how many of repeats_planned ran)
+        kept = 0
+        for pt in points:
+            rid = pt["run_id"]
+            if runs.get(rid) and rid not in done and rid not in failed:
+                try:
+                    rec = point_record(cfg, pt, runs.pop(rid), baselines)
+                except Exception:  # noqa: BLE001 - what cannot be made into a record is not kept
+                    continue
+                rec.update(status="ok", error=None, repeats_planned=repeats,
+                           strategy_name=display_name(pt["strategy"]), run_id=rid, config=cfg["name"],
+                           identity=identity, environment=env, started=started[rid][0],
+                           finished=datetime.now(timezone.utc).isoformat())
+                append_record(results, rec, lock)
+                kept += 1
+        if kept:
+            progress(f"interrupted: {kept} run(s) recorded with the repeats they finished")
+        raise
+
+
+def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env, runs, started, failed) -> None:
+    from parrbm.harness.results import append_record
+    from parrbm.strategies.registry import StrategyError, source_digest
+
+    repeats = cfg["training"]["repeats"]
+    plan, advance = getattr(progress, "plan", None), getattr(progress, "advance", None)
+    if plan is not None:  # a progress bar: the measurements to come
+        plan(sum(repeats for pt in points if pt["run_id"] not in done))
     # The repeats go round the whole grid: a busy spell of a shared machine then lands on
     # one repeat of several points, not on every repeat of one point.
     for rep in range(repeats):
@@ -318,13 +359,17 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
             started.setdefault(rid, (datetime.now(timezone.utc).isoformat(), time.perf_counter()))
             t0 = time.perf_counter()
             try:
-                runs.setdefault(rid, []).append(_measure(cfg, pt))
+                try:
+                    runs.setdefault(rid, []).append(_measure(cfg, pt))
+                finally:
+                    if advance is not None:
+                        advance(1)
                 if rep + 1 < repeats:
                     progress(f"{label}: {np.median(runs[rid][-1]['step_times']) * 1e3:.1f} ms/step "
                              f"({time.perf_counter() - t0:.1f} s)")
                     continue
                 rec = point_record(cfg, pt, runs.pop(rid), baselines)
-                rec.update(status="ok", error=None)
+                rec.update(status="ok", error=None, repeats_planned=repeats)
                 _note_baseline(baselines, {**rec, "run_id": rid})
                 msg = f"{rec['metrics']['step_seconds']['median'] * 1e3:.1f} ms/step"
             except ConfigError:
@@ -335,6 +380,8 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
                 msg = f"FAILED: {exc}"
                 failed.add(rid)
                 runs.pop(rid, None)
+                if advance is not None and rep + 1 < repeats:
+                    advance(repeats - rep - 1)  # its later repeats will not run
             # the plug-in's own name: a reader shows it without importing the plug-in
             rec.update(strategy_name=display_name(pt["strategy"]))
             rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
@@ -358,5 +405,6 @@ def _note_baseline(baselines: dict, rec: dict) -> None:
         baselines[("serial", rec["blas_threads"]) + key] = median
     elif rec["strategy"] == "serial":
         baselines[("serial",) + key] = median
+        baselines[("serial-repeats",) + key] = rec["metrics"]["step_seconds"].get("repeat_medians")
     elif rec["workers"] == 1 and rec.get("time_dilation", 1.0) == 1.0:  # a dilated one checks the cap
         baselines[(rec["strategy"],) + key] = median

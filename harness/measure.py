@@ -198,6 +198,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     key = (m, pt["precision"], pt["visible_type"])
     all_cores = pt.get("baseline") == ALL_CORES
     serial = median if pt["strategy"] == "serial" and not all_cores else baselines.get(("serial",) + key)
+    # the serial trainer's median in each repeat, timed in the same round as this point's
+    serial_by_repeat = baselines.get(("serial-repeats",) + key)
     k1 = median if K == 1 else baselines.get((pt["strategy"],) + key)
     threads = pt.get("blas_threads") or tr["blas_threads"]
     # the workers' BLAS threads in all (an all-cores baseline is its own)
@@ -228,7 +230,10 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         # measured_step_seconds: as the clock here saw them
         "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
                          "p90": float(np.percentile(step_times, 90)),
-                         "repeat_medians": [float(np.median(r["step_times"])) for r in runs]},
+                         "repeat_medians": [float(np.median(r["step_times"])) for r in runs],
+                         # each repeat's own spread, against which the repeats' medians are held
+                         "repeat_p10_p90": [[float(np.percentile(r["step_times"], 10)),
+                                             float(np.percentile(r["step_times"], 90))] for r in runs]},
         "measured_step_seconds": {"median": float(np.median(measured)),
                                   "p10": float(np.percentile(measured, 10)),
                                   "p90": float(np.percentile(measured, 90))},
@@ -242,6 +247,10 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         "chunks_used": stats.get("overlap", {}).get("chunks_used", 1),
         "cases_per_second": m / median,
         "speedup_vs_serial": serial / median if serial else None,
+        # repeat by repeat, against the serial trainer timed in the same round of the grid
+        "speedup_vs_serial_by_repeat": ([s / float(np.median(r["step_times"]))
+                                         for s, r in zip(serial_by_repeat, runs)]
+                                        if serial_by_repeat and len(serial_by_repeat) == len(runs) else None),
         # against the serial trainer given every core the K workers use (K x their BLAS
         # threads, up to the cores): the baseline a user with those cores would pick
         "speedup_vs_serial_all_cores": serial_all / median if serial_all else None,
@@ -266,6 +275,8 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
             "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (
                 "learning_rate", "momentum", "weight_decay", "sync_every", "seed", "blas_threads")}},
             "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
+            # what else the machine did during each repeat (harness/load.py)
+            "load": [r["load"] for r in runs if "load" in r],
             "metrics": metrics}
 
 

@@ -163,7 +163,10 @@ def spmd_agree_on_data(X, seed: int, who: str = "RBM") -> int:
         return seed
     import numpy as np
 
-    digest = hashlib.sha256(np.ascontiguousarray(X).view(np.uint8).reshape(-1)).hexdigest() + str(X.shape)
+    h = hashlib.sha256()
+    for part in ((X.data, X.indices, X.indptr) if hasattr(X, "indptr") else (X,)):  # CSR as it is stored
+        h.update(np.ascontiguousarray(part).view(np.uint8).reshape(-1))
+    digest = h.hexdigest() + str(X.shape)
     digests = world.allgather(digest)
     differ = [r for r, d in enumerate(digests) if d != digests[0]]
     if differ:

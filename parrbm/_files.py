@@ -25,9 +25,11 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], None],
-                 *, mode: int = 0o644) -> None:
+                 *, mode: int = 0o666) -> None:
     """Replace ``path`` with ``content`` (bytes, text, or a function that writes to the
-    open binary file) atomically; OSError names ``path`` if anything fails."""
+    open binary file) atomically; OSError names ``path`` if anything fails. The file gets
+    ``mode`` less the umask, as a file that ``open`` creates does (the temporary file it is
+    written through is private until then)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir() and not path.is_symlink():
@@ -69,7 +71,16 @@ def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int
 
 
 def _umask() -> int:
-    old = os.umask(0)
+    """The process's umask, read without changing it where Linux tells it (setting it to
+    read it back would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
     os.umask(old)
     return old
 

@@ -57,8 +57,14 @@ def refuse_sparse(owner: str, X, name: str = "X") -> None:
 
 
 def check_data(owner: str, X, *, dtype: np.dtype, name: str = "X", n_features: int | None = None,
-               binary_range: bool = False) -> np.ndarray:
-    """X as a C-contiguous 2-D array of dtype; rejects non-numeric, NaN/inf, bad shapes."""
+               binary_range: bool = False, accept_sparse: bool = False):
+    """X as a C-contiguous 2-D array of dtype; rejects non-numeric, NaN/inf, bad shapes.
+
+    With ``accept_sparse`` a scipy.sparse matrix or array is checked as it is (its stored
+    values) and returned as a CSR matrix of dtype, never densified: its users densify a
+    few rows at a time."""
+    if accept_sparse and _is_sparse(X):
+        return _check_sparse(owner, X, dtype=dtype, name=name, n_features=n_features, binary_range=binary_range)
     refuse_sparse(owner, X, name)
     try:
         arr = np.asarray(X)
@@ -95,10 +101,47 @@ def check_data(owner: str, X, *, dtype: np.dtype, name: str = "X", n_features: i
     if not np.isfinite(out).all():
         raise ValueError(f"{owner}: '{name}' contains NaN or infinity")
     if binary_range and (out.min() < 0 or out.max() > 1):
-        negative = " (Negative values in data.)" if out.min() < 0 else ""
         row, col = np.unravel_index(int(np.flatnonzero((out < 0) | (out > 1))[0]), out.shape)
-        raise ValueError(f"{owner}: '{name}' must lie in [0, 1] for binary visible units, got "
-                         f"{float(out[row, col])!r} at row {row}, column {col} (values span "
-                         f"[{float(out.min())!r}, {float(out.max())!r}]){negative} Standardise and use "
-                         f"visible='gaussian' for real-valued data")
+        _refuse_range(owner, name, float(out[row, col]), row, col, float(out.min()), float(out.max()))
+    return out
+
+
+def _refuse_range(owner: str, name: str, value: float, row: int, col: int, low: float, high: float):
+    negative = " (Negative values in data.)" if low < 0 else ""
+    raise ValueError(f"{owner}: '{name}' must lie in [0, 1] for binary visible units, got {value!r} at row {row}, "
+                     f"column {col} (values span [{low!r}, {high!r}]){negative}. Data scaled on another fold "
+                     f"(a fitted MinMaxScaler on test data) can stray a little outside: clip it, "
+                     f"MinMaxScaler(clip=True) or np.clip(X, 0, 1). For real-valued data, standardise it and use "
+                     f"visible='gaussian'")
+
+
+def _is_sparse(X) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return False
+    return bool(sp.issparse(X))
+
+
+def _check_sparse(owner: str, X, *, dtype: np.dtype, name: str, n_features: int | None, binary_range: bool):
+    import scipy.sparse as sp
+
+    if X.ndim != 2:
+        raise ValueError(f"{owner}: '{name}' must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"{owner}: '{name}' must have at least one sample and one feature, got shape {X.shape}")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or X.dtype.kind == "c":
+        raise ValueError(f"{owner}: '{name}' must hold real numbers, got dtype {X.dtype}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{owner}: X has {X.shape[1]} features, but {owner} is expecting {n_features} "
+                         f"features as input (the model was fitted with {n_features})")
+    out = sp.csr_matrix(X, dtype=dtype)  # rows are what the trainer takes: CSR slices them cheaply
+    out.sum_duplicates()
+    if not np.isfinite(out.data).all():
+        raise ValueError(f"{owner}: '{name}' contains NaN or infinity")
+    if binary_range and out.nnz and (out.data.min() < 0 or out.data.max() > 1):
+        k = int(np.flatnonzero((out.data < 0) | (out.data > 1))[0])
+        row = int(np.searchsorted(out.indptr, k, side="right") - 1)
+        _refuse_range(owner, name, float(out.data[k]), row, int(out.indices[k]),
+                      min(0.0, float(out.data.min())), max(0.0, float(out.data.max())))
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import _check_feature_names
+from sklearn.utils.validation import validate_data
 
 from parrbm import _validation as v
 from parrbm.rbm import RBM, ModelTagsMixin, _model_arrays, _resolve_seed, read_npz, write_npz_atomic
@@ -102,7 +102,7 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             self.rbms_.append(rbm)
             Z = rbm.transform(Z)
         self.n_features_in_ = self.rbms_[0].n_features_in_
-        _check_feature_names(self, X, reset=True)
+        validate_data(self, X, reset=True, skip_check_array=True)
         return self
 
     @property
@@ -131,7 +131,7 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if now != fitted:
             raise ValueError(f"DBN: parameter 'hidden_layer_sizes' is {self.hidden_layer_sizes!r:.80} but the "
                              f"fitted layers are {tuple(fitted)}: call fit to fit the new layers")
-        _check_feature_names(self, X, reset=False)
+        validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)  # names; shape: layer 1
         out, Z = [], X
         for rbm in self.rbms_:
             Z = rbm.transform(Z)

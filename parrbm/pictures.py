@@ -147,8 +147,12 @@ def plot_training_curves(history: list[dict], out=None):
     if not history:
         raise ValueError("plot_training_curves: the history is empty (fit the model first)")
     epochs = [h["epoch"] for h in history]
+    # training and held-out both measured after the epoch, alike; the epoch's own error
+    # (CD's samples during it, as the model changed) dotted beside them
     panels = [("reconstruction error (MSE per element)",
-               [("training", "reconstruction_error"), ("held-out", "valid_reconstruction_error")])]
+               [("training, after the epoch", "train_reconstruction_error"),
+                ("held-out, after the epoch", "valid_reconstruction_error"),
+                ("training, during the epoch", "reconstruction_error")])]
     if any(h.get("pseudo_likelihood") is not None for h in history):
         panels.append(("pseudo-likelihood per sample", [("training", "pseudo_likelihood")]))
     if any(h.get("free_energy_gap") is not None for h in history):
@@ -158,7 +162,8 @@ def plot_training_curves(history: list[dict], out=None):
         for name, key in series:
             ys = [h.get(key) for h in history]
             if any(y is not None for y in ys):
-                ax.plot(epochs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name)
+                ax.plot(epochs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name,
+                        linestyle=":" if "during" in name else "-")
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import _check_feature_names
+from sklearn.utils.validation import validate_data
 from threadpoolctl import ThreadpoolController
 
 from parrbm import _validation as v
@@ -28,6 +28,8 @@ _SCHEDULES = ("constant", "linear", "exponential")
 MONITOR_SAMPLES = 500
 #: m x V x H below which the serial trainer's GEMMs run on one BLAS thread
 SMALL_GEMM = 1 << 22
+#: the most bytes of a sparse X densified at once (whole minibatches, at least one)
+SPARSE_CHUNK_BYTES = 4 << 20
 
 
 class DivergenceError(ValueError):
@@ -64,6 +66,7 @@ class ModelTagsMixin:
         # features come out in the model's own precision (``dtype``), whatever X's is
         tags.transformer_tags.preserves_dtype = [self.dtype]
         tags.input_tags.positive_only = self.visible == "binary"  # and at most 1: see _validation
+        tags.input_tags.sparse = True  # densified a few minibatches at a time
         return tags
 
 
@@ -152,8 +155,18 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     checkpoint_every : int, default=1
     progress : bool or "auto", default="auto"
         A progress bar over the epochs on standard error ("auto": when it is a terminal).
-    verbose : bool, default=False
-        Print the monitors of every epoch.
+    verbose : int, default=0
+        0: silent; 1 or more: one line per epoch on standard output, as scikit-learn's
+        BernoulliRBM prints it (``[RBM] Iteration 3, pseudo-likelihood = -21.05,
+        time = 0.12s``), followed by the other monitors; written through the progress
+        bar when there is one, so the two do not break each other.
+
+    Notes
+    -----
+    ``X`` may be a scipy.sparse matrix or array (CSR, CSC, LIL, ...): it is never
+    densified as a whole, only a few minibatches at a time (at most 4 MB of them).
+    Training data of binary visible units must lie in [0, 1]; inference (``transform``,
+    ``score_samples``, ``gibbs``) takes any finite values.
 
     Attributes
     ----------
@@ -167,7 +180,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         reconstruction of the training data).
     history_ : list of dict
         One entry per epoch of ``fit``: ``epoch`` (from 1), ``learning_rate``,
-        ``reconstruction_error``, ``pseudo_likelihood`` (binary visible units: mean over
+        ``reconstruction_error`` (during the epoch), ``train_reconstruction_error`` (the
+        mean-field reconstruction error of up to 500 training samples after the epoch,
+        measured as ``valid_reconstruction_error`` is), ``pseudo_likelihood`` (binary visible units: mean over
         up to 500 training samples), ``free_energy_gap`` (mean free energy of up to 500
         ``X_valid`` samples minus that of as many training samples: it grows when the
         model overfits), ``valid_reconstruction_error``, ``max_abs_weight``, ``seconds``.
@@ -190,7 +205,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                  random_state=None, strategy="serial", workers=1, transport="threads",
                  strategy_options=None, learning_rate_schedule="constant", learning_rate_decay=0.95,
                  max_abs_weight=100.0, warm_start=False, checkpoint_dir=None, checkpoint_every=1,
-                 progress="auto", verbose=False):
+                 progress="auto", verbose=0):
         self.n_hidden = n_hidden
         self.visible = visible
         self.learning_rate = learning_rate
@@ -261,9 +276,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)
         v.check_float(o, "max_abs_weight", self.max_abs_weight, low=0.0, low_open=True)
         v.check_int(o, "checkpoint_every", self.checkpoint_every, minimum=1)
-        for flag in ("warm_start", "verbose"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise ValueError(f"RBM: parameter '{flag}' must be True or False, got {getattr(self, flag)!r}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise ValueError(f"RBM: parameter 'warm_start' must be True or False, got {self.warm_start!r}")
+        if not isinstance(self.verbose, (bool, np.bool_)):  # True / False as scikit-learn's estimators take them
+            v.check_int(o, "verbose", self.verbose, minimum=0)
         if self.progress not in (True, False, "auto"):
             raise ValueError(f"RBM: parameter 'progress' must be True, False or 'auto', got {self.progress!r}")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
@@ -441,13 +457,15 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     # ---- fitting ---------------------------------------------------------------------------
 
-    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+    def _validate_X(self, X, *, reset: bool, training: bool = False):
+        """X checked, as an array of the model's dtype, or a CSR matrix for sparse X.
+        Binary units train on data in [0, 1]; inference takes any finite values."""
         dtype = self.spec_.dtype if hasattr(self, "spec_") and not reset else self._dtype_name()
-        arr = v.check_data("RBM", X, dtype=np.dtype(dtype),
+        arr = v.check_data(type(self).__name__, X, dtype=np.dtype(dtype),
                            n_features=None if reset else self.n_features_in_,
-                           binary_range=self.visible == "binary")
+                           binary_range=training and self.visible == "binary", accept_sparse=True)
         # feature_names_in_ (a DataFrame's columns): set on fit, held to on later calls
-        _check_feature_names(self, X, reset=reset)
+        validate_data(self, X, reset=reset, skip_check_array=True)
         return arr
 
     def _initialise(self, X: np.ndarray) -> None:
@@ -486,10 +504,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         return SerialStrategy(self.spec_, self._state)
 
-    def _train_epoch(self, X: np.ndarray, order: np.ndarray) -> float:
+    def _train_epoch(self, X, order: np.ndarray) -> float:
         order = order.astype(np.int64, copy=False)
         self._trainer()
-        if getattr(self, "_same_data", False) and hasattr(self._strategy, "run_again"):
+        if v._is_sparse(X):
+            errors = self._train_sparse(X, order)
+        elif getattr(self, "_same_data", False) and hasattr(self._strategy, "run_again"):
             errors = self._strategy.run_again(X, order, self.n_steps_)  # the epochs of one fit: X goes once
         else:
             errors = self._strategy.run(X, order, self.n_steps_)
@@ -499,9 +519,22 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         self.comm_stats_ = self._strategy.comm_stats()
         if self.spec_.persistent:
             # A PCD chain is not a reconstruction of the data: monitor mean-field instead.
-            sub = X[order[: min(len(order), MONITOR_SAMPLES)]]
+            sub = _dense(X[order[: min(len(order), MONITOR_SAMPLES)]])
             return float(np.mean((sub.astype(np.float64) - self._strategy.reconstruct(sub)) ** 2))
         return float(np.sum(errors) / (len(order) * X.shape[1]))
+
+    def _train_sparse(self, X, order: np.ndarray) -> np.ndarray:
+        """The minibatches of a sparse X in ``order``, densified a few whole minibatches at
+        a time: the steps, their random streams and the model are those of the dense X."""
+        m = int(self.spec_.batch_size)
+        batches = max(1, SPARSE_CHUNK_BYTES // max(1, m * X.shape[1] * self.spec_.np_dtype.itemsize))
+        errors = []
+        for start in range(0, len(order), m * batches):
+            rows = order[start:start + m * batches]
+            chunk = _dense(X[rows])
+            errors.append(self._strategy.run(chunk, np.arange(len(rows), dtype=np.int64),
+                                             self.n_steps_ + start // m))
+        return np.concatenate(errors)
 
     def base_learning_rate(self) -> float:
         """``learning_rate``, with "auto" resolved: 0.1 for binary visible units, 0.01 for
@@ -534,17 +567,15 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """
         self._check_params()
         resume = bool(self.warm_start) and hasattr(self, "spec_")
-        X = self._validate_X(X, reset=not resume)
-        if self.batch_size > X.shape[0]:
-            raise ValueError(f"RBM: parameter 'batch_size' ({self.batch_size}) is larger than the "
-                             f"number of samples in X (n_samples = {X.shape[0]})")
+        X = self._validate_X(X, reset=not resume, training=True)
         if resume:
             self._continue_with_params("fit with warm_start=True")
         else:
             self._initialise(X)
         X_valid = None if X_valid is None else v.check_data("RBM", X_valid, dtype=self.spec_.np_dtype,
                                                             name="X_valid", n_features=self.n_features_in_,
-                                                            binary_range=self.visible == "binary")
+                                                            binary_range=self.visible == "binary",
+                                                            accept_sparse=True)
         monitor = _Monitor(self, X, X_valid)
         # the checkpoints of an MPI job's fit are rank 0's to write
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None and self._leader() else None
@@ -584,10 +615,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                         bar.update(1)
                         bar.set_postfix(recon=f"{entry['reconstruction_error']:.4g}")
                     if self.verbose and self._leader():
-                        extra = "".join(f", {k.replace('_', ' ')} {entry[k]:.4f}" for k in (
-                            "pseudo_likelihood", "free_energy_gap") if entry.get(k) is not None)
-                        print(f"[RBM] epoch {epoch + 1}/{self.n_iter}: reconstruction error "
-                              f"{entry['reconstruction_error']:.6f}{extra}, {entry['seconds']:.2f} s")
+                        _write(self._epoch_line(entry), bar)
                 if self.epochs_done_ == int(self.n_iter) and hasattr(self._strategy, "finish"):
                     self._strategy.finish()  # replicas apart (local steps) are brought together
                     self._state = self._strategy.gather_model()
@@ -599,6 +627,17 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 if hasattr(self._strategy, "close"):
                     self._strategy.close()  # the worker processes of a tcp or mpi fit stop with it
         return self
+
+    def _epoch_line(self, entry: dict) -> str:
+        """BernoulliRBM's verbose line (its tools parse it), then parrbm's other monitors."""
+        pl = entry.get("pseudo_likelihood")
+        head = f"[{type(self).__name__}] Iteration {entry['epoch']}"
+        if pl is not None:
+            head += f", pseudo-likelihood = {pl:.2f}"
+        extra = "".join(f", {k.replace('_', ' ')} = {entry[k]:.4f}" for k in (
+            "free_energy_gap", "valid_reconstruction_error") if entry.get(k) is not None)
+        return (f"{head}, time = {entry['seconds']:.2f}s, reconstruction error = "
+                f"{entry['reconstruction_error']:.6f}{extra}")
 
     def _fit_epoch(self, epoch: int, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None) -> dict:
         """One epoch at its learning rate, in its own order; a diverged epoch is undone
@@ -685,7 +724,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """
         first = not hasattr(self, "spec_")
         self._check_params()
-        X = self._validate_X(X, reset=first)
+        X = self._validate_X(X, reset=first, training=True)
         if first:
             self._initialise(X)
         else:
@@ -761,12 +800,43 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def transform(self, X) -> np.ndarray:
         """Hidden probabilities p(h = 1 | x): (n_samples, n_features) -> (n_samples, n_hidden)."""
         self._check_fitted()
-        return self._inference().hidden_probabilities(self._validate_X(X, reset=False))
+        return _by_rows(self._inference().hidden_probabilities, self._validate_X(X, reset=False))
+
+    def sample_hiddens(self, X) -> np.ndarray:
+        """Hidden states drawn from p(h | x): (n_samples, n_features) -> (n_samples, n_hidden)
+        of 0 / 1 in the model's dtype. Each call draws afresh (from the seed and a count of
+        the model's draws)."""
+        self._check_fitted()
+        p = self.transform(X)
+        return (self._draw_uniform(p.shape) < p).astype(p.dtype)
+
+    def gibbs(self, v) -> np.ndarray:
+        """One Gibbs step from v: h ~ p(h | v), then v' ~ p(v | h) (binary units sampled;
+        Gaussian units their mean plus unit-variance noise), shape (n_samples, n_features).
+        As scikit-learn's ``BernoulliRBM.gibbs``; each call draws afresh."""
+        self._check_fitted()
+        h = self.sample_hiddens(v)
+        s = self._state
+        pre = h.astype(np.float64) @ s.W.T.astype(np.float64) + s.b.astype(np.float64)
+        if self.spec_.visible == "gaussian":
+            out = pre + np.random.default_rng(self._next_draw()).standard_normal(pre.shape)
+        else:
+            out = (self._draw_uniform(pre.shape) < _sigmoid(pre)).astype(np.float64)
+        return out.astype(self.spec_.np_dtype)
+
+    def _next_draw(self) -> list[int]:
+        """The seed of the next inference draw: the model's seed, its steps and a count of
+        the draws since, so draws never repeat and a model trained alike draws alike."""
+        self._draws = getattr(self, "_draws", 0) + 1
+        return [self.seed_, 0x61BB5, self.n_steps_, self._draws]
+
+    def _draw_uniform(self, shape) -> np.ndarray:
+        return np.random.default_rng(self._next_draw()).random(shape)
 
     def reconstruct(self, X) -> np.ndarray:
         """Mean-field reconstruction E[v | h = p(h | x)], shape (n_samples, n_features)."""
         self._check_fitted()
-        return self._inference().reconstruct(self._validate_X(X, reset=False))
+        return _by_rows(self._inference().reconstruct, self._validate_X(X, reset=False))
 
     def free_energy(self, X) -> np.ndarray:
         """F(x) of each sample, shape (n_samples,); lower means more probable.
@@ -774,8 +844,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         Binary: -x.b - sum_j softplus(x W + c)_j; Gaussian: ||x - b||^2 / 2 - sum_j softplus(.)_j.
         """
         self._check_fitted()
-        X = self._validate_X(X, reset=False).astype(np.float64)
-        return self._free_energy(X)
+        return _by_rows(lambda A: self._free_energy(A.astype(np.float64)), self._validate_X(X, reset=False))
 
     def _hidden_inputs(self, X: np.ndarray, W=None, dtype=np.float64) -> np.ndarray:
         """X W + c in ``dtype``, (n, H). Through the core's BLAS: a second BLAS thread pool
@@ -815,9 +884,17 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _pseudo_likelihood(self, X: np.ndarray, dtype) -> np.ndarray:
         """score_samples in ``dtype``: float64 for the public method, the model's own
         precision for the per-epoch monitor (half the time of a float64 GEMM)."""
-        X = np.ascontiguousarray(X, dtype=dtype)
         rng = np.random.default_rng([self.seed_, 0x5C0E, self.n_steps_])
-        rows, unit = np.arange(X.shape[0]), rng.integers(0, X.shape[1], X.shape[0])
+        units = rng.integers(0, X.shape[1], X.shape[0])  # one per row, drawn alike for dense and sparse X
+        if v._is_sparse(X):
+            step = _sparse_rows(X)
+            return np.concatenate([self._pseudo_likelihood_of(_dense(X[i:i + step]), units[i:i + step], dtype)
+                                   for i in range(0, X.shape[0], step)])
+        return self._pseudo_likelihood_of(X, units, dtype)
+
+    def _pseudo_likelihood_of(self, X: np.ndarray, unit: np.ndarray, dtype) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=dtype)
+        rows = np.arange(X.shape[0])
         s = self._state
         W, b = np.ascontiguousarray(s.W, dtype=dtype), s.b.astype(dtype)
         pre = self._hidden_inputs(X, W, dtype)
@@ -1315,13 +1392,17 @@ class _Monitor:
     def __init__(self, rbm: RBM, X: np.ndarray, X_valid: np.ndarray | None):
         self.rbm = rbm
         pick = np.random.default_rng([rbm.seed_, 0x303]).permutation(X.shape[0])[:MONITOR_SAMPLES]
-        self.train = X[np.sort(pick)]
-        self.valid = None if X_valid is None else X_valid[:MONITOR_SAMPLES]
+        self.train = _dense(X[np.sort(pick)])
+        self.valid = None if X_valid is None else _dense(X_valid[:MONITOR_SAMPLES])
 
     def measure(self) -> dict:
         rbm, out = self.rbm, {}
         out["pseudo_likelihood"] = (float(np.mean(rbm._pseudo_likelihood(self.train, rbm.spec_.np_dtype)))
                                     if rbm.spec_.visible == "binary" else None)
+        # measured after the epoch as the held-out error is, on as many samples: the two
+        # curves compare like with like (the epoch's own error is of CD's samples, during it)
+        out["train_reconstruction_error"] = float(np.mean(
+            (self.train.astype(np.float64) - rbm._inference().reconstruct(self.train)) ** 2))
         if self.valid is None:
             out["free_energy_gap"] = out["valid_reconstruction_error"] = None
         else:
@@ -1330,6 +1411,36 @@ class _Monitor:
             out["valid_reconstruction_error"] = float(np.mean(
                 (self.valid.astype(np.float64) - rbm._strategy.reconstruct(self.valid)) ** 2))
         return out
+
+
+def _dense(X) -> np.ndarray:
+    """A (few rows of a) sparse matrix as a C-contiguous array; a dense array as it is."""
+    return np.ascontiguousarray(X.toarray()) if v._is_sparse(X) else X
+
+
+def _sparse_rows(X) -> int:
+    """Rows of a sparse X densified at once: at most SPARSE_CHUNK_BYTES of them."""
+    return max(1, SPARSE_CHUNK_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
+
+
+def _by_rows(fn, X) -> np.ndarray:
+    """fn over X's rows: at once for an array, a chunk of rows at a time for a sparse X."""
+    if not v._is_sparse(X):
+        return fn(X)
+    step = _sparse_rows(X)
+    return np.concatenate([fn(_dense(X[i:i + step])) for i in range(0, X.shape[0], step)])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warning for large |x|
+
+
+def _write(line: str, bar) -> None:
+    """A line on standard output that does not break the progress bar (on standard error)."""
+    if bar is None:
+        print(line, flush=True)
+    else:
+        bar.write(line, file=sys.stdout)
 
 
 def _progress_bar(setting, done: int, total: int):

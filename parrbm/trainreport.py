@@ -42,7 +42,7 @@ def write_train_report(rbm, out: Path, *, data_name: str, X: np.ndarray, shape, 
     if fit_seconds is not None:
         settings["fit time"] = f"{fit_seconds:.2f} s"
     cols = [("epoch", "d"), ("learning_rate", ".4g"), ("reconstruction_error", ".5f"),
-            ("valid_reconstruction_error", ".5f"), ("pseudo_likelihood", ".3f"), ("free_energy_gap", ".3f"),
+            ("train_reconstruction_error", ".5f"), ("valid_reconstruction_error", ".5f"), ("pseudo_likelihood", ".3f"), ("free_energy_gap", ".3f"),
             ("max_abs_weight", ".3f"), ("seconds", ".2f")]
     cols = [(k, f) for k, f in cols if any(h.get(k) is not None for h in rbm.history_)]
     epochs = [["" if h.get(k) is None else format(h[k], f) for k, f in cols] for h in rbm.history_]

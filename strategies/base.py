@@ -5,6 +5,7 @@ algorithm in docs/design.md section 5 on top of these; none of this knows the tr
 from __future__ import annotations
 
 import threading
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,7 +153,7 @@ class Option:
     the estimator's and runner's checks are made from :data:`OPTIONS`."""
 
     name: str
-    default: object
+    default: Any  # the option's type: str, int or bool
     doc: str
     choices: tuple = ()          # the allowed values of a choice
     minimum: int | None = None   # an integer's least value (None: not an integer)
@@ -167,7 +168,8 @@ class Option:
             return None if value in self.choices else "must be " + " or ".join(map(repr, self.choices))
         if self.is_flag:
             return None if isinstance(value, (bool, np.bool_)) else "must be true or false"
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < self.minimum:
+        least = self.minimum if self.minimum is not None else 0
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
             return f"must be an integer >= {self.minimum}"
         return None
 
@@ -252,11 +254,15 @@ class Worker:
     #: arrays this worker holds that the gathered model does not give back (a replica
     #: between syncs): kept with a checkpoint, so that a resumed fit is the uninterrupted one
     local_arrays: tuple[str, ...] = ()
+    #: the purple rows P_k = W[V_k, :], in the strategies that keep them
+    purple: np.ndarray
 
     def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
                  options: StrategyOptions):
         self.spec = spec
-        self.comm = None  # its parrbm.harness.comm.Comm: set by the runner for each run
+        # its Comm (harness/comm.py; the transport's, which a strategy never names): set by
+        # the runner for each run
+        self.comm: Any = None
         self.options = options
         self.rank, self.K = rank, size
         self.dtype = spec.np_dtype
@@ -531,9 +537,11 @@ class Worker:
         k = self.rank
         self.b = own(self.vis.take(state.b, k, axis=0))
         self.c = own(self.hid.take(state.c, k, axis=0))
-        momentum = state.W_inc is not None
-        self.b_inc = own(self.vis.take(state.b_inc, k, axis=0)) if momentum else None
-        self.c_inc = own(self.hid.take(state.c_inc, k, axis=0)) if momentum else None
+        self.b_inc: np.ndarray | None = None
+        self.c_inc: np.ndarray | None = None
+        if state.b_inc is not None and state.c_inc is not None:  # momentum
+            self.b_inc = own(self.vis.take(state.b_inc, k, axis=0))
+            self.c_inc = own(self.hid.take(state.c_inc, k, axis=0))
 
     # ---- activities shared by all workers ---------------------------------------------------
 
@@ -660,13 +668,14 @@ class Worker:
         W = self.gather_rows(self.purple, self.vis, H)
         b = self.gather_vector(self.b, self.vis)
         c = self.gather_vector(self.c, self.hid)
-        incs = (None, None, None)
-        if self.b_inc is not None:
+        incs: tuple = (None, None, None)
+        if self.b_inc is not None and self.c_inc is not None:
             purple_inc = getattr(self, "purple_inc", None)
             W_inc = self.gather_rows(purple_inc, self.vis, H) if purple_inc is not None else W_inc_full
             incs = (W_inc, self.gather_vector(self.b_inc, self.vis), self.gather_vector(self.c_inc, self.hid))
         if self.rank != 0:
             return None
+        assert W is not None and b is not None and c is not None  # gathered on rank 0
         chains = getattr(self, "chains", None)
         return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
                           chains=None if chains is None else chains.copy())

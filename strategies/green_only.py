@@ -76,7 +76,9 @@ class GreenOnly(Worker):
         _core.gemm(X, self.green, self.pre_h[:mb])
         self.sample_local_hidden(self.pre_h[:mb], step, PHASE_POSITIVE, right_k[:mb], self.states_k[:mb])
         driver = self.chains if spec.persistent else self.states_k[:mb]
+        assert driver is not None  # persistent CD's chains are set
         states_out = self.chains if spec.persistent else self.states_k[:c]
+        assert states_out is not None
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):

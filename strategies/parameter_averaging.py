@@ -31,10 +31,9 @@ class ParameterAveraging(Worker):
         super().__init__(spec, state, rank, size, options)
         V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
         self.W, self.b, self.c = state.W.copy(), state.b.copy(), state.c.copy()
-        momentum = state.W_inc is not None
-        self.W_inc = state.W_inc.copy() if momentum else None
-        self.b_inc = state.b_inc.copy() if momentum else None
-        self.c_inc = state.c_inc.copy() if momentum else None
+        self.W_inc = None if state.W_inc is None else state.W_inc.copy()  # momentum's increments
+        self.b_inc = None if state.b_inc is None else state.b_inc.copy()
+        self.c_inc = None if state.c_inc is None else state.c_inc.copy()
         self.chain_cases = Partition.contiguous(m, size).parts[rank]
         self.chains = None if state.chains is None else state.chains[self.chain_cases].copy()
         mk = -(-m // size)  # the most cases a worker gets
@@ -289,7 +288,7 @@ class ParameterAveraging(Worker):
         if options.average == "gradients" and K > 1:  # K = 1: the serial algorithm, no collective
             # in blocks: each worker's share of every block's allreduce adds up to the whole's
             blocks = cls.gradient_blocks(model.n_visible, options)
-            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2 * len(blocks or [None]))
+            t.add(P.GRADIENT, cls._exchange(model, K, options), calls=2 * (len(blocks) if blocks else 1))
         return t
 
     @classmethod

@@ -49,7 +49,7 @@ class PerUpdateSync(Worker):
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
-        self._sync_plan = None
+        self._sync_plan: list | None = None
         self._rows_exact: dict = {}
 
     def step(self, X: np.ndarray, step: int) -> float:
@@ -95,6 +95,7 @@ class PerUpdateSync(Worker):
                 final_k = self.h_local[:c]
         right_k[mb:] = -neg_scale * final_k
         if spec.persistent:
+            assert self.chains is not None
             self.chains[...] = states
 
         # 4. Only green is updated (each weight once), and the biases.

@@ -76,6 +76,7 @@ class PurpleOnly(Worker):
                 for i, r in enumerate(pos):
                     self.finish_hidden(flight[i], step, PHASE_POSITIVE, act, states, r)
             driver = self.chains if chained else states
+            assert driver is not None  # chained: persistent CD, whose chains are set
             summed, err_t = [], 0.0
             for i, r in enumerate(neg):
                 if not chained:
@@ -103,6 +104,7 @@ class PurpleOnly(Worker):
             self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
         right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
         if spec.persistent:
+            assert self.chains is not None
             self.chains[...] = states[:c]
 
         # 4. P_k <- P_k + eps/m (x_k^T h - v'_k^T h'); biases.

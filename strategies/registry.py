@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 #: the built-in strategies, in the order tables and figures show them
 BUILTIN = {
@@ -34,22 +35,25 @@ BUILTIN = {
 }
 ENTRY_POINT_GROUP = "parrbm.strategies"
 
-_registered: dict[str, str | type] = {}
+#: a strategy's class: a Worker subclass with its declarations (checked by _check_class)
+StrategyClass = type[Any]
+
+_registered: dict[str, str | StrategyClass] = {}
 _entry_points: dict[str, object] | None = None
-_by_reference: dict[str, type] = {}
+_by_reference: dict[str, StrategyClass] = {}
 
 
 class StrategyError(ValueError):
     """A strategy that cannot be found or is not a strategy, with what is known."""
 
 
-def register(cls: type, name: str | None = None) -> type:
+def register(cls: StrategyClass, name: str | None = None) -> StrategyClass:
     """Make ``cls`` known by its ``name`` (usable as a decorator)."""
     _check_class(cls, repr(cls))
     key = name or cls.name
     known = _known()
-    if key in known and known[key] is not cls and not (isinstance(known[key], str)
-                                                        and _by_reference.get(known[key]) is cls):
+    there = known.get(key)
+    if there is not None and there is not cls and not (isinstance(there, str) and _by_reference.get(there) is cls):
         raise StrategyError(f"a strategy named {key!r} is already registered ({known[key]})")
     _registered[key] = cls
     return cls
@@ -61,7 +65,8 @@ def names(*, parallel_only: bool = False) -> list[str]:
     return [n for n in out if n != "serial"] if parallel_only else out
 
 
-def _known() -> dict[str, object]:
+def _known() -> dict[str, Any]:
+    """Every known name: a class, a reference ('module:Class') or an entry point."""
     global _entry_points
     if _entry_points is None:
         _entry_points = {}
@@ -75,7 +80,7 @@ def _known() -> dict[str, object]:
     return {**BUILTIN, **{k: v for k, v in _entry_points.items() if k not in BUILTIN}, **_registered}
 
 
-def resolve(strategy, *, load: bool = False) -> type:
+def resolve(strategy, *, load: bool = False) -> StrategyClass:
     """The strategy class named by ``strategy`` (a name, a ``module:Class`` reference or the
     class); StrategyError says what is known.
 
@@ -108,7 +113,7 @@ def resolve(strategy, *, load: bool = False) -> type:
                         f"(or 'module:Class' for a strategy of your own)")
 
 
-def load(strategy) -> type:
+def load(strategy) -> StrategyClass:
     """:func:`resolve` for a strategy the user named: a ``module:Class`` reference is
     imported, an entry point loaded."""
     return resolve(strategy, load=True)
@@ -152,7 +157,7 @@ def plugin_sources(strategy) -> list[list[str]]:
     job (no file system is shared). StrategyError when a module's source cannot be read,
     or the class lives in the driver's script (``__main__``: the workers would run it)."""
     cls = resolve(strategy)
-    out = []
+    out: list[list[str]] = []
     for klass in reversed(cls.__mro__):
         mod = klass.__module__
         if mod == "builtins" or mod == "parrbm" or mod.startswith("parrbm.") or mod in [m for m, _ in out]:
@@ -162,6 +167,8 @@ def plugin_sources(strategy) -> list[list[str]]:
                                 f"hosts import a strategy from a module: move the class into one")
         where = getattr(sys.modules.get(mod), "__file__", None)
         try:
+            if where is None:
+                raise OSError(f"module {mod!r} has no file")
             out.append([mod, Path(where).read_text()])
         except (OSError, TypeError):
             raise StrategyError(f"strategy {cls.name!r}: the source of module {mod!r} cannot be read to send it "
@@ -225,7 +232,7 @@ def builtin_order(name: str) -> tuple[int, str]:
     return (order.index(name), name) if name in order else (len(order), name)
 
 
-def _load(target, name: str | None = None, *, load: bool = True) -> type:
+def _load(target, name: str | None = None, *, load: bool = True) -> StrategyClass:
     if isinstance(target, type):
         return target
     if isinstance(target, str):
@@ -251,18 +258,18 @@ def _load(target, name: str | None = None, *, load: bool = True) -> type:
     return cls
 
 
-def _entry_point_class(ep) -> type | None:
+def _entry_point_class(ep) -> StrategyClass | None:
     """An entry point's class if its module is already imported (no code runs), else None."""
     module = sys.modules.get(getattr(ep, "module", "") or "")
     if module is None:
         return None
-    obj = module
+    obj: Any = module
     for part in (getattr(ep, "attr", "") or "").split("."):
         obj = getattr(obj, part, None) if part else obj
     return obj if isinstance(obj, type) else None
 
 
-def _import(ref: str) -> type:
+def _import(ref: str) -> StrategyClass:
     if ref in _by_reference:
         return _by_reference[ref]
     module_name, _, qualname = ref.rpartition(":")
@@ -286,7 +293,7 @@ def _import(ref: str) -> type:
     except ImportError as exc:
         raise StrategyError(f"strategy {ref!r}: cannot import {module_name!r} ({exc}); the module must be "
                             f"importable here and on the workers (PYTHONPATH, or an installed package)") from None
-    obj = module
+    obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
@@ -298,7 +305,7 @@ def _import(ref: str) -> type:
     return obj
 
 
-def _check_not_builtin_name(cls: type, where: str) -> None:
+def _check_not_builtin_name(cls: StrategyClass, where: str) -> None:
     """A plug-in named like a built-in would sit beside it as an indistinguishable row."""
     if cls.__module__ == "parrbm" or cls.__module__.startswith("parrbm."):
         return
@@ -314,5 +321,6 @@ def _check_class(cls, where: str) -> None:
     if not isinstance(cls, type) or not issubclass(cls, (Worker, SerialStrategy)):
         raise StrategyError(f"strategy {where}: not a strategy class (a subclass of "
                             f"parrbm.strategies.Worker), got {cls!r}")
-    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
         raise StrategyError(f"strategy {where}: the class must set 'name' to a non-empty string")

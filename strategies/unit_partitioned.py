@@ -75,6 +75,7 @@ class UnitPartitioned(Worker):
             # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
             chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
             driver = self.chains if chained else states
+            assert driver is not None  # chained: persistent CD, whose chains are set
             sent, err_t = [], 0.0
             drawn = phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE
             for i, r in enumerate(neg):
@@ -113,6 +114,7 @@ class UnitPartitioned(Worker):
             self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
         right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
         if spec.persistent:
+            assert self.chains is not None
             self.chains[...] = states[:c]
         vis_k = self.vis.take(left, k)
         self.apply_statistics(self.purple, self.purple_inc, vis_k, right, mb, neg_scale)

@@ -1,9 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 # Tests measure correctness, not speed: one BLAS thread keeps them quiet on a shared box.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The calibrations the tests make are kept in a cache of the test run's own, not the user's
+# (and none kept by the user's comparisons is read)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="parrbm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 
 def pytest_sessionstart(session):

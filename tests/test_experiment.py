@@ -95,7 +95,7 @@ def test_run_writes_records_and_resume_skips(tmp_path):
         assert {"strategy", "workers", "transport", "batch_size", "model", "environment"} <= set(r)
         assert {"visible", "hidden", "visible_type", "precision"} <= set(r["model"])
         assert r["metrics"]["bytes_per_step"] == r["metrics"]["bytes_per_step_formula"]
-        assert set(r["metrics"]["step_seconds"]) == {"median", "p10", "p90", "repeat_medians"}
+        assert set(r["metrics"]["step_seconds"]) == {"median", "p10", "p90", "repeat_medians", "repeat_p10_p90"}
         assert len(r["metrics"]["step_seconds"]["repeat_medians"]) == r["training"]["repeats"] == 1
     tcp = [r for r in recs if r["transport"] == "tcp"]
     assert tcp and all(r["metrics"]["wire_bytes_per_step"] > r["metrics"]["bytes_per_step"] for r in tcp)

@@ -333,3 +333,19 @@ def test_the_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
     if default[0] != "avx2":
         pytest.skip("this CPU has no AVX2: both runs took the baseline path")
     assert default[1:] == baseline[1:]
+
+
+def test_the_cores_type_stub_names_what_the_module_has():
+    """parrbm/_core.pyi (pybind11-stubgen's) declares every public name of the built core,
+    and nothing it lacks."""
+    import ast
+    from pathlib import Path
+
+    import parrbm
+
+    stub = ast.parse((Path(parrbm.__file__).parent / "_core.pyi").read_text())
+    declared = {n.name for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    declared |= {t.id for n in stub.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                 for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    public = {n for n in dir(_core) if not n.startswith("_")}
+    assert public <= declared and declared - {"__all__"} <= public

@@ -370,7 +370,7 @@ def test_train_command_writes_model_report_and_resumes(tmp_path, capsys):
             "--strategy", "green-only", "--workers", "2", "--checkpoint-dir", str(ck), "--out", str(out)]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "1500 samples x 64 features" in text and "pseudo likelihood" in text
+    assert "1500 samples x 64 features" in text and "pseudo-likelihood = " in text and "free energy gap = " in text
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "green-only, K = 2" in page
     model = RBM.load(out / "model.npz")

@@ -185,9 +185,12 @@ def test_bad_parameter_raises_naming_it(param, value):
         RBM(**{"n_hidden": 3, "batch_size": 5, param: value}).fit(X_OK)
 
 
-def test_batch_size_larger_than_data():
-    with pytest.raises(ValueError, match="'batch_size'.*larger than the number of samples"):
-        RBM(n_hidden=3, batch_size=31).fit(X_OK)
+def test_batch_size_larger_than_data_is_one_minibatch_of_all():
+    # as BernoulliRBM takes it: the model of a minibatch of all the samples
+    big = RBM(n_hidden=3, batch_size=31, n_iter=3, random_state=0).fit(X_OK)
+    whole = RBM(n_hidden=3, batch_size=len(X_OK), n_iter=3, random_state=0).fit(X_OK)
+    assert len(X_OK) < 31 and big.n_steps_ == 3
+    np.testing.assert_array_equal(big.components_, whole.components_)
 
 
 def test_serial_with_several_workers_raises():
@@ -203,3 +206,18 @@ def test_transform_checks_feature_count(digits_binary):
 
     with pytest.raises(NotFittedError):
         RBM().transform(digits_binary)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_saved_model_gets_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import os
+    import stat
+
+    rbm = RBM(n_hidden=3, batch_size=5, n_iter=1, random_state=0).fit(X_OK)
+    old = os.umask(umask)
+    try:
+        rbm.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == mode
+    assert not list(tmp_path.glob(".m.npz.*"))  # the temporary file is gone

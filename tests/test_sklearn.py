@@ -2,6 +2,7 @@
 sparse input, and scikit-learn's own estimator checks over RBM and DBN."""
 
 import pickle
+import re
 
 import joblib
 import numpy as np
@@ -73,14 +74,68 @@ def test_feature_names_and_pandas_output(digits):
     assert list(dbn.get_feature_names_out()) == ["dbn0", "dbn1", "dbn2"]
 
 
-def test_sparse_input_is_refused_by_name(digits):
-    S = sp.csr_matrix(digits[0][:50])
-    with pytest.raises(TypeError, match=r"RBM: 'X' is a scipy sparse csr_matrix of shape \(50, 64\); "
-                                        r"sparse input is not supported"):
-        RBM(n_hidden=4, n_iter=1).fit(S)
-    rbm = RBM(n_hidden=4, n_iter=1, progress=False).fit(digits[0][:50])
-    with pytest.raises(TypeError, match="sparse"):
-        rbm.transform(sp.csr_array(digits[0][:5]))
+@pytest.mark.parametrize("kind", [sp.csr_matrix, sp.csc_array, sp.lil_matrix])
+def test_sparse_input_trains_the_dense_model_a_few_minibatches_at_a_time(digits, monkeypatch, kind):
+    import parrbm.rbm as rbm_module
+
+    X = digits[0][:97]
+    dense = RBM(n_hidden=6, batch_size=10, n_iter=2, random_state=3, progress=False).fit(X)
+    # chunks of 2 minibatches: the steps, their random streams and the model are the dense X's
+    monkeypatch.setattr(rbm_module, "SPARSE_CHUNK_BYTES", 2 * 10 * 64 * 4)
+    seen = []
+    densify = rbm_module._dense
+    monkeypatch.setattr(rbm_module, "_dense", lambda A: seen.append(A.shape[0]) or densify(A))
+    sparse = RBM(n_hidden=6, batch_size=10, n_iter=2, random_state=3, progress=False).fit(kind(X))
+    np.testing.assert_array_equal(sparse.components_, dense.components_)
+    np.testing.assert_array_equal(sparse.intercept_visible_, dense.intercept_visible_)
+    assert sparse.reconstruction_error_ == dense.reconstruction_error_
+    assert max(seen[1:]) <= 20 < X.shape[0]  # (the first is the monitor's sample)
+    np.testing.assert_array_equal(sparse.transform(kind(X)), dense.transform(X))
+    np.testing.assert_array_equal(sparse.score_samples(kind(X)), dense.score_samples(X))
+
+
+def test_sparse_input_is_checked_by_name(digits):
+    bad = sp.csr_matrix(np.array([[0.5, 0.0], [0.0, 1.5]]))
+    with pytest.raises(ValueError, match=r"RBM: 'X' must lie in \[0, 1\].*1\.5 at row 1, column 1.*clip"):
+        RBM(n_hidden=2, n_iter=1, progress=False).fit(bad)
+    nan = sp.csr_matrix(np.array([[0.5, np.nan]]))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        RBM(n_hidden=2, n_iter=1, progress=False).fit(nan)
+
+
+def test_binary_data_a_little_outside_is_refused_with_the_clip_advice(digits):
+    X = digits[0][:50].copy()
+    X[3, 5] = 1.0714
+    with pytest.raises(ValueError, match=r"MinMaxScaler\(clip=True\) or np.clip\(X, 0, 1\)"):
+        RBM(n_hidden=4, n_iter=1, progress=False).fit(X)
+    rbm = RBM(n_hidden=4, n_iter=1, progress=False).fit(np.clip(X, 0, 1))
+    assert rbm.transform(X).shape == (50, 4)  # inference takes any finite values
+
+
+def test_gibbs_and_sample_hiddens_draw_afresh(digits):
+    X = digits[0][:200]
+    rbm = RBM(n_hidden=8, n_iter=2, random_state=0, progress=False).fit(X)
+    a, b = rbm.gibbs(X), rbm.gibbs(X)
+    assert a.shape == X.shape and set(np.unique(a)) <= {0.0, 1.0} and (a != b).any()
+    draws = np.mean([rbm.sample_hiddens(X[:3]) for _ in range(400)], axis=0)
+    np.testing.assert_allclose(draws, rbm.transform(X[:3]), atol=0.1)
+    again = RBM(n_hidden=8, n_iter=2, random_state=0, progress=False).fit(X)
+    np.testing.assert_array_equal(again.gibbs(X), a)  # a model trained alike draws alike
+
+
+def test_fit_takes_a_batch_larger_than_the_data(digits):
+    rbm = RBM(n_hidden=4, batch_size=100, n_iter=2, random_state=0, progress=False).fit(digits[0][:30])
+    assert rbm.n_steps_ == 2
+
+
+def test_verbose_is_an_integer_and_prints_bernoullirbms_line(digits, capsys):
+    RBM(n_hidden=4, n_iter=2, verbose=2, progress=False).fit(digits[0][:40])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert re.match(r"\[RBM\] Iteration 2, pseudo-likelihood = -\d+\.\d\d, time = [\d.]+s, "
+                    r"reconstruction error = [\d.]+$", lines[1])
+    with pytest.raises(ValueError, match="parameter 'verbose' must be an integer >= 0"):
+        RBM(verbose=-1).fit(digits[0][:40])
 
 
 # scikit-learn's estimator checks, over both visible unit types. Binary visible units

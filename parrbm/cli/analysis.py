@@ -52,12 +52,13 @@ def _model(args, visible: str, precision: str) -> cost.Model:
 def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) -> None:
     p.add_argument("--visible", type=_positive, required=True, metavar="V", help="visible units")
     p.add_argument("--hidden", type=_positive, required=True, metavar="H", help="hidden units")
-    p.add_argument("--batch", type=_positive, required=batch_required, default=100, metavar="M",
-                   help="cases per minibatch")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=_positive, required=batch_required, default=100,
+                   metavar="M", help="cases per minibatch (--batch: the same)")
     p.add_argument("--workers", type=_workers, nargs="+", default=None, metavar="K",
                    help="worker counts: numbers and ranges like 1..256 (powers of two); default 1 2 4 8")
-    p.add_argument("--visible-type", choices=["binary", "gaussian"])
-    p.add_argument("--precision", choices=["float32", "float64"])
+    p.add_argument("--visible-type", choices=["binary", "gaussian"], help="the visible units' type (default: both)")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=["float32", "float64"],
+                   help="floating-point precision (default: both; --dtype: the same)")
     p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
     from parrbm.strategies.rules import MAX_CD_K
 
@@ -452,12 +453,16 @@ def cmd_report(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    c = sub.add_parser("cost", help="closed-form communication of every strategy (Table 4.1 form)")
+    c = sub.add_parser("cost", help="closed-form communication of every strategy (Table 4.1 form)",
+                       epilog="example: parrbm cost --visible 8000 --hidden 20000 --batch-size 100 "
+                              "--workers 1 2 4 8   # the paper's Table 4.1")
     _common_model_args(c)
     c.add_argument("--cases", type=_positive, default=8000, help="bytes per this many training cases")
     c.set_defaults(func=cmd_cost)
 
-    cal = sub.add_parser("calibrate", help="measure this machine for the time model")
+    cal = sub.add_parser("calibrate", help="measure this machine for the time model",
+                         epilog="examples: parrbm calibrate --quick; sudo parrbm calibrate --network 105MB/s "
+                                "--out machine.json")
     cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
     cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
     cal.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
@@ -467,18 +472,24 @@ def add_parsers(sub) -> None:
     cal.add_argument("--latency", help="the emulated links' latency (e.g. 0.091ms; where the kernel has netem)")
     cal.set_defaults(func=cmd_calibrate)
 
-    pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K")
+    pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K",
+                        epilog="example: parrbm predict --visible 8000 --hidden 20000 --batch-size 100 "
+                               "--workers 1..16 --bandwidth 105MB/s --latency 0.091ms")
     _predict_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ad = sub.add_parser("advise", help="the fastest strategy for a model and cluster, with its margin")
+    ad = sub.add_parser("advise", help="the fastest strategy for a model and cluster, with its margin",
+                        epilog="example: parrbm advise --visible 8000 --hidden 20000 --batch-size 100 "
+                               "--workers 1..256 --bandwidth 105MB/s --latency 0.091ms")
     _predict_args(ad)
     ad.set_defaults(func=cmd_advise)
 
     for name, helptext, func in (("plot", "figures of a results file (PNG and SVG)", cmd_plot),
                                  ("report", "one HTML or Markdown page: tables, figures, the paper's numbers",
                                   cmd_report)):
-        q = sub.add_parser(name, help=helptext)
+        q = sub.add_parser(name, help=helptext,
+                           epilog=f"example: parrbm {name} results/quick.jsonl --out "
+                                  + ("figures/" if name == "plot" else "report.html"))
         q.add_argument("results", help="a .jsonl file written by 'parrbm run'")
         if name == "plot":
             q.add_argument("--out", default="plots", help="directory for the figures")

@@ -22,27 +22,55 @@ def _cmd_run(args) -> int:
         # one of the ranks of 'mpiexec -n N parrbm run': rank 0 drives, this rank serves
         serve_grid()
         return 0
+    from parrbm.shipped import find_config
+
     try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
+        cfg = load_config(find_config(args.config))
+    except (ConfigError, FileNotFoundError) as exc:
         release_servers()
         raise UsageError(str(exc)) from exc
     from parrbm.analysis.calibrate import calibrate_for_config
 
-    progress = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from parrbm.cli.progress import RunProgress
+
+    progress = RunProgress()
+    calibrate = None if args.no_calibrate else (
+        lambda *a, **kw: calibrate_for_config(*a, **kw, fresh=args.recalibrate))
     try:
         path = run_config(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                          progress=progress, calibrate=None if args.no_calibrate else calibrate_for_config)
+                          progress=progress, calibrate=calibrate)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
-        print("interrupted: the results recorded so far are kept; --resume continues", file=sys.stderr)
+        progress.close()
+        print("interrupted: the results recorded so far are kept (with the repeats each run finished); "
+              "--resume continues", file=sys.stderr)
         return 130
+    finally:
+        progress.close()
     from parrbm.analysis.compare import load_profile_for
 
     records, notes = read_results(path)
     print(summary_table(records, load_profile_for(path), notes=notes))
     print(f"\nresults: {path}")
+    return 0
+
+
+def _cmd_configs(args) -> int:
+    from parrbm.shipped import find_config, shipped_configs
+
+    if args.name:
+        try:
+            print(find_config(args.name).read_text(), end="")
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        return 0
+    rows = shipped_configs()
+    width = max(len(n) for n, _, _ in rows)
+    for name, description, _ in rows:
+        print(f"{name:<{width}}  {description}")
+    print(f"\nparrbm run NAME runs one; parrbm configs NAME > mine.yaml copies it to edit "
+          f"(they are in {rows[0][2].parent})")
     return 0
 
 
@@ -115,8 +143,12 @@ def _cmd_network_cluster(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    run = sub.add_parser("run", help="run a YAML-defined comparison and record every run")
-    run.add_argument("config", help="YAML file (see configs/)")
+    run = sub.add_parser("run", help="run a YAML-defined comparison and record every run",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="examples:\n  parrbm run quick --out results            # a shipped config, by name\n"
+                                "  parrbm run mine.yaml --out results --resume # continue a results file\n"
+                                "  mpiexec -f hostfile -n 4 parrbm run quick   # on the ranks of an MPI job")
+    run.add_argument("config", help="a YAML file, or the name of a shipped config (parrbm configs lists them)")
     run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
     run.add_argument("--resume", action="store_true",
                      help="continue the results file: skip the runs already recorded (the config must "
@@ -125,21 +157,33 @@ def add_parsers(sub) -> None:
                      help="start the results file again; the old one is kept beside it, renamed")
     run.add_argument("--no-calibrate", action="store_true",
                      help="do not measure this machine for the time model first")
+    run.add_argument("--recalibrate", action="store_true",
+                     help="measure this machine again, though a calibration of it is kept in the cache "
+                          "(~/.cache/parrbm, or $XDG_CACHE_HOME/parrbm)")
     run.set_defaults(func=_cmd_run)
 
-    table = sub.add_parser("table", help="print the comparison of a results file")
+    configs = sub.add_parser("configs", help="list the shipped comparison configs, or print one",
+                             epilog="examples: parrbm configs; parrbm configs quick > mine.yaml")
+    configs.add_argument("name", nargs="?", help="print this config's YAML")
+    configs.set_defaults(func=_cmd_configs)
+
+    table = sub.add_parser("table", help="print the comparison of a results file",
+                           epilog="example: parrbm table results/quick.jsonl")
     table.add_argument("results", help="a .jsonl file written by 'parrbm run'")
     table.add_argument("--profile", help="machine profile for the predictions (default: the one "
                                           "beside the results, <name>.profile.json)")
     table.set_defaults(func=_cmd_table)
 
-    net = sub.add_parser("network", help="the emulated hosts of tcp and mpi runs (network.emulate)")
+    net = sub.add_parser("network", help="the emulated hosts of tcp and mpi runs (network.emulate)",
+                         epilog="examples: parrbm network show; sudo parrbm network cleanup")
     net_sub = net.add_subparsers(dest="network_command", metavar="ACTION", required=True)
     clean = net_sub.add_parser("cleanup", help="remove the namespaces, links and qdiscs of emulated networks "
-                                               "whose run is gone (a run killed outright)")
+                                               "whose run is gone (a run killed outright)",
+                               epilog="example: sudo parrbm network cleanup")
     clean.add_argument("--all", action="store_true", help="also those of runs still going")
     clean.set_defaults(func=_cmd_network_cleanup)
-    show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine")
+    show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine",
+                              epilog="example: parrbm network show")
     show.set_defaults(func=_cmd_network_show)
     cluster = net_sub.add_parser(
         "cluster", help="run a command on the login node of an emulated cluster, then remove the cluster",

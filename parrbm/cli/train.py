@@ -167,11 +167,18 @@ def _estimator(args):
     return rbm
 
 
+#: what BernoulliRBM runs: persistent CD-1, probabilities for the statistics, sampled
+#: negative visible states
+_BERNOULLI_ALGORITHM = {"cd_k": 1, "persistent": True, "statistics": "probabilities", "sample_visible": True}
+
+
 def _print_comparison(args, rbm, X_train: np.ndarray, fit_seconds: float) -> None:
-    """The fit's time, reconstruction error and pseudo-likelihood; with --compare-sklearn,
-    BernoulliRBM's with the same settings beside them."""
+    """The fit's time, reconstruction error and pseudo-likelihood, all measured after the
+    fit on the training data; with --compare-sklearn, BernoulliRBM's beside them, measured
+    alike (its mean-field reconstruction, its pseudo-likelihood), and whether the two ran
+    the same algorithm."""
     rows = [(f"parrbm ({args.strategy}, K={args.workers})", fit_seconds,
-             rbm.reconstruction_error_[-1] if rbm.reconstruction_error_ else float("nan"),
+             float(np.mean((X_train.astype(np.float64) - rbm.reconstruct(X_train)) ** 2)),
              float(np.mean(rbm.score_samples(X_train))) if args.visible == "binary" else float("nan"))]
     if args.compare_sklearn:
         from sklearn.neural_network import BernoulliRBM
@@ -187,14 +194,23 @@ def _print_comparison(args, rbm, X_train: np.ndarray, fit_seconds: float) -> Non
         rows.append(("sklearn BernoulliRBM", sk_seconds, float(np.mean((X_train - recon) ** 2)),
                      float(np.mean(sk.score_samples(X_train)))))
     print()
+    print("after the fit, on the training data (mean-field reconstruction error per element, mean pseudo-likelihood):")
     print(f"{'trainer':<30}{'fit s':>9}{'recon err':>12}{'pseudo-LL':>12}")
     for trainer, secs, err, pll in rows:
         print(f"{trainer:<30}{secs:>9.3f}{err:>12.5f}{pll:>12.3f}")
     if args.compare_sklearn:
         ratio = rows[1][1] / rows[0][1]
         verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
+        ran = {"cd_k": args.cd_k, "persistent": bool(args.persistent), "statistics": args.statistics,
+               "sample_visible": bool(args.sample_visible)}
+        differ = [f"{k}={ran[k]!r} (BernoulliRBM: {v!r})" for k, v in _BERNOULLI_ALGORITHM.items() if ran[k] != v]
+        same = "same algorithm (persistent CD-1, probability statistics, sampled negative visible states), "
         print(f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
-              f"(same epochs, batch size and learning rate)")
+              f"({'' if not differ else 'NOT the same algorithm, '}"
+              f"{same if not differ else ''}same epochs, batch size and learning rate)")
+        if differ:
+            print("  parrbm ran " + ", ".join(differ) + "; for BernoulliRBM's algorithm give "
+                  "--cd-k 1 --persistent --statistics probabilities --sample-visible")
 
 
 def _save(args, rbm, *, name: str, X: np.ndarray, X_shown: np.ndarray, shape, pre, fit_seconds: float) -> None:
@@ -269,14 +285,24 @@ def _cmd_plot_filters(args) -> int:
     return 0
 
 
+class _DefaultsAndExamples(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the options' help, and the examples as they are written."""
+
+
 def add_parsers(sub) -> None:
     from parrbm.config import TRANSPORTS
 
-    info = sub.add_parser("info", help="show the build: version, BLAS, cores")
+    info = sub.add_parser("info", help="show the build: version, BLAS, cores", epilog="example: parrbm info")
     info.set_defaults(func=_cmd_info)
 
     tr = sub.add_parser("train", help="train an RBM on a data set: monitors, checkpoints, model and report",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_DefaultsAndExamples,
+                        epilog="examples:\n"
+                               "  parrbm train --data digits --hidden 100 --epochs 20 --out run/\n"
+                               "  parrbm train --data fashion-mnist --visible-type gaussian --preprocess zca "
+                               "--strategy green-only --workers 2\n"
+                               "  parrbm train --persistent --statistics probabilities --sample-visible "
+                               "--compare-sklearn   # BernoulliRBM's algorithm, beside it")
     tr.add_argument("--data", default="digits",
                     help="digits, nudged-digits, fashion-mnist, cifar10 (with --data-path), random-binary, or a "
                          ".npy file (n_samples, n_features)")
@@ -290,26 +316,34 @@ def add_parsers(sub) -> None:
                     help="per-dimension standardisation or ZCA whitening (Gaussian visible units)")
     tr.add_argument("--valid-fraction", type=float, default=0.1,
                     help="held out for the free-energy gap and held-out reconstruction error")
-    tr.add_argument("--hidden", type=int, default=100)
-    tr.add_argument("--visible", default="binary", choices=["binary", "gaussian"])
-    tr.add_argument("--epochs", type=int, default=20)
-    tr.add_argument("--batch-size", type=int, default=10)
+    tr.add_argument("--hidden", type=int, default=100, metavar="H", help="hidden units")
+    tr.add_argument("--visible-type", "--visible", dest="visible", default="binary", choices=["binary", "gaussian"],
+                    help="the visible units' type (--visible: the same, as earlier releases spelt it)")
+    tr.add_argument("--epochs", type=int, default=20, help="passes over the training data")
+    tr.add_argument("--batch-size", "--batch", type=int, default=10, metavar="M", help="cases per minibatch")
     tr.add_argument("--learning-rate", type=_learning_rate, default="auto",
                     help="a positive number, or auto: 0.1 for binary visible units, 0.01 for Gaussian")
     tr.add_argument("--schedule", default="constant", choices=["constant", "linear", "exponential"],
                     help="learning-rate schedule over the epochs")
-    tr.add_argument("--momentum", type=float, default=0.0)
-    tr.add_argument("--weight-decay", type=float, default=0.0)
-    tr.add_argument("--cd-k", type=int, default=1)
-    tr.add_argument("--persistent", action="store_true")
-    tr.add_argument("--statistics", default="samples", choices=["samples", "probabilities"])
+    tr.add_argument("--momentum", type=float, default=0.0, help="momentum of the weight updates, in [0, 1)")
+    tr.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight cost on the weights")
+    tr.add_argument("--cd-k", type=int, default=1, help="Gibbs steps of the negative phase (CD-k)")
+    tr.add_argument("--persistent", action="store_true",
+                    help="persistent CD: batch-size chains carried from minibatch to minibatch")
+    tr.add_argument("--statistics", default="samples", choices=["samples", "probabilities"],
+                    help="learning statistics from sampled hidden states (one bit per unit on the wire) or "
+                         "from probabilities")
     tr.add_argument("--sample-visible", action="store_true",
                     help="with --statistics probabilities: sample the negative visible states "
                          "(with --persistent: scikit-learn BernoulliRBM's algorithm)")
-    tr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    tr.add_argument("--strategy", default="serial")
-    tr.add_argument("--workers", type=int, default=1)
-    tr.add_argument("--transport", default="threads", choices=list(TRANSPORTS))
+    tr.add_argument("--precision", "--dtype", dest="dtype", default="float32", choices=["float32", "float64"],
+                    help="floating-point precision of the model and the arithmetic (--dtype: the same)")
+    tr.add_argument("--strategy", default="serial",
+                    help="serial, unit-partitioned, per-update-sync, purple-only, green-only, parameter-averaging, "
+                         "or a plug-in (module:Class)")
+    tr.add_argument("--workers", type=int, default=1, metavar="K", help="workers of a parallel strategy")
+    tr.add_argument("--transport", default="threads", choices=list(TRANSPORTS),
+                    help="threads of this process, tcp processes, or mpi ranks")
     tr.add_argument("--hosts", help="with --transport tcp or mpi: the hosts to start the workers on, one a "
                                     "host in order, e.g. node0,node1 (ssh key login; the same environment "
                                     "at the same path on each)")
@@ -319,9 +353,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--overlap-chunks", type=int, default=1,
                     help="the minibatch's cases in this many chunks, each chunk's exchange on the wire while the "
                          "next computes (more than 1 implies --overlap; default: %(default)s)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="the seed of every random draw and of the data's split")
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
-    tr.add_argument("--checkpoint-every", type=int, default=1)
+    tr.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     tr.add_argument("--shape", help="image shape for the pictures, e.g. 8x8 or 32x32x3 (default: guessed)")
     tr.add_argument("--out", help="a directory for model.npz and report.html (curves, filters, "
@@ -329,10 +363,13 @@ def add_parsers(sub) -> None:
     tr.add_argument("--overwrite", action="store_true",
                     help="replace a model and report already in --out")
     tr.add_argument("--compare-sklearn", action="store_true",
-                    help="also fit scikit-learn's BernoulliRBM with the same settings")
+                    help="also fit scikit-learn's BernoulliRBM (same epochs, batch size and learning rate) and "
+                         "measure both alike after the fit; it runs persistent CD-1 with probability statistics: "
+                         "give --persistent --statistics probabilities --sample-visible to run its algorithm")
     tr.set_defaults(func=_cmd_train)
 
-    pf = sub.add_parser("plot-filters", help="an RBM's (or a DBN's first layer's) filters as image tiles")
+    pf = sub.add_parser("plot-filters", help="an RBM's (or a DBN's first layer's) filters as image tiles",
+                        epilog="example: parrbm plot-filters run/model.npz --out filters.png --shape 8x8")
     pf.add_argument("model", help="a model .npz written by 'parrbm train' or RBM.save / DBN.save")
     pf.add_argument("--out", required=True, help="the PNG (or SVG, PDF) to write")
     pf.add_argument("--shape", help="image shape, e.g. 8x8 or 32x32x3 (default: guessed from the features)")
