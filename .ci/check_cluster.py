@@ -26,6 +26,10 @@ for r in mpi:
         failures.append(f"{r['run_id']}: ran on {r.get('hosts')}")
 for f in failures:
     print("FAIL", f)
-print(f"cluster: {len(mpi)} {' and '.join(kinds)} points across emulated hosts, each the threads model bit for "
-      f"bit, bytes the closed form's" if not failures else "")
+print(
+    f"cluster: {len(mpi)} {' and '.join(kinds)} points across emulated hosts, each the threads model bit for "
+    f"bit, bytes the closed form's"
+    if not failures
+    else ""
+)
 sys.exit(1 if failures else 0)

@@ -30,8 +30,10 @@ for r in runs:
         failures.append(f"{name}: bytes {mt['bytes_per_step']} against the closed form {mt['bytes_per_step_formula']}")
     if not mt["speedup_meaningful"]:
         failures.append(f"{name}: a dilated run on {cores} cores is marked not meaningful")
-    print(f"{name}: dilated x{r['time_dilation']:g}, {mt['bytes_per_step']} bytes a step (closed form "
-          f"{mt['bytes_per_step_formula']}), {mt['step_seconds']['median'] * 1e3:.1f} ms a step "
-          f"({mt['measured_step_seconds']['median'] * 1e3:.1f} ms as measured)")
+    print(
+        f"{name}: dilated x{r['time_dilation']:g}, {mt['bytes_per_step']} bytes a step (closed form "
+        f"{mt['bytes_per_step_formula']}), {mt['step_seconds']['median'] * 1e3:.1f} ms a step "
+        f"({mt['measured_step_seconds']['median'] * 1e3:.1f} ms as measured)"
+    )
 if failures:
     sys.exit("dilation check failed:\n  " + "\n  ".join(failures))

@@ -51,6 +51,7 @@ KERNEL_SAMPLE = 0.01
 
 # ---- compute ----------------------------------------------------------------------------------
 
+
 def gemm_table(precision: str, quick: bool = False) -> list[list[float]]:
     """flop/s by the smallest GEMM dimension d: the mean over d as rows, columns and depth
     (the shapes CD steps have), the other two dimensions ``big``."""
@@ -62,8 +63,11 @@ def gemm_table(precision: str, quick: bool = False) -> list[list[float]]:
         if d > big:
             break
         flops, seconds = 0.0, 0.0
-        for a_shape, b_shape, trans_a in (((d, big), (big, big), False), ((big, big), (big, d), False),
-                                          ((d, big), (d, big), True)):
+        for a_shape, b_shape, trans_a in (
+            ((d, big), (big, big), False),
+            ((big, big), (big, d), False),
+            ((d, big), (d, big), True),
+        ):
             a = rng.random(a_shape).astype(dt)
             b = rng.random(b_shape).astype(dt)
             M = a_shape[1] if trans_a else a_shape[0]
@@ -123,10 +127,14 @@ def element_costs(precision: str, quick: bool = False) -> dict[str, float]:
     cost = {
         "sample": _median_time(lambda: _core.sample_sigmoid(pre, bias, out, None, seed=1), r, KERNEL_SAMPLE) / n,
         "bernoulli": _median_time(lambda: _core.sample_bernoulli(probs, out, seed=1), r, KERNEL_SAMPLE) / n,
-        "visible": _median_time(lambda: _core.visible_activation(pre, bias, out, "binary", True, None,
-                                                                 seed=1), r, KERNEL_SAMPLE) / n,
-        "visible-gaussian": _median_time(lambda: _core.visible_activation(pre, bias, out, "gaussian", False,
-                                                                          None, seed=1), r, KERNEL_SAMPLE) / n,
+        "visible": _median_time(
+            lambda: _core.visible_activation(pre, bias, out, "binary", True, None, seed=1), r, KERNEL_SAMPLE
+        )
+        / n,
+        "visible-gaussian": _median_time(
+            lambda: _core.visible_activation(pre, bias, out, "gaussian", False, None, seed=1), r, KERNEL_SAMPLE
+        )
+        / n,
         "pack": _median_time(lambda: _core.pack_columns(states), r, KERNEL_SAMPLE) / n,
     }
     W = np.zeros((cols // 4, cols // 4), dt)
@@ -153,8 +161,9 @@ def bitstat_table(precision: str, quick: bool = False) -> list[list[float]]:
         cases = 64 * words
         lb, _ = _core.pack_columns((rng.random((cases, a)) < 0.5).astype(dt), words)
         rb, _ = _core.pack_columns((rng.random((cases, b)) < 0.5).astype(dt), words)
-        seconds = _median_time(lambda: _core.bit_statistics_update(W, None, lb, rb, lb, rb, alpha=1e-3),
-                               5 if quick else 7, KERNEL_SAMPLE)
+        seconds = _median_time(
+            lambda: _core.bit_statistics_update(W, None, lb, rb, lb, rb, alpha=1e-3), 5 if quick else 7, KERNEL_SAMPLE
+        )
         table.append([words, seconds / (a * b * words * 2)])
     return table
 
@@ -205,8 +214,7 @@ def _calibration_run(steps: int, shape=CALIBRATION_MODEL, visible: str = "binary
         spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, learning_rate=0.05)
         X = (rng.random((steps * m, V)) < 0.3).astype(precision)
     else:  # a rate Gaussian units do not diverge at: a step's time, not its learning, is wanted
-        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, visible=visible,
-                      learning_rate=0.001)
+        spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=precision, visible=visible, learning_rate=0.001)
         X = rng.standard_normal((steps * m, V)).astype(precision)
     return spec, X, cost.Model(V, H, visible=visible, precision=precision)
 
@@ -251,15 +259,19 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
                         measured = float(np.median(r.step_seconds[0][warmup:]))
                     ratios[name].append((measured - profile.overhead.get(name, 0.0)) / kernels[name])
             found = {n: float(np.clip(np.median(v), 0.5, 2.0)) for n, v in ratios.items()}
-            progress(f"calibrate: kernels in their own steps ({visible} units, {precision}) run at " +
-                     ", ".join(f"{n} {e:.2f}" for n, e in found.items()) + " x their one-by-one time")
+            progress(
+                f"calibrate: kernels in their own steps ({visible} units, {precision}) run at "
+                + ", ".join(f"{n} {e:.2f}" for n, e in found.items())
+                + " x their one-by-one time"
+            )
             for n, e in found.items():
                 out[efficiency_key(n, visible, precision)] = e
     return out
 
 
-def coscheduling(profile: Profile, transports, quick: bool = False, progress=print,
-                 network=None) -> dict[str, dict[str, float]]:
+def coscheduling(
+    profile: Profile, transports, quick: bool = False, progress=print, network=None
+) -> dict[str, dict[str, float]]:
     """What sharing this machine's cores costs a step beyond its kernels and transfers:
     transport -> {K: measured step / modelled step}, K = cores.
 
@@ -305,28 +317,41 @@ def coscheduling(profile: Profile, transports, quick: bool = False, progress=pri
             samples: dict[str, list[float]] = {name: [] for name in PARALLEL_STRATEGIES}
             for _ in range(rounds):
                 for name in PARALLEL_STRATEGIES:
-                    r = ParallelRunner(spec, ModelState.initial(spec), name, K, transport,
-                                       StrategyOptions(sync_every=steps * m), blas_threads=1, timeout=120.0,
-                                       network=network)
+                    r = ParallelRunner(
+                        spec,
+                        ModelState.initial(spec),
+                        name,
+                        K,
+                        transport,
+                        StrategyOptions(sync_every=steps * m),
+                        blas_threads=1,
+                        timeout=120.0,
+                        network=network,
+                    )
                     try:
                         r.run(X, order, 0)
                     finally:
                         r.close()
                     measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
-                    modelled = predict(name, model, m, K, profile, transport=name_in_profile,
-                                       sync_every=steps * m).step_seconds
+                    modelled = predict(
+                        name, model, m, K, profile, transport=name_in_profile, sync_every=steps * m
+                    ).step_seconds
                     samples[name].append(measured / (modelled * max(1.0, pace())))
             ratios = [float(np.median(v)) for v in samples.values()]
             factor = max(1.0, float(np.median(ratios)))
             if shape == CALIBRATION_MODEL:
                 out[name_in_profile] = {str(K): factor}
             by_size.setdefault(name_in_profile, []).append([working_set(model, K), factor])
-            progress(f"calibrate: {name_in_profile}, {K} workers on {profile.cores} cores, {shape[0]} x {shape[1]}: "
-                     f"steps take {factor:.3f} x the kernels and transfers (per strategy "
-                     f"{', '.join(f'{x:.2f}' for x in ratios)})")
+            progress(
+                f"calibrate: {name_in_profile}, {K} workers on {profile.cores} cores, {shape[0]} x {shape[1]}: "
+                f"steps take {factor:.3f} x the kernels and transfers (per strategy "
+                f"{', '.join(f'{x:.2f}' for x in ratios)})"
+            )
             if factor > 1.5 and shape == CALIBRATION_MODEL:
-                progress(f"calibrate: warning: {factor:.2f} is high; something else was probably running. "
-                         f"Calibrate again on a quiet machine for predictions that hold")
+                progress(
+                    f"calibrate: warning: {factor:.2f} is high; something else was probably running. "
+                    f"Calibrate again on a quiet machine for predictions that hold"
+                )
     profile.contention_memory.update({t: sorted(v) for t, v in by_size.items()})
     return out
 
@@ -342,7 +367,7 @@ def collective_times(comm, sizes=SIZES, repeats: int = 5) -> dict[str, list[list
 
     out: dict[str, list[list[float]]] = {k: [] for k in LINK_KINDS}
     for nbytes in sizes:
-        n = max(2, nbytes // 4)                       # float32 values sent by one worker
+        n = max(2, nbytes // 4)  # float32 values sent by one worker
         rows = 8
         parts = Partition.contiguous(2 * (n // rows), 2)
         block = np.ones((rows, n // rows), np.float32)
@@ -356,8 +381,10 @@ def collective_times(comm, sizes=SIZES, repeats: int = 5) -> dict[str, list[list
         outs = [np.zeros(n, np.float32), np.zeros(n, np.float32)]
         calls = {
             "allgather": (lambda: comm.allgather(block, full, parts, phase="x"), block.nbytes),
-            "allgather_bits": (lambda: comm.allgather_bits(bits, bits_full, bits_parts, phase="x"),
-                               (rows * bits_cols + 7) // 8),
+            "allgather_bits": (
+                lambda: comm.allgather_bits(bits, bits_full, bits_parts, phase="x"),
+                (rows * bits_cols + 7) // 8,
+            ),
             "reduce_scatter": (lambda: comm.reduce_scatter(full, block, parts, phase="x"), block.nbytes),
             "allreduce": (lambda: comm.allreduce(flat, phase="x"), flat.nbytes),
             "alltoall": (lambda: comm.alltoall(sends, outs, phase="x"), sends[0].nbytes),
@@ -487,8 +514,7 @@ def host_speeds(where) -> dict[str, float]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp,
-                             env={**os.environ, **where.env})
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp, env={**os.environ, **where.env})
     if out.returncode != 0:
         raise RuntimeError(f"the kernel probe on the hosts failed: {out.stderr.strip()[-500:]}")
     pairs = json.loads(out.stdout.strip().splitlines()[-1])
@@ -503,8 +529,17 @@ def _on_host(where, host: str, args: list[str]) -> list[str]:
     on ``host`` of ``where`` (a TCPHosts), in / (a folder every host has)."""
     import shlex
 
-    remote = " ".join(["cd / &&", "OPENBLAS_NUM_THREADS=1", "exec", shlex.quote(where.python), "-m",
-                       "parrbm.analysis.calibrate", *map(shlex.quote, args)])
+    remote = " ".join(
+        [
+            "cd / &&",
+            "OPENBLAS_NUM_THREADS=1",
+            "exec",
+            shlex.quote(where.python),
+            "-m",
+            "parrbm.analysis.calibrate",
+            *map(shlex.quote, args),
+        ]
+    )
     return [*where.launcher, host, remote]
 
 
@@ -513,8 +548,13 @@ def tcp_host_speeds(where) -> dict[str, float]:
     the launcher, one host at a time."""
     speeds: dict[str, float] = {}
     for host in dict.fromkeys(where.hosts):
-        out = subprocess.run(_on_host(where, host, ["--host-speed-here"]), capture_output=True, text=True,
-                             timeout=300, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            _on_host(where, host, ["--host-speed-here"]),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"the kernel probe on {host} failed: {out.stderr.strip()[-300:]}")
         speeds[host] = float(out.stdout.split()[-1])
@@ -527,9 +567,17 @@ def tcp_host_links(where, quick: bool = False) -> dict[str, Link]:
     over its standard input and output, the figures come back on rank 0's."""
     hosts = [where.host_of(0), where.host_of(1)]
     args = ["--tcp-host-rank", *(["--quick"] if quick else [])]
-    procs = [subprocess.Popen(_on_host(where, h, [*args[:1], str(r), *args[1:]]), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-             for r, h in enumerate(hosts)]
+    procs = [
+        subprocess.Popen(
+            _on_host(where, h, [*args[:1], str(r), *args[1:]]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for r, h in enumerate(hosts)
+    ]
     try:
         ports = []
         for p in procs:
@@ -570,7 +618,6 @@ def _print_collective_times(rank: int, peers, secret: bytes, listener, sizes: li
 def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
     import socket
 
-
     listener = socket.create_server(("", 0))
     print(f"PORT {listener.getsockname()[1]}", flush=True)
     secret = bytes.fromhex(sys.stdin.readline().strip())
@@ -579,9 +626,9 @@ def _tcp_host_rank_main(rank: int, sizes: list[int], repeats: int = 5) -> None:
 
 
 def _host_speed_main() -> None:
-    from mpi4py import MPI
-
     import socket
+
+    from mpi4py import MPI
 
     world = MPI.COMM_WORLD
     mine = None
@@ -644,8 +691,9 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
         if transport == "mpi":
             from parrbm.harness.launch import _mpi_command
 
-            cmd = _mpi_command(Path(tmp), 2, net, env,
-                               [sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank", *size_arg])
+            cmd = _mpi_command(
+                Path(tmp), 2, net, env, [sys.executable, "-m", "parrbm.analysis.calibrate", "--mpi-rank", *size_arg]
+            )
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp, env=env)
             if out.returncode != 0:
                 raise RuntimeError(f"mpi ping-pong on the emulated link failed: {out.stderr.strip()[-500:]}")
@@ -653,10 +701,28 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
         else:
             addresses = ",".join(f"{net.address(r)}:{CALIBRATION_PORT}" for r in range(2))
             secret = os.urandom(32).hex()
-            procs = [subprocess.Popen([*net.exec_prefix(r), sys.executable, "-m", "parrbm.analysis.calibrate",
-                                       "--tcp-rank", str(r), "--addresses", addresses, *size_arg],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, cwd=tmp, env=env) for r in range(2)]
+            procs = [
+                subprocess.Popen(
+                    [
+                        *net.exec_prefix(r),
+                        sys.executable,
+                        "-m",
+                        "parrbm.analysis.calibrate",
+                        "--tcp-rank",
+                        str(r),
+                        "--addresses",
+                        addresses,
+                        *size_arg,
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    cwd=tmp,
+                    env=env,
+                )
+                for r in range(2)
+            ]
             for p in procs:  # every rank listens before any connects
                 ready = p.stdout.readline()
                 if ready.strip() != "LISTENING":
@@ -666,8 +732,9 @@ def network_links(transport: str, link, quick: bool = False) -> dict[str, Link]:
                 p.stdin.flush()
             outs = [p.communicate(timeout=900) for p in procs]
             if any(p.returncode for p in procs):
-                raise RuntimeError(f"tcp ping-pong on the emulated link failed: "
-                                   f"{' '.join(o[1].strip()[-300:] for o in outs)}")
+                raise RuntimeError(
+                    f"tcp ping-pong on the emulated link failed: {' '.join(o[1].strip()[-300:] for o in outs)}"
+                )
             times = json.loads(outs[0][0].strip().splitlines()[-1])
     if link.bandwidth is None:
         return _links_from(times)
@@ -694,7 +761,6 @@ def pooled_link_rate(links: dict[str, Link]) -> dict[str, Link]:
 
 def _tcp_rank_main(rank: int, addresses: str, sizes: list[int], repeats: int = 5) -> None:
     import socket
-
 
     peers = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in addresses.split(",")]
     listener = socket.create_server(peers[rank])
@@ -740,8 +806,12 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
 
     _core.set_blas_threads(1)
     env = environment()
-    p = Profile(cpu=env["cpu"], cores=env["cores"], blas=str(env["blas"]),
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    p = Profile(
+        cpu=env["cpu"],
+        cores=env["cores"],
+        blas=str(env["blas"]),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     # Rounds apart in time, the median rate per shape kept: a busy spell of a shared machine
     # slows one round, and would otherwise set every compute prediction; the best round
     # would be as wrong the other way, since runs are measured as medians at typical speed.
@@ -755,8 +825,9 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
     for precision in rounds:
         progress(f"calibrate: GEMMs with an operand from memory, {precision}")
         streams = [gemm_stream_table(p, precision, quick) for _ in range(3)]
-        p.gemm_stream[precision] = [[b, float(np.median([t[i][1] for t in streams]))]
-                                    for i, (b, _) in enumerate(streams[0])]
+        p.gemm_stream[precision] = [
+            [b, float(np.median([t[i][1] for t in streams]))] for i, (b, _) in enumerate(streams[0])
+        ]
         progress(f"calibrate: elementwise kernels, {precision}")
         p.element[precision] = element_costs(precision, quick)
         p.bitstat[precision] = bitstat_table(precision, quick)
@@ -781,8 +852,10 @@ def calibrate(*, quick: bool = False, transports=TRANSPORTS, progress=print) -> 
 if __name__ == "__main__":
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m parrbm.analysis.calibrate",
-                                 description="one rank of the collectives' ping-pong (started by calibrate)")
+    ap = argparse.ArgumentParser(
+        prog="python -m parrbm.analysis.calibrate",
+        description="one rank of the collectives' ping-pong (started by calibrate)",
+    )
     ap.add_argument("--mpi-rank", action="store_true")
     ap.add_argument("--host-speed", action="store_true")
     ap.add_argument("--host-speed-here", action="store_true")
@@ -808,6 +881,7 @@ if __name__ == "__main__":
 
 # ---- the calibration of a comparison (parrbm run) ----------------------------------------------
 
+
 def cache_dir() -> Path:
     """parrbm's folder in the user's cache: $XDG_CACHE_HOME/parrbm, else ~/.cache/parrbm."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -828,9 +902,19 @@ def calibration_key(what: dict) -> str:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         memory = None
-    blob = json.dumps({"host": platform.node(), "cpu": env["cpu"], "cores": env["cores"], "memory": memory,
-                       "blas": _core.blas_info(), "parrbm": parrbm.__version__, "what": what},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "host": platform.node(),
+            "cpu": env["cpu"],
+            "cores": env["cores"],
+            "memory": memory,
+            "blas": _core.blas_info(),
+            "parrbm": parrbm.__version__,
+            "what": what,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -842,9 +926,9 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     A calibration is kept in the user's cache (:func:`cache_dir`), keyed by
     :func:`calibration_key`: a later comparison on the same machine, BLAS and parrbm that
     needs the same transports and links reuses it, unless ``fresh``."""
-    from parrbm.harness.job import JOB_TRANSPORTS, job_world
-    from parrbm.harness.grid import NETWORK_TRANSPORTS, grid_points, mpi_hosts, network_links_of, tcp_hosts
     from parrbm.harness.comparison_config import ConfigError
+    from parrbm.harness.grid import NETWORK_TRANSPORTS, grid_points, mpi_hosts, network_links_of, tcp_hosts
+    from parrbm.harness.job import JOB_TRANSPORTS, job_world
     from parrbm.harness.network import LinkSpec
 
     if resume and where.exists():
@@ -858,20 +942,30 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         # the ranks are busy serving the grid; their collectives are not measured yet
         on_job = [t for t in transports if t in JOB_TRANSPORTS]
         transports = [t for t in transports if t not in JOB_TRANSPORTS]
-        progress(f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
-                 f"not calibrated: the time model prices those runs with this machine's other figures")
+        progress(
+            f"note: under an MPI launcher the {' and '.join(on_job)} collectives between the job's ranks are "
+            f"not calibrated: the time model prices those runs with this machine's other figures"
+        )
     else:  # between this machine's workers: not where the runs on hosts happen
-        transports = [t for t in transports if not (t == "mpi" and cfg.get("mpi"))
-                      and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))]
+        transports = [
+            t
+            for t in transports
+            if not (t == "mpi" and cfg.get("mpi")) and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))
+        ]
     used = {pt["transport"] for pt in grid_points(cfg)}
     on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
     tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
         links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
-    key = calibration_key({"transports": transports or ["threads"],
-                           "links": [repr(link) for link in links], "mpi": repr(on_hosts),
-                           "tcp": repr(tcp_on_hosts)})
+    key = calibration_key(
+        {
+            "transports": transports or ["threads"],
+            "links": [repr(link) for link in links],
+            "mpi": repr(on_hosts),
+            "tcp": repr(tcp_on_hosts),
+        }
+    )
     kept, meta = cache_dir() / f"calibration-{key}.json", cache_dir() / f"calibration-{key}.meta.json"
     if not fresh and kept.is_file():
         try:
@@ -880,8 +974,7 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         except (ValueError, OSError):
             profile = None  # a damaged cache entry is measured again
         if profile is not None:
-            progress(f"calibration: this machine's, measured {when}, kept in {kept} (--recalibrate measures "
-                     f"it again)")
+            progress(f"calibration: this machine's, measured {when}, kept in {kept} (--recalibrate measures it again)")
             if lock is not None:
                 lock.check()
             profile.save(where)
@@ -892,10 +985,15 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     except (ValueError, OSError):
         pass
     took, steps = previous.get("seconds"), previous.get("steps")
-    progress("calibrating this machine for the time model, once (it is kept for later comparisons): "
-             + (f"the last calibration of this kind here took {took / 60:.1f} min" if isinstance(took, (int, float))
-                else f"a few minutes ({len(transports or ['threads'])} transport(s), {len(links)} emulated "
-                     f"link(s)); the next one will say how long"))
+    progress(
+        "calibrating this machine for the time model, once (it is kept for later comparisons): "
+        + (
+            f"the last calibration of this kind here took {took / 60:.1f} min"
+            if isinstance(took, (int, float))
+            else f"a few minutes ({len(transports or ['threads'])} transport(s), {len(links)} emulated "
+            f"link(s)); the next one will say how long"
+        )
+    )
     t_start = time.perf_counter()
     said = progress
     stage = getattr(progress, "stage", None)
@@ -913,8 +1011,9 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         stage("calibration", steps if isinstance(steps, int) else None, "steps")
     profile = calibrate(quick=True, transports=transports or ["threads"], progress=progress)
     for link in links:
-        calibrate_network(profile, [t for t in transports if t in NETWORK_TRANSPORTS], link,
-                          quick=True, progress=progress)
+        calibrate_network(
+            profile, [t for t in transports if t in NETWORK_TRANSPORTS], link, quick=True, progress=progress
+        )
     if on_hosts is not None:
         between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
         progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")
@@ -924,8 +1023,9 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
             progress(f"calibrate: mpi@hosts skipped ({exc}); the mpi runs are priced with this machine's figures")
         calibrate_host_kernels(profile, "mpi@hosts", lambda: host_speeds(on_hosts), progress)
     if tcp_on_hosts is not None:
-        progress(f"calibrate: tcp collectives between {tcp_on_hosts.host_of(0)} and {tcp_on_hosts.host_of(1)} "
-                 f"(tcp@hosts)")
+        progress(
+            f"calibrate: tcp collectives between {tcp_on_hosts.host_of(0)} and {tcp_on_hosts.host_of(1)} (tcp@hosts)"
+        )
         try:
             profile.links["tcp@hosts"] = tcp_host_links(tcp_on_hosts, quick=True)
         except Exception as exc:  # noqa: BLE001 - the model then prices those runs with this machine's tcp
@@ -942,8 +1042,16 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         profile.save(kept)
         from parrbm._files import write_atomic
 
-        write_atomic(meta, json.dumps({"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                       "seconds": seconds, "steps": counted[0]}))
+        write_atomic(
+            meta,
+            json.dumps(
+                {
+                    "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": seconds,
+                    "steps": counted[0],
+                }
+            ),
+        )
     except OSError as exc:  # a read-only home: the next comparison calibrates again
         progress(f"note: the calibration could not be kept in {kept.parent} ({exc.strerror or exc})")
 
@@ -963,11 +1071,15 @@ def calibrate_host_kernels(profile, name: str, measure, progress) -> None:
         return
     here = kernel_probe_seconds()
     ratios = {h: s / here for h, s in there.items()}
-    progress("calibrate: kernels on the hosts against this machine: "
-             + ", ".join(f"{h} {r:.2f}x the time" for h, r in ratios.items()))
+    progress(
+        "calibrate: kernels on the hosts against this machine: "
+        + ", ".join(f"{h} {r:.2f}x the time" for h, r in ratios.items())
+    )
     if max(ratios.values()) > HOST_SPEED_SPREAD * min(ratios.values()):
         slow = max(ratios, key=ratios.get)
-        progress(f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
-                 f"slower than the fastest): a step waits for its slowest worker; the model prices the "
-                 f"{name.split('@')[0]} runs at {slow}'s speed")
+        progress(
+            f"note: the hosts differ in speed ({slow} is {max(ratios.values()) / min(ratios.values()):.2f}x "
+            f"slower than the fastest): a step waits for its slowest worker; the model prices the "
+            f"{name.split('@')[0]} runs at {slow}'s speed"
+        )
     profile.host_slowdown[name] = max(ratios.values())

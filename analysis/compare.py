@@ -12,8 +12,6 @@ from parrbm.analysis.timemodel import Prediction, Profile, predict
 from parrbm.harness.results import profile_path  # noqa: F401 (named here too)
 
 
-
-
 def load_profile_for(results: str | Path, given: str | Path | None = None) -> Profile | None:
     if given is not None:
         return Profile.load(given)
@@ -23,8 +21,14 @@ def load_profile_for(results: str | Path, given: str | Path | None = None) -> Pr
 
 def model_of(rec: dict) -> cost.Model:
     md = rec["model"]
-    return cost.Model(md["visible"], md["hidden"], visible=md["visible_type"], precision=md["precision"],
-                      statistics=md.get("statistics", "samples"), cd_k=md.get("cd_k", 1))
+    return cost.Model(
+        md["visible"],
+        md["hidden"],
+        visible=md["visible_type"],
+        precision=md["precision"],
+        statistics=md.get("statistics", "samples"),
+        cd_k=md.get("cd_k", 1),
+    )
 
 
 def network_profile(profile: Profile, transport: str, network: dict | None) -> tuple[Profile, str]:
@@ -50,8 +54,9 @@ def network_profile(profile: Profile, transport: str, network: dict | None) -> t
     elif base in profile.links:
         payload = payload_rate(bandwidth)
         extra = (network.get("latency") or 0.0) if network.get("latency_emulated") else 0.0
-        links = {k: type(link)(link.latency + extra, min(link.bandwidth, payload))
-                 for k, link in profile.links[base].items()}
+        links = {
+            k: type(link)(link.latency + extra, min(link.bandwidth, payload)) for k, link in profile.links[base].items()
+        }
     else:
         raise ValueError(f"the profile has no figures for transport {transport!r}")
     p = Profile(**{**vars(profile), "links": dict(profile.links)})
@@ -71,8 +76,12 @@ def bytes_per_cases(rec: dict, cases: int = 8000) -> float:
     tr, opts = rec.get("training") or {}, rec.get("options") or {}
     mt = rec["metrics"]
     try:
-        per = cost.syncs_per_step(rec["strategy"], sync_every=tr.get("sync_every", 1),
-                                  average=opts.get("average", "gradients"), average_every=opts.get("average_every", 1))
+        per = cost.syncs_per_step(
+            rec["strategy"],
+            sync_every=tr.get("sync_every", 1),
+            average=opts.get("average", "gradients"),
+            average_every=opts.get("average_every", 1),
+        )
     except ValueError:  # a plug-in that cannot be imported here: its steps' bytes alone
         per = 0.0
     per = per if rec["workers"] > 1 else 0.0
@@ -115,13 +124,23 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
     if dilation_of(rec) != 1.0:
         cores = None  # each dilated host stands for a machine of its own
     data_kind = (rec.get("data") or {}).get("kind", "random-binary")
-    return predict(rec["strategy"], model_of(rec), rec["batch_size"], rec["workers"], profile,
-                   transport=transport, sync_every=tr.get("sync_every", 1),
-                   momentum=bool(tr.get("momentum", 0.0)),
-                   binary_data=data_kind == "random-binary",
-                   reduce=opts.get("reduce", "allreduce"), average=opts.get("average", "gradients"),
-                   average_every=opts.get("average_every", 1), cores=cores,
-                   overlap_chunks=int(rec.get("overlap_chunks") or 1), overlap=bool(rec.get("overlap")))
+    return predict(
+        rec["strategy"],
+        model_of(rec),
+        rec["batch_size"],
+        rec["workers"],
+        profile,
+        transport=transport,
+        sync_every=tr.get("sync_every", 1),
+        momentum=bool(tr.get("momentum", 0.0)),
+        binary_data=data_kind == "random-binary",
+        reduce=opts.get("reduce", "allreduce"),
+        average=opts.get("average", "gradients"),
+        average_every=opts.get("average_every", 1),
+        cores=cores,
+        overlap_chunks=int(rec.get("overlap_chunks") or 1),
+        overlap=bool(rec.get("overlap")),
+    )
 
 
 def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
@@ -141,28 +160,42 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
             continue
         mt = r["metrics"]
         measured = mt["step_seconds"]["median"]
-        formula = cost.step_traffic(r["strategy"], model_of(r), r["batch_size"], r["workers"],
-                                    reduce=(r.get("options") or {}).get("reduce", "allreduce"),
-                                    average=(r.get("options") or {}).get("average", "gradients")).total
-        rows.append({
-            "record_id": id(r),  # the record itself: several runs can share strategy, K and setting
-            "strategy": r["strategy"], "workers": r["workers"], "overlap_chunks": int(r.get("overlap_chunks") or 1),
-            "overlap": bool(r.get("overlap")) or (r.get("overlap_chunks") or 1) > 1,
-            # on emulated hosts each link is a transport of its own (tcp@105MB/s), and
-            # dilated hosts machines of their own (tcp@105MB/s x4)
-            "transport": where_label(r) if r.get("transport") else None,
-            "time_dilation": dilation_of(r),
-            "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
-            "precision": r["model"]["precision"],
-            "measured_seconds": measured, "predicted_seconds": p.step_seconds,
-            "measured_p10": mt["step_seconds"].get("p10", measured),
-            "measured_p90": mt["step_seconds"].get("p90", measured),
-            "error": p.step_seconds / measured - 1.0,
-            "predicted_compute_seconds": p.compute_seconds, "predicted_comm_seconds": p.comm_seconds,
-            "measured_compute_seconds": mt.get("compute_seconds"), "measured_comm_seconds": mt.get("comm_seconds"),
-            "bytes_per_step": mt["bytes_per_step"], "bytes_per_step_formula": formula,
-            "meaningful": mt.get("speedup_meaningful", True),
-        })
+        formula = cost.step_traffic(
+            r["strategy"],
+            model_of(r),
+            r["batch_size"],
+            r["workers"],
+            reduce=(r.get("options") or {}).get("reduce", "allreduce"),
+            average=(r.get("options") or {}).get("average", "gradients"),
+        ).total
+        rows.append(
+            {
+                "record_id": id(r),  # the record itself: several runs can share strategy, K and setting
+                "strategy": r["strategy"],
+                "workers": r["workers"],
+                "overlap_chunks": int(r.get("overlap_chunks") or 1),
+                "overlap": bool(r.get("overlap")) or (r.get("overlap_chunks") or 1) > 1,
+                # on emulated hosts each link is a transport of its own (tcp@105MB/s), and
+                # dilated hosts machines of their own (tcp@105MB/s x4)
+                "transport": where_label(r) if r.get("transport") else None,
+                "time_dilation": dilation_of(r),
+                "batch_size": r["batch_size"],
+                "visible_type": r["model"]["visible_type"],
+                "precision": r["model"]["precision"],
+                "measured_seconds": measured,
+                "predicted_seconds": p.step_seconds,
+                "measured_p10": mt["step_seconds"].get("p10", measured),
+                "measured_p90": mt["step_seconds"].get("p90", measured),
+                "error": p.step_seconds / measured - 1.0,
+                "predicted_compute_seconds": p.compute_seconds,
+                "predicted_comm_seconds": p.comm_seconds,
+                "measured_compute_seconds": mt.get("compute_seconds"),
+                "measured_comm_seconds": mt.get("comm_seconds"),
+                "bytes_per_step": mt["bytes_per_step"],
+                "bytes_per_step_formula": formula,
+                "meaningful": mt.get("speedup_meaningful", True),
+            }
+        )
     return rows
 
 
@@ -189,18 +222,33 @@ def ranking_agreement(rows: list[dict]) -> list[dict]:
         predicted = [r["strategy"] for r in sorted(rs, key=lambda r: r["predicted_seconds"])]
         by = {r["strategy"]: r for r in rs}
         # pairs the model orders the other way, with how far apart the measurements were
-        discordant = [(a, b, 100.0 * (by[b]["measured_seconds"] / by[a]["measured_seconds"] - 1))
-                      for i, a in enumerate(measured) for b in measured[i + 1:]
-                      if predicted.index(a) > predicted.index(b)]
+        discordant = [
+            (a, b, 100.0 * (by[b]["measured_seconds"] / by[a]["measured_seconds"] - 1))
+            for i, a in enumerate(measured)
+            for b in measured[i + 1 :]
+            if predicted.index(a) > predicted.index(b)
+        ]
         within = [(a, b, gap) for a, b, gap in discordant if _overlap(by[a], by[b])]
         beyond = [(a, b, gap) for a, b, gap in discordant if not _overlap(by[a], by[b])]
         mode = "lockstep" if len(key) == 5 else ("overlapped" if key[5] == 1 else f"{key[5]} chunks")
-        out.append({"visible_type": key[0], "precision": key[1], "batch_size": key[2], "workers": key[3],
-                    "transport": key[4], "mode": mode, "measured": measured, "predicted": predicted,
-                    "same": measured == predicted, "same_best": measured[0] == predicted[0],
-                    "discordant": discordant, "discordant_within_noise": within,
-                    "discordant_beyond_noise": beyond,
-                    "same_within_noise": not beyond})
+        out.append(
+            {
+                "visible_type": key[0],
+                "precision": key[1],
+                "batch_size": key[2],
+                "workers": key[3],
+                "transport": key[4],
+                "mode": mode,
+                "measured": measured,
+                "predicted": predicted,
+                "same": measured == predicted,
+                "same_best": measured[0] == predicted[0],
+                "discordant": discordant,
+                "discordant_within_noise": within,
+                "discordant_beyond_noise": beyond,
+                "same_within_noise": not beyond,
+            }
+        )
     return out
 
 
@@ -217,7 +265,15 @@ def error_summary(rows: list[dict]) -> dict:
     if not kept:
         return {"runs": 0, "median": None, "worst": None, "within_spread": 0, "worst_beyond_spread": None}
     errs = np.array([abs(r["error"]) for r in kept])
-    beyond = [max(0.0, r["predicted_seconds"] - r["measured_p90"], r["measured_p10"] - r["predicted_seconds"])
-              / r["measured_seconds"] for r in kept]
-    return {"runs": len(kept), "median": float(np.median(errs)), "worst": float(errs.max()),
-            "within_spread": sum(b == 0.0 for b in beyond), "worst_beyond_spread": float(max(beyond))}
+    beyond = [
+        max(0.0, r["predicted_seconds"] - r["measured_p90"], r["measured_p10"] - r["predicted_seconds"])
+        / r["measured_seconds"]
+        for r in kept
+    ]
+    return {
+        "runs": len(kept),
+        "median": float(np.median(errs)),
+        "worst": float(errs.max()),
+        "within_spread": sum(b == 0.0 for b in beyond),
+        "worst_beyond_spread": float(max(beyond)),
+    }

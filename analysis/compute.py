@@ -25,15 +25,32 @@ from __future__ import annotations
 from parrbm.accounting import Model, Work, hidden_work, statistics_work  # noqa: F401 (named here too)
 
 
-def step_work(strategy, model: Model, m: int, K: int, rank: int = 0, *, momentum: bool = False,
-              binary_data: bool = True, average: str | None = None, options=None) -> Work:
+def step_work(
+    strategy,
+    model: Model,
+    m: int,
+    K: int,
+    rank: int = 0,
+    *,
+    momentum: bool = False,
+    binary_data: bool = True,
+    average: str | None = None,
+    options=None,
+) -> Work:
     """The kernels worker ``rank`` runs in one step of m cases (contiguous partition;
     weight syncs excluded, see :func:`sync_work`), as the strategy declares them."""
     from parrbm.strategies.declared import _options
     from parrbm.strategies.registry import resolve
 
-    return resolve(strategy).step_work(model, m, K, rank, _options(options, average=average), momentum=momentum,
-                                       binary_data=binary_data and model.visible == "binary")
+    return resolve(strategy).step_work(
+        model,
+        m,
+        K,
+        rank,
+        _options(options, average=average),
+        momentum=momentum,
+        binary_data=binary_data and model.visible == "binary",
+    )
 
 
 def sync_work(strategy, model: Model, K: int, rank: int = 0, *, average: str | None = None, options=None) -> Work:

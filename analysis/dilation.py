@@ -31,17 +31,38 @@ def dilation_check(records: list[dict]) -> list[dict]:
         ref, kind = by_id.get(undilated_id(r["run_id"])), "undilated"
         if ref is None and r["workers"] == 1:
             kind = "serial"
-            ref = next((s for s in ok if s["strategy"] == "serial" and not s.get("baseline")
-                        and s["batch_size"] == r["batch_size"] and s["model"] == r["model"]), None)
+            ref = next(
+                (
+                    s
+                    for s in ok
+                    if s["strategy"] == "serial"
+                    and not s.get("baseline")
+                    and s["batch_size"] == r["batch_size"]
+                    and s["model"] == r["model"]
+                ),
+                None,
+            )
         if ref is None:
             continue
         measured = r["metrics"]["step_seconds"]["median"]
         against = ref["metrics"]["step_seconds"]["median"]
-        rows.append({"run_id": r["run_id"], "strategy": all_cores_label(r), "workers": r["workers"],
-                     "transport": r.get("transport"), "bandwidth": r.get("bandwidth"),
-                     "batch_size": r["batch_size"], "visible_type": r["model"]["visible_type"],
-                     "precision": r["model"]["precision"], "dilation": F, "reference": kind,
-                     "seconds": measured, "reference_seconds": against, "ratio": measured / against})
+        rows.append(
+            {
+                "run_id": r["run_id"],
+                "strategy": all_cores_label(r),
+                "workers": r["workers"],
+                "transport": r.get("transport"),
+                "bandwidth": r.get("bandwidth"),
+                "batch_size": r["batch_size"],
+                "visible_type": r["model"]["visible_type"],
+                "precision": r["model"]["precision"],
+                "dilation": F,
+                "reference": kind,
+                "seconds": measured,
+                "reference_seconds": against,
+                "ratio": measured / against,
+            }
+        )
     return rows
 
 
@@ -53,32 +74,43 @@ def summary(rows: list[dict]) -> dict:
         return {"runs": 0, "median": None, "worst": None, "within_bounds": None}
     errs = np.abs(np.array([r["ratio"] for r in rows]) - 1.0)
     med, worst = float(np.median(errs)), float(errs.max())
-    return {"runs": len(rows), "median": med, "worst": worst,
-            "within_bounds": med <= MEDIAN_BOUND and worst <= WORST_BOUND}
+    return {
+        "runs": len(rows),
+        "median": med,
+        "worst": worst,
+        "within_bounds": med <= MEDIAN_BOUND and worst <= WORST_BOUND,
+    }
 
 
 def dilation_lines(rows: list[dict]) -> list[str]:
     """The check as lines of a table (none when nothing was dilated)."""
     if not rows:
         return []
-    out = ["\ntime dilation: each dilated run (times divided by its factor) against the same run undilated, "
-           "and one worker dilated against the serial trainer"]
-    out.append(f"{'strategy':<31}{'K':>3} {'settings':<26}{'against':>10}{'ms':>9}{'dilated':>9}{'ms':>9}"
-               f"{'ratio':>8}")
-    for r in sorted(rows, key=lambda r: (r["visible_type"], r["precision"], r["batch_size"], r["workers"],
-                                         r["strategy"], r["dilation"])):
+    out = [
+        "\ntime dilation: each dilated run (times divided by its factor) against the same run undilated, "
+        "and one worker dilated against the serial trainer"
+    ]
+    out.append(f"{'strategy':<31}{'K':>3} {'settings':<26}{'against':>10}{'ms':>9}{'dilated':>9}{'ms':>9}{'ratio':>8}")
+    for r in sorted(
+        rows,
+        key=lambda r: (r["visible_type"], r["precision"], r["batch_size"], r["workers"], r["strategy"], r["dilation"]),
+    ):
         settings = f"{r['visible_type']} {r['precision']} m={r['batch_size']}"
-        out.append(f"{r['strategy']:<31}{r['workers']:>3} {settings:<26}{r['reference']:>10}"
-                   f"{r['reference_seconds'] * 1e3:>9.1f}{'x' + format(r['dilation'], 'g'):>9}"
-                   f"{r['seconds'] * 1e3:>9.1f}{r['ratio']:>8.3f}")
-    for label, part in (("K >= 2 against undilated", [r for r in rows if r["reference"] == "undilated"
-                                                         and r["workers"] > 1]),
-                        ("one worker against undilated", [r for r in rows if r["reference"] == "undilated"
-                                                          and r["workers"] == 1]),
-                        ("one worker against serial", [r for r in rows if r["reference"] == "serial"])):
+        out.append(
+            f"{r['strategy']:<31}{r['workers']:>3} {settings:<26}{r['reference']:>10}"
+            f"{r['reference_seconds'] * 1e3:>9.1f}{'x' + format(r['dilation'], 'g'):>9}"
+            f"{r['seconds'] * 1e3:>9.1f}{r['ratio']:>8.3f}"
+        )
+    for label, part in (
+        ("K >= 2 against undilated", [r for r in rows if r["reference"] == "undilated" and r["workers"] > 1]),
+        ("one worker against undilated", [r for r in rows if r["reference"] == "undilated" and r["workers"] == 1]),
+        ("one worker against serial", [r for r in rows if r["reference"] == "serial"]),
+    ):
         s = summary(part)
         if s["runs"]:
-            out.append(f"{label}: |ratio - 1| median {100 * s['median']:.1f}%, worst {100 * s['worst']:.1f}% "
-                       f"over {s['runs']} runs (bounds: {100 * MEDIAN_BOUND:.0f}% / {100 * WORST_BOUND:.0f}%: "
-                       + ("met)" if s["within_bounds"] else "NOT met)"))
+            out.append(
+                f"{label}: |ratio - 1| median {100 * s['median']:.1f}%, worst {100 * s['worst']:.1f}% "
+                f"over {s['runs']} runs (bounds: {100 * MEDIAN_BOUND:.0f}% / {100 * WORST_BOUND:.0f}%: "
+                + ("met)" if s["within_bounds"] else "NOT met)")
+            )
     return out

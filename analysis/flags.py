@@ -46,12 +46,16 @@ def _own_flags(r: dict) -> list[str]:
         # the steps' spread within a repeat (records before it was kept: none)
         own = max([hi / lo for lo, hi in st.get("repeat_p10_p90") or [] if lo and hi] or [1.0])
         if spread > max(REPEAT_SPREAD, own):
-            out.append(f"its repeats disagree: medians {_ms(min(rm))}-{_ms(max(rm))} ms (x{spread:.2f}), beyond "
-                       f"the spread of the steps within a repeat (p10-p90 x{own:.2f})")
+            out.append(
+                f"its repeats disagree: medians {_ms(min(rm))}-{_ms(max(rm))} ms (x{spread:.2f}), beyond "
+                f"the spread of the steps within a repeat (p10-p90 x{own:.2f})"
+            )
     by_repeat = [x for x in r["metrics"].get("speedup_vs_serial_by_repeat") or [] if x]
     if len(by_repeat) >= 2 and max(by_repeat) / min(by_repeat) > SPEEDUP_SPREAD:
-        out.append(f"its speedup differs across repeats: {min(by_repeat):.2f}x-{max(by_repeat):.2f}x against the "
-                   f"serial trainer timed in the same round")
+        out.append(
+            f"its speedup differs across repeats: {min(by_repeat):.2f}x-{max(by_repeat):.2f}x against the "
+            f"serial trainer timed in the same round"
+        )
     for i, load in enumerate(r.get("load") or [], 1):
         others, steal = load.get("others_cores"), load.get("steal_fraction")
         if others is not None and others > OTHERS_CORES_FLAG:
@@ -74,17 +78,20 @@ def record_flags(records: list[dict]) -> dict[int, list[str]]:
         same_work = r["workers"] == 1 and r.get("time_dilation", 1.0) == 1.0 and r.get("transport") == "threads"
         faster = base["metrics"]["step_seconds"]["median"] / r["metrics"]["step_seconds"]["median"]
         if same_work and faster > K1_FASTER:
-            why = (f"K = 1 {r['strategy']} (the same arithmetic) ran {faster:.2f}x faster than it: "
-                   f"the baseline ran slow")
+            why = f"K = 1 {r['strategy']} (the same arithmetic) ran {faster:.2f}x faster than it: the baseline ran slow"
             if why not in flags[id(base)]:
                 flags[id(base)].append(why)
     for (key, _), r in all_cores.items():
         one = serial.get(key)
-        if one is not None and r["metrics"]["step_seconds"]["median"] > MORE_THREADS_SLOWER * \
-                one["metrics"]["step_seconds"]["median"]:
-            flags[id(r)].append(f"on {r.get('blas_threads')} BLAS threads it ran "
-                                f"{r['metrics']['step_seconds']['median'] / one['metrics']['step_seconds']['median']:.1f}x "
-                                f"slower than on one")
+        if (
+            one is not None
+            and r["metrics"]["step_seconds"]["median"] > MORE_THREADS_SLOWER * one["metrics"]["step_seconds"]["median"]
+        ):
+            flags[id(r)].append(
+                f"on {r.get('blas_threads')} BLAS threads it ran "
+                f"{r['metrics']['step_seconds']['median'] / one['metrics']['step_seconds']['median']:.1f}x "
+                f"slower than on one"
+            )
     # speedups against a flagged baseline are flagged with it
     for r in ok:
         if r["strategy"] == "serial" and not is_all_cores_baseline(r):
@@ -94,6 +101,11 @@ def record_flags(records: list[dict]) -> dict[int, list[str]]:
             flags[id(r)].append("its speedup is against a flagged serial baseline")
         wanted = r["metrics"].get("serial_all_cores_threads")
         cores = all_cores.get((_key(r), wanted))
-        if cores is not None and cores is not r and flags[id(cores)] and r["metrics"].get("speedup_vs_serial_all_cores"):
+        if (
+            cores is not None
+            and cores is not r
+            and flags[id(cores)]
+            and r["metrics"].get("speedup_vs_serial_all_cores")
+        ):
             flags[id(r)].append(f"its speedup vs cores is against a flagged baseline ({wanted} BLAS threads)")
     return {k: v for k, v in flags.items() if v}

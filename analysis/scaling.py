@@ -19,8 +19,13 @@ ALMOST_DOUBLE = 1.8
 
 
 def _setting(r: dict) -> tuple:
-    return (r["model"]["visible"], r["model"]["hidden"], r["model"]["visible_type"], r["model"]["precision"],
-            r["batch_size"])
+    return (
+        r["model"]["visible"],
+        r["model"]["hidden"],
+        r["model"]["visible_type"],
+        r["model"]["precision"],
+        r["batch_size"],
+    )
 
 
 def scaling_rows(records: list[dict]) -> list[dict]:
@@ -47,12 +52,33 @@ def scaling_rows(records: list[dict]) -> list[dict]:
         per_k = {**({1: ones[(label, setting)][1]} if (label, setting) in ones else {}), **per_k}
         Ks = sorted(per_k)
         ratios = {K: per_k[K][0] / per_k[K // 2][0] for K in Ks if K % 2 == 0 and K // 2 in per_k}
-        rows.append({"strategy": label, "visible": setting[0], "hidden": setting[1], "visible_type": setting[2],
-                     "precision": setting[3], "batch_size": setting[4], "transport": transport, "bandwidth": bw,
-                     "speedup": {K: per_k[K][0] for K in Ks}, "dilation": {K: per_k[K][1] for K in Ks},
-                     "doubling": ratios})
-    return sorted(rows, key=lambda r: (r["strategy"], r["visible"], r["hidden"], r["visible_type"],
-                                       r["precision"], r["batch_size"], r["transport"] or ""))
+        rows.append(
+            {
+                "strategy": label,
+                "visible": setting[0],
+                "hidden": setting[1],
+                "visible_type": setting[2],
+                "precision": setting[3],
+                "batch_size": setting[4],
+                "transport": transport,
+                "bandwidth": bw,
+                "speedup": {K: per_k[K][0] for K in Ks},
+                "dilation": {K: per_k[K][1] for K in Ks},
+                "doubling": ratios,
+            }
+        )
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["strategy"],
+            r["visible"],
+            r["hidden"],
+            r["visible_type"],
+            r["precision"],
+            r["batch_size"],
+            r["transport"] or "",
+        ),
+    )
 
 
 def paper_claims(rows: list[dict]) -> list[str]:
@@ -75,26 +101,39 @@ def _claims_of(model: str, rows: list[dict]) -> list[str]:
     if "binary" in by_vis:
         ratios = [x for _, x, _ in by_vis["binary"]]
         low = min(by_vis["binary"], key=lambda t: t[1])
-        out.append(f"{model}, binary visible units, doubling the machines (4 over 2, 8 over 4): speedup "
-                   f"x{np.median(ratios):.2f} (median of {len(ratios)}; lowest x{low[1]:.2f}, {low[2]['strategy']}, "
-                   f"{low[2]['precision']}, m = {low[2]['batch_size']}, {low[0]} over {low[0] // 2}). The paper: "
-                   f"'almost doubles'; " + ("holds" if min(ratios) >= ALMOST_DOUBLE else
-                                            f"holds where the ratio is at least {ALMOST_DOUBLE} "
-                                            f"({sum(x >= ALMOST_DOUBLE for x in ratios)} of {len(ratios)})") + ".")
+        out.append(
+            f"{model}, binary visible units, doubling the machines (4 over 2, 8 over 4): speedup "
+            f"x{np.median(ratios):.2f} (median of {len(ratios)}; lowest x{low[1]:.2f}, {low[2]['strategy']}, "
+            f"{low[2]['precision']}, m = {low[2]['batch_size']}, {low[0]} over {low[0] // 2}). The paper: "
+            f"'almost doubles'; "
+            + (
+                "holds"
+                if min(ratios) >= ALMOST_DOUBLE
+                else f"holds where the ratio is at least {ALMOST_DOUBLE} "
+                f"({sum(x >= ALMOST_DOUBLE for x in ratios)} of {len(ratios)})"
+            )
+            + "."
+        )
     if "binary" in by_vis and "gaussian" in by_vis:
         b = float(np.median([x for _, x, _ in by_vis["binary"]]))
         g = float(np.median([x for _, x, _ in by_vis["gaussian"]]))
-        out.append(f"{model}, Gaussian visible units: doubling gives x{g:.2f} (median), binary x{b:.2f}. The paper: "
-                   f"Gaussian scales 'slightly worse'; " + ("holds" if g < b else "does not hold here") + ".")
+        out.append(
+            f"{model}, Gaussian visible units: doubling gives x{g:.2f} (median), binary x{b:.2f}. The paper: "
+            f"Gaussian scales 'slightly worse'; " + ("holds" if g < b else "does not hold here") + "."
+        )
     for r in rows:
         if len(r["speedup"]) < 2:
             continue
         sp = ", ".join(f"K = {K}: {s:.2f}x" for K, s in sorted(r["speedup"].items()))
-        stops = [K for K in sorted(r["speedup"]) if K >= 2 and K // 2 in r["speedup"]
-                 and r["speedup"][K] <= r["speedup"][K // 2]]
+        stops = [
+            K
+            for K in sorted(r["speedup"])
+            if K >= 2 and K // 2 in r["speedup"] and r["speedup"][K] <= r["speedup"][K // 2]
+        ]
         what = f"adding machines stops paying at K = {stops[0]}" if stops else "every doubling measured paid"
-        out.append(f"{model} ({r['strategy']}, {r['visible_type']}, {r['precision']}, m = {r['batch_size']}): "
-                   f"{what} ({sp}).")
+        out.append(
+            f"{model} ({r['strategy']}, {r['visible_type']}, {r['precision']}, m = {r['batch_size']}): {what} ({sp})."
+        )
     return out
 
 
@@ -102,15 +141,36 @@ def scaling_table(rows: list[dict]) -> dict:
     """The rows as a table: speedups at K = 1, 2, 4, 8 (those measured) and the doublings."""
     Ks = sorted({K for r in rows for K in r["speedup"]})
     doublings = sorted({K for r in rows for K in r["doubling"]})
-    head = ["strategy", "model", "setting", "transport", *(f"K = {K}" for K in Ks),
-            *(f"{K} over {K // 2}" for K in doublings)]
+    head = [
+        "strategy",
+        "model",
+        "setting",
+        "transport",
+        *(f"K = {K}" for K in Ks),
+        *(f"{K} over {K // 2}" for K in doublings),
+    ]
     out = []
     for r in rows:
-        cell = lambda K: (f"{r['speedup'][K]:.2f}x" + (f" (x{r['dilation'][K]:g} dilated)"  # noqa: E731
-                                                        if r["dilation"][K] != 1.0 else "")) if K in r["speedup"] else "-"
-        out.append([r["strategy"], f"{r['visible']} x {r['hidden']}",
-                    f"{r['visible_type']}, {r['precision']}, m={r['batch_size']}",
-                    f"{r['transport']}" + (f"@{r['bandwidth']}" if r["bandwidth"] else ""),
-                    *(cell(K) for K in Ks),
-                    *(f"{r['doubling'][K]:.2f}" if K in r["doubling"] else "-" for K in doublings)])
+        cell = lambda K: (
+            (
+                f"{r['speedup'][K]:.2f}x"
+                + (
+                    f" (x{r['dilation'][K]:g} dilated)"  # noqa: E731
+                    if r["dilation"][K] != 1.0
+                    else ""
+                )
+            )
+            if K in r["speedup"]
+            else "-"
+        )
+        out.append(
+            [
+                r["strategy"],
+                f"{r['visible']} x {r['hidden']}",
+                f"{r['visible_type']}, {r['precision']}, m={r['batch_size']}",
+                f"{r['transport']}" + (f"@{r['bandwidth']}" if r["bandwidth"] else ""),
+                *(cell(K) for K in Ks),
+                *(f"{r['doubling'][K]:.2f}" if K in r["doubling"] else "-" for K in doublings),
+            ]
+        )
     return {"head": head, "rows": out}

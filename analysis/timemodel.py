@@ -42,9 +42,14 @@ from parrbm.units import BANDWIDTH_FORMS, parse_bandwidth, parse_latency  # noqa
 
 #: the collective behind each phase (bits / floats decided by the model)
 PHASE_KIND = {
-    P.HIDDEN: "allgather", P.NEGATIVE_HIDDEN: "allgather", P.VISIBLE: "allgather",
-    P.HIDDEN_INPUT: "reduce_scatter", P.NEGATIVE_HIDDEN_INPUT: "reduce_scatter",
-    P.VISIBLE_INPUT: "reduce_scatter", P.GRADIENT: "allreduce", P.AVERAGE: "allreduce",
+    P.HIDDEN: "allgather",
+    P.NEGATIVE_HIDDEN: "allgather",
+    P.VISIBLE: "allgather",
+    P.HIDDEN_INPUT: "reduce_scatter",
+    P.NEGATIVE_HIDDEN_INPUT: "reduce_scatter",
+    P.VISIBLE_INPUT: "reduce_scatter",
+    P.GRADIENT: "allreduce",
+    P.AVERAGE: "allreduce",
     P.WEIGHT_SYNC: "alltoall",
 }
 LINK_KINDS = ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
@@ -52,8 +57,8 @@ LINK_KINDS = ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "all
 
 @dataclass
 class Link:
-    latency: float     # seconds per message
-    bandwidth: float   # bytes per second on one worker's link
+    latency: float  # seconds per message
+    bandwidth: float  # bytes per second on one worker's link
     #: payload bytes a collective passes at once after an idle spell: an emulated link's
     #: token bucket, refilled by the compute phase before each collective (0: none)
     burst: float = 0.0
@@ -61,8 +66,10 @@ class Link:
     def seconds(self, messages: float, nbytes: float, calls: int = 1, bursts: int | None = None) -> float:
         """``bursts``: the collectives that start after an idle spell (default: every call);
         the chunks of an overlapped phase follow one another on a busy link."""
-        return self.latency * messages + max(0.0, nbytes - self.burst * (calls if bursts is None else bursts)) \
-            / self.bandwidth
+        return (
+            self.latency * messages
+            + max(0.0, nbytes - self.burst * (calls if bursts is None else bursts)) / self.bandwidth
+        )
 
 
 #: the largest machine profile read (one is some tens of kB)
@@ -135,8 +142,9 @@ class Profile:
                 raw["contention"] = {"*": raw["contention"]}  # older profiles: one figure for all transports
             return cls(**raw)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a parrbm machine profile ({exc}); make one with "
-                             f"'parrbm calibrate --out {path}'") from None
+            raise ValueError(
+                f"{path}: not a parrbm machine profile ({exc}); make one with 'parrbm calibrate --out {path}'"
+            ) from None
 
     # ---- pricing ---------------------------------------------------------------------------
 
@@ -186,8 +194,9 @@ class Profile:
         return float(np.interp(np.log(max(words, 1)), xs, [c for _, c in table]))
 
     def compute_seconds(self, work: Work, precision: str, strategy: str, visible: str = "binary") -> float:
-        return (self.kernel_seconds(work, precision) * self.step_efficiency(work, strategy, visible, precision)
-                + self.overhead.get(strategy, 0.0))
+        return self.kernel_seconds(work, precision) * self.step_efficiency(
+            work, strategy, visible, precision
+        ) + self.overhead.get(strategy, 0.0)
 
     def step_efficiency(self, work: Work, strategy: str, visible: str = "binary", precision: str = "float32") -> float:
         """The measured ``efficiency`` of ``strategy`` with ``visible`` units in
@@ -206,8 +215,10 @@ class Profile:
     def link(self, transport: str, kind: str) -> Link:
         links = self.links.get(transport)
         if not links:
-            raise ValueError(f"the profile has no figures for transport {transport!r}; it has "
-                             f"{', '.join(self.links) or 'none'} (calibrate it, or give --bandwidth and --latency)")
+            raise ValueError(
+                f"the profile has no figures for transport {transport!r}; it has "
+                f"{', '.join(self.links) or 'none'} (calibrate it, or give --bandwidth and --latency)"
+            )
         return links.get(kind) or links["allgather"]
 
     def sharing(self, transport: str, K: int, weight_bytes: float | None = None) -> float:
@@ -237,16 +248,16 @@ class Prediction:
     strategy: str
     workers: int
     transport: str
-    compute_seconds: float           # the slowest worker's
+    compute_seconds: float  # the slowest worker's
     comm_seconds: float
-    step_seconds: float              # a typical step (see the module docstring)
-    sync_seconds: float              # one rarer weight sync, 0 if none
-    mean_step_seconds: float         # with the rarer syncs amortised
+    step_seconds: float  # a typical step (see the module docstring)
+    sync_seconds: float  # one rarer weight sync, 0 if none
+    mean_step_seconds: float  # with the rarer syncs amortised
     phases: dict[str, float]
-    wait_seconds: float = 0.0        # waiting for each other on a shared machine (in step_seconds)
-    speedup: float | None = None     # vs the serial trainer, mean step times
+    wait_seconds: float = 0.0  # waiting for each other on a shared machine (in step_seconds)
+    speedup: float | None = None  # vs the serial trainer, mean step times
     efficiency: float | None = None
-    hidden_seconds: float = 0.0      # transfer time overlapped with compute (in step_seconds)
+    hidden_seconds: float = 0.0  # transfer time overlapped with compute (in step_seconds)
     overlap_chunks: int = 1
     overlap: bool = False
 
@@ -255,8 +266,9 @@ def efficiency_key(strategy: str, visible: str, precision: str = "float32") -> s
     """Where a profile keeps a strategy's kernel efficiency for ``visible`` units in
     ``precision``: ``strategy``, ``strategy/gaussian``, ``strategy/float64``,
     ``strategy/gaussian/float64``."""
-    return "/".join([strategy] + ([visible] if visible != "binary" else [])
-                    + ([precision] if precision != "float32" else []))
+    return "/".join(
+        [strategy] + ([visible] if visible != "binary" else []) + ([precision] if precision != "float32" else [])
+    )
 
 
 def working_set(model: cost.Model, K: int) -> float:
@@ -282,8 +294,15 @@ def phase_kind(phase: str, model: cost.Model, strategy=None) -> str:
     return kind
 
 
-def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, transport: str,
-          strategy=None, lockstep: cost.Traffic | None = None) -> dict[str, float]:
+def _comm(
+    traffic: cost.Traffic,
+    model: cost.Model,
+    K: int,
+    profile: Profile,
+    transport: str,
+    strategy=None,
+    lockstep: cost.Traffic | None = None,
+) -> dict[str, float]:
     """Each phase's time on its link; ``lockstep``: the same step's traffic in lockstep,
     whose calls are those that find the link idle (an emulated link's burst)."""
     out = {}
@@ -295,13 +314,27 @@ def _comm(traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile, tr
     return out
 
 
-def _cpu_comm(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile,
-              transport: str, strategy=None) -> float:
+def _cpu_comm(
+    phases: dict[str, float],
+    traffic: cost.Traffic,
+    model: cost.Model,
+    K: int,
+    profile: Profile,
+    transport: str,
+    strategy=None,
+) -> float:
     return sum(_cpu_phases(phases, traffic, model, K, profile, transport, strategy).values())
 
 
-def _cpu_phases(phases: dict[str, float], traffic: cost.Traffic, model: cost.Model, K: int, profile: Profile,
-                transport: str, strategy=None) -> dict[str, float]:
+def _cpu_phases(
+    phases: dict[str, float],
+    traffic: cost.Traffic,
+    model: cost.Model,
+    K: int,
+    profile: Profile,
+    transport: str,
+    strategy=None,
+) -> dict[str, float]:
     """The part of the phases' time that the workers' cores spend (copies, packing, the
     stack): on an emulated link (``tcp@105MB/s``), what the same transfers take on the
     hosts' unshaped links (or the transport's loopback), at most the link's time; the
@@ -315,11 +348,24 @@ def _cpu_phases(phases: dict[str, float], traffic: cost.Traffic, model: cost.Mod
     return {ph: min(t, own[ph]) for ph, t in phases.items()}
 
 
-def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, *,
-            transport: str = "threads", sync_every: int = 1, momentum: bool = False,
-            binary_data: bool = True, reduce: str = "allreduce", average: str = "gradients",
-            average_every: int = 1, cores: int | None = None, overlap_chunks: int = 1,
-            overlap: bool = False) -> Prediction:
+def predict(
+    strategy: str,
+    model: cost.Model,
+    m: int,
+    K: int,
+    profile: Profile,
+    *,
+    transport: str = "threads",
+    sync_every: int = 1,
+    momentum: bool = False,
+    binary_data: bool = True,
+    reduce: str = "allreduce",
+    average: str = "gradients",
+    average_every: int = 1,
+    cores: int | None = None,
+    overlap_chunks: int = 1,
+    overlap: bool = False,
+) -> Prediction:
     """Predicted times of one step (ValueError for a K the strategy cannot run, by the
     trainer's rules). ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
@@ -333,36 +379,65 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     check_split(strategy, n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=m, workers=K)
     # work depends on a rank's part sizes only: one rank of each size combination suffices
     ranks = Partition.distinct_ranks(K, model.n_visible, model.n_hidden, m)
-    works = [step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data,
-                       average=average) for r in ranks] if strategy != "serial" else \
-        [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
+    works = (
+        [
+            step_work(strategy, model, m, K, r, momentum=momentum, binary_data=binary_data, average=average)
+            for r in ranks
+        ]
+        if strategy != "serial"
+        else [step_work("serial", model, m, 1, momentum=momentum, binary_data=binary_data)]
+    )
     # on other hosts: at the speed of the slowest of them
     slowdown = profile.host_slowdown.get(transport, 1.0)
     compute = max(profile.compute_seconds(w, model.precision, strategy, model.visible) for w in works) * slowdown
     shared = cores is not None and strategy != "serial" and K > 1
     if shared and K > cores:
         compute *= K / cores
-    options = StrategyOptions(reduce=reduce, average=average, average_every=average_every,
-                              sync_every=sync_every, overlap_chunks=overlap_chunks, overlap=overlap)
+    options = StrategyOptions(
+        reduce=reduce,
+        average=average,
+        average_every=average_every,
+        sync_every=sync_every,
+        overlap_chunks=overlap_chunks,
+        overlap=overlap,
+    )
     lockstep = replace(options, overlap=False, overlap_chunks=1)
     phases, busy, cpu = {}, compute, {}
     if strategy != "serial" and K > 1:
         traffic = cost.step_traffic(strategy, model, m, K, options=options)
-        phases = _comm(traffic, model, K, profile, transport, strategy,
-                       cost.step_traffic(strategy, model, m, K, options=lockstep) if options.overlapped else None)
+        phases = _comm(
+            traffic,
+            model,
+            K,
+            profile,
+            transport,
+            strategy,
+            cost.step_traffic(strategy, model, m, K, options=lockstep) if options.overlapped else None,
+        )
         cpu = _cpu_phases(phases, traffic, model, K, profile, transport, strategy)
         busy += sum(cpu.values())
     comm = sum(phases.values())
     sync, sync_phases = 0.0, {}
-    per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average,
-                                   average_every=average_every)
+    per_step = cost.syncs_per_step(strategy, sync_every=sync_every, average=average, average_every=average_every)
     if per_step and K > 1:
         st = cost.sync_traffic(strategy, model, K, options=options)
-        sync = max(profile.compute_seconds(sync_work(strategy, model, K, r, average=average),
-                                           model.precision, "") for r in ranks) * slowdown
+        sync = (
+            max(
+                profile.compute_seconds(sync_work(strategy, model, K, r, average=average), model.precision, "")
+                for r in ranks
+            )
+            * slowdown
+        )
         sync_compute = sync
-        sync_phases = _comm(st, model, K, profile, transport, strategy,
-                            cost.sync_traffic(strategy, model, K, options=lockstep) if options.overlapped else None)
+        sync_phases = _comm(
+            st,
+            model,
+            K,
+            profile,
+            transport,
+            strategy,
+            cost.sync_traffic(strategy, model, K, options=lockstep) if options.overlapped else None,
+        )
         sync += sum(sync_phases.values())
         if per_step >= 1:
             sync_cpu = _cpu_phases(sync_phases, st, model, K, profile, transport, strategy)
@@ -372,10 +447,24 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     if options.overlapped and strategy != "serial" and K > 1:
         # workers whose cores are all busy computing cannot hide what the cores spend on a
         # transfer (copies, the stack), only the wire's time; a machine each can hide both
-        on_wire = {p: t - (cpu.get(p, 0.0) if shared and K >= cores else 0.0)
-                   for p, t in {**phases, **(sync_phases if per_step >= 1 else {})}.items()}
-        chunk_cost, hidden = _overlap(resolve(strategy), model, m, K, ranks, options, profile, strategy, on_wire,
-                                      momentum=momentum, binary_data=binary_data, slowdown=slowdown)
+        on_wire = {
+            p: t - (cpu.get(p, 0.0) if shared and K >= cores else 0.0)
+            for p, t in {**phases, **(sync_phases if per_step >= 1 else {})}.items()
+        }
+        chunk_cost, hidden = _overlap(
+            resolve(strategy),
+            model,
+            m,
+            K,
+            ranks,
+            options,
+            profile,
+            strategy,
+            on_wire,
+            momentum=momentum,
+            binary_data=binary_data,
+            slowdown=slowdown,
+        )
         compute += chunk_cost
     work = compute + comm + (sync if per_step >= 1 else 0.0) - hidden
     # workers sharing one machine's cores wait for each other beyond their kernels and
@@ -383,21 +472,46 @@ def predict(strategy: str, model: cost.Model, m: int, K: int, profile: Profile, 
     wait = busy * (profile.sharing(transport, min(K, cores), working_set(model, K)) - 1.0) if shared else 0.0
     step = work + wait
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
-    return Prediction(strategy, K, transport, compute, comm, step, sync if per_step < 1 else 0.0, mean,
-                      phases, wait_seconds=wait, hidden_seconds=hidden, overlap_chunks=overlap_chunks,
-                      overlap=options.overlapped)
+    return Prediction(
+        strategy,
+        K,
+        transport,
+        compute,
+        comm,
+        step,
+        sync if per_step < 1 else 0.0,
+        mean,
+        phases,
+        wait_seconds=wait,
+        hidden_seconds=hidden,
+        overlap_chunks=overlap_chunks,
+        overlap=options.overlapped,
+    )
 
 
-def _overlap(cls, model: cost.Model, m: int, K: int, ranks, options, profile: Profile, strategy: str,
-             phases: dict[str, float], *, momentum: bool, binary_data: bool,
-             slowdown: float = 1.0) -> tuple[float, float]:
+def _overlap(
+    cls,
+    model: cost.Model,
+    m: int,
+    K: int,
+    ranks,
+    options,
+    profile: Profile,
+    strategy: str,
+    phases: dict[str, float],
+    *,
+    momentum: bool,
+    binary_data: bool,
+    slowdown: float = 1.0,
+) -> tuple[float, float]:
     """(what cutting the overlapped products into chunks adds to the compute, the transfer
     time the pipeline hides) of the slowest worker: see the module's notes."""
     N = options.overlap_chunks
     chunk_cost = hidden = 0.0
     for r in ranks:
-        work, names = cls.overlap_work(model, m, K, r, options, momentum=momentum,
-                                       binary_data=binary_data and model.visible == "binary")
+        work, names = cls.overlap_work(
+            model, m, K, r, options, momentum=momentum, binary_data=binary_data and model.visible == "binary"
+        )
         if not names:
             continue
         eff = profile.step_efficiency(work, strategy, model.visible, model.precision) * slowdown
@@ -415,7 +529,9 @@ def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profi
     serial trainer's predicted step."""
     from parrbm.strategies.rules import split_refusal
 
-    serial = predict("serial", model, m, 1, profile, **{k: v for k, v in kw.items() if k in ("momentum", "binary_data")})
+    serial = predict(
+        "serial", model, m, 1, profile, **{k: v for k, v in kw.items() if k in ("momentum", "binary_data")}
+    )
     out = []
     for s in strategies:
         for K in workers:
@@ -432,8 +548,9 @@ def predict_curve(strategies, model: cost.Model, m: int, workers, profile: Profi
 CHUNK_CHOICES = (1, 2, 4, 8)
 
 
-def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=None,
-           chunk_choices=CHUNK_CHOICES, **kw) -> list[dict]:
+def advise(
+    model: cost.Model, m: int, workers, profile: Profile, *, strategies=None, chunk_choices=CHUNK_CHOICES, **kw
+) -> list[dict]:
     """For each K, the strategy with the shortest predicted step and its margin over the
     runner-up (how much slower the runner-up is, in percent). A strategy that overlaps
     (reads ``overlap``) runs lockstep, overlapped with its cases whole, or in one of
@@ -462,14 +579,18 @@ def advise(model: cost.Model, m: int, workers, profile: Profile, *, strategies=N
             continue
         best = ranked[0]
         second = ranked[1] if len(ranked) > 1 else None
-        rows.append({"workers": K, "best": best.strategy, "overlap": best.overlap,
-                     "overlap_chunks": best.overlap_chunks,
-                     "step_seconds": best.mean_step_seconds,
-                     "speedup": best.speedup, "efficiency": best.efficiency,
-                     "runner_up": second.strategy if second else None,
-                     "margin_percent": (100.0 * (second.mean_step_seconds / best.mean_step_seconds - 1)
-                                        if second else None),
-                     "ranking": [(p.strategy, p.mean_step_seconds, p.overlap_chunks if p.overlap else 0)
-                                 for p in ranked]})
+        rows.append(
+            {
+                "workers": K,
+                "best": best.strategy,
+                "overlap": best.overlap,
+                "overlap_chunks": best.overlap_chunks,
+                "step_seconds": best.mean_step_seconds,
+                "speedup": best.speedup,
+                "efficiency": best.efficiency,
+                "runner_up": second.strategy if second else None,
+                "margin_percent": (100.0 * (second.mean_step_seconds / best.mean_step_seconds - 1) if second else None),
+                "ranking": [(p.strategy, p.mean_step_seconds, p.overlap_chunks if p.overlap else 0) for p in ranked],
+            }
+        )
     return rows
-

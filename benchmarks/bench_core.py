@@ -134,8 +134,9 @@ def measure(V, H, m, rounds, warmup=2):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", help="comma-separated VxHxm, default: " +
-                    ",".join("x".join(map(str, s)) for s in DEFAULT_SIZES))
+    ap.add_argument(
+        "--sizes", help="comma-separated VxHxm, default: " + ",".join("x".join(map(str, s)) for s in DEFAULT_SIZES)
+    )
     ap.add_argument("--rounds", type=int, default=0, help="timed rounds per size (default: by size)")
     ap.add_argument("--quick", action="store_true", help="few rounds (a smoke run, noisy figures)")
     args = ap.parse_args(argv)
@@ -145,9 +146,11 @@ def main(argv=None):
 
     _core.set_blas_threads(1)
     print(f"BLAS: {_core.blas_info()['config']}; 1 thread everywhere; float32; medians")
-    header = (f"{'V x H x m':>16} {'core ms':>8} {'dense ms':>9} {'bound ms':>9} {'numpy ms':>9}"
-              f" {'sklearn ms':>10} {'bound/core':>11} {'bound/dense':>12} {'numpy/core':>11}"
-              f" {'sklearn/core':>13}")
+    header = (
+        f"{'V x H x m':>16} {'core ms':>8} {'dense ms':>9} {'bound ms':>9} {'numpy ms':>9}"
+        f" {'sklearn ms':>10} {'bound/core':>11} {'bound/dense':>12} {'numpy/core':>11}"
+        f" {'sklearn/core':>13}"
+    )
     print(header)
     ok = True
     with threadpool_limits(limits=1):
@@ -160,11 +163,13 @@ def main(argv=None):
             r_np = t["numpy"] / t["core"]
             r_sk = t["sklearn"] / t["core"]
             ok &= r_bound >= 0.90 and r_dense >= 0.90 and r_sk >= 3.0
-            print(f"{f'{V}x{H}x{m}':>16} {1e3 * t['core']:>8.2f} {1e3 * t['core dense']:>9.2f} "
-                  f"{1e3 * t['gemm bound']:>9.2f} {1e3 * t['numpy']:>9.2f} {1e3 * t['sklearn']:>10.2f} "
-                  f"{r_bound:>11.3f} {r_dense:>12.3f} {r_np:>11.2f} {r_sk:>13.2f}", flush=True)
-    print("targets (bound/core and bound/dense >= 0.90, sklearn/core >= 3): "
-          + ("met" if ok else "NOT met"))
+            print(
+                f"{f'{V}x{H}x{m}':>16} {1e3 * t['core']:>8.2f} {1e3 * t['core dense']:>9.2f} "
+                f"{1e3 * t['gemm bound']:>9.2f} {1e3 * t['numpy']:>9.2f} {1e3 * t['sklearn']:>10.2f} "
+                f"{r_bound:>11.3f} {r_dense:>12.3f} {r_np:>11.2f} {r_sk:>13.2f}",
+                flush=True,
+            )
+    print("targets (bound/core and bound/dense >= 0.90, sklearn/core >= 3): " + ("met" if ok else "NOT met"))
     return 0
 
 

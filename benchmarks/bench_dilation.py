@@ -25,13 +25,22 @@ from parrbm.strategies import StrategyOptions  # noqa: E402
 FIVE = ["unit-partitioned", "per-update-sync", "purple-only", "green-only", "parameter-averaging"]
 
 
-def one_fit(spec: CDSpec, X: np.ndarray, strategy: str, K: int, F: float, steps: int, warmup: int,
-            bandwidth: float) -> float:
+def one_fit(
+    spec: CDSpec, X: np.ndarray, strategy: str, K: int, F: float, steps: int, warmup: int, bandwidth: float
+) -> float:
     """The median of the timed steps (slowest worker), divided by the dilation."""
     from parrbm.harness.network import LinkSpec
 
-    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, "tcp", StrategyOptions(sync_every=80),
-                            network=LinkSpec(bandwidth, 0.091e-3, dilation=F), timeout=60 * F)
+    runner = ParallelRunner(
+        spec,
+        ModelState.initial(spec),
+        strategy,
+        K,
+        "tcp",
+        StrategyOptions(sync_every=80),
+        network=LinkSpec(bandwidth, 0.091e-3, dilation=F),
+        timeout=60 * F,
+    )
     order = np.arange((warmup + steps) * spec.batch_size, dtype=np.int64) % X.shape[0]
     try:
         runner.run(X, order, 0)
@@ -66,8 +75,10 @@ def main(argv=None) -> None:
                 t = one_fit(spec, X, s, a.workers, F, a.steps, a.warmup, bw)
                 times.setdefault((s, F), []).append(t)
                 print(f"repeat {rep + 1}: {s} F={F:g}: {t * 1e3:.1f} ms/step", flush=True)
-    print(f"\n{a.visible} x {a.hidden}, m = {a.batch}, K = {a.workers}, tcp at {a.bandwidth}; "
-          f"medians of {a.repeats} round-robin fits, ms a step (dilated back) and the ratio to undilated")
+    print(
+        f"\n{a.visible} x {a.hidden}, m = {a.batch}, K = {a.workers}, tcp at {a.bandwidth}; "
+        f"medians of {a.repeats} round-robin fits, ms a step (dilated back) and the ratio to undilated"
+    )
     print(f"{'strategy':22s}" + "".join(f"{'F=' + format(F, 'g'):>18s}" for F in a.factors))
     ratios = []
     for s in a.strategies:
@@ -80,8 +91,7 @@ def main(argv=None) -> None:
                 ratios.append(abs(med / base - 1))
         print(f"{s:22s}" + "".join(f"{c:>18s}" for c in cells))
     if ratios:
-        print(f"\n|dilated / undilated - 1|: median {np.median(ratios) * 100:.1f} %, "
-              f"worst {max(ratios) * 100:.1f} %")
+        print(f"\n|dilated / undilated - 1|: median {np.median(ratios) * 100:.1f} %, worst {max(ratios) * 100:.1f} %")
 
 
 if __name__ == "__main__":

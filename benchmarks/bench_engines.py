@@ -57,11 +57,16 @@ print(json.dumps(float(np.median(slowest[steps:]))))
 """
 
 
-def fit_seconds(python: str, V: int, H: int, m: int, steps: int, K: int, strategy: str,
-                transport: str | None) -> float:
+def fit_seconds(python: str, V: int, H: int, m: int, steps: int, K: int, strategy: str, transport: str | None) -> float:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([python, "-c", _FIT, json.dumps([V, H, m, steps, K, strategy, transport])],
-                         capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    out = subprocess.run(
+        [python, "-c", _FIT, json.dumps([V, H, m, steps, K, strategy, transport])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=600,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{python}: {strategy} on {transport} failed:\n{out.stderr[-2000:]}")
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -76,8 +81,12 @@ def main(argv=None) -> None:
     ap.add_argument("--transports", nargs="+", default=["threads", "tcp", "mpi"])
     ap.add_argument("--model", default="1024x2048x200", help="VxHxm (default: the quick model)")
     ap.add_argument("--steps", type=int, default=40, help="steps an epoch (default 40)")
-    ap.add_argument("--workers", type=int, default=2, help="K (default 2; 1: each strategy against the serial "
-                    "trainer it should cost)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="K (default 2; 1: each strategy against the serial trainer it should cost)",
+    )
     ap.add_argument("--against", help="the Python of another parrbm installation, measured alongside")
     ap.add_argument("--quick", action="store_true", help="a small model, one repeat, for a smoke run")
     args = ap.parse_args(argv)
@@ -94,10 +103,14 @@ def main(argv=None) -> None:
                 times[(who, row)].append(fit_seconds(python, V, H, m, steps, args.workers, *row))
     median = {key: float(np.median(v)) for key, v in times.items()}
     serial = median[("this", rows[0])]
-    print(f"{V} x {H} binary RBM, float32, minibatch {m}, K = {args.workers}, one BLAS thread a worker; "
-          f"medians of {args.repeats} fits of 2 x {steps} steps, each in a fresh process")
-    print(f"serial trainer, 1 BLAS thread (baseline): {serial * 1e3:.3g} ms a step"
-          + (f" (against: {median[('against', rows[0])] * 1e3:.3g} ms)" if args.against else ""))
+    print(
+        f"{V} x {H} binary RBM, float32, minibatch {m}, K = {args.workers}, one BLAS thread a worker; "
+        f"medians of {args.repeats} fits of 2 x {steps} steps, each in a fresh process"
+    )
+    print(
+        f"serial trainer, 1 BLAS thread (baseline): {serial * 1e3:.3g} ms a step"
+        + (f" (against: {median[('against', rows[0])] * 1e3:.3g} ms)" if args.against else "")
+    )
     head = f"{'strategy':<21}{'transport':<10}{'step ms':>9}{'vs serial':>11}"
     if args.against:
         head += f"{'against ms':>12}{'this/against':>14}"

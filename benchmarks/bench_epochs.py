@@ -25,8 +25,17 @@ from parrbm import RBM  # noqa: E402
 
 
 def fit_seconds(X, strategy, transport, epochs, m):
-    rbm = RBM(n_hidden=2048, batch_size=m, n_iter=epochs, learning_rate=0.05, random_state=0,
-              strategy=strategy, workers=2, transport=transport, progress=False)
+    rbm = RBM(
+        n_hidden=2048,
+        batch_size=m,
+        n_iter=epochs,
+        learning_rate=0.05,
+        random_state=0,
+        strategy=strategy,
+        workers=2,
+        transport=transport,
+        progress=False,
+    )
     t0 = time.perf_counter()
     rbm.fit(X)
     total = time.perf_counter() - t0
@@ -47,8 +56,10 @@ def main() -> None:
         args.strategies, args.repeats = args.strategies[:1], 1
     X = (np.random.default_rng(0).random((steps * m, V)) < 0.5).astype(np.float32)
     print(f"{V} x 2048 RBM, minibatch {m}, {steps} steps an epoch, K = 2, medians of {args.repeats} fits")
-    print(f"{'transport':<10}{'strategy':<21}{'fit(1) s':>10}{'fit(4) s':>10}{'epoch s':>10}"
-          f"{f'{steps} steps s':>12}{'overhead':>10}")
+    print(
+        f"{'transport':<10}{'strategy':<21}{'fit(1) s':>10}{'fit(4) s':>10}{'epoch s':>10}"
+        f"{f'{steps} steps s':>12}{'overhead':>10}"
+    )
     for transport in args.transports:
         for strategy in args.strategies:
             one, four, step = [], [], []
@@ -60,8 +71,10 @@ def main() -> None:
                 step.append(s4)
             t1, t4, s = float(np.median(one)), float(np.median(four)), float(np.median(step))
             epoch = (t4 - t1) / 3
-            print(f"{transport:<10}{strategy:<21}{t1:>10.3f}{t4:>10.3f}{epoch:>10.3f}{steps * s:>12.3f}"
-                  f"{epoch / (steps * s):>9.2f}x")
+            print(
+                f"{transport:<10}{strategy:<21}{t1:>10.3f}{t4:>10.3f}{epoch:>10.3f}{steps * s:>12.3f}"
+                f"{epoch / (steps * s):>9.2f}x"
+            )
 
 
 if __name__ == "__main__":

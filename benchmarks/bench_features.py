@@ -93,10 +93,19 @@ def fashion_mnist(args) -> int:
 
     hidden, lr = args.hidden or 2000, args.learning_rate or 0.05
     epochs = args.epochs or 5
-    print(f"Fashion-MNIST: {X_train.shape[0]} training, {X_test.shape[0]} test images, 784 pixels; {hidden} hidden, "
-          f"CD-1, minibatch 100, {epochs} epochs, learning rate {lr}, momentum {args.momentum}")
-    common = dict(n_hidden=hidden, learning_rate=lr, batch_size=100, n_iter=epochs, momentum=args.momentum,
-                  random_state=0, progress=False)
+    print(
+        f"Fashion-MNIST: {X_train.shape[0]} training, {X_test.shape[0]} test images, 784 pixels; {hidden} hidden, "
+        f"CD-1, minibatch 100, {epochs} epochs, learning rate {lr}, momentum {args.momentum}"
+    )
+    common = dict(
+        n_hidden=hidden,
+        learning_rate=lr,
+        batch_size=100,
+        n_iter=epochs,
+        momentum=args.momentum,
+        random_state=0,
+        progress=False,
+    )
     runs = [("serial, 1 BLAS thread", {}, 1), ("serial, all cores' BLAS threads", {}, None)]
     parallel = list(PARALLEL_STRATEGIES)[:1] if args.quick else list(PARALLEL_STRATEGIES)
     runs += [(f"{s} K=2", {"strategy": s, "workers": 2}, None) for s in parallel]
@@ -136,26 +145,34 @@ def main(argv=None) -> int:
     repeats = 1 if args.quick else args.repeats
     args.epochs = args.epochs or 10
     X_train, X_test, y_train, y_test = data()
-    print(f"nudged digits: {X_train.shape[0]} training, {X_test.shape[0]} test samples, {X_train.shape[1]} pixels; "
-          f"100 hidden, {args.epochs} epochs, minibatch 10, learning rate 0.06; {repeats} fit(s) each")
-    common = dict(n_hidden=100, learning_rate=0.06, batch_size=10, n_iter=args.epochs, random_state=0,
-                  progress=False)
+    print(
+        f"nudged digits: {X_train.shape[0]} training, {X_test.shape[0]} test samples, {X_train.shape[1]} pixels; "
+        f"100 hidden, {args.epochs} epochs, minibatch 10, learning rate 0.06; {repeats} fit(s) each"
+    )
+    common = dict(n_hidden=100, learning_rate=0.06, batch_size=10, n_iter=args.epochs, random_state=0, progress=False)
     # BernoulliRBM's algorithm: persistent chains, probabilities in the statistics, sampled
     # negative visible states; the paper's CD-1 with sampled statistics is shown beside it.
     pcd = dict(persistent=True, statistics="probabilities", sample_visible=True)
     rows = []
-    sk, sk_s = timed_fit(lambda: BernoulliRBM(n_components=100, learning_rate=0.06, batch_size=10,
-                                              n_iter=args.epochs, random_state=0), X_train, repeats)
-    rows.append(("sklearn BernoulliRBM", sk_s, accuracy(sk.transform(X_train), sk.transform(X_test),
-                                                        y_train, y_test, 6000.0)))
+    sk, sk_s = timed_fit(
+        lambda: BernoulliRBM(n_components=100, learning_rate=0.06, batch_size=10, n_iter=args.epochs, random_state=0),
+        X_train,
+        repeats,
+    )
+    rows.append(
+        ("sklearn BernoulliRBM", sk_s, accuracy(sk.transform(X_train), sk.transform(X_test), y_train, y_test, 6000.0))
+    )
     parallel = list(PARALLEL_STRATEGIES)[:1] if args.quick else list(PARALLEL_STRATEGIES)
-    runs = [("CD-1 samples", {}, "serial", 1), ("PCD", pcd, "serial", 1)] + \
-        [("PCD", pcd, s, 2) for s in parallel]
+    runs = [("CD-1 samples", {}, "serial", 1), ("PCD", pcd, "serial", 1)] + [("PCD", pcd, s, 2) for s in parallel]
     for label, extra, strategy, K in runs:
-        rbm, secs = timed_fit(lambda: RBM(**common, **extra, strategy=strategy, workers=K), X_train,
-                              repeats)
-        rows.append((f"parrbm {label}, {strategy} K={K}", secs,
-                     accuracy(rbm.transform(X_train), rbm.transform(X_test), y_train, y_test, 6000.0)))
+        rbm, secs = timed_fit(lambda: RBM(**common, **extra, strategy=strategy, workers=K), X_train, repeats)
+        rows.append(
+            (
+                f"parrbm {label}, {strategy} K={K}",
+                secs,
+                accuracy(rbm.transform(X_train), rbm.transform(X_test), y_train, y_test, 6000.0),
+            )
+        )
     # tiny GEMMs must not run slower with the default BLAS threads than with one
     from threadpoolctl import threadpool_limits
 
@@ -167,10 +184,14 @@ def main(argv=None) -> int:
     for name, secs, acc in rows:
         print(f"{name:<46}{secs:>10.3f}{sk_s / secs:>11.1f}x{acc:>15.4f}")
     print(f"{'raw pixels (logistic, C=100)':<46}{'-':>10}{'-':>12}{raw:>15.4f}")
-    print(f"\nparrbm PCD serial, default BLAS threads / one BLAS thread: {default_pcd:.3f} s / {one_thread:.3f} s "
-          f"= {default_pcd / one_thread:.2f} (tiny GEMMs: more threads must not be slower)")
-    print("\nK = 2 runs: threads transport, each strategy's Python module over the core's kernels; "
-          "on a model this small the collectives' barriers cost about what halving the kernels saves")
+    print(
+        f"\nparrbm PCD serial, default BLAS threads / one BLAS thread: {default_pcd:.3f} s / {one_thread:.3f} s "
+        f"= {default_pcd / one_thread:.2f} (tiny GEMMs: more threads must not be slower)"
+    )
+    print(
+        "\nK = 2 runs: threads transport, each strategy's Python module over the core's kernels; "
+        "on a model this small the collectives' barriers cost about what halving the kernels saves"
+    )
     return 0
 
 

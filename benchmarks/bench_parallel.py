@@ -72,23 +72,36 @@ def main(argv=None):
         args.visible, args.hidden, args.batch, args.steps = 800, 1600, 100, 3
     K, warmup = args.workers, 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"V={args.visible} H={args.hidden} m={args.batch} K={K} float32, threads transport, "
-          f"1 BLAS thread per worker, {cores} cores; medians over {args.steps} steps")
+    print(
+        f"V={args.visible} H={args.hidden} m={args.batch} K={K} float32, threads transport, "
+        f"1 BLAS thread per worker, {cores} cores; medians over {args.steps} steps"
+    )
     if K > cores:
         print(f"note: K={K} exceeds the {cores} cores: measured speedup says nothing here")
     rng = np.random.default_rng(0)
     for visible in ("binary", "gaussian"):
-        spec = CDSpec(n_visible=args.visible, n_hidden=args.hidden, batch_size=args.batch,
-                      visible=visible, seed=1, learning_rate=0.01 if visible == "gaussian" else 0.1)
+        spec = CDSpec(
+            n_visible=args.visible,
+            n_hidden=args.hidden,
+            batch_size=args.batch,
+            visible=visible,
+            seed=1,
+            learning_rate=0.01 if visible == "gaussian" else 0.1,
+        )
         n = args.batch * 4
-        X = ((rng.random((n, args.visible)) < 0.5) if visible == "binary"
-             else rng.standard_normal((n, args.visible))).astype(np.float32)
+        X = (
+            (rng.random((n, args.visible)) < 0.5) if visible == "binary" else rng.standard_normal((n, args.visible))
+        ).astype(np.float32)
         t_serial = serial_median(spec, X, args.steps, warmup, 1)
         t_serial_k = serial_median(spec, X, args.steps, warmup, K)
-        print(f"\n{visible} visible units: serial on 1 BLAS thread {t_serial * 1e3:.0f} ms/step, on {K} BLAS "
-              f"threads {t_serial_k * 1e3:.0f} ms/step ({t_serial / t_serial_k:.2f}x)")
-        print(f"{'strategy':<22}{'ms/step':>9}{'vs 1 core':>10}{f'vs {K} cores':>11}{'effic.':>8}{'comm %':>8}"
-              f"{'wait %':>8}{'step/compute':>14}{'MB/step':>10}")
+        print(
+            f"\n{visible} visible units: serial on 1 BLAS thread {t_serial * 1e3:.0f} ms/step, on {K} BLAS "
+            f"threads {t_serial_k * 1e3:.0f} ms/step ({t_serial / t_serial_k:.2f}x)"
+        )
+        print(
+            f"{'strategy':<22}{'ms/step':>9}{'vs 1 core':>10}{f'vs {K} cores':>11}{'effic.':>8}{'comm %':>8}"
+            f"{'wait %':>8}{'step/compute':>14}{'MB/step':>10}"
+        )
         best, best_all = 0.0, 0.0
         for name in PARALLEL_STRATEGIES:
             # unit-partitioned syncs every 8000 cases, as in the paper
@@ -99,11 +112,16 @@ def main(argv=None):
                 r = parallel_run(spec, X, name, K, args.steps, warmup, opts)
                 speedup, speedup_all = t_serial / r["step"], t_serial_k / r["step"]
                 best, best_all = max(best, speedup), max(best_all, speedup_all)
-                print(f"{label:<22}{r['step'] * 1e3:>9.0f}{speedup:>10.2f}{speedup_all:>11.2f}{speedup / K:>8.2f}"
-                      f"{100 * r['comm_share']:>8.1f}{100 * r['wait_share']:>8.1f}"
-                      f"{r['bound_ratio']:>14.3f}{r['bytes'] / 1e6:>10.2f}", flush=True)
-        print(f"best at K={K}: {best_all:.2f}x the serial trainer on the same {K} cores ({K} BLAS threads); "
-              f"{best:.2f}x the serial trainer on one core")
+                print(
+                    f"{label:<22}{r['step'] * 1e3:>9.0f}{speedup:>10.2f}{speedup_all:>11.2f}{speedup / K:>8.2f}"
+                    f"{100 * r['comm_share']:>8.1f}{100 * r['wait_share']:>8.1f}"
+                    f"{r['bound_ratio']:>14.3f}{r['bytes'] / 1e6:>10.2f}",
+                    flush=True,
+                )
+        print(
+            f"best at K={K}: {best_all:.2f}x the serial trainer on the same {K} cores ({K} BLAS threads); "
+            f"{best:.2f}x the serial trainer on one core"
+        )
     return 0
 
 

@@ -50,8 +50,14 @@ print(json.dumps([first, float(np.median(trips)), time.perf_counter() - t]))
 
 def measure(python: str, V: int, H: int, m: int, commands: int, transport: str) -> list[float]:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([python, "-c", _FIT, json.dumps([V, H, m, commands, transport])], capture_output=True,
-                         text=True, env=env, cwd="/", timeout=600)
+    out = subprocess.run(
+        [python, "-c", _FIT, json.dumps([V, H, m, commands, transport])],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=600,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{python}: {transport} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -81,8 +87,10 @@ def main(argv=None) -> None:
             print(f"{transport:10} {who:8} {a[0] * 1e3:15.0f} ms {a[1] * 1e3:9.2f} ms {a[2] * 1e3:5.0f} ms")
         if args.against:
             this, other = (np.median(np.array(got[(transport, w)]), axis=0) for w in ("this", "against"))
-            print(f"{transport:10} {'ratio':8} {this[0] / other[0]:16.2f}x {this[1] / other[1]:10.2f}x "
-                  f"{this[2] / other[2]:6.2f}x")
+            print(
+                f"{transport:10} {'ratio':8} {this[0] / other[0]:16.2f}x {this[1] / other[1]:10.2f}x "
+                f"{this[2] / other[2]:6.2f}x"
+            )
 
 
 if __name__ == "__main__":

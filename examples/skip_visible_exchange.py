@@ -24,8 +24,8 @@ from parrbm.analysis.cost import Model, Traffic, allgather_floats, hidden_traffi
 from parrbm.config import ModelState
 from parrbm.partition import Partition
 from parrbm.strategies import Worker
-from parrbm.strategies.base import PHASE_POSITIVE, own, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, own, phase_hidden
 
 _ALL_UNITS = {"unit0": 0}
 
@@ -33,23 +33,23 @@ _ALL_UNITS = {"unit0": 0}
 class SkipVisibleExchange(Worker):
     name = "skip-visible-exchange"
     sync_phases = (P.WEIGHT_SYNC,)
-    phase_collectives = {P.WEIGHT_SYNC: "allgather"}   # the built-ins' weight sync is an alltoall
+    phase_collectives = {P.WEIGHT_SYNC: "allgather"}  # the built-ins' weight sync is an alltoall
 
     def __init__(self, spec, state: ModelState, rank: int, size: int, options):
         super().__init__(spec, state, rank, size, options)
         V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
         Hk = self.hid.size(rank)
-        self.W = own(state.W)                                    # the full replica (V, H)
-        self.b = own(state.b)                                    # every visible bias, updated alike everywhere
-        self.c = own(self.hid.take(state.c, rank, axis=0))       # c[H_k]
+        self.W = own(state.W)  # the full replica (V, H)
+        self.b = own(state.b)  # every visible bias, updated alike everywhere
+        self.c = own(self.hid.take(state.c, rank, axis=0))  # c[H_k]
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
         self.b_inc = own(state.b_inc) if momentum else None
         self.c_inc = own(self.hid.take(state.c_inc, rank, axis=0)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()
-        self.green = self.zeros(V, Hk)                           # W[:, H_k], updated here
-        self.left = self.zeros(2 * m, V)                         # [x; v']
-        self.right_k = self.zeros(2 * m, Hk)                     # [h_k; -h'_k]
+        self.green = self.zeros(V, Hk)  # W[:, H_k], updated here
+        self.left = self.zeros(2 * m, V)  # [x; v']
+        self.right_k = self.zeros(2 * m, Hk)  # [h_k; -h'_k]
         self.hidden_act = self.zeros(m, H)
         self.hidden_states = self.zeros(m, H)
         self.pre_h = self.zeros(m, Hk)
@@ -67,8 +67,9 @@ class SkipVisibleExchange(Worker):
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
         self.matmul(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
-                                           self.h_local, self.hidden_act, self.hidden_states)
+        act, states = self.exchange_hidden(
+            self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local, self.hidden_act, self.hidden_states
+        )
         right_k[:mb] = self.hid.take(act, k)
         driver = self.chains if spec.persistent else states
 
@@ -81,16 +82,29 @@ class SkipVisibleExchange(Worker):
             # 3. h'_k ~ p(h_k | v'); exchanged only when it drives another Gibbs step.
             self.matmul(left[mb:], self.green, self.pre_h[:c])
             if t < spec.cd_k or spec.persistent:
-                act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                                   P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
-                                                   self.hidden_states)
+                act, states = self.exchange_hidden(
+                    self.pre_h[:c],
+                    self.c,
+                    step,
+                    phase_hidden(t),
+                    P.NEGATIVE_HIDDEN,
+                    self.h_local,
+                    self.hidden_act,
+                    self.hidden_states,
+                )
                 driver = states
                 final_k = self.hid.take(act, k)
             else:
                 probs = not self.hidden_as_bits
-                self.sample_hidden(self.pre_h[:c], self.c, self.hid.units(k), step, phase_hidden(t),
-                                   states=None if probs else self.h_local[:c],
-                                   probs=self.h_local[:c] if probs else None)
+                self.sample_hidden(
+                    self.pre_h[:c],
+                    self.c,
+                    self.hid.units(k),
+                    step,
+                    phase_hidden(t),
+                    states=None if probs else self.h_local[:c],
+                    probs=self.h_local[:c] if probs else None,
+                )
                 final_k = self.h_local[:c]
         right_k[mb:] = -neg_scale * final_k
         if spec.persistent:
@@ -112,20 +126,28 @@ class SkipVisibleExchange(Worker):
         incs = (None, None, None)
         if self.green_inc is not None:
             W_inc = self.gather_columns(self.green_inc, self.hid, self.spec.n_visible)
-            incs = (W_inc, self.b_inc.copy(),
-                    self.gather_vector(self.c_inc, self.hid))
+            incs = (W_inc, self.b_inc.copy(), self.gather_vector(self.c_inc, self.hid))
         if self.rank != 0:
             return None
-        return ModelState(W=self.W.copy(), b=self.b.copy(), c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=None if self.chains is None else self.chains.copy())
+        return ModelState(
+            W=self.W.copy(),
+            b=self.b.copy(),
+            c=c,
+            W_inc=incs[0],
+            b_inc=incs[1],
+            c_inc=incs[2],
+            chains=None if self.chains is None else self.chains.copy(),
+        )
 
     # ---- what it declares -------------------------------------------------------------------
 
     @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
         if workers > n_hidden:
-            return (f"strategy {cls.name!r} splits the hidden units over the workers: workers={workers} "
-                    f"is larger than the {n_hidden} hidden units")
+            return (
+                f"strategy {cls.name!r} splits the hidden units over the workers: workers={workers} "
+                f"is larger than the {n_hidden} hidden units"
+            )
         return None
 
     @classmethod
@@ -150,17 +172,16 @@ class SkipVisibleExchange(Worker):
         return 1.0
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         V, H, c, k = model.n_visible, model.n_hidden, m, model.cd_k
         hk = Partition.part_size(H, K, rank)
         w = Work()
-        w.add("copy", m * V + V * hk)                # left[:m] = x; the column block
+        w.add("copy", m * V + V * hk)  # left[:m] = x; the column block
         w.gemm(m, hk, V)
         hidden_work(w, model, m, hk, H)
         w.add("copy", m * hk)
         for t in range(1, k + 1):
-            w.gemm(c, V, H)                            # all of v', on every worker
+            w.gemm(c, V, H)  # all of v', on every worker
             w.add(model.visible_kind, c * V)
             w.gemm(c, hk, V)
             hidden_work(w, model, c, hk, H, exchanged=t < k or model.persistent)

@@ -101,11 +101,15 @@ def missing() -> str | None:
     """Why this process cannot cap an emulated host's CPU, or None if it can."""
     c = controller()
     if c is None:
-        return ("time dilation caps each emulated host's CPU with the kernel's CPU bandwidth controller, and "
-                "this machine has none mounted (cgroup v1 'cpu' or cgroup v2 with the 'cpu' controller)")
+        return (
+            "time dilation caps each emulated host's CPU with the kernel's CPU bandwidth controller, and "
+            "this machine has none mounted (cgroup v1 'cpu' or cgroup v2 with the 'cpu' controller)"
+        )
     if not os.access(c.parent, os.W_OK):
-        return (f"time dilation caps each emulated host's CPU in a cgroup under {c.parent}, which this process "
-                f"cannot write: run as root (or give the user that cgroup)")
+        return (
+            f"time dilation caps each emulated host's CPU in a cgroup under {c.parent}, which this process "
+            f"cannot write: run as root (or give the user that cgroup)"
+        )
     return None
 
 
@@ -117,8 +121,9 @@ def cap_settings(cores: float) -> tuple[int, int]:
     quota = QUOTA_US * max(1, math.ceil(cores))
     period = round(quota / cores)
     if period > MAX_PERIOD_US:
-        raise ValueError(f"a CPU cap of {cores:g} cores needs a period of {period} us, beyond the kernel's "
-                         f"{MAX_PERIOD_US} us")
+        raise ValueError(
+            f"a CPU cap of {cores:g} cores needs a period of {period} us, beyond the kernel's {MAX_PERIOD_US} us"
+        )
     return quota, period
 
 
@@ -178,8 +183,13 @@ class CpuCap:
         remove(self.path)
 
     def describe(self) -> dict:
-        return {"cores": self.cores, "quota_us": self.quota_us, "period_us": self.period_us,
-                "cgroup": f"v{self.controller.version}", "cpus": self.cpus}
+        return {
+            "cores": self.cores,
+            "quota_us": self.quota_us,
+            "period_us": self.period_us,
+            "cgroup": f"v{self.controller.version}",
+            "cpus": self.cpus,
+        }
 
 
 def pids_in(path: Path) -> list[int]:
@@ -197,8 +207,9 @@ def throttle_stats(path: Path) -> dict:
     stat = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
     periods = int(stat.get("nr_periods", 0))
     throttled = int(stat.get("nr_throttled", 0))
-    seconds = int(stat["throttled_time"]) / 1e9 if "throttled_time" in stat else \
-        int(stat.get("throttled_usec", 0)) / 1e6
+    seconds = (
+        int(stat["throttled_time"]) / 1e9 if "throttled_time" in stat else int(stat.get("throttled_usec", 0)) / 1e6
+    )
     return {"periods": periods, "throttled_periods": throttled, "throttled_seconds": seconds}
 
 

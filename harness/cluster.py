@@ -41,8 +41,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from parrbm.harness.network import (FOLDER_PREFIX, EmulatedNetwork, LinkSpec, NetworkError, _pids_inside,
-                                    missing as net_missing, sweep_stale_folders)
+from parrbm.harness.network import (
+    FOLDER_PREFIX,
+    EmulatedNetwork,
+    LinkSpec,
+    NetworkError,
+    _pids_inside,
+    sweep_stale_folders,
+)
+from parrbm.harness.network import missing as net_missing
 
 SSHD = "/usr/sbin/sshd"
 #: how long the hosts' sshd may take to listen
@@ -56,8 +63,12 @@ def missing() -> str | None:
         return why
     if os.geteuid() != 0:
         return "the emulated cluster needs root (mount namespaces and each host's sshd)"
-    for tool, package in (("unshare", "util-linux"), ("nsenter", "util-linux"), ("ssh", "openssh-client"),
-                          ("ssh-keygen", "openssh-client")):
+    for tool, package in (
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+    ):
         if shutil.which(tool) is None:
             return f"the emulated cluster needs '{tool}' (apt-get install {package})"
     if not os.access(SSHD, os.X_OK):
@@ -130,12 +141,27 @@ class EmulatedCluster:
         ssh = self.folder / "ssh"
         ssh.mkdir()
         for key in ("host_key", "user_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"parrbm emulated cluster {key}",
-                            "-f", str(ssh / key)], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    f"parrbm emulated cluster {key}",
+                    "-f",
+                    str(ssh / key),
+                ],
+                check=True,
+                capture_output=True,
+            )
         shutil.copy(ssh / "user_key.pub", ssh / "authorized_keys")
         host_pub = (ssh / "host_key.pub").read_text().split()
-        (ssh / "known_hosts").write_text("".join(
-            f"{h},{self.address(h)} {host_pub[0]} {host_pub[1]}\n" for h in self.hosts))
+        (ssh / "known_hosts").write_text(
+            "".join(f"{h},{self.address(h)} {host_pub[0]} {host_pub[1]}\n" for h in self.hosts)
+        )
         (ssh / "ssh_config").write_text(
             "Host *\n"
             "    IdentityFile /etc/ssh/user_key\n"
@@ -145,9 +171,11 @@ class EmulatedCluster:
             "    LogLevel ERROR\n"
             "    ConnectTimeout 10\n"
             "    ServerAliveInterval 5\n"
-            "    ServerAliveCountMax 3\n")
+            "    ServerAliveCountMax 3\n"
+        )
         (self.folder / "hosts.txt").write_text(
-            "127.0.0.1 localhost\n" + "".join(f"{self.address(h)} {h}\n" for h in self.hosts))
+            "127.0.0.1 localhost\n" + "".join(f"{self.address(h)} {h}\n" for h in self.hosts)
+        )
         for host in self.hosts:
             d = self.folder / "hosts" / host
             (d / "tmp").mkdir(parents=True)
@@ -168,7 +196,8 @@ class EmulatedCluster:
                 "MaxSessions 100\n"
                 "ClientAliveInterval 5\n"
                 "ClientAliveCountMax 3\n"
-                "PidFile none\n")
+                "PidFile none\n"
+            )
 
     def _start_host(self, host: str) -> None:
         d = self.folder / "hosts" / host
@@ -186,13 +215,31 @@ class EmulatedCluster:
             "mount -t tmpfs -o mode=755 tmpfs /run\n"
             "mkdir -p /run/sshd\n"
             f"mount --bind {d / 'tmp'} /tmp\n"
-            f"exec {SSHD} -D -e -f /etc/ssh/sshd_config.{host}\n")
+            f"exec {SSHD} -D -e -f /etc/ssh/sshd_config.{host}\n"
+        )
         log = open(d / "sshd.log", "wb")
         try:
             self._sshd[host] = subprocess.Popen(
-                ["ip", "netns", "exec", self.namespace(host), "unshare", "--mount", "--uts", "--ipc",
-                 "--propagation", "private", "sh", "-c", script],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.namespace(host),
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--ipc",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             log.close()
 
@@ -204,15 +251,20 @@ class EmulatedCluster:
                 p = self._sshd[host]
                 if p.poll() is not None:
                     log = (self.folder / "hosts" / host / "sshd.log").read_text(errors="replace").strip()
-                    raise NetworkError(f"emulated cluster: the sshd of {host} exited with code {p.returncode}: "
-                                       f"{log[-400:]}")
-                probe = subprocess.run(["ip", "netns", "exec", self.namespace(host), "ss", "-Hltn",
-                                        f"src {self.address(host)}:22"], capture_output=True, text=True)
+                    raise NetworkError(
+                        f"emulated cluster: the sshd of {host} exited with code {p.returncode}: {log[-400:]}"
+                    )
+                probe = subprocess.run(
+                    ["ip", "netns", "exec", self.namespace(host), "ss", "-Hltn", f"src {self.address(host)}:22"],
+                    capture_output=True,
+                    text=True,
+                )
                 if probe.stdout.strip():
                     waiting.remove(host)
             if waiting and time.monotonic() > deadline:
-                raise NetworkError(f"emulated cluster: the sshd of {', '.join(waiting)} did not listen within "
-                                   f"{START_SECONDS:g} s")
+                raise NetworkError(
+                    f"emulated cluster: the sshd of {', '.join(waiting)} did not listen within {START_SECONDS:g} s"
+                )
             if waiting:
                 time.sleep(0.05)
 

@@ -89,8 +89,7 @@ class Transport(ABC):
     phase: str = ""
 
     @abstractmethod
-    def exchange(self, sends: Sequence[np.ndarray | None],
-                 receive: Callable[[int, np.ndarray], None]) -> float:
+    def exchange(self, sends: Sequence[np.ndarray | None], receive: Callable[[int, np.ndarray], None]) -> float:
         """Send ``sends[j]`` (a C-contiguous array, or None) to every peer j != rank and
         call ``receive(j, buffer)`` for every peer that sent this worker something, while
         the buffer is valid (it may be the peer's own memory). Returns the seconds spent
@@ -192,6 +191,8 @@ class _Both:
 #: thread, back from a kernel that released the GIL, otherwise waits up to the default
 #: 5 ms for a progress thread in Python code between its transfers
 SWITCH_INTERVAL = 2e-4
+
+
 class _SwitchHolders:
     """Who holds the interpreter's switch interval short, and what it was before."""
 
@@ -231,7 +232,7 @@ class Comm:
         self.size = transport.size
         self.stats: dict[str, PhaseStats] = {}
         self._inflight: list[Handle] = []
-        self._queue: queue.SimpleQueue | None = None   # the progress thread's, once started
+        self._queue: queue.SimpleQueue | None = None  # the progress thread's, once started
         self._thread: threading.Thread | None = None
 
     @property
@@ -244,8 +245,19 @@ class Comm:
 
     # ---- accounting ------------------------------------------------------------------
 
-    def _record(self, phase: str, exposed: float, busy: float, wait: float, sent: int, recv: int,
-                messages: int, logical: int = 0, *, wire: tuple[int, int] = (0, 0)) -> None:
+    def _record(
+        self,
+        phase: str,
+        exposed: float,
+        busy: float,
+        wait: float,
+        sent: int,
+        recv: int,
+        messages: int,
+        logical: int = 0,
+        *,
+        wire: tuple[int, int] = (0, 0),
+    ) -> None:
         s = self.stats.setdefault(phase, PhaseStats())
         s.bytes_sent += int(sent)
         s.bytes_recv += int(recv)
@@ -276,8 +288,9 @@ class Comm:
         take_wire = getattr(self.transport, "take_wire", None)
         self._record(phase, dt, dt, *result, wire=take_wire() if take_wire is not None else (0, 0))
 
-    def _start(self, phase: str, body: Callable[[], tuple], now: bool = False,
-               after: Callable[[], None] | None = None) -> Handle | _Done:
+    def _start(
+        self, phase: str, body: Callable[[], tuple], now: bool = False, after: Callable[[], None] | None = None
+    ) -> Handle | _Done:
         if now:  # lockstep: the blocking collective, without a hop to the progress thread
             self._now(phase, body)
             return DONE
@@ -285,8 +298,9 @@ class Comm:
         if self._thread is None:
             _hold_switch_interval(True)
             self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._progress, args=(self._queue,), daemon=True,
-                                            name=f"parrbm-progress-{self.rank}")
+            self._thread = threading.Thread(
+                target=self._progress, args=(self._queue,), daemon=True, name=f"parrbm-progress-{self.rank}"
+            )
             self._thread.start()
         self._inflight.append(handle)
         assert self._queue is not None  # the progress thread's, started above if it was not
@@ -327,8 +341,9 @@ class Comm:
         """out[:, parts[j]] = block of worker j for every j. block: (m, |part k|) -> out (m, N)."""
         self._now(phase, self._allgather(block, out, parts))
 
-    def start_allgather(self, block: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str,
-                        now: bool = False) -> Handle | _Done:
+    def start_allgather(
+        self, block: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str, now: bool = False
+    ) -> Handle | _Done:
         return self._start(phase, self._allgather(block, out, parts), now)
 
     def _allgather(self, block, out, parts):
@@ -345,14 +360,14 @@ class Comm:
 
         return body
 
-    def allgather_bits(self, states: np.ndarray, out: np.ndarray, parts: Partition, *,
-                       phase: str) -> None:
+    def allgather_bits(self, states: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str) -> None:
         """Like :meth:`allgather` for 0/1 states, sent bit-packed: ceil(m n / 8) bytes a block
         (little-endian bit order, row-major, each message padded to a whole byte)."""
         self._now(phase, self._allgather_bits(states, out, parts))
 
-    def start_allgather_bits(self, states: np.ndarray, out: np.ndarray, parts: Partition, *,
-                             phase: str, now: bool = False) -> Handle | _Done:
+    def start_allgather_bits(
+        self, states: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str, now: bool = False
+    ) -> Handle | _Done:
         return self._start(phase, self._allgather_bits(states, out, parts), now)
 
     def _allgather_bits(self, states, out, parts):
@@ -377,15 +392,22 @@ class Comm:
 
         return body
 
-    def reduce_scatter(self, partial: np.ndarray, out: np.ndarray, parts: Partition, *,
-                       phase: str) -> None:
+    def reduce_scatter(self, partial: np.ndarray, out: np.ndarray, parts: Partition, *, phase: str) -> None:
         """out = sum over workers j (in rank order) of partial_j[:, parts[rank]].
         partial: (m, N), this worker's addend; out: (m, |part rank|). out must not alias
         partial."""
         self._now(phase, self._reduce_scatter(partial, out, parts))
 
-    def start_reduce_scatter(self, partial: np.ndarray, out: np.ndarray, parts: Partition, *,
-                             phase: str, now: bool = False, own_later: bool = False) -> Handle | _Done:
+    def start_reduce_scatter(
+        self,
+        partial: np.ndarray,
+        out: np.ndarray,
+        parts: Partition,
+        *,
+        phase: str,
+        now: bool = False,
+        own_later: bool = False,
+    ) -> Handle | _Done:
         """:meth:`reduce_scatter`, in flight. ``own_later``: the worker's own block of
         ``partial`` (``partial[:, parts[rank]]``) is not computed yet: the other blocks go
         now, and the own block is read, and added in rank order, by :meth:`Handle.wait`
@@ -422,8 +444,7 @@ class Comm:
                 state["next"] += 1
 
         def body():
-            sends = [None if j == self.rank else np.ascontiguousarray(parts.take(partial, j))
-                     for j in range(self.size)]
+            sends = [None if j == self.rank else np.ascontiguousarray(parts.take(partial, j)) for j in range(self.size)]
             # A fixed summation order (rank 0 first) gives the same bits on every transport.
             # Contributions are added as they arrive in that order; only one that arrives
             # early is copied aside.
@@ -451,8 +472,9 @@ class Comm:
         it is None)."""
         self._now(phase, self._alltoall(sends, outs))
 
-    def start_alltoall(self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *,
-                       phase: str, now: bool = False) -> Handle | _Done:
+    def start_alltoall(
+        self, sends: Sequence[np.ndarray], outs: Sequence[np.ndarray], *, phase: str, now: bool = False
+    ) -> Handle | _Done:
         return self._start(phase, self._alltoall(sends, outs), now)
 
     def _alltoall(self, sends, outs):
@@ -481,8 +503,9 @@ class Comm:
         self.reduce_scatter(flat, mine, chunks, phase=phase)
         self.allgather(mine, flat, chunks, phase=phase)
 
-    def start_allreduce(self, array: np.ndarray, *, phase: str, now: bool = False,
-                        parts: Partition | None = None) -> "_Both | _Done":
+    def start_allreduce(
+        self, array: np.ndarray, *, phase: str, now: bool = False, parts: Partition | None = None
+    ) -> "_Both | _Done":
         """:meth:`allreduce` in flight: its two collectives, one after the other on the
         progress thread; the returned handle completes both. ``parts``: which worker sums
         which elements (default: K near-equal contiguous chunks, so that every link carries
@@ -525,8 +548,7 @@ class Comm:
         is_root = self.rank == root
 
         def body():
-            sends = [np.ascontiguousarray(array) if (is_root and j != root) else None
-                     for j in range(self.size)]
+            sends = [np.ascontiguousarray(array) if (is_root and j != root) else None for j in range(self.size)]
 
             def receive(j, buf):
                 np.copyto(array, buf.view(array.dtype).reshape(array.shape))

@@ -28,7 +28,7 @@ def _list_of(item: dict) -> dict:
 
 
 _POS_INT = {"type": "integer", "minimum": 1}
-_SEED = {"type": "integer", "minimum": 0, "maximum": 2 ** 64 - 1}
+_SEED = {"type": "integer", "minimum": 0, "maximum": 2**64 - 1}
 SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -37,9 +37,12 @@ SCHEMA = {
         "name": {"type": "string"},
         "description": {"type": "string"},
         "model": {
-            "type": "object", "additionalProperties": False, "required": ["visible", "hidden"],
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["visible", "hidden"],
             "properties": {
-                "visible": _POS_INT, "hidden": _POS_INT,
+                "visible": _POS_INT,
+                "hidden": _POS_INT,
                 "visible_type": {"enum": ["binary", "gaussian"]},
                 "precision": {"enum": ["float32", "float64"]},
                 "statistics": {"enum": ["samples", "probabilities"]},
@@ -48,16 +51,22 @@ SCHEMA = {
             },
         },
         "data": {
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "kind": {"enum": ["random-binary", "random-gaussian", "digits", "npy"]},
-                "path": {"type": "string"}, "cases": _POS_INT, "seed": _SEED,
+                "path": {"type": "string"},
+                "cases": _POS_INT,
+                "seed": _SEED,
             },
         },
         "training": {
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
-                "batch_size": _POS_INT, "steps": _POS_INT, "cases": _POS_INT,
+                "batch_size": _POS_INT,
+                "steps": _POS_INT,
+                "cases": _POS_INT,
                 "warmup": {"type": "integer", "minimum": 0},
                 "learning_rate": {"type": "number", "exclusiveMinimum": 0},
                 "momentum": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
@@ -65,12 +74,14 @@ SCHEMA = {
                 "sync_every": OPTION["sync_every"].schema(),
                 "seed": _SEED,
                 "timeout": {"type": "number", "exclusiveMinimum": 0},
-                "blas_threads": _POS_INT, "repeats": _POS_INT,
+                "blas_threads": _POS_INT,
+                "repeats": _POS_INT,
                 "engine": {},  # gone: refused by name in _check_sections
             },
         },
         "tcp": {
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "listen": {"type": "string", "minLength": 1},
                 "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
@@ -80,7 +91,8 @@ SCHEMA = {
             },
         },
         "mpi": {
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
                 "hostfile": {"type": "string", "minLength": 1},
@@ -91,10 +103,14 @@ SCHEMA = {
             },
         },
         "network": {
-            "type": "object", "additionalProperties": False, "required": ["emulate"],
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["emulate"],
             "properties": {
                 "emulate": {
-                    "type": "object", "additionalProperties": False, "required": ["bandwidth"],
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["bandwidth"],
                     "properties": {
                         # a rate with its unit (105MB/s), or "unshaped"; a list is a grid axis
                         "bandwidth": _list_of({"type": "string", "minLength": 1}),
@@ -107,11 +123,14 @@ SCHEMA = {
             },
         },
         "options": {  # the strategy options' table (sync_every is a training setting here)
-            "type": "object", "additionalProperties": False,
+            "type": "object",
+            "additionalProperties": False,
             "properties": {o.name: o.schema() for o in OPTIONS if o.name != "sync_every"},
         },
         "grid": {
-            "type": "object", "additionalProperties": False, "required": ["strategy", "workers"],
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["strategy", "workers"],
             "properties": {
                 "strategy": _list_of({"type": "string", "minLength": 1}),
                 "workers": _list_of(_POS_INT),
@@ -130,20 +149,36 @@ SCHEMA = {
 DEFAULT_STEPS = 20
 
 DEFAULTS = {
-    "model": {"visible_type": "binary", "precision": "float32", "statistics": "samples", "cd_k": 1,
-              "gaussian_noise": False},
+    "model": {
+        "visible_type": "binary",
+        "precision": "float32",
+        "statistics": "samples",
+        "cd_k": 1,
+        "gaussian_noise": False,
+    },
     "data": {"kind": "random-binary", "seed": 0},
-    "training": {"batch_size": 100, "warmup": 1, "learning_rate": 0.1, "momentum": 0.0,
-                 "weight_decay": 0.0, "sync_every": 1, "seed": 0, "timeout": 60.0, "blas_threads": 1,
-                 "repeats": 1},
+    "training": {
+        "batch_size": 100,
+        "warmup": 1,
+        "learning_rate": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "sync_every": 1,
+        "seed": 0,
+        "timeout": 60.0,
+        "blas_threads": 1,
+        "repeats": 1,
+    },
     "options": {},
     "tcp": {},
 }
 
 
 #: a config's ``name`` is the stem of its results file: a plain name, never a path
-NAME_RULE = ("a plain file stem of letters, digits, '.', '_', '+' and '-', starting with a letter "
-             "or digit (no path separators, no '..', not empty or hidden), at most 100 characters")
+NAME_RULE = (
+    "a plain file stem of letters, digits, '.', '_', '+' and '-', starting with a letter "
+    "or digit (no path separators, no '..', not empty or hidden), at most 100 characters"
+)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -174,8 +209,10 @@ def _no_duplicates(loader, node, deep=False):
         except TypeError:  # an unhashable key: SafeLoader reports it
             break
         if first is not None:
-            raise _Refused(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
-                                f"line {first}); give each key once")
+            raise _Refused(
+                f"line {key_node.start_mark.line + 1}: key {key!r} is given twice (first on "
+                f"line {first}); give each key once"
+            )
         seen[key] = key_node.start_mark.line + 1
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -188,8 +225,10 @@ def _no_aliases(self, *a, **kw):
     # the config is walked. A config has no need of them.
     if self.check_event(yaml.events.AliasEvent):
         event = self.peek_event()
-        raise _Refused(f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not supported "
-                            f"in a config; write the values out")
+        raise _Refused(
+            f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not supported "
+            f"in a config; write the values out"
+        )
     return yaml.composer.Composer.compose_node(self, *a, **kw)
 
 
@@ -204,8 +243,9 @@ def read_yaml(path: Path):
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a YAML text file (not UTF-8: byte {exc.start} is "
-                          f"0x{raw_bytes[exc.start]:02x})") from None
+        raise ConfigError(
+            f"{path}: not a YAML text file (not UTF-8: byte {exc.start} is 0x{raw_bytes[exc.start]:02x})"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{path}: not a YAML text file (it holds NUL bytes)")
     try:
@@ -226,8 +266,9 @@ def _integers(value, schema: dict):
     if isinstance(value, dict) and "properties" in schema:
         return {k: _integers(v, schema["properties"].get(k, {})) for k, v in value.items()}
     if isinstance(value, list):
-        items = schema.get("items") or next((b.get("items") for b in schema.get("oneOf", ())
-                                            if b.get("type") == "array"), None)
+        items = schema.get("items") or next(
+            (b.get("items") for b in schema.get("oneOf", ()) if b.get("type") == "array"), None
+        )
         if items is not None:
             return [_integers(v, items) for v in value]
     return value
@@ -288,8 +329,9 @@ def load_config(path: str | Path) -> dict:
         cfg["name"] = path.stem
         why = check_name(cfg["name"])
         if why:
-            raise ConfigError(f"{path}: the file's name {path.stem!r} cannot name the results file: "
-                              f"give 'name:', {NAME_RULE}")
+            raise ConfigError(
+                f"{path}: the file's name {path.stem!r} cannot name the results file: give 'name:', {NAME_RULE}"
+            )
     _check_sections(path, cfg, given_data=raw.get("data") or {})
     cfg["source"] = str(path)
     return cfg
@@ -299,8 +341,10 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
     """The rules between fields that a schema cannot say."""
     training = cfg["training"]
     if "engine" in training:
-        raise ConfigError(f"{path}: training.engine: no longer an option: every strategy has one description, "
-                          f"its Python module over the core's kernels, and runs it on every transport; remove it")
+        raise ConfigError(
+            f"{path}: training.engine: no longer an option: every strategy has one description, "
+            f"its Python module over the core's kernels, and runs it on every transport; remove it"
+        )
     if "steps" in training and "cases" in training:
         raise ConfigError(f"{path}: training: give 'steps' or 'cases', not both")
     if "steps" not in training and "cases" not in training:
@@ -321,8 +365,10 @@ def _check_sections(path: Path, cfg: dict, *, given_data: dict) -> None:
             mpiexec()
             import mpi4py  # noqa: F401
         except (CommError, ImportError):
-            raise ConfigError(f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
-                              f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)") from None
+            raise ConfigError(
+                f"{path}: grid.transport: 'mpi' needs mpi4py and mpiexec on this machine: "
+                f"pip install 'parrbm[mpi]' (or leave mpi out of the grid)"
+            ) from None
     _check_tcp(path, cfg["tcp"], uses_tcp=any(p["transport"] == "tcp" for p in points))
     if "mpi" in cfg:
         _check_mpi(path, cfg, points)
@@ -335,9 +381,11 @@ def _check_data(path: Path, data: dict, given_data: dict) -> None:
     exists); cases and seed only for the random kinds."""
     given_kind = "kind" in given_data
     if "path" in data and data["kind"] != "npy":
-        raise ConfigError(f"{path}: data.path: is read only with kind 'npy' (data.kind is "
-                          f"{data['kind']!r}{'' if given_kind else ' by default'}); "
-                          f"add 'kind: npy' or remove the path")
+        raise ConfigError(
+            f"{path}: data.path: is read only with kind 'npy' (data.kind is "
+            f"{data['kind']!r}{'' if given_kind else ' by default'}); "
+            f"add 'kind: npy' or remove the path"
+        )
     if data["kind"] == "npy":
         if "path" not in data:
             raise ConfigError(f"{path}: data.path: required for kind 'npy'")
@@ -350,8 +398,7 @@ def _check_data(path: Path, data: dict, given_data: dict) -> None:
     for key in ("cases", "seed"):
         if data["kind"] in ("npy", "digits") and key in given_data:
             own = "the rows of the .npy file are" if data["kind"] == "npy" else "the digits data set has"
-            raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases "
-                              f"(remove '{key}')")
+            raise ConfigError(f"{path}: data.{key}: is for the random data kinds; {own} the cases (remove '{key}')")
 
 
 def _resolve_strategies(path: Path, grid: dict) -> None:
@@ -374,9 +421,11 @@ def _resolve_strategies(path: Path, grid: dict) -> None:
             raise ConfigError(f"{path}: grid.strategy{at}: {exc}") from None
         other = by_name.setdefault(strategy.name, (at, named[-1]))
         if other[1] != named[-1]:
-            raise ConfigError(f"{path}: grid.strategy{at}: {named[-1]!r} is named {strategy.name!r}, as is "
-                              f"grid.strategy{other[0]} ({other[1]!r}); the strategies of a grid have names "
-                              f"of their own")
+            raise ConfigError(
+                f"{path}: grid.strategy{at}: {named[-1]!r} is named {strategy.name!r}, as is "
+                f"grid.strategy{other[0]} ({other[1]!r}); the strategies of a grid have names "
+                f"of their own"
+            )
     grid["strategy"] = named if isinstance(grid["strategy"], list) else named[0]
 
 
@@ -386,11 +435,15 @@ def _check_sizes(path: Path, cfg: dict, points: list[dict]) -> None:
     batches = sorted({p["batch_size"] for p in points})
     where_m = "grid.batch_size" if "batch_size" in grid else "training.batch_size"
     if "cases" in data and data["cases"] < batches[-1]:
-        raise ConfigError(f"{path}: data.cases: {data['cases']} cases are fewer than one minibatch "
-                          f"({where_m} {batches[-1]}); give at least {batches[-1]} cases")
+        raise ConfigError(
+            f"{path}: data.cases: {data['cases']} cases are fewer than one minibatch "
+            f"({where_m} {batches[-1]}); give at least {batches[-1]} cases"
+        )
     if "cases" in training and training["cases"] < batches[-1]:
-        raise ConfigError(f"{path}: training.cases: {training['cases']} cases are fewer than one minibatch "
-                          f"({where_m} {batches[-1]}); give at least {batches[-1]}, or 'steps'")
+        raise ConfigError(
+            f"{path}: training.cases: {training['cases']} cases are fewer than one minibatch "
+            f"({where_m} {batches[-1]}); give at least {batches[-1]}, or 'steps'"
+        )
     if data["kind"] == "digits" and batches[-1] > 1797:
         raise ConfigError(f"{path}: {where_m}: {batches[-1]} is larger than the 1797 cases of the digits data set")
     if data["kind"] == "digits" and model["visible"] != 64:
@@ -405,11 +458,17 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
 
     model, training = cfg["model"], cfg["training"]
     for p in points:
-        why = split_refusal(p["strategy"], n_visible=model["visible"], n_hidden=model["hidden"],
-                            batch_size=p["batch_size"], workers=p["workers"])
+        why = split_refusal(
+            p["strategy"],
+            n_visible=model["visible"],
+            n_hidden=model["hidden"],
+            batch_size=p["batch_size"],
+            workers=p["workers"],
+        )
         if why:
-            raise ConfigError(f"{path}: grid.workers: {p['strategy']} at K = {p['workers']}, minibatch "
-                              f"{p['batch_size']}: {why}")
+            raise ConfigError(
+                f"{path}: grid.workers: {p['strategy']} at K = {p['workers']}, minibatch {p['batch_size']}: {why}"
+            )
     for p in points:
         if p["strategy"] == "serial":
             continue
@@ -422,16 +481,22 @@ def _check_points(path: Path, cfg: dict, points: list[dict]) -> None:
     strategies = list(dict.fromkeys(p["strategy"] for p in points if not p.get("baseline")))
     unused = unused_options(StrategyOptions(sync_every=training["sync_every"], **cfg["options"]), strategies)
     if unused:
-        field = "training.sync_every" if unused[0].startswith("'sync_every'") else f"options.{unused[0].split(chr(39))[1]}"
-        raise ConfigError(f"{path}: {field}: the option {unused[0]} is read by no strategy of this grid "
-                          f"({', '.join(strategies)}); remove it, or add a strategy that reads it")
+        field = (
+            "training.sync_every" if unused[0].startswith("'sync_every'") else f"options.{unused[0].split(chr(39))[1]}"
+        )
+        raise ConfigError(
+            f"{path}: {field}: the option {unused[0]} is read by no strategy of this grid "
+            f"({', '.join(strategies)}); remove it, or add a strategy that reads it"
+        )
     for axis in ("overlap_chunks", "overlap"):
         if axis in cfg["grid"] and not any(overlaps(s) for s in strategies):
             from parrbm.strategies.registry import names
 
-            raise ConfigError(f"{path}: grid.{axis}: no strategy of this grid ({', '.join(strategies)}) "
-                              f"overlaps its exchanges; those that do: "
-                              f"{', '.join(s for s in names() if s != 'serial' and overlaps(s))}")
+            raise ConfigError(
+                f"{path}: grid.{axis}: no strategy of this grid ({', '.join(strategies)}) "
+                f"overlaps its exchanges; those that do: "
+                f"{', '.join(s for s in names() if s != 'serial' and overlaps(s))}"
+            )
 
 
 #: a run this long is refused before anything runs, priced at FAST_MACHINE_FLOPS
@@ -456,24 +521,30 @@ def _check_memory(path: Path, cfg: dict, points: list[dict]) -> None:
         # every step's GEMMs, on a machine far faster than this one: a run this long is a typo
         flops = (tr["warmup"] + steps) * tr["repeats"] * 2.0 * m * V * H * (2 * cfg["model"]["cd_k"] + 1)
         if flops / FAST_MACHINE_FLOPS > MAX_RUN_SECONDS:
-            raise ConfigError(f"{path}: {where}: {tr['warmup']} warm-up + {steps} timed steps x "
-                              f"{tr['repeats']} repeats of CD-{cfg['model']['cd_k']} on {V} x {H}, minibatch {m}, "
-                              f"is {flops:.3g} floating-point operations: more than {MAX_RUN_SECONDS // 86400} days "
-                              f"at {FAST_MACHINE_FLOPS:.0e} flop/s; give fewer steps (or cases, warmup, "
-                              f"repeats, model.cd_k)")
+            raise ConfigError(
+                f"{path}: {where}: {tr['warmup']} warm-up + {steps} timed steps x "
+                f"{tr['repeats']} repeats of CD-{cfg['model']['cd_k']} on {V} x {H}, minibatch {m}, "
+                f"is {flops:.3g} floating-point operations: more than {MAX_RUN_SECONDS // 86400} days "
+                f"at {FAST_MACHINE_FLOPS:.0e} flop/s; give fewer steps (or cases, warmup, "
+                f"repeats, model.cd_k)"
+            )
         cases = data.get("cases", (tr["warmup"] + steps) * m) if data["kind"] != "npy" else 0
         # W and its increment or second copy, per worker (at most two full copies in all),
         # the data set in float64 while it is made, the minibatch buffers, and the order
         # of the cases (8 bytes each)
-        parts = {"model.visible x model.hidden": 3 * V * H * pb + 4 * m * (V + H) * pb,
-                 "data.cases" if "cases" in data else where: cases * V * 8}
+        parts = {
+            "model.visible x model.hidden": 3 * V * H * pb + 4 * m * (V + H) * pb,
+            "data.cases" if "cases" in data else where: cases * V * 8,
+        }
         parts[where] = parts.get(where, 0) + (tr["warmup"] + steps) * m * 8
         need = sum(parts.values())
         if need > total:
             field = max(parts, key=lambda k: parts[k])
-            raise ConfigError(f"{path}: {field}: model.visible x model.hidden ({V} x {H}) with {cases:g} cases of "
-                              f"data and {tr['warmup'] + steps:g} minibatch steps of {m} needs about "
-                              f"{need / 2**30:.3g} GiB, more than this machine's {total / 2**30:.1f} GiB")
+            raise ConfigError(
+                f"{path}: {field}: model.visible x model.hidden ({V} x {H}) with {cases:g} cases of "
+                f"data and {tr['warmup'] + steps:g} minibatch steps of {m} needs about "
+                f"{need / 2**30:.3g} GiB, more than this machine's {total / 2**30:.1f} GiB"
+            )
 
 
 def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
@@ -482,15 +553,19 @@ def _check_tcp(path: Path, tcp: dict, *, uses_tcp: bool) -> None:
     if "python" in tcp and not tcp.get("hosts"):
         found = shutil.which(tcp["python"])
         if not found:
-            raise ConfigError(f"{path}: tcp.python: {tcp['python']!r} is not an executable on this machine "
-                              f"(the tcp workers run it here: give a Python with parrbm installed)")
+            raise ConfigError(
+                f"{path}: tcp.python: {tcp['python']!r} is not an executable on this machine "
+                f"(the tcp workers run it here: give a Python with parrbm installed)"
+            )
     if tcp.get("hosts"):
         launcher = tcp.get("launcher", ["ssh"])[0]
         if not shutil.which(launcher):
             raise ConfigError(f"{path}: tcp.launcher: {launcher!r} is not an executable on this machine")
     if "job_root" in tcp:
-        raise ConfigError(f"{path}: tcp.job_root: no longer needed: tcp workers on other hosts get their job, "
-                          f"data and commands over their ssh session, and no folder is shared; remove it")
+        raise ConfigError(
+            f"{path}: tcp.job_root: no longer needed: tcp workers on other hosts get their job, "
+            f"data and commands over their ssh session, and no folder is shared; remove it"
+        )
 
 
 def _check_mpi(path: Path, cfg: dict, points: list[dict]) -> None:
@@ -499,8 +574,9 @@ def _check_mpi(path: Path, cfg: dict, points: list[dict]) -> None:
 
     section = cfg["mpi"]
     if not any(p["transport"] == "mpi" for p in points):
-        raise ConfigError(f"{path}: mpi: says where the mpi workers run, but the grid runs none (give "
-                          f"grid.transport mpi)")
+        raise ConfigError(
+            f"{path}: mpi: says where the mpi workers run, but the grid runs none (give grid.transport mpi)"
+        )
     if "hostfile" in section:  # beside the config, as data.path
         hostfile = Path(section["hostfile"])
         section["hostfile"] = str(hostfile if hostfile.is_absolute() else (path.parent / hostfile).resolve())
@@ -511,11 +587,15 @@ def _check_mpi(path: Path, cfg: dict, points: list[dict]) -> None:
     if section.get("mpiexec") and not shutil.which(section["mpiexec"][0]):
         raise ConfigError(f"{path}: mpi.mpiexec: {section['mpiexec'][0]!r} is not an executable on this machine")
     if "network" in cfg:
-        raise ConfigError(f"{path}: mpi: the mpi workers run on the hosts it names; network.emulate puts them "
-                          f"on emulated hosts of this machine: give one of the two")
+        raise ConfigError(
+            f"{path}: mpi: the mpi workers run on the hosts it names; network.emulate puts them "
+            f"on emulated hosts of this machine: give one of the two"
+        )
     if job_world() is not None:
-        raise ConfigError(f"{path}: mpi: this comparison runs on the ranks your MPI launcher started, where it "
-                          f"put them; leave out the mpi section (or start parrbm run without mpiexec)")
+        raise ConfigError(
+            f"{path}: mpi: this comparison runs on the ranks your MPI launcher started, where it "
+            f"put them; leave out the mpi section (or start parrbm run without mpiexec)"
+        )
 
 
 def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
@@ -549,11 +629,15 @@ def _check_network(path: Path, cfg: dict, points: list[dict]) -> None:
             raise ConfigError(f"{path}: network.emulate.latency: {emulate['latency']!r}: {why}")
     _check_dilation(path, cfg, points)
     if not any(p["bandwidth"] is not None for p in points):
-        raise ConfigError(f"{path}: network.emulate: puts tcp and mpi workers on emulated hosts, but the grid "
-                          f"runs none (give grid.transport tcp or mpi, and workers >= 2)")
+        raise ConfigError(
+            f"{path}: network.emulate: puts tcp and mpi workers on emulated hosts, but the grid "
+            f"runs none (give grid.transport tcp or mpi, and workers >= 2)"
+        )
     if cfg["tcp"].get("hosts"):
-        raise ConfigError(f"{path}: network.emulate: the workers run on emulated hosts of this machine; "
-                          f"tcp.hosts says they run elsewhere: give one of the two")
+        raise ConfigError(
+            f"{path}: network.emulate: the workers run on emulated hosts of this machine; "
+            f"tcp.hosts says they run elsewhere: give one of the two"
+        )
     why = missing()
     if why:
         raise ConfigError(f"{path}: network.emulate: {why}")
@@ -572,9 +656,11 @@ def _check_dilation_values(path: Path, cfg: dict) -> None:
     for i, d in enumerate(listed):
         at = f"[{i}]" if isinstance(emulate["dilation"], list) else ""
         if d is True or (isinstance(d, str) and d not in (OFF, AUTO)):
-            raise ConfigError(f"{path}: network.emulate.dilation{at}: {d!r}: give {OFF!r}, {AUTO!r} or a factor "
-                              f"F >= 1 (each emulated host then gets 1/F of its cores, its link 1/F of the "
-                              f"bandwidth, and every time is divided by F)")
+            raise ConfigError(
+                f"{path}: network.emulate.dilation{at}: {d!r}: give {OFF!r}, {AUTO!r} or a factor "
+                f"F >= 1 (each emulated host then gets 1/F of its cores, its link 1/F of the "
+                f"bandwidth, and every time is divided by F)"
+            )
         why = None if isinstance(d, (str, bool)) else dilation_refusal(d)
         if why:
             raise ConfigError(f"{path}: network.emulate.dilation{at}: {why}")
@@ -587,14 +673,17 @@ def _check_dilation(path: Path, cfg: dict, points: list[dict]) -> None:
     can cap a host's CPU."""
     from parrbm.harness.grid import DILATABLE
     from parrbm.harness.network import dilation_missing
-    undilatable = sorted({p["transport"] for p in points if p.get("dilation", 1.0) != 1.0
-                          and p["transport"] not in DILATABLE})
+
+    undilatable = sorted(
+        {p["transport"] for p in points if p.get("dilation", 1.0) != 1.0 and p["transport"] not in DILATABLE}
+    )
     if undilatable:
         raise ConfigError(
             f"{path}: network.emulate.dilation: transport {undilatable[0]!r} cannot be dilated: MPICH's "
             f"collectives poll for progress while they wait (a rank waiting in a barrier uses a whole core), "
             f"which would burn its host's capped CPU and slow the step it waits for; dilate tcp only "
-            f"('auto' leaves mpi undilated), or give mpi a config of its own")
+            f"('auto' leaves mpi undilated), or give mpi a config of its own"
+        )
     if any(p.get("dilation", 1.0) != 1.0 for p in points):
         why = dilation_missing()
         if why:

@@ -34,8 +34,7 @@ import numpy as np
 
 from parrbm.harness.comparison_config import ConfigError, check_name
 from parrbm.harness.grid import ALL_CORES, display_name, environment, grid_points, is_all_cores_baseline
-from parrbm.harness.job import (JOB_TRANSPORTS, job_comm, job_kind, job_world, on_the_job, release_servers,
-                                watch_point)
+from parrbm.harness.job import JOB_TRANSPORTS, job_comm, job_kind, job_world, on_the_job, release_servers, watch_point
 from parrbm.harness.measure import check_data_of, measure_point, point_record
 from parrbm.harness.results import ResultsError
 
@@ -93,8 +92,9 @@ def _measure(cfg: dict, pt: dict) -> dict:
         watch_point(cfg, pt)
     # the run's workers are ours (this process, or processes it starts and reaps) unless a
     # launcher started them or they run on hosts of a config's tcp or mpi section
-    remote = (pt["transport"] == "tcp" and (cfg.get("tcp") or {}).get("hosts")) or \
-             (pt["transport"] == "mpi" and cfg.get("mpi"))
+    remote = (pt["transport"] == "tcp" and (cfg.get("tcp") or {}).get("hosts")) or (
+        pt["transport"] == "mpi" and cfg.get("mpi")
+    )
     probe = LoadProbe(ours=not launched and not remote)
     run = measure_point(cfg, pt)
     run["load"] = probe.finish()
@@ -115,8 +115,10 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
     rf = scan(path)
     notes = []
     if rf.torn is not None:
-        notes.append(f"{path}: line {rf.torn_line} is incomplete (an interrupted write) and was left out; "
-                     f"'parrbm run --resume' sets it aside and continues")
+        notes.append(
+            f"{path}: line {rf.torn_line} is incomplete (an interrupted write) and was left out; "
+            f"'parrbm run --resume' sets it aside and continues"
+        )
     # a record that is not one 'parrbm run' writes is listed apart, with a note; one of
     # another experiment (pasted from another file) makes the file a mix: refused
     fitting = []
@@ -128,17 +130,20 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
             continue
         if r.get("config") != name or r.get("identity") != identity:
             diff = identity_diff(identity, r.get("identity")) if r.get("identity") != identity else []
-            raise ResultsError(f"{path}: record {i} ({str(r.get('run_id'))[:80]}) is of another experiment than "
-                               f"the file's first record ("
-                               + (f"experiment {r.get('config')!r}, not {name!r}" if r.get("config") != name
-                                  else "; ".join(diff[:4])) + "): the file mixes experiments")
+            raise ResultsError(
+                f"{path}: record {i} ({str(r.get('run_id'))[:80]}) is of another experiment than "
+                f"the file's first record ("
+                + (f"experiment {r.get('config')!r}, not {name!r}" if r.get("config") != name else "; ".join(diff[:4]))
+                + "): the file mixes experiments"
+            )
         fitting.append(r)
     records, more = one_per_run(fitting, path)
     return records, notes + more
 
 
-def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
-               progress=print, calibrate=None) -> Path:
+def run_config(
+    cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: bool = False, progress=print, calibrate=None
+) -> Path:
     """Run every grid point of a validated config; returns the results file. With
     ``calibrate`` (``calibrate(cfg, where, resume=, progress=, lock=)``, such as
     :func:`parrbm.analysis.calibrate.calibrate_for_config`), first measure this machine for
@@ -156,18 +161,26 @@ def run_config(cfg: dict, out_dir: Path, *, resume: bool = False, overwrite: boo
         points = grid_points(cfg)
         big = max((p["workers"] for p in points if p["transport"] in JOB_TRANSPORTS), default=0)
         if big > world[1]:
-            raise ConfigError(f"grid.workers: {big} workers on the job's ranks, but its launcher started {world[1]} "
-                              f"ranks: start at least {big} (mpiexec -n {big}, srun -n {big}), or give fewer workers")
+            raise ConfigError(
+                f"grid.workers: {big} workers on the job's ranks, but its launcher started {world[1]} "
+                f"ranks: start at least {big} (mpiexec -n {big}, srun -n {big}), or give fewer workers"
+            )
         if job_kind() != "mpi" and any(p["transport"] == "mpi" for p in points):
-            raise ConfigError(f"grid.transport: 'mpi', but this job's ranks were started without MPI "
-                              f"({job_comm().launcher}): run the tcp and threads points only, or start the "
-                              f"ranks with mpiexec or srun --mpi=pmi2")
+            raise ConfigError(
+                f"grid.transport: 'mpi', but this job's ranks were started without MPI "
+                f"({job_comm().launcher}): run the tcp and threads points only, or start the "
+                f"ranks with mpiexec or srun --mpi=pmi2"
+            )
         if (cfg.get("tcp") or {}).get("hosts"):
-            raise ConfigError("tcp.hosts: the tcp points run on the MPI job's ranks, where its launcher put them; "
-                              "leave out tcp.hosts (or start the comparison without mpiexec)")
+            raise ConfigError(
+                "tcp.hosts: the tcp points run on the MPI job's ranks, where its launcher put them; "
+                "leave out tcp.hosts (or start the comparison without mpiexec)"
+            )
         if "network" in cfg:
-            raise ConfigError("network.emulate: the runs go on the MPI job's ranks, where its launcher put them; "
-                              "emulated hosts do not apply (start the comparison without mpiexec to emulate them)")
+            raise ConfigError(
+                "network.emulate: the runs go on the MPI job's ranks, where its launcher put them; "
+                "emulated hosts do not apply (start the comparison without mpiexec to emulate them)"
+            )
     except BaseException:
         release_servers()
         raise
@@ -204,8 +217,7 @@ def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, prog
     except ResultsError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        done = _results_to_continue(results, where, identity, resume=resume, overwrite=overwrite,
-                                    progress=progress)
+        done = _results_to_continue(results, where, identity, resume=resume, overwrite=overwrite, progress=progress)
         if calibrate is not None:
             calibrate(cfg, where, resume=resume, progress=progress, lock=lock)
         _run_points(cfg, results, identity, done, progress, lock)
@@ -216,8 +228,9 @@ def _run_config(cfg: dict, out_dir: Path, *, resume: bool, overwrite: bool, prog
     return results
 
 
-def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: bool, overwrite: bool,
-                         progress) -> dict[str, dict]:
+def _results_to_continue(
+    results: Path, where: Path, identity: dict, *, resume: bool, overwrite: bool, progress
+) -> dict[str, dict]:
     """The finished records of ``results`` by run_id, for ``resume``; with ``overwrite``
     the old file (and its profile) set aside; otherwise an existing file refused."""
     from parrbm.harness.results import scan, set_aside, set_aside_torn
@@ -238,9 +251,11 @@ def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: 
         except ResultsError:
             n = None
         held = f"holds {n} record(s)" if n is not None else "exists (and is not a clean results file)"
-        raise ConfigError(f"{results} already {held}: give --resume to continue it (same config), "
-                          f"--overwrite to start again (the old file is kept beside it, renamed), "
-                          f"or another --out or name")
+        raise ConfigError(
+            f"{results} already {held}: give --resume to continue it (same config), "
+            f"--overwrite to start again (the old file is kept beside it, renamed), "
+            f"or another --out or name"
+        )
     try:
         rf = scan(results)
     except ResultsError as exc:
@@ -250,14 +265,18 @@ def _results_to_continue(results: Path, where: Path, identity: dict, *, resume: 
     for i, r in enumerate(rf.records, 1):
         why = record_problem(r)
         if why is not None:
-            raise ConfigError(f"{results}: record {i} is not a record of 'parrbm run' ({why}); --resume "
-                              f"would continue a file that holds what no run wrote. Use --overwrite (the old "
-                              f"file is kept beside it) or another --out or name")
+            raise ConfigError(
+                f"{results}: record {i} is not a record of 'parrbm run' ({why}); --resume "
+                f"would continue a file that holds what no run wrote. Use --overwrite (the old "
+                f"file is kept beside it) or another --out or name"
+            )
         _check_same_experiment(r, results, identity)
     if rf.torn is not None:
         side = set_aside_torn(rf)
-        progress(f"note: {results} line {rf.torn_line} was incomplete (an interrupted write); "
-                 f"it was moved to {side} and the {len(rf.records)} good record(s) kept")
+        progress(
+            f"note: {results} line {rf.torn_line} was incomplete (an interrupted write); "
+            f"it was moved to {side} and the {len(rf.records)} good record(s) kept"
+        )
     return {r["run_id"]: r for r in rf.records if r.get("status") == "ok" and "run_id" in r}
 
 
@@ -277,21 +296,26 @@ def _check_same_experiment(record: dict, results: Path, identity: dict) -> None:
         now = None
     then = record.get("strategy_sha256")
     if then == UNKNOWN_SOURCE:
-        raise ConfigError(f"{results}: the code of strategy {record['strategy']!r} in run {record.get('run_id')} "
-                          f"could not be identified when it was recorded; --resume cannot tell whether it "
-                          f"changed. Use --overwrite (the old file is kept beside it) or another --out or name")
+        raise ConfigError(
+            f"{results}: the code of strategy {record['strategy']!r} in run {record.get('run_id')} "
+            f"could not be identified when it was recorded; --resume cannot tell whether it "
+            f"changed. Use --overwrite (the old file is kept beside it) or another --out or name"
+        )
     if then and now and then != now:
-        raise ConfigError(f"{results}: the code of strategy {record['strategy']!r} changed since run "
-                          f"{record.get('run_id')} was recorded (sha256 {then[:12]}... then, {now[:12]}... "
-                          f"now); --resume would mix two versions. Use --overwrite (the old file is kept "
-                          f"beside it) or another --out or name")
+        raise ConfigError(
+            f"{results}: the code of strategy {record['strategy']!r} changed since run "
+            f"{record.get('run_id')} was recorded (sha256 {then[:12]}... then, {now[:12]}... "
+            f"now); --resume would mix two versions. Use --overwrite (the old file is kept "
+            f"beside it) or another --out or name"
+        )
     diff = identity_diff(record.get("identity"), identity)
     if diff:
         raise ConfigError(
             f"{results} was written under another configuration; --resume would mix two "
             f"experiments. Differing fields: {'; '.join(diff[:8])}"
             + (f" (and {len(diff) - 8} more)" if len(diff) > 8 else "")
-            + ". Use --overwrite (the old file is kept beside it) or another --out or name")
+            + ". Use --overwrite (the old file is kept beside it) or another --out or name"
+        )
 
 
 def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, lock=None) -> None:
@@ -303,8 +327,10 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
     for r in done.values():
         _note_baseline(baselines, r)
     if any(p["workers"] > env["cores"] and p.get("dilation", 1.0) == 1.0 for p in points):
-        progress(f"note: some runs use more workers than the {env['cores']} cores here: their measured "
-                 f"speedup is not meaningful (speedup_meaningful=false); the cost model still holds")
+        progress(
+            f"note: some runs use more workers than the {env['cores']} cores here: their measured "
+            f"speedup is not meaningful (speedup_meaningful=false); the cost model still holds"
+        )
     repeats = cfg["training"]["repeats"]
     runs: dict[str, list[dict]] = {}
     started: dict[str, tuple[str, float]] = {}
@@ -322,10 +348,18 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
                     rec = point_record(cfg, pt, runs.pop(rid), baselines)
                 except Exception:  # noqa: BLE001 - what cannot be made into a record is not kept
                     continue
-                rec.update(status="ok", error=None, repeats_planned=repeats,
-                           strategy_name=display_name(pt["strategy"]), run_id=rid, config=cfg["name"],
-                           identity=identity, environment=env, started=started[rid][0],
-                           finished=datetime.now(timezone.utc).isoformat())
+                rec.update(
+                    status="ok",
+                    error=None,
+                    repeats_planned=repeats,
+                    strategy_name=display_name(pt["strategy"]),
+                    run_id=rid,
+                    config=cfg["name"],
+                    identity=identity,
+                    environment=env,
+                    started=started[rid][0],
+                    finished=datetime.now(timezone.utc).isoformat(),
+                )
                 append_record(results, rec, lock)
                 kept += 1
         if kept:
@@ -345,12 +379,14 @@ def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env
     # one repeat of several points, not on every repeat of one point.
     for rep in range(repeats):
         for i, pt in enumerate(points, 1):
-            label = f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} " \
-                    f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}" \
-                    + (f" at {pt['bandwidth']}" if pt.get("bandwidth") else "") \
-                    + (f" dilated x{pt['dilation']:g}" if pt.get("dilation", 1.0) != 1.0 else "") \
-                    + (f" on {pt['blas_threads']} BLAS threads" if pt.get("baseline") == ALL_CORES else "") \
-                    + (f" (repeat {rep + 1}/{repeats})" if repeats > 1 else "")
+            label = (
+                f"[{i}/{len(points)}] {pt['strategy']} K={pt['workers']} {pt['transport'] or ''} "
+                f"m={pt['batch_size']} {pt['precision']} {pt['visible_type']}"
+                + (f" at {pt['bandwidth']}" if pt.get("bandwidth") else "")
+                + (f" dilated x{pt['dilation']:g}" if pt.get("dilation", 1.0) != 1.0 else "")
+                + (f" on {pt['blas_threads']} BLAS threads" if pt.get("baseline") == ALL_CORES else "")
+                + (f" (repeat {rep + 1}/{repeats})" if repeats > 1 else "")
+            )
             rid = pt["run_id"]
             if rid in done or rid in failed:
                 if rep == 0 and rid in done:
@@ -365,8 +401,10 @@ def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env
                     if advance is not None:
                         advance(1)
                 if rep + 1 < repeats:
-                    progress(f"{label}: {np.median(runs[rid][-1]['step_times']) * 1e3:.1f} ms/step "
-                             f"({time.perf_counter() - t0:.1f} s)")
+                    progress(
+                        f"{label}: {np.median(runs[rid][-1]['step_times']) * 1e3:.1f} ms/step "
+                        f"({time.perf_counter() - t0:.1f} s)"
+                    )
                     continue
                 rec = point_record(cfg, pt, runs.pop(rid), baselines)
                 rec.update(status="ok", error=None, repeats_planned=repeats)
@@ -375,8 +413,15 @@ def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env
             except ConfigError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the grid goes on; the record says why
-                rec = {"strategy": pt["strategy"], "workers": pt["workers"], "transport": pt["transport"],
-                       "batch_size": pt["batch_size"], "status": "error", "error": str(exc), "metrics": None}
+                rec = {
+                    "strategy": pt["strategy"],
+                    "workers": pt["workers"],
+                    "transport": pt["transport"],
+                    "batch_size": pt["batch_size"],
+                    "status": "error",
+                    "error": str(exc),
+                    "metrics": None,
+                }
                 msg = f"FAILED: {exc}"
                 failed.add(rid)
                 runs.pop(rid, None)
@@ -384,8 +429,14 @@ def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env
                     advance(repeats - rep - 1)  # its later repeats will not run
             # the plug-in's own name: a reader shows it without importing the plug-in
             rec.update(strategy_name=display_name(pt["strategy"]))
-            rec.update(run_id=rid, config=cfg["name"], identity=identity, environment=env,
-                       started=started[rid][0], finished=datetime.now(timezone.utc).isoformat())
+            rec.update(
+                run_id=rid,
+                config=cfg["name"],
+                identity=identity,
+                environment=env,
+                started=started[rid][0],
+                finished=datetime.now(timezone.utc).isoformat(),
+            )
             try:
                 digest = source_digest(pt["strategy"])
             except StrategyError:

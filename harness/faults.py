@@ -12,9 +12,10 @@ import os
 import signal
 import time
 
-
-FAULT_FORMS = ("kill:R:S, hang:R:S, stop:R:S or stop-in:R:S (worker R at step S, integers >= 0), "
-               "or slow:R:MS (worker R sleeps MS >= 0 milliseconds before every step)")
+FAULT_FORMS = (
+    "kill:R:S, hang:R:S, stop:R:S or stop-in:R:S (worker R at step S, integers >= 0), "
+    "or slow:R:MS (worker R sleeps MS >= 0 milliseconds before every step)"
+)
 
 
 def fault_spec() -> tuple[str, int, float] | None:
@@ -100,7 +101,7 @@ def _stop_inside_next_collective(transport) -> None:
 
         def entered(*a, _inner=inner):
             if hasattr(transport, "_heartbeat"):
-                transport._heartbeat()      # the launcher sees it inside the collective
+                transport._heartbeat()  # the launcher sees it inside the collective
                 transport._heartbeat = lambda: None
             os.kill(os.getpid(), signal.SIGSTOP)
             return _inner(*a)

@@ -14,7 +14,6 @@ was wrong; a reader never waits for more bytes than a valid header announces.
 from __future__ import annotations
 
 import socket
-
 import struct
 
 MAGIC = b"PRBM"

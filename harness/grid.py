@@ -29,62 +29,99 @@ def grid_points(cfg: dict) -> list[dict]:
     moves nothing)."""
     g = {k: (v if isinstance(v, list) else [v]) for k, v in cfg["grid"].items()}
     emulate = (cfg.get("network") or {}).get("emulate")
-    bandwidths = (emulate["bandwidth"] if isinstance(emulate["bandwidth"], list) else [emulate["bandwidth"]]) \
-        if emulate else [None]
+    bandwidths = (
+        (emulate["bandwidth"] if isinstance(emulate["bandwidth"], list) else [emulate["bandwidth"]])
+        if emulate
+        else [None]
+    )
     batch = g.get("batch_size", [cfg["training"]["batch_size"]])
     prec = g.get("precision", [cfg["model"]["precision"]])
     vis = g.get("visible_type", [cfg["model"]["visible_type"]])
     transports = g.get("transport", ["threads"])
     chunk_counts = g.get("overlap_chunks", [cfg.get("options", {}).get("overlap_chunks", 1)])
     overlap_modes = g.get("overlap", [bool(cfg.get("options", {}).get("overlap", False))])
-    dilations = (emulate.get("dilation", OFF) if isinstance(emulate.get("dilation", OFF), list)
-                 else [emulate.get("dilation", OFF)]) if emulate else [OFF]
+    dilations = (
+        (
+            emulate.get("dilation", OFF)
+            if isinstance(emulate.get("dilation", OFF), list)
+            else [emulate.get("dilation", OFF)]
+        )
+        if emulate
+        else [OFF]
+    )
     per_host = cfg["training"]["blas_threads"]
     points = []
     for m, p, v in itertools.product(batch, prec, vis):
         base = {"batch_size": m, "precision": p, "visible_type": v}
         points.append({**base, "strategy": "serial", "workers": 1, "transport": None})
         for threads in all_cores_threads(cfg):
-            points.append({**base, "strategy": "serial", "workers": 1, "transport": None,
-                           "baseline": ALL_CORES, "blas_threads": threads})
+            points.append(
+                {
+                    **base,
+                    "strategy": "serial",
+                    "workers": 1,
+                    "transport": None,
+                    "baseline": ALL_CORES,
+                    "blas_threads": threads,
+                }
+            )
         for s in g["strategy"]:
             if is_serial(s):
                 continue
             for K in g["workers"]:
-                for t in (["threads"] if K == 1 else transports):
+                for t in ["threads"] if K == 1 else transports:
                     # on emulated hosts (tcp, mpi), one run per link bandwidth and dilation
-                    for bw in (bandwidths if t in NETWORK_TRANSPORTS else [None]):
-                        for F in (dilation_factors(dilations, K, per_host, t) if t in NETWORK_TRANSPORTS
-                                  else [1.0]):
+                    for bw in bandwidths if t in NETWORK_TRANSPORTS else [None]:
+                        for F in dilation_factors(dilations, K, per_host, t) if t in NETWORK_TRANSPORTS else [1.0]:
                             # chunk counts for a strategy that overlaps, at K > 1 (one worker moves nothing)
-                            for chunks in (chunk_counts if K > 1 and overlaps(s) else [1]):
+                            for chunks in chunk_counts if K > 1 and overlaps(s) else [1]:
                                 # overlapped with the cases whole, or lockstep (chunks imply overlap)
-                                for ov in (overlap_modes if K > 1 and overlaps(s) and chunks == 1
-                                           else [chunks > 1]):
-                                    points.append({**base, "strategy": s, "workers": K, "transport": t,
-                                                   "bandwidth": bw, "overlap_chunks": chunks, "overlap": ov,
-                                                   "dilation": F})
+                                for ov in overlap_modes if K > 1 and overlaps(s) and chunks == 1 else [chunks > 1]:
+                                    points.append(
+                                        {
+                                            **base,
+                                            "strategy": s,
+                                            "workers": K,
+                                            "transport": t,
+                                            "bandwidth": bw,
+                                            "overlap_chunks": chunks,
+                                            "overlap": ov,
+                                            "dilation": F,
+                                        }
+                                    )
                 if K == 1 and emulate:
                     # one worker dilated: on an emulated host of its own, its CPU capped,
                     # beside the same undilated (it moves nothing: the link is left unshaped)
                     host = next((t for t in transports if t in NETWORK_TRANSPORTS), None)
                     factors = dilation_factors(dilations, 1, per_host, host) if host else []
-                    for F in (factors if any(F != 1.0 for F in factors) else []):
-                        points.append({**base, "strategy": s, "workers": 1, "transport": host,
-                                       "bandwidth": UNSHAPED, "overlap_chunks": 1, "overlap": False,
-                                       "dilation": F})
+                    for F in factors if any(F != 1.0 for F in factors) else []:
+                        points.append(
+                            {
+                                **base,
+                                "strategy": s,
+                                "workers": 1,
+                                "transport": host,
+                                "bandwidth": UNSHAPED,
+                                "overlap_chunks": 1,
+                                "overlap": False,
+                                "dilation": F,
+                            }
+                        )
     for pt in points:
         pt.setdefault("bandwidth", None)
         pt.setdefault("overlap_chunks", 1)
         pt.setdefault("overlap", False)
         pt.setdefault("dilation", 1.0)
-        pt["run_id"] = "|".join(f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size",
-                                                          "precision", "visible_type")) \
-            + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "") \
-            + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "") \
-            + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "") \
-            + ("|overlap=true" if pt["overlap"] and pt["overlap_chunks"] == 1 else "") \
+        pt["run_id"] = (
+            "|".join(
+                f"{k}={pt[k]}" for k in ("strategy", "workers", "transport", "batch_size", "precision", "visible_type")
+            )
+            + (f"|bandwidth={pt['bandwidth']}" if pt["bandwidth"] is not None else "")
+            + (f"|blas_threads={pt['blas_threads']}" if pt.get("baseline") == ALL_CORES else "")
+            + (f"|overlap_chunks={pt['overlap_chunks']}" if pt["overlap_chunks"] != 1 else "")
+            + ("|overlap=true" if pt["overlap"] and pt["overlap_chunks"] == 1 else "")
             + (f"|dilation={pt['dilation']:g}" if pt["dilation"] != 1.0 else "")
+        )
     return points
 
 
@@ -161,9 +198,12 @@ def link_of(cfg: dict, pt: dict):
     if pt.get("bandwidth") is None:
         return None
     latency = cfg["network"]["emulate"].get("latency")
-    return LinkSpec(None if pt["bandwidth"] == UNSHAPED else parse_bandwidth(pt["bandwidth"]),
-                    None if latency is None else parse_latency(latency), dilation=float(pt.get("dilation", 1.0)),
-                    host_cores=float(cfg["training"]["blas_threads"]))
+    return LinkSpec(
+        None if pt["bandwidth"] == UNSHAPED else parse_bandwidth(pt["bandwidth"]),
+        None if latency is None else parse_latency(latency),
+        dilation=float(pt.get("dilation", 1.0)),
+        host_cores=float(cfg["training"]["blas_threads"]),
+    )
 
 
 def display_name(strategy: str) -> str:
@@ -194,20 +234,35 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "blas": _core.blas_info()["config"], "python": sys.version.split()[0], "numpy": np.__version__,
-            "parrbm": __version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "blas": _core.blas_info()["config"],
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "parrbm": __version__,
+        "platform": platform.platform(),
+    }
 
 
 def spec_for(cfg: dict, pt: dict):
     from parrbm.config import CDSpec
 
     model, tr = cfg["model"], cfg["training"]
-    return CDSpec(n_visible=model["visible"], n_hidden=model["hidden"], batch_size=pt["batch_size"],
-                  visible=pt["visible_type"], gaussian_noise=model["gaussian_noise"],
-                  statistics=model["statistics"], cd_k=model["cd_k"], learning_rate=tr["learning_rate"],
-                  momentum=tr["momentum"], weight_decay=tr["weight_decay"], dtype=pt["precision"],
-                  seed=tr["seed"])
+    return CDSpec(
+        n_visible=model["visible"],
+        n_hidden=model["hidden"],
+        batch_size=pt["batch_size"],
+        visible=pt["visible_type"],
+        gaussian_noise=model["gaussian_noise"],
+        statistics=model["statistics"],
+        cd_k=model["cd_k"],
+        learning_rate=tr["learning_rate"],
+        momentum=tr["momentum"],
+        weight_decay=tr["weight_decay"],
+        dtype=pt["precision"],
+        seed=tr["seed"],
+    )
 
 
 def point_options(cfg: dict, pt: dict):
@@ -215,9 +270,14 @@ def point_options(cfg: dict, pt: dict):
     overlap."""
     from parrbm.strategies import StrategyOptions
 
-    return StrategyOptions(**{**cfg["options"], "sync_every": cfg["training"]["sync_every"],
-                              "overlap_chunks": pt.get("overlap_chunks", cfg["options"].get("overlap_chunks", 1)),
-                              "overlap": bool(pt.get("overlap", cfg["options"].get("overlap", False)))})
+    return StrategyOptions(
+        **{
+            **cfg["options"],
+            "sync_every": cfg["training"]["sync_every"],
+            "overlap_chunks": pt.get("overlap_chunks", cfg["options"].get("overlap_chunks", 1)),
+            "overlap": bool(pt.get("overlap", cfg["options"].get("overlap", False))),
+        }
+    )
 
 
 def tcp_hosts(section: dict):

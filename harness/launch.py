@@ -92,16 +92,37 @@ def _mpi_command(job_dir: Path, K: int, network, env: dict, program: list[str]) 
     wrapper.write_text(
         "#!/bin/sh\n"
         "# hydra's ssh launcher calls this as: enter-host.sh [options] HOST COMMAND...\n"
-        "while [ \"${1#-}\" != \"$1\" ]; do shift; done\n"
+        'while [ "${1#-}" != "$1" ]; do shift; done\n'
         "host=$1; shift\n"
-        'exec ip netns exec "$host" sh -c "$*"\n')
+        'exec ip netns exec "$host" sh -c "$*"\n'
+    )
     wrapper.chmod(0o755)
     # every rank on its own host: no shared memory between them, TCP through eth0 only
-    env.update({"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self",
-                "UCX_NET_DEVICES": "eth0", "FI_PROVIDER": "tcp"})
+    env.update(
+        {
+            "MPIR_CVAR_NOLOCAL": "1",
+            "MPIR_CVAR_CH4_NETMOD": "ucx",
+            "UCX_TLS": "tcp,self",
+            "UCX_NET_DEVICES": "eth0",
+            "FI_PROVIDER": "tcp",
+        }
+    )
     hosts = ",".join(f"{network.namespace(r)}:1" for r in range(K))
-    return [*network.exec_prefix(0), mpiexec(), "-launcher", "ssh", "-launcher-exec", str(wrapper),
-            "-hosts", hosts, "-localhost", network.address(0), "-n", str(K), *program]
+    return [
+        *network.exec_prefix(0),
+        mpiexec(),
+        "-launcher",
+        "ssh",
+        "-launcher-exec",
+        str(wrapper),
+        "-hosts",
+        hosts,
+        "-localhost",
+        network.address(0),
+        "-n",
+        str(K),
+        *program,
+    ]
 
 
 JOB_PREFIX = "parrbm-job-"
@@ -118,7 +139,7 @@ def sweep_stale_jobs(root: str | None = None) -> list[Path]:
     except OSError:
         return removed
     for d in entries:
-        pid_text = d.name[len(JOB_PREFIX):].split("-", 1)[0]
+        pid_text = d.name[len(JOB_PREFIX) :].split("-", 1)[0]
         if not pid_text.isdigit() or not d.is_dir() or d.is_symlink():
             continue
         try:
@@ -212,5 +233,7 @@ def _job_root() -> str:
         return base
     if os.path.isdir("/tmp") and os.access("/tmp", os.W_OK):
         return "/tmp"
-    raise CommError(f"the temporary folder {base!r} has characters the workers' launcher cannot pass "
-                    f"through a shell, and /tmp is not writable: set TMPDIR to a plain path")
+    raise CommError(
+        f"the temporary folder {base!r} has characters the workers' launcher cannot pass "
+        f"through a shell, and /tmp is not writable: set TMPDIR to a plain path"
+    )

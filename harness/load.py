@@ -64,8 +64,12 @@ class LoadProbe:
         (None without /proc)}; both None for a run shorter than MIN_WALL_SECONDS."""
         wall = max(time.monotonic() - self.wall0, 1e-9)
         cpu1, own = _cpu_times(), _own_cpu() - self.own0
-        out = {"wall_seconds": wall, "loadavg_before": self.loadavg_before, "others_cores": None,
-               "steal_fraction": None}
+        out = {
+            "wall_seconds": wall,
+            "loadavg_before": self.loadavg_before,
+            "others_cores": None,
+            "steal_fraction": None,
+        }
         if self.cpu0 is not None and cpu1 is not None and wall >= MIN_WALL_SECONDS:
             busy, steal, total = (b - a for a, b in zip(self.cpu0, cpu1))
             out["steal_fraction"] = steal / total if total > 0 else 0.0

@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from parrbm.harness.comparison_config import ConfigError
-from parrbm.harness.grid import (ALL_CORES, environment_cores, grid_points, link_of, mpi_hosts, point_options,
-                                 spec_for, tcp_hosts)
+from parrbm.harness.grid import (
+    ALL_CORES,
+    environment_cores,
+    grid_points,
+    link_of,
+    mpi_hosts,
+    point_options,
+    spec_for,
+    tcp_hosts,
+)
 from parrbm.harness.job import job_bcast, job_comm, on_the_job
 
 
@@ -44,21 +52,24 @@ def make_data(cfg: dict, V: int, visible_type: str, dtype: str, cases: int) -> n
         then = cfg.get("_data_sha256")  # the data the run's records name
         now = hashlib.sha256(raw).hexdigest()
         if then is not None and now != then:
-            raise ConfigError(f"data.path: {d['path']} changed while the run was going (sha256 {then[:12]}... "
-                              f"at its start, {now[:12]}... now); the run stopped so that its records do not "
-                              f"mix two data sets. Restore the file, or start a new run (--overwrite or "
-                              f"another --out)")
+            raise ConfigError(
+                f"data.path: {d['path']} changed while the run was going (sha256 {then[:12]}... "
+                f"at its start, {now[:12]}... now); the run stopped so that its records do not "
+                f"mix two data sets. Restore the file, or start a new run (--overwrite or "
+                f"another --out)"
+            )
         if not isinstance(X, np.ndarray):  # an .npz archive behind a .npy name
             raise ConfigError(f"{where}: not a .npy array (an archive of several arrays?)")
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != V:
-        raise ConfigError(f"{where}: the data have shape {X.shape}, the model has {V} visible units "
-                          f"(model.visible): give (cases, {V})")
+        raise ConfigError(
+            f"{where}: the data have shape {X.shape}, the model has {V} visible units "
+            f"(model.visible): give (cases, {V})"
+        )
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) or np.iscomplexobj(X):
         raise ConfigError(f"{where}: the data must be real numbers, got dtype {X.dtype}")
     try:
-        return check_data(where, X, dtype=np.dtype(dtype), name="data",
-                          binary_range=visible_type == "binary")
+        return check_data(where, X, dtype=np.dtype(dtype), name="data", binary_range=visible_type == "binary")
     except ValueError as exc:
         raise ConfigError(f"{exc} ({visible_type} visible units, {dtype})") from None
 
@@ -125,17 +136,28 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         step_times = np.asarray(times[warmup:])
         stats = s.comm_stats()
         per_step = {"compute": float(step_times.mean()), "comm": 0.0, "wait": 0.0, "busy": 0.0, "exposed": 0.0}
-        extra = {"peak_rss_bytes": [_rss()], "memory_bytes": [int(spec.n_visible * spec.n_hidden
-                                                                   * spec.np_dtype.itemsize)]}
+        extra = {
+            "peak_rss_bytes": [_rss()],
+            "memory_bytes": [int(spec.n_visible * spec.n_hidden * spec.np_dtype.itemsize)],
+        }
         errors = np.array(errs)
         model = s.gather_model()
     else:
         opts = point_options(cfg, pt)
         # a dilated run takes F times as long: so may its waits
-        r = ParallelRunner(spec, state, pt["strategy"], K, pt["transport"], opts,
-                           blas_threads=tr["blas_threads"], timeout=tr["timeout"] * dilation,
-                           tcp=tcp_hosts(cfg["tcp"]), network=link_of(cfg, pt),
-                           mpi=mpi_hosts(cfg.get("mpi")) if pt["transport"] == "mpi" else None)
+        r = ParallelRunner(
+            spec,
+            state,
+            pt["strategy"],
+            K,
+            pt["transport"],
+            opts,
+            blas_threads=tr["blas_threads"],
+            timeout=tr["timeout"] * dilation,
+            tcp=tcp_hosts(cfg["tcp"]),
+            network=link_of(cfg, pt),
+            mpi=mpi_hosts(cfg.get("mpi")) if pt["transport"] == "mpi" else None,
+        )
         try:
             errors = r.run(X, order, 0)
             model = r.state
@@ -145,18 +167,33 @@ def measure_point(cfg: dict, pt: dict) -> dict:
         stats = r.comm_stats()
         slow = max(stats["by_worker"], key=lambda w: w["step_seconds"])
         n = warmup + steps
-        per_step = {"compute": slow["compute_seconds"] / n, "comm": slow["comm_seconds"] / n,
-                    "wait": slow["wait_seconds"] / n, "busy": stats["overlap"]["busy_seconds"] / n,
-                    "exposed": stats["overlap"]["exposed_seconds"] / n}
-        extra = {"peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
-                 "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]]}
+        per_step = {
+            "compute": slow["compute_seconds"] / n,
+            "comm": slow["comm_seconds"] / n,
+            "wait": slow["wait_seconds"] / n,
+            "busy": stats["overlap"]["busy_seconds"] / n,
+            "exposed": stats["overlap"]["exposed_seconds"] / n,
+        }
+        extra = {
+            "peak_rss_bytes": [w["peak_rss_bytes"] or _rss() for w in stats["by_worker"]],
+            "memory_bytes": [w["memory_bytes"] for w in stats["by_worker"]],
+        }
     extra["model_sha256"] = model_digest(model)
     # on dilated hosts everything ran F times slower: the times of the machines they stand for
     measured = np.asarray(step_times)
     step_times = measured / dilation
     per_step = {k: v / dilation for k, v in per_step.items()}
-    return {"step_times": step_times, "measured_step_times": measured, "per_step": per_step, "stats": stats,
-            "extra": extra, "errors": errors, "steps": steps, "warmup": warmup, "dilation": dilation}
+    return {
+        "step_times": step_times,
+        "measured_step_times": measured,
+        "per_step": per_step,
+        "stats": stats,
+        "extra": extra,
+        "errors": errors,
+        "steps": steps,
+        "warmup": warmup,
+        "dilation": dilation,
+    }
 
 
 def model_digest(state) -> str:
@@ -186,11 +223,15 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     first, steps, warmup = runs[0], runs[0]["steps"], runs[0]["warmup"]
     stats, errors = first["stats"], first["errors"]
     if any(r["stats"]["bytes_per_step"] != stats["bytes_per_step"] for r in runs):
-        raise RuntimeError(f"{pt['run_id']}: the repeats moved different numbers of bytes "
-                           f"({[r['stats']['bytes_per_step'] for r in runs]})")
+        raise RuntimeError(
+            f"{pt['run_id']}: the repeats moved different numbers of bytes "
+            f"({[r['stats']['bytes_per_step'] for r in runs]})"
+        )
     step_times = np.concatenate([r["step_times"] for r in runs])
-    per_step = {k: float(np.mean([r["per_step"].get(k, 0.0) for r in runs]))
-                for k in ("compute", "comm", "wait", "busy", "exposed")}
+    per_step = {
+        k: float(np.mean([r["per_step"].get(k, 0.0) for r in runs]))
+        for k in ("compute", "comm", "wait", "busy", "exposed")
+    }
     median = float(np.median(step_times))
     measured = np.concatenate([r.get("measured_step_times", r["step_times"]) for r in runs])
     dilation = float(pt.get("dilation", 1.0))
@@ -204,12 +245,19 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     threads = pt.get("blas_threads") or tr["blas_threads"]
     # the workers' BLAS threads in all (an all-cores baseline is its own)
     wanted = threads if all_cores else max(tr["blas_threads"], min(K * tr["blas_threads"], cores))
-    serial_all = (median if all_cores else
-                  serial if wanted == tr["blas_threads"] else baselines.get(("serial", wanted) + key))
+    serial_all = (
+        median if all_cores else serial if wanted == tr["blas_threads"] else baselines.get(("serial", wanted) + key)
+    )
 
     opts = point_options(cfg, pt)
-    model = Model(spec.n_visible, spec.n_hidden, visible=spec.visible, precision=spec.dtype,
-                  statistics=spec.statistics, cd_k=spec.cd_k)
+    model = Model(
+        spec.n_visible,
+        spec.n_hidden,
+        visible=spec.visible,
+        precision=spec.dtype,
+        statistics=spec.statistics,
+        cd_k=spec.cd_k,
+    )
     formula = step_traffic(pt["strategy"], model, m, K, options=opts).total
     sync_formula = sync_traffic(pt["strategy"], model, K, options=opts).total
     # what the strategy declares against what moved (a plug-in's closed form is held to it too)
@@ -220,37 +268,49 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
     if stats.get("syncs") and sync_measured != sync_formula:
         mismatch.append(f"per sync: measured {sync_measured} bytes, declared {sync_formula}")
     metrics = {
-        "bytes_per_step": stats["bytes_per_step"], "bytes_per_sync": stats["bytes_per_sync"],
-        "bytes_per_step_formula": formula, "bytes_per_sync_formula": sync_formula,
+        "bytes_per_step": stats["bytes_per_step"],
+        "bytes_per_sync": stats["bytes_per_sync"],
+        "bytes_per_step_formula": formula,
+        "bytes_per_sync_formula": sync_formula,
         # "declared": the strategy's closed form; "traced": a dry run of its step (no closed form)
         "traffic_source": traffic_source(pt["strategy"]) if K > 1 else "declared",
         "formula_mismatch": mismatch,
         "wire_bytes_per_step": stats.get("wire_bytes_per_step"),
         # dilated runs: divided by the dilation (the machines the hosts stand for);
         # measured_step_seconds: as the clock here saw them
-        "step_seconds": {"median": median, "p10": float(np.percentile(step_times, 10)),
-                         "p90": float(np.percentile(step_times, 90)),
-                         "repeat_medians": [float(np.median(r["step_times"])) for r in runs],
-                         # each repeat's own spread, against which the repeats' medians are held
-                         "repeat_p10_p90": [[float(np.percentile(r["step_times"], 10)),
-                                             float(np.percentile(r["step_times"], 90))] for r in runs]},
-        "measured_step_seconds": {"median": float(np.median(measured)),
-                                  "p10": float(np.percentile(measured, 10)),
-                                  "p90": float(np.percentile(measured, 90))},
-        "compute_seconds": per_step["compute"], "comm_seconds": per_step["comm"],
+        "step_seconds": {
+            "median": median,
+            "p10": float(np.percentile(step_times, 10)),
+            "p90": float(np.percentile(step_times, 90)),
+            "repeat_medians": [float(np.median(r["step_times"])) for r in runs],
+            # each repeat's own spread, against which the repeats' medians are held
+            "repeat_p10_p90": [
+                [float(np.percentile(r["step_times"], 10)), float(np.percentile(r["step_times"], 90))] for r in runs
+            ],
+        },
+        "measured_step_seconds": {
+            "median": float(np.median(measured)),
+            "p10": float(np.percentile(measured, 10)),
+            "p90": float(np.percentile(measured, 90)),
+        },
+        "compute_seconds": per_step["compute"],
+        "comm_seconds": per_step["comm"],
         "wait_seconds": per_step["wait"],
         # communication overlapped with computation, per step, the workers' mean
         # (definitions: harness/comm.py): in progress, waited for, hidden
-        "comm_busy_seconds": per_step["busy"], "comm_exposed_seconds": per_step["exposed"],
+        "comm_busy_seconds": per_step["busy"],
+        "comm_exposed_seconds": per_step["exposed"],
         "hidden_fraction": hidden_fraction(per_step["exposed"], per_step["busy"]),
         "hidden_fraction_by_phase": {p: v.get("hidden_fraction", 0.0) for p, v in stats.get("by_phase", {}).items()},
         "chunks_used": stats.get("overlap", {}).get("chunks_used", 1),
         "cases_per_second": m / median,
         "speedup_vs_serial": serial / median if serial else None,
         # repeat by repeat, against the serial trainer timed in the same round of the grid
-        "speedup_vs_serial_by_repeat": ([s / float(np.median(r["step_times"]))
-                                         for s, r in zip(serial_by_repeat, runs)]
-                                        if serial_by_repeat and len(serial_by_repeat) == len(runs) else None),
+        "speedup_vs_serial_by_repeat": (
+            [s / float(np.median(r["step_times"])) for s, r in zip(serial_by_repeat, runs)]
+            if serial_by_repeat and len(serial_by_repeat) == len(runs)
+            else None
+        ),
         # against the serial trainer given every core the K workers use (K x their BLAS
         # threads, up to the cores): the baseline a user with those cores would pick
         "speedup_vs_serial_all_cores": serial_all / median if serial_all else None,
@@ -264,20 +324,39 @@ def point_record(cfg: dict, pt: dict, runs: list[dict], baselines: dict) -> dict
         "reconstruction_error": float(np.sum(errors[-steps:]) / (steps * m * spec.n_visible)),
         **first["extra"],
     }
-    return {"strategy": pt["strategy"], "workers": K, "transport": pt["transport"], "batch_size": m,
-            **({"baseline": ALL_CORES} if all_cores else {}), "blas_threads": threads,
-            "bandwidth": pt.get("bandwidth"), "overlap_chunks": pt.get("overlap_chunks", 1),
-            "overlap": bool(pt.get("overlap", False)) or pt.get("overlap_chunks", 1) > 1,
-            "network": stats.get("network"), "time_dilation": dilation,
-            **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
-            "model": {"visible": spec.n_visible, "hidden": spec.n_hidden, "visible_type": spec.visible,
-                      "precision": spec.dtype, "statistics": spec.statistics, "cd_k": spec.cd_k},
-            "training": {"steps": steps, "warmup": warmup, "repeats": len(runs), **{k: tr[k] for k in (
-                "learning_rate", "momentum", "weight_decay", "sync_every", "seed", "blas_threads")}},
-            "options": cfg["options"], "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
-            # what else the machine did during each repeat (harness/load.py)
-            "load": [r["load"] for r in runs if "load" in r],
-            "metrics": metrics}
+    return {
+        "strategy": pt["strategy"],
+        "workers": K,
+        "transport": pt["transport"],
+        "batch_size": m,
+        **({"baseline": ALL_CORES} if all_cores else {}),
+        "blas_threads": threads,
+        "bandwidth": pt.get("bandwidth"),
+        "overlap_chunks": pt.get("overlap_chunks", 1),
+        "overlap": bool(pt.get("overlap", False)) or pt.get("overlap_chunks", 1) > 1,
+        "network": stats.get("network"),
+        "time_dilation": dilation,
+        **({"hosts": stats["hosts"]} if stats.get("hosts") else {}),
+        "model": {
+            "visible": spec.n_visible,
+            "hidden": spec.n_hidden,
+            "visible_type": spec.visible,
+            "precision": spec.dtype,
+            "statistics": spec.statistics,
+            "cd_k": spec.cd_k,
+        },
+        "training": {
+            "steps": steps,
+            "warmup": warmup,
+            "repeats": len(runs),
+            **{k: tr[k] for k in ("learning_rate", "momentum", "weight_decay", "sync_every", "seed", "blas_threads")},
+        },
+        "options": cfg["options"],
+        "data": {k: cfg["data"].get(k) for k in ("kind", "cases", "path")},
+        # what else the machine did during each repeat (harness/load.py)
+        "load": [r["load"] for r in runs if "load" in r],
+        "metrics": metrics,
+    }
 
 
 def _rss() -> int:

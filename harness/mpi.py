@@ -27,8 +27,8 @@ class MPITransport(Transport):
         self.size = self.world.Get_size()
         # MPI collectives wait forever for a hung peer: each worker records which
         # collective it has reached, so the job's watch can name the one that stopped.
-        self.calls = 0   # collectives entered
-        self.done = 0    # collectives left
+        self.calls = 0  # collectives entered
+        self.done = 0  # collectives left
         self._shared_beat = beat  # an MPI job's fit: read by the job's watch (see Watch)
 
     def _heartbeat(self) -> None:
@@ -44,25 +44,28 @@ class MPITransport(Transport):
     def exchange(self, sends, receive) -> float:
         self._heartbeat()
         K = self.size
-        views = [None if (j == self.rank or sends[j] is None)
-                 else np.ascontiguousarray(sends[j]).reshape(-1).view(np.uint8) for j in range(K)]
+        views = [
+            None if (j == self.rank or sends[j] is None) else np.ascontiguousarray(sends[j]).reshape(-1).view(np.uint8)
+            for j in range(K)
+        ]
         send_counts = np.array([0 if v is None else v.size for v in views], np.int64)
         recv_counts = np.empty(K, np.int64)
         t0 = time.perf_counter()
         self.world.Alltoall(send_counts, recv_counts)
         wait = time.perf_counter() - t0
-        send_buf = (np.concatenate([v for v in views if v is not None])
-                    if send_counts.sum() else np.empty(0, np.uint8))
+        send_buf = np.concatenate([v for v in views if v is not None]) if send_counts.sum() else np.empty(0, np.uint8)
         recv_buf = np.empty(int(recv_counts.sum()), np.uint8)
         sdispl = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
         rdispl = np.concatenate([[0], np.cumsum(recv_counts)[:-1]])
         as_ints = lambda a: [int(x) for x in a]  # noqa: E731
-        self.world.Alltoallv([send_buf, (as_ints(send_counts), as_ints(sdispl)), self.mpi.BYTE],
-                             [recv_buf, (as_ints(recv_counts), as_ints(rdispl)), self.mpi.BYTE])
+        self.world.Alltoallv(
+            [send_buf, (as_ints(send_counts), as_ints(sdispl)), self.mpi.BYTE],
+            [recv_buf, (as_ints(recv_counts), as_ints(rdispl)), self.mpi.BYTE],
+        )
         self._left()
         for j in range(K):
             if j != self.rank and recv_counts[j]:
-                receive(j, recv_buf[rdispl[j]: rdispl[j] + recv_counts[j]])
+                receive(j, recv_buf[rdispl[j] : rdispl[j] + recv_counts[j]])
         return wait
 
     def share(self, payload, receive) -> float:
@@ -75,12 +78,13 @@ class MPITransport(Transport):
         wait = time.perf_counter() - t0
         displ = np.concatenate([[0], np.cumsum(counts)[:-1]])
         recv_buf = np.empty(int(counts.sum()), np.uint8)
-        self.world.Allgatherv([mine, self.mpi.BYTE],
-                              [recv_buf, ([int(c) for c in counts], [int(d) for d in displ]), self.mpi.BYTE])
+        self.world.Allgatherv(
+            [mine, self.mpi.BYTE], [recv_buf, ([int(c) for c in counts], [int(d) for d in displ]), self.mpi.BYTE]
+        )
         self._left()
         for j in range(K):
             if j != self.rank and counts[j]:
-                receive(j, recv_buf[displ[j]: displ[j] + counts[j]])
+                receive(j, recv_buf[displ[j] : displ[j] + counts[j]])
         return wait
 
     def barrier(self) -> float:
@@ -118,11 +122,17 @@ def hung_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str
             lag = outside
     who = f"worker {lag[0]}" if len(lag) == 1 else f"one of workers {lag}"
     r = lag[0]
-    where = (f"last in phase '{beats[r][2]}', collective #{entered[r]}" if r in beats
-             else "it never reached its first collective")
-    return (f"{who} did not respond within {timeout:g} s (stopped or hung"
-            + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "") + f"): {where}; "
-            f"its peers reached #{max(entered.values())}; the run was stopped")
+    where = (
+        f"last in phase '{beats[r][2]}', collective #{entered[r]}"
+        if r in beats
+        else "it never reached its first collective"
+    )
+    return (
+        f"{who} did not respond within {timeout:g} s (stopped or hung"
+        + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "")
+        + f"): {where}; "
+        f"its peers reached #{max(entered.values())}; the run was stopped"
+    )
 
 
 class Beat:
@@ -184,8 +194,11 @@ class Watch:
             listener = socket.create_server(("", 0))
             # PARRBM_RANK0_ADDRESS: where the others reach rank 0 when its host name does not
             # say (parrbm's ranks on emulated hosts of one machine)
-            where = (os.environ.get("PARRBM_RANK0_ADDRESS") or socket.gethostname(), listener.getsockname()[1],
-                     os.urandom(16))
+            where = (
+                os.environ.get("PARRBM_RANK0_ADDRESS") or socket.gethostname(),
+                listener.getsockname()[1],
+                os.urandom(16),
+            )
         else:
             where = None
         host, port, token = world.bcast(where, root=0)
@@ -203,8 +216,10 @@ class Watch:
             except OSError as exc:
                 import sys
 
-                sys.stderr.write(f"parrbm: worker {self.rank} cannot reach worker 0's watch at {host}:{port} "
-                                 f"({exc}): a hung worker will not be named\n")
+                sys.stderr.write(
+                    f"parrbm: worker {self.rank} cannot reach worker 0's watch at {host}:{port} "
+                    f"({exc}): a hung worker will not be named\n"
+                )
                 self.sock = None
         self._thread = threading.Thread(target=target, name="parrbm-mpi-watch", daemon=True)
         self._thread.start()
@@ -244,8 +259,7 @@ class Watch:
             now = (gen, b.calls, b.done, b.phase)
             if self.sock is not None and self.rank < self.K and now != sent:
                 try:
-                    self.sock.sendall(self.RECORD.pack(self.rank, gen, b.calls, b.done,
-                                                       b.phase.encode()[:48]))
+                    self.sock.sendall(self.RECORD.pack(self.rank, gen, b.calls, b.done, b.phase.encode()[:48]))
                     sent = now
                 except OSError:  # rank 0 stopped (its buffers full) or gone: the wait below decides
                     pass
@@ -254,9 +268,11 @@ class Watch:
                 if inside_at != (gen, b.calls):
                     inside_at, inside_since = (gen, b.calls), time.monotonic()
                 elif time.monotonic() - inside_since > self.timeout + self.GRACE:
-                    self._end(f"worker {self.rank} waited {self.timeout + self.GRACE:g} s in collective "
-                              f"#{b.calls} ('{b.phase}') and worker 0, which watches the others, did not end "
-                              f"the job: worker 0 is stopped or hung; the run was stopped")
+                    self._end(
+                        f"worker {self.rank} waited {self.timeout + self.GRACE:g} s in collective "
+                        f"#{b.calls} ('{b.phase}') and worker 0, which watches the others, did not end "
+                        f"the job: worker 0 is stopped or hung; the run was stopped"
+                    )
             else:
                 inside_at = None
 
@@ -265,7 +281,7 @@ class Watch:
         import socket
 
         books: dict[int, dict[int, tuple]] = {}  # generation -> rank -> (entered, left, phase)
-        conns: dict = {}                          # socket -> (token seen, bytes received not yet read)
+        conns: dict = {}  # socket -> (token seen, bytes received not yet read)
         gen_seen, changed, last = 0, time.monotonic(), None
         size = self.RECORD.size
         while not self._stop.is_set():
@@ -315,10 +331,12 @@ class Watch:
             waiting = any(c > d for r, (c, d, _) in beats.items() if r < self.K)
             if waiting and time.monotonic() - changed > self.timeout:
                 here = socket.gethostname()
-                stopped = [r for r in range(1, min(self.K, len(self.placement)))
-                           if self.placement[r][0] == here and process_stopped(self.placement[r][1])]
-                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, stopped, self.K,
-                                       self.timeout))
+                stopped = [
+                    r
+                    for r in range(1, min(self.K, len(self.placement)))
+                    if self.placement[r][0] == here and process_stopped(self.placement[r][1])
+                ]
+                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, stopped, self.K, self.timeout))
         for c in conns:
             c.close()
 
@@ -390,9 +408,14 @@ def remove_topology_file_after_proxy() -> None:
         return
     import subprocess
 
-    subprocess.Popen(["sh", "-c", 'while kill -0 "$0" 2>/dev/null; do sleep 0.5; done; rm -f -- "$@"',
-                      str(proxy), *files], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    subprocess.Popen(
+        ["sh", "-c", 'while kill -0 "$0" 2>/dev/null; do sleep 0.5; done; rm -f -- "$@"', str(proxy), *files],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 class SPMDGroup:
@@ -415,12 +438,16 @@ class SPMDGroup:
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         self.K = K
         if K > self.size:
-            raise ValueError(f"workers={K}, but the launcher started {self.size} ranks: give at most "
-                             f"{self.size} workers, or start more ranks (mpiexec -n {K}, srun -n {K})")
+            raise ValueError(
+                f"workers={K}, but the launcher started {self.size} ranks: give at most "
+                f"{self.size} workers, or start more ranks (mpiexec -n {K}, srun -n {K})"
+            )
         if transport == "mpi" and world_kind() != "mpi":
-            raise ValueError(f"transport 'mpi': this job's ranks were started without MPI "
-                             f"({self.world.launcher}); use transport 'tcp', or start them with mpiexec or "
-                             f"srun --mpi=pmi2")
+            raise ValueError(
+                f"transport 'mpi': this job's ranks were started without MPI "
+                f"({self.world.launcher}); use transport 'tcp', or start them with mpiexec or "
+                f"srun --mpi=pmi2"
+            )
         # every rank makes its fits in the same order: the watch's books start together
         self.watch = Watch.of(self.world)
         self.beat = self.watch.start_fit(K, timeout)
@@ -451,8 +478,10 @@ class SPMDGroup:
         except BaseException as exc:  # noqa: BLE001 - the job ends: its peers would wait forever
             import sys
 
-            sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} could not connect to its peers over tcp: "
-                             f"{type(exc).__name__}: {exc}; ending the job\n")
+            sys.stderr.write(
+                f"parrbm: worker {self.rank} of {self.K} could not connect to its peers over tcp: "
+                f"{type(exc).__name__}: {exc}; ending the job\n"
+            )
             sys.stderr.flush()
             self.world.Abort(1)
         weakref.finalize(self, transport.close)
@@ -475,8 +504,9 @@ class SPMDGroup:
             try:
                 mine = target(Comm(self.tcp if self.tcp is not None else MPITransport(self.sub, beat=self.beat)))
             except BaseException as exc:  # noqa: BLE001 - the whole job ends with the reason
-                sys.stderr.write(f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; "
-                                 f"ending the job\n")
+                sys.stderr.write(
+                    f"parrbm: worker {self.rank} of {self.K} failed: {type(exc).__name__}: {exc}; ending the job\n"
+                )
                 sys.stderr.flush()
                 self.world.Abort(1)
         if everyone:
@@ -499,8 +529,12 @@ class SPMDGroup:
             w = workers[comm.rank]
             seen, syncs = len(w.divergence), w.syncs
             out = target(comm)
-            extra = {"divergence": w.divergence[seen:], "syncs": w.syncs - syncs, "memory_bytes": w.memory_bytes(),
-                     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            extra = {
+                "divergence": w.divergence[seen:],
+                "syncs": w.syncs - syncs,
+                "memory_bytes": w.memory_bytes(),
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
             # the books take them from the extras, on every rank alike
             del w.divergence[seen:]
             w.syncs = syncs

@@ -36,8 +36,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 #: every namespace of an emulated network is named PREFIX<launcher pid>-<n>-...
 PREFIX = "parrbm-net-"
@@ -65,6 +65,7 @@ def payload_rate(wire_rate: float) -> float:
     """The bytes/s a TCP stream's payload gets on a link of ``wire_rate`` bytes/s: 1448
     payload bytes in every 1514-byte frame."""
     return wire_rate * (MTU - (HEADER_BYTES - 14)) / (MTU + 14)
+
 
 _count = itertools.count()
 
@@ -118,8 +119,7 @@ MAX_DILATION = 64.0
 def dilation_refusal(dilation) -> str | None:
     """Why a time dilation of ``dilation`` cannot be emulated, or None."""
     if isinstance(dilation, bool) or not isinstance(dilation, (int, float)) or not (1.0 <= dilation <= MAX_DILATION):
-        return (f"time dilation {dilation!r}: give a factor from 1 (undilated) to {MAX_DILATION:g}, "
-                f"'auto' or 'off'")
+        return f"time dilation {dilation!r}: give a factor from 1 (undilated) to {MAX_DILATION:g}, 'auto' or 'off'"
     return None
 
 
@@ -127,8 +127,10 @@ def shaping_refusal(bandwidth: float | None, latency: float | None = None) -> st
     """Why an emulated link of ``bandwidth`` bytes/s and ``latency`` seconds cannot be
     built, or None."""
     if bandwidth is not None and not (MIN_RATE <= bandwidth <= MAX_RATE):
-        return (f"bandwidth {bandwidth:g} B/s is outside what the emulated links shape: {MIN_RATE:g} B/s "
-                f"(8kbit/s) to {MAX_RATE / 1e9:g} GB/s (100Gbit/s)")
+        return (
+            f"bandwidth {bandwidth:g} B/s is outside what the emulated links shape: {MIN_RATE:g} B/s "
+            f"(8kbit/s) to {MAX_RATE / 1e9:g} GB/s (100Gbit/s)"
+        )
     if latency is not None and not (0 <= latency <= MAX_LATENCY):
         return f"latency {latency:g} s is outside what the emulated links delay: 0 to {MAX_LATENCY:g} s"
     return None
@@ -140,8 +142,10 @@ def missing() -> str | None:
         if shutil.which(tool) is None:
             return f"the emulated network needs iproute2's '{tool}' (apt-get install iproute2)"
     if not _has_net_admin():
-        return ("the emulated network needs root or CAP_NET_ADMIN (it creates network namespaces, "
-                "veth links and qdiscs); run as root, or drop the config's 'network' section")
+        return (
+            "the emulated network needs root or CAP_NET_ADMIN (it creates network namespaces, "
+            "veth links and qdiscs); run as root, or drop the config's 'network' section"
+        )
     return None
 
 
@@ -249,8 +253,12 @@ def _alive(pid: int) -> bool:
 
 
 def _netem_available(ns: str, dev: str) -> bool:
-    ok = _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms",
-              check=False).returncode == 0
+    ok = (
+        _run(
+            "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms", check=False
+        ).returncode
+        == 0
+    )
     if ok:
         _run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
     return ok
@@ -351,21 +359,25 @@ class EmulatedNetwork:
         if self.link.latency:
             self.latency_emulated = _netem_available(self.namespace(0), "eth0")
         for r in range(self.hosts):
-            self._shape(self.namespace(r), "eth0")   # host -> switch
-            self._shape(sw, f"p{r}")                   # switch -> host
+            self._shape(self.namespace(r), "eth0")  # host -> switch
+            self._shape(sw, f"p{r}")  # switch -> host
         if self.link.dilated:
             from parrbm.harness.cgroups import CpuCap
 
             for r in range(self.hosts):
-                self.caps.append(CpuCap(self.namespace(r), self.link.host_cores / self.dilation,
-                                        cpus=host_cpus(r, self.link.host_cores)))
+                self.caps.append(
+                    CpuCap(
+                        self.namespace(r), self.link.host_cores / self.dilation, cpus=host_cpus(r, self.link.host_cores)
+                    )
+                )
                 try:
                     self.caps[-1].create()
                 except OSError as exc:
                     raise NetworkError(
                         f"time dilation: cannot cap host {r}'s CPU in {self.caps[-1].path} ({exc.strerror or exc}); "
                         f"with cgroup v2 the cgroup parrbm runs in must delegate the 'cpu' controller to its "
-                        f"children (for instance: systemd-run --scope -p Delegate=yes parrbm run ...)") from None
+                        f"children (for instance: systemd-run --scope -p Delegate=yes parrbm run ...)"
+                    ) from None
 
     def _shape(self, ns: str, dev: str) -> None:
         rate = self.shaped_bandwidth
@@ -384,8 +396,19 @@ class EmulatedNetwork:
             # same bytes pass at once, and the same bytes wait)
             burst = bucket_bytes(self.link.bandwidth)
             limit = int(max(256 * 1024, self.link.bandwidth * 0.2))
-            _run(*tc, *parent, "handle", "1:", "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst),
-                 "limit", str(limit))
+            _run(
+                *tc,
+                *parent,
+                "handle",
+                "1:",
+                "tbf",
+                "rate",
+                f"{int(rate * 8)}bit",
+                "burst",
+                str(burst),
+                "limit",
+                str(limit),
+            )
             parent = ["parent", "1:1"]
         if self.latency_emulated:
             _run(*tc, *parent, "handle", "10:", "netem", "delay", f"{self.shaped_latency * 1e6:.0f}us")
@@ -416,25 +439,40 @@ class EmulatedNetwork:
         """Host r's link as its interface counts it: bytes and packets sent and received."""
         p = _run("ip", "-n", self.namespace(r), "-s", "-j", "link", "show", "eth0")
         stats = json.loads(p.stdout)[0]["stats64"]
-        return {"tx_bytes": stats["tx"]["bytes"], "tx_packets": stats["tx"]["packets"],
-                "rx_bytes": stats["rx"]["bytes"], "rx_packets": stats["rx"]["packets"]}
+        return {
+            "tx_bytes": stats["tx"]["bytes"],
+            "tx_packets": stats["tx"]["packets"],
+            "rx_bytes": stats["rx"]["bytes"],
+            "rx_packets": stats["rx"]["packets"],
+        }
 
     def describe(self) -> dict:
         """The link as configured, for records and the report."""
-        d = {"hosts": self.hosts, "bandwidth": self.link.bandwidth, "latency": self.link.latency,
-             "latency_emulated": self.latency_emulated, "qdisc": "tbf" if self.link.bandwidth else None,
-             "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
-             "mtu": MTU, "header_bytes_per_segment": HEADER_BYTES, "time_dilation": self.dilation}
+        d = {
+            "hosts": self.hosts,
+            "bandwidth": self.link.bandwidth,
+            "latency": self.link.latency,
+            "latency_emulated": self.latency_emulated,
+            "qdisc": "tbf" if self.link.bandwidth else None,
+            "burst": bucket_bytes(self.link.bandwidth) if self.link.bandwidth else None,
+            "mtu": MTU,
+            "header_bytes_per_segment": HEADER_BYTES,
+            "time_dilation": self.dilation,
+        }
         if self.link.dilated:
             # bandwidth and latency are those of the link the run stands for; the links
             # were shaped to these, and each host capped to host_cores / F cores
             from parrbm.harness.cgroups import cap_settings
 
             quota, period = cap_settings(self.link.host_cores / self.dilation)
-            d.update(shaped_bandwidth=self.shaped_bandwidth, shaped_latency=self.shaped_latency,
-                     host_cores=self.link.host_cores,
-                     cpu_cap=self.caps[0].describe() if self.caps else
-                     {"cores": self.link.host_cores / self.dilation, "quota_us": quota, "period_us": period})
+            d.update(
+                shaped_bandwidth=self.shaped_bandwidth,
+                shaped_latency=self.shaped_latency,
+                host_cores=self.link.host_cores,
+                cpu_cap=self.caps[0].describe()
+                if self.caps
+                else {"cores": self.link.host_cores / self.dilation, "quota_us": quota, "period_us": period},
+            )
         return d
 
 

@@ -38,8 +38,7 @@ class Threads:
 
     def _all(self, target):
         r = self.runner
-        return run_threads(r.K, target, timeout=r.timeout, blas_threads=r.blas_threads,
-                           spin=not r.options.overlapped)
+        return run_threads(r.K, target, timeout=r.timeout, blas_threads=r.blas_threads, spin=not r.options.overlapped)
 
     def epoch(self, work, X: np.ndarray, order: np.ndarray, first_step: int, same_data: bool):
         return self._all(work), None, None
@@ -119,8 +118,10 @@ class JobRanks:
         if self.local is None and self.group.rank == 0:
             return [w.local_state() for w in self.runner.workers]  # no run yet: as built
         if self.local is None:
-            raise RuntimeError("the workers' own state of a job's fit is gathered on rank 0: save the model "
-                               "there (on rank 0 only: rbm.save(path))")
+            raise RuntimeError(
+                "the workers' own state of a job's fit is gathered on rank 0: save the model "
+                "there (on rank 0 only: rbm.save(path))"
+            )
         return self.local
 
     def restore_local(self, states) -> None:
@@ -140,9 +141,9 @@ class Processes:
 
     def __init__(self, runner):
         self.runner = runner
-        self.group = None    # a TCPGroup or an MPIGroup, while the processes run
+        self.group = None  # a TCPGroup or an MPIGroup, while the processes run
         self.pending = None  # local states for processes not started yet
-        self.hosts = None    # named hosts, once the processes said where they run
+        self.hosts = None  # named hosts, once the processes said where they run
 
     def _start(self) -> None:
         from parrbm.harness.remote import MPIGroup, TCPGroup

@@ -26,6 +26,7 @@ The driver gone (its connection closed, however it ended): rank 0 ends the MPI j
 once (MPI_Abort), and mpiexec stops every rank on every host; a tcp worker exits when
 its standard input closes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,9 +80,11 @@ class MPIHosts:
             raise ValueError("mpi: give hosts (a list of host names) or hostfile (a path)")
         if self.hosts and self.hostfile:
             raise ValueError("mpi: give hosts or hostfile, not both")
-        if self.hosts is not None and not (isinstance(self.hosts, list) and self.hosts
-                                           and all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9_.:-]+", h)
-                                                   for h in self.hosts)):
+        if self.hosts is not None and not (
+            isinstance(self.hosts, list)
+            and self.hosts
+            and all(isinstance(h, str) and re.fullmatch(r"[A-Za-z0-9_.:-]+", h) for h in self.hosts)
+        ):
             raise ValueError(f"mpi.hosts: {self.hosts!r}; a list of host names (letters, digits, '.', '-', '_')")
         if self.hostfile is not None and not Path(self.hostfile).is_file():
             raise ValueError(f"mpi.hostfile: {self.hostfile!r} is not a file")
@@ -133,13 +136,19 @@ def recv_frame(sock: socket.socket) -> tuple[dict, dict[str, np.ndarray]]:
         raise ConnectionError("a frame without its array list")
     arrays = {}
     for m in header.pop("arrays"):
-        if m.get("dtype") not in DTYPES or not isinstance(m.get("shape"), list) \
-                or not all(isinstance(d, int) and d >= 0 for d in m["shape"]):
+        if (
+            m.get("dtype") not in DTYPES
+            or not isinstance(m.get("shape"), list)
+            or not all(isinstance(d, int) and d >= 0 for d in m["shape"])
+        ):
             raise ConnectionError(f"a frame's array {str(m)[:80]} is not a numeric array")
         dtype = np.dtype(m["dtype"])
         size = int(np.prod(m["shape"], dtype=np.int64)) * dtype.itemsize
-        arrays[str(m["name"])] = np.frombuffer(read_exact(sock, size), dtype).reshape(m["shape"]).copy() \
-            if size else np.empty(m["shape"], dtype)
+        arrays[str(m["name"])] = (
+            np.frombuffer(read_exact(sock, size), dtype).reshape(m["shape"]).copy()
+            if size
+            else np.empty(m["shape"], dtype)
+        )
     return header, arrays
 
 
@@ -171,8 +180,10 @@ def _epoch_arrays(group, X: np.ndarray, order: np.ndarray, same_data: bool) -> d
 
 def _epoch_results(answers: list[dict]) -> list[tuple]:
     """Per worker (errors, seconds, traffic, stats, wire) from the answers to an epoch."""
-    return [(a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()},
-             a["wire"]) for a in answers]
+    return [
+        (a["errors"], a["seconds"], a["traffic"], {p: PhaseStats(**v) for p, v in a["stats"].items()}, a["wire"])
+        for a in answers
+    ]
 
 
 def _shut_down(procs: list, tag: str | None, network=None) -> None:
@@ -217,8 +228,15 @@ class MPIGroup:
         import tempfile
         import weakref
 
-        from parrbm.harness.launch import JOB_PREFIX, JOB_TAG, _job_root, _mpi_command, _network_for, mpiexec, \
-            sweep_stale_jobs
+        from parrbm.harness.launch import (
+            JOB_PREFIX,
+            JOB_TAG,
+            _job_root,
+            _mpi_command,
+            _network_for,
+            mpiexec,
+            sweep_stale_jobs,
+        )
 
         self.K, self.timeout, self.transport = runner.K, runner.timeout, "mpi"
         self.admin_stats = runner.admin_stats
@@ -245,12 +263,17 @@ class MPIGroup:
         self._topology: set[str] = set()
         self.tag = tag
         # nothing of the job outlives the group: also when it is dropped unclosed
-        self._finalizer = weakref.finalize(self, _shut_down_mpi, self._procs, tag, self.scratch,
-                                           self.network if own else None, self._topology)
+        self._finalizer = weakref.finalize(
+            self, _shut_down_mpi, self._procs, tag, self.scratch, self.network if own else None, self._topology
+        )
         secret = os.urandom(32)
         program = ["-m", "parrbm.harness.remote"]
-        env = {**os.environ, "PARRBM_SECRET": secret.hex(), "PARRBM_SPMD": "1",
-               "OPENBLAS_NUM_THREADS": str(runner.blas_threads)}
+        env = {
+            **os.environ,
+            "PARRBM_SECRET": secret.hex(),
+            "PARRBM_SPMD": "1",
+            "OPENBLAS_NUM_THREADS": str(runner.blas_threads),
+        }
         try:
             if where is not None:
                 listener = socket.create_server((where.listen or "", 0) if where.listen else ("", 0))
@@ -280,8 +303,15 @@ class MPIGroup:
 
             sources = plugin_sources(runner.name)  # a plug-in's code goes with the job, as its data do
             # the variables mpiexec hands to every rank (hydra passes its whole environment)
-            self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, start_new_session=True, cwd=self.scratch or "/")
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.scratch or "/",
+            )
             self._procs.append(self.proc)
         except BaseException:
             self.close(kill=True)
@@ -293,10 +323,19 @@ class MPIGroup:
         try:
             self.sock = self._accept(listener, secret)
             listener.close()
-            answer = self._ask({"op": "job", "spec": asdict(runner.spec), "strategy": runner.name, "sources": sources,
-                                "workers": self.K, "options": asdict(runner.options),
-                                "blas_threads": runner.blas_threads, "timeout": runner.timeout},
-                               _state_arrays(runner.state))
+            answer = self._ask(
+                {
+                    "op": "job",
+                    "spec": asdict(runner.spec),
+                    "strategy": runner.name,
+                    "sources": sources,
+                    "workers": self.K,
+                    "options": asdict(runner.options),
+                    "blas_threads": runner.blas_threads,
+                    "timeout": runner.timeout,
+                },
+                _state_arrays(runner.state),
+            )
             self.hosts = answer["hosts"]
             self.pids = answer["pids"]
             if self.tag is not None:
@@ -314,7 +353,6 @@ class MPIGroup:
         """The workers' process IDs (each on its own host)."""
         return list(self.pids)
 
-
     def output(self) -> str:
         return b"".join(self._output).decode(errors="replace")
 
@@ -328,14 +366,21 @@ class MPIGroup:
         while len(lines) < self.K:
             if self.proc.poll() is not None:
                 self._reader.join(2)
-                raise CommError(f"mpi: mpiexec {self._exit()} before its ranks connected back: "
-                                f"{self.output().strip()[-1500:]}")
+                raise CommError(
+                    f"mpi: mpiexec {self._exit()} before its ranks connected back: {self.output().strip()[-1500:]}"
+                )
             if time.monotonic() > deadline:
                 missing = [r for r in range(self.K) if r not in lines]
-                raise CommError(f"mpi: ranks {missing} did not connect back to {listener.getsockname()} within "
-                                f"{CONNECT_SECONDS:g} s" + ("" if self.where is None else
-                                f" (is this machine reachable from the hosts as "
-                                f"{self.where.listen or socket.gethostname()!r}? mpi.listen names it)"))
+                raise CommError(
+                    f"mpi: ranks {missing} did not connect back to {listener.getsockname()} within "
+                    f"{CONNECT_SECONDS:g} s"
+                    + (
+                        ""
+                        if self.where is None
+                        else f" (is this machine reachable from the hosts as "
+                        f"{self.where.listen or socket.gethostname()!r}? mpi.listen names it)"
+                    )
+                )
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
@@ -346,8 +391,11 @@ class MPIGroup:
                 conn.sendall(nonce)
                 got = read_exact(conn, 4 + 32)
                 (rank,) = struct.unpack("<i", got[:4])
-                if 0 <= rank < self.K and rank not in lines and hmac.compare_digest(got[4:],
-                                                                                    _proof(secret, nonce, rank)):
+                if (
+                    0 <= rank < self.K
+                    and rank not in lines
+                    and hmac.compare_digest(got[4:], _proof(secret, nonce, rank))
+                ):
                     conn.settimeout(None)
                     if conn.family != socket.AF_UNIX:
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -357,8 +405,12 @@ class MPIGroup:
                 pass
             conn.close()
         self._lifelines = [lines[r] for r in range(self.K)]
-        threading.Thread(target=_watch_lifelines, args=(self._lifelines, self._gone, self.proc), daemon=True,
-                         name="parrbm-mpi-lifelines").start()
+        threading.Thread(
+            target=_watch_lifelines,
+            args=(self._lifelines, self._gone, self.proc),
+            daemon=True,
+            name="parrbm-mpi-lifelines",
+        ).start()
         return lines[0]
 
     def _exit(self) -> str:
@@ -412,20 +464,26 @@ class MPIGroup:
         if self._gone and len(getattr(self, "pids", [])) == self.K:
             first = _first_closed(self._gone, self.pids, int(m.group(1)) if m else None)
             if isinstance(first, list):
-                return (f"mpi: workers {', '.join(map(str, first))} (PIDs "
-                        f"{', '.join(str(self.pids[r]) for r in first)}) ended without a word, their "
-                        f"connections closed together (one died, the others were stopped); mpiexec stopped "
-                        f"the other workers")
+                return (
+                    f"mpi: workers {', '.join(map(str, first))} (PIDs "
+                    f"{', '.join(str(self.pids[r]) for r in first)}) ended without a word, their "
+                    f"connections closed together (one died, the others were stopped); mpiexec stopped "
+                    f"the other workers"
+                )
         if first is not None and (m is None or int(m.group(1)) != self.pids[first]):
             # mpiexec saw another rank end first (one it stopped): the connections' order names
             # the one that died
             host = self.hosts[first]
-            return (f"mpi: worker {first} (on {host}, PID {self.pids[first]}) ended without a word (its "
-                    f"connection closed first); mpiexec stopped the other workers")
+            return (
+                f"mpi: worker {first} (on {host}, PID {self.pids[first]}) ended without a word (its "
+                f"connection closed first); mpiexec stopped the other workers"
+            )
         if m:
             pid, host, code = int(m.group(1)), m.group(2), int(m.group(3))
             rank = next((r for r, p in enumerate(getattr(self, "pids", [])) if p == pid), None)
-            if rank is None and self.where is not None and self.where.hosts:  # before the ranks said who they are: by placement
+            if (
+                rank is None and self.where is not None and self.where.hosts
+            ):  # before the ranks said who they are: by placement
                 # (hydra places rank r on hosts[r % len(hosts)], a slot a host)
                 placed = [r for r in range(self.K) if self.where.hosts[r % len(self.where.hosts)] == host]
                 rank = placed[0] if len(placed) == 1 else None
@@ -435,7 +493,7 @@ class MPIGroup:
             return f"mpi: {who} {_describe_exit(-code if code > 0 else code)}; mpiexec stopped the other workers"
         said = re.findall(r"parrbm: .*", out)
         if said:
-            return f"mpi: {said[-1][len('parrbm: '):]}"
+            return f"mpi: {said[-1][len('parrbm: ') :]}"
         return f"mpi: the connection to worker 0 closed; mpiexec {self._exit() if self.proc.poll() is not None else 'still running'}: {out.strip()[-800:]}"
 
     # ---- the commands -----------------------------------------------------------------------
@@ -463,13 +521,16 @@ class MPIGroup:
 
     def local_states(self):
         header, got = self._ask_arrays({"op": "local"})
-        return [(c, {k: got[f"{r}/{k}"] for k in names})
-                for r, (c, names) in enumerate(zip(header["counters"], header["names"]))]
+        return [
+            (c, {k: got[f"{r}/{k}"] for k in names})
+            for r, (c, names) in enumerate(zip(header["counters"], header["names"]))
+        ]
 
     def restore_local(self, states) -> None:
         arrays = {f"{r}/{k}": a for r, (_, local) in enumerate(states) for k, a in local.items()}
-        self._ask({"op": "restore", "counters": [c for c, _ in states], "names": [sorted(a) for _, a in states]},
-                  arrays)
+        self._ask(
+            {"op": "restore", "counters": [c for c, _ in states], "names": [sorted(a) for _, a in states]}, arrays
+        )
 
     def close(self, kill: bool = False) -> None:
         """Stop the workers (asked, then killed if they do not stop)."""
@@ -550,8 +611,9 @@ def _watch_lifelines(lines: list[socket.socket], gone: list[list[int]], proc: su
             gone.append(batch)
 
 
-def _shut_down_mpi(procs: list, tag: str | None, scratch: Path | None, network=None,
-                   topology: set[str] = frozenset()) -> None:
+def _shut_down_mpi(
+    procs: list, tag: str | None, scratch: Path | None, network=None, topology: set[str] = frozenset()
+) -> None:
     """:func:`_shut_down` for an mpi group (mpiexec's process group, whatever carries the
     job's tag), then its folder and hydra's topology files."""
     import shutil
@@ -579,7 +641,7 @@ def _connect(rank: int) -> socket.socket:
     if driver.startswith("unix:"):  # the driver of emulated hosts, in another network namespace
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_SECONDS)
-        sock.connect(driver[len("unix:"):])
+        sock.connect(driver[len("unix:") :])
     else:
         host, _, port = driver.rpartition(":")
         sock = socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS)
@@ -603,8 +665,9 @@ def serve() -> int:
     try:
         line = _connect(rank)  # held open while this rank lives
     except (OSError, KeyError, ValueError) as exc:
-        sys.stderr.write(f"parrbm: rank {rank} could not reach the driver at {os.environ.get('PARRBM_DRIVER')}: "
-                         f"{exc}\n")
+        sys.stderr.write(
+            f"parrbm: rank {rank} could not reach the driver at {os.environ.get('PARRBM_DRIVER')}: {exc}\n"
+        )
         sys.stderr.flush()
         world.Abort(1)
     sock = line if rank == 0 else None
@@ -650,9 +713,16 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
 
         worker_class(header["strategy"], load=True)  # the driver named it: a plug-in is loaded here
         spec = CDSpec(**header["spec"])
-        r = ParallelRunner(spec, _state_from(arrays), header["strategy"], header["workers"], "mpi",
-                           StrategyOptions(**header["options"]), blas_threads=header["blas_threads"],
-                           timeout=header["timeout"])
+        r = ParallelRunner(
+            spec,
+            _state_from(arrays),
+            header["strategy"],
+            header["workers"],
+            "mpi",
+            StrategyOptions(**header["options"]),
+            blas_threads=header["blas_threads"],
+            timeout=header["timeout"],
+        )
         who = world.allgather((socket.gethostname(), os.getpid()))[: header["workers"]]
         return {"op": "ok", "hosts": [h for h, _ in who], "pids": [p for _, p in who], "_runner": r}, {}
     if op == "epoch":
@@ -663,14 +733,21 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
             runner._remote_X = arrays["X"]
         X, order = runner._remote_X, arrays["order"]
         m = runner.spec.batch_size
-        batches = [order[s:s + m] for s in range(0, len(order), m)]
+        batches = [order[s : s + m] for s in range(0, len(order), m)]
         results, extra, _ = runner._epoch(X, order, batches, header["first_step"])
         model = runner.gather_model()
         runner.state = model
-        answers = [{"errors": [float(e) for e in res[0]], "seconds": [float(t) for t in res[1]],
-                    "traffic": [int(t) for t in res[2]], "stats": {p: asdict(s) for p, s in res[3].items()},
-                    "wire": [int(w) for w in res[4]], **e}
-                   for res, e in zip(results, extra)]
+        answers = [
+            {
+                "errors": [float(e) for e in res[0]],
+                "seconds": [float(t) for t in res[1]],
+                "traffic": [int(t) for t in res[2]],
+                "stats": {p: asdict(s) for p, s in res[3].items()},
+                "wire": [int(w) for w in res[4]],
+                **e,
+            }
+            for res, e in zip(results, extra)
+        ]
         return {"op": "ok", "answers": answers}, _state_arrays(model)
     if op == "gather":
         return {"op": "ok"}, _state_arrays(runner.gather_model())
@@ -695,13 +772,13 @@ def _handle(op: str, header: dict, arrays: dict, runner, world) -> tuple[dict, d
         out = {f"{r}/{k}": a for r, (_, local) in enumerate(states) for k, a in local.items()}
         return {"op": "ok", "counters": [c for c, _ in states], "names": [sorted(a) for _, a in states]}, out
     if op == "restore":
-        states = [(c, {k: arrays[f"{r}/{k}"] for k in names})
-                  for r, (c, names) in enumerate(zip(header["counters"], header["names"]))]
+        states = [
+            (c, {k: arrays[f"{r}/{k}"] for k in names})
+            for r, (c, names) in enumerate(zip(header["counters"], header["names"]))
+        ]
         runner.restore_local(states)
         return {"op": "ok"}, {}
     raise RuntimeError(f"unknown command {op!r}")
-
-
 
 
 # ---- tcp workers on other hosts: the control channel is each worker's ssh session ------------------
@@ -748,8 +825,9 @@ class TCPGroup:
         import weakref
 
         # no worker outlives the group, nor its emulated hosts: also when it is dropped unclosed
-        self._finalizer = weakref.finalize(self, _shut_down, self.procs, self.tag,
-                                           self.network if self.own_network else None)
+        self._finalizer = weakref.finalize(
+            self, _shut_down, self.procs, self.tag, self.network if self.own_network else None
+        )
         secret = os.urandom(32).hex()
         program = ["-m", "parrbm.harness.remote", "--tcp"]
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(int(runner.blas_threads)), JOB_TAG: self.tag}
@@ -761,25 +839,51 @@ class TCPGroup:
             for r in range(self.K):
                 args = [*program, str(r), str(self.K)]
                 if self.hosts:
-                    remote = " ".join(["cd / &&", f"OPENBLAS_NUM_THREADS={int(runner.blas_threads)}", "exec",
-                                       shlex.quote(where.python), *args])
+                    remote = " ".join(
+                        [
+                            "cd / &&",
+                            f"OPENBLAS_NUM_THREADS={int(runner.blas_threads)}",
+                            "exec",
+                            shlex.quote(where.python),
+                            *args,
+                        ]
+                    )
                     command = [*where.launcher, self.hosts[r], remote]
                 elif self.network is not None:
                     command = [*self.network.exec_prefix(r), sys.executable, *args]
                 else:
                     command = [sys.executable, *args]
-                p = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, env=env, cwd="/")
+                p = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    env=env,
+                    cwd="/",
+                )
                 self.procs.append(p)
                 self.pipes.append(_Pipe(p.stdout, p.stdin))
             from parrbm.strategies.registry import plugin_sources
 
-            job = {"op": "job", "secret": secret, "spec": asdict(runner.spec), "sources": plugin_sources(runner.name),
-                   "strategy": runner.name, "workers": self.K, "options": asdict(runner.options),
-                   "blas_threads": runner.blas_threads, "timeout": runner.timeout}
+            job = {
+                "op": "job",
+                "secret": secret,
+                "spec": asdict(runner.spec),
+                "sources": plugin_sources(runner.name),
+                "strategy": runner.name,
+                "workers": self.K,
+                "options": asdict(runner.options),
+                "blas_threads": runner.blas_threads,
+                "timeout": runner.timeout,
+            }
             state = _state_arrays(runner.state)
-            ports = [a["port"] for a, _ in self._all([({**job, "listen": self._listen(r, where)}, state)
-                                                        for r in range(self.K)], started=True)]
+            ports = [
+                a["port"]
+                for a, _ in self._all(
+                    [({**job, "listen": self._listen(r, where)}, state) for r in range(self.K)], started=True
+                )
+            ]
             self._all({"op": "peers", "addresses": [[self._address(r, where), ports[r]] for r in range(self.K)]})
         except BaseException:
             self.close(kill=True)
@@ -822,8 +926,16 @@ class TCPGroup:
             except (OSError, ValueError, ConnectionError) as exc:
                 answers.put((r, {"op": "gone", "why": str(exc)}, {}))
             except BaseException as exc:  # noqa: BLE001 - this side failed: said at once, not waited out
-                answers.put((r, {"op": "error", "message": f"tcp: the driver failed talking to worker {r}: "
-                                                           f"{type(exc).__name__}: {exc}"}, {}))
+                answers.put(
+                    (
+                        r,
+                        {
+                            "op": "error",
+                            "message": f"tcp: the driver failed talking to worker {r}: {type(exc).__name__}: {exc}",
+                        },
+                        {},
+                    )
+                )
 
         for r in range(self.K):
             threading.Thread(target=exchange, args=(r,), daemon=True).start()
@@ -874,8 +986,10 @@ class TCPGroup:
         return self.network is not None and not set(self.network.namespaces()) <= set(namespaces())
 
     def _removed_message(self) -> str:
-        return (f"{self.transport}: the emulated hosts of this run were removed while it was going "
-                f"('parrbm network cleanup --all' stops the runs it removes the hosts of)")
+        return (
+            f"{self.transport}: the emulated hosts of this run were removed while it was going "
+            f"('parrbm network cleanup --all' stops the runs it removes the hosts of)"
+        )
 
     def _diagnose(self, got: dict[int, tuple[dict, dict]], stopped: list[int]) -> str:
         from collections import Counter
@@ -885,7 +999,7 @@ class TCPGroup:
         reports = {r: h["message"] for r, (h, _) in got.items() if h.get("op") == "error"}
         blamed = Counter(h["blame"] for h, _ in got.values() if h.get("op") == "error" and h.get("blame") is not None)
         codes = {r: p.poll() for r, p in enumerate(self.procs)}
-        silent = [r for r in range(self.K) if r not in got]       # never answered: killed by us
+        silent = [r for r in range(self.K) if r not in got]  # never answered: killed by us
         dead = [r for r, (h, _) in sorted(got.items()) if h.get("op") == "gone"]
         where = lambda r: f" (on {self.hosts[r]})" if self.hosts else ""  # noqa: E731
         seen = next(iter(reports.values()), "")
@@ -893,25 +1007,31 @@ class TCPGroup:
         # word (not a peer slow to stop after it, whom another peer may blame); one its peers
         # blame that never answered
         unresponsive = [r for r in stopped if r in silent] or (
-            [] if dead else [r for r, _ in blamed.most_common() if r in silent])
+            [] if dead else [r for r, _ in blamed.most_common() if r in silent]
+        )
         if unresponsive:
             r = unresponsive[0]
             seen = next((m for j, m in sorted(reports.items()) if j != r), "")
-            return (f"worker {r}{where(r)} did not respond within {self.timeout:g} s (stopped or hung"
-                    + ("; the kernel shows it stopped, as by SIGSTOP" if r in stopped else "") + ")"
-                    + (f"; its peers saw: {seen}" if seen else ""))
+            return (
+                f"worker {r}{where(r)} did not respond within {self.timeout:g} s (stopped or hung"
+                + ("; the kernel shows it stopped, as by SIGSTOP" if r in stopped else "")
+                + ")"
+                + (f"; its peers saw: {seen}" if seen else "")
+            )
         if dead:
             r = dead[0]
             tail = (self.procs[r].stderr.read() or b"").decode(errors="replace").strip() if self.procs[r].stderr else ""
             code = codes[r]
-            return (f"worker {r}{where(r)} " + (_describe_exit(code) if code is not None else "closed its connection")
-                    + (f"; its peers saw: {seen}" if seen else "") + (f"\n--- worker {r} stderr ---\n" +
-                                                                       "\n".join(tail.splitlines()[-8:]) if tail else ""))
+            return (
+                f"worker {r}{where(r)} "
+                + (_describe_exit(code) if code is not None else "closed its connection")
+                + (f"; its peers saw: {seen}" if seen else "")
+                + (f"\n--- worker {r} stderr ---\n" + "\n".join(tail.splitlines()[-8:]) if tail else "")
+            )
         if reports:
             return min(reports.items())[1]
         if silent:
-            return (f"worker {silent[0]}{where(silent[0])} did not respond within {self.timeout:g} s "
-                    f"(stopped or hung)")
+            return f"worker {silent[0]}{where(silent[0])} did not respond within {self.timeout:g} s (stopped or hung)"
         return "tcp: the workers stopped without a word"
 
     # ---- the commands (the interface of MPIGroup) ---------------------------------------------
@@ -1015,8 +1135,14 @@ def serve_tcp(rank: int, size: int) -> int:
         listener = socket.create_server((job["listen"], 0))
         send_frame(pipe, {"op": "ok", "port": listener.getsockname()[1]})
         peers, _ = inbox.get()
-        transport = TCPTransport(rank, size, bytes.fromhex(job["secret"]), listener,
-                                 [tuple(a) for a in peers["addresses"]], timeout=job["timeout"])
+        transport = TCPTransport(
+            rank,
+            size,
+            bytes.fromhex(job["secret"]),
+            listener,
+            [tuple(a) for a in peers["addresses"]],
+            timeout=job["timeout"],
+        )
         comm = Comm(transport)
         from parrbm.strategies.registry import install_sources
 
@@ -1053,10 +1179,16 @@ def serve_tcp(rank: int, size: int) -> int:
                     X = arrays["X"]
                 order = arrays["order"]
                 m = worker.spec.batch_size
-                batches = [order[s:s + m] for s in range(0, len(order), m)]
+                batches = [order[s : s + m] for s in range(0, len(order), m)]
                 errors, seconds, traffic, _, wire = train_on(worker, comm, X, batches, header["first_step"])
-                answer.update({"errors": [float(e) for e in errors], "seconds": [float(t) for t in seconds],
-                               "traffic": [int(t) for t in traffic], "wire": [int(w) for w in wire]})
+                answer.update(
+                    {
+                        "errors": [float(e) for e in errors],
+                        "seconds": [float(t) for t in seconds],
+                        "traffic": [int(t) for t in traffic],
+                        "wire": [int(w) for w in wire],
+                    }
+                )
             elif op == "load":
                 worker = build(_state_from(arrays))
             elif op == "finish":
@@ -1070,10 +1202,15 @@ def serve_tcp(rank: int, size: int) -> int:
                 raise RuntimeError(f"unknown command {op!r}")
             import resource
 
-            answer.update({"stats": {p: asdict(s) for p, s in comm.stats.items()},
-                           "divergence": worker.divergence[seen:], "syncs": worker.syncs - syncs,
-                           "memory_bytes": worker.memory_bytes(),
-                           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+            answer.update(
+                {
+                    "stats": {p: asdict(s) for p, s in comm.stats.items()},
+                    "divergence": worker.divergence[seen:],
+                    "syncs": worker.syncs - syncs,
+                    "memory_bytes": worker.memory_bytes(),
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                }
+            )
             out_arrays = local if op == "local" else {}
             if header.get("gather"):
                 before = set(comm.stats)
@@ -1083,7 +1220,9 @@ def serve_tcp(rank: int, size: int) -> int:
                 answer["admin_stats"] = {p: asdict(s) for p, s in comm.stats.items() if p not in before}
             send_frame(pipe, answer, out_arrays)
     except BaseException as exc:  # noqa: BLE001 - the driver is told, then this worker ends
-        msg = str(exc) if exc.__class__.__name__ == "CommError" else f"worker {rank} failed: {type(exc).__name__}: {exc}"
+        msg = (
+            str(exc) if exc.__class__.__name__ == "CommError" else f"worker {rank} failed: {type(exc).__name__}: {exc}"
+        )
         try:
             send_frame(pipe, {"op": "error", "message": msg, "blame": getattr(exc, "peer", None)})
         except OSError:

@@ -69,8 +69,10 @@ def scan(path: str | Path) -> ResultsFile:
                 if last:
                     out.torn, out.torn_line = raw, n
                     return out
-                raise ResultsError(f"{path}: line {n} is not a parrbm record ({problem}); the file is "
-                                   f"damaged or not a results file of 'parrbm run'")
+                raise ResultsError(
+                    f"{path}: line {n} is not a parrbm record ({problem}); the file is "
+                    f"damaged or not a results file of 'parrbm run'"
+                )
             out.records.append(record)
         out.good_bytes = end
         offset = end
@@ -102,11 +104,14 @@ def _read_lines(path: Path) -> list[bytes]:
                 raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
             total += len(raw)
             if len(raw) > MAX_LINE:
-                raise ResultsError(f"{path}: line {len(lines) + 1} is longer than {MAX_LINE >> 20} MiB: not a "
-                                   f"results file of 'parrbm run'")
+                raise ResultsError(
+                    f"{path}: line {len(lines) + 1} is longer than {MAX_LINE >> 20} MiB: not a "
+                    f"results file of 'parrbm run'"
+                )
             if total > MAX_RESULTS_BYTES:
-                raise ResultsError(f"{path}: larger than {MAX_RESULTS_BYTES >> 20} MiB: not a results file of "
-                                   f"'parrbm run'")
+                raise ResultsError(
+                    f"{path}: larger than {MAX_RESULTS_BYTES >> 20} MiB: not a results file of 'parrbm run'"
+                )
             if not raw.endswith(b"\n"):
                 lines.append(raw)
                 return lines
@@ -160,11 +165,25 @@ def _strict_json(text: str):
 
 TRANSPORT_NAMES = (None, "threads", "tcp", "mpi")
 STATUSES = ("ok", "error")
-_METRIC_NUMBERS = ("bytes_per_step", "bytes_per_sync", "compute_seconds", "comm_seconds", "wait_seconds",
-                   "cases_per_second")
-_METRIC_OPTIONAL = ("speedup_vs_serial", "speedup_vs_serial_all_cores", "speedup_vs_k1", "efficiency",
-                    "bytes_per_step_formula", "bytes_per_sync_formula", "wire_bytes_per_step",
-                    "replica_divergence", "reconstruction_error")
+_METRIC_NUMBERS = (
+    "bytes_per_step",
+    "bytes_per_sync",
+    "compute_seconds",
+    "comm_seconds",
+    "wait_seconds",
+    "cases_per_second",
+)
+_METRIC_OPTIONAL = (
+    "speedup_vs_serial",
+    "speedup_vs_serial_all_cores",
+    "speedup_vs_k1",
+    "efficiency",
+    "bytes_per_step_formula",
+    "bytes_per_sync_formula",
+    "wire_bytes_per_step",
+    "replica_divergence",
+    "reconstruction_error",
+)
 
 
 def _number(x) -> bool:
@@ -177,7 +196,7 @@ def _number(x) -> bool:
 
 
 def _count(x, minimum: int = 0) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and minimum <= x < 2 ** 63
+    return isinstance(x, int) and not isinstance(x, bool) and minimum <= x < 2**63
 
 
 def record_problem(rec: dict) -> str | None:
@@ -211,9 +230,13 @@ def record_problem(rec: dict) -> str | None:
     if status != "ok":
         return None
     model = rec.get("model")
-    if not isinstance(model, dict) or not _count(model.get("visible"), 1) or not _count(model.get("hidden"), 1) \
-            or model.get("visible_type") not in ("binary", "gaussian") \
-            or model.get("precision") not in ("float32", "float64"):
+    if (
+        not isinstance(model, dict)
+        or not _count(model.get("visible"), 1)
+        or not _count(model.get("hidden"), 1)
+        or model.get("visible_type") not in ("binary", "gaussian")
+        or model.get("precision") not in ("float32", "float64")
+    ):
         return "model must give visible, hidden (integers >= 1), visible_type and precision"
     for key in ("precision", "visible_type"):
         if key in fields and fields[key] != model[key]:
@@ -279,6 +302,7 @@ def set_aside_torn(rf: ResultsFile) -> Path:
 
 # ---- one writer at a time -----------------------------------------------------------------------
 
+
 class WriterLock:
     """``with WriterLock(results)``: refuse a second writer of the same results file
     (an advisory lock on ``.<name>.lock`` beside it, released when the process ends)."""
@@ -301,9 +325,11 @@ class WriterLock:
             who = self.fh.read().strip()
             self.fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise ResultsError(f"{self.results}: another 'parrbm run' is writing it"
-                                   + (f" (process {who})" if who else "")
-                                   + "; wait for it, or give another --out") from None
+                raise ResultsError(
+                    f"{self.results}: another 'parrbm run' is writing it"
+                    + (f" (process {who})" if who else "")
+                    + "; wait for it, or give another --out"
+                ) from None
             raise
         self.fh.seek(0)
         self.fh.truncate()
@@ -326,12 +352,15 @@ class WriterLock:
             here = None
         mine = os.fstat(self.fh.fileno())
         if here is None or (here.st_ino, here.st_dev) != (mine.st_ino, mine.st_dev):
-            raise ResultsError(f"{self.results}: its folder was removed, or its lock file {self.path.name} "
-                               f"replaced, while this run was writing it; the run stopped so that its records "
-                               f"do not mix with another run's")
+            raise ResultsError(
+                f"{self.results}: its folder was removed, or its lock file {self.path.name} "
+                f"replaced, while this run was writing it; the run stopped so that its records "
+                f"do not mix with another run's"
+            )
 
 
 # ---- records ---------------------------------------------------------------------------------
+
 
 def finite_record(record: dict) -> dict:
     """The record with every NaN / infinity replaced by null, and ``nulls`` saying which
@@ -383,11 +412,15 @@ def append_record(path: Path, record: dict, lock: "WriterLock | None" = None) ->
                 os.ftruncate(fh.fileno(), size)
             except OSError:
                 pass
-            raise OSError(exc.errno, f"{exc.strerror or exc}; the record was not written (the results "
-                                     f"already recorded are kept)", str(path)) from None
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror or exc}; the record was not written (the results already recorded are kept)",
+                str(path),
+            ) from None
 
 
 # ---- identity ------------------------------------------------------------------------------
+
 
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -440,8 +473,10 @@ def one_per_run(records: list[dict], path: Path | str) -> tuple[list[dict], list
             for other in idents[1:]:
                 diff = identity_diff(idents[0], other) if other != idents[0] else []
                 if diff:
-                    raise ResultsError(f"{path}: run {key} is recorded under two different experiments "
-                                       f"({'; '.join(diff[:4])}): the file mixes experiments")
+                    raise ResultsError(
+                        f"{path}: run {key} is recorded under two different experiments "
+                        f"({'; '.join(diff[:4])}): the file mixes experiments"
+                    )
         ok = [r for r in rs if r.get("status", "ok") == "ok"]
         pick = ok[-1] if ok else rs[-1]
         out.append(pick)

@@ -13,6 +13,7 @@ from parrbm.config import TRANSPORTS, CDSpec, ModelState
 from parrbm.harness.comm import Comm, PhaseStats
 from parrbm.strategies.base import StrategyOptions, Worker, admin_phase, chunk_plan
 
+
 def worker_class(strategy, *, load: bool = False) -> type[Worker]:
     """The parallel strategy's class, by name, ``module:Class`` or the class itself
     (``load``: import a plug-in not loaded yet, see :func:`registry.resolve`)."""
@@ -24,17 +25,16 @@ def worker_class(strategy, *, load: bool = False) -> type[Worker]:
     return cls
 
 
-def check_options(spec: CDSpec, strategy: str, workers: int, transport: str,
-                  options: StrategyOptions) -> None:
+def check_options(spec: CDSpec, strategy: str, workers: int, transport: str, options: StrategyOptions) -> None:
     """Reject impossible combinations with a message naming the parameter."""
     if transport not in TRANSPORTS:
-        raise ValueError(f"transport {transport!r} is not available in this release; "
-                         f"available: {', '.join(TRANSPORTS)}")
+        raise ValueError(
+            f"transport {transport!r} is not available in this release; available: {', '.join(TRANSPORTS)}"
+        )
     options.check()
     from parrbm.strategies.rules import check_split
 
-    check_split(strategy, n_visible=spec.n_visible, n_hidden=spec.n_hidden, batch_size=spec.batch_size,
-                workers=workers)
+    check_split(strategy, n_visible=spec.n_visible, n_hidden=spec.n_hidden, batch_size=spec.batch_size, workers=workers)
     cls = worker_class(strategy)
     cls.check_options(options, transport=transport)
 
@@ -45,8 +45,9 @@ class WorkerBook:
     do not sit in the launcher too. The worker itself is built here only to check or to
     give its local state before its process has ever run."""
 
-    def __init__(self, cls: type[Worker], spec: CDSpec, state: ModelState, rank: int, size: int,
-                 options: StrategyOptions):
+    def __init__(
+        self, cls: type[Worker], spec: CDSpec, state: ModelState, rank: int, size: int, options: StrategyOptions
+    ):
         self.cls, self.spec, self.state, self.rank, self.K, self.options = cls, spec, state, rank, size, options
         self.name = cls.name
         self.sync_phases = cls.sync_phases_of(options)
@@ -76,10 +77,21 @@ class WorkerBook:
 class ParallelRunner:
     """A parallel strategy behind the interface of :class:`SerialStrategy`."""
 
-    def __init__(self, spec: CDSpec, state: ModelState, strategy: str, workers: int,
-                 transport: str = "threads", options: StrategyOptions | None = None,
-                 *, blas_threads: int = 1, timeout: float = 60.0, tcp=None,
-                 network=None, mpi=None):
+    def __init__(
+        self,
+        spec: CDSpec,
+        state: ModelState,
+        strategy: str,
+        workers: int,
+        transport: str = "threads",
+        options: StrategyOptions | None = None,
+        *,
+        blas_threads: int = 1,
+        timeout: float = 60.0,
+        tcp=None,
+        network=None,
+        mpi=None,
+    ):
         from parrbm.strategies.registry import reference
 
         self.spec = spec
@@ -99,8 +111,10 @@ class ParallelRunner:
         # emulated hosts for the tcp or mpi workers: a LinkSpec (set up with the workers and
         # torn down with them) or an EmulatedNetwork the caller set up (a comparison's)
         if network is not None and transport == "threads":
-            raise ValueError("an emulated network puts each worker on a host of its own: it needs "
-                             "transport 'tcp' or 'mpi', not 'threads'")
+            raise ValueError(
+                "an emulated network puts each worker on a host of its own: it needs "
+                "transport 'tcp' or 'mpi', not 'threads'"
+            )
         if network is not None and self.tcp.hosts:
             raise ValueError("an emulated network and tcp.hosts both say where the workers run: give one")
         self.network = network
@@ -108,8 +122,9 @@ class ParallelRunner:
         #: where parrbm starts its mpi workers on other hosts (harness.remote.MPIHosts), or None
         self.mpi_hosts = mpi
         if mpi is not None and (transport != "mpi" or network is not None):
-            raise ValueError("mpi hosts say where the mpi workers run: they need transport 'mpi' and no "
-                             "emulated network")
+            raise ValueError(
+                "mpi hosts say where the mpi workers run: they need transport 'mpi' and no emulated network"
+            )
         # where the workers run, chosen once: threads of this process; the ranks of the job
         # the user's launcher started (mpiexec -n N python script.py: this process is one of
         # them); or processes parrbm starts at the first epoch
@@ -122,9 +137,11 @@ class ParallelRunner:
 
             if spmd_world() is not None:
                 if network is not None or self.tcp.hosts or mpi is not None:
-                    raise ValueError("this process is one rank of a job started by mpiexec or srun: the "
-                                     "fit runs on the job's ranks, where the launcher put them; an emulated "
-                                     "network or hosts do not apply")
+                    raise ValueError(
+                        "this process is one rank of a job started by mpiexec or srun: the "
+                        "fit runs on the job's ranks, where the launcher put them; an emulated "
+                        "network or hosts do not apply"
+                    )
                 self._where = JobRanks(self, SPMDGroup(workers, timeout=timeout, transport=transport))
         self.load_model(state)
 
@@ -139,8 +156,12 @@ class ParallelRunner:
             shared = ModelState(**{k: getattr(state, k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
             shared.W = np.array(state.W, dtype=self.spec.np_dtype, copy=True)
         # worker processes (tcp, mpi) build their own workers: the launcher keeps counters
-        self.workers = [cls(self.spec, shared, r, self.K, self.options) if self._where.keeps_workers
-                        else WorkerBook(cls, self.spec, shared, r, self.K, self.options) for r in range(self.K)]
+        self.workers = [
+            cls(self.spec, shared, r, self.K, self.options)
+            if self._where.keeps_workers
+            else WorkerBook(cls, self.spec, shared, r, self.K, self.options)
+            for r in range(self.K)
+        ]
         self.state = state
         if not self._where.load(state):  # running workers keep their books
             self._reset_stats()
@@ -149,8 +170,8 @@ class ParallelRunner:
         self.phase_stats = [dict() for _ in range(self.K)]  # per worker: phase -> PhaseStats
         # per worker, tcp and mpi: what assembling the model moved (gather-model), kept apart
         self.admin_stats: list[dict] = [dict() for _ in range(self.K)]
-        self.step_bytes: list[int] = []                   # all workers, per step, syncs excluded
-        self.step_wire: list[int] = []                    # the same as written on the wire (tcp)
+        self.step_bytes: list[int] = []  # all workers, per step, syncs excluded
+        self.step_wire: list[int] = []  # the same as written on the wire (tcp)
         self.step_seconds: list[list[float]] = [[] for _ in range(self.K)]
         self.steps = 0
 
@@ -225,7 +246,7 @@ class ParallelRunner:
         unless its contents are those they hold (or :meth:`run_again` says it is the last
         run's X, unchanged)."""
         m = self.spec.batch_size
-        batches = [order[s:s + m] for s in range(0, len(order), m)]
+        batches = [order[s : s + m] for s in range(0, len(order), m)]
         results, extra, gathered = self._epoch(X, order, batches, first_step)
         for r, (_, seconds, _, stats, _) in enumerate(results):
             self.step_seconds[r].extend(seconds)
@@ -298,19 +319,21 @@ class ParallelRunner:
             inside = sum(s.seconds for s in stats.values())
             wait = sum(s.wait_seconds for s in stats.values())
             total = sum(self.step_seconds[r])
-            by_worker.append({
-                "rank": r,
-                "bytes_sent": sum(s.bytes_sent for s in stats.values()),
-                "bytes_recv": sum(s.bytes_recv for s in stats.values()),
-                "messages": sum(s.messages for s in stats.values()),
-                "compute_seconds": total - inside,
-                "comm_seconds": inside - wait,
-                "wait_seconds": wait,
-                "step_seconds": total,
-                "memory_bytes": getattr(self.workers[r], "remote_memory", None) or self.workers[r].memory_bytes(),
-                "peak_rss_bytes": getattr(self.workers[r], "peak_rss", None),
-                "wire_bytes_sent": sum(s.wire_bytes_sent for s in stats.values()),
-            })
+            by_worker.append(
+                {
+                    "rank": r,
+                    "bytes_sent": sum(s.bytes_sent for s in stats.values()),
+                    "bytes_recv": sum(s.bytes_recv for s in stats.values()),
+                    "messages": sum(s.messages for s in stats.values()),
+                    "compute_seconds": total - inside,
+                    "comm_seconds": inside - wait,
+                    "wait_seconds": wait,
+                    "step_seconds": total,
+                    "memory_bytes": getattr(self.workers[r], "remote_memory", None) or self.workers[r].memory_bytes(),
+                    "peak_rss_bytes": getattr(self.workers[r], "peak_rss", None),
+                    "wire_bytes_sent": sum(s.wire_bytes_sent for s in stats.values()),
+                }
+            )
         n = max(self.K, 1)
         divergence = [d for w in self.workers for d in w.divergence]
         return {
@@ -333,8 +356,7 @@ class ParallelRunner:
                 "communication": sum(w["comm_seconds"] for w in by_worker) / n,
                 "waiting": sum(w["wait_seconds"] for w in by_worker) / n,
                 # a step lasts as long as its slowest worker
-                "step_median": float(np.median(np.max(np.array(self.step_seconds), axis=0)))
-                if self.steps else 0.0,
+                "step_median": float(np.median(np.max(np.array(self.step_seconds), axis=0))) if self.steps else 0.0,
             },
             "replica_divergence": max(divergence) if divergence else 0.0,
             # communication overlapped with computation (definitions: harness/comm.py):
@@ -386,8 +408,7 @@ def _training_wire(stats: dict[str, PhaseStats], sync_phases: set[str]) -> int:
     return sum(s.wire_bytes_sent for p, s in stats.items() if p not in sync_phases and not admin_phase(p))
 
 
-def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray],
-             first_step: int):
+def train_on(worker: Worker, comm: Comm, X: np.ndarray, batches: list[np.ndarray], first_step: int):
     """The training loop of one worker, the same on every transport. Returns the
     minibatch errors, step seconds, training payload bytes per step and the phase stats."""
     sync_phases = set(worker.sync_phases)

@@ -35,9 +35,17 @@ def _mac(secret: bytes, *parts: bytes) -> bytes:
 
 
 class TCPTransport(Transport):
-    def __init__(self, rank: int, size: int, secret: bytes, listener: socket.socket,
-                 addresses: list[tuple[str, int]], *, timeout: float = 60.0,
-                 max_length: int = F.DEFAULT_MAX_LENGTH):
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        secret: bytes,
+        listener: socket.socket,
+        addresses: list[tuple[str, int]],
+        *,
+        timeout: float = 60.0,
+        max_length: int = F.DEFAULT_MAX_LENGTH,
+    ):
         self.rank, self.size = rank, size
         self.secret = secret
         self.timeout = timeout
@@ -46,7 +54,7 @@ class TCPTransport(Transport):
         self.inbox: dict[int, queue.Queue] = {}
         self.outbox: dict[int, queue.Queue] = {}
         self.seq = 0
-        self.wire_bytes = 0      # everything written: headers + payload
+        self.wire_bytes = 0  # everything written: headers + payload
         self.wire_frames = 0
         self._lock = threading.Lock()
         self._connect(listener, addresses)
@@ -93,10 +101,15 @@ class TCPTransport(Transport):
                     break
                 if time.monotonic() > deadline:
                     missing = [j for j in range(self.rank + 1, self.size) if j not in self.socks]
-                    seen = (f"; {len(self.rejected)} other connection(s) to its port were refused (the last: "
-                            f"{self.rejected[-1]})" if self.rejected else "")
-                    raise CommError(f"worker {self.rank}: workers {missing} did not connect within "
-                                    f"{self.timeout:g} s{seen}")
+                    seen = (
+                        f"; {len(self.rejected)} other connection(s) to its port were refused (the last: "
+                        f"{self.rejected[-1]})"
+                        if self.rejected
+                        else ""
+                    )
+                    raise CommError(
+                        f"worker {self.rank}: workers {missing} did not connect within {self.timeout:g} s{seen}"
+                    )
                 ready, _, _ = select.select([listener, wake_r], [], [], max(0.0, deadline - time.monotonic()))
                 if wake_r in ready:
                     wake_r.recv(4096)
@@ -112,8 +125,9 @@ class TCPTransport(Transport):
                     self.rejected.append("a connection beyond the handshakes in progress")
                     continue
                 pending += 1
-                threading.Thread(target=self._handshake_thread, args=(s, done, wake), daemon=True,
-                                 name="tcp-handshake").start()
+                threading.Thread(
+                    target=self._handshake_thread, args=(s, done, wake), daemon=True, name="tcp-handshake"
+                ).start()
         finally:
             listener.close()
             wake_r.close()
@@ -125,8 +139,14 @@ class TCPTransport(Transport):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             done.put((s, self._handshake_accept(s, claimed=False), None))
         except socket.timeout:
-            done.put((s, None, f"worker {self.rank}: a connection sent no valid handshake within "
-                               f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped"))
+            done.put(
+                (
+                    s,
+                    None,
+                    f"worker {self.rank}: a connection sent no valid handshake within "
+                    f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped",
+                )
+            )
         except (F.FrameError, ConnectionError, OSError, CommError) as exc:
             done.put((s, None, str(exc)))
         try:
@@ -142,23 +162,30 @@ class TCPTransport(Transport):
             raise CommError(f"worker {self.rank}: worker {j} answered the hello with a {F.KINDS.get(kind)} frame")
         peer_nonce, proof = payload[:32], payload[32:]
         if not hmac.compare_digest(proof, _mac(self.secret, b"accept", nonce)):
-            raise CommError(f"worker {self.rank}: the process at worker {j}'s address does not "
-                            f"know this run's secret")
-        s.sendall(F.pack_header(F.RESPONSE, self.rank, 32)
-                  + _mac(self.secret, b"dial", peer_nonce, self.rank.to_bytes(4, "big")))
+            raise CommError(f"worker {self.rank}: the process at worker {j}'s address does not know this run's secret")
+        s.sendall(
+            F.pack_header(F.RESPONSE, self.rank, 32)
+            + _mac(self.secret, b"dial", peer_nonce, self.rank.to_bytes(4, "big"))
+        )
 
     def _handshake_accept(self, s, *, claimed: bool = True) -> int:
         kind, tag, nonce = F.read_frame(s, 64)
         if kind != F.HELLO or len(nonce) != 32 or not (self.rank < tag < self.size):
-            raise CommError(f"worker {self.rank}: refused a connection that did not open with a "
-                            f"valid hello (kind {F.KINDS.get(kind)}, rank {tag})")
+            raise CommError(
+                f"worker {self.rank}: refused a connection that did not open with a "
+                f"valid hello (kind {F.KINDS.get(kind)}, rank {tag})"
+            )
         mine = os.urandom(32)
         s.sendall(F.pack_header(F.CHALLENGE, self.rank, 64) + mine + _mac(self.secret, b"accept", nonce))
         kind, rank, proof = F.read_frame(s, 64)
-        if kind != F.RESPONSE or rank != tag or not hmac.compare_digest(
-                proof, _mac(self.secret, b"dial", mine, tag.to_bytes(4, "big"))):
-            raise CommError(f"worker {self.rank}: refused a connection claiming to be worker {tag}: "
-                            f"wrong proof of the run's secret")
+        if (
+            kind != F.RESPONSE
+            or rank != tag
+            or not hmac.compare_digest(proof, _mac(self.secret, b"dial", mine, tag.to_bytes(4, "big")))
+        ):
+            raise CommError(
+                f"worker {self.rank}: refused a connection claiming to be worker {tag}: wrong proof of the run's secret"
+            )
         if claimed and tag in self.socks:
             raise CommError(f"worker {self.rank}: worker {tag} connected twice")
         return tag
@@ -217,26 +244,36 @@ class TCPTransport(Transport):
             try:
                 item = self.inbox[j].get(timeout=self.timeout)
             except queue.Empty:
-                raise CommError(f"worker {j} sent nothing for {self.timeout:g} s in phase "
-                                f"'{self.phase}' (seen by worker {self.rank})", peer=j) from None
+                raise CommError(
+                    f"worker {j} sent nothing for {self.timeout:g} s in phase "
+                    f"'{self.phase}' (seen by worker {self.rank})",
+                    peer=j,
+                ) from None
             wait += time.perf_counter() - t0
             if item[0] is _CLOSED:
-                raise CommError(f"worker {j} closed its connection or sent a bad frame in phase "
-                                f"'{self.phase}' (seen by worker {self.rank}): {item[1]}", peer=j)
+                raise CommError(
+                    f"worker {j} closed its connection or sent a bad frame in phase "
+                    f"'{self.phase}' (seen by worker {self.rank}): {item[1]}",
+                    peer=j,
+                )
             kind, got_tag, payload = item
             if got_tag != tag or kind not in (F.DATA, F.EMPTY):
-                raise CommError(f"worker {j} is out of step in phase '{self.phase}': frame "
-                                f"{F.KINDS[kind]} #{got_tag}, expected #{tag}")
+                raise CommError(
+                    f"worker {j} is out of step in phase '{self.phase}': frame "
+                    f"{F.KINDS[kind]} #{got_tag}, expected #{tag}"
+                )
             if kind == F.DATA:
                 receive(j, np.frombuffer(payload, np.uint8))
         # The caller may reuse its buffers once this returns: wait for our own writes.
         for j, done in pending:
             if not done.wait(self.timeout):
-                raise CommError(f"worker {self.rank}: could not write to worker {j} for "
-                                f"{self.timeout:g} s in phase '{self.phase}'")
+                raise CommError(
+                    f"worker {self.rank}: could not write to worker {j} for {self.timeout:g} s in phase '{self.phase}'"
+                )
             if done.error is not None:
-                raise CommError(f"worker {self.rank}: writing to worker {j} failed in phase "
-                                f"'{self.phase}': {done.error}")
+                raise CommError(
+                    f"worker {self.rank}: writing to worker {j} failed in phase '{self.phase}': {done.error}"
+                )
         return wait
 
     def barrier(self) -> float:

@@ -14,7 +14,6 @@ from parrbm import _core
 from parrbm.harness.comm import Comm, CommError, Transport
 from parrbm.harness.signals import signals_held
 
-
 #: how long an early arrival at a collective spins before it sleeps
 SPIN_SECONDS = 2e-4
 
@@ -61,8 +60,9 @@ class ThreadsTransport(Transport):
         if not passed:
             late = [r for r in range(self.size) if hub.arrivals[r] < hub.arrivals[self.rank]]
             who = ", ".join(f"worker {r} (last in phase '{hub.phase[r]}')" for r in late) or "a peer"
-            raise CommError(f"{who} did not reach phase '{self.phase}' within {hub.timeout:g} s "
-                            f"(seen by worker {self.rank})")
+            raise CommError(
+                f"{who} did not reach phase '{self.phase}' within {hub.timeout:g} s (seen by worker {self.rank})"
+            )
         return time.perf_counter() - t0
 
     def exchange(self, sends, receive: Callable[[int, np.ndarray], None]) -> float:
@@ -115,8 +115,9 @@ class WorkerGate:
             return self._cond.wait_for(lambda: self._inside == 0, max(0.0, seconds))
 
 
-def stop_workers(stop: Callable[[], None], threads: list[threading.Thread], seconds: float,
-                 gate: WorkerGate | None = None) -> None:
+def stop_workers(
+    stop: Callable[[], None], threads: list[threading.Thread], seconds: float, gate: WorkerGate | None = None
+) -> None:
     """After Ctrl-C or SIGTERM: call ``stop`` (which must release the workers from what
     they wait on) and wait up to ``seconds`` for ``threads`` to leave, and for ``gate`` to
     be empty, with the signals held. A second Ctrl-C does not cut the wait short: one that
@@ -155,8 +156,7 @@ def _raise_in(thread: threading.Thread, exc_type: type) -> bool:
 
     if thread.ident is None:
         return False
-    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                      ctypes.py_object(exc_type)) == 1
+    return ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type)) == 1
 
 
 def _join_or_stop_hung(threads: list[threading.Thread], hub: ThreadsHub, errors: list, timeout: float) -> None:
@@ -181,9 +181,16 @@ def _join_or_stop_hung(threads: list[threading.Thread], hub: ThreadsHub, errors:
             continue
         hung = [r for r in alive if not hub.waiting[r]]
         for r in hung:
-            errors.append((r, WorkerHung(f"its step did not return within {timeout:g} s (training.timeout) while its "
-                                         f"peers waited at a collective; it was stopped (last phase reached: "
-                                         f"'{hub.phase[r] or 'none'}')")))
+            errors.append(
+                (
+                    r,
+                    WorkerHung(
+                        f"its step did not return within {timeout:g} s (training.timeout) while its "
+                        f"peers waited at a collective; it was stopped (last phase reached: "
+                        f"'{hub.phase[r] or 'none'}')"
+                    ),
+                )
+            )
             _raise_in(threads[r], WorkerHung)
         hub.abort()  # the others leave their barriers
         deadline = time.monotonic() + STOP_GRACE
@@ -191,13 +198,16 @@ def _join_or_stop_hung(threads: list[threading.Thread], hub: ThreadsHub, errors:
             threads[r].join(max(0.0, deadline - time.monotonic()))
         stuck = [r for r in alive if threads[r].is_alive()]
         if stuck:
-            raise CommError(f"worker(s) {stuck} did not return within {timeout:g} s (training.timeout) and could "
-                            f"not be stopped (inside native code); this process cannot run more workers safely")
+            raise CommError(
+                f"worker(s) {stuck} did not return within {timeout:g} s (training.timeout) and could "
+                f"not be stopped (inside native code); this process cannot run more workers safely"
+            )
         return
 
 
-def run_threads(size: int, target: Callable[[Comm], object], *, timeout: float = 60.0,
-                blas_threads: int = 1, spin: bool = True) -> list:
+def run_threads(
+    size: int, target: Callable[[Comm], object], *, timeout: float = 60.0, blas_threads: int = 1, spin: bool = True
+) -> list:
     """Run ``target(comm)`` on ``size`` worker threads; returns their results in rank order.
 
     Each worker's BLAS is limited to ``blas_threads``. ``spin=False``: an early arrival at

@@ -41,17 +41,27 @@ def declares_traffic(strategy) -> bool:
 
 
 def traffic_source(strategy) -> str:
-    """"declared" or "traced": where the bytes a record is held to come from."""
+    """ "declared" or "traced": where the bytes a record is held to come from."""
     return "declared" if declares_traffic(strategy) else "traced"
 
 
-def step_traffic(strategy, model: Model, m: int, K: int, *, batch_size: int | None = None,
-                 reduce: str | None = None, average: str | None = None, options=None) -> Traffic:
+def step_traffic(
+    strategy,
+    model: Model,
+    m: int,
+    K: int,
+    *,
+    batch_size: int | None = None,
+    reduce: str | None = None,
+    average: str | None = None,
+    options=None,
+) -> Traffic:
     """:func:`parrbm.strategies.declared.step_traffic` where the strategy declares it,
     else traced (:func:`trace_step`)."""
     if K == 1 or declares_traffic(strategy):
-        return declared_step_traffic(strategy, model, m, K, batch_size=batch_size, reduce=reduce, average=average,
-                                     options=options)
+        return declared_step_traffic(
+            strategy, model, m, K, batch_size=batch_size, reduce=reduce, average=average, options=options
+        )
     chains = (batch_size or m) if model.persistent else m
     return trace_step(strategy, model, m, K, _options(options, reduce=reduce, average=average), chains=chains)
 
@@ -69,9 +79,17 @@ def trace_step(strategy, model: Model, m: int, K: int, options, *, chains: int) 
     from parrbm.harness.threads import run_threads
 
     cls = resolve(strategy)
-    spec = CDSpec(n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=chains, visible=model.visible,
-                  statistics=model.statistics, cd_k=model.cd_k, persistent=model.persistent,
-                  dtype=model.precision, seed=0)
+    spec = CDSpec(
+        n_visible=model.n_visible,
+        n_hidden=model.n_hidden,
+        batch_size=chains,
+        visible=model.visible,
+        statistics=model.statistics,
+        cd_k=model.cd_k,
+        persistent=model.persistent,
+        dtype=model.precision,
+        seed=0,
+    )
     rng = np.random.default_rng(0)
     X = rng.random((m, model.n_visible))
     X = (X < 0.5).astype(spec.np_dtype) if model.visible == "binary" else X.astype(spec.np_dtype)
@@ -89,8 +107,9 @@ def trace_step(strategy, model: Model, m: int, K: int, options, *, chains: int) 
     sent = run_threads(K, dry_run)
     traffic = Traffic(K)
     for phase in dict.fromkeys(p for per in sent for p in per):
-        traffic.add(phase, [per.get(phase, (0, 0))[0] for per in sent],
-                    calls=max(per.get(phase, (0, 0))[1] for per in sent))
+        traffic.add(
+            phase, [per.get(phase, (0, 0))[0] for per in sent], calls=max(per.get(phase, (0, 0))[1] for per in sent)
+        )
     with _lock:
         _cache[key] = traffic
     return traffic

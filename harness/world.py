@@ -33,8 +33,8 @@ import time
 #: Open MPI: OMPI_COMM_WORLD_*)
 _WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
 
-_world = None          # the process's world, once made
-_world_kind = None     # "mpi" or "tcp"
+_world = None  # the process's world, once made
+_world_kind = None  # "mpi" or "tcp"
 
 
 def spmd_world() -> tuple[int, int] | None:
@@ -58,9 +58,11 @@ def launcher_world():
             from mpi4py import MPI
         except ImportError:
             if not os.environ.get("MASTER_ADDR"):
-                raise ValueError(f"this process is one of {mpi[1]} ranks of an MPI job ({mpi[0]}), but mpi4py is "
-                                 f"not installed here: pip install 'parrbm[mpi]', or set MASTER_ADDR and "
-                                 f"MASTER_PORT for a rendezvous over TCP") from None
+                raise ValueError(
+                    f"this process is one of {mpi[1]} ranks of an MPI job ({mpi[0]}), but mpi4py is "
+                    f"not installed here: pip install 'parrbm[mpi]', or set MASTER_ADDR and "
+                    f"MASTER_PORT for a rendezvous over TCP"
+                ) from None
         else:
             from parrbm.harness.mpi import remove_topology_file_after_proxy
 
@@ -75,7 +77,7 @@ def launcher_world():
 
 
 def world_kind() -> str | None:
-    """"mpi" or "tcp": how the ranks of this job talk, or None outside a launcher's job."""
+    """ "mpi" or "tcp": how the ranks of this job talk, or None outside a launcher's job."""
     launcher_world()
     return _world_kind
 
@@ -122,18 +124,30 @@ def _tcp_place() -> tuple[int, int, str, int, bytes, str] | None:
         # as Lightning's SLURMEnvironment does: a port of the job's own, here per step too
         port = 15000 + (_int_var("SLURM_JOB_ID") * 7 + int(env.get("SLURM_STEP_ID", "0") or 0)) % 20000
     else:
-        raise ValueError(f"this process is rank {rank} of {size} ({rank_var}/{size_var}), started without MPI: "
-                         f"set MASTER_ADDR and MASTER_PORT to where rank 0 is to meet the others")
+        raise ValueError(
+            f"this process is rank {rank} of {size} ({rank_var}/{size_var}), started without MPI: "
+            f"set MASTER_ADDR and MASTER_PORT to where rank 0 is to meet the others"
+        )
     if not host:
         if launcher != "srun":
-            raise ValueError(f"this process is rank {rank} of {size} ({rank_var}/{size_var}), started without MPI: "
-                             f"set MASTER_ADDR to rank 0's host")
+            raise ValueError(
+                f"this process is rank {rank} of {size} ({rank_var}/{size_var}), started without MPI: "
+                f"set MASTER_ADDR to rank 0's host"
+            )
         host = _first_host(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "")
     # a secret the launcher gave every rank (PARRBM_SECRET) keeps strangers out; without
     # one, the job's own ids keep another job on the same port out
     token = env.get("PARRBM_SECRET") or "|".join(
-        [launcher, env.get("SLURM_JOB_ID", ""), env.get("SLURM_STEP_ID", ""), env.get("TORCHELASTIC_RUN_ID", ""),
-         str(size), host, str(port)])
+        [
+            launcher,
+            env.get("SLURM_JOB_ID", ""),
+            env.get("SLURM_STEP_ID", ""),
+            env.get("TORCHELASTIC_RUN_ID", ""),
+            str(size),
+            host,
+            str(port),
+        ]
+    )
     return rank, size, host, port, hashlib.sha256(token.encode()).digest(), f"{launcher} ({rank_var}/{size_var})"
 
 
@@ -164,14 +178,16 @@ def spmd_agree_on_data(X, seed: int, who: str = "RBM") -> int:
     import numpy as np
 
     h = hashlib.sha256()
-    for part in ((X.data, X.indices, X.indptr) if hasattr(X, "indptr") else (X,)):  # CSR as it is stored
+    for part in (X.data, X.indices, X.indptr) if hasattr(X, "indptr") else (X,):  # CSR as it is stored
         h.update(np.ascontiguousarray(part).view(np.uint8).reshape(-1))
     digest = h.hexdigest() + str(X.shape)
     digests = world.allgather(digest)
     differ = [r for r, d in enumerate(digests) if d != digests[0]]
     if differ:
-        raise ValueError(f"{who}: a fit on the ranks of a job needs the same X on every rank (each worker trains on all of it); "
-                         f"ranks {differ} passed other data than rank 0")
+        raise ValueError(
+            f"{who}: a fit on the ranks of a job needs the same X on every rank (each worker trains on all of it); "
+            f"ranks {differ} passed other data than rank 0"
+        )
     return world.bcast(seed, root=0)
 
 
@@ -195,8 +211,10 @@ class _Data(pickle.Unpickler):
     on load) is refused, so that a message never runs code."""
 
     NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "complex")} | {
-        (f"numpy.{core}.{mod}", name) for core in ("core", "_core")
-        for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+        (f"numpy.{core}.{mod}", name)
+        for core in ("core", "_core")
+        for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.NUMPY:
@@ -252,8 +270,10 @@ class TCPWorld:
         try:
             listener = socket.create_server(("", port), reuse_port=False)
         except OSError as exc:
-            raise ValueError(f"rank 0 cannot listen on port {port} for the job's rendezvous ({exc.strerror or exc}): "
-                             f"set MASTER_PORT to a free port") from None
+            raise ValueError(
+                f"rank 0 cannot listen on port {port} for the job's rendezvous ({exc.strerror or exc}): "
+                f"set MASTER_PORT to a free port"
+            ) from None
         deadline = time.monotonic() + self.CONNECT_SECONDS
         refused = 0
         with listener:
@@ -261,10 +281,11 @@ class TCPWorld:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = [r for r in range(1, self.size) if r not in self._socks]
-                    raise ValueError(f"ranks {missing} of {self.size} did not reach rank 0's rendezvous at port {port} "
-                                     f"within {self.CONNECT_SECONDS:g} s (MASTER_ADDR/MASTER_PORT as they see it?)"
-                                     + (f"; {refused} connections without the job's secret were refused" if refused
-                                        else ""))
+                    raise ValueError(
+                        f"ranks {missing} of {self.size} did not reach rank 0's rendezvous at port {port} "
+                        f"within {self.CONNECT_SECONDS:g} s (MASTER_ADDR/MASTER_PORT as they see it?)"
+                        + (f"; {refused} connections without the job's secret were refused" if refused else "")
+                    )
                 listener.settimeout(left)
                 try:
                     sock, _ = listener.accept()
@@ -287,8 +308,11 @@ class TCPWorld:
 
             got = read_exact(sock, 4 + 32)
             (peer,) = struct.unpack("<i", got[:4])
-            if not (0 < peer < self.size) or peer in self._socks \
-                    or not hmac.compare_digest(got[4:], _proof(self._secret, nonce, peer)):
+            if (
+                not (0 < peer < self.size)
+                or peer in self._socks
+                or not hmac.compare_digest(got[4:], _proof(self._secret, nonce, peer))
+            ):
                 return None
             sock.sendall(b"ok")
             sock.settimeout(None)
@@ -316,8 +340,10 @@ class TCPWorld:
             except (OSError, ConnectionError) as exc:
                 why = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
             time.sleep(0.2)  # rank 0 is not listening yet
-        raise ValueError(f"rank {self.rank} of {self.size} could not reach rank 0's rendezvous at {host}:{port} within "
-                         f"{self.CONNECT_SECONDS:g} s ({why}); check MASTER_ADDR and MASTER_PORT")
+        raise ValueError(
+            f"rank {self.rank} of {self.size} could not reach rank 0's rendezvous at {host}:{port} within "
+            f"{self.CONNECT_SECONDS:g} s ({why}); check MASTER_ADDR and MASTER_PORT"
+        )
 
     # ---- frames -------------------------------------------------------------------------------
 
@@ -348,8 +374,9 @@ class TCPWorld:
         except BaseException as exc:  # noqa: BLE001 - a reader that fails must end the job, not leave it waiting
             if self._leaving:
                 return
-            self._end(f"reading rank {peer}'s messages failed ({type(exc).__name__}: {exc}); the job was ended",
-                      tell=True)
+            self._end(
+                f"reading rank {peer}'s messages failed ({type(exc).__name__}: {exc}); the job was ended", tell=True
+            )
 
     def _end(self, message: str, *, tell: bool, said: bool = True) -> None:
         """End this rank (and, from rank 0, every other rank) at once."""

@@ -24,8 +24,9 @@ from typing import BinaryIO, Callable
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], None],
-                 *, mode: int = 0o666) -> None:
+def write_atomic(
+    path: str | os.PathLike, content: bytes | str | Callable[[BinaryIO], None], *, mode: int = 0o666
+) -> None:
     """Replace ``path`` with ``content`` (bytes, text, or a function that writes to the
     open binary file) atomically; OSError names ``path`` if anything fails. The file gets
     ``mode`` less the umask, as a file that ``open`` creates does (the temporary file it is
@@ -54,8 +55,12 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[Binar
         except OSError:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, (BrokenPipeError,)):
-            raise OSError(exc.errno, f"{exc.strerror or exc}; the file was not written"
-                          + (" (the previous version is kept)" if path.exists() else ""), str(path)) from None
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror or exc}; the file was not written"
+                + (" (the previous version is kept)" if path.exists() else ""),
+                str(path),
+            ) from None
         raise
 
 
@@ -65,8 +70,11 @@ def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int
         return os.open(path, flags | NOFOLLOW, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "is a symbolic link; parrbm does not write through a link planted where "
-                                       "it writes", str(path)) from None
+            raise OSError(
+                errno.ELOOP,
+                "is a symbolic link; parrbm does not write through a link planted where it writes",
+                str(path),
+            ) from None
         raise
 
 
@@ -111,8 +119,9 @@ class FolderLock:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise InUse(f"{self.path.parent} is in use by {self.what}"
-                                + (f" ({holder})" if holder else "")) from None
+                    raise InUse(
+                        f"{self.path.parent} is in use by {self.what}" + (f" ({holder})" if holder else "")
+                    ) from None
                 raise
             # the holder before us removes the file as it lets go: a lock on a removed
             # file holds nothing, so take the one at the path now

@@ -29,9 +29,9 @@ class Model:
 
     n_visible: int
     n_hidden: int
-    visible: str = "binary"          # "binary" | "gaussian"
-    precision: str = "float32"       # "float32" | "float64"
-    statistics: str = "samples"      # "samples" | "probabilities"
+    visible: str = "binary"  # "binary" | "gaussian"
+    precision: str = "float32"  # "float32" | "float64"
+    statistics: str = "samples"  # "samples" | "probabilities"
     cd_k: int = 1
     persistent: bool = False
 
@@ -71,7 +71,7 @@ class Traffic:
 
     K: int
     phases: dict[str, list[int]] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)   # collectives per phase
+    calls: dict[str, int] = field(default_factory=dict)  # collectives per phase
 
     def add(self, phase: str, per_worker: list[int], calls: int = 1) -> None:
         acc = self.phases.setdefault(phase, [0] * self.K)
@@ -96,6 +96,7 @@ class Traffic:
 
 
 # ---- the collectives, per worker --------------------------------------------------------------
+
 
 def allgather_bits(rows: int, sizes: list[int]) -> list[int]:
     K = len(sizes)
@@ -140,8 +141,8 @@ def visible_traffic(model: Model, rows: int, vis: list[int]) -> list[int]:
     return allgather_bits(rows, vis) if model.visible_bits else allgather_floats(rows, vis, model.pb)
 
 
-
 # ---- the compute account ---------------------------------------------------------------------
+
 
 @dataclass
 class Work:
@@ -186,8 +187,9 @@ def hidden_work(w: Work, model: Model, rows: int, hk: int, H: int, exchanged: bo
         w.add("bernoulli", rows * H)
 
 
-def statistics_work(w: Work, model: Model, a: int, b: int, m: int, c: int, *, momentum: bool,
-                binary_data: bool) -> None:
+def statistics_work(
+    w: Work, model: Model, a: int, b: int, m: int, c: int, *, momentum: bool, binary_data: bool
+) -> None:
     """The update of an (a x b) weight block from [x; v'] (a columns) and [h; -h'] (b)."""
     if model.visible_bits:
         words = (max(m, c) + 63) // 64
@@ -202,5 +204,3 @@ def statistics_work(w: Work, model: Model, a: int, b: int, m: int, c: int, *, mo
         w.gemm(a, b, m + c)
         if momentum:
             w.add("update", a * b)
-
-

@@ -26,10 +26,22 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 IMAGE_SHAPES = {"digits": (8, 8), "nudged-digits": (8, 8), "cifar10": (32, 32, 3), "fashion-mnist": (28, 28)}
 #: where Debian's dataset-fashion-mnist package puts the four idx files
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                        "Bag", "Ankle boot")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_LABELS = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 class DatasetError(ValueError):
@@ -54,8 +66,10 @@ def load_digits(*, nudged: bool = False) -> tuple[np.ndarray, np.ndarray]:
 def nudge(X: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """X (n, h*w) and four copies moved by one pixel (zeros shifted in): (5n, h*w), (5n,)."""
     images = X.reshape((-1, *shape))
-    moved = [X] + [_shift(images, (0, dy, dx), mode="constant", cval=0.0, order=0).reshape(X.shape)
-                   for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+    moved = [X] + [
+        _shift(images, (0, dy, dx), mode="constant", cval=0.0, order=0).reshape(X.shape)
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+    ]
     return np.concatenate(moved), np.concatenate([y] * 5)
 
 
@@ -74,17 +88,21 @@ def load_fashion_mnist(path: str | Path | None = None, *, subset: str = "train")
     if subset not in ("train", "test", "all"):
         raise DatasetError(f"fashion-mnist: subset must be 'train', 'test' or 'all', got {subset!r}")
     folder = Path(path if path is not None else FASHION_MNIST_PATH).expanduser()
-    how = ("install it with 'apt-get install dataset-fashion-mnist' (Debian, Ubuntu), or give the folder of "
-           "the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-           "t10k-labels-idx1-ubyte, gzipped or not)")
+    how = (
+        "install it with 'apt-get install dataset-fashion-mnist' (Debian, Ubuntu), or give the folder of "
+        "the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, gzipped or not)"
+    )
     if not folder.is_dir():
         raise DatasetError(f"fashion-mnist: {folder} is not a folder; {how}")
     parts = []
-    for name in (("train", "test") if subset == "all" else (subset,)):
+    for name in ("train", "test") if subset == "all" else (subset,):
         images, labels = (_idx(folder, stem, how) for stem in FASHION_MNIST_FILES[name])
         if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
-            raise DatasetError(f"fashion-mnist: {folder}: {name} images of shape {images.shape} with labels "
-                               f"of shape {labels.shape}; expected (n, 28, 28) and (n,)")
+            raise DatasetError(
+                f"fashion-mnist: {folder}: {name} images of shape {images.shape} with labels "
+                f"of shape {labels.shape}; expected (n, 28, 28) and (n,)"
+            )
         parts.append((images.reshape(len(images), 784) / 255.0, labels.astype(np.int64)))
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
@@ -103,11 +121,12 @@ def _idx(folder: Path, stem: str, how: str) -> np.ndarray:
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise DatasetError(f"fashion-mnist: {f} is not an idx file of unsigned bytes")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     start = 4 + 4 * ndim
     if len(raw) != start + int(np.prod(dims)):
-        raise DatasetError(f"fashion-mnist: {f}: {len(raw) - start} bytes of data for a {dims} array "
-                           f"(truncated or damaged)")
+        raise DatasetError(
+            f"fashion-mnist: {f}: {len(raw) - start} bytes of data for a {dims} array (truncated or damaged)"
+        )
     return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
 
 
@@ -135,9 +154,11 @@ def cifar10_images(X: np.ndarray) -> np.ndarray:
 
 
 def _cifar10_batches(path: Path, names) -> list[tuple[np.ndarray, np.ndarray]]:
-    expected = (f"expected the CIFAR-10 python-format archive '{CIFAR10_ARCHIVE}' or its folder "
-                f"'{CIFAR10_FOLDER}' holding {', '.join(CIFAR10_TRAIN[:1])} .. {CIFAR10_TRAIN[-1]} and "
-                f"{CIFAR10_TEST} (from https://www.cs.toronto.edu/~kriz/cifar.html; parrbm does not download it)")
+    expected = (
+        f"expected the CIFAR-10 python-format archive '{CIFAR10_ARCHIVE}' or its folder "
+        f"'{CIFAR10_FOLDER}' holding {', '.join(CIFAR10_TRAIN[:1])} .. {CIFAR10_TRAIN[-1]} and "
+        f"{CIFAR10_TEST} (from https://www.cs.toronto.edu/~kriz/cifar.html; parrbm does not download it)"
+    )
     candidates = [path] if not path.is_dir() else [path / CIFAR10_FOLDER, path / CIFAR10_ARCHIVE, path]
     for c in candidates:
         if c.is_dir() and all((c / n).is_file() for n in names):
@@ -154,8 +175,9 @@ def _cifar10_batches(path: Path, names) -> list[tuple[np.ndarray, np.ndarray]]:
     looked = ", ".join(str(c) for c in candidates)
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir())[:8]
-        raise DatasetError(f"cifar10: looked in {looked}: no complete data set (the directory holds "
-                           f"{found or 'nothing'}); {expected}")
+        raise DatasetError(
+            f"cifar10: looked in {looked}: no complete data set (the directory holds {found or 'nothing'}); {expected}"
+        )
     raise DatasetError(f"cifar10: {path} does not exist; {expected}")
 
 
@@ -165,11 +187,15 @@ def _cifar10_batch(raw: bytes, where) -> tuple[np.ndarray, np.ndarray]:
         d = pickle.loads(raw, encoding="bytes")
         data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     except Exception as exc:  # noqa: BLE001 - any damage means: not a CIFAR-10 batch
-        raise DatasetError(f"cifar10: {where} is not a CIFAR-10 python batch (a pickled dict with "
-                           f"b'data' and b'labels'): {type(exc).__name__}: {exc}") from None
+        raise DatasetError(
+            f"cifar10: {where} is not a CIFAR-10 python batch (a pickled dict with "
+            f"b'data' and b'labels'): {type(exc).__name__}: {exc}"
+        ) from None
     if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8 or labels.shape != (data.shape[0],):
-        raise DatasetError(f"cifar10: {where}: b'data' must be uint8 of shape (n, 3072) with n labels, "
-                           f"got {data.dtype} {data.shape} and {labels.shape[0] if labels.ndim else 0} labels")
+        raise DatasetError(
+            f"cifar10: {where}: b'data' must be uint8 of shape (n, 3072) with n labels, "
+            f"got {data.dtype} {data.shape} and {labels.shape[0] if labels.ndim else 0} labels"
+        )
     return data, labels
 
 
@@ -200,13 +226,13 @@ def _read_npy(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
     if not isinstance(out, np.ndarray):  # an .npz archive behind a .npy name
         out.close()
-        raise DatasetError(f"{path}: an .npz archive of several arrays, not one .npy array: save the {what} "
-                           f"with numpy.save")
+        raise DatasetError(
+            f"{path}: an .npz archive of several arrays, not one .npy array: save the {what} with numpy.save"
+        )
     return out
 
 
-def random_binary(n_samples: int, n_features: int, *, density: float = 0.5,
-                  seed: int = 0) -> tuple[np.ndarray, None]:
+def random_binary(n_samples: int, n_features: int, *, density: float = 0.5, seed: int = 0) -> tuple[np.ndarray, None]:
     """The paper's benchmark data: independent bits, each 1 with probability ``density``."""
     if n_samples < 1 or n_features < 1:
         raise DatasetError(f"random-binary: n_samples and n_features must be >= 1, got {n_samples}, {n_features}")
@@ -219,9 +245,16 @@ def random_binary(n_samples: int, n_features: int, *, density: float = 0.5,
 DATASETS = ("digits", "nudged-digits", "cifar10", "npy", "random-binary")
 
 
-def load(name: str, *, path: str | Path | None = None, labels: str | Path | None = None,
-         subset: str = "train", n_samples: int = 1000, n_features: int = 784,
-         seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def load(
+    name: str,
+    *,
+    path: str | Path | None = None,
+    labels: str | Path | None = None,
+    subset: str = "train",
+    n_samples: int = 1000,
+    n_features: int = 784,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One entry point for the command line: ``name`` is one of :data:`DATASETS`."""
     if name == "digits":
         return load_digits()
@@ -229,8 +262,10 @@ def load(name: str, *, path: str | Path | None = None, labels: str | Path | None
         return load_digits(nudged=True)
     if name == "cifar10":
         if path is None:
-            raise DatasetError(f"cifar10: give the path of '{CIFAR10_ARCHIVE}' or of its folder "
-                               f"'{CIFAR10_FOLDER}' (parrbm does not download it)")
+            raise DatasetError(
+                f"cifar10: give the path of '{CIFAR10_ARCHIVE}' or of its folder "
+                f"'{CIFAR10_FOLDER}' (parrbm does not download it)"
+            )
         return load_cifar10(path, subset=subset)
     if name == "npy":
         if path is None:

@@ -44,9 +44,23 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     n_features_in_ : int
     """
 
-    def __init__(self, hidden_layer_sizes=(256, 256), *, visible="binary", n_iter=10, learning_rate="auto",
-                 batch_size=10, strategy="serial", workers=1, transport="threads", dtype="float32",
-                 layer_params=None, random_state=None, verbose=False, progress="auto"):
+    def __init__(
+        self,
+        hidden_layer_sizes=(256, 256),
+        *,
+        visible="binary",
+        n_iter=10,
+        learning_rate="auto",
+        batch_size=10,
+        strategy="serial",
+        workers=1,
+        transport="threads",
+        dtype="float32",
+        layer_params=None,
+        random_state=None,
+        verbose=False,
+        progress="auto",
+    ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.visible = visible
         self.n_iter = n_iter
@@ -64,25 +78,41 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _layers(self) -> list[RBM]:
         sizes = self.hidden_layer_sizes
         if not isinstance(sizes, (list, tuple, np.ndarray)) or np.ndim(sizes) != 1 or len(sizes) == 0:
-            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' must be a non-empty list or tuple of integers, "
-                             f"got {sizes!r:.80}")
+            raise ValueError(
+                f"DBN: parameter 'hidden_layer_sizes' must be a non-empty list or tuple of integers, got {sizes!r:.80}"
+            )
         for i, h in enumerate(sizes):
             v.check_int("DBN", f"hidden_layer_sizes[{i}]", h, minimum=1)
         per = self.layer_params if self.layer_params is not None else [{}] * len(sizes)
         if not isinstance(per, (list, tuple)) or len(per) != len(sizes) or not all(isinstance(p, dict) for p in per):
-            raise ValueError(f"DBN: parameter 'layer_params' must be a list of {len(sizes)} dicts (one per layer) "
-                             f"or None, got {self.layer_params!r}")
+            raise ValueError(
+                f"DBN: parameter 'layer_params' must be a list of {len(sizes)} dicts (one per layer) "
+                f"or None, got {self.layer_params!r}"
+            )
         for i, p in enumerate(per):
             unknown = sorted(set(p) - _LAYER_KEYS)
             if unknown:
                 raise ValueError(f"DBN: layer_params[{i}] has unknown keys {unknown}; allowed: {sorted(_LAYER_KEYS)}")
         seed = _resolve_seed(self.random_state)
-        shared = dict(n_iter=self.n_iter, learning_rate=self.learning_rate, batch_size=self.batch_size,
-                      strategy=self.strategy, workers=self.workers, transport=self.transport, dtype=self.dtype,
-                      verbose=self.verbose, progress=self.progress)
-        layers = [RBM(n_hidden=int(h), visible=self.visible if i == 0 else "binary",
-                      **{**shared, "random_state": (seed + i) % 2**64, **per[i]})
-                  for i, h in enumerate(sizes)]
+        shared = dict(
+            n_iter=self.n_iter,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            strategy=self.strategy,
+            workers=self.workers,
+            transport=self.transport,
+            dtype=self.dtype,
+            verbose=self.verbose,
+            progress=self.progress,
+        )
+        layers = [
+            RBM(
+                n_hidden=int(h),
+                visible=self.visible if i == 0 else "binary",
+                **{**shared, "random_state": (seed + i) % 2**64, **per[i]},
+            )
+            for i, h in enumerate(sizes)
+        ]
         for rbm in layers:  # a strategy named by a loaded file is not imported by a later fit either
             rbm._file_strategies = set(getattr(self, "_file_strategies", ()))
         return layers
@@ -129,8 +159,10 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         except (TypeError, ValueError):
             now = None
         if now != fitted:
-            raise ValueError(f"DBN: parameter 'hidden_layer_sizes' is {self.hidden_layer_sizes!r:.80} but the "
-                             f"fitted layers are {tuple(fitted)}: call fit to fit the new layers")
+            raise ValueError(
+                f"DBN: parameter 'hidden_layer_sizes' is {self.hidden_layer_sizes!r:.80} but the "
+                f"fitted layers are {tuple(fitted)}: call fit to fit the new layers"
+            )
         validate_data(self, X, reset=False, skip_check_array=True, ensure_2d=False)  # names; shape: layer 1
         out, Z = [], X
         for rbm in self.rbms_:
@@ -160,8 +192,11 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             meta, state = rbm._payload(path)
             layers.append(meta)
             arrays.update({f"layer{i}_{k}": a for k, a in state.items()})
-        params = {k: (list(val) if k == "hidden_layer_sizes" else val) for k, val in self.get_params().items()
-                  if k != "random_state" or isinstance(val, (int, type(None)))}
+        params = {
+            k: (list(val) if k == "hidden_layer_sizes" else val)
+            for k, val in self.get_params().items()
+            if k != "random_state" or isinstance(val, (int, type(None)))
+        }
         meta = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "params": params, "layers": layers}
         write_npz_atomic(path, {"parrbm_dbn": np.array(json.dumps(meta)), **arrays})
 
@@ -170,14 +205,19 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         path = Path(path)
         with read_npz(path, "DBN.load") as z:
             if "parrbm_dbn" not in z.files:
-                raise ValueError(f"DBN.load: {path} is not a parrbm DBN file (no 'parrbm_dbn' entry"
-                                 + ("; it holds one RBM: use RBM.load" if "parrbm_meta" in z.files else "") + ")")
+                raise ValueError(
+                    f"DBN.load: {path} is not a parrbm DBN file (no 'parrbm_dbn' entry"
+                    + ("; it holds one RBM: use RBM.load" if "parrbm_meta" in z.files else "")
+                    + ")"
+                )
             meta = z.json("parrbm_dbn")
             if not isinstance(meta, dict):
                 raise ValueError(f"DBN.load: {path}: its metadata must be a JSON object")
             if meta.get("format") != _FORMAT or meta.get("format_version") != _FORMAT_VERSION:
-                raise ValueError(f"DBN.load: {path} has format {meta.get('format')!r} version "
-                                 f"{meta.get('format_version')}; this parrbm reads {_FORMAT!r} {_FORMAT_VERSION}")
+                raise ValueError(
+                    f"DBN.load: {path} has format {meta.get('format')!r} version "
+                    f"{meta.get('format_version')}; this parrbm reads {_FORMAT!r} {_FORMAT_VERSION}"
+                )
             if not isinstance(meta.get("layers"), list) or not meta["layers"]:
                 raise ValueError(f"DBN.load: {path}: field 'layers' must be a non-empty list")
             if not isinstance(meta.get("params"), dict):
@@ -194,22 +234,31 @@ class DBN(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         params = dict(meta["params"])
         sizes = params.get("hidden_layer_sizes")
         if not isinstance(sizes, list) or [r.spec_.n_hidden for r in rbms] != sizes:
-            raise ValueError(f"DBN.load: {path}: field 'params.hidden_layer_sizes' must list the layers' "
-                             f"sizes {[r.spec_.n_hidden for r in rbms]}, got {sizes!r:.60}")
+            raise ValueError(
+                f"DBN.load: {path}: field 'params.hidden_layer_sizes' must list the layers' "
+                f"sizes {[r.spec_.n_hidden for r in rbms]}, got {sizes!r:.60}"
+            )
         for below, above in zip(rbms, rbms[1:]):
             if above.n_features_in_ != below.spec_.n_hidden:
-                raise ValueError(f"DBN.load: {path}: layer sizes do not chain: a layer of "
-                                 f"{below.spec_.n_hidden} hidden units feeds one of {above.n_features_in_} visible")
+                raise ValueError(
+                    f"DBN.load: {path}: layer sizes do not chain: a layer of "
+                    f"{below.spec_.n_hidden} hidden units feeds one of {above.n_features_in_} visible"
+                )
         params["hidden_layer_sizes"] = tuple(sizes)
         if isinstance(params.get("layer_params"), list):  # a path in a file does not choose where a fit writes
-            params["layer_params"] = [{k: x for k, x in lp.items() if k != "checkpoint_dir"} if isinstance(lp, dict)
-                                      else lp for lp in params["layer_params"]]
+            params["layer_params"] = [
+                {k: x for k, x in lp.items() if k != "checkpoint_dir"} if isinstance(lp, dict) else lp
+                for lp in params["layer_params"]
+            ]
         unknown = sorted(set(params) - set(cls._get_param_names()))
         if unknown:
             raise ValueError(f"DBN.load: {path}: field 'params.{unknown[0]}' is not a parameter of this parrbm's DBN")
         dbn = cls(**params)
-        dbn._file_strategies = {s for s in [dbn.strategy, *(lp.get("strategy") for lp in (dbn.layer_params or [])
-                                                            if isinstance(lp, dict))] if isinstance(s, str)}
+        dbn._file_strategies = {
+            s
+            for s in [dbn.strategy, *(lp.get("strategy") for lp in (dbn.layer_params or []) if isinstance(lp, dict))]
+            if isinstance(s, str)
+        }
         dbn.rbms_ = rbms
         dbn.n_features_in_ = rbms[0].n_features_in_
         return dbn

@@ -71,7 +71,7 @@ class Partition:
     def random(cls, n: int, K: int, seed: int) -> "Partition":
         perm = np.random.default_rng([seed, 0x9A97]).permutation(n)
         b = cls.cuts(n, K)
-        return cls(n, [np.sort(perm[b[k]:b[k + 1]]).astype(np.int64) for k in range(K)])
+        return cls(n, [np.sort(perm[b[k] : b[k + 1]]).astype(np.int64) for k in range(K)])
 
     @classmethod
     def make(cls, kind: str, n: int, K: int, seed: int = 0) -> "Partition":

@@ -24,8 +24,10 @@ def guess_shape(n_features: int) -> tuple[int, ...]:
     s = math.isqrt(n_features // 3)
     if n_features % 3 == 0 and s * s * 3 == n_features:
         return (s, s, 3)
-    raise ValueError(f"{n_features} features are not a square image or three square colour planes; "
-                     f"give the image shape (e.g. 28x20 or 32x32x3)")
+    raise ValueError(
+        f"{n_features} features are not a square image or three square colour planes; "
+        f"give the image shape (e.g. 28x20 or 32x32x3)"
+    )
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -65,7 +67,7 @@ def tile(images: np.ndarray, cols: int | None = None, pad: int = 1, background: 
     out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:]), background)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
     return out
 
 
@@ -105,8 +107,12 @@ def plot_filters(model, out=None, *, shape=None, n: int = 100, title: str | None
     fig, ax = plt.subplots(figsize=(size, size * mosaic.shape[0] / mosaic.shape[1] + 0.5))
     ax.imshow(mosaic, cmap="gray" if len(shape) == 2 else None, interpolation="nearest", vmin=0, vmax=1)
     ax.set_axis_off()
-    ax.set_title(title or f"{len(order)} of {W.shape[0]} filters ({'x'.join(map(str, shape))}), "
-                          f"strongest first, each scaled to its own range", fontsize=10)
+    ax.set_title(
+        title
+        or f"{len(order)} of {W.shape[0]} filters ({'x'.join(map(str, shape))}), "
+        f"strongest first, each scaled to its own range",
+        fontsize=10,
+    )
     _save(fig, out)
     return fig
 
@@ -125,7 +131,7 @@ def plot_reconstructions(model, X: np.ndarray, out=None, *, shape=None, n: int =
         X, R = preprocessor.inverse_transform(X), preprocessor.inverse_transform(R)
     shape = tuple(shape) if shape is not None else guess_shape(X.shape[1])
     lo, hi = float(np.min(X)), float(np.max(X))
-    scale = (lambda a: np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1))  # one range for both rows
+    scale = lambda a: np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0, 1)  # one range for both rows
     images = np.concatenate([scale(as_images(X, shape)), scale(as_images(R, shape))])
     mosaic = tile(images, cols=len(X))
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(X)), 2.2))
@@ -149,10 +155,16 @@ def plot_training_curves(history: list[dict], out=None):
     epochs = [h["epoch"] for h in history]
     # training and held-out both measured after the epoch, alike; the epoch's own error
     # (CD's samples during it, as the model changed) dotted beside them
-    panels = [("reconstruction error (MSE per element)",
-               [("training, after the epoch", "train_reconstruction_error"),
+    panels = [
+        (
+            "reconstruction error (MSE per element)",
+            [
+                ("training, after the epoch", "train_reconstruction_error"),
                 ("held-out, after the epoch", "valid_reconstruction_error"),
-                ("training, during the epoch", "reconstruction_error")])]
+                ("training, during the epoch", "reconstruction_error"),
+            ],
+        )
+    ]
     if any(h.get("pseudo_likelihood") is not None for h in history):
         panels.append(("pseudo-likelihood per sample", [("training", "pseudo_likelihood")]))
     if any(h.get("free_energy_gap") is not None for h in history):
@@ -162,8 +174,14 @@ def plot_training_curves(history: list[dict], out=None):
         for name, key in series:
             ys = [h.get(key) for h in history]
             if any(y is not None for y in ys):
-                ax.plot(epochs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name,
-                        linestyle=":" if "during" in name else "-")
+                ax.plot(
+                    epochs,
+                    [np.nan if y is None else y for y in ys],
+                    marker="o",
+                    ms=3,
+                    label=name,
+                    linestyle=":" if "during" in name else "-",
+                )
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)

@@ -51,8 +51,10 @@ def _resolve_seed(random_state) -> int:
         draw = random_state.integers if hasattr(random_state, "integers") else random_state.randint
         return int(draw(0, 2**63 - 1, dtype=np.int64))
     if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, (int, np.integer)):
-        raise ValueError(f"RBM: parameter 'random_state' must be None, an int, or a numpy "
-                         f"RandomState/Generator, got {random_state!r}")
+        raise ValueError(
+            f"RBM: parameter 'random_state' must be None, an int, or a numpy "
+            f"RandomState/Generator, got {random_state!r}"
+        )
     if random_state < 0 or random_state >= 2**64:
         raise ValueError(f"RBM: parameter 'random_state' must be in [0, 2**64), got {random_state}")
     return int(random_state)
@@ -199,13 +201,36 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         The resolved 64-bit seed.
     """
 
-    def __init__(self, n_hidden=256, *, visible="binary", learning_rate="auto", batch_size=10,
-                 n_iter=10, momentum=0.0, weight_decay=0.0, cd_k=1, persistent=False,
-                 statistics="samples", sample_visible=False, gaussian_noise=False, dtype="float32",
-                 random_state=None, strategy="serial", workers=1, transport="threads",
-                 strategy_options=None, learning_rate_schedule="constant", learning_rate_decay=0.95,
-                 max_abs_weight=100.0, warm_start=False, checkpoint_dir=None, checkpoint_every=1,
-                 progress="auto", verbose=0):
+    def __init__(
+        self,
+        n_hidden=256,
+        *,
+        visible="binary",
+        learning_rate="auto",
+        batch_size=10,
+        n_iter=10,
+        momentum=0.0,
+        weight_decay=0.0,
+        cd_k=1,
+        persistent=False,
+        statistics="samples",
+        sample_visible=False,
+        gaussian_noise=False,
+        dtype="float32",
+        random_state=None,
+        strategy="serial",
+        workers=1,
+        transport="threads",
+        strategy_options=None,
+        learning_rate_schedule="constant",
+        learning_rate_decay=0.95,
+        max_abs_weight=100.0,
+        warm_start=False,
+        checkpoint_dir=None,
+        checkpoint_every=1,
+        progress="auto",
+        verbose=0,
+    ):
         self.n_hidden = n_hidden
         self.visible = visible
         self.learning_rate = learning_rate
@@ -253,8 +278,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if not isinstance(self.sample_visible, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'sample_visible' must be True or False, got {self.sample_visible!r}")
         if self.sample_visible and self.visible != "binary":
-            raise ValueError("RBM: parameter 'sample_visible' is for binary visible units; Gaussian units are "
-                             "sampled with gaussian_noise=True")
+            raise ValueError(
+                "RBM: parameter 'sample_visible' is for binary visible units; Gaussian units are "
+                "sampled with gaussian_noise=True"
+            )
         if not isinstance(self.gaussian_noise, (bool, np.bool_)):
             raise ValueError(f"RBM: parameter 'gaussian_noise' must be True or False, got {self.gaussian_noise!r}")
         v.check_choice(o, "statistics", self.statistics, STATISTICS)
@@ -268,9 +295,15 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             if strategy:
                 resolve(self.strategy, load=not self._strategy_from_file())
         except StrategyError as exc:
-            raise ValueError(f"RBM: parameter 'strategy': {exc}"
-                             + ("; the model file names it: set_params(strategy=...) with the class or a "
-                                "registered name to train on" if self._strategy_from_file() else "")) from None
+            raise ValueError(
+                f"RBM: parameter 'strategy': {exc}"
+                + (
+                    "; the model file names it: set_params(strategy=...) with the class or a "
+                    "registered name to train on"
+                    if self._strategy_from_file()
+                    else ""
+                )
+            ) from None
         if not callable(self.learning_rate_schedule):
             v.check_choice(o, "learning_rate_schedule", self.learning_rate_schedule, _SCHEDULES)
         v.check_float(o, "learning_rate_decay", self.learning_rate_decay, low=0.0, high=1.0, low_open=True)
@@ -285,17 +318,27 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
             raise ValueError(f"RBM: parameter 'checkpoint_dir' must be a path or None, got {self.checkpoint_dir!r}")
         if strategy and self._serial() and self.workers != 1:
-            raise ValueError(f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
-                             f"Choose a parallel strategy for workers > 1")
+            raise ValueError(
+                f"RBM: strategy 'serial' runs on one worker; got workers={self.workers}. "
+                f"Choose a parallel strategy for workers > 1"
+            )
         self._options()
 
     #: parameters that make another model (its shape, its units, its sampling): changed
     #: after a fit, they are refused by a continued fit (call fit to start anew)
-    MODEL_PARAMS = ("n_hidden", "visible", "dtype", "batch_size", "cd_k", "persistent", "statistics",
-                    "sample_visible", "gaussian_noise")
+    MODEL_PARAMS = (
+        "n_hidden",
+        "visible",
+        "dtype",
+        "batch_size",
+        "cd_k",
+        "persistent",
+        "statistics",
+        "sample_visible",
+        "gaussian_noise",
+    )
     #: parameters that apply to the next steps of a continued fit (partial_fit, warm_start)
-    STEP_PARAMS = ("learning_rate", "momentum", "weight_decay", "strategy", "workers", "transport",
-                   "strategy_options")
+    STEP_PARAMS = ("learning_rate", "momentum", "weight_decay", "strategy", "workers", "transport", "strategy_options")
 
     def set_params(self, **params):
         """scikit-learn's set_params. After a fit, a changed parameter of
@@ -310,20 +353,36 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         changed since the model was fitted; the trainer rebuilt from the model if one of
         STEP_PARAMS did."""
         spec = self.spec_
-        now = {"n_hidden": int(self.n_hidden), "visible": self.visible, "dtype": self._dtype_name(),
-               "batch_size": int(self.batch_size), "cd_k": int(self.cd_k), "persistent": bool(self.persistent),
-               "statistics": self.statistics, "sample_visible": bool(self.sample_visible),
-               "gaussian_noise": bool(self.gaussian_noise)}
-        then = {"n_hidden": spec.n_hidden, "visible": spec.visible, "dtype": spec.dtype,
-                "batch_size": spec.batch_size, "cd_k": spec.cd_k, "persistent": spec.persistent,
-                "statistics": spec.statistics, "sample_visible": spec.sample_visible,
-                "gaussian_noise": spec.gaussian_noise}
+        now = {
+            "n_hidden": int(self.n_hidden),
+            "visible": self.visible,
+            "dtype": self._dtype_name(),
+            "batch_size": int(self.batch_size),
+            "cd_k": int(self.cd_k),
+            "persistent": bool(self.persistent),
+            "statistics": self.statistics,
+            "sample_visible": bool(self.sample_visible),
+            "gaussian_noise": bool(self.gaussian_noise),
+        }
+        then = {
+            "n_hidden": spec.n_hidden,
+            "visible": spec.visible,
+            "dtype": spec.dtype,
+            "batch_size": spec.batch_size,
+            "cd_k": spec.cd_k,
+            "persistent": spec.persistent,
+            "statistics": spec.statistics,
+            "sample_visible": spec.sample_visible,
+            "gaussian_noise": spec.gaussian_noise,
+        }
         changed = [k for k in self.MODEL_PARAMS if now[k] != then[k]]
         if changed:
             k = changed[0]
-            raise ValueError(f"RBM: parameter {k!r} changed since the model was fitted ({then[k]!r} -> {now[k]!r}); "
-                             f"{how} continues the fitted model, whose {', '.join(changed)} cannot change: call "
-                             f"fit (warm_start=False) to fit a new model")
+            raise ValueError(
+                f"RBM: parameter {k!r} changed since the model was fitted ({then[k]!r} -> {now[k]!r}); "
+                f"{how} continues the fitted model, whose {', '.join(changed)} cannot change: call "
+                f"fit (warm_start=False) to fit a new model"
+            )
         built = getattr(self, "_built_with", None)
         wanted = self._step_params()
         if built is not None and built != wanted and self._strategy is not None:
@@ -331,9 +390,15 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _step_params(self) -> tuple:
         """The STEP_PARAMS as the trainer was built with them (comparable)."""
-        return (self.base_learning_rate(), float(self.momentum), float(self.weight_decay),
-                registry_reference(self.strategy), int(self.workers), self.transport,
-                json.dumps(self.strategy_options, sort_keys=True, default=str))
+        return (
+            self.base_learning_rate(),
+            float(self.momentum),
+            float(self.weight_decay),
+            registry_reference(self.strategy),
+            int(self.workers),
+            self.transport,
+            json.dumps(self.strategy_options, sort_keys=True, default=str),
+        )
 
     def _rebuild_trainer(self) -> None:
         """The next steps under the new STEP_PARAMS: the replicas brought together, the old
@@ -345,11 +410,20 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         state = old.gather_model()
         if hasattr(old, "close"):
             old.close()
-        spec = self.spec_.replace(learning_rate=self.base_learning_rate(), momentum=float(self.momentum),
-                                  weight_decay=float(self.weight_decay))
+        spec = self.spec_.replace(
+            learning_rate=self.base_learning_rate(),
+            momentum=float(self.momentum),
+            weight_decay=float(self.weight_decay),
+        )
         if spec.momentum != 0.0 and state.W_inc is None:
-            state = ModelState(**{**vars(state), "W_inc": np.zeros_like(state.W), "b_inc": np.zeros_like(state.b),
-                                  "c_inc": np.zeros_like(state.c)})
+            state = ModelState(
+                **{
+                    **vars(state),
+                    "W_inc": np.zeros_like(state.W),
+                    "b_inc": np.zeros_like(state.b),
+                    "c_inc": np.zeros_like(state.c),
+                }
+            )
         self.spec_, self._state = spec, state
         self._strategy = self._make_strategy(spec, state)
 
@@ -385,19 +459,22 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         from parrbm.strategies import StrategyOptions
 
         if self.strategy_options is not None and not isinstance(self.strategy_options, dict):
-            raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, "
-                             f"got {self.strategy_options!r}")
+            raise ValueError(f"RBM: parameter 'strategy_options' must be a dict or None, got {self.strategy_options!r}")
         opts = dict(self.strategy_options or {})
         if "engine" in opts:
-            raise ValueError("RBM: strategy_options['engine'] is no longer an option: every strategy has one "
-                             "description, its Python module over the core's kernels, and runs it on every "
-                             "transport; remove it")
+            raise ValueError(
+                "RBM: strategy_options['engine'] is no longer an option: every strategy has one "
+                "description, its Python module over the core's kernels, and runs it on every "
+                "transport; remove it"
+            )
         runner = {k: opts.pop(k) for k in RUNNER_OPTIONS if k in opts}
         known = {f for f in StrategyOptions.__dataclass_fields__}
         unknown = sorted(set(opts) - known)
         if unknown:
-            raise ValueError(f"RBM: parameter 'strategy_options' has unknown keys {unknown}; allowed: "
-                             f"{sorted(known | set(RUNNER_OPTIONS))}")
+            raise ValueError(
+                f"RBM: parameter 'strategy_options' has unknown keys {unknown}; allowed: "
+                f"{sorted(known | set(RUNNER_OPTIONS))}"
+            )
         if "network" in runner:
             runner["network"] = _network_option(runner["network"], self.transport)
         if {"hosts", "mpi", "tcp"} & set(runner):
@@ -415,8 +492,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         except StrategyError:  # a plug-in named by a model file, not loaded: checked when a fit names it
             unused = []
         if unused:
-            raise ValueError(f"RBM: parameter 'strategy_options': the option {unused[0]} is not read by strategy "
-                             f"{self.strategy!r}; remove it or choose a strategy that reads it")
+            raise ValueError(
+                f"RBM: parameter 'strategy_options': the option {unused[0]} is not read by strategy "
+                f"{self.strategy!r}; remove it or choose a strategy that reads it"
+            )
         return options, runner
 
     def _dtype_name(self):
@@ -429,12 +508,20 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
     def _spec(self, n_features: int) -> CDSpec:
         return CDSpec(
-            n_visible=n_features, n_hidden=int(self.n_hidden), batch_size=int(self.batch_size),
-            visible=self.visible, gaussian_noise=bool(self.gaussian_noise),
+            n_visible=n_features,
+            n_hidden=int(self.n_hidden),
+            batch_size=int(self.batch_size),
+            visible=self.visible,
+            gaussian_noise=bool(self.gaussian_noise),
             sample_visible=bool(self.sample_visible),
-            statistics=self.statistics, cd_k=int(self.cd_k), persistent=bool(self.persistent),
-            learning_rate=self.base_learning_rate(), momentum=float(self.momentum),
-            weight_decay=float(self.weight_decay), dtype=self._dtype_name(), seed=self.seed_,
+            statistics=self.statistics,
+            cd_k=int(self.cd_k),
+            persistent=bool(self.persistent),
+            learning_rate=self.base_learning_rate(),
+            momentum=float(self.momentum),
+            weight_decay=float(self.weight_decay),
+            dtype=self._dtype_name(),
+            seed=self.seed_,
         )
 
     def _make_strategy(self, spec: CDSpec, state: ModelState):
@@ -450,8 +537,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
 
         options, runner = self._options()
         try:
-            return ParallelRunner(spec, state, self.strategy, int(self.workers), self.transport,
-                                  options, **runner)
+            return ParallelRunner(spec, state, self.strategy, int(self.workers), self.transport, options, **runner)
         except ValueError as exc:
             raise ValueError(f"RBM: {exc}") from exc
 
@@ -461,9 +547,14 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         """X checked, as an array of the model's dtype, or a CSR matrix for sparse X.
         Binary units train on data in [0, 1]; inference takes any finite values."""
         dtype = self.spec_.dtype if hasattr(self, "spec_") and not reset else self._dtype_name()
-        arr = v.check_data(type(self).__name__, X, dtype=np.dtype(dtype),
-                           n_features=None if reset else self.n_features_in_,
-                           binary_range=training and self.visible == "binary", accept_sparse=True)
+        arr = v.check_data(
+            type(self).__name__,
+            X,
+            dtype=np.dtype(dtype),
+            n_features=None if reset else self.n_features_in_,
+            binary_range=training and self.visible == "binary",
+            accept_sparse=True,
+        )
         # feature_names_in_ (a DataFrame's columns): set on fit, held to on later calls
         validate_data(self, X, reset=reset, skip_check_array=True)
         return arr
@@ -530,10 +621,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         batches = max(1, SPARSE_CHUNK_BYTES // max(1, m * X.shape[1] * self.spec_.np_dtype.itemsize))
         errors = []
         for start in range(0, len(order), m * batches):
-            rows = order[start:start + m * batches]
+            rows = order[start : start + m * batches]
             chunk = _dense(X[rows])
-            errors.append(self._strategy.run(chunk, np.arange(len(rows), dtype=np.int64),
-                                             self.n_steps_ + start // m))
+            errors.append(self._strategy.run(chunk, np.arange(len(rows), dtype=np.int64), self.n_steps_ + start // m))
         return np.concatenate(errors)
 
     def base_learning_rate(self) -> float:
@@ -572,10 +662,19 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             self._continue_with_params("fit with warm_start=True")
         else:
             self._initialise(X)
-        X_valid = None if X_valid is None else v.check_data("RBM", X_valid, dtype=self.spec_.np_dtype,
-                                                            name="X_valid", n_features=self.n_features_in_,
-                                                            binary_range=self.visible == "binary",
-                                                            accept_sparse=True)
+        X_valid = (
+            None
+            if X_valid is None
+            else v.check_data(
+                "RBM",
+                X_valid,
+                dtype=self.spec_.np_dtype,
+                name="X_valid",
+                n_features=self.n_features_in_,
+                binary_range=self.visible == "binary",
+                accept_sparse=True,
+            )
+        )
         monitor = _Monitor(self, X, X_valid)
         # the checkpoints of an MPI job's fit are rank 0's to write
         ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir is not None and self._leader() else None
@@ -593,13 +692,16 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         try:
             ckpt.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory "
-                             f"({exc.strerror or exc})") from None
+            raise ValueError(
+                f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory ({exc.strerror or exc})"
+            ) from None
         try:
             stack.enter_context(FolderLock(ckpt, "another fit"))
         except InUse as exc:
-            raise ValueError(f"RBM: parameter 'checkpoint_dir': {exc}; two fits cannot write checkpoints "
-                             f"into one directory: give each its own") from None
+            raise ValueError(
+                f"RBM: parameter 'checkpoint_dir': {exc}; two fits cannot write checkpoints "
+                f"into one directory: give each its own"
+            ) from None
         except OSError as exc:
             raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: {exc.strerror or exc}") from None
 
@@ -634,10 +736,14 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         head = f"[{type(self).__name__}] Iteration {entry['epoch']}"
         if pl is not None:
             head += f", pseudo-likelihood = {pl:.2f}"
-        extra = "".join(f", {k.replace('_', ' ')} = {entry[k]:.4f}" for k in (
-            "free_energy_gap", "valid_reconstruction_error") if entry.get(k) is not None)
-        return (f"{head}, time = {entry['seconds']:.2f}s, reconstruction error = "
-                f"{entry['reconstruction_error']:.6f}{extra}")
+        extra = "".join(
+            f", {k.replace('_', ' ')} = {entry[k]:.4f}"
+            for k in ("free_energy_gap", "valid_reconstruction_error")
+            if entry.get(k) is not None
+        )
+        return (
+            f"{head}, time = {entry['seconds']:.2f}s, reconstruction error = {entry['reconstruction_error']:.6f}{extra}"
+        )
 
     def _fit_epoch(self, epoch: int, X: np.ndarray, monitor: "_Monitor", ckpt: Path | None) -> dict:
         """One epoch at its learning rate, in its own order; a diverged epoch is undone
@@ -662,16 +768,29 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
                 f"The model is left as after epoch {epoch}"
                 + (f" and no checkpoint was written for epoch {epoch + 1}" if ckpt else "")
                 + f". Try learning_rate={lr / 10:g}"
-                + (" (Gaussian visible units need a smaller rate than binary ones, and data "
-                   "standardised per dimension)" if self.visible == "gaussian" else ""))
+                + (
+                    " (Gaussian visible units need a smaller rate than binary ones, and data "
+                    "standardised per dimension)"
+                    if self.visible == "gaussian"
+                    else ""
+                )
+            )
         self.reconstruction_error_.append(err)
         self.epochs_done_ = epoch + 1
-        entry = {"epoch": epoch + 1, "learning_rate": lr, "reconstruction_error": err,
-                 **monitor.measure(), "max_abs_weight": float(np.max(np.abs(self._state.W))),
-                 "seconds": time.perf_counter() - t0}
+        entry = {
+            "epoch": epoch + 1,
+            "learning_rate": lr,
+            "reconstruction_error": err,
+            **monitor.measure(),
+            "max_abs_weight": float(np.max(np.abs(self._state.W))),
+            "seconds": time.perf_counter() - t0,
+        }
         self.history_.append(entry)
-        if ckpt is not None and self._leader() and (self.epochs_done_ % int(self.checkpoint_every) == 0
-                                 or self.epochs_done_ == int(self.n_iter)):
+        if (
+            ckpt is not None
+            and self._leader()
+            and (self.epochs_done_ % int(self.checkpoint_every) == 0 or self.epochs_done_ == int(self.n_iter))
+        ):
             self._checkpoint(ckpt)
         return entry
 
@@ -695,21 +814,26 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         try:
             ckpt.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory "
-                             f"({exc.strerror or exc})") from None
+            raise ValueError(
+                f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r}: cannot create the directory ({exc.strerror or exc})"
+            ) from None
         newest = latest_checkpoint(ckpt)
         if newest is None:
             return
-        epoch = int(newest.name[len("epoch-"):].split(".")[0])
+        epoch = int(newest.name[len("epoch-") :].split(".")[0])
         if not resume:
-            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} already holds the checkpoints of "
-                             f"a fit (newest {newest.name}); a new fit would overwrite them. Continue that fit "
-                             f"(RBM.load(latest_checkpoint(dir)) with warm_start=True; parrbm train --resume) "
-                             f"or give another directory")
+            raise ValueError(
+                f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} already holds the checkpoints of "
+                f"a fit (newest {newest.name}); a new fit would overwrite them. Continue that fit "
+                f"(RBM.load(latest_checkpoint(dir)) with warm_start=True; parrbm train --resume) "
+                f"or give another directory"
+            )
         if epoch > self.epochs_done_:
-            raise ValueError(f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} holds checkpoints up to epoch "
-                             f"{epoch}, beyond this model's {self.epochs_done_} epochs; continuing here would "
-                             f"overwrite them: load {newest.name}, or give another directory")
+            raise ValueError(
+                f"RBM: parameter 'checkpoint_dir' {str(ckpt)!r} holds checkpoints up to epoch "
+                f"{epoch}, beyond this model's {self.epochs_done_} epochs; continuing here would "
+                f"overwrite them: load {newest.name}, or give another directory"
+            )
 
     def _checkpoint(self, directory: Path) -> None:
         self.save(directory / f"epoch-{self.epochs_done_:04d}.npz")
@@ -776,8 +900,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             if self._strategy_from_file():  # built by the first fit that names it
                 self._strategy = None
                 if local is not None:
-                    self._pending_local = ({"strategy": self.strategy, "workers": len(local),
-                                            "counters": [c for c, _ in local]}, local)
+                    self._pending_local = (
+                        {"strategy": self.strategy, "workers": len(local), "counters": [c for c, _ in local]},
+                        local,
+                    )
             else:
                 self._strategy = self._make_strategy(self.spec_, self._state)
                 if local is not None:
@@ -888,8 +1014,12 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         units = rng.integers(0, X.shape[1], X.shape[0])  # one per row, drawn alike for dense and sparse X
         if v._is_sparse(X):
             step = _sparse_rows(X)
-            return np.concatenate([self._pseudo_likelihood_of(_dense(X[i:i + step]), units[i:i + step], dtype)
-                                   for i in range(0, X.shape[0], step)])
+            return np.concatenate(
+                [
+                    self._pseudo_likelihood_of(_dense(X[i : i + step]), units[i : i + step], dtype)
+                    for i in range(0, X.shape[0], step)
+                ]
+            )
         return self._pseudo_likelihood_of(X, units, dtype)
 
     def _pseudo_likelihood_of(self, X: np.ndarray, unit: np.ndarray, dtype) -> np.ndarray:
@@ -914,8 +1044,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         A model holding NaN or inf is refused (:class:`DivergenceError`): a saved model is
         never overwritten by a broken one."""
         meta, arrays = self._payload(path)
-        write_npz_atomic(Path(path), {"parrbm_meta": np.array(json.dumps(meta)),
-                                      **{f"state_{k}": a for k, a in arrays.items()}})
+        write_npz_atomic(
+            Path(path), {"parrbm_meta": np.array(json.dumps(meta)), **{f"state_{k}": a for k, a in arrays.items()}}
+        )
 
     def _payload(self, where) -> tuple[dict, dict[str, np.ndarray]]:
         """(metadata, arrays) of the fitted model, for ``save`` and the DBN's file."""
@@ -926,11 +1057,20 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         meta = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
-            "params": {k: (val if isinstance(val, (int, float, str, bool, type(None))) else
-                           dict(val) if k == "strategy_options" and isinstance(val, dict) else
-                           str(val) if isinstance(val, os.PathLike) else
-                           _strategy_reference(val) if k == "strategy" else repr(val))
-                       for k, val in self.get_params().items()},
+            "params": {
+                k: (
+                    val
+                    if isinstance(val, (int, float, str, bool, type(None)))
+                    else dict(val)
+                    if k == "strategy_options" and isinstance(val, dict)
+                    else str(val)
+                    if isinstance(val, os.PathLike)
+                    else _strategy_reference(val)
+                    if k == "strategy"
+                    else repr(val)
+                )
+                for k, val in self.get_params().items()
+            },
             "spec": {**self.spec_.__dict__},
             "n_steps": self.n_steps_,
             "seed": self.seed_,
@@ -948,8 +1088,11 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             # what only the workers know (a replica between syncs, the steps of a sync or
             # averaging period): a fit resumed from this file is the uninterrupted one
             states = self._strategy.local_states()
-            meta["worker_local"] = {"strategy": self._strategy.name, "workers": self._strategy.K,
-                                    "counters": [c for c, _ in states]}
+            meta["worker_local"] = {
+                "strategy": self._strategy.name,
+                "workers": self._strategy.K,
+                "counters": [c for c, _ in states],
+            }
             for r, (_, local) in enumerate(states):
                 arrays.update({f"local{r}_{k}": a for k, a in local.items()})
         return meta, arrays
@@ -960,8 +1103,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         path = Path(path)
         with read_npz(path, "RBM.load") as z:
             if "parrbm_meta" not in z.files:
-                raise ValueError(f"RBM.load: {path} is not a parrbm model file "
-                                 f"(no 'parrbm_meta' entry; found {sorted(z.files)[:5]})")
+                raise ValueError(
+                    f"RBM.load: {path} is not a parrbm model file (no 'parrbm_meta' entry; found {sorted(z.files)[:5]})"
+                )
             meta = z.json("parrbm_meta")
             if not isinstance(meta, dict):
                 raise ValueError(f"RBM.load: {path}: its metadata must be a JSON object, got {type(meta).__name__}")
@@ -975,6 +1119,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _from_payload(cls, meta, arrays: dict, path) -> "RBM":
         """The model of a file's metadata and arrays, every field checked: a hand-edited
         or damaged file gets a ValueError naming the file and the field."""
+
         def bad(field: str, why: str):
             return ValueError(f"RBM.load: {path}: field '{field}' {why}")
 
@@ -983,8 +1128,10 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if meta.get("format") != _FORMAT:
             raise ValueError(f"RBM.load: {path} is not a parrbm model file (format {meta.get('format')!r})")
         if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"RBM.load: {path} has format version {meta.get('format_version')}, "
-                             f"this parrbm reads version {_FORMAT_VERSION}")
+            raise ValueError(
+                f"RBM.load: {path} has format version {meta.get('format_version')}, "
+                f"this parrbm reads version {_FORMAT_VERSION}"
+            )
         for key, kind in (("params", dict), ("spec", dict), ("seed", int), ("n_steps", int)):
             if key not in meta:
                 raise bad(key, "is missing")
@@ -993,7 +1140,7 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         for key in ("n_steps", "epochs_done"):
             if key in meta and (not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 0):
                 raise bad(key, f"must be an integer >= 0, got {meta[key]!r:.60}")
-        if not 0 <= meta["seed"] < 2 ** 64:
+        if not 0 <= meta["seed"] < 2**64:
             raise bad("seed", f"must be in [0, 2**64), got {meta['seed']}")
         for key, kind in (("reconstruction_error", list), ("history", list)):
             if key in meta and not isinstance(meta[key], kind):
@@ -1006,8 +1153,9 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if missing:
             raise ValueError(f"RBM.load: {path} lacks the arrays {sorted(missing)}")
         spec = _spec_from(meta["spec"], bad)
-        params = {k: val for k, val in meta["params"].items() if k != "random_state" or
-                  isinstance(val, (int, type(None)))}
+        params = {
+            k: val for k, val in meta["params"].items() if k != "random_state" or isinstance(val, (int, type(None)))
+        }
         if params.get("learning_rate_schedule") not in (None, *_SCHEDULES):
             params["learning_rate_schedule"] = "constant"  # a callable is not saved
         unknown = sorted(set(params) - set(cls._get_param_names()))
@@ -1032,12 +1180,20 @@ class RBM(ModelTagsMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
             raise bad("params.n_hidden", f"is {rbm.n_hidden}, but spec.n_hidden is {spec.n_hidden}")
         state = ModelState(**{k: arrays.get(k) for k in ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")})
         V, H = spec.n_visible, spec.n_hidden
-        shapes = {"W": (V, H), "b": (V,), "c": (H,), "W_inc": (V, H), "b_inc": (V,), "c_inc": (H,),
-                  "chains": (spec.batch_size, H)}
+        shapes = {
+            "W": (V, H),
+            "b": (V,),
+            "c": (H,),
+            "W_inc": (V, H),
+            "b_inc": (V,),
+            "c_inc": (H,),
+            "chains": (spec.batch_size, H),
+        }
         for k, a in state.arrays().items():
             if a.shape != shapes[k] or a.dtype != spec.np_dtype:
-                raise bad(f"state_{k}", f"has shape {a.shape} and dtype {a.dtype}; the metadata say "
-                                        f"{shapes[k]} {spec.dtype}")
+                raise bad(
+                    f"state_{k}", f"has shape {a.shape} and dtype {a.dtype}; the metadata say {shapes[k]} {spec.dtype}"
+                )
             if not np.all(np.isfinite(a)):
                 raise bad(f"state_{k}", "holds NaN or infinity")
         incs = [state.W_inc is None, state.b_inc is None, state.c_inc is None]
@@ -1075,6 +1231,7 @@ _STATE = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 def _model_arrays(z: "read_npz", meta, prefix: str, path) -> dict[str, np.ndarray]:
     """The entries ``prefix``* of a model file, each checked against the sizes its
     metadata declare before it is read; an entry no parrbm writes is refused."""
+
     def bad(field: str, why: str):
         return ValueError(f"RBM.load: {path}: field '{field}' {why}")
 
@@ -1092,15 +1249,17 @@ def _model_arrays(z: "read_npz", meta, prefix: str, path) -> dict[str, np.ndarra
     for key in z.files:
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name in shapes:
             z.check(key, shapes[name])
         elif name.startswith("local") and name[5:].split("_", 1)[0].isdigit():
             # a worker's own state: a slice, a replica or an increment, never more than W's twice
             z.check(key, most_bytes=2 * (V * H + V + H + m * H) * itemsize)
         else:
-            raise ValueError(f"RBM.load: {path}: entry {key!r} is not one a parrbm model file holds "
-                             f"({', '.join(prefix + s for s in _STATE)}, {prefix}local<worker>_*)")
+            raise ValueError(
+                f"RBM.load: {path}: entry {key!r} is not one a parrbm model file holds "
+                f"({', '.join(prefix + s for s in _STATE)}, {prefix}local<worker>_*)"
+            )
         out[name] = z[key]
     return out
 
@@ -1110,10 +1269,16 @@ def _restore_local(rbm: RBM, local, arrays: dict, bad) -> None:
     runner = rbm._strategy
     if not isinstance(local, dict) or not isinstance(local.get("counters"), list):
         raise bad("worker_local", "must be an object with a list of counters per worker")
-    if getattr(runner, "K", 1) != local.get("workers") or len(local["counters"]) != local.get("workers") \
-            or getattr(runner, "name", None) != local.get("strategy"):
-        raise bad("worker_local", f"is for {local.get('workers')} workers of {local.get('strategy')!r}; the "
-                                  f"model's parameters say {getattr(runner, 'K', 1)} of {getattr(runner, 'name', None)!r}")
+    if (
+        getattr(runner, "K", 1) != local.get("workers")
+        or len(local["counters"]) != local.get("workers")
+        or getattr(runner, "name", None) != local.get("strategy")
+    ):
+        raise bad(
+            "worker_local",
+            f"is for {local.get('workers')} workers of {local.get('strategy')!r}; the "
+            f"model's parameters say {getattr(runner, 'K', 1)} of {getattr(runner, 'name', None)!r}",
+        )
     try:
         runner.restore_local(_local_states(local, arrays, bad))
     except ValueError as exc:
@@ -1126,11 +1291,14 @@ def _local_states(local, arrays: dict, bad) -> list:
         raise bad("worker_local", "must be an object with a list of counters per worker")
     states = []
     for r, counters in enumerate(local["counters"]):
-        if not isinstance(counters, dict) or not isinstance(counters.get("steps_done"), int) \
-                or counters["steps_done"] < 0:
+        if (
+            not isinstance(counters, dict)
+            or not isinstance(counters.get("steps_done"), int)
+            or counters["steps_done"] < 0
+        ):
             raise bad(f"worker_local.counters[{r}]", "must hold steps_done, an integer >= 0")
         prefix = f"local{r}_"
-        mine = {k[len(prefix):]: a for k, a in arrays.items() if k.startswith(prefix)}
+        mine = {k[len(prefix) :]: a for k, a in arrays.items() if k.startswith(prefix)}
         if any(not np.all(np.isfinite(a)) for a in mine.values()):
             raise bad(f"state_{prefix}*", "holds NaN or infinity")
         states.append((counters, mine))
@@ -1164,14 +1332,19 @@ def _spec_from(raw: dict, bad) -> CDSpec:
     if missing:
         raise bad(f"spec.{missing[0]}", "is missing")
     rules = {
-        "n_visible": lambda x: _is_int(x) and x >= 1, "n_hidden": lambda x: _is_int(x) and x >= 1,
-        "batch_size": lambda x: _is_int(x) and x >= 1, "cd_k": lambda x: _is_int(x) and x >= 1,
-        "seed": lambda x: _is_int(x) and 0 <= x < 2 ** 64,
-        "visible": lambda x: x in VISIBLE_TYPES, "statistics": lambda x: x in STATISTICS,
+        "n_visible": lambda x: _is_int(x) and x >= 1,
+        "n_hidden": lambda x: _is_int(x) and x >= 1,
+        "batch_size": lambda x: _is_int(x) and x >= 1,
+        "cd_k": lambda x: _is_int(x) and x >= 1,
+        "seed": lambda x: _is_int(x) and 0 <= x < 2**64,
+        "visible": lambda x: x in VISIBLE_TYPES,
+        "statistics": lambda x: x in STATISTICS,
         "dtype": lambda x: x in DTYPES,
-        "gaussian_noise": lambda x: isinstance(x, bool), "sample_visible": lambda x: isinstance(x, bool),
+        "gaussian_noise": lambda x: isinstance(x, bool),
+        "sample_visible": lambda x: isinstance(x, bool),
         "persistent": lambda x: isinstance(x, bool),
-        "learning_rate": lambda x: _is_real(x) and x > 0, "momentum": lambda x: _is_real(x) and 0 <= x < 1,
+        "learning_rate": lambda x: _is_real(x) and x > 0,
+        "momentum": lambda x: _is_real(x) and 0 <= x < 1,
         "weight_decay": lambda x: _is_real(x) and x >= 0,
     }
     for k, val in raw.items():
@@ -1195,8 +1368,9 @@ def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(errno.ENOENT, f"cannot save the model: the directory {parent} does not exist",
-                                str(path))
+        raise FileNotFoundError(
+            errno.ENOENT, f"cannot save the model: the directory {parent} does not exist", str(path)
+        )
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "cannot save the model: the path is a directory", str(path))
     write_atomic(path, lambda fh: np.savez(fh, **arrays))
@@ -1220,8 +1394,10 @@ class read_npz:
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
         if not isinstance(self.z, np.lib.npyio.NpzFile):
-            raise ValueError(f"{self.who}: {self.path} holds one array (a .npy file), not a parrbm model file "
-                             f"(an .npz archive written by save)")
+            raise ValueError(
+                f"{self.who}: {self.path} holds one array (a .npy file), not a parrbm model file "
+                f"(an .npz archive written by save)"
+            )
         self.files = self.z.files
         self.headers = {}
         try:  # each entry's shape and dtype, from its header, before any data is read
@@ -1229,15 +1405,18 @@ class read_npz:
                 info = self.z.zip.getinfo(f"{key}.npy")
                 with self.z.zip.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
-                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    read_header = {
+                        (1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0,
+                    }.get(version)
                     if read_header is None:
                         raise ValueError(f"entry {key!r} has .npy format version {version}")
                     shape, _, dtype = read_header(fh)
                 nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
                 if dtype.hasobject or nbytes > info.file_size:
-                    raise ValueError(f"entry {key!r} claims {nbytes} bytes ({shape}, {dtype}) but holds "
-                                     f"{info.file_size}")
+                    raise ValueError(
+                        f"entry {key!r} claims {nbytes} bytes ({shape}, {dtype}) but holds {info.file_size}"
+                    )
                 self.headers[key] = (tuple(shape), dtype, nbytes)
         except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
             self.z.close()
@@ -1251,15 +1430,18 @@ class read_npz:
         if shape is not None and got != tuple(shape):
             raise ValueError(f"{self.who}: {self.path}: field '{key}' has shape {got}; the metadata say {tuple(shape)}")
         if most_bytes is not None and nbytes > most_bytes:
-            raise ValueError(f"{self.who}: {self.path}: field '{key}' holds {nbytes} bytes, more than a model of "
-                             f"this size has ({most_bytes})")
+            raise ValueError(
+                f"{self.who}: {self.path}: field '{key}' holds {nbytes} bytes, more than a model of "
+                f"this size has ({most_bytes})"
+            )
 
     def __getitem__(self, key: str) -> np.ndarray:
         try:
             return self.z[key]
         except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
-            raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file "
-                             f"(truncated or corrupt: {exc})") from None
+            raise ValueError(
+                f"{self.who}: {self.path} is not a readable parrbm model file (truncated or corrupt: {exc})"
+            ) from None
 
     def json(self, key: str) -> dict:
         from parrbm._files import strict_json
@@ -1267,13 +1449,15 @@ class read_npz:
         self.check(key, most_bytes=self.MAX_META_BYTES)
         entry = self[key]
         if entry.dtype.kind != "U" or entry.shape != ():
-            raise ValueError(f"{self.who}: {self.path}: its metadata must be one string, got {entry.dtype} "
-                             f"{entry.shape}")
+            raise ValueError(
+                f"{self.who}: {self.path}: its metadata must be one string, got {entry.dtype} {entry.shape}"
+            )
         try:
             return strict_json(str(entry), max_depth=32)
         except (json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{self.who}: {self.path}: its metadata is not JSON of a parrbm model "
-                             f"({getattr(exc, 'msg', exc)})") from None
+            raise ValueError(
+                f"{self.who}: {self.path}: its metadata is not JSON of a parrbm model ({getattr(exc, 'msg', exc)})"
+            ) from None
 
     def __exit__(self, *exc):
         self.z.close()
@@ -1305,36 +1489,38 @@ def _hosts_options(runner: dict, transport: str) -> None:
     hosts = runner.pop("hosts", None)
     for key in ("mpi", "tcp"):
         if key in runner and not isinstance(runner[key], dict):
-            raise ValueError(f"{name}['{key}'] must be a dict (the keys of a config's {key} section), "
-                             f"got {runner[key]!r}")
+            raise ValueError(
+                f"{name}['{key}'] must be a dict (the keys of a config's {key} section), got {runner[key]!r}"
+            )
     if hosts is not None:
         if not (isinstance(hosts, (list, tuple)) and hosts and all(isinstance(h, str) and h for h in hosts)):
             raise ValueError(f"{name}['hosts'] must be a non-empty list of host names, got {hosts!r}")
         if transport not in ("tcp", "mpi"):
-            raise ValueError(f"{name}['hosts'] starts the workers on other hosts: it needs transport 'tcp' or "
-                             f"'mpi', not {transport!r}")
+            raise ValueError(
+                f"{name}['hosts'] starts the workers on other hosts: it needs transport 'tcp' or "
+                f"'mpi', not {transport!r}"
+            )
         section = dict(runner.get(transport) or {})  # the caller's dict stays as given
         if "hosts" in section or "hostfile" in section:
             raise ValueError(f"{name}: 'hosts' and '{transport}' both name the hosts: give one")
         runner[transport] = {**section, "hosts": list(hosts)}
     if "mpi" in runner:
         if transport != "mpi":
-            raise ValueError(f"{name}['mpi'] says where mpi workers run: it needs transport 'mpi', not "
-                             f"{transport!r}")
+            raise ValueError(f"{name}['mpi'] says where mpi workers run: it needs transport 'mpi', not {transport!r}")
         from parrbm.harness.remote import MPIHosts
 
         unknown = sorted(set(runner["mpi"]) - set(MPIHosts.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"{name}['mpi'] has unknown keys {unknown}; allowed: "
-                             f"{sorted(MPIHosts.__dataclass_fields__)}")
+            raise ValueError(
+                f"{name}['mpi'] has unknown keys {unknown}; allowed: {sorted(MPIHosts.__dataclass_fields__)}"
+            )
         try:
             runner["mpi"] = MPIHosts(**runner["mpi"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}['mpi']: {exc}") from None
     if "tcp" in runner:
         if transport != "tcp":
-            raise ValueError(f"{name}['tcp'] says where tcp workers run: it needs transport 'tcp', not "
-                             f"{transport!r}")
+            raise ValueError(f"{name}['tcp'] says where tcp workers run: it needs transport 'tcp', not {transport!r}")
         from parrbm.harness.grid import tcp_hosts
         from parrbm.harness.launch import TCPHosts
 
@@ -1353,11 +1539,14 @@ def _network_option(value, transport: str):
 
     name = "RBM: strategy_options['network']"
     if not isinstance(value, dict) or "bandwidth" not in value or set(value) - {"bandwidth", "latency"}:
-        raise ValueError(f"{name} must be a dict with 'bandwidth' (e.g. '105MB/s', or 'unshaped') and "
-                         f"optionally 'latency' (e.g. '0.091ms'), got {value!r}")
+        raise ValueError(
+            f"{name} must be a dict with 'bandwidth' (e.g. '105MB/s', or 'unshaped') and "
+            f"optionally 'latency' (e.g. '0.091ms'), got {value!r}"
+        )
     if transport not in ("tcp", "mpi"):
-        raise ValueError(f"{name} puts each worker on an emulated host: it needs transport 'tcp' or 'mpi', "
-                         f"not {transport!r}")
+        raise ValueError(
+            f"{name} puts each worker on an emulated host: it needs transport 'tcp' or 'mpi', not {transport!r}"
+        )
     try:
         bandwidth = None if value["bandwidth"] == "unshaped" else parse_bandwidth(value["bandwidth"])
         latency = None if value.get("latency") is None else parse_latency(value["latency"])
@@ -1397,19 +1586,24 @@ class _Monitor:
 
     def measure(self) -> dict:
         rbm, out = self.rbm, {}
-        out["pseudo_likelihood"] = (float(np.mean(rbm._pseudo_likelihood(self.train, rbm.spec_.np_dtype)))
-                                    if rbm.spec_.visible == "binary" else None)
+        out["pseudo_likelihood"] = (
+            float(np.mean(rbm._pseudo_likelihood(self.train, rbm.spec_.np_dtype)))
+            if rbm.spec_.visible == "binary"
+            else None
+        )
         # measured after the epoch as the held-out error is, on as many samples: the two
         # curves compare like with like (the epoch's own error is of CD's samples, during it)
-        out["train_reconstruction_error"] = float(np.mean(
-            (self.train.astype(np.float64) - rbm._inference().reconstruct(self.train)) ** 2))
+        out["train_reconstruction_error"] = float(
+            np.mean((self.train.astype(np.float64) - rbm._inference().reconstruct(self.train)) ** 2)
+        )
         if self.valid is None:
             out["free_energy_gap"] = out["valid_reconstruction_error"] = None
         else:
             fe = lambda A: float(np.mean(rbm._free_energy(A.astype(np.float64))))  # noqa: E731
             out["free_energy_gap"] = fe(self.valid) - fe(self.train)
-            out["valid_reconstruction_error"] = float(np.mean(
-                (self.valid.astype(np.float64) - rbm._strategy.reconstruct(self.valid)) ** 2))
+            out["valid_reconstruction_error"] = float(
+                np.mean((self.valid.astype(np.float64) - rbm._strategy.reconstruct(self.valid)) ** 2)
+            )
         return out
 
 
@@ -1428,7 +1622,7 @@ def _by_rows(fn, X) -> np.ndarray:
     if not v._is_sparse(X):
         return fn(X)
     step = _sparse_rows(X)
-    return np.concatenate([fn(_dense(X[i:i + step])) for i in range(0, X.shape[0], step)])
+    return np.concatenate([fn(_dense(X[i : i + step])) for i in range(0, X.shape[0], step)])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

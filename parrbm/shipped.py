@@ -15,8 +15,10 @@ def configs_dir() -> Path:
     for candidate in (here / "configs", here.parent / "configs"):
         if candidate.is_dir() and any(candidate.glob("*.yaml")):
             return candidate
-    raise FileNotFoundError("parrbm's shipped configs are missing from this installation "
-                            f"(looked in {here / 'configs'} and {here.parent / 'configs'})")
+    raise FileNotFoundError(
+        "parrbm's shipped configs are missing from this installation "
+        f"(looked in {here / 'configs'} and {here.parent / 'configs'})"
+    )
 
 
 def shipped_configs() -> list[tuple[str, str, Path]]:
@@ -46,6 +48,8 @@ def find_config(name_or_path: str) -> Path:
         names = {n: p for n, _, p in shipped_configs()}
         if path.stem in names:
             return names[path.stem]
-        raise FileNotFoundError(f"{name_or_path}: no such file, and no shipped config of that name; shipped: "
-                                f"{', '.join(sorted(names))} (parrbm configs lists them)")
+        raise FileNotFoundError(
+            f"{name_or_path}: no such file, and no shipped config of that name; shipped: "
+            f"{', '.join(sorted(names))} (parrbm configs lists them)"
+        )
     raise FileNotFoundError(f"{name_or_path}: no such file")

@@ -11,15 +11,28 @@ from parrbm.strategies.green_only import GreenOnly
 from parrbm.strategies.parameter_averaging import ParameterAveraging
 from parrbm.strategies.per_update_sync import PerUpdateSync
 from parrbm.strategies.purple_only import PurpleOnly
+from parrbm.strategies.registry import StrategyError, names, reference, register, resolve  # noqa: E402
 from parrbm.strategies.serial import SerialStrategy
 from parrbm.strategies.unit_partitioned import UnitPartitioned
-
-from parrbm.strategies.registry import StrategyError, names, reference, register, resolve  # noqa: E402
 
 #: the built-in parallel strategies (every registered one: :func:`names`)
 PARALLEL_STRATEGIES: dict[str, type[Worker]] = {
     cls.name: cls for cls in (UnitPartitioned, PerUpdateSync, PurpleOnly, GreenOnly, ParameterAveraging)
 }
 
-__all__ = ["PARALLEL_STRATEGIES", "SerialStrategy", "StrategyError", "names", "reference", "register", "resolve", "StrategyOptions", "Worker",
-           "UnitPartitioned", "PerUpdateSync", "PurpleOnly", "GreenOnly", "ParameterAveraging"]
+__all__ = [
+    "PARALLEL_STRATEGIES",
+    "SerialStrategy",
+    "StrategyError",
+    "names",
+    "reference",
+    "register",
+    "resolve",
+    "StrategyOptions",
+    "Worker",
+    "UnitPartitioned",
+    "PerUpdateSync",
+    "PurpleOnly",
+    "GreenOnly",
+    "ParameterAveraging",
+]

@@ -5,8 +5,8 @@ algorithm in docs/design.md section 5 on top of these; none of this knows the tr
 from __future__ import annotations
 
 import threading
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +50,9 @@ def exact_chunks(rows: int, chunks: int, dtype, gemms) -> list[slice]:
                 candidate = Partition.row_chunks(rows, chunks, align)
                 if len(candidate) < 2:
                     break
-                if all(_rounds_alike(rows, k, n, tb, candidate, np.dtype(dtype), rng) for k, n, tb in sorted(set(gemms))):
+                if all(
+                    _rounds_alike(rows, k, n, tb, candidate, np.dtype(dtype), rng) for k, n, tb in sorted(set(gemms))
+                ):
                     plan = candidate
                     break
             _plans[key] = plan
@@ -63,8 +65,14 @@ def exact_column_blocks(rows: int, depths: list[int], cuts: list[slice], dtype) 
     bits of the whole product, for every depth in ``depths`` (every worker's: all find the
     same answer), on random operands. A BLAS's edge tiles may round otherwise (measured
     here: OpenBLAS's dgemm differs at some float64 shapes, its sgemm at none tried)."""
-    key = ("columns", rows, tuple(sorted(set(depths))), tuple((c.start, c.stop) for c in cuts),
-           np.dtype(dtype).str, _core.get_blas_threads())
+    key = (
+        "columns",
+        rows,
+        tuple(sorted(set(depths))),
+        tuple((c.start, c.stop) for c in cuts),
+        np.dtype(dtype).str,
+        _core.get_blas_threads(),
+    )
     with _plans_lock:
         if key not in _plans:
             rng = np.random.default_rng(0x0C4F)
@@ -90,8 +98,14 @@ def exact_row_blocks(depth: int, n_rows: int, plans: list[tuple[int, list[slice]
     without a beta term. Measured here: OpenBLAS's sgemm gives the whole product's bits at
     every cut tried, its dgemm differs below about a thousand rows (it takes another
     kernel for small products)."""
-    key = ("rows", depth, n_rows, tuple((cols, tuple((c.start, c.stop) for c in cuts)) for cols, cuts in plans),
-           np.dtype(dtype).str, _core.get_blas_threads())
+    key = (
+        "rows",
+        depth,
+        n_rows,
+        tuple((cols, tuple((c.start, c.stop) for c in cuts)) for cols, cuts in plans),
+        np.dtype(dtype).str,
+        _core.get_blas_threads(),
+    )
     with _plans_lock:
         if key not in _plans:
             rng = np.random.default_rng(0x0C50)
@@ -155,8 +169,8 @@ class Option:
     name: str
     default: Any  # the option's type: str, int or bool
     doc: str
-    choices: tuple = ()          # the allowed values of a choice
-    minimum: int | None = None   # an integer's least value (None: not an integer)
+    choices: tuple = ()  # the allowed values of a choice
+    minimum: int | None = None  # an integer's least value (None: not an integer)
 
     @property
     def is_flag(self) -> bool:
@@ -186,20 +200,37 @@ class Option:
 #: ``options_used`` (an option set away from its default that no strategy of a run reads
 #: is refused: :func:`parrbm.strategies.rules.unused_options`)
 OPTIONS = (
-    Option("partition", "contiguous", "how units are split (random: a seeded permutation)",
-           choices=("contiguous", "random")),
+    Option(
+        "partition",
+        "contiguous",
+        "how units are split (random: a seeded permutation)",
+        choices=("contiguous", "random"),
+    ),
     Option("sync_every", 1, "unit-partitioned: minibatches between weight syncs (0: never)", minimum=0),
     Option("shared_weights", False, "per-update sync on threads: one W, the sync a barrier"),
     Option("reduce", "allreduce", "parameter averaging: how gradients are summed", choices=("master", "allreduce")),
-    Option("average", "gradients", "parameter averaging: sum gradients every step (exactly serial CD), or "
-           "average weights every average_every steps", choices=("gradients", "weights")),
-    Option("average_every", 1, "parameter averaging with average='weights': minibatches between averagings",
-           minimum=1),
-    Option("overlap", False, "each exchange in flight while the worker computes what does not need it (its own "
-           "block of the next product, its own weights' update); lockstep's results, bit for bit"),
-    Option("overlap_chunks", 1, "the minibatch's cases (per-update sync: the synced rows; parameter averaging: the "
-           "gradient's rows) in this many chunks, each chunk's exchange in flight while the next computes; "
-           "more than 1 implies overlap (1 and no overlap: lockstep); lockstep's results, bit for bit", minimum=1),
+    Option(
+        "average",
+        "gradients",
+        "parameter averaging: sum gradients every step (exactly serial CD), or "
+        "average weights every average_every steps",
+        choices=("gradients", "weights"),
+    ),
+    Option("average_every", 1, "parameter averaging with average='weights': minibatches between averagings", minimum=1),
+    Option(
+        "overlap",
+        False,
+        "each exchange in flight while the worker computes what does not need it (its own "
+        "block of the next product, its own weights' update); lockstep's results, bit for bit",
+    ),
+    Option(
+        "overlap_chunks",
+        1,
+        "the minibatch's cases (per-update sync: the synced rows; parameter averaging: the "
+        "gradient's rows) in this many chunks, each chunk's exchange in flight while the next computes; "
+        "more than 1 implies overlap (1 and no overlap: lockstep); lockstep's results, bit for bit",
+        minimum=1,
+    ),
 )
 OPTION = {o.name: o for o in OPTIONS}
 
@@ -257,8 +288,7 @@ class Worker:
     #: the purple rows P_k = W[V_k, :], in the strategies that keep them
     purple: np.ndarray
 
-    def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int,
-                 options: StrategyOptions):
+    def __init__(self, spec: CDSpec, state: ModelState, rank: int, size: int, options: StrategyOptions):
         self.spec = spec
         # its Comm (harness/comm.py; the transport's, which a strategy never names): set by
         # the runner for each run
@@ -269,8 +299,8 @@ class Worker:
         self.vis = Partition.make(options.partition, spec.n_visible, self.K, spec.seed)
         self.hid = Partition.make(options.partition, spec.n_hidden, self.K, spec.seed + 1)
         self.divergence: list[float] = []  # replica drift measured before each sync
-        self.syncs = 0                      # weight synchronisations done
-        self.steps_done = 0                 # minibatch steps taken (sync and averaging periods)
+        self.syncs = 0  # weight synchronisations done
+        self.steps_done = 0  # minibatch steps taken (sync and averaging periods)
         self._chunk_plans: dict = {}
         if self.options.overlap_chunks > 1:  # the chunk plan of a full minibatch, found before the first step
             self.chunks(spec.batch_size)
@@ -317,8 +347,9 @@ class Worker:
         key = (rows, _core.get_blas_threads())  # a step's plan, found once (not in the step's loop)
         plan = self._chunk_plans.get(key)
         if plan is None:
-            plan = self._chunk_plans[key] = exact_chunks(rows, self.options.overlap_chunks, self.dtype,
-                                                         type(self).chunked_gemms(self.spec, self.vis, self.hid))
+            plan = self._chunk_plans[key] = exact_chunks(
+                rows, self.options.overlap_chunks, self.dtype, type(self).chunked_gemms(self.spec, self.vis, self.hid)
+            )
         return plan
 
     @classmethod
@@ -340,24 +371,66 @@ class Worker:
         """out <- a @ b (or a @ b.T), in place; row-strided views are used without copying."""
         _core.gemm(a, b, out, trans_b=trans_b)
 
-    def sample_hidden(self, pre: np.ndarray, bias: np.ndarray, units: dict, step: int, phase: int,
-                      *, states=None, probs=None, case0: int = 0, state_value: float = 1.0,
-                      prob_scale: float = 1.0) -> None:
-        _core.sample_sigmoid(pre, bias, states, probs, case0=case0, state_value=state_value,
-                             prob_scale=prob_scale, **units, **self.key(step, phase))
+    def sample_hidden(
+        self,
+        pre: np.ndarray,
+        bias: np.ndarray,
+        units: dict,
+        step: int,
+        phase: int,
+        *,
+        states=None,
+        probs=None,
+        case0: int = 0,
+        state_value: float = 1.0,
+        prob_scale: float = 1.0,
+    ) -> None:
+        _core.sample_sigmoid(
+            pre,
+            bias,
+            states,
+            probs,
+            case0=case0,
+            state_value=state_value,
+            prob_scale=prob_scale,
+            **units,
+            **self.key(step, phase),
+        )
 
-    def states_from_probabilities(self, probs: np.ndarray, units: dict, step: int, phase: int,
-                                  *, out: np.ndarray, case0: int = 0) -> np.ndarray:
+    def states_from_probabilities(
+        self, probs: np.ndarray, units: dict, step: int, phase: int, *, out: np.ndarray, case0: int = 0
+    ) -> np.ndarray:
         """The states sample_hidden would have drawn from these probabilities."""
         _core.sample_bernoulli(probs, out, case0=case0, **units, **self.key(step, phase))
         return out
 
-    def visible_units(self, pre: np.ndarray, bias: np.ndarray, out: np.ndarray, units: dict,
-                      step: int, t: int, *, data=None, case0: int = 0, err0: float = 0.0) -> float:
+    def visible_units(
+        self,
+        pre: np.ndarray,
+        bias: np.ndarray,
+        out: np.ndarray,
+        units: dict,
+        step: int,
+        t: int,
+        *,
+        data=None,
+        case0: int = 0,
+        err0: float = 0.0,
+    ) -> float:
         """Visible activations of the rows of ``pre`` (cases case0, case0 + 1, ...); returns
         err0 plus their squared reconstruction error against ``data``, added row by row."""
-        return _core.visible_activation(pre, bias, out, self.spec.visible, self.sample_visible,
-                                        data, case0=case0, err0=err0, **units, **self.key(step, phase_visible(t)))
+        return _core.visible_activation(
+            pre,
+            bias,
+            out,
+            self.spec.visible,
+            self.sample_visible,
+            data,
+            case0=case0,
+            err0=err0,
+            **units,
+            **self.key(step, phase_visible(t)),
+        )
 
     # ---- statistics and updates -------------------------------------------------------------
 
@@ -372,8 +445,18 @@ class Worker:
         x_bits, binary = _core.pack_columns(left[:mb], words)
         return (x_bits if binary else None), h_bits, v_bits, hn_bits
 
-    def apply_statistics(self, W: np.ndarray, inc, left: np.ndarray, right: np.ndarray,
-                         mb: int, neg_scale: float, *, rows: slice | None = None, packed=None) -> None:
+    def apply_statistics(
+        self,
+        W: np.ndarray,
+        inc,
+        left: np.ndarray,
+        right: np.ndarray,
+        mb: int,
+        neg_scale: float,
+        *,
+        rows: slice | None = None,
+        packed=None,
+    ) -> None:
         """W (+ inc) <- update with eps / mb (left_pos^T right_pos + left_neg^T right_neg).
 
         left: (mb + c, a) stacked [x; v'] columns of W's rows; right: (mb + c, b) stacked
@@ -394,11 +477,19 @@ class Worker:
                 x_bits, v_bits = (None if x_bits is None else x_bits[r]), v_bits[r]
             if x_bits is None:
                 beta = spec.momentum if inc is not None else 1.0 - decay_lr
-                _core.gemm(left[:mb], right[:mb], W if inc is None else inc, alpha=alpha, beta=beta,
-                           trans_a=True)
-            _core.bit_statistics_update(W, inc, x_bits, h_bits, v_bits, hn_bits,
-                                        alpha=alpha, neg_scale=neg_scale, momentum=spec.momentum,
-                                        decay_lr=decay_lr)
+                _core.gemm(left[:mb], right[:mb], W if inc is None else inc, alpha=alpha, beta=beta, trans_a=True)
+            _core.bit_statistics_update(
+                W,
+                inc,
+                x_bits,
+                h_bits,
+                v_bits,
+                hn_bits,
+                alpha=alpha,
+                neg_scale=neg_scale,
+                momentum=spec.momentum,
+                decay_lr=decay_lr,
+            )
         elif inc is not None:
             _core.gemm(left, right, inc, alpha=alpha, beta=spec.momentum, trans_a=True)
             _core.apply_increment(W, inc, decay_lr)
@@ -409,10 +500,10 @@ class Worker:
         """out <- left^T right (the unscaled weight gradient of a stacked minibatch)."""
         _core.gemm(left, right, out, alpha=1.0, beta=0.0, trans_a=True)
 
-    def update_bias(self, bias: np.ndarray, inc, pos: np.ndarray, neg, mb: int,
-                    neg_scale: float = 1.0) -> None:
-        _core.bias_update(bias, inc, pos, neg, neg_scale=neg_scale,
-                          alpha=self.spec.learning_rate / mb, momentum=self.spec.momentum)
+    def update_bias(self, bias: np.ndarray, inc, pos: np.ndarray, neg, mb: int, neg_scale: float = 1.0) -> None:
+        _core.bias_update(
+            bias, inc, pos, neg, neg_scale=neg_scale, alpha=self.spec.learning_rate / mb, momentum=self.spec.momentum
+        )
 
     # ---- what a strategy declares (the registry, the cost and time models, the rules) -------
     #
@@ -426,8 +517,10 @@ class Worker:
         is the model-parallel rule: the visible and the hidden units are split."""
         for n, what in ((n_visible, "visible"), (n_hidden, "hidden")):
             if workers > n:
-                return (f"strategy {cls.name!r} splits the {what} units over the workers: workers={workers} "
-                        f"is larger than the {n} {what} units")
+                return (
+                    f"strategy {cls.name!r} splits the {what} units over the workers: workers={workers} "
+                    f"is larger than the {n} {what} units"
+                )
         return None
 
     @classmethod
@@ -450,8 +543,9 @@ class Worker:
         return 0.0
 
     @classmethod
-    def step_work(cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool,
-                  binary_data: bool):
+    def step_work(
+        cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool, binary_data: bool
+    ):
         """:class:`parrbm.accounting.Work` of worker ``rank`` in one step."""
         raise NotImplementedError(f"strategy {cls.name!r} declares no compute account")
 
@@ -460,8 +554,9 @@ class Worker:
         return Work()
 
     @classmethod
-    def overlap_work(cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool,
-                     binary_data: bool) -> tuple:
+    def overlap_work(
+        cls, model, m: int, K: int, rank: int, options: "StrategyOptions", *, momentum: bool, binary_data: bool
+    ) -> tuple:
         """(:class:`Work`, phases): with ``overlap_chunks`` > 1, the part of worker
         ``rank``'s step (or of its every-step sync) computed chunk by chunk while the
         listed phases' chunks are on the wire. The time model pipelines the two and
@@ -486,14 +581,17 @@ class Worker:
         s = self.spec
         V, H, dt = s.n_visible, s.n_hidden, s.np_dtype
         if not isinstance(model, ModelState):
-            raise TypeError(f"strategy {self.name!r}: gather_model() must return a ModelState on rank 0, "
-                            f"got {type(model).__name__}")
+            raise TypeError(
+                f"strategy {self.name!r}: gather_model() must return a ModelState on rank 0, got {type(model).__name__}"
+            )
         for name, shape in (("W", (V, H)), ("b", (V,)), ("c", (H,))):
             a = getattr(model, name)
             if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt:
                 got = f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
-                raise TypeError(f"strategy {self.name!r}: gather_model() must return {name} of shape {shape} "
-                                f"and dtype {dt}, got {got}")
+                raise TypeError(
+                    f"strategy {self.name!r}: gather_model() must return {name} of shape {shape} "
+                    f"and dtype {dt}, got {got}"
+                )
         return model
 
     def checked_step(self, X: np.ndarray, i: int) -> float:
@@ -503,8 +601,10 @@ class Worker:
         if isinstance(err, np.ndarray) and err.shape == () and err.dtype.kind in "iuf":
             err = err.item()
         if isinstance(err, (bool, np.bool_)) or not isinstance(err, (int, float, np.integer, np.floating)):
-            raise TypeError(f"strategy {self.name!r}: step() must return this worker's reconstruction error sum "
-                            f"(a number), got {type(err).__name__} {err!r:.40}")
+            raise TypeError(
+                f"strategy {self.name!r}: step() must return this worker's reconstruction error sum "
+                f"(a number), got {type(err).__name__} {err!r:.40}"
+            )
         return float(err)
 
     def local_state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -519,9 +619,11 @@ class Worker:
         for k, a in arrays.items():
             mine = getattr(self, k, None) if k in self.local_arrays else None
             if mine is None or mine.shape != a.shape:
-                raise ValueError(f"worker {self.rank} of {self.name!r}: local array {k!r} "
-                                 f"{getattr(a, 'shape', None)} does not fit this worker "
-                                 f"({None if mine is None else mine.shape})")
+                raise ValueError(
+                    f"worker {self.rank} of {self.name!r}: local array {k!r} "
+                    f"{getattr(a, 'shape', None)} does not fit this worker "
+                    f"({None if mine is None else mine.shape})"
+                )
             mine[...] = a
 
     def finish(self) -> None:
@@ -558,8 +660,18 @@ class Worker:
             return self.comm.start_allgather_bits(local, out, self.vis, phase=P.VISIBLE, now=self.lockstep)
         return self.comm.start_allgather(local, out, self.vis, phase=P.VISIBLE, now=self.lockstep)
 
-    def start_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int, name: str,
-                     local: np.ndarray, full_act: np.ndarray, full_states: np.ndarray, rows: slice):
+    def start_hidden(
+        self,
+        pre: np.ndarray,
+        bias: np.ndarray,
+        step: int,
+        phase: int,
+        name: str,
+        local: np.ndarray,
+        full_act: np.ndarray,
+        full_states: np.ndarray,
+        rows: slice,
+    ):
         """:meth:`exchange_hidden` of the rows ``rows`` of ``pre`` (rows x |H_k| of the whole
         block), put in flight: samples this worker's units of those cases and starts their
         allgather into the same rows of ``full_act`` / ``full_states``. Complete it with
@@ -567,33 +679,45 @@ class Worker:
         units = self.hid.units(self.rank)
         if self.hidden_as_bits:
             self.sample_hidden(pre[rows], bias, units, step, phase, states=local[rows], case0=rows.start)
-            return self.comm.start_allgather_bits(local[rows], full_states[rows], self.hid, phase=name,
-                                                  now=self.lockstep)
+            return self.comm.start_allgather_bits(
+                local[rows], full_states[rows], self.hid, phase=name, now=self.lockstep
+            )
         self.sample_hidden(pre[rows], bias, units, step, phase, probs=local[rows], case0=rows.start)
         return self.comm.start_allgather(local[rows], full_act[rows], self.hid, phase=name, now=self.lockstep)
 
-    def finish_hidden(self, handle, step: int, phase: int, full_act: np.ndarray, full_states: np.ndarray,
-                      rows: slice) -> None:
+    def finish_hidden(
+        self, handle, step: int, phase: int, full_act: np.ndarray, full_states: np.ndarray, rows: slice
+    ) -> None:
         """Wait for a :meth:`start_hidden`; with probabilities, every worker then draws the
         same states of those cases from them."""
         handle.wait()
         if not self.hidden_as_bits:
-            self.states_from_probabilities(full_act[rows], {"unit0": 0}, step, phase, out=full_states[rows],
-                                           case0=rows.start)
+            self.states_from_probabilities(
+                full_act[rows], {"unit0": 0}, step, phase, out=full_states[rows], case0=rows.start
+            )
 
-    def own_hidden_states(self, local: np.ndarray, out: np.ndarray, step: int, phase: int,
-                          rows: slice) -> np.ndarray:
+    def own_hidden_states(self, local: np.ndarray, out: np.ndarray, step: int, phase: int, rows: slice) -> np.ndarray:
         """This worker's own units of the hidden states of the cases ``rows`` (the columns
         H_k of what :meth:`finish_hidden` gives), from its own samples, before the others'
         arrive: the states themselves (sampled statistics), or the same draws from its
         own probabilities (keyed by global unit and case, so the bits are the gathered ones')."""
         if self.hidden_as_bits:
             return local[rows]
-        return self.states_from_probabilities(local[rows], self.hid.units(self.rank), step, phase,
-                                              out=out[rows], case0=rows.start)
+        return self.states_from_probabilities(
+            local[rows], self.hid.units(self.rank), step, phase, out=out[rows], case0=rows.start
+        )
 
-    def product_own_first(self, own: np.ndarray, full: np.ndarray, weights: np.ndarray, out: np.ndarray,
-                          parts: Partition, *, arrived, trans_b: bool = False) -> None:
+    def product_own_first(
+        self,
+        own: np.ndarray,
+        full: np.ndarray,
+        weights: np.ndarray,
+        out: np.ndarray,
+        parts: Partition,
+        *,
+        arrived,
+        trans_b: bool = False,
+    ) -> None:
         """out <- full @ weights (weights.T with ``trans_b``), summed block by block over
         the depth as ``parts`` cuts it: this worker's own block first, from ``own`` (its
         columns of ``full``, here before the others'), then, once ``arrived()`` has
@@ -612,9 +736,17 @@ class Worker:
             if j != k:
                 _core.gemm(full[:, parts.parts[j]], block(j), out, beta=1.0, trans_b=trans_b)
 
-    def exchange_hidden(self, pre: np.ndarray, bias: np.ndarray, step: int, phase: int,
-                        name: str, local: np.ndarray, full_act: np.ndarray,
-                        full_states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def exchange_hidden(
+        self,
+        pre: np.ndarray,
+        bias: np.ndarray,
+        step: int,
+        phase: int,
+        name: str,
+        local: np.ndarray,
+        full_act: np.ndarray,
+        full_states: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Sample this worker's hidden units from their inputs ``pre`` (rows x |H_k|) and
         allgather them: 1-bit states (sampled statistics) or probabilities (then every
         worker draws the same states from them). Returns (activities for the statistics,
@@ -634,8 +766,9 @@ class Worker:
 
     # ---- model assembly -----------------------------------------------------------------------
 
-    def gather_rows(self, rows_block: np.ndarray, parts: Partition, n_cols: int, *,
-                    phase: str = P.GATHER_MODEL) -> np.ndarray | None:
+    def gather_rows(
+        self, rows_block: np.ndarray, parts: Partition, n_cols: int, *, phase: str = P.GATHER_MODEL
+    ) -> np.ndarray | None:
         """Rank 0 assembles the full (n, n_cols) array from each worker's row block."""
         blocks = self.comm.gather(np.ascontiguousarray(rows_block), phase=phase)
         if blocks is None:
@@ -645,8 +778,9 @@ class Worker:
             full[parts.index(j)] = blk.reshape(parts.size(j), n_cols)
         return full
 
-    def gather_columns(self, cols_block: np.ndarray, parts: Partition, n_rows: int, *,
-                       phase: str = P.GATHER_MODEL) -> np.ndarray | None:
+    def gather_columns(
+        self, cols_block: np.ndarray, parts: Partition, n_rows: int, *, phase: str = P.GATHER_MODEL
+    ) -> np.ndarray | None:
         """Rank 0 assembles the full (n_rows, n) array from each worker's column block
         (n_rows, |part j|): sent as it lies, placed by columns, never transposed."""
         blocks = self.comm.gather(np.ascontiguousarray(cols_block), phase=phase)
@@ -677,8 +811,9 @@ class Worker:
             return None
         assert W is not None and b is not None and c is not None  # gathered on rank 0
         chains = getattr(self, "chains", None)
-        return ModelState(W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2],
-                          chains=None if chains is None else chains.copy())
+        return ModelState(
+            W=W, b=b, c=c, W_inc=incs[0], b_inc=incs[1], c_inc=incs[2], chains=None if chains is None else chains.copy()
+        )
 
 
 def admin_phase(phase: str) -> bool:

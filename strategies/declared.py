@@ -15,8 +15,17 @@ def _options(options=None, **overrides) -> StrategyOptions:
     return base if not given else StrategyOptions(**{**base.__dict__, **given})
 
 
-def step_traffic(strategy, model: Model, m: int, K: int, *, batch_size: int | None = None,
-                 reduce: str | None = None, average: str | None = None, options=None) -> Traffic:
+def step_traffic(
+    strategy,
+    model: Model,
+    m: int,
+    K: int,
+    *,
+    batch_size: int | None = None,
+    reduce: str | None = None,
+    average: str | None = None,
+    options=None,
+) -> Traffic:
     """Bytes of one minibatch step of m cases (weight syncs excluded), as the strategy
     declares them. ``batch_size``: the number of persistent chains (PCD); defaults to m.
     ``options``: a StrategyOptions (``reduce`` and ``average`` override its fields)."""
@@ -27,8 +36,9 @@ def step_traffic(strategy, model: Model, m: int, K: int, *, batch_size: int | No
     return cls.step_traffic(model, m, K, _options(options, reduce=reduce, average=average), chains=chains)
 
 
-def sync_traffic(strategy, model: Model, K: int, *, reduce: str | None = None, average: str | None = None,
-                 options=None) -> Traffic:
+def sync_traffic(
+    strategy, model: Model, K: int, *, reduce: str | None = None, average: str | None = None, options=None
+) -> Traffic:
     """Bytes of one weight synchronisation (for shared weights: the logical bytes; none
     move). Strategies without a sync give an empty Traffic."""
     cls = resolve(strategy)
@@ -37,7 +47,14 @@ def sync_traffic(strategy, model: Model, K: int, *, reduce: str | None = None, a
     return cls.sync_traffic(model, K, _options(options, reduce=reduce, average=average))
 
 
-def syncs_per_step(strategy, *, sync_every: int | None = None, average: str | None = None,
-                   average_every: int | None = None, options=None) -> float:
-    return resolve(strategy).syncs_per_step(_options(options, sync_every=sync_every, average=average,
-                                                     average_every=average_every))
+def syncs_per_step(
+    strategy,
+    *,
+    sync_every: int | None = None,
+    average: str | None = None,
+    average_every: int | None = None,
+    options=None,
+) -> float:
+    return resolve(strategy).syncs_per_step(
+        _options(options, sync_every=sync_every, average=average, average_every=average_every)
+    )

@@ -11,12 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_work, reduce_scatter,
-                               statistics_work, visible_traffic)
+from parrbm.accounting import (
+    Model,
+    Traffic,
+    Work,
+    chunk_calls,
+    hidden_work,
+    reduce_scatter,
+    statistics_work,
+    visible_traffic,
+)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_column_blocks, own, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_column_blocks, own, phase_hidden
 
 
 class GreenOnly(Worker):
@@ -27,22 +35,30 @@ class GreenOnly(Worker):
         super().__init__(spec, state, rank, size, options)
         V, m = spec.n_visible, spec.batch_size
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
-        self.green = own(self.hid.take(state.W, rank, axis=1))    # (V, |H_k|)
+        self.green = own(self.hid.take(state.W, rank, axis=1))  # (V, |H_k|)
         self.own_biases(state)
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
         # Persistent chains: this worker's hidden units only.
         self.chains = None if state.chains is None else own(self.hid.take(state.chains, rank))
-        self.left = self.zeros(2 * m, V)          # [x; v']
-        self.right_k = self.zeros(2 * m, Hk)      # [h_k; -h'_k]
-        self.states_k = self.zeros(m, Hk)         # hidden states driving the chain
-        self.partial = self.zeros(m, V)           # h_k G_k^T: this worker's addend of every input
+        self.left = self.zeros(2 * m, V)  # [x; v']
+        self.right_k = self.zeros(2 * m, Hk)  # [h_k; -h'_k]
+        self.states_k = self.zeros(m, Hk)  # hidden states driving the chain
+        self.partial = self.zeros(m, V)  # h_k G_k^T: this worker's addend of every input
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
         self.pre_h = self.zeros(m, Hk)
 
-    def sample_local_hidden(self, pre: np.ndarray, step: int, phase: int, act_out: np.ndarray,
-                            states_out: np.ndarray, act_scale: float = 1.0, case0: int = 0) -> None:
+    def sample_local_hidden(
+        self,
+        pre: np.ndarray,
+        step: int,
+        phase: int,
+        act_out: np.ndarray,
+        states_out: np.ndarray,
+        act_scale: float = 1.0,
+        case0: int = 0,
+    ) -> None:
         """Hidden units of this worker: states (drive the chain) and the activities the
         statistics use (states, or probabilities with statistics='probabilities')."""
         units = self.hid.units(self.rank)
@@ -50,8 +66,9 @@ class GreenOnly(Worker):
             self.sample_hidden(pre, self.c, units, step, phase, states=states_out, case0=case0)
             np.multiply(states_out, act_scale, out=act_out)
         else:
-            self.sample_hidden(pre, self.c, units, step, phase, states=states_out, probs=act_out,
-                               prob_scale=act_scale, case0=case0)
+            self.sample_hidden(
+                pre, self.c, units, step, phase, states=states_out, probs=act_out, prob_scale=act_scale, case0=case0
+            )
 
     @classmethod
     def chunked_gemms(cls, spec, vis: Partition, hid: Partition) -> list[tuple[int, int, bool]]:
@@ -90,16 +107,26 @@ class GreenOnly(Worker):
             for i, r in enumerate(neg):
                 summed[i].wait()
                 data = X_k[r] if (t == 1 and not spec.persistent) else None
-                err_t = self.visible_units(self.pre_v[r], self.b, self.v_local[r], self.vis.units(k), step, t,
-                                           data=data, case0=r.start, err0=err_t)
+                err_t = self.visible_units(
+                    self.pre_v[r],
+                    self.b,
+                    self.v_local[r],
+                    self.vis.units(k),
+                    step,
+                    t,
+                    data=data,
+                    case0=r.start,
+                    err0=err_t,
+                )
                 sent.append(self.start_visible(self.v_local[r], v_neg[r]))
             err += err_t
             # 3. h'_k ~ p(h_k | v'): local, each chunk as its v' arrives.
             for i, r in enumerate(neg):
                 sent[i].wait()
                 _core.gemm(v_neg[r], self.green, self.pre_h[r])
-                self.sample_local_hidden(self.pre_h[r], step, phase_hidden(t), h_neg[r], states_out[r],
-                                         act_scale=-neg_scale, case0=r.start)
+                self.sample_local_hidden(
+                    self.pre_h[r], step, phase_hidden(t), h_neg[r], states_out[r], act_scale=-neg_scale, case0=r.start
+                )
             driver = states_out
 
         # 4. G_k <- G_k + eps/m (x^T h_k - v'^T h'_k); biases.
@@ -108,7 +135,6 @@ class GreenOnly(Worker):
         self.update_bias(self.b, self.b_inc, vis_k[:mb], vis_k[mb:], mb, neg_scale)
         self.update_bias(self.c, self.c_inc, right_k, None, mb)
         return err
-
 
     def peers_first(self, chunks: list[slice]) -> bool:
         """Whether each chunk's partial product is computed the peers' column blocks first,
@@ -128,13 +154,13 @@ class GreenOnly(Worker):
         partial = self.partial[r]
         if not peers_first:
             _core.gemm(driver, self.green, partial, trans_b=True)
-            return self.comm.start_reduce_scatter(partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT,
-                                                  now=self.lockstep)
+            return self.comm.start_reduce_scatter(
+                partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT, now=self.lockstep
+            )
         for i in range(1, self.K):
             cols = self.vis.parts[(self.rank + i) % self.K]
             _core.gemm(driver, self.green[cols], partial[:, cols], trans_b=True)
-        handle = self.comm.start_reduce_scatter(partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT,
-                                                own_later=True)
+        handle = self.comm.start_reduce_scatter(partial, self.pre_v[r], self.vis, phase=P.VISIBLE_INPUT, own_later=True)
         own = self.vis.parts[self.rank]
         _core.gemm(driver, self.green[own], partial[:, own], trans_b=True)
         return handle
@@ -146,8 +172,11 @@ class GreenOnly(Worker):
         c = self.gather_vector(self.c, self.hid)
         incs = (None, None, None)
         if self.green_inc is not None:
-            incs = (self.gather_columns(self.green_inc, self.hid, V), self.gather_vector(self.b_inc, self.vis),
-                    self.gather_vector(self.c_inc, self.hid))
+            incs = (
+                self.gather_columns(self.green_inc, self.hid, V),
+                self.gather_vector(self.b_inc, self.vis),
+                self.gather_vector(self.c_inc, self.hid),
+            )
         chains = None
         if self.chains is not None:
             chains = self.gather_columns(self.chains, self.hid, self.spec.batch_size)
@@ -182,8 +211,9 @@ class GreenOnly(Worker):
         return w
 
     @classmethod
-    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+    def overlap_work(
+        cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool
+    ) -> tuple[Work, tuple[str, ...]]:
         """In chunks, the negative phase; with its cases whole, this worker's own block of
         the visible inputs (the peers' go first)."""
         if not options.overlapped:
@@ -197,15 +227,14 @@ class GreenOnly(Worker):
         return w, (P.VISIBLE_INPUT,)
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         V, H, c = model.n_visible, model.n_hidden, m
         vk, hk = model.block(K, rank)
         w = Work()
         w.add("copy", m * V)
         w.gemm(m, hk, V)
         hidden_work(w, model, m, hk, H, exchanged=False)
-        w.add("copy", m * hk if model.hidden_bits else 0)   # activities = states
+        w.add("copy", m * hk if model.hidden_bits else 0)  # activities = states
         w.absorb(cls._negative_work(model, m, K, rank))
         w.add("copy", (m + c) * vk)
         statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)

@@ -17,8 +17,8 @@ from parrbm import _core
 from parrbm.accounting import Model, Traffic, Work, allreduce, hidden_work, master_reduce, statistics_work
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, phase_hidden
 
 _FULL = {"unit0": 0}
 
@@ -68,8 +68,16 @@ class ParameterAveraging(Worker):
         _core.gemm(x, self.W, self.pre_h[:n])
         probs = spec.statistics == "probabilities"
         states = self.states
-        self.sample_hidden(self.pre_h[:n], self.c, _FULL, step, PHASE_POSITIVE, case0=case0,
-                           states=states[:n], probs=right[:n] if probs else None)
+        self.sample_hidden(
+            self.pre_h[:n],
+            self.c,
+            _FULL,
+            step,
+            PHASE_POSITIVE,
+            case0=case0,
+            states=states[:n],
+            probs=right[:n] if probs else None,
+        )
         if not probs:
             right[:n] = states[:n]
         driver = self.chains if spec.persistent else states[:n]
@@ -80,9 +88,17 @@ class ParameterAveraging(Worker):
             err += self.visible_units(left[n:], self.b, left[n:], _FULL, step, t, data=data, case0=chain0)
             _core.gemm(left[n:], self.W, self.pre_h[:c])
             states_out = self.chains if spec.persistent else states[:c]
-            self.sample_hidden(self.pre_h[:c], self.c, _FULL, step, phase_hidden(t), case0=chain0,
-                               states=states_out, probs=right[n:] if probs else None,
-                               prob_scale=-neg_scale)
+            self.sample_hidden(
+                self.pre_h[:c],
+                self.c,
+                _FULL,
+                step,
+                phase_hidden(t),
+                case0=chain0,
+                states=states_out,
+                probs=right[n:] if probs else None,
+                prob_scale=-neg_scale,
+            )
             driver = states_out
         if not probs:
             right[n:] = -neg_scale * driver
@@ -113,8 +129,8 @@ class ParameterAveraging(Worker):
         V, H = self.spec.n_visible, self.spec.n_hidden
         gW = self.grad[: V * H].reshape(V, H)
         self.statistics_gradient(left, right, gW)
-        self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
-        self.grad[V * H + V:] = right.sum(0)
+        self.grad[V * H : V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
+        self.grad[V * H + V :] = right.sum(0)
         self.reduce(self.grad, phase=P.GRADIENT)
 
     @staticmethod
@@ -147,8 +163,8 @@ class ParameterAveraging(Worker):
         Every element is summed in rank order, as in lockstep: the bits are lockstep's."""
         V, H = self.spec.n_visible, self.spec.n_hidden
         gW = self.grad[: V * H].reshape(V, H)
-        self.grad[V * H: V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
-        self.grad[V * H + V:] = right.sum(0)
+        self.grad[V * H : V * H + V] = left[:n].sum(0) - neg_scale * left[n:].sum(0)
+        self.grad[V * H + V :] = right.sum(0)
         by_block = self.blocks_exact(mb, blocks)
         if not by_block:
             self.statistics_gradient(left, right, gW)
@@ -172,18 +188,30 @@ class ParameterAveraging(Worker):
         spec = self.spec
         V, H = spec.n_visible, spec.n_hidden
         gW = self.grad[: V * H].reshape(V, H)
-        _core.apply_gradient(self.W[rows], None if self.W_inc is None else self.W_inc[rows], gW[rows],
-                             alpha=spec.learning_rate / mb, momentum=spec.momentum,
-                             decay_lr=spec.learning_rate * spec.weight_decay)
+        _core.apply_gradient(
+            self.W[rows],
+            None if self.W_inc is None else self.W_inc[rows],
+            gW[rows],
+            alpha=spec.learning_rate / mb,
+            momentum=spec.momentum,
+            decay_lr=spec.learning_rate * spec.weight_decay,
+        )
 
     def apply_bias_gradients(self, mb: int) -> None:
         """b and c (+ their increments) <- the summed gradient's bias parts."""
         spec = self.spec
         V, H = spec.n_visible, spec.n_hidden
-        for bias, inc, g in ((self.b, self.b_inc, self.grad[V * H: V * H + V]),
-                             (self.c, self.c_inc, self.grad[V * H + V:])):
-            _core.apply_gradient(bias.reshape(1, -1), None if inc is None else inc.reshape(1, -1),
-                                 g.reshape(1, -1), alpha=spec.learning_rate / mb, momentum=spec.momentum)
+        for bias, inc, g in (
+            (self.b, self.b_inc, self.grad[V * H : V * H + V]),
+            (self.c, self.c_inc, self.grad[V * H + V :]),
+        ):
+            _core.apply_gradient(
+                bias.reshape(1, -1),
+                None if inc is None else inc.reshape(1, -1),
+                g.reshape(1, -1),
+                alpha=spec.learning_rate / mb,
+                momentum=spec.momentum,
+            )
 
     def reduce(self, flat: np.ndarray, *, phase: str) -> None:
         """flat <- sum over workers, by allreduce or through the master (rank 0)."""
@@ -203,13 +231,13 @@ class ParameterAveraging(Worker):
         self.syncs += 1
         V, H = self.spec.n_visible, self.spec.n_hidden
         self.grad[: V * H] = self.W.ravel()
-        self.grad[V * H: V * H + V] = self.b
-        self.grad[V * H + V:] = self.c
+        self.grad[V * H : V * H + V] = self.b
+        self.grad[V * H + V :] = self.c
         self.reduce(self.grad, phase=P.AVERAGE)
         self.grad /= self.K
         self.W[...] = self.grad[: V * H].reshape(V, H)
-        self.b[...] = self.grad[V * H: V * H + V]
-        self.c[...] = self.grad[V * H + V:]
+        self.b[...] = self.grad[V * H : V * H + V]
+        self.c[...] = self.grad[V * H + V :]
 
     def local_state(self):
         counters, _ = super().local_state()
@@ -224,7 +252,6 @@ class ParameterAveraging(Worker):
         """A fit that does not end on an averaging step ends with one."""
         if self.options.average == "weights" and self.K > 1 and self.steps_done % self.options.average_every:
             self.average_weights()
-
 
     def gather_model(self) -> ModelState | None:
         chains = None
@@ -243,27 +270,38 @@ class ParameterAveraging(Worker):
                 for p in parts[1:]:
                     total += p
                 total /= self.K
-                W, b, c = total[: V * H].reshape(V, H), total[V * H: V * H + V], total[V * H + V:]
+                W, b, c = total[: V * H].reshape(V, H), total[V * H : V * H + V], total[V * H + V :]
         if self.rank != 0:
             return None
         copy = lambda a: None if a is None else a.copy()  # noqa: E731
-        return ModelState(W=W.copy(), b=b.copy(), c=c.copy(), W_inc=copy(self.W_inc),
-                          b_inc=copy(self.b_inc), c_inc=copy(self.c_inc), chains=chains)
+        return ModelState(
+            W=W.copy(),
+            b=b.copy(),
+            c=c.copy(),
+            W_inc=copy(self.W_inc),
+            b_inc=copy(self.b_inc),
+            c_inc=copy(self.c_inc),
+            chains=chains,
+        )
 
     # ---- what it declares: rules, traffic and compute in closed form (docs/design.md 5.5) ----
 
     @classmethod
     def check_options(cls, options, *, transport: str) -> None:
         if options.overlapped and (options.average != "gradients" or options.reduce != "allreduce"):
-            raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 of parameter-averaging need "
-                             "average='gradients' and reduce='allreduce' (the gradient's allreduce is what it "
-                             "overlaps)")
+            raise ValueError(
+                "strategy options 'overlap' and 'overlap_chunks' > 1 of parameter-averaging need "
+                "average='gradients' and reduce='allreduce' (the gradient's allreduce is what it "
+                "overlaps)"
+            )
 
     @classmethod
     def split_refusal(cls, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> str | None:
         if workers > batch_size:
-            return (f"parameter-averaging splits each minibatch over the workers: workers={workers} is "
-                    f"larger than batch_size={batch_size}")
+            return (
+                f"parameter-averaging splits each minibatch over the workers: workers={workers} is "
+                f"larger than batch_size={batch_size}"
+            )
         return None
 
     @classmethod
@@ -303,11 +341,10 @@ class ParameterAveraging(Worker):
         return 1.0 / options.average_every if options.average == "weights" else 0.0
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         V, H = model.n_visible, model.n_hidden
         vis_kind = model.visible_kind
-        n = Partition.part_size(m, K, rank)           # this worker's cases (and chains)
+        n = Partition.part_size(m, K, rank)  # this worker's cases (and chains)
         w = Work()
         w.add("copy", n * V)
         w.gemm(n, H, V)
@@ -320,16 +357,17 @@ class ParameterAveraging(Worker):
             hidden_work(w, model, n, H, H, exchanged=False)
         w.add("copy", n * H if model.hidden_bits else 0)
         if options.average == "gradients" and K > 1:
-            w.gemm(V, H, 2 * n)                       # the dense gradient, to be summed
-            w.add("copy", 2 * n * (V + H))            # bias gradients
-            w.add("update", V * H + V + H)            # apply the summed gradient (W, b, c)
+            w.gemm(V, H, 2 * n)  # the dense gradient, to be summed
+            w.add("copy", 2 * n * (V + H))  # bias gradients
+            w.add("update", V * H + V + H)  # apply the summed gradient (W, b, c)
         else:
             statistics_work(w, model, V, H, n, n, momentum=momentum, binary_data=binary_data)
         return w
 
     @classmethod
-    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+    def overlap_work(
+        cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool
+    ) -> tuple[Work, tuple[str, ...]]:
         """The gradient of W and its update, a block of rows at a time, while the blocks'
         allreduces go."""
         if options.overlap_chunks == 1 or options.average != "gradients" or options.reduce != "allreduce" or K == 1:

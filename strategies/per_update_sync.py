@@ -12,12 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.accounting import (Model, Traffic, Work, hidden_traffic, hidden_work, statistics_work,
-                               visible_traffic)
+from parrbm.accounting import Model, Traffic, Work, hidden_traffic, hidden_work, statistics_work, visible_traffic
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, own, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, exact_row_blocks, own, phase_hidden
 
 
 class PerUpdateSync(Worker):
@@ -32,8 +31,8 @@ class PerUpdateSync(Worker):
         if options.shared_weights:
             # One W for all workers (the runner hands every worker the same array).
             self.W = state.W
-            self.green = self.hid.view(state.W, rank)                 # W[:, H_k]
-            self.purple = state.W[self.vis.parts[rank]]                # W[V_k, :]
+            self.green = self.hid.view(state.W, rank)  # W[:, H_k]
+            self.purple = state.W[self.vis.parts[rank]]  # W[V_k, :]
         else:
             self.green = own(self.hid.take(state.W, rank, axis=1))
             self.purple = own(self.vis.take(state.W, rank, axis=0))
@@ -41,8 +40,8 @@ class PerUpdateSync(Worker):
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()  # (m, H) replicated
-        self.left = self.zeros(2 * m, V)          # [x; v']
-        self.right_k = self.zeros(2 * m, Hk)      # [h_k; -h'_k]
+        self.left = self.zeros(2 * m, V)  # [x; v']
+        self.right_k = self.zeros(2 * m, Hk)  # [h_k; -h'_k]
         self.hidden_act = self.zeros(m, H)
         self.hidden_states = self.zeros(m, H)
         self.pre_h = self.zeros(m, Hk)
@@ -63,8 +62,9 @@ class PerUpdateSync(Worker):
 
         # 1. h_k ~ p(h_k | x); allgather -> every worker has h.
         _core.gemm(X, self.green, self.pre_h[:mb])
-        act, states = self.exchange_hidden(self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN,
-                                           self.h_local, self.hidden_act, self.hidden_states)
+        act, states = self.exchange_hidden(
+            self.pre_h[:mb], self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local, self.hidden_act, self.hidden_states
+        )
         right_k[:mb] = self.hid.take(act, k)
         driver = self.chains if spec.persistent else states
 
@@ -73,25 +73,29 @@ class PerUpdateSync(Worker):
             # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
             _core.gemm(driver, self.purple, self.pre_v[:c], trans_b=True)
             data = self.vis.take(X, k) if (t == 1 and not spec.persistent) else None
-            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k),
-                                      step, t, data=data)
+            err += self.visible_units(self.pre_v[:c], self.b, self.v_local[:c], self.vis.units(k), step, t, data=data)
             self.exchange_visible(self.v_local[:c], left[mb:])
             # 3. h'_k ~ p(h_k | v'), local: only this worker's green block needs it -- unless
             #    it drives another Gibbs step or a persistent chain.
             _core.gemm(left[mb:], self.green, self.pre_h[:c])
             if t < spec.cd_k or spec.persistent:
-                act, states = self.exchange_hidden(self.pre_h[:c], self.c, step, phase_hidden(t),
-                                                   P.NEGATIVE_HIDDEN, self.h_local, self.hidden_act,
-                                                   self.hidden_states)
+                act, states = self.exchange_hidden(
+                    self.pre_h[:c],
+                    self.c,
+                    step,
+                    phase_hidden(t),
+                    P.NEGATIVE_HIDDEN,
+                    self.h_local,
+                    self.hidden_act,
+                    self.hidden_states,
+                )
                 driver = states
                 final_k = self.hid.take(act, k)
             elif self.hidden_as_bits:
-                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t),
-                                   states=self.h_local[:c])
+                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t), states=self.h_local[:c])
                 final_k = self.h_local[:c]
             else:
-                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t),
-                                   probs=self.h_local[:c])
+                self.sample_hidden(self.pre_h[:c], self.c, hid_units, step, phase_hidden(t), probs=self.h_local[:c])
                 final_k = self.h_local[:c]
         right_k[mb:] = -neg_scale * final_k
         if spec.persistent:
@@ -122,16 +126,21 @@ class PerUpdateSync(Worker):
         for sends, received in plan:
             for rows in sends:
                 if rows is not None and by_rows:
-                    self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=rows,
-                                          packed=packed)
-            flight.append(self.comm.start_alltoall(
-                [None if rows is None else self.green[rows] for rows in sends],
-                [None if j == k else self.hid.view(self.purple[received], j) for j in range(self.K)],
-                phase=P.WEIGHT_SYNC))
+                    self.apply_statistics(
+                        self.green, self.green_inc, left, right_k, mb, neg_scale, rows=rows, packed=packed
+                    )
+            flight.append(
+                self.comm.start_alltoall(
+                    [None if rows is None else self.green[rows] for rows in sends],
+                    [None if j == k else self.hid.view(self.purple[received], j) for j in range(self.K)],
+                    phase=P.WEIGHT_SYNC,
+                )
+            )
         own_rows = self.vis.parts[k]
         if by_rows:
-            self.apply_statistics(self.green, self.green_inc, left, right_k, mb, neg_scale, rows=own_rows,
-                                  packed=packed)
+            self.apply_statistics(
+                self.green, self.green_inc, left, right_k, mb, neg_scale, rows=own_rows, packed=packed
+            )
         self.hid.view(self.purple, k)[...] = self.green[own_rows]
         for handle in flight:
             handle.wait()
@@ -156,21 +165,30 @@ class PerUpdateSync(Worker):
             order = []
             for k in range(self.K):
                 chunks = self._sync_chunks(k, n)
-                order.append((self.hid.size(k), [rows for sends, _ in chunks for rows in sends if rows is not None]
-                              + [self.vis.parts[k]]))
+                order.append(
+                    (
+                        self.hid.size(k),
+                        [rows for sends, _ in chunks for rows in sends if rows is not None] + [self.vis.parts[k]],
+                    )
+                )
             self._rows_exact[key] = exact_row_blocks(depth, self.spec.n_visible, order, self.dtype)
         return self._rows_exact[key]
 
     def _sync_chunks(self, k: int, n: int) -> list[tuple[list[slice | None], slice]]:
         """Worker k's sync in n chunks: chunk i of every visible block V_j (near-equal cuts)."""
+
         def cut(j: int, i: int) -> tuple[int, int]:
             c = Partition.cuts(self.vis.size(j), n)
             return c[i], c[i + 1]
 
         plan = []
         for i in range(n):
-            sends = [None if j == k else slice(self.vis.parts[j].start + cut(j, i)[0],
-                                               self.vis.parts[j].start + cut(j, i)[1]) for j in range(self.K)]
+            sends = [
+                None
+                if j == k
+                else slice(self.vis.parts[j].start + cut(j, i)[0], self.vis.parts[j].start + cut(j, i)[1])
+                for j in range(self.K)
+            ]
             plan.append((sends, slice(*cut(k, i))))
         return plan
 
@@ -187,15 +205,13 @@ class PerUpdateSync(Worker):
             return
         sends = [np.ascontiguousarray(self.vis.take(self.green, j, axis=0)) for j in range(self.K)]
         if self.hid.is_contiguous:  # received straight into purple's column blocks
-            self.comm.alltoall(sends, [self.hid.view(self.purple, j) for j in range(self.K)],
-                               phase=P.WEIGHT_SYNC)
+            self.comm.alltoall(sends, [self.hid.view(self.purple, j) for j in range(self.K)], phase=P.WEIGHT_SYNC)
             return
         if not hasattr(self, "_sync_in"):
             self._sync_in = [np.empty((self.vis.size(k), self.hid.size(j)), self.dtype) for j in range(self.K)]
         self.comm.alltoall(sends, self._sync_in, phase=P.WEIGHT_SYNC)
         for j in range(self.K):
             self.hid.put(self.purple, j, self._sync_in[j])
-
 
     def gather_model(self) -> ModelState | None:
         W_inc = None
@@ -214,12 +230,16 @@ class PerUpdateSync(Worker):
                 raise ValueError("strategy option 'shared_weights' needs partition='contiguous'")
         if options.overlapped:
             if options.shared_weights:
-                raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 cannot be used with "
-                                 "'shared_weights' (per-update-sync's sync is then a barrier: nothing to overlap)")
+                raise ValueError(
+                    "strategy options 'overlap' and 'overlap_chunks' > 1 cannot be used with "
+                    "'shared_weights' (per-update-sync's sync is then a barrier: nothing to overlap)"
+                )
             if options.partition != "contiguous":
-                raise ValueError("strategy options 'overlap' and 'overlap_chunks' > 1 of per-update-sync need "
-                                 "partition='contiguous' (each chunk of a worker's rows is sent from one "
-                                 "block of its weights)")
+                raise ValueError(
+                    "strategy options 'overlap' and 'overlap_chunks' > 1 of per-update-sync need "
+                    "partition='contiguous' (each chunk of a worker's rows is sent from one "
+                    "block of its weights)"
+                )
 
     @classmethod
     def step_traffic(cls, model: Model, m: int, K: int, options, *, chains: int) -> Traffic:
@@ -247,8 +267,7 @@ class PerUpdateSync(Worker):
         return 1.0
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         V, H, c, k = model.n_visible, model.n_hidden, m, model.cd_k
         vk, hk = model.block(K, rank)
         vis_kind = model.visible_kind
@@ -256,7 +275,7 @@ class PerUpdateSync(Worker):
         w.add("copy", m * V + m * vk)
         w.gemm(m, hk, V)
         hidden_work(w, model, m, hk, H)
-        w.add("copy", m * hk)                         # right_k[:m] = h_k
+        w.add("copy", m * hk)  # right_k[:m] = h_k
         for t in range(1, k + 1):
             w.gemm(c, vk, H)
             w.add(vis_kind, c * vk)
@@ -267,21 +286,30 @@ class PerUpdateSync(Worker):
         return w
 
     @classmethod
-    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+    def overlap_work(
+        cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool
+    ) -> tuple[Work, tuple[str, ...]]:
         """The update of green, the rows peers need first, while the sync's chunks go."""
         if not options.overlapped or options.shared_weights:
             return Work(), ()
         w = Work()
         vk, hk = model.block(K, rank)
         # in chunks, the whole update; with the rows in one chunk, its own rows' (the peers' go first)
-        statistics_work(w, model, model.n_visible if options.overlap_chunks > 1 else vk, hk, m, m,
-                        momentum=momentum, binary_data=binary_data)
+        statistics_work(
+            w,
+            model,
+            model.n_visible if options.overlap_chunks > 1 else vk,
+            hk,
+            m,
+            m,
+            momentum=momentum,
+            binary_data=binary_data,
+        )
         return w, (P.WEIGHT_SYNC,)
 
     @classmethod
     def sync_work(cls, model: Model, K: int, rank: int, options) -> Work:
         w = Work()
         vk, hk = model.block(K, rank)
-        w.add("copy", vk * hk)                        # its own block (the rest arrives in place)
+        w.add("copy", vk * hk)  # its own block (the rest arrives in place)
         return w

@@ -10,12 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_traffic, hidden_work, reduce_scatter,
-                               statistics_work)
+from parrbm.accounting import (
+    Model,
+    Traffic,
+    Work,
+    chunk_calls,
+    hidden_traffic,
+    hidden_work,
+    reduce_scatter,
+    statistics_work,
+)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class PurpleOnly(Worker):
@@ -26,14 +34,14 @@ class PurpleOnly(Worker):
         super().__init__(spec, state, rank, size, options)
         H, m = spec.n_hidden, spec.batch_size
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
-        self.purple = own(self.vis.take(state.W, rank, axis=0))   # (|V_k|, H)
+        self.purple = own(self.vis.take(state.W, rank, axis=0))  # (|V_k|, H)
         self.own_biases(state)
         momentum = state.W_inc is not None
         self.purple_inc = own(self.vis.take(state.W_inc, rank, axis=0)) if momentum else None
         self.chains = None if state.chains is None else state.chains.copy()
-        self.left_k = self.zeros(2 * m, Vk)      # [x_k; v'_k]
-        self.right = self.zeros(2 * m, H)        # [h; -h']
-        self.partial = self.zeros(m, H)          # x_k P_k: this worker's addend of every input
+        self.left_k = self.zeros(2 * m, Vk)  # [x_k; v'_k]
+        self.right = self.zeros(2 * m, H)  # [h; -h']
+        self.partial = self.zeros(m, H)  # x_k P_k: this worker's addend of every input
         self.hidden_act = self.zeros(m, H)
         self.hidden_states = self.zeros(m, H)
         self.pre_h = self.zeros(m, Hk)
@@ -52,7 +60,7 @@ class PurpleOnly(Worker):
         left_k, right = self.left_k[: mb + c], self.right[: mb + c]
         left_k[:mb] = self.vis.take(X, k)
         x_k, v_neg = left_k[:mb], left_k[mb:]
-        act, states = self.hidden_act, self.hidden_states   # (m, H): h, then h', as they arrive
+        act, states = self.hidden_act, self.hidden_states  # (m, H): h, then h', as they arrive
         # The minibatch's cases in chunks (one in lockstep): each chunk's exchange is in
         # flight while the next chunk computes.
         pos, neg = self.chunks(mb), self.chunks(c)
@@ -61,17 +69,21 @@ class PurpleOnly(Worker):
         summed = []
         for r in pos:
             _core.gemm(x_k[r], self.purple, self.partial[r])
-            summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_h[r], self.hid,
-                                                         phase=P.HIDDEN_INPUT, now=self.lockstep))
+            summed.append(
+                self.comm.start_reduce_scatter(
+                    self.partial[r], self.pre_h[r], self.hid, phase=P.HIDDEN_INPUT, now=self.lockstep
+                )
+            )
         flight = []
         for i, r in enumerate(pos):
             summed[i].wait()
-            flight.append(self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local,
-                                            act, states, r))
+            flight.append(
+                self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local, act, states, r)
+            )
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
-            chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
+            chained = t == 1 and spec.persistent  # the chains drive it, not the h just sampled
             if chained:
                 for i, r in enumerate(pos):
                     self.finish_hidden(flight[i], step, PHASE_POSITIVE, act, states, r)
@@ -80,17 +92,22 @@ class PurpleOnly(Worker):
             summed, err_t = [], 0.0
             for i, r in enumerate(neg):
                 if not chained:
-                    self.finish_hidden(flight[i], step, phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE,
-                                       act, states, r)
+                    self.finish_hidden(
+                        flight[i], step, phase_hidden(t - 1) if t > 1 else PHASE_POSITIVE, act, states, r
+                    )
                 # 2. v'_k = act(h P_k^T + b_k): local.
                 _core.gemm(driver[r], self.purple, v_neg[r], trans_b=True)
                 data = x_k[r] if (t == 1 and not spec.persistent) else None
-                err_t = self.visible_units(v_neg[r], self.b, v_neg[r], self.vis.units(k), step, t, data=data,
-                                           case0=r.start, err0=err_t)
+                err_t = self.visible_units(
+                    v_neg[r], self.b, v_neg[r], self.vis.units(k), step, t, data=data, case0=r.start, err0=err_t
+                )
                 # 3. Inputs of h'_k by reduce-scatter (in flight while the next chunk computes).
                 _core.gemm(v_neg[r], self.purple, self.partial[r])
-                summed.append(self.comm.start_reduce_scatter(self.partial[r], self.pre_h[r], self.hid,
-                                                             phase=P.NEGATIVE_HIDDEN_INPUT, now=self.lockstep))
+                summed.append(
+                    self.comm.start_reduce_scatter(
+                        self.partial[r], self.pre_h[r], self.hid, phase=P.NEGATIVE_HIDDEN_INPUT, now=self.lockstep
+                    )
+                )
             err += err_t
             if t == 1:  # h leaves the shared buffers before h' arrives in them
                 right[:mb] = states[:mb] if self.hidden_as_bits else act[:mb]
@@ -98,8 +115,11 @@ class PurpleOnly(Worker):
             flight = []
             for i, r in enumerate(neg):
                 summed[i].wait()
-                flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
-                                                self.h_local, act, states, r))
+                flight.append(
+                    self.start_hidden(
+                        self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN, self.h_local, act, states, r
+                    )
+                )
         for i, r in enumerate(neg):
             self.finish_hidden(flight[i], step, phase_hidden(spec.cd_k), act, states, r)
         right[mb:] = -neg_scale * (states[:c] if self.hidden_as_bits else act[:c])
@@ -112,7 +132,6 @@ class PurpleOnly(Worker):
         self.update_bias(self.b, self.b_inc, left_k[:mb], left_k[mb:], mb, neg_scale)
         self.update_bias(self.c, self.c_inc, self.hid.take(right, k), None, mb)
         return err
-
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
@@ -147,19 +166,19 @@ class PurpleOnly(Worker):
         return w
 
     @classmethod
-    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+    def overlap_work(
+        cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool
+    ) -> tuple[Work, tuple[str, ...]]:
         if options.overlap_chunks == 1:
             return Work(), ()
         return cls._exchange_work(model, m, K, rank), tuple(cls.step_traffic(model, m, K, options, chains=m).phases)
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         H, c = model.n_hidden, m
         vk, hk = model.block(K, rank)
         w = cls._exchange_work(model, m, K, rank)
-        w.add("copy", m * vk)                         # left_k[:m] = x_k
+        w.add("copy", m * vk)  # left_k[:m] = x_k
         w.add("copy", m * H)
         w.add("copy", c * H + (m + c) * hk)
         statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)

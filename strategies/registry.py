@@ -96,8 +96,10 @@ def resolve(strategy, *, load: bool = False) -> StrategyClass:
         _by_reference.setdefault(f"{strategy.__module__}:{strategy.__qualname__}", strategy)
         return strategy
     if not isinstance(strategy, str) or not strategy:
-        raise StrategyError(f"a strategy is a registered name, a 'module:Class' reference or a class, "
-                            f"got {strategy!r}; registered: {', '.join(names())}")
+        raise StrategyError(
+            f"a strategy is a registered name, a 'module:Class' reference or a class, "
+            f"got {strategy!r}; registered: {', '.join(names())}"
+        )
     known = _known()
     if strategy in known:
         return _load(known[strategy], strategy, load=load)
@@ -105,12 +107,16 @@ def resolve(strategy, *, load: bool = False) -> StrategyClass:
         if strategy in _by_reference:
             return _by_reference[strategy]
         if not load:
-            raise StrategyError(f"strategy {strategy!r} is a plug-in that this process has not loaded; parrbm "
-                                f"never imports code named by a file it reads (name it in a config, or pass "
-                                f"the class, to run it)")
+            raise StrategyError(
+                f"strategy {strategy!r} is a plug-in that this process has not loaded; parrbm "
+                f"never imports code named by a file it reads (name it in a config, or pass "
+                f"the class, to run it)"
+            )
         return _import(strategy)
-    raise StrategyError(f"unknown strategy {strategy!r}; registered: {', '.join(names())} "
-                        f"(or 'module:Class' for a strategy of your own)")
+    raise StrategyError(
+        f"unknown strategy {strategy!r}; registered: {', '.join(names())} "
+        f"(or 'module:Class' for a strategy of your own)"
+    )
 
 
 def load(strategy) -> StrategyClass:
@@ -124,8 +130,11 @@ def reference(strategy) -> str:
     ``module:Class``."""
     cls = resolve(strategy)
     target = _known().get(cls.name)
-    if target is not None and (target is cls or (isinstance(target, str) and _by_reference.get(target) is cls)
-                               or (not isinstance(target, (str, type)) and _entry_point_class(target) is cls)):
+    if target is not None and (
+        target is cls
+        or (isinstance(target, str) and _by_reference.get(target) is cls)
+        or (not isinstance(target, (str, type)) and _entry_point_class(target) is cls)
+    ):
         return cls.name
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -163,16 +172,19 @@ def plugin_sources(strategy) -> list[list[str]]:
         if mod == "builtins" or mod == "parrbm" or mod.startswith("parrbm.") or mod in [m for m, _ in out]:
             continue
         if mod == "__main__":
-            raise StrategyError(f"strategy {cls.name!r}: defined in the script that runs the fit; workers on other "
-                                f"hosts import a strategy from a module: move the class into one")
+            raise StrategyError(
+                f"strategy {cls.name!r}: defined in the script that runs the fit; workers on other "
+                f"hosts import a strategy from a module: move the class into one"
+            )
         where = getattr(sys.modules.get(mod), "__file__", None)
         try:
             if where is None:
                 raise OSError(f"module {mod!r} has no file")
             out.append([mod, Path(where).read_text()])
         except (OSError, TypeError):
-            raise StrategyError(f"strategy {cls.name!r}: the source of module {mod!r} cannot be read to send it "
-                                f"to the workers") from None
+            raise StrategyError(
+                f"strategy {cls.name!r}: the source of module {mod!r} cannot be read to send it to the workers"
+            ) from None
     return out
 
 
@@ -216,8 +228,10 @@ def source_digest(strategy) -> str | None:
         except OSError:
             digests.append(None)
         if digests[-1] is None:
-            raise StrategyError(f"strategy {cls.name!r}: the source of module {mod!r} (in its class hierarchy) "
-                                f"cannot be read, so the code that was measured cannot be identified")
+            raise StrategyError(
+                f"strategy {cls.name!r}: the source of module {mod!r} (in its class hierarchy) "
+                f"cannot be read, so the code that was measured cannot be identified"
+            )
     if len(digests) == 1:
         return digests[0]
     h = hashlib.sha256()
@@ -239,20 +253,25 @@ def _load(target, name: str | None = None, *, load: bool = True) -> StrategyClas
         if target.startswith("parrbm.") or target in _by_reference:
             return _import(target)
         if not load:
-            raise StrategyError(f"strategy {name!r} ({target}) is a plug-in that this process has not loaded; "
-                                f"parrbm never imports code named by a file it reads")
+            raise StrategyError(
+                f"strategy {name!r} ({target}) is a plug-in that this process has not loaded; "
+                f"parrbm never imports code named by a file it reads"
+            )
         return _import(target)
     if not load:  # an entry point: loading it imports its package, unless that already happened
         cls = _entry_point_class(target)
         if cls is None:
-            raise StrategyError(f"strategy {name!r}: its entry point {target.value!r} is not loaded in this process; "
-                                f"parrbm never imports code named by a file it reads")
+            raise StrategyError(
+                f"strategy {name!r}: its entry point {target.value!r} is not loaded in this process; "
+                f"parrbm never imports code named by a file it reads"
+            )
         return cls
     try:
         cls = target.load()
     except Exception as exc:  # noqa: BLE001
-        raise StrategyError(f"strategy {name!r}: its entry point {target.value!r} does not load "
-                            f"({type(exc).__name__}: {exc})") from None
+        raise StrategyError(
+            f"strategy {name!r}: its entry point {target.value!r} does not load ({type(exc).__name__}: {exc})"
+        ) from None
     _check_class(cls, target.value)
     _by_reference.setdefault(target.value, cls)
     return cls
@@ -274,8 +293,10 @@ def _import(ref: str) -> StrategyClass:
         return _by_reference[ref]
     module_name, _, qualname = ref.rpartition(":")
     if not module_name or not qualname:
-        raise StrategyError(f"strategy {ref!r}: a reference is 'module:Class', e.g. 'mypkg.mymodule:MyStrategy', "
-                            f"or 'path/to/file.py:Class'")
+        raise StrategyError(
+            f"strategy {ref!r}: a reference is 'module:Class', e.g. 'mypkg.mymodule:MyStrategy', "
+            f"or 'path/to/file.py:Class'"
+        )
     if module_name.endswith(".py"):  # a file: its folder goes on sys.path, the module is its stem
         path = Path(module_name).expanduser().resolve()
         if not path.is_file():
@@ -284,15 +305,19 @@ def _import(ref: str) -> StrategyClass:
         already = sys.modules.get(module_name)
         there = getattr(already, "__file__", None)
         if already is not None and (not there or Path(there).resolve() != path):
-            raise StrategyError(f"strategy {ref!r}: a module named {module_name!r} is already imported from "
-                                f"{there or '(no file)'}; two plug-in files cannot share a name: rename one")
+            raise StrategyError(
+                f"strategy {ref!r}: a module named {module_name!r} is already imported from "
+                f"{there or '(no file)'}; two plug-in files cannot share a name: rename one"
+            )
         if str(path.parent) not in sys.path:
             sys.path.insert(0, str(path.parent))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise StrategyError(f"strategy {ref!r}: cannot import {module_name!r} ({exc}); the module must be "
-                            f"importable here and on the workers (PYTHONPATH, or an installed package)") from None
+        raise StrategyError(
+            f"strategy {ref!r}: cannot import {module_name!r} ({exc}); the module must be "
+            f"importable here and on the workers (PYTHONPATH, or an installed package)"
+        ) from None
     obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
@@ -310,8 +335,10 @@ def _check_not_builtin_name(cls: StrategyClass, where: str) -> None:
     if cls.__module__ == "parrbm" or cls.__module__.startswith("parrbm."):
         return
     if cls.name in BUILTIN:
-        raise StrategyError(f"strategy {where}: its name {cls.name!r} is a built-in strategy's; a plug-in sets "
-                            f"a name of its own (class attribute 'name')")
+        raise StrategyError(
+            f"strategy {where}: its name {cls.name!r} is a built-in strategy's; a plug-in sets "
+            f"a name of its own (class attribute 'name')"
+        )
 
 
 def _check_class(cls, where: str) -> None:
@@ -319,8 +346,9 @@ def _check_class(cls, where: str) -> None:
     from parrbm.strategies.serial import SerialStrategy
 
     if not isinstance(cls, type) or not issubclass(cls, (Worker, SerialStrategy)):
-        raise StrategyError(f"strategy {where}: not a strategy class (a subclass of "
-                            f"parrbm.strategies.Worker), got {cls!r}")
+        raise StrategyError(
+            f"strategy {where}: not a strategy class (a subclass of parrbm.strategies.Worker), got {cls!r}"
+        )
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise StrategyError(f"strategy {where}: the class must set 'name' to a non-empty string")

@@ -35,8 +35,7 @@ def split_refusal(strategy, *, n_visible: int, n_hidden: int, batch_size: int, w
 
 def check_split(strategy: str, *, n_visible: int, n_hidden: int, batch_size: int, workers: int) -> None:
     """:func:`split_refusal` as a ValueError."""
-    why = split_refusal(strategy, n_visible=n_visible, n_hidden=n_hidden, batch_size=batch_size,
-                        workers=workers)
+    why = split_refusal(strategy, n_visible=n_visible, n_hidden=n_hidden, batch_size=batch_size, workers=workers)
     if why is not None:
         raise ValueError(why)
 

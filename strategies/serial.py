@@ -54,8 +54,12 @@ class SerialStrategy:
         t = self._trainer
         copy = lambda a: None if a is None else a.copy()  # noqa: E731
         return ModelState(
-            W=t.W.copy(), b=t.b.copy(), c=t.c.copy(),
-            W_inc=copy(t.W_inc), b_inc=copy(t.b_inc), c_inc=copy(t.c_inc),
+            W=t.W.copy(),
+            b=t.b.copy(),
+            c=t.c.copy(),
+            W_inc=copy(t.W_inc),
+            b_inc=copy(t.b_inc),
+            c_inc=copy(t.c_inc),
             chains=copy(t.chains),
         )
 
@@ -71,10 +75,19 @@ class SerialStrategy:
 
     def comm_stats(self) -> dict:
         """One worker moves no data."""
-        return {"strategy": self.name, "workers": 1, "transport": None, "bytes_per_step": 0,
-                "bytes_per_sync": 0, "syncs": 0, "bytes_total": 0, "by_phase": {},
-                "by_worker": [], "seconds": {"compute": 0.0, "communication": 0.0, "waiting": 0.0},
-                "replica_divergence": 0.0}
+        return {
+            "strategy": self.name,
+            "workers": 1,
+            "transport": None,
+            "bytes_per_step": 0,
+            "bytes_per_sync": 0,
+            "syncs": 0,
+            "bytes_total": 0,
+            "by_phase": {},
+            "by_worker": [],
+            "seconds": {"compute": 0.0, "communication": 0.0, "waiting": 0.0},
+            "replica_divergence": 0.0,
+        }
 
     def hidden_probabilities(self, X: np.ndarray) -> np.ndarray:
         return self._trainer.hidden_probabilities(X)

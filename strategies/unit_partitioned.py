@@ -11,16 +11,24 @@ from __future__ import annotations
 import numpy as np
 
 from parrbm import _core
-from parrbm.accounting import (Model, Traffic, Work, chunk_calls, hidden_traffic, hidden_work,
-                               statistics_work, visible_traffic)
+from parrbm.accounting import (
+    Model,
+    Traffic,
+    Work,
+    chunk_calls,
+    hidden_traffic,
+    hidden_work,
+    statistics_work,
+    visible_traffic,
+)
 from parrbm.config import ModelState
 from parrbm.partition import Partition
-from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 from parrbm.strategies import phases as P
+from parrbm.strategies.base import PHASE_POSITIVE, Worker, own, phase_hidden
 
 
 class UnitPartitioned(Worker):
-    local_arrays = ("green", "green_inc")   # green drifts from purple between syncs
+    local_arrays = ("green", "green_inc")  # green drifts from purple between syncs
     name = "unit-partitioned"
     options_used = ("partition", "sync_every", "overlap", "overlap_chunks")
     sync_phases = (P.WEIGHT_SYNC,)
@@ -29,24 +37,24 @@ class UnitPartitioned(Worker):
         super().__init__(spec, state, rank, size, options)
         V, H, m = spec.n_visible, spec.n_hidden, spec.batch_size
         Vk, Hk = self.vis.size(rank), self.hid.size(rank)
-        self.green = own(self.hid.take(state.W, rank, axis=1))      # (V, |H_k|)
-        self.purple = own(self.vis.take(state.W, rank, axis=0))     # (|V_k|, H)
+        self.green = own(self.hid.take(state.W, rank, axis=1))  # (V, |H_k|)
+        self.purple = own(self.vis.take(state.W, rank, axis=0))  # (|V_k|, H)
         self.own_biases(state)
         momentum = state.W_inc is not None
         self.green_inc = own(self.hid.take(state.W_inc, rank, axis=1)) if momentum else None
         self.purple_inc = own(self.vis.take(state.W_inc, rank, axis=0)) if momentum else None
-        self.chains = None if state.chains is None else state.chains.copy()           # (m, H) replicated
+        self.chains = None if state.chains is None else state.chains.copy()  # (m, H) replicated
         # Work buffers: stacked statistics operands and the local blocks.
-        self.left = self.zeros(2 * m, V)         # [x; v']
-        self.right = self.zeros(2 * m, H)        # [h; -h']
-        self.right_k = self.zeros(2 * m, Hk)     # [h_k; -h'_k]: this worker's own columns of it
+        self.left = self.zeros(2 * m, V)  # [x; v']
+        self.right = self.zeros(2 * m, H)  # [h; -h']
+        self.right_k = self.zeros(2 * m, Hk)  # [h_k; -h'_k]: this worker's own columns of it
         self.hidden_act = self.zeros(m, H)
         self.hidden_states = self.zeros(m, H)
         self.pre_h = self.zeros(m, Hk)
         self.h_local = self.zeros(m, Hk)
         self.pre_v = self.zeros(m, Vk)
         self.v_local = self.zeros(m, Vk)
-        self.own_states = self.zeros(m, Hk)      # this worker's units of the states driving v'
+        self.own_states = self.zeros(m, Hk)  # this worker's units of the states driving v'
 
     def step(self, X: np.ndarray, step: int) -> float:
         spec, k = self.spec, self.rank
@@ -56,7 +64,7 @@ class UnitPartitioned(Worker):
         left, right = self.left[: mb + c], self.right[: mb + c]
         left[:mb] = X
         X_k = self.vis.take(X, k)
-        act, states = self.hidden_act, self.hidden_states   # (m, H): h, then h', as they arrive
+        act, states = self.hidden_act, self.hidden_states  # (m, H): h, then h', as they arrive
         v_neg = left[mb:]
         # The minibatch's cases in chunks (one in lockstep): each chunk's exchange is in
         # flight while the next chunk computes, and each chunk goes on as soon as its own
@@ -67,13 +75,14 @@ class UnitPartitioned(Worker):
         flight = []
         for r in pos:
             _core.gemm(X[r], self.green, self.pre_h[r])
-            flight.append(self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local,
-                                            act, states, r))
+            flight.append(
+                self.start_hidden(self.pre_h, self.c, step, PHASE_POSITIVE, P.HIDDEN, self.h_local, act, states, r)
+            )
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
             # 2. v'_k = act(h P_k^T + b_k); allgather -> every worker has v'.
-            chained = t == 1 and spec.persistent   # the chains drive it, not the h just sampled
+            chained = t == 1 and spec.persistent  # the chains drive it, not the h just sampled
             driver = self.chains if chained else states
             assert driver is not None  # chained: persistent CD, whose chains are set
             sent, err_t = [], 0.0
@@ -83,12 +92,27 @@ class UnitPartitioned(Worker):
                     _core.gemm(driver[r], self.purple, self.pre_v[r], trans_b=True)
                 else:  # this worker's own units of h first, while the others' are on the wire
                     own = self.own_hidden_states(self.h_local, self.own_states, step, drawn, r)
-                    self.product_own_first(own, driver[r], self.purple, self.pre_v[r], self.hid, trans_b=True,
-                                           arrived=lambda i=i, r=r: self.finish_hidden(flight[i], step, drawn,
-                                                                                        act, states, r))
+                    self.product_own_first(
+                        own,
+                        driver[r],
+                        self.purple,
+                        self.pre_v[r],
+                        self.hid,
+                        trans_b=True,
+                        arrived=lambda i=i, r=r: self.finish_hidden(flight[i], step, drawn, act, states, r),
+                    )
                 data = X_k[r] if (t == 1 and not spec.persistent) else None
-                err_t = self.visible_units(self.pre_v[r], self.b, self.v_local[r], self.vis.units(k), step, t,
-                                           data=data, case0=r.start, err0=err_t)
+                err_t = self.visible_units(
+                    self.pre_v[r],
+                    self.b,
+                    self.v_local[r],
+                    self.vis.units(k),
+                    step,
+                    t,
+                    data=data,
+                    case0=r.start,
+                    err0=err_t,
+                )
                 sent.append(self.start_visible(self.v_local[r], v_neg[r]))
             err += err_t
             if t == 1:  # h leaves the shared buffers before h' arrives in them
@@ -99,10 +123,14 @@ class UnitPartitioned(Worker):
             # 3. h'_k ~ p(h_k | v'); allgather -> every worker has h'.
             flight = []
             for i, r in enumerate(neg):
-                self.product_own_first(self.v_local[r], v_neg[r], self.green, self.pre_h[r], self.vis,
-                                       arrived=sent[i].wait)
-                flight.append(self.start_hidden(self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN,
-                                                self.h_local, act, states, r))
+                self.product_own_first(
+                    self.v_local[r], v_neg[r], self.green, self.pre_h[r], self.vis, arrived=sent[i].wait
+                )
+                flight.append(
+                    self.start_hidden(
+                        self.pre_h, self.c, step, phase_hidden(t), P.NEGATIVE_HIDDEN, self.h_local, act, states, r
+                    )
+                )
         # 4. Both copies of every weight are updated: green with x^T h_k - v'^T h'_k,
         #    purple with x_k^T h - v'_k^T h'. Green needs only this worker's own units of
         #    h' (here already): it is updated while the rest of h' is on the wire.
@@ -133,8 +161,12 @@ class UnitPartitioned(Worker):
         V, H, K = spec.n_visible, spec.n_hidden, len(vis.parts)
         gemms = [g for j in range(K) for g in ((V, hid.size(j), False), (H, vis.size(j), True))]
         # the products summed block by block over their depth (Worker.product_own_first)
-        return gemms + [g for k in range(K) for j in range(K)
-                        for g in ((vis.size(j), hid.size(k), False), (hid.size(j), vis.size(k), True))]
+        return gemms + [
+            g
+            for k in range(K)
+            for j in range(K)
+            for g in ((vis.size(j), hid.size(k), False), (hid.size(j), vis.size(k), True))
+        ]
 
     def sync(self) -> None:
         """alltoall: worker j sends P_j[:, H_k] to worker k, which overwrites G_k[V_j, :]."""
@@ -151,7 +183,6 @@ class UnitPartitioned(Worker):
             drift = max(drift, float(np.max(np.abs(self.green[rows] - outs[j]), initial=0.0)))
             self.green[rows] = outs[j]
         self.divergence.append(drift)
-
 
     def gather_model(self) -> ModelState | None:
         return self.gather_purple_model()
@@ -183,14 +214,13 @@ class UnitPartitioned(Worker):
         return 1.0 / options.sync_every if options.sync_every else 0.0
 
     @classmethod
-    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                  binary_data: bool) -> Work:
+    def step_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool) -> Work:
         V, H, c = model.n_visible, model.n_hidden, m
         vk, hk = model.block(K, rank)
         w = cls._exchange_work(model, m, K, rank)
-        w.add("copy", m * V + m * vk)                 # left[:m] = x, x_k
-        w.add("copy", m * H)                          # right[:m] = h
-        w.add("copy", c * H + (m + c) * (hk + vk))   # right[m:] = -h'; the k-th blocks
+        w.add("copy", m * V + m * vk)  # left[:m] = x, x_k
+        w.add("copy", m * H)  # right[:m] = h
+        w.add("copy", c * H + (m + c) * (hk + vk))  # right[m:] = -h'; the k-th blocks
         statistics_work(w, model, V, hk, m, c, momentum=momentum, binary_data=binary_data)
         statistics_work(w, model, vk, H, m, c, momentum=momentum, binary_data=binary_data)
         return w
@@ -206,13 +236,13 @@ class UnitPartitioned(Worker):
         hidden_work(w, model, m, hk, H)
         for t in range(model.cd_k):
             # summed over the depth block by block, this worker's own first
-            if t == 0 and model.persistent:           # the chains drive it: one product
+            if t == 0 and model.persistent:  # the chains drive it: one product
                 w.gemm(c, vk, H)
             else:
                 for hj in hid:
                     w.gemm(c, vk, hj)
                 if not model.hidden_bits:
-                    w.add("bernoulli", c * hk)        # its own units' states, drawn ahead
+                    w.add("bernoulli", c * hk)  # its own units' states, drawn ahead
             w.add(model.visible_kind, c * vk)
             for vj in vis:
                 w.gemm(c, hk, vj)
@@ -220,8 +250,9 @@ class UnitPartitioned(Worker):
         return w
 
     @classmethod
-    def overlap_work(cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool,
-                     binary_data: bool) -> tuple[Work, tuple[str, ...]]:
+    def overlap_work(
+        cls, model: Model, m: int, K: int, rank: int, options, *, momentum: bool, binary_data: bool
+    ) -> tuple[Work, tuple[str, ...]]:
         """With its cases whole: this worker's own block of the visible and hidden inputs
         (while the rest of h and v' are on the wire) and green's update (while h' is); in
         chunks, the phases' products as well."""

@@ -20,5 +20,7 @@ def pytest_sessionstart(session):
 
     required = os.environ.get("PARRBM_REQUIRE_MPI", "1" if os.environ.get("CI") else "0") == "1"
     if required and not has_mpi():
-        raise pytest.UsageError("the mpi transport is required here (CI or PARRBM_REQUIRE_MPI=1) but mpi4py "
-                                "or mpiexec is missing: pip install '.[mpi]'")
+        raise pytest.UsageError(
+            "the mpi transport is required here (CI or PARRBM_REQUIRE_MPI=1) but mpi4py "
+            "or mpiexec is missing: pip install '.[mpi]'"
+        )

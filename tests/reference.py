@@ -24,8 +24,12 @@ def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
             k1 = (k1 + W1) & 0xFFFFFFFF
         p0 = M0 * x[0]
         p1 = M1 * x[2]
-        x = [((p1 >> np.uint64(32)) ^ x[1] ^ np.uint64(k0)) & MASK32, p1 & MASK32,
-             ((p0 >> np.uint64(32)) ^ x[3] ^ np.uint64(k1)) & MASK32, p0 & MASK32]
+        x = [
+            ((p1 >> np.uint64(32)) ^ x[1] ^ np.uint64(k0)) & MASK32,
+            p1 & MASK32,
+            ((p0 >> np.uint64(32)) ^ x[3] ^ np.uint64(k1)) & MASK32,
+            p0 & MASK32,
+        ]
     return np.stack(x, axis=-1).astype(np.uint32)
 
 
@@ -91,9 +95,23 @@ class RefCD:
     """One CD-k step in numpy, float64, following docs/design.md section 3 and the core's
     stream keying: positive hidden phase 0; chain step t visible 2t-1, hidden 2t."""
 
-    def __init__(self, W, b, c, *, visible="binary", statistics="samples", cd_k=1,
-                 persistent=False, gaussian_noise=False, learning_rate=0.1, momentum=0.0,
-                 weight_decay=0.0, seed=0, batch_size=None):
+    def __init__(
+        self,
+        W,
+        b,
+        c,
+        *,
+        visible="binary",
+        statistics="samples",
+        cd_k=1,
+        persistent=False,
+        gaussian_noise=False,
+        learning_rate=0.1,
+        momentum=0.0,
+        weight_decay=0.0,
+        seed=0,
+        batch_size=None,
+    ):
         self.W, self.b, self.c = (np.array(a, dtype=np.float64) for a in (W, b, c))
         self.visible, self.statistics, self.cd_k = visible, statistics, cd_k
         self.persistent, self.noise = persistent, gaussian_noise
@@ -113,8 +131,7 @@ class RefCD:
         mean = pre + self.b
         if not sample:
             return mean, mean
-        return mean, mean + normals(*pre.shape, seed=self.seed, step=step,
-                                    phase=phase + PHASE_NOISE_OFFSET)
+        return mean, mean + normals(*pre.shape, seed=self.seed, step=step, phase=phase + PHASE_NOISE_OFFSET)
 
     def step(self, X, step):
         X = np.asarray(X, np.float64)

@@ -12,28 +12,36 @@ import pytest
 from parrbm import _core
 from parrbm.analysis import cost
 from parrbm.analysis.compute import step_work
-from parrbm.analysis.timemodel import (Link, Profile, advise, parse_bandwidth, parse_latency,
-                                       predict)
+from parrbm.analysis.timemodel import Link, Profile, advise, parse_bandwidth, parse_latency, predict
 from parrbm.cli import main
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
 
-
 # ---- the compute account == the kernels the strategies call --------------------------------
+
 
 class Tracer:
     def __init__(self, monkeypatch):
         self.gemms: list = []
         self.counts: Counter = Counter()
-        for name in ("gemm", "sample_sigmoid", "sample_bernoulli", "visible_activation", "pack_columns",
-                     "bit_statistics_update", "apply_increment", "apply_gradient"):
+        for name in (
+            "gemm",
+            "sample_sigmoid",
+            "sample_bernoulli",
+            "visible_activation",
+            "pack_columns",
+            "bit_statistics_update",
+            "apply_increment",
+            "apply_gradient",
+        ):
             monkeypatch.setattr(_core, name, self._wrap(name, getattr(_core, name)))
 
     def _wrap(self, name, fn):
         def traced(*a, **kw):
             self.record(name, a, kw)
             return fn(*a, **kw)
+
         return traced
 
     def record(self, name, a, kw):
@@ -59,13 +67,26 @@ class Tracer:
 
 @pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
 @pytest.mark.parametrize("K", [2, 3])
-@pytest.mark.parametrize("visible,statistics,momentum", [
-    ("binary", "samples", False), ("binary", "probabilities", True), ("gaussian", "samples", True),
-])
+@pytest.mark.parametrize(
+    "visible,statistics,momentum",
+    [
+        ("binary", "samples", False),
+        ("binary", "probabilities", True),
+        ("gaussian", "samples", True),
+    ],
+)
 def test_compute_account_equals_the_kernels_called(monkeypatch, strategy, K, visible, statistics, momentum):
     V, H, m = 23, 17, 9
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", visible=visible,
-                  statistics=statistics, momentum=0.5 if momentum else 0.0, seed=3)
+    spec = CDSpec(
+        n_visible=V,
+        n_hidden=H,
+        batch_size=m,
+        dtype="float64",
+        visible=visible,
+        statistics=statistics,
+        momentum=0.5 if momentum else 0.0,
+        seed=3,
+    )
     rng = np.random.default_rng(0)
     X = (rng.random((m, V)) < 0.5).astype(np.float64) if visible == "binary" else rng.standard_normal((m, V))
     runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, options=StrategyOptions(sync_every=0))
@@ -87,29 +108,89 @@ def test_phase_calls_of_the_closed_form_equal_the_measured_ones():
     for strategy in PARALLEL_STRATEGIES:
         spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float32", visible="gaussian", cd_k=2)
         r = ParallelRunner(spec, ModelState.initial(spec), strategy, 3, options=StrategyOptions(sync_every=0))
-        r.run(np.random.default_rng(0).standard_normal((2 * m, V)).astype(np.float32), np.arange(2 * m, dtype=np.int64), 0)
-        measured = {p: s["calls"] for p, s in r.comm_stats()["by_phase"].items()
-                    if s["bytes_sent"] and p not in ("weight-sync", "gather-model")}
+        r.run(
+            np.random.default_rng(0).standard_normal((2 * m, V)).astype(np.float32), np.arange(2 * m, dtype=np.int64), 0
+        )
+        measured = {
+            p: s["calls"]
+            for p, s in r.comm_stats()["by_phase"].items()
+            if s["bytes_sent"] and p not in ("weight-sync", "gather-model")
+        }
         t = cost.step_traffic(strategy, cost.Model(V, H, visible="gaussian", cd_k=2), m, 3)
         assert measured == {p: 3 * 2 * c for p, c in t.calls.items()}, strategy  # 3 workers, 2 steps
 
 
 # ---- cost command -----------------------------------------------------------------------------
 
+
 def test_cost_prints_table_4_1(capsys):
-    assert main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--cases", "8000",
-                 "--workers", "1", "2", "4", "8", "--strategy", "unit-partitioned"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--visible",
+                "8000",
+                "--hidden",
+                "20000",
+                "--batch",
+                "100",
+                "--cases",
+                "8000",
+                "--workers",
+                "1",
+                "2",
+                "4",
+                "8",
+                "--strategy",
+                "unit-partitioned",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith("unit-partitioned")]
     # the paper's Table 4.1 leaves the weight syncs out: the total less their share
-    assert [round(float(r[2]) - float(r[3]), 6) for r in rows] == [0, 48, 144, 336, 0, 296, 888, 2072, 0, 552,
-                                                                   1656, 3864]
+    assert [round(float(r[2]) - float(r[3]), 6) for r in rows] == [
+        0,
+        48,
+        144,
+        336,
+        0,
+        296,
+        888,
+        2072,
+        0,
+        552,
+        1656,
+        3864,
+    ]
     assert "crossovers at K = 8" in out
 
 
 def test_cost_json_gives_exact_integers(capsys):
-    assert main(["cost", "--visible", "1000", "--hidden", "3000", "--batch", "130", "--cases", "1000",
-                 "--workers", "1..8", "--visible-type", "gaussian", "--precision", "float64", "--json"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--visible",
+                "1000",
+                "--hidden",
+                "3000",
+                "--batch",
+                "130",
+                "--cases",
+                "1000",
+                "--workers",
+                "1..8",
+                "--visible-type",
+                "gaussian",
+                "--precision",
+                "float64",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert {r["workers"] for r in rows} == {1, 2, 4, 8}
     assert {r["strategy"] for r in rows} == set(PARALLEL_STRATEGIES)
@@ -130,8 +211,29 @@ def test_cost_counts_a_sync_every_step_as_step_traffic(capsys):
     weight exchange sum |V_j||H_k| pb = 2 x 4000 x 10000 x 4 = 320 MB; unit-partitioned
     48 MB of bits and, at sync_every 80, one such sync. Left apart, per-update sync's
     syncs made it look the cheapest (28 MB)."""
-    assert main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--cases", "8000",
-                 "--workers", "2", "--visible-type", "binary", "--precision", "float32", "--json"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--visible",
+                "8000",
+                "--hidden",
+                "20000",
+                "--batch",
+                "100",
+                "--cases",
+                "8000",
+                "--workers",
+                "2",
+                "--visible-type",
+                "binary",
+                "--precision",
+                "float32",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = {r["strategy"]: r for r in json.loads(capsys.readouterr().out)}
     pus, up = rows["per-update-sync"], rows["unit-partitioned"]
     assert pus["step_bytes"] == 80 * 350_000 and pus["sync_bytes"] == 80 * 320_000_000
@@ -139,24 +241,74 @@ def test_cost_counts_a_sync_every_step_as_step_traffic(capsys):
     assert pus["bytes_per_step_with_syncs"] == 350_000 + 320_000_000
     assert up["step_bytes"] == 48_000_000 and up["sync_bytes"] == 320_000_000 and up["syncs"] == 1
     assert min(rows, key=lambda s: rows[s]["bytes"]) != "per-update-sync"
-    assert main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--workers", "2",
-                 "--visible-type", "binary", "--precision", "float32"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--visible",
+                "8000",
+                "--hidden",
+                "20000",
+                "--batch",
+                "100",
+                "--workers",
+                "2",
+                "--visible-type",
+                "binary",
+                "--precision",
+                "float32",
+            ]
+        )
+        == 0
+    )
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("per-update-sync"))
     assert line.split()[2:4] == ["25628.000", "25600.000"] and line.endswith("every step")
     # parameter averaging of weights every 4 steps: 20 rounds of 2 (K-1)(V H + V + H) pb
-    assert main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--cases", "8000",
-                 "--workers", "2", "--visible-type", "binary", "--precision", "float32", "--average", "weights",
-                 "--average-every", "4", "--strategy", "parameter-averaging", "--json"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--visible",
+                "8000",
+                "--hidden",
+                "20000",
+                "--batch",
+                "100",
+                "--cases",
+                "8000",
+                "--workers",
+                "2",
+                "--visible-type",
+                "binary",
+                "--precision",
+                "float32",
+                "--average",
+                "weights",
+                "--average-every",
+                "4",
+                "--strategy",
+                "parameter-averaging",
+                "--json",
+            ]
+        )
+        == 0
+    )
     (pa,) = json.loads(capsys.readouterr().out)
     assert pa["syncs"] == 20 and pa["step_bytes"] == 0
     assert pa["bytes"] == 20 * 2 * (8000 * 20000 + 8000 + 20000) * 4
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--visible", "0", "--hidden", "5", "--batch", "2"], "must be >= 1"),
-    (["--visible", "5", "--hidden", "5", "--batch", "2", "--workers", "8..2"], "runs backwards"),
-    (["--visible", "5", "--hidden", "5", "--batch", "2", "--strategy", "magic"], "unknown strategy 'magic'; registered: serial, unit-partitioned"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--visible", "0", "--hidden", "5", "--batch", "2"], "must be >= 1"),
+        (["--visible", "5", "--hidden", "5", "--batch", "2", "--workers", "8..2"], "runs backwards"),
+        (
+            ["--visible", "5", "--hidden", "5", "--batch", "2", "--strategy", "magic"],
+            "unknown strategy 'magic'; registered: serial, unit-partitioned",
+        ),
+    ],
+)
 def test_cost_bad_arguments_exit_2(capsys, argv, match):
     with pytest.raises(SystemExit) as exc:
         main(["cost", *argv])
@@ -166,12 +318,20 @@ def test_cost_bad_arguments_exit_2(capsys, argv, match):
 
 # ---- time model ---------------------------------------------------------------------------------
 
+
 def flat_profile(rate=1e9, element=1e-9, latency=1e-4, bandwidth=1e8) -> Profile:
     kinds = ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
-    return Profile(cores=64, gemm={p: [[1, rate], [4096, rate]] for p in ("float32", "float64")},
-                   element={p: {k: element for k in kinds} for p in ("float32", "float64")},
-                   links={"net": {k: Link(latency, bandwidth) for k in
-                                  ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")}})
+    return Profile(
+        cores=64,
+        gemm={p: [[1, rate], [4096, rate]] for p in ("float32", "float64")},
+        element={p: {k: element for k in kinds} for p in ("float32", "float64")},
+        links={
+            "net": {
+                k: Link(latency, bandwidth)
+                for k in ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
+            }
+        },
+    )
 
 
 def test_prediction_is_compute_plus_latency_and_busiest_bytes():
@@ -212,8 +372,10 @@ def test_efficiency_scales_the_kernels_not_the_driver_overhead():
     slower = predict("green-only", model, 50, 2, prof, transport="net")
     assert slower.compute_seconds == pytest.approx(1.2 * kernels + 1e-3, rel=1e-12)
     assert slower.comm_seconds == plain.comm_seconds
-    assert predict("purple-only", model, 50, 2, prof, transport="net").compute_seconds == \
-        predict("purple-only", model, 50, 2, flat_profile(), transport="net").compute_seconds
+    assert (
+        predict("purple-only", model, 50, 2, prof, transport="net").compute_seconds
+        == predict("purple-only", model, 50, 2, flat_profile(), transport="net").compute_seconds
+    )
 
 
 def test_gaussian_steps_take_their_own_efficiency():
@@ -224,13 +386,16 @@ def test_gaussian_steps_take_their_own_efficiency():
     base_b = predict("green-only", model_b, 50, 2, prof, transport="net").compute_seconds
     base_g = predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds
     prof.efficiency = {"green-only": 1.2, "green-only/gaussian": 1.05}
-    assert predict("green-only", model_b, 50, 2, prof, transport="net").compute_seconds == \
-        pytest.approx(1.2 * base_b, rel=1e-12)
-    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == \
-        pytest.approx(1.05 * base_g, rel=1e-12)
+    assert predict("green-only", model_b, 50, 2, prof, transport="net").compute_seconds == pytest.approx(
+        1.2 * base_b, rel=1e-12
+    )
+    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == pytest.approx(
+        1.05 * base_g, rel=1e-12
+    )
     prof.efficiency = {"green-only": 1.2}  # an older profile
-    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == \
-        pytest.approx(1.2 * base_g, rel=1e-12)
+    assert predict("green-only", model_g, 50, 2, prof, transport="net").compute_seconds == pytest.approx(
+        1.2 * base_g, rel=1e-12
+    )
 
 
 def test_float64_steps_take_their_own_efficiency():
@@ -239,16 +404,24 @@ def test_float64_steps_take_their_own_efficiency():
     model32, model64 = cost.Model(500, 800), cost.Model(500, 800, precision="float64")
     gauss64 = cost.Model(500, 800, visible="gaussian", precision="float64")
     prof = flat_profile()
-    base = {id(mo): predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds
-            for mo in (model32, model64, gauss64)}
-    prof.efficiency = {"green-only": 1.2, "green-only/float64": 1.1, "green-only/gaussian": 1.05,
-                       "green-only/gaussian/float64": 1.02}
+    base = {
+        id(mo): predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds
+        for mo in (model32, model64, gauss64)
+    }
+    prof.efficiency = {
+        "green-only": 1.2,
+        "green-only/float64": 1.1,
+        "green-only/gaussian": 1.05,
+        "green-only/gaussian/float64": 1.02,
+    }
     for mo, eff in ((model32, 1.2), (model64, 1.1), (gauss64, 1.02)):
-        assert predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds == \
-            pytest.approx(eff * base[id(mo)], rel=1e-12)
+        assert predict("green-only", mo, 50, 2, prof, transport="net").compute_seconds == pytest.approx(
+            eff * base[id(mo)], rel=1e-12
+        )
     prof.efficiency = {"green-only": 1.2, "green-only/gaussian": 1.05}  # an older profile
-    assert predict("green-only", gauss64, 50, 2, prof, transport="net").compute_seconds == \
-        pytest.approx(1.05 * base[id(gauss64)], rel=1e-12)
+    assert predict("green-only", gauss64, 50, 2, prof, transport="net").compute_seconds == pytest.approx(
+        1.05 * base[id(gauss64)], rel=1e-12
+    )
 
 
 def test_a_gemm_pays_for_an_operand_from_memory_by_its_elements():
@@ -345,7 +518,7 @@ def test_co_scheduling_grows_with_the_workers_weight_blocks_between_measured_siz
     assert prof.sharing("net", 2, 4e6) == pytest.approx(1.2, rel=1e-12)
     assert prof.sharing("net", 2, 1e3) == pytest.approx(1.1) and prof.sharing("net", 2, 1e9) == pytest.approx(1.3)
     assert prof.sharing("net", 2) == 1.1  # no size given: the calibration model's factor
-    model = cost.Model(2000, 4000)       # 16 MB of float32 weights, 8 MB a worker at K = 2
+    model = cost.Model(2000, 4000)  # 16 MB of float32 weights, 8 MB a worker at K = 2
     assert working_set(model, 2) == 16e6
     p = predict("green-only", model, 100, 2, prof, transport="net", cores=2)
     assert p.wait_seconds == pytest.approx((p.compute_seconds + p.comm_seconds) * 0.3, rel=1e-12)
@@ -358,16 +531,26 @@ def test_ranking_pairs_within_the_noise_do_not_count_against_the_model():
     from parrbm.analysis.compare import ranking_agreement
 
     def row(s, measured, p10, p90, predicted):
-        return {"strategy": s, "workers": 2, "transport": "tcp", "batch_size": 10, "visible_type": "binary",
-                "precision": "float32", "meaningful": True, "measured_seconds": measured,
-                "measured_p10": p10, "measured_p90": p90, "predicted_seconds": predicted}
+        return {
+            "strategy": s,
+            "workers": 2,
+            "transport": "tcp",
+            "batch_size": 10,
+            "visible_type": "binary",
+            "precision": "float32",
+            "meaningful": True,
+            "measured_seconds": measured,
+            "measured_p10": p10,
+            "measured_p90": p90,
+            "predicted_seconds": predicted,
+        }
 
     close = [row("a", 1.00, 0.95, 1.05, 1.1), row("b", 1.02, 0.98, 1.06, 1.0), row("c", 2.0, 1.9, 2.1, 2.0)]
-    g, = ranking_agreement(close)
+    (g,) = ranking_agreement(close)
     assert g["measured"] == ["a", "b", "c"] and g["predicted"] == ["b", "a", "c"]
     assert not g["same"] and g["same_within_noise"] and g["discordant_beyond_noise"] == []
     apart = [row("a", 1.0, 0.99, 1.01, 1.1), row("b", 1.2, 1.19, 1.21, 1.0)]
-    g, = ranking_agreement(apart)
+    (g,) = ranking_agreement(apart)
     assert not g["same_within_noise"] and [(a, b) for a, b, _ in g["discordant_beyond_noise"]] == [("a", "b")]
 
 
@@ -375,13 +558,21 @@ def test_error_summary_states_the_error_beyond_each_runs_own_spread():
     from parrbm.analysis.compare import error_summary
 
     def row(measured, p10, p90, predicted, meaningful=True):
-        return {"meaningful": meaningful, "measured_seconds": measured, "measured_p10": p10,
-                "measured_p90": p90, "predicted_seconds": predicted, "error": predicted / measured - 1}
+        return {
+            "meaningful": meaningful,
+            "measured_seconds": measured,
+            "measured_p10": p10,
+            "measured_p90": p90,
+            "predicted_seconds": predicted,
+            "error": predicted / measured - 1,
+        }
 
-    rows = [row(1.0, 0.9, 1.2, 1.15),   # +15 %, inside its band
-            row(2.0, 1.9, 2.1, 1.6),    # -20 %: 0.3 s below p10, 15 % of the median
-            row(1.0, 0.95, 1.05, 1.05),  # +5 %: on p90, inside
-            row(1.0, 0.9, 1.1, 3.0, meaningful=False)]  # K > cores: not counted
+    rows = [
+        row(1.0, 0.9, 1.2, 1.15),  # +15 %, inside its band
+        row(2.0, 1.9, 2.1, 1.6),  # -20 %: 0.3 s below p10, 15 % of the median
+        row(1.0, 0.95, 1.05, 1.05),  # +5 %: on p90, inside
+        row(1.0, 0.9, 1.1, 3.0, meaningful=False),
+    ]  # K > cores: not counted
     e = error_summary(rows)
     assert e["runs"] == 3 and e["within_spread"] == 2
     assert e["median"] == pytest.approx(0.15, rel=1e-12) and e["worst"] == pytest.approx(0.20, rel=1e-12)
@@ -395,8 +586,11 @@ def test_slower_network_favours_fewer_bytes():
     model = cost.Model(8000, 20000)
     fast = advise(model, 100, [8], flat_profile(rate=5e11, bandwidth=1e12, latency=0), transport="net")[0]
     slow = advise(model, 100, [8], flat_profile(rate=5e11, bandwidth=1e6, latency=0), transport="net")[0]
-    traffic = {s: cost.step_traffic(s, model, 100, 8).total + cost.sync_traffic(s, model, 8).total
-               * cost.syncs_per_step(s, sync_every=1) for s in PARALLEL_STRATEGIES}
+    traffic = {
+        s: cost.step_traffic(s, model, 100, 8).total
+        + cost.sync_traffic(s, model, 8).total * cost.syncs_per_step(s, sync_every=1)
+        for s in PARALLEL_STRATEGIES
+    }
     assert slow["best"] == min(traffic, key=traffic.get)
     assert fast["best"] != "parameter-averaging"
     assert slow["margin_percent"] > 0
@@ -409,8 +603,9 @@ def test_advise_at_one_worker_includes_serial():
     assert "serial" not in [s for s, *_ in rows[1]["ranking"]]
 
 
-@pytest.mark.parametrize("text,value", [("105MB/s", 105e6), ("1.25 GB/s", 1.25e9), ("10Gbit/s", 1.25e9),
-                                        ("100 MiB/s", 100 * 2 ** 20)])
+@pytest.mark.parametrize(
+    "text,value", [("105MB/s", 105e6), ("1.25 GB/s", 1.25e9), ("10Gbit/s", 1.25e9), ("100 MiB/s", 100 * 2**20)]
+)
 def test_parse_bandwidth(text, value):
     assert parse_bandwidth(text) == pytest.approx(value)
 
@@ -425,6 +620,7 @@ def test_parse_latency_and_bad_figures():
 
 
 # ---- calibration and the commands that use it ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def measured_profile(tmp_path_factory):
@@ -491,8 +687,22 @@ def test_calibration_prices_a_step_it_was_not_measured_on(measured_profile):
 
 @pytest.mark.slow
 def test_predict_and_advise_commands(measured_profile, capsys):
-    base = ["--visible", "8000", "--hidden", "20000", "--batch", "100", "--workers", "1..64",
-            "--profile", str(measured_profile), "--bandwidth", "105MB/s", "--latency", "0.091ms"]
+    base = [
+        "--visible",
+        "8000",
+        "--hidden",
+        "20000",
+        "--batch",
+        "100",
+        "--workers",
+        "1..64",
+        "--profile",
+        str(measured_profile),
+        "--bandwidth",
+        "105MB/s",
+        "--latency",
+        "0.091ms",
+    ]
     assert main(["advise", *base]) == 0
     out = capsys.readouterr().out
     rows = [ln.split() for ln in out.splitlines()[2:]]
@@ -501,8 +711,26 @@ def test_predict_and_advise_commands(measured_profile, capsys):
     assert main(["predict", *base, "--json"]) == 0
     preds = json.loads(capsys.readouterr().out)
     assert len(preds) == 5 * 7 and all(p["step_seconds"] > 0 for p in preds)
-    assert main(["predict", "--visible", "64", "--hidden", "32", "--batch", "10", "--profile",
-                 str(measured_profile), "--transport", "threads", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--visible",
+                "64",
+                "--hidden",
+                "32",
+                "--batch",
+                "10",
+                "--profile",
+                str(measured_profile),
+                "--transport",
+                "threads",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
 
 
 def test_predict_without_a_profile_says_what_to_do(tmp_path, capsys, monkeypatch):
@@ -516,6 +744,7 @@ def test_predict_without_a_profile_says_what_to_do(tmp_path, capsys, monkeypatch
 
 
 # ---- predictions beside measurements, figures, report ------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
@@ -540,7 +769,6 @@ def quick_results(tmp_path_factory):
 def test_cost_module_equals_measured_bytes_for_every_quick_record(quick_results):
     from parrbm.analysis.compare import load_profile_for, predicted_vs_measured
     from parrbm.harness.experiment import read_records
-
     from parrbm.harness.grid import is_all_cores_baseline
 
     records = read_records(quick_results)
@@ -625,8 +853,9 @@ def test_an_emulated_link_passes_its_bucket_at_once_and_its_wire_time_is_no_core
     assert pred.phases["visible-input"] > 1e-3  # 50 kB a worker, 31 kB of it at once
     # a phase's CPU part: its loopback time, at most the link's (a transfer the bucket passes
     # at once costs no more than its latency)
-    loopback = sum(min(pred.phases[ph], 1e-5 * traffic.calls.get(ph, 1) + max(b) / 1e9)
-                   for ph, b in traffic.phases.items())
+    loopback = sum(
+        min(pred.phases[ph], 1e-5 * traffic.calls.get(ph, 1) + max(b) / 1e9) for ph, b in traffic.phases.items()
+    )
     assert pred.wait_seconds == pytest.approx(0.5 * (pred.compute_seconds + loopback), rel=1e-12)
     # the emulated hosts' own (unshaped) links, once calibrated, are the base instead of loopback
     prof.links["tcp@unshaped"] = {k: Link(2e-5, 5e8) for k in prof.links["net"]}
@@ -634,8 +863,9 @@ def test_an_emulated_link_passes_its_bucket_at_once_and_its_wire_time_is_no_core
     p, name = network_profile(prof, "tcp", net)
     assert p.links[name]["allgather"].latency == 2e-5
     pred = predict("green-only", model, 50, 2, p, transport=name, cores=2)
-    hosts = sum(min(pred.phases[ph], 2e-5 * traffic.calls.get(ph, 1) + max(b) / 5e8)
-                for ph, b in traffic.phases.items())
+    hosts = sum(
+        min(pred.phases[ph], 2e-5 * traffic.calls.get(ph, 1) + max(b) / 5e8) for ph, b in traffic.phases.items()
+    )
     assert pred.wait_seconds == pytest.approx(0.2 * (pred.compute_seconds + hosts), rel=1e-12)
     assert network_profile(prof, "tcp", {**net, "bandwidth": None}) == (prof, "tcp@unshaped")
 
@@ -644,9 +874,15 @@ def test_a_run_on_named_hosts_is_priced_with_the_collectives_calibrated_between_
     from parrbm.analysis.compare import predict_record
 
     prof = flat_profile().with_network("mpi", 1e9, 1e-5).with_network("mpi@hosts", 1e7, 1e-3)
-    rec = {"strategy": "parameter-averaging", "workers": 2, "transport": "mpi", "batch_size": 100,
-           "model": {"visible": 500, "hidden": 500, "visible_type": "binary", "precision": "float32"},
-           "training": {"sync_every": 1}, "options": {}}
+    rec = {
+        "strategy": "parameter-averaging",
+        "workers": 2,
+        "transport": "mpi",
+        "batch_size": 100,
+        "model": {"visible": 500, "hidden": 500, "visible_type": "binary", "precision": "float32"},
+        "training": {"sync_every": 1},
+        "options": {},
+    }
     here = predict_record(rec, prof)
     across = predict_record({**rec, "hosts": ["node0", "node1"]}, prof)
     assert here.transport == "mpi" and across.transport == "mpi@hosts"
@@ -678,8 +914,7 @@ def test_an_overlapped_step_is_priced_as_a_two_stage_pipeline():
         p = predict("per-update-sync", model, 100, 2, prof, transport="net", overlap_chunks=N)
         transfer = 2e6 / 1e8 + N * 1e-4
         assert p.hidden_seconds == pytest.approx(transfer * (1 - 1 / N), rel=1e-12)
-        assert p.step_seconds == pytest.approx(lock.step_seconds + (N - 1) * 1e-4 - transfer * (1 - 1 / N),
-                                               rel=1e-12)
+        assert p.step_seconds == pytest.approx(lock.step_seconds + (N - 1) * 1e-4 - transfer * (1 - 1 / N), rel=1e-12)
     # chunking is not free where small products run slower: cut into 8, the rate of the
     # 125-row products is the table's at 125, the hidden time the same rule's
     slow_small = Profile(**{**vars(prof), "gemm": {p: [[1, 1e7], [1000, 1e9]] for p in ("float32", "float64")}})
@@ -704,12 +939,20 @@ def test_advise_chooses_the_chunk_count():
     """On a slow link with compute to hide it behind, the advice overlaps and says how (the
     cases whole, or in how many chunks); lockstep rows say no overlap and 1."""
     model = cost.Model(1000, 2000)
-    rows = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
-                  transport="net")
+    rows = advise(
+        model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"], transport="net"
+    )
     assert rows[0]["overlap"] is True
     assert all(len(entry) == 3 for entry in rows[0]["ranking"])
-    lock = advise(model, 100, [2], flat_profile(bandwidth=2e7), strategies=["per-update-sync", "green-only"],
-                  chunk_choices=(), transport="net")
+    lock = advise(
+        model,
+        100,
+        [2],
+        flat_profile(bandwidth=2e7),
+        strategies=["per-update-sync", "green-only"],
+        chunk_choices=(),
+        transport="net",
+    )
     assert lock[0]["overlap"] is False and lock[0]["overlap_chunks"] == 1
     assert lock[0]["step_seconds"] > rows[0]["step_seconds"]
     assert all(chunks == 0 for _, _, chunks in lock[0]["ranking"])
@@ -719,9 +962,17 @@ def test_an_emulated_links_burst_is_credited_once_a_phase_not_once_a_chunk():
     """The token bucket refills while a lockstep step computes; an overlapped phase's chunks
     follow one another on a busy link, so only its first finds the bucket full."""
     model = cost.Model(1000, 2000, visible="gaussian")
-    burst = Profile(**{**vars(flat_profile(element=0.0)),
-                       "links": {"net": {k: Link(1e-4, 1e8, burst=5e4) for k in
-                                         ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")}}})
+    burst = Profile(
+        **{
+            **vars(flat_profile(element=0.0)),
+            "links": {
+                "net": {
+                    k: Link(1e-4, 1e8, burst=5e4)
+                    for k in ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
+                }
+            },
+        }
+    )
     lock = predict("green-only", model, 96, 2, burst, transport="net")
     cut = predict("green-only", model, 96, 2, burst, transport="net", overlap_chunks=4)
     for phase, t in cut.phases.items():

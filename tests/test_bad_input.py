@@ -12,13 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from support import mpi_param
 
 from parrbm import RBM
 from parrbm.cli import main
-from parrbm.harness.grid import all_cores_threads
 from parrbm.harness.comparison_config import load_config
 from parrbm.harness.experiment import read_results, run_config
-from support import mpi_param
+from parrbm.harness.grid import all_cores_threads
 
 SMALL = """
 name: small
@@ -50,14 +50,22 @@ def run_small(tmp_path, text=SMALL, *flags):
 
 # ---- 1. a config's name is a plain file stem -------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["../../victim/important", "a/b", "/etc/passwd", "..", ".hidden", "''",
-                                  "'a\\\\b'", "x..y"])
+
+@pytest.mark.parametrize(
+    "name", ["../../victim/important", "a/b", "/etc/passwd", "..", ".hidden", "''", "'a\\\\b'", "x..y"]
+)
 def test_name_never_leaves_out(tmp_path, capsys, name):
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "important.jsonl").write_text("precious\n")
-    code, err = cli(capsys, "run", write(tmp_path, f"name: {name}\n" + SMALL.replace("name: small\n", "")),
-                    "--out", tmp_path / "a" / "b", "--no-calibrate")
+    code, err = cli(
+        capsys,
+        "run",
+        write(tmp_path, f"name: {name}\n" + SMALL.replace("name: small\n", "")),
+        "--out",
+        tmp_path / "a" / "b",
+        "--no-calibrate",
+    )
     assert code == 2 and "name" in err and "plain file stem" in err
     assert (victim / "important.jsonl").read_text() == "precious\n"
     assert not (tmp_path / "a").exists()
@@ -71,6 +79,7 @@ def test_run_config_refuses_a_bad_name_given_in_code(tmp_path):
 
 
 # ---- 2. an existing results file is never deleted implicitly ---------------------------------------------
+
 
 def test_run_refuses_an_existing_results_file(tmp_path, capsys):
     assert run_small(tmp_path) == 0
@@ -166,6 +175,7 @@ def test_a_run_whose_folder_was_taken_over_stops_before_mixing_records(tmp_path,
 
 # ---- 3. --resume never mixes experiments ---------------------------------------------------------------
 
+
 def test_resume_refuses_another_configuration_naming_the_fields(tmp_path, capsys):
     assert run_small(tmp_path) == 0
     results = tmp_path / "out" / "small.jsonl"
@@ -197,8 +207,11 @@ def test_table_and_report_show_a_run_once(tmp_path, capsys):
     assert run_small(tmp_path) == 0
     results = tmp_path / "out" / "small.jsonl"
     lines = results.read_text().splitlines(keepends=True)
-    i = next(i for i, ln in enumerate(lines) if json.loads(ln)["strategy"] == "unit-partitioned"
-             and json.loads(ln)["workers"] == 2)
+    i = next(
+        i
+        for i, ln in enumerate(lines)
+        if json.loads(ln)["strategy"] == "unit-partitioned" and json.loads(ln)["workers"] == 2
+    )
     results.write_text("".join(lines) + lines[i])  # a run recorded twice
     capsys.readouterr()
     code = main(["table", str(results)])
@@ -216,10 +229,22 @@ def test_table_and_report_show_a_run_once(tmp_path, capsys):
 
 # ---- 4. units ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,bytes_per_second", [
-    ("105MB/s", 105e6), ("100Mb/s", 12.5e6), ("100MBps", 100e6), ("100Mbps", 12.5e6), ("10Gbps", 1.25e9),
-    ("1Gbit/s", 125e6), ("800MiB/s", 800 * 2 ** 20), ("1 KiB/s", 1024), ("2.5 GB/s", 2.5e9), ("64kbit/s", 8000),
-])
+
+@pytest.mark.parametrize(
+    "text,bytes_per_second",
+    [
+        ("105MB/s", 105e6),
+        ("100Mb/s", 12.5e6),
+        ("100MBps", 100e6),
+        ("100Mbps", 12.5e6),
+        ("10Gbps", 1.25e9),
+        ("1Gbit/s", 125e6),
+        ("800MiB/s", 800 * 2**20),
+        ("1 KiB/s", 1024),
+        ("2.5 GB/s", 2.5e9),
+        ("64kbit/s", 8000),
+    ],
+)
 def test_bandwidth_units_as_people_write_them(text, bytes_per_second):
     from parrbm.analysis.timemodel import parse_bandwidth
 
@@ -233,8 +258,21 @@ def test_bad_bandwidths_are_refused_listing_the_forms(text, capsys, tmp_path):
     with pytest.raises(ValueError, match="bandwidth"):
         parse_bandwidth(text)
     prof = _profile(tmp_path)
-    code, err = cli(capsys, "advise", "--visible", "80", "--hidden", "200", "--batch", "10", f"--bandwidth={text}",
-                    "--latency", "0.1ms", "--profile", prof)
+    code, err = cli(
+        capsys,
+        "advise",
+        "--visible",
+        "80",
+        "--hidden",
+        "200",
+        "--batch",
+        "10",
+        f"--bandwidth={text}",
+        "--latency",
+        "0.1ms",
+        "--profile",
+        prof,
+    )
     assert code == 2 and "bandwidth" in err
 
 
@@ -249,10 +287,18 @@ def test_bad_latencies_are_refused(text):
 def _profile(tmp_path):
     from parrbm.analysis.timemodel import Link, Profile
 
-    p = Profile(cores=2, gemm={d: [[8, 1e9], [512, 2e10]] for d in ("float32", "float64")},
-                element={d: {k: 1e-9 for k in ("sample", "bernoulli", "visible", "visible-gaussian", "pack",
-                                               "bitstat", "update", "copy")} for d in ("float32", "float64")},
-                links={"tcp": {"allgather": Link(1e-5, 1e9)}})
+    p = Profile(
+        cores=2,
+        gemm={d: [[8, 1e9], [512, 2e10]] for d in ("float32", "float64")},
+        element={
+            d: {
+                k: 1e-9
+                for k in ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
+            }
+            for d in ("float32", "float64")
+        },
+        links={"tcp": {"allgather": Link(1e-5, 1e9)}},
+    )
     path = tmp_path / "prof.json"
     p.save(path)
     return path
@@ -260,21 +306,28 @@ def _profile(tmp_path):
 
 # ---- 5, 6. data and config values -----------------------------------------------------------------
 
-@pytest.mark.parametrize("values,needle", [
-    (np.array([[0.5, np.nan]] * 20), "NaN or infinity"),
-    (np.array([[0.5, np.inf]] * 20), "NaN or infinity"),
-    (np.array([[3.0, 0.0]] * 20), "must lie in [0, 1]"),
-    (np.array([["a", "b"]] * 20), "real numbers"),
-    (np.zeros((20, 3)), "model has 2 visible units"),
-])
+
+@pytest.mark.parametrize(
+    "values,needle",
+    [
+        (np.array([[0.5, np.nan]] * 20), "NaN or infinity"),
+        (np.array([[0.5, np.inf]] * 20), "NaN or infinity"),
+        (np.array([[3.0, 0.0]] * 20), "must lie in [0, 1]"),
+        (np.array([["a", "b"]] * 20), "real numbers"),
+        (np.zeros((20, 3)), "model has 2 visible units"),
+    ],
+)
 def test_run_checks_data_as_the_estimator_does(tmp_path, capsys, values, needle):
     np.save(tmp_path / "x.npy", values)
-    cfg = write(tmp_path, """
+    cfg = write(
+        tmp_path,
+        """
         model: {visible: 2, hidden: 4}
         data: {kind: npy, path: x.npy}
         training: {batch_size: 5, steps: 2}
         grid: {strategy: serial, workers: 1}
-        """)
+        """,
+    )
     code, err = cli(capsys, "run", cfg, "--out", tmp_path / "out", "--no-calibrate")
     assert code == 2 and "data.path" in err and needle in err
     assert not (tmp_path / "out" / "c.jsonl").exists()
@@ -287,8 +340,13 @@ def test_no_record_holds_nan(tmp_path):
     from parrbm.harness.results import append_record
 
     path = tmp_path / "r.jsonl"
-    append_record(path, {"run_id": "x", "metrics": {"reconstruction_error": float("nan"),
-                                                    "step_seconds": {"median": np.float32("inf")}}})
+    append_record(
+        path,
+        {
+            "run_id": "x",
+            "metrics": {"reconstruction_error": float("nan"), "step_seconds": {"median": np.float32("inf")}},
+        },
+    )
 
     def no_constants(name):
         raise AssertionError(f"{name} in a record")
@@ -298,17 +356,20 @@ def test_no_record_holds_nan(tmp_path):
     assert "not a finite number" in rec["nulls"]["metrics.reconstruction_error"]
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("data: {path: x.npy}\n", "data.path: is read only with kind 'npy'"),
-    ("data: {kind: random-binary, path: x.npy}\n", "data.path: is read only with kind 'npy'"),
-    ("data: {cases: 5}\ntraining: {batch_size: 8}\n", "data.cases: 5 cases are fewer than one minibatch"),
-    ("training: {cases: 5, batch_size: 8}\n", "training.cases: 5 cases are fewer than one minibatch"),
-    ("data: {kind: random-gaussian}\n", "must lie in [0, 1]"),
-    ("tcp: {python: /no/such/python3}\n", "tcp.python"),
-    ("tcp: {job_root: /no/such/dir}\n", "tcp.job_root: no longer needed"),
-    ("grid: {strategy: serial, workers: 1}\n", "key 'grid' is given twice"),
-    ("model: {visible: 4, hidden: 4}\n", "key 'model' is given twice"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("data: {path: x.npy}\n", "data.path: is read only with kind 'npy'"),
+        ("data: {kind: random-binary, path: x.npy}\n", "data.path: is read only with kind 'npy'"),
+        ("data: {cases: 5}\ntraining: {batch_size: 8}\n", "data.cases: 5 cases are fewer than one minibatch"),
+        ("training: {cases: 5, batch_size: 8}\n", "training.cases: 5 cases are fewer than one minibatch"),
+        ("data: {kind: random-gaussian}\n", "must lie in [0, 1]"),
+        ("tcp: {python: /no/such/python3}\n", "tcp.python"),
+        ("tcp: {job_root: /no/such/dir}\n", "tcp.job_root: no longer needed"),
+        ("grid: {strategy: serial, workers: 1}\n", "key 'grid' is given twice"),
+        ("model: {visible: 4, hidden: 4}\n", "key 'model' is given twice"),
+    ],
+)
 def test_silently_accepted_values_are_refused(tmp_path, capsys, text, needle):
     np.save(tmp_path / "x.npy", np.zeros((16, 4)))
     base = "model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n"
@@ -325,12 +386,16 @@ def test_sync_every_must_not_be_negative(tmp_path, capsys, cmd):
 
 # ---- 7. one rule set for the trainer and the analysis -------------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (["--strategy", "parameter-averaging", "--workers", "256", "--batch", "100"], "larger than batch_size=100"),
-    (["--strategy", "green-only", "--workers", "16", "--hidden", "8"], "larger than the 8 hidden units"),
-    (["--workers", "100000"], "no strategy can run 100000 workers"),
-    (["--strategy", "serial"], "'serial' runs on one worker"),
-])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--strategy", "parameter-averaging", "--workers", "256", "--batch", "100"], "larger than batch_size=100"),
+        (["--strategy", "green-only", "--workers", "16", "--hidden", "8"], "larger than the 8 hidden units"),
+        (["--workers", "100000"], "no strategy can run 100000 workers"),
+        (["--strategy", "serial"], "'serial' runs on one worker"),
+    ],
+)
 @pytest.mark.parametrize("cmd", ["advise", "predict", "cost"])
 def test_analysis_refuses_what_the_trainer_refuses(tmp_path, capsys, cmd, args, needle):
     base = {"--visible": "8000", "--hidden": "20000", "--batch": "100"}
@@ -352,23 +417,33 @@ def test_the_same_rule_in_the_trainer_and_the_grid(tmp_path, capsys):
         RBM(n_hidden=8, batch_size=4, n_iter=1, strategy="parameter-averaging", workers=5).fit(X)
     with pytest.raises(ValueError, match="larger than the 6 visible units"):
         RBM(n_hidden=8, batch_size=4, n_iter=1, strategy="green-only", workers=7).fit(X)
-    code, err = cli(capsys, "run", write(tmp_path, "model: {visible: 6, hidden: 8}\ntraining: {batch_size: 4}\n"
-                                                 "grid: {strategy: parameter-averaging, workers: [2, 5]}\n"),
-                    "--no-calibrate", "--out", tmp_path / "out")
+    code, err = cli(
+        capsys,
+        "run",
+        write(
+            tmp_path,
+            "model: {visible: 6, hidden: 8}\ntraining: {batch_size: 4}\n"
+            "grid: {strategy: parameter-averaging, workers: [2, 5]}\n",
+        ),
+        "--no-calibrate",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and "grid.workers" in err and "larger than batch_size=4" in err
 
 
 def test_default_strategies_are_left_out_where_they_cannot_run(tmp_path, capsys):
-    code = main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--workers", "64..256",
-                 "--json"])
+    code = main(["cost", "--visible", "8000", "--hidden", "20000", "--batch", "100", "--workers", "64..256", "--json"])
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert code == 0 and "parameter-averaging is left out at K = 128, 256" in captured.err
-    assert {(r["strategy"], r["workers"]) for r in rows if r["strategy"] == "parameter-averaging"} == \
-        {("parameter-averaging", 64)}
+    assert {(r["strategy"], r["workers"]) for r in rows if r["strategy"] == "parameter-averaging"} == {
+        ("parameter-averaging", 64)
+    }
 
 
 # ---- 8. model files -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
@@ -391,23 +466,26 @@ def _tampered(model_file, tmp_path, meta_edit=None, array_edit=None):
     return out
 
 
-@pytest.mark.parametrize("meta_edit,array_edit,field", [
-    (None, lambda a: a.__setitem__("state_W", np.full_like(a["state_W"], np.nan)), "state_W"),
-    (None, lambda a: a.__setitem__("state_c", np.full_like(a["state_c"], np.inf)), "state_c"),
-    (None, lambda a: a.__setitem__("state_b", a["state_b"][:3]), "state_b"),
-    (None, lambda a: a.__setitem__("state_c", a["state_c"].astype(np.float64)), "state_c"),
-    (None, lambda a: a.pop("state_W_inc"), "state_W_inc"),
-    (lambda m: m.pop("spec"), None, "spec"),
-    (lambda m: m.pop("n_steps"), None, "n_steps"),
-    (lambda m: m.__setitem__("seed", "x"), None, "seed"),
-    (lambda m: m["spec"].__setitem__("n_hidden", "4"), None, "spec.n_hidden"),
-    (lambda m: m["spec"].__setitem__("dtype", "float16"), None, "spec.dtype"),
-    (lambda m: m["spec"].__setitem__("colour", 1), None, "spec.colour"),
-    (lambda m: m["params"].__setitem__("momentum", 5), None, "params"),
-    (lambda m: m["params"].__setitem__("n_hidden", 7), None, "params.n_hidden"),
-    (lambda m: m.__setitem__("history", 5), None, "history"),
-    (lambda m: m.__setitem__("params", []), None, "params"),
-])
+@pytest.mark.parametrize(
+    "meta_edit,array_edit,field",
+    [
+        (None, lambda a: a.__setitem__("state_W", np.full_like(a["state_W"], np.nan)), "state_W"),
+        (None, lambda a: a.__setitem__("state_c", np.full_like(a["state_c"], np.inf)), "state_c"),
+        (None, lambda a: a.__setitem__("state_b", a["state_b"][:3]), "state_b"),
+        (None, lambda a: a.__setitem__("state_c", a["state_c"].astype(np.float64)), "state_c"),
+        (None, lambda a: a.pop("state_W_inc"), "state_W_inc"),
+        (lambda m: m.pop("spec"), None, "spec"),
+        (lambda m: m.pop("n_steps"), None, "n_steps"),
+        (lambda m: m.__setitem__("seed", "x"), None, "seed"),
+        (lambda m: m["spec"].__setitem__("n_hidden", "4"), None, "spec.n_hidden"),
+        (lambda m: m["spec"].__setitem__("dtype", "float16"), None, "spec.dtype"),
+        (lambda m: m["spec"].__setitem__("colour", 1), None, "spec.colour"),
+        (lambda m: m["params"].__setitem__("momentum", 5), None, "params"),
+        (lambda m: m["params"].__setitem__("n_hidden", 7), None, "params.n_hidden"),
+        (lambda m: m.__setitem__("history", 5), None, "history"),
+        (lambda m: m.__setitem__("params", []), None, "params"),
+    ],
+)
 def test_a_hand_edited_model_file_names_the_field(model_file, tmp_path, capsys, meta_edit, array_edit, field):
     bad = _tampered(model_file, tmp_path, meta_edit, array_edit)
     with pytest.raises(ValueError, match=rf"{bad}.*'{field}'") as exc:
@@ -421,8 +499,9 @@ def test_a_hand_edited_model_file_names_the_field(model_file, tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("transport", ["tcp", mpi_param()])
-@pytest.mark.parametrize("fault", ["stop:1:1", "stop-in:1:1", "stop-in:2:2", "hang:1:2"]
-                         + [f"stop-in:1:{s}" for s in (0, 2, 3)])
+@pytest.mark.parametrize(
+    "fault", ["stop:1:1", "stop-in:1:1", "stop-in:2:2", "hang:1:2"] + [f"stop-in:1:{s}" for s in (0, 2, 3)]
+)
 @pytest.mark.slow
 def test_a_stopped_worker_is_named_every_time(monkeypatch, transport, fault):
     from parrbm.config import CDSpec, ModelState
@@ -440,10 +519,11 @@ def test_a_stopped_worker_is_named_every_time(monkeypatch, transport, fault):
     elapsed = time.monotonic() - t0
     assert ("the kernel shows it stopped" in str(exc.value)) == fault.startswith("stop")
     assert "SIGKILL" not in str(exc.value)  # parrbm's own kill is not the cause
-    assert elapsed < 3.0 + 6.0, elapsed     # the timeout, plus start-up and the kill
+    assert elapsed < 3.0 + 6.0, elapsed  # the timeout, plus start-up and the kill
 
 
 # ---- 10-13. files that are not what they claim ---------------------------------------------------------------
+
 
 def test_binary_garbage_config(tmp_path, capsys):
     bad = tmp_path / "c.yaml"
@@ -457,8 +537,9 @@ def test_binary_garbage_config(tmp_path, capsys):
     assert code == 2 and "is a directory" in err
 
 
-@pytest.mark.parametrize("content", [b"[1, 2]\n", b"\"text\"\n", b"42\n", os.urandom(300) + b"\n",
-                                     b"{\"run_id\": 1}\n[]\n", b"", b"\n\n"])
+@pytest.mark.parametrize(
+    "content", [b"[1, 2]\n", b'"text"\n', b"42\n", os.urandom(300) + b"\n", b'{"run_id": 1}\n[]\n', b"", b"\n\n"]
+)
 @pytest.mark.parametrize("cmd", ["table", "report", "plot"])
 def test_table_report_plot_on_foreign_files(tmp_path, capsys, content, cmd):
     path = tmp_path / "r.jsonl"
@@ -480,11 +561,41 @@ def test_a_truncated_profile_is_refused_before_anything_runs(tmp_path, capsys):
 
 
 def test_advise_strategy_serial_and_a_slash_in_the_name(tmp_path, capsys):
-    code, err = cli(capsys, "advise", "--visible", "80", "--hidden", "200", "--batch", "10", "--strategy", "serial",
-                    "--profile", _profile(tmp_path), "--transport", "tcp")
+    code, err = cli(
+        capsys,
+        "advise",
+        "--visible",
+        "80",
+        "--hidden",
+        "200",
+        "--batch",
+        "10",
+        "--strategy",
+        "serial",
+        "--profile",
+        _profile(tmp_path),
+        "--transport",
+        "tcp",
+    )
     assert code == 2 and "'serial' runs on one worker" in err
-    code, err = cli(capsys, "advise", "--visible", "80", "--hidden", "200", "--batch", "10", "--strategy", "serial",
-                    "--workers", "1", "--profile", _profile(tmp_path), "--transport", "tcp")
+    code, err = cli(
+        capsys,
+        "advise",
+        "--visible",
+        "80",
+        "--hidden",
+        "200",
+        "--batch",
+        "10",
+        "--strategy",
+        "serial",
+        "--workers",
+        "1",
+        "--profile",
+        _profile(tmp_path),
+        "--transport",
+        "tcp",
+    )
     assert code == 0
     code, err = cli(capsys, "run", write(tmp_path, "name: a/b\n" + SMALL.replace("name: small\n", "")))
     assert code == 2 and "name" in err
@@ -497,6 +608,7 @@ def test_a_string_npy(tmp_path, capsys):
 
 
 # ---- 14. saving where there is no directory ----------------------------------------------------------
+
 
 def test_saving_to_a_missing_directory(tmp_path, capsys):
     rbm = RBM(n_hidden=3, n_iter=1, random_state=0).fit(np.random.default_rng(0).random((20, 4)))
@@ -512,25 +624,37 @@ def test_saving_to_a_missing_directory(tmp_path, capsys):
 
 # ---- 15, 16. integers and the messages of the schema -----------------------------------------------------
 
+
 def test_integral_floats_are_taken_as_integers(tmp_path):
-    cfg = load_config(write(tmp_path, SMALL.replace("batch_size: 8", "batch_size: 8.0")
-                            .replace("workers: [1, 2]", "workers: [1.0, 2.0]")))
+    cfg = load_config(
+        write(
+            tmp_path,
+            SMALL.replace("batch_size: 8", "batch_size: 8.0").replace("workers: [1, 2]", "workers: [1.0, 2.0]"),
+        )
+    )
     assert cfg["training"]["batch_size"] == 8 and type(cfg["training"]["batch_size"]) is int
     assert cfg["grid"]["workers"] == [1, 2] and all(type(k) is int for k in cfg["grid"]["workers"])
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (("batch_size: 8", "batch_size: 8.5"), "training.batch_size: 8.5 is not an integer"),
-    (("workers: [1, 2]", "workers: [0]"), "grid.workers[0]: 0 is not allowed: give an integer >= 1"),
-    (("workers: [1, 2]", "workers: 0"), "grid.workers: 0 is not allowed: give an integer >= 1"),
-    (("workers: [1, 2]", "workers: [1, two]"), "grid.workers[1]: 'two' is not an integer"),
-    (("[serial, unit-partitioned]", "[serial, magic]"),
-     "grid.strategy[1]: unknown strategy 'magic'; registered: serial, unit-partitioned"),
-    (("workers: [1, 2]", "workers: [1, 2]\n  transport: [threads, pigeon]"),
-     "grid.transport[1]: 'pigeon' is not allowed; allowed: 'threads', 'tcp', 'mpi'"),
-    (("workers: [1, 2]", "workers: [1, 2]\n  transport: pigeon"), "grid.transport: 'pigeon' is not allowed"),
-    (("steps: 2", "steps: 1e400"), "training.steps"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (("batch_size: 8", "batch_size: 8.5"), "training.batch_size: 8.5 is not an integer"),
+        (("workers: [1, 2]", "workers: [0]"), "grid.workers[0]: 0 is not allowed: give an integer >= 1"),
+        (("workers: [1, 2]", "workers: 0"), "grid.workers: 0 is not allowed: give an integer >= 1"),
+        (("workers: [1, 2]", "workers: [1, two]"), "grid.workers[1]: 'two' is not an integer"),
+        (
+            ("[serial, unit-partitioned]", "[serial, magic]"),
+            "grid.strategy[1]: unknown strategy 'magic'; registered: serial, unit-partitioned",
+        ),
+        (
+            ("workers: [1, 2]", "workers: [1, 2]\n  transport: [threads, pigeon]"),
+            "grid.transport[1]: 'pigeon' is not allowed; allowed: 'threads', 'tcp', 'mpi'",
+        ),
+        (("workers: [1, 2]", "workers: [1, 2]\n  transport: pigeon"), "grid.transport: 'pigeon' is not allowed"),
+        (("steps: 2", "steps: 1e400"), "training.steps"),
+    ],
+)
 def test_schema_messages_say_why(tmp_path, capsys, edit, needle):
     code, err = cli(capsys, "run", write(tmp_path, SMALL.replace(*edit)), "--no-calibrate", "--out", tmp_path / "o")
     assert code == 2 and needle in err, err
@@ -538,11 +662,16 @@ def test_schema_messages_say_why(tmp_path, capsys, edit, needle):
 
 # ---- 17. train's arguments are checked before training ---------------------------------------------------------
 
-@pytest.mark.parametrize("args,needle", [
-    (["--samples", "-5"], "--samples"), (["--samples", "0"], "--samples"),
-    (["--shape", "7x7"], "--shape 7x7: 49 pixels, but the data have 64 features"),
-    (["--shape", "8x8x2"], "--shape"),
-])
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--samples", "-5"], "--samples"),
+        (["--samples", "0"], "--samples"),
+        (["--shape", "7x7"], "--shape 7x7: 49 pixels, but the data have 64 features"),
+        (["--shape", "8x8x2"], "--shape"),
+    ],
+)
 def test_train_arguments(capsys, args, needle):
     code = main(["train", "--epochs", "1", *args])
     captured = capsys.readouterr()
@@ -550,6 +679,7 @@ def test_train_arguments(capsys, args, needle):
 
 
 # ---- siblings ------------------------------------------------------------------------------------------
+
 
 def test_train_never_replaces_a_model_unasked(tmp_path, capsys):
     model = tmp_path / "m.npz"
@@ -561,16 +691,22 @@ def test_train_never_replaces_a_model_unasked(tmp_path, capsys):
     assert RBM.load(model).n_hidden == 5
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("training: {learning_rate: .nan}\n", "training.learning_rate: nan is not allowed: numbers must be finite"),
-    ("training: {momentum: .nan}\n", "training.momentum: nan"),
-    ("training: {timeout: .inf}\n", "training.timeout: inf"),
-    ("training: {seed: 18446744073709551616}\n", "training.seed: 18446744073709551616 is not allowed"),
-    ("anchor: &x [1]\nalso: *x\n", "aliases (*x) are not supported"),
-    ("data: {kind: digits, seed: 3}\n", "data.seed: is for the random data kinds"),
-    ("data: {kind: npy, path: x.npy, cases: 3}\n", "data.cases: is for the random data kinds"),
-    ("options: {shared_weights: true}\n", "options.shared_weights: the option 'shared_weights' (read by: per-update-sync)"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("training: {learning_rate: .nan}\n", "training.learning_rate: nan is not allowed: numbers must be finite"),
+        ("training: {momentum: .nan}\n", "training.momentum: nan"),
+        ("training: {timeout: .inf}\n", "training.timeout: inf"),
+        ("training: {seed: 18446744073709551616}\n", "training.seed: 18446744073709551616 is not allowed"),
+        ("anchor: &x [1]\nalso: *x\n", "aliases (*x) are not supported"),
+        ("data: {kind: digits, seed: 3}\n", "data.seed: is for the random data kinds"),
+        ("data: {kind: npy, path: x.npy, cases: 3}\n", "data.cases: is for the random data kinds"),
+        (
+            "options: {shared_weights: true}\n",
+            "options.shared_weights: the option 'shared_weights' (read by: per-update-sync)",
+        ),
+    ],
+)
 def test_more_values_refused_before_anything_runs(tmp_path, capsys, text, needle):
     np.save(tmp_path / "x.npy", np.zeros((16, 4)))
     base = "model: {visible: 4, hidden: 4}\ngrid: {strategy: [serial, unit-partitioned], workers: 2, transport: tcp}\n"
@@ -579,30 +715,50 @@ def test_more_values_refused_before_anything_runs(tmp_path, capsys, text, needle
     assert not (tmp_path / "out" / "c.jsonl").exists()
 
 
-@pytest.mark.parametrize("grid,needle", [
-    ("strategy: [serial, serial], workers: 1", "grid.strategy: 'serial' is listed twice"),
-    ("strategy: serial, workers: [2, 2]", "grid.workers: 2 is listed twice"),
-    ("strategy: serial, workers: 1, batch_size: [8, 8.0]", "grid.batch_size: 8 is listed twice"),
-])
+@pytest.mark.parametrize(
+    "grid,needle",
+    [
+        ("strategy: [serial, serial], workers: 1", "grid.strategy: 'serial' is listed twice"),
+        ("strategy: serial, workers: [2, 2]", "grid.workers: 2 is listed twice"),
+        ("strategy: serial, workers: 1, batch_size: [8, 8.0]", "grid.batch_size: 8 is listed twice"),
+    ],
+)
 def test_a_grid_lists_each_value_once(tmp_path, capsys, grid, needle):
-    code, err = cli(capsys, "run", write(tmp_path, "model: {visible: 4, hidden: 4}\ngrid: {" + grid + "}\n"),
-                    "--out", tmp_path / "out", "--no-calibrate")
+    code, err = cli(
+        capsys,
+        "run",
+        write(tmp_path, "model: {visible: 4, hidden: 4}\ngrid: {" + grid + "}\n"),
+        "--out",
+        tmp_path / "out",
+        "--no-calibrate",
+    )
     assert code == 2 and needle in err, err
 
 
 def test_a_model_larger_than_memory_is_refused_before_it_is_allocated(tmp_path, capsys):
-    code, err = cli(capsys, "run", write(tmp_path, "model: {visible: 200000, hidden: 200000}\n"
-                                                 "grid: {strategy: serial, workers: 1}\n"), "--no-calibrate",
-                    "--out", tmp_path / "out")
+    code, err = cli(
+        capsys,
+        "run",
+        write(tmp_path, "model: {visible: 200000, hidden: 200000}\ngrid: {strategy: serial, workers: 1}\n"),
+        "--no-calibrate",
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2 and "model.visible x model.hidden" in err and "GiB" in err
 
 
 def test_steps_default_when_neither_steps_nor_cases_is_given(tmp_path):
-    cfg = load_config(write(tmp_path, "model: {visible: 4, hidden: 4}\ndata: {cases: 8}\n"
-                                      "training: {batch_size: 4}\ngrid: {strategy: serial, workers: 1}\n"))
+    cfg = load_config(
+        write(
+            tmp_path,
+            "model: {visible: 4, hidden: 4}\ndata: {cases: 8}\n"
+            "training: {batch_size: 4}\ngrid: {strategy: serial, workers: 1}\n",
+        )
+    )
     path = run_config(cfg, tmp_path / "out", progress=lambda m: None)
     rec = read_results(path)[0][0]
     assert rec["status"] == "ok" and rec["training"]["steps"] == 20
+
 
 def test_a_new_fit_never_overwrites_checkpoints(tmp_path):
     X = np.random.default_rng(0).random((30, 5))
@@ -649,11 +805,17 @@ def test_stale_job_folders_are_swept(tmp_path):
 def test_sigterm_keeps_results_and_leaves_no_job_folder(tmp_path):
     import tempfile
 
-    cfg = write(tmp_path, SMALL.replace("steps: 2", "steps: 40000").replace("workers: [1, 2]", "workers: [2]")
-                + "  transport: [tcp]\n")
+    cfg = write(
+        tmp_path,
+        SMALL.replace("steps: 2", "steps: 40000").replace("workers: [1, 2]", "workers: [2]") + "  transport: [tcp]\n",
+    )
     before = set(os.listdir(tempfile.gettempdir()))
-    proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(tmp_path / "out"),
-                             "--no-calibrate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(tmp_path / "out"), "--no-calibrate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     results = tmp_path / "out" / "small.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
@@ -663,8 +825,9 @@ def test_sigterm_keeps_results_and_leaves_no_job_folder(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-400:]
     # the serial baselines (one core, and the two workers' cores) ran before the tcp run
-    assert [r["strategy"] for r in read_results(results)[0]] == ["serial"] * (1 + len(all_cores_threads(
-        load_config(cfg))))
+    assert [r["strategy"] for r in read_results(results)[0]] == ["serial"] * (
+        1 + len(all_cores_threads(load_config(cfg)))
+    )
     # its own job folders only: other runs on this machine may have theirs
     mine = {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(f"parrbm-job-{proc.pid}-")}
     assert not (mine - before)

@@ -16,8 +16,9 @@ def run(*args):
     import tempfile
 
     with tempfile.TemporaryDirectory() as cwd:
-        return subprocess.run([sys.executable, "-m", "parrbm.cli", *args], capture_output=True, text=True,
-                              timeout=300, cwd=cwd)
+        return subprocess.run(
+            [sys.executable, "-m", "parrbm.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+        )
 
 
 def test_help_and_version():
@@ -55,11 +56,17 @@ def test_train_on_npy(tmp_path, capsys):
     assert "40 samples x 7 features" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--data", "missing.npy"], "no such file"),
-    (["train", "--data", "data.csv"], "expected digits, nudged-digits, fashion-mnist, cifar10, random-binary or a .npy"),
-    (["train", "--hidden", "0"], "'n_hidden'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--data", "missing.npy"], "no such file"),
+        (
+            ["train", "--data", "data.csv"],
+            "expected digits, nudged-digits, fashion-mnist, cifar10, random-binary or a .npy",
+        ),
+        (["train", "--hidden", "0"], "'n_hidden'"),
+    ],
+)
 def test_bad_arguments_exit_2(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from support import has_mpi
 
 WHY = None
@@ -92,8 +91,13 @@ def _settled(cluster, seconds: float = 15.0) -> dict:
 
 
 def test_hosts_reach_each_other_by_ssh_and_share_no_tmp(cluster):
-    p = cluster.run("login", ["sh", "-c", "hostname; ssh node1 'hostname; echo here > /tmp/mark'; ls /tmp"],
-                    capture_output=True, text=True, timeout=60)
+    p = cluster.run(
+        "login",
+        ["sh", "-c", "hostname; ssh node1 'hostname; echo here > /tmp/mark'; ls /tmp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["login", "node1"]  # login's /tmp is empty: the file went to node1's
     assert (cluster.tmp("node1") / "mark").read_text() == "here\n"
@@ -105,17 +109,38 @@ def test_a_comparison_started_by_mpiexec_across_hosts_is_the_threads_comparison(
     ranks get the config and the data over MPI): every mpi and tcp point (tcp: connections
     between the ranks) trains the model its threads point trains, bit for bit, moving the
     closed form's bytes over the links."""
-    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS.replace("transport: [threads, mpi]",
-                                                                "transport: [threads, tcp, mpi]"))
+    (cluster.tmp("node0") / "c.yaml").write_text(
+        ACROSS.replace("transport: [threads, mpi]", "transport: [threads, tcp, mpi]")
+    )
     before = {h: cluster.network.counters(cluster.hosts.index(h))["tx_bytes"] for h in cluster.node_names}
-    p = cluster.run("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
-                              "--out", "/tmp/out", "--no-calibrate"], capture_output=True, text=True, timeout=300)
+    p = cluster.run(
+        "login",
+        [
+            MPIEXEC,
+            "-hosts",
+            "node0,node1,node2",
+            "-n",
+            "3",
+            PARRBM,
+            "run",
+            "/tmp/c.yaml",
+            "--out",
+            "/tmp/out",
+            "--no-calibrate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("node0") / "out" / "across.jsonl")
     mpi = _held_to_threads(records, ("tcp", "mpi"))
     assert len(mpi) == 20 and sum(r["transport"] == "threads" for r in records) == 10
-    sent = sum(r["metrics"]["bytes_per_step"] * (r["training"]["steps"] + r["training"]["warmup"])
-               for r in mpi if r["workers"] == 3)
+    sent = sum(
+        r["metrics"]["bytes_per_step"] * (r["training"]["steps"] + r["training"]["warmup"])
+        for r in mpi
+        if r["workers"] == 3
+    )
     # the ranks' traffic crossed node2's link (at least a third of the K = 3 points' bytes
     # left it: no strategy sends less than that from one worker of three)
     after = cluster.network.counters(cluster.hosts.index("node2"))["tx_bytes"]
@@ -128,12 +153,15 @@ def test_a_comparison_started_over_ssh_without_mpi_is_the_threads_comparison(clu
     """A launcher without MPI (one ssh a rank, torchrun's variables): the ranks meet at
     node0's rendezvous; the config and the results stay on node0; every tcp point is its
     threads point, bit for bit, and nothing is left on any host."""
-    (cluster.tmp("node0") / "c.yaml").write_text(ACROSS.replace("transport: [threads, mpi]",
-                                                                "transport: [threads, tcp]"))
-    start = ("pids=''; for r in 0 1 2; do "
-             f"ssh node$r \"cd /tmp && RANK=$r WORLD_SIZE=3 MASTER_ADDR=node0 MASTER_PORT=29511 {PARRBM} run "
-             "/tmp/c.yaml --out /tmp/out --no-calibrate\" & pids=\"$pids $!\"; done; "
-             "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc")
+    (cluster.tmp("node0") / "c.yaml").write_text(
+        ACROSS.replace("transport: [threads, mpi]", "transport: [threads, tcp]")
+    )
+    start = (
+        "pids=''; for r in 0 1 2; do "
+        f'ssh node$r "cd /tmp && RANK=$r WORLD_SIZE=3 MASTER_ADDR=node0 MASTER_PORT=29511 {PARRBM} run '
+        '/tmp/c.yaml --out /tmp/out --no-calibrate" & pids="$pids $!"; done; '
+        "rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc"
+    )
     p = cluster.run("login", ["sh", "-c", start], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("results: ") == 1
@@ -145,9 +173,11 @@ def test_a_comparison_started_over_ssh_without_mpi_is_the_threads_comparison(clu
 
 def _own(transport: str, config: str = ACROSS) -> str:
     """A config whose ``transport`` workers parrbm starts on node0 .. node2."""
-    return config.replace("grid:", f"{transport}: {{hosts: [node0, node1, node2]}}\ngrid:").replace(
-        "transport: [threads, mpi]", f"transport: [threads, {transport}]").replace(
-        "transport: [mpi]", f"transport: [{transport}]")
+    return (
+        config.replace("grid:", f"{transport}: {{hosts: [node0, node1, node2]}}\ngrid:")
+        .replace("transport: [threads, mpi]", f"transport: [threads, {transport}]")
+        .replace("transport: [mpi]", f"transport: [{transport}]")
+    )
 
 
 @pytest.mark.parametrize("transport", ["mpi", "tcp"])
@@ -159,8 +189,14 @@ def test_a_comparison_parrbm_starts_on_the_hosts_is_the_threads_comparison(clust
     # started in a folder the nodes do not have (login's own /tmp/work)
     (cluster.tmp("login") / "work").mkdir()
     (cluster.tmp("login") / "work" / "c.yaml").write_text(_own(transport))
-    p = cluster.run("login", [PARRBM, "run", "c.yaml", "--out", "out", "--no-calibrate"], cwd="/tmp/work",
-                    capture_output=True, text=True, timeout=300)
+    p = cluster.run(
+        "login",
+        [PARRBM, "run", "c.yaml", "--out", "out", "--no-calibrate"],
+        cwd="/tmp/work",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     records = _records(cluster.tmp("login") / "work" / "out" / "across.jsonl")
     assert len(_held_to_threads(records, (transport,))) == 10
@@ -195,8 +231,9 @@ def test_the_collectives_between_the_hosts_are_calibrated_over_their_link(cluste
     links between them; and each host's kernels timed there."""
     (cluster.tmp("login") / "work").mkdir()
     (cluster.tmp("login") / "work" / "cal.py").write_text(textwrap.dedent(CALIBRATE))
-    p = cluster.run("login", [sys.executable, "cal.py", transport], cwd="/tmp/work", capture_output=True,
-                    text=True, timeout=300)
+    p = cluster.run(
+        "login", [sys.executable, "cal.py", transport], cwd="/tmp/work", capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     first, second = p.stdout.strip().splitlines()
     assert first == "['node0', 'node1'] True"  # each host's kernels timed there
@@ -227,17 +264,39 @@ def test_an_estimator_fit_across_hosts_is_the_fit_on_threads(cluster, strategy):
 
     for host in cluster.node_names[:2]:  # the script copied to each node, as with scp
         (cluster.tmp(host) / "fit.py").write_text(textwrap.dedent(FIT))
-    p = cluster.run("login", [MPIEXEC, "-hosts", "node0,node1", "-n", "2", sys.executable, "/tmp/fit.py", strategy],
-                    capture_output=True, text=True, timeout=300)
+    p = cluster.run(
+        "login",
+        [MPIEXEC, "-hosts", "node0,node1", "-n", "2", sys.executable, "/tmp/fit.py", strategy],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              strategy=strategy, workers=2, progress=False).fit(X).components_
+    ref = (
+        RBM(
+            n_hidden=12,
+            batch_size=10,
+            n_iter=2,
+            learning_rate=0.05,
+            dtype="float64",
+            random_state=1,
+            strategy=strategy,
+            workers=2,
+            progress=False,
+        )
+        .fit(X)
+        .components_
+    )
     for host in ("node0", "node1"):  # every rank holds the model
         np.testing.assert_array_equal(np.load(cluster.tmp(host) / "held.npy"), ref, err_msg=host)
     left = _settled(cluster)
-    assert left == {"node0": ["/tmp/fit.py", "/tmp/held.npy"], "node1": ["/tmp/fit.py", "/tmp/held.npy"],
-                    "node2": [], "login": []}
+    assert left == {
+        "node0": ["/tmp/fit.py", "/tmp/held.npy"],
+        "node1": ["/tmp/fit.py", "/tmp/held.npy"],
+        "node2": [],
+        "login": [],
+    }
 
 
 OWN_FIT = """
@@ -260,17 +319,52 @@ def test_an_estimator_and_parrbm_train_fit_on_the_hosts_they_name(cluster):
     from parrbm import RBM
 
     (cluster.tmp("login") / "fit.py").write_text(textwrap.dedent(OWN_FIT))
-    p = cluster.run("login", [sys.executable, "/tmp/fit.py", "unit-partitioned"], capture_output=True, text=True,
-                    timeout=300)
+    p = cluster.run(
+        "login", [sys.executable, "/tmp/fit.py", "unit-partitioned"], capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "['node0', 'node1']"
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              strategy="unit-partitioned", workers=2, progress=False).fit(X).components_
+    ref = (
+        RBM(
+            n_hidden=12,
+            batch_size=10,
+            n_iter=2,
+            learning_rate=0.05,
+            dtype="float64",
+            random_state=1,
+            strategy="unit-partitioned",
+            workers=2,
+            progress=False,
+        )
+        .fit(X)
+        .components_
+    )
     np.testing.assert_array_equal(np.load(cluster.tmp("login") / "held.npy"), ref)
-    p = cluster.run("login", [PARRBM, "train", "--data", "digits", "--epochs", "1", "--strategy", "green-only",
-                              "--workers", "2", "--transport", "mpi", "--hosts", "node0,node1", "--out", "/tmp/m"],
-                    capture_output=True, text=True, timeout=300)
+    p = cluster.run(
+        "login",
+        [
+            PARRBM,
+            "train",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--strategy",
+            "green-only",
+            "--workers",
+            "2",
+            "--transport",
+            "mpi",
+            "--hosts",
+            "node0,node1",
+            "--out",
+            "/tmp/m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert (cluster.tmp("login") / "m" / "model.npz").exists()
     left = _settled(cluster)
@@ -306,14 +400,29 @@ def test_a_host_that_cannot_be_reached_is_named_at_once(cluster, transport):
 
 def _start_long(cluster) -> subprocess.Popen:
     (cluster.tmp("node0") / "c.yaml").write_text(LONG)
-    p = cluster.popen("login", [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml",
-                                "--out", "/tmp/out", "--no-calibrate"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = cluster.popen(
+        "login",
+        [
+            MPIEXEC,
+            "-hosts",
+            "node0,node1,node2",
+            "-n",
+            "3",
+            PARRBM,
+            "run",
+            "/tmp/c.yaml",
+            "--out",
+            "/tmp/out",
+            "--no-calibrate",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results = cluster.tmp("node0") / "out" / "long.jsonl"
     deadline = time.monotonic() + 120
     # under way: its first mpi point recorded, the next one training
-    while not (results.exists() and any(json.loads(x)["transport"] == "mpi"
-                                        for x in results.read_text().splitlines())):
+    while not (results.exists() and any(json.loads(x)["transport"] == "mpi" for x in results.read_text().splitlines())):
         assert p.poll() is None, p.communicate()
         assert time.monotonic() < deadline, "the job recorded no mpi point in 120 s"
         time.sleep(0.1)
@@ -322,12 +431,18 @@ def _start_long(cluster) -> subprocess.Popen:
 
 def _start_own(cluster, transport: str) -> subprocess.Popen:
     (cluster.tmp("login") / "c.yaml").write_text(_own(transport, LONG))
-    p = cluster.popen("login", [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = cluster.popen(
+        "login",
+        [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results = cluster.tmp("login") / "out" / "long.jsonl"
     deadline = time.monotonic() + 120
-    while not (results.exists() and any(json.loads(x)["transport"] == transport
-                                        for x in results.read_text().splitlines())):
+    while not (
+        results.exists() and any(json.loads(x)["transport"] == transport for x in results.read_text().splitlines())
+    ):
         assert p.poll() is None, p.communicate()
         assert time.monotonic() < deadline, f"the run recorded no {transport} point in 120 s"
         time.sleep(0.1)
@@ -378,13 +493,26 @@ def test_a_stopped_remote_rank_is_named_within_the_timeout(cluster, how):
     config = LONG.replace("timeout: 20", "timeout: 5")
     if how == "parrbm's start":
         where, needle = "login", "parrbm.harness.remote"
-        (cluster.tmp(where) / "c.yaml").write_text(config.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:"))
+        (cluster.tmp(where) / "c.yaml").write_text(
+            config.replace("grid:", "mpi: {hosts: [node0, node1, node2]}\ngrid:")
+        )
         cmd = [PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out", "--no-calibrate"]
     else:
         where, needle = "node0", "parrbm run"
         (cluster.tmp(where) / "c.yaml").write_text(config)
-        cmd = [MPIEXEC, "-hosts", "node0,node1,node2", "-n", "3", PARRBM, "run", "/tmp/c.yaml", "--out", "/tmp/out",
-               "--no-calibrate"]
+        cmd = [
+            MPIEXEC,
+            "-hosts",
+            "node0,node1,node2",
+            "-n",
+            "3",
+            PARRBM,
+            "run",
+            "/tmp/c.yaml",
+            "--out",
+            "/tmp/out",
+            "--no-calibrate",
+        ]
     p = cluster.popen("login", cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = cluster.tmp(where) / "out" / "long.jsonl"
     deadline = time.monotonic() + 120
@@ -407,7 +535,8 @@ def test_a_stopped_remote_rank_is_named_within_the_timeout(cluster, how):
     if how == "parrbm's start":
         records = _records(results)
         assert [r["status"] for r in records].count("error") == 1 and said in next(
-            r["error"] for r in records if r["status"] == "error"), records
+            r["error"] for r in records if r["status"] == "error"
+        ), records
     else:
         assert said in err, err[-2000:]
     left = _settled(cluster)
@@ -446,9 +575,12 @@ def test_parrbm_network_cluster_runs_a_command_on_login_and_removes_the_cluster(
 
     from parrbm.harness.network import FOLDER_PREFIX, PREFIX, namespaces
 
-    p = subprocess.Popen([PARRBM, "network", "cluster", "--nodes", "2", "--", "sh", "-c",
-                          "hostname; ssh node1 hostname; exit 7"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [PARRBM, "network", "cluster", "--nodes", "2", "--", "sh", "-c", "hostname; ssh node1 hostname; exit 7"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = p.communicate(timeout=120)
     assert p.returncode == 7, err
     assert out.split() == ["login", "node1"]

@@ -33,6 +33,7 @@ needs_root = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 # ---- the cap's settings -----------------------------------------------------------------
 
+
 def test_cap_settings_give_the_share_with_a_quota_of_at_least_one_tick_fraction():
     q = cgroups.QUOTA_US
     assert cgroups.cap_settings(0.5) == (q, 2 * q)
@@ -48,6 +49,7 @@ def test_cap_settings_give_the_share_with_a_quota_of_at_least_one_tick_fraction(
 
 # ---- the grid axis ----------------------------------------------------------------------
 
+
 def test_auto_dilates_only_where_the_workers_outnumber_the_cores(monkeypatch):
     monkeypatch.setattr(grid_mod, "environment_cores", lambda: 2)
     assert dilation_factors(["auto"], 1, 1, "tcp") == [1.0]
@@ -60,11 +62,14 @@ def test_auto_dilates_only_where_the_workers_outnumber_the_cores(monkeypatch):
     assert dilation_factors([False, "off", 2, 2.0, "auto"], 4, 1, "tcp") == [1.0, 2.0]
 
 
-def _config(tmp_path, emulate: str, grid: str = "strategy: [serial, green-only]\n  workers: [1, 2, 4]\n"
-            "  transport: [tcp]") -> dict:
+def _config(
+    tmp_path, emulate: str, grid: str = "strategy: [serial, green-only]\n  workers: [1, 2, 4]\n  transport: [tcp]"
+) -> dict:
     cfg = tmp_path / "d.yaml"
-    cfg.write_text("model: {visible: 16, hidden: 8}\ndata: {kind: random-binary, cases: 200}\n"
-                   f"network:\n  emulate: {emulate}\ngrid:\n  {grid}\n")
+    cfg.write_text(
+        "model: {visible: 16, hidden: 8}\ndata: {kind: random-binary, cases: 200}\n"
+        f"network:\n  emulate: {emulate}\ngrid:\n  {grid}\n"
+    )
     return load_config(cfg)
 
 
@@ -73,23 +78,31 @@ def test_the_grid_runs_each_dilation_and_one_worker_dilated_beside_undilated(tmp
     monkeypatch.setattr(grid_mod, "environment_cores", lambda: 2)
     pts = grid_points(_config(tmp_path, "{bandwidth: 60MB/s, dilation: [off, 2, auto]}"))
     got = [(p["workers"], p["transport"], p["bandwidth"], p["dilation"]) for p in pts if p["strategy"] != "serial"]
-    assert got == [(1, "threads", None, 1.0),
-                   (1, "tcp", "unshaped", 1.0), (1, "tcp", "unshaped", 2.0),
-                   (2, "tcp", "60MB/s", 1.0), (2, "tcp", "60MB/s", 2.0),
-                   (4, "tcp", "60MB/s", 1.0), (4, "tcp", "60MB/s", 2.0)]
+    assert got == [
+        (1, "threads", None, 1.0),
+        (1, "tcp", "unshaped", 1.0),
+        (1, "tcp", "unshaped", 2.0),
+        (2, "tcp", "60MB/s", 1.0),
+        (2, "tcp", "60MB/s", 2.0),
+        (4, "tcp", "60MB/s", 1.0),
+        (4, "tcp", "60MB/s", 2.0),
+    ]
     ids = [p["run_id"] for p in pts]
     assert len(set(ids)) == len(ids)
     assert sum(i.endswith("|dilation=2") for i in ids) == 3
     assert not any("dilation=1" in i for i in ids)  # undilated runs keep their ids
 
 
-@pytest.mark.parametrize("value, says", [
-    ("fast", "give 'off', 'auto' or a factor"),
-    ("true", "give 'off', 'auto' or a factor"),
-    ("0.5", "from 1 (undilated) to 64"),
-    ("100", "from 1 (undilated) to 64"),
-    ("[2, 2.0]", "twice"),
-])
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("fast", "give 'off', 'auto' or a factor"),
+        ("true", "give 'off', 'auto' or a factor"),
+        ("0.5", "from 1 (undilated) to 64"),
+        ("100", "from 1 (undilated) to 64"),
+        ("[2, 2.0]", "twice"),
+    ],
+)
 def test_a_bad_dilation_is_refused_naming_the_field(tmp_path, value, says):
     with pytest.raises(ConfigError, match="network.emulate.dilation") as e:
         _config(tmp_path, f"{{bandwidth: 60MB/s, dilation: {value}}}")
@@ -98,8 +111,11 @@ def test_a_bad_dilation_is_refused_naming_the_field(tmp_path, value, says):
 
 def test_mpi_is_refused_for_dilation_with_the_reason(tmp_path):
     with pytest.raises(ConfigError) as e:
-        _config(tmp_path, "{bandwidth: 60MB/s, dilation: 2}",
-                "strategy: [green-only]\n  workers: [2]\n  transport: [tcp, mpi]")
+        _config(
+            tmp_path,
+            "{bandwidth: 60MB/s, dilation: 2}",
+            "strategy: [green-only]\n  workers: [2]\n  transport: [tcp, mpi]",
+        )
     assert "transport 'mpi' cannot be dilated" in str(e.value) and "poll" in str(e.value)
 
 
@@ -113,6 +129,7 @@ def test_a_machine_without_a_cpu_controller_is_told_so(tmp_path, monkeypatch):
 
 
 # ---- the hosts ---------------------------------------------------------------------------
+
 
 def _cgroup_of(pid: int) -> str:
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
@@ -131,13 +148,24 @@ def test_a_dilated_network_caps_each_host_and_slows_its_link_and_removes_both():
         assert d["latency"] == 1e-4 and abs(d["shaped_latency"] - 4e-4) < 1e-12
         q, period = cgroups.cap_settings(0.25)
         assert d["cpu_cap"]["quota_us"] == q and d["cpu_cap"]["period_us"] == period
-        tbf = subprocess.run(["ip", "netns", "exec", net.namespace(0), "tc", "qdisc", "show", "dev", "eth0"],
-                             capture_output=True, text=True).stdout
+        tbf = subprocess.run(
+            ["ip", "netns", "exec", net.namespace(0), "tc", "qdisc", "show", "dev", "eth0"],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert "rate 120Mbit" in tbf, tbf  # 15 MB/s
         # a program started on host 1 runs in host 1's cgroup, on host 1's CPUs
-        out = subprocess.run([*net.exec_prefix(1), sys.executable, "-c",
-                              "import os; print(os.getpid(), sorted(os.sched_getaffinity(0)))"],
-                             capture_output=True, text=True, check=True).stdout.split(maxsplit=1)
+        out = subprocess.run(
+            [
+                *net.exec_prefix(1),
+                sys.executable,
+                "-c",
+                "import os; print(os.getpid(), sorted(os.sched_getaffinity(0)))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split(maxsplit=1)
         paths = [p for p, _ in cgroups.ours(PREFIX) if p.name.startswith(net.name + "-")]
         assert sorted(p.name for p in paths) == [net.namespace(0), net.namespace(1)]
         assert json.loads(out[1]) == net.caps[1].cpus
@@ -165,14 +193,24 @@ def test_the_cap_holds_a_busy_host_to_its_share():
     """A host dilated by 4 gets a quarter of a core, however idle the machine is."""
     net = EmulatedNetwork(1, LinkSpec(None, dilation=4.0)).up()
     try:
-        out = subprocess.run([*net.exec_prefix(0), sys.executable, "-c", textwrap.dedent("""
+        out = subprocess.run(
+            [
+                *net.exec_prefix(0),
+                sys.executable,
+                "-c",
+                textwrap.dedent("""
             import os, time
             t0, c0 = time.perf_counter(), os.times()
             while time.perf_counter() - t0 < 1.0:
                 pass
             c1 = os.times()
             print((c1.user + c1.system - c0.user - c0.system) / (time.perf_counter() - t0))
-        """)], capture_output=True, text=True, check=True).stdout
+        """),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         share = float(out)
         stats = net.caps[0].throttled()
     finally:
@@ -186,23 +224,27 @@ def test_the_cap_holds_a_busy_host_to_its_share():
 @needs_root
 def test_a_killed_dilated_run_leaves_nothing_once_cleaned_up(tmp_path):
     script = tmp_path / "hold.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import time
         from parrbm.harness.network import EmulatedNetwork, LinkSpec
         net = EmulatedNetwork(2, LinkSpec(1e6, dilation=2.0)).up()
         print(net.name, flush=True)
         time.sleep(60)
-    """))
+    """)
+    )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     name = p.stdout.readline().strip()
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert len([c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]) == 2
-    shown = subprocess.run([sys.executable, "-m", "parrbm", "network", "show"], capture_output=True, text=True,
-                           cwd=tmp_path).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "parrbm", "network", "show"], capture_output=True, text=True, cwd=tmp_path
+    ).stdout
     assert f"{name}-h0" in shown and "cgroup" in shown
-    out = subprocess.run([sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode == 0 and "removed 3 namespace(s) and 2 CPU cap(s)" in out.stdout, out
     assert not [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]
     assert not [n for n in namespaces() if n.startswith(name + "-")]
@@ -219,11 +261,13 @@ def test_a_dilated_comparison_at_k_4_moves_the_closed_form_and_divides_its_times
     if cores >= 4:
         pytest.skip("'auto' leaves K = 4 undilated on 4 or more cores")
     cfg = tmp_path / "k4.yaml"
-    cfg.write_text("name: k4\nmodel: {visible: 64, hidden: 96}\ndata: {kind: random-binary, cases: 200}\n"
-                   "training: {batch_size: 40, steps: 2, warmup: 1, timeout: 60}\n"
-                   "network: {emulate: {bandwidth: 105MB/s, dilation: auto}}\n"
-                   "grid: {strategy: [serial, unit-partitioned, parameter-averaging], workers: [4], "
-                   "transport: [threads, tcp]}\n")
+    cfg.write_text(
+        "name: k4\nmodel: {visible: 64, hidden: 96}\ndata: {kind: random-binary, cases: 200}\n"
+        "training: {batch_size: 40, steps: 2, warmup: 1, timeout: 60}\n"
+        "network: {emulate: {bandwidth: 105MB/s, dilation: auto}}\n"
+        "grid: {strategy: [serial, unit-partitioned, parameter-averaging], workers: [4], "
+        "transport: [threads, tcp]}\n"
+    )
     results = run_config(load_config(cfg), tmp_path / "out", progress=lambda *_: None)
     records = [r for r in read_records(results) if r["workers"] == 4]
     assert all(r["status"] == "ok" for r in records), records
@@ -245,22 +289,35 @@ def test_a_dilated_comparison_at_k_4_moves_the_closed_form_and_divides_its_times
 
 # ---- the analysis ------------------------------------------------------------------------
 
+
 def _rec(strategy, K, step, *, F=1.0, vis="binary", V=64, H=96, m=40, transport="tcp", speedup=None):
-    rid = f"strategy={strategy}|workers={K}|transport={transport}|batch_size={m}" + \
-        (f"|dilation={F:g}" if F != 1.0 else "")
-    return {"run_id": rid, "status": "ok", "strategy": strategy, "workers": K, "transport": transport,
-            "batch_size": m, "bandwidth": "105MB/s" if K > 1 else None, "time_dilation": F,
-            "model": {"visible": V, "hidden": H, "visible_type": vis, "precision": "float32"},
-            "metrics": {"step_seconds": {"median": step}, "speedup_vs_serial": speedup,
-                        "speedup_meaningful": True}}
+    rid = f"strategy={strategy}|workers={K}|transport={transport}|batch_size={m}" + (
+        f"|dilation={F:g}" if F != 1.0 else ""
+    )
+    return {
+        "run_id": rid,
+        "status": "ok",
+        "strategy": strategy,
+        "workers": K,
+        "transport": transport,
+        "batch_size": m,
+        "bandwidth": "105MB/s" if K > 1 else None,
+        "time_dilation": F,
+        "model": {"visible": V, "hidden": H, "visible_type": vis, "precision": "float32"},
+        "metrics": {"step_seconds": {"median": step}, "speedup_vs_serial": speedup, "speedup_meaningful": True},
+    }
 
 
 def test_the_dilation_check_pairs_each_dilated_run_with_its_twin():
     from parrbm.analysis.dilation import dilation_check, dilation_lines, summary
 
-    recs = [_rec("serial", 1, 0.040, transport=None), _rec("green-only", 2, 0.030),
-            _rec("green-only", 2, 0.033, F=2.0), _rec("green-only", 2, 0.0285, F=4.0),
-            _rec("green-only", 1, 0.041, F=2.0, transport="tcp")]
+    recs = [
+        _rec("serial", 1, 0.040, transport=None),
+        _rec("green-only", 2, 0.030),
+        _rec("green-only", 2, 0.033, F=2.0),
+        _rec("green-only", 2, 0.0285, F=4.0),
+        _rec("green-only", 1, 0.041, F=2.0, transport="tcp"),
+    ]
     rows = dilation_check(recs)
     got = {(r["workers"], r["dilation"]): (r["reference"], round(r["ratio"], 3)) for r in rows}
     assert got == {(2, 2.0): ("undilated", 1.1), (2, 4.0): ("undilated", 0.95), (1, 2.0): ("serial", 1.025)}
@@ -275,22 +332,36 @@ def test_the_scaling_rows_and_the_papers_claims_as_measured():
 
     recs = [_rec("serial", 1, 0.04, transport=None)]
     for vis, sp in (("binary", (1.0, 1.9, 3.7, 7.2)), ("gaussian", (1.0, 1.8, 3.2, 5.4))):
-        recs += [_rec("unit-partitioned", K, 0.04 / s, vis=vis, F=max(1.0, K / 2), speedup=s,
-                      transport="threads" if K == 1 else "tcp") for K, s in zip((1, 2, 4, 8), sp)]
-    recs += [_rec("unit-partitioned", K, 0.01 / s, V=784, H=392, speedup=s, transport="threads" if K == 1 else "tcp")
-             for K, s in zip((1, 2, 4, 8), (1.0, 1.3, 1.2, 0.9))]
+        recs += [
+            _rec(
+                "unit-partitioned",
+                K,
+                0.04 / s,
+                vis=vis,
+                F=max(1.0, K / 2),
+                speedup=s,
+                transport="threads" if K == 1 else "tcp",
+            )
+            for K, s in zip((1, 2, 4, 8), sp)
+        ]
+    recs += [
+        _rec("unit-partitioned", K, 0.01 / s, V=784, H=392, speedup=s, transport="threads" if K == 1 else "tcp")
+        for K, s in zip((1, 2, 4, 8), (1.0, 1.3, 1.2, 0.9))
+    ]
     rows = scaling_rows(recs)
     binary = next(r for r in rows if r["visible_type"] == "binary" and r["visible"] == 64)
     assert binary["speedup"] == {1: 1.0, 2: 1.9, 4: 3.7, 8: 7.2}
     assert binary["dilation"] == {1: 1.0, 2: 1.0, 4: 2.0, 8: 4.0}
     assert np.isclose(binary["doubling"][8], 7.2 / 3.7)
     claims = paper_claims(rows)
-    assert any(c.startswith("64 x 96, binary visible units") and "x1.95 " in c and "; holds" in c
-               for c in claims), claims
+    assert any(c.startswith("64 x 96, binary visible units") and "x1.95 " in c and "; holds" in c for c in claims), (
+        claims
+    )
     assert any(c.startswith("64 x 96, Gaussian visible units") and "; holds" in c for c in claims), claims
     assert any(c.startswith("784 x 392 (unit-partitioned") and "stops paying at K = 4" in c for c in claims), claims
-    assert any(c.startswith("64 x 96 (unit-partitioned, binary") and "every doubling measured paid" in c
-               for c in claims), claims
+    assert any(
+        c.startswith("64 x 96 (unit-partitioned, binary") and "every doubling measured paid" in c for c in claims
+    ), claims
 
 
 def test_tables_mark_dilated_runs_with_their_factor():
@@ -312,8 +383,16 @@ def test_a_worker_killed_on_a_dilated_host_is_named_and_nothing_is_left(monkeypa
     monkeypatch.setenv("PARRBM_FAULT", "kill:1:1")
     spec = CDSpec(n_visible=8, n_hidden=4, batch_size=10, dtype="float32", seed=1)
     X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
-    runner = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp", StrategyOptions(),
-                            network=LinkSpec(50e6, dilation=2.0), timeout=20)
+    runner = ParallelRunner(
+        spec,
+        ModelState.initial(spec),
+        "green-only",
+        2,
+        "tcp",
+        StrategyOptions(),
+        network=LinkSpec(50e6, dilation=2.0),
+        timeout=20,
+    )
     try:
         with pytest.raises(Exception, match="worker 1"):
             runner.run(X, np.arange(40, dtype=np.int64), 0)

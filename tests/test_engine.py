@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import needs_mpi, sigint_default
 
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
-from support import needs_mpi, sigint_default
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 COUNTERS = ("bytes_sent", "bytes_recv", "messages", "calls", "logical_bytes_sent")
@@ -19,27 +19,44 @@ COUNTERS = ("bytes_sent", "bytes_recv", "messages", "calls", "logical_bytes_sent
 # Each row switches on a different mix of what the workers branch on.
 CONFIGS = [
     dict(dtype="float32", visible="binary", statistics="samples", cd_k=1, persistent=False, momentum=0.0),
-    dict(dtype="float32", visible="binary", statistics="probabilities", cd_k=1, persistent=True,
-         momentum=0.5, sample_visible=True),
+    dict(
+        dtype="float32",
+        visible="binary",
+        statistics="probabilities",
+        cd_k=1,
+        persistent=True,
+        momentum=0.5,
+        sample_visible=True,
+    ),
     dict(dtype="float64", visible="binary", statistics="samples", cd_k=2, persistent=True, momentum=0.9),
-    dict(dtype="float64", visible="gaussian", statistics="probabilities", cd_k=2, persistent=False,
-         momentum=0.0, gaussian_noise=True),
+    dict(
+        dtype="float64",
+        visible="gaussian",
+        statistics="probabilities",
+        cd_k=2,
+        persistent=False,
+        momentum=0.0,
+        gaussian_noise=True,
+    ),
     dict(dtype="float32", visible="gaussian", statistics="samples", cd_k=1, persistent=False, momentum=0.5),
 ]
 
 
 def options_for(strategy: str, partition: str) -> list[StrategyOptions]:
     if strategy == "parameter-averaging":
-        return [StrategyOptions(reduce="allreduce"),
-                StrategyOptions(reduce="master", average="weights", average_every=2)]
+        return [
+            StrategyOptions(reduce="allreduce"),
+            StrategyOptions(reduce="master", average="weights", average_every=2),
+        ]
     opts = [StrategyOptions(partition=partition, sync_every=2)]
     if strategy == "per-update-sync" and partition == "contiguous":
         opts.append(StrategyOptions(shared_weights=True))
     return opts
 
 
-def train(strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0,
-          transport: str = "threads"):
+def train(
+    strategy: str, K: int, spec: CDSpec, options, X: np.ndarray, perturb: float = 0.0, transport: str = "threads"
+):
     runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport, options)
     if perturb:  # one replica apart from its twin by a known amount (rounding alone may give 0)
         runner.workers[0].green[0, 0] += perturb
@@ -68,31 +85,39 @@ def assert_same_run(ref: ParallelRunner, ref_errors, nat: ParallelRunner, nat_er
     for phase, counters in rs["by_phase"].items():
         for key in COUNTERS:
             assert ns["by_phase"][phase][key] == counters[key], (what, phase, key)
-    for key in ("bytes_per_step", "bytes_per_sync", "logical_bytes_per_sync", "syncs",
-                "replica_divergence", "bytes_total", "steps"):
+    for key in (
+        "bytes_per_step",
+        "bytes_per_sync",
+        "logical_bytes_per_sync",
+        "syncs",
+        "replica_divergence",
+        "bytes_total",
+        "steps",
+    ):
         assert ns[key] == rs[key], (what, key)
     assert nat.step_bytes == ref.step_bytes
     for a, b in zip(rs["by_worker"], ns["by_worker"]):
-        assert (a["bytes_sent"], a["bytes_recv"], a["messages"]) == \
-               (b["bytes_sent"], b["bytes_recv"], b["messages"])
+        assert (a["bytes_sent"], a["bytes_recv"], a["messages"]) == (b["bytes_sent"], b["bytes_recv"], b["messages"])
 
 
 def problem(config: int) -> tuple[CDSpec, np.ndarray]:
     cfg = CONFIGS[config]
-    spec = CDSpec(n_visible=13, n_hidden=11, batch_size=7, weight_decay=0.001, learning_rate=0.05,
-                  seed=5, **cfg)
+    spec = CDSpec(n_visible=13, n_hidden=11, batch_size=7, weight_decay=0.001, learning_rate=0.05, seed=5, **cfg)
     rng = np.random.default_rng(config)
     # 30 cases: the last minibatch is short (2 cases), so with K = 3 a
     # parameter-averaging worker gets none
-    X = ((rng.random((30, 13)) < 0.4) if cfg["visible"] == "binary" else rng.normal(size=(30, 13)))
+    X = (rng.random((30, 13)) < 0.4) if cfg["visible"] == "binary" else rng.normal(size=(30, 13))
     return spec, X.astype(cfg["dtype"])
 
 
 @pytest.mark.parametrize("strategy", list(PARALLEL_STRATEGIES))
-@pytest.mark.parametrize("config,transport,K,partition", [
-    *((c, "tcp", K, p) for c in (0, 1, 2, 3, 4) for K, p in [(2, "contiguous"), (3, "random")]),
-    *(needs_mpi(c, "mpi", K, p) for c in (0, 2, 3) for K, p in [(2, "random"), (3, "contiguous")]),
-])
+@pytest.mark.parametrize(
+    "config,transport,K,partition",
+    [
+        *((c, "tcp", K, p) for c in (0, 1, 2, 3, 4) for K, p in [(2, "contiguous"), (3, "random")]),
+        *(needs_mpi(c, "mpi", K, p) for c in (0, 2, 3) for K, p in [(2, "random"), (3, "contiguous")]),
+    ],
+)
 def test_worker_processes_reproduce_the_threads_run(strategy, config, transport, K, partition):
     spec, X = problem(config)
     for options in options_for(strategy, partition):
@@ -109,8 +134,7 @@ def test_unit_partitioned_drift_is_measured_before_each_sync():
     """Replicas drift between syncs (sync_every=3), and the drift is measured before each
     sync. Whether float32 rounding alone makes the two copies differ depends on the BLAS
     kernels, so one copy starts 1e-3 apart."""
-    spec = CDSpec(n_visible=10, n_hidden=9, batch_size=5, statistics="probabilities", seed=2,
-                  dtype="float32")
+    spec = CDSpec(n_visible=10, n_hidden=9, batch_size=5, statistics="probabilities", seed=2, dtype="float32")
     X = np.random.default_rng(0).random((40, 10)).astype(np.float32)
     opts = StrategyOptions(sync_every=3)
     ref, _ = train("unit-partitioned", 2, spec, opts, X, perturb=1e-3)
@@ -136,8 +160,7 @@ def test_parallel_fit_keeps_the_main_threads_blas_to_the_workers_budget(monkeypa
     monkeypatch.setattr(ParallelRunner, "run", run)
     X = (np.random.default_rng(0).random((40, 12)) < 0.5).astype(np.float32)
     before = sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
-    RBM(n_hidden=6, batch_size=5, n_iter=2, strategy="green-only", workers=2, progress=False,
-        random_state=0).fit(X)
+    RBM(n_hidden=6, batch_size=5, n_iter=2, strategy="green-only", workers=2, progress=False, random_state=0).fit(X)
     assert seen == [[1], [1]]
     assert sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}) == before
 
@@ -150,11 +173,14 @@ def test_the_engine_option_is_gone_with_a_clear_message(tmp_path):
     X = (np.random.default_rng(0).random((20, 8)) < 0.5).astype(np.float32)
     for value in ("native", "python", "auto"):
         with pytest.raises(ValueError, match=r"strategy_options\['engine'\] is no longer an option"):
-            RBM(n_hidden=4, batch_size=5, n_iter=1, strategy="green-only", workers=2,
-                strategy_options={"engine": value}).fit(X)
+            RBM(
+                n_hidden=4, batch_size=5, n_iter=1, strategy="green-only", workers=2, strategy_options={"engine": value}
+            ).fit(X)
     path = tmp_path / "old.yaml"
-    path.write_text("model: {visible: 8, hidden: 4}\ngrid: {strategy: [green-only], workers: [2]}\n"
-                    "training: {batch_size: 4, steps: 2, engine: native}\n")
+    path.write_text(
+        "model: {visible: 8, hidden: 4}\ngrid: {strategy: [green-only], workers: [2]}\n"
+        "training: {batch_size: 4, steps: 2, engine: native}\n"
+    )
     with pytest.raises(ConfigError, match=r"old.yaml: training.engine: no longer an option"):
         load_config(path)
 
@@ -183,8 +209,7 @@ def test_threads_leaving_the_core_during_interpreter_exit_do_not_abort_the_proce
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _FINALIZING], capture_output=True, text=True, timeout=60,
-                         cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", _FINALIZING], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0 and "terminate" not in out.stderr, out.stderr[-500:]
     assert "finalized" in out.stdout  # the threads did come back while the interpreter was stopping
 
@@ -210,8 +235,14 @@ def test_ctrl_c_stops_a_threads_fit_at_once(tmp_path, strategy):
     import time
 
     for second in (None, 0.01):
-        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_FIT, strategy], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=tmp_path, preexec_fn=sigint_default)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _INTERRUPTED_FIT, strategy],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            preexec_fn=sigint_default,
+        )
         assert proc.stdout.readline().strip() == "fitting"
         time.sleep(1.0)
         t0 = time.monotonic()
@@ -259,8 +290,14 @@ def test_ctrl_c_mid_collective_never_crashes(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _INTERRUPTED_MANY, "120"], capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path, preexec_fn=sigint_default)
+    out = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_MANY, "120"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        preexec_fn=sigint_default,
+    )
     assert out.returncode == 0, (out.returncode, out.stderr[-800:])
     assert out.stdout.split() == ["stopped", "120"]  # every fit was interrupted mid-run
 

@@ -3,18 +3,29 @@
 import textwrap
 
 import pytest
-
 from support import sigint_default
 
 from parrbm.cli import main
 from parrbm.harness.comparison_config import ConfigError, load_config
-from parrbm.harness.grid import all_cores_threads, environment_cores, grid_points
 from parrbm.harness.experiment import read_records, run_config
+from parrbm.harness.grid import all_cores_threads, environment_cores, grid_points
 
-REQUIRED_METRICS = {"bytes_per_step", "bytes_per_sync", "wire_bytes_per_step", "step_seconds",
-                    "compute_seconds", "comm_seconds", "wait_seconds", "cases_per_second",
-                    "speedup_vs_serial", "speedup_vs_k1", "efficiency", "replica_divergence",
-                    "reconstruction_error", "peak_rss_bytes"}
+REQUIRED_METRICS = {
+    "bytes_per_step",
+    "bytes_per_sync",
+    "wire_bytes_per_step",
+    "step_seconds",
+    "compute_seconds",
+    "comm_seconds",
+    "wait_seconds",
+    "cases_per_second",
+    "speedup_vs_serial",
+    "speedup_vs_k1",
+    "efficiency",
+    "replica_divergence",
+    "reconstruction_error",
+    "peak_rss_bytes",
+}
 
 SMALL = """
 name: small
@@ -34,26 +45,41 @@ def write(tmp_path, text, name="c.yaml"):
     return p
 
 
-@pytest.mark.parametrize("text,match", [
-    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: 1}\ncolour: red\n",
-     r"\(top level\): Additional properties are not allowed \('colour'"),
-    ("model: {visible: 4, hidden: 4, visble_type: binary}\ngrid: {strategy: serial, workers: 1}\n",
-     r"model: .*'visble_type'.*allowed: .*visible_type"),
-    ("model: {visible: 0, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n", r"model\.visible: 0"),
-    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: [serial, magic], workers: 1}\n", r"grid\.strategy"),
-    ("model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: [1, -2]}\n", r"grid\.workers"),
-    ("model: {visible: 4, hidden: 4, precision: float16}\ngrid: {strategy: serial, workers: 1}\n",
-     r"model\.precision: 'float16' is not allowed; allowed: 'float32', 'float64'"),
-    ("model: {visible: 4, hidden: 4}\n", r"'grid' is a required property"),
-    ("model: {visible: 4, hidden: 4}\ndata: {kind: npy, path: nowhere.npy}\ngrid: {strategy: serial, workers: 1}\n",
-     r"data\.path: no such file"),
-    ("model: {visible: 4, hidden: 4}\ntcp: {hosts: []}\ngrid: {strategy: serial, workers: 1}\n",
-     r"tcp\.hosts: \[\]"),
-    ("model: {visible: 4, hidden: 4}\ntcp: {hosts: [a], user: me}\ngrid: {strategy: serial, workers: 1}\n",
-     r"tcp: .*'user'.*allowed: .*hosts"),
-    ("- just\n- a list\n", "must be a mapping"),
-    ("model: {visible: 4\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (
+            "model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: 1}\ncolour: red\n",
+            r"\(top level\): Additional properties are not allowed \('colour'",
+        ),
+        (
+            "model: {visible: 4, hidden: 4, visble_type: binary}\ngrid: {strategy: serial, workers: 1}\n",
+            r"model: .*'visble_type'.*allowed: .*visible_type",
+        ),
+        ("model: {visible: 0, hidden: 4}\ngrid: {strategy: serial, workers: 1}\n", r"model\.visible: 0"),
+        ("model: {visible: 4, hidden: 4}\ngrid: {strategy: [serial, magic], workers: 1}\n", r"grid\.strategy"),
+        ("model: {visible: 4, hidden: 4}\ngrid: {strategy: serial, workers: [1, -2]}\n", r"grid\.workers"),
+        (
+            "model: {visible: 4, hidden: 4, precision: float16}\ngrid: {strategy: serial, workers: 1}\n",
+            r"model\.precision: 'float16' is not allowed; allowed: 'float32', 'float64'",
+        ),
+        ("model: {visible: 4, hidden: 4}\n", r"'grid' is a required property"),
+        (
+            "model: {visible: 4, hidden: 4}\ndata: {kind: npy, path: nowhere.npy}\ngrid: {strategy: serial, workers: 1}\n",
+            r"data\.path: no such file",
+        ),
+        (
+            "model: {visible: 4, hidden: 4}\ntcp: {hosts: []}\ngrid: {strategy: serial, workers: 1}\n",
+            r"tcp\.hosts: \[\]",
+        ),
+        (
+            "model: {visible: 4, hidden: 4}\ntcp: {hosts: [a], user: me}\ngrid: {strategy: serial, workers: 1}\n",
+            r"tcp: .*'user'.*allowed: .*hosts",
+        ),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("model: {visible: 4\n", "not valid YAML"),
+    ],
+)
 def test_bad_configs_name_the_field(tmp_path, text, match):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=match) as exc:
@@ -66,8 +92,13 @@ def test_grid_and_shipped_configs_validate():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     names = sorted(p.name for p in root.glob("*.yaml"))
-    assert {"quick.yaml", "paper-binary.yaml", "paper-gaussian.yaml", "paper-binary-small.yaml",
-            "paper-gaussian-small.yaml"} <= set(names)
+    assert {
+        "quick.yaml",
+        "paper-binary.yaml",
+        "paper-gaussian.yaml",
+        "paper-binary-small.yaml",
+        "paper-gaussian-small.yaml",
+    } <= set(names)
     for p in root.glob("*.yaml"):
         load_config(p)
     quick = load_config(root / "quick.yaml")
@@ -79,8 +110,12 @@ def test_grid_and_shipped_configs_validate():
     assert len(pts) == 1 + len(all_cores) + 5 * (1 + 2 * 3)
     assert [p["blas_threads"] for p in pts if p.get("baseline") == "all-cores"] == all_cores
     paper = grid_points(load_config(root / "paper-binary.yaml"))
-    assert {(p["batch_size"], p["precision"]) for p in paper} == {(100, "float32"), (100, "float64"),
-                                                                  (1000, "float32"), (1000, "float64")}
+    assert {(p["batch_size"], p["precision"]) for p in paper} == {
+        (100, "float32"),
+        (100, "float64"),
+        (1000, "float32"),
+        (1000, "float64"),
+    }
 
 
 def test_run_writes_records_and_resume_skips(tmp_path):
@@ -103,17 +138,18 @@ def test_run_writes_records_and_resume_skips(tmp_path):
     assert same[("unit-partitioned", "tcp")] == same[("unit-partitioned", "threads")]
     # both baselines, as the records define them: the serial run's median over this run's,
     # on one core and on the cores the run's workers use in all
-    serial = {r.get("blas_threads", 1): r["metrics"]["step_seconds"]["median"] for r in recs
-              if r["strategy"] == "serial"}
+    serial = {
+        r.get("blas_threads", 1): r["metrics"]["step_seconds"]["median"] for r in recs if r["strategy"] == "serial"
+    }
     assert sorted(serial) == sorted({1, *all_cores_threads(cfg)})
     for r in recs:
         mt = r["metrics"]
         assert mt["speedup_vs_serial"] == pytest.approx(serial[1] / mt["step_seconds"]["median"], rel=1e-12)
-        threads = r.get("blas_threads") if r.get("baseline") == "all-cores" else \
-            min(r["workers"], environment_cores())
+        threads = r.get("blas_threads") if r.get("baseline") == "all-cores" else min(r["workers"], environment_cores())
         assert mt["serial_all_cores_threads"] == threads
-        assert mt["speedup_vs_serial_all_cores"] == pytest.approx(serial[threads] / mt["step_seconds"]["median"],
-                                                                  rel=1e-12)
+        assert mt["speedup_vs_serial_all_cores"] == pytest.approx(
+            serial[threads] / mt["step_seconds"]["median"], rel=1e-12
+        )
     # --resume: nothing new to run, the file is unchanged
     before = path.read_text()
     seen = []
@@ -129,8 +165,9 @@ def test_repeats_go_round_the_grid_and_pool_their_steps(tmp_path):
     lines = [s for s in seen if s.startswith("[")]
     n = len(grid_points(cfg))
     # every point's first repeat before any point's second
-    assert [("repeat 1/3" in s, "repeat 2/3" in s, "repeat 3/3" in s) for s in lines] == \
-        [(True, False, False)] * n + [(False, True, False)] * n + [(False, False, True)] * n
+    assert [("repeat 1/3" in s, "repeat 2/3" in s, "repeat 3/3" in s) for s in lines] == [(True, False, False)] * n + [
+        (False, True, False)
+    ] * n + [(False, False, True)] * n
     for r in read_records(path):
         st = r["metrics"]["step_seconds"]
         assert r["training"]["repeats"] == 3 and len(st["repeat_medians"]) == 3
@@ -186,8 +223,13 @@ def test_ctrl_c_leaves_valid_results(tmp_path):
     cfg = write(tmp_path, SMALL.replace("steps: 3", "steps: 40").replace("cases: 64", "cases: 400"))
     out = tmp_path / "out"
     # without the calibration: the interrupt must land among the runs' records
-    proc = subprocess.Popen([sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out), "--no-calibrate"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parrbm.cli", "run", str(cfg), "--out", str(out), "--no-calibrate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        preexec_fn=sigint_default,
+    )
     results = out / "small.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 2):
@@ -195,8 +237,10 @@ def test_ctrl_c_leaves_valid_results(tmp_path):
     assert time.monotonic() < deadline, "no two records within 120 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert "interrupted: the results recorded so far are kept; --resume continues" in err.decode(), \
-        (proc.returncode, err.decode()[-500:])
+    assert "interrupted: the results recorded so far are kept; --resume continues" in err.decode(), (
+        proc.returncode,
+        err.decode()[-500:],
+    )
     assert proc.returncode == 130, (proc.returncode, err.decode()[-500:])  # not an abort at exit
     recs = read_records(results)  # every line whole
     assert len(recs) >= 2 and all(r["status"] == "ok" for r in recs)

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+import reference as ref
 
 from parrbm import _core
-
-import reference as ref
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
@@ -20,8 +19,11 @@ def rand(rng, shape, dtype):
 KAT = [  # Random123 known-answer vectors: counter, key, output
     ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
     ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
-    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
-     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+    (
+        [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344],
+        [0xA4093822, 0x299F31D0],
+        [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1],
+    ),
 ]
 
 
@@ -42,6 +44,7 @@ def test_uniforms_match_reference(rows, cols, case0, unit0):
 
 
 # ---- GEMM ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
@@ -75,6 +78,7 @@ def test_gemm_rejects_bad_arguments():
 
 # ---- sigmoid and sampling ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sigmoid_matches_reference(dtype):
     x = np.concatenate([np.linspace(-120, 120, 2001), np.linspace(-3, 3, 999)]).astype(dtype)[None, :]
@@ -106,8 +110,7 @@ def test_sample_sigmoid_scales_and_in_place():
     states, probs = np.empty_like(pre), np.empty_like(pre)
     _core.sample_sigmoid(pre, None, states, probs, seed=1, step=2, phase=0)
     neg_states, neg_probs = np.empty_like(pre), np.empty_like(pre)
-    _core.sample_sigmoid(pre, None, neg_states, neg_probs, seed=1, step=2, phase=0,
-                         state_value=-0.5, prob_scale=-2.0)
+    _core.sample_sigmoid(pre, None, neg_states, neg_probs, seed=1, step=2, phase=0, state_value=-0.5, prob_scale=-2.0)
     np.testing.assert_array_equal(neg_states, -0.5 * states)
     np.testing.assert_array_equal(neg_probs, -2.0 * probs)
     inplace = pre.copy()
@@ -133,24 +136,38 @@ def test_blocks_sampled_with_global_indices_equal_slices(dtype):
     _core.sample_sigmoid(pre, bias, full, seed=5, step=3, phase=4)
     for r0, r1, c0, c1 in [(0, 29, 0, 13), (0, 29, 13, 61), (7, 20, 5, 6), (3, 29, 1, 60), (28, 29, 57, 61)]:
         part = np.empty((r1 - r0, c1 - c0), dtype)
-        _core.sample_sigmoid(np.ascontiguousarray(pre[r0:r1, c0:c1]), bias[c0:c1].copy(), part,
-                             seed=5, step=3, phase=4, case0=r0, unit0=c0)
+        _core.sample_sigmoid(
+            np.ascontiguousarray(pre[r0:r1, c0:c1]),
+            bias[c0:c1].copy(),
+            part,
+            seed=5,
+            step=3,
+            phase=4,
+            case0=r0,
+            unit0=c0,
+        )
         np.testing.assert_array_equal(part, full[r0:r1, c0:c1])
         # and straight on a view of the bigger array, writing into a view
         view_out = np.zeros_like(full)
-        _core.sample_sigmoid(pre[r0:r1, c0:c1], bias[c0:c1].copy(), view_out[r0:r1, c0:c1],
-                             seed=5, step=3, phase=4, case0=r0, unit0=c0)
+        _core.sample_sigmoid(
+            pre[r0:r1, c0:c1], bias[c0:c1].copy(), view_out[r0:r1, c0:c1], seed=5, step=3, phase=4, case0=r0, unit0=c0
+        )
         np.testing.assert_array_equal(view_out[r0:r1, c0:c1], full[r0:r1, c0:c1])
 
 
 def test_different_keys_give_different_streams():
     base = _core.uniforms(4, 64, seed=1, step=1, phase=1)
-    for kw in (dict(seed=2, step=1, phase=1), dict(seed=1, step=2, phase=1), dict(seed=1, step=1, phase=2),
-               dict(seed=1 + 2**32, step=1, phase=1)):
+    for kw in (
+        dict(seed=2, step=1, phase=1),
+        dict(seed=1, step=2, phase=1),
+        dict(seed=1, step=1, phase=2),
+        dict(seed=1 + 2**32, step=1, phase=1),
+    ):
         assert not np.array_equal(base, _core.uniforms(4, 64, **kw))
 
 
 # ---- visible activation ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["binary", "gaussian"])
@@ -165,8 +182,9 @@ def test_visible_activation_matches_reference(dtype, kind, sample):
         mean = ref.sigmoid(pre + bias)
     else:
         mean = (pre + bias).astype(dtype)
-    np.testing.assert_allclose(err, np.sum((data.astype(np.float64) - mean) ** 2),
-                               rtol=1e-5 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(
+        err, np.sum((data.astype(np.float64) - mean) ** 2), rtol=1e-5 if dtype == np.float32 else 1e-12
+    )
     if not sample:
         np.testing.assert_allclose(out, mean, **TOL[dtype])
     elif kind == "binary":
@@ -175,8 +193,9 @@ def test_visible_activation_matches_reference(dtype, kind, sample):
         np.testing.assert_array_equal(out[clear], (u < mean)[clear].astype(dtype))
     else:
         z = ref.normals(23, 41, seed=9, step=4, phase=1 + ref.PHASE_NOISE_OFFSET, case0=2, unit0=6)
-        np.testing.assert_allclose(out, mean + z, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                                   atol=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(
+            out, mean + z, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5 if dtype == np.float32 else 1e-12
+        )
 
 
 def test_gaussian_noise_is_standard_normal():
@@ -195,6 +214,7 @@ def test_visible_activation_rejects_unknown_kind():
 
 
 # ---- bit packing -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 9), (13, 64), (2, 3), (100, 37)])
@@ -231,6 +251,7 @@ def test_pack_columns_matches_reference(dtype, rows):
 
 
 # ---- updates -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_apply_increment(dtype):
@@ -278,9 +299,18 @@ def test_bit_statistics_update_equals_dense(dtype, rows, mode):
     cols = lambda a: ref.pack_columns(a, words)  # noqa: E731
     use_inc = mode.endswith("+inc")
     full = mode.startswith("full")
-    _core.bit_statistics_update(W, inc if use_inc else None, cols(x) if full else None, cols(h),
-                                cols(v), cols(hn), alpha=alpha, neg_scale=scale, momentum=mom,
-                                decay_lr=decay)
+    _core.bit_statistics_update(
+        W,
+        inc if use_inc else None,
+        cols(x) if full else None,
+        cols(h),
+        cols(v),
+        cols(hn),
+        alpha=alpha,
+        neg_scale=scale,
+        momentum=mom,
+        decay_lr=decay,
+    )
     if full and use_inc:
         want_inc = mom * inc0 + alpha * (pos - scale * neg) - decay * W0
         want_W = W0 + want_inc
@@ -322,8 +352,9 @@ def test_the_avx2_and_baseline_paths_give_the_same_bits(tmp_path):
 
     def fit(env_extra):
         env = {**os.environ, **env_extra}
-        r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", _ISA_SCRIPT], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout.split()
 
@@ -345,7 +376,12 @@ def test_the_cores_type_stub_names_what_the_module_has():
 
     stub = ast.parse((Path(parrbm.__file__).parent / "_core.pyi").read_text())
     declared = {n.name for n in stub.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    declared |= {t.id for n in stub.body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                 for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    declared |= {
+        t.id
+        for n in stub.body
+        if isinstance(n, (ast.Assign, ast.AnnAssign))
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+        if isinstance(t, ast.Name)
+    }
     public = {n for n in dir(_core) if not n.startswith("_")}
     assert public <= declared and declared - {"__all__"} <= public

@@ -33,11 +33,24 @@ def start(n: int, args: list[str], cwd, *, extra: dict | None = None) -> list[su
     """n copies of one command, as a torchrun-style launcher starts them."""
     port = _free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARS)}
-    return [subprocess.Popen([sys.executable, *args], cwd=cwd, text=True, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE,
-                             env={**base, "RANK": str(r), "WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
-                                  "MASTER_PORT": str(port), **(extra or {})})
-            for r in range(n)]
+    return [
+        subprocess.Popen(
+            [sys.executable, *args],
+            cwd=cwd,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={
+                **base,
+                "RANK": str(r),
+                "WORLD_SIZE": str(n),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                **(extra or {}),
+            },
+        )
+        for r in range(n)
+    ]
 
 
 def finish(procs, timeout: float = 300) -> list[tuple[int, str, str]]:
@@ -85,8 +98,9 @@ def test_a_comparison_started_without_mpi_runs_once_across_its_ranks(tmp_path):
 
 def test_mpi_points_are_refused_before_anything_runs_when_the_ranks_have_no_mpi(tmp_path):
     (tmp_path / "c.yaml").write_text(RUN.replace("[threads, tcp]", "[threads, mpi]").replace("[2, 3]", "[2]"))
-    done = finish(start(2, ["-m", "parrbm.cli", "run", "c.yaml", "--out", "out", "--no-calibrate"], tmp_path),
-                  timeout=120)
+    done = finish(
+        start(2, ["-m", "parrbm.cli", "run", "c.yaml", "--out", "out", "--no-calibrate"], tmp_path), timeout=120
+    )
     assert done[0][0] == 2, done[0][2][-2000:]
     assert "grid.transport: 'mpi', but this job's ranks were started without MPI" in done[0][2]
     assert "RANK/WORLD_SIZE" in done[0][2]
@@ -123,13 +137,24 @@ def test_a_fit_on_ranks_started_without_mpi_is_the_fit_on_threads_on_every_rank(
         assert code == 0, (r, se[-3000:])
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
     for strategy in PARALLEL_STRATEGIES:
-        rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-                  strategy=strategy, workers=2, progress=False).fit(X)
+        rbm = RBM(
+            n_hidden=12,
+            batch_size=10,
+            n_iter=2,
+            learning_rate=0.05,
+            dtype="float64",
+            random_state=1,
+            strategy=strategy,
+            workers=2,
+            progress=False,
+        ).fit(X)
         for r in range(3):  # the idle third rank holds the model too
             held = np.load(tmp_path / f"held-{r}.npz")
             np.testing.assert_array_equal(held[strategy], rbm.components_, err_msg=f"{strategy} rank {r}")
-            assert list(held[f"{strategy}/bytes"]) == [rbm.comm_stats_["bytes_total"],
-                                                        rbm.comm_stats_["bytes_per_step"]]
+            assert list(held[f"{strategy}/bytes"]) == [
+                rbm.comm_stats_["bytes_total"],
+                rbm.comm_stats_["bytes_per_step"],
+            ]
     for r in range(3):
         said = (tmp_path / f"said-{r}.txt").read_text()
         assert "transport 'mpi': this job's ranks were started without MPI" in said, said
@@ -153,8 +178,9 @@ def test_a_killed_rank_ends_the_job_naming_it_and_leaves_nothing(tmp_path, victi
     procs = start(3, ["k.py"], tmp_path)
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"pid-{r}.txt").exists() for r in range(3)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            [p.communicate()[1][-1500:] for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
+            p.communicate()[1][-1500:] for p in procs if p.poll() is not None
+        ]
         time.sleep(0.05)
     time.sleep(3.0)  # inside the fit
     killed_at = time.monotonic()
@@ -224,22 +250,34 @@ def test_a_message_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert back["s"] == data["s"] and back["t"] == data["t"]
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
-     "MASTER_PORT='http': a whole number"),
-    ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
-     "RANK=2 with WORLD_SIZE=2"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"},
-     "MASTER_PORT=70000: a TCP port"),
-    ({"PMI_RANK": "1", "PMI_SIZE": "2", "PARRBM_NO_MPI4PY": "1"}, "set MASTER_ADDR"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        (
+            {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
+            "MASTER_PORT='http': a whole number",
+        ),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+            "RANK=2 with WORLD_SIZE=2",
+        ),
+        (
+            {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "70000"},
+            "MASTER_PORT=70000: a TCP port",
+        ),
+        ({"PMI_RANK": "1", "PMI_SIZE": "2", "PARRBM_NO_MPI4PY": "1"}, "set MASTER_ADDR"),
+    ],
+)
 def test_a_launchers_environment_that_cannot_form_a_world_is_named(tmp_path, env, needle):
-    code = ("import sys\n"
-            "if __import__('os').environ.get('PARRBM_NO_MPI4PY'): sys.modules['mpi4py'] = None\n"
-            "from parrbm.harness.world import spmd_world\n"
-            "try:\n    spmd_world()\nexcept ValueError as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import sys\n"
+        "if __import__('os').environ.get('PARRBM_NO_MPI4PY'): sys.modules['mpi4py'] = None\n"
+        "from parrbm.harness.world import spmd_world\n"
+        "try:\n    spmd_world()\nexcept ValueError as e:\n    print(e); sys.exit(3)\n"
+    )
     base = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_VARS)}
-    p = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                       timeout=60, cwd=tmp_path)
+    p = subprocess.run(
+        [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert p.returncode == 3, p.stdout + p.stderr
     assert needle in p.stdout, p.stdout

@@ -83,7 +83,8 @@ def test_no_import_cycle_between_parts():
     found = cycles(edges)
     assert not found, "\n".join(
         f"cycle {' / '.join(g)}: " + "; ".join(f"{a} -> {b} ({edges[a][b]})" for a in g for b in edges[a] if b in g)
-        for g in found)
+        for g in found
+    )
 
 
 def test_the_cycle_check_finds_a_cycle():

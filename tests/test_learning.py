@@ -20,6 +20,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 # ---- data sets --------------------------------------------------------------------------------
 
+
 def test_digits_and_their_nudged_copies():
     X, y = datasets.load_digits()
     assert X.shape == (1797, 64) and y.shape == (1797,) and X.min() == 0 and X.max() == 1
@@ -27,8 +28,8 @@ def test_digits_and_their_nudged_copies():
     assert Xn.shape == (5 * 1797, 64) and np.array_equal(yn, np.tile(y, 5))
     assert np.array_equal(Xn[:1797], X)
     img, moved = X[0].reshape(8, 8), Xn[1797:].reshape(4, 1797, 8, 8)[:, 0]
-    up = np.vstack([img[1:], np.zeros((1, 8))])          # shift (-1, 0): row r takes row r + 1
-    right = np.hstack([np.zeros((8, 1)), img[:, :-1]])   # shift (0, 1)
+    up = np.vstack([img[1:], np.zeros((1, 8))])  # shift (-1, 0): row r takes row r + 1
+    right = np.hstack([np.zeros((8, 1)), img[:, :-1]])  # shift (0, 1)
     assert np.array_equal(moved[0], up) and np.array_equal(moved[3], right)
 
 
@@ -41,8 +42,7 @@ def make_cifar(root, n=6, seed=0):
     for name in (*datasets.CIFAR10_TRAIN, datasets.CIFAR10_TEST):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, n)]
-        (folder / name).write_bytes(pickle.dumps({b"batch_label": name.encode(), b"data": data,
-                                                  b"labels": labels}))
+        (folder / name).write_bytes(pickle.dumps({b"batch_label": name.encode(), b"data": data, b"labels": labels}))
         batches[name] = (data, labels)
     archive = root / datasets.CIFAR10_ARCHIVE
     with tarfile.open(archive, "w:gz") as tar:
@@ -53,8 +53,11 @@ def make_cifar(root, n=6, seed=0):
 def _write_idx(path, array, *, gz):
     import gzip
 
-    raw = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) \
+    raw = (
+        bytes([0, 0, 0x08, array.ndim])
+        + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
         + array.astype(np.uint8).tobytes()
+    )
     path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
@@ -75,8 +78,11 @@ def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, gz):
 
 
 def test_fashion_mnist_errors_say_where_and_how_to_install(tmp_path):
-    with pytest.raises(datasets.DatasetError, match=r"is not a folder; install it with 'apt-get install "
-                                                    r"dataset-fashion-mnist'"):
+    with pytest.raises(
+        datasets.DatasetError,
+        match=r"is not a folder; install it with 'apt-get install "
+        r"dataset-fashion-mnist'",
+    ):
         datasets.load_fashion_mnist(tmp_path / "nowhere")
     with pytest.raises(datasets.DatasetError, match="lacks train-images-idx3-ubyte"):
         datasets.load_fashion_mnist(tmp_path)
@@ -93,8 +99,10 @@ def test_fashion_mnist_errors_say_where_and_how_to_install(tmp_path):
         datasets.load_fashion_mnist(tmp_path, subset="validation")
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path(datasets.FASHION_MNIST_PATH).is_dir() and not
-                    __import__("os").environ.get("CI"), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not __import__("pathlib").Path(datasets.FASHION_MNIST_PATH).is_dir() and not __import__("os").environ.get("CI"),
+    reason="apt-get install dataset-fashion-mnist",
+)
 def test_fashion_mnist_as_debian_installs_it():
     """Where Debian's package puts it (CI installs the package: there it must be found)."""
     X, y = datasets.load_fashion_mnist()
@@ -162,6 +170,7 @@ def test_npy_and_random_binary(tmp_path):
 
 # ---- preprocessing ----------------------------------------------------------------------------
 
+
 def test_standardizer_and_zca_invert_exactly():
     X, _ = datasets.load_digits()
     s = Standardizer().fit(X)
@@ -186,6 +195,7 @@ def test_standardizer_and_zca_invert_exactly():
 
 
 # ---- monitors, guard, schedules --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -218,13 +228,23 @@ def test_gaussian_rbm_is_stable_at_the_default_learning_rate(digits, pre):
 
 def test_the_guard_stops_an_absurd_learning_rate_and_keeps_the_last_good_model(digits, tmp_path):
     X = Standardizer().fit_transform(digits[0])
-    rbm = RBM(n_hidden=32, visible="gaussian", learning_rate=0.01, n_iter=2, random_state=0, progress=False,
-              checkpoint_dir=str(tmp_path / "ck")).fit(X)
+    rbm = RBM(
+        n_hidden=32,
+        visible="gaussian",
+        learning_rate=0.01,
+        n_iter=2,
+        random_state=0,
+        progress=False,
+        checkpoint_dir=str(tmp_path / "ck"),
+    ).fit(X)
     good_W = rbm.components_.copy()
     rbm.save(tmp_path / "good.npz")
     rbm.set_params(learning_rate=5.0, warm_start=True, n_iter=4)
-    with pytest.raises(DivergenceError, match=r"diverged in epoch 3 at learning_rate=5.*left as after epoch 2"
-                                              r".*no checkpoint was written for epoch 3.*Try learning_rate=0.5"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"diverged in epoch 3 at learning_rate=5.*left as after epoch 2"
+        r".*no checkpoint was written for epoch 3.*Try learning_rate=0.5",
+    ):
         rbm.fit(X)
     assert np.array_equal(rbm.components_, good_W) and rbm.epochs_done_ == 2
     assert latest_checkpoint(tmp_path / "ck").name == "epoch-0002.npz"
@@ -244,8 +264,9 @@ def test_learning_rate_schedules(digits):
     assert [r.learning_rate_at(e) for e in range(4)] == pytest.approx([0.1, 0.075, 0.05, 0.025])
     r.set_params(learning_rate_schedule="exponential", learning_rate_decay=0.5)
     assert [r.learning_rate_at(e) for e in range(3)] == pytest.approx([0.1, 0.05, 0.025])
-    fit = RBM(n_hidden=8, n_iter=3, learning_rate_schedule=lambda e: 0.1 / (e + 1), random_state=0,
-              progress=False).fit(digits[0])
+    fit = RBM(n_hidden=8, n_iter=3, learning_rate_schedule=lambda e: 0.1 / (e + 1), random_state=0, progress=False).fit(
+        digits[0]
+    )
     assert [h["learning_rate"] for h in fit.history_] == pytest.approx([0.1, 0.05, 0.1 / 3])
     with pytest.raises(ValueError, match="'learning_rate_schedule' must be one of"):
         RBM(learning_rate_schedule="cosine").fit(digits[0])
@@ -253,14 +274,27 @@ def test_learning_rate_schedules(digits):
 
 # ---- checkpoints and resume ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.5, persistent=True, statistics="probabilities",
-                                             sample_visible=True, learning_rate_schedule="linear"),
-                                dict(strategy="green-only", workers=2, momentum=0.5)],
-                         ids=["cd1", "pcd-momentum-schedule", "green-only-K2"])
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(
+            momentum=0.5,
+            persistent=True,
+            statistics="probabilities",
+            sample_visible=True,
+            learning_rate_schedule="linear",
+        ),
+        dict(strategy="green-only", workers=2, momentum=0.5),
+    ],
+    ids=["cd1", "pcd-momentum-schedule", "green-only-K2"],
+)
 def test_a_resumed_fit_equals_an_uninterrupted_one(digits, tmp_path, kw):
     X = digits[0][:600]
-    params = dict(n_hidden=24, n_iter=4, batch_size=20, learning_rate=0.05, random_state=3, dtype="float64",
-                  progress=False, **kw)
+    params = dict(
+        n_hidden=24, n_iter=4, batch_size=20, learning_rate=0.05, random_state=3, dtype="float64", progress=False, **kw
+    )
     whole = RBM(**params).fit(X)
     cut = RBM(**params, checkpoint_dir=str(tmp_path), checkpoint_every=1)
     real = cut._train_epoch
@@ -274,10 +308,13 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(digits, tmp_path, kw):
     with pytest.raises(KeyboardInterrupt):
         cut.fit(X)
     last = latest_checkpoint(tmp_path)
-    assert last.name == "epoch-0002.npz" and sorted(p.name for p in tmp_path.iterdir()) == \
-        ["epoch-0001.npz", "epoch-0002.npz"]
-    resumed = RBM.load(last).set_params(warm_start=True, n_iter=4,
-                                        learning_rate_schedule=params.get("learning_rate_schedule", "constant"))
+    assert last.name == "epoch-0002.npz" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch-0001.npz",
+        "epoch-0002.npz",
+    ]
+    resumed = RBM.load(last).set_params(
+        warm_start=True, n_iter=4, learning_rate_schedule=params.get("learning_rate_schedule", "constant")
+    )
     resumed.fit(X)
     assert resumed.epochs_done_ == 4 and resumed.n_steps_ == whole.n_steps_
     for a, b in zip(resumed._state.arrays().values(), whole._state.arrays().values()):
@@ -286,8 +323,9 @@ def test_a_resumed_fit_equals_an_uninterrupted_one(digits, tmp_path, kw):
 
 
 def test_checkpoints_keep_the_two_newest(digits, tmp_path):
-    RBM(n_hidden=8, n_iter=5, checkpoint_dir=str(tmp_path), checkpoint_every=2, random_state=0,
-        progress=False).fit(digits[0][:200])
+    RBM(n_hidden=8, n_iter=5, checkpoint_dir=str(tmp_path), checkpoint_every=2, random_state=0, progress=False).fit(
+        digits[0][:200]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0004.npz", "epoch-0005.npz"]
 
 
@@ -302,8 +340,17 @@ def test_sampled_visible_states_reproduce_serial_on_every_strategy(digits):
     from parrbm.strategies import PARALLEL_STRATEGIES
 
     X = digits[0][:400]
-    params = dict(n_hidden=20, n_iter=2, batch_size=20, persistent=True, statistics="probabilities",
-                  sample_visible=True, dtype="float64", random_state=5, progress=False)
+    params = dict(
+        n_hidden=20,
+        n_iter=2,
+        batch_size=20,
+        persistent=True,
+        statistics="probabilities",
+        sample_visible=True,
+        dtype="float64",
+        random_state=5,
+        progress=False,
+    )
     serial = RBM(**params).fit(X)
     plain = RBM(**{**params, "sample_visible": False}).fit(X)
     assert not np.array_equal(serial.components_, plain.components_)
@@ -316,10 +363,17 @@ def test_sampled_visible_states_reproduce_serial_on_every_strategy(digits):
 
 # ---- DBN --------------------------------------------------------------------------------------
 
+
 def test_dbn_stacks_trains_any_strategy_and_round_trips(digits, tmp_path):
     X = digits[0][:600]
-    dbn = DBN(hidden_layer_sizes=(32, 16), n_iter=3, learning_rate=0.05, random_state=0, progress=False,
-              layer_params=[{}, {"strategy": "green-only", "workers": 2}]).fit(X)
+    dbn = DBN(
+        hidden_layer_sizes=(32, 16),
+        n_iter=3,
+        learning_rate=0.05,
+        random_state=0,
+        progress=False,
+        layer_params=[{}, {"strategy": "green-only", "workers": 2}],
+    ).fit(X)
     assert [r.n_hidden for r in dbn.rbms_] == [32, 16] and dbn.rbms_[1].strategy == "green-only"
     top = dbn.transform(X)
     assert top.shape == (600, 16) and np.all((top >= 0) & (top <= 1))
@@ -344,6 +398,7 @@ def test_dbn_stacks_trains_any_strategy_and_round_trips(digits, tmp_path):
 
 # ---- pictures and the command line --------------------------------------------------------------
 
+
 def test_filter_pictures(digits, tmp_path):
     assert guess_shape(64) == (8, 8) and guess_shape(3072) == (32, 32, 3)
     with pytest.raises(ValueError, match="give the image shape"):
@@ -355,8 +410,7 @@ def test_filter_pictures(digits, tmp_path):
     assert mosaic.shape == (2 * 5 + 1, 3 * 5 + 1) and mosaic[1:5, 1:5].min() == 1
     rbm = RBM(n_hidden=25, n_iter=2, random_state=0, progress=False).fit(digits[0])
     plot_filters(rbm, tmp_path / "grey.png")
-    colour = RBM(n_hidden=9, n_iter=1, random_state=0, progress=False).fit(
-        np.random.default_rng(0).random((40, 3072)))
+    colour = RBM(n_hidden=9, n_iter=1, random_state=0, progress=False).fit(np.random.default_rng(0).random((40, 3072)))
     plot_filters(colour, tmp_path / "colour.png")
     for p in ("grey.png", "colour.png"):
         assert (tmp_path / p).read_bytes()[:8] == PNG
@@ -366,8 +420,25 @@ def test_filter_pictures(digits, tmp_path):
 def test_train_command_writes_model_report_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     ck = tmp_path / "ck"
-    argv = ["train", "--data", "nudged-digits", "--samples", "1500", "--hidden", "25", "--epochs", "3",
-            "--strategy", "green-only", "--workers", "2", "--checkpoint-dir", str(ck), "--out", str(out)]
+    argv = [
+        "train",
+        "--data",
+        "nudged-digits",
+        "--samples",
+        "1500",
+        "--hidden",
+        "25",
+        "--epochs",
+        "3",
+        "--strategy",
+        "green-only",
+        "--workers",
+        "2",
+        "--checkpoint-dir",
+        str(ck),
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "1500 samples x 64 features" in text and "pseudo-likelihood = " in text and "free energy gap = " in text
@@ -375,20 +446,57 @@ def test_train_command_writes_model_report_and_resumes(tmp_path, capsys):
     assert page.count("data:image/png;base64,") == 3 and "green-only, K = 2" in page
     model = RBM.load(out / "model.npz")
     assert model.epochs_done_ == 3 and model.strategy == "green-only"
-    assert main([*argv[:argv.index("--epochs") + 1], "5", *argv[argv.index("--epochs") + 2:], "--resume"]) == 0
+    assert main([*argv[: argv.index("--epochs") + 1], "5", *argv[argv.index("--epochs") + 2 :], "--resume"]) == 0
     assert "resuming from" in capsys.readouterr().out and RBM.load(out / "model.npz").epochs_done_ == 5
     assert main(["plot-filters", str(out / "model.npz"), "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").read_bytes()[:8] == PNG
-    assert main(["train", "--data", "digits", "--visible", "gaussian", "--preprocess", "zca", "--epochs", "2",
-                 "--hidden", "16"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--visible",
+                "gaussian",
+                "--preprocess",
+                "zca",
+                "--epochs",
+                "2",
+                "--hidden",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "preprocessing: zca" in capsys.readouterr().out
 
 
 def test_train_command_on_cifar_and_bad_input(tmp_path, capsys):
     _, archive, _ = make_cifar(tmp_path, n=8)
-    assert main(["train", "--data", "cifar10", "--data-path", str(archive), "--visible", "gaussian",
-                 "--preprocess", "standardize", "--epochs", "2", "--hidden", "8", "--batch-size", "4",
-                 "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "cifar10",
+                "--data-path",
+                str(archive),
+                "--visible",
+                "gaussian",
+                "--preprocess",
+                "standardize",
+                "--epochs",
+                "2",
+                "--hidden",
+                "8",
+                "--batch-size",
+                "4",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "c" / "filters.png").read_bytes()[:8] == PNG
     capsys.readouterr()
     assert main(["train", "--data", "cifar10", "--data-path", str(tmp_path / "none")]) == 2

@@ -14,15 +14,14 @@ import time
 
 import numpy as np
 import pytest
+from support import mpi_param
 
 from parrbm import RBM
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness import network as net_mod
-from parrbm.harness.network import (HEADER_BYTES, PREFIX, EmulatedNetwork, LinkSpec, cleanup, namespaces,
-                                    payload_rate)
+from parrbm.harness.network import HEADER_BYTES, PREFIX, EmulatedNetwork, LinkSpec, cleanup, namespaces, payload_rate
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import StrategyOptions
-from support import mpi_param
 
 WHY = net_mod.missing()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
@@ -47,8 +46,12 @@ def test_hosts_reach_each_other_and_nothing_else():
             assert links == {"lo", "eth0"}
             routes = json.loads(ip("-j", "-n", ns, "route", "show"))
             assert [rt["dst"] for rt in routes] == ["10.213.0.0/16"]  # no default route: nowhere to go
-            qdisc = subprocess.run([*net.exec_prefix(r), "tc", "-j", "qdisc", "show", "dev", "eth0"],
-                                   capture_output=True, text=True, check=True).stdout
+            qdisc = subprocess.run(
+                [*net.exec_prefix(r), "tc", "-j", "qdisc", "show", "dev", "eth0"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             assert json.loads(qdisc)[0]["kind"] == "tbf"
         # the switch's bridge joins the hosts' ports and nothing else
         ports = {i["ifname"] for i in json.loads(ip("-j", "-n", net.switch, "link", "show"))}
@@ -60,8 +63,11 @@ def test_hosts_reach_each_other_and_nothing_else():
 
 def test_two_networks_never_collide():
     with EmulatedNetwork(2, LinkSpec(None)) as a, EmulatedNetwork(2, LinkSpec(None)) as b:
-        assert a.name != b.name and not set(ours()) - {a.switch, b.switch, *(x.namespace(r) for x in (a, b)
-                                                                               for r in range(2))}
+        assert a.name != b.name and not set(ours()) - {
+            a.switch,
+            b.switch,
+            *(x.namespace(r) for x in (a, b) for r in range(2)),
+        }
     assert ours() == []
 
 
@@ -100,8 +106,9 @@ def test_mpi_ranks_talk_over_the_links_not_shared_memory():
     spec = CDSpec(n_visible=64, n_hidden=96, batch_size=20, seed=0)
     X = (np.random.default_rng(0).random((200, 64)) < 0.5).astype(np.float32)
     with EmulatedNetwork(2, LinkSpec(50e6)) as net:
-        r = ParallelRunner(spec, ModelState.initial(spec), "parameter-averaging", 2, "mpi", StrategyOptions(),
-                           network=net)
+        r = ParallelRunner(
+            spec, ModelState.initial(spec), "parameter-averaging", 2, "mpi", StrategyOptions(), network=net
+        )
         r.run(X, np.arange(200), 0)
         r.close()
         for k in range(2):
@@ -120,8 +127,9 @@ def test_a_comm_bound_strategy_is_held_to_the_link(transport):
     X = (np.random.default_rng(0).random((1000, 256)) < 0.5).astype(np.float32)
     steps = {}
     for bw in (None, 10e6):
-        r = ParallelRunner(spec, ModelState.initial(spec), "parameter-averaging", 2, transport,
-                           StrategyOptions(), network=LinkSpec(bw))
+        r = ParallelRunner(
+            spec, ModelState.initial(spec), "parameter-averaging", 2, transport, StrategyOptions(), network=LinkSpec(bw)
+        )
         r.run(X, np.arange(1000), 0)
         r.close()
         s = r.comm_stats()
@@ -136,11 +144,21 @@ def test_a_comm_bound_strategy_is_held_to_the_link(transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_fit_on_emulated_hosts_is_the_fit_on_threads(transport):
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    kw = dict(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, random_state=1, dtype="float64",
-              strategy="unit-partitioned", workers=2, progress=False)
+    kw = dict(
+        n_hidden=12,
+        batch_size=10,
+        n_iter=2,
+        learning_rate=0.05,
+        random_state=1,
+        dtype="float64",
+        strategy="unit-partitioned",
+        workers=2,
+        progress=False,
+    )
     ref = RBM(**kw).fit(X)
-    got = RBM(**kw, transport=transport,
-              strategy_options={"network": {"bandwidth": "200MB/s", "latency": "0.091ms"}}).fit(X)
+    got = RBM(
+        **kw, transport=transport, strategy_options={"network": {"bandwidth": "200MB/s", "latency": "0.091ms"}}
+    ).fit(X)
     np.testing.assert_array_equal(got.components_, ref.components_)
     assert got.comm_stats_["bytes_total"] == ref.comm_stats_["bytes_total"]
     net = got.comm_stats_["network"]
@@ -151,15 +169,23 @@ def test_a_fit_on_emulated_hosts_is_the_fit_on_threads(transport):
 
 def test_the_network_option_is_checked():
     X = np.zeros((20, 4))
-    for opts, needle in [({"network": {"bandwidth": "105"}}, "expected a number and a unit"),
-                         ({"network": {"rate": "105MB/s"}}, "must be a dict with 'bandwidth'"),
-                         ({"network": {"bandwidth": "105MB/s", "latency": "1"}}, "latency '1'")]:
+    for opts, needle in [
+        ({"network": {"bandwidth": "105"}}, "expected a number and a unit"),
+        ({"network": {"rate": "105MB/s"}}, "must be a dict with 'bandwidth'"),
+        ({"network": {"bandwidth": "105MB/s", "latency": "1"}}, "latency '1'"),
+    ]:
         with pytest.raises(ValueError, match=needle):
-            RBM(n_hidden=2, batch_size=5, strategy="green-only", workers=2, transport="tcp",
-                strategy_options=opts).fit(X)
+            RBM(n_hidden=2, batch_size=5, strategy="green-only", workers=2, transport="tcp", strategy_options=opts).fit(
+                X
+            )
     with pytest.raises(ValueError, match="needs transport 'tcp' or 'mpi', not 'threads'"):
-        RBM(n_hidden=2, batch_size=5, strategy="green-only", workers=2,
-            strategy_options={"network": {"bandwidth": "105MB/s"}}).fit(X)
+        RBM(
+            n_hidden=2,
+            batch_size=5,
+            strategy="green-only",
+            workers=2,
+            strategy_options={"network": {"bandwidth": "105MB/s"}},
+        ).fit(X)
 
 
 def test_without_privileges_the_network_is_refused_with_the_reason(monkeypatch, tmp_path):
@@ -167,29 +193,51 @@ def test_without_privileges_the_network_is_refused_with_the_reason(monkeypatch, 
 
     monkeypatch.setattr(net_mod, "_has_net_admin", lambda: False)
     cfg = tmp_path / "n.yaml"
-    cfg.write_text("model: {visible: 8, hidden: 8}\ngrid: {strategy: green-only, workers: 2, transport: tcp}\n"
-                   "network: {emulate: {bandwidth: 105MB/s}}\n")
+    cfg.write_text(
+        "model: {visible: 8, hidden: 8}\ngrid: {strategy: green-only, workers: 2, transport: tcp}\n"
+        "network: {emulate: {bandwidth: 105MB/s}}\n"
+    )
     with pytest.raises(ConfigError, match="network.emulate: the emulated network needs root or CAP_NET_ADMIN"):
         load_config(cfg)
     with pytest.raises(ValueError, match="needs root or CAP_NET_ADMIN"):
-        RBM(n_hidden=2, batch_size=5, strategy="green-only", workers=2, transport="tcp",
-            strategy_options={"network": {"bandwidth": "105MB/s"}}).fit(np.zeros((20, 4)))
+        RBM(
+            n_hidden=2,
+            batch_size=5,
+            strategy="green-only",
+            workers=2,
+            transport="tcp",
+            strategy_options={"network": {"bandwidth": "105MB/s"}},
+        ).fit(np.zeros((20, 4)))
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("grid: {strategy: green-only, workers: 2}\nnetwork: {emulate: {bandwidth: 105MB/s}}\n",
-     "network.emulate: puts tcp and mpi workers on emulated hosts, but the grid runs none"),
-    ("grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: [10MB/s, fast]}}\n",
-     "network.emulate.bandwidth[1]: bandwidth 'fast'"),
-    ("grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: [8Mbit/s, 1MB/s]}}\n",
-     "names a bandwidth twice"),
-    ("grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: 1MB/s, "
-     "latency: 3}}\n", "network.emulate.latency"),
-    ("grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {latency: 1ms}}\n",
-     "bandwidth"),
-    ("grid: {strategy: green-only, workers: 2, transport: tcp}\ntcp: {hosts: [a, b]}\n"
-     "network: {emulate: {bandwidth: 1MB/s}}\n", "tcp.hosts says they run elsewhere"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (
+            "grid: {strategy: green-only, workers: 2}\nnetwork: {emulate: {bandwidth: 105MB/s}}\n",
+            "network.emulate: puts tcp and mpi workers on emulated hosts, but the grid runs none",
+        ),
+        (
+            "grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: [10MB/s, fast]}}\n",
+            "network.emulate.bandwidth[1]: bandwidth 'fast'",
+        ),
+        (
+            "grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: [8Mbit/s, 1MB/s]}}\n",
+            "names a bandwidth twice",
+        ),
+        (
+            "grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {bandwidth: 1MB/s, "
+            "latency: 3}}\n",
+            "network.emulate.latency",
+        ),
+        ("grid: {strategy: green-only, workers: 2, transport: tcp}\nnetwork: {emulate: {latency: 1ms}}\n", "bandwidth"),
+        (
+            "grid: {strategy: green-only, workers: 2, transport: tcp}\ntcp: {hosts: [a, b]}\n"
+            "network: {emulate: {bandwidth: 1MB/s}}\n",
+            "tcp.hosts says they run elsewhere",
+        ),
+    ],
+)
 def test_network_sections_are_checked(tmp_path, text, needle):
     from parrbm.harness.comparison_config import ConfigError, load_config
 
@@ -201,15 +249,21 @@ def test_network_sections_are_checked(tmp_path, text, needle):
 
 
 def test_a_bandwidth_list_is_a_grid_axis(tmp_path):
-    from parrbm.harness.grid import grid_points
     from parrbm.harness.comparison_config import load_config
+    from parrbm.harness.grid import grid_points
 
     cfg = tmp_path / "n.yaml"
-    cfg.write_text("model: {visible: 8, hidden: 8}\ngrid: {strategy: green-only, workers: [1, 2], "
-                   "transport: [threads, tcp]}\nnetwork: {emulate: {bandwidth: [10MB/s, unshaped]}}\n")
+    cfg.write_text(
+        "model: {visible: 8, hidden: 8}\ngrid: {strategy: green-only, workers: [1, 2], "
+        "transport: [threads, tcp]}\nnetwork: {emulate: {bandwidth: [10MB/s, unshaped]}}\n"
+    )
     pts = grid_points(load_config(cfg))
     assert [(p["workers"], p["transport"], p["bandwidth"]) for p in pts if p["strategy"] != "serial"] == [
-        (1, "threads", None), (2, "threads", None), (2, "tcp", "10MB/s"), (2, "tcp", "unshaped")]
+        (1, "threads", None),
+        (2, "threads", None),
+        (2, "tcp", "10MB/s"),
+        (2, "tcp", "unshaped"),
+    ]
     assert len({p["run_id"] for p in pts}) == len(pts)
 
 
@@ -217,13 +271,15 @@ def test_a_killed_run_leaves_nothing_once_cleaned_up(tmp_path):
     """SIGKILL gives no chance to tear down: the next network set up, or `parrbm network
     cleanup`, removes what the dead launcher left."""
     script = tmp_path / "hold.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, time
         from parrbm.harness.network import EmulatedNetwork, LinkSpec
         net = EmulatedNetwork(2, LinkSpec(1e6)).up()
         print(net.name, flush=True)
         time.sleep(60)
-    """))
+    """)
+    )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     name = p.stdout.readline().strip()
     assert name.startswith(f"{PREFIX}{p.pid}-")
@@ -232,8 +288,9 @@ def test_a_killed_run_leaves_nothing_once_cleaned_up(tmp_path):
     left = [n for n in namespaces() if n.startswith(name + "-")]
     assert len(left) == 3  # nobody tore it down
     # (from another folder: a source checkout in the cwd must not shadow the installed package)
-    out = subprocess.run([sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode == 0 and "removed 3 namespace(s)" in out.stdout, out
     assert all(n in out.stdout for n in left)
     assert not [n for n in namespaces() if n.startswith(name + "-")]
@@ -244,8 +301,16 @@ def test_a_fit_interrupted_by_an_error_leaves_nothing(monkeypatch):
     monkeypatch.setenv("PARRBM_FAULT", "kill:1:1")
     X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
     with pytest.raises(Exception, match="worker 1"):
-        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="tcp",
-            progress=False, strategy_options={"network": {"bandwidth": "50MB/s"}}).fit(X)
+        RBM(
+            n_hidden=4,
+            batch_size=10,
+            n_iter=1,
+            strategy="green-only",
+            workers=2,
+            transport="tcp",
+            progress=False,
+            strategy_options={"network": {"bandwidth": "50MB/s"}},
+        ).fit(X)
     time.sleep(0.1)
     assert ours() == []
     assert cleanup() == []
@@ -276,8 +341,13 @@ def test_a_shaped_link_has_one_rate_for_its_plain_byte_collectives():
     from parrbm.analysis.calibrate import pooled_link_rate
     from parrbm.analysis.timemodel import Link
 
-    fitted = {"allgather": Link(1.8e-4, 9.1e6), "allgather_bits": Link(7e-5, 7.1e6), "reduce_scatter": Link(1e-4, 9.3e6),
-              "allreduce": Link(0.0, 7.0e6), "alltoall": Link(2e-5, 9.4e6)}
+    fitted = {
+        "allgather": Link(1.8e-4, 9.1e6),
+        "allgather_bits": Link(7e-5, 7.1e6),
+        "reduce_scatter": Link(1e-4, 9.3e6),
+        "allreduce": Link(0.0, 7.0e6),
+        "alltoall": Link(2e-5, 9.4e6),
+    }
     pooled = pooled_link_rate(fitted)
     for kind in ("allgather", "reduce_scatter", "allreduce", "alltoall"):
         assert pooled[kind].bandwidth == pytest.approx(9.2e6, rel=1e-12)
@@ -301,10 +371,16 @@ def test_calibration_on_the_emulated_link_finds_its_bandwidth(transport):
 
 
 def _rec(strategy: str, bandwidth, step: float) -> dict:
-    return {"status": "ok", "strategy": strategy, "workers": 2, "transport": "tcp", "batch_size": 100,
-            "model": {"visible_type": "binary", "precision": "float32"},
-            "network": {"bandwidth": bandwidth, "latency": None, "latency_emulated": False},
-            "metrics": {"speedup_vs_serial": 0.05 / step, "step_seconds": {"median": step}}}
+    return {
+        "status": "ok",
+        "strategy": strategy,
+        "workers": 2,
+        "transport": "tcp",
+        "batch_size": 100,
+        "model": {"visible_type": "binary", "precision": "float32"},
+        "network": {"bandwidth": bandwidth, "latency": None, "latency_emulated": False},
+        "metrics": {"speedup_vs_serial": 0.05 / step, "step_seconds": {"median": step}},
+    }
 
 
 def test_measured_crossovers_are_where_the_fastest_strategy_changes():
@@ -312,10 +388,16 @@ def test_measured_crossovers_are_where_the_fastest_strategy_changes():
     fastest changes between 10 and 100 MB/s, and only there."""
     from parrbm.analysis.plots import bandwidth_crossovers
 
-    records = [_rec("green-only", 1e6, 0.40), _rec("green-only", 10e6, 0.06), _rec("green-only", 100e6, 0.02),
-               _rec("green-only", None, 0.018),
-               _rec("unit-partitioned", 1e6, 0.05), _rec("unit-partitioned", 10e6, 0.03),
-               _rec("unit-partitioned", 100e6, 0.029), _rec("unit-partitioned", None, 0.029)]
+    records = [
+        _rec("green-only", 1e6, 0.40),
+        _rec("green-only", 10e6, 0.06),
+        _rec("green-only", 100e6, 0.02),
+        _rec("green-only", None, 0.018),
+        _rec("unit-partitioned", 1e6, 0.05),
+        _rec("unit-partitioned", 10e6, 0.03),
+        _rec("unit-partitioned", 100e6, 0.029),
+        _rec("unit-partitioned", None, 0.029),
+    ]
     (row,) = bandwidth_crossovers(records)
     ((lo, hi, before, after, at),) = row["measured"]
     assert (lo, hi, before, after) == (10e6, 100e6, "unit-partitioned", "green-only")

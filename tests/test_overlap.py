@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from support import mpi_param
 
 from parrbm.analysis import cost
 from parrbm.config import CDSpec, ModelState
@@ -18,7 +19,6 @@ from parrbm.partition import Partition
 from parrbm.strategies import StrategyOptions
 from parrbm.strategies import phases as P
 from parrbm.strategies.base import exact_chunks
-from support import mpi_param
 
 FIELDS = ("W", "b", "c", "W_inc", "b_inc", "c_inc", "chains")
 OVERLAPPING = ["unit-partitioned", "purple-only", "green-only", "per-update-sync", "parameter-averaging"]
@@ -28,8 +28,9 @@ CONFIGS = [
     dict(dtype="float32", visible="binary", statistics="samples", cd_k=1, persistent=False, momentum=0.0),
     dict(dtype="float32", visible="binary", statistics="probabilities", cd_k=2, persistent=True, momentum=0.5),
     dict(dtype="float64", visible="binary", statistics="samples", cd_k=2, persistent=False, momentum=0.9),
-    dict(dtype="float64", visible="gaussian", statistics="probabilities", cd_k=1, persistent=False,
-         gaussian_noise=True),
+    dict(
+        dtype="float64", visible="gaussian", statistics="probabilities", cd_k=1, persistent=False, gaussian_noise=True
+    ),
     dict(dtype="float32", visible="gaussian", statistics="samples", cd_k=1, persistent=True, momentum=0.5),
 ]
 
@@ -45,8 +46,9 @@ def problem(config: int, V: int = 29, H: int = 23, m: int = 40) -> tuple[CDSpec,
 
 
 def fit(strategy, K, spec, X, transport="threads", **options):
-    runner = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport,
-                            StrategyOptions(sync_every=2, **options), timeout=30.0)
+    runner = ParallelRunner(
+        spec, ModelState.initial(spec), strategy, K, transport, StrategyOptions(sync_every=2, **options), timeout=30.0
+    )
     rng = np.random.default_rng(1)
     errors, step = [], 0
     try:
@@ -69,8 +71,9 @@ def assert_identical(ref, ref_errors, got, got_errors, what):
             np.testing.assert_array_equal(a, b, err_msg=f"{what} {f}")
     rs, gs = ref.comm_stats(), got.comm_stats()
     assert gs["bytes_per_step"] == rs["bytes_per_step"] and gs["bytes_total"] == rs["bytes_total"], what
-    assert {p: v["bytes_sent"] for p, v in gs["by_phase"].items()} == \
-           {p: v["bytes_sent"] for p, v in rs["by_phase"].items()}, what
+    assert {p: v["bytes_sent"] for p, v in gs["by_phase"].items()} == {
+        p: v["bytes_sent"] for p, v in rs["by_phase"].items()
+    }, what
     assert gs["replica_divergence"] == rs["replica_divergence"], what
 
 
@@ -135,8 +138,9 @@ def test_chunked_weight_sync_and_gradient_bytes_equal_the_closed_form():
     assert want.calls[P.GRADIENT] == 6
     assert [(r.start, r.stop) for r in pa.workers[0].gradient_blocks(29, opts)] == [(0, 10), (10, 20), (20, 29)]
     short = cost.step_traffic("parameter-averaging", model, 24, 3, options=opts)  # 3.5 minibatches an epoch
-    assert [w["bytes_sent"] for w in pa.comm_stats()["by_worker"]] == \
-        [2 * (3 * a + b) for a, b in zip(want.per_worker, short.per_worker)]
+    assert [w["bytes_sent"] for w in pa.comm_stats()["by_worker"]] == [
+        2 * (3 * a + b) for a, b in zip(want.per_worker, short.per_worker)
+    ]
 
 
 @pytest.mark.parametrize("strategy", ["per-update-sync", "parameter-averaging"])
@@ -186,6 +190,7 @@ def test_row_chunks_cut_at_multiples_of_eight():
 
 # ---- the option ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
 def test_overlap_chunks_must_be_a_positive_integer(value):
     spec = CDSpec(n_visible=8, n_hidden=6, batch_size=4)
@@ -193,32 +198,52 @@ def test_overlap_chunks_must_be_a_positive_integer(value):
         ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, options=StrategyOptions(overlap_chunks=value))
 
 
-@pytest.mark.parametrize("strategy, options, why", [
-    ("parameter-averaging", {"reduce": "master"}, "reduce='allreduce'"),
-    ("parameter-averaging", {"average": "weights"}, "average='gradients'"),
-    ("per-update-sync", {"partition": "random"}, "partition='contiguous'"),
-])
+@pytest.mark.parametrize(
+    "strategy, options, why",
+    [
+        ("parameter-averaging", {"reduce": "master"}, "reduce='allreduce'"),
+        ("parameter-averaging", {"average": "weights"}, "average='gradients'"),
+        ("per-update-sync", {"partition": "random"}, "partition='contiguous'"),
+    ],
+)
 def test_overlap_chunks_where_a_strategy_cannot_overlap_are_refused(strategy, options, why):
     from parrbm import RBM
 
     X = (np.random.default_rng(0).random((32, 8)) < 0.5).astype(np.float32)
     with pytest.raises(ValueError, match=f"'overlap_chunks' > 1 .*{why}"):
-        RBM(n_hidden=6, batch_size=16, n_iter=1, strategy=strategy, workers=2, progress=False,
-            strategy_options={"overlap_chunks": 2, **options}).fit(X)
+        RBM(
+            n_hidden=6,
+            batch_size=16,
+            n_iter=1,
+            strategy=strategy,
+            workers=2,
+            progress=False,
+            strategy_options={"overlap_chunks": 2, **options},
+        ).fit(X)
 
 
 def test_overlap_chunks_give_lockstep_results_through_the_estimator():
     from parrbm import RBM
 
     X = (np.random.default_rng(0).random((32, 8)) < 0.5).astype(np.float32)
-    rbm = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
-              random_state=0, strategy_options={"overlap_chunks": 2}).fit(X)
-    ref = RBM(n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False,
-              random_state=0).fit(X)
+    rbm = RBM(
+        n_hidden=6,
+        batch_size=16,
+        n_iter=1,
+        strategy="green-only",
+        workers=2,
+        progress=False,
+        random_state=0,
+        strategy_options={"overlap_chunks": 2},
+    ).fit(X)
+    ref = RBM(
+        n_hidden=6, batch_size=16, n_iter=1, strategy="green-only", workers=2, progress=False, random_state=0
+    ).fit(X)
     np.testing.assert_array_equal(rbm.components_, ref.components_)
 
 
 # ---- non-blocking collectives ----------------------------------------------------------------------
+
 
 class SlowTransport(Transport):
     """One worker alone (size 1 moves nothing), whose every collective takes ``delay`` s."""
@@ -246,14 +271,14 @@ def test_started_collectives_run_in_order_on_the_progress_thread_and_count_busy_
     parts = Partition.contiguous(4, 1)
     out = np.zeros((2, 4))
     h = comm.start_reduce_scatter(np.ones((2, 4)), out, parts, phase="p")
-    time.sleep(0.35)          # "computing" while the collective is in flight
+    time.sleep(0.35)  # "computing" while the collective is in flight
     h.wait()
     np.testing.assert_array_equal(out, 1.0)
     s = comm.stats["p"]
     assert s.calls == 1 and s.busy_seconds >= 0.2
-    assert s.seconds < 0.1    # what the caller waited: the collective was done before it asked
+    assert s.seconds < 0.1  # what the caller waited: the collective was done before it asked
     assert t.threads == ["parrbm-progress-0"]
-    comm.reduce_scatter(np.ones((2, 4)), out, parts, phase="q")   # lockstep: exposed = busy
+    comm.reduce_scatter(np.ones((2, 4)), out, parts, phase="q")  # lockstep: exposed = busy
     q = comm.stats["q"]
     assert q.seconds == q.busy_seconds >= 0.2 and t.threads[-1] == threading.current_thread().name
     comm.close()
@@ -295,9 +320,11 @@ def test_started_collectives_match_blocking_ones_across_threads():
         flat = rng.random(17)
         gathered, summed = np.zeros((m, n)), np.zeros((m, parts.size(comm.rank)))
         if started:
-            hs = [comm.start_allgather(block, gathered, parts, phase="g"),
-                  comm.start_reduce_scatter(partial, summed, parts, phase="r"),
-                  comm.start_allreduce(flat, phase="a")]
+            hs = [
+                comm.start_allgather(block, gathered, parts, phase="g"),
+                comm.start_reduce_scatter(partial, summed, parts, phase="r"),
+                comm.start_allreduce(flat, phase="a"),
+            ]
             time.sleep(0.01)
             for h in hs:
                 h.wait()
@@ -344,7 +371,7 @@ def test_a_progress_thread_that_stops_is_named_within_the_timeout(monkeypatch):
         h.wait()
     assert time.perf_counter() - t0 < 1.0
     assert not comm._inflight
-    comm.wait_all()   # nothing left in flight: returns at once
+    comm.wait_all()  # nothing left in flight: returns at once
     comm.abandon()
 
 
@@ -355,14 +382,17 @@ def test_the_overlap_axis_of_a_grid_runs_lockstep_and_overlapped_points(tmp_path
     from parrbm.harness.grid import grid_points
 
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("name: ov\nmodel: {visible: 16, hidden: 12}\ndata: {kind: random-binary, cases: 64}\n"
-                        "training: {batch_size: 16, steps: 2, warmup: 0, repeats: 1}\n"
-                        "grid: {strategy: [serial, green-only, per-update-sync], workers: [1, 2], "
-                        "overlap: [false, true], overlap_chunks: [1, 2]}\n")
+    cfg_file.write_text(
+        "name: ov\nmodel: {visible: 16, hidden: 12}\ndata: {kind: random-binary, cases: 64}\n"
+        "training: {batch_size: 16, steps: 2, warmup: 0, repeats: 1}\n"
+        "grid: {strategy: [serial, green-only, per-update-sync], workers: [1, 2], "
+        "overlap: [false, true], overlap_chunks: [1, 2]}\n"
+    )
     points = grid_points(load_config(cfg_file))
     at2 = sorted((p["strategy"], p["overlap"], p["overlap_chunks"]) for p in points if p["workers"] == 2)
-    assert at2 == [(s, ov, n) for s in ("green-only", "per-update-sync")
-                   for ov, n in ((False, 1), (True, 1), (True, 2))]
+    assert at2 == [
+        (s, ov, n) for s in ("green-only", "per-update-sync") for ov, n in ((False, 1), (True, 1), (True, 2))
+    ]
     ids = [p["run_id"] for p in points if p["workers"] == 2 and p["strategy"] == "green-only"]
     assert len(set(ids)) == 3 and sum("overlap=true" in i for i in ids) == 1
     assert all(not p["overlap"] for p in points if p["workers"] == 1)

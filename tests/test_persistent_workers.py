@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import mpi_param
 
 from parrbm import RBM
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness.runner import ParallelRunner
-from support import mpi_param
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 
 
 TRANSPORTS = ["tcp", mpi_param()]
@@ -47,8 +46,18 @@ def test_a_three_epoch_fit_is_the_same_on_every_transport(strategy, options, set
     rng = np.random.default_rng(7)
     X = rng.standard_normal((150, 18)) if visible == "gaussian" else (rng.random((150, 18)) < 0.4).astype(float)
     # 15 steps an epoch: sync_every and average_every (4) do not divide it
-    kw = dict(n_hidden=12, visible=visible, batch_size=10, n_iter=3, learning_rate=0.01, random_state=3,
-              dtype=dtype, momentum=0.5, strategy=strategy, workers=3)
+    kw = dict(
+        n_hidden=12,
+        visible=visible,
+        batch_size=10,
+        n_iter=3,
+        learning_rate=0.01,
+        random_state=3,
+        dtype=dtype,
+        momentum=0.5,
+        strategy=strategy,
+        workers=3,
+    )
     ref = RBM(**kw, strategy_options=dict(options)).fit(X)
     got = RBM(**kw, transport=transport, strategy_options=dict(options)).fit(X)
     np.testing.assert_array_equal(got.components_, ref.components_)
@@ -57,8 +66,9 @@ def test_a_three_epoch_fit_is_the_same_on_every_transport(strategy, options, set
     a, b = ref.comm_stats_, got.comm_stats_
     for key in ("bytes_per_step", "bytes_per_sync", "syncs", "steps", "replica_divergence"):
         assert a[key] == b[key], key
-    assert {p: v["bytes_sent"] for p, v in a["by_phase"].items()} == \
-           {p: v["bytes_sent"] for p, v in b["by_phase"].items()}
+    assert {p: v["bytes_sent"] for p, v in a["by_phase"].items()} == {
+        p: v["bytes_sent"] for p, v in b["by_phase"].items()
+    }
     assert np.array_equal(ref.reconstruction_error_, got.reconstruction_error_)
 
 
@@ -95,7 +105,8 @@ def test_the_workers_and_the_data_are_started_once(transport, monkeypatch):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_workers_stop_when_their_launcher_is_killed(tmp_path, transport):
     script = tmp_path / "launcher.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys, numpy as np
         from parrbm.config import CDSpec, ModelState
         from parrbm.harness.runner import ParallelRunner
@@ -106,7 +117,8 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path, transport):
         pids = r._where.group.worker_pids
         print(" ".join(map(str, pids)), flush=True)
         os.kill(os.getpid(), 9)
-        """))
+        """)
+    )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == -signal.SIGKILL, out.stderr[-500:]
     pids = [int(p) for p in out.stdout.split()]
@@ -130,10 +142,20 @@ def test_a_fit_resumed_from_a_checkpoint_is_the_uninterrupted_fit(tmp_path, stra
     from parrbm.rbm import latest_checkpoint
 
     X = np.random.default_rng(7).standard_normal((150, 18))
-    kw = dict(n_hidden=12, visible="gaussian", batch_size=10, learning_rate=0.01, random_state=3, momentum=0.5,
-              strategy=strategy, workers=3, transport=transport, strategy_options=dict(options))
+    kw = dict(
+        n_hidden=12,
+        visible="gaussian",
+        batch_size=10,
+        learning_rate=0.01,
+        random_state=3,
+        momentum=0.5,
+        strategy=strategy,
+        workers=3,
+        transport=transport,
+        strategy_options=dict(options),
+    )
     whole = RBM(**kw, n_iter=3).fit(X)
-    RBM(**kw, n_iter=2, checkpoint_dir=tmp_path).fit(X)   # stopped after epoch 2 (of 15 steps each)
+    RBM(**kw, n_iter=2, checkpoint_dir=tmp_path).fit(X)  # stopped after epoch 2 (of 15 steps each)
     resumed = RBM.load(latest_checkpoint(tmp_path))
     resumed.set_params(n_iter=3, warm_start=True).fit(X)
     np.testing.assert_array_equal(resumed.components_, whole.components_)
@@ -153,7 +175,7 @@ def test_replicas_apart_between_syncs_survive_a_checkpoint(transport):
     opts = StrategyOptions(sync_every=3)
     a = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 2, transport, opts, timeout=20.0)
     try:
-        a.run(X, np.arange(40, dtype=np.int64), 0)            # 8 steps: 2 syncs, 2 steps since
+        a.run(X, np.arange(40, dtype=np.int64), 0)  # 8 steps: 2 syncs, 2 steps since
         states = a.local_states()
         counters, arrays = states[1]
         arrays["green"] = arrays["green"] + np.float32(1e-3)  # replica 1 now apart from its purple twin
@@ -176,8 +198,17 @@ def test_a_damaged_worker_state_in_a_model_file_names_the_field(tmp_path):
     import json
 
     X = np.random.default_rng(0).standard_normal((40, 8))
-    RBM(n_hidden=6, visible="gaussian", batch_size=10, n_iter=1, random_state=0, strategy="unit-partitioned",
-        workers=2, strategy_options={"sync_every": 3}, learning_rate=0.01).fit(X).save(tmp_path / "m.npz")
+    RBM(
+        n_hidden=6,
+        visible="gaussian",
+        batch_size=10,
+        n_iter=1,
+        random_state=0,
+        strategy="unit-partitioned",
+        workers=2,
+        strategy_options={"sync_every": 3},
+        learning_rate=0.01,
+    ).fit(X).save(tmp_path / "m.npz")
     arrays = dict(np.load(tmp_path / "m.npz"))
     meta = json.loads(str(arrays["parrbm_meta"]))
     arrays["state_local1_green"] = arrays["state_local1_green"][:, :1]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import has_mpi, mpi_param
 
 from parrbm import RBM
 from parrbm.analysis import cost
@@ -16,11 +17,9 @@ from parrbm.cli import main
 from parrbm.harness.comparison_config import load_config
 from parrbm.harness.experiment import read_results, run_config
 from parrbm.strategies import registry
-from support import has_mpi, mpi_param
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "skip_visible_exchange.py"
 REF = "skip_visible_exchange:SkipVisibleExchange"
-
 
 
 TRANSPORTS = ["threads", "tcp", mpi_param()]
@@ -41,21 +40,30 @@ def plugin_dir(tmp_path, monkeypatch):
 
 
 def test_the_registry_lists_the_builtins_in_order():
-    assert registry.names() == ["serial", "unit-partitioned", "per-update-sync", "purple-only", "green-only",
-                                "parameter-averaging"]
+    assert registry.names() == [
+        "serial",
+        "unit-partitioned",
+        "per-update-sync",
+        "purple-only",
+        "green-only",
+        "parameter-averaging",
+    ]
     assert registry.names(parallel_only=True)[0] == "unit-partitioned"
     for name in registry.names():
         assert registry.resolve(name).name == name and registry.reference(name) == name
 
 
-@pytest.mark.parametrize("bad,needle", [
-    ("no_such_module_xyz:Thing", "cannot import 'no_such_module_xyz'"),
-    ("os:path", "not a strategy class"),
-    ("json:nope", "has no 'nope'"),
-    ("magic", "unknown strategy 'magic'; registered: serial"),
-    (":X", "a reference is 'module:Class'"),
-    (42, "a strategy is a registered name"),
-])
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ("no_such_module_xyz:Thing", "cannot import 'no_such_module_xyz'"),
+        ("os:path", "not a strategy class"),
+        ("json:nope", "has no 'nope'"),
+        ("magic", "unknown strategy 'magic'; registered: serial"),
+        (":X", "a reference is 'module:Class'"),
+        (42, "a strategy is a registered name"),
+    ],
+)
 def test_bad_references_say_what_is_wrong(bad, needle):
     with pytest.raises(registry.StrategyError, match=needle):
         registry.load(bad)
@@ -78,8 +86,16 @@ def test_a_strategy_class_must_name_itself(plugin_dir):
 def test_the_example_plugin_reproduces_serial_cd_on_every_transport(plugin_dir, transport, visible):
     rng = np.random.default_rng(3)
     X = (rng.random((90, 20)) < 0.5).astype(float) if visible == "binary" else rng.standard_normal((90, 20))
-    kw = dict(n_hidden=14, visible=visible, batch_size=15, n_iter=2, learning_rate=0.01, random_state=4,
-              dtype="float64", momentum=0.5)
+    kw = dict(
+        n_hidden=14,
+        visible=visible,
+        batch_size=15,
+        n_iter=2,
+        learning_rate=0.01,
+        random_state=4,
+        dtype="float64",
+        momentum=0.5,
+    )
     ref = RBM(**kw).fit(X)
     got = RBM(**kw, strategy=REF, workers=3, transport=transport).fit(X)
     np.testing.assert_allclose(got.components_, ref.components_, rtol=0, atol=1e-10)
@@ -105,7 +121,8 @@ def test_a_plugin_class_passed_directly_saves_and_loads(plugin_dir, tmp_path):
 
 def _config(tmp_path, strategy, transports="[threads, tcp]"):
     path = tmp_path / "c.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: plug
         model: {{visible: 16, hidden: 12, precision: float64, visible_type: gaussian}}
         data: {{kind: random-gaussian, cases: 60}}
@@ -114,7 +131,8 @@ def _config(tmp_path, strategy, transports="[threads, tcp]"):
           strategy: [serial, green-only, "{strategy}"]
           workers: [1, 2]
           transport: {transports}
-        """))
+        """)
+    )
     return path
 
 
@@ -153,7 +171,8 @@ def test_resume_refuses_a_changed_plugin(tmp_path, capsys):
 
 
 def test_declared_bytes_that_differ_are_reported_not_hidden(plugin_dir, tmp_path, capsys):
-    (plugin_dir / "lying.py").write_text(textwrap.dedent("""
+    (plugin_dir / "lying.py").write_text(
+        textwrap.dedent("""
         from skip_visible_exchange import SkipVisibleExchange
 
         class Lying(SkipVisibleExchange):
@@ -164,13 +183,15 @@ def test_declared_bytes_that_differ_are_reported_not_hidden(plugin_dir, tmp_path
                 t = super().step_traffic(model, m, K, options, chains=chains)
                 t.add("hidden", [1] * K)   # claims K bytes more than it sends
                 return t
-        """))
+        """)
+    )
     cfg = load_config(_config(tmp_path, "lying:Lying", "[threads]"))
     path = run_config(cfg, tmp_path / "out", progress=lambda m: None)
     rec = next(r for r in read_results(path)[0] if r["strategy"] == "lying:Lying" and r["workers"] == 2)
     assert rec["status"] == "ok"
     assert rec["metrics"]["formula_mismatch"] == [
-        f"per step: measured {rec['metrics']['bytes_per_step']} bytes, declared {rec['metrics']['bytes_per_step'] + 2}"]
+        f"per step: measured {rec['metrics']['bytes_per_step']} bytes, declared {rec['metrics']['bytes_per_step'] + 2}"
+    ]
     assert main(["table", str(path)]) == 0
     assert "moved other bytes than their strategy declares" in capsys.readouterr().out
     assert main(["report", str(path), "--out", str(tmp_path / "r.html"), "--no-divergence"]) == 0
@@ -186,8 +207,22 @@ def test_an_installed_package_registers_through_its_entry_point(plugin_dir, monk
     try:
         assert "skip-visible" in registry.names()
         assert registry.load("skip-visible").name == "skip-visible-exchange"
-        code = main(["cost", "--visible", "64", "--hidden", "32", "--batch", "10", "--workers", "2",
-                     "--strategy", "skip-visible", "--json"])
+        code = main(
+            [
+                "cost",
+                "--visible",
+                "64",
+                "--hidden",
+                "32",
+                "--batch",
+                "10",
+                "--workers",
+                "2",
+                "--strategy",
+                "skip-visible",
+                "--json",
+            ]
+        )
         rows = json.loads(capsys.readouterr().out)
         model = cost.Model(64, 32)
         assert code == 0 and rows[0]["bytes_per_step"] == cost.step_traffic(REF, model, 10, 2).total
@@ -198,10 +233,18 @@ def test_an_installed_package_registers_through_its_entry_point(plugin_dir, monk
 def test_the_analysis_prices_a_plugin_by_its_declarations(plugin_dir):
     from parrbm.analysis.timemodel import Link, Profile, predict
 
-    p = Profile(cores=2, gemm={d: [[8, 1e9], [512, 2e10]] for d in ("float32", "float64")},
-                element={d: {k: 1e-9 for k in ("sample", "bernoulli", "visible", "visible-gaussian", "pack",
-                                               "bitstat", "update", "copy")} for d in ("float32", "float64")},
-                links={"tcp": {"allgather": Link(1e-5, 1e9)}})
+    p = Profile(
+        cores=2,
+        gemm={d: [[8, 1e9], [512, 2e10]] for d in ("float32", "float64")},
+        element={
+            d: {
+                k: 1e-9
+                for k in ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
+            }
+            for d in ("float32", "float64")
+        },
+        links={"tcp": {"allgather": Link(1e-5, 1e9)}},
+    )
     model = cost.Model(800, 2000)
     with pytest.raises(ValueError, match="not loaded"):  # the analysis imports nothing by itself
         predict(REF, model, 100, 4, p, transport="tcp")
@@ -213,7 +256,7 @@ def test_the_analysis_prices_a_plugin_by_its_declarations(plugin_dir):
     assert sync.busiest == 3 * 800 * 500 * 4
     from parrbm.analysis.timemodel import phase_kind
 
-    assert phase_kind("weight-sync", model, REF) == "allgather"           # as the plug-in declares
+    assert phase_kind("weight-sync", model, REF) == "allgather"  # as the plug-in declares
     assert phase_kind("weight-sync", model, "unit-partitioned") == "alltoall"
     with pytest.raises(ValueError, match="larger than the 2000 hidden units"):
         predict(REF, model, 100, 2001, p, transport="tcp")

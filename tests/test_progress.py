@@ -26,8 +26,15 @@ def run_on_a_terminal(argv: list[str], cwd, timeout: float = 240.0) -> tuple[int
     # a terminal of 120 x 40, as a user's (a new pty is 0 x 0, where tqdm draws nothing)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "parrbm", *argv], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=cwd, env=env, close_fds=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parrbm", *argv],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=cwd,
+        env=env,
+        close_fds=True,
+    )
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
     try:
@@ -75,7 +82,8 @@ def test_run_shows_one_bar_over_the_grid_and_its_lines_do_not_break_it(tmp_path)
     (tmp_path / "tiny.yaml").write_text(
         "name: tiny\nmodel: {visible: 32, hidden: 64}\ndata: {kind: random-binary, cases: 100}\n"
         "training: {batch_size: 10, steps: 2, warmup: 0, repeats: 2}\n"
-        "grid: {strategy: [serial, green-only], workers: [1, 2], transport: [threads]}\n")
+        "grid: {strategy: [serial, green-only], workers: [1, 2], transport: [threads]}\n"
+    )
     status, raw = run_on_a_terminal(["run", "tiny.yaml", "--out", "res", "--no-calibrate"], tmp_path)
     assert status == 0, raw
     pieces = bar_pieces(raw, "grid")
@@ -104,7 +112,8 @@ def test_a_machines_calibration_is_kept_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(cal, "calibrate", fake)
     (tmp_path / "c.yaml").write_text(
         "name: c\nmodel: {visible: 8, hidden: 8}\ndata: {kind: random-binary, cases: 20}\n"
-        "training: {batch_size: 5, steps: 1}\ngrid: {strategy: [serial], workers: [1], transport: [threads]}\n")
+        "training: {batch_size: 5, steps: 1}\ngrid: {strategy: [serial], workers: [1], transport: [threads]}\n"
+    )
     cfg = load_config(tmp_path / "c.yaml")
     said = []
     cal.calibrate_for_config(cfg, tmp_path / "a.profile.json", resume=False, progress=said.append)
@@ -119,9 +128,24 @@ def test_a_machines_calibration_is_kept_and_reused(tmp_path, monkeypatch):
     assert len(made) == 2 and "the last calibration of this kind here took" in said[0]
 
 
-@pytest.mark.parametrize("argv", [["run"], ["train"], ["cost"], ["advise"], ["predict"], ["calibrate"],
-                                  ["report"], ["plot"], ["table"], ["configs"], ["plot-filters"], ["info"],
-                                  ["network", "cluster"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run"],
+        ["train"],
+        ["cost"],
+        ["advise"],
+        ["predict"],
+        ["calibrate"],
+        ["report"],
+        ["plot"],
+        ["table"],
+        ["configs"],
+        ["plot-filters"],
+        ["info"],
+        ["network", "cluster"],
+    ],
+)
 def test_every_subcommand_has_an_example_in_its_help(argv, capsys):
     from parrbm.cli import main
 

@@ -39,8 +39,12 @@ def test_pipeline_features_beat_raw_pixels(digits_binary):
     """The RBM's 100 features carry more for a linear classifier than the 64 binarised
     pixels they were learnt from (the point of scikit-learn's RBM example)."""
     y = load_digits().target
-    pipe = Pipeline([("rbm", RBM(n_hidden=100, n_iter=20, learning_rate=0.06, random_state=0, progress=False)),
-                     ("clf", LogisticRegression(max_iter=2000))])
+    pipe = Pipeline(
+        [
+            ("rbm", RBM(n_hidden=100, n_iter=20, learning_rate=0.06, random_state=0, progress=False)),
+            ("clf", LogisticRegression(max_iter=2000)),
+        ]
+    )
     pipe.fit(digits_binary[:1200], y[:1200])
     raw = LogisticRegression(max_iter=2000).fit(digits_binary[:1200], y[:1200]).score(digits_binary[1200:], y[1200:])
     assert pipe.score(digits_binary[1200:], y[1200:]) > raw
@@ -86,8 +90,9 @@ def test_partial_fit_continues_one_run(digits_binary):
 def test_gaussian_visible_units_learn():
     X = load_digits().data
     X = (X - X.mean(0)) / (X.std(0) + 1e-8)
-    rbm = RBM(n_hidden=64, visible="gaussian", learning_rate=0.005, n_iter=6, batch_size=20,
-              momentum=0.5, random_state=0).fit(X)
+    rbm = RBM(
+        n_hidden=64, visible="gaussian", learning_rate=0.005, n_iter=6, batch_size=20, momentum=0.5, random_state=0
+    ).fit(X)
     errs = rbm.reconstruction_error_
     assert np.all(np.isfinite(errs)) and errs[-1] < 0.8 * errs[0]
     # pseudo-likelihood is defined for binary visible units: a Gaussian RBM has no such method
@@ -98,6 +103,7 @@ def test_gaussian_visible_units_learn():
 
 
 # ---- persistence ---------------------------------------------------------------------------
+
 
 def test_save_load_round_trip(tmp_path, digits_binary):
     rbm = RBM(n_hidden=12, n_iter=2, random_state=3, momentum=0.5, persistent=True).fit(digits_binary)
@@ -157,29 +163,50 @@ def test_save_failure_keeps_the_old_file(tmp_path, digits_binary, monkeypatch):
 X_OK = np.random.default_rng(0).integers(0, 2, (30, 5)).astype(float)
 
 
-@pytest.mark.parametrize("X,match", [
-    (np.zeros(5), "2-D"),
-    (np.zeros((2, 3, 4)), "2-D"),
-    (np.array([[0.0, np.nan]] * 3), "NaN"),
-    (np.array([[0.0, np.inf]] * 3), "NaN or infinity"),
-    (np.array([["a", "b"]] * 3), "numbers"),
-    (np.array([[0, None]] * 3, dtype=object), "numbers"),
-    (np.full((3, 2), 2.0), r"\[0, 1\]"),
-    (np.zeros((0, 3)), "at least one"),
-])
+@pytest.mark.parametrize(
+    "X,match",
+    [
+        (np.zeros(5), "2-D"),
+        (np.zeros((2, 3, 4)), "2-D"),
+        (np.array([[0.0, np.nan]] * 3), "NaN"),
+        (np.array([[0.0, np.inf]] * 3), "NaN or infinity"),
+        (np.array([["a", "b"]] * 3), "numbers"),
+        (np.array([[0, None]] * 3, dtype=object), "numbers"),
+        (np.full((3, 2), 2.0), r"\[0, 1\]"),
+        (np.zeros((0, 3)), "at least one"),
+    ],
+)
 def test_bad_data_raises(X, match):
     with pytest.raises(ValueError, match=match) as exc:
         RBM(n_hidden=2, batch_size=1).fit(X)
     assert "'X'" in str(exc.value)
 
 
-@pytest.mark.parametrize("param,value", [
-    ("n_hidden", 0), ("n_hidden", -3), ("n_hidden", 2.5), ("visible", "poisson"),
-    ("learning_rate", 0.0), ("learning_rate", float("nan")), ("batch_size", 0),
-    ("momentum", 1.0), ("weight_decay", -1.0), ("cd_k", 0), ("statistics", "means"),
-    ("dtype", "float16"), ("dtype", "banana"), ("workers", 0), ("transport", "carrier-pigeon"),
-    ("strategy", "magic"), ("persistent", "yes"), ("strategy_options", "fast"), ("random_state", "seed"), ("n_iter", -1),
-])
+@pytest.mark.parametrize(
+    "param,value",
+    [
+        ("n_hidden", 0),
+        ("n_hidden", -3),
+        ("n_hidden", 2.5),
+        ("visible", "poisson"),
+        ("learning_rate", 0.0),
+        ("learning_rate", float("nan")),
+        ("batch_size", 0),
+        ("momentum", 1.0),
+        ("weight_decay", -1.0),
+        ("cd_k", 0),
+        ("statistics", "means"),
+        ("dtype", "float16"),
+        ("dtype", "banana"),
+        ("workers", 0),
+        ("transport", "carrier-pigeon"),
+        ("strategy", "magic"),
+        ("persistent", "yes"),
+        ("strategy_options", "fast"),
+        ("random_state", "seed"),
+        ("n_iter", -1),
+    ],
+)
 def test_bad_parameter_raises_naming_it(param, value):
     with pytest.raises(ValueError, match=f"'{param}'"):
         RBM(**{"n_hidden": 3, "batch_size": 5, param: value}).fit(X_OK)

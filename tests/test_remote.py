@@ -8,12 +8,12 @@ import threading
 
 import numpy as np
 import pytest
+from support import has_mpi
 
 from parrbm import RBM
 from parrbm.harness import remote
 from parrbm.harness.remote import MPIHosts, recv_frame, send_frame
 from parrbm.strategies import PARALLEL_STRATEGIES
-from support import has_mpi
 
 LOCAL = {"mpi": {"hosts": ["localhost", "localhost"], "listen": "127.0.0.1"}}
 
@@ -25,8 +25,12 @@ def _pair():
 
 def test_frames_carry_numeric_arrays_exactly():
     a, b = _pair()
-    arrays = {"W": np.arange(12, dtype=np.float64).reshape(3, 4) / 7, "order": np.arange(5, dtype=np.int64),
-              "bits": np.array([1, 0, 1], np.uint8), "empty": np.empty((0, 3), np.float32)}
+    arrays = {
+        "W": np.arange(12, dtype=np.float64).reshape(3, 4) / 7,
+        "order": np.arange(5, dtype=np.int64),
+        "bits": np.array([1, 0, 1], np.uint8),
+        "empty": np.empty((0, 3), np.float32),
+    }
     t = threading.Thread(target=send_frame, args=(a, {"op": "epoch", "n": np.int64(3)}, arrays))
     t.start()
     header, got = recv_frame(b)
@@ -37,11 +41,14 @@ def test_frames_carry_numeric_arrays_exactly():
         assert got[k].dtype == x.dtype and got[k].shape == x.shape and np.array_equal(got[k], x), k
 
 
-@pytest.mark.parametrize("meta,needle", [
-    ({"name": "x", "dtype": "object", "shape": [1]}, "not a numeric array"),
-    ({"name": "x", "dtype": "float64", "shape": [-1]}, "not a numeric array"),
-    ({"name": "x", "dtype": "float64", "shape": "3"}, "not a numeric array"),
-])
+@pytest.mark.parametrize(
+    "meta,needle",
+    [
+        ({"name": "x", "dtype": "object", "shape": [1]}, "not a numeric array"),
+        ({"name": "x", "dtype": "float64", "shape": [-1]}, "not a numeric array"),
+        ({"name": "x", "dtype": "float64", "shape": "3"}, "not a numeric array"),
+    ],
+)
 def test_a_frame_with_anything_but_a_numeric_array_is_refused(meta, needle):
     import json
     import struct
@@ -62,14 +69,17 @@ def test_an_oversized_header_is_refused_before_it_is_read():
         recv_frame(b)
 
 
-@pytest.mark.parametrize("kw,needle", [
-    ({}, "give hosts"),
-    ({"hosts": ["a"], "hostfile": "/etc/hostname"}, "not both"),
-    ({"hosts": ["a;rm -rf /"]}, "mpi.hosts"),
-    ({"hostfile": "/no/such/file"}, "is not a file"),
-    ({"hosts": ["a"], "env": {"1X": "y"}}, "mpi.env"),
-    ({"hosts": ["a"], "env": {"X": 3}}, "mpi.env"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({}, "give hosts"),
+        ({"hosts": ["a"], "hostfile": "/etc/hostname"}, "not both"),
+        ({"hosts": ["a;rm -rf /"]}, "mpi.hosts"),
+        ({"hostfile": "/no/such/file"}, "is not a file"),
+        ({"hosts": ["a"], "env": {"1X": "y"}}, "mpi.env"),
+        ({"hosts": ["a"], "env": {"X": 3}}, "mpi.env"),
+    ],
+)
 def test_mpi_hosts_are_checked(kw, needle):
     with pytest.raises(ValueError, match=needle):
         MPIHosts(**kw)
@@ -78,8 +88,16 @@ def test_mpi_hosts_are_checked(kw, needle):
 @pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
 def test_a_fit_on_named_hosts_is_the_fit_on_threads():
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    kw = dict(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              workers=2, progress=False)
+    kw = dict(
+        n_hidden=12,
+        batch_size=10,
+        n_iter=2,
+        learning_rate=0.05,
+        dtype="float64",
+        random_state=1,
+        workers=2,
+        progress=False,
+    )
     for strategy in PARALLEL_STRATEGIES:
         ref = RBM(strategy=strategy, **kw).fit(X)
         on_hosts = RBM(strategy=strategy, transport="mpi", strategy_options=LOCAL, **kw).fit(X)
@@ -88,38 +106,55 @@ def test_a_fit_on_named_hosts_is_the_fit_on_threads():
         assert on_hosts.comm_stats_["hosts"] == [socket.gethostname()] * 2
 
 
-@pytest.mark.parametrize("options,needle", [
-    ({"hosts": "a,b"}, "non-empty list of host names"),
-    ({"hosts": ["a"], "mpi": {"hosts": ["b"]}}, "both name the hosts"),
-    ({"mpi": {"hostz": ["a"]}}, r"unknown keys \['hostz'\]"),
-    ({"mpi": ["a"]}, "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        ({"hosts": "a,b"}, "non-empty list of host names"),
+        ({"hosts": ["a"], "mpi": {"hosts": ["b"]}}, "both name the hosts"),
+        ({"mpi": {"hostz": ["a"]}}, r"unknown keys \['hostz'\]"),
+        ({"mpi": ["a"]}, "must be a dict"),
+    ],
+)
 def test_bad_host_options_are_refused_naming_them(options, needle):
     X = (np.random.default_rng(3).random((40, 8)) < 0.4).astype(np.float64)
     with pytest.raises(ValueError, match=needle):
-        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
-            strategy_options=options, progress=False).fit(X)
+        RBM(
+            n_hidden=4,
+            batch_size=10,
+            n_iter=1,
+            strategy="green-only",
+            workers=2,
+            transport="mpi",
+            strategy_options=options,
+            progress=False,
+        ).fit(X)
 
 
 def test_hosts_need_a_process_transport():
     with pytest.raises(ValueError, match="needs transport 'tcp' or 'mpi', not 'threads'"):
-        RBM(n_hidden=4, strategy="green-only", workers=2, strategy_options={"hosts": ["a", "b"]},
-            progress=False).fit(np.zeros((20, 4)))
+        RBM(n_hidden=4, strategy="green-only", workers=2, strategy_options={"hosts": ["a", "b"]}, progress=False).fit(
+            np.zeros((20, 4))
+        )
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ("mpi: {hosts: [a, b]}\n", None),
-    ("mpi: {hosts: [a, b]}\nnetwork: {emulate: {bandwidth: 105MB/s}}\n", "give one of the two"),
-    ("mpi: {hostfile: nowhere.txt}\n", "is not a file"),
-    ("mpi: {hosts: [a], mpiexec: [no-such-launcher]}\n", "mpi.mpiexec"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ("mpi: {hosts: [a, b]}\n", None),
+        ("mpi: {hosts: [a, b]}\nnetwork: {emulate: {bandwidth: 105MB/s}}\n", "give one of the two"),
+        ("mpi: {hostfile: nowhere.txt}\n", "is not a file"),
+        ("mpi: {hosts: [a], mpiexec: [no-such-launcher]}\n", "mpi.mpiexec"),
+    ],
+)
 @pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
 def test_the_mpi_section_of_a_config_is_checked(tmp_path, extra, needle):
     from parrbm.harness.comparison_config import ConfigError, load_config
 
-    base = ("name: c\nmodel: {visible: 8, hidden: 4}\ndata: {kind: random-binary, cases: 40}\n"
-            "training: {batch_size: 10, steps: 2}\ngrid: {strategy: [green-only], workers: [2], "
-            "transport: [mpi]}\n")
+    base = (
+        "name: c\nmodel: {visible: 8, hidden: 4}\ndata: {kind: random-binary, cases: 40}\n"
+        "training: {batch_size: 10, steps: 2}\ngrid: {strategy: [green-only], workers: [2], "
+        "transport: [mpi]}\n"
+    )
     (tmp_path / "c.yaml").write_text(base + extra)
     if needle is None:
         assert load_config(tmp_path / "c.yaml")["mpi"]["hosts"] == ["a", "b"]
@@ -151,11 +186,21 @@ def test_a_plug_in_goes_to_workers_on_other_hosts_with_the_job(tmp_path, monkeyp
     ssh.write_text('#!/bin/sh\nshift\nexec /bin/sh -c "$*"\n')
     ssh.chmod(0o755)
     X = (np.random.default_rng(3).random((60, 12)) < 0.4).astype(np.float64)
-    kw = dict(n_hidden=8, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              strategy=Shipped, workers=2, progress=False)
+    kw = dict(
+        n_hidden=8,
+        batch_size=10,
+        n_iter=2,
+        learning_rate=0.05,
+        dtype="float64",
+        random_state=1,
+        strategy=Shipped,
+        workers=2,
+        progress=False,
+    )
     ref = RBM(**kw).fit(X).components_
-    on_tcp = RBM(transport="tcp", strategy_options={"tcp": {"hosts": ["127.0.0.1", "localhost"],
-                                                            "launcher": [str(ssh)]}}, **kw).fit(X)
+    on_tcp = RBM(
+        transport="tcp", strategy_options={"tcp": {"hosts": ["127.0.0.1", "localhost"], "launcher": [str(ssh)]}}, **kw
+    ).fit(X)
     np.testing.assert_array_equal(on_tcp.components_, ref)
     if has_mpi():
         on_mpi = RBM(transport="mpi", strategy_options=LOCAL, **kw).fit(X)
@@ -179,7 +224,8 @@ def test_a_driver_that_fails_talking_to_a_worker_says_so_at_once(monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(CommError, match="driver failed talking to worker .*TypeError: a bug in reading a frame"):
         ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, "tcp", timeout=60.0).run(
-            np.zeros((16, 16), np.float32), np.arange(16), 0)
+            np.zeros((16, 16), np.float32), np.arange(16), 0
+        )
     assert time.monotonic() - t0 < 30
     from test_untrusted_input import _tagged_processes
 
@@ -209,6 +255,6 @@ def test_connections_seen_closed_at_once_are_not_ordered_by_rank():
         proc.wait()
     assert gone == [[0, 1], [2]]
     pids = [100, 101, 102]
-    assert remote._first_closed(gone, pids, 101) is None           # mpiexec named rank 1: it decides
-    assert remote._first_closed(gone, pids, None) == [0, 1]         # nothing tells them apart
-    assert remote._first_closed([[2], [0, 1]], pids, 100) == 2      # alone first: the one that died
+    assert remote._first_closed(gone, pids, 101) is None  # mpiexec named rank 1: it decides
+    assert remote._first_closed(gone, pids, None) == [0, 1]  # nothing tells them apart
+    assert remote._first_closed([[2], [0, 1]], pids, 100) == 2  # alone first: the one that died

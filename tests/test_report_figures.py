@@ -75,8 +75,9 @@ def test_a_skewed_baseline_is_flagged_in_the_table_and_the_report(results, tmp_p
     flags = record_flags(records)
     serial = next(r for r in records if _is_serial(r))
     two = next(r for r in records if _is_serial(r, threads=2))
-    assert any("K = 1 green-only (the same arithmetic) ran" in f and "the baseline ran slow" in f
-               for f in flags[id(serial)])
+    assert any(
+        "K = 1 green-only (the same arithmetic) ran" in f and "the baseline ran slow" in f for f in flags[id(serial)]
+    )
     assert any("its repeats disagree" in f for f in flags[id(two)])
     assert any("slower than on one" in f for f in flags[id(two)])
     k2 = next(r for r in records if r["strategy"] == "green-only" and r["workers"] == 2)
@@ -102,10 +103,16 @@ def test_the_table_rows_carry_their_own_records_prediction(results):
     from parrbm.analysis.report import _tables
 
     kinds = ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
-    profile = Profile(cores=2, gemm={p: [[1, 1e9], [4096, 1e9]] for p in ("float32", "float64")},
-                      element={p: {k: 1e-9 for k in kinds} for p in ("float32", "float64")},
-                      links={"threads": {k: Link(1e-5, 1e9) for k in
-                                         ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")}})
+    profile = Profile(
+        cores=2,
+        gemm={p: [[1, 1e9], [4096, 1e9]] for p in ("float32", "float64")},
+        element={p: {k: 1e-9 for k in kinds} for p in ("float32", "float64")},
+        links={
+            "threads": {
+                k: Link(1e-5, 1e9) for k in ("allgather", "allgather_bits", "reduce_scatter", "allreduce", "alltoall")
+            }
+        },
+    )
     t = _tables(_records(results), profile, {})
     model = t["head"].index("model ms")
     rows = {r[0]: r for r in t["rows"]}
@@ -147,8 +154,11 @@ def test_each_strategy_keeps_its_colour_and_marker_in_every_figure(results, tmp_
                 if hasattr(artist, "get_marker") and artist.get_marker() not in (None, "None", ""):
                     assert artist.get_marker() == marker, (name, s)
                 seen.add((name, s))
-        labels = [t.get_text() for leg in [*fig.legends, *[a.get_legend() for a in fig.axes if a.get_legend()]]
-                  for t in leg.get_texts()]
+        labels = [
+            t.get_text()
+            for leg in [*fig.legends, *[a.get_legend() for a in fig.axes if a.get_legend()]]
+            for t in leg.get_texts()
+        ]
         handles = [h for leg in fig.legends for h in leg.legend_handles]
         for h in handles:
             if h.get_label() in plots._STYLE:
@@ -183,5 +193,4 @@ def test_interrupted_runs_keep_their_finished_repeats(tmp_path, monkeypatch):
         experiment.run_config(cfg, tmp_path / "out", progress=lambda m: None, calibrate=None)
     records = _records(tmp_path / "out" / "honesty.jsonl")
     assert len(records) == len(experiment.grid_points(cfg))
-    assert all(r["status"] == "ok" and r["training"]["repeats"] == 1 and r["repeats_planned"] == 3
-               for r in records)
+    assert all(r["status"] == "ok" and r["training"]["repeats"] == 1 and r["repeats_planned"] == 3 for r in records)

@@ -24,13 +24,19 @@ def digits():
     return (d.data / 16.0).astype(np.float32), d.target
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"strategy": "unit-partitioned", "workers": 2, "strategy_options": {"sync_every": 7}},  # replicas apart
-    {"strategy": "parameter-averaging", "workers": 2, "strategy_options": {"average": "weights",
-                                                                          "average_every": 5}},
-    {"persistent": True, "momentum": 0.5},                                                 # chains, increments
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"strategy": "unit-partitioned", "workers": 2, "strategy_options": {"sync_every": 7}},  # replicas apart
+        {
+            "strategy": "parameter-averaging",
+            "workers": 2,
+            "strategy_options": {"average": "weights", "average_every": 5},
+        },
+        {"persistent": True, "momentum": 0.5},  # chains, increments
+    ],
+)
 def test_a_pickled_model_equals_the_original_and_trains_on_as_it_would(digits, tmp_path, kw):
     X = digits[0][:300]
     rbm = RBM(n_hidden=16, n_iter=2, batch_size=20, random_state=0, progress=False, **kw).fit(X)
@@ -51,8 +57,9 @@ def test_a_pickled_model_equals_the_original_and_trains_on_as_it_would(digits, t
 
 def test_a_fitted_pipeline_and_grid_search_with_two_jobs(digits, tmp_path):
     X, y = digits
-    pipe = Pipeline([("rbm", RBM(n_hidden=20, n_iter=2, random_state=0, progress=False)),
-                     ("clf", LogisticRegression(max_iter=200))])
+    pipe = Pipeline(
+        [("rbm", RBM(n_hidden=20, n_iter=2, random_state=0, progress=False)), ("clf", LogisticRegression(max_iter=200))]
+    )
     search = GridSearchCV(pipe, {"rbm__learning_rate": [0.02, 0.06]}, cv=2, n_jobs=2).fit(X[:400], y[:400])
     best = search.best_estimator_
     joblib.dump(best, tmp_path / "pipe.joblib")
@@ -132,8 +139,11 @@ def test_verbose_is_an_integer_and_prints_bernoullirbms_line(digits, capsys):
     RBM(n_hidden=4, n_iter=2, verbose=2, progress=False).fit(digits[0][:40])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
-    assert re.match(r"\[RBM\] Iteration 2, pseudo-likelihood = -\d+\.\d\d, time = [\d.]+s, "
-                    r"reconstruction error = [\d.]+$", lines[1])
+    assert re.match(
+        r"\[RBM\] Iteration 2, pseudo-likelihood = -\d+\.\d\d, time = [\d.]+s, "
+        r"reconstruction error = [\d.]+$",
+        lines[1],
+    )
     with pytest.raises(ValueError, match="parameter 'verbose' must be an integer >= 0"):
         RBM(verbose=-1).fit(digits[0][:40])
 
@@ -142,16 +152,32 @@ def test_verbose_is_an_integer_and_prints_bernoullirbms_line(digits, capsys):
 # model data in [0, 1], which RBM checks (a clear error naming the range, rather than a
 # model of nonsense); these checks feed data outside it, even with the positive_only tag
 # (which only shifts the data to >= 0), so they cannot apply there:
-_BINARY_DATA = ("binary visible units model data in [0, 1]; the check feeds values outside it, which RBM "
-                "refuses by name (visible='gaussian' takes real-valued data, and passes this check)")
+_BINARY_DATA = (
+    "binary visible units model data in [0, 1]; the check feeds values outside it, which RBM "
+    "refuses by name (visible='gaussian' takes real-valued data, and passes this check)"
+)
 _OUT_OF_RANGE_DATA = (
-    "check_dict_unchanged", "check_dont_overwrite_parameters", "check_estimators_dtypes",
-    "check_estimators_fit_returns_self", "check_estimators_overwrite_params", "check_estimators_pickle",
-    "check_f_contiguous_array_estimator", "check_fit2d_1feature", "check_fit2d_1sample", "check_fit2d_predict1d",
-    "check_fit_check_is_fitted", "check_fit_idempotent", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_n_features_in", "check_n_features_in_after_fitting",
-    "check_pipeline_consistency", "check_readonly_memmap_input", "check_transformer_data_not_an_array",
-    "check_transformer_general", "check_transformer_preserve_dtypes",
+    "check_dict_unchanged",
+    "check_dont_overwrite_parameters",
+    "check_estimators_dtypes",
+    "check_estimators_fit_returns_self",
+    "check_estimators_overwrite_params",
+    "check_estimators_pickle",
+    "check_f_contiguous_array_estimator",
+    "check_fit2d_1feature",
+    "check_fit2d_1sample",
+    "check_fit2d_predict1d",
+    "check_fit_check_is_fitted",
+    "check_fit_idempotent",
+    "check_methods_sample_order_invariance",
+    "check_methods_subset_invariance",
+    "check_n_features_in",
+    "check_n_features_in_after_fitting",
+    "check_pipeline_consistency",
+    "check_readonly_memmap_input",
+    "check_transformer_data_not_an_array",
+    "check_transformer_general",
+    "check_transformer_preserve_dtypes",
 )
 
 
@@ -161,11 +187,14 @@ def _expected_failures(estimator) -> dict:
     return {check: _BINARY_DATA for check in _OUT_OF_RANGE_DATA}
 
 
-@parametrize_with_checks([RBM(n_hidden=4, n_iter=2, progress=False, visible="gaussian", random_state=0),
-                          DBN(hidden_layer_sizes=(4, 3), n_iter=2, progress=False, visible="gaussian",
-                              random_state=0),
-                          RBM(n_hidden=4, n_iter=2, progress=False, random_state=0),
-                          DBN(hidden_layer_sizes=(4, 3), n_iter=2, progress=False, random_state=0)],
-                         expected_failed_checks=_expected_failures)
+@parametrize_with_checks(
+    [
+        RBM(n_hidden=4, n_iter=2, progress=False, visible="gaussian", random_state=0),
+        DBN(hidden_layer_sizes=(4, 3), n_iter=2, progress=False, visible="gaussian", random_state=0),
+        RBM(n_hidden=4, n_iter=2, progress=False, random_state=0),
+        DBN(hidden_layer_sizes=(4, 3), n_iter=2, progress=False, random_state=0),
+    ],
+    expected_failed_checks=_expected_failures,
+)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

@@ -19,16 +19,15 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 import sklearn.neural_network.tests.test_rbm as _installed
+
 from parrbm import RBM
 
 
 class BernoulliRBM(RBM):
     """parrbm's RBM under scikit-learn's BernoulliRBM constructor (its tests' names)."""
 
-    def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10, verbose=0,
-                 random_state=None):
+    def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10, verbose=0, random_state=None):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -105,15 +104,15 @@ _upstream = _upstream_with_adapter()
 #: the tests that hold values only BernoulliRBM's own random stream gives
 SEEDED_VALUES = {
     "test_fit_gibbs": "compares components_ with BernoulliRBM's values for RandomState(42) to 4 decimals; "
-                      "parrbm's counter-based draws for a seed are not numpy RandomState's",
+    "parrbm's counter-based draws for a seed are not numpy RandomState's",
 }
 
 #: a test that holds float32 to float64 within BernoulliRBM's own rounding
 ROUNDING = {
     "test_convergence_dtype_consistency": "holds the float32 fit to the float64 fit within BernoulliRBM's own "
-                                          "rounding: transform (rtol 1e-6), weights, hidden biases and the chains' "
-                                          "samples agree, but one visible bias of 64 (-0.00125) differs by 1.29e-5 "
-                                          "relative against the 1e-5 allowed",
+    "rounding: transform (rtol 1e-6), weights, hidden biases and the chains' "
+    "samples agree, but one visible bias of 64 (-0.00125) differs by 1.29e-5 "
+    "relative against the 1e-5 allowed",
 }
 
 for _name in dir(_upstream):

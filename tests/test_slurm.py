@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support import has_mpi
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sinfo")
@@ -59,12 +58,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={sock}
-StateSaveLocation={d / 'state'}
-SlurmdSpoolDir={d / 'spool'}
-SlurmctldPidFile={d / 'slurmctld.pid'}
-SlurmdPidFile={d / 'slurmd.pid'}
-SlurmctldLogFile={d / 'slurmctld.log'}
-SlurmdLogFile={d / 'slurmd.log'}
+StateSaveLocation={d / "state"}
+SlurmdSpoolDir={d / "spool"}
+SlurmctldPidFile={d / "slurmctld.pid"}
+SlurmdPidFile={d / "slurmd.pid"}
+SlurmctldLogFile={d / "slurmctld.log"}
+SlurmdLogFile={d / "slurmd.log"}
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 ProctrackType=proctrack/linuxproc
@@ -80,18 +79,31 @@ NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN
 PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """)
     env = {**os.environ, "SLURM_CONF": str(conf)}
-    daemons = [subprocess.Popen([_which("munged"), "-F", f"--key-file={d / 'munge.key'}", f"--socket={sock}",
-                                 f"--pid-file={d / 'munge' / 'pid'}", f"--log-file={d / 'munge' / 'log'}",
-                                 f"--seed-file={d / 'munge' / 'seed'}", "-f"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    daemons = [
+        subprocess.Popen(
+            [
+                _which("munged"),
+                "-F",
+                f"--key-file={d / 'munge.key'}",
+                f"--socket={sock}",
+                f"--pid-file={d / 'munge' / 'pid'}",
+                f"--log-file={d / 'munge' / 'log'}",
+                f"--seed-file={d / 'munge' / 'seed'}",
+                "-f",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         deadline = time.monotonic() + 20
         while not sock.exists():
             assert time.monotonic() < deadline, "munged did not start"
             time.sleep(0.05)
         for daemon in ("slurmctld", "slurmd"):
-            daemons.append(subprocess.Popen([_which(daemon), "-D"], env=env, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL))
+            daemons.append(
+                subprocess.Popen([_which(daemon), "-D"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
         while True:
             p = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
             if p.stdout.strip() == "idle":
@@ -124,8 +136,14 @@ grid:
 
 def test_srun_runs_one_comparison_on_its_tasks(slurm, tmp_path):
     (tmp_path / "c.yaml").write_text(RUN)
-    p = subprocess.run(["srun", "-n", "2", str(BIN / "parrbm"), "run", "c.yaml", "--out", "out", "--no-calibrate"],
-                       env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        ["srun", "-n", "2", str(BIN / "parrbm"), "run", "c.yaml", "--out", "out", "--no-calibrate"],
+        env=slurm,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("results: ") == 1  # rank 0 reports; the other task served
     records = [json.loads(x) for x in (tmp_path / "out" / "slurm.jsonl").read_text().splitlines()]
@@ -152,13 +170,33 @@ def test_an_srun_fit_is_the_fit_on_threads_on_every_task(slurm, tmp_path):
         "X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)\n"
         "rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype='float64', random_state=1,\n"
         "          strategy='unit-partitioned', workers=2, transport='mpi', progress=False).fit(X)\n"
-        "np.save(f'held-{MPI.COMM_WORLD.Get_rank()}.npy', rbm.components_)\n")
-    p = subprocess.run(["srun", "-n", "2", sys.executable, "fit.py"], env=slurm, cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+        "np.save(f'held-{MPI.COMM_WORLD.Get_rank()}.npy', rbm.components_)\n"
+    )
+    p = subprocess.run(
+        ["srun", "-n", "2", sys.executable, "fit.py"],
+        env=slurm,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              strategy="unit-partitioned", workers=2, progress=False).fit(X).components_
+    ref = (
+        RBM(
+            n_hidden=12,
+            batch_size=10,
+            n_iter=2,
+            learning_rate=0.05,
+            dtype="float64",
+            random_state=1,
+            strategy="unit-partitioned",
+            workers=2,
+            progress=False,
+        )
+        .fit(X)
+        .components_
+    )
     for r in (0, 1):
         np.testing.assert_array_equal(np.load(tmp_path / f"held-{r}.npy"), ref, err_msg=f"task {r}")
 
@@ -167,8 +205,14 @@ def test_srun_without_an_mpi_plugin_runs_one_comparison_over_tcp(slurm, tmp_path
     """Plain ``srun`` (no PMI): the tasks find their place in SLURM_PROCID and
     SLURM_STEP_NUM_TASKS and meet at the step's first host, as torchrun's ranks do."""
     (tmp_path / "c.yaml").write_text(RUN.replace("[threads, tcp, mpi]", "[threads, tcp]"))
-    p = subprocess.run(["srun", "--mpi=none", "-n", "2", str(BIN / "parrbm"), "run", "c.yaml", "--out", "out",
-                        "--no-calibrate"], env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        ["srun", "--mpi=none", "-n", "2", str(BIN / "parrbm"), "run", "c.yaml", "--out", "out", "--no-calibrate"],
+        env=slurm,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("results: ") == 1
     records = [json.loads(x) for x in (tmp_path / "out" / "slurm.jsonl").read_text().splitlines()]
@@ -185,8 +229,14 @@ def test_srun_without_an_mpi_plugin_runs_one_comparison_over_tcp(slurm, tmp_path
 def test_a_batch_script_is_one_process_not_a_job_of_its_tasks(slurm, tmp_path):
     """sbatch -n 2 runs its script once, with SLURM_NTASKS=2: that process is not one of
     two ranks (only srun's tasks are)."""
-    probe = (f"{sys.executable} -c 'from parrbm.harness.world import spmd_world; print(\"world\", spmd_world())'")
-    p = subprocess.run(["sbatch", "-n", "2", "-o", str(tmp_path / "out.txt"), "--wait", "--wrap", probe],
-                       env=slurm, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    probe = f"{sys.executable} -c 'from parrbm.harness.world import spmd_world; print(\"world\", spmd_world())'"
+    p = subprocess.run(
+        ["sbatch", "-n", "2", "-o", str(tmp_path / "out.txt"), "--wait", "--wrap", probe],
+        env=slurm,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "out.txt").read_text().strip().splitlines()[-1] == "world None"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import has_mpi
 
 from parrbm import DBN, RBM
 from parrbm.strategies import PARALLEL_STRATEGIES
-from support import has_mpi
 
 pytestmark = pytest.mark.skipif(not has_mpi(), reason="pip install '.[mpi]'")
 HERE = Path(__file__).resolve().parent
@@ -22,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 def mpiexec(n: int, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     from parrbm.harness.launch import mpiexec as find
 
-    return subprocess.run([find(), "-n", str(n), sys.executable, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [find(), "-n", str(n), sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,32 @@ def threads_fits():
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
     out = {}
     for strategy in PARALLEL_STRATEGIES:
-        rbm = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-                  strategy=strategy, workers=2, progress=False).fit(X)
+        rbm = RBM(
+            n_hidden=12,
+            batch_size=10,
+            n_iter=2,
+            learning_rate=0.05,
+            dtype="float64",
+            random_state=1,
+            strategy=strategy,
+            workers=2,
+            progress=False,
+        ).fit(X)
         out[strategy] = (rbm.components_, rbm.comm_stats_["bytes_total"], rbm.comm_stats_["bytes_per_step"])
-    out["dbn"] = DBN(hidden_layer_sizes=(10, 6), n_iter=1, batch_size=10, random_state=2, strategy="purple-only",
-                     workers=2, dtype="float64", progress=False).fit(X).transform(X)
+    out["dbn"] = (
+        DBN(
+            hidden_layer_sizes=(10, 6),
+            n_iter=1,
+            batch_size=10,
+            random_state=2,
+            strategy="purple-only",
+            workers=2,
+            dtype="float64",
+            progress=False,
+        )
+        .fit(X)
+        .transform(X)
+    )
     return out
 
 
@@ -73,10 +95,13 @@ except ValueError as exc:
 """
 
 
-@pytest.mark.parametrize("case,workers,needle", [
-    ("same-data", 3, "workers=3, but the launcher started 2 ranks"),
-    ("other-data", 2, r"needs the same X on every rank .* ranks \[1\] passed other data"),
-])
+@pytest.mark.parametrize(
+    "case,workers,needle",
+    [
+        ("same-data", 3, "workers=3, but the launcher started 2 ranks"),
+        ("other-data", 2, r"needs the same X on every rank .* ranks \[1\] passed other data"),
+    ],
+)
 def test_what_an_mpi_job_cannot_fit_is_refused_on_every_rank(tmp_path, case, workers, needle):
     import re
 
@@ -89,7 +114,8 @@ def test_what_an_mpi_job_cannot_fit_is_refused_on_every_rank(tmp_path, case, wor
 
 
 def test_a_failing_worker_ends_the_mpi_job_naming_itself(tmp_path):
-    (tmp_path / "boom.py").write_text(textwrap.dedent("""
+    (tmp_path / "boom.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         from parrbm import RBM
         from parrbm.strategies.green_only import GreenOnly
@@ -104,15 +130,33 @@ def test_a_failing_worker_ends_the_mpi_job_naming_itself(tmp_path):
 
         X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
         RBM(n_hidden=4, batch_size=10, n_iter=1, strategy=Boom, workers=2, transport="mpi", progress=False).fit(X)
-    """))
+    """)
+    )
     p = mpiexec(2, "boom.py", cwd=tmp_path, timeout=120)
     assert p.returncode != 0
     assert "parrbm: worker 1 of 2 failed: RuntimeError: the plug-in broke" in p.stderr
 
 
 def test_parrbm_train_on_the_ranks_of_an_mpi_job_writes_once(tmp_path):
-    p = mpiexec(2, "-m", "parrbm.cli", "train", "--data", "digits", "--epochs", "1", "--strategy", "green-only",
-                "--workers", "2", "--transport", "mpi", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    p = mpiexec(
+        2,
+        "-m",
+        "parrbm.cli",
+        "train",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--strategy",
+        "green-only",
+        "--workers",
+        "2",
+        "--transport",
+        "mpi",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "out" / "model.npz").exists()
     assert p.stdout.count("model saved to") == 1  # rank 0 reports and writes
@@ -146,8 +190,11 @@ def test_a_comparison_started_by_mpiexec_runs_its_mpi_points_on_the_jobs_ranks(t
     assert set(spmd) == set(ref)
     for rid, r in spmd.items():
         assert r["status"] == "ok", (rid, r["error"])
-        assert r["metrics"]["bytes_per_step"] == ref[rid]["metrics"]["bytes_per_step"] \
-            == r["metrics"]["bytes_per_step_formula"], rid
+        assert (
+            r["metrics"]["bytes_per_step"]
+            == ref[rid]["metrics"]["bytes_per_step"]
+            == r["metrics"]["bytes_per_step_formula"]
+        ), rid
         assert r["metrics"]["reconstruction_error"] == ref[rid]["metrics"]["reconstruction_error"], rid
         assert r["metrics"]["model_sha256"] == ref[rid]["metrics"]["model_sha256"], rid
         if r["transport"] in ("tcp", "mpi") and r["workers"] > 1:  # on the job's ranks, not workers of rank 0
@@ -165,7 +212,8 @@ def test_a_comparison_needing_more_ranks_than_started_is_refused(tmp_path):
 
 
 def test_an_mpi_jobs_checkpoints_resume_it_exactly(tmp_path):
-    (tmp_path / "ck.py").write_text(textwrap.dedent("""
+    (tmp_path / "ck.py").write_text(
+        textwrap.dedent("""
         import numpy as np
         from mpi4py import MPI
         from parrbm import RBM, latest_checkpoint
@@ -183,7 +231,8 @@ def test_an_mpi_jobs_checkpoints_resume_it_exactly(tmp_path):
         if world.Get_rank() == 0:
             resumed.save("final.npz")
         open(f"ok-{world.Get_rank()}", "w").close()  # ranks print at once: a file each
-    """))
+    """)
+    )
     p = mpiexec(2, "ck.py", cwd=tmp_path, timeout=180)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "ok-0").exists() and (tmp_path / "ok-1").exists()
@@ -205,12 +254,21 @@ RBM(n_hidden=64, batch_size=20, n_iter=100000, strategy="unit-partitioned", work
 """
 
 
-@pytest.mark.parametrize("victim,needle", [
-    (2, r"parrbm: worker 2 did not respond within 2 s \(stopped or hung; the kernel shows it stopped, as by "
-        r"SIGSTOP\): last in phase '[a-z-]+', collective #\d+"),
-    pytest.param(0, r"parrbm: worker [12] waited 12 s in collective #\d+ .* worker 0 is stopped or hung",
-                 marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "victim,needle",
+    [
+        (
+            2,
+            r"parrbm: worker 2 did not respond within 2 s \(stopped or hung; the kernel shows it stopped, as by "
+            r"SIGSTOP\): last in phase '[a-z-]+', collective #\d+",
+        ),
+        pytest.param(
+            0,
+            r"parrbm: worker [12] waited 12 s in collective #\d+ .* worker 0 is stopped or hung",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
 def test_a_stopped_rank_ends_the_mpi_job_naming_it(tmp_path, victim, needle):
     """MPI collectives wait forever; the job's watch names the stopped rank and ends the
     job within the timeout (rank 0 stopped: its peers, within the timeout and a grace)."""
@@ -246,8 +304,17 @@ def test_a_tcp_fit_on_the_ranks_of_an_mpi_job_is_the_fit_on_threads(tmp_path):
     p = mpiexec(3, "fit.py", cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     X = (np.random.default_rng(3).random((120, 20)) < 0.4).astype(np.float64)
-    ref = RBM(n_hidden=12, batch_size=10, n_iter=2, learning_rate=0.05, dtype="float64", random_state=1,
-              strategy="unit-partitioned", workers=2, progress=False).fit(X)
+    ref = RBM(
+        n_hidden=12,
+        batch_size=10,
+        n_iter=2,
+        learning_rate=0.05,
+        dtype="float64",
+        random_state=1,
+        strategy="unit-partitioned",
+        workers=2,
+        progress=False,
+    ).fit(X)
     for r in range(3):
         np.testing.assert_array_equal(np.load(tmp_path / f"held-{r}.npy"), ref.components_, err_msg=str(r))
     assert p.stdout.split()[:2] == [str(ref.comm_stats_["bytes_total"]), "True"]

@@ -37,18 +37,33 @@ def train(strategy, spec, X, K, steps, **options):
 
 # ---- bytes measured == closed form ------------------------------------------------------------------
 
-BYTE_CASES = list(itertools.product(
-    PARALLEL, [2, 3, 4], ["binary", "gaussian"], ["float32", "float64"], ["samples", "probabilities"],
-    [(24, 16, 8), (23, 17, 7)],  # even and uneven slices (and messages not a whole byte)
-))
+BYTE_CASES = list(
+    itertools.product(
+        PARALLEL,
+        [2, 3, 4],
+        ["binary", "gaussian"],
+        ["float32", "float64"],
+        ["samples", "probabilities"],
+        [(24, 16, 8), (23, 17, 7)],  # even and uneven slices (and messages not a whole byte)
+    )
+)
 
 
-@pytest.mark.parametrize("strategy,K,visible,precision,statistics,sizes", BYTE_CASES,
-                         ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize(
+    "strategy,K,visible,precision,statistics,sizes", BYTE_CASES, ids=lambda v: str(v).replace(" ", "")
+)
 def test_bytes_equal_closed_form(strategy, K, visible, precision, statistics, sizes):
     V, H, m = sizes
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, visible=visible, statistics=statistics,
-                  dtype=precision, seed=3, learning_rate=0.01)
+    spec = CDSpec(
+        n_visible=V,
+        n_hidden=H,
+        batch_size=m,
+        visible=visible,
+        statistics=statistics,
+        dtype=precision,
+        seed=3,
+        learning_rate=0.01,
+    )
     X = data(np.random.default_rng(0), 3 * m, V, visible, spec.np_dtype)
     runner, _ = train(strategy, spec, X, K, 3)
     stats = runner.comm_stats()
@@ -71,11 +86,17 @@ def test_bytes_equal_closed_form(strategy, K, visible, precision, statistics, si
     assert total_sent == total_recv
 
 
-@pytest.mark.parametrize("strategy,kw", [
-    ("unit-partitioned", dict(cd_k=3)), ("per-update-sync", dict(cd_k=2)),
-    ("purple-only", dict(cd_k=2, persistent=True)), ("green-only", dict(persistent=True)),
-    ("per-update-sync", dict(persistent=True)), ("unit-partitioned", dict(persistent=True)),
-])
+@pytest.mark.parametrize(
+    "strategy,kw",
+    [
+        ("unit-partitioned", dict(cd_k=3)),
+        ("per-update-sync", dict(cd_k=2)),
+        ("purple-only", dict(cd_k=2, persistent=True)),
+        ("green-only", dict(persistent=True)),
+        ("per-update-sync", dict(persistent=True)),
+        ("unit-partitioned", dict(persistent=True)),
+    ],
+)
 def test_bytes_closed_form_cd_k_and_pcd(strategy, kw):
     V, H, m = 21, 13, 6
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, seed=1, **kw)
@@ -91,10 +112,10 @@ def test_bytes_closed_form_cd_k_and_pcd(strategy, kw):
 HAND_BYTES_PER_STEP = {
     # (K-1)(2mH/8 + mV/8) = 96, and at sync_every = 1 a sync S = sum |V_j||H_k| pb = 1024
     "unit-partitioned": 1 * (2 * 16 * 16 // 8 + 16 * 16 // 8) + 2 * 8 * 8 * 8,
-    "per-update-sync": 1 * (16 * 16 // 8 + 16 * 16 // 8) + 2 * 8 * 8 * 8,    # + sum |V_j||H_k| pb = 1088
-    "purple-only": 2 * 1 * 16 * 16 * 8 + 2 * 1 * 16 * 16 // 8,              # 2(K-1) m H (pb + 1/8) = 4160
-    "green-only": 1 * 16 * 16 * 8 + 1 * 16 * 16 // 8,                        # (K-1) m V (pb + bv/8) = 2080
-    "parameter-averaging": 2 * 1 * (16 * 16 + 16 + 16) * 8,                  # 2(K-1)(VH + V + H) pb = 4608
+    "per-update-sync": 1 * (16 * 16 // 8 + 16 * 16 // 8) + 2 * 8 * 8 * 8,  # + sum |V_j||H_k| pb = 1088
+    "purple-only": 2 * 1 * 16 * 16 * 8 + 2 * 1 * 16 * 16 // 8,  # 2(K-1) m H (pb + 1/8) = 4160
+    "green-only": 1 * 16 * 16 * 8 + 1 * 16 * 16 // 8,  # (K-1) m V (pb + bv/8) = 2080
+    "parameter-averaging": 2 * 1 * (16 * 16 + 16 + 16) * 8,  # 2(K-1)(VH + V + H) pb = 4608
 }
 
 
@@ -116,8 +137,7 @@ def test_parameter_averaging_bytes_total_and_busiest(reduce, average):
     V, H, m, K = 19, 11, 9, 3
     spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, seed=2)
     X = data(np.random.default_rng(2), 6 * m, V, "binary", np.float32)
-    runner, _ = train("parameter-averaging", spec, X, K, 6, reduce=reduce, average=average,
-                      average_every=2)
+    runner, _ = train("parameter-averaging", spec, X, K, 6, reduce=reduce, average=average, average_every=2)
     stats = runner.comm_stats()
     model = cost.Model(V, H)
     n = V * H + V + H
@@ -178,9 +198,14 @@ def test_float64_exactly_serial(strategy, K, partition):
         assert diff <= 1e-10, (name, diff)
 
 
-VARIANTS = [dict(statistics="probabilities"), dict(visible="gaussian", learning_rate=0.01),
-            dict(momentum=0.5, weight_decay=0.01), dict(cd_k=2), dict(persistent=True),
-            dict(visible="gaussian", gaussian_noise=True, learning_rate=0.01)]
+VARIANTS = [
+    dict(statistics="probabilities"),
+    dict(visible="gaussian", learning_rate=0.01),
+    dict(momentum=0.5, weight_decay=0.01),
+    dict(cd_k=2),
+    dict(persistent=True),
+    dict(visible="gaussian", gaussian_noise=True, learning_rate=0.01),
+]
 
 
 @pytest.mark.parametrize("strategy", PARALLEL)
@@ -208,11 +233,15 @@ def test_shared_weights_is_exact_and_moves_nothing():
     assert np.max(np.abs(serial.W - par.W)) <= 1e-10
     stats = runner.comm_stats()
     assert stats["bytes_per_sync"] == 0
-    assert stats["logical_bytes_per_sync"] == cost.sync_traffic("per-update-sync", cost.Model(V, H, precision="float64"), K).total
+    assert (
+        stats["logical_bytes_per_sync"]
+        == cost.sync_traffic("per-update-sync", cost.Model(V, H, precision="float64"), K).total
+    )
     assert stats["syncs"] == 10
 
 
 # ---- replicas --------------------------------------------------------------------------------------
+
 
 def green_and_purple(runner):
     """Assemble W once from the green blocks and once from the purple blocks."""
@@ -227,8 +256,7 @@ def green_and_purple(runner):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_binary_replicas_stay_bit_identical_without_sync(dtype):
     V, H, m = 30, 21, 10
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=dtype, seed=21, momentum=0.5,
-                  weight_decay=1e-3)
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype=dtype, seed=21, momentum=0.5, weight_decay=1e-3)
     X = data(np.random.default_rng(9), 50 * m, V, "binary", spec.np_dtype)
     runner, _ = train("unit-partitioned", spec, X, 3, 50, sync_every=0)
     green, purple = green_and_purple(runner)
@@ -239,8 +267,9 @@ def test_binary_replicas_stay_bit_identical_without_sync(dtype):
 
 def test_gaussian_replicas_drift_and_sync_restores_them():
     V, H, m = 24, 18, 8
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, visible="gaussian", dtype="float32",
-                  seed=5, learning_rate=0.01)
+    spec = CDSpec(
+        n_visible=V, n_hidden=H, batch_size=m, visible="gaussian", dtype="float32", seed=5, learning_rate=0.01
+    )
     X = data(np.random.default_rng(10), 20 * m, V, "gaussian", np.float32)
     runner, _ = train("unit-partitioned", spec, X, 3, 20, sync_every=0)
     green, purple = green_and_purple(runner)
@@ -276,11 +305,11 @@ def test_divergence_is_reported_before_each_sync():
 
 # ---- the estimator and errors ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("strategy", PARALLEL)
 def test_rbm_trains_with_every_strategy(strategy):
     X = data(np.random.default_rng(12), 120, 20, "binary", np.float64)
-    rbm = RBM(n_hidden=10, batch_size=12, n_iter=2, random_state=0, strategy=strategy, workers=2,
-              dtype="float64")
+    rbm = RBM(n_hidden=10, batch_size=12, n_iter=2, random_state=0, strategy=strategy, workers=2, dtype="float64")
     rbm.fit(X)
     serial = RBM(n_hidden=10, batch_size=12, n_iter=2, random_state=0, dtype="float64").fit(X)
     np.testing.assert_allclose(rbm.components_, serial.components_, atol=1e-10)
@@ -294,19 +323,26 @@ def test_rbm_trains_with_every_strategy(strategy):
     np.testing.assert_allclose(rbm.transform(X[:4]), serial.transform(X[:4]), atol=1e-10)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(strategy="magic", workers=2), "'strategy'"),
-    (dict(strategy="purple-only", workers=25), "larger than the 20 visible"),
-    (dict(strategy="green-only", workers=12, n_hidden=10), "larger than the 10 hidden"),
-    (dict(strategy="parameter-averaging", workers=13), "larger than batch_size"),
-    (dict(strategy="purple-only", workers=2, strategy_options={"shared_weights": True}), "shared_weights"),
-    (dict(strategy="per-update-sync", workers=2, strategy_options={"shared_weights": True,
-                                                                   "partition": "random"}), "contiguous"),
-    (dict(strategy="unit-partitioned", workers=2, strategy_options={"sync": 3}), "unknown keys"),
-    (dict(strategy="unit-partitioned", workers=2, strategy_options={"partition": "striped"}), "partition"),
-    (dict(strategy="unit-partitioned", workers=2, transport="carrier-pigeon"), "'transport'"),
-    (dict(strategy="parameter-averaging", workers=2, strategy_options={"reduce": "tree"}), "reduce"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(strategy="magic", workers=2), "'strategy'"),
+        (dict(strategy="purple-only", workers=25), "larger than the 20 visible"),
+        (dict(strategy="green-only", workers=12, n_hidden=10), "larger than the 10 hidden"),
+        (dict(strategy="parameter-averaging", workers=13), "larger than batch_size"),
+        (dict(strategy="purple-only", workers=2, strategy_options={"shared_weights": True}), "shared_weights"),
+        (
+            dict(
+                strategy="per-update-sync", workers=2, strategy_options={"shared_weights": True, "partition": "random"}
+            ),
+            "contiguous",
+        ),
+        (dict(strategy="unit-partitioned", workers=2, strategy_options={"sync": 3}), "unknown keys"),
+        (dict(strategy="unit-partitioned", workers=2, strategy_options={"partition": "striped"}), "partition"),
+        (dict(strategy="unit-partitioned", workers=2, transport="carrier-pigeon"), "'transport'"),
+        (dict(strategy="parameter-averaging", workers=2, strategy_options={"reduce": "tree"}), "reduce"),
+    ],
+)
 def test_impossible_combinations_raise(kw, match):
     X = data(np.random.default_rng(13), 24, 20, "binary", np.float64)
     with pytest.raises(ValueError, match=match):
@@ -315,8 +351,9 @@ def test_impossible_combinations_raise(kw, match):
 
 def test_failing_worker_ends_the_run_with_its_name(monkeypatch):
     spec = CDSpec(n_visible=12, n_hidden=8, batch_size=4, seed=1)
-    runner = ParallelRunner(spec, ModelState.initial(spec), "unit-partitioned", 3,
-                            options=StrategyOptions(), timeout=5.0)
+    runner = ParallelRunner(
+        spec, ModelState.initial(spec), "unit-partitioned", 3, options=StrategyOptions(), timeout=5.0
+    )
     # The step fails at its third minibatch, while its peers already wait in a collective.
     original = UnitPartitioned.step
 
@@ -360,14 +397,22 @@ def test_weight_averaging_fits_the_average_of_the_replicas():
     from parrbm import RBM
 
     X = np.random.default_rng(0).standard_normal((300, 40)).astype(np.float32)
-    rbm = RBM(n_hidden=24, visible="gaussian", batch_size=20, n_iter=3, learning_rate=0.01, random_state=0,
-              strategy="parameter-averaging", workers=2,
-              strategy_options={"average": "weights", "average_every": 4})
+    rbm = RBM(
+        n_hidden=24,
+        visible="gaussian",
+        batch_size=20,
+        n_iter=3,
+        learning_rate=0.01,
+        random_state=0,
+        strategy="parameter-averaging",
+        workers=2,
+        strategy_options={"average": "weights", "average_every": 4},
+    )
     rbm.n_iter = 2
-    rbm.fit(X)                                      # 30 steps: 7 averagings, then the last
+    rbm.fit(X)  # 30 steps: 7 averagings, then the last
     runner = rbm._strategy
     replicas = [w.W for w in runner.workers]
-    np.testing.assert_array_equal(replicas[0], replicas[1])   # brought together at the end
+    np.testing.assert_array_equal(replicas[0], replicas[1])  # brought together at the end
     assert rbm.comm_stats_["syncs"] == 30 // 4 + 1
     # an averaging step and the gathered average are the same bits
     np.testing.assert_array_equal(rbm.components_.T, replicas[0])

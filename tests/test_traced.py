@@ -24,12 +24,15 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "skip_visible_excha
 
 
 @pytest.mark.parametrize("strategy", PARALLEL_STRATEGIES)
-@pytest.mark.parametrize("model,m,K,options", [
-    (Model(24, 18), 8, 2, {}),
-    (Model(23, 17, visible="gaussian", precision="float64"), 7, 3, {"partition": "random"}),
-    (Model(20, 30, statistics="probabilities", cd_k=2), 6, 3, {"average": "gradients", "reduce": "master"}),
-    (Model(16, 12, persistent=True), 5, 2, {}),
-])
+@pytest.mark.parametrize(
+    "model,m,K,options",
+    [
+        (Model(24, 18), 8, 2, {}),
+        (Model(23, 17, visible="gaussian", precision="float64"), 7, 3, {"partition": "random"}),
+        (Model(20, 30, statistics="probabilities", cd_k=2), 6, 3, {"average": "gradients", "reduce": "master"}),
+        (Model(16, 12, persistent=True), 5, 2, {}),
+    ],
+)
 def test_the_trace_of_every_builtin_is_its_closed_form(strategy, model, m, K, options):
     opts = StrategyOptions(**options)
     chains = 9 if model.persistent else m
@@ -46,7 +49,8 @@ def undeclared(tmp_path, monkeypatch):
     folder = tmp_path / "plugins"
     folder.mkdir()
     shutil.copy(EXAMPLE, folder / EXAMPLE.name)
-    (folder / "chatty.py").write_text(textwrap.dedent("""
+    (folder / "chatty.py").write_text(
+        textwrap.dedent("""
         from skip_visible_exchange import SkipVisibleExchange
 
         class Chatty(SkipVisibleExchange):
@@ -55,7 +59,8 @@ def undeclared(tmp_path, monkeypatch):
             def step(self, X, step):
                 self.comm.allreduce(self.c[:4].copy(), phase="chatter")
                 return super().step(X, step)
-        """))
+        """)
+    )
     monkeypatch.syspath_prepend(str(folder))
     yield "chatty:Chatty"
     import sys
@@ -81,7 +86,8 @@ def test_a_plugin_without_a_closed_form_is_held_to_its_trace_and_labelled(undecl
     # the extra allreduce of 4 float64 at K = 2 (reduce-scatter and allgather of halves)
     assert traced.phases["chatter"] == cost.allreduce(4, 2, 8) == [32, 32]
     assert traced.total == example.total + 64
-    (tmp_path / "c.yaml").write_text(textwrap.dedent(f"""
+    (tmp_path / "c.yaml").write_text(
+        textwrap.dedent(f"""
         name: traced
         model: {{visible: 16, hidden: 12, precision: float64, visible_type: gaussian}}
         data: {{kind: random-gaussian, cases: 60}}
@@ -90,7 +96,8 @@ def test_a_plugin_without_a_closed_form_is_held_to_its_trace_and_labelled(undecl
           strategy: [green-only, "{undeclared}"]
           workers: [2]
           transport: [threads, tcp]
-        """))
+        """)
+    )
     path = run_config(load_config(tmp_path / "c.yaml"), tmp_path / "out", progress=lambda m: None)
     recs = [r for r in read_results(path)[0] if r["strategy"] == undeclared]
     assert len(recs) == 2
@@ -104,8 +111,26 @@ def test_a_plugin_without_a_closed_form_is_held_to_its_trace_and_labelled(undecl
     assert green["metrics"]["traffic_source"] == "declared"
     assert main(["table", str(path)]) == 0
     assert "bytes traced from a dry run of the step (no closed form declared): chatty" in capsys.readouterr().out
-    code = main(["cost", "--visible", "16", "--hidden", "12", "--batch", "10", "--workers", "2",
-                 "--strategy", undeclared, "--visible-type", "gaussian", "--precision", "float64", "--json"])
+    code = main(
+        [
+            "cost",
+            "--visible",
+            "16",
+            "--hidden",
+            "12",
+            "--batch",
+            "10",
+            "--workers",
+            "2",
+            "--strategy",
+            undeclared,
+            "--visible-type",
+            "gaussian",
+            "--precision",
+            "float64",
+            "--json",
+        ]
+    )
     import json
 
     rows = json.loads(capsys.readouterr().out)

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+import reference as ref
 
 from parrbm import _core
-
-import reference as ref
 
 V, H, M = 23, 17, 12
 
@@ -15,8 +14,7 @@ def make(rng, visible, **kw):
     b, c = 0.1 * rng.standard_normal(V), 0.1 * rng.standard_normal(H)
     tr = _core.CDTrainer64(V, H, M, visible=visible, **kw)
     tr.W[...], tr.b[...], tr.c[...] = W, b, c
-    r = ref.RefCD(W, b, c, visible=visible, batch_size=M,
-                  **{k: v for k, v in kw.items() if k != "binary_statistics"})
+    r = ref.RefCD(W, b, c, visible=visible, batch_size=M, **{k: v for k, v in kw.items() if k != "binary_statistics"})
     return tr, r
 
 
@@ -71,8 +69,8 @@ def test_binary_statistics_equal_dense_statistics():
     a.W[...] = W0
     b.W[...] = W0
     for s in range(3):
-        a.step(X[20 * s: 20 * s + 20], s)
-        b.step(X[20 * s: 20 * s + 20], s)
+        a.step(X[20 * s : 20 * s + 20], s)
+        b.step(X[20 * s : 20 * s + 20], s)
     np.testing.assert_allclose(a.W, b.W, rtol=0, atol=1e-13)
 
 
@@ -95,7 +93,7 @@ def test_run_equals_steps_over_the_order():
     errors = a.run(X, order, 10)
     assert errors.shape == (5,)  # 12, 12, 12, 12, 2
     for i, start in enumerate(range(0, 50, M)):
-        e = b.step(np.ascontiguousarray(X[order[start:start + M]]), 10 + i)
+        e = b.step(np.ascontiguousarray(X[order[start : start + M]]), 10 + i)
         assert e == errors[i]  # the same kernels on the same bits
     np.testing.assert_array_equal(a.W, b.W)
 

@@ -9,25 +9,31 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import has_mpi, mpi_param
 
 from parrbm.config import CDSpec, ModelState
 from parrbm.harness import frames as F
 from parrbm.harness.comm import CommError
 from parrbm.harness.runner import ParallelRunner
 from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
-from support import has_mpi, mpi_param
 
 TRANSPORTS = ["tcp", mpi_param()]
 
 
 def run(strategy, transport, K=3, steps=3, visible="binary", **options):
     V, H, m = 21, 15, 7
-    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", seed=5, visible=visible,
-                  learning_rate=0.05)
+    spec = CDSpec(n_visible=V, n_hidden=H, batch_size=m, dtype="float64", seed=5, visible=visible, learning_rate=0.05)
     rng = np.random.default_rng(1)
-    X = ((rng.random((steps * m, V)) < 0.5) if visible == "binary" else rng.standard_normal((steps * m, V)))
-    r = ParallelRunner(spec, ModelState.initial(spec), strategy, K, transport=transport,
-                       options=StrategyOptions(**options), timeout=20.0)
+    X = (rng.random((steps * m, V)) < 0.5) if visible == "binary" else rng.standard_normal((steps * m, V))
+    r = ParallelRunner(
+        spec,
+        ModelState.initial(spec),
+        strategy,
+        K,
+        transport=transport,
+        options=StrategyOptions(**options),
+        timeout=20.0,
+    )
     r.run(X.astype(np.float64), np.arange(steps * m, dtype=np.int64), 0)
     return r
 
@@ -42,12 +48,13 @@ def test_compute_communication_and_waiting_mean_the_same_on_every_transport(tran
     steps = 6
     r = run("green-only", transport, K=2, steps=steps)
     w0, w1 = r.comm_stats()["by_worker"]
-    assert w0["wait_seconds"] > steps * 0.025          # the straggler's 30 ms, less its own waits
+    assert w0["wait_seconds"] > steps * 0.025  # the straggler's 30 ms, less its own waits
     assert w1["wait_seconds"] < steps * 0.005
     assert w0["comm_seconds"] == pytest.approx(w1["comm_seconds"], rel=1e-9) and w0["comm_seconds"] > 0
     for w in (w0, w1):
-        assert w["compute_seconds"] + w["comm_seconds"] + w["wait_seconds"] == pytest.approx(w["step_seconds"],
-                                                                                            rel=1e-9)
+        assert w["compute_seconds"] + w["comm_seconds"] + w["wait_seconds"] == pytest.approx(
+            w["step_seconds"], rel=1e-9
+        )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -57,8 +64,9 @@ def test_same_bytes_and_weights_as_threads(strategy, transport):
     got = run(strategy, transport)
     a, b = ref.comm_stats(), got.comm_stats()
     assert b["bytes_per_step"] == a["bytes_per_step"] and b["bytes_per_sync"] == a["bytes_per_sync"]
-    assert {p: v["bytes_sent"] for p, v in b["by_phase"].items()} == \
-           {p: v["bytes_sent"] for p, v in a["by_phase"].items()}
+    assert {p: v["bytes_sent"] for p, v in b["by_phase"].items()} == {
+        p: v["bytes_sent"] for p, v in a["by_phase"].items()
+    }
     np.testing.assert_array_equal(got.state.W, ref.state.W)  # float64, bit for bit
     np.testing.assert_array_equal(got.state.c, ref.state.c)
 
@@ -93,8 +101,11 @@ def test_hung_tcp_worker_times_out_naming_it_and_the_phase(monkeypatch):
     r = ParallelRunner(spec, ModelState.initial(spec), "purple-only", 3, transport="tcp", timeout=3.0)
     X = (np.random.default_rng(0).random((16, 12)) < 0.5).astype(np.float32)
     t0 = time.monotonic()
-    with pytest.raises(CommError, match=r"worker 2 did not respond within 3 s \(stopped or hung\); its peers "
-                                        r"saw: worker 2 sent nothing for 3 s in phase 'hidden-input'"):
+    with pytest.raises(
+        CommError,
+        match=r"worker 2 did not respond within 3 s \(stopped or hung\); its peers "
+        r"saw: worker 2 sent nothing for 3 s in phase 'hidden-input'",
+    ):
         r.run(X, np.arange(16, dtype=np.int64), 0)
     assert time.monotonic() - t0 < 20
 
@@ -112,6 +123,7 @@ def test_hung_mpi_worker_is_named_within_the_timeout(monkeypatch):
 
 
 # ---- frames and the handshake ---------------------------------------------------------------------
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64))
@@ -149,7 +161,7 @@ def test_oversized_and_foreign_frames_are_refused():
     with pytest.raises(F.FrameError, match="exceeds the bound"):
         F.parse_header(F.pack_header(F.DATA, 1, 1 << 40))
     with pytest.raises(F.FrameError, match="bad magic"):
-        F.parse_header(b"GET / HTTP/1.1\r\nHost:"[:F.HEADER_SIZE])
+        F.parse_header(b"GET / HTTP/1.1\r\nHost:"[: F.HEADER_SIZE])
     with pytest.raises(F.FrameError, match="version"):
         F.parse_header(struct.pack("!4sBBHIQ", F.MAGIC, 9, F.DATA, 0, 1, 0))
 
@@ -185,9 +197,15 @@ def test_stranger_is_refused_and_the_run_goes_on():
     t0.join()
     assert any("wrong proof" in r for r in out[0].rejected)
     got = {}
-    threads = [threading.Thread(target=lambda k=k: out[k].exchange(
-        [None, np.arange(3.0)] if k == 0 else [np.arange(3.0) * 2, None],
-        lambda j, b: got.setdefault(k, b.view(np.float64).copy()))) for k in (0, 1)]
+    threads = [
+        threading.Thread(
+            target=lambda k=k: out[k].exchange(
+                [None, np.arange(3.0)] if k == 0 else [np.arange(3.0) * 2, None],
+                lambda j, b: got.setdefault(k, b.view(np.float64).copy()),
+            )
+        )
+        for k in (0, 1)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -248,7 +266,9 @@ def test_unreachable_host_is_named_with_the_launchers_message(tmp_path, monkeypa
     spec = CDSpec(n_visible=8, n_hidden=6, batch_size=4, dtype="float64")
     r = ParallelRunner(spec, ModelState.initial(spec), "green-only", 2, transport="tcp", timeout=10.0, tcp=hosts)
     t0 = time.monotonic()
-    with pytest.raises(CommError, match=r"(?s)worker 1 \(on unreachable\) exited with code 255.*Could not resolve hostname"):
+    with pytest.raises(
+        CommError, match=r"(?s)worker 1 \(on unreachable\) exited with code 255.*Could not resolve hostname"
+    ):
         r.run(np.zeros((4, 8)), np.arange(4, dtype=np.int64), 0)
     assert time.monotonic() - t0 < 10.0
 
@@ -257,8 +277,13 @@ def test_a_worker_without_its_driver_exits_at_once():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "parrbm.harness.remote", "--tcp", "0", "2"],
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "parrbm.harness.remote", "--tcp", "0", "2"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
 
 
@@ -272,10 +297,15 @@ def test_a_worker_that_died_is_named_before_a_peer_slow_to_stop():
 
     group = object.__new__(TCPGroup)
     group.K, group.timeout, group.hosts = 3, 20.0, None
-    group.procs = [SimpleNamespace(poll=lambda: -9, stderr=None), SimpleNamespace(poll=lambda: -9, stderr=None),
-                   SimpleNamespace(poll=lambda: 1, stderr=None)]
-    got = {1: ({"op": "gone", "why": "closed"}, {}),
-           2: ({"op": "error", "message": "worker 0 closed its connection in phase 'visible-input'", "blame": 0}, {})}
+    group.procs = [
+        SimpleNamespace(poll=lambda: -9, stderr=None),
+        SimpleNamespace(poll=lambda: -9, stderr=None),
+        SimpleNamespace(poll=lambda: 1, stderr=None),
+    ]
+    got = {
+        1: ({"op": "gone", "why": "closed"}, {}),
+        2: ({"op": "error", "message": "worker 0 closed its connection in phase 'visible-input'", "blame": 0}, {}),
+    }
     said = group._diagnose(got, stopped=[])
     assert said.startswith("worker 1 was killed by SIGKILL"), said
     assert "did not respond" not in said

@@ -78,6 +78,7 @@ def _rewrite_strategy(src: Path, dst: Path, strategy: str) -> Path:
 
 # ---- item 1: reading a file never imports ---------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["file", "module"])
 def test_reading_results_never_imports_the_strategy_they_name(evil, kind, tiny_results, tmp_path, capsys):
     path = _rewrite_strategy(tiny_results, tmp_path / "tiny.jsonl", evil[kind])
@@ -158,19 +159,26 @@ def test_loading_a_dbn_never_imports_its_strategy(evil, tmp_path):
 
 # ---- item 5 and 13: what a plug-in is -----------------------------------------------------
 
+
 def test_a_plugins_identity_covers_the_modules_it_inherits_from(tmp_path, monkeypatch):
     folder = tmp_path / "p"
     folder.mkdir()
-    write(folder / "basemod.py", """
+    write(
+        folder / "basemod.py",
+        """
         from parrbm.strategies.unit_partitioned import UnitPartitioned
         class Base(UnitPartitioned):
             name = "base-of-derived"
-    """)
-    write(folder / "derivedmod.py", """
+    """,
+    )
+    write(
+        folder / "derivedmod.py",
+        """
         from basemod import Base
         class Derived(Base):
             name = "derived"
-    """)
+    """,
+    )
     monkeypatch.syspath_prepend(str(folder))
     try:
         before = registry.source_digest(registry.load("derivedmod:Derived"))
@@ -189,11 +197,14 @@ def test_a_plugins_identity_covers_the_modules_it_inherits_from(tmp_path, monkey
 def test_two_plugin_files_of_one_name_are_refused(tmp_path):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
-        write(tmp_path / sub / "twin.py", f"""
+        write(
+            tmp_path / sub / "twin.py",
+            f"""
             from parrbm.strategies.unit_partitioned import UnitPartitioned
             class P(UnitPartitioned):
                 name = "twin-{sub}"
-        """)
+        """,
+        )
     try:
         registry.load(f"{tmp_path / 'a' / 'twin.py'}:P")
         with pytest.raises(registry.StrategyError, match="already imported from .*a/twin.py.*rename one"):
@@ -204,7 +215,9 @@ def test_two_plugin_files_of_one_name_are_refused(tmp_path):
 
 
 def test_a_plugin_cannot_take_a_builtins_name_or_another_plugins(tmp_path):
-    write(tmp_path / "imposter.py", """
+    write(
+        tmp_path / "imposter.py",
+        """
         from parrbm.strategies.unit_partitioned import UnitPartitioned
         class GreenAgain(UnitPartitioned):
             name = "green-only"
@@ -212,14 +225,18 @@ def test_a_plugin_cannot_take_a_builtins_name_or_another_plugins(tmp_path):
             name = "same"
         class Same2(UnitPartitioned):
             name = "same"
-    """)
+    """,
+    )
     try:
         with pytest.raises(registry.StrategyError, match="'green-only' is a built-in strategy's"):
             registry.load(f"{tmp_path / 'imposter.py'}:GreenAgain")
-        cfg = write(tmp_path / "c.yaml", """
+        cfg = write(
+            tmp_path / "c.yaml",
+            """
             model: {visible: 12, hidden: 8}
             grid: {strategy: [imposter.py:Same1, imposter.py:Same2], workers: 2}
-        """)
+        """,
+        )
         with pytest.raises(ConfigError, match=r"grid.strategy\[1\].*is named 'same', as is grid.strategy\[0\]"):
             load_config(cfg)
     finally:
@@ -229,6 +246,7 @@ def test_a_plugin_cannot_take_a_builtins_name_or_another_plugins(tmp_path):
 
 
 # ---- items 3, 4, 7: what parrbm writes ------------------------------------------------------
+
 
 def test_a_planted_symlink_is_never_followed(tiny_results, tmp_path):
     victim = tmp_path / "victim.txt"
@@ -298,8 +316,7 @@ def test_a_full_disk_keeps_every_old_file(tiny_disk, tiny_results, tmp_path):
     before = {p.name: p.read_bytes() for p in tiny_disk.iterdir() if p.is_file()}
     _fill(tiny_disk)
     with pytest.raises(OSError, match="m.npz"):
-        RBM(n_hidden=64, n_iter=1, batch_size=4, progress=False).fit(
-            np.tile(X, (1, 100))).save(tiny_disk / "m.npz")
+        RBM(n_hidden=64, n_iter=1, batch_size=4, progress=False).fit(np.tile(X, (1, 100))).save(tiny_disk / "m.npz")
     with pytest.raises(OSError, match="p.json"):
         Profile(cores=2, gemm={"float32": [[i, 1.0] for i in range(100000)]}).save(tiny_disk / "p.json")
     from parrbm.harness.results import append_record, scan
@@ -326,6 +343,7 @@ def test_appending_starts_on_a_new_line(tiny_results, tmp_path):
 
 # ---- item 6: one fit per checkpoint folder --------------------------------------------------
 
+
 def test_two_fits_cannot_share_a_checkpoint_dir(tmp_path):
     import threading
 
@@ -337,8 +355,9 @@ def test_two_fits_cannot_share_a_checkpoint_dir(tmp_path):
         release.wait(30)
         return 0.01
 
-    first = RBM(n_hidden=4, n_iter=2, batch_size=4, progress=False, checkpoint_dir=tmp_path / "ck",
-                learning_rate_schedule=slow)
+    first = RBM(
+        n_hidden=4, n_iter=2, batch_size=4, progress=False, checkpoint_dir=tmp_path / "ck", learning_rate_schedule=slow
+    )
     t = threading.Thread(target=first.fit, args=(X,))
     t.start()
     try:
@@ -353,9 +372,19 @@ def test_two_fits_cannot_share_a_checkpoint_dir(tmp_path):
 
 # ---- item 9: parameters changed after a fit ----------------------------------------------------
 
-@pytest.mark.parametrize("param,value", [("n_hidden", 5), ("visible", "gaussian"), ("dtype", "float64"),
-                                         ("cd_k", 2), ("persistent", True), ("statistics", "probabilities"),
-                                         ("batch_size", 8)])
+
+@pytest.mark.parametrize(
+    "param,value",
+    [
+        ("n_hidden", 5),
+        ("visible", "gaussian"),
+        ("dtype", "float64"),
+        ("cd_k", 2),
+        ("persistent", True),
+        ("statistics", "probabilities"),
+        ("batch_size", 8),
+    ],
+)
 def test_a_changed_model_parameter_is_refused_by_a_continued_fit(param, value):
     X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
     rbm = RBM(n_hidden=4, n_iter=1, batch_size=4, progress=False).fit(X)
@@ -393,6 +422,7 @@ def test_dbn_transform_refuses_layers_changed_after_fit():
 
 
 # ---- item 2: a stranger at the tcp rendezvous ------------------------------------------------
+
 
 def _silent_strangers(address, hold: float):
     """Two local connections to a worker's port that never finish a handshake: one says
@@ -450,21 +480,26 @@ def test_a_rendezvous_without_its_peer_names_the_strangers(monkeypatch):
     l0, l1 = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     addrs = [l0.getsockname(), l1.getsockname()]
     _silent_strangers(addrs[0], hold=10)
-    with pytest.raises(CommError, match=r"workers \[1\] did not connect within 3 s; 2 other connection\(s\) "
-                                        r"to its port were refused .*no valid handshake within 0.5 s"):
+    with pytest.raises(
+        CommError,
+        match=r"workers \[1\] did not connect within 3 s; 2 other connection\(s\) "
+        r"to its port were refused .*no valid handshake within 0.5 s",
+    ):
         tcp.TCPTransport(0, 2, b"s" * 32, l0, addrs, timeout=3)
     l1.close()
 
 
 # ---- item 8: the data of a run, and where it runs --------------------------------------------
 
+
 def test_data_replaced_during_a_run_stops_it_naming_the_file(tmp_path):
     from parrbm.harness.experiment import read_records
 
     data = tmp_path / "x.npy"
     np.save(data, (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32))
-    cfg = load_config(write(tmp_path / "c.yaml", TINY.replace("{kind: random-binary, cases: 40}",
-                                                              "{kind: npy, path: x.npy}")))
+    cfg = load_config(
+        write(tmp_path / "c.yaml", TINY.replace("{kind: random-binary, cases: 40}", "{kind: npy, path: x.npy}"))
+    )
     said = []
 
     def progress(msg):
@@ -488,60 +523,89 @@ def test_where_the_runs_happen_is_part_of_a_runs_identity():
 
 # ---- item 14: an option for another strategy ---------------------------------------------------
 
-@pytest.mark.parametrize("options,field", [("{reduce: master}", "options.reduce"),
-                                           ("{average: weights}", "options.average"),
-                                           ("{average_every: 4}", "options.average_every"),
-                                           ("{shared_weights: true}", "options.shared_weights")])
+
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        ("{reduce: master}", "options.reduce"),
+        ("{average: weights}", "options.average"),
+        ("{average_every: 4}", "options.average_every"),
+        ("{shared_weights: true}", "options.shared_weights"),
+    ],
+)
 def test_an_option_no_strategy_of_the_grid_reads_is_refused(tmp_path, options, field):
     cfg = write(tmp_path / "c.yaml", TINY + f"options: {options}\n")
-    with pytest.raises(ConfigError, match=rf"{field}: the option .* is read by no strategy of this grid "
-                                          rf"\(serial, unit-partitioned\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"{field}: the option .* is read by no strategy of this grid "
+        rf"\(serial, unit-partitioned\)",
+    ):
         load_config(cfg)
 
 
 def test_sync_every_without_unit_partitioned_is_refused(tmp_path):
-    cfg = write(tmp_path / "c.yaml", TINY.replace("[serial, unit-partitioned]", "[serial, green-only]")
-                .replace("timeout: 20}", "timeout: 20, sync_every: 5}"))
+    cfg = write(
+        tmp_path / "c.yaml",
+        TINY.replace("[serial, unit-partitioned]", "[serial, green-only]").replace(
+            "timeout: 20}", "timeout: 20, sync_every: 5}"
+        ),
+    )
     with pytest.raises(ConfigError, match=r"training.sync_every: .*read by: unit-partitioned"):
         load_config(cfg)
 
 
-@pytest.mark.parametrize("strategy,options", [("unit-partitioned", {"reduce": "master"}),
-                                              ("unit-partitioned", {"average": "weights"}),
-                                              ("green-only", {"average_every": 3}),
-                                              ("serial", {"partition": "random"})])
+@pytest.mark.parametrize(
+    "strategy,options",
+    [
+        ("unit-partitioned", {"reduce": "master"}),
+        ("unit-partitioned", {"average": "weights"}),
+        ("green-only", {"average_every": 3}),
+        ("serial", {"partition": "random"}),
+    ],
+)
 def test_the_estimator_refuses_an_option_its_strategy_does_not_read(strategy, options):
     X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
     with pytest.raises(ValueError, match=r"strategy_options.*is not read by strategy"):
-        RBM(n_hidden=4, batch_size=4, strategy=strategy, workers=1 if strategy == "serial" else 2,
-            strategy_options=options, progress=False).fit(X)
+        RBM(
+            n_hidden=4,
+            batch_size=4,
+            strategy=strategy,
+            workers=1 if strategy == "serial" else 2,
+            strategy_options=options,
+            progress=False,
+        ).fit(X)
 
 
 # ---- items 12, 15, 20: results files that no run wrote -------------------------------------------
 
+
 def _edited(tiny_results: Path, tmp_path: Path, change) -> Path:
     lines = tiny_results.read_text().splitlines()
-    rec = json.loads(next(ln for ln in lines if json.loads(ln)["strategy"] == "unit-partitioned"
-                          and json.loads(ln)["workers"] == 2))
+    rec = json.loads(
+        next(ln for ln in lines if json.loads(ln)["strategy"] == "unit-partitioned" and json.loads(ln)["workers"] == 2)
+    )
     change(rec)
     path = tmp_path / "edited.jsonl"
     path.write_text("\n".join(lines + [json.dumps(rec) if isinstance(rec, dict) else rec]) + "\n")
     return path
 
 
-@pytest.mark.parametrize("change,needle", [
-    (lambda r: r.update(workers=0), "workers must be an integer >= 1"),
-    (lambda r: r.update(workers=-3), "workers must be an integer >= 1"),
-    (lambda r: r.update(workers=True), "workers must be an integer >= 1"),
-    (lambda r: r.update(transport="pigeon"), "transport must be one of"),
-    (lambda r: r.update(bandwidth={"rate": 1}), "bandwidth must be a string"),
-    (lambda r: r.update(status="weird"), "status must be 'ok' or 'error'"),
-    (lambda r: r["metrics"].update(bytes_per_step=10 ** 400), "metrics.bytes_per_step must be a number"),
-    (lambda r: r.update(network="x"), "network must be an object or null"),
-    (lambda r: r["metrics"].pop("compute_seconds"), "metrics.compute_seconds must be a number"),
-    (lambda r: r.update(strategy="green-only"), "its strategy 'green-only' is not its run_id's"),
-    (lambda r: r.update(run_id=r["run_id"].replace("workers=2", "workers=4")), "its workers 2 is not its run_id's"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda r: r.update(workers=0), "workers must be an integer >= 1"),
+        (lambda r: r.update(workers=-3), "workers must be an integer >= 1"),
+        (lambda r: r.update(workers=True), "workers must be an integer >= 1"),
+        (lambda r: r.update(transport="pigeon"), "transport must be one of"),
+        (lambda r: r.update(bandwidth={"rate": 1}), "bandwidth must be a string"),
+        (lambda r: r.update(status="weird"), "status must be 'ok' or 'error'"),
+        (lambda r: r["metrics"].update(bytes_per_step=10**400), "metrics.bytes_per_step must be a number"),
+        (lambda r: r.update(network="x"), "network must be an object or null"),
+        (lambda r: r["metrics"].pop("compute_seconds"), "metrics.compute_seconds must be a number"),
+        (lambda r: r.update(strategy="green-only"), "its strategy 'green-only' is not its run_id's"),
+        (lambda r: r.update(run_id=r["run_id"].replace("workers=2", "workers=4")), "its workers 2 is not its run_id's"),
+    ],
+)
 def test_a_record_no_run_wrote_is_listed_apart(tiny_results, tmp_path, capsys, change, needle):
     path = _edited(tiny_results, tmp_path, change)
     capsys.readouterr()
@@ -562,8 +626,11 @@ def test_nan_and_infinity_literals_are_not_json(tiny_results, tmp_path, capsys):
 
 
 def test_a_record_of_another_experiment_is_refused(tiny_results, tmp_path, capsys):
-    path = _edited(tiny_results, tmp_path, lambda r: r["identity"]["model"].update(hidden=99) or
-                   r.update(run_id="x|" + r["run_id"]))
+    path = _edited(
+        tiny_results,
+        tmp_path,
+        lambda r: r["identity"]["model"].update(hidden=99) or r.update(run_id="x|" + r["run_id"]),
+    )
     assert main(["table", str(path)]) == 2
     assert "mixes experiments" in capsys.readouterr().err
 
@@ -583,24 +650,32 @@ def test_a_deeply_nested_record_is_refused(tmp_path, capsys):
 
 # ---- items 16, 17: values that pass a schema and fail every run ---------------------------------
 
-@pytest.mark.parametrize("emulate,needle", [
-    ("{bandwidth: 0.0001B/s}", "outside what the emulated links shape"),
-    ("{bandwidth: 1e12MB/s}", "outside what the emulated links shape"),
-    ("{bandwidth: 105MB/s, latency: 1000s}", "network.emulate.latency: '1000s': latency 1000 s is outside"),
-])
+
+@pytest.mark.parametrize(
+    "emulate,needle",
+    [
+        ("{bandwidth: 0.0001B/s}", "outside what the emulated links shape"),
+        ("{bandwidth: 1e12MB/s}", "outside what the emulated links shape"),
+        ("{bandwidth: 105MB/s, latency: 1000s}", "network.emulate.latency: '1000s': latency 1000 s is outside"),
+    ],
+)
 def test_bandwidths_tc_cannot_shape_are_refused_up_front(tmp_path, emulate, needle):
-    cfg = write(tmp_path / "c.yaml", TINY.replace("transport: threads", "transport: tcp")
-                + f"network: {{emulate: {emulate}}}\n")
+    cfg = write(
+        tmp_path / "c.yaml", TINY.replace("transport: threads", "transport: tcp") + f"network: {{emulate: {emulate}}}\n"
+    )
     with pytest.raises(ConfigError, match=needle):
         load_config(cfg)
 
 
-@pytest.mark.parametrize("training,needle", [
-    ("steps: 1000000000", "training.steps: .* GiB, more than this machine"),
-    ("steps: 1e30", "training.steps"),
-    ("warmup: 1000000000000", "training.steps"),
-    ("cases: 1000000000000000000", "training.cases"),
-])
+@pytest.mark.parametrize(
+    "training,needle",
+    [
+        ("steps: 1000000000", "training.steps: .* GiB, more than this machine"),
+        ("steps: 1e30", "training.steps"),
+        ("warmup: 1000000000000", "training.steps"),
+        ("cases: 1000000000000000000", "training.cases"),
+    ],
+)
 def test_runs_no_machine_finishes_are_refused_up_front(tmp_path, training, needle):
     text = TINY.replace("steps: 2, warmup: 1, ", "").replace("timeout: 20", f"timeout: 20, {training}")
     with pytest.raises(ConfigError, match=needle):
@@ -622,15 +697,15 @@ def test_cd_k_is_bounded_everywhere(tmp_path, capsys):
     with pytest.raises(ConfigError, match="model.cd_k"):
         load_config(write(tmp_path / "c.yaml", TINY.replace("hidden: 8}", "hidden: 8, cd_k: 1000000000000}")))
     with pytest.raises(ValueError, match="cd_k.*<= 10000"):
-        RBM(cd_k=10 ** 12).fit(np.zeros((10, 4)))
+        RBM(cd_k=10**12).fit(np.zeros((10, 4)))
     for cmd in ("cost", "predict"):
         with pytest.raises(SystemExit):
-            main([cmd, "--visible", "8", "--hidden", "8", "--batch", "4", "--workers", "2",
-                  "--cd-k", "1000000000000"])
+            main([cmd, "--visible", "8", "--hidden", "8", "--batch", "4", "--workers", "2", "--cd-k", "1000000000000"])
         assert "must be <= 10000" in capsys.readouterr().err
 
 
 # ---- item 19: model files ------------------------------------------------------------------------
+
 
 def _saved(tmp_path: Path) -> dict:
     X = (np.random.default_rng(0).random((20, 6)) > 0.5).astype(np.float32)
@@ -649,7 +724,7 @@ def test_a_model_entry_claiming_more_than_it_holds_is_refused_unread(tmp_path):
         for info in src.infolist():
             data = src.read(info)
             if info.filename == "state_W.npy":
-                header = {"descr": "<f4", "fortran_order": False, "shape": (10 ** 6, 10 ** 6)}
+                header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
                 buf = __import__("io").BytesIO()
                 np.lib.format.write_array_header_1_0(buf, header)
                 data = buf.getvalue() + b"\0" * 16
@@ -703,19 +778,32 @@ class SmallModel(UnitPartitioned):
 """
 
 
-@pytest.mark.parametrize("cls,needle", [
-    ("WordyStep", r"strategy 'wordy-step': step\(\) must return this worker's reconstruction error sum "
-                  r"\(a number\), got str"),
-    ("SmallModel", r"strategy 'small-model': gather_model\(\) must return W of shape \(12, 8\)"),
-])
+@pytest.mark.parametrize(
+    "cls,needle",
+    [
+        (
+            "WordyStep",
+            r"strategy 'wordy-step': step\(\) must return this worker's reconstruction error sum "
+            r"\(a number\), got str",
+        ),
+        ("SmallModel", r"strategy 'small-model': gather_model\(\) must return W of shape \(12, 8\)"),
+    ],
+)
 @pytest.mark.parametrize("transport", ["threads", "tcp"])
 def test_a_plugin_breaking_its_contract_is_named(tmp_path, cls, needle, transport):
     write(tmp_path / "broken.py", BROKEN)
     X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
     try:
         with pytest.raises(Exception, match=needle):
-            RBM(n_hidden=8, n_iter=1, batch_size=4, strategy=f"{tmp_path / 'broken.py'}:{cls}", workers=2,
-                transport=transport, progress=False).fit(X)
+            RBM(
+                n_hidden=8,
+                n_iter=1,
+                batch_size=4,
+                strategy=f"{tmp_path / 'broken.py'}:{cls}",
+                workers=2,
+                transport=transport,
+                progress=False,
+            ).fit(X)
     finally:
         sys.modules.pop("broken", None)
         registry._by_reference.pop(f"{tmp_path / 'broken.py'}:{cls}", None)
@@ -723,13 +811,15 @@ def test_a_plugin_breaking_its_contract_is_named(tmp_path, cls, needle, transpor
 
 # ---- items 18, 22: messages that name what is wrong ----------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["kill", "kill:1", "kill:x:2", "slow:0:-5", "boom:0:1", "hang:0:2.5", "slow:0:nan"])
 def test_a_malformed_fault_variable_is_named(monkeypatch, value):
     monkeypatch.setenv("PARRBM_FAULT", value)
     X = (np.random.default_rng(0).random((40, 12)) > 0.5).astype(np.float32)
     with pytest.raises(ValueError, match=r"PARRBM_FAULT=.* is malformed; accepted: kill:R:S"):
-        RBM(n_hidden=8, n_iter=1, batch_size=4, strategy="green-only", workers=2, transport="tcp",
-            progress=False).fit(X)
+        RBM(n_hidden=8, n_iter=1, batch_size=4, strategy="green-only", workers=2, transport="tcp", progress=False).fit(
+            X
+        )
 
 
 def test_data_messages_name_the_offending_value():
@@ -747,8 +837,22 @@ def test_train_names_a_misnamed_archive_and_a_fraction_that_leaves_nothing(tmp_p
     assert main(["train", "--data", str(tmp_path / "x.npy"), "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
     assert "x.npy: an .npz archive of several arrays" in capsys.readouterr().err
     np.save(tmp_path / "y.npy", (np.random.default_rng(0).random((100, 4)) > 0.5).astype(np.float64))
-    assert main(["train", "--data", str(tmp_path / "y.npy"), "--epochs", "1", "--valid-fraction", "0.999",
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "y.npy"),
+                "--epochs",
+                "1",
+                "--valid-fraction",
+                "0.999",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "--valid-fraction 0.999 holds out 100 of the 100 samples" in capsys.readouterr().err
 
 
@@ -774,9 +878,13 @@ def test_a_step_that_never_returns_fails_its_run_and_the_grid_goes_on(tmp_path, 
     import threading
 
     write(tmp_path / "hangs.py", HANGING)
-    cfg = write(tmp_path / "c.yaml", TINY.replace("[serial, unit-partitioned]", "[serial, hangs.py:Hangs, green-only]")
-                .replace("timeout: 20", "timeout: 3").replace("workers: [1, 2]", "workers: 2")
-                .replace("transport: threads", f"transport: {transport}"))
+    cfg = write(
+        tmp_path / "c.yaml",
+        TINY.replace("[serial, unit-partitioned]", "[serial, hangs.py:Hangs, green-only]")
+        .replace("timeout: 20", "timeout: 3")
+        .replace("workers: [1, 2]", "workers: 2")
+        .replace("transport: threads", f"transport: {transport}"),
+    )
     try:
         path = run_config(load_config(cfg), tmp_path / "out", progress=lambda *a: None)
         recs = [json.loads(ln) for ln in path.read_text().splitlines()]
@@ -791,6 +899,7 @@ def test_a_step_that_never_returns_fails_its_run_and_the_grid_goes_on(tmp_path, 
 
 
 # ---- item 11: nothing of an mpi run outlives it ---------------------------------------------------
+
 
 def _tagged_processes() -> list[int]:
     from parrbm.harness.launch import JOB_TAG
@@ -811,8 +920,10 @@ def _hwloc_files() -> set:
     import glob
     import tempfile
 
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "hydra_hwloc_xmlfile_*")) +
-               glob.glob("/tmp/hydra_hwloc_xmlfile_*"))
+    return set(
+        glob.glob(os.path.join(tempfile.gettempdir(), "hydra_hwloc_xmlfile_*"))
+        + glob.glob("/tmp/hydra_hwloc_xmlfile_*")
+    )
 
 
 def _mpi_or_skip():
@@ -836,8 +947,16 @@ def test_a_hung_mpi_run_leaves_no_process_and_no_file(monkeypatch, emulated):
     if emulated:
         opts["network"] = {"bandwidth": "50MB/s"}
     with pytest.raises(Exception, match="worker 1"):
-        RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
-            progress=False, strategy_options=opts).fit(X)
+        RBM(
+            n_hidden=4,
+            batch_size=10,
+            n_iter=1,
+            strategy="green-only",
+            workers=2,
+            transport="mpi",
+            progress=False,
+            strategy_options=opts,
+        ).fit(X)
     assert _tagged_processes() == []
     assert _hwloc_files() <= before
 
@@ -851,8 +970,9 @@ def test_a_temporary_folder_with_a_space_works_and_leaves_nothing(monkeypatch, t
     monkeypatch.setenv("TMPDIR", str(spaced))
     monkeypatch.setattr(tempfile, "tempdir", None)
     X = (np.random.default_rng(0).random((40, 8)) < 0.5).astype(np.float32)
-    rbm = RBM(n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi",
-              progress=False).fit(X)
+    rbm = RBM(
+        n_hidden=4, batch_size=10, n_iter=1, strategy="green-only", workers=2, transport="mpi", progress=False
+    ).fit(X)
     assert rbm.epochs_done_ == 1
     assert _tagged_processes() == [] and list(spaced.iterdir()) == []
 
@@ -872,8 +992,16 @@ def test_network_cleanup_during_a_run_stops_it_and_says_why():
 
     def fit():
         try:
-            RBM(n_hidden=64, batch_size=10, n_iter=50, strategy="green-only", workers=2, transport="mpi",
-                progress=False, strategy_options={"network": {"bandwidth": "1MB/s"}, "timeout": 30}).fit(X)
+            RBM(
+                n_hidden=64,
+                batch_size=10,
+                n_iter=50,
+                strategy="green-only",
+                workers=2,
+                transport="mpi",
+                progress=False,
+                strategy_options={"network": {"bandwidth": "1MB/s"}, "timeout": 30},
+            ).fit(X)
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             failure["exc"] = exc
 
@@ -905,6 +1033,7 @@ def test_a_profile_is_read_as_bounded_data(tmp_path):
 
 
 # ---- a stranger at an MPI job's watch -----------------------------------------------------------
+
 
 class _RankZero:
     """The MPI world of rank 0, alone: what a Watch asks of it."""

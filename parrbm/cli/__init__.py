@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="parrbm",
         description="Train Restricted Boltzmann Machines with interchangeable parallelization "
-                    "strategies and compare them.")
+        "strategies and compare them.",
+    )
     p.add_argument("--version", action="version", version=f"parrbm {parrbm.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for module in (train, experiment, analysis):
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print("parrbm: interrupted", file=sys.stderr)
         return 130
     except MemoryError:
-        print("parrbm: error: out of memory: the data or the model do not fit in this machine's memory "
-              "(fewer samples, a smaller model or float32)", file=sys.stderr)
+        print(
+            "parrbm: error: out of memory: the data or the model do not fit in this machine's memory "
+            "(fewer samples, a smaller model or float32)",
+            file=sys.stderr,
+        )
         return 1
     except BrokenPipeError:  # the reader went away (| head): no traceback, no more output
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -68,5 +72,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
-
-

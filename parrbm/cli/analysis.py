@@ -14,6 +14,8 @@ from parrbm.cli.errors import UsageError
 from parrbm.config import TRANSPORTS
 
 SETTINGS = (("binary", "float32"), ("gaussian", "float32"), ("gaussian", "float64"))
+
+
 def _parallel() -> list[str]:
     """The default strategies: every registered parallel one."""
     from parrbm.strategies.registry import names
@@ -45,36 +47,74 @@ def _one_setting(args) -> tuple[str, str]:
 
 
 def _model(args, visible: str, precision: str) -> cost.Model:
-    return cost.Model(args.visible, args.hidden, visible=visible, precision=precision,
-                      statistics=args.statistics, cd_k=args.cd_k)
+    return cost.Model(
+        args.visible, args.hidden, visible=visible, precision=precision, statistics=args.statistics, cd_k=args.cd_k
+    )
 
 
 def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) -> None:
     p.add_argument("--visible", type=_positive, required=True, metavar="V", help="visible units")
     p.add_argument("--hidden", type=_positive, required=True, metavar="H", help="hidden units")
-    p.add_argument("--batch-size", "--batch", dest="batch", type=_positive, required=batch_required, default=100,
-                   metavar="M", help="cases per minibatch (--batch: the same)")
-    p.add_argument("--workers", type=_workers, nargs="+", default=None, metavar="K",
-                   help="worker counts: numbers and ranges like 1..256 (powers of two); default 1 2 4 8")
+    p.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch",
+        type=_positive,
+        required=batch_required,
+        default=100,
+        metavar="M",
+        help="cases per minibatch (--batch: the same)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        nargs="+",
+        default=None,
+        metavar="K",
+        help="worker counts: numbers and ranges like 1..256 (powers of two); default 1 2 4 8",
+    )
     p.add_argument("--visible-type", choices=["binary", "gaussian"], help="the visible units' type (default: both)")
-    p.add_argument("--precision", "--dtype", dest="precision", choices=["float32", "float64"],
-                   help="floating-point precision (default: both; --dtype: the same)")
+    p.add_argument(
+        "--precision",
+        "--dtype",
+        dest="precision",
+        choices=["float32", "float64"],
+        help="floating-point precision (default: both; --dtype: the same)",
+    )
     p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
     from parrbm.strategies.rules import MAX_CD_K
 
-    p.add_argument("--cd-k", type=_integer_from(1, maximum=MAX_CD_K), default=1,
-                   help=f"Gibbs steps of CD-k (1 to {MAX_CD_K})")
-    p.add_argument("--strategy", nargs="+", type=_strategy, metavar="STRATEGY",
-                   help="strategies: registered names or module:Class (default: every registered parallel "
-                        "strategy)")
-    p.add_argument("--sync-every", type=_non_negative, default=80,
-                   help="unit-partitioned: minibatches between weight syncs (0: never)")
+    p.add_argument(
+        "--cd-k", type=_integer_from(1, maximum=MAX_CD_K), default=1, help=f"Gibbs steps of CD-k (1 to {MAX_CD_K})"
+    )
+    p.add_argument(
+        "--strategy",
+        nargs="+",
+        type=_strategy,
+        metavar="STRATEGY",
+        help="strategies: registered names or module:Class (default: every registered parallel strategy)",
+    )
+    p.add_argument(
+        "--sync-every",
+        type=_non_negative,
+        default=80,
+        help="unit-partitioned: minibatches between weight syncs (0: never)",
+    )
     from parrbm.strategies.base import OPTION
 
-    p.add_argument("--average", choices=list(OPTION["average"].choices), default=OPTION["average"].default,
-                   help="parameter averaging: sum gradients every step, or average weights every --average-every")
-    p.add_argument("--average-every", type=_positive, default=1, metavar="T",
-                   help="parameter averaging with --average weights: minibatches between averaging rounds")
+    p.add_argument(
+        "--average",
+        choices=list(OPTION["average"].choices),
+        default=OPTION["average"].default,
+        help="parameter averaging: sum gradients every step, or average weights every --average-every",
+    )
+    p.add_argument(
+        "--average-every",
+        type=_positive,
+        default=1,
+        metavar="T",
+        help="parameter averaging with --average weights: minibatches between averaging rounds",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -90,6 +130,7 @@ def _strategy(text: str) -> str:
 
 def _integer_from(minimum: int, meaning: str = "", maximum: int | None = None):
     """An argparse type: an integer >= ``minimum`` (and <= ``maximum``)."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -100,6 +141,7 @@ def _integer_from(minimum: int, meaning: str = "", maximum: int | None = None):
         if maximum is not None and v > maximum:
             raise argparse.ArgumentTypeError(f"{text!r} must be <= {maximum}")
         return v
+
     return parse
 
 
@@ -148,17 +190,22 @@ def _runnable(args, default: list[str]) -> list[tuple[str, int]]:
     for K in workers:
         if not any(k == K for _, k, _ in pairs):
             reasons = "; ".join(dict.fromkeys(why for _, k, why in refused if k == K))
-            raise _usage(f"--workers {K}: no strategy can run {K} workers on a {args.visible} x {args.hidden} "
-                         f"model with minibatch {args.batch}: {reasons}")
+            raise _usage(
+                f"--workers {K}: no strategy can run {K} workers on a {args.visible} x {args.hidden} "
+                f"model with minibatch {args.batch}: {reasons}"
+            )
     for s in strategies:
         left_out = [(K, why) for t, K, why in refused if t == s]
         if left_out:
-            print(f"note: {s} is left out at K = {', '.join(str(K) for K, _ in left_out)}: {left_out[0][1]}",
-                  file=sys.stderr)
+            print(
+                f"note: {s} is left out at K = {', '.join(str(K) for K, _ in left_out)}: {left_out[0][1]}",
+                file=sys.stderr,
+            )
     return [(s, K) for s, K, _ in pairs]
 
 
 # ---- cost ---------------------------------------------------------------------------------------
+
 
 def cost_rows(args) -> list[dict]:
     rows = []
@@ -172,19 +219,30 @@ def cost_rows(args) -> list[dict]:
             periods = dict(sync_every=args.sync_every, average_every=args.average_every, **kw)
             per_step = cost.syncs_per_step(s, **periods)
             cases = cost.traffic_for_cases(s, model, args.batch, K, args.cases, **periods)
-            rows.append({
-                "strategy": s, "workers": K, "visible_type": visible, "precision": precision,
-                "visible": args.visible, "hidden": args.hidden, "batch_size": args.batch,
-                "cases": args.cases,
-                "bytes_per_step": step.total, "busiest_worker_bytes_per_step": step.busiest,
-                "bytes_per_sync": sync.total, "busiest_worker_bytes_per_sync": sync.busiest,
-                "syncs_per_step": per_step,
-                # every sync included: one every step counts in full, a periodic one once a period
-                "bytes_per_step_with_syncs": step.total + per_step * sync.total,
-                "bytes": cases["bytes"], "step_bytes": cases["step_bytes"], "sync_bytes": cases["sync_bytes"],
-                "syncs": cases["syncs"],
-                "by_phase": step.by_phase(),
-            })
+            rows.append(
+                {
+                    "strategy": s,
+                    "workers": K,
+                    "visible_type": visible,
+                    "precision": precision,
+                    "visible": args.visible,
+                    "hidden": args.hidden,
+                    "batch_size": args.batch,
+                    "cases": args.cases,
+                    "bytes_per_step": step.total,
+                    "busiest_worker_bytes_per_step": step.busiest,
+                    "bytes_per_sync": sync.total,
+                    "busiest_worker_bytes_per_sync": sync.busiest,
+                    "syncs_per_step": per_step,
+                    # every sync included: one every step counts in full, a periodic one once a period
+                    "bytes_per_step_with_syncs": step.total + per_step * sync.total,
+                    "bytes": cases["bytes"],
+                    "step_bytes": cases["step_bytes"],
+                    "sync_bytes": cases["sync_bytes"],
+                    "syncs": cases["syncs"],
+                    "by_phase": step.by_phase(),
+                }
+            )
     return rows
 
 
@@ -194,35 +252,51 @@ def cmd_cost(args) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     mb = 1e6
-    print(f"Bytes sent by all workers (MB = 10^6 bytes); {args.visible} x {args.hidden} RBM, "
-          f"minibatch {args.batch}; weight syncs included at their period (unit-partitioned every "
-          f"{args.sync_every or 'never'}; parameter averaging: {args.average}"
-          f"{f', every {args.average_every}' if args.average == 'weights' else ''})")
-    print("MB / step: a mean step, its syncs included; of which syncs: the syncs' share of the cases' bytes "
-          "(the rest is the paper's Table 4.1 figure)")
+    print(
+        f"Bytes sent by all workers (MB = 10^6 bytes); {args.visible} x {args.hidden} RBM, "
+        f"minibatch {args.batch}; weight syncs included at their period (unit-partitioned every "
+        f"{args.sync_every or 'never'}; parameter averaging: {args.average}"
+        f"{f', every {args.average_every}' if args.average == 'weights' else ''})"
+    )
+    print(
+        "MB / step: a mean step, its syncs included; of which syncs: the syncs' share of the cases' bytes "
+        "(the rest is the paper's Table 4.1 figure)"
+    )
     for visible, precision in _settings(args):
         print(f"\n{visible} visible, {precision}")
-        print(f"{'strategy':<21}{'K':>4}{f'MB / {args.cases} cases':>20}{'of which syncs':>16}{'MB / step':>11}"
-              f"{'busiest':>9}{'MB / sync':>11}  syncs")
+        print(
+            f"{'strategy':<21}{'K':>4}{f'MB / {args.cases} cases':>20}{'of which syncs':>16}{'MB / step':>11}"
+            f"{'busiest':>9}{'MB / sync':>11}  syncs"
+        )
         for r in rows:
             if (r["visible_type"], r["precision"]) != (visible, precision):
                 continue
             per = r["syncs_per_step"]
-            when = "never" if per <= 0 or r["workers"] == 1 else "every step" if per >= 1 else \
-                f"every {round(1 / per)} steps"
-            print(f"{r['strategy']:<21}{r['workers']:>4}{r['bytes'] / mb:>20.3f}{r['sync_bytes'] / mb:>16.3f}"
-                  f"{r['bytes_per_step_with_syncs'] / mb:>11.3f}{r['busiest_worker_bytes_per_step'] / mb:>9.3f}"
-                  f"{r['bytes_per_sync'] / mb:>11.3f}  {when}")
+            when = (
+                "never"
+                if per <= 0 or r["workers"] == 1
+                else "every step"
+                if per >= 1
+                else f"every {round(1 / per)} steps"
+            )
+            print(
+                f"{r['strategy']:<21}{r['workers']:>4}{r['bytes'] / mb:>20.3f}{r['sync_bytes'] / mb:>16.3f}"
+                f"{r['bytes_per_step_with_syncs'] / mb:>11.3f}{r['busiest_worker_bytes_per_step'] / mb:>9.3f}"
+                f"{r['bytes_per_sync'] / mb:>11.3f}  {when}"
+            )
         K = max(_flat_workers(args))
         if K > 1:
             print(f"crossovers at K = {K}:")
             for c in cost.crossovers(_model(args, visible, precision), args.batch, K, sync_every=args.sync_every):
-                print(f"  {'yes' if c['holds'] else 'no ':<4}{c['name']}: {c['inequality']} "
-                      f"({c['lhs']:.4g} vs {c['rhs']:.4g})")
+                print(
+                    f"  {'yes' if c['holds'] else 'no ':<4}{c['name']}: {c['inequality']} "
+                    f"({c['lhs']:.4g} vs {c['rhs']:.4g})"
+                )
     return 0
 
 
 # ---- calibrate / predict / advise ---------------------------------------------------------------------
+
 
 def cmd_calibrate(args) -> int:
     from parrbm.analysis.calibrate import calibrate
@@ -234,8 +308,10 @@ def cmd_calibrate(args) -> int:
         try:
             Profile.load(out)
         except ValueError:
-            raise _usage(f"--out {out}: exists and is not a machine profile; it is left alone "
-                         f"(give a new file or an older profile to replace)") from None
+            raise _usage(
+                f"--out {out}: exists and is not a machine profile; it is left alone "
+                f"(give a new file or an older profile to replace)"
+            ) from None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -249,8 +325,10 @@ def cmd_calibrate(args) -> int:
         for link in links:
             calibrate_network(p, [t for t in args.transports if t in ("tcp", "mpi")], link, args.quick, progress)
     p.save(out)
-    print(f"GEMM rate (largest class): float32 {p.gemm['float32'][-1][1] / 1e9:.1f} GFLOP/s, "
-          f"float64 {p.gemm['float64'][-1][1] / 1e9:.1f} GFLOP/s per core")
+    print(
+        f"GEMM rate (largest class): float32 {p.gemm['float32'][-1][1] / 1e9:.1f} GFLOP/s, "
+        f"float64 {p.gemm['float64'][-1][1] / 1e9:.1f} GFLOP/s per core"
+    )
     for t, links in p.links.items():
         link = links["allgather"]
         print(f"{t}: latency {link.latency * 1e3:.3f} ms, bandwidth {link.bandwidth / 1e6:.0f} MB/s (allgather)")
@@ -299,17 +377,19 @@ def _profile_for(args):
         profile = profile.with_network("network", bw, lat)
         transport = "network"
     elif transport not in profile.links:
-        raise _usage(f"--transport {transport}: the profile {path} has no figures for it "
-                     f"(it has {', '.join(profile.links) or 'none'}); give --bandwidth and --latency")
+        raise _usage(
+            f"--transport {transport}: the profile {path} has no figures for it "
+            f"(it has {', '.join(profile.links) or 'none'}); give --bandwidth and --latency"
+        )
     return profile, transport
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(p)
-    p.add_argument("--profile", help="machine profile from 'parrbm calibrate' (default: %(default)s)",
-                   default=None)
-    p.add_argument("--transport", default="tcp", choices=list(TRANSPORTS),
-                   help="whose measured latency and bandwidth to use")
+    p.add_argument("--profile", help="machine profile from 'parrbm calibrate' (default: %(default)s)", default=None)
+    p.add_argument(
+        "--transport", default="tcp", choices=list(TRANSPORTS), help="whose measured latency and bandwidth to use"
+    )
     p.add_argument("--bandwidth", help="a network's bandwidth instead, e.g. 105MB/s, 10Gbit/s")
     p.add_argument("--latency", help="and its latency, e.g. 0.091ms")
     p.add_argument("--momentum", action="store_true", help="the model trains with momentum")
@@ -321,9 +401,18 @@ def _predictions(args):
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
     strategies = sorted({s for s, _ in _runnable(args, _parallel())}, key=(args.strategy or _parallel()).index)
-    preds = predict_curve(strategies, _model(args, visible, precision), args.batch,
-                          _flat_workers(args), profile, transport=transport, sync_every=args.sync_every,
-                          momentum=args.momentum, average=args.average, average_every=args.average_every)
+    preds = predict_curve(
+        strategies,
+        _model(args, visible, precision),
+        args.batch,
+        _flat_workers(args),
+        profile,
+        transport=transport,
+        sync_every=args.sync_every,
+        momentum=args.momentum,
+        average=args.average,
+        average_every=args.average_every,
+    )
     return [(visible, precision, preds)], transport
 
 
@@ -332,16 +421,23 @@ def cmd_predict(args) -> int:
 
     results, transport = _predictions(args)
     if args.json:
-        print(json.dumps([{**asdict(p), "visible_type": v, "precision": pr} for v, pr, ps in results for p in ps],
-                         indent=1))
+        print(
+            json.dumps(
+                [{**asdict(p), "visible_type": v, "precision": pr} for v, pr, ps in results for p in ps], indent=1
+            )
+        )
         return 0
     for visible, precision, preds in results:
-        print(f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
-              f"transport: {transport} (one worker per machine)")
+        print(
+            f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
+            f"transport: {transport} (one worker per machine)"
+        )
         print(f"{'strategy':<21}{'K':>5}{'ms/step':>10}{'compute':>9}{'comm':>9}{'speedup':>9}{'effic.':>8}")
         for p in preds:
-            print(f"{p.strategy:<21}{p.workers:>5}{p.mean_step_seconds * 1e3:>10.2f}{p.compute_seconds * 1e3:>9.2f}"
-                  f"{(p.mean_step_seconds - p.compute_seconds) * 1e3:>9.2f}{p.speedup:>9.2f}{p.efficiency:>8.2f}")
+            print(
+                f"{p.strategy:<21}{p.workers:>5}{p.mean_step_seconds * 1e3:>10.2f}{p.compute_seconds * 1e3:>9.2f}"
+                f"{(p.mean_step_seconds - p.compute_seconds) * 1e3:>9.2f}{p.speedup:>9.2f}{p.efficiency:>8.2f}"
+            )
     return 0
 
 
@@ -352,25 +448,44 @@ def cmd_advise(args) -> int:
     profile, transport = _profile_for(args)
     visible, precision = _one_setting(args)
     model = _model(args, visible, precision)
-    rows = advise(model, args.batch, _flat_workers(args), profile, strategies=args.strategy,
-                  transport=transport, sync_every=args.sync_every, momentum=args.momentum,
-                  average=args.average, average_every=args.average_every)
+    rows = advise(
+        model,
+        args.batch,
+        _flat_workers(args),
+        profile,
+        strategies=args.strategy,
+        transport=transport,
+        sync_every=args.sync_every,
+        momentum=args.momentum,
+        average=args.average,
+        average_every=args.average_every,
+    )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
-          f"transport: {transport}")
+    print(
+        f"{args.visible} x {args.hidden} RBM, {visible} visible, {precision}, minibatch {args.batch}, "
+        f"transport: {transport}"
+    )
     print(f"{'K':>5}  {'best strategy':<31}{'ms/step':>9}{'speedup':>9}{'effic.':>8}  runner-up (slower by)")
     for r in rows:
         second = f"{r['runner_up']} (+{r['margin_percent']:.1f}%)" if r["runner_up"] else "-"
-        best = r["best"] + (f", {r['overlap_chunks']} chunks" if r.get("overlap_chunks", 1) > 1 else
-                            ", overlapped" if r.get("overlap") else "")
-        print(f"{r['workers']:>5}  {best:<31}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
-              f"{r['efficiency']:>8.2f}  {second}")
+        best = r["best"] + (
+            f", {r['overlap_chunks']} chunks"
+            if r.get("overlap_chunks", 1) > 1
+            else ", overlapped"
+            if r.get("overlap")
+            else ""
+        )
+        print(
+            f"{r['workers']:>5}  {best:<31}{r['step_seconds'] * 1e3:>9.2f}{r['speedup']:>9.2f}"
+            f"{r['efficiency']:>8.2f}  {second}"
+        )
     return 0
 
 
 # ---- plot / report ------------------------------------------------------------------------------------------
+
 
 def load_results(results: str, profile: str | None, *, need_ok: bool = True, with_notes: bool = False):
     """(records, machine profile or None) of a results file, each run once, or a
@@ -388,12 +503,21 @@ def load_results(results: str, profile: str | None, *, need_ok: bool = True, wit
     except (ConfigError, ValueError) as exc:
         raise _usage(str(exc)) from exc
     if not records:
-        raise _usage(f"{path}: " + (f"not a parrbm results file: no record is one 'parrbm run' writes ({notes[0]})"
-                                    if notes else "no records"))
+        raise _usage(
+            f"{path}: "
+            + (
+                f"not a parrbm results file: no record is one 'parrbm run' writes ({notes[0]})"
+                if notes
+                else "no records"
+            )
+        )
     if need_ok and not any(r.get("status") == "ok" for r in records):
         raise _usage(f"{path}: no successful runs to show")
-    missing = [k for k in ("strategy", "workers", "batch_size", "model", "metrics")
-               if any(k not in r for r in records if r.get("status") == "ok")]
+    missing = [
+        k
+        for k in ("strategy", "workers", "batch_size", "model", "metrics")
+        if any(k not in r for r in records if r.get("status") == "ok")
+    ]
     if missing:
         raise _usage(f"{path}: not a parrbm results file (records without {', '.join(missing)})")
     bad = [r.get("run_id", "?") for r in records if r.get("status") == "ok" and not _well_formed(r)]
@@ -425,8 +549,13 @@ def _well_formed(r: dict) -> bool:
     if not isinstance(r.get("workers"), int) or not isinstance(r.get("batch_size"), int) or r["batch_size"] < 1:
         return False
     step = mt.get("step_seconds")
-    return (isinstance(step, dict) and isinstance(step.get("median"), Real) and step["median"] > 0
-            and isinstance(mt.get("bytes_per_step"), int) and isinstance(mt.get("bytes_per_sync"), int))
+    return (
+        isinstance(step, dict)
+        and isinstance(step.get("median"), Real)
+        and step["median"] > 0
+        and isinstance(mt.get("bytes_per_step"), int)
+        and isinstance(mt.get("bytes_per_sync"), int)
+    )
 
 
 def cmd_plot(args) -> int:
@@ -453,50 +582,72 @@ def cmd_report(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    c = sub.add_parser("cost", help="closed-form communication of every strategy (Table 4.1 form)",
-                       epilog="example: parrbm cost --visible 8000 --hidden 20000 --batch-size 100 "
-                              "--workers 1 2 4 8   # the paper's Table 4.1")
+    c = sub.add_parser(
+        "cost",
+        help="closed-form communication of every strategy (Table 4.1 form)",
+        epilog="example: parrbm cost --visible 8000 --hidden 20000 --batch-size 100 "
+        "--workers 1 2 4 8   # the paper's Table 4.1",
+    )
     _common_model_args(c)
     c.add_argument("--cases", type=_positive, default=8000, help="bytes per this many training cases")
     c.set_defaults(func=cmd_cost)
 
-    cal = sub.add_parser("calibrate", help="measure this machine for the time model",
-                         epilog="examples: parrbm calibrate --quick; sudo parrbm calibrate --network 105MB/s "
-                                "--out machine.json")
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure this machine for the time model",
+        epilog="examples: parrbm calibrate --quick; sudo parrbm calibrate --network 105MB/s --out machine.json",
+    )
     cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
     cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
     cal.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
-    cal.add_argument("--network", nargs="+", metavar="BANDWIDTH",
-                     help="also measure tcp and mpi between emulated hosts whose links are shaped to each "
-                          "bandwidth (e.g. 105MB/s; needs root): the profile's transports tcp@105MB/s, ...")
+    cal.add_argument(
+        "--network",
+        nargs="+",
+        metavar="BANDWIDTH",
+        help="also measure tcp and mpi between emulated hosts whose links are shaped to each "
+        "bandwidth (e.g. 105MB/s; needs root): the profile's transports tcp@105MB/s, ...",
+    )
     cal.add_argument("--latency", help="the emulated links' latency (e.g. 0.091ms; where the kernel has netem)")
     cal.set_defaults(func=cmd_calibrate)
 
-    pr = sub.add_parser("predict", help="predicted step time, speedup and efficiency per strategy and K",
-                        epilog="example: parrbm predict --visible 8000 --hidden 20000 --batch-size 100 "
-                               "--workers 1..16 --bandwidth 105MB/s --latency 0.091ms")
+    pr = sub.add_parser(
+        "predict",
+        help="predicted step time, speedup and efficiency per strategy and K",
+        epilog="example: parrbm predict --visible 8000 --hidden 20000 --batch-size 100 "
+        "--workers 1..16 --bandwidth 105MB/s --latency 0.091ms",
+    )
     _predict_args(pr)
     pr.set_defaults(func=cmd_predict)
 
-    ad = sub.add_parser("advise", help="the fastest strategy for a model and cluster, with its margin",
-                        epilog="example: parrbm advise --visible 8000 --hidden 20000 --batch-size 100 "
-                               "--workers 1..256 --bandwidth 105MB/s --latency 0.091ms")
+    ad = sub.add_parser(
+        "advise",
+        help="the fastest strategy for a model and cluster, with its margin",
+        epilog="example: parrbm advise --visible 8000 --hidden 20000 --batch-size 100 "
+        "--workers 1..256 --bandwidth 105MB/s --latency 0.091ms",
+    )
     _predict_args(ad)
     ad.set_defaults(func=cmd_advise)
 
-    for name, helptext, func in (("plot", "figures of a results file (PNG and SVG)", cmd_plot),
-                                 ("report", "one HTML or Markdown page: tables, figures, the paper's numbers",
-                                  cmd_report)):
-        q = sub.add_parser(name, help=helptext,
-                           epilog=f"example: parrbm {name} results/quick.jsonl --out "
-                                  + ("figures/" if name == "plot" else "report.html"))
+    for name, helptext, func in (
+        ("plot", "figures of a results file (PNG and SVG)", cmd_plot),
+        ("report", "one HTML or Markdown page: tables, figures, the paper's numbers", cmd_report),
+    ):
+        q = sub.add_parser(
+            name,
+            help=helptext,
+            epilog=f"example: parrbm {name} results/quick.jsonl --out "
+            + ("figures/" if name == "plot" else "report.html"),
+        )
         q.add_argument("results", help="a .jsonl file written by 'parrbm run'")
         if name == "plot":
             q.add_argument("--out", default="plots", help="directory for the figures")
         else:
             q.add_argument("--out", help="report.html or report.md (default: beside the results, .html)")
-        q.add_argument("--profile", help="machine profile for the time model (default: the one beside "
-                                         "the results, <name>.profile.json)")
-        q.add_argument("--no-divergence", action="store_true",
-                       help="skip the replica-divergence measurement (a few seconds)")
+        q.add_argument(
+            "--profile",
+            help="machine profile for the time model (default: the one beside the results, <name>.profile.json)",
+        )
+        q.add_argument(
+            "--no-divergence", action="store_true", help="skip the replica-divergence measurement (a few seconds)"
+        )
         q.set_defaults(func=func)

@@ -30,21 +30,23 @@ def _cmd_run(args) -> int:
         release_servers()
         raise UsageError(str(exc)) from exc
     from parrbm.analysis.calibrate import calibrate_for_config
-
     from parrbm.cli.progress import RunProgress
 
     progress = RunProgress()
-    calibrate = None if args.no_calibrate else (
-        lambda *a, **kw: calibrate_for_config(*a, **kw, fresh=args.recalibrate))
+    calibrate = None if args.no_calibrate else (lambda *a, **kw: calibrate_for_config(*a, **kw, fresh=args.recalibrate))
     try:
-        path = run_config(cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite,
-                          progress=progress, calibrate=calibrate)
+        path = run_config(
+            cfg, Path(args.out), resume=args.resume, overwrite=args.overwrite, progress=progress, calibrate=calibrate
+        )
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     except KeyboardInterrupt:
         progress.close()
-        print("interrupted: the results recorded so far are kept (with the repeats each run finished); "
-              "--resume continues", file=sys.stderr)
+        print(
+            "interrupted: the results recorded so far are kept (with the repeats each run finished); "
+            "--resume continues",
+            file=sys.stderr,
+        )
         return 130
     finally:
         progress.close()
@@ -69,14 +71,16 @@ def _cmd_configs(args) -> int:
     width = max(len(n) for n, _, _ in rows)
     for name, description, _ in rows:
         print(f"{name:<{width}}  {description}")
-    print(f"\nparrbm run NAME runs one; parrbm configs NAME > mine.yaml copies it to edit "
-          f"(they are in {rows[0][2].parent})")
+    print(
+        f"\nparrbm run NAME runs one; parrbm configs NAME > mine.yaml copies it to edit "
+        f"(they are in {rows[0][2].parent})"
+    )
     return 0
 
 
 def _cmd_table(args) -> int:
-    from parrbm.cli.analysis import load_results
     from parrbm.analysis.table import summary_table
+    from parrbm.cli.analysis import load_results
 
     records, profile, notes = load_results(args.results, args.profile, need_ok=False, with_notes=True)
     try:
@@ -95,8 +99,11 @@ def _cmd_network_cleanup(args) -> int:
         return 2
     removed = cleanup(every=args.all)
     caps = [n for n in removed if n.startswith("cgroup ")]
-    print(f"removed {len(removed) - len(caps)} namespace(s)"
-          + (f" and {len(caps)} CPU cap(s)" if caps else "") + "".join(f"\n  {n}" for n in removed))
+    print(
+        f"removed {len(removed) - len(caps)} namespace(s)"
+        + (f" and {len(caps)} CPU cap(s)" if caps else "")
+        + "".join(f"\n  {n}" for n in removed)
+    )
     return 0
 
 
@@ -117,9 +124,11 @@ def _cmd_network_cluster(args) -> int:
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise UsageError("network cluster: give the command to run on the login node after '--', e.g. "
-                         "parrbm network cluster --nodes 3 -- mpiexec -hosts node0,node1,node2 -n 3 "
-                         "parrbm run CONFIG")
+        raise UsageError(
+            "network cluster: give the command to run on the login node after '--', e.g. "
+            "parrbm network cluster --nodes 3 -- mpiexec -hosts node0,node1,node2 -n 3 "
+            "parrbm run CONFIG"
+        )
     if not 1 <= args.nodes <= 250:
         raise UsageError(f"network cluster --nodes: {args.nodes}; between 1 and 250 are possible")
     why = missing()
@@ -133,9 +142,13 @@ def _cmd_network_cluster(args) -> int:
     try:
         with EmulatedCluster(args.nodes, link) as cluster:
             shaped = f"links shaped to {args.bandwidth}" if args.bandwidth else "unshaped links"
-            print(f"parrbm network cluster: {', '.join(cluster.node_names)} and login ({shaped}; each host its own "
-                  f"sshd, host name, /tmp and /dev/shm; the rest of the file system seen by all); running on login: "
-                  f"{' '.join(command)}", file=sys.stderr, flush=True)
+            print(
+                f"parrbm network cluster: {', '.join(cluster.node_names)} and login ({shaped}; each host its own "
+                f"sshd, host name, /tmp and /dev/shm; the rest of the file system seen by all); running on login: "
+                f"{' '.join(command)}",
+                file=sys.stderr,
+                flush=True,
+            )
             return cluster.run("login", command, cwd=os.getcwd()).returncode
     except NetworkError as exc:
         print(f"parrbm network cluster: {exc}", file=sys.stderr)
@@ -143,56 +156,78 @@ def _cmd_network_cluster(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    run = sub.add_parser("run", help="run a YAML-defined comparison and record every run",
-                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog="examples:\n  parrbm run quick --out results            # a shipped config, by name\n"
-                                "  parrbm run mine.yaml --out results --resume # continue a results file\n"
-                                "  mpiexec -f hostfile -n 4 parrbm run quick   # on the ranks of an MPI job")
+    run = sub.add_parser(
+        "run",
+        help="run a YAML-defined comparison and record every run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  parrbm run quick --out results            # a shipped config, by name\n"
+        "  parrbm run mine.yaml --out results --resume # continue a results file\n"
+        "  mpiexec -f hostfile -n 4 parrbm run quick   # on the ranks of an MPI job",
+    )
     run.add_argument("config", help="a YAML file, or the name of a shipped config (parrbm configs lists them)")
     run.add_argument("--out", default="results", help="directory for <config name>.jsonl")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the results file: skip the runs already recorded (the config must "
-                          "be the one that wrote it)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start the results file again; the old one is kept beside it, renamed")
-    run.add_argument("--no-calibrate", action="store_true",
-                     help="do not measure this machine for the time model first")
-    run.add_argument("--recalibrate", action="store_true",
-                     help="measure this machine again, though a calibration of it is kept in the cache "
-                          "(~/.cache/parrbm, or $XDG_CACHE_HOME/parrbm)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the results file: skip the runs already recorded (the config must be the one that wrote it)",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="start the results file again; the old one is kept beside it, renamed"
+    )
+    run.add_argument("--no-calibrate", action="store_true", help="do not measure this machine for the time model first")
+    run.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="measure this machine again, though a calibration of it is kept in the cache "
+        "(~/.cache/parrbm, or $XDG_CACHE_HOME/parrbm)",
+    )
     run.set_defaults(func=_cmd_run)
 
-    configs = sub.add_parser("configs", help="list the shipped comparison configs, or print one",
-                             epilog="examples: parrbm configs; parrbm configs quick > mine.yaml")
+    configs = sub.add_parser(
+        "configs",
+        help="list the shipped comparison configs, or print one",
+        epilog="examples: parrbm configs; parrbm configs quick > mine.yaml",
+    )
     configs.add_argument("name", nargs="?", help="print this config's YAML")
     configs.set_defaults(func=_cmd_configs)
 
-    table = sub.add_parser("table", help="print the comparison of a results file",
-                           epilog="example: parrbm table results/quick.jsonl")
+    table = sub.add_parser(
+        "table", help="print the comparison of a results file", epilog="example: parrbm table results/quick.jsonl"
+    )
     table.add_argument("results", help="a .jsonl file written by 'parrbm run'")
-    table.add_argument("--profile", help="machine profile for the predictions (default: the one "
-                                          "beside the results, <name>.profile.json)")
+    table.add_argument(
+        "--profile",
+        help="machine profile for the predictions (default: the one beside the results, <name>.profile.json)",
+    )
     table.set_defaults(func=_cmd_table)
 
-    net = sub.add_parser("network", help="the emulated hosts of tcp and mpi runs (network.emulate)",
-                         epilog="examples: parrbm network show; sudo parrbm network cleanup")
+    net = sub.add_parser(
+        "network",
+        help="the emulated hosts of tcp and mpi runs (network.emulate)",
+        epilog="examples: parrbm network show; sudo parrbm network cleanup",
+    )
     net_sub = net.add_subparsers(dest="network_command", metavar="ACTION", required=True)
-    clean = net_sub.add_parser("cleanup", help="remove the namespaces, links and qdiscs of emulated networks "
-                                               "whose run is gone (a run killed outright)",
-                               epilog="example: sudo parrbm network cleanup")
+    clean = net_sub.add_parser(
+        "cleanup",
+        help="remove the namespaces, links and qdiscs of emulated networks whose run is gone (a run killed outright)",
+        epilog="example: sudo parrbm network cleanup",
+    )
     clean.add_argument("--all", action="store_true", help="also those of runs still going")
     clean.set_defaults(func=_cmd_network_cleanup)
-    show = net_sub.add_parser("show", help="list the emulated networks' namespaces on this machine",
-                              epilog="example: parrbm network show")
+    show = net_sub.add_parser(
+        "show", help="list the emulated networks' namespaces on this machine", epilog="example: parrbm network show"
+    )
     show.set_defaults(func=_cmd_network_show)
     cluster = net_sub.add_parser(
-        "cluster", help="run a command on the login node of an emulated cluster, then remove the cluster",
+        "cluster",
+        help="run a command on the login node of an emulated cluster, then remove the cluster",
         description="Emulated hosts node0 .. node{N-1} and login on one switch, each with its own sshd (key login "
-                    "between them), host name, /tmp and /dev/shm, so that a job started from login runs as on a "
-                    "cluster without a shared temporary folder. The command runs on login with this environment "
-                    "and working directory; the cluster goes when it ends. Needs root and openssh-server.",
+        "between them), host name, /tmp and /dev/shm, so that a job started from login runs as on a "
+        "cluster without a shared temporary folder. The command runs on login with this environment "
+        "and working directory; the cluster goes when it ends. Needs root and openssh-server.",
         epilog="example: parrbm network cluster --nodes 3 --bandwidth 105MB/s -- "
-               "mpiexec -hosts node0,node1,node2 -n 3 parrbm run configs/cluster-smoke.yaml --out results")
+        "mpiexec -hosts node0,node1,node2 -n 3 parrbm run configs/cluster-smoke.yaml --out results",
+    )
     cluster.add_argument("--nodes", type=int, default=3, help="compute nodes (default: 3)")
     cluster.add_argument("--bandwidth", help="every host's link, e.g. 105MB/s, 1Gbit/s (default: unshaped)")
     cluster.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run on login")

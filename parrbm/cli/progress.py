@@ -33,8 +33,11 @@ class RunProgress:
         from tqdm.auto import tqdm
 
         self.close()
-        fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " + unit + " [{elapsed}<{remaining}]"
-               if total else "{desc}: {n_fmt} " + unit + " [{elapsed}]")
+        fmt = (
+            "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} " + unit + " [{elapsed}<{remaining}]"
+            if total
+            else "{desc}: {n_fmt} " + unit + " [{elapsed}]"
+        )
         self.bar = tqdm(total=total, desc=desc, file=self.file, dynamic_ncols=True, bar_format=fmt)
 
     def advance(self, n: int = 1) -> None:

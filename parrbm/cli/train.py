@@ -38,12 +38,14 @@ def _load_data(args) -> tuple[np.ndarray, np.ndarray | None, str, tuple | None]:
             X, y = datasets.random_binary(args.samples or 2000, 256, seed=args.seed)
             name, shape = "random binary (256 features, p = 0.5)", (16, 16)
         else:
-            raise UsageError(f"--data: expected digits, nudged-digits, fashion-mnist, cifar10, random-binary or "
-                             f"a .npy file, got {spec!r}")
+            raise UsageError(
+                f"--data: expected digits, nudged-digits, fashion-mnist, cifar10, random-binary or "
+                f"a .npy file, got {spec!r}"
+            )
     except datasets.DatasetError as exc:
         raise UsageError(f"--data {spec}: {exc}") from exc
     if args.samples and X.shape[0] > args.samples:
-        pick = np.sort(np.random.default_rng(args.seed).permutation(X.shape[0])[:args.samples])
+        pick = np.sort(np.random.default_rng(args.seed).permutation(X.shape[0])[: args.samples])
         X, y = X[pick], None if y is None else y[pick]
         name += f", {args.samples} random samples"
     if args.binarize:
@@ -84,8 +86,9 @@ def _image_shape(args, X: np.ndarray, shape):
     except ValueError as exc:
         raise UsageError(f"--shape: {exc}") from exc
     if int(np.prod(shape)) != X.shape[1]:
-        raise UsageError(f"--shape {args.shape}: {int(np.prod(shape))} pixels, but the data have "
-                         f"{X.shape[1]} features per sample")
+        raise UsageError(
+            f"--shape {args.shape}: {int(np.prod(shape))} pixels, but the data have {X.shape[1]} features per sample"
+        )
     return shape
 
 
@@ -104,8 +107,10 @@ def _check_out(args) -> None:
     written = [out] if out.suffix == ".npz" else [out / "model.npz", out / "report.html"]
     there = [p for p in written if p.exists()]
     if there and not (args.overwrite or args.resume):
-        raise UsageError(f"--out {args.out}: {there[0]} already exists (a model trained before); give "
-                         f"--overwrite to replace it, or another --out")
+        raise UsageError(
+            f"--out {args.out}: {there[0]} already exists (a model trained before); give "
+            f"--overwrite to replace it, or another --out"
+        )
 
 
 def _split_and_preprocess(args, X: np.ndarray):
@@ -117,9 +122,11 @@ def _split_and_preprocess(args, X: np.ndarray):
         raise UsageError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     n_valid = int(round(args.valid_fraction * X.shape[0]))
     if n_valid and X.shape[0] - n_valid < max(1, args.batch_size) <= X.shape[0]:
-        raise UsageError(f"--valid-fraction {args.valid_fraction:g} holds out {n_valid} of the {X.shape[0]} samples, "
-                         f"leaving {X.shape[0] - n_valid} to train on, fewer than one minibatch "
-                         f"(--batch-size {args.batch_size}); give a smaller fraction")
+        raise UsageError(
+            f"--valid-fraction {args.valid_fraction:g} holds out {n_valid} of the {X.shape[0]} samples, "
+            f"leaving {X.shape[0] - n_valid} to train on, fewer than one minibatch "
+            f"(--batch-size {args.batch_size}); give a smaller fraction"
+        )
     perm = np.random.default_rng([args.seed, 0x7A11D]).permutation(X.shape[0])
     X_train, X_valid = X[perm[n_valid:]], (X[perm[:n_valid]] if n_valid else None)
     pre = preprocessing.make(args.preprocess)
@@ -137,18 +144,34 @@ def _estimator(args):
     from parrbm import RBM
     from parrbm.rbm import latest_checkpoint
 
-    params = dict(n_hidden=args.hidden, visible=args.visible, learning_rate=args.learning_rate,
-                  batch_size=args.batch_size, n_iter=args.epochs, momentum=args.momentum,
-                  weight_decay=args.weight_decay, cd_k=args.cd_k, persistent=args.persistent,
-                  statistics=args.statistics, sample_visible=args.sample_visible, dtype=args.dtype,
-                  random_state=args.seed,
-                  strategy=args.strategy, workers=args.workers, transport=args.transport,
-                  learning_rate_schedule=args.schedule, checkpoint_dir=args.checkpoint_dir,
-                  checkpoint_every=args.checkpoint_every, verbose=True,
-                  strategy_options={**({"hosts": args.hosts.split(",")} if args.hosts else {}),
-                                    **({"overlap_chunks": args.overlap_chunks} if args.overlap_chunks != 1 else {}),
-                                    **({"overlap": True} if args.overlap else {})}
-                  or None)
+    params = dict(
+        n_hidden=args.hidden,
+        visible=args.visible,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        n_iter=args.epochs,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        cd_k=args.cd_k,
+        persistent=args.persistent,
+        statistics=args.statistics,
+        sample_visible=args.sample_visible,
+        dtype=args.dtype,
+        random_state=args.seed,
+        strategy=args.strategy,
+        workers=args.workers,
+        transport=args.transport,
+        learning_rate_schedule=args.schedule,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        verbose=True,
+        strategy_options={
+            **({"hosts": args.hosts.split(",")} if args.hosts else {}),
+            **({"overlap_chunks": args.overlap_chunks} if args.overlap_chunks != 1 else {}),
+            **({"overlap": True} if args.overlap else {}),
+        }
+        or None,
+    )
     rbm = RBM(**params)
     if not args.resume:
         return rbm
@@ -177,22 +200,38 @@ def _print_comparison(args, rbm, X_train: np.ndarray, fit_seconds: float) -> Non
     fit on the training data; with --compare-sklearn, BernoulliRBM's beside them, measured
     alike (its mean-field reconstruction, its pseudo-likelihood), and whether the two ran
     the same algorithm."""
-    rows = [(f"parrbm ({args.strategy}, K={args.workers})", fit_seconds,
-             float(np.mean((X_train.astype(np.float64) - rbm.reconstruct(X_train)) ** 2)),
-             float(np.mean(rbm.score_samples(X_train))) if args.visible == "binary" else float("nan"))]
+    rows = [
+        (
+            f"parrbm ({args.strategy}, K={args.workers})",
+            fit_seconds,
+            float(np.mean((X_train.astype(np.float64) - rbm.reconstruct(X_train)) ** 2)),
+            float(np.mean(rbm.score_samples(X_train))) if args.visible == "binary" else float("nan"),
+        )
+    ]
     if args.compare_sklearn:
         from sklearn.neural_network import BernoulliRBM
 
         if args.visible != "binary":
             raise UsageError("--compare-sklearn: scikit-learn's BernoulliRBM has binary visible units only")
-        sk = BernoulliRBM(n_components=args.hidden, learning_rate=rbm.base_learning_rate(),
-                          batch_size=args.batch_size, n_iter=args.epochs, random_state=args.seed)
+        sk = BernoulliRBM(
+            n_components=args.hidden,
+            learning_rate=rbm.base_learning_rate(),
+            batch_size=args.batch_size,
+            n_iter=args.epochs,
+            random_state=args.seed,
+        )
         t0 = time.perf_counter()
         sk.fit(X_train)
         sk_seconds = time.perf_counter() - t0
         recon = 1 / (1 + np.exp(-(sk.transform(X_train) @ sk.components_ + sk.intercept_visible_)))
-        rows.append(("sklearn BernoulliRBM", sk_seconds, float(np.mean((X_train - recon) ** 2)),
-                     float(np.mean(sk.score_samples(X_train)))))
+        rows.append(
+            (
+                "sklearn BernoulliRBM",
+                sk_seconds,
+                float(np.mean((X_train - recon) ** 2)),
+                float(np.mean(sk.score_samples(X_train))),
+            )
+        )
     print()
     print("after the fit, on the training data (mean-field reconstruction error per element, mean pseudo-likelihood):")
     print(f"{'trainer':<30}{'fit s':>9}{'recon err':>12}{'pseudo-LL':>12}")
@@ -201,16 +240,24 @@ def _print_comparison(args, rbm, X_train: np.ndarray, fit_seconds: float) -> Non
     if args.compare_sklearn:
         ratio = rows[1][1] / rows[0][1]
         verdict = f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
-        ran = {"cd_k": args.cd_k, "persistent": bool(args.persistent), "statistics": args.statistics,
-               "sample_visible": bool(args.sample_visible)}
+        ran = {
+            "cd_k": args.cd_k,
+            "persistent": bool(args.persistent),
+            "statistics": args.statistics,
+            "sample_visible": bool(args.sample_visible),
+        }
         differ = [f"{k}={ran[k]!r} (BernoulliRBM: {v!r})" for k, v in _BERNOULLI_ALGORITHM.items() if ran[k] != v]
         same = "same algorithm (persistent CD-1, probability statistics, sampled negative visible states), "
-        print(f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
-              f"({'' if not differ else 'NOT the same algorithm, '}"
-              f"{same if not differ else ''}same epochs, batch size and learning rate)")
+        print(
+            f"\nparrbm fit ({args.strategy}, {args.workers} worker(s)) is {verdict} BernoulliRBM "
+            f"({'' if not differ else 'NOT the same algorithm, '}"
+            f"{same if not differ else ''}same epochs, batch size and learning rate)"
+        )
         if differ:
-            print("  parrbm ran " + ", ".join(differ) + "; for BernoulliRBM's algorithm give "
-                  "--cd-k 1 --persistent --statistics probabilities --sample-visible")
+            print(
+                "  parrbm ran " + ", ".join(differ) + "; for BernoulliRBM's algorithm give "
+                "--cd-k 1 --persistent --statistics probabilities --sample-visible"
+            )
 
 
 def _save(args, rbm, *, name: str, X: np.ndarray, X_shown: np.ndarray, shape, pre, fit_seconds: float) -> None:
@@ -230,8 +277,9 @@ def _save(args, rbm, *, name: str, X: np.ndarray, X_shown: np.ndarray, shape, pr
             shape = None
     out.mkdir(parents=True, exist_ok=True)
     rbm.save(out / "model.npz")
-    page = write_train_report(rbm, out, data_name=name, X=X_shown, shape=shape, preprocessor=pre,
-                              fit_seconds=fit_seconds)
+    page = write_train_report(
+        rbm, out, data_name=name, X=X_shown, shape=shape, preprocessor=pre, fit_seconds=fit_seconds
+    )
     print(f"model saved to {out / 'model.npz'}; report: {page}")
 
 
@@ -259,8 +307,16 @@ def _cmd_train(args) -> int:
         return 0
     _print_comparison(args, rbm, X_train, fit_seconds)
     if args.out:
-        _save(args, rbm, name=name, X=X, X_shown=X_valid if X_valid is not None else X_train, shape=shape,
-              pre=pre, fit_seconds=fit_seconds)
+        _save(
+            args,
+            rbm,
+            name=name,
+            X=X,
+            X_shown=X_valid if X_valid is not None else X_train,
+            shape=shape,
+            pre=pre,
+            fit_seconds=fit_seconds,
+        )
     return 0
 
 
@@ -295,81 +351,150 @@ def add_parsers(sub) -> None:
     info = sub.add_parser("info", help="show the build: version, BLAS, cores", epilog="example: parrbm info")
     info.set_defaults(func=_cmd_info)
 
-    tr = sub.add_parser("train", help="train an RBM on a data set: monitors, checkpoints, model and report",
-                        formatter_class=_DefaultsAndExamples,
-                        epilog="examples:\n"
-                               "  parrbm train --data digits --hidden 100 --epochs 20 --out run/\n"
-                               "  parrbm train --data fashion-mnist --visible-type gaussian --preprocess zca "
-                               "--strategy green-only --workers 2\n"
-                               "  parrbm train --persistent --statistics probabilities --sample-visible "
-                               "--compare-sklearn   # BernoulliRBM's algorithm, beside it")
-    tr.add_argument("--data", default="digits",
-                    help="digits, nudged-digits, fashion-mnist, cifar10 (with --data-path), random-binary, or a "
-                         ".npy file (n_samples, n_features)")
-    tr.add_argument("--data-path", help="cifar10: the cifar-10-python.tar.gz archive or its extracted folder; "
-                                        "fashion-mnist: the folder of its idx files (default: Debian's "
-                                        "/usr/share/datasets/fashion-mnist)")
+    tr = sub.add_parser(
+        "train",
+        help="train an RBM on a data set: monitors, checkpoints, model and report",
+        formatter_class=_DefaultsAndExamples,
+        epilog="examples:\n"
+        "  parrbm train --data digits --hidden 100 --epochs 20 --out run/\n"
+        "  parrbm train --data fashion-mnist --visible-type gaussian --preprocess zca "
+        "--strategy green-only --workers 2\n"
+        "  parrbm train --persistent --statistics probabilities --sample-visible "
+        "--compare-sklearn   # BernoulliRBM's algorithm, beside it",
+    )
+    tr.add_argument(
+        "--data",
+        default="digits",
+        help="digits, nudged-digits, fashion-mnist, cifar10 (with --data-path), random-binary, or a "
+        ".npy file (n_samples, n_features)",
+    )
+    tr.add_argument(
+        "--data-path",
+        help="cifar10: the cifar-10-python.tar.gz archive or its extracted folder; "
+        "fashion-mnist: the folder of its idx files (default: Debian's "
+        "/usr/share/datasets/fashion-mnist)",
+    )
     tr.add_argument("--labels", help="with a .npy --data: a .npy file of labels (n_samples,)")
     tr.add_argument("--samples", type=int, help="train on this many randomly chosen samples")
     tr.add_argument("--binarize", action="store_true", help="threshold the data at 0.5")
-    tr.add_argument("--preprocess", default="none", choices=["none", "standardize", "zca"],
-                    help="per-dimension standardisation or ZCA whitening (Gaussian visible units)")
-    tr.add_argument("--valid-fraction", type=float, default=0.1,
-                    help="held out for the free-energy gap and held-out reconstruction error")
+    tr.add_argument(
+        "--preprocess",
+        default="none",
+        choices=["none", "standardize", "zca"],
+        help="per-dimension standardisation or ZCA whitening (Gaussian visible units)",
+    )
+    tr.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="held out for the free-energy gap and held-out reconstruction error",
+    )
     tr.add_argument("--hidden", type=int, default=100, metavar="H", help="hidden units")
-    tr.add_argument("--visible-type", "--visible", dest="visible", default="binary", choices=["binary", "gaussian"],
-                    help="the visible units' type (--visible: the same, as earlier releases spelt it)")
+    tr.add_argument(
+        "--visible-type",
+        "--visible",
+        dest="visible",
+        default="binary",
+        choices=["binary", "gaussian"],
+        help="the visible units' type (--visible: the same, as earlier releases spelt it)",
+    )
     tr.add_argument("--epochs", type=int, default=20, help="passes over the training data")
     tr.add_argument("--batch-size", "--batch", type=int, default=10, metavar="M", help="cases per minibatch")
-    tr.add_argument("--learning-rate", type=_learning_rate, default="auto",
-                    help="a positive number, or auto: 0.1 for binary visible units, 0.01 for Gaussian")
-    tr.add_argument("--schedule", default="constant", choices=["constant", "linear", "exponential"],
-                    help="learning-rate schedule over the epochs")
+    tr.add_argument(
+        "--learning-rate",
+        type=_learning_rate,
+        default="auto",
+        help="a positive number, or auto: 0.1 for binary visible units, 0.01 for Gaussian",
+    )
+    tr.add_argument(
+        "--schedule",
+        default="constant",
+        choices=["constant", "linear", "exponential"],
+        help="learning-rate schedule over the epochs",
+    )
     tr.add_argument("--momentum", type=float, default=0.0, help="momentum of the weight updates, in [0, 1)")
     tr.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight cost on the weights")
     tr.add_argument("--cd-k", type=int, default=1, help="Gibbs steps of the negative phase (CD-k)")
-    tr.add_argument("--persistent", action="store_true",
-                    help="persistent CD: batch-size chains carried from minibatch to minibatch")
-    tr.add_argument("--statistics", default="samples", choices=["samples", "probabilities"],
-                    help="learning statistics from sampled hidden states (one bit per unit on the wire) or "
-                         "from probabilities")
-    tr.add_argument("--sample-visible", action="store_true",
-                    help="with --statistics probabilities: sample the negative visible states "
-                         "(with --persistent: scikit-learn BernoulliRBM's algorithm)")
-    tr.add_argument("--precision", "--dtype", dest="dtype", default="float32", choices=["float32", "float64"],
-                    help="floating-point precision of the model and the arithmetic (--dtype: the same)")
-    tr.add_argument("--strategy", default="serial",
-                    help="serial, unit-partitioned, per-update-sync, purple-only, green-only, parameter-averaging, "
-                         "or a plug-in (module:Class)")
+    tr.add_argument(
+        "--persistent", action="store_true", help="persistent CD: batch-size chains carried from minibatch to minibatch"
+    )
+    tr.add_argument(
+        "--statistics",
+        default="samples",
+        choices=["samples", "probabilities"],
+        help="learning statistics from sampled hidden states (one bit per unit on the wire) or from probabilities",
+    )
+    tr.add_argument(
+        "--sample-visible",
+        action="store_true",
+        help="with --statistics probabilities: sample the negative visible states "
+        "(with --persistent: scikit-learn BernoulliRBM's algorithm)",
+    )
+    tr.add_argument(
+        "--precision",
+        "--dtype",
+        dest="dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="floating-point precision of the model and the arithmetic (--dtype: the same)",
+    )
+    tr.add_argument(
+        "--strategy",
+        default="serial",
+        help="serial, unit-partitioned, per-update-sync, purple-only, green-only, parameter-averaging, "
+        "or a plug-in (module:Class)",
+    )
     tr.add_argument("--workers", type=int, default=1, metavar="K", help="workers of a parallel strategy")
-    tr.add_argument("--transport", default="threads", choices=list(TRANSPORTS),
-                    help="threads of this process, tcp processes, or mpi ranks")
-    tr.add_argument("--hosts", help="with --transport tcp or mpi: the hosts to start the workers on, one a "
-                                    "host in order, e.g. node0,node1 (ssh key login; the same environment "
-                                    "at the same path on each)")
-    tr.add_argument("--overlap", action="store_true",
-                    help="each exchange in flight while the workers compute what does not need it "
-                         "(lockstep's results, bit for bit)")
-    tr.add_argument("--overlap-chunks", type=int, default=1,
-                    help="the minibatch's cases in this many chunks, each chunk's exchange on the wire while the "
-                         "next computes (more than 1 implies --overlap; default: %(default)s)")
+    tr.add_argument(
+        "--transport",
+        default="threads",
+        choices=list(TRANSPORTS),
+        help="threads of this process, tcp processes, or mpi ranks",
+    )
+    tr.add_argument(
+        "--hosts",
+        help="with --transport tcp or mpi: the hosts to start the workers on, one a "
+        "host in order, e.g. node0,node1 (ssh key login; the same environment "
+        "at the same path on each)",
+    )
+    tr.add_argument(
+        "--overlap",
+        action="store_true",
+        help="each exchange in flight while the workers compute what does not need it "
+        "(lockstep's results, bit for bit)",
+    )
+    tr.add_argument(
+        "--overlap-chunks",
+        type=int,
+        default=1,
+        help="the minibatch's cases in this many chunks, each chunk's exchange on the wire while the "
+        "next computes (more than 1 implies --overlap; default: %(default)s)",
+    )
     tr.add_argument("--seed", type=int, default=0, help="the seed of every random draw and of the data's split")
     tr.add_argument("--checkpoint-dir", help="save epoch-NNNN.npz here every --checkpoint-every epochs")
     tr.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     tr.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
     tr.add_argument("--shape", help="image shape for the pictures, e.g. 8x8 or 32x32x3 (default: guessed)")
-    tr.add_argument("--out", help="a directory for model.npz and report.html (curves, filters, "
-                                  "reconstructions), or a .npz file for the model alone")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="replace a model and report already in --out")
-    tr.add_argument("--compare-sklearn", action="store_true",
-                    help="also fit scikit-learn's BernoulliRBM (same epochs, batch size and learning rate) and "
-                         "measure both alike after the fit; it runs persistent CD-1 with probability statistics: "
-                         "give --persistent --statistics probabilities --sample-visible to run its algorithm")
+    tr.add_argument(
+        "--out",
+        help="a directory for model.npz and report.html (curves, filters, "
+        "reconstructions), or a .npz file for the model alone",
+    )
+    tr.add_argument("--overwrite", action="store_true", help="replace a model and report already in --out")
+    tr.add_argument(
+        "--compare-sklearn",
+        action="store_true",
+        help="also fit scikit-learn's BernoulliRBM (same epochs, batch size and learning rate) and "
+        "measure both alike after the fit; it runs persistent CD-1 with probability statistics: "
+        "give --persistent --statistics probabilities --sample-visible to run its algorithm",
+    )
     tr.set_defaults(func=_cmd_train)
 
-    pf = sub.add_parser("plot-filters", help="an RBM's (or a DBN's first layer's) filters as image tiles",
-                        epilog="example: parrbm plot-filters run/model.npz --out filters.png --shape 8x8")
+    pf = sub.add_parser(
+        "plot-filters",
+        help="an RBM's (or a DBN's first layer's) filters as image tiles",
+        epilog="example: parrbm plot-filters run/model.npz --out filters.png --shape 8x8",
+    )
     pf.add_argument("model", help="a model .npz written by 'parrbm train' or RBM.save / DBN.save")
     pf.add_argument("--out", required=True, help="the PNG (or SVG, PDF) to write")
     pf.add_argument("--shape", help="image shape, e.g. 8x8 or 32x32x3 (default: guessed from the features)")
