@@ -1071,6 +1071,13 @@ class TCPGroup:
             self._stop(kill)
         finally:  # also when Ctrl-C lands while they stop
             self._finalizer()
+            for p in self.procs:  # the answers' pipes: the workers are gone
+                for stream in (p.stdout, p.stderr):
+                    try:
+                        if stream is not None:
+                            stream.close()
+                    except OSError:
+                        pass
             self.procs, self.pipes = [], []
 
     def _stop(self, kill: bool) -> None:

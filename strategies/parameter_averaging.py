@@ -81,6 +81,7 @@ class ParameterAveraging(Worker):
         if not probs:
             right[:n] = states[:n]
         driver = self.chains if spec.persistent else states[:n]
+        assert driver is not None  # persistent CD's chains are set
         err = 0.0
         for t in range(1, spec.cd_k + 1):
             _core.gemm(driver, self.W, left[n:], trans_b=True)
@@ -88,6 +89,7 @@ class ParameterAveraging(Worker):
             err += self.visible_units(left[n:], self.b, left[n:], _FULL, step, t, data=data, case0=chain0)
             _core.gemm(left[n:], self.W, self.pre_h[:c])
             states_out = self.chains if spec.persistent else states[:c]
+            assert states_out is not None
             self.sample_hidden(
                 self.pre_h[:c],
                 self.c,

@@ -67,6 +67,7 @@ class PerUpdateSync(Worker):
         )
         right_k[:mb] = self.hid.take(act, k)
         driver = self.chains if spec.persistent else states
+        assert driver is not None  # persistent CD's chains are set
 
         err = 0.0
         for t in range(1, spec.cd_k + 1):
