@@ -38,10 +38,13 @@ def _ms(x: float) -> str:
 
 
 def _own_flags(r: dict) -> list[str]:
-    out = []
+    out: list[str] = []
     st = r["metrics"]["step_seconds"]
     rm = [x for x in st.get("repeat_medians") or [] if x]
-    if len(rm) >= 2:
+    # more workers than cores share them by turns: their repeats vary by construction, and
+    # their speedup is marked not meaningful already
+    shared = not r["metrics"].get("speedup_meaningful", True)
+    if len(rm) >= 2 and not shared:
         spread = max(rm) / min(rm)
         # the steps' spread within a repeat (records before it was kept: none)
         own = max([hi / lo for lo, hi in st.get("repeat_p10_p90") or [] if lo and hi] or [1.0])
@@ -51,7 +54,7 @@ def _own_flags(r: dict) -> list[str]:
                 f"the spread of the steps within a repeat (p10-p90 x{own:.2f})"
             )
     by_repeat = [x for x in r["metrics"].get("speedup_vs_serial_by_repeat") or [] if x]
-    if len(by_repeat) >= 2 and max(by_repeat) / min(by_repeat) > SPEEDUP_SPREAD:
+    if len(by_repeat) >= 2 and not shared and max(by_repeat) / min(by_repeat) > SPEEDUP_SPREAD:
         out.append(
             f"its speedup differs across repeats: {min(by_repeat):.2f}x-{max(by_repeat):.2f}x against the "
             f"serial trainer timed in the same round"
