@@ -81,7 +81,12 @@ def _common_model_args(p: argparse.ArgumentParser, batch_required: bool = True) 
         choices=["float32", "float64"],
         help="floating-point precision (default: both; --dtype: the same)",
     )
-    p.add_argument("--statistics", choices=["samples", "probabilities"], default="samples")
+    p.add_argument(
+        "--statistics",
+        choices=["samples", "probabilities"],
+        default="samples",
+        help="learning statistics: sampled hidden states (one bit per unit on the wire) or probabilities",
+    )
     from parrbm.strategies.rules import MAX_CD_K
 
     p.add_argument(
@@ -599,7 +604,13 @@ def add_parsers(sub) -> None:
     )
     cal.add_argument("--out", help=f"profile file (default: {default_profile()})")
     cal.add_argument("--quick", action="store_true", help="fewer, smaller measurements (seconds)")
-    cal.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=list(TRANSPORTS))
+    cal.add_argument(
+        "--transports",
+        nargs="+",
+        default=list(TRANSPORTS),
+        choices=list(TRANSPORTS),
+        help="the transports whose collectives are measured (default: all)",
+    )
     cal.add_argument(
         "--network",
         nargs="+",
