@@ -195,7 +195,18 @@ class _Refused(Exception):
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML allows it silently:
-    the last one would win)."""
+    the last one would win), and aliases."""
+
+    def compose_node(self, parent, index):
+        # An alias (*name) repeats a node by reference; nested ones expand exponentially when
+        # the config is walked. A config has no need of them.
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(
+                f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not supported "
+                f"in a config; write the values out"
+            )
+        return super().compose_node(parent, index)
 
 
 def _no_duplicates(loader, node, deep=False):
@@ -218,21 +229,6 @@ def _no_duplicates(loader, node, deep=False):
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
-
-
-def _no_aliases(self, *a, **kw):
-    # An alias (*name) repeats a node by reference; nested ones expand exponentially when
-    # the config is walked. A config has no need of them.
-    if self.check_event(yaml.events.AliasEvent):
-        event = self.peek_event()
-        raise _Refused(
-            f"line {event.start_mark.line + 1}: aliases (*{event.anchor}) are not supported "
-            f"in a config; write the values out"
-        )
-    return yaml.composer.Composer.compose_node(self, *a, **kw)
-
-
-_StrictLoader.compose_node = _no_aliases
 
 
 def read_yaml(path: Path):
