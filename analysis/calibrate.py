@@ -918,6 +918,22 @@ def calibration_key(what: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+class _CountedSteps:
+    """A calibration's ``progress``: each message of a step ("calibrate: ...") advances
+    the calibration's bar, and is counted (the next calibration's bar then has an ETA)."""
+
+    def __init__(self, say):
+        self.say, self.steps = say, 0
+
+    def __call__(self, message: str) -> None:
+        self.say(message)
+        if message.startswith("calibrate"):
+            self.steps += 1
+            advance = getattr(self.say, "advance", None)
+            if advance is not None:
+                advance(1)
+
+
 def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock=None, fresh: bool = False) -> None:
     """Measure this machine for a comparison config's transports and emulated links
     (quick) into ``where`` (``parrbm run``'s calibration: :func:`run_config`'s
@@ -995,20 +1011,10 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         )
     )
     t_start = time.perf_counter()
-    said = progress
     stage = getattr(progress, "stage", None)
-    counted = [0]
-
-    def progress(msg: str) -> None:  # noqa: F811 - each message a step of the calibration's bar
-        said(msg)
-        if msg.startswith("calibrate"):
-            counted[0] += 1
-            advance = getattr(said, "advance", None)
-            if advance is not None:
-                advance(1)
-
     if stage is not None:
         stage("calibration", steps if isinstance(steps, int) else None, "steps")
+    said, progress = progress, _CountedSteps(progress)
     profile = calibrate(quick=True, transports=transports or ["threads"], progress=progress)
     for link in links:
         calibrate_network(
@@ -1035,8 +1041,8 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         lock.check()  # kept only beside results this run still holds
     profile.save(where)
     seconds = time.perf_counter() - t_start
-    said(f"calibration took {seconds / 60:.1f} min")
-    progress = said
+    counted, progress = progress.steps, said
+    progress(f"calibration took {seconds / 60:.1f} min")
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
         profile.save(kept)
@@ -1048,7 +1054,7 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
                 {
                     "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "seconds": seconds,
-                    "steps": counted[0],
+                    "steps": counted,
                 }
             ),
         )

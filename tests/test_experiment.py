@@ -237,7 +237,10 @@ def test_ctrl_c_leaves_valid_results(tmp_path):
     assert time.monotonic() < deadline, "no two records within 120 s"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert "interrupted: the results recorded so far are kept; --resume continues" in err.decode(), (
+    assert (
+        "interrupted: the results recorded so far are kept (with the repeats each run finished); "
+        "--resume continues" in err.decode()
+    ), (
         proc.returncode,
         err.decode()[-500:],
     )
