@@ -943,7 +943,14 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     :func:`calibration_key`: a later comparison on the same machine, BLAS and parrbm that
     needs the same transports and links reuses it, unless ``fresh``."""
     from parrbm.harness.comparison_config import ConfigError
-    from parrbm.harness.grid import NETWORK_TRANSPORTS, grid_points, mpi_hosts, network_links_of, tcp_hosts
+    from parrbm.harness.grid import (
+        NETWORK_TRANSPORTS,
+        grid_points,
+        mpi_hosts,
+        network_links_of,
+        tcp_hosts,
+        workers_on_hosts,
+    )
     from parrbm.harness.job import JOB_TRANSPORTS, job_world
     from parrbm.harness.network import LinkSpec
 
@@ -963,11 +970,7 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
             f"not calibrated: the time model prices those runs with this machine's other figures"
         )
     else:  # between this machine's workers: not where the runs on hosts happen
-        transports = [
-            t
-            for t in transports
-            if not (t == "mpi" and cfg.get("mpi")) and not (t == "tcp" and (cfg.get("tcp") or {}).get("hosts"))
-        ]
+        transports = [t for t in transports if not workers_on_hosts(cfg, t)]
     used = {pt["transport"] for pt in grid_points(cfg)}
     on_hosts = mpi_hosts(cfg.get("mpi")) if "mpi" in used else None
     tcp_on_hosts = tcp_hosts(cfg["tcp"]) if "tcp" in used and (cfg.get("tcp") or {}).get("hosts") else None

@@ -33,7 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from parrbm.harness.comparison_config import ConfigError, check_name
-from parrbm.harness.grid import ALL_CORES, display_name, environment, grid_points, is_all_cores_baseline
+from parrbm.harness.grid import (
+    ALL_CORES,
+    display_name,
+    environment,
+    grid_points,
+    is_all_cores_baseline,
+    workers_on_hosts,
+)
 from parrbm.harness.job import JOB_TRANSPORTS, job_comm, job_kind, job_world, on_the_job, release_servers, watch_point
 from parrbm.harness.measure import check_data_of, measure_point, point_record
 from parrbm.harness.results import ResultsError
@@ -92,10 +99,7 @@ def _measure(cfg: dict, pt: dict) -> dict:
         watch_point(cfg, pt)
     # the run's workers are ours (this process, or processes it starts and reaps) unless a
     # launcher started them or they run on hosts of a config's tcp or mpi section
-    remote = (pt["transport"] == "tcp" and (cfg.get("tcp") or {}).get("hosts")) or (
-        pt["transport"] == "mpi" and cfg.get("mpi")
-    )
-    probe = LoadProbe(ours=not launched and not remote)
+    probe = LoadProbe(ours=not launched and not workers_on_hosts(cfg, pt["transport"]))
     run = measure_point(cfg, pt)
     run["load"] = probe.finish()
     return run
@@ -348,18 +352,8 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
                     rec = point_record(cfg, pt, runs.pop(rid), baselines)
                 except Exception:  # noqa: BLE001 - what cannot be made into a record is not kept
                     continue
-                rec.update(
-                    status="ok",
-                    error=None,
-                    repeats_planned=repeats,
-                    strategy_name=display_name(pt["strategy"]),
-                    run_id=rid,
-                    config=cfg["name"],
-                    identity=identity,
-                    environment=env,
-                    started=started[rid][0],
-                    finished=datetime.now(timezone.utc).isoformat(),
-                )
+                rec.update(status="ok", error=None, repeats_planned=repeats)
+                _stamp(rec, cfg, pt, identity, env, started[rid][0])
                 append_record(results, rec, lock)
                 kept += 1
         if kept:
@@ -369,7 +363,6 @@ def _run_points(cfg: dict, results: Path, identity: dict, done: dict, progress, 
 
 def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env, runs, started, failed) -> None:
     from parrbm.harness.results import append_record
-    from parrbm.strategies.registry import StrategyError, source_digest
 
     repeats = cfg["training"]["repeats"]
     plan, advance = getattr(progress, "plan", None), getattr(progress, "advance", None)
@@ -427,24 +420,32 @@ def _rounds(cfg, results, identity, done, progress, lock, points, baselines, env
                 runs.pop(rid, None)
                 if advance is not None and rep + 1 < repeats:
                     advance(repeats - rep - 1)  # its later repeats will not run
-            # the plug-in's own name: a reader shows it without importing the plug-in
-            rec.update(strategy_name=display_name(pt["strategy"]))
-            rec.update(
-                run_id=rid,
-                config=cfg["name"],
-                identity=identity,
-                environment=env,
-                started=started[rid][0],
-                finished=datetime.now(timezone.utc).isoformat(),
-            )
-            try:
-                digest = source_digest(pt["strategy"])
-            except StrategyError:
-                digest = UNKNOWN_SOURCE  # a --resume refuses to continue what it cannot identify
-            if digest:  # a plug-in: its code is part of what was measured
-                rec["strategy_sha256"] = digest
+            _stamp(rec, cfg, pt, identity, env, started[rid][0])
             append_record(results, rec, lock)
             progress(f"{label}: {msg} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _stamp(rec: dict, cfg: dict, pt: dict, identity: dict, env: dict, started: str) -> None:
+    """What every record of a point carries besides its measurement: its run, experiment,
+    machine and times, the strategy's own name and, for a plug-in, its code's digest."""
+    from parrbm.strategies.registry import StrategyError, source_digest
+
+    # the plug-in's own name: a reader shows it without importing the plug-in
+    rec.update(
+        strategy_name=display_name(pt["strategy"]),
+        run_id=pt["run_id"],
+        config=cfg["name"],
+        identity=identity,
+        environment=env,
+        started=started,
+        finished=datetime.now(timezone.utc).isoformat(),
+    )
+    try:
+        digest = source_digest(pt["strategy"])
+    except StrategyError:
+        digest = UNKNOWN_SOURCE  # a --resume refuses to continue what it cannot identify
+    if digest:  # a plug-in: its code is part of what was measured
+        rec["strategy_sha256"] = digest
 
 
 def _note_baseline(baselines: dict, rec: dict) -> None:

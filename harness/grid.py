@@ -12,6 +12,12 @@ from pathlib import Path
 import numpy as np
 
 
+def workers_on_hosts(cfg: dict, transport: str | None) -> bool:
+    """Whether a transport's workers run on the hosts of the config's ``tcp`` or ``mpi``
+    section (not on this machine)."""
+    return bool((transport == "tcp" and (cfg.get("tcp") or {}).get("hosts")) or (transport == "mpi" and cfg.get("mpi")))
+
+
 def mpi_hosts(section: dict | None):
     """The config's ``mpi`` section as :class:`parrbm.harness.remote.MPIHosts`, or None."""
     if not section:
