@@ -9,6 +9,7 @@ them). Times are medians of repeats.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -354,6 +355,86 @@ def coscheduling(
                 )
     profile.contention_memory.update({t: sorted(v) for t, v in by_size.items()})
     return out
+
+
+def dilated_waiting(
+    profile: Profile,
+    transport: str,
+    link,
+    points,
+    quick: bool = False,
+    progress=print,
+    shapes=(CALIBRATION_MODEL, SPILLING_MODEL),
+) -> dict[str, list[list]]:
+    """What emulating K machines by hosts dilated in time costs a step beyond the K
+    machines themselves: for each (K, F) of ``points`` and each of ``shapes``, [a
+    worker's weight bytes, {strategy: measured step (divided by F) / the step the model
+    prices for K machines of their own on ``link``, ``*``: the median over the
+    strategies}]; into ``profile.dilated`` under the link's transport name
+    (``tcp@105MB/s``), which must be calibrated already.
+
+    Every strategy that can split a calibration model runs on K hosts dilated by F in
+    round-robin rounds (each strategy's median over them kept). The gap is the
+    emulation's, not the machines': a capped host computes in bursts of its quota, at
+    its own phase of the cap's period, and a collective waits for the host throttled
+    last; the hosts' quotas fill their CPUs, so the kernel's and the driver's work there
+    comes out of them; and K hosts' flows through one bridge finish unevenly."""
+    from dataclasses import replace
+
+    from parrbm.analysis.compare import network_transport
+    from parrbm.analysis.timemodel import dilation_key, predict
+    from parrbm.config import ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
+    from parrbm.strategies.rules import split_refusal
+
+    name = network_transport(transport, link.bandwidth)
+    steps, warmup = (8, 2) if quick else (12, 2)
+    rounds = 2 if quick else 3
+    found: dict[str, list[list]] = {}
+    for (K, F), shape in itertools.product(sorted(set(points)), shapes):
+        spec, X, model = _calibration_run(steps + warmup, shape)
+        m = spec.batch_size
+        order = np.arange(X.shape[0], dtype=np.int64)
+        dilated = replace(link, dilation=float(F), host_cores=1.0)
+        names = [
+            n
+            for n in PARALLEL_STRATEGIES
+            if not split_refusal(n, n_visible=model.n_visible, n_hidden=model.n_hidden, batch_size=m, workers=K)
+        ]
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(rounds):
+            for n in names:
+                r = ParallelRunner(
+                    spec,
+                    ModelState.initial(spec),
+                    n,
+                    K,
+                    transport,
+                    StrategyOptions(sync_every=(steps + warmup) * m),
+                    blas_threads=1,
+                    timeout=120.0 * F,
+                    network=dilated,
+                )
+                try:
+                    r.run(X, order, 0)
+                finally:
+                    r.close()
+                measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:])) / F
+                modelled = predict(
+                    n, model, m, K, profile, transport=name, sync_every=(steps + warmup) * m
+                ).step_seconds
+                samples[n].append(measured / modelled)
+        row = {n: float(np.median(v)) for n, v in samples.items()}
+        row["*"] = float(np.median(list(row.values())))
+        found.setdefault(dilation_key(K, F), []).append([working_set(model, K), row])
+        progress(
+            f"calibrate: {name}, {K} hosts dilated by {F:g}, {shape[0]} x {shape[1]}: steps take {row['*']:.3f} x "
+            f"those of {K} machines of their own (per strategy {', '.join(f'{row[n]:.2f}' for n in names)})"
+        )
+    found = {k: sorted(rows, key=lambda r: r[0]) for k, rows in found.items()}
+    profile.dilated.setdefault(name, {}).update(found)
+    return found
 
 
 # ---- links ------------------------------------------------------------------------------------
@@ -918,6 +999,23 @@ def calibration_key(what: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def dilated_points(cfg: dict, transports) -> list[tuple]:
+    """(undilated link, transport, [(K, F), ...]) of a config's dilated runs of more than
+    one worker of one BLAS thread on ``transports`` (the model prices one thread a worker):
+    what :func:`dilated_waiting` measures for them."""
+    from parrbm.harness.grid import grid_points, link_of
+
+    if int(cfg["training"].get("blas_threads", 1)) != 1:
+        return []
+    by_link: dict[tuple, set] = {}
+    for pt in grid_points(cfg):
+        if pt.get("dilation", 1.0) != 1.0 and pt["workers"] > 1 and pt.get("transport") in transports:
+            link = link_of(cfg, pt)
+            if link is not None and link.bandwidth is not None:
+                by_link.setdefault((link.undilated(), pt["transport"]), set()).add((pt["workers"], pt["dilation"]))
+    return [(link, t, sorted(pts)) for (link, t), pts in by_link.items()]
+
+
 class _CountedSteps:
     """A calibration's ``progress``: each message of a step ("calibrate: ...") advances
     the calibration's bar, and is counted (the next calibration's bar then has an ETA)."""
@@ -942,6 +1040,7 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     A calibration is kept in the user's cache (:func:`cache_dir`), keyed by
     :func:`calibration_key`: a later comparison on the same machine, BLAS and parrbm that
     needs the same transports and links reuses it, unless ``fresh``."""
+    from parrbm.analysis.compare import network_transport
     from parrbm.harness.comparison_config import ConfigError
     from parrbm.harness.grid import (
         NETWORK_TRANSPORTS,
@@ -977,12 +1076,14 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
     links = network_links_of(cfg)  # the emulated links the runs will use
     if not links and any(p.get("bandwidth") is not None for p in grid_points(cfg)):
         links = [LinkSpec(bandwidth=None)]  # unshaped hosts only: their own figures
+    dilated = dilated_points(cfg, transports)
     key = calibration_key(
         {
             "transports": transports or ["threads"],
             "links": [repr(link) for link in links],
             "mpi": repr(on_hosts),
             "tcp": repr(tcp_on_hosts),
+            **({"dilated": [[repr(link), t, pts] for link, t, pts in dilated]} if dilated else {}),
         }
     )
     kept, meta = cache_dir() / f"calibration-{key}.json", cache_dir() / f"calibration-{key}.meta.json"
@@ -1023,6 +1124,14 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
         calibrate_network(
             profile, [t for t in transports if t in NETWORK_TRANSPORTS], link, quick=True, progress=progress
         )
+    for link, t, pts in dilated:
+        if network_transport(t, link.bandwidth) not in profile.links:
+            continue  # its link was not calibrated (said above): priced as machines of their own
+        progress(f"calibrate: {t} on hosts dilated in time ({', '.join(f'K = {K} x{F:g}' for K, F in pts)})")
+        try:
+            dilated_waiting(profile, t, link, pts, quick=True, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - then dilated runs are priced as machines of their own
+            progress(f"calibrate: dilated hosts skipped ({exc}); those runs are priced as machines of their own")
     if on_hosts is not None:
         between = ", ".join(on_hosts.hosts[:2]) if on_hosts.hosts else f"the first two of {on_hosts.hostfile}"
         progress(f"calibrate: mpi collectives between {between} (mpi@hosts)")

@@ -19,6 +19,7 @@ from parrbm.analysis import cost
 from parrbm.analysis.compare import (
     all_cores_label,
     bytes_per_cases,
+    emulation_line,
     error_summary,
     predicted_vs_measured,
     ranking_agreement,
@@ -299,6 +300,10 @@ def _summary(records: list[dict], profile, flags: dict) -> list[str]:
                 f"{e['within_spread']} predictions inside their run's measured p10-p90 steps, "
                 f"the worst {100 * e['worst_beyond_spread']:.1f}% beyond it."
             )
+        emulated = [r for r in rows if r.get("predicted_emulation_seconds")]
+        if emulated:
+            line = emulation_line(emulated)
+            lines.append(line[0].upper() + line[1:] + ".")
         for g in ranking_agreement(rows):
             noise = {(a, b) for a, b, _ in g["discordant_within_noise"]}
             gaps = ", ".join(

@@ -6,6 +6,7 @@ from parrbm.analysis.compare import (
     all_cores_label,
     bytes_per_cases,
     dilation_of,
+    emulation_line,
     error_summary,
     predict_record,
     predicted_vs_measured,
@@ -113,6 +114,9 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                 f"worst {100 * e['worst']:.1f}% over {e['runs']} runs; {e['within_spread']} inside "
                 f"the run's p10-p90 steps, the worst {100 * e['worst_beyond_spread']:.1f}% beyond it"
             )
+        emulated = [r for r in rows if r.get("predicted_emulation_seconds")]
+        if emulated:
+            lines.append(emulation_line(emulated))
         for g in ranking_agreement(rows):
             noisy = len(g["discordant_within_noise"])
             verdict = (

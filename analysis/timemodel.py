@@ -113,6 +113,13 @@ class Profile:
     #: transport (``mpi@hosts``) -> how much longer a kernel takes on the slowest of its
     #: hosts than on this machine (the workers wait for the slowest)
     host_slowdown: dict[str, float] = field(default_factory=dict)
+    #: emulated transport (``tcp@105MB/s``) -> K hosts dilated by F (``8x4``, see
+    #: :func:`dilation_key`) -> [[a worker's weight bytes, {strategy, and ``*`` their
+    #: median: a step of those hosts over the step the model prices for K machines of their
+    #: own}], ...] ascending, one per calibration model: what the emulation itself costs,
+    #: which machines of their own do not pay; priced into dilated runs only
+    #: (:func:`predict`'s ``dilation``)
+    dilated: dict[str, dict[str, list[list]]] = field(default_factory=dict)
     created: str = ""
 
     def save(self, path: str | Path) -> None:
@@ -236,6 +243,29 @@ class Profile:
         known = [int(n) for n in table if int(n) <= K]
         return float(table[str(max(known))]) if known else 1.0
 
+    def dilation_factor(
+        self, transport: str, K: int, dilation: float, strategy: str, weight_bytes: float | None = None
+    ) -> float:
+        """How much longer a step of K hosts dilated by ``dilation`` on ``transport`` takes
+        than K machines of their own (``dilated``): the strategy's own figure, else the
+        median of the strategies'; at the K measured with the same dilation nearest to K;
+        with ``weight_bytes`` (a worker's), interpolated in log size between the
+        calibration models (held at the ends), else the first's; 1 when the profile has
+        none for this transport and dilation."""
+        table = self.dilated.get(transport) or {}
+        same_f = {k: rows for k, rows in table.items() if math.isclose(float(k.split("x")[1]), dilation)}
+        if not same_f:
+            return 1.0
+        rows = (
+            same_f.get(dilation_key(K, dilation))
+            or same_f[min(same_f, key=lambda k: (abs(math.log(int(k.split("x")[0]) / K)), k))]
+        )
+        factors = [float(row.get(strategy, row.get("*", 1.0))) for _, row in rows]
+        if weight_bytes and len(rows) >= 2:
+            xs = np.log([size for size, _ in rows])
+            return float(np.interp(np.log(max(weight_bytes, 1.0)), xs, factors))
+        return factors[0]
+
     def with_network(self, name: str, bandwidth: float, latency: float) -> "Profile":
         """A copy whose transport ``name`` has these figures for every collective."""
         p = Profile(**{**asdict(self), "links": dict(self.links)})
@@ -260,6 +290,14 @@ class Prediction:
     hidden_seconds: float = 0.0  # transfer time overlapped with compute (in step_seconds)
     overlap_chunks: int = 1
     overlap: bool = False
+    #: what emulating the K machines by hosts dilated in time adds (in step_seconds; 0 for
+    #: machines of their own)
+    emulation_seconds: float = 0.0
+
+
+def dilation_key(K: int, dilation: float) -> str:
+    """Where a profile's ``dilated`` keeps K hosts dilated by ``dilation``: ``8x4``."""
+    return f"{K}x{dilation:g}"
 
 
 def efficiency_key(strategy: str, visible: str, precision: str = "float32") -> str:
@@ -365,13 +403,17 @@ def predict(
     cores: int | None = None,
     overlap_chunks: int = 1,
     overlap: bool = False,
+    dilation: float = 1.0,
 ) -> Prediction:
     """Predicted times of one step (ValueError for a K the strategy cannot run, by the
     trainer's rules). ``cores``: the cores of the one machine the K
     workers share (None: a machine each, as on a cluster); then their compute slows by
     the profile's co-scheduling factor (measured at K = cores) stretches their step, and
     their compute slows by K / cores when they outnumber the cores. ``overlap_chunks``:
-    the step's exchanges chunked and overlapped (see the module's notes)."""
+    the step's exchanges chunked and overlapped (see the module's notes). ``dilation``:
+    the K machines emulated by hosts dilated by that factor (with ``cores`` None); the
+    step then carries what the emulation costs beyond machines of their own, as the
+    profile measured it (``Profile.dilated``; ``emulation_seconds``)."""
     from parrbm.strategies.base import StrategyOptions
     from parrbm.strategies.registry import resolve
     from parrbm.strategies.rules import check_split
@@ -470,7 +512,11 @@ def predict(
     # workers sharing one machine's cores wait for each other beyond their kernels and
     # transfers; not beyond an emulated wire's time, which no core spends
     wait = busy * (profile.sharing(transport, min(K, cores), working_set(model, K)) - 1.0) if shared else 0.0
-    step = work + wait
+    emulation = 0.0
+    if dilation != 1.0 and strategy != "serial" and K > 1:
+        factor = profile.dilation_factor(transport, K, dilation, strategy, working_set(model, K))
+        emulation = work * (factor - 1.0)
+    step = work + wait + emulation
     mean = step + (sync * per_step if per_step < 1 else 0.0)  # rarer syncs amortised
     return Prediction(
         strategy,
@@ -486,6 +532,7 @@ def predict(
         hidden_seconds=hidden,
         overlap_chunks=overlap_chunks,
         overlap=options.overlapped,
+        emulation_seconds=emulation,
     )
 
 

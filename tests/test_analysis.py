@@ -506,6 +506,75 @@ def test_workers_sharing_cores_wait_by_the_measured_factor(tmp_path):
     assert Profile.load(tmp_path / "old.json").sharing("tcp", 2) == 1.5
 
 
+def test_dilated_hosts_add_what_the_emulation_measured_at_their_k_and_factor(tmp_path):
+    """A dilated run's step is the K machines' step times the factor measured for hosts
+    dilated by the same F (at that K, else the nearest K measured), the strategy's own
+    figure else the strategies' median, interpolated in a worker's weight bytes between
+    the calibration models; machines of their own, an unmeasured F or transport, and the
+    serial trainer get none; the profile keeps the table."""
+    model = cost.Model(500, 800)  # 400 kB of weights a worker at K = 4
+    prof = flat_profile()
+    prof.dilated = {"net": {"4x2": [[1e5, {"green-only": 1.3, "*": 1.2}]], "8x4": [[1e5, {"*": 1.5}]]}}
+    own = predict("green-only", model, 40, 4, prof, transport="net")
+    dil = predict("green-only", model, 40, 4, prof, transport="net", dilation=2.0)
+    assert own.emulation_seconds == 0 and dil.wait_seconds == 0
+    assert dil.step_seconds == pytest.approx(1.3 * own.step_seconds, rel=1e-12)
+    assert dil.emulation_seconds == pytest.approx(0.3 * own.step_seconds, rel=1e-12)
+    assert dil.compute_seconds == own.compute_seconds and dil.comm_seconds == own.comm_seconds
+    other = predict("unit-partitioned", model, 40, 4, prof, transport="net", dilation=2.0)
+    base = predict("unit-partitioned", model, 40, 4, prof, transport="net")
+    assert other.step_seconds == pytest.approx(1.2 * base.step_seconds, rel=1e-12)  # the median
+    assert prof.dilation_factor("net", 8, 2.0, "green-only") == 1.3  # nearest K with F = 2
+    assert prof.dilation_factor("net", 2, 4.0, "green-only") == 1.5
+    assert prof.dilation_factor("net", 4, 3.0, "green-only") == 1.0  # F = 3 never measured
+    assert prof.dilation_factor("other", 4, 2.0, "green-only") == 1.0
+    assert predict("serial", model, 40, 1, prof, transport="net", dilation=2.0).emulation_seconds == 0
+    # measured at 100 kB and 1.6 MB a worker: 400 kB is halfway in log size
+    prof.dilated["net"]["4x2"].append([1.6e6, {"green-only": 1.5, "*": 1.4}])
+    assert prof.dilation_factor("net", 4, 2.0, "green-only", 4e5) == pytest.approx(1.4, rel=1e-12)
+    assert prof.dilation_factor("net", 4, 2.0, "green-only", 1e9) == pytest.approx(1.5, rel=1e-12)
+    assert prof.dilation_factor("net", 4, 2.0, "green-only") == 1.3  # no size: the first model's
+    half = predict("green-only", model, 40, 4, prof, transport="net", dilation=2.0)
+    assert half.step_seconds == pytest.approx(1.4 * own.step_seconds, rel=1e-12)
+    prof.save(tmp_path / "p.json")
+    assert Profile.load(tmp_path / "p.json").dilated == prof.dilated
+
+
+def test_a_dilated_record_is_priced_with_its_factor():
+    from parrbm.analysis.compare import predict_record
+
+    prof = flat_profile()
+    prof.links["tcp"] = prof.links["net"]
+    prof.dilated = {"tcp": {"4x2": [[1e5, {"*": 1.4}]]}}
+    rec = {
+        "strategy": "green-only",
+        "workers": 4,
+        "transport": "tcp",
+        "batch_size": 40,
+        "blas_threads": 1,
+        "model": {"visible": 500, "hidden": 800, "visible_type": "binary", "precision": "float32"},
+        "training": {},
+        "environment": {"cores": 2},
+    }
+    undilated = predict_record({**rec, "time_dilation": 1.0}, prof)
+    dilated = predict_record({**rec, "time_dilation": 2.0}, prof)
+    assert undilated.emulation_seconds == 0 and dilated.wait_seconds == 0
+    assert dilated.emulation_seconds > 0
+    assert dilated.step_seconds == pytest.approx(1.4 * (dilated.compute_seconds + dilated.comm_seconds), rel=1e-12)
+
+
+def test_the_table_says_what_the_emulation_adds_to_dilated_runs():
+    from parrbm.analysis.compare import emulation_line
+
+    rows = [
+        {"predicted_seconds": 0.030, "predicted_emulation_seconds": 0.010, "measured_seconds": 0.032},
+        {"predicted_seconds": 0.120, "predicted_emulation_seconds": 0.020, "measured_seconds": 0.125},
+    ]
+    line = emulation_line(rows)
+    # factors 1.5 and 1.2; the machines alone 20 / 32 - 1 = -37.5 % and 100 / 125 - 1 = -20 %
+    assert "(1.20-1.50 x the machines' step)" in line and "29% off the measured steps (median of 2)" in line
+
+
 def test_co_scheduling_grows_with_the_workers_weight_blocks_between_measured_sizes():
     """Measured 1.1 with 1 MB of weights a worker and 1.3 with 16 MB: 4 MB (halfway in
     log size) gets 1.2, smaller and larger blocks the ends; a step's wait follows."""

@@ -785,6 +785,28 @@ def test_calibrate_never_overwrites_another_file(tmp_path, capsys):
     assert results.read_text() == '{"run_id": "x"}\n'
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--dilated", "4"], "--dilated '4': give K hosts x a factor F"),
+        (["--dilated", "1x2"], "K at least 2"),
+        (["--dilated", "4x0.5"], "--dilated '4x0.5': time dilation 0.5"),
+        (["--dilated", "4x1"], "a factor of 1 is undilated"),
+        (["--dilated", "4x2", "--transports", "mpi"], "give --network BANDWIDTH and tcp"),
+    ],
+)
+def test_calibrate_refuses_a_bad_dilated_point_before_measuring(tmp_path, capsys, args, says):
+    from parrbm.harness.network import dilation_missing, missing
+
+    if missing() or dilation_missing():
+        pytest.skip(missing() or dilation_missing())
+    transports = [] if "--transports" in args else ["--transports", "tcp"]
+    out = tmp_path / "p.json"
+    code, err = cli(capsys, "calibrate", "--quick", "--network", "105MB/s", *transports, *args, "--out", out)
+    assert code == 2 and says in err, err
+    assert not out.exists()
+
+
 def test_stale_job_folders_are_swept(tmp_path):
     from parrbm.harness.launch import JOB_PREFIX, sweep_stale_jobs
 

@@ -93,6 +93,72 @@ def test_the_grid_runs_each_dilation_and_one_worker_dilated_beside_undilated(tmp
     assert not any("dilation=1" in i for i in ids)  # undilated runs keep their ids
 
 
+def test_the_calibration_measures_the_dilated_points_of_a_config(tmp_path, monkeypatch):
+    """What the emulation costs is measured for each (K, F) the config dilates, per
+    undilated link and transport; one worker and undilated points need none, nor hosts of
+    several BLAS threads (the model prices one a worker); the points key the cache."""
+    from parrbm.analysis.calibrate import dilated_points
+
+    monkeypatch.setattr(grid_mod, "environment_cores", lambda: 2)
+    text = (
+        "name: d\nmodel: {visible: 64, hidden: 96}\ndata: {kind: random-binary, cases: 200}\n"
+        "training: {batch_size: 40, steps: 2}\n"
+        "network: {emulate: {bandwidth: 105MB/s, latency: 0.091ms, dilation: auto}}\n"
+        "grid: {strategy: [serial, green-only], workers: [1, 2, 4, 8], transport: [tcp, threads]}\n"
+    )
+    (tmp_path / "d.yaml").write_text(text)
+    got = dilated_points(load_config(tmp_path / "d.yaml"), ["tcp", "threads"])
+    assert got == [(LinkSpec(105e6, 0.091e-3), "tcp", [(4, 2.0), (8, 4.0)])]
+    assert dilated_points(load_config(tmp_path / "d.yaml"), ["threads"]) == []
+    (tmp_path / "t.yaml").write_text(text.replace("steps: 2}", "steps: 2, blas_threads: 2}"))
+    assert dilated_points(load_config(tmp_path / "t.yaml"), ["tcp"]) == []
+
+
+@needs_root
+@pytest.mark.slow
+def test_the_calibration_measures_what_dilated_hosts_cost_beyond_their_machines():
+    """Every strategy that splits the model runs on 4 hosts dilated by 2; each one's step
+    over the model's step for 4 machines of their own lands in the profile under the
+    link's transport name and K x F, with the worker's weight bytes, and prices a dilated
+    run; nothing of the runs is left."""
+    from parrbm.analysis import cost
+    from parrbm.analysis.calibrate import dilated_waiting
+    from parrbm.analysis.timemodel import LINK_KINDS, Link, Profile, predict
+
+    kinds = ("sample", "bernoulli", "visible", "visible-gaussian", "pack", "bitstat", "update", "copy")
+    prof = Profile(
+        cores=2,
+        gemm={"float32": [[1, 1e9], [4096, 1e10]]},
+        element={"float32": {k: 1e-9 for k in kinds}},
+        links={"tcp@105MB/s": {k: Link(2e-4, 12e6) for k in LINK_KINDS}},
+    )
+    said = []
+    found = dilated_waiting(
+        prof, "tcp", LinkSpec(105e6), [(4, 2.0)], quick=True, progress=said.append, shapes=[(64, 96, 40)]
+    )
+    rows = prof.dilated["tcp@105MB/s"]["4x2"]
+    assert found == {"4x2": rows} and len(rows) == 1
+    size, factors = rows[0]
+    assert size == 64 * 96 * 4 / 4
+    assert set(factors) == {
+        "unit-partitioned",
+        "per-update-sync",
+        "purple-only",
+        "green-only",
+        "parameter-averaging",
+        "*",
+    }
+    assert all(np.isfinite(f) and f > 0 for f in factors.values())
+    assert factors["*"] == np.median([f for n, f in factors.items() if n != "*"])
+    assert any("4 hosts dilated by 2, 64 x 96" in line for line in said), said
+    model = cost.Model(64, 96)
+    own = predict("green-only", model, 40, 4, prof, transport="tcp@105MB/s")
+    dil = predict("green-only", model, 40, 4, prof, transport="tcp@105MB/s", dilation=2.0)
+    assert dil.step_seconds == pytest.approx(factors["green-only"] * own.step_seconds, rel=1e-12)
+    assert not [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(f"{PREFIX}{os.getpid()}-")]
+    assert not [n for n in namespaces() if n.startswith(f"{PREFIX}{os.getpid()}-")]
+
+
 @pytest.mark.parametrize(
     "value, says",
     [

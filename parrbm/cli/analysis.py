@@ -322,13 +322,16 @@ def cmd_calibrate(args) -> int:
     except OSError as exc:
         raise _usage(f"--out {out}: cannot create its directory ({exc.strerror or exc})") from None
     links = _network_links_arg(args)
+    dilated = _dilated_arg(args)
     progress = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     p = calibrate(quick=args.quick, transports=args.transports, progress=progress)
     if links:
-        from parrbm.analysis.calibrate import calibrate_network
+        from parrbm.analysis.calibrate import calibrate_network, dilated_waiting
 
         for link in links:
             calibrate_network(p, [t for t in args.transports if t in ("tcp", "mpi")], link, args.quick, progress)
+            if dilated:
+                dilated_waiting(p, "tcp", link, dilated, args.quick, progress)
     p.save(out)
     print(
         f"GEMM rate (largest class): float32 {p.gemm['float32'][-1][1] / 1e9:.1f} GFLOP/s, "
@@ -359,6 +362,34 @@ def _network_links_arg(args) -> list:
         return [LinkSpec(parse_bandwidth(bw), latency) for bw in args.network]
     except ValueError as exc:
         raise _usage(f"--network/--latency: {exc}") from None
+
+
+def _dilated_arg(args) -> list[tuple[int, float]]:
+    """calibrate's --dilated KxF ... (K hosts dilated by F), checked before the long
+    measurements start."""
+    if not args.dilated:
+        return []
+    from parrbm.harness.network import dilation_missing, dilation_refusal
+
+    if not args.network or "tcp" not in args.transports:
+        raise _usage("--dilated measures tcp's hosts on an emulated link: give --network BANDWIDTH and tcp")
+    why = dilation_missing()
+    if why:
+        raise _usage(f"--dilated: {why}")
+    points = []
+    for item in args.dilated:
+        K, _, F = item.lower().partition("x")
+        try:
+            point = (int(K), float(F))
+        except ValueError:
+            point = None
+        if point is None or point[0] < 2:
+            raise _usage(f"--dilated {item!r}: give K hosts x a factor F, K at least 2 (e.g. 4x2 8x4)")
+        refusal = dilation_refusal(point[1])
+        if refusal or point[1] == 1.0:
+            raise _usage(f"--dilated {item!r}: {refusal or 'a factor of 1 is undilated'}")
+        points.append(point)
+    return points
 
 
 def _profile_for(args):
@@ -619,6 +650,13 @@ def add_parsers(sub) -> None:
         "bandwidth (e.g. 105MB/s; needs root): the profile's transports tcp@105MB/s, ...",
     )
     cal.add_argument("--latency", help="the emulated links' latency (e.g. 0.091ms; where the kernel has netem)")
+    cal.add_argument(
+        "--dilated",
+        nargs="+",
+        metavar="KxF",
+        help="also measure, on each --network link, what emulating K machines by tcp hosts dilated in time by F "
+        "costs a step beyond K machines of their own (e.g. 4x2 8x4; needs root): priced into dilated runs",
+    )
     cal.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser(
