@@ -103,19 +103,26 @@ def test_chunked_steps_are_lockstep_bit_for_bit_on_processes(strategy, transport
 @pytest.mark.parametrize("strategy", ["unit-partitioned", "purple-only", "green-only"])
 def test_chunked_bytes_equal_the_closed_form_and_calls_count_the_chunks(strategy):
     """Chunks are cut at multiples of 8 cases, so bit-packed chunks add up to the block's
-    bytes, 7 x 23 and 3 x 29 bits included (messages not a whole byte)."""
+    bytes, 7 x 23 and 3 x 29 bits included (messages not a whole byte). Where the cut
+    falls is the BLAS's answer (the finest alignment at which every product rounds as the
+    whole block's): 3 chunks of 16 rows where 8- or 16-row cuts round alike, 2 of 24 with
+    OpenBLAS's Haswell sgemm on an AMD EPYC; the calls count the chunks the plan has."""
     spec, X = problem(0, m=48)
     runner, _ = fit(strategy, 3, spec, X, overlap_chunks=3)
     model = cost.Model(spec.n_visible, spec.n_hidden)
-    want = cost.step_traffic(strategy, model, 48, 3, options=StrategyOptions(overlap_chunks=3))
     stats = runner.comm_stats()
-    assert runner.step_bytes[0] == want.total == cost.step_traffic(strategy, model, 48, 3).total
+    assert runner.step_bytes[0] == cost.step_traffic(strategy, model, 48, 3).total
     plan = runner.workers[0].chunks(48)
-    assert [(r.start, r.stop) for r in plan] == [(0, 16), (16, 32), (32, 48)]
+    n = len(plan)
+    assert 2 <= n <= 3 and stats["overlap"]["chunks_used"] == n
+    assert plan[0].start == 0 and plan[-1].stop == 48 and all(a.stop == b.start for a, b in zip(plan, plan[1:]))
+    assert all(r.start % 8 == 0 for r in plan)
+    want = cost.step_traffic(strategy, model, 48, 3, options=StrategyOptions(overlap_chunks=n))
+    assert runner.step_bytes[0] == want.total
     for phase, calls in want.calls.items():
-        assert calls == 3
+        assert calls == n
         # the full minibatches' calls (the short ones are cut afresh): per worker
-        assert stats["by_phase"][phase]["calls"] >= 3 * 3 * 2 * 3, phase
+        assert stats["by_phase"][phase]["calls"] >= n * 3 * 2 * 3, phase
 
 
 def test_chunked_weight_sync_and_gradient_bytes_equal_the_closed_form():
@@ -348,7 +355,8 @@ def test_comm_stats_report_busy_exposed_and_hidden_time():
     runner, _ = fit("green-only", 2, spec, X, overlap_chunks=3)
     s = runner.comm_stats()
     o = s["overlap"]
-    assert o["overlap_chunks"] == 3 and o["chunks_used"] == 3
+    # as many chunks as the BLAS rounds alike in (3 or 2 of 48 rows: see above)
+    assert o["overlap_chunks"] == 3 and o["chunks_used"] == len(runner.workers[0].chunks(48)) >= 2
     assert o["busy_seconds"] > 0 and 0 <= o["exposed_seconds"]
     # a tiny model's waits are mostly thread hand-overs: exposed may exceed busy (nothing hidden)
     assert o["hidden_fraction"] == pytest.approx(min(1.0, max(0.0, 1 - o["exposed_seconds"] / o["busy_seconds"])))
