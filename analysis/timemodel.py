@@ -145,6 +145,7 @@ class Profile:
             # streamed-operand cost (``gemm_stream``) now prices what that stood for
             raw.pop("efficiency_traffic", None)
             raw["links"] = {t: {k: Link(**v) for k, v in kinds.items()} for t, kinds in raw["links"].items()}
+            _check_dilated(raw.get("dilated", {}))
             if any(not isinstance(v, dict) for v in raw.get("contention", {}).values()):
                 raw["contention"] = {"*": raw["contention"]}  # older profiles: one figure for all transports
             return cls(**raw)
@@ -293,6 +294,37 @@ class Prediction:
     #: what emulating the K machines by hosts dilated in time adds (in step_seconds; 0 for
     #: machines of their own)
     emulation_seconds: float = 0.0
+
+
+def _check_dilated(table) -> None:
+    """A profile's ``dilated`` as :func:`dilated_waiting` writes it, else a ValueError
+    saying where it is not."""
+    import re
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+    if not isinstance(table, dict):
+        raise ValueError("dilated: not an object")
+    for transport, points in table.items():
+        if not isinstance(points, dict):
+            raise ValueError(f"dilated[{transport!r}]: not an object")
+        for key, rows in points.items():
+            if not re.fullmatch(r"[1-9][0-9]*x[0-9]+(\.[0-9]+)?", key) or float(key.split("x")[1]) < 1:
+                raise ValueError(f"dilated[{transport!r}]: {key!r} is not K hosts x a factor (8x4)")
+            if (
+                not isinstance(rows, list)
+                or not rows
+                or not all(
+                    isinstance(row, list)
+                    and len(row) == 2
+                    and number(row[0])
+                    and isinstance(row[1], dict)
+                    and all(isinstance(n, str) and number(f) for n, f in row[1].items())
+                    for row in rows
+                )
+            ):
+                raise ValueError(f"dilated[{transport!r}][{key!r}]: not rows of [weight bytes, {{strategy: factor}}]")
 
 
 def dilation_key(K: int, dilation: float) -> str:

@@ -4,6 +4,7 @@ leaves the old file readable, and what a run leaves on failure is named."""
 
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -1030,6 +1031,19 @@ def test_a_profile_is_read_as_bounded_data(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an object"):
         Profile.load(tmp_path / "list.json")
+    # the emulation's table: checked on reading, not at the first prediction
+    for bad, says in [
+        ({"tcp@105MB/s": {"8": [[1e6, {"*": 1.2}]]}}, "'8' is not K hosts x a factor"),
+        ({"tcp@105MB/s": {"8x0.5": [[1e6, {"*": 1.2}]]}}, "'8x0.5' is not K hosts x a factor"),
+        ({"tcp@105MB/s": {"8x4": [[1e6, {"*": "1.2"}]]}}, "not rows of"),
+        ({"tcp@105MB/s": {"8x4": []}}, "not rows of"),
+        ({"tcp@105MB/s": [1]}, "not an object"),
+    ]:
+        (tmp_path / "d.json").write_text(json.dumps({"links": {}, "dilated": bad}))
+        with pytest.raises(ValueError, match=r"d.json: not a parrbm machine profile \(dilated.*" + re.escape(says)):
+            Profile.load(tmp_path / "d.json")
+    (tmp_path / "d.json").write_text(json.dumps({"links": {}, "dilated": {"t": {"8x4": [[1e6, {"*": 1.2}]]}}}))
+    assert Profile.load(tmp_path / "d.json").dilation_factor("t", 8, 4.0, "green-only") == 1.2
 
 
 # ---- a stranger at an MPI job's watch -----------------------------------------------------------
