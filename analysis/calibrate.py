@@ -270,6 +270,33 @@ def strategy_efficiency(profile: Profile, quick: bool = False, progress=print) -
     return out
 
 
+def _median_step(spec, X: np.ndarray, strategy: str, K: int, transport: str, *, sync_every: int, warmup: int, network):
+    """The median step, after ``warmup`` steps, of ``strategy`` on K workers of one BLAS
+    thread over all of ``X`` (the slowest worker's, as the runs time it; on dilated hosts
+    the clock's, not divided)."""
+    from parrbm.config import ModelState
+    from parrbm.harness.runner import ParallelRunner
+    from parrbm.strategies import StrategyOptions
+
+    F = network.dilation if network is not None else 1.0
+    r = ParallelRunner(
+        spec,
+        ModelState.initial(spec),
+        strategy,
+        K,
+        transport,
+        StrategyOptions(sync_every=sync_every),
+        blas_threads=1,
+        timeout=120.0 * F,
+        network=network,
+    )
+    try:
+        r.run(X, np.arange(X.shape[0], dtype=np.int64), 0)
+    finally:
+        r.close()
+    return float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
+
+
 def coscheduling(
     profile: Profile, transports, quick: bool = False, progress=print, network=None
 ) -> dict[str, dict[str, float]]:
@@ -286,8 +313,7 @@ def coscheduling(
     ``tcp@unshaped``: a veth pair and a bridge cost the cores more than loopback."""
     from parrbm.analysis.timemodel import predict
     from parrbm.config import ModelState
-    from parrbm.harness.runner import ParallelRunner
-    from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy, StrategyOptions
+    from parrbm.strategies import PARALLEL_STRATEGIES, SerialStrategy
 
     K = max(2, profile.cores)
     # a quick calibration's 2 rounds of 5 steps gave the spilling model's factor anywhere
@@ -299,7 +325,6 @@ def coscheduling(
     for shape in (CALIBRATION_MODEL, SPILLING_MODEL):
         spec, X, model = _calibration_run(steps + warmup, shape)
         m = spec.batch_size
-        order = np.arange(X.shape[0], dtype=np.int64)
         serial_model = predict("serial", model, m, 1, profile).step_seconds
 
         def pace() -> float:
@@ -318,22 +343,9 @@ def coscheduling(
             samples: dict[str, list[float]] = {name: [] for name in PARALLEL_STRATEGIES}
             for _ in range(rounds):
                 for name in PARALLEL_STRATEGIES:
-                    r = ParallelRunner(
-                        spec,
-                        ModelState.initial(spec),
-                        name,
-                        K,
-                        transport,
-                        StrategyOptions(sync_every=steps * m),
-                        blas_threads=1,
-                        timeout=120.0,
-                        network=network,
+                    measured = _median_step(
+                        spec, X, name, K, transport, sync_every=steps * m, warmup=warmup, network=network
                     )
-                    try:
-                        r.run(X, order, 0)
-                    finally:
-                        r.close()
-                    measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:]))
                     modelled = predict(
                         name, model, m, K, profile, transport=name_in_profile, sync_every=steps * m
                     ).step_seconds
@@ -383,9 +395,7 @@ def dilated_waiting(
 
     from parrbm.analysis.compare import network_transport
     from parrbm.analysis.timemodel import dilation_key, predict
-    from parrbm.config import ModelState
-    from parrbm.harness.runner import ParallelRunner
-    from parrbm.strategies import PARALLEL_STRATEGIES, StrategyOptions
+    from parrbm.strategies import PARALLEL_STRATEGIES
     from parrbm.strategies.rules import split_refusal
 
     name = network_transport(transport, link.bandwidth)
@@ -395,7 +405,6 @@ def dilated_waiting(
     for (K, F), shape in itertools.product(sorted(set(points)), shapes):
         spec, X, model = _calibration_run(steps + warmup, shape)
         m = spec.batch_size
-        order = np.arange(X.shape[0], dtype=np.int64)
         dilated = replace(link, dilation=float(F), host_cores=1.0)
         names = [
             n
@@ -405,22 +414,9 @@ def dilated_waiting(
         samples: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(rounds):
             for n in names:
-                r = ParallelRunner(
-                    spec,
-                    ModelState.initial(spec),
-                    n,
-                    K,
-                    transport,
-                    StrategyOptions(sync_every=(steps + warmup) * m),
-                    blas_threads=1,
-                    timeout=120.0 * F,
-                    network=dilated,
-                )
-                try:
-                    r.run(X, order, 0)
-                finally:
-                    r.close()
-                measured = float(np.median(np.max(np.array(r.step_seconds), axis=0)[warmup:])) / F
+                sync_every = (steps + warmup) * m
+                measured = _median_step(spec, X, n, K, transport, sync_every=sync_every, warmup=warmup, network=dilated)
+                measured /= F
                 modelled = predict(
                     n, model, m, K, profile, transport=name, sync_every=(steps + warmup) * m
                 ).step_seconds
