@@ -405,6 +405,7 @@ def dilated_waiting(
     for (K, F), shape in itertools.product(sorted(set(points)), shapes):
         spec, X, model = _calibration_run(steps + warmup, shape)
         m = spec.batch_size
+        sync_every = (steps + warmup) * m  # never within the run
         dilated = replace(link, dilation=float(F), host_cores=1.0)
         names = [
             n
@@ -414,13 +415,9 @@ def dilated_waiting(
         samples: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(rounds):
             for n in names:
-                sync_every = (steps + warmup) * m
                 measured = _median_step(spec, X, n, K, transport, sync_every=sync_every, warmup=warmup, network=dilated)
-                measured /= F
-                modelled = predict(
-                    n, model, m, K, profile, transport=name, sync_every=(steps + warmup) * m
-                ).step_seconds
-                samples[n].append(measured / modelled)
+                modelled = predict(n, model, m, K, profile, transport=name, sync_every=sync_every).step_seconds
+                samples[n].append(measured / F / modelled)
         row = {n: float(np.median(v)) for n, v in samples.items()}
         row["*"] = float(np.median(list(row.values())))
         found.setdefault(dilation_key(K, F), []).append([working_set(model, K), row])
