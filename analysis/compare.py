@@ -144,21 +144,67 @@ def predict_record(rec: dict, profile: Profile) -> Prediction:
     )
 
 
-def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
+def workload_of(rec: dict) -> tuple:
+    """What a run computes, whatever its strategy, K and transport: its model, minibatch
+    and data (runs of one workload share a serial baseline)."""
+    md = rec["model"]
+    return (
+        md["visible"],
+        md["hidden"],
+        md["visible_type"],
+        md["precision"],
+        md.get("statistics", "samples"),
+        md.get("cd_k", 1),
+        rec["batch_size"],
+        (rec.get("data") or {}).get("kind", "random-binary"),
+    )
+
+
+def run_speed(records: list[dict], profile: Profile) -> dict[tuple, float]:
+    """How much slower this machine ran each workload's kernels than when ``profile`` was
+    measured: the serial trainer's measured step (one BLAS thread) over the step the
+    profile prices for it, per workload (:func:`workload_of`; the median where a file
+    holds several). A shared machine's speed moves by more from one hour to the next than
+    the model's own error; the serial baseline measures it in the run itself. Workloads
+    without a serial run are absent."""
+    from parrbm.harness.grid import is_all_cores_baseline
+
+    ratios: dict[tuple, list[float]] = {}
+    for r in records:
+        if r.get("status") != "ok" or r["strategy"] != "serial" or not r.get("metrics") or is_all_cores_baseline(r):
+            continue
+        try:
+            priced = predict_record(r, profile).step_seconds
+        except ValueError:
+            continue
+        ratios.setdefault(workload_of(r), []).append(r["metrics"]["step_seconds"]["median"] / priced)
+    return {k: float(np.median(v)) for k, v in ratios.items()}
+
+
+def predicted_vs_measured(records: list[dict], profile: Profile, *, at_run_speed: bool = True) -> list[dict]:
     """One row per successful run: measured and predicted step (median vs typical step),
-    relative error, and the closed-form bytes beside the measured ones."""
+    relative error, and the closed-form bytes beside the measured ones.
+
+    ``at_run_speed``: each workload's kernels priced at the speed the run's own serial
+    trainer measured (:func:`run_speed`), its links as calibrated; the serial run itself
+    is then the anchor (``anchor``), not a prediction. ``predicted_profile_seconds`` and
+    ``error_profile``: at the profile's own speed. ``run_slowdown``: the factor applied
+    (None: no serial run of that workload, priced at the profile's speed)."""
     rows = []
     from parrbm.harness.grid import is_all_cores_baseline
 
+    speeds = run_speed(records, profile) if at_run_speed else {}
     for r in records:
         # the model prices one BLAS thread a worker: a multi-threaded serial baseline is
         # a yardstick, not a prediction to check
         if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r):
             continue
         try:
-            p = predict_record(r, profile)
+            p0 = predict_record(r, profile)
         except ValueError:  # the profile has no figures for this run's transport
             continue
+        slowdown = speeds.get(workload_of(r))
+        p = p0 if slowdown is None else predict_record(r, profile.at_speed(slowdown))
         mt = r["metrics"]
         measured = mt["step_seconds"]["median"]
         formula = cost.step_traffic(
@@ -188,6 +234,10 @@ def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
                 "measured_p10": mt["step_seconds"].get("p10", measured),
                 "measured_p90": mt["step_seconds"].get("p90", measured),
                 "error": p.step_seconds / measured - 1.0,
+                "predicted_profile_seconds": p0.step_seconds,
+                "error_profile": p0.step_seconds / measured - 1.0,
+                "run_slowdown": slowdown,
+                "anchor": slowdown is not None and r["strategy"] == "serial",
                 "predicted_compute_seconds": p.compute_seconds,
                 # a dilated run: what the emulation adds to its K machines' step (calibrated)
                 "predicted_emulation_seconds": p.emulation_seconds,
@@ -263,11 +313,22 @@ def error_summary(rows: list[dict]) -> dict:
     """Median and worst |predicted / measured median - 1| over the meaningful rows; and,
     beside them, how many predictions fall inside their run's own measured p10-p90 band and
     the worst distance of one outside it (relative to the median): the error left once the
-    run's own step-to-step spread is allowed for."""
-    kept = [r for r in rows if r["meaningful"]]
+    run's own step-to-step spread is allowed for. A row that set the run's speed
+    (``anchor``) is no prediction and is left out; ``median_profile`` and
+    ``worst_profile``: the same rows priced at the profile's own speed."""
+    kept = [r for r in rows if r["meaningful"] and not r.get("anchor")]
     if not kept:
-        return {"runs": 0, "median": None, "worst": None, "within_spread": 0, "worst_beyond_spread": None}
+        return {
+            "runs": 0,
+            "median": None,
+            "worst": None,
+            "within_spread": 0,
+            "worst_beyond_spread": None,
+            "median_profile": None,
+            "worst_profile": None,
+        }
     errs = np.array([abs(r["error"]) for r in kept])
+    raw = np.array([abs(r.get("error_profile", r["error"])) for r in kept])
     beyond = [
         max(0.0, r["predicted_seconds"] - r["measured_p90"], r["measured_p10"] - r["predicted_seconds"])
         / r["measured_seconds"]
@@ -279,7 +340,31 @@ def error_summary(rows: list[dict]) -> dict:
         "worst": float(errs.max()),
         "within_spread": sum(b == 0.0 for b in beyond),
         "worst_beyond_spread": float(max(beyond)),
+        "median_profile": float(np.median(raw)),
+        "worst_profile": float(raw.max()),
     }
+
+
+def speed_line(rows: list[dict]) -> str | None:
+    """How the model's figures were put at the run's own speed (rows of
+    :func:`predicted_vs_measured`), and its error at the profile's; None if they were not."""
+    slowdowns = sorted({r["run_slowdown"] for r in rows if r.get("run_slowdown") is not None})
+    if not slowdowns:
+        return None
+    e = error_summary(rows)
+    span = f"{slowdowns[0]:.2f}" if len(slowdowns) == 1 else f"{slowdowns[0]:.2f}-{slowdowns[-1]:.2f}"
+    unpriced = sum(1 for r in rows if r.get("run_slowdown") is None)
+    return (
+        f"kernels priced at this run's speed: x{span} the profile's time (the serial trainer's measured step over "
+        f"its priced one, per model setting)"
+        + (f"; {unpriced} run(s) without a serial run at the profile's" if unpriced else "")
+        + (
+            f"; at the profile's own speed: median error {100 * e['median_profile']:.1f}%, "
+            f"worst {100 * e['worst_profile']:.1f}%"
+            if e["runs"]
+            else ""
+        )
+    )
 
 
 def emulation_line(rows: list[dict]) -> str:

@@ -23,6 +23,7 @@ from parrbm.analysis.compare import (
     error_summary,
     predicted_vs_measured,
     ranking_agreement,
+    speed_line,
     where_label,
 )
 from parrbm.analysis.plots import plot_all
@@ -300,6 +301,9 @@ def _summary(records: list[dict], profile, flags: dict) -> list[str]:
                 f"{e['within_spread']} predictions inside their run's measured p10-p90 steps, "
                 f"the worst {100 * e['worst_beyond_spread']:.1f}% beyond it."
             )
+        speed = speed_line(rows)
+        if speed:
+            lines.append(speed[0].upper() + speed[1:] + ".")
         emulated = [r for r in rows if r.get("predicted_emulation_seconds")]
         if emulated:
             line = emulation_line(emulated)

@@ -8,12 +8,11 @@ from parrbm.analysis.compare import (
     dilation_of,
     emulation_line,
     error_summary,
-    predict_record,
     predicted_vs_measured,
     ranking_agreement,
+    speed_line,
     where_label,
 )
-from parrbm.harness.grid import is_all_cores_baseline
 
 
 def summary_table(records: list[dict], profile=None, notes: list[str] | None = None) -> str:
@@ -26,15 +25,9 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
 
     ok = [r for r in records if r.get("status") == "ok"]
     flags = record_flags(records)
-    predicted = {}
-    if profile is not None:
-        for r in ok:
-            if is_all_cores_baseline(r):  # the model prices one BLAS thread a worker
-                continue
-            try:
-                predicted[id(r)] = predict_record(r, profile).step_seconds
-            except ValueError:  # no figures for this transport in the profile
-                pass
+    # one row a run the model prices (one BLAS thread a worker, a transport the profile has)
+    rows = predicted_vs_measured(records, profile) if profile is not None else []
+    predicted = {row["record_id"]: row["predicted_seconds"] for row in rows}
     lines = []
     groups: dict = {}
     for r in ok:
@@ -106,7 +99,6 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
 
     lines += dilation_lines(dilation_check(ok))
     if predicted:
-        rows = predicted_vs_measured(records, profile)
         e = error_summary(rows)
         if e["runs"]:
             lines.append(
@@ -114,6 +106,9 @@ def summary_table(records: list[dict], profile=None, notes: list[str] | None = N
                 f"worst {100 * e['worst']:.1f}% over {e['runs']} runs; {e['within_spread']} inside "
                 f"the run's p10-p90 steps, the worst {100 * e['worst_beyond_spread']:.1f}% beyond it"
             )
+        speed = speed_line(rows)
+        if speed:
+            lines.append(speed)
         emulated = [r for r in rows if r.get("predicted_emulation_seconds")]
         if emulated:
             lines.append(emulation_line(emulated))

@@ -267,6 +267,18 @@ class Profile:
             return float(np.interp(np.log(max(weight_bytes, 1.0)), xs, factors))
         return factors[0]
 
+    def at_speed(self, slowdown: float) -> "Profile":
+        """A copy whose kernels and per-step overheads all take ``slowdown`` times as long
+        (the machine as fast as it was when measured: 1); its links and its measured
+        ratios (efficiency, co-scheduling, emulation) as they are."""
+        p = Profile(**{**vars(self)})
+        p.gemm = {prec: [[d, rate / slowdown] for d, rate in rows] for prec, rows in self.gemm.items()}
+        p.gemm_stream = {prec: [[b, c * slowdown] for b, c in rows] for prec, rows in self.gemm_stream.items()}
+        p.element = {prec: {k: c * slowdown for k, c in per.items()} for prec, per in self.element.items()}
+        p.bitstat = {prec: [[w, c * slowdown] for w, c in rows] for prec, rows in self.bitstat.items()}
+        p.overhead = {k: c * slowdown for k, c in self.overhead.items()}
+        return p
+
     def with_network(self, name: str, bandwidth: float, latency: float) -> "Profile":
         """A copy whose transport ``name`` has these figures for every collective."""
         p = Profile(**{**asdict(self), "links": dict(self.links)})

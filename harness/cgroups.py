@@ -9,11 +9,17 @@ cgroup and are named like the network's namespaces (``parrbm-net-<launcher pid>-
 so that a launcher killed outright leaves nothing :func:`remove_stale` cannot find.
 
 The period: a host's share of a core is quota / period; the cap uses a quota of 2 ms
-(:data:`QUOTA_US`) for each of the host's cores, and so a period of 2 x ``dilation`` ms
-(8 ms at a dilation of 4: a 30 ms step dilated by 4 spans 15 periods). A capped process
+(:data:`QUOTA_US`) for each of the host's cores, and so a period of 2 x ``dilation`` ms,
+but never a period under 8 ms (:data:`MIN_PERIOD_US`: 4 ms of quota in 8 at a dilation of
+2; 2 in 8 at 4, where a 30 ms step dilated by 4 spans 15 periods). A capped process
 catches up within a period what it left idle in it, and the kernel enforces a quota only
 at its ticks: the quota is the shortest that the tick does not spoil
 (docs/design.md, "Time dilation").
+
+The CPUs the capped hosts run on are kept busy while they are up (:class:`IdleSpinners`):
+a throttled host leaves its CPU idle, and an idle CPU is lost for longer than the rest of
+the period (a virtual CPU is halted and its physical core given to other guests; a bare
+core drops into a deep sleep state and loses its caches).
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ MIN_QUOTA_US = 1000
 #: rest of its quota at once, more so the longer the quota (1 GEMM, then 2 ms waiting:
 #: 2 ms quota 17 % fast, 4 ms 17 %; 2 GEMMs, 3 ms waiting: 1 % and 7 %). 2 ms holds both.
 QUOTA_US = 2000
+#: the shortest period, microseconds. With the CPUs kept busy (:class:`IdleSpinners`) a
+#: capped GEMM loop ran 3-5 % beyond its share at periods of 8 ms and more, but 40-55 % at
+#: 4 and 6 ms (a period within one or two ticks of the kernel's 4 ms)
+MIN_PERIOD_US = 8000
 #: the kernel's greatest period, microseconds
 MAX_PERIOD_US = 1_000_000
 
@@ -115,11 +125,14 @@ def missing() -> str | None:
 
 def cap_settings(cores: float) -> tuple[int, int]:
     """(quota, period) in microseconds for a share of ``cores`` cores: the quota is
-    :data:`QUOTA_US` for each core the share begins, the period follows from it."""
+    :data:`QUOTA_US` for each core the share begins, the period follows from it (at least
+    :data:`MIN_PERIOD_US`, the quota then the share of it)."""
     if not cores > 0:
         raise ValueError(f"a CPU cap of {cores!r} cores: give a share > 0")
     quota = QUOTA_US * max(1, math.ceil(cores))
     period = round(quota / cores)
+    if period < MIN_PERIOD_US:  # the same share over the shortest period
+        quota, period = round(MIN_PERIOD_US * cores), MIN_PERIOD_US
     if period > MAX_PERIOD_US:
         raise ValueError(
             f"a CPU cap of {cores:g} cores needs a period of {period} us, beyond the kernel's {MAX_PERIOD_US} us"
@@ -190,6 +203,71 @@ class CpuCap:
             "cgroup": f"v{self.controller.version}",
             "cpus": self.cpus,
         }
+
+
+class IdleSpinners:
+    """A busy loop at the lowest priority (``SCHED_IDLE``) on each of ``cpus``, in a cgroup
+    of its own (uncapped, named like the hosts' caps, so that a killed launcher's are
+    found and stopped with them), while a dilated network is up.
+
+    A host capped to 1/F of a core leaves its CPU idle for the rest of every period. An
+    idle virtual CPU is halted and its core handed to other guests by the hypervisor (a
+    bare machine's core sleeps deeply and loses its caches), so each time the cap lets the
+    host run again it first waits for its CPU back, caches cold: a GEMM loop pinned to a
+    CPU and capped to 1/2 or 1/4 of it ran 10-47 % beyond its share here, and 3-5 % with
+    the CPU kept busy (docs/design.md, "Time dilation"). ``SCHED_IDLE``: any other task
+    (the hosts, the launcher, the kernel's threads) preempts the loops at once, so they
+    take only what would have been idle. :meth:`stop` reaps them, so their CPU time is
+    the run's own, not another process's."""
+
+    def __init__(self, name: str, cpus: list[int]):
+        c = controller()
+        if c is None:
+            raise OSError(missing())
+        self.path = c.parent / name
+        self.cpus = sorted(set(cpus))
+        self.procs: list = []
+
+    def start(self) -> "IdleSpinners":
+        import subprocess
+
+        missing_tools = [t for t in ("taskset", "chrt") if shutil.which(t) is None]
+        if missing_tools:
+            raise OSError(f"keeping the capped hosts' CPUs busy needs {' and '.join(missing_tools)} (util-linux)")
+        self.path.mkdir()
+        # each loop lasts while the process that started it does (its parent: a launcher
+        # killed outright leaves none spinning, in the cgroup or out of it)
+        loop = 'while kill -0 "$PPID" 2>/dev/null; do :; done'
+        for cpu in self.cpus:
+            self.procs.append(
+                subprocess.Popen(
+                    ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
+                    + ["taskset", "-c", str(cpu), "chrt", "--idle", "0", "sh", "-c", loop],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # a terminal's ^C goes to the run, which stops them
+                )
+            )
+        deadline = time.monotonic() + GONE_SECONDS
+        while len(pids_in(self.path)) < len(self.procs):  # every loop in place before the hosts run
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                self.stop()
+                raise OSError(f"the loops keeping the hosts' CPUs busy did not start in {self.path}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop the loops, reap them and remove their cgroup (idempotent)."""
+        for p in self.procs:
+            try:
+                p.kill()
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+        remove(self.path)
 
 
 def pids_in(path: Path) -> list[int]:

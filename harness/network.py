@@ -284,6 +284,8 @@ class EmulatedNetwork:
         self.latency_emulated = False
         #: each host's CPU cap (a dilated network), made by up()
         self.caps: list = []
+        #: the loops that keep the capped hosts' CPUs busy (a dilated network), started by up()
+        self.spinners = None
 
     # ---- names and addresses ------------------------------------------------------------
 
@@ -293,6 +295,11 @@ class EmulatedNetwork:
 
     def namespace(self, r: int) -> str:
         return f"{self.name}-h{r}"
+
+    @property
+    def idle_name(self) -> str:
+        """The cgroup of the loops that keep a dilated network's CPUs busy."""
+        return f"{self.name}-idle"
 
     def address(self, r: int) -> str:
         return f"{SUBNET}.{r // 254}.{r % 254 + 1}"
@@ -362,7 +369,7 @@ class EmulatedNetwork:
             self._shape(self.namespace(r), "eth0")  # host -> switch
             self._shape(sw, f"p{r}")  # switch -> host
         if self.link.dilated:
-            from parrbm.harness.cgroups import CpuCap
+            from parrbm.harness.cgroups import CpuCap, IdleSpinners
 
             for r in range(self.hosts):
                 self.caps.append(
@@ -378,6 +385,12 @@ class EmulatedNetwork:
                         f"with cgroup v2 the cgroup parrbm runs in must delegate the 'cpu' controller to its "
                         f"children (for instance: systemd-run --scope -p Delegate=yes parrbm run ...)"
                     ) from None
+            cpus = sorted({c for r in range(self.hosts) for c in host_cpus(r, self.link.host_cores)})
+            self.spinners = IdleSpinners(self.idle_name, cpus)
+            try:
+                self.spinners.start()
+            except OSError as exc:
+                raise NetworkError(f"time dilation: cannot keep the hosts' CPUs busy ({exc.strerror or exc})") from None
 
     def _shape(self, ns: str, dev: str) -> None:
         rate = self.shaped_bandwidth
@@ -418,12 +431,16 @@ class EmulatedNetwork:
         caps (what still runs in them is stopped)."""
         for ns in [*(self.namespace(r) for r in range(self.hosts)), self.switch]:
             _run("ip", "netns", "delete", ns, check=False)
+        if self.spinners is not None:
+            self.spinners.stop()
+            self.spinners = None
         if self.link.dilated:
             from parrbm.harness import cgroups
 
             c = cgroups.controller()
-            for r in range(self.hosts if c is not None else 0):
-                cgroups.remove(c.parent / self.namespace(r))
+            for name in [*(self.namespace(r) for r in range(self.hosts if c is not None else 0)), self.idle_name]:
+                if c is not None:
+                    cgroups.remove(c.parent / name)
         self.caps = []
         self.is_up = False
 
@@ -472,6 +489,8 @@ class EmulatedNetwork:
                 cpu_cap=self.caps[0].describe()
                 if self.caps
                 else {"cores": self.link.host_cores / self.dilation, "quota_us": quota, "period_us": period},
+                # the CPUs kept busy at the lowest priority while the hosts are capped
+                idle_cpus_kept_busy=sorted({c for r in range(self.hosts) for c in host_cpus(r, self.link.host_cores)}),
             )
         return d
 

@@ -563,6 +563,80 @@ def test_a_dilated_record_is_priced_with_its_factor():
     assert dilated.step_seconds == pytest.approx(1.4 * (dilated.compute_seconds + dilated.comm_seconds), rel=1e-12)
 
 
+def test_a_profile_at_another_speed_scales_its_kernels_not_its_links():
+    prof = flat_profile()
+    prof.overhead = {"green-only": 1e-4}
+    prof.bitstat = {"float32": [[1, 2e-9], [4, 1e-9]]}
+    slow = prof.at_speed(1.25)
+    model = cost.Model(500, 800)
+    work = step_work("green-only", model, 40, 4, 0)
+    assert slow.kernel_seconds(work, "float32") == pytest.approx(1.25 * prof.kernel_seconds(work, "float32"), rel=1e-12)
+    assert slow.compute_seconds(work, "float32", "green-only") == pytest.approx(
+        1.25 * prof.compute_seconds(work, "float32", "green-only"), rel=1e-12
+    )
+    assert slow.links == prof.links and prof.gemm["float32"][0][1] == 1e9  # the profile itself untouched
+    fast = predict("green-only", model, 40, 4, prof, transport="net")
+    slowed = predict("green-only", model, 40, 4, slow, transport="net")
+    assert slowed.comm_seconds == fast.comm_seconds
+    assert slowed.compute_seconds == pytest.approx(1.25 * fast.compute_seconds, rel=1e-12)
+
+
+def _priced_record(strategy: str, K: int, step: float, **kw) -> dict:
+    return {
+        "strategy": strategy,
+        "workers": K,
+        "transport": "tcp" if K > 1 else None,
+        "batch_size": 40,
+        "blas_threads": 1,
+        "status": "ok",
+        "model": {"visible": 500, "hidden": 800, "visible_type": "binary", "precision": "float32"},
+        "training": {},
+        "environment": {"cores": 64},
+        "metrics": {"step_seconds": {"median": step, "p10": step, "p90": step}, "bytes_per_step": 0},
+        **kw,
+    }
+
+
+def test_the_model_is_held_to_a_run_at_the_speed_its_serial_trainer_measured():
+    """A machine running 30 % slower than when it was calibrated: the serial trainer's
+    step says so, and the other runs of its model are priced at that speed; the serial
+    run itself is the anchor, not a prediction; a model without a serial run keeps the
+    profile's speed."""
+    from parrbm.analysis.compare import error_summary, predict_record, predicted_vs_measured, run_speed, speed_line
+
+    prof = flat_profile()
+    prof.links["tcp"] = prof.links["net"]
+    serial_priced = predict_record(_priced_record("serial", 1, 1.0), prof).step_seconds
+    green_priced = predict_record(_priced_record("green-only", 4, 1.0), prof)
+    other = {"visible": 400, "hidden": 800, "visible_type": "binary", "precision": "float32"}
+    records = [
+        _priced_record("serial", 1, 1.3 * serial_priced),
+        _priced_record("green-only", 4, 1.3 * green_priced.compute_seconds + green_priced.comm_seconds),
+        # no serial run of this model: priced at the profile's speed, as measured
+        _priced_record(
+            "green-only",
+            2,
+            predict_record(_priced_record("green-only", 2, 1.0, model=other), prof).step_seconds,
+            model=other,
+        ),
+    ]
+    (slowdown,) = run_speed(records, prof).values()
+    assert slowdown == pytest.approx(1.3, rel=1e-12)
+    rows = {(r["workers"], r["anchor"]): r for r in predicted_vs_measured(records, prof)}
+    assert rows[(1, True)]["error"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[(4, False)]["error"] == pytest.approx(0.0, abs=1e-12)  # its kernels 30 % slower, its links not
+    assert rows[(4, False)]["error_profile"] < -0.01
+    assert rows[(2, False)]["run_slowdown"] is None
+    assert rows[(2, False)]["predicted_seconds"] == rows[(2, False)]["predicted_profile_seconds"]
+    e = error_summary(list(rows.values()))
+    assert e["runs"] == 2  # the anchor is left out
+    assert e["worst_profile"] == pytest.approx(abs(rows[(4, False)]["error_profile"]), rel=1e-12)
+    line = speed_line(list(rows.values()))
+    assert "x1.30 the profile's time" in line and "1 run(s) without a serial run" in line
+    plain = predicted_vs_measured(records, prof, at_run_speed=False)
+    assert all(r["run_slowdown"] is None and not r["anchor"] for r in plain) and speed_line(plain) is None
+
+
 def test_the_table_says_what_the_emulation_adds_to_dilated_runs():
     from parrbm.analysis.compare import emulation_line
 

@@ -35,11 +35,16 @@ needs_root = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 
 def test_cap_settings_give_the_share_with_a_quota_of_at_least_one_tick_fraction():
-    q = cgroups.QUOTA_US
-    assert cgroups.cap_settings(0.5) == (q, 2 * q)
-    assert cgroups.cap_settings(0.25) == (q, 4 * q)
+    q, shortest = cgroups.QUOTA_US, cgroups.MIN_PERIOD_US
+    assert cgroups.cap_settings(0.25) == (q, 4 * q) == (2000, 8000)
+    assert cgroups.cap_settings(0.125) == (q, 8 * q)
+    # 2 ms of quota would make a period under the shortest: the share over the shortest
+    assert cgroups.cap_settings(0.5) == (shortest // 2, shortest) == (4000, 8000)
+    assert cgroups.cap_settings(1.0) == (shortest, shortest)
     quota, period = cgroups.cap_settings(1.5)  # a host of 3 cores dilated by 2
-    assert quota == 2 * q and abs(quota / period - 1.5) < 1e-3
+    assert period == shortest and abs(quota / period - 1.5) < 1e-3
+    quota, period = cgroups.cap_settings(1 / 3)  # dilated by 3: 2 ms of quota would make 6 ms
+    assert period == shortest and abs(quota / period - 1 / 3) < 1e-3
     for bad in (0, -1.0):
         with pytest.raises(ValueError, match="share > 0"):
             cgroups.cap_settings(bad)
@@ -233,8 +238,15 @@ def test_a_dilated_network_caps_each_host_and_slows_its_link_and_removes_both():
             check=True,
         ).stdout.split(maxsplit=1)
         paths = [p for p, _ in cgroups.ours(PREFIX) if p.name.startswith(net.name + "-")]
-        assert sorted(p.name for p in paths) == [net.namespace(0), net.namespace(1)]
+        assert sorted(p.name for p in paths) == [net.namespace(0), net.namespace(1), net.idle_name]
         assert json.loads(out[1]) == net.caps[1].cpus
+        # the hosts' CPUs kept busy, one loop a CPU at the lowest priority, in their own cgroup
+        spinners = cgroups.pids_in(cgroups.controller().parent / net.idle_name)
+        hosts_cpus = sorted({c for cap in net.caps for c in cap.cpus})
+        assert len(spinners) == len(hosts_cpus) and d["idle_cpus_kept_busy"] == hosts_cpus
+        for pid in spinners:
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert sorted(c for pid in spinners for c in os.sched_getaffinity(pid)) == hosts_cpus
         held = subprocess.Popen([*net.exec_prefix(1), "sleep", "30"])
         try:
             for _ in range(100):
@@ -252,6 +264,8 @@ def test_a_dilated_network_caps_each_host_and_slows_its_link_and_removes_both():
         net.down()
     assert not [p for p, _ in cgroups.ours(PREFIX) if p.name.startswith(net.name + "-")]
     assert not [n for n in namespaces() if n.startswith(net.name + "-")]
+    for pid in spinners:  # stopped and reaped
+        assert not Path(f"/proc/{pid}").exists()
 
 
 @needs_root
@@ -303,7 +317,8 @@ def test_a_killed_dilated_run_leaves_nothing_once_cleaned_up(tmp_path):
     name = p.stdout.readline().strip()
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert len([c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]) == 2
+    left = [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]
+    assert len(left) == 3  # the two hosts' caps and the loops keeping their CPUs busy
     shown = subprocess.run(
         [sys.executable, "-m", "parrbm", "network", "show"], capture_output=True, text=True, cwd=tmp_path
     ).stdout
@@ -311,8 +326,12 @@ def test_a_killed_dilated_run_leaves_nothing_once_cleaned_up(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "parrbm", "network", "cleanup"], capture_output=True, text=True, cwd=tmp_path
     )
-    assert out.returncode == 0 and "removed 3 namespace(s) and 2 CPU cap(s)" in out.stdout, out
+    assert out.returncode == 0, out
+    assert "removed 3 namespace(s) and 2 CPU cap(s) and 1 set(s) of loops keeping their CPUs busy" in out.stdout
     assert not [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]
+    # no loop spins on without its launcher, in a cgroup or out of it
+    spinning = subprocess.run(["pgrep", "-f", "while kill -0"], capture_output=True, text=True).stdout.split()
+    assert not spinning, spinning
     assert not [n for n in namespaces() if n.startswith(name + "-")]
 
 
@@ -391,6 +410,26 @@ def test_the_dilation_check_pairs_each_dilated_run_with_its_twin():
     assert s["runs"] == 2 and np.isclose(s["worst"], 0.1) and s["within_bounds"] is False
     text = "\n".join(dilation_lines(rows))
     assert "NOT met" in text and "x4" in text
+
+
+def test_the_dilation_check_pairs_the_runs_round_by_round():
+    """A machine that slows down between rounds moves both twins of a round alike: the
+    ratio is taken within each round, not between the two runs' medians."""
+    from parrbm.analysis.dilation import dilation_check
+
+    plain, dilated = _rec("green-only", 2, 0.030), _rec("green-only", 2, 0.036, F=2.0)
+    # rounds 1-3 at full speed, 4-5 a third slower; the dilated run 2 % slower in each round
+    plain["metrics"]["step_seconds"]["repeat_medians"] = [0.030, 0.030, 0.030, 0.040, 0.040]
+    dilated["metrics"]["step_seconds"]["repeat_medians"] = [0.0306, 0.0306, 0.0408, 0.0408, 0.0408]
+    dilated["metrics"]["step_seconds"]["median"] = 0.0408  # its median fell in a slow round
+    (row,) = dilation_check([plain, dilated])
+    assert row["rounds"] == 5 and np.isclose(row["ratio_of_medians"], 0.0408 / 0.030)
+    # round 3 pairs a slow step with a fast one: the median of the five ratios is still 1.02
+    assert np.isclose(row["ratio"], 1.02)
+    # repeats that do not pair up (one file's run resumed with other repeats): the medians
+    dilated["metrics"]["step_seconds"]["repeat_medians"] = [0.0306, 0.0306]
+    (row,) = dilation_check([plain, dilated])
+    assert row["rounds"] == 0 and np.isclose(row["ratio"], 0.0408 / 0.030)
 
 
 def test_the_scaling_rows_and_the_papers_claims_as_measured():

@@ -98,10 +98,14 @@ def _cmd_network_cleanup(args) -> int:
         print(f"parrbm network cleanup: {why}", file=sys.stderr)
         return 2
     removed = cleanup(every=args.all)
-    caps = [n for n in removed if n.startswith("cgroup ")]
+    cgroups = [n for n in removed if n.startswith("cgroup ")]
+    # a dilated network's cgroups: a CPU cap a host, and one keeping their CPUs busy
+    spinners = [n for n in cgroups if n.endswith("-idle")]
+    caps = len(cgroups) - len(spinners)
     print(
-        f"removed {len(removed) - len(caps)} namespace(s)"
-        + (f" and {len(caps)} CPU cap(s)" if caps else "")
+        f"removed {len(removed) - len(cgroups)} namespace(s)"
+        + (f" and {caps} CPU cap(s)" if caps else "")
+        + (f" and {len(spinners)} set(s) of loops keeping their CPUs busy" if spinners else "")
         + "".join(f"\n  {n}" for n in removed)
     )
     return 0
