@@ -962,6 +962,14 @@ def cache_dir() -> Path:
     return Path(base) / "parrbm"
 
 
+def dilation_engine() -> dict:
+    """How this parrbm caps and keeps busy a dilated host's CPU: a calibration of dilated
+    hosts measured under other settings is not this one's."""
+    from parrbm.harness import cgroups
+
+    return {"quota_us": cgroups.QUOTA_US, "min_period_us": cgroups.MIN_PERIOD_US, "idle_spinners": True}
+
+
 def calibration_key(what: dict) -> str:
     """What a calibration depends on, hashed: this machine (host name, CPU, cores, memory),
     its BLAS, parrbm's version and what is calibrated (``what``: transports, links, hosts)."""
@@ -1077,6 +1085,8 @@ def calibrate_for_config(cfg: dict, where: Path, *, resume: bool, progress, lock
             "mpi": repr(on_hosts),
             "tcp": repr(tcp_on_hosts),
             **({"dilated": [[repr(link), t, pts] for link, t, pts in dilated]} if dilated else {}),
+            # how dilated hosts are emulated: what their factors measured
+            **({"emulation": dilation_engine()} if dilated else {}),
         }
     )
     kept, meta = cache_dir() / f"calibration-{key}.json", cache_dir() / f"calibration-{key}.meta.json"

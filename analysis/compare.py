@@ -181,30 +181,31 @@ def run_speed(records: list[dict], profile: Profile) -> dict[tuple, float]:
     return {k: float(np.median(v)) for k, v in ratios.items()}
 
 
-def predicted_vs_measured(records: list[dict], profile: Profile, *, at_run_speed: bool = True) -> list[dict]:
+def predicted_vs_measured(records: list[dict], profile: Profile) -> list[dict]:
     """One row per successful run: measured and predicted step (median vs typical step),
     relative error, and the closed-form bytes beside the measured ones.
 
-    ``at_run_speed``: each workload's kernels priced at the speed the run's own serial
-    trainer measured (:func:`run_speed`), its links as calibrated; the serial run itself
-    is then the anchor (``anchor``), not a prediction. ``predicted_profile_seconds`` and
-    ``error_profile``: at the profile's own speed. ``run_slowdown``: the factor applied
-    (None: no serial run of that workload, priced at the profile's speed)."""
+    Beside the model's figure, the same run priced at the speed the comparison's own
+    serial trainer measured (:func:`run_speed`; kernels and overheads scaled, links as
+    calibrated): ``predicted_run_speed_seconds`` and ``error_run_speed`` (None without a
+    serial run of that model setting), ``run_slowdown`` the factor; the serial run
+    itself is then the yardstick (``anchor``), not a prediction. It tells how much of an
+    error is the machine's speed moving between the calibration and the comparison."""
     rows = []
     from parrbm.harness.grid import is_all_cores_baseline
 
-    speeds = run_speed(records, profile) if at_run_speed else {}
+    speeds = run_speed(records, profile)
     for r in records:
         # the model prices one BLAS thread a worker: a multi-threaded serial baseline is
         # a yardstick, not a prediction to check
         if r.get("status") != "ok" or not r.get("metrics") or is_all_cores_baseline(r):
             continue
         try:
-            p0 = predict_record(r, profile)
+            p = predict_record(r, profile)
         except ValueError:  # the profile has no figures for this run's transport
             continue
         slowdown = speeds.get(workload_of(r))
-        p = p0 if slowdown is None else predict_record(r, profile.at_speed(slowdown))
+        at_speed = None if slowdown is None else predict_record(r, profile.at_speed(slowdown)).step_seconds
         mt = r["metrics"]
         measured = mt["step_seconds"]["median"]
         formula = cost.step_traffic(
@@ -234,8 +235,8 @@ def predicted_vs_measured(records: list[dict], profile: Profile, *, at_run_speed
                 "measured_p10": mt["step_seconds"].get("p10", measured),
                 "measured_p90": mt["step_seconds"].get("p90", measured),
                 "error": p.step_seconds / measured - 1.0,
-                "predicted_profile_seconds": p0.step_seconds,
-                "error_profile": p0.step_seconds / measured - 1.0,
+                "predicted_run_speed_seconds": at_speed,
+                "error_run_speed": None if at_speed is None else at_speed / measured - 1.0,
                 "run_slowdown": slowdown,
                 "anchor": slowdown is not None and r["strategy"] == "serial",
                 "predicted_compute_seconds": p.compute_seconds,
@@ -313,10 +314,11 @@ def error_summary(rows: list[dict]) -> dict:
     """Median and worst |predicted / measured median - 1| over the meaningful rows; and,
     beside them, how many predictions fall inside their run's own measured p10-p90 band and
     the worst distance of one outside it (relative to the median): the error left once the
-    run's own step-to-step spread is allowed for. A row that set the run's speed
-    (``anchor``) is no prediction and is left out; ``median_profile`` and
-    ``worst_profile``: the same rows priced at the profile's own speed."""
-    kept = [r for r in rows if r["meaningful"] and not r.get("anchor")]
+    run's own step-to-step spread is allowed for. ``median_run_speed`` and
+    ``worst_run_speed``: the rows priced at the run's own speed, the rows that set it
+    (``anchor``) left out (None if none was)."""
+    kept = [r for r in rows if r["meaningful"]]
+    at_speed = [abs(r["error_run_speed"]) for r in kept if r.get("error_run_speed") is not None and not r.get("anchor")]
     if not kept:
         return {
             "runs": 0,
@@ -324,11 +326,10 @@ def error_summary(rows: list[dict]) -> dict:
             "worst": None,
             "within_spread": 0,
             "worst_beyond_spread": None,
-            "median_profile": None,
-            "worst_profile": None,
+            "median_run_speed": None,
+            "worst_run_speed": None,
         }
     errs = np.array([abs(r["error"]) for r in kept])
-    raw = np.array([abs(r.get("error_profile", r["error"])) for r in kept])
     beyond = [
         max(0.0, r["predicted_seconds"] - r["measured_p90"], r["measured_p10"] - r["predicted_seconds"])
         / r["measured_seconds"]
@@ -340,30 +341,23 @@ def error_summary(rows: list[dict]) -> dict:
         "worst": float(errs.max()),
         "within_spread": sum(b == 0.0 for b in beyond),
         "worst_beyond_spread": float(max(beyond)),
-        "median_profile": float(np.median(raw)),
-        "worst_profile": float(raw.max()),
+        "median_run_speed": float(np.median(at_speed)) if at_speed else None,
+        "worst_run_speed": float(max(at_speed)) if at_speed else None,
     }
 
 
 def speed_line(rows: list[dict]) -> str | None:
-    """How the model's figures were put at the run's own speed (rows of
-    :func:`predicted_vs_measured`), and its error at the profile's; None if they were not."""
+    """The model's error had it priced each run at the speed the comparison's own serial
+    trainer measured (rows of :func:`predicted_vs_measured`); None without a serial run."""
     slowdowns = sorted({r["run_slowdown"] for r in rows if r.get("run_slowdown") is not None})
-    if not slowdowns:
-        return None
     e = error_summary(rows)
+    if not slowdowns or e["median_run_speed"] is None:
+        return None
     span = f"{slowdowns[0]:.2f}" if len(slowdowns) == 1 else f"{slowdowns[0]:.2f}-{slowdowns[-1]:.2f}"
-    unpriced = sum(1 for r in rows if r.get("run_slowdown") is None)
     return (
-        f"kernels priced at this run's speed: x{span} the profile's time (the serial trainer's measured step over "
-        f"its priced one, per model setting)"
-        + (f"; {unpriced} run(s) without a serial run at the profile's" if unpriced else "")
-        + (
-            f"; at the profile's own speed: median error {100 * e['median_profile']:.1f}%, "
-            f"worst {100 * e['worst_profile']:.1f}%"
-            if e["runs"]
-            else ""
-        )
+        f"at this run's own speed (the profile's kernels x{span}: the serial trainer's measured step over its "
+        f"priced one) the model's error would be median {100 * e['median_run_speed']:.1f}%, worst "
+        f"{100 * e['worst_run_speed']:.1f}%"
     )
 
 
@@ -372,8 +366,10 @@ def emulation_line(rows: list[dict]) -> str:
     (rows of :func:`predicted_vs_measured` with an emulation cost)."""
     factors = [r["predicted_seconds"] / (r["predicted_seconds"] - r["predicted_emulation_seconds"]) for r in rows]
     alone = [(r["predicted_seconds"] - r["predicted_emulation_seconds"]) / r["measured_seconds"] - 1.0 for r in rows]
+    errors = np.abs([r["predicted_seconds"] / r["measured_seconds"] - 1.0 for r in rows])
     return (
         f"dilated runs: the model prices their K machines and adds what the emulation itself costs, measured by "
-        f"the calibration ({min(factors):.2f}-{max(factors):.2f} x the machines' step); the machines alone it "
-        f"prices {100 * float(np.median(np.abs(alone))):.0f}% off the measured steps (median of {len(rows)})"
+        f"the calibration ({min(factors):.2f}-{max(factors):.2f} x the machines' step): median error "
+        f"{100 * float(np.median(errors)):.1f}%, worst {100 * float(errors.max()):.1f}% over {len(rows)} runs; "
+        f"the machines alone it prices {100 * float(np.median(np.abs(alone))):.0f}% off the measured steps (median)"
     )
