@@ -116,7 +116,11 @@ def _cmd_network_show(args) -> int:
     from parrbm.harness.network import PREFIX, namespaces
 
     ours = [n for n in namespaces() if n.startswith(PREFIX)]
-    ours += [f"cgroup {path}" for path, _ in cgroups.ours(PREFIX)]  # dilated hosts' CPU caps
+    # dilated hosts' CPU caps, and the loops keeping their CPUs busy
+    ours += [
+        f"cgroup {path}" + (" (keeps the hosts' CPUs busy)" if path.name.endswith("-idle") else "")
+        for path, _ in cgroups.ours(PREFIX)
+    ]
     print("\n".join(ours) if ours else "no emulated network on this machine")
     return 0
 
