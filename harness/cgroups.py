@@ -231,9 +231,6 @@ class IdleSpinners:
     def start(self) -> "IdleSpinners":
         import subprocess
 
-        missing_tools = [t for t in ("taskset", "chrt") if shutil.which(t) is None]
-        if missing_tools:
-            raise OSError(f"keeping the capped hosts' CPUs busy needs {' and '.join(missing_tools)} (util-linux)")
         self.path.mkdir()
         # each loop lasts while the process that started it does (its parent: a launcher
         # killed outright leaves none spinning, in the cgroup or out of it), which it asks

@@ -106,14 +106,17 @@ def process_stopped(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "Tt"
 
 
-def hung_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str:
-    """Which rank stopped the collectives: one the kernel shows stopped; else the one
-    that entered fewest collectives; among equals, one outside any collective while its
-    peers wait inside one."""
+def hung_message(beats: dict, stopped: list[int], K: int, timeout: float, silent: list[int] = ()) -> str:
+    """Which rank stopped the collectives: one the kernel shows stopped; else one whose
+    watch has gone silent (``silent``: its process stopped or gone, on any host); else the
+    one that entered fewest collectives; among equals, one outside any collective while
+    its peers wait inside one."""
     entered = {r: beats.get(r, (0, 0, ""))[0] for r in range(K)}
     left = {r: beats.get(r, (0, 0, ""))[1] for r in range(K)}
     if stopped:
         lag = stopped
+    elif silent:
+        lag = sorted(silent)
     else:
         low = min(entered.values())
         lag = [r for r in range(K) if entered[r] == low]
@@ -130,7 +133,9 @@ def hung_message(beats: dict, stopped: list[int], K: int, timeout: float) -> str
     return (
         f"{who} did not respond within {timeout:g} s (stopped or hung"
         + ("; the kernel shows it stopped, as by SIGSTOP" if stopped else "")
-        + f"): {where}; "
+        + "): "
+        + (f"its watch silent for over {Watch.SILENT:g} s, " if silent and not stopped else "")
+        + f"{where}; "
         f"its peers reached #{max(entered.values())}; the run was stopped"
     )
 
@@ -166,6 +171,9 @@ class Watch:
 
     PERIOD = 0.25
     GRACE = 10.0
+    #: a worker whose watch has sent nothing for this long is stopped or gone: its watch
+    #: sends its beat every PERIOD, whether or not it changed, while its process runs
+    SILENT = 1.5
     #: a beat on the wire: rank, generation, collectives entered and left, phase
     RECORD = struct.Struct("<iqqq48s")
     _instance: "Watch | None" = None
@@ -252,15 +260,14 @@ class Watch:
         self._thread.join(2.0)
 
     def _send_beats(self) -> None:
-        sent = None
         inside_since, inside_at = None, None
         while not self._stop.wait(self.PERIOD):
             b, gen = self.beat, self.generation
-            now = (gen, b.calls, b.done, b.phase)
-            if self.sock is not None and self.rank < self.K and now != sent:
+            # every period, changed or not: rank 0 tells a rank that waits from one that
+            # stopped (SIGSTOP stops this thread too) by its silence
+            if self.sock is not None and self.rank < self.K:
                 try:
                     self.sock.sendall(self.RECORD.pack(self.rank, gen, b.calls, b.done, b.phase.encode()[:48]))
-                    sent = now
                 except OSError:  # rank 0 stopped (its buffers full) or gone: the wait below decides
                     pass
             # rank 0 itself stopped: nobody ends the job but the ranks that wait on it
@@ -281,6 +288,7 @@ class Watch:
         import socket
 
         books: dict[int, dict[int, tuple]] = {}  # generation -> rank -> (entered, left, phase)
+        heard: dict[int, float] = {}  # rank -> when its watch last sent
         conns: dict = {}  # socket -> (token seen, bytes received not yet read)
         gen_seen, changed, last = 0, time.monotonic(), None
         size = self.RECORD.size
@@ -314,6 +322,7 @@ class Watch:
                 while len(buf) >= size:
                     rank, gen, calls, left, phase = self.RECORD.unpack(buf[:size])
                     buf = buf[size:]
+                    heard[rank] = time.monotonic()
                     if gen >= self.generation:  # a rank may begin a fit before this one does
                         books.setdefault(gen, {})[rank] = (calls, left, phase.rstrip(b"\0").decode(errors="replace"))
                 conns[s] = (True, buf)
@@ -336,7 +345,14 @@ class Watch:
                     for r in range(1, min(self.K, len(self.placement)))
                     if self.placement[r][0] == here and process_stopped(self.placement[r][1])
                 ]
-                self._end(hung_message({r: v for r, v in beats.items() if r < self.K}, stopped, self.K, self.timeout))
+                now = time.monotonic()
+                # (a rank never heard from, its watch unconnected, is not silent: unknown)
+                silent = [r for r in range(1, self.K) if r in heard and now - heard[r] > self.SILENT]
+                self._end(
+                    hung_message(
+                        {r: v for r, v in beats.items() if r < self.K}, stopped, self.K, self.timeout, silent=silent
+                    )
+                )
         for c in conns:
             c.close()
 

@@ -160,9 +160,15 @@ def host_cpus(r: int, host_cores: float) -> list[int]:
 
 
 def dilation_missing() -> str | None:
-    """Why this process cannot dilate time (cap the hosts' CPU), or None."""
+    """Why this process cannot dilate time (cap the hosts' CPU, keep their CPUs busy), or None."""
     from parrbm.harness.cgroups import missing as cgroup_missing
 
+    tools = [t for t in ("taskset", "chrt") if shutil.which(t) is None]
+    if tools:
+        return (
+            f"time dilation keeps the capped hosts' CPUs busy with {' and '.join(tools)}, which this machine "
+            f"lacks (util-linux)"
+        )
     return cgroup_missing()
 
 
@@ -296,6 +302,10 @@ class EmulatedNetwork:
     def namespace(self, r: int) -> str:
         return f"{self.name}-h{r}"
 
+    def hosts_cpus(self) -> list[int]:
+        """The CPUs the hosts are pinned to (:func:`host_cpus`), each once."""
+        return sorted({c for r in range(self.hosts) for c in host_cpus(r, self.link.host_cores)})
+
     @property
     def idle_name(self) -> str:
         """The cgroup of the loops that keep a dilated network's CPUs busy."""
@@ -385,8 +395,7 @@ class EmulatedNetwork:
                         f"with cgroup v2 the cgroup parrbm runs in must delegate the 'cpu' controller to its "
                         f"children (for instance: systemd-run --scope -p Delegate=yes parrbm run ...)"
                     ) from None
-            cpus = sorted({c for r in range(self.hosts) for c in host_cpus(r, self.link.host_cores)})
-            self.spinners = IdleSpinners(self.idle_name, cpus)
+            self.spinners = IdleSpinners(self.idle_name, self.hosts_cpus())
             try:
                 self.spinners.start()
             except OSError as exc:
@@ -438,8 +447,8 @@ class EmulatedNetwork:
             from parrbm.harness import cgroups
 
             c = cgroups.controller()
-            for name in [*(self.namespace(r) for r in range(self.hosts if c is not None else 0)), self.idle_name]:
-                if c is not None:
+            if c is not None:
+                for name in [*(self.namespace(r) for r in range(self.hosts)), self.idle_name]:
                     cgroups.remove(c.parent / name)
         self.caps = []
         self.is_up = False
@@ -490,7 +499,7 @@ class EmulatedNetwork:
                 if self.caps
                 else {"cores": self.link.host_cores / self.dilation, "quota_us": quota, "period_us": period},
                 # the CPUs kept busy at the lowest priority while the hosts are capped
-                idle_cpus_kept_busy=sorted({c for r in range(self.hosts) for c in host_cpus(r, self.link.host_cores)}),
+                idle_cpus_kept_busy=self.hosts_cpus(),
             )
         return d
 

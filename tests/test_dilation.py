@@ -52,6 +52,17 @@ def test_cap_settings_give_the_share_with_a_quota_of_at_least_one_tick_fraction(
         cgroups.cap_settings(1e-4)
 
 
+def test_dilation_is_refused_without_the_tools_that_keep_the_hosts_cpus_busy(monkeypatch):
+    import shutil
+
+    from parrbm.harness import network
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "chrt" else real(name, *a, **k))
+    why = network.dilation_missing()
+    assert why is not None and "chrt" in why and "taskset" not in why and "util-linux" in why
+
+
 # ---- the grid axis ----------------------------------------------------------------------
 
 

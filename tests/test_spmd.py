@@ -283,6 +283,26 @@ def test_a_stopped_rank_ends_the_mpi_job_naming_it(tmp_path, victim, needle):
     assert time.monotonic() - t0 < 60
 
 
+def test_a_rank_whose_watch_went_silent_is_named_where_the_counts_cannot_tell():
+    """Rank 2 stopped inside collective #724 on another host: every rank entered #724 and
+    none left, so the counts name no one; its watch's silence does. The kernel's word, where
+    it has one, comes first."""
+    from parrbm.harness.mpi import Watch, hung_message
+
+    beats = {r: (724, 723, "hidden") for r in range(3)}
+    assert hung_message(beats, [], 3, 5.0).startswith("one of workers [0, 1, 2] did not respond")
+    said = hung_message(beats, [], 3, 5.0, silent=[2])
+    assert said.startswith(
+        f"worker 2 did not respond within 5 s (stopped or hung): its watch silent for over {Watch.SILENT:g} s"
+    )
+    assert "collective #724" in said
+    said = hung_message(beats, [1], 3, 5.0, silent=[2])
+    assert said.startswith("worker 1 did not respond") and "the kernel shows it stopped" in said
+    # a rank that stopped outside the collectives is still found by its count
+    beats[1] = (723, 723, "visible")
+    assert hung_message(beats, [], 3, 5.0).startswith("worker 1 did not respond")
+
+
 TCP_FIT = """
 import numpy as np
 from mpi4py import MPI
