@@ -186,8 +186,9 @@ def _epoch_results(answers: list[dict]) -> list[tuple]:
     ]
 
 
-def _shut_down(procs: list, tag: str | None, network=None) -> None:
-    """Kill a group's processes (and whatever carries its tag) and take down its hosts."""
+def _shut_down(procs: list, tag: str | None, network=None, closables: list = ()) -> None:
+    """Kill a group's processes (and whatever carries its tag), close its connections and
+    pipes (``closables``: what no thread of its own closes), and take down its hosts."""
     import signal
 
     from parrbm.harness.launch import kill_tagged
@@ -207,8 +208,47 @@ def _shut_down(procs: list, tag: str | None, network=None) -> None:
             except subprocess.TimeoutExpired:
                 pass
     finally:
+        for c in closables:
+            try:
+                c.close()
+            except OSError:
+                pass
         if network is not None:
             network.down()
+
+
+class OutputTail:
+    """The last ``limit`` bytes a child process writes to a pipe, read by a thread of its
+    own: however much the child writes (a plug-in's prints, warnings every step), it never
+    blocks on a full pipe, and the driver keeps a bounded tail for the messages that name
+    a failure. The thread closes the pipe at its end and holds no reference to the group."""
+
+    def __init__(self, stream, name: str, limit: int = 1 << 18):
+        from collections import deque
+
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True, name=name)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        with stream:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                with self._lock:
+                    self._chunks.append(chunk)
+                    self._size += len(chunk)
+                    while self._size - len(self._chunks[0]) >= self.limit:
+                        self._size -= len(self._chunks.popleft())
+
+    def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the pipe's end (the child and whatever inherited it gone)."""
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        with self._lock:
+            return b"".join(self._chunks).decode(errors="replace")
 
 
 # ---- the driver's side ----------------------------------------------------------------------------
@@ -245,6 +285,7 @@ class MPIGroup:
         self.sock: socket.socket | None = None
         self.proc = None
         self._lifelines: list[socket.socket] = []
+        self._connections: list[socket.socket] = []  # every rank's, closed with the group however it ends
         self._gone: list[list[int]] = []  # ranks whose connection closed, in order (those seen at once together)
         self.network, own = (None, False) if where is not None else _network_for(runner)
         # this machine's ranks: a private folder for mpiexec's temporary files (and the
@@ -264,7 +305,14 @@ class MPIGroup:
         self.tag = tag
         # nothing of the job outlives the group: also when it is dropped unclosed
         self._finalizer = weakref.finalize(
-            self, _shut_down_mpi, self._procs, tag, self.scratch, self.network if own else None, self._topology
+            self,
+            _shut_down_mpi,
+            self._procs,
+            tag,
+            self.scratch,
+            self.network if own else None,
+            self._topology,
+            self._connections,
         )
         secret = os.urandom(32)
         program = ["-m", "parrbm.harness.remote"]
@@ -316,10 +364,8 @@ class MPIGroup:
         except BaseException:
             self.close(kill=True)
             raise
-        self._output: list[bytes] = []
         # the threads hold no reference to the group: dropped unclosed, it is still collected
-        self._reader = threading.Thread(target=_drain, args=(self.proc.stdout, self._output), daemon=True)
-        self._reader.start()
+        self._tail = OutputTail(self.proc.stdout, "parrbm-mpiexec-output")
         try:
             self.sock = self._accept(listener, secret)
             listener.close()
@@ -354,7 +400,7 @@ class MPIGroup:
         return list(self.pids)
 
     def output(self) -> str:
-        return b"".join(self._output).decode(errors="replace")
+        return self._tail.text()
 
     def _accept(self, listener: socket.socket, secret: bytes) -> socket.socket:
         """Every rank connects back and proves the run's secret: rank 0's connection carries
@@ -365,7 +411,7 @@ class MPIGroup:
         lines: dict[int, socket.socket] = {}
         while len(lines) < self.K:
             if self.proc.poll() is not None:
-                self._reader.join(2)
+                self._tail.join(2)
                 raise CommError(
                     f"mpi: mpiexec {self._exit()} before its ranks connected back: {self.output().strip()[-1500:]}"
                 )
@@ -385,6 +431,7 @@ class MPIGroup:
                 conn, _ = listener.accept()
             except socket.timeout:
                 continue
+            self._connections.append(conn)
             conn.settimeout(5)
             try:  # a stranger that cannot prove the secret is dropped; the wait goes on
                 nonce = os.urandom(16)
@@ -457,7 +504,7 @@ class MPIGroup:
             self.proc.wait(timeout=max(self.timeout, 10.0))
         except subprocess.TimeoutExpired:
             pass
-        self._reader.join(2)
+        self._tail.join(2)
         out = self.output()
         m = re.search(r"PID (\d+) RUNNING AT (\S+)\s*\n=\s+(?:EXIT CODE|KILLED BY SIGNAL): (\d+)", out)
         first = None
@@ -566,11 +613,6 @@ def _add_import_paths(env: dict, strategy) -> None:
         env["PYTHONPATH"] = os.pathsep.join([*extra, *filter(None, [env.get("PYTHONPATH")])])
 
 
-def _drain(stream, out: list[bytes]) -> None:
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        out.append(chunk)
-
-
 def _first_closed(gone: list[list[int]], pids: list[int], mpiexec_pid: int | None) -> "int | list[int] | None":
     """The rank whose connection closed first (``gone``: :func:`_watch_lifelines`'s); of
     several seen at once, the one mpiexec named (``mpiexec_pid``), else None if it named
@@ -612,14 +654,19 @@ def _watch_lifelines(lines: list[socket.socket], gone: list[list[int]], proc: su
 
 
 def _shut_down_mpi(
-    procs: list, tag: str | None, scratch: Path | None, network=None, topology: set[str] = frozenset()
+    procs: list,
+    tag: str | None,
+    scratch: Path | None,
+    network=None,
+    topology: set[str] = frozenset(),
+    connections: list = (),
 ) -> None:
     """:func:`_shut_down` for an mpi group (mpiexec's process group, whatever carries the
     job's tag), then its folder and hydra's topology files."""
     import shutil
 
     try:
-        _shut_down(procs, tag, network)
+        _shut_down(procs, tag, network, connections)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -818,6 +865,8 @@ class TCPGroup:
         self._data_fingerprint = None
         self.procs: list[subprocess.Popen] = []
         self.pipes: list[_Pipe] = []
+        self.stderr_tails: list[OutputTail] = []
+        self._streams: list = []  # the workers' standard input and output, closed with the group however it ends
         # the workers of this machine and its emulated hosts carry the job's tag: its end
         # kills by it, whatever they started
         self.tag = f"parrbm-tcp-{os.getpid()}-{os.urandom(6).hex()}"
@@ -826,7 +875,7 @@ class TCPGroup:
 
         # no worker outlives the group, nor its emulated hosts: also when it is dropped unclosed
         self._finalizer = weakref.finalize(
-            self, _shut_down, self.procs, self.tag, self.network if self.own_network else None
+            self, _shut_down, self.procs, self.tag, self.network if self.own_network else None, self._streams
         )
         secret = os.urandom(32).hex()
         program = ["-m", "parrbm.harness.remote", "--tcp"]
@@ -863,6 +912,8 @@ class TCPGroup:
                     cwd="/",
                 )
                 self.procs.append(p)
+                self._streams += [p.stdin, p.stdout]
+                self.stderr_tails.append(OutputTail(p.stderr, f"parrbm-tcp-stderr-{r}"))
                 self.pipes.append(_Pipe(p.stdout, p.stdin))
             from parrbm.strategies.registry import plugin_sources
 
@@ -1020,7 +1071,8 @@ class TCPGroup:
             )
         if dead:
             r = dead[0]
-            tail = (self.procs[r].stderr.read() or b"").decode(errors="replace").strip() if self.procs[r].stderr else ""
+            self.stderr_tails[r].join(2)
+            tail = self.stderr_tails[r].text().strip()
             code = codes[r]
             return (
                 f"worker {r}{where(r)} "
@@ -1069,15 +1121,8 @@ class TCPGroup:
         emulated hosts this group set up."""
         try:
             self._stop(kill)
-        finally:  # also when Ctrl-C lands while they stop
+        finally:  # also when Ctrl-C lands while they stop (the pipes close with the finalizer)
             self._finalizer()
-            for p in self.procs:  # the answers' pipes: the workers are gone
-                for stream in (p.stdout, p.stderr):
-                    try:
-                        if stream is not None:
-                            stream.close()
-                    except OSError:
-                        pass
             self.procs, self.pipes = [], []
 
     def _stop(self, kill: bool) -> None:

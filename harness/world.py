@@ -29,6 +29,8 @@ import sys
 import threading
 import time
 
+from parrbm._files import PlainData
+
 #: the variables an MPI launcher sets in every rank it starts (hydra and PMI-2/PMIx: PMI_*;
 #: Open MPI: OMPI_COMM_WORLD_*)
 _WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -205,27 +207,19 @@ _HEAD = struct.Struct("<cQ")
 _LEFT = object()  # in an inbox: the peer said bye
 
 
-class _Data(pickle.Unpickler):
-    """Unpickles plain data only: containers, numbers, strings, numpy arrays and scalars,
-    and parrbm's own dataclasses; any other global (a function, a class that runs code
-    on load) is refused, so that a message never runs code."""
+class _Data(PlainData):
+    """:class:`PlainData`, and parrbm's own dataclasses: a message never runs code."""
 
-    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "complex")} | {
-        (f"numpy.{core}.{mod}", name)
-        for core in ("core", "_core")
-        for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
-    }
+    what = "a message"
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.NUMPY:
-            return super().find_class(module, name)
         if module.startswith("parrbm.") and module in sys.modules:
             import dataclasses
 
             obj = getattr(sys.modules[module], name, None)
             if isinstance(obj, type) and dataclasses.is_dataclass(obj):
                 return obj
-        raise pickle.UnpicklingError(f"a message carries {module}.{name}, which is not data")
+        return super().find_class(module, name)
 
 
 def _loads(payload: bytes):

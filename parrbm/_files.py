@@ -14,8 +14,10 @@ here, so that
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -170,3 +172,28 @@ def strict_json(text: str, *, max_depth: int = 16):
                 raise ValueError(f"nested deeper than {max_depth} levels")
             stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
     return value
+
+
+class PlainData(pickle.Unpickler):
+    """Unpickles plain data only: containers, numbers, strings, bytes, numpy arrays and
+    scalars. Any other global (a function such as ``os.system``, a class that runs code
+    as it is made) is refused before it is looked up, so that reading a pickle never runs
+    code. ``what`` names the pickle in the refusal."""
+
+    NUMPY = {("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "complex")} | {
+        (f"numpy.{core}.{mod}", name)
+        for core in ("core", "_core")
+        for mod, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+    }
+    what = "the pickle"
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.NUMPY:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{self.what} carries {module}.{name}, which is not data")
+
+
+def plain_data(payload: bytes, **options):
+    """The plain data pickled in ``payload`` (:class:`PlainData`); ``options`` as for
+    :class:`pickle.Unpickler` (``encoding="bytes"`` for Python 2's pickles)."""
+    return PlainData(io.BytesIO(payload), **options).load()

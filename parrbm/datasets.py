@@ -9,8 +9,8 @@ raises :class:`DatasetError` naming the file or directory and what was expected.
 from __future__ import annotations
 
 import gzip
-import pickle
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +183,11 @@ def _cifar10_batches(path: Path, names) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _cifar10_batch(raw: bytes, where) -> tuple[np.ndarray, np.ndarray]:
     # The archive's batches are pickled dicts of numpy arrays and lists; that is the format.
+    # Unpickled as plain data: a batch that names any other global is refused, never run.
+    from parrbm._files import plain_data
+
     try:
-        d = pickle.loads(raw, encoding="bytes")
+        d = plain_data(raw, encoding="bytes")
         data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
     except Exception as exc:  # noqa: BLE001 - any damage means: not a CIFAR-10 batch
         raise DatasetError(
@@ -220,15 +223,17 @@ def _read_npy(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: the {what} must be a .npy file")
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
-    try:
-        out = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
-    if not isinstance(out, np.ndarray):  # an .npz archive behind a .npy name
-        out.close()
-        raise DatasetError(
-            f"{path}: an .npz archive of several arrays, not one .npy array: save the {what} with numpy.save"
-        )
+    # opened here, not by numpy: np.load leaves its own file open when an archive is damaged
+    with open(path, "rb") as fh:
+        try:
+            out = np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+        if not isinstance(out, np.ndarray):  # an .npz archive behind a .npy name
+            out.close()
+            raise DatasetError(
+                f"{path}: an .npz archive of several arrays, not one .npy array: save the {what} with numpy.save"
+            )
     return out
 
 

@@ -1389,11 +1389,15 @@ class read_npz:
     def __enter__(self):
         if not self.path.is_file():
             raise ValueError(f"{self.who}: no such file: {self.path}")
+        # opened here, not by numpy: np.load leaves its own file open when the archive is damaged
+        self._fh = open(self.path, "rb")
         try:
-            self.z = np.load(self.path, allow_pickle=False)
+            self.z = np.load(self._fh, allow_pickle=False)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            self._fh.close()
             raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
         if not isinstance(self.z, np.lib.npyio.NpzFile):
+            self._fh.close()
             raise ValueError(
                 f"{self.who}: {self.path} holds one array (a .npy file), not a parrbm model file "
                 f"(an .npz archive written by save)"
@@ -1419,7 +1423,7 @@ class read_npz:
                     )
                 self.headers[key] = (tuple(shape), dtype, nbytes)
         except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as exc:
-            self.z.close()
+            self.close()
             raise ValueError(f"{self.who}: {self.path} is not a readable parrbm model file ({exc})") from None
         return self
 
@@ -1459,8 +1463,12 @@ class read_npz:
                 f"{self.who}: {self.path}: its metadata is not JSON of a parrbm model ({getattr(exc, 'msg', exc)})"
             ) from None
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         self.z.close()
+        self._fh.close()
+
+    def __exit__(self, *exc):
+        self.close()
         return False
 
 

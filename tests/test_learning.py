@@ -4,6 +4,7 @@ schedules, checkpoints and resume, DBN stacking, pictures and ``parrbm train``."
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 
@@ -135,6 +136,18 @@ def test_cifar10_errors_say_where_and_what(tmp_path):
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(datasets.DatasetError, match="data_batch_3 is not a CIFAR-10 python batch"):
         datasets.load_cifar10(folder)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    with pytest.raises(
+        datasets.DatasetError, match=r"data_batch_3 is not a .*carries (posix|os)\.system, which is not data"
+    ):
+        datasets.load_cifar10(folder)
+    assert not marker.exists()  # read as data, never run
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}))
     with pytest.raises(datasets.DatasetError, match=r"uint8 of shape \(n, 3072\)"):
         datasets.load_cifar10(folder)
@@ -162,6 +175,16 @@ def test_npy_and_random_binary(tmp_path):
         datasets.load_npy(tmp_path / "x.npy", tmp_path / "v.npy")
     with pytest.raises(datasets.DatasetError, match="no such file"):
         datasets.load_npy(tmp_path / "missing.npy")
+    # damaged files, every one refused by name and closed (numpy's own open of a damaged
+    # archive is left open)
+    np.savez(tmp_path / "z.npz", a=np.zeros(100), b=np.ones(100))
+    raw = (tmp_path / "z.npz").read_bytes()
+    fds = set(os.listdir("/proc/self/fd"))
+    for name, content in [("half.npy", raw[: len(raw) // 2]), ("head.npy", raw[:40]), ("npz.npy", raw)]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(datasets.DatasetError, match=f"{name}: (not a readable .npy array|an .npz archive)"):
+            datasets.load_npy(tmp_path / name)
+    assert set(os.listdir("/proc/self/fd")) == fds
     R, _ = datasets.random_binary(4000, 50, density=0.3, seed=1)
     assert set(np.unique(R)) == {0.0, 1.0} and abs(R.mean() - 0.3) < 0.01
     with pytest.raises(datasets.DatasetError, match="unknown data set"):

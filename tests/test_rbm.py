@@ -1,5 +1,9 @@
 """parrbm.RBM: the scikit-learn estimator, training quality, persistence, validation."""
 
+import gc
+import os
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -128,8 +132,14 @@ def test_load_rejects_truncated_and_foreign_files(tmp_path, digits_binary):
     raw = good.read_bytes()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="truncated.npz"):
-        RBM.load(truncated)
+    fds = set(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(ValueError, match="truncated.npz"):
+            RBM.load(truncated)
+        gc.collect()
+    assert set(os.listdir("/proc/self/fd")) == fds  # refused, and closed, not left to the collector
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, weights=np.zeros(3))
     with pytest.raises(ValueError, match="not a parrbm model"):

@@ -1,9 +1,15 @@
 """The tcp and mpi transports: the same bytes and the same weights as threads, exact wire
 accounting, faults that end a run with the worker's name, and a fuzzed frame parser."""
 
+import gc
+import io
+import os
 import socket
 import struct
+import sys
+import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -293,22 +299,87 @@ def test_a_worker_that_died_is_named_before_a_peer_slow_to_stop():
     The run names worker 1, the cause."""
     from types import SimpleNamespace
 
-    from parrbm.harness.remote import TCPGroup
+    from parrbm.harness.remote import OutputTail, TCPGroup
 
     group = object.__new__(TCPGroup)
     group.K, group.timeout, group.hosts = 3, 20.0, None
-    group.procs = [
-        SimpleNamespace(poll=lambda: -9, stderr=None),
-        SimpleNamespace(poll=lambda: -9, stderr=None),
-        SimpleNamespace(poll=lambda: 1, stderr=None),
-    ]
+    group.procs = [SimpleNamespace(poll=lambda: -9), SimpleNamespace(poll=lambda: -9), SimpleNamespace(poll=lambda: 1)]
+    said_before = [b"", b"Traceback (most recent call last):\nMemoryError: out of memory\n", b""]
+    group.stderr_tails = [OutputTail(io.BytesIO(b), f"t{r}") for r, b in enumerate(said_before)]
     got = {
         1: ({"op": "gone", "why": "closed"}, {}),
         2: ({"op": "error", "message": "worker 0 closed its connection in phase 'visible-input'", "blame": 0}, {}),
     }
     said = group._diagnose(got, stopped=[])
     assert said.startswith("worker 1 was killed by SIGKILL"), said
+    assert said.endswith("--- worker 1 stderr ---\nTraceback (most recent call last):\nMemoryError: out of memory"), (
+        said
+    )
     assert "did not respond" not in said
     got[0] = ({"op": "error", "message": "worker 1 sent nothing", "blame": 1}, {})
     del got[1]  # now worker 1 never answered: the peers' blame names it
     assert group._diagnose(got, stopped=[]).startswith("worker 1 did not respond within 20 s (stopped or hung)")
+
+
+def _descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "dropped"])
+def test_a_fit_leaves_no_connection_or_pipe_open(transport, closed):
+    """The worker processes' connections and pipes close with their group: when the runner
+    is closed, and when it is dropped without (its finalizer). None is left for the garbage
+    collector to warn about, or to pile up over a sweep of many fits."""
+    before = _descriptors()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        r = run("green-only", transport, K=2, steps=2)
+        assert len(_descriptors() - before) >= 2  # the workers' pipes or connections, while they run
+        if closed:
+            r.close()
+        del r
+        gc.collect()
+        deadline = time.monotonic() + 10  # the output readers close their pipes at the pipes' end
+        while _descriptors() - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gc.collect()
+    assert _descriptors() - before == set()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+
+
+CHATTY = """
+import sys
+
+from parrbm.strategies.green_only import GreenOnly
+
+
+class Chatty(GreenOnly):
+    name = "chatty"
+
+    def step(self, X, step):
+        sys.stderr.write("worker says: " + "x" * 8000 + "\\n")
+        sys.stderr.flush()
+        return super().step(X, step)
+"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_worker_writing_more_than_a_pipe_holds_is_not_blocked(transport, tmp_path, monkeypatch):
+    """A strategy that writes 8 kB to its standard error every step, 24 steps (three times
+    what a pipe holds): the fit runs through, its workers never blocked on a full pipe,
+    and is the fit of the quiet strategy it extends."""
+    from parrbm.strategies import registry
+
+    (tmp_path / "chatty_strategy.py").write_text(textwrap.dedent(CHATTY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry.resolve("chatty_strategy:Chatty", load=True)  # loaded here, as naming it in a config does
+        chatty = run("chatty_strategy:Chatty", transport, K=2, steps=24)
+        quiet = run("green-only", "threads", K=2, steps=24)
+        np.testing.assert_array_equal(chatty.state.W, quiet.state.W)
+        assert chatty.step_bytes == quiet.step_bytes
+        chatty.close()
+    finally:
+        sys.modules.pop("chatty_strategy", None)
+        registry._by_reference.clear()
