@@ -325,7 +325,8 @@ def test_a_killed_dilated_run_leaves_nothing_once_cleaned_up(tmp_path):
     """)
     )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    name = p.stdout.readline().strip()
+    with p.stdout:
+        name = p.stdout.readline().strip()
     p.send_signal(signal.SIGKILL)
     p.wait()
     left = [c for c, _ in cgroups.ours(PREFIX) if c.name.startswith(name + "-")]

@@ -228,8 +228,11 @@ def test_a_stranger_at_the_rendezvous_is_refused_and_cannot_run_code(tmp_path):
     t.join(10)
     assert got[0][1][0] == "one" and list(got[1][0][1]) == [0, 1]
     assert not marker.exists()
+    stranger.close()
     for w in worlds.values():
         w._leaving = True
+        for sock in w._socks.values():
+            sock.close()
 
 
 class _Evil:

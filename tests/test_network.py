@@ -281,7 +281,8 @@ def test_a_killed_run_leaves_nothing_once_cleaned_up(tmp_path):
     """)
     )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    name = p.stdout.readline().strip()
+    with p.stdout:
+        name = p.stdout.readline().strip()
     assert name.startswith(f"{PREFIX}{p.pid}-")
     p.send_signal(signal.SIGKILL)
     p.wait()

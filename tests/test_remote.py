@@ -18,9 +18,20 @@ from parrbm.strategies import PARALLEL_STRATEGIES
 LOCAL = {"mpi": {"hosts": ["localhost", "localhost"], "listen": "127.0.0.1"}}
 
 
+_pairs: list[socket.socket] = []
+
+
 def _pair():
     a, b = socket.socketpair()
+    _pairs.extend((a, b))
     return a, b
+
+
+@pytest.fixture(autouse=True)
+def _close_pairs():
+    yield
+    while _pairs:
+        _pairs.pop().close()
 
 
 def test_frames_carry_numeric_arrays_exactly():
@@ -253,6 +264,9 @@ def test_connections_seen_closed_at_once_are_not_ordered_by_rank():
     finally:
         proc.kill()
         proc.wait()
+        for a, b in pairs:
+            a.close()
+            b.close()
     assert gone == [[0, 1], [2]]
     pids = [100, 101, 102]
     assert remote._first_closed(gone, pids, 101) is None  # mpiexec named rank 1: it decides
