@@ -132,23 +132,29 @@ class TCPTransport(Transport):
             listener.close()
             wake_r.close()
             wake.close()
+            while not done.empty():  # handshakes that ended after the last peer was taken
+                s = done.get()[0]
+                if s not in self.socks.values():
+                    s.close()
 
     def _handshake_thread(self, s: socket.socket, done: queue.Queue, wake: socket.socket) -> None:
+        why = None
         try:
             s.settimeout(min(HANDSHAKE_SECONDS, self.timeout))
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             done.put((s, self._handshake_accept(s, claimed=False), None))
         except socket.timeout:
-            done.put(
-                (
-                    s,
-                    None,
-                    f"worker {self.rank}: a connection sent no valid handshake within "
-                    f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped",
-                )
+            why = (
+                f"worker {self.rank}: a connection sent no valid handshake within "
+                f"{min(HANDSHAKE_SECONDS, self.timeout):g} s and was dropped"
             )
         except (F.FrameError, ConnectionError, OSError, CommError) as exc:
-            done.put((s, None, str(exc)))
+            why = str(exc)
+        if why is not None:
+            # a refused connection is never used: closed here, also when the rendezvous
+            # ended before its handshake did (a stranger still silent)
+            s.close()
+            done.put((s, None, why))
         try:
             wake.send(b"!")
         except OSError:  # the rendezvous is over
